@@ -1,0 +1,34 @@
+"""FS's command line: ``--cfg FILE [--client_cfg FILE] [--override k=v ...] [key value ...]``.
+
+Trailing ``key value`` pairs are collected verbatim (``argparse.REMAINDER``) and prefix
+abbreviation is off, so a value such as ``client`` or ``client_1.yaml`` is never mistaken for the
+``--client_cfg`` option (an upstream FS crash).
+"""
+import argparse
+from typing import List, Optional
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="federatedscope/main.py", allow_abbrev=False,
+        description="FederatedScope-compatible federated learning (standalone or distributed).")
+    parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
+    parser.add_argument("--client_cfg", dest="client_cfg_file", default="",
+                        help="per-client YAML (accepted for FS compatibility; merged on top)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable), e.g. distributed_data.enabled=false")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="trailing 'key value' pairs that override the YAML")
+    args = parser.parse_args(argv)
+    # REMAINDER also swallows options given after the first pair; pull ours back out.
+    rest: List[str] = []
+    it = iter(args.opts)
+    for item in it:
+        if item == "--override":
+            args.override.append(next(it, ""))
+        elif item.startswith("--override="):
+            args.override.append(item.split("=", 1)[1])
+        else:
+            rest.append(item)
+    args.opts = rest
+    return args

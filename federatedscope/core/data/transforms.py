@@ -1,0 +1,116 @@
+"""Tensor transforms built from FS's ``cfg.data.transform`` list.
+
+FS configs spell transforms torchvision-style, e.g.
+``[['ToTensor'], ['Normalize', {'mean': [0.9637], 'std': [0.1592]}]]``. Our samples are already
+uint8 tensors (doc/architecture.md), so these work on batches of tensors directly instead of PIL
+images: input uint8 ``[n, 28, 28]`` or ``[28, 28]``, output float32 ``[n, 1, 28, 28]`` or
+``[1, 28, 28]``.
+"""
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ToTensor:
+    """uint8 -> float32 in [0, 1] with a channel dim, like torchvision's ToTensor on images."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+            # Refusing floats avoids a silent second /255 on already-scaled data.
+            raise TypeError("ToTensor expects a uint8 tensor, got %s"
+                            % (x.dtype if isinstance(x, torch.Tensor) else type(x).__name__))
+        if x.dim() not in (2, 3):
+            raise ValueError("ToTensor expects [H, W] or [n, H, W], got shape %s"
+                             % (tuple(x.shape),))
+        return (x.to(torch.float32) / 255.0).unsqueeze(-3)
+
+    def __repr__(self) -> str:
+        return "ToTensor()"
+
+
+class Normalize:
+    """``(x - mean) / std`` per channel on float ``[C, H, W]`` or ``[n, C, H, W]``."""
+
+    def __init__(self, mean: Any, std: Any, inplace: bool = False) -> None:
+        del inplace  # accepted for torchvision compatibility; we never modify the input
+        m = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        s = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if m.numel() == 0 or s.numel() == 0:
+            raise ValueError("Normalize needs non-empty mean and std")
+        if not bool((s > 0).all()):
+            raise ValueError("Normalize std must be > 0, got %s" % s.tolist())
+        self.mean, self.std = m, s
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_floating_point(x) or x.dim() < 3:
+            raise ValueError("Normalize expects float [C, H, W] or [n, C, H, W] (apply ToTensor "
+                             "first), got %s %s" % (x.dtype, tuple(x.shape)))
+        c = x.shape[-3]
+        for name, t in (("mean", self.mean), ("std", self.std)):
+            if t.numel() not in (1, c):
+                raise ValueError("Normalize %s has %d values for %d channel(s)"
+                                 % (name, t.numel(), c))
+        mean = self.mean.to(x.dtype).reshape(-1, 1, 1)
+        std = self.std.to(x.dtype).reshape(-1, 1, 1)
+        return (x - mean) / std
+
+    def __repr__(self) -> str:
+        return "Normalize(mean=%s, std=%s)" % (self.mean.tolist(), self.std.tolist())
+
+
+class Compose:
+    def __init__(self, transforms: List[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+    def __repr__(self) -> str:
+        return "Compose(%s)" % ", ".join(repr(t) for t in self.transforms)
+
+
+_REGISTRY: Dict[str, Callable[..., Transform]] = {"ToTensor": ToTensor, "Normalize": Normalize}
+
+
+def _parse_entry(entry: Any) -> Tuple[str, Dict[str, Any]]:
+    """``'Name'``, ``['Name']`` or ``['Name', {kwargs}]`` -> (name, kwargs)."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+        if len(entry) == 1:
+            return entry[0], {}
+        if len(entry) == 2 and isinstance(entry[1], dict):
+            return entry[0], dict(entry[1])
+    raise ValueError("data.transform entry %r must look like ['Name'] or ['Name', {kwargs}]"
+                     % (entry,))
+
+
+def build_transform(transform_cfg: Sequence[Any]) -> Compose:
+    """Build the callable for ``cfg.data.transform``; an empty list means ToTensor only.
+
+    ToTensor is implied at the start when the list omits it (our inputs are always uint8), and
+    must not appear anywhere else.
+    """
+    if transform_cfg is None:
+        transform_cfg = []
+    ops: List[Transform] = []
+    for i, entry in enumerate(transform_cfg):
+        name, kwargs = _parse_entry(entry)
+        if name not in _REGISTRY:
+            raise ValueError("unknown transform %r in data.transform entry %d (%r); supported: %s"
+                             % (name, i, entry, ", ".join(sorted(_REGISTRY))))
+        if name == "ToTensor" and (ops or i > 0):
+            raise ValueError("data.transform entry %d (%r): ToTensor must be the first transform"
+                             % (i, entry))
+        try:
+            ops.append(_REGISTRY[name](**kwargs))
+        except (TypeError, ValueError) as e:
+            raise ValueError("bad arguments in data.transform entry %d (%r): %s"
+                             % (i, entry, e)) from None
+    if not ops or not isinstance(ops[0], ToTensor):
+        ops.insert(0, ToTensor())
+    return Compose(ops)

@@ -1,0 +1,152 @@
+"""Process wiring: the same Server/Client workers over an in-process queue or over gRPC.
+
+Every loop here blocks on a queue (``Queue.get`` with the worker's next deadline as timeout), so a
+waiting process costs nothing; a message is handled the moment it lands in the queue.
+"""
+import collections
+import logging
+import os
+import queue
+from typing import Deque, Dict
+
+import torch
+
+from federatedscope.core.auxiliaries.data_builder import ProcessData, client_count
+from federatedscope.core.auxiliaries.model_builder import get_model
+from federatedscope.core.configs.config import client_identity
+from federatedscope.core.message import Message
+from federatedscope.core.monitors.monitor import Monitor
+from federatedscope.core.trainers.trainer import get_trainer
+from federatedscope.core.workers.admission import Admission
+from federatedscope.core.workers.base_worker import Disconnected, Incoming
+from federatedscope.core.workers.client import Client
+from federatedscope.core.workers.server import Server
+
+logger = logging.getLogger("federatedscope")
+
+
+def _device(cfg) -> str:
+    return f"cuda:{max(cfg.device, 0)}" if cfg.use_gpu else "cpu"
+
+
+def _admission(cfg, expected: int) -> Admission:
+    manifest = None
+    if cfg.distributed_data.enabled and cfg.distributed_data.manifest:
+        from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+        manifest = load_manifest(cfg.distributed_data.manifest)
+    return Admission(manifest, cfg.distributed_data.strict_check, cfg.distribute.token,
+                     max_clients=expected)
+
+
+def outdir_of(cfg) -> str:
+    return os.path.join(cfg.outdir, cfg.expname)
+
+
+# ------------------------------------------------------------------ standalone
+class _LocalBus:
+    """The standalone 'network': a FIFO of (destination, payload)."""
+
+    def __init__(self) -> None:
+        self.queue: Deque = collections.deque()
+
+
+class _LocalServerComm:
+    def __init__(self, bus: _LocalBus):
+        self.bus = bus
+
+    def bind(self, conn_id: int, client_id: int) -> None:
+        pass  # conn_id == client_id in standalone
+
+    def send(self, msg: Message) -> None:
+        self.bus.queue.append((msg.receiver, msg))
+
+    def send_to_conn(self, conn_id: int, msg: Message) -> None:
+        self.bus.queue.append((conn_id, msg))
+
+    def close(self, conn_id: int) -> None:
+        pass
+
+
+class _LocalClientComm:
+    def __init__(self, bus: _LocalBus, client_id: int):
+        self.bus, self.client_id = bus, client_id
+
+    def send(self, msg: Message) -> None:
+        self.bus.queue.append((0, Incoming(self.client_id, msg)))
+
+
+def run_standalone(cfg, data: ProcessData) -> int:
+    bus = _LocalBus()
+    model = get_model(cfg)
+    expected = len(data.clients)
+    server = Server(cfg, model, _LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)), expected,
+                    _admission(cfg, expected), distributed=False)
+    clients: Dict[int, Client] = {}
+    for cid, splits in sorted(data.clients.items()):
+        trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
+        clients[cid] = Client(cfg, cid, trainer, _LocalClientComm(bus, cid), data.loaders.get(cid),
+                              token=cfg.distribute.token)
+        bus.queue.append((0, Incoming(cid, clients[cid].join_message())))
+    while bus.queue:
+        dest, payload = bus.queue.popleft()
+        if dest == 0:
+            server.handle(payload)
+        elif dest in clients and not clients[dest].finished:
+            clients[dest].handle(payload)
+    if not server.finished:
+        logger.error("Standalone run ended before the server finished (no client left?)")
+        return 1
+    return server.exit_code
+
+
+# ------------------------------------------------------------------ distributed
+def run_server(cfg, data: ProcessData) -> int:
+    from federatedscope.core.communication.grpc_server import GrpcServerTransport
+    expected = client_count(cfg, data)
+    inbox: "queue.Queue" = queue.Queue()
+    transport = GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8))
+    server = Server(cfg, get_model(cfg), transport, Monitor(cfg, outdir_of(cfg)), expected,
+                    _admission(cfg, expected), distributed=True)
+    transport.start()
+    logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
+                f"waiting for {expected} clients")
+    try:
+        while not server.finished:
+            try:
+                event = inbox.get(timeout=server.next_deadline())
+            except queue.Empty:
+                event = None
+            if event is not None:
+                server.handle(event)
+            server.tick()
+    finally:
+        transport.stop()
+    return server.exit_code
+
+
+def run_client(cfg, data: ProcessData) -> int:
+    from federatedscope.core.communication.grpc_client import GrpcClientTransport
+    from federatedscope.core.communication.security import client_token
+    (cid, splits), = data.clients.items()
+    inbox: "queue.Queue" = queue.Queue()
+    transport = GrpcClientTransport(cfg, inbox)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
+    claimed = client_identity(cfg) if client_identity(cfg) > 0 else cid
+    client = Client(cfg, claimed, trainer, transport, data.loaders.get(cid), token=client_token(cfg))
+    try:
+        transport.wait_for_server(cfg.distribute.connect_timeout)
+        transport.open_session(client.join_message())
+        while not client.finished:
+            event = inbox.get()
+            if isinstance(event, Disconnected):
+                if client.finished:
+                    break
+                logger.warning(f"Client #{client.ID}: lost the server ({event.reason}); reconnecting")
+                transport.wait_for_server(cfg.distribute.max_reconnect_time)
+                transport.open_session(client.join_message())
+                continue
+            client.handle(event)
+    finally:
+        transport.close()
+    return 2 if client.refused else 0

@@ -1,0 +1,95 @@
+"""Turns per-client evaluation results into FS's reports and the ``eval_results.log`` lines.
+
+``weighted_avg`` weighs each client's ``<split>_<metric>`` by its ``<split>_total``; ``avg`` is the
+plain mean over clients; ``raw`` keeps every client's numbers. Each evaluation appends one JSON line
+(written with fsync so a crash cannot lose a reported round).
+"""
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+from federatedscope.core.auxiliaries.utils import append_line
+
+logger = logging.getLogger("federatedscope")
+Results = Dict[str, float]
+
+
+def _split_of(key: str) -> str:
+    return key.split("_", 1)[0]
+
+
+def weighted_avg(per_client: Dict[int, Results]) -> Results:
+    sums: Dict[str, float] = {}
+    weights: Dict[str, float] = {}
+    for res in per_client.values():
+        for key, value in res.items():
+            split = _split_of(key)
+            w = float(res.get(f"{split}_total", 1))
+            if key.endswith("_total") or key.endswith("_correct"):
+                sums[key] = sums.get(key, 0.0) + value      # counts add up
+                weights[key] = 1.0
+            else:
+                sums[key] = sums.get(key, 0.0) + value * w
+                weights[key] = weights.get(key, 0.0) + w
+    return {k: (sums[k] / weights[k] if weights[k] else 0.0) for k in sorted(sums)}
+
+
+def plain_avg(per_client: Dict[int, Results]) -> Results:
+    keys = sorted({k for r in per_client.values() for k in r})
+    return {k: sum(r.get(k, 0.0) for r in per_client.values()) / len(per_client) for k in keys}
+
+
+class Monitor:
+    def __init__(self, cfg, outdir: str):
+        self.cfg = cfg
+        self.outdir = outdir
+        self.log_path = os.path.join(outdir, "eval_results.log")
+        self.key = cfg.eval.best_res_update_round_wise_key
+        self.best: Optional[float] = None
+        self.best_round = -1
+        self.no_improve = 0
+        self.history: List[dict] = []
+
+    def report(self, round_idx: int, per_client: Dict[int, Results], role: str = "Server #") -> dict:
+        if not per_client:
+            logger.warning(f"Round {round_idx}: no client reported evaluation results")
+            return {}
+        line: dict = {"Role": role, "Round": round_idx}
+        digits = self.cfg.print_decimal_digits
+        reports = self.cfg.eval.report
+        if "weighted_avg" in reports:
+            line["Results_weighted_avg"] = {k: round(v, digits) for k, v in weighted_avg(per_client).items()}
+        if "avg" in reports:
+            line["Results_avg"] = {k: round(v, digits) for k, v in plain_avg(per_client).items()}
+        if "raw" in reports:
+            line["Results_raw"] = {f"client #{cid}": res for cid, res in sorted(per_client.items())}
+        logger.info(json.dumps({k: v for k, v in line.items() if k != "Results_raw"}))
+        append_line(self.log_path, json.dumps(line))
+        self.history.append(line)
+        self._track_best(round_idx, weighted_avg(per_client))
+        return line
+
+    def _track_best(self, round_idx: int, results: Results) -> None:
+        value = results.get(self.key)
+        if value is None:
+            return
+        lower_is_better = "loss" in self.key
+        better = self.best is None or (value < self.best - self.cfg.early_stop.delta if lower_is_better
+                                       else value > self.best + self.cfg.early_stop.delta)
+        if better:
+            self.best, self.best_round, self.no_improve = value, round_idx, 0
+        else:
+            self.no_improve += 1
+
+    def should_stop_early(self) -> bool:
+        patience = self.cfg.early_stop.patience
+        return patience > 0 and self.no_improve >= patience
+
+    def final_summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        summary = {"Role": "Server #", "Final": True,
+                   "Round": last.get("Round"), "Results_weighted_avg": last.get("Results_weighted_avg", {}),
+                   "best_round": self.best_round, f"best_{self.key}": self.best}
+        append_line(self.log_path, json.dumps(summary))
+        return summary

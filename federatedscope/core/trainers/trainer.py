@@ -1,0 +1,106 @@
+"""Local training and evaluation of one client's model on its own splits.
+
+The trainer consumes any ``BatchSource`` (``core/data/datasets.py``): in-memory, memory-mapped or
+streaming data look the same to it. A fresh optimizer is built for every round, so no momentum from
+an earlier round (or an earlier connection) leaks into the new global model.
+"""
+import logging
+from typing import Dict, Mapping, Tuple
+
+import torch
+from torch import nn
+
+from federatedscope.core.data.datasets import BatchSource
+
+logger = logging.getLogger("federatedscope")
+State = Dict[str, torch.Tensor]
+
+
+class GeneralTorchTrainer:
+    def __init__(self, model: nn.Module, data: Mapping[str, BatchSource], device: str, cfg):
+        self.model = model.to(device)
+        self.data = dict(data)
+        self.device = device
+        self.cfg = cfg
+        self.criterion = nn.CrossEntropyLoss(reduction="sum")
+
+    # --- model state ---
+    def get_state(self) -> State:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def set_state(self, state: State) -> None:
+        self.model.load_state_dict(state, strict=True)
+
+    def num_samples(self, split: str) -> int:
+        src = self.data.get(split)
+        return len(src) if src is not None else 0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.train.optimizer
+        return torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                               weight_decay=o.weight_decay)
+
+    # --- training ---
+    def train(self, seed: int) -> Tuple[int, State, Dict[str, float]]:
+        """Run ``local_update_steps`` batches or epochs; returns (train samples, state, metrics).
+
+        ``seed`` fixes the shuffle order and dropout for this round, so the same client in a
+        standalone simulation and in its own process trains identically.
+        """
+        src = self.data.get("train")
+        n = len(src) if src is not None else 0
+        if n == 0:
+            return 0, self.get_state(), {"train_total": 0}
+        torch.manual_seed(seed)
+        self.model.train()
+        opt = self._optimizer()
+        steps = self.cfg.train.local_update_steps
+        by_epoch = self.cfg.train.batch_or_epoch == "epoch"
+        clip = self.cfg.grad.grad_clip
+        bs, shuffle = self.cfg.dataloader.batch_size, self.cfg.dataloader.shuffle
+        loss_sum, seen, correct, done, epoch = 0.0, 0, 0, 0, 0
+        while True:
+            for xb, yb in src.iter_batches(bs, shuffle, seed * 1000003 + epoch):
+                xb, yb = xb.to(self.device), yb.to(self.device)
+                opt.zero_grad(set_to_none=True)
+                out = self.model(xb)
+                loss = self.criterion(out, yb)
+                (loss / len(yb)).backward()
+                if clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                opt.step()
+                loss_sum += float(loss)
+                seen += len(yb)
+                correct += int((out.argmax(1) == yb).sum())
+                done += 0 if by_epoch else 1
+                if not by_epoch and done >= steps:
+                    break
+            epoch += 1
+            if by_epoch and epoch >= steps or not by_epoch and done >= steps:
+                break
+        metrics = {"train_loss": loss_sum, "train_total": seen,
+                   "train_avg_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        return n, self.get_state(), metrics
+
+    # --- evaluation ---
+    @torch.no_grad()
+    def evaluate(self, split: str) -> Dict[str, float]:
+        src = self.data.get(split)
+        if src is None or len(src) == 0:
+            return {}
+        self.model.eval()
+        loss_sum, correct, total = 0.0, 0, 0
+        for xb, yb in src.iter_batches(max(self.cfg.dataloader.batch_size, 256), False, 0):
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            out = self.model(xb)
+            loss_sum += float(self.criterion(out, yb))
+            correct += int((out.argmax(1) == yb).sum())
+            total += len(yb)
+        return {f"{split}_acc": correct / total, f"{split}_correct": correct,
+                f"{split}_loss": loss_sum, f"{split}_total": total,
+                f"{split}_avg_loss": loss_sum / total}
+
+
+def get_trainer(model: nn.Module, data: Mapping[str, BatchSource], device: str, cfg):
+    # 'cvtrainer' is FS's name for the general trainer applied to images; both behave the same here.
+    return GeneralTorchTrainer(model, data, device, cfg)

@@ -1,0 +1,54 @@
+"""Entry point: ``python federatedscope/main.py --cfg X.yaml [key value ...]``.
+
+Exit codes: 0 success; 1 configuration/data error (message names the key or file and the fix);
+2 client refused by the server; 3 server gave up waiting for clients (checkpoint written).
+"""
+import logging
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from federatedscope.core.auditing import install_open_audit  # noqa: E402
+
+install_open_audit()
+
+from federatedscope.core.auxiliaries.utils import setup_logger, setup_seed  # noqa: E402
+from federatedscope.core.cmd_args import parse_args  # noqa: E402
+from federatedscope.core.configs.config import ConfigError, finalize, load_cfg  # noqa: E402
+
+logger = logging.getLogger("federatedscope")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger()
+    try:
+        cfg = finalize(load_cfg(args.cfg_file, args.opts, args.override, args.client_cfg_file))
+    except ConfigError as e:
+        logger.error(f"Configuration error: {e}")
+        return 1
+    from federatedscope.core.fed_runner import outdir_of
+    os.makedirs(outdir_of(cfg), exist_ok=True)
+    setup_logger(logfile=os.path.join(outdir_of(cfg), "exp_print.log"))
+    setup_seed(cfg.seed)
+    from federatedscope.core.auxiliaries.data_builder import get_data
+    from federatedscope.core.fed_runner import run_client, run_server, run_standalone
+    try:
+        data = get_data(cfg)
+        if cfg.federate.mode == "standalone":
+            return run_standalone(cfg, data)
+        if cfg.distribute.role == "server":
+            return run_server(cfg, data)
+        return run_client(cfg, data)
+    except (ConfigError, ValueError, FileNotFoundError, ConnectionError, OSError) as e:
+        logger.error(f"{type(e).__name__}: {e}")
+        return 1
+    except KeyboardInterrupt:
+        logger.warning("Interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
