@@ -9,8 +9,6 @@ import os
 import queue
 from typing import Deque, Dict
 
-import torch
-
 from federatedscope.core.auxiliaries.data_builder import ProcessData, client_count
 from federatedscope.core.auxiliaries.model_builder import get_model
 from federatedscope.core.configs.config import client_identity
@@ -130,7 +128,6 @@ def run_client(cfg, data: ProcessData) -> int:
     (cid, splits), = data.clients.items()
     inbox: "queue.Queue" = queue.Queue()
     transport = GrpcClientTransport(cfg, inbox)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
     claimed = client_identity(cfg) if client_identity(cfg) > 0 else cid
     client = Client(cfg, claimed, trainer, transport, data.loaders.get(cid), token=client_token(cfg))

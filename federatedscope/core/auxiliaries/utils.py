@@ -49,7 +49,10 @@ def _atomic_write(path: str, writer: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp", dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         writer(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

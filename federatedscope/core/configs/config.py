@@ -32,7 +32,7 @@ class CN(_YacsNode):
                 raise ConfigError(f"{cfg_filename}: cannot parse YAML: {e}") from e
         try:
             self.merge_from_other_cfg(loaded)
-        except KeyError as e:
+        except (KeyError, AssertionError) as e:
             raise ConfigError(f"{cfg_filename}: {e.args[0]} (see doc/config.md "
                               f"for the keys this version knows)") from None
         except ValueError as e:
@@ -47,7 +47,7 @@ class CN(_YacsNode):
                     for i, v in enumerate(cfg_list)]
         try:
             super().merge_from_list(cfg_list)
-        except KeyError as e:
+        except (KeyError, AssertionError) as e:
             raise ConfigError(f"command line: {e.args[0]}") from None
         except ValueError as e:
             raise ConfigError(f"command line: {e}") from None

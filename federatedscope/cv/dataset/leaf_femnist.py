@@ -1,0 +1,298 @@
+"""LEAF FEMNIST reading: raw JSON -> uint8 writer samples -> FS-style per-writer tasks.
+
+Data contract (doc/architecture.md): a sample is uint8 ``[28, 28]`` holding ``round(v * 255)`` of
+the LEAF float ``v``. LEAF values are exactly ``k/255``, so this is lossless; anything else is an
+error naming the file and writer (silently binarising or rounding odd data would hide a broken
+download or a different preprocessing).
+"""
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from federatedscope.core.auxiliaries.utils import atomic_torch_save
+
+logger = logging.getLogger("federatedscope")
+
+SIDE = 28
+NUM_CLASSES = 62
+K255_TOL = 1e-6
+SPLIT_NAMES = ("train", "val", "test")
+_CACHE_VERSION = 1
+
+Split = Tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class WriterSamples:
+    writer_id: str
+    x: np.ndarray          # uint8 [n, 28, 28]
+    y: np.ndarray          # int64 [n]
+    source: str            # file it came from
+    split: Optional[str]   # 'train'/'test' when LEAF already split it, else None
+
+
+def _generate_hint(raw_dir: str) -> str:
+    return ("generate a sample with `python scripts/tools/generate_femnist_sample.py --out %s "
+            "--writers 60 --seed 0`, or drop real LEAF FEMNIST JSON files (all_data_*.json, or "
+            "LEAF's train/ and test/ folders) there" % raw_dir)
+
+
+def _json_in(folder: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(folder, "*.json")))
+
+
+def _leaf_tree(raw_dir: str) -> Optional[Tuple[List[str], List[str]]]:
+    """LEAF's own output (``train/`` and ``test/`` folders of JSON), or None."""
+    train, test = _json_in(os.path.join(raw_dir, "train")), _json_in(os.path.join(raw_dir, "test"))
+    if train and test:
+        return train, test
+    return None
+
+
+def list_leaf_files(raw_dir: str) -> List[str]:
+    """Sorted JSON paths: ``train/*.json`` then ``test/*.json`` for a LEAF tree, else ``*.json``."""
+    tree = _leaf_tree(raw_dir)
+    if tree is not None:
+        return tree[0] + tree[1]
+    return _json_in(raw_dir)
+
+
+def floats_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
+    """Exact ``k/255`` floats -> uint8 ``k``; anything else raises ValueError naming ``where``."""
+    v = np.asarray(values, dtype=np.float64)
+    k = np.rint(v * 255.0)
+    bad = ~(np.abs(v - k / 255.0) <= K255_TOL) | (k < 0) | (k > 255)  # ~(<=) also catches NaN
+    if bad.any():
+        first = v.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])]
+        raise ValueError(
+            "%s: %d pixel value(s) are not multiples of 1/255 in [0, 1] (first: %r); FEMNIST "
+            "pixels must be exact k/255 grey values and are never binarised"
+            % (where, int(bad.sum()), float(first)))
+    return k.astype(np.uint8)
+
+
+class _FloatIntern(dict):
+    """json ``parse_float`` hook: one float object per distinct literal.
+
+    A LEAF file has ~15M pixel literals but only ~256 distinct ones; sharing the objects cuts the
+    parsed file's memory roughly 4x, and a dict hit is a C-level call, so parsing gets faster too.
+    """
+
+    def __missing__(self, key: str) -> float:
+        value = self[key] = float(key)
+        return value
+
+
+def _load_json(path: str) -> dict:
+    with open(path, "rb") as f:
+        try:
+            return json.loads(f.read(), parse_float=_FloatIntern().__getitem__)
+        except ValueError as e:
+            raise ValueError("%s: not valid JSON (%s)" % (path, e)) from None
+
+
+def _writers_of_file(path: str, split: Optional[str]) -> Iterator[WriterSamples]:
+    raw = _load_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("user_data"), dict):
+        raise ValueError("%s: not a LEAF file (needs a 'user_data' object)" % path)
+    users = raw.get("users", list(raw["user_data"].keys()))
+    for uid in users:
+        where = "%s, writer %s" % (path, uid)
+        entry = raw["user_data"].get(uid)
+        if entry is None or "x" not in entry or "y" not in entry:
+            raise ValueError("%s: missing from user_data or lacks 'x'/'y'" % where)
+        n = len(entry["y"])
+        if len(entry["x"]) != n:
+            raise ValueError("%s: %d images but %d labels" % (where, len(entry["x"]), n))
+        x = np.asarray(entry["x"], dtype=np.float64) if n else np.zeros((0, SIDE * SIDE))
+        if x.ndim != 2 or x.shape[1] != SIDE * SIDE:
+            raise ValueError("%s: images must be %d floats each, got shape %s"
+                             % (where, SIDE * SIDE, x.shape))
+        y = np.asarray(entry["y"], dtype=np.int64).reshape(n)
+        if n and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise ValueError("%s: labels must be in [0, %d)" % (where, NUM_CLASSES))
+        yield WriterSamples(str(uid), floats_to_uint8(x, where).reshape(n, SIDE, SIDE), y,
+                            path, split)
+        entry.clear()  # drop the parsed floats early; the uint8 copy is 8x smaller
+
+
+def iter_leaf_writers(raw_dir: str) -> Iterator[WriterSamples]:
+    """Yield every writer of every LEAF file under ``raw_dir``, one JSON file in memory at a time.
+
+    A LEAF tree (``train/``, ``test/``) yields each writer twice, with split 'train' and 'test'.
+    """
+    tree = _leaf_tree(raw_dir)
+    if tree is not None:
+        stray = _json_in(raw_dir)
+        if stray:
+            logger.warning("%s has train/ and test/ folders; ignoring %d top-level JSON file(s)",
+                           raw_dir, len(stray))
+        jobs = [(p, "train") for p in tree[0]] + [(p, "test") for p in tree[1]]
+    else:
+        jobs = [(p, None) for p in _json_in(raw_dir)]
+    for path, split in jobs:
+        yield from _writers_of_file(path, split)
+
+
+# ------------------------------------------------------------------------------------ tasks
+def _check_splits(splits: Sequence[float]) -> Tuple[float, float, float]:
+    s = tuple(float(v) for v in splits)
+    if len(s) != 3 or min(s) < 0 or abs(sum(s) - 1.0) > 1e-6:
+        raise ValueError("data.splits must be three non-negative fractions summing to 1 "
+                         "(train, val, test), got %r" % (list(splits),))
+    return s  # type: ignore[return-value]
+
+
+def _writer_rng(seed: int, writer_id: str) -> np.random.Generator:
+    # Keyed by writer id, so a writer's split does not change with which other writers exist.
+    digest = hashlib.sha256(writer_id.encode("utf-8")).digest()
+    return np.random.default_rng([seed % (2 ** 63), int.from_bytes(digest[:8], "little")])
+
+
+def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+def _split_writer(parts: Dict[Optional[str], WriterSamples], splits: Tuple[float, float, float],
+                  seed: int, writer_id: str) -> Dict[str, Split]:
+    rng = _writer_rng(seed, writer_id)
+    empty = (np.zeros((0, SIDE, SIDE), np.uint8), np.zeros((0,), np.int64))
+    if None in parts:  # unsplit LEAF data: shuffle, then cut by the three fractions
+        ws = parts[None]
+        n = ws.y.shape[0]
+        perm = rng.permutation(n)
+        n_train = int(math.floor(n * splits[0] + 1e-9))
+        n_val = int(math.floor(n * splits[1] + 1e-9))
+        cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
+                "test": perm[n_train + n_val:]}
+        return {k: _as_split(ws.x[idx], ws.y[idx]) for k, idx in cuts.items()}
+    # LEAF already split: keep its test set; val is carved from its train set so that
+    # train:val keeps the configured proportion.
+    tr = parts.get("train")
+    te = parts.get("test")
+    out = {"test": _as_split(te.x, te.y) if te is not None else _as_split(*empty)}
+    if tr is None:
+        out["train"], out["val"] = _as_split(*empty), _as_split(*empty)
+        return out
+    n = tr.y.shape[0]
+    perm = rng.permutation(n)
+    denom = splits[0] + splits[1]
+    n_val = int(math.floor(n * splits[1] / denom + 1e-9)) if denom > 0 else 0
+    out["val"] = _as_split(tr.x[perm[:n_val]], tr.y[perm[:n_val]])
+    out["train"] = _as_split(tr.x[perm[n_val:]], tr.y[perm[n_val:]])
+    return out
+
+
+def _cache_key(raw_dir: str, files: List[str], splits: Tuple[float, float, float],
+               subsample: float, seed: int) -> str:
+    listing = []
+    for p in files:
+        st = os.stat(p)
+        listing.append([os.path.relpath(p, raw_dir), st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"v": _CACHE_VERSION, "files": listing, "splits": list(splits),
+                       "subsample": float(subsample), "seed": int(seed)}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def _valid_cached(obj: object) -> bool:
+    if not isinstance(obj, dict) or obj.get("version") != _CACHE_VERSION:
+        return False
+    tasks = obj.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        return False
+    for t in tasks:
+        if not isinstance(t, dict) or set(t) != set(SPLIT_NAMES):
+            return False
+        for x, y in t.values():
+            if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.shape[1:] != (SIDE, SIDE) \
+                    or x.shape[0] != y.shape[0]:
+                return False
+    return True
+
+
+def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
+                       seed: int) -> List[Dict[str, Split]]:
+    """FS semantics: one task per writer (sorted ids), ``subsample`` fraction of writers, each
+    writer shuffled and split by ``splits``; all deterministic in ``seed``.
+
+    Reads ``<root>/femnist/raw`` and caches the result in ``<root>/femnist/processed/<hash>.pt``
+    (hash of file list/sizes/mtimes and the arguments); a corrupt cache is rebuilt.
+    """
+    split_t = _check_splits(splits)
+    if not 0.0 < float(subsample) <= 1.0:
+        raise ValueError("data.subsample must be in (0, 1], got %r" % (subsample,))
+    raw_dir = os.path.join(root, "femnist", "raw")
+    if not os.path.isdir(raw_dir):
+        raise FileNotFoundError("FEMNIST raw folder %s does not exist: %s"
+                                % (raw_dir, _generate_hint(raw_dir)))
+    files = list_leaf_files(raw_dir)
+    if not files:
+        raise FileNotFoundError("FEMNIST raw folder %s holds no LEAF JSON files: %s"
+                                % (raw_dir, _generate_hint(raw_dir)))
+    cache = os.path.join(root, "femnist", "processed",
+                         _cache_key(raw_dir, files, split_t, subsample, seed) + ".pt")
+    if os.path.exists(cache):
+        try:
+            obj = torch.load(cache, weights_only=True)
+            if _valid_cached(obj):
+                return obj["tasks"]
+            logger.warning("FEMNIST cache %s has an unexpected layout; rebuilding it", cache)
+        except Exception as e:  # a torn or foreign file must not block training
+            logger.warning("FEMNIST cache %s is unreadable (%s); rebuilding it", cache, e)
+
+    by_writer: Dict[str, Dict[Optional[str], WriterSamples]] = {}
+    for ws in iter_leaf_writers(raw_dir):
+        parts = by_writer.setdefault(ws.writer_id, {})
+        if ws.split in parts:
+            raise ValueError("writer %s appears twice in the %s data: %s and %s"
+                             % (ws.writer_id, ws.split or "unsplit", parts[ws.split].source,
+                                ws.source))
+        parts[ws.split] = ws
+    writer_ids = sorted(by_writer)
+    n_keep = min(len(writer_ids), max(1, int(math.ceil(len(writer_ids) * float(subsample)))))
+    chosen = np.sort(np.random.default_rng(seed % (2 ** 63)).permutation(len(writer_ids))[:n_keep])
+    tasks = [_split_writer(by_writer[writer_ids[i]], split_t, seed, writer_ids[i]) for i in chosen]
+    atomic_torch_save(cache, {"version": _CACHE_VERSION,
+                              "writers": [writer_ids[i] for i in chosen], "tasks": tasks})
+    logger.info("FEMNIST: %d of %d writers as tasks, cached in %s", len(tasks), len(writer_ids),
+                cache)
+    return tasks
+
+
+def read_fs_processed_task(task_dir: str) -> Dict[str, Split]:
+    """Read FS's processed ``<task_dir>/{train,val,test}.pt`` ((data float [n,784], targets)).
+
+    ``train.pt`` and ``test.pt`` are required; FS omits ``val.pt`` when val_frac is 0, and then
+    'val' is empty.
+    """
+    out: Dict[str, Split] = {}
+    for name in SPLIT_NAMES:
+        path = os.path.join(task_dir, name + ".pt")
+        if not os.path.exists(path):
+            if name == "val":
+                out[name] = (torch.zeros((0, SIDE, SIDE), dtype=torch.uint8),
+                             torch.zeros((0,), dtype=torch.int64))
+                continue
+            raise FileNotFoundError("FS processed task file %s is missing" % path)
+        obj = torch.load(path, weights_only=True)
+        if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+            raise ValueError("%s: expected a (data, targets) tuple" % path)
+        data, targets = torch.as_tensor(obj[0]), torch.as_tensor(obj[1])
+        n = data.shape[0] if data.dim() else -1
+        if n < 0 or data.numel() != n * SIDE * SIDE or targets.numel() != n:
+            raise ValueError("%s: data must be [n, 784] with n targets, got %s and %s"
+                             % (path, tuple(data.shape), tuple(targets.shape)))
+        x = floats_to_uint8(data.double().numpy(), path).reshape(n, SIDE, SIDE)
+        y = targets.reshape(-1).long()
+        if n and (int(y.min()) < 0 or int(y.max()) >= NUM_CLASSES):
+            raise ValueError("%s: labels must be in [0, %d)" % (path, NUM_CLASSES))
+        out[name] = (torch.from_numpy(x), y)
+    return out

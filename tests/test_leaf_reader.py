@@ -1,0 +1,217 @@
+"""LEAF FEMNIST reader: lossless uint8, rejection of odd values, LEAF trees, FS task semantics."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from federatedscope.cv.dataset import leaf_femnist as lf
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "scripts", "tools", "generate_femnist_sample.py")
+_spec = importlib.util.spec_from_file_location("generate_femnist_sample", _PATH)
+gen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen)
+
+SPLITS = [0.6, 0.2, 0.2]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp("data")
+    gen.write_sample(str(r / "femnist" / "raw"), writers=6, seed=1, mean=30, writers_per_file=4)
+    return r
+
+
+def _raw_json(root):
+    out = {}
+    for p in lf.list_leaf_files(str(root / "femnist" / "raw")):
+        with open(p) as f:
+            out.update(json.load(f)["user_data"])
+    return out
+
+
+def _write_leaf(path, user_data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    users = sorted(user_data)
+    path.write_text(json.dumps({"users": users,
+                                "num_samples": [len(user_data[u]["y"]) for u in users],
+                                "user_data": user_data}))
+
+
+def test_all_k255_values_round_trip_bit_exact():
+    v = [k / 255 for k in range(256)]
+    u8 = lf.floats_to_uint8(np.asarray(v), "test")
+    assert u8.tolist() == list(range(256))
+    assert torch.equal(torch.from_numpy(u8).float() / 255.0, torch.tensor(v, dtype=torch.float32))
+    # LEAF may also write 1 - k/255, which is k/255 only up to rounding: still accepted.
+    assert lf.floats_to_uint8(np.asarray([1 - 3 / 255]), "t").tolist() == [252]
+
+
+def test_iter_writers_lossless(root):
+    raw = _raw_json(root)
+    writers = list(lf.iter_leaf_writers(str(root / "femnist" / "raw")))
+    assert sorted(w.writer_id for w in writers) == sorted(raw) and len(writers) == 6
+    assert [os.path.basename(w.source) for w in writers].count("all_data_0.json") == 4
+    for w in writers:
+        assert w.split is None and w.x.dtype == np.uint8 and w.y.dtype == np.int64
+        assert w.x.shape == (len(raw[w.writer_id]["y"]), 28, 28)
+        assert w.y.tolist() == raw[w.writer_id]["y"]
+        ref = torch.tensor(raw[w.writer_id]["x"], dtype=torch.float32).reshape(-1, 28, 28)
+        assert torch.equal(torch.from_numpy(w.x).float() / 255.0, ref)
+
+
+def test_rejects_non_k255_values(tmp_path):
+    x = [[1.0] * 784, [1.0] * 783 + [0.5]]  # 0.5 is not k/255: must not be rounded/binarised
+    _write_leaf(tmp_path / "bad.json", {"f0001_01": {"x": x, "y": [1, 2]}})
+    with pytest.raises(ValueError) as e:
+        list(lf.iter_leaf_writers(str(tmp_path)))
+    assert "bad.json" in str(e.value) and "f0001_01" in str(e.value) and "0.5" in str(e.value)
+    _write_leaf(tmp_path / "bad.json", {"f0001_01": {"x": [[1.2] * 784], "y": [1]}})
+    with pytest.raises(ValueError, match="f0001_01"):
+        list(lf.iter_leaf_writers(str(tmp_path)))
+    _write_leaf(tmp_path / "bad.json", {"f0001_01": {"x": [[1.0] * 700], "y": [1]}})
+    with pytest.raises(ValueError, match="784"):
+        list(lf.iter_leaf_writers(str(tmp_path)))
+
+
+def _leaf_tree(root, tmp_path):
+    """Split the sample the way LEAF does: per writer, first 75% to train/, rest to test/."""
+    raw = _raw_json(root)
+    tr, te = {}, {}
+    for uid, d in raw.items():
+        cut = int(0.75 * len(d["y"]))
+        tr[uid] = {"x": d["x"][:cut], "y": d["y"][:cut]}
+        te[uid] = {"x": d["x"][cut:], "y": d["y"][cut:]}
+    base = tmp_path / "femnist" / "raw"
+    _write_leaf(base / "train" / "all_data_0_niid_0_keep_0_train_9.json", tr)
+    _write_leaf(base / "test" / "all_data_0_niid_0_keep_0_test_9.json", te)
+    return raw, tr, te
+
+
+def test_leaf_train_test_tree(root, tmp_path):
+    raw, tr, te = _leaf_tree(root, tmp_path)
+    base = str(tmp_path / "femnist" / "raw")
+    assert [os.path.basename(os.path.dirname(p)) for p in lf.list_leaf_files(base)] == \
+        ["train", "test"]
+    ws = list(lf.iter_leaf_writers(base))
+    assert sorted((w.writer_id, w.split) for w in ws) == \
+        sorted([(u, "train") for u in raw] + [(u, "test") for u in raw])
+    tasks = lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
+    assert len(tasks) == 6
+    for uid, task in zip(sorted(raw), tasks):
+        # LEAF's test set is kept as is; val is carved out of LEAF's train (train:val = 3:1).
+        assert task["test"][1].tolist() == te[uid]["y"]
+        n = len(tr[uid]["y"])
+        assert len(task["val"][1]) == int(n * 0.25 + 1e-9)
+        assert len(task["train"][1]) + len(task["val"][1]) == n
+        got = sorted(task["train"][1].tolist() + task["val"][1].tolist())
+        assert got == sorted(tr[uid]["y"])
+
+
+def test_tasks_splits_deterministic(root):
+    raw = _raw_json(root)
+    a = lf.load_femnist_tasks(str(root), SPLITS, 1.0, 0)
+    b = lf.load_femnist_tasks(str(root), SPLITS, 1.0, 0)
+    c = lf.load_femnist_tasks(str(root), SPLITS, 1.0, 1)
+    assert len(a) == 6
+    for uid, ta, tb, tc in zip(sorted(raw), a, b, c):
+        n = len(raw[uid]["y"])
+        sizes = [len(ta[s][1]) for s in ("train", "val", "test")]
+        assert sizes[0] == int(n * 0.6 + 1e-9) and sizes[1] == int(n * 0.2 + 1e-9)
+        assert sum(sizes) == n
+        for s in ("train", "val", "test"):
+            x, y = ta[s]
+            assert x.dtype == torch.uint8 and x.shape[1:] == (28, 28) and y.dtype == torch.int64
+            assert torch.equal(x, tb[s][0]) and torch.equal(y, tb[s][1])
+        # Every sample lands in exactly one split.
+        allx = torch.cat([ta[s][0] for s in ("train", "val", "test")]).reshape(n, -1)
+        ref = torch.from_numpy(lf.floats_to_uint8(np.asarray(raw[uid]["x"]), "r"))
+        assert sorted(map(bytes, allx.numpy())) == sorted(map(bytes, ref.numpy()))
+    assert any(not torch.equal(ta["train"][0], tc["train"][0]) for ta, tc in zip(a, c))
+
+
+def test_subsample(root):
+    first = lambda tasks: [t["train"][1].tolist() + t["test"][1].tolist() for t in tasks]  # noqa
+    half = lf.load_femnist_tasks(str(root), SPLITS, 0.5, 3)
+    assert len(half) == 3
+    assert first(half) == first(lf.load_femnist_tasks(str(root), SPLITS, 0.5, 3))
+    assert len(lf.load_femnist_tasks(str(root), SPLITS, 0.01, 3)) == 1  # at least one writer
+    choices = {tuple(map(tuple, first(lf.load_femnist_tasks(str(root), SPLITS, 0.5, s))))
+               for s in range(6)}
+    assert len(choices) > 1  # the seed picks the writers
+    with pytest.raises(ValueError):
+        lf.load_femnist_tasks(str(root), SPLITS, 0.0, 0)
+    with pytest.raises(ValueError, match="splits"):
+        lf.load_femnist_tasks(str(root), [0.5, 0.2, 0.2], 1.0, 0)
+
+
+def test_cache_reuse_and_rebuild(root, tmp_path, monkeypatch):
+    r = tmp_path / "cache_root"
+    gen.write_sample(str(r / "femnist" / "raw"), writers=3, seed=2, mean=20)
+    tasks = lf.load_femnist_tasks(str(r), SPLITS, 1.0, 7)
+    proc = r / "femnist" / "processed"
+    caches = list(proc.glob("*.pt"))
+    assert len(caches) == 1
+    assert torch.load(str(caches[0]), weights_only=True)["writers"] == \
+        [w.writer_id for w in lf.iter_leaf_writers(str(r / "femnist" / "raw"))]
+
+    def boom(_):
+        raise AssertionError("raw data re-read although the cache is valid")
+    monkeypatch.setattr(lf, "iter_leaf_writers", boom)
+    again = lf.load_femnist_tasks(str(r), SPLITS, 1.0, 7)
+    assert all(torch.equal(a["val"][0], b["val"][0]) for a, b in zip(tasks, again))
+    monkeypatch.undo()
+
+    caches[0].write_bytes(b"not a torch file")  # corrupt cache -> rebuilt, same content
+    rebuilt = lf.load_femnist_tasks(str(r), SPLITS, 1.0, 7)
+    assert all(torch.equal(a["test"][1], b["test"][1]) for a, b in zip(tasks, rebuilt))
+    assert torch.load(str(caches[0]), weights_only=True)["version"] == 1
+
+    lf.load_femnist_tasks(str(r), SPLITS, 1.0, 8)  # other args -> other cache file
+    raw0 = r / "femnist" / "raw" / "all_data_0.json"
+    st = raw0.stat()
+    os.utime(raw0, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # raw changed -> new key
+    lf.load_femnist_tasks(str(r), SPLITS, 1.0, 7)
+    assert len(list(proc.glob("*.pt"))) == 3
+
+
+def test_missing_raw_dir_error(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
+    msg = str(e.value)
+    raw = os.path.join(str(tmp_path), "femnist", "raw")
+    assert raw in msg
+    assert "python scripts/tools/generate_femnist_sample.py --out %s --writers 60 --seed 0" % raw \
+        in msg
+    os.makedirs(raw)
+    with pytest.raises(FileNotFoundError, match="no LEAF JSON"):
+        lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
+
+
+def test_read_fs_processed_task(tmp_path):
+    rng = np.random.default_rng(0)
+    ks = {s: rng.integers(0, 256, size=(n, 784)) for s, n in (("train", 5), ("val", 2),
+                                                              ("test", 3))}
+    for s, k in ks.items():
+        # FS stores torch.tensor(np.stack(json floats)): float64 [n, 784] in [0, 1].
+        # float32 copies (e.g. re-saved by a user) are within 1e-6 of k/255 and accepted too.
+        data = torch.tensor(k / 255.0)
+        torch.save((data.float() if s == "val" else data, torch.LongTensor(rng.integers(0, 62, len(k)))),
+                   str(tmp_path / (s + ".pt")))
+    out = lf.read_fs_processed_task(str(tmp_path))
+    for s, k in ks.items():
+        x, y = out[s]
+        assert x.dtype == torch.uint8 and x.shape == (len(k), 28, 28) and y.dtype == torch.int64
+        assert np.array_equal(x.reshape(len(k), -1).numpy(), k)
+    os.remove(tmp_path / "val.pt")  # FS omits val.pt when val_frac == 0
+    assert lf.read_fs_processed_task(str(tmp_path))["val"][0].shape == (0, 28, 28)
+    bad = torch.full((1, 784), 0.5, dtype=torch.float32)
+    torch.save((bad, torch.LongTensor([0])), str(tmp_path / "test.pt"))
+    with pytest.raises(ValueError, match="test.pt"):
+        lf.read_fs_processed_task(str(tmp_path))
+    os.remove(tmp_path / "train.pt")
+    with pytest.raises(FileNotFoundError, match="train.pt"):
+        lf.read_fs_processed_task(str(tmp_path))
