@@ -12,3 +12,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def femnist_root(tmp_path_factory):
+    """A small generated FEMNIST sample (LEAF JSON) shared by the whole session."""
+    root = tmp_path_factory.mktemp("data")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
+                    "--out", str(root / "femnist" / "raw"), "--writers", "12", "--seed", "3",
+                    "--samples-per-writer-mean", "60", "--writers-per-file", "5"],
+                   check=True, capture_output=True)
+    return str(root)

@@ -63,6 +63,20 @@ def test_iter_writers_lossless(root):
         assert torch.equal(torch.from_numpy(w.x).float() / 255.0, ref)
 
 
+def test_fs_all_data_subfolder(root, tmp_path):
+    # FS keeps the downloaded LEAF files in raw/all_data/; that layout reads the same.
+    src = root / "femnist" / "raw"
+    dst = tmp_path / "femnist" / "raw" / "all_data"
+    dst.mkdir(parents=True)
+    for name in os.listdir(src):
+        if name.endswith(".json"):
+            (dst / name).write_bytes((src / name).read_bytes())
+    a = lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
+    b = lf.load_femnist_tasks(str(root), SPLITS, 1.0, 0)
+    assert len(a) == len(b) == 6
+    assert all(torch.equal(x["train"][0], y["train"][0]) for x, y in zip(a, b))
+
+
 def test_rejects_non_k255_values(tmp_path):
     x = [[1.0] * 784, [1.0] * 783 + [0.5]]  # 0.5 is not k/255: must not be rounded/binarised
     _write_leaf(tmp_path / "bad.json", {"f0001_01": {"x": x, "y": [1, 2]}})
@@ -199,8 +213,8 @@ def test_read_fs_processed_task(tmp_path):
         # FS stores torch.tensor(np.stack(json floats)): float64 [n, 784] in [0, 1].
         # float32 copies (e.g. re-saved by a user) are within 1e-6 of k/255 and accepted too.
         data = torch.tensor(k / 255.0)
-        torch.save((data.float() if s == "val" else data, torch.LongTensor(rng.integers(0, 62, len(k)))),
-                   str(tmp_path / (s + ".pt")))
+        targets = torch.LongTensor(rng.integers(0, 62, len(k)))
+        torch.save((data.float() if s == "val" else data, targets), str(tmp_path / (s + ".pt")))
     out = lf.read_fs_processed_task(str(tmp_path))
     for s, k in ks.items():
         x, y = out[s]

@@ -131,6 +131,7 @@ def run_client(cfg, data: ProcessData) -> int:
     trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
     claimed = client_identity(cfg) if client_identity(cfg) > 0 else cid
     client = Client(cfg, claimed, trainer, transport, data.loaders.get(cid), token=client_token(cfg))
+    logger.info(f"Client #{claimed}: connecting to server {transport.address}")
     try:
         transport.wait_for_server(cfg.distribute.connect_timeout)
         transport.open_session(client.join_message())

@@ -57,12 +57,24 @@ def _leaf_tree(raw_dir: str) -> Optional[Tuple[List[str], List[str]]]:
     return None
 
 
-def list_leaf_files(raw_dir: str) -> List[str]:
-    """Sorted JSON paths: ``train/*.json`` then ``test/*.json`` for a LEAF tree, else ``*.json``."""
+def _layout(raw_dir: str) -> List[Tuple[str, Optional[str]]]:
+    """(path, split) of every LEAF file: a LEAF train/test tree, else ``*.json``, else FS's own
+    download layout ``all_data/*.json``."""
     tree = _leaf_tree(raw_dir)
     if tree is not None:
-        return tree[0] + tree[1]
-    return _json_in(raw_dir)
+        stray = _json_in(raw_dir)
+        if stray:
+            logger.warning("%s has train/ and test/ folders; ignoring %d top-level JSON file(s)",
+                           raw_dir, len(stray))
+        return [(p, "train") for p in tree[0]] + [(p, "test") for p in tree[1]]
+    files = _json_in(raw_dir) or _json_in(os.path.join(raw_dir, "all_data"))
+    return [(p, None) for p in files]
+
+
+def list_leaf_files(raw_dir: str) -> List[str]:
+    """Sorted JSON paths: ``train/*.json`` then ``test/*.json`` for a LEAF tree, else ``*.json``
+    (or ``all_data/*.json``, where FS keeps them)."""
+    return [p for p, _ in _layout(raw_dir)]
 
 
 def floats_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
@@ -129,16 +141,7 @@ def iter_leaf_writers(raw_dir: str) -> Iterator[WriterSamples]:
 
     A LEAF tree (``train/``, ``test/``) yields each writer twice, with split 'train' and 'test'.
     """
-    tree = _leaf_tree(raw_dir)
-    if tree is not None:
-        stray = _json_in(raw_dir)
-        if stray:
-            logger.warning("%s has train/ and test/ folders; ignoring %d top-level JSON file(s)",
-                           raw_dir, len(stray))
-        jobs = [(p, "train") for p in tree[0]] + [(p, "test") for p in tree[1]]
-    else:
-        jobs = [(p, None) for p in _json_in(raw_dir)]
-    for path, split in jobs:
+    for path, split in _layout(raw_dir):
         yield from _writers_of_file(path, split)
 
 
