@@ -10,9 +10,24 @@ import os
 import re
 from typing import List, Optional
 
+import yacs.config as _yacs
 from yacs.config import CfgNode as _YacsNode
 
 logger = logging.getLogger("federatedscope")
+
+
+_yacs_coerce = _yacs._check_and_coerce_cfg_value_type
+
+
+def _coerce(replacement, original, key, full_key):
+    # yacs refuses `120` for a float key; users (and FS configs) write whole numbers that way.
+    if isinstance(original, float) and isinstance(replacement, int) \
+            and not isinstance(replacement, bool):
+        return float(replacement)
+    return _yacs_coerce(replacement, original, key, full_key)
+
+
+_yacs._check_and_coerce_cfg_value_type = _coerce
 
 
 class ConfigError(ValueError):
