@@ -28,3 +28,13 @@ def femnist_root(tmp_path_factory):
                     "--samples-per-writer-mean", "60", "--writers-per-file", "5"],
                    check=True, capture_output=True)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def femnist_shards(femnist_root, tmp_path_factory):
+    """3 client shards cut from ``femnist_root``; returns the manifest path."""
+    out = tmp_path_factory.mktemp("shards") / "femnist_shards"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
+                    "--root", femnist_root, "--clients", "3", "--out", str(out), "--seed", "0"],
+                   check=True, capture_output=True)
+    return str(out / "manifest.json")

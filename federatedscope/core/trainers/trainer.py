@@ -69,7 +69,7 @@ class GeneralTorchTrainer:
                 if clip > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 opt.step()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 seen += len(yb)
                 correct += int((out.argmax(1) == yb).sum())
                 done += 0 if by_epoch else 1

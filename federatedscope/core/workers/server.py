@@ -59,6 +59,7 @@ class Server:
         self.eval_pending: Dict[int, Set[int]] = {}
         self.eval_results: Dict[int, Dict[int, dict]] = {}
         self.round_started = 0.0
+        self.created = time.monotonic()
         self.paused_since: Optional[float] = None
         self.stop_requested = False
         self.final_eval_round: Optional[int] = None
@@ -151,7 +152,7 @@ class Server:
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
         self.started = True
-        logger.info(f"Server: all {self.expected} clients joined; starting training "
+        logger.info(f"Server: {len(self._online_ids())}/{self.expected} clients joined; starting training "
                     f"(round {self.round + 1}/{self.total_rounds})")
         if self.round >= self.total_rounds:
             self._begin_eval(self.round, final=True)
@@ -320,6 +321,12 @@ class Server:
                 rec.offline_since = now
                 self.comm.close(rec.conn_id)
         if not self.started:
+            jt = self.cfg.federate.join_timeout
+            online = len(self._online_ids())
+            if jt > 0 and now - self.created > jt and online >= self.threshold:
+                logger.warning(f"Server: federate.join_timeout={jt:.0f}s passed with {online}/"
+                               f"{self.expected} clients; starting with those")
+                self._start()
             return
         grace = hb if hb > 0 else 30.0
         gone = {c.client_id for c in self.clients.values() if not c.online and now - c.offline_since > grace}
