@@ -22,6 +22,9 @@ logger = logging.getLogger("federatedscope")
 
 
 def main(argv=None) -> int:
+    import faulthandler
+    import signal
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     args = parse_args(argv)
     setup_logger()
     try:

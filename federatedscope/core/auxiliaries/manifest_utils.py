@@ -4,7 +4,7 @@ Nothing else in the tree parses or writes these files. Every read is validated a
 is a ``ManifestError`` whose message names the file, the field and the fix, because the people who
 meet these errors are operators looking at a log, not at this code. Validation is deliberately
 cheap (type checks done with C builtins, no per-entry objects beyond a slotted dataclass) so a
-server can load a 10,000-client manifest in well under 0.5 s. The spec is ``doc/distributed_data.md``.
+server loads a 10,000-client manifest in well under 0.5 s. Spec: ``doc/distributed_data.md``.
 """
 import hashlib
 import json
@@ -13,13 +13,14 @@ import posixpath
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from federatedscope.core.auxiliaries.utils import atomic_write_bytes, atomic_write_json
+from federatedscope.core.auxiliaries.utils import atomic_write_bytes
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-PREPARE_CMD = "python scripts/tools/prepare_femnist_shards.py --root data --clients {n} --out {out}"
+PREPARE_CMD = ("python scripts/tools/prepare_femnist_shards.py --root data --clients {n} "
+               "--out {out}")
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -49,6 +50,8 @@ class ShardMeta:
     created: str = ""
     # --link mode: the shared packed file, path relative to the shard directory
     packed: Optional[Dict[str, Any]] = None
+    # identifies the partition run that made the shard (``--resume`` keeps only matching shards)
+    plan_id: str = ""
     format_version: int = FORMAT_VERSION
 
     @property
@@ -63,6 +66,7 @@ class ManifestEntry:
     num_samples: Dict[str, int]
     fingerprint: str
     label_hist: List[int]      # train split
+    token_hash: str = ""       # optional sha256 hex of the client's secret token (never the token)
 
 
 @dataclass
@@ -150,7 +154,7 @@ class _Checker:
         return v
 
     def sha(self, v: Any, fld: str) -> str:
-        if type(v) is not str or len(v) != 64 or not _HEX.issuperset(v):
+        if not _is_sha(v):
             self.fail(fld, f"must be 64 lower-case hex digits (a sha256), got {v!r}")
         return v
 
@@ -180,12 +184,32 @@ class _Checker:
     def rel_path(self, v: Any, fld: str) -> str:
         self.string(v, fld)
         norm = posixpath.normpath(v.replace("\\", "/"))
-        if not v or v.startswith(("/", "\\")) or (len(v) > 1 and v[1] == ":") or os.path.isabs(v):
+        if not v or v.startswith(("/", "\\")) or v[1:2] == ":" or os.path.isabs(v):
             self.fail(fld, f"is {v!r}: it must be a path relative to the manifest's directory")
         if norm == ".." or norm.startswith("../"):
             self.fail(fld, f"is {v!r}, which escapes the manifest's directory ('..'); "
                            f"shards must live under the directory holding manifest.json")
         return v
+
+
+    def packed(self, v: Any, escape_ok: bool) -> Optional[Dict[str, Any]]:
+        """--link: ``{"path", "bytes", "sha256"}`` of the packed file, or None."""
+        if v is None:
+            return None
+        self.obj(v, "packed")
+        self.keys(v, "packed", ("path", "bytes", "sha256"))
+        if escape_ok:
+            if os.path.isabs(self.string(v["path"], "packed.path")):
+                self.fail("packed.path", "must be relative to the shard directory")
+        else:
+            self.rel_path(v["path"], "packed.path")
+        self.nonneg_int(v["bytes"], "packed.bytes")
+        self.sha(v["sha256"], "packed.sha256")
+        return v
+
+
+def _is_sha(v: Any) -> bool:
+    return type(v) is str and len(v) == 64 and _HEX.issuperset(v)
 
 
 def _load_json(path: str, fix: str) -> Any:
@@ -202,7 +226,8 @@ def _load_json(path: str, fix: str) -> Any:
         raise ManifestError(f"{path}: malformed JSON ({e}); fix: {fix}") from None
 
 
-def compute_fingerprint(files: Mapping[str, Any], packed: Optional[Mapping[str, Any]] = None) -> str:
+def compute_fingerprint(files: Mapping[str, Any],
+                        packed: Optional[Mapping[str, Any]] = None) -> str:
     """sha256 over the sorted (file name, sha256) pairs; a --link shard adds its packed file."""
     pairs = [(name, e.sha256 if isinstance(e, FileEntry) else e) for name, e in files.items()]
     if packed:
@@ -229,8 +254,10 @@ def meta_to_dict(m: ShardMeta) -> Dict[str, Any]:
             "label_hist": {s: list(m.label_hist[s]) for s in SPLITS},
             "num_classes": m.num_classes, "sample_shape": list(m.sample_shape),
             "sample_dtype": m.sample_dtype,
-            "files": {k: {"bytes": e.bytes, "sha256": e.sha256} for k, e in sorted(m.files.items())},
-            "packed": m.packed, "fingerprint": m.fingerprint, "created": m.created}
+            "files": {k: {"bytes": e.bytes, "sha256": e.sha256}
+                      for k, e in sorted(m.files.items())},
+            "packed": m.packed, "plan_id": m.plan_id, "fingerprint": m.fingerprint,
+            "created": m.created}
 
 
 def meta_from_dict(d: Any, source: str, fix: str = "") -> ShardMeta:
@@ -253,24 +280,18 @@ def meta_from_dict(d: Any, source: str, fix: str = "") -> ShardMeta:
     if d["sample_dtype"] != "uint8":
         c.fail("sample_dtype", f"is {d['sample_dtype']!r}; only 'uint8' samples are supported")
     files = _files_from(c, d["files"])
-    packed = d.get("packed")
-    if packed is not None:
-        c.obj(packed, "packed")
-        c.keys(packed, "packed", ("path", "bytes", "sha256"))
-        c.string(packed["path"], "packed.path")
-        if os.path.isabs(packed["path"]):
-            c.fail("packed.path", "must be relative to the shard directory")
-        c.nonneg_int(packed["bytes"], "packed.bytes")
-        c.sha(packed["sha256"], "packed.sha256")
+    packed = c.packed(d.get("packed"), escape_ok=True)  # relative to the shard dir: '../packed/'
     fp = c.sha(d["fingerprint"], "fingerprint")
     if fp != compute_fingerprint(files, packed):
-        c.fail("fingerprint", "does not match the sha256s listed under 'files' (meta.json was edited)")
-    created = d.get("created", "")
+        c.fail("fingerprint", "does not match the sha256s listed under 'files' "
+                              "(meta.json was edited)")
+    created, plan_id = d.get("created", ""), d.get("plan_id", "")
     return ShardMeta(client_id=c.pos_int(d["client_id"], "client_id"),
                      dataset=c.string(d["dataset"], "dataset"), writer_ids=wids,
                      num_samples=counts, label_hist=hists, files=files, num_classes=ncls,
                      sample_shape=shape, sample_dtype="uint8", fingerprint=fp,
-                     created=created if type(created) is str else "", packed=packed)
+                     created=created if type(created) is str else "", packed=packed,
+                     plan_id=plan_id if type(plan_id) is str else "")
 
 
 def _files_from(c: _Checker, files: Any) -> Dict[str, FileEntry]:
@@ -293,10 +314,17 @@ def read_meta(path: str, fix: str = "") -> ShardMeta:
     return meta_from_dict(_load_json(path, fix or _meta_fix(path)), path, fix)
 
 
+def _one_key_per_line(d: Dict[str, Any]) -> bytes:
+    # readable (one field a line) yet small: 3 x 62-bin histograms stay on their own lines
+    body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                      for k, v in d.items())
+    return ("{\n" + body + "\n}\n").encode("utf-8")
+
+
 def write_meta(path: str, meta: ShardMeta) -> None:
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
-    atomic_write_json(path, meta_to_dict(meta))
+    atomic_write_bytes(path, _one_key_per_line(meta_to_dict(meta)))
 
 
 # ----------------------------------------------------------------------------- manifest.json
@@ -310,10 +338,15 @@ def manifest_to_dict(m: Manifest) -> Dict[str, Any]:
             "seed": m.seed, "splits": list(m.splits), "source": m.source,
             "num_classes": m.num_classes, "sample_type": m.sample_type, "packed": m.packed,
             "created": m.created, "total_clients": m.total_clients,
-            "clients": [{"client_id": e.client_id, "shard_path": e.shard_path,
-                         "num_samples": dict(e.num_samples), "fingerprint": e.fingerprint,
-                         "label_hist": list(e.label_hist)}
-                        for _, e in sorted(m.clients.items())]}
+            "clients": [_entry_dict(e) for _, e in sorted(m.clients.items())]}
+
+
+def _entry_dict(e: ManifestEntry) -> Dict[str, Any]:
+    d = {"client_id": e.client_id, "shard_path": e.shard_path, "num_samples": dict(e.num_samples),
+         "fingerprint": e.fingerprint, "label_hist": list(e.label_hist)}
+    if e.token_hash:
+        d["token_hash"] = e.token_hash
+    return d
 
 
 _ENTRY_KEYS = frozenset(("client_id", "shard_path", "num_samples", "fingerprint", "label_hist"))
@@ -337,7 +370,8 @@ def _entry_ok(e: Any, ncls: int) -> bool:
                 and fp.lower() == fp and type(hist) is list and len(hist) == ncls
                 and sum(array("Q", counts.values())) >= 0
                 and sum(array("Q", hist)) == counts["train"]
-                and bool not in set(map(type, counts.values())))
+                and bool not in set(map(type, counts.values()))
+                and ("token_hash" not in e or _is_sha(e["token_hash"])))
     except (TypeError, KeyError, ValueError, OverflowError):
         return False
 
@@ -350,7 +384,8 @@ def _entry_slow(c: _Checker, e: Any, where: str, ncls: int) -> ManifestEntry:
     return ManifestEntry(
         cid, c.rel_path(e["shard_path"], f"{where}.shard_path"), counts,
         c.sha(e["fingerprint"], f"{where}.fingerprint"),
-        c.hist(e["label_hist"], f"{where}.label_hist", ncls, counts["train"]))
+        c.hist(e["label_hist"], f"{where}.label_hist", ncls, counts["train"]),
+        c.sha(e["token_hash"], f"{where}.token_hash") if "token_hash" in e else "")
 
 
 def _entries(c: _Checker, clients: Any, ncls: int) -> Dict[int, ManifestEntry]:
@@ -360,7 +395,7 @@ def _entries(c: _Checker, clients: Any, ncls: int) -> Dict[int, ManifestEntry]:
     for i, e in enumerate(clients):
         if _entry_ok(e, ncls):
             ent = ManifestEntry(e["client_id"], e["shard_path"], e["num_samples"],
-                                e["fingerprint"], e["label_hist"])
+                                e["fingerprint"], e["label_hist"], e.get("token_hash", ""))
         else:
             ent = _entry_slow(c, e, f"clients[{i}]", ncls)
         if ent.client_id in out:
@@ -388,12 +423,9 @@ def read_manifest(path: str) -> Manifest:
     c.obj(d["source"], "source")
     clients = _entries(c, d["clients"], ncls)
     if c.nonneg_int(d["total_clients"], "total_clients") != len(clients):
-        c.fail("total_clients", f"is {d['total_clients']} but 'clients' lists {len(clients)} entries")
-    packed = d.get("packed")
-    if packed is not None:
-        c.obj(packed, "packed")
-        c.rel_path(packed.get("path"), "packed.path")
-        c.sha(packed.get("sha256"), "packed.sha256")
+        c.fail("total_clients", f"is {d['total_clients']} but 'clients' lists "
+                                f"{len(clients)} entries")
+    packed = c.packed(d.get("packed"), escape_ok=False)
     return Manifest(dataset=c.string(d["dataset"], "dataset"),
                     strategy=c.string(d["strategy"], "strategy"), seed=d["seed"],
                     splits=[float(s) for s in splits], source=d["source"], clients=clients,
@@ -411,7 +443,7 @@ def write_manifest(path: str, manifest: Manifest) -> None:
     """Header fields indented, one compact line per client: readable and fast to parse."""
     d = manifest_to_dict(manifest)
     clients = d.pop("clients")
-    head = json.dumps(d, indent=1)[:-2]
+    head = _one_key_per_line(d).decode("utf-8")[:-3]
     lines = ",\n  ".join(json.dumps(e, separators=(",", ":")) for e in clients)
     text = f'{head},\n "clients": [\n  {lines}\n ]\n}}\n' if clients else \
         f'{head},\n "clients": []\n}}\n'
@@ -424,11 +456,6 @@ def shard_dir(manifest_path: str, entry: ManifestEntry) -> str:
 
 
 # ----------------------------------------------------------------------------- declarations
-def declaration_from_meta(meta: ShardMeta) -> ShardDeclaration:
-    return ShardDeclaration(meta.client_id, dict(meta.num_samples), meta.fingerprint,
-                            list(meta.label_hist["train"]), meta.sample_type)
-
-
 def check_declaration(entry: Optional[ManifestEntry], decl: ShardDeclaration,
                       sample_type: Optional[str] = None) -> List[str]:
     """Why ``decl`` does not match the manifest ``entry``; an empty list means it matches."""
@@ -445,26 +472,10 @@ def check_declaration(entry: Optional[ManifestEntry], decl: ShardDeclaration,
         reasons.append(f"fingerprint {decl.fingerprint[:12]}... != manifest "
                        f"{entry.fingerprint[:12]}... (the shard differs from the one prepared)")
     if list(decl.label_hist) != list(entry.label_hist):
-        diff = _first_diff(decl.label_hist, entry.label_hist)
+        a, b = list(decl.label_hist), list(entry.label_hist)
+        diff = next((f"class {i}: {x} vs {y}" for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                    f"{len(a)} bins vs {len(b)}")
         reasons.append(f"train label_hist differs from the manifest ({diff})")
     if sample_type is not None and decl.sample_type != sample_type:
         reasons.append(f"sample type {decl.sample_type!r} != manifest {sample_type!r}")
     return reasons
-
-
-def _first_diff(a: List[int], b: List[int]) -> str:
-    if len(a) != len(b):
-        return f"{len(a)} bins vs {len(b)}"
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"class {i}: {x} vs {y}"
-    return "equal"
-
-
-def summarize(entries: Mapping[int, ManifestEntry]) -> Tuple[int, Dict[str, int]]:
-    """(clients, total samples per split) — used in logs and the launcher summary."""
-    tot = {s: 0 for s in SPLITS}
-    for e in entries.values():
-        for s in SPLITS:
-            tot[s] += e.num_samples[s]
-    return len(entries), tot

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.proto import fl_pb2, fl_pb2_grpc
+from federatedscope.core.communication.proto import fl_pb2
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import JOIN_IN, InvalidMessage, Message, validate_message
 from federatedscope.core.workers.base_worker import Disconnected, Incoming
@@ -52,7 +52,7 @@ class _Connection:
         self.closed = threading.Event()
 
 
-class GrpcServerTransport(fl_pb2_grpc.FLServiceServicer):
+class GrpcServerTransport:
     """Implements ``ServerComm`` for the ``Server`` worker; events go to ``inbox``."""
 
     def __init__(self, cfg, inbox: "queue.Queue", max_clients: int = 64):
@@ -69,7 +69,13 @@ class GrpcServerTransport(fl_pb2_grpc.FLServiceServicer):
         self._server = grpc.server(pool, options=grpc_options(cfg),
                                    compression=compression(cfg),
                                    maximum_concurrent_rpcs=max_clients + 4)
-        fl_pb2_grpc.add_FLServiceServicer_to_server(self, self._server)
+        # Requests arrive as raw bytes and are parsed by the codec, so a malformed message is
+        # logged and skipped instead of aborting the stream inside gRPC's deserializer.
+        session = grpc.stream_stream_rpc_method_handler(
+            self.Session, request_deserializer=None,
+            response_serializer=fl_pb2.Envelope.SerializeToString)
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "federatedscope.FLService", {"Session": session}),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         address = f"{cfg.distribute.server_host}:{cfg.distribute.server_port}"
@@ -95,7 +101,8 @@ class GrpcServerTransport(fl_pb2_grpc.FLServiceServicer):
         for conn in conns:
             conn.closed.wait(timeout=grace)
         self.health.enter_graceful_shutdown()
-        self._server.stop(grace=1.0).wait()
+        if not self._server.stop(grace=1.0).wait(timeout=10.0):
+            logger.warning("gRPC server did not shut down within 10s; exiting anyway")
 
     # --------------------------------------------------------- ServerComm
     def bind(self, conn_id: int, client_id: int) -> None:
@@ -147,8 +154,8 @@ class GrpcServerTransport(fl_pb2_grpc.FLServiceServicer):
     def _read(self, conn: _Connection, requests, context) -> None:
         reason = "stream closed by client"
         try:
-            for env in requests:
-                self._deliver(conn, env)
+            for data in requests:
+                self._deliver(conn, data)
         except grpc.RpcError as e:
             reason = f"stream error: {e.code().name if hasattr(e, 'code') else e}"
         except Exception as e:  # never let one stream kill the server
@@ -157,9 +164,9 @@ class GrpcServerTransport(fl_pb2_grpc.FLServiceServicer):
             conn.outbox.put(_CLOSE)
             self.inbox.put(Disconnected(conn.conn_id, reason))
 
-    def _deliver(self, conn: _Connection, env: fl_pb2.Envelope) -> None:
+    def _deliver(self, conn: _Connection, data: bytes) -> None:
         try:
-            msg = codec.from_envelope(env)
+            msg = codec.decode(data)
             validate_message(msg, from_server=False)
             if conn.client_id is None and msg.msg_type != JOIN_IN:
                 raise InvalidMessage(f"{msg.msg_type} before join_in")

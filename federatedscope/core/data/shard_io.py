@@ -16,13 +16,16 @@ import hashlib
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 
-from federatedscope.core.auxiliaries.utils import _atomic_write, atomic_torch_save
+# _atomic_write: the shared temp + fsync + rename helper; its writer callback lets us patch the
+# temp file in place before the rename.
+from federatedscope.core.auxiliaries.utils import _atomic_write
 
 CHUNK = 1 << 20  # sha256 / copy granularity: 1 MB keeps memory flat at disk speed
 
@@ -48,30 +51,35 @@ def read_split(path: str, mmap: bool = False) -> Tuple[torch.Tensor, torch.Tenso
         raise ShardError(f"{path}: not a split file (expected a dict with keys 'x' and 'y')")
     x, y = obj["x"], obj["y"]
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() < 2:
-        raise ShardError(f"{path}: 'x' must be a uint8 tensor [n, ...], got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        raise ShardError(f"{path}: 'x' must be a uint8 tensor [n, ...], got {_describe(x)}")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
-        raise ShardError(f"{path}: 'y' must be an int64 tensor [n], got "
-                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+        raise ShardError(f"{path}: 'y' must be an int64 tensor [n], got {_describe(y)}")
     if len(x) != len(y):
         raise ShardError(f"{path}: {len(x)} samples but {len(y)} labels")
     return x, y
 
 
+def _describe(v: object) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{v.dtype} {tuple(v.shape)}"
+    return type(v).__name__
+
+
 def write_split(path: str, x_u8: torch.Tensor, y: torch.Tensor) -> None:
     """Atomically write a split held in memory."""
     x_u8, y = torch.as_tensor(x_u8), torch.as_tensor(y)
-    if x_u8.dtype != torch.uint8 or y.dtype != torch.int64 or len(x_u8) != len(y):
-        raise ValueError(f"{path}: need uint8 x and int64 y of equal length, got "
+    if x_u8.dtype != torch.uint8 or y.dtype != torch.int64 or len(x_u8) != len(y) or x_u8.dim() < 2:
+        raise ValueError(f"{path}: need uint8 x [n, ...] and int64 y [n], got "
                          f"{x_u8.dtype} {tuple(x_u8.shape)} / {y.dtype} {tuple(y.shape)}")
-    atomic_torch_save(path, {"x": x_u8.contiguous(), "y": y.contiguous()})
+    write_split_chunks(path, y.numpy(), tuple(x_u8.shape[1:]), [x_u8.contiguous().numpy()])
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
                        chunks: Iterable[np.ndarray]) -> None:
     """Atomically write a split whose samples arrive as uint8 chunks ``[k, *sample_shape]``.
 
-    Memory stays O(largest chunk + labels) whatever the split size (see module doc).
+    Memory stays O(largest chunk + labels) whatever the split size (see module doc). The file
+    is byte-for-byte a function of its content, so equal shards have equal sha256s.
     """
     n = int(len(y))
     row = int(np.prod(sample_shape))
@@ -79,33 +87,111 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
 
     def write(tmp: str) -> None:
         placeholder = torch.empty((n, *sample_shape), dtype=torch.uint8)
-        torch.save({"x": placeholder, "y": y_t}, tmp)
+        _save(tmp, {"x": placeholder, "y": y_t})
         del placeholder
-        written = 0
+        written, crc = 0, 0
         with open(tmp, "r+b") as f:
-            if n:
-                f.seek(_record_offset(tmp, f, n * row, prefer_first=True))
+            x_at = _record_offset(tmp, f, n * row, prefer_first=True) if n else 0
+            f.seek(x_at)
             for c in chunks:
                 c = np.ascontiguousarray(c, dtype=np.uint8)
                 if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
                     raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
                                      f"{n} x {sample_shape} (at row {written})")
-                f.write(memoryview(c).cast("B"))
+                view = memoryview(c).cast("B")
+                f.write(view)
+                crc = zlib.crc32(view, crc)
                 written += len(c)
-        if written != n:
-            raise ValueError(f"{path}: got {written} sample rows, expected {n}")
+            if written != n:
+                raise ValueError(f"{path}: got {written} sample rows, expected {n}")
+            f.flush()
+            if n:
+                _set_crc(tmp, f, x_at, n * row, crc)
+            _fix_serialization_id(tmp, f, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
     _atomic_write(path, write)
 
 
 def write_index(path: str, idx: np.ndarray) -> None:
     """--link mode: a client's split is int64 row indices into the packed file."""
-    atomic_torch_save(path, {"idx": torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))})
+    t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+
+    def write(tmp: str) -> None:
+        _save(tmp, {"idx": t})
+        with open(tmp, "r+b") as f:
+            _fix_serialization_id(tmp, f, t.numpy().tobytes())
+    _atomic_write(path, write)
+
+
+def _save(path: str, obj: dict) -> None:
+    # Through a file object, so the archive's record prefix is 'archive', not the temp name.
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def _central_entries(path: str, f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
+    """name -> (file offset of its central-directory header, info)."""
+    f.flush()
+    with zipfile.ZipFile(path) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        start = z.start_dir
+    f.seek(start)
+    cd = f.read()
+    out, p = {}, 0
+    while cd[p:p + 4] == b"PK\x01\x02":
+        nl, el, cl = struct.unpack("<HHH", cd[p + 28:p + 34])
+        name = cd[p + 46:p + 46 + nl].decode("utf-8")
+        out[name] = (start + p, infos[name])
+        p += 46 + nl + el + cl
+    return out
+
+
+def _set_crc(path: str, f, data_at: int, size: int, crc: int, name: str = "") -> None:
+    """Store ``crc`` for the record whose data starts at ``data_at`` (descriptor + central dir)."""
+    for cname, (cd_at, info) in _central_entries(path, f).items():
+        if (name and cname != name) or (not name and (info.file_size != size
+                                                      or _data_offset(f, info) != data_at)):
+            continue
+        packed = struct.pack("<I", crc)
+        f.seek(cd_at + 16)
+        f.write(packed)
+        if info.flag_bits & 0x08:  # data descriptor after the data, optional signature
+            f.seek(data_at + size)
+            sig = f.read(4)
+            f.seek(data_at + size + (4 if sig == b"PK\x07\x08" else 0))
+        else:
+            f.seek(info.header_offset + 14)
+        f.write(packed)
+        return
+    raise ShardError(f"{path}: cannot find the record to update in the archive")
+
+
+def _fix_serialization_id(path: str, f, content: bytes) -> None:
+    """torch writes a random id per save; derive it from the content so files are reproducible."""
+    for name, (_, info) in _central_entries(path, f).items():
+        if name.endswith("/.data/serialization_id") and info.compress_type == zipfile.ZIP_STORED:
+            digits = str(int(hashlib.sha256(content).hexdigest(), 16)).zfill(info.file_size)
+            new = digits[:info.file_size].encode("ascii")
+            at = _data_offset(f, info)
+            f.seek(at)
+            f.write(new)
+            _set_crc(path, f, at, info.file_size, zlib.crc32(new), name=name)
+            return
+
+
+def _data_offset(f, info: zipfile.ZipInfo) -> int:
+    f.seek(info.header_offset)
+    hdr = f.read(30)
+    if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
+        raise ShardError(f"damaged zip header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", hdr[26:30])
+    return info.header_offset + 30 + name_len + extra_len
 
 
 def read_index(path: str) -> torch.Tensor:
     obj = _load(path, False)
-    if not isinstance(obj, dict) or set(obj) != {"idx"} or not isinstance(obj["idx"], torch.Tensor) \
-            or obj["idx"].dtype != torch.int64 or obj["idx"].dim() != 1:
+    idx = obj.get("idx") if isinstance(obj, dict) else None
+    if idx is None or set(obj) != {"idx"} or not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 \
+            or idx.dim() != 1:
         raise ShardError(f"{path}: not an index file (expected {{'idx': int64 [n]}})")
     return obj["idx"]
 
@@ -136,12 +222,7 @@ def _record_offset(path: str, f, nbytes: int, prefer_first: bool) -> int:
     if info.compress_type != zipfile.ZIP_STORED:
         raise ShardError(f"{path}: tensor record {info.filename} is compressed; re-create the "
                          f"file with this version's tools")
-    f.seek(info.header_offset)
-    hdr = f.read(30)
-    if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
-        raise ShardError(f"{path}: damaged zip header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", hdr[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    return _data_offset(f, info)
 
 
 @dataclass
@@ -204,7 +285,10 @@ def read_rows(fd: int, lay: SplitLayout, rows: np.ndarray,
     """Samples and labels of the sorted row indices ``rows``, one pread per contiguous run."""
     k = len(rows)
     rb = lay.row_bytes
-    xs = buf[:k] if buf is not None and len(buf) >= k else np.empty((k, *lay.sample_shape), np.uint8)
+    if buf is not None and len(buf) >= k:
+        xs = buf[:k]
+    else:
+        xs = np.empty((k, *lay.sample_shape), np.uint8)
     ys = np.empty(k, np.int64)
     xv, yv = memoryview(xs.reshape(-1)), memoryview(ys.view(np.uint8))
     for a, b in _runs(rows):
@@ -212,6 +296,15 @@ def read_rows(fd: int, lay: SplitLayout, rows: np.ndarray,
         pread_exact(fd, (b - a) * rb, lay.x_offset + first * rb, xv[a * rb:], lay.path)
         pread_exact(fd, (b - a) * 8, lay.y_offset + first * 8, yv[a * 8:], lay.path)
     return xs, ys
+
+
+def read_labels(fd: int, lay: SplitLayout, rows: np.ndarray) -> np.ndarray:
+    """Labels only of the sorted row indices ``rows`` (8 bytes a row, no pixels read)."""
+    ys = np.empty(len(rows), np.int64)
+    yv = memoryview(ys.view(np.uint8))
+    for a, b in _runs(rows):
+        pread_exact(fd, (b - a) * 8, lay.y_offset + int(rows[a]) * 8, yv[a * 8:], lay.path)
+    return ys
 
 
 def _runs(rows: np.ndarray) -> Iterable[Tuple[int, int]]:

@@ -1,0 +1,362 @@
+"""A client's own shard: ``DistributedShardLoader`` opens only ``distributed_data.shard_path``.
+
+(and, for a ``--link`` shard, the packed file its meta names). It checks ``meta.json`` against
+the tensors (counts, dtype, shape, label range and histogram) and, with ``verify_checksum``, the
+sha256 of every file, so a client never trains on, or declares, data other than what was prepared.
+There is no fallback: a missing or inconsistent shard is a ``ShardError`` that says how to make
+it. In-memory mode yields ``TensorSplit``s; ``streaming: true`` yields ``StreamingSplit``s that
+``os.pread`` bounded windows, so RSS stays flat however large the shard is.
+"""
+import logging
+import os
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from federatedscope.core.auxiliaries import manifest_utils as mu
+from federatedscope.core.data import shard_io
+from federatedscope.core.data.datasets import Batch, TensorSplit
+from federatedscope.core.data.shard_io import ShardError, SplitLayout
+from federatedscope.core.data.transforms import build_transform
+
+logger = logging.getLogger("federatedscope")
+BLOCK_BYTES = 4 << 20  # streaming window: ~5,300 FEMNIST rows; the unit of the block shuffle
+
+__all__ = ["DistributedShardLoader", "StreamingSplit", "ShardError"]
+
+
+def _make_cmd(shard: str) -> str:
+    out = os.path.dirname(os.path.normpath(shard)) or "."
+    return mu.PREPARE_CMD.format(n="N", out=out)
+
+
+class StreamingSplit(IterableDataset):
+    """A split read in windows with ``os.pread``; never materialised, never mmap'd.
+
+    Shuffling is a deterministic block shuffle: block order and the order inside each block
+    are permuted by ``seed``. Batches carry over block boundaries, so a pass has exactly
+    ``ceil(n / batch_size)`` batches, as in memory.
+    """
+
+    def __init__(self, layout: SplitLayout, rows: Optional[np.ndarray], transform,
+                 block_rows: int = 0):
+        super().__init__()
+        self.layout, self.transform = layout, transform
+        self.rows = rows  # None: rows 0..n-1 of layout; else --link positions into the packed file
+        self.n = layout.n if rows is None else len(rows)
+        self.block_rows = block_rows or max(1, BLOCK_BYTES // max(layout.row_bytes, 1))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _block_order(self, shuffle: bool, seed: int) -> Tuple[List[int], Optional[torch.Generator]]:
+        nb = (self.n + self.block_rows - 1) // self.block_rows
+        if not shuffle:
+            return list(range(nb)), None
+        gen = torch.Generator()
+        gen.manual_seed(int(seed) % (2 ** 63))
+        return torch.randperm(nb, generator=gen).tolist(), gen
+
+    def _read_block(self, fd: int, b: int, buf: np.ndarray) -> Tuple[np.ndarray, np.ndarray,
+                                                                       Optional[np.ndarray]]:
+        """Rows of block ``b`` (a view of ``buf``), labels, and the order that restores dataset
+        order when --link rows had to be read in file order (else None)."""
+        lo, hi = b * self.block_rows, min(self.n, (b + 1) * self.block_rows)
+        idx = np.arange(lo, hi, dtype=np.int64) if self.rows is None else self.rows[lo:hi]
+        if len(idx) > 1 and bool((np.diff(idx) < 0).any()):
+            order = np.argsort(idx, kind="stable")
+            xs, ys = shard_io.read_rows(fd, self.layout, idx[order], buf)
+            inv = np.empty_like(order)
+            inv[order] = np.arange(len(order))
+            return xs, ys, inv
+        xs, ys = shard_io.read_rows(fd, self.layout, idx, buf)
+        return xs, ys, None
+
+    def _batches(self, batch_size: int, shuffle: bool, seed: int,
+                 blocks: Optional[List[int]] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Raw uint8 batches. All buffers are allocated once and reused, so memory is flat: a
+        fresh 4 MB tensor per block fragments the heap and peak RSS creeps up with shard size."""
+        order, gen = self._block_order(shuffle, seed)
+        if blocks is not None:
+            wanted = set(blocks)
+            order = [b for b in order if b in wanted]
+        shape = self.layout.sample_shape
+        buf = np.empty((self.block_rows, *shape), np.uint8)             # pread window
+        stage_x = torch.empty((self.block_rows + batch_size, *shape), dtype=torch.uint8)
+        stage_y = torch.empty(self.block_rows + batch_size, dtype=torch.int64)
+        have = 0
+        fd = os.open(self.layout.path, os.O_RDONLY)
+        try:
+            for b in order:
+                xs, ys, inv = self._read_block(fd, b, buf)
+                k = len(ys)
+                sel = None if inv is None else torch.from_numpy(inv)
+                if gen is not None:
+                    perm = torch.randperm(k, generator=gen)
+                    sel = perm if sel is None else sel[perm]
+                x, y = torch.from_numpy(xs), torch.from_numpy(ys)
+                if sel is None:
+                    stage_x[have:have + k].copy_(x)
+                    stage_y[have:have + k].copy_(y)
+                else:
+                    torch.index_select(x, 0, sel, out=stage_x[have:have + k])
+                    torch.index_select(y, 0, sel, out=stage_y[have:have + k])
+                have += k
+                full = (have // batch_size) * batch_size
+                for s in range(0, full, batch_size):
+                    yield stage_x[s:s + batch_size], stage_y[s:s + batch_size]
+                if full:  # carry the remainder (< batch_size <= full rows: no overlap)
+                    stage_x[:have - full].copy_(stage_x[full:have])
+                    stage_y[:have - full].copy_(stage_y[full:have])
+                    have -= full
+            if have:
+                yield stage_x[:have], stage_y[:have]
+        finally:
+            os.close(fd)
+
+    def _out(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        # x/y are views of reused buffers: hand out tensors that own their memory
+        xt = self.transform(x)
+        if xt.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            xt = xt.clone()
+        return xt, y.clone()
+
+    def iter_batches(self, batch_size: int, shuffle: bool, seed: int) -> Iterator[Batch]:
+        for x, y in self._batches(batch_size, shuffle, seed):
+            yield self._out(x, y)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Samples one by one (torch DataLoader protocol); workers take disjoint blocks."""
+        info = get_worker_info()
+        nb = (self.n + self.block_rows - 1) // self.block_rows
+        mine = None if info is None else list(range(info.id, nb, info.num_workers))
+        for x, y in self._batches(self.block_rows, False, 0, mine):
+            xt, yt = self._out(x, y)
+            for i in range(len(yt)):
+                yield xt[i], yt[i]
+
+
+class DistributedShardLoader:
+    """Loads, checks and exposes one client's shard (spec: doc/distributed_data.md).
+
+    Attributes after loading: ``meta`` (ShardMeta), ``num_samples`` {split: n}, ``datasets``
+    {split: BatchSource}, ``fingerprint``, ``label_hist`` (train), ``last_modified`` (max mtime).
+    """
+
+    def __init__(self, cfg: Any, client_id: Optional[int] = None):
+        dd = cfg.distributed_data
+        self.shard_path = str(dd.shard_path)
+        self.strict, self.verify = bool(dd.strict_check), bool(dd.verify_checksum)
+        self.streaming = bool(dd.streaming)
+        cid = int(client_id if client_id is not None else cfg.distribute.client_id)
+        self.client_id: Optional[int] = cid if cid > 0 else None
+        self.transform = build_transform(list(cfg.data.transform))
+        if not self.shard_path:
+            raise ShardError("distributed_data.shard_path is empty; set it to this client's shard "
+                             "directory (e.g. data/femnist/shards/client_1); make shards with: "
+                             + mu.PREPARE_CMD.format(n="N", out="data/femnist/shards"))
+        self._meta_path = os.path.join(self.shard_path, "meta.json")
+        self.reload()
+
+    # -------------------------------------------------------------- public API
+    @property
+    def fingerprint(self) -> str:
+        return self.meta.fingerprint
+
+    @property
+    def label_hist(self) -> List[int]:
+        """Train label histogram as loaded (what the server's manifest records)."""
+        return list(self._hist["train"])
+
+    def declaration(self) -> mu.ShardDeclaration:
+        return mu.ShardDeclaration(self.meta.client_id, dict(self.num_samples), self.fingerprint,
+                                   self.label_hist, self.meta.sample_type)
+
+    def has_changed(self) -> bool:
+        """Cheap: compare (inode, mtime, size); only if they moved, read meta.json and compare
+        fingerprints (and, with verify_checksum, re-hash files whose meta did not change)."""
+        if self._stats(self.meta, self._packed) == self._snapshot:
+            return False
+        try:
+            meta = mu.read_meta(self._meta_path)
+        except mu.ManifestError:
+            return True  # half-replaced or damaged: reload() says what is wrong
+        if meta.fingerprint != self.meta.fingerprint:
+            return True
+        if self.verify and any(os.path.isfile(p) and shard_io.sha256_file(p) != e.sha256
+                               for p, e in self._files(meta)):
+            return True  # same meta, other bytes: reload() reports the tamper
+        self._snapshot = self._stats(self.meta, self._packed)
+        return False
+
+    def reload(self) -> None:
+        """(Re)read the shard; on ShardError the previously loaded state is kept unchanged."""
+        meta = self._read_meta()
+        packed = self._packed_path(meta)
+        loaded = {s: self._load_split(meta, packed, s) for s in mu.SPLITS}
+        self.meta, self._packed = meta, packed
+        self.datasets = {s: v[0] for s, v in loaded.items()}
+        self.num_samples = {s: len(v[0]) for s, v in loaded.items()}
+        self._hist = {s: v[1] for s, v in loaded.items()}
+        self._snapshot = self._stats(meta, packed)
+        self.last_modified = max(m for _, m, _ in self._snapshot.values())
+        for s in mu.SPLITS:
+            if loaded[s][2]:
+                logger.info("Client %s loaded %d %s samples from %s", meta.client_id,
+                            self.num_samples[s], s, loaded[s][2])
+
+    @property
+    def train_data(self):
+        return self.datasets["train"]
+
+    # -------------------------------------------------------------- internals
+    def _error(self, msg: str, flags: str = "--resume") -> ShardError:
+        return ShardError(f"{msg}; re-create it with: {_make_cmd(self.shard_path)} {flags}")
+
+    def _read_meta(self) -> mu.ShardMeta:
+        if not os.path.isdir(self.shard_path):
+            raise ShardError(f"shard directory {self.shard_path} does not exist (cwd "
+                             f"{os.getcwd()}); make it with: {_make_cmd(self.shard_path)}")
+        if not os.path.isfile(self._meta_path):
+            raise self._error(f"{self._meta_path} is missing, so {self.shard_path} is not a "
+                              f"complete shard (interrupted run?)")
+        try:
+            meta = mu.read_meta(self._meta_path, fix=_make_cmd(self.shard_path) + " --overwrite")
+        except mu.ManifestError as e:
+            raise ShardError(str(e)) from None
+        if self.client_id is not None and meta.client_id != self.client_id:
+            raise ShardError(f"{self._meta_path} belongs to client {meta.client_id}, but this "
+                             f"process is client {self.client_id}; point distributed_data."
+                             f"shard_path at client_{self.client_id}'s shard or fix "
+                             f"distribute.client_id")
+        return meta
+
+    def _packed_path(self, meta: mu.ShardMeta) -> Optional[str]:
+        if not meta.packed:
+            return None
+        path = os.path.normpath(os.path.join(self.shard_path, meta.packed["path"]))
+        if not os.path.isfile(path):
+            raise self._error(f"{self._meta_path} is a --link shard whose packed file {path} "
+                              f"is missing or unreadable", "--link --overwrite")
+        if os.path.getsize(path) != meta.packed["bytes"] or (
+                self.verify and shard_io.sha256_file(path) != meta.packed["sha256"]):
+            raise self._error(f"{path}: packed file differs (size or sha256) from the one "
+                              f"{self._meta_path} was made with", "--link --overwrite")
+        return path
+
+    def _files(self, meta: mu.ShardMeta) -> List[Tuple[str, mu.FileEntry]]:
+        return [(os.path.join(self.shard_path, n), e) for n, e in sorted(meta.files.items())]
+
+    def _stats(self, meta: mu.ShardMeta,
+               packed: Optional[str]) -> Dict[str, Tuple[int, float, int]]:
+        out = {}
+        paths = [self._meta_path] + [p for p, _ in self._files(meta)]
+        for p in paths + ([packed] if packed else []):
+            try:
+                st = os.stat(p)
+                out[p] = (st.st_ino, st.st_mtime, st.st_size)
+            except FileNotFoundError:
+                out[p] = (0, 0.0, -1)
+        return out
+
+    def _check_file(self, meta: mu.ShardMeta, name: str, path: str) -> None:
+        entry = meta.files.get(name)
+        if entry is None:
+            raise self._error(f"{self._meta_path}: 'files' does not list {name}", "--overwrite")
+        size = os.path.getsize(path)
+        if size != entry.bytes:
+            raise self._error(f"{path}: {size} bytes but meta.json says {entry.bytes} "
+                              f"(truncated or replaced file)")
+        if self.verify and shard_io.sha256_file(path) != entry.sha256:
+            raise self._error(f"{path}: sha256 differs from meta.json (the file was modified "
+                              f"after it was prepared; distributed_data.verify_checksum False "
+                              f"skips this check)")
+
+    def _load_split(self, meta: mu.ShardMeta, packed: Optional[str], split: str):
+        """(dataset, label histogram, source for the log line; '' when missing)."""
+        path = os.path.join(self.shard_path, f"{split}.pt")
+        if not os.path.isfile(path):
+            return self._missing(meta, split, path)
+        self._check_file(meta, f"{split}.pt", path)
+        try:
+            if packed is not None:
+                ds, hist = self._link_split(meta, packed, path)
+            elif self.streaming:
+                ds, hist = self._stream_split(meta, path)
+            else:
+                x, y = shard_io.read_split(path)
+                self._check_shape(meta, path, tuple(x.shape[1:]))
+                ds, hist = TensorSplit(x, y, self.transform), self._bincount(meta, path, y)
+        except ShardError as e:
+            raise self._error(str(e)) from None
+        if len(ds) != meta.num_samples[split]:
+            raise self._error(f"{path}: holds {len(ds)} samples but meta.json says "
+                              f"num_samples.{split}={meta.num_samples[split]}")
+        if hist != meta.label_hist[split]:
+            raise self._error(f"{path}: label histogram differs from meta.json label_hist.{split}")
+        src = path + (f" (rows of {packed})" if packed else "")
+        return ds, hist, src + (" (streaming)" if self.streaming else "")
+
+    def _missing(self, meta: mu.ShardMeta, split: str, path: str):
+        msg = f"{path} is missing (meta.json lists it), so the shard is incomplete"
+        if self.strict:
+            raise self._error(msg, "--resume  (or set distributed_data.strict_check False to "
+                                   "run without this split)")
+        logger.warning("%s; strict_check is off, so the %s split is empty", msg, split)
+        empty = TensorSplit(torch.zeros((0, *meta.sample_shape), dtype=torch.uint8),
+                            torch.zeros(0, dtype=torch.int64), self.transform)
+        return empty, [0] * meta.num_classes, ""
+
+    @staticmethod
+    def _check_shape(meta: mu.ShardMeta, path: str, shape: Tuple[int, ...]) -> None:
+        if list(shape) != list(meta.sample_shape):
+            raise ShardError(f"{path}: samples have shape {list(shape)} but meta.json says "
+                             f"{meta.sample_shape}")
+
+    @staticmethod
+    def _bincount(meta: mu.ShardMeta, path: str, y: torch.Tensor) -> List[int]:
+        k = meta.num_classes
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            bad = y[(y < 0) | (y >= k)]
+            raise ShardError(f"{path}: {len(bad)} label(s) outside [0, {k}) "
+                             f"(first: {int(bad[0])})")
+        return torch.bincount(y, minlength=k).tolist() if len(y) else [0] * k
+
+    def _stream_split(self, meta: mu.ShardMeta, path: str) -> Tuple[StreamingSplit, List[int]]:
+        lay = shard_io.split_layout(path)
+        self._check_shape(meta, path, lay.sample_shape)
+        hist = np.zeros(meta.num_classes, np.int64)
+
+        def add(chunk: np.ndarray) -> None:  # labels in 1 MB windows: memory stays flat
+            hist[:] += self._bincount(meta, path, torch.from_numpy(chunk.copy()))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            shard_io.scan_labels(fd, lay, add)
+        finally:
+            os.close(fd)
+        return StreamingSplit(lay, None, self.transform), hist.tolist()
+
+    def _link_split(self, meta: mu.ShardMeta, packed: str, path: str):
+        rows = shard_io.read_index(path).numpy()
+        lay = shard_io.split_layout(packed)
+        self._check_shape(meta, packed, lay.sample_shape)
+        if len(rows) and (rows.min() < 0 or rows.max() >= lay.n):
+            raise ShardError(f"{path}: row index out of range for packed file {packed} "
+                             f"({lay.n} rows)")
+        fd = os.open(packed, os.O_RDONLY)
+        try:  # labels only: 8 bytes a row, read in file order
+            order = np.argsort(rows, kind="stable")
+            ys = np.empty(len(rows), np.int64)
+            ys[order] = shard_io.read_labels(fd, lay, rows[order])
+        finally:
+            os.close(fd)
+        y = torch.from_numpy(ys)
+        hist = self._bincount(meta, path, y)
+        if self.streaming:
+            return StreamingSplit(lay, rows, self.transform), hist
+        x, _ = shard_io.read_split(packed, mmap=True)
+        xs = x[torch.from_numpy(rows)].clone()  # copy this client's rows, then drop the mapping
+        del x
+        return TensorSplit(xs, y, self.transform), hist

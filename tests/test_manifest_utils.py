@@ -1,0 +1,269 @@
+"""manifest.json / meta.json schema: round trips, every bad input, declarations, scale."""
+import json
+import os
+import random
+import time
+
+import pytest
+
+from federatedscope.core.auxiliaries import manifest_utils as mu
+from federatedscope.core.auxiliaries.manifest_utils import (FileEntry, Manifest, ManifestEntry,
+                                                            ManifestError, ShardDeclaration, ShardMeta)
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def _hist(total, ncls=62, seed=0):
+    rnd = random.Random(seed)
+    h = [0] * ncls
+    for _ in range(total):
+        h[rnd.randrange(ncls)] += 1
+    return h
+
+
+def _entry(cid, train=10):
+    return ManifestEntry(cid, f"client_{cid}", {"train": train, "val": 3, "test": 4}, SHA_A,
+                         _hist(train, seed=cid))
+
+
+def _manifest(n=3):
+    return Manifest("femnist", "sequential", 7, [0.6, 0.2, 0.2], {"kind": "leaf_json"},
+                    {k: _entry(k, 10 + k) for k in range(1, n + 1)})
+
+
+def _meta(cid=2):
+    files = {"train.pt": FileEntry(100, SHA_A), "val.pt": FileEntry(50, SHA_B),
+             "test.pt": FileEntry(60, SHA_A)}
+    m = ShardMeta(client_id=cid, dataset="femnist", writer_ids=["w1", "w2"],
+                  num_samples={"train": 5, "val": 2, "test": 1},
+                  label_hist={"train": _hist(5), "val": _hist(2), "test": _hist(1)}, files=files,
+                  num_classes=62, sample_shape=[28, 28], created=mu.now_iso())
+    m.fingerprint = mu.compute_fingerprint(files)
+    return m
+
+
+def _write_raw(path, obj):
+    with open(path, "w") as f:
+        f.write(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+def _raw_manifest(tmp_path):
+    p = tmp_path / "manifest.json"
+    mu.write_manifest(str(p), _manifest())
+    with open(p) as f:
+        return json.load(f)
+
+
+def _expect(path, field, *more):
+    """Read ``path`` and assert the error names the file, the field and a fix command."""
+    with pytest.raises(ManifestError) as ei:
+        mu.read_manifest(path) if os.path.basename(path).startswith("manifest") else mu.read_meta(path)
+    msg = str(ei.value)
+    assert str(path) in msg and field in msg and "prepare_femnist_shards.py" in msg, msg
+    for m in more:
+        assert m in msg, msg
+    return msg
+
+
+# ----------------------------------------------------------------------------- round trips
+def test_manifest_round_trip(tmp_path):
+    p = str(tmp_path / "manifest.json")
+    m = _manifest(5)
+    mu.write_manifest(p, m)
+    got = mu.read_manifest(p)
+    assert got.total_clients == 5 and got.clients == m.clients
+    assert (got.dataset, got.strategy, got.seed, got.splits) == ("femnist", "sequential", 7, [0.6, 0.2, 0.2])
+    assert mu.load_manifest(p)[3].shard_path == "client_3"
+    assert mu.shard_dir(p, got.clients[2]) == os.path.join(str(tmp_path), "client_2")
+    assert not [n for n in os.listdir(tmp_path) if n != "manifest.json"]  # no temp files left
+
+
+def test_token_hash_is_optional_and_checked(tmp_path):
+    p = str(tmp_path / "manifest.json")
+    m = _manifest(2)
+    m.clients[2].token_hash = SHA_B
+    mu.write_manifest(p, m)
+    got = mu.load_manifest(p)
+    assert got[2].token_hash == SHA_B and got[1].token_hash == ""
+    with open(p) as f:
+        d = json.load(f)
+    assert "token_hash" not in d["clients"][0]
+    d["clients"][1]["token_hash"] = "my-secret-token"  # a token, not its hash: refused
+    _expect(_write_raw(tmp_path / "manifest.json", d), "clients[1].token_hash")
+
+
+def test_meta_round_trip_and_fingerprint(tmp_path):
+    m = _meta()
+    mu.write_meta(str(tmp_path), m)
+    got = mu.read_meta(str(tmp_path / "meta.json"))
+    assert got.files == m.files and got.label_hist == m.label_hist and got.client_id == 2
+    assert got.fingerprint == mu.compute_fingerprint({k: e.sha256 for k, e in m.files.items()})
+    assert got.sample_type == "uint8[28,28]"
+    # order of files does not matter; a different sha does
+    rev = dict(reversed(list(m.files.items())))
+    assert mu.compute_fingerprint(rev) == m.fingerprint
+    assert mu.compute_fingerprint({**m.files, "val.pt": FileEntry(50, SHA_A)}) != m.fingerprint
+
+
+# ----------------------------------------------------------------------------- bad manifests
+def test_malformed_json(tmp_path):
+    p = _write_raw(tmp_path / "manifest.json", '{"format_version": 1, "clients": [')
+    with pytest.raises(ManifestError) as ei:
+        mu.load_manifest(p)
+    assert p in str(ei.value) and "malformed JSON" in str(ei.value)
+    assert "prepare_femnist_shards.py" in str(ei.value)
+
+
+def test_missing_manifest_file(tmp_path):
+    with pytest.raises(ManifestError, match="file not found"):
+        mu.load_manifest(str(tmp_path / "manifest.json"))
+
+
+@pytest.mark.parametrize("path", ["../client_1", "client_1/../../x", "/abs/client_1", ".."])
+def test_shard_path_escape_rejected(tmp_path, path):
+    d = _raw_manifest(tmp_path)
+    d["clients"][0]["shard_path"] = path
+    p = _write_raw(tmp_path / "manifest.json", d)
+    _expect(p, "clients[0].shard_path")
+
+
+def test_inner_dotdot_that_stays_inside_is_allowed(tmp_path):
+    d = _raw_manifest(tmp_path)
+    d["clients"][0]["shard_path"] = "sub/../client_1"
+    p = _write_raw(tmp_path / "manifest.json", d)
+    assert mu.load_manifest(p)[1].shard_path == "sub/../client_1"
+
+
+def test_duplicate_client_id(tmp_path):
+    d = _raw_manifest(tmp_path)
+    d["clients"][2]["client_id"] = 1
+    p = _write_raw(tmp_path / "manifest.json", d)
+    _expect(p, "clients[2].client_id", "duplicates client id 1")
+
+
+def test_unknown_format_version(tmp_path):
+    d = _raw_manifest(tmp_path)
+    d["format_version"] = 2
+    p = _write_raw(tmp_path / "manifest.json", d)
+    _expect(p, "format_version", "format 1")
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda d: d.pop("clients"), "clients"),
+    (lambda d: d["clients"][1].pop("fingerprint"), "clients[1].fingerprint"),
+    (lambda d: d["clients"][1].update(client_id="2"), "clients[1].client_id"),
+    (lambda d: d["clients"][1].update(client_id=0), "clients[1].client_id"),
+    (lambda d: d["clients"][1]["num_samples"].update(train=-1), "clients[1].num_samples.train"),
+    (lambda d: d["clients"][1]["num_samples"].update(train=1.5), "clients[1].num_samples.train"),
+    (lambda d: d["clients"][1]["num_samples"].pop("val"), "clients[1].num_samples"),
+    (lambda d: d["clients"][1].update(fingerprint="xyz"), "clients[1].fingerprint"),
+    (lambda d: d["clients"][1]["label_hist"].pop(), "clients[1].label_hist"),
+    (lambda d: d["clients"][1]["label_hist"].__setitem__(0, "3"), "clients[1].label_hist"),
+    (lambda d: d["clients"][1].update(shard_path=7), "clients[1].shard_path"),
+    (lambda d: d.update(total_clients=4), "total_clients"),
+    (lambda d: d.update(seed="7"), "seed"),
+    (lambda d: d.update(splits=[0.5, 0.5]), "splits"),
+    (lambda d: d.update(clients={}), "clients"),
+])
+def test_wrong_or_missing_fields(tmp_path, mutate, field):
+    d = _raw_manifest(tmp_path)
+    mutate(d)
+    _expect(_write_raw(tmp_path / "manifest.json", d), field)
+
+
+def test_count_vs_histogram_mismatch(tmp_path):
+    d = _raw_manifest(tmp_path)
+    d["clients"][0]["num_samples"]["train"] += 1
+    _expect(_write_raw(tmp_path / "manifest.json", d), "clients[0].label_hist", "sums to")
+
+
+def test_top_level_not_an_object(tmp_path):
+    _expect(_write_raw(tmp_path / "manifest.json", [1, 2]), "manifest")
+
+
+# ----------------------------------------------------------------------------- bad meta
+@pytest.mark.parametrize("mutate,field", [
+    (lambda d: d.update(format_version=99), "format_version"),
+    (lambda d: d.update(client_id=-1), "client_id"),
+    (lambda d: d["num_samples"].update(train=6), "label_hist.train"),
+    (lambda d: d["files"]["train.pt"].update(sha256="0" * 64), "fingerprint"),
+    (lambda d: d["files"].update({"../evil.pt": {"bytes": 1, "sha256": SHA_A}}), "files"),
+    (lambda d: d.update(sample_dtype="float32"), "sample_dtype"),
+    (lambda d: d.pop("writer_ids"), "writer_ids"),
+    (lambda d: d.update(packed={"path": "/abs/data.pt", "bytes": 1, "sha256": SHA_A}), "packed"),
+])
+def test_bad_meta(tmp_path, mutate, field):
+    p = tmp_path / "client_2" / "meta.json"
+    mu.write_meta(str(p), _meta())
+    with open(p) as f:
+        d = json.load(f)
+    mutate(d)
+    _expect(_write_raw(p, d), field)
+
+
+def test_meta_malformed_json(tmp_path):
+    p = _write_raw(tmp_path / "meta.json", "{nope")
+    _expect(p, "malformed JSON")
+
+
+# ----------------------------------------------------------------------------- declarations
+def test_declaration_round_trip_and_match():
+    e = _entry(4)
+    d = ShardDeclaration(4, dict(e.num_samples), e.fingerprint, list(e.label_hist))
+    back = ShardDeclaration.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert back == d
+    assert mu.check_declaration(e, back) == []
+    assert mu.check_declaration(e, back, sample_type="uint8[28,28]") == []
+
+
+def test_declaration_mismatches():
+    e = _entry(4)
+    ok = ShardDeclaration(4, dict(e.num_samples), e.fingerprint, list(e.label_hist))
+    assert "not listed in the manifest" in mu.check_declaration(None, ok)[0]
+    bad = ShardDeclaration(4, {**e.num_samples, "test": 99}, SHA_B, list(e.label_hist))
+    reasons = mu.check_declaration(e, bad)
+    assert any("test count 99 != manifest 4" in r for r in reasons)
+    assert any("fingerprint" in r for r in reasons)
+    h = list(e.label_hist)
+    i = next(i for i, v in enumerate(h) if v > 0)
+    h[i], h[(i + 1) % len(h)] = h[i] - 1, h[(i + 1) % len(h)] + 1  # same total, moved label
+    r = mu.check_declaration(e, ShardDeclaration(4, dict(e.num_samples), e.fingerprint, h))
+    assert len(r) == 1 and "label_hist" in r[0] and f"class {i}" in r[0]
+    r = mu.check_declaration(e, ok, sample_type="float32[784]")
+    assert r and "sample type" in r[0]
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], {"client_id": 1},
+    {"client_id": "1", "num_samples": {"train": 1, "val": 0, "test": 0}, "fingerprint": SHA_A,
+     "label_hist": [1], "sample_type": "uint8[28,28]"},
+    {"client_id": 1, "num_samples": {"train": 1, "val": 0}, "fingerprint": SHA_A,
+     "label_hist": [1], "sample_type": "uint8[28,28]"},
+    {"client_id": 1, "num_samples": {"train": 1, "val": 0, "test": 0}, "fingerprint": "zz",
+     "label_hist": [1], "sample_type": "uint8[28,28]"},
+    {"client_id": 1, "num_samples": {"train": 2, "val": 0, "test": 0}, "fingerprint": SHA_A,
+     "label_hist": [1], "sample_type": "uint8[28,28]"},
+    {"client_id": 1, "num_samples": {"train": 1, "val": 0, "test": 0}, "fingerprint": SHA_A,
+     "label_hist": [1.0], "sample_type": "uint8[28,28]"},
+    {"client_id": 1, "num_samples": {"train": 1, "val": 0, "test": 0}, "fingerprint": SHA_A,
+     "label_hist": [1], "sample_type": 5},
+])
+def test_declaration_from_network_is_strict(bad):
+    with pytest.raises(ManifestError):
+        ShardDeclaration.from_dict(bad)
+
+
+# ----------------------------------------------------------------------------- scale
+def test_10000_clients_load_under_half_a_second(tmp_path):
+    p = str(tmp_path / "manifest.json")
+    n = 10_000
+    mu.write_manifest(p, Manifest("femnist", "random", 1, [0.6, 0.2, 0.2], {"kind": "leaf_json"},
+                                  {k: _entry(k, 40) for k in range(1, n + 1)}))
+    best = float("inf")
+    for _ in range(3):  # best of 3: the machine is shared
+        t = time.perf_counter()
+        entries = mu.load_manifest(p)
+        best = min(best, time.perf_counter() - t)
+    assert len(entries) == n and entries[n].client_id == n
+    assert best < 0.5, f"loading {n} clients took {best:.3f} s"
