@@ -42,7 +42,7 @@ def setup_logger(level: int = logging.INFO, logfile: str = "") -> None:
         root.addHandler(fh)
 
 
-def _atomic_write(path: str, writer: Callable[[str], None]) -> None:
+def atomic_write(path: str, writer: Callable[[str], None]) -> None:
     """Write to a temp file in the same directory, fsync, then rename over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -67,7 +67,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: str, obj: Any, indent: int = 2) -> None:
@@ -80,7 +80,7 @@ def atomic_torch_save(path: str, obj: Any) -> None:
 
     def write(tmp: str) -> None:
         torch.save(obj, tmp)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def append_line(path: str, line: str) -> None:

@@ -23,9 +23,9 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-# _atomic_write: the shared temp + fsync + rename helper; its writer callback lets us patch the
+# atomic_write: the shared temp + fsync + rename helper; its writer callback lets us patch the
 # temp file in place before the rename.
-from federatedscope.core.auxiliaries.utils import _atomic_write
+from federatedscope.core.auxiliaries.utils import atomic_write
 
 CHUNK = 1 << 20  # sha256 / copy granularity: 1 MB keeps memory flat at disk speed
 
@@ -108,7 +108,7 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
             if n:
                 _set_crc(tmp, f, x_at, n * row, crc)
             _fix_serialization_id(tmp, f, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def write_index(path: str, idx: np.ndarray) -> None:
@@ -119,7 +119,7 @@ def write_index(path: str, idx: np.ndarray) -> None:
         _save(tmp, {"idx": t})
         with open(tmp, "r+b") as f:
             _fix_serialization_id(tmp, f, t.numpy().tobytes())
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _save(path: str, obj: dict) -> None:

@@ -4,7 +4,7 @@ Streaming design, so peak memory is bounded by the largest input file, not the d
 1. one parse of the input, one file in memory at a time (``iter_leaf_writers``); each writer's
    uint8 samples are appended to a raw spill file and only labels + offsets stay in memory;
 2. writers are assigned to clients (never split) and each writer is split train/val/test with
-   the *same* per-writer rule as the FS-style path (``leaf_femnist._split_writer``), applied to
+   the *same* per-writer rule as the FS-style path (``leaf_femnist.split_writer``), applied to
    row numbers, so no pixels move until they are written;
 3. each client's shard is written from the spill in bounded windows into ``client_<k>.tmp-<pid>``,
    its ``meta.json`` last, then the directory is renamed to ``client_<k>`` (atomic);

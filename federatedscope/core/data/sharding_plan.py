@@ -2,7 +2,7 @@
 
 Pure functions over writer ids, labels and spill row numbers (no pixels), so they are cheap and
 unit-testable. The per-writer train/val/test rule is the FS-style path's own
-(``leaf_femnist._split_writer``), so shard mode and the data_idx path see the same samples.
+(``leaf_femnist.split_writer``), so shard mode and the data_idx path see the same samples.
 """
 import hashlib
 import json
@@ -136,10 +136,10 @@ def split_rows(parts: Dict[Optional[str], Part], splits: Tuple[float, float, flo
     if "val" in parts:  # FS processed layout
         return {s: (np.arange(parts[s].row, parts[s].row + len(parts[s].y), dtype=np.int64),
                     parts[s].y) for s in SPLITS}
-    from federatedscope.cv.dataset.leaf_femnist import WriterSamples, _split_writer
+    from federatedscope.cv.dataset.leaf_femnist import WriterSamples, split_writer
     ws = {k: WriterSamples(wid, np.arange(p.row, p.row + len(p.y), dtype=np.int64), p.y,
                            p.source, k) for k, p in parts.items()}
-    got = _split_writer(ws, splits, seed, wid)
+    got = split_writer(ws, splits, seed, wid)
     return {s: (got[s][0].numpy().astype(np.int64, copy=False), got[s][1].numpy())
             for s in SPLITS}
 

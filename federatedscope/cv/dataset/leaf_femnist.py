@@ -164,7 +164,7 @@ def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
 
 
-def _split_writer(parts: Dict[Optional[str], WriterSamples], splits: Tuple[float, float, float],
+def split_writer(parts: Dict[Optional[str], WriterSamples], splits: Tuple[float, float, float],
                   seed: int, writer_id: str) -> Dict[str, Split]:
     rng = _writer_rng(seed, writer_id)
     empty = (np.zeros((0, SIDE, SIDE), np.uint8), np.zeros((0,), np.int64))
@@ -262,7 +262,7 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
     writer_ids = sorted(by_writer)
     n_keep = min(len(writer_ids), max(1, int(math.ceil(len(writer_ids) * float(subsample)))))
     chosen = np.sort(np.random.default_rng(seed % (2 ** 63)).permutation(len(writer_ids))[:n_keep])
-    tasks = [_split_writer(by_writer[writer_ids[i]], split_t, seed, writer_ids[i]) for i in chosen]
+    tasks = [split_writer(by_writer[writer_ids[i]], split_t, seed, writer_ids[i]) for i in chosen]
     atomic_torch_save(cache, {"version": _CACHE_VERSION,
                               "writers": [writer_ids[i] for i in chosen], "tasks": tasks})
     logger.info("FEMNIST: %d of %d writers as tasks, cached in %s", len(tasks), len(writer_ids),
