@@ -64,3 +64,34 @@ def test_server_kill9_then_restore_finishes_all_rounds(femnist_root, tmp_path):
     assert "restored round 2" in log2 or "restored round 3" in log2
     final = job.final()
     assert final["Round"] == 4
+
+
+def test_hung_client_is_cut_by_round_timeout(femnist_root, tmp_path):
+    """A client that is connected (its heartbeats are fine) but never answers: SIGSTOP."""
+    job = Job(tmp_path, femnist_root, rounds=3,
+              common=["distribute.heartbeat_timeout", "600.0"])
+    server = job.server(["federate.round_timeout", "4.0", "federate.min_clients_threshold", "2"])
+    clients = {k: job.client(k) for k in (1, 2, 3)}
+    wait_for(lambda: file_contains(job.log("server"), "round 1/3 aggregated"), 120, "round 1")
+    os.kill(clients[3].pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: file_contains(job.log("server"), "timed out after 4s"), 60, "round timeout")
+    finally:
+        os.kill(clients[3].pid, signal.SIGCONT)
+    assert wait_all([server] + list(clients.values()), timeout=240) == [0, 0, 0, 0]
+    assert job.final()["Round"] == 3
+
+
+def test_all_clients_dead_server_checkpoints_and_exits_nonzero(femnist_root, tmp_path):
+    ckpt = str(tmp_path / "server.pt")
+    job = Job(tmp_path, femnist_root, rounds=5, common=FAST_LIVENESS)
+    server = job.server(["federate.save_to", ckpt, "federate.graceful_termination_timeout", "3.0"])
+    clients = [job.client(k) for k in (1, 2, 3)]
+    wait_for(lambda: file_contains(job.log("server"), "round 1/5 aggregated"), 120, "round 1")
+    for c in clients:
+        _kill9(c)
+    assert wait_all([server], timeout=120) == [3]
+    log = job.server_log()
+    assert "gave up after waiting 3s" in log and "restore_from" in log
+    import torch
+    assert torch.load(ckpt, weights_only=True)["round"] >= 1

@@ -117,7 +117,12 @@ while read -r cid shard; do
     ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 done <<< "$CLIENTS"
 
-echo "== running (progress: tail -f $LOGDIR/server.log)"
+echo "== running (full logs in $LOGDIR)"
+# Follow the server's progress lines; tail exits by itself when the server does (--pid).
+tail -n +1 -F --pid="${PIDS[0]}" "$LOGDIR/server.log" 2>/dev/null \
+  | grep --line-buffered -E "joined;|aggregated|evaluation after round|finished after|Refused|lost|paused|gave up" \
+  | sed -u 's/^.*INFO: Server: /   /; s/^.*WARNING: Server: /   ! /; s/^.*ERROR: Server: /   !! /' &
+FOLLOWER=$!
 FAILED=0
 REMAINING=${#PIDS[@]}
 while [[ $REMAINING -gt 0 ]]; do
@@ -144,9 +149,10 @@ while [[ $REMAINING -gt 0 ]]; do
   echo "   $name finished (exit 0)"
 done
 trap - INT TERM
+wait "$FOLLOWER" 2>/dev/null || true
 
 echo "== summary"
-grep -h "loaded .* samples from\|loaded the whole dataset" "$LOGDIR"/client_*.log 2>/dev/null | sed 's/^.*INFO: /  /' || true
+grep -h "loaded .* samples from\|loaded the whole dataset\|no dataset is opened" "$LOGDIR"/server.log "$LOGDIR"/client_*.log 2>/dev/null | sed 's/^.*INFO: /  /' || true
 "$PY" -m federatedscope.core.auxiliaries.launch_utils summary --manifest "$MANIFEST" --outdir "$LOGDIR/exp" || FAILED=1
 echo "   logs: $LOGDIR"
 exit $FAILED

@@ -65,6 +65,11 @@ class Monitor:
         if "raw" in reports:
             line["Results_raw"] = {f"client #{cid}": res for cid, res in sorted(per_client.items())}
         logger.info(json.dumps({k: v for k, v in line.items() if k != "Results_raw"}))
+        wavg = weighted_avg(per_client)
+        brief = ", ".join(f"{k}={wavg[k]:.4f}" for k in ("test_acc", "test_avg_loss", "val_acc")
+                          if k in wavg)
+        logger.info(f"Server: evaluation after round {round_idx} ({len(per_client)} clients, "
+                    f"weighted avg): {brief}")
         append_line(self.log_path, json.dumps(line))
         self.history.append(line)
         self._track_best(round_idx, weighted_avg(per_client))

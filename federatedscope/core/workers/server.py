@@ -61,6 +61,7 @@ class Server:
         self.round_started = 0.0
         self.created = time.monotonic()
         self.paused_since: Optional[float] = None
+        self.round_timed_out = False
         self.stop_requested = False
         self.final_eval_round: Optional[int] = None
         self.threshold = max(1, cfg.federate.min_clients_threshold)
@@ -175,6 +176,7 @@ class Server:
     def _begin_round(self) -> None:
         self.pending = set(self._sample())
         self.updates = {}
+        self.round_timed_out = False
         if self.online_aggr:
             self.online_aggr.reset()
         self.round_started = time.monotonic()
@@ -216,14 +218,20 @@ class Server:
         return None
 
     def _maybe_finish_round(self) -> None:
-        if not self.started or self.paused_since is not None or self.finished:
+        """Aggregate when every sampled client answered, or after a timeout once enough did."""
+        if not self.started or self.finished or self.stop_requested:
             return
-        if not self.pending.issubset(self.updates):
+        outstanding = self.pending - set(self.updates)
+        enough = len(self.updates) >= self.threshold
+        if outstanding and not (self.round_timed_out and enough):
             return
-        if len(self.updates) < self.threshold:
-            self._pause(f"only {len(self.updates)} update(s) arrived in round {self.round + 1}, "
-                        f"fewer than federate.min_clients_threshold={self.threshold}")
+        if not enough:
+            if self.paused_since is None:
+                self._pause(f"only {len(self.updates)} update(s) in round {self.round + 1}, fewer "
+                            f"than federate.min_clients_threshold={self.threshold}")
             return
+        if outstanding:
+            logger.warning(f"Server: round {self.round + 1}: aggregating without {sorted(outstanding)}")
         problems = self.admission.revalidate(sorted(self.updates))
         for cid, reason in problems.items():
             logger.warning(f"Server: client #{cid} left out of aggregation: {reason}")
@@ -231,6 +239,7 @@ class Server:
         if not self.updates:
             self._pause("no valid update left after re-validation")
             return
+        self.paused_since = None
         self._aggregate()
 
     def _aggregate(self) -> None:
@@ -336,12 +345,13 @@ class Server:
             self.pending -= set(dropped)
             self._maybe_finish_round()
         rt = self.cfg.federate.round_timeout
-        if rt > 0 and self.paused_since is None and self.pending - set(self.updates) \
+        if rt > 0 and not self.round_timed_out and self.pending - set(self.updates) \
                 and now - self.round_started > rt:
             late = sorted(self.pending - set(self.updates))
             logger.warning(f"Server: round {self.round + 1} timed out after {rt:.0f}s; "
-                           f"aggregating without {late}")
-            self.pending -= set(late)
+                           f"stragglers {late} are no longer waited for once "
+                           f"{self.threshold} update(s) are in")
+            self.round_timed_out = True
             self._maybe_finish_round()
         for r in list(self.eval_pending):
             lost = self.eval_pending[r] & gone
