@@ -176,7 +176,7 @@ class GrpcServerTransport:
             self.rejected += 1
             logger.warning(f"Rejected message from {conn.peer}: {e}")
             return
-        self.inbox.put(Incoming(conn.conn_id, msg))
+        self.inbox.put(Incoming(conn.conn_id, msg, conn.peer))
 
     def _forget(self, conn: _Connection) -> None:
         with self._lock:

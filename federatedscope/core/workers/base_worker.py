@@ -15,6 +15,7 @@ from federatedscope.core.message import Message
 class Incoming:
     conn_id: int          # transport-level connection (a client's stream)
     msg: Message
+    peer: str = ""        # where the connection comes from (for the audit trail in logs)
 
 
 @dataclass

@@ -76,7 +76,7 @@ class Server:
         msg = event.msg
         rec = self.clients.get(msg.sender)
         if msg.msg_type == JOIN_IN:
-            self._on_join(event.conn_id, msg)
+            self._on_join(event.conn_id, msg, event.peer)
             return
         if rec is None or rec.conn_id != event.conn_id or not rec.online:
             logger.warning(f"Dropped {msg.msg_type} from unjoined/stale connection {event.conn_id}")
@@ -91,10 +91,11 @@ class Server:
             return
         handler(msg)
 
-    def _on_join(self, conn_id: int, msg: Message) -> None:
+    def _on_join(self, conn_id: int, msg: Message, peer: str = "") -> None:
         decision = self.admission.admit(msg.content, self._online_ids())
         if not decision.accepted:
-            logger.warning(f"Refused client (claimed id {msg.content.get('client_id')}): "
+            logger.warning(f"Refused client (claimed id {msg.content.get('client_id')}"
+                           f"{', from ' + peer if peer else ''}): "
                            f"{decision.reason}")
             self.comm.send_to_conn(conn_id, Message(REFUSE, SERVER_ID, -1, self.round,
                                                     {"reason": decision.reason}))
@@ -105,7 +106,8 @@ class Server:
         self.clients[cid] = ClientRecord(cid, conn_id, decision.train_samples)
         self.comm.bind(conn_id, cid)
         self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, self.round, {"client_id": cid}))
-        logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'} "
+        logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}"
+                    f"{' from ' + peer if peer else ''} "
                     f"({decision.train_samples} train samples; {len(self._online_ids())}/"
                     f"{self.expected} online)")
         if not self.started:
