@@ -9,6 +9,8 @@ import os
 import queue
 from typing import Deque, Dict
 
+import torch
+
 from federatedscope.core.auxiliaries.data_builder import ProcessData, client_count
 from federatedscope.core.auxiliaries.model_builder import get_model
 from federatedscope.core.configs.config import client_identity
@@ -34,6 +36,37 @@ def _admission(cfg, expected: int) -> Admission:
         manifest = load_manifest(cfg.distributed_data.manifest)
     return Admission(manifest, cfg.distributed_data.strict_check, cfg.distribute.token,
                      max_clients=expected)
+
+
+def _log_model(cfg, model) -> None:
+    from federatedscope.core.auxiliaries.model_builder import count_flops, input_shape
+    n = sum(t.numel() for t in model.state_dict().values())
+    logger.info(f"Model {cfg.model.type}: {n} state entries")
+    if cfg.eval.count_flops:
+        flops = count_flops(model, input_shape(cfg))
+        logger.info(f"Model {cfg.model.type}: {flops / 1e6:.2f} MFLOPs per sample (forward)")
+
+
+def _global_evaluator(cfg, data: ProcessData, model):
+    """``federate.make_global_eval`` in standalone: the server evaluates the global model on the
+    union of the clients' evaluation splits (a server in shard mode holds no data to do this)."""
+    if not cfg.federate.make_global_eval:
+        return None
+    from federatedscope.core.data.datasets import TensorSplit
+    merged = {}
+    for split in cfg.eval.split:
+        parts = [c[split] for c in data.clients.values() if isinstance(c.get(split), TensorSplit)]
+        if parts:
+            merged[split] = TensorSplit(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
+                                        parts[0].transform)
+    trainer = get_trainer(model, merged, _device(cfg), cfg)
+
+    def evaluate() -> dict:
+        out = {}
+        for split in merged:
+            out.update(trainer.evaluate(split))
+        return out
+    return evaluate
 
 
 def outdir_of(cfg) -> str:
@@ -77,8 +110,10 @@ def run_standalone(cfg, data: ProcessData) -> int:
     bus = _LocalBus()
     model = get_model(cfg)
     expected = len(data.clients)
+    _log_model(cfg, model)
     server = Server(cfg, model, _LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)), expected,
                     _admission(cfg, expected), distributed=False)
+    server.global_eval = _global_evaluator(cfg, data, model)
     clients: Dict[int, Client] = {}
     for cid, splits in sorted(data.clients.items()):
         trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
@@ -103,7 +138,12 @@ def run_server(cfg, data: ProcessData) -> int:
     expected = client_count(cfg, data)
     inbox: "queue.Queue" = queue.Queue()
     transport = GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8))
-    server = Server(cfg, get_model(cfg), transport, Monitor(cfg, outdir_of(cfg)), expected,
+    model = get_model(cfg)
+    _log_model(cfg, model)
+    if cfg.federate.make_global_eval:
+        logger.warning("federate.make_global_eval: a distributed server holds no data to evaluate "
+                       "on; the clients' weighted-average evaluation is reported instead")
+    server = Server(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
                     _admission(cfg, expected), distributed=True)
     transport.start()
     logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "

@@ -32,3 +32,27 @@ def get_model(cfg) -> nn.Module:
         return ConvNet2(in_channels=c, h=h, w=w, hidden=cfg.model.hidden,
                         class_num=cfg.model.out_channels, dropout=cfg.model.dropout)
     raise ConfigError(f"model.type={cfg.model.type!r} is not supported")
+
+
+def count_flops(model: nn.Module, shape: Tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one sample (Conv2d and Linear layers), x2."""
+    import torch
+    total = [0]
+
+    def conv_hook(mod, _inp, out):
+        k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+        total[0] += 2 * k * out.numel()
+
+    def linear_hook(mod, _inp, out):
+        total[0] += 2 * mod.in_features * out.numel()
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros((1,) + tuple(shape)))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return total[0]

@@ -62,6 +62,7 @@ class Server:
         self.created = time.monotonic()
         self.paused_since: Optional[float] = None
         self.round_timed_out = False
+        self.global_eval = None   # optional callable: the server's own evaluation (standalone)
         self.stop_requested = False
         self.final_eval_round: Optional[int] = None
         self.threshold = max(1, cfg.federate.min_clients_threshold)
@@ -294,6 +295,8 @@ class Server:
             return
         results = self.eval_results.pop(r, {})
         self.eval_pending.pop(r, None)
+        if self.global_eval is not None:
+            results = {SERVER_ID: self.global_eval()}  # FS: global eval replaces the clients'
         self.monitor.report(r, results)
         if self.monitor.should_stop_early() and not self.stop_requested:
             logger.info(f"Server: early stop after round {r} (no improvement of "
