@@ -180,6 +180,11 @@ class Server:
         self.pending = set(self._sample())
         self.updates = {}
         self.round_timed_out = False
+        if len(self.pending) < self.threshold:
+            # Nobody (or too few) to train: wait for re-joins; tick() enforces the time limit.
+            self._pause(f"{len(self.pending)} client(s) online for round {self.round + 1}, fewer "
+                        f"than federate.min_clients_threshold={self.threshold}")
+            return
         if self.online_aggr:
             self.online_aggr.reset()
         self.round_started = time.monotonic()
