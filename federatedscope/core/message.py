@@ -14,6 +14,7 @@ import torch
 
 SERVER_ID = 0
 UNASSIGNED = -1
+BROADCAST = -2     # receiver of a message the transport delivers to several clients
 
 # msg_type -> (who may send it, content keys required: type)
 JOIN_IN = "join_in"

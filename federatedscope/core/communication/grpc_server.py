@@ -16,7 +16,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.proto import fl_pb2
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import JOIN_IN, InvalidMessage, Message, validate_message
 from federatedscope.core.workers.base_worker import Disconnected, Incoming
@@ -73,7 +72,7 @@ class GrpcServerTransport:
         # logged and skipped instead of aborting the stream inside gRPC's deserializer.
         session = grpc.stream_stream_rpc_method_handler(
             self.Session, request_deserializer=None,
-            response_serializer=fl_pb2.Envelope.SerializeToString)
+            response_serializer=None)  # we queue bytes: a broadcast is encoded once
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             "federatedscope.FLService", {"Session": session}),))
         self.health = health.HealthServicer()
@@ -114,18 +113,23 @@ class GrpcServerTransport:
             self._by_client[client_id] = conn
 
     def send(self, msg: Message) -> None:
-        with self._lock:
-            conn = self._by_client.get(msg.receiver)
-        if conn is None or conn.closed.is_set():
-            logger.debug(f"dropping {msg!r}: client #{msg.receiver} not connected")
-            return
-        conn.outbox.put(codec.to_envelope(msg))
+        self.broadcast(msg, [msg.receiver])
+
+    def broadcast(self, msg: Message, receivers) -> None:
+        data = codec.encode(msg)   # one encoding shared by every receiver's queue
+        for cid in receivers:
+            with self._lock:
+                conn = self._by_client.get(cid)
+            if conn is None or conn.closed.is_set():
+                logger.debug(f"dropping {msg!r}: client #{cid} not connected")
+                continue
+            conn.outbox.put(data)
 
     def send_to_conn(self, conn_id: int, msg: Message) -> None:
         with self._lock:
             conn = self._conns.get(conn_id)
         if conn is not None:
-            conn.outbox.put(codec.to_envelope(msg))
+            conn.outbox.put(codec.encode(msg))
 
     def close(self, conn_id: int) -> None:
         with self._lock:

@@ -6,7 +6,7 @@ Workers (``Server``, ``Client``) hold the FL logic and never see gRPC. A transpo
 queue, so the same worker code runs in both modes.
 """
 from dataclasses import dataclass
-from typing import Protocol
+from typing import List, Protocol
 
 from federatedscope.core.message import Message
 
@@ -30,6 +30,10 @@ class ServerComm(Protocol):
 
     def send(self, msg: Message) -> None:
         """Deliver to ``msg.receiver`` (a bound client id)."""
+
+    def broadcast(self, msg: Message, receivers: List[int]) -> None:
+        """Deliver the same message to several clients (encoded once; receivers must not
+        modify its tensors)."""
 
     def send_to_conn(self, conn_id: int, msg: Message) -> None:
         """Reply on a connection that is not bound (e.g. a refusal)."""

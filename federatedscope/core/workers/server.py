@@ -18,7 +18,8 @@ import torch
 from federatedscope.core.aggregators.fedavg import ClientsAvgAggregator, OnlineAggregator
 from federatedscope.core.auxiliaries.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,
-                                         MODEL_PARA, REDECLARE, REFUSE, SERVER_ID, Message)
+                                         MODEL_PARA, REDECLARE, REFUSE, SERVER_ID, BROADCAST,
+                                         Message)
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm
@@ -125,10 +126,10 @@ class Server:
     def _catch_up(self, cid: int) -> None:
         """A client that re-joined mid-round gets the current global model and its pending work."""
         if cid in self.pending and cid not in self.updates:
-            self._send_model(cid, MODEL_PARA, self.round)
+            self._send_model([cid], MODEL_PARA, self.round)
         for r, waiting in self.eval_pending.items():
             if cid in waiting:
-                self._send_model(cid, EVALUATE, r)
+                self._send_model([cid], EVALUATE, r)
 
     def _on_disconnect(self, conn_id: int, reason: str) -> None:
         for rec in self.clients.values():
@@ -188,8 +189,7 @@ class Server:
         if self.online_aggr:
             self.online_aggr.reset()
         self.round_started = time.monotonic()
-        for cid in sorted(self.pending):
-            self._send_model(cid, MODEL_PARA, self.round)
+        self._send_model(sorted(self.pending), MODEL_PARA, self.round)
 
     def _on_model_para(self, msg: Message) -> None:
         cid = msg.sender
@@ -282,8 +282,7 @@ class Server:
         self.eval_results[r] = {}
         if final:
             self.final_eval_round = r
-        for cid in sorted(targets):
-            self._send_model(cid, EVALUATE, r)
+        self._send_model(sorted(targets), EVALUATE, r)
         self._maybe_finish_eval(r)
 
     def _on_metrics(self, msg: Message) -> None:
@@ -315,8 +314,7 @@ class Server:
         if self.finished:
             return
         summary = self.monitor.final_summary()
-        for cid in sorted(self._online_ids()):
-            self._send_model(cid, FINISH, self.round)
+        self._send_model(sorted(self._online_ids()), FINISH, self.round)
         self.finished = True
         acc = summary["Results_weighted_avg"].get("test_acc")
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
@@ -382,9 +380,12 @@ class Server:
     def _online_ids(self) -> Set[int]:
         return {cid for cid, rec in self.clients.items() if rec.online}
 
-    def _send_model(self, cid: int, msg_type: str, r: int) -> None:
+    def _send_model(self, cids: List[int], msg_type: str, r: int) -> None:
+        """One snapshot of the global model for all receivers (encoded once by the transport)."""
+        if not cids:
+            return
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.comm.send(Message(msg_type, SERVER_ID, cid, r, {}, state))
+        self.comm.broadcast(Message(msg_type, SERVER_ID, BROADCAST, r, {}, state), cids)
 
     def _checkpoint(self) -> None:
         path = self.cfg.federate.save_to
