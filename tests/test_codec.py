@@ -53,20 +53,31 @@ def test_encode_decode_is_memory_bandwidth_class():
     assert per_mb < 0.01, f"{per_mb * 1e3:.2f} ms/MB"  # ~ a few memcpy's, not per-element work
 
 
+def _frame(env) -> bytes:
+    head = env.SerializeToString()
+    return codec.MAGIC + len(head).to_bytes(4, "little") + head
+
+
 def test_decode_rejects_lies():
-    env = codec.to_envelope(_model_msg(128))
-    env.tensors[0].shape[0] += 1
+    good = codec.encode(_model_msg(128))
+    with pytest.raises(InvalidMessage, match="trailing"):
+        codec.decode(good + b"x")                      # more bytes than the shapes say
     with pytest.raises(InvalidMessage, match="needs"):
-        codec.from_envelope(env)
-    env = codec.to_envelope(_model_msg(128))
-    env.tensors[0].dtype = "object"
+        codec.decode(good[:-1])                        # fewer
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="w", dtype="object", shape=[1])
     with pytest.raises(InvalidMessage, match="not allowed"):
-        codec.from_envelope(env)
-    env = fl_pb2.Envelope(msg_type=METRICS, content_json="{not json")
+        codec.decode(_frame(env) + b"\0" * 8)
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="w", dtype="float32", shape=[10 ** 12])   # absurd size: no allocation
+    with pytest.raises(InvalidMessage, match="needs"):
+        codec.decode(_frame(env))
     with pytest.raises(InvalidMessage):
-        codec.from_envelope(env)
-    with pytest.raises(InvalidMessage):
+        codec.decode(_frame(fl_pb2.Envelope(msg_type=METRICS, content_json="{not json")))
+    with pytest.raises(InvalidMessage, match="magic"):
         codec.decode(b"\xff\xff\xff\xff garbage")
+    with pytest.raises(InvalidMessage, match="header length"):
+        codec.decode(codec.MAGIC + (10 ** 6).to_bytes(4, "little") + b"abc")
 
 
 def test_validate_message_rules():

@@ -16,7 +16,6 @@ import grpc
 
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.grpc_server import compression, grpc_options
-from federatedscope.core.communication.proto import fl_pb2_grpc
 from federatedscope.core.communication.security import channel_credentials
 from federatedscope.core.message import HEARTBEAT, InvalidMessage, Message, validate_message
 from federatedscope.core.workers.base_worker import Disconnected
@@ -48,7 +47,10 @@ class GrpcClientTransport:
                                              compression=compression(cfg)) if creds else
                          grpc.insecure_channel(self.address, options=options,
                                                compression=compression(cfg)))
-        self._stub = fl_pb2_grpc.FLServiceStub(self._channel)
+        # Raw bytes both ways: the codec frames header + tensor payload itself.
+        self._session = self._channel.stream_stream(
+            "/federatedscope.FLService/Session", request_serializer=None,
+            response_deserializer=None)
         self._outbox: Optional["queue.Queue"] = None
         self._call = None
         self.sender_id = -1
@@ -80,9 +82,9 @@ class GrpcClientTransport:
         """Start a stream whose first message is ``join``; replies arrive in ``inbox``."""
         self.sender_id = join.sender
         outbox: "queue.Queue" = queue.Queue()
-        outbox.put(codec.to_envelope(join))
+        outbox.put(codec.encode(join))
         self._outbox = outbox
-        self._call = self._stub.Session(self._requests(outbox))
+        self._call = self._session(self._requests(outbox))
         threading.Thread(target=self._read, args=(self._call,), name="client-reader",
                          daemon=True).start()
 
@@ -92,7 +94,7 @@ class GrpcClientTransport:
             try:
                 item = outbox.get(timeout=interval if interval > 0 else None)
             except queue.Empty:
-                item = codec.to_envelope(Message(HEARTBEAT, self.sender_id, 0, 0))
+                item = codec.encode(Message(HEARTBEAT, self.sender_id, 0, 0))
             if item is _END:
                 return
             yield item
@@ -100,9 +102,9 @@ class GrpcClientTransport:
     def _read(self, call) -> None:
         reason = "server closed the stream"
         try:
-            for env in call:
+            for data in call:
                 try:
-                    msg = codec.from_envelope(env)
+                    msg = codec.decode(data)
                     validate_message(msg, from_server=True)
                 except InvalidMessage as e:
                     logger.warning(f"Client: rejected a message from the server: {e}")
@@ -116,7 +118,7 @@ class GrpcClientTransport:
     def send(self, msg: Message) -> None:
         if self._outbox is not None:
             self.sender_id = msg.sender
-            self._outbox.put(codec.to_envelope(msg))
+            self._outbox.put(codec.encode(msg))
 
     def end_session(self) -> None:
         if self._outbox is not None:

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class FLServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The messages are frames (bytes), not bare Envelopes; the service is declared for reference.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class FLServiceStub:
 
 
 class FLServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The messages are frames (bytes), not bare Envelopes; the service is declared for reference.
+    """
 
     def Session(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
@@ -67,7 +69,8 @@ def add_FLServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FLService:
-    """Missing associated documentation comment in .proto file."""
+    """The messages are frames (bytes), not bare Envelopes; the service is declared for reference.
+    """
 
     @staticmethod
     def Session(request_iterator,
