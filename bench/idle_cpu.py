@@ -1,0 +1,70 @@
+"""idle_cpu: CPU a process burns while it waits (utime + stime from /proc/<pid>/stat).
+
+Four real processes wait side by side over the same window:
+* a client whose server is not up yet (it retries with gRPC's connection backoff);
+* a shard-mode server that no client has joined;
+* a shard-mode server with 1 of its 3 clients joined (heartbeats flowing) ...
+* ... and that joined client, waiting for the round to start.
+"""
+import time
+
+from bench import common
+from bench.common import row
+
+TITLE = "CPU used while waiting (client waiting for server, server waiting for clients)"
+GOAL_PCT = 1.0
+
+
+def run(ctx) -> dict:
+    window = 5.0 if ctx.quick else 10.0
+    manifest = common.shards(ctx, common.big_dataset(ctx), 3)
+    extra = ["federate.join_timeout", "0.0", "distribute.connect_timeout", "600.0"]
+    p_dead, p_empty, p_wait = common.free_port(), common.free_port(), common.free_port()
+    specs = {  # name -> argv
+        "client, no server yet": common.client_argv(1, manifest, p_dead, ctx.tmp("x1"), 1, extra),
+        "server, no client yet": common.server_argv(manifest, p_empty, ctx.tmp("x2"), 1, extra),
+        "server, 1 of 3 clients joined": common.server_argv(manifest, p_wait, ctx.tmp("x3"), 1, extra),
+        "client, joined, round not started": common.client_argv(1, manifest, p_wait, ctx.tmp("x3"),
+                                                                1, extra),
+    }
+    ready = {"client, no server yet": "connecting to server",
+             "server, no client yet": "waiting for",
+             "server, 1 of 3 clients joined": "joined",
+             "client, joined, round not started": "joined the federation"}
+    procs, logs = {}, {}
+    try:
+        for i, (name, argv) in enumerate(specs.items()):
+            logs[name] = ctx.tmp(f"p{i}.log")
+            procs[name] = common.spawn([common.PY, common.MAIN] + argv, logs[name])
+            if name.startswith("server, 1"):  # its client must find it listening
+                common.wait_for(lambda n=name: common.file_has(logs[n], "waiting for"), 120,
+                                "server to listen", [procs[name]])
+        for name in specs:
+            common.wait_for(lambda n=name: common.file_has(logs[n], ready[n]), 120,
+                            f"'{name}' to be waiting", list(procs.values()))
+        time.sleep(1.0)  # let start-up work (imports, shard checks) finish
+        c0 = {n: common.cpu_seconds(p.pid) for n, p in procs.items()}
+        t0 = time.perf_counter()
+        time.sleep(window)
+        c1 = {n: common.cpu_seconds(p.pid) for n, p in procs.items()}
+        dt = time.perf_counter() - t0
+        alive = {n: p.poll() is None for n, p in procs.items()}
+    finally:
+        common.kill_all(list(procs.values()))
+    raw = {n: {"cpu_s": c1[n] - c0[n], "window_s": dt, "pct_of_core": 100 * (c1[n] - c0[n]) / dt,
+               "alive": alive[n]} for n in specs}
+    tick_pct = 100 / common.CLK_TCK / dt
+    rows = []
+    for n, v in raw.items():
+        ok = v["alive"] and v["pct_of_core"] < GOAL_PCT
+        rows.append(row(f"{n}: CPU per second of waiting", v["pct_of_core"],
+                        f"{v['pct_of_core']:.2f} % of a core" + ("" if v["alive"] else " (EXITED)"),
+                        f"< {GOAL_PCT:g} % (Flower 0.5–1.8 %, FS 100 %)", ok))
+    worst = max(rows, key=lambda r: r["value"])
+    rows.insert(0, dict(row("worst waiting process: CPU per second", worst["value"],
+                            f"{worst['value']:.2f} % of a core ({worst['figure'].split(':')[0]})",
+                            f"< {GOAL_PCT:g} %", all(r["met"] for r in rows)), headline=True))
+    context = [f"Sampled over the same {dt:.1f} s window for all four processes, after each "
+               f"logged that it was waiting; resolution 1 clock tick = {tick_pct:.2f} % here."]
+    return {"rows": rows, "context": context, "raw": raw,
+            "summary": {"worst_pct": worst["value"]}}

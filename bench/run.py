@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
+
+    python bench/run.py                      # full suite (< 20 min on 2 cores)
+    python bench/run.py --quick              # smaller repeats/sizes (< 3 min)
+    python bench/run.py --only wire,idle_cpu # some benchmarks; the report still covers all JSONs
+
+Every benchmark measures its comparison inside the same run (ratios, medians over repeats),
+because the machine is shared and noisy. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
+JSONs, plots and report elsewhere (the smoke test uses it so committed results stay untouched).
+"""
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[0] = ROOT  # import as the ``bench`` package; bench/ itself must not shadow modules
+
+from bench import common, report  # noqa: E402
+
+# Cheap ones first, so a broken environment shows up fast.
+BENCHMARKS = ["wire", "manifest_scale", "idle_cpu", "sharding", "client_memory", "server_memory",
+              "streaming", "round_time"]
+DEFAULT_RESULTS = os.path.join(ROOT, "bench", "results")
+
+
+class Ctx:
+    """What a benchmark gets: mode, scratch paths, memoised fixtures, a logger."""
+
+    def __init__(self, quick: bool, results_dir: str, work: str):
+        self.quick, self.results_dir, self.work = quick, results_dir, work
+        self.bench = ""
+        self.warnings: list = []
+        self._memo: dict = {}
+        self.t0 = time.perf_counter()
+
+    def start(self, name: str) -> None:
+        self.bench, self.warnings = name, []
+        d = os.path.join(self.work, "run", name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+
+    def tmp(self, name: str) -> str:
+        """A scratch path for this benchmark (wiped at its next run)."""
+        return os.path.join(self.work, "run", self.bench, name)
+
+    def plot_path(self, name: str) -> str:
+        return os.path.join(self.results_dir, name)
+
+    def memo(self, key: str, fn):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def warn(self, msg: str) -> None:
+        """Something the report must show (it becomes a note of the running benchmark)."""
+        self.warnings.append(msg)
+        self.log(f"  WARNING: {msg}")
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes (< 3 min)")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", DEFAULT_RESULTS),
+                   help="where <name>.json, plots and (unless the default) REPORT.md go")
+    p.add_argument("--work-dir", default=os.environ.get("BENCH_WORK_DIR", ""),
+                   help="scratch: generated data, shards, logs (default <results-dir>/tmp)")
+    p.add_argument("--report", default="", help="report path (default bench/REPORT.md for the "
+                   "default results dir, else <results-dir>/REPORT.md)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    names = [n.strip() for n in a.only.split(",") if n.strip()] or BENCHMARKS
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)
+        return 2
+    results_dir = os.path.abspath(a.results_dir)
+    work = os.path.abspath(a.work_dir or os.path.join(results_dir, "tmp"))
+    report_path = a.report or (os.path.join(ROOT, "bench", "REPORT.md")
+                               if results_dir == os.path.abspath(DEFAULT_RESULTS)
+                               else os.path.join(results_dir, "REPORT.md"))
+    os.makedirs(results_dir, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    ctx = Ctx(a.quick, results_dir, work)
+    machine = common.machine_info()
+    ctx.log(f"{'quick' if a.quick else 'full'} run of {names} on {machine['cpus_usable']} CPU(s), "
+            f"load {machine['loadavg'][0]:.2f}")
+    failed = []
+    for name in names:
+        mod = importlib.import_module(f"bench.{name}")
+        ctx.start(name)
+        ctx.log(f"{name}: {mod.TITLE}")
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        t = time.perf_counter()
+        try:
+            res = mod.run(ctx)
+        except Exception:
+            failed.append(name)
+            res = {"error": traceback.format_exc()[-4000:], "rows": []}
+            ctx.log(f"{name}: FAILED\n{res['error']}")
+        if ctx.warnings:
+            res["notes"] = list(res.get("notes", [])) + ctx.warnings
+        res.update({"name": name, "title": mod.TITLE, "quick": a.quick, "started": started,
+                    "duration_s": round(time.perf_counter() - t, 2),
+                    "machine": dict(machine, loadavg_after=list(os.getloadavg()))})
+        with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
+            json.dump(res, f, indent=1, default=float)
+        for r in res.get("rows", []):
+            mark = {True: "met", False: "MISSED", None: "-"}[r["met"]]
+            ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {mark})")
+        ctx.log(f"{name}: done in {res['duration_s']:.1f}s")
+    report.write(results_dir, report_path, BENCHMARKS)
+    ctx.log(f"report: {report_path}; total {time.perf_counter() - ctx.t0:.1f}s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""sharding: ``prepare_femnist_shards.py`` on LEAF JSON vs a bare ``json.load`` pass (the floor).
+
+Both run as child processes over the same (page-cached) files; both time only their work, after
+imports. Peak RSS is each process's growth above its own post-import RSS. To show that the tool's
+peak follows the largest input file and not the data set, it also runs on a third of the files
+(the largest one among them): same largest file, a third of the data.
+"""
+import json
+import os
+
+from bench import common
+from bench.common import MB, median, row
+
+TITLE = "Sharding throughput and memory vs a bare json.load pass"
+THROUGHPUT_GOAL = 0.8
+BYTES_PER_SAMPLE_GOAL = 800
+PEAK_GROWTH_GOAL = 1.25  # peak on 3x the data / peak on 1x, same file size: bounded by the file
+
+
+def _files(root: str):
+    from federatedscope.cv.dataset.leaf_femnist import list_leaf_files
+    return list_leaf_files(os.path.join(root, "femnist", "raw"))
+
+
+def third_of(ctx, root: str) -> str:
+    """A data root holding the largest LEAF file of ``root`` and the next ones: a third of them."""
+    files = _files(root)
+    largest = max(files, key=os.path.getsize)
+    keep = [largest] + [f for f in files if f != largest][:max(0, len(files) // 3 - 1)]
+    raw = ctx.tmp("third/femnist/raw")
+    os.makedirs(raw)
+    for f in keep:
+        try:
+            os.link(f, os.path.join(raw, os.path.basename(f)))
+        except OSError:
+            import shutil
+            shutil.copyfile(f, os.path.join(raw, os.path.basename(f)))
+    return ctx.tmp("third")
+
+
+def _warm(files) -> None:
+    for p in files:
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def tool_run(ctx, tag: str, root: str, clients: int) -> dict:
+    out = ctx.tmp(f"{tag}_shards")
+    rep = common.run_child(ctx, tag, "script", [
+        common.PREPARE, "--root", root, "--clients", str(clients), "--out", out, "--strategy",
+        "sequential", "--seed", "0", "--overwrite", "--no-progress"])
+    with open(os.path.join(out, "manifest.json")) as f:
+        man = json.load(f)
+    samples = sum(sum(c["num_samples"].values()) for c in man["clients"])
+    pt = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs
+             if f.endswith(".pt"))
+    rep.update({"samples": samples, "disk_bytes": common.dir_bytes(out), "pt_bytes": pt,
+                "samples_per_s": samples / rep["work_s"]})
+    return rep
+
+
+def floor_run(ctx, tag: str, files) -> dict:
+    rep = common.run_child(ctx, tag, "jsonfloor", list(files))
+    rep["samples_per_s"] = rep["samples"] / rep["work_s"]
+    return rep
+
+
+def run(ctx) -> dict:
+    big = common.big_dataset(ctx)
+    small = third_of(ctx, big)
+    files_big, files_small = _files(big), _files(small)
+    _warm(files_big + files_small)
+    repeats = 1 if ctx.quick else 3
+    tools, floors = [], []
+    for i in range(repeats):  # interleaved: noise hits both alike
+        tools.append(tool_run(ctx, f"tool{i}", big, 3))
+        if not ctx.quick:  # --quick compares throughput on the third only (a third of the time)
+            floors.append(floor_run(ctx, f"floor{i}", files_big))
+            ctx.log(f"  tool {tools[-1]['samples_per_s']:.0f} samples/s, "
+                    f"floor {floors[-1]['samples_per_s']:.0f} samples/s")
+    tool_small = tool_run(ctx, "tool_small", small, 3)
+    floor_small = floor_run(ctx, "floor_small", files_small)
+    pairs = (tools, floors) if floors else ([tool_small], [floor_small])
+    which = (f"all {len(files_big)} files" if floors else
+             f"{len(files_small)} of the {len(files_big)} files")
+    t_sps = median(r["samples_per_s"] for r in pairs[0])
+    f_sps = median(r["samples_per_s"] for r in pairs[1])
+    ratio = t_sps / f_sps
+    peak_big = median(r["peak_above_start_kb"] for r in tools) * 1024
+    peak_small = tool_small["peak_above_start_kb"] * 1024
+    floor_peak = median(r["peak_above_start_kb"] for r in pairs[1]) * 1024
+    largest = max(os.path.getsize(p) for p in files_big)
+    data_bytes = sum(os.path.getsize(p) for p in files_big)
+    t0 = tools[0]
+    bps = t0["disk_bytes"] / t0["samples"]
+    growth = peak_big / peak_small
+    rows = [
+        dict(row(f"throughput: tool / bare json.load pass over the same files ({which})", ratio,
+                 f"{ratio:.2f} ({t_sps:,.0f} vs {f_sps:,.0f} samples/s)",
+                 f"≥ {THROUGHPUT_GOAL}", ratio >= THROUGHPUT_GOAL), headline=True),
+        row(f"peak RSS on all {len(files_big)} files / on {len(files_small)} of them (same largest file)",
+            growth,
+            f"{growth:.2f} ({peak_big / MB:.0f} MB vs {peak_small / MB:.0f} MB above runtime)",
+            f"≤ {PEAK_GROWTH_GOAL} (bounded by the largest file, not the data set)",
+            growth <= PEAK_GROWTH_GOAL),
+        row("peak RSS above runtime / the bare json.load pass's peak", peak_big / floor_peak,
+            f"{peak_big / floor_peak:.2f} ({peak_big / MB:.0f} MB vs {floor_peak / MB:.0f} MB; "
+            f"largest file {largest / MB:.0f} MB)", "≤ 1.0 (no more than parsing one file)",
+            peak_big <= floor_peak),
+        row("bytes per sample on disk (all shard files + manifest)", bps,
+            f"{bps:.1f} B ({t0['disk_bytes'] / MB:.1f} MB for {t0['samples']:,} samples)",
+            f"≤ {BYTES_PER_SAMPLE_GOAL} (uint8 28×28 + int64 label = 792)", bps <= BYTES_PER_SAMPLE_GOAL),
+    ]
+    context = [
+        f"Input: {len(files_big)} LEAF JSON files, {data_bytes / MB:.0f} MB, {t0['samples']:,} samples "
+        f"(the third: {len(files_small)} files, {tool_small['samples']:,} samples); output: "
+        f"3 clients, sequential. Median of {len(pairs[0])} interleaved run(s); files page-cached "
+        f"for both. The floor's peak is for the files it parsed (the largest among them).",
+        f"Tool wall time on {which} {median(r['work_s'] for r in pairs[0]):.2f} s (+ "
+        f"{median(r['wall_s'] - r['work_s'] for r in pairs[0]):.1f} s interpreter and imports); "
+        f"floor {median(r['work_s'] for r in pairs[1]):.2f} s. On the third: tool "
+        f"{tool_small['samples_per_s']:,.0f}, floor {floor_small['samples_per_s']:,.0f} samples/s.",
+    ]
+    return {"rows": rows, "context": context,
+            "raw": {"tool": tools, "floor": floors, "tool_small": tool_small,
+                    "floor_small": floor_small, "largest_file_bytes": largest,
+                    "input_bytes": data_bytes},
+            "summary": {"throughput_ratio": ratio, "bytes_per_sample": bps}}
