@@ -72,10 +72,10 @@ def run(ctx) -> dict:
             factor <= SHARD_GOAL), headline=(n == 10)))
         r_peak, r_read = idx_peak / peak, idx_read / max(read, 1)
         rows.append(row(f"N={n}: data_idx / shard mode, peak RSS above runtime", r_peak,
-                        f"{r_peak:.1f}× ({idx_peak / MB:.1f} MB vs {peak / MB:.1f} MB)",
+                        f"{r_peak:.2f}× ({idx_peak / MB:.1f} MB vs {peak / MB:.1f} MB)",
                         f"≈ N = {n} (≥ {DATA_IDX_FACTOR * n:.1f})", r_peak >= DATA_IDX_FACTOR * n))
         rows.append(row(f"N={n}: data_idx / shard mode, bytes read from disk", r_read,
-                        f"{r_read:.1f}× ({idx_read / MB:.1f} MB vs {read / MB:.1f} MB)",
+                        f"{r_read:.2f}× ({idx_read / MB:.1f} MB vs {read / MB:.1f} MB)",
                         f"≈ N = {n} (≥ {DATA_IDX_FACTOR * n:.1f})", r_read >= DATA_IDX_FACTOR * n))
         summary[f"shard_factor_n{n}"] = factor
     # marginal cost: least-squares line through (shard bytes, peak above runtime) of every load

@@ -34,6 +34,18 @@ def _limit_malloc_arenas() -> None:
         pass
 
 
+def _peak_rss_mb() -> str:
+    """VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return f"{int(line.split()[1]) / 1024:.0f} MB"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main(argv=None) -> int:
     _limit_malloc_arenas()
     import faulthandler
@@ -65,9 +77,7 @@ def main(argv=None) -> int:
             code = run_server(cfg, data)
         else:
             code = run_client(cfg, data)
-        import resource
-        logger.info(f"Peak RSS of this process: "
-                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        logger.info(f"Peak RSS of this process: {_peak_rss_mb()}")
         return code
     except (ConfigError, ValueError, FileNotFoundError, ConnectionError, OSError) as e:
         logger.error(f"{type(e).__name__}: {e}")
