@@ -88,4 +88,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Flush logs, then leave without interpreter teardown: gRPC's C++ threads can race with
+    # Python finalization and abort an otherwise successful process (seen here: SIGABRT after
+    # "training finished"). Every file we write is already closed or fsynced at this point.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

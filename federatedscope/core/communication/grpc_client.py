@@ -53,6 +53,7 @@ class GrpcClientTransport:
             response_deserializer=None)
         self._outbox: Optional["queue.Queue"] = None
         self._call = None
+        self._reader: Optional[threading.Thread] = None
         self.sender_id = -1
 
     # ---------------------------------------------------------- connecting
@@ -85,8 +86,9 @@ class GrpcClientTransport:
         outbox.put(codec.encode(join))
         self._outbox = outbox
         self._call = self._session(self._requests(outbox))
-        threading.Thread(target=self._read, args=(self._call,), name="client-reader",
-                         daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self._call,),
+                                        name="client-reader", daemon=True)
+        self._reader.start()
 
     def _requests(self, outbox: "queue.Queue"):
         interval = self.cfg.distribute.heartbeat_interval
@@ -124,8 +126,15 @@ class GrpcClientTransport:
         if self._outbox is not None:
             self._outbox.put(_END)
 
-    def close(self) -> None:
+    def close(self, grace: float = 5.0) -> None:
+        """Half-close our side, let the server end the stream, then release the channel.
+
+        Waiting for the reader matters: a gRPC call still running while the interpreter shuts
+        down can abort the process ("terminate called without an active exception")."""
         self.end_session()
-        if self._call is not None:
-            self._call.cancel()
+        if self._reader is not None:
+            self._reader.join(timeout=grace)
+            if self._reader.is_alive() and self._call is not None:
+                self._call.cancel()
+                self._reader.join(timeout=grace)
         self._channel.close()
