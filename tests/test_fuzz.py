@@ -48,6 +48,18 @@ def _mutations(rng, n):
             yield rng.choice(seeds)
 
 
+def _is_join(payload: bytes) -> bool:
+    try:
+        return codec.decode(payload).msg_type == JOIN_IN
+    except Exception:
+        return False
+
+
+def _logged(job) -> int:
+    log = job.server_log()
+    return log.count("Rejected message") + log.count("Refused client")
+
+
 def _send_stream(address, payloads):
     channel = grpc.insecure_channel(address)
     call = channel.stream_stream(METHOD, request_serializer=lambda b: b,
@@ -68,18 +80,21 @@ def test_fuzzed_server_still_runs_a_normal_job(femnist_root, tmp_path):
     wait_for(lambda: file_contains(job.log("server"), "listening on"), 60, "server up")
     address = f"127.0.0.1:{job.port}"
     rng = random.Random(1234)
-    sent = 0
-    for _ in range(12):                                 # 12 streams x 100 messages
-        batch = list(_mutations(rng, 100))
-        _send_stream(address, batch)
-        sent += len(batch)
+    payloads = list(_mutations(rng, 1200))
+    # A refused join closes its stream (what a server should do to an intruder), so anything
+    # that decodes as a join goes on a stream of its own; everything else shares streams.
+    joins = [p for p in payloads if _is_join(p)]
+    others = [p for p in payloads if not _is_join(p)]
+    for i in range(0, len(others), 100):
+        _send_stream(address, others[i:i + 100])
+    for p in joins:
+        _send_stream(address, [p])
     _send_stream(address, [b"\x00" * (3 * 1024 * 1024)])  # oversized: over max_message_mb
-    sent += 1
-    assert sent >= 1000
+    assert len(payloads) + 1 >= 1000
     assert server.poll() is None, "server died under fuzzing"
+    wait_for(lambda: _logged(job) >= len(payloads), 60, "every fuzz message to be answered")
     clients = [job.client(k) for k in (1, 2, 3)]
     codes = wait_all([server] + clients, timeout=240)
     assert codes == [0, 0, 0, 0], job.server_log()[-3000:]
-    log = job.server_log()
-    assert log.count("Rejected message") + log.count("Refused client") >= 100
+    assert _logged(job) >= len(payloads)     # each one rejected or refused, with a log line
     assert job.final()["Round"] == 2
