@@ -6,7 +6,6 @@ the client's files evicted from the page cache first, so ``read_bytes`` is what 
 Peak RSS is the process's VmHWM minus the runtime baseline (idle processes that import torch +
 grpc + federatedscope only, median). The training figure is a real 3-client distributed job.
 """
-import json
 import os
 
 from bench import common
@@ -88,10 +87,8 @@ def run(ctx) -> dict:
                     slope <= SHARD_GOAL))
     summary["marginal_factor"] = slope
     train_peak = max(r["status_kb"]["VmHWM"] for r in job["clients"].values()) * 1024
-    writers = []
-    for k in (1, 2, 3):
-        with open(os.path.join(common.shard_dir(manifests[3], k), "meta.json")) as f:
-            writers.append(len(json.load(f)["writer_ids"]))
+    from federatedscope.core.auxiliaries.manifest_utils import read_meta
+    writers = [len(read_meta(common.shard_dir(manifests[3], k)).writer_ids) for k in (1, 2, 3)]
     rows.append(dict(row(
         f"{min(writers)}-writer client, total peak RSS while training (1 round, worst of 3)",
         train_peak / MB, f"{train_peak / MB:.0f} MB", f"≤ {TRAIN_GOAL_MB} MB (Flower 460–540, "

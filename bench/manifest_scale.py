@@ -127,7 +127,7 @@ def run(ctx) -> dict:
                     lat_med, f"median {lat_med:.2f} s, max {lat_max:.2f} s",
                     f"median < {JOIN_LATENCY_GOAL_S} s", lat_med < JOIN_LATENCY_GOAL_S))
     context = [
-        f"Manifest sizes: " + ", ".join(f"{k:,} clients = {v['file_bytes'] / 1e6:.1f} MB"
+        "Manifest sizes: " + ", ".join(f"{k:,} clients = {v['file_bytes'] / 1e6:.1f} MB"
                                         for k, v in raw["load"].items()) + "; median of "
         + "/".join(str(repeats[k]) for k in sizes) + " loads" + (
             " (--quick leaves out 100,000)." if ctx.quick else "."),

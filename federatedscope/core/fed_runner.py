@@ -29,12 +29,8 @@ def _device(cfg) -> str:
     return f"cuda:{max(cfg.device, 0)}" if cfg.use_gpu else "cpu"
 
 
-def _admission(cfg, expected: int) -> Admission:
-    manifest = None
-    if cfg.distributed_data.enabled and cfg.distributed_data.manifest:
-        from federatedscope.core.auxiliaries.manifest_utils import load_manifest
-        manifest = load_manifest(cfg.distributed_data.manifest)
-    return Admission(manifest, cfg.distributed_data.strict_check, cfg.distribute.token,
+def _admission(cfg, data: ProcessData, expected: int) -> Admission:
+    return Admission(data.manifest, cfg.distributed_data.strict_check, cfg.distribute.token,
                      max_clients=expected)
 
 
@@ -116,7 +112,7 @@ def run_standalone(cfg, data: ProcessData) -> int:
     expected = len(data.clients)
     _log_model(cfg, model)
     server = Server(cfg, model, _LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)), expected,
-                    _admission(cfg, expected), distributed=False)
+                    _admission(cfg, data, expected), distributed=False)
     server.global_eval = _global_evaluator(cfg, data, model)
     clients: Dict[int, Client] = {}
     for cid, splits in sorted(data.clients.items()):
@@ -148,7 +144,7 @@ def run_server(cfg, data: ProcessData) -> int:
         logger.warning("federate.make_global_eval: a distributed server holds no data to evaluate "
                        "on; the clients' weighted-average evaluation is reported instead")
     server = Server(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
-                    _admission(cfg, expected), distributed=True)
+                    _admission(cfg, data, expected), distributed=True)
     transport.start()
     logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
                 f"waiting for {expected} clients")

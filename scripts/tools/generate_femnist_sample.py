@@ -113,7 +113,6 @@ def render_class(strokes: List[Polyline], p: dict) -> np.ndarray:
     a handful of [n, s, 784] float32 array ops, no Python loop over pixels or samples.
     """
     pts, sid, starts = _class_geometry(strokes)
-    n = p["scale"].shape[0]
     # Per-stroke jitter (each stroke moves a little on its own, like real pen strokes).
     centre = np.stack([pts[sid == i].mean(0) for i in range(len(strokes))])
     rel = pts[None] - centre[sid][None]                                      # [1, P, 2]

@@ -10,7 +10,6 @@
   silent fallback to another client's data.
 """
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -26,6 +25,7 @@ ClientData = Dict[str, BatchSource]
 class ProcessData:
     clients: Dict[int, ClientData]            # client id -> splits (empty for a shard-mode server)
     loaders: Dict[int, object]                # client id -> DistributedShardLoader (shard mode)
+    manifest: Optional[dict] = None           # client id -> ManifestEntry, read once (shard mode)
 
 
 def _fs_tasks(cfg) -> List[ClientData]:
@@ -46,14 +46,12 @@ def _shard_loader(cfg, shard_path: str, client_id: int):
     return DistributedShardLoader(sub, client_id=client_id)
 
 
-def _manifest_shards(cfg) -> Dict[int, str]:
+def _read_manifest(cfg) -> Optional[dict]:
+    """The manifest's entries when shard mode names one; the only place a process reads it."""
+    if not (cfg.distributed_data.enabled and cfg.distributed_data.manifest):
+        return None
     from federatedscope.core.auxiliaries.manifest_utils import load_manifest
-    path = cfg.distributed_data.manifest
-    if not path:
-        raise ConfigError("standalone simulation of shards needs distributed_data.manifest")
-    entries = load_manifest(path)
-    root = os.path.dirname(os.path.abspath(path))
-    return {cid: os.path.join(root, e.shard_path) for cid, e in sorted(entries.items())}
+    return load_manifest(cfg.distributed_data.manifest)
 
 
 def get_data(cfg) -> ProcessData:
@@ -61,15 +59,22 @@ def get_data(cfg) -> ProcessData:
     shard_mode = bool(cfg.distributed_data.enabled)
     if mode == "standalone":
         if shard_mode:
-            loaders = {cid: _shard_loader(cfg, path, cid) for cid, path in _manifest_shards(cfg).items()}
-            return ProcessData({cid: dict(l.datasets) for cid, l in loaders.items()}, loaders)
+            from federatedscope.core.auxiliaries.manifest_utils import shard_dir
+            manifest = _read_manifest(cfg)
+            if manifest is None:
+                raise ConfigError("standalone simulation of shards needs distributed_data.manifest")
+            path = cfg.distributed_data.manifest
+            loaders = {cid: _shard_loader(cfg, shard_dir(path, e), cid)
+                       for cid, e in sorted(manifest.items())}
+            return ProcessData({cid: dict(l.datasets) for cid, l in loaders.items()}, loaders,
+                               manifest)
         tasks = _fs_tasks(cfg)
         n = cfg.federate.client_num if 0 < cfg.federate.client_num <= len(tasks) else len(tasks)
         return ProcessData({i + 1: tasks[i] for i in range(n)}, {})
     if cfg.distribute.role == "server":
         if shard_mode:
             logger.info("Server: distributed_data.enabled — no dataset is opened on the server")
-            return ProcessData({}, {})
+            return ProcessData({}, {}, _read_manifest(cfg))
         _fs_tasks(cfg)  # FS's data_idx mode: the server loads everything too
         return ProcessData({}, {})
     cid = client_identity(cfg)
@@ -87,13 +92,12 @@ def get_data(cfg) -> ProcessData:
     return ProcessData({idx: tasks[idx - 1]}, {})
 
 
-def client_count(cfg, data: Optional[ProcessData]) -> int:
+def client_count(cfg, data: ProcessData) -> int:
     """How many clients the server waits for: the manifest's, else ``federate.client_num``."""
-    if cfg.distributed_data.enabled and cfg.distributed_data.manifest:
-        from federatedscope.core.auxiliaries.manifest_utils import load_manifest
-        return len(load_manifest(cfg.distributed_data.manifest))
+    if data.manifest is not None:
+        return len(data.manifest)
     if cfg.federate.client_num > 0:
         return cfg.federate.client_num
-    if data is not None and data.clients:
+    if data.clients:
         return len(data.clients)
     raise ConfigError("set federate.client_num (how many clients the server waits for)")

@@ -58,21 +58,21 @@ class Monitor:
         line: dict = {"Role": role, "Round": round_idx}
         digits = self.cfg.print_decimal_digits
         reports = self.cfg.eval.report
+        wavg = weighted_avg(per_client)
         if "weighted_avg" in reports:
-            line["Results_weighted_avg"] = {k: round(v, digits) for k, v in weighted_avg(per_client).items()}
+            line["Results_weighted_avg"] = {k: round(v, digits) for k, v in wavg.items()}
         if "avg" in reports:
             line["Results_avg"] = {k: round(v, digits) for k, v in plain_avg(per_client).items()}
         if "raw" in reports:
             line["Results_raw"] = {f"client #{cid}": res for cid, res in sorted(per_client.items())}
         logger.info(json.dumps({k: v for k, v in line.items() if k != "Results_raw"}))
-        wavg = weighted_avg(per_client)
         brief = ", ".join(f"{k}={wavg[k]:.4f}" for k in ("test_acc", "test_avg_loss", "val_acc")
                           if k in wavg)
         logger.info(f"Server: evaluation after round {round_idx} ({len(per_client)} clients, "
                     f"weighted avg): {brief}")
         append_line(self.log_path, json.dumps(line))
         self.history.append(line)
-        self._track_best(round_idx, weighted_avg(per_client))
+        self._track_best(round_idx, wavg)
         return line
 
     def _track_best(self, round_idx: int, results: Results) -> None:

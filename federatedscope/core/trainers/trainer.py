@@ -5,7 +5,7 @@ streaming data look the same to it. A fresh optimizer is built for every round, 
 an earlier round (or an earlier connection) leaks into the new global model.
 """
 import logging
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Iterator, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -55,33 +55,39 @@ class GeneralTorchTrainer:
         torch.manual_seed(seed)
         self.model.train()
         opt = self._optimizer()
-        steps = self.cfg.train.local_update_steps
-        by_epoch = self.cfg.train.batch_or_epoch == "epoch"
         clip = self.cfg.grad.grad_clip
-        bs, shuffle = self.cfg.dataloader.batch_size, self.cfg.dataloader.shuffle
-        loss_sum, seen, correct, done, epoch = 0.0, 0, 0, 0, 0
-        while True:
-            for xb, yb in src.iter_batches(bs, shuffle, seed * 1000003 + epoch):
-                xb, yb = xb.to(self.device), yb.to(self.device)
-                opt.zero_grad(set_to_none=True)
-                out = self.model(xb)
-                loss = self.criterion(out, yb)
-                (loss / len(yb)).backward()
-                if clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                opt.step()
-                loss_sum += float(loss.detach())
-                seen += len(yb)
-                correct += int((out.argmax(1) == yb).sum())
-                done += 0 if by_epoch else 1
-                if not by_epoch and done >= steps:
-                    break
-            epoch += 1
-            if by_epoch and epoch >= steps or not by_epoch and done >= steps:
-                break
+        loss_sum, seen, correct = 0.0, 0, 0
+        for xb, yb in self._round_batches(src, seed):
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            opt.zero_grad(set_to_none=True)
+            out = self.model(xb)
+            loss = self.criterion(out, yb)
+            (loss / len(yb)).backward()
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            opt.step()
+            loss_sum += float(loss.detach())
+            seen += len(yb)
+            correct += int((out.argmax(1) == yb).sum())
         metrics = {"train_loss": loss_sum, "train_total": seen,
                    "train_avg_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
         return n, self.get_state(), metrics
+
+    def _round_batches(self, src: BatchSource, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """``local_update_steps`` epochs, or that many batches (continuing into further epochs);
+        epoch e is shuffled with seed ``seed * 1000003 + e``."""
+        steps = self.cfg.train.local_update_steps
+        bs, shuffle = self.cfg.dataloader.batch_size, self.cfg.dataloader.shuffle
+        by_epoch = self.cfg.train.batch_or_epoch == "epoch"
+        left, epoch = steps, 0
+        while (epoch < steps) if by_epoch else (left > 0):
+            for batch in src.iter_batches(bs, shuffle, seed * 1000003 + epoch):
+                if not by_epoch:
+                    if left == 0:
+                        return
+                    left -= 1
+                yield batch
+            epoch += 1
 
     # --- evaluation ---
     @torch.no_grad()

@@ -134,9 +134,13 @@ class Server:
     def _on_disconnect(self, conn_id: int, reason: str) -> None:
         for rec in self.clients.values():
             if rec.conn_id == conn_id and rec.online:
-                rec.online = False
-                rec.offline_since = time.monotonic()
-                logger.warning(f"Server: client #{rec.client_id} lost ({reason})")
+                self._mark_lost(rec, f"lost ({reason})")
+
+    def _mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
+        """Offline from now (or ``since``); tick() drops it from waiting sets after the grace."""
+        rec.online = False
+        rec.offline_since = time.monotonic() if since is None else since
+        logger.warning(f"Server: client #{rec.client_id} {why}")
 
     def _on_redeclare(self, msg: Message) -> None:
         decision = self.admission.redeclare(msg.sender, msg.content["declaration"])
@@ -144,8 +148,7 @@ class Server:
         if not decision.accepted:
             logger.warning(f"Refused re-declaration of client #{msg.sender}: {decision.reason}")
             self.comm.send(Message(REFUSE, SERVER_ID, msg.sender, self.round, {"reason": decision.reason}))
-            rec.online = False
-            rec.offline_since = -math.inf  # refused: never waited for again
+            self._mark_lost(rec, "refused", since=-math.inf)  # never waited for again
             self.comm.close(rec.conn_id)
             self.pending.discard(msg.sender)
             self._maybe_finish_round()
@@ -332,10 +335,8 @@ class Server:
         hb = self.cfg.distribute.heartbeat_timeout
         for rec in self.clients.values():
             if rec.online and hb > 0 and now - rec.last_seen > hb:
-                logger.warning(f"Server: client #{rec.client_id} silent for {now - rec.last_seen:.0f}s "
-                               f"(> distribute.heartbeat_timeout); marking it lost")
-                rec.online = False
-                rec.offline_since = now
+                self._mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
+                                     f"(> distribute.heartbeat_timeout); marking it lost", now)
                 self.comm.close(rec.conn_id)
         if not self.started:
             jt = self.cfg.federate.join_timeout
