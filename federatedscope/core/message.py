@@ -41,6 +41,14 @@ _SCHEMA: Dict[str, Dict[str, Any]] = {
 MSG_TYPES = frozenset(_SCHEMA)
 
 
+def clip_text(value: Any, limit: int = 200) -> str:
+    """A peer-supplied value made safe for a log line or a reply: printable, at most ``limit``
+    characters (an attacker must not be able to write megabytes into our logs)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n")
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} chars]"
+
+
 class InvalidMessage(ValueError):
     """A message that fails validation; it is logged and dropped, never handled."""
 

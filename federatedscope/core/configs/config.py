@@ -99,6 +99,8 @@ def get_default_cfg() -> CN:
         # reliability (issue 5)
         round_timeout=0.0, min_clients_threshold=0, graceful_termination_timeout=300.0,
         join_timeout=0.0,
+        # evaluation answers are waited for at most this long (0: no limit); see doc/config.md
+        eval_timeout=300.0,
     )
 
     c.distribute = _node(
@@ -114,6 +116,8 @@ def get_default_cfg() -> CN:
         connect_timeout=60.0, reconnect_max_backoff=60.0, max_reconnect_time=300.0,
         token="", token_file="", tls_ca="", tls_cert="", tls_key="",
         max_message_mb=0.0,
+        # a stream that has not sent a valid join_in within this many seconds is closed
+        join_deadline=5.0,
     )
 
     c.distributed_data = _node(
@@ -141,6 +145,15 @@ def get_default_cfg() -> CN:
     c.finetune = _node(before_eval=False, local_update_steps=1, batch_or_epoch="epoch")
 
     c.grad = _node(grad_clip=-1.0, grad_accum_count=1)
+    # FS's robust aggregation keys: rule, assumed Byzantine count, and the rules' parameters.
+    c.aggregator = _node(robust_rule="fedavg", byzantine_node_num=0,
+                         # unverified sample counts (lenient / data_idx mode) weigh at most this
+                         # many times the median count of the round's contributors
+                         max_sample_ratio=4.0)
+    c.aggregator.BFT_args = CN(new_allowed=True)
+    c.aggregator.BFT_args.krum_agg_num = 1
+    c.aggregator.BFT_args.trimmedmean_excluded_ratio = 0.1
+    c.aggregator.BFT_args.normbounding_norm_bound = 10.0
     c.criterion = _node(type="CrossEntropyLoss")
     c.regularizer = _node(type="", mu=0.0)
     c.trainer = _node(type="general")
@@ -163,6 +176,7 @@ _CHOICES = {
     "train.optimizer.type": ("sgd",),
     "model.type": ("convnet2",),
     "data.type": ("femnist",),
+    "aggregator.robust_rule": ("fedavg", "krum", "median", "trimmedmean", "bulyan", "normbounding"),
 }
 _KNOWN_METRICS = ("acc", "correct", "loss", "total", "avg_loss")
 _KNOWN_REPORTS = ("weighted_avg", "avg", "raw", "fairness")
