@@ -1,13 +1,18 @@
 """Turns per-client evaluation results into FS's reports and the ``eval_results.log`` lines.
 
 ``weighted_avg`` weighs each client's ``<split>_<metric>`` by its ``<split>_total``; ``avg`` is the
-plain mean over clients; ``raw`` keeps every client's numbers. Each evaluation appends one JSON line
-(written with fsync so a crash cannot lose a reported round).
+plain mean over clients; ``raw`` keeps every client's numbers. Each evaluation appends exactly one
+JSON line (written with fsync so a crash cannot lose a reported round), naming which clients' results
+are in it (``Clients``) and which were expected but are not (``Missing``: timed out, refused, lost).
+
+The log is also the Monitor's memory across a server restart: ``resume_from_log`` drops a partial
+last line left by a kill, replays the best/early-stop tracking over the lines already written and
+tells the server which rounds are already reported, so none is written twice.
 """
 import json
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Set
 
 from federatedscope.core.auxiliaries.utils import append_line
 
@@ -51,11 +56,16 @@ class Monitor:
         self.no_improve = 0
         self.history: List[dict] = []
 
-    def report(self, round_idx: int, per_client: Dict[int, Results], role: str = "Server #") -> dict:
+    def report(self, round_idx: int, per_client: Dict[int, Results], role: str = "Server #",
+               missing: Sequence[int] = ()) -> dict:
+        line: dict = {"Role": role, "Round": round_idx,
+                      "Clients": sorted(per_client), "Missing": sorted(missing)}
         if not per_client:
-            logger.warning(f"Round {round_idx}: no client reported evaluation results")
-            return {}
-        line: dict = {"Role": role, "Round": round_idx}
+            logger.warning(f"Round {round_idx}: no client reported evaluation results "
+                           f"(missing: {sorted(missing)})")
+            append_line(self.log_path, json.dumps(line))
+            self.history.append(line)
+            return line
         digits = self.cfg.print_decimal_digits
         reports = self.cfg.eval.report
         wavg = weighted_avg(per_client)
@@ -68,12 +78,34 @@ class Monitor:
         logger.info(json.dumps({k: v for k, v in line.items() if k != "Results_raw"}))
         brief = ", ".join(f"{k}={wavg[k]:.4f}" for k in ("test_acc", "test_avg_loss", "val_acc")
                           if k in wavg)
-        logger.info(f"Server: evaluation after round {round_idx} ({len(per_client)} clients, "
-                    f"weighted avg): {brief}")
+        logger.info(f"Server: evaluation after round {round_idx} ({len(per_client)} clients"
+                    f"{', missing ' + str(sorted(missing)) if missing else ''}, weighted avg): {brief}")
         append_line(self.log_path, json.dumps(line))
         self.history.append(line)
         self._track_best(round_idx, wavg)
         return line
+
+    # ------------------------------------------------------------ restart
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_round": self.best_round, "no_improve": self.no_improve}
+
+    def resume_from_log(self) -> Set[int]:
+        """Rounds already in ``eval_results.log`` (after a restart); -1 stands for the Final line.
+        Replays best/early-stop tracking over them, so the restored Monitor is the one that wrote them."""
+        lines = _read_complete_lines(self.log_path)
+        rounds: Set[int] = set()
+        for line in lines:
+            if line.get("Final"):
+                rounds.add(-1)
+                continue
+            r = line.get("Round")
+            if isinstance(r, int):
+                rounds.add(r)
+                self.history.append(line)
+                wavg = line.get("Results_weighted_avg")
+                if wavg:
+                    self._track_best(r, wavg)
+        return rounds
 
     def _track_best(self, round_idx: int, results: Results) -> None:
         value = results.get(self.key)
@@ -92,9 +124,30 @@ class Monitor:
         return patience > 0 and self.no_improve >= patience
 
     def final_summary(self) -> dict:
-        last = self.history[-1] if self.history else {}
+        last = next((h for h in reversed(self.history) if h.get("Results_weighted_avg")), {})
         summary = {"Role": "Server #", "Final": True,
-                   "Round": last.get("Round"), "Results_weighted_avg": last.get("Results_weighted_avg", {}),
+                   "Round": last.get("Round"), "Clients": last.get("Clients", []), "Results_weighted_avg": last.get("Results_weighted_avg", {}),
                    "best_round": self.best_round, f"best_{self.key}": self.best}
         append_line(self.log_path, json.dumps(summary))
         return summary
+
+
+def _read_complete_lines(path: str) -> List[dict]:
+    """JSON lines of ``path``; a last line without its newline (a kill mid-append) is cut off."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        logger.warning(f"{path}: dropping a partial last line left by an interrupted write")
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+    out = []
+    for raw in data[:end].splitlines():
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            logger.warning(f"{path}: skipping an unreadable line")
+    return out

@@ -2,95 +2,144 @@
 
 A join carries ``client_id``, an optional ``token`` and, in shard mode, a ``declaration`` (see
 ``manifest_utils.ShardDeclaration``). With a manifest, the declaration must match the manifest entry
-of that id (strict: refuse; otherwise warn and use the declared count). A manifest entry may name a
-``token_hash`` (sha256 hex of the client's secret); ``distribute.token`` on the server is a shared
-secret for runs without per-client hashes. Without a manifest (FS's data_idx mode) ids come from
-the client or, failing that, from join order, as in FS.
+of that id (strict: refuse; lenient: warn, and the declared count is *unverified*). A manifest entry
+may name a ``token_hash`` (sha256 hex of the client's secret); ``distribute.token`` on the server is
+a shared secret for runs without per-client hashes. Without a manifest (FS's data_idx mode) ids come
+from the client or, failing that, from join order, as in FS, and every count is unverified.
+
+A refused peer learns only a reason *class* (``Decision.peer_reason``); the detail, which may quote
+the manifest, goes to the server log only.
 """
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Set
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Optional, Set, Tuple
 
 logger = logging.getLogger("federatedscope")
+
+# Reason classes a refused peer may see (never manifest values).
+UNKNOWN_ID = "unknown id"
+MISMATCH = "declaration mismatch"
+BAD_TOKEN = "bad token"
+DUPLICATE = "duplicate"
+MALFORMED = "malformed join"
 
 
 @dataclass
 class Decision:
     accepted: bool
-    reason: str = ""
+    reason: str = ""                  # detail for the server log
+    peer_reason: str = ""             # class for the peer
     client_id: int = -1
     train_samples: int = 0
 
 
-def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+def _refuse(peer_reason: str, detail: str) -> Decision:
+    return Decision(False, detail, peer_reason)
+
+
+def token_digest(token: str) -> bytes:
+    """sha256 of the token's bytes. ``surrogatepass`` so a lone surrogate is just bytes, not a crash."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass
+class ClientClaims:
+    """What the server holds of one admitted client's declaration."""
+    counts: Dict[str, int] = field(default_factory=dict)   # split -> declared samples
+    verified: bool = False            # counts checked against the manifest
+    declaration: object = None        # ShardDeclaration in shard mode
 
 
 class Admission:
     def __init__(self, manifest: Optional[dict], strict: bool, shared_token: str = "",
-                 max_clients: int = 0):
+                 max_clients: int = 0, manifest_path: str = "", sample_type: Optional[str] = None):
         self.manifest = manifest          # Dict[int, ManifestEntry] or None
         self.strict = strict
-        self.shared_token = shared_token
+        self.shared_digest = token_digest(shared_token) if shared_token else b""
         self.max_clients = max_clients
-        self.declarations: Dict[int, object] = {}
-        self.counts: Dict[int, int] = {}
+        self.manifest_path = manifest_path
+        self.sample_type = sample_type
+        self.claims: Dict[int, ClientClaims] = {}
+        self._stamp = _file_stamp(manifest_path)
         self._next_id = 1
+
+    @property
+    def uses_tokens(self) -> bool:
+        return bool(self.shared_digest) or any(
+            getattr(e, "token_hash", "") for e in (self.manifest or {}).values())
+
+    def counts(self, cid: int) -> Dict[str, int]:
+        c = self.claims.get(cid)
+        return dict(c.counts) if c else {}
+
+    def verified(self, cid: int) -> bool:
+        c = self.claims.get(cid)
+        return bool(c and c.verified)
 
     # ----------------------------------------------------------------- join
     def admit(self, content: dict, online: Set[int]) -> Decision:
         claimed = content.get("client_id")
         if not isinstance(claimed, int) or isinstance(claimed, bool):
-            return Decision(False, "join_in without an integer client_id")
+            return _refuse(MALFORMED, "join_in without an integer client_id")
         token = content.get("token", "")
         if not isinstance(token, str):
-            return Decision(False, "token must be a string")
+            return _refuse(MALFORMED, "token must be a string")
         if claimed <= 0:
             if self.manifest is not None:
-                return Decision(False, "a client id is required (set distribute.client_id) "
-                                       "when the server checks a manifest")
+                return _refuse(UNKNOWN_ID, "no client id; the server checks a manifest "
+                                           "(set distribute.client_id on the client)")
             claimed = self._assign_id(online)
         if claimed in online:
-            return Decision(False, f"client id {claimed} is already connected (duplicate id)")
-        if self.max_clients and self.manifest is None and claimed > self.max_clients:
-            return Decision(False, f"client id {claimed} is out of range 1..{self.max_clients} "
-                                   f"(federate.client_num)")
+            return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
+        if self.manifest is None and self.max_clients and claimed > self.max_clients:
+            return _refuse(UNKNOWN_ID, f"client id {claimed} is out of range 1..{self.max_clients} "
+                                       f"(federate.client_num)")
+        if self.manifest is not None and claimed not in self.manifest:
+            return _refuse(UNKNOWN_ID, f"client id {claimed} is not listed in the manifest")
         problem = self._check_token(claimed, token)
         if problem:
-            return Decision(False, problem)
+            return _refuse(BAD_TOKEN, problem)
         return self._check_claims(claimed, content)
 
     def _assign_id(self, online: Set[int]) -> int:
-        while self._next_id in online or self._next_id in self.counts:
+        while self._next_id in online or self._next_id in self.claims:
             self._next_id += 1
         return self._next_id
 
     def _check_token(self, cid: int, token: str) -> str:
-        expected_hash = ""
+        expected_hex = ""
         if self.manifest is not None and cid in self.manifest:
-            expected_hash = getattr(self.manifest[cid], "token_hash", "") or ""
-        if expected_hash:
-            if not hmac.compare_digest(_hash_token(token), expected_hash):
+            expected_hex = getattr(self.manifest[cid], "token_hash", "") or ""
+        if expected_hex:
+            try:
+                expected = bytes.fromhex(expected_hex)
+            except ValueError:
+                return f"client {cid}: the manifest's token_hash is not hex (re-cut the shards)"
+            if not hmac.compare_digest(token_digest(token), expected):
                 return f"client {cid}: token does not match the manifest's token_hash"
-        elif self.shared_token and not hmac.compare_digest(token, self.shared_token):
+        elif self.shared_digest and not hmac.compare_digest(token_digest(token), self.shared_digest):
             return f"client {cid}: missing or wrong token (distribute.token)"
         return ""
 
     def _check_claims(self, cid: int, content: dict) -> Decision:
         decl_dict = content.get("declaration")
-        num_samples = content.get("num_samples", {})
         if decl_dict is not None:
             return self._check_declaration(cid, decl_dict)
         if self.manifest is not None:
-            return Decision(False, f"client {cid} sent no shard declaration but the server checks "
-                                   f"a manifest (enable distributed_data on the client)")
-        train = num_samples.get("train", 0) if isinstance(num_samples, dict) else 0
-        if not isinstance(train, int) or isinstance(train, bool) or train < 0:
-            return Decision(False, "num_samples.train must be a non-negative integer")
-        self.counts[cid] = train
-        return Decision(True, client_id=cid, train_samples=train)
+            return _refuse(MISMATCH, f"client {cid} sent no shard declaration but the server "
+                                     f"checks a manifest (enable distributed_data on the client)")
+        num_samples = content.get("num_samples", {})
+        counts: Dict[str, int] = {}
+        for split in ("train", "val", "test"):
+            n = num_samples.get(split, 0) if isinstance(num_samples, dict) else 0
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 2 ** 53:
+                return _refuse(MALFORMED, f"num_samples.{split} must be a non-negative integer")
+            counts[split] = n
+        self.claims[cid] = ClientClaims(counts, verified=False)
+        return Decision(True, client_id=cid, train_samples=counts["train"])
 
     def _check_declaration(self, cid: int, decl_dict) -> Decision:
         from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration,
@@ -98,20 +147,25 @@ class Admission:
         try:
             decl = ShardDeclaration.from_dict(decl_dict)
         except (ValueError, TypeError, KeyError) as e:
-            return Decision(False, f"malformed declaration: {e}")
+            return _refuse(MALFORMED, f"malformed declaration: {e}")
         if decl.client_id != cid:
-            return Decision(False, f"declaration is for client {decl.client_id}, "
-                                   f"but the client joined as {cid}")
+            return _refuse(MISMATCH, f"declaration is for client {decl.client_id}, "
+                                     f"but the client joined as {cid}")
+        verified = True
         if self.manifest is not None:
-            reasons = check_declaration(self.manifest.get(cid), decl)
+            reasons = check_declaration(self.manifest.get(cid), decl, self.sample_type)
             if reasons:
                 text = f"client {cid}: " + "; ".join(reasons)
-                if self.strict or self.manifest.get(cid) is None:
-                    return Decision(False, text)
-                logger.warning(f"{text} (distributed_data.strict_check is off: accepted)")
-        self.declarations[cid] = decl
-        self.counts[cid] = int(decl.num_samples.get("train", 0))
-        return Decision(True, client_id=cid, train_samples=self.counts[cid])
+                if self.strict:
+                    return _refuse(MISMATCH, text)
+                logger.warning(f"{text} (distributed_data.strict_check is off: accepted; its "
+                               f"sample counts are unverified)")
+                verified = False
+        else:
+            verified = False
+        counts = {s: int(decl.num_samples.get(s, 0)) for s in ("train", "val", "test")}
+        self.claims[cid] = ClientClaims(counts, verified, decl)
+        return Decision(True, client_id=cid, train_samples=counts["train"])
 
     # ----------------------------------------------------------- re-checks
     def redeclare(self, cid: int, decl_dict) -> Decision:
@@ -119,17 +173,50 @@ class Admission:
         return self._check_declaration(cid, decl_dict)
 
     def revalidate(self, client_ids: Iterable[int]) -> Dict[int, str]:
-        """Before each aggregation: the contributing set must still match the manifest."""
+        """Before each aggregation. If the manifest file changed since it was read (a re-cut while
+        the job runs), re-read it and compare every contributor's declaration with the new entry:
+        strict mode leaves a mismatching client out of the round, lenient mode warns each round."""
         problems: Dict[int, str] = {}
         if self.manifest is None:
             return problems
+        self._reload_if_changed()
         from federatedscope.core.auxiliaries.manifest_utils import check_declaration
         for cid in client_ids:
-            decl = self.declarations.get(cid)
-            if decl is None:
+            claims = self.claims.get(cid)
+            if claims is None or claims.declaration is None:
                 problems[cid] = "no declaration on record"
                 continue
-            reasons = check_declaration(self.manifest.get(cid), decl)
-            if reasons and self.strict:
+            reasons = check_declaration(self.manifest.get(cid), claims.declaration, self.sample_type)
+            if not reasons:
+                continue
+            if self.strict:
                 problems[cid] = "; ".join(reasons)
+            else:
+                claims.verified = False
+                logger.warning(f"Server: client #{cid} still differs from the manifest "
+                               f"({'; '.join(reasons)}); lenient mode, counts unverified")
         return problems
+
+    def _reload_if_changed(self) -> None:
+        stamp = _file_stamp(self.manifest_path)
+        if not self.manifest_path or stamp == self._stamp:
+            return
+        from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+        try:
+            self.manifest = load_manifest(self.manifest_path)
+        except (ValueError, OSError) as e:
+            logger.error(f"Server: manifest {self.manifest_path} changed and no longer loads ({e}); "
+                         f"keeping the version read at start")
+        else:
+            logger.warning(f"Server: manifest {self.manifest_path} changed on disk; re-read it")
+        self._stamp = stamp
+
+
+def _file_stamp(path: str) -> Optional[Tuple[int, int]]:
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

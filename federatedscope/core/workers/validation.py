@@ -1,0 +1,73 @@
+"""What the server accepts from a *joined* client: model updates and evaluation metrics.
+
+A joined client is still only trusted as far as it can be checked. An update must have exactly the
+global model's keys, shapes and dtypes, finite values and the sample size the client declared at
+join. Metrics must be finite, accuracies in [0, 1], losses non-negative, and every ``<split>_total``
+equal to that split's declared count (which, in shard mode, the manifest vouches for) — otherwise a
+client could report ``test_total 1e12, test_acc 1.0`` and become the job's accuracy.
+Each check returns ``None`` when the input is fine, else a short reason for the server log.
+"""
+import math
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+
+State = Dict[str, torch.Tensor]
+_BOUNDED_01 = ("acc",)
+_NON_NEGATIVE = ("loss", "avg_loss", "correct", "total")
+
+
+def check_update(ref: State, tensors: Optional[State], sample_size: object,
+                 declared_train: int) -> Optional[str]:
+    got = tensors or {}
+    if set(got) != set(ref):
+        diff = sorted(set(got) ^ set(ref))
+        return f"state keys differ from the global model ({len(diff)} differ, e.g. {diff[:3]})"
+    for k, t in got.items():
+        if t.shape != ref[k].shape or t.dtype != ref[k].dtype:
+            return f"{k}: {t.dtype}{list(t.shape)} != {ref[k].dtype}{list(ref[k].shape)}"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"{k} has non-finite values"
+    if not isinstance(sample_size, int) or isinstance(sample_size, bool):
+        return "sample_size is not an integer"
+    if sample_size != declared_train:
+        return f"sample_size {sample_size} != declared train count {declared_train}"
+    return None
+
+
+def _split_and_metric(key: str, splits: Sequence[str]) -> Optional[tuple]:
+    split, _, metric = key.partition("_")
+    if split not in splits or not metric:
+        return None
+    return split, metric
+
+
+def check_metrics(results: object, declared: Mapping[str, int],
+                  splits: Sequence[str]) -> Optional[str]:
+    """``results``: {"<split>_<metric>": number}; ``declared``: split -> sample count."""
+    if not isinstance(results, dict) or not results:
+        return "no metrics"
+    seen_splits = set()
+    for key, value in results.items():
+        parsed = _split_and_metric(key, splits) if isinstance(key, str) else None
+        if parsed is None:
+            return f"metric name {str(key)[:40]!r} is not <split>_<metric> for a split in eval.split"
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return f"{key} is not a finite number"
+        split, metric = parsed
+        seen_splits.add(split)
+        if metric in _BOUNDED_01 and not 0.0 <= value <= 1.0:
+            return f"{key}={value} is outside [0, 1]"
+        if metric in _NON_NEGATIVE and value < 0:
+            return f"{key}={value} is negative"
+    for split in seen_splits:
+        total = results.get(f"{split}_total")
+        if total is None:
+            return f"{split}_total is missing"
+        want = int(declared.get(split, 0))
+        if total != want:
+            return f"{split}_total={total} != the {want} {split} samples declared at join"
+        correct = results.get(f"{split}_correct")
+        if correct is not None and correct > total:
+            return f"{split}_correct={correct} exceeds {split}_total={total}"
+    return None
