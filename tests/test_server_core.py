@@ -220,3 +220,17 @@ def test_refusals_name_a_class_only(tmp_path):
     h.join(5)                               # out of range
     h.join("x")                             # malformed
     assert h.refusals() == ["duplicate", "unknown id", "malformed join"]
+
+
+def test_many_clients_aggregate_online_and_match_the_batch_mean(tmp_path):
+    from federatedscope.core.workers.server import ONLINE_AGGR_FROM
+    n = ONLINE_AGGR_FROM
+    h = Harness(tmp_path, "federate.total_round_num", 1, expected=n)
+    assert h.server.online_aggr is not None
+    for c in range(1, n + 1):
+        h.join(c, num_samples={"train": c, "val": 1, "test": 1})
+    g = h.global_state()
+    for c in range(1, n + 1):
+        h.update(c, 0, h.shifted(float(c), g), size=c)
+    want = sum(c * c for c in range(1, n + 1)) / sum(range(1, n + 1))
+    assert torch.allclose(h.global_state()["fc2.bias"], g["fc2.bias"] + want, atol=1e-4)

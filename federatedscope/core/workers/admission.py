@@ -89,19 +89,19 @@ class Admission:
             return _refuse(MALFORMED, "token must be a string")
         if claimed <= 0:
             if self.manifest is not None:
-                return _refuse(UNKNOWN_ID, "no client id; the server checks a manifest "
-                                           "(set distribute.client_id on the client)")
+                return _refuse(UNKNOWN_ID, "a client id is required (set distribute.client_id "
+                                           "on the client) when the server checks a manifest")
             claimed = self._assign_id(online)
-        if claimed in online:
-            return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
         if self.manifest is None and self.max_clients and claimed > self.max_clients:
             return _refuse(UNKNOWN_ID, f"client id {claimed} is out of range 1..{self.max_clients} "
                                        f"(federate.client_num)")
         if self.manifest is not None and claimed not in self.manifest:
             return _refuse(UNKNOWN_ID, f"client id {claimed} is not listed in the manifest")
-        problem = self._check_token(claimed, token)
-        if problem:
+        problem = self._check_token(claimed, token)   # before "duplicate": who is online is
+        if problem:                                    # nobody's business without the token
             return _refuse(BAD_TOKEN, problem)
+        if claimed in online:
+            return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
         return self._check_claims(claimed, content)
 
     def _assign_id(self, online: Set[int]) -> int:

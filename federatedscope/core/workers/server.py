@@ -38,6 +38,7 @@ from federatedscope.core.workers.validation import check_update
 
 logger = logging.getLogger("federatedscope")
 State = Dict[str, torch.Tensor]
+ONLINE_AGGR_FROM = 64      # clients; see doc/config.md (federate.online_aggr)
 
 
 @dataclass
@@ -61,7 +62,14 @@ class Server(EvaluationMixin, LivenessMixin):
         self.distributed = distributed
         self.aggregator = get_aggregator(cfg)
         # O(model) memory instead of O(clients x model): each update is folded in on arrival.
-        self.online_aggr = OnlineAggregator() if cfg.federate.online_aggr else None
+        # On by default from ONLINE_AGGR_FROM clients (FedAvg only; order of arrival then decides
+        # float rounding, ~1e-12, which is why small jobs keep the bit-exact batch mean).
+        online = cfg.federate.online_aggr or (self.aggregator.rule == "fedavg"
+                                              and expected_clients >= ONLINE_AGGR_FROM)
+        self.online_aggr = OnlineAggregator() if online else None
+        if online and not cfg.federate.online_aggr:
+            logger.info(f"Server: {expected_clients} clients: aggregating online "
+                        f"(memory O(model), not O(clients x model))")
         self.in_round = False                      # a training round is collecting updates
         self.clients: Dict[int, ClientRecord] = {}
         self.round = 0
