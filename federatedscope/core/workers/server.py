@@ -201,7 +201,7 @@ class Server(EvaluationMixin, LivenessMixin):
                            f"({clip_text(error)}); it keeps its previous shard")
         decision = self.admission.redeclare(msg.sender, msg.content["declaration"])
         if not decision.accepted:
-            logger.warning(f"Server: refused re-declaration of client #{msg.sender}: {decision.reason}")
+            logger.warning(f"Server: Refused re-declaration of client #{msg.sender}: {decision.reason}")
             self.comm.send(Message(REFUSE, SERVER_ID, msg.sender, self.round,
                                    {"reason": decision.peer_reason}))
             self._mark_lost(self.clients[msg.sender], "refused", since=float("-inf"))

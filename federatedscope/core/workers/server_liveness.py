@@ -72,10 +72,10 @@ class LivenessMixin:
             ev.waiting -= lost
             self._maybe_finish_eval()
             return
-        et = self.cfg.federate.eval_timeout
+        et = _eval_limit(self.cfg.federate.eval_timeout, self.cfg.federate.round_timeout)
         if et > 0 and ev.waiting and now - ev.started > et:
             logger.warning(f"Server: evaluation of round {ev.round} timed out after {et:.0f}s "
-                           f"(federate.eval_timeout) without {sorted(ev.waiting)}")
+                           f"(federate.eval_timeout / round_timeout) without {sorted(ev.waiting)}")
             self._maybe_finish_eval(timed_out=True)
 
     def _give_up(self) -> None:
@@ -87,3 +87,10 @@ class LivenessMixin:
         self.finished = True
         self.exit_code = 3
 
+
+
+def _eval_limit(eval_timeout: float, round_timeout: float) -> float:
+    """Evaluation waits at most ``federate.eval_timeout``, and no longer than a training round
+    may (``federate.round_timeout``, when set): a client too slow to train is too slow to wait for."""
+    limits = [t for t in (eval_timeout, round_timeout) if t > 0]
+    return min(limits) if limits else 0.0
