@@ -234,3 +234,12 @@ def test_many_clients_aggregate_online_and_match_the_batch_mean(tmp_path):
         h.update(c, 0, h.shifted(float(c), g), size=c)
     want = sum(c * c for c in range(1, n + 1)) / sum(range(1, n + 1))
     assert torch.allclose(h.global_state()["fc2.bias"], g["fc2.bias"] + want, atol=1e-4)
+
+
+def test_one_connection_cannot_hold_two_identities(tmp_path, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, expected=3)
+    h.join(1)
+    h.join(2, conn=1)                       # a second join on client 1's connection
+    assert 2 not in h.server.clients and "another join_in" in caplog.text
+    assert h.server.clients[1].online and 1 not in h.comm.closed

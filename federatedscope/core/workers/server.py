@@ -145,8 +145,14 @@ class Server(EvaluationMixin, LivenessMixin):
         handler(msg)
 
     def _on_join(self, conn_id: int, msg: Message, peer: str = "") -> None:
-        decision = self.admission.admit(msg.content, self._online_ids())
         src = f", from {clip_text(peer, 80)}" if peer else ""
+        holder = next((r.client_id for r in self.clients.values()
+                       if r.conn_id == conn_id and r.online), None)
+        if holder is not None:   # one identity per connection: a second join is ignored
+            logger.warning(f"Server: client #{holder} sent another join_in on its connection "
+                           f"(claiming {clip_text(msg.content.get('client_id'), 40)}); ignored")
+            return
+        decision = self.admission.admit(msg.content, self._online_ids())
         if not decision.accepted:
             logger.warning(f"Server: refused client (claimed id "
                            f"{clip_text(msg.content.get('client_id'), 40)}{src}): {decision.reason}")
