@@ -3,8 +3,8 @@
 Messages are dispatched through FS's handler registry: ``register_handlers(msg_type,
 callback_func)`` maps a message type to a callable taking the ``Message``; the defaults are
 registered in ``__init__`` (``register_default_handlers``), and a subclass or a script replaces
-one or adds its own type the way FS users do. (A new type sent over gRPC must also be known to
-the wire schema, ``core/message.py``, which validates everything a peer sends.)
+one or adds its own type the way FS users do. (A new type sent over gRPC must also be declared
+with ``core/message.py: register_message_type``: the transport validates everything a peer sends.)
 
 In shard mode the client's data comes from ``DistributedShardLoader`` (``client_splits`` is the
 plan's client.py branch) and its join carries the loader's declaration (counts per split,

@@ -23,12 +23,25 @@ def load_cv_dataset(config, client_cfgs=None):
     """-> (data, config). ``data`` is a ``StandaloneDataDict``, or a ``DistributedShardLoader``
     for a shard-mode distributed client. ``client_cfgs`` (FS's per-client configs) is accepted
     and attached to each ``ClientData``; it does not change what is loaded."""
-    get_spec(config.data.type)  # an unknown data.type fails here, naming the known ones
+    spec = get_spec(config.data.type)  # an unknown data.type fails here, naming the known ones
     if config.distributed_data.enabled:
         if config.federate.mode.lower() == "distributed":
-            return _own_shard(config), config
-        return _simulated_shards(config, client_cfgs), config
+            return _checked(_own_shard(config), spec), config
+        data = _simulated_shards(config, client_cfgs)
+        for client_data in data.values():
+            _checked(client_data.loader, spec)
+        return data, config
     return _centralised(config, client_cfgs), config
+
+
+def _checked(loader, spec):
+    """A shard made for another dataset (its meta.json's sample_type) is refused by name."""
+    if loader.sample_type != spec.sample_type:
+        from federatedscope.core.data.shard_io import ShardError
+        raise ShardError(f"{loader.shard_path}/meta.json: sample_type {loader.sample_type!r} is "
+                         f"not {spec.name}'s {spec.sample_type!r}; point distributed_data."
+                         f"shard_path at a {spec.name} shard or set data.type to its dataset")
+    return loader
 
 
 def _client_cfg(client_cfgs, cid: int):
