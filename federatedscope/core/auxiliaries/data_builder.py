@@ -2,11 +2,12 @@
 
 ``get_data(config, client_cfgs=None) -> (data, modified_config)`` as in FS. ``data`` is:
 
-| process                         | shard mode (``distributed_data.enabled``)   | FS's data_idx mode            |
-| ------------------------------- | ------------------------------------------- | ----------------------------- |
-| standalone                      | ``StandaloneDataDict`` of each manifest shard | ``StandaloneDataDict`` (tasks) |
-| distributed server              | ``ServerData(manifest=...)``, no data opened | ``ServerData(None)`` after FS's full load |
-| distributed client              | its ``DistributedShardLoader``, untouched    | ``ClientData`` of task ``data_idx`` |
+* standalone: a ``StandaloneDataDict`` — each manifest client's shard (shard mode), or FS's
+  tasks (one per writer).
+* distributed server: ``ServerData(manifest=...)`` with no data file opened (shard mode), or
+  ``ServerData(None)`` after FS's full load (data_idx mode: that cost is what the patch removes).
+* distributed client: its ``DistributedShardLoader``, untouched (shard mode), or the
+  ``ClientData`` of task ``distribute.data_idx``.
 
 ``modified_config`` is a copy of ``config`` with what the data decided: ``federate.client_num`` is
 the number of clients the run has (standalone: the clients kept; a shard-mode server: the

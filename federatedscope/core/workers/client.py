@@ -2,7 +2,7 @@
 
 Messages are dispatched through FS's handler registry: ``register_handlers(msg_type,
 callback_func)`` maps a message type to a callable taking the ``Message``; the defaults are
-registered in ``__init__`` (``register_default_handlers``), and a subclass or a script replaces
+registered in ``__init__`` (``_register_default_handlers``), and a subclass or a script replaces
 one or adds its own type the way FS users do. (A new type sent over gRPC must also be declared
 with ``core/message.py: register_message_type``: the transport validates everything a peer sends.)
 
@@ -48,7 +48,7 @@ class Client:
         self.refused: Optional[str] = None
         self.rounds_trained = 0
         self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
-        self.register_default_handlers()
+        self._register_default_handlers()
 
     # ------------------------------------------------------- handler registry
     def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
@@ -56,7 +56,7 @@ class Client:
         (replacing the previous handler of that type)."""
         self.msg_handlers[msg_type] = callback_func
 
-    def register_default_handlers(self) -> None:
+    def _register_default_handlers(self) -> None:
         self.register_handlers(ASSIGN_ID, self.callback_funcs_for_assign_id)
         self.register_handlers(MODEL_PARA, self.callback_funcs_for_model_para)
         self.register_handlers(EVALUATE, self.callback_funcs_for_evaluate)
