@@ -256,3 +256,15 @@ def test_shard_of_another_dataset_is_refused_by_its_sample_type(shards, monkeypa
     with pytest.raises(ShardError, match=r"sample_type 'uint8\[28,28\]' is not femnist's "
                                          r"'uint8\[3,64,64\]'"):
         load_cv_dataset(cfg)
+
+
+def test_per_client_configs_are_merged_for_that_client_only():
+    from federatedscope.core.configs.config import CN
+    from federatedscope.core.fed_runner import StandaloneRunner
+    cfg = _cfg(federate__mode="standalone")
+    client_cfgs = CN({"client_2": {"train": {"optimizer": {"lr": 0.5}}}})
+    runner = get_runner(server_class=object, client_class=object, config=cfg,
+                        client_configs=client_cfgs, data=_two_tasks())
+    assert isinstance(runner, StandaloneRunner)
+    assert runner._client_cfg(2).train.optimizer.lr == 0.5
+    assert runner._client_cfg(1) is cfg and cfg.train.optimizer.lr == 0.1
