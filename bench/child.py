@@ -101,9 +101,19 @@ def _cfg(spec_json: str):
     return finalize(load_cfg(spec.get("cfg"), spec.get("opts", [])))
 
 
-def _held_bytes(data) -> dict:
+def _clients(data, cfg) -> dict:
+    """client id -> splits, from what ``get_data`` returned (see core/auxiliaries/data_builder)."""
+    from federatedscope.core.data.base_data import StandaloneDataDict
+    from federatedscope.core.workers.client import client_splits
+    if isinstance(data, StandaloneDataDict):
+        return {cid: client_splits(c)[0] for cid, c in data.items()}
+    splits, loader = client_splits(data)
+    return {loader.meta.client_id if loader is not None else cfg.distribute.data_idx: splits}
+
+
+def _held_bytes(data, cfg) -> dict:
     out = {}
-    for cid, splits in data.clients.items():
+    for cid, splits in _clients(data, cfg).items():
         for name, src in splits.items():
             x, y = getattr(src, "x", None), getattr(src, "y", None)
             held = (x.numel() * x.element_size() + y.numel() * y.element_size()) \
@@ -118,9 +128,9 @@ def mode_load(spec_json: str) -> dict:
     from federatedscope.core.auxiliaries.data_builder import get_data
     cfg = _cfg(spec_json)
     probe = Probe()
-    data = get_data(cfg)
+    data, _ = get_data(cfg)
     rep = probe.figures()
-    rep["splits"] = _held_bytes(data)
+    rep["splits"] = _held_bytes(data, cfg)
     return rep
 
 
@@ -130,9 +140,9 @@ def mode_stream(spec_json: str, passes: str, steps: str) -> dict:
     from federatedscope.core.auxiliaries.data_builder import get_data
     cfg = _cfg(spec_json)
     probe = Probe()
-    data = get_data(cfg)
+    data, _ = get_data(cfg)
     load_s = time.perf_counter() - probe.t0
-    (cid, splits), = data.clients.items()
+    (cid, splits), = _clients(data, cfg).items()
     train = splits["train"]
     bs = cfg.dataloader.batch_size
     pass_s = []
@@ -202,8 +212,8 @@ def mode_phases(spec_json: str, lean: str = "") -> dict:
     cfg = _cfg(spec_json)
     phases = [("runtime", status_kb(), len(sys.modules))]
     reset_peak()
-    data = get_data(cfg)
-    (cid, splits), = data.clients.items()
+    data, _ = get_data(cfg)
+    (cid, splits), = _clients(data, cfg).items()
     trainer = get_trainer(get_model(cfg), splits, "cpu", cfg)
     if lean:
         o = cfg.train.optimizer

@@ -1,5 +1,12 @@
 """Entry point: ``python federatedscope/main.py --cfg X.yaml [key value ...]``.
 
+FS's main flow: ``global_cfg.clone()``, merge the YAML and the command line, ``setup_seed``,
+``update_logger`` (validates, picks a fresh run directory), ``get_data`` -> ``(data,
+modified_cfg)``, merge and freeze, ``get_runner(...).run()``. A script can do the same
+(tests/test_fs_user_script.py does). Around it, what FS lacks: a cap on malloc arenas, one torch
+thread, a stack dump on SIGUSR1 (Unix), the peak RSS in the log and an exit without interpreter
+teardown.
+
 Exit codes: 0 success; 1 configuration/data error (message names the key or file and the fix);
 2 client refused by the server; 3 server gave up waiting for clients (checkpoint written).
 """
@@ -14,9 +21,13 @@ from federatedscope.core.auditing import install_open_audit  # noqa: E402
 
 install_open_audit()
 
+from federatedscope.core.auxiliaries.data_builder import get_data  # noqa: E402
+from federatedscope.core.auxiliaries.outdir import update_logger  # noqa: E402
+from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E402
 from federatedscope.core.auxiliaries.utils import setup_logger, setup_seed  # noqa: E402
-from federatedscope.core.cmd_args import parse_args  # noqa: E402
-from federatedscope.core.configs.config import ConfigError, finalize, load_cfg  # noqa: E402
+from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
+from federatedscope.core.cmd_args import override_pairs, parse_args  # noqa: E402
+from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
 
 logger = logging.getLogger("federatedscope")
 
@@ -46,37 +57,52 @@ def _peak_rss_mb() -> str:
     return "unknown"
 
 
-def main(argv=None) -> int:
-    _limit_malloc_arenas()
+def _install_stack_dump() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack; Unix only (Windows has no SIGUSR1 and
+    no faulthandler.register), where it is skipped."""
     import faulthandler
     import signal
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
-    args = parse_args(argv)
-    setup_logger()
-    try:
-        cfg = finalize(load_cfg(args.cfg_file, args.opts, args.override, args.client_cfg_file))
-    except ConfigError as e:
-        logger.error(f"Configuration error: {e}")
-        return 1
-    from federatedscope.core.fed_runner import outdir_of
-    os.makedirs(outdir_of(cfg), exist_ok=True)
-    setup_logger(logfile=os.path.join(outdir_of(cfg), "exp_print.log"))
-    setup_seed(cfg.seed)
+    if hasattr(faulthandler, "register") and hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1)
+
+
+def _limit_torch_threads() -> None:
     if "OMP_NUM_THREADS" not in os.environ:
         # FEMNIST batches are tiny (10 x 28 x 28): intra-op threads cost more than they gain
         # (measured here: 21 ms/step on 1 thread vs 78 ms/step on 2 while another process runs).
         import torch
         torch.set_num_threads(1)
-    from federatedscope.core.auxiliaries.data_builder import get_data
-    from federatedscope.core.fed_runner import run_client, run_server, run_standalone
+
+
+def main(argv=None) -> int:
+    _limit_malloc_arenas()
+    _install_stack_dump()
+    setup_logger()
+    # FS's main flow, step for step.
     try:
-        data = get_data(cfg)
-        if cfg.federate.mode == "standalone":
-            code = run_standalone(cfg, data)
-        elif cfg.distribute.role == "server":
-            code = run_server(cfg, data)
-        else:
-            code = run_client(cfg, data)
+        init_cfg = global_cfg.clone()
+        args = parse_args(argv)
+        if args.cfg_file:
+            init_cfg.merge_from_file(args.cfg_file)
+        if args.client_cfg_file:  # merged on top of the whole config (see core/cmd_args.py)
+            init_cfg.merge_from_file(args.client_cfg_file)
+        init_cfg.merge_from_list(args.opts + override_pairs(args.override))
+        setup_seed(init_cfg.seed)
+        update_logger(init_cfg)  # validates; cfg.outdir := this run's fresh directory
+    except ConfigError as e:
+        logger.error(f"Configuration error: {e}")
+        return 1
+    except OSError as e:  # the output directory cannot be made (permissions, a file in the way)
+        logger.error(f"{type(e).__name__}: {e}; set outdir to a writable directory")
+        return 1
+    _limit_torch_threads()
+    try:
+        data, modified_cfg = get_data(config=init_cfg.clone())
+        init_cfg.merge_from_other_cfg(modified_cfg)
+        init_cfg.freeze()
+        runner = get_runner(data=data, server_class=get_server_cls(init_cfg),
+                            client_class=get_client_cls(init_cfg), config=init_cfg.clone())
+        code = runner.run()
         logger.info(f"Peak RSS of this process: {_peak_rss_mb()}")
         return code
     except (ConfigError, ValueError, FileNotFoundError, ConnectionError, OSError) as e:

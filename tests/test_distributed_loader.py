@@ -116,7 +116,7 @@ def refresh_file_entry(shard, name):
 # ----------------------------------------------------------------------------- good shards
 def test_loads_and_logs(shards, logs):
     shard = shards / "client_2"
-    ld = DistributedShardLoader(cfg_for(shard, client_id=2))
+    ld = DistributedShardLoader.from_config(cfg_for(shard, client_id=2))
     entry = mu.load_manifest(str(shards / "manifest.json"))[2]
     assert ld.num_samples == entry.num_samples and ld.fingerprint == entry.fingerprint
     assert ld.label_hist == entry.label_hist
@@ -133,7 +133,7 @@ def test_loads_and_logs(shards, logs):
 
 def test_relative_shard_path_is_relative_to_cwd(shards, monkeypatch, logs):
     monkeypatch.chdir(shards)
-    ld = DistributedShardLoader(cfg_for("client_1"))
+    ld = DistributedShardLoader.from_config(cfg_for("client_1"))
     assert ld.meta.client_id == 1
     assert any(m.startswith("Client 1 loaded") and "from client_1/train.pt" in m for _, m in logs)
 
@@ -141,8 +141,8 @@ def test_relative_shard_path_is_relative_to_cwd(shards, monkeypatch, logs):
 def test_transform_from_config(shards):
     cfg = cfg_for(shards / "client_1")
     cfg.data.transform = [["ToTensor"], ["Normalize", {"mean": [0.5], "std": [0.25]}]]
-    x, _ = next(DistributedShardLoader(cfg).datasets["train"].iter_batches(4, False, 0))
-    plain, _ = next(DistributedShardLoader(cfg_for(shards / "client_1")).datasets["train"]
+    x, _ = next(DistributedShardLoader.from_config(cfg).datasets["train"].iter_batches(4, False, 0))
+    plain, _ = next(DistributedShardLoader.from_config(cfg_for(shards / "client_1")).datasets["train"]
                     .iter_batches(4, False, 0))
     assert torch.allclose(x, (plain - 0.5) / 0.25)
 
@@ -150,7 +150,7 @@ def test_transform_from_config(shards):
 # ----------------------------------------------------------------------------- bad shards
 def _raises(cfg, *parts):
     with pytest.raises(ShardError) as ei:
-        DistributedShardLoader(cfg)
+        DistributedShardLoader.from_config(cfg)
     msg = str(ei.value)
     for p in parts:
         assert p in msg, msg
@@ -176,7 +176,7 @@ def test_missing_split_file_strict_and_not(shards, logs):
     shard = shards / "client_1"
     os.remove(shard / "val.pt")
     _raises(cfg_for(shard), str(shard / "val.pt"), "prepare_femnist_shards.py", "strict_check")
-    ld = DistributedShardLoader(cfg_for(shard, strict=False))
+    ld = DistributedShardLoader.from_config(cfg_for(shard, strict=False))
     assert ld.num_samples["val"] == 0 and len(ld.datasets["val"]) == 0
     assert list(ld.datasets["val"].iter_batches(4, False, 0)) == []
     assert ld.num_samples["train"] > 0
@@ -204,7 +204,7 @@ def test_tampered_sample(shards):
         f.write(bytes([b[0] ^ 0x55]))
     _raises(cfg_for(shards / "client_3"), str(p), "sha256 differs", "--resume")
     _raises(cfg_for(shards / "client_3", streaming=True), "sha256 differs")
-    ld = DistributedShardLoader(cfg_for(shards / "client_3", verify=False))  # the user opted out
+    ld = DistributedShardLoader.from_config(cfg_for(shards / "client_3", verify=False))  # the user opted out
     assert ld.num_samples["train"] == lay.n
 
 
@@ -239,7 +239,7 @@ def test_wrong_dtype_in_split(shards):
 def test_client_id_mismatch(shards):
     _raises(cfg_for(shards / "client_2", client_id=3), "belongs to client 2", "client 3")
     with pytest.raises(ShardError):
-        DistributedShardLoader(cfg_for(shards / "client_2"), client_id=1)
+        DistributedShardLoader.from_config(cfg_for(shards / "client_2"), client_id=1)
 
 
 def test_malformed_meta(shards):
@@ -249,8 +249,8 @@ def test_malformed_meta(shards):
 
 # ----------------------------------------------------------------------------- streaming
 def test_streaming_matches_in_memory(shards):
-    mem = DistributedShardLoader(cfg_for(shards / "client_3"))
-    st = DistributedShardLoader(cfg_for(shards / "client_3", streaming=True))
+    mem = DistributedShardLoader.from_config(cfg_for(shards / "client_3"))
+    st = DistributedShardLoader.from_config(cfg_for(shards / "client_3", streaming=True))
     assert st.num_samples == mem.num_samples and st.fingerprint == mem.fingerprint
     for s in mu.SPLITS:
         a, b = mem.datasets[s], st.datasets[s]
@@ -260,7 +260,7 @@ def test_streaming_matches_in_memory(shards):
 
 
 def test_streaming_block_shuffle(shards):
-    st = DistributedShardLoader(cfg_for(shards / "client_3", streaming=True)).datasets["train"]
+    st = DistributedShardLoader.from_config(cfg_for(shards / "client_3", streaming=True)).datasets["train"]
     st.block_rows = 10  # several blocks on a small shard
     n = len(st)
     batches = list(st.iter_batches(7, True, 5))
@@ -275,7 +275,7 @@ def test_streaming_block_shuffle(shards):
 
 
 def test_streaming_with_torch_dataloader(shards):
-    st = DistributedShardLoader(cfg_for(shards / "client_1", streaming=True)).datasets["train"]
+    st = DistributedShardLoader.from_config(cfg_for(shards / "client_1", streaming=True)).datasets["train"]
     got = sum(len(y) for _, y in DataLoader(st, batch_size=16))
     assert got == len(st)
 
@@ -283,7 +283,7 @@ def test_streaming_with_torch_dataloader(shards):
 # ----------------------------------------------------------------------------- refresh
 def test_has_changed_after_rewrite(prepared, shards):
     shard = shards / "client_1"
-    ld = DistributedShardLoader(cfg_for(shard, client_id=1))
+    ld = DistributedShardLoader.from_config(cfg_for(shard, client_id=1))
     assert not ld.has_changed()
     os.utime(shard / "train.pt")  # touched, same bytes: not a change
     assert not ld.has_changed()
@@ -298,7 +298,7 @@ def test_has_changed_after_rewrite(prepared, shards):
 
 def test_has_changed_detects_tamper_under_same_meta(shards):
     shard = shards / "client_1"
-    ld = DistributedShardLoader(cfg_for(shard))
+    ld = DistributedShardLoader.from_config(cfg_for(shard))
     p = shard / "val.pt"
     lay = shard_io.split_layout(str(p))
     with open(p, "r+b") as f:

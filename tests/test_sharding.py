@@ -283,7 +283,7 @@ def test_link_mode(leaf_root, tmp_path):
             cfg = get_default_cfg()
             cfg.distributed_data.shard_path = str(tmp_path / "link" / f"client_{k}")
             cfg.distributed_data.streaming = streaming
-            ld = DistributedShardLoader(cfg)
+            ld = DistributedShardLoader.from_config(cfg)
             for sp in mu.SPLITS:
                 xs, ys = zip(*ld.datasets[sp].iter_batches(8, False, 0)) if len(ld.datasets[sp]) else ((), ())
                 x = (torch.cat(xs) * 255).round().to(torch.uint8).squeeze(1) if xs else torch.zeros(0, 28, 28, dtype=torch.uint8)

@@ -32,3 +32,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             rest.append(item)
     args.opts = rest
     return args
+
+
+def override_pairs(overrides: List[str]) -> List[str]:
+    """``['k=v', ...]`` -> ``['k', 'v', ...]`` for ``merge_from_list`` (applied after the
+    trailing pairs, so ``--override`` wins)."""
+    from federatedscope.core.configs.config import ConfigError
+    pairs: List[str] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--override expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        pairs += [k.strip(), v.strip()]
+    return pairs

@@ -1,17 +1,22 @@
-"""Process wiring: the same Server/Client workers over an in-process queue or over gRPC.
+"""FS's runners: the same Server/Client workers over an in-process queue or over gRPC.
+
+``StandaloneRunner`` runs every worker in this process; ``DistributedRunner`` runs this process's
+one role (``distribute.role``). Both take FS's arguments ``(data, server_class, client_class,
+config, client_configs)`` and ``run()`` returns the process exit code (``federatedscope/main.py``).
+``get_runner`` (``core/auxiliaries/runner_builder.py``) picks one.
 
 Every loop here blocks on a queue (``Queue.get`` with the worker's next deadline as timeout), so a
-waiting process costs nothing; a message is handled the moment it lands in the queue.
+waiting process costs nothing; a message is handled the moment it lands in the queue. Results go
+to ``config.outdir`` as ``update_logger`` resolved it (the run directory).
 """
 import collections
 import logging
-import os
 import queue
 from typing import Deque, Dict
 
 import torch
 
-from federatedscope.core.auxiliaries.data_builder import ProcessData, client_count
+from federatedscope.core.auxiliaries.data_builder import client_count
 from federatedscope.core.auxiliaries.model_builder import get_model
 from federatedscope.core.configs.config import client_identity
 from federatedscope.core.message import Message
@@ -19,8 +24,7 @@ from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming
-from federatedscope.core.workers.client import Client
-from federatedscope.core.workers.server import Server
+from federatedscope.core.workers.client import client_splits
 
 logger = logging.getLogger("federatedscope")
 
@@ -29,9 +33,9 @@ def _device(cfg) -> str:
     return f"cuda:{max(cfg.device, 0)}" if cfg.use_gpu else "cpu"
 
 
-def _admission(cfg, data: ProcessData, expected: int) -> Admission:
-    return Admission(data.manifest, cfg.distributed_data.strict_check, cfg.distribute.token,
-                     max_clients=expected)
+def _admission(cfg, data, expected: int) -> Admission:
+    return Admission(getattr(data, "manifest", None), cfg.distributed_data.strict_check,
+                     cfg.distribute.token, max_clients=expected)
 
 
 def _log_model(cfg, model) -> None:
@@ -43,7 +47,7 @@ def _log_model(cfg, model) -> None:
         logger.info(f"Model {cfg.model.type}: {flops / 1e6:.2f} MFLOPs per sample (forward)")
 
 
-def _global_evaluator(cfg, data: ProcessData, model):
+def _global_evaluator(cfg, data, model):
     """``federate.make_global_eval`` in standalone: the server evaluates the global model on the
     union of the clients' evaluation splits (a server in shard mode holds no data to do this)."""
     if not cfg.federate.make_global_eval:
@@ -51,7 +55,7 @@ def _global_evaluator(cfg, data: ProcessData, model):
     from federatedscope.core.data.datasets import TensorSplit
     merged = {}
     for split in cfg.eval.split:
-        parts = [c[split] for c in data.clients.values() if isinstance(c.get(split), TensorSplit)]
+        parts = [c[split] for c in data.values() if isinstance(c.get(split), TensorSplit)]
         if parts:
             merged[split] = TensorSplit(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
                                         parts[0].transform)
@@ -66,7 +70,32 @@ def _global_evaluator(cfg, data: ProcessData, model):
 
 
 def outdir_of(cfg) -> str:
-    return os.path.join(cfg.outdir, cfg.expname)
+    """This run's directory: ``cfg.outdir`` once ``update_logger`` has resolved it."""
+    return cfg.outdir
+
+
+class BaseRunner:
+    def __init__(self, data, server_class, client_class, config, client_configs=None):
+        if data is None:
+            raise ValueError("the runner needs data: data, modified_cfg = get_data(config)")
+        self.data = data
+        self.server_class, self.client_class = server_class, client_class
+        self.cfg = config
+        self.client_configs = client_configs
+
+    def run(self) -> int:
+        raise NotImplementedError
+
+    def _client_cfg(self, cid: int):
+        """FS's per-client configs: ``client_configs.client_<id>`` merged over the global one."""
+        own = getattr(self.client_configs, f"client_{cid}", None) if self.client_configs else None
+        if own is None:
+            return self.cfg
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.merge_from_other_cfg(own)
+        cfg.freeze()
+        return cfg
 
 
 # ------------------------------------------------------------------ standalone
@@ -106,85 +135,123 @@ class _LocalClientComm:
         self.bus.queue.append((0, Incoming(self.client_id, msg)))
 
 
-def run_standalone(cfg, data: ProcessData) -> int:
-    bus = _LocalBus()
-    model = get_model(cfg)
-    expected = len(data.clients)
-    _log_model(cfg, model)
-    server = Server(cfg, model, _LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)), expected,
-                    _admission(cfg, data, expected), distributed=False)
-    server.global_eval = _global_evaluator(cfg, data, model)
-    clients: Dict[int, Client] = {}
-    for cid, splits in sorted(data.clients.items()):
-        trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
-        clients[cid] = Client(cfg, cid, trainer, _LocalClientComm(bus, cid), data.loaders.get(cid),
-                              token=cfg.distribute.token)
-        bus.queue.append((0, Incoming(cid, clients[cid].join_message())))
-    while bus.queue:
-        dest, payload = bus.queue.popleft()
-        if dest == 0:
-            server.handle(payload)
-        elif dest in clients and not clients[dest].finished:
-            clients[dest].handle(payload)
-    if not server.finished:
-        logger.error("Standalone run ended before the server finished (no client left?)")
-        return 1
-    return server.exit_code
+class StandaloneRunner(BaseRunner):
+    """Server and every client of ``data`` (a ``StandaloneDataDict``) in this process."""
+
+    def run(self) -> int:
+        cfg, data = self.cfg, self.data
+        bus = _LocalBus()
+        model = get_model(cfg)
+        expected = len(data)
+        _log_model(cfg, model)
+        server = self.server_class(cfg, model, _LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)),
+                                   expected, _admission(cfg, data, expected), distributed=False)
+        server.global_eval = _global_evaluator(cfg, data, model)
+        clients: Dict[int, object] = {}
+        for cid, client_data in sorted(data.items()):
+            own_cfg = self._client_cfg(cid)
+            splits, loader = client_splits(client_data)
+            trainer = get_trainer(get_model(own_cfg), splits, _device(own_cfg), own_cfg)
+            clients[cid] = self.client_class(own_cfg, cid, trainer, _LocalClientComm(bus, cid),
+                                             loader, token=own_cfg.distribute.token)
+            bus.queue.append((0, Incoming(cid, clients[cid].join_message())))
+        while bus.queue:
+            dest, payload = bus.queue.popleft()
+            if dest == 0:
+                server.handle(payload)
+            elif dest in clients and not clients[dest].finished:
+                clients[dest].handle(payload)
+        if not server.finished:
+            logger.error("Standalone run ended before the server finished (no client left?)")
+            return 1
+        return server.exit_code
 
 
 # ------------------------------------------------------------------ distributed
-def run_server(cfg, data: ProcessData) -> int:
+def _server_transport(cfg, inbox, expected: int):
     from federatedscope.core.communication.grpc_server import GrpcServerTransport
-    expected = client_count(cfg, data)
-    inbox: "queue.Queue" = queue.Queue()
-    transport = GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8))
-    model = get_model(cfg)
-    _log_model(cfg, model)
-    if cfg.federate.make_global_eval:
-        logger.warning("federate.make_global_eval: a distributed server holds no data to evaluate "
-                       "on; the clients' weighted-average evaluation is reported instead")
-    server = Server(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
-                    _admission(cfg, data, expected), distributed=True)
-    transport.start()
-    logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
-                f"waiting for {expected} clients")
-    try:
-        while not server.finished:
-            try:
-                event = inbox.get(timeout=server.next_deadline())
-            except queue.Empty:
-                event = None
-            if event is not None:
-                server.handle(event)
-            server.tick()
-    finally:
-        transport.stop()
-    return server.exit_code
+    return GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8))
 
 
-def run_client(cfg, data: ProcessData) -> int:
+def _client_transport(cfg, inbox):
     from federatedscope.core.communication.grpc_client import GrpcClientTransport
-    from federatedscope.core.communication.security import client_token
-    (cid, splits), = data.clients.items()
-    inbox: "queue.Queue" = queue.Queue()
-    transport = GrpcClientTransport(cfg, inbox)
-    trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
-    claimed = client_identity(cfg) if client_identity(cfg) > 0 else cid
-    client = Client(cfg, claimed, trainer, transport, data.loaders.get(cid), token=client_token(cfg))
-    logger.info(f"Client #{claimed}: connecting to server {transport.address}")
-    try:
-        transport.wait_for_server(cfg.distribute.connect_timeout)
-        transport.open_session(client.join_message())
-        while not client.finished:
-            event = inbox.get()
-            if isinstance(event, Disconnected):
-                if client.finished:
-                    break
-                logger.warning(f"Client #{client.ID}: lost the server ({event.reason}); reconnecting")
-                transport.wait_for_server(cfg.distribute.max_reconnect_time)
-                transport.open_session(client.join_message())
-                continue
-            client.handle(event)
-    finally:
-        transport.close()
-    return 2 if client.refused else 0
+    return GrpcClientTransport(cfg, inbox)
+
+
+def _client_session(cfg, client, transport, inbox) -> None:
+    """Join, then handle events until finished; a lost server is waited for and re-joined."""
+    transport.wait_for_server(cfg.distribute.connect_timeout)
+    transport.open_session(client.join_message())
+    while not client.finished:
+        event = inbox.get()
+        if isinstance(event, Disconnected):
+            if client.finished:
+                break
+            logger.warning(f"Client #{client.ID}: lost the server ({event.reason}); reconnecting")
+            transport.wait_for_server(cfg.distribute.max_reconnect_time)
+            transport.open_session(client.join_message())
+            continue
+        client.handle(event)
+
+
+class DistributedRunner(BaseRunner):
+    """This process's role over gRPC: the server (``data`` is a ``ServerData``) or one client
+    (``data`` is its ``DistributedShardLoader`` or, in data_idx mode, its ``ClientData``)."""
+
+    def run(self) -> int:
+        if self.cfg.distribute.role == "server":
+            return self._run_server()
+        return self._run_client()
+
+    def _run_server(self) -> int:
+        cfg, data = self.cfg, self.data
+        expected = client_count(cfg, data)
+        inbox: "queue.Queue" = queue.Queue()
+        transport = _server_transport(cfg, inbox, expected)
+        model = get_model(cfg)
+        _log_model(cfg, model)
+        if cfg.federate.make_global_eval:
+            logger.warning("federate.make_global_eval: a distributed server holds no data to "
+                           "evaluate on; the clients' weighted-average evaluation is reported "
+                           "instead")
+        server = self.server_class(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
+                                   _admission(cfg, data, expected), distributed=True)
+        transport.start()
+        logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
+                    f"waiting for {expected} clients")
+        try:
+            while not server.finished:
+                try:
+                    event = inbox.get(timeout=server.next_deadline())
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    server.handle(event)
+                server.tick()
+        finally:
+            transport.stop()
+        return server.exit_code
+
+    def _run_client(self) -> int:
+        from federatedscope.core.communication.security import client_token
+        cfg = self.cfg
+        splits, loader = client_splits(self.data)
+        inbox: "queue.Queue" = queue.Queue()
+        transport = _client_transport(cfg, inbox)
+        trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
+        client = self.client_class(cfg, self._claimed_id(loader), trainer, transport, loader,
+                                   token=client_token(cfg))
+        logger.info(f"Client #{client.ID}: connecting to server {transport.address}")
+        try:
+            _client_session(cfg, client, transport, inbox)
+        finally:
+            transport.close()
+        return 2 if client.refused else 0
+
+    def _claimed_id(self, loader) -> int:
+        """Shard mode: ``distribute.client_id``, else the id in the shard's meta.json (data_idx
+        is never consulted). data_idx mode: FS's identity (client_id, else data_idx)."""
+        if loader is not None:
+            cid = int(self.cfg.distribute.client_id)
+            return cid if cid > 0 else loader.meta.client_id
+        return client_identity(self.cfg)

@@ -164,6 +164,10 @@ def get_default_cfg() -> CN:
     return c
 
 
+# FS's module-level default tree: scripts start from ``global_cfg.clone()`` (never mutate it).
+global_cfg = get_default_cfg()
+
+
 # Values yacs cannot check. Each entry: key -> allowed values.
 _CHOICES = {
     "federate.mode": ("standalone", "distributed"),
@@ -258,7 +262,7 @@ def client_identity(cfg: CN) -> int:
 def load_cfg(cfg_file: Optional[str], opts: List[str], overrides: List[str] = (),
              client_cfg: str = "") -> CN:
     """Defaults <- YAML <- client YAML <- ``key value`` pairs <- ``--override key=value`` items."""
-    cfg = get_default_cfg()
+    cfg = global_cfg.clone()
     if cfg_file:
         cfg.merge_from_file(cfg_file)
     if client_cfg:

@@ -1,15 +1,18 @@
-"""A client's own shard: ``DistributedShardLoader`` opens only ``distributed_data.shard_path``.
+"""A client's own shard: ``DistributedShardLoader`` opens only its ``shard_path``.
 
 (and, for a ``--link`` shard, the packed file its meta names). It checks ``meta.json`` against
 the tensors (counts, dtype, shape, label range and histogram) and, with ``verify_checksum``, the
 sha256 of every file, so a client never trains on, or declares, data other than what was prepared.
 There is no fallback: a missing or inconsistent shard is a ``ShardError`` that says how to make
-it. In-memory mode yields ``TensorSplit``s; ``streaming: true`` yields ``StreamingSplit``s that
-``os.pread`` bounded windows, so RSS stays flat however large the shard is.
+it. In-memory mode yields ``TensorSplit``s; ``streaming=True`` yields ``StreamingSplit``s that
+``os.pread`` bounded windows, so RSS stays flat however large the shard is (Unix only: see
+doc/architecture.md "Portability").
+
+Nothing here knows FEMNIST: shapes, class counts and ``sample_type`` come from ``meta.json``.
 """
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +50,21 @@ class StreamingSplit(IterableDataset):
         self.rows = rows  # None: rows 0..n-1 of layout; else --link positions into the packed file
         self.n = layout.n if rows is None else len(rows)
         self.block_rows = block_rows or max(1, BLOCK_BYTES // max(layout.row_bytes, 1))
+        # Opened once, at load time: if the file is later replaced (a shard refresh by rename)
+        # and the refresh fails its checks, this split keeps reading the bytes that were
+        # verified, not the new ones. One descriptor per streaming split, closed by close().
+        self._fd: Optional[int] = os.open(layout.path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
 
     def __len__(self) -> int:
         return self.n
@@ -87,34 +105,34 @@ class StreamingSplit(IterableDataset):
         stage_x = torch.empty((self.block_rows + batch_size, *shape), dtype=torch.uint8)
         stage_y = torch.empty(self.block_rows + batch_size, dtype=torch.int64)
         have = 0
-        fd = os.open(self.layout.path, os.O_RDONLY)
-        try:
-            for b in order:
-                xs, ys, inv = self._read_block(fd, b, buf)
-                k = len(ys)
-                sel = None if inv is None else torch.from_numpy(inv)
-                if gen is not None:
-                    perm = torch.randperm(k, generator=gen)
-                    sel = perm if sel is None else sel[perm]
-                x, y = torch.from_numpy(xs), torch.from_numpy(ys)
-                if sel is None:
-                    stage_x[have:have + k].copy_(x)
-                    stage_y[have:have + k].copy_(y)
-                else:
-                    torch.index_select(x, 0, sel, out=stage_x[have:have + k])
-                    torch.index_select(y, 0, sel, out=stage_y[have:have + k])
-                have += k
-                full = (have // batch_size) * batch_size
-                for s in range(0, full, batch_size):
-                    yield stage_x[s:s + batch_size], stage_y[s:s + batch_size]
-                if full:  # carry the remainder (< batch_size <= full rows: no overlap)
-                    stage_x[:have - full].copy_(stage_x[full:have])
-                    stage_y[:have - full].copy_(stage_y[full:have])
-                    have -= full
-            if have:
-                yield stage_x[:have], stage_y[:have]
-        finally:
-            os.close(fd)
+        fd = self._fd
+        if fd is None:
+            raise ShardError(f"{self.layout.path}: this streaming split was closed (its shard "
+                             f"was reloaded); use the loader's current datasets")
+        for b in order:
+            xs, ys, inv = self._read_block(fd, b, buf)
+            k = len(ys)
+            sel = None if inv is None else torch.from_numpy(inv)
+            if gen is not None:
+                perm = torch.randperm(k, generator=gen)
+                sel = perm if sel is None else sel[perm]
+            x, y = torch.from_numpy(xs), torch.from_numpy(ys)
+            if sel is None:
+                stage_x[have:have + k].copy_(x)
+                stage_y[have:have + k].copy_(y)
+            else:
+                torch.index_select(x, 0, sel, out=stage_x[have:have + k])
+                torch.index_select(y, 0, sel, out=stage_y[have:have + k])
+            have += k
+            full = (have // batch_size) * batch_size
+            for s in range(0, full, batch_size):
+                yield stage_x[s:s + batch_size], stage_y[s:s + batch_size]
+            if full:  # carry the remainder (< batch_size <= full rows: no overlap)
+                stage_x[:have - full].copy_(stage_x[full:have])
+                stage_y[:have - full].copy_(stage_y[full:have])
+                have -= full
+        if have:
+            yield stage_x[:have], stage_y[:have]
 
     def _out(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         # x/y are views of reused buffers: hand out tensors that own their memory
@@ -142,23 +160,39 @@ class DistributedShardLoader:
     """Loads, checks and exposes one client's shard (spec: doc/distributed_data.md).
 
     Attributes after loading: ``meta`` (ShardMeta), ``num_samples`` {split: n}, ``datasets``
-    {split: BatchSource}, ``fingerprint``, ``label_hist`` (train), ``last_modified`` (max mtime).
+    {split: BatchSource}, ``fingerprint``, ``label_hist`` (train), ``sample_type`` (from
+    meta.json, e.g. ``uint8[28,28]``), ``last_modified`` (newest mtime of the shard's files,
+    float epoch seconds; the client reports it in its join as ``shard_last_modified``).
+    ``client_id`` None skips the check that meta.json belongs to this client.
     """
 
-    def __init__(self, cfg: Any, client_id: Optional[int] = None):
-        dd = cfg.distributed_data
-        self.shard_path = str(dd.shard_path)
-        self.strict, self.verify = bool(dd.strict_check), bool(dd.verify_checksum)
-        self.streaming = bool(dd.streaming)
-        cid = int(client_id if client_id is not None else cfg.distribute.client_id)
-        self.client_id: Optional[int] = cid if cid > 0 else None
-        self.transform = build_transform(list(cfg.data.transform))
+    def __init__(self, shard_path: str, client_id: Optional[int] = None, streaming: bool = False,
+                 strict_check: bool = True, verify_checksum: bool = True,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.shard_path = os.fspath(shard_path) if shard_path else ""
+        self.strict, self.verify = bool(strict_check), bool(verify_checksum)
+        self.streaming = bool(streaming)
+        self.client_id: Optional[int] = int(client_id) if client_id and client_id > 0 else None
+        self.transform = transform if transform is not None else build_transform([])
         if not self.shard_path:
             raise ShardError("distributed_data.shard_path is empty; set it to this client's shard "
                              "directory (e.g. data/femnist/shards/client_1); make shards with: "
                              + mu.PREPARE_CMD.format(n="N", out="data/femnist/shards"))
         self._meta_path = os.path.join(self.shard_path, "meta.json")
         self.reload()
+
+    @classmethod
+    def from_config(cls, cfg: Any, client_id: Optional[int] = None,
+                    shard_path: Optional[str] = None) -> "DistributedShardLoader":
+        """The builder's call: ``distributed_data.*`` and ``data.transform`` from ``cfg``;
+        ``client_id`` defaults to ``distribute.client_id``, ``shard_path`` (a standalone
+        simulation passes each manifest entry's directory) to ``distributed_data.shard_path``."""
+        dd = cfg.distributed_data
+        cid = client_id if client_id is not None else int(cfg.distribute.client_id)
+        return cls(dd.shard_path if shard_path is None else shard_path, client_id=cid,
+                   streaming=dd.streaming, strict_check=dd.strict_check,
+                   verify_checksum=dd.verify_checksum,
+                   transform=build_transform(list(cfg.data.transform)))
 
     # -------------------------------------------------------------- public API
     @property
@@ -191,13 +225,23 @@ class DistributedShardLoader:
         self._snapshot = self._stats(self.meta, self._packed)
         return False
 
+    def acknowledge_disk_state(self) -> None:
+        """After a refresh that failed its checks: remember what is on disk now, so
+        ``has_changed`` stays False (no error every round) until the shard changes again."""
+        self._snapshot = self._stats(self.meta, self._packed)
+
     def reload(self) -> None:
         """(Re)read the shard; on ShardError the previously loaded state is kept unchanged."""
         meta = self._read_meta()
         packed = self._packed_path(meta)
         loaded = {s: self._load_split(meta, packed, s) for s in mu.SPLITS}
+        old = getattr(self, "datasets", {})
         self.meta, self._packed = meta, packed
+        self.sample_type = meta.sample_type
         self.datasets = {s: v[0] for s, v in loaded.items()}
+        for src in old.values():  # the previous streaming splits hold descriptors of old files
+            if isinstance(src, StreamingSplit):
+                src.close()
         self.num_samples = {s: len(v[0]) for s, v in loaded.items()}
         self._hist = {s: v[1] for s, v in loaded.items()}
         self._snapshot = self._stats(meta, packed)

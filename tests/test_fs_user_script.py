@@ -1,0 +1,94 @@
+"""A script written the FS way (tests/fs_user_script.py) runs standalone and a real distributed
+shard job; a run never appends to a previous run's results."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from conftest import free_port
+from proc_utils import ROOT, stop_all
+
+SCRIPT = os.path.join(ROOT, "tests", "fs_user_script.py")
+CFG = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs")
+
+
+def _start(args, log_path):
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, SCRIPT] + args, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+
+
+def _wait(procs, logs, timeout=240):
+    """Exit codes; fails fast (with the log tail) as soon as any process exits non-zero."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            for code, log in zip(codes, logs):
+                if code not in (None, 0):
+                    raise AssertionError(f"{log} exited {code}:\n"
+                                         + open(log, errors="replace").read()[-3000:])
+            if None not in codes:
+                return codes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s; {logs[0]}:\n"
+                                     + open(logs[0], errors="replace").read()[-2000:])
+            time.sleep(0.2)
+    finally:
+        stop_all(procs)
+
+
+def _eval_logs(out):
+    return sorted(os.path.join(dp, "eval_results.log") for dp, _, fs in os.walk(out)
+                  if "eval_results.log" in fs)
+
+
+def _finals(path):
+    return [json.loads(line) for line in open(path) if line.strip() and json.loads(line).get("Final")]
+
+
+def _standalone_args(femnist_root, out):
+    return ["--cfg", os.path.join(CFG, "distributed_femnist_server.yaml"), "federate.mode",
+            "standalone", "distributed_data.enabled", "False", "data.root", femnist_root,
+            "data.subsample", "1.0", "federate.client_num", "3", "federate.total_round_num", "1",
+            "outdir", out]
+
+
+def test_fs_script_standalone_twice_never_appends(femnist_root, tmp_path):
+    out = str(tmp_path / "exp")
+    for run in (1, 2):
+        log = str(tmp_path / f"run{run}.log")
+        assert _wait([_start(_standalone_args(femnist_root, out), log)], [log]) == [0]
+        text = open(log).read()
+        assert "user script: data is a StandaloneDataDict" in text
+        assert text.count("user hook: client") == 3  # every client evaluated through the hook
+    logs = _eval_logs(out)
+    # the second run got its own directory: two logs, each with exactly one Final line
+    assert len(logs) == 2, logs
+    assert [len(_finals(p)) for p in logs] == [1, 1]
+    assert any(os.path.basename(os.path.dirname(p)).startswith("sub_exp_") for p in logs)
+
+
+def test_fs_script_distributed_shard_mode(femnist_root, femnist_shards, tmp_path):
+    port, out = free_port(), str(tmp_path / "exp")
+    common = ["distribute.server_port", str(port), "outdir", out, "federate.total_round_num", "1",
+              "data.root", str(tmp_path / "no_dataset_here")]  # shard mode never reads data.root
+    logs = [str(tmp_path / "server.log")]
+    procs = [_start(["--cfg", os.path.join(CFG, "distributed_femnist_server.yaml")] + common
+                    + ["distributed_data.manifest", femnist_shards], logs[0])]
+    shards = os.path.dirname(femnist_shards)
+    for k in (1, 2, 3):
+        logs.append(str(tmp_path / f"client_{k}.log"))
+        procs.append(_start(["--cfg", os.path.join(CFG, "distributed_femnist_client_1.yaml")]
+                            + common + ["distribute.client_id", str(k), "expname", f"client_{k}",
+                                        "distributed_data.shard_path",
+                                        os.path.join(shards, f"client_{k}")], logs[-1]))
+    assert _wait(procs, logs) == [0, 0, 0, 0]
+    assert "user script: data is a ServerData" in open(logs[0]).read()
+    for k in (1, 2, 3):
+        text = open(logs[k]).read()
+        assert "user script: data is a DistributedShardLoader" in text
+        assert f"user hook: client {k} evaluates round 1" in text
+    server_logs = [p for p in _eval_logs(out) if "client_" not in p]
+    assert len(server_logs) == 1 and _finals(server_logs[0])[0]["Round"] == 1
