@@ -35,7 +35,9 @@ def _device(cfg) -> str:
 
 def _admission(cfg, data, expected: int) -> Admission:
     return Admission(getattr(data, "manifest", None), cfg.distributed_data.strict_check,
-                     cfg.distribute.token, max_clients=expected)
+                     cfg.distribute.token, max_clients=expected,
+                     manifest_path=getattr(data, "manifest_path", ""),
+                     sample_type=getattr(data, "sample_type", None))
 
 
 def _log_model(cfg, model) -> None:

@@ -28,7 +28,7 @@ def get_data(config, client_cfgs=None):
     if _is_shard_server(modified):
         # The patch's point: a distributed server opens no data file, only the manifest.
         logger.info("Server: distributed_data.enabled — no dataset is opened on the server")
-        data = ServerData(manifest=_read_manifest(modified))
+        data = _server_data(modified)
     else:
         data, modified = load_dataset(modified, client_cfgs)
     data = convert_data_mode(data, modified)
@@ -49,12 +49,16 @@ def _is_shard_server(config) -> bool:
             and config.distribute.role == "server")
 
 
-def _read_manifest(config):
-    """The manifest's entries when shard mode names one; the only place a server reads it."""
-    if not config.distributed_data.manifest:
-        return None
-    from federatedscope.core.auxiliaries.manifest_utils import load_manifest
-    return load_manifest(config.distributed_data.manifest)
+def _server_data(config) -> ServerData:
+    """The manifest's entries and sample type when shard mode names one; the only place a server
+    reads it (the server's admission re-reads it only if it changes on disk)."""
+    path = config.distributed_data.manifest
+    if not path:
+        return ServerData()
+    from federatedscope.core.auxiliaries.manifest_utils import read_manifest
+    manifest = read_manifest(path)
+    return ServerData(manifest=manifest.clients, sample_type=manifest.sample_type,
+                      manifest_path=path)
 
 
 def _fit_client_num(data, config) -> None:

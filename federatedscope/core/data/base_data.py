@@ -61,3 +61,5 @@ class StandaloneDataDict(dict):
 class ServerData:
     """A distributed server's data: the manifest entries in shard mode (read once), else None."""
     manifest: Optional[dict] = None
+    sample_type: Optional[str] = None     # what every shard's samples must be (the manifest's)
+    manifest_path: str = ""               # re-read by admission if it changes on disk
