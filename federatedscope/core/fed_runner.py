@@ -119,6 +119,9 @@ class _LocalServerComm:
         self.bus.queue.append((msg.receiver, msg))
 
     def broadcast(self, msg: Message, receivers) -> None:
+        # The tensors are the server's live model; a queued message must keep this round's values.
+        if msg.tensors:
+            msg.tensors = {k: v.detach().clone() for k, v in msg.tensors.items()}
         for cid in receivers:
             self.bus.queue.append((cid, msg))
 

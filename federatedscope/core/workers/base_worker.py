@@ -32,8 +32,8 @@ class ServerComm(Protocol):
         """Deliver to ``msg.receiver`` (a bound client id)."""
 
     def broadcast(self, msg: Message, receivers: List[int]) -> None:
-        """Deliver the same message to several clients (encoded once; receivers must not
-        modify its tensors)."""
+        """Deliver the same message to several clients. Its tensors may be the server's live
+        model: encode (or copy) them before returning, once for all receivers."""
 
     def send_to_conn(self, conn_id: int, msg: Message) -> None:
         """Reply on a connection that is not bound (e.g. a refusal)."""

@@ -357,10 +357,11 @@ class Server(EvaluationMixin, LivenessMixin):
         return {cid for cid, rec in self.clients.items() if rec.online}
 
     def _send_model(self, cids: List[int], msg_type: str, r: int) -> None:
-        """One snapshot of the global model for all receivers (encoded once by the transport)."""
+        """The global model for all receivers: the transport encodes (or copies) it once, before
+        returning, so no per-broadcast clone of the model is made here."""
         if not cids:
             return
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach() for k, v in self.model.state_dict().items()}
         self.comm.broadcast(Message(msg_type, SERVER_ID, BROADCAST, r, {}, state), cids)
 
     def _checkpoint(self) -> None:
