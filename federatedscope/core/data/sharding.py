@@ -179,11 +179,12 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
     kind, src_dir, inputs = find_source(args.root)   # fail on bad input before touching output
     os.makedirs(args.out, exist_ok=True)
     lock = so.lock_out(args.out)
-    spill, staged_tokens = None, []
+    spill, staged_tokens, fresh = None, [], False
     try:
         ex = so.look(args.out)
         so.check_flags(args, ex, cmd)
         hashes = so.carry_tokens(args, ex, cmd)
+        fresh = args.overwrite or not os.path.isdir(os.path.join(args.out, so.STAGE))
         stage = so.open_stage(args)
         spill = Spill(os.path.join(stage, f".spill-{os.getpid()}.bin"))
         parts = read_input(kind, src_dir, inputs, spill, args.progress)
@@ -199,6 +200,13 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         if staged_tokens:
             client_tokens.commit(args.tokens, staged_tokens)
             staged_tokens = []
+    except BaseException:
+        if spill is not None:
+            spill.close()
+            spill = None
+        if fresh:  # a refused or failed run leaves no .staging that would block the next one
+            so.drop_stage_if_empty(args.out)
+        raise
     finally:
         if spill is not None:
             spill.close()

@@ -197,6 +197,13 @@ def open_stage(args: Any) -> str:
     return stage
 
 
+def drop_stage_if_empty(out: str) -> None:
+    """Remove a ``.staging`` that holds no finished shard (nothing there for --resume)."""
+    stage = os.path.join(out, STAGE)
+    if os.path.isdir(stage) and not any(re.fullmatch(r"client_\d+", n) for n in os.listdir(stage)):
+        shutil.rmtree(stage)
+
+
 def adopt(src: str, dst: str) -> None:
     """Give ``dst`` the files of a verified ``src`` (hard links: the old set is not modified,
     and a later atomic write replaces a link rather than writing through it)."""
