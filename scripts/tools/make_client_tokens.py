@@ -11,32 +11,17 @@ hash to its entry, including a client that presents a valid token under another 
 ``prepare_femnist_shards.py --tokens DIR`` does the same while cutting the shards.
 """
 import argparse
-import dataclasses
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from federatedscope.core.auxiliaries import client_tokens  # noqa: E402
-from federatedscope.core.auxiliaries.manifest_utils import (  # noqa: E402
-    ManifestError, read_all_writer_ids, read_manifest, write_manifest)
+from federatedscope.core.auxiliaries.manifest_utils import ManifestError  # noqa: E402
 
 
 def make_tokens(manifest_path: str, out_dir: str) -> int:
-    manifest = read_manifest(manifest_path)
-    writers = read_all_writer_ids(manifest_path)
-    ids = sorted(manifest.clients)
-    hashes = client_tokens.stage_tokens(out_dir, ids)
-    clients = {cid: dataclasses.replace(manifest.clients[cid], token_hash=hashes[cid])
-               for cid in ids}
-    try:
-        write_manifest(manifest_path, dataclasses.replace(manifest, clients=clients),
-                       writer_ids=writers or None)
-    except BaseException:
-        client_tokens.discard(out_dir, ids)  # the old tokens still match the old manifest
-        raise
-    client_tokens.commit(out_dir, ids)
-    return len(ids)
+    return client_tokens.add_to_manifest(manifest_path, out_dir)
 
 
 def main(argv=None) -> int:

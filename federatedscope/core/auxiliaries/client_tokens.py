@@ -60,3 +60,43 @@ def discard(out_dir: str, client_ids: Iterable[int]) -> None:
         tmp = token_path(out_dir, cid) + SUFFIX
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def add_to_manifest(manifest_path: str, out_dir: str) -> int:
+    """New tokens for every client of a manifest; the manifest is rewritten with their hashes
+    (writer ids and every other field kept). Token files appear only once the manifest is in."""
+    import dataclasses
+    from federatedscope.core.auxiliaries import manifest_utils as mu
+    manifest = mu.read_manifest(manifest_path)
+    writers = mu.read_all_writer_ids(manifest_path)
+    ids = sorted(manifest.clients)
+    hashes = stage_tokens(out_dir, ids)
+    clients = {cid: dataclasses.replace(manifest.clients[cid], token_hash=hashes[cid])
+               for cid in ids}
+    try:
+        mu.write_manifest(manifest_path, dataclasses.replace(manifest, clients=clients),
+                          writer_ids=writers or None)
+    except BaseException:
+        discard(out_dir, ids)  # the old tokens still match the old manifest
+        raise
+    commit(out_dir, ids)
+    return len(ids)
+
+
+def check_files(manifest_path: str, out_dir: str) -> List[str]:
+    """Problems with the token files of a manifest that has hashes (missing, wrong, too open)."""
+    from federatedscope.core.auxiliaries import manifest_utils as mu
+    problems = []
+    for cid, e in sorted(mu.load_manifest(manifest_path).items()):
+        p = token_path(out_dir, cid)
+        if not e.token_hash:
+            problems.append(f"client {cid} has no token_hash in {manifest_path} while others do")
+        elif not os.path.isfile(p):
+            problems.append(f"client {cid}: token file {p} is missing")
+        else:
+            with open(p, encoding="utf-8") as f:
+                if token_hash(f.read().strip()) != e.token_hash:
+                    problems.append(f"client {cid}: {p} does not hash to the manifest's token_hash")
+            if os.stat(p).st_mode & 0o077:
+                problems.append(f"client {cid}: {p} is readable by others (chmod 600 {p})")
+    return problems
