@@ -126,7 +126,7 @@ def test_bad_health_timeout_and_resume_without_checkpoint(shards, tmp_path):
 
 def test_ctrl_c_then_resume_continues_from_the_checkpoint(shards, tmp_path):
     logdir = tmp_path / "logs"
-    proc = subprocess.Popen(_argv(shards / "manifest.json", logdir, rounds=40, ), cwd=str(tmp_path),
+    proc = subprocess.Popen(_argv(shards / "manifest.json", logdir, rounds=20), cwd=str(tmp_path),
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = logdir / "checkpoint.pt"
     deadline = time.monotonic() + 240
@@ -140,11 +140,11 @@ def test_ctrl_c_then_resume_continues_from_the_checkpoint(shards, tmp_path):
     assert "--resume" in err and all(_gone(pid) for pid in _pids(logdir))
     res = _run(shards / "manifest.json", tmp_path)  # a new run would overwrite it: refused
     assert res.returncode == 1 and "--resume" in res.stderr
-    res = _run(shards / "manifest.json", tmp_path, "--resume", logdir=logdir, rounds=40, timeout=600)
+    res = _run(shards / "manifest.json", tmp_path, "--resume", logdir=logdir, rounds=20, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = (logdir / "server.log").read_text()
     assert "restored round" in log
-    assert "final (round 40)" in res.stdout
+    assert "final (round 20)" in res.stdout
 
 
 def test_legacy_runs_any_client_count(femnist_root, tmp_path):
@@ -157,3 +157,73 @@ def test_legacy_runs_any_client_count(femnist_root, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "5 client shard(s) OK" in res.stdout and "final (round 1)" in res.stdout
     assert "loaded the whole dataset" in res.stdout
+
+
+# ----------------------------------------------------------------------------- pre-flight, in-process
+def _preflight(manifest, capsys, *a):
+    from federatedscope.core.auxiliaries import launch_utils
+    rc = launch_utils.preflight(str(manifest), *a)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _edit_meta(shard, **change):
+    """Rewrite meta.json with other (self-consistent) values: it still reads, but differs."""
+    meta = mu.read_meta(str(shard))
+    for k, v in change.items():
+        setattr(meta, k, v)
+    mu.write_meta(str(shard), meta)
+
+
+def test_preflight_compares_meta_with_the_manifest_fully(shards, capsys):
+    rc, out, err = _preflight(shards / "manifest.json", capsys, "", True)
+    assert rc == 0 and len(out.splitlines()) == 3 and err == ""
+    meta = mu.read_meta(str(shards / "client_1"))
+    hist = list(meta.label_hist["train"])
+    i = next(i for i, v in enumerate(hist) if v)
+    hist[i], hist[i - 1] = hist[i] - 1, hist[i - 1] + 1        # same count, other histogram
+    _edit_meta(shards / "client_1", label_hist=dict(meta.label_hist, train=hist))
+    meta3 = mu.read_meta(str(shards / "client_3"))
+    _edit_meta(shards / "client_3", sample_shape=[32, 32])      # another sample type
+    rc, out, err = _preflight(shards / "manifest.json", capsys, "", True)
+    assert rc == 1 and out == ""
+    assert "client 1:" in err and "label_hist" in err and f"class {min(i, i - 1 if i else i)}" in err
+    assert "client 3:" in err and "uint8[32,32]" in err and "client 2" not in err
+    assert "prepare_femnist_shards.py" in err and "--resume" in err
+    _edit_meta(shards / "client_3", sample_shape=meta3.sample_shape,
+               num_samples=dict(meta3.num_samples, val=meta3.num_samples["val"] + 1),
+               label_hist=dict(meta3.label_hist, val=meta3.label_hist["val"][:-1]
+                               + [meta3.label_hist["val"][-1] + 1]))
+    rc, _, err = _preflight(shards / "manifest.json", capsys, "", True)
+    assert rc == 1 and "client 3:" in err and "val count" in err
+
+
+def test_preflight_refuses_symlink_outside(shards, tmp_path, capsys):
+    outside = tmp_path / "outside_client_2"
+    shutil.move(str(shards / "client_2"), str(outside))
+    os.symlink(outside, shards / "client_2")
+    rc, out, err = _preflight(shards / "manifest.json", capsys, "", True)
+    assert rc == 1 and "client 2" in err and "symlink" in err and str(outside) in err
+
+
+def test_preflight_token_files_checked(shards, capsys):
+    rc, out, err = _preflight(shards / "manifest.json", capsys)  # makes tokens
+    assert rc == 0 and "made 3 client tokens" in err
+    assert all(line.split()[2].endswith(f"client_{line.split()[0]}.token") for line in out.splitlines())
+    (shards / "tokens" / "client_2.token").write_text("guess\n")
+    os.remove(shards / "tokens" / "client_3.token")
+    rc, out, err = _preflight(shards / "manifest.json", capsys)
+    assert rc == 1 and "client 2:" in err and "does not hash" in err and "client 3:" in err
+    assert "make_client_tokens.py" in err
+    rc, _, err = _preflight(shards / "manifest.json", capsys, "", True)
+    assert rc == 1 and "drop --no-tokens" in err
+
+
+def test_health_timeout_scales_with_clients_and_load(monkeypatch):
+    from federatedscope.core.auxiliaries import launch_utils
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0, 0))
+    idle3, idle10k = launch_utils.health_timeout(3), launch_utils.health_timeout(10_000)
+    assert idle3 >= 120 and idle10k > idle3
+    monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 0, 0))  # 4 runnable per core
+    assert launch_utils.health_timeout(3) >= 4 * 120
