@@ -227,3 +227,19 @@ def test_health_timeout_scales_with_clients_and_load(monkeypatch):
     assert idle3 >= 120 and idle10k > idle3
     monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 0, 0))  # 4 runnable per core
     assert launch_utils.health_timeout(3) >= 4 * 120
+
+
+def test_server_refuses_zero_client_manifest(shards, tmp_path):
+    """The server process, not only the launcher: it would otherwise wait for 0 clients forever."""
+    d = json.loads((shards / "manifest.json").read_text())
+    d["clients"], d["total_clients"] = [], 0
+    (shards / "manifest.json").write_text(json.dumps(d))
+    cfg = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
+                       "distributed_femnist_server.yaml")
+    res = subprocess.run([PY if os.path.exists(PY) else "python3", os.path.join(ROOT, "federatedscope", "main.py"),
+                          "--cfg", cfg, "distribute.server_port", str(free_port()),
+                          "outdir", str(tmp_path / "exp"),
+                          "distributed_data.manifest", str(shards / "manifest.json")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 1 and "lists no clients" in res.stdout + res.stderr
+    assert "--clients N" in res.stdout + res.stderr and "Traceback" not in res.stdout + res.stderr

@@ -161,11 +161,12 @@ set +e
 wait -n -p FIRST "$SERVER_PID" "$WAITER"
 rc=$?
 set -e
-if [[ "$FIRST" == "$WAITER" ]]; then WAITER=""; else rc=1; fi   # WAITER: still to be stopped
+SERVER_RC=""
+if [[ "$FIRST" == "$WAITER" ]]; then WAITER=""; else SERVER_RC=$rc; rc=1; fi   # WAITER: to stop
 if [[ $rc -ne 0 ]]; then
-  if [[ "$FIRST" == "$SERVER_PID" ]]; then
+  if [[ -n "$SERVER_RC" ]]; then
     kill "$WAITER" 2>/dev/null || true; wait "$WAITER" 2>/dev/null || true
-    echo "!! the server exited ($rc) before it was SERVING. Its log ($LOGDIR/server.log) ends:" >&2
+    echo "!! the server exited ($SERVER_RC) before it was SERVING. Its log ($LOGDIR/server.log) ends:" >&2
   else
     echo "!! the server was not SERVING within ${HEALTH_TIMEOUT}s (raise --health-timeout if it is only slow). Its log ($LOGDIR/server.log) ends:" >&2
   fi

@@ -203,7 +203,7 @@ def _entries(c: _Checker, clients: Any, ncls: int, sample_type: str) -> Dict[int
 def read_manifest(path: str) -> Manifest:
     d = _load_json(path, _manifest_fix(path))
     n = d.get("total_clients", "N") if type(d) is dict else "N"
-    c = _Checker(path, _manifest_fix(path, n if type(n) is int else "N"))
+    c = _Checker(path, _manifest_fix(path, n if type(n) is int and n > 0 else "N"))
     c.obj(d, "manifest")
     c.keys(d, "", ("format_version", "dataset", "strategy", "seed", "splits", "source",
                    "total_clients", "clients"))
