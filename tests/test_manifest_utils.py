@@ -347,12 +347,8 @@ def test_writer_ids_read_lazily_one_client(tmp_path, monkeypatch):
     assert mu.read_all_writer_ids(p) == wids
     with pytest.raises(ManifestError, match="not listed"):
         mu.read_writer_ids(p, n + 1)
-    best = float("inf")
-    for _ in range(3):  # writer ids in the file must not slow the server's load
-        t = time.perf_counter()
-        entries = mu.load_manifest(p)
-        best = min(best, time.perf_counter() - t)
-    assert len(entries) == n and best < 0.5, best
+    entries = mu.load_manifest(p)  # the server's load keeps no writer lists (timing: bench)
+    assert len(entries) == n and not hasattr(entries[1], "writer_ids")
 
 
 def test_writer_ids_validated_and_hand_edited_layout(tmp_path):
