@@ -10,7 +10,6 @@ import json
 import os
 import posixpath
 import time
-from array import array
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
