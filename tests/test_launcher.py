@@ -243,3 +243,15 @@ def test_server_refuses_zero_client_manifest(shards, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 1 and "lists no clients" in res.stdout + res.stderr
     assert "--clients N" in res.stdout + res.stderr and "Traceback" not in res.stdout + res.stderr
+
+
+def test_health_wait_gives_up_after_health_timeout(shards, tmp_path):
+    """--health-timeout 0.3 against a server that needs seconds to import torch: the launcher gives
+    up after about that long, says so with the option to raise, and stops the server it started."""
+    t = time.monotonic()
+    res = _run(shards / "manifest.json", tmp_path, "--health-timeout", "0.3")
+    assert res.returncode == 1
+    assert "not SERVING within 0.3s" in res.stderr and "--health-timeout" in res.stderr
+    assert "server.log) ends:" in res.stderr
+    assert time.monotonic() - t < 60
+    assert all(_gone(pid) for pid in _pids(tmp_path / "logs"))

@@ -282,3 +282,17 @@ def test_plot_over_60_clients_labels_ticks_with_client_ids():
     hists = {k: [1] * 62 for k in (3, 7, 9)}  # sparse ids: labels are the ids themselves
     ax = partition_figure(hists).axes[0]
     assert [lab.get_text() for lab in ax.get_yticklabels()] == ["3", "7", "9"]
+
+
+def test_link_resume_and_failed_overwrite_keep_the_packed_set(leaf, tmp_path):
+    root, truth, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=3, link=True)
+    before = snapshot(out)
+    s = run(root, out, clients=3, link=True, resume=True)  # adopts shards and packed file
+    assert s.reused == [1, 2, 3] and s.written == [] and snapshot(out) == before
+    with pytest.raises(ShardingError):
+        run(root, out, clients=99, link=True, overwrite=True)
+    assert snapshot(out) == before
+    man = mu.read_manifest(str(out / "manifest.json"))
+    assert man.packed is not None and (out / man.packed["path"]).is_file()
