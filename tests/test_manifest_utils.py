@@ -361,3 +361,19 @@ def test_writer_ids_validated_and_hand_edited_layout(tmp_path):
     assert mu.read_writer_ids(p, 2) == ["f00002_0", "f00002_1", "f00002_2"]
     d["clients"][1]["writer_ids"] = [1, 2]
     _expect(_write_raw(tmp_path / "manifest.json", d), "clients[1].writer_ids")
+
+
+def test_server_admission_refuses_another_sample_type(tmp_path):
+    """The server's own call (Admission -> check_declaration(entry, decl)) now sees the type."""
+    from federatedscope.core.workers.admission import Admission
+    p = str(tmp_path / "manifest.json")
+    mu.write_manifest(p, _manifest())
+    adm = Admission(mu.load_manifest(p), strict=True)
+    e = mu.load_manifest(p)[1]
+    decl = ShardDeclaration(1, dict(e.num_samples), e.fingerprint, list(e.label_hist),
+                            "float32[3,224,224]")
+    d = adm.admit({"client_id": 1, "declaration": decl.to_dict()}, set())
+    assert not d.accepted  # (the reason text is the server's business)
+    decl.sample_type = "uint8[28,28]"
+    d = adm.admit({"client_id": 1, "declaration": decl.to_dict()}, set())
+    assert d.accepted, d.reason
