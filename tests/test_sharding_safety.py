@@ -76,7 +76,7 @@ def test_failed_overwrite_cli_exits_1_and_keeps_the_set(leaf, tmp_path):
     assert snapshot(out) == before
 
 
-def test_resume_with_changed_options_refused(leaf, tmp_path):
+def test_resume_with_changed_options_refused(leaf, tmp_path, monkeypatch):
     root, truth, _ = leaf
     out = tmp_path / "out"
     run(root, out, clients=5)
@@ -89,6 +89,7 @@ def test_resume_with_changed_options_refused(leaf, tmp_path):
             run(root, out, resume=True, **kw)
         assert says in str(ei.value) and "--overwrite" in str(ei.value), str(ei.value)
         assert snapshot(out) == before  # client_4 and client_5 were not silently kept or lost
+    monkeypatch.setattr(mu, "now_iso", lambda: "2099-01-01T00:00:00Z")  # a later second
     s = run(root, out, clients=5, resume=True)  # the same options: verified, nothing rewritten
     assert s.reused == [1, 2, 3, 4, 5] and s.written == [] and snapshot(out) == before
 
@@ -284,11 +285,12 @@ def test_plot_over_60_clients_labels_ticks_with_client_ids():
     assert [lab.get_text() for lab in ax.get_yticklabels()] == ["3", "7", "9"]
 
 
-def test_link_resume_and_failed_overwrite_keep_the_packed_set(leaf, tmp_path):
+def test_link_resume_and_failed_overwrite_keep_the_packed_set(leaf, tmp_path, monkeypatch):
     root, truth, _ = leaf
     out = tmp_path / "out"
     run(root, out, clients=3, link=True)
     before = snapshot(out)
+    monkeypatch.setattr(mu, "now_iso", lambda: "2099-01-01T00:00:00Z")  # a later second
     s = run(root, out, clients=3, link=True, resume=True)  # adopts shards and packed file
     assert s.reused == [1, 2, 3] and s.written == [] and snapshot(out) == before
     with pytest.raises(ShardingError):

@@ -192,7 +192,11 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         if args.tokens:
             staged_tokens = sorted(plan.clients)
             hashes = client_tokens.stage_tokens(args.tokens, staged_tokens)
-        summary = _write_all(args, plan, parts, spill, stage, hashes)
+        # --resume finishes or re-verifies the same partition: keep its creation time, so a
+        # resume that had nothing to redo leaves manifest.json byte-identical
+        created = ex.manifest.created if (args.resume and ex.manifest is not None
+                                          and ex.manifest.created) else mu.now_iso()
+        summary = _write_all(args, plan, parts, spill, stage, hashes, created)
         spill.close()
         spill = None
         so.verify_staged(stage)
@@ -277,7 +281,7 @@ def _resume_keep(args: ShardArgs, plan: Plan, stage: str) -> Tuple[List[int], Op
 
 
 def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, stage: str,
-               hashes: Dict[int, str]) -> PrepareSummary:
+               hashes: Dict[int, str], created: str) -> PrepareSummary:
     from tqdm import tqdm
     splits = tuple(args.splits)
     per_writer = {w: split_rows(parts[w], splits, args.seed, w)
@@ -306,7 +310,7 @@ def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, stage: str,
     manifest = mu.Manifest(dataset=DATASET, strategy=args.strategy, seed=args.seed,
                            splits=list(splits), source=plan.source, clients=entries,
                            num_classes=NUM_CLASSES, sample_type=f"uint8[{SHAPE[0]},{SHAPE[1]}]",
-                           packed=packed, created=mu.now_iso())
+                           packed=packed, created=created)
     mu.write_manifest(os.path.join(stage, "manifest.json"), manifest,
                       writer_ids=plan.clients)  # last: only now does the partition exist
     plot = plot_partition(os.path.join(stage, "label_distribution.png"),
