@@ -201,8 +201,12 @@ def test_missing_raw_dir_error(tmp_path):
     assert "python scripts/tools/generate_femnist_sample.py --out %s --writers 60 --seed 0" % raw \
         in msg
     os.makedirs(raw)
-    with pytest.raises(FileNotFoundError, match="no LEAF JSON"):
+    with pytest.raises(FileNotFoundError) as e:
         lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
+    for place in ("femnist/raw/*.json", "femnist/raw/train/*.json + femnist/raw/test/*.json",
+                  "femnist/raw/all_data/*.json", "femnist/data/all_data/*.json",
+                  "femnist/data/train/*.json + femnist/data/test/*.json"):
+        assert place in str(e.value)  # every place looked at is listed
 
 
 def test_read_fs_processed_task(tmp_path):

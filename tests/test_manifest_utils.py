@@ -267,3 +267,113 @@ def test_10000_clients_load_under_half_a_second(tmp_path):
         best = min(best, time.perf_counter() - t)
     assert len(entries) == n and entries[n].client_id == n
     assert best < 0.5, f"loading {n} clients took {best:.3f} s"
+
+
+# ----------------------------------------------------------------------------- issue 13 rows
+def test_zero_client_manifest_refused(tmp_path):
+    p = str(tmp_path / "manifest.json")
+    mu.write_manifest(p, Manifest("femnist", "sequential", 7, [0.6, 0.2, 0.2], {}, {}))
+    msg = _expect(p, "clients", "lists no clients")
+    with pytest.raises(ManifestError, match="lists no clients"):
+        mu.load_manifest(p)  # the server's and the loader's entry point too
+    assert msg
+
+
+def test_shard_path_symlink_outside_refused(tmp_path):
+    base = tmp_path / "shards"
+    base.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.symlink(outside, base / "client_1")
+    (base / "client_2").mkdir()
+    p = str(base / "manifest.json")
+    mu.write_manifest(p, Manifest("femnist", "sequential", 7, [0.6, 0.2, 0.2], {},
+                                  {1: _entry(1), 2: _entry(2)}))
+    man = mu.read_manifest(p)  # lexically fine: 'client_1' has no '..'
+    with pytest.raises(ManifestError) as ei:
+        mu.shard_dir(p, man.clients[1])
+    assert "symlink" in str(ei.value) and str(outside) in str(ei.value) and "client 1" in str(ei.value)
+    assert mu.shard_dir(p, man.clients[2]) == os.path.realpath(base / "client_2")
+    inner = base / "inner"
+    inner.mkdir()
+    os.symlink(inner, base / "client_3")  # a link that stays inside is fine
+    assert mu.shard_dir(p, _entry(3)) == os.path.realpath(inner)
+
+
+def test_check_declaration_compares_sample_type_without_being_told(tmp_path):
+    """The server calls check_declaration(entry, decl): the entry carries the manifest's type."""
+    p = str(tmp_path / "manifest.json")
+    m = _manifest()
+    m.sample_type = "uint8[28,28]"
+    mu.write_manifest(p, m)
+    e = mu.load_manifest(p)[2]
+    assert e.sample_type == "uint8[28,28]"
+    good = ShardDeclaration(2, dict(e.num_samples), e.fingerprint, list(e.label_hist))
+    assert mu.check_declaration(e, good) == []
+    bad = ShardDeclaration(2, dict(e.num_samples), e.fingerprint, list(e.label_hist),
+                           "float32[3,224,224]")
+    r = mu.check_declaration(e, bad)
+    assert len(r) == 1 and "float32[3,224,224]" in r[0] and "uint8[28,28]" in r[0]
+    m.sample_type = "uint8[32,32]"  # another dataset's manifest: its type reaches the entries
+    mu.write_manifest(p, m)
+    assert mu.check_declaration(mu.load_manifest(p)[2], good) != []
+
+
+def test_declaration_of_meta_matches_its_manifest_entry():
+    meta = _meta(2)
+    e = ManifestEntry(2, "client_2", dict(meta.num_samples), meta.fingerprint,
+                      list(meta.label_hist["train"]))
+    assert mu.check_declaration(e, ShardDeclaration.of_meta(meta)) == []
+
+
+def _manifest_with_writers(p, n):
+    wids = {k: [f"f{k:05d}_{j}" for j in range(3)] for k in range(1, n + 1)}
+    mu.write_manifest(p, Manifest("femnist", "random", 1, [0.6, 0.2, 0.2], {"kind": "leaf_json"},
+                                  {k: _entry(k, 40) for k in range(1, n + 1)}), writer_ids=wids)
+    return wids
+
+
+def test_writer_ids_read_lazily_one_client(tmp_path, monkeypatch):
+    p = str(tmp_path / "manifest.json")
+    n = 10_000
+    wids = _manifest_with_writers(p, n)
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(mu.json, "loads", lambda s, *a, **k: parsed.append(len(s)) or
+                        real_loads(s, *a, **k))
+    assert mu.read_writer_ids(p, 9_999) == wids[9_999]
+    assert len(parsed) == 1 and parsed[0] < 2_000  # one client's line, not the whole manifest
+    monkeypatch.setattr(mu.json, "loads", real_loads)
+    assert mu.read_all_writer_ids(p) == wids
+    with pytest.raises(ManifestError, match="not listed"):
+        mu.read_writer_ids(p, n + 1)
+    entries = mu.load_manifest(p)  # the server's load keeps no writer lists (timing: bench)
+    assert len(entries) == n and not hasattr(entries[1], "writer_ids")
+
+
+def test_writer_ids_validated_and_hand_edited_layout(tmp_path):
+    p = str(tmp_path / "manifest.json")
+    _manifest_with_writers(p, 3)
+    with open(p) as f:
+        d = json.load(f)
+    with open(p, "w") as f:
+        json.dump(d, f, indent=2)  # one key per line: the fast scan misses, the fallback reads it
+    assert mu.read_writer_ids(p, 2) == ["f00002_0", "f00002_1", "f00002_2"]
+    d["clients"][1]["writer_ids"] = [1, 2]
+    _expect(_write_raw(tmp_path / "manifest.json", d), "clients[1].writer_ids")
+
+
+def test_server_admission_refuses_another_sample_type(tmp_path):
+    """The server's own call (Admission -> check_declaration(entry, decl)) now sees the type."""
+    from federatedscope.core.workers.admission import Admission
+    p = str(tmp_path / "manifest.json")
+    mu.write_manifest(p, _manifest())
+    adm = Admission(mu.load_manifest(p), strict=True)
+    e = mu.load_manifest(p)[1]
+    decl = ShardDeclaration(1, dict(e.num_samples), e.fingerprint, list(e.label_hist),
+                            "float32[3,224,224]")
+    d = adm.admit({"client_id": 1, "declaration": decl.to_dict()}, set())
+    assert not d.accepted  # (the reason text is the server's business)
+    decl.sample_type = "uint8[28,28]"
+    d = adm.admit({"client_id": 1, "declaration": decl.to_dict()}, set())
+    assert d.accepted, d.reason

@@ -57,6 +57,19 @@ def rows_of(x, y):
     return sorted(bytes(x[i].numpy().tobytes()) + bytes([int(y[i])]) for i in range(len(y)))
 
 
+def snapshot(out):
+    """{relative path: bytes} of every file of a shard set (not the lock or the staging area)."""
+    got = {}
+    for d, dirs, files in os.walk(str(out)):
+        dirs[:] = [x for x in dirs if x != ".staging"]
+        for f in files:
+            if f != ".lock":
+                p = os.path.join(d, f)
+                with open(p, "rb") as fh:
+                    got[os.path.relpath(p, str(out))] = fh.read()
+    return got
+
+
 def check_partition(out, truth, n):
     """Every manifest entry verifies; writers never split; samples reproduce the input exactly."""
     man = mu.read_manifest(os.path.join(str(out), "manifest.json"))
@@ -187,11 +200,13 @@ def test_resume_after_kill(leaf_root, tmp_path, monkeypatch):
     with pytest.raises(Killed):
         run(root, out, clients=3)
     assert not os.path.exists(out / "manifest.json")  # nothing listed before all shards exist
-    assert os.path.isdir(out / "client_1") and not os.path.exists(out / "client_2")
-    before = os.stat(out / "client_1" / "train.pt").st_mtime_ns
-    os.makedirs(out / "client_2.tmp-99999")  # half-written dir of a killed process
-    (out / "client_2.tmp-99999" / "train.pt").write_bytes(b"partial")
-    (out / ".manifest.json.k1ll3d.tmp").write_bytes(b"{")  # an atomic write cut short
+    assert not os.path.exists(out / "client_1")       # nothing swapped in before the end
+    stage = out / ".staging"
+    assert os.path.isdir(stage / "client_1") and not os.path.exists(stage / "client_2")
+    before = os.stat(stage / "client_1" / "train.pt").st_mtime_ns
+    os.makedirs(stage / "client_2.tmp-99999")  # half-written dir of a killed process
+    (stage / "client_2.tmp-99999" / "train.pt").write_bytes(b"partial")
+    (stage / ".manifest.json.k1ll3d.tmp").write_bytes(b"{")  # an atomic write cut short
 
     with pytest.raises(ShardingError, match="--resume"):
         run(root, out, clients=3)  # neither flag: refused, names both ways out
@@ -200,8 +215,8 @@ def test_resume_after_kill(leaf_root, tmp_path, monkeypatch):
     s = run(root, out, clients=3, resume=True)
     assert done == [2, 3] and s.reused == [1] and s.written == [2, 3]
     assert os.stat(out / "client_1" / "train.pt").st_mtime_ns == before
-    assert not os.path.exists(out / "client_2.tmp-99999")
-    assert not os.path.exists(out / ".manifest.json.k1ll3d.tmp")
+    assert not os.path.exists(stage)  # swapped in: temp names gone with it
+    assert sorted(os.listdir(out)) == [".lock", "client_1", "client_2", "client_3", "manifest.json"]
     check_partition(out, truth, 3)
 
 
@@ -216,7 +231,12 @@ def test_resume_redoes_tampered_or_foreign_shards(leaf_root, tmp_path, monkeypat
         f.write(bytes([b[0] ^ 0xFF]))
     s = run(root, out, clients=3, resume=True)
     assert s.written == [2] and s.reused == [1, 3]
-    s = run(root, out, clients=3, resume=True, seed=99)  # other plan: nothing can be kept
+    before = snapshot(out)
+    with pytest.raises(ShardingError) as ei:  # --resume with another seed: refused, says how
+        run(root, out, clients=3, resume=True, seed=99)
+    assert "--seed is 12345 there, 99 here" in str(ei.value) and "--overwrite" in str(ei.value)
+    assert snapshot(out) == before
+    s = run(root, out, clients=3, overwrite=True, seed=99)  # other plan: nothing can be kept
     assert s.written == [1, 2, 3]
     check_partition(out, truth, 3)
 
@@ -234,9 +254,10 @@ def test_kill_inside_a_shard_leaves_no_listed_bad_shard(leaf_root, tmp_path, mon
             raise Killed()
         return real(path, *a, **k)
     monkeypatch.setattr(shard_io, "write_split_chunks", dies)
+    before = snapshot(out)
     with pytest.raises(Killed):
         run(root, out, clients=3, overwrite=True, seed=4)
-    assert not os.path.exists(out / "manifest.json")  # the old manifest went first
+    assert snapshot(out) == before  # the old set is untouched until the new one is whole
     monkeypatch.setattr(shard_io, "write_split_chunks", real)
     s = run(root, out, clients=3, resume=True, seed=4)
     assert s.written == [2, 3]

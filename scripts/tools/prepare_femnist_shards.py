@@ -54,13 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subsample", type=float, default=1.0, help="fraction of writers to use")
     p.add_argument("--out", default="", help="output dir (default <root>/femnist/shards)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output (the new "
+                   "set is built and verified beside it; a failed run leaves the old one as is)")
     g.add_argument("--resume", action="store_true", help="finish an interrupted run, keeping every "
-                   "shard that verifies")
+                   "shard that verifies (refused if an option differs from that run's)")
     p.add_argument("--link", action="store_true", help="one packed copy + small per-client index "
                    "shards (clients then need read access to the packed file)")
     p.add_argument("--plot", action="store_true",
                    help="write label_distribution.png (clients x classes)")
+    p.add_argument("--tokens", default="", metavar="DIR",
+                   help="give every client a new secret token: DIR/client_<k>.token (mode 0600); "
+                        "the manifest keeps only sha256 hashes")
+    p.add_argument("--allow-empty-train", action="store_true",
+                   help="accept clients whose train split is empty (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -71,7 +77,8 @@ def main(argv=None) -> int:
     args = ShardArgs(root=a.root, clients=a.clients, strategy=a.strategy, assignment=a.assignment,
                      seed=a.seed, splits=a.splits, subsample=a.subsample, out=a.out,
                      overwrite=a.overwrite, resume=a.resume, link=a.link, plot=a.plot,
-                     progress=not a.no_progress)
+                     progress=not a.no_progress, tokens=a.tokens,
+                     allow_empty_train=a.allow_empty_train)
     raw = [x for x in (argv if argv is not None else sys.argv[1:])
            if x not in ("--overwrite", "--resume")]
     cmd = "python scripts/tools/prepare_femnist_shards.py " + " ".join(shlex.quote(x) for x in raw)
@@ -81,6 +88,9 @@ def main(argv=None) -> int:
         logging.getLogger("federatedscope").error("%s", e)
         return 1  # user/data error (the message says the fix), like main.py
     print(f"prepared FEMNIST shards: {s.line()}")
+    if a.tokens:
+        print(f"client tokens (mode 0600): {a.tokens}/client_<k>.token; hand each client its "
+              f"own (distribute.token_file)")
     if s.plot:
         print(f"label distribution picture: {s.plot}")
     return 0

@@ -2,9 +2,16 @@
 
 Sub-commands, each exiting non-zero with a message that names the problem and its fix:
 
-* ``preflight --manifest M``: every shard the manifest lists exists, has its split files with the
-  sizes its meta.json records, and its meta matches the manifest (no process is started before
-  this passes). Prints one ``<client_id> <absolute shard dir>`` line per client.
+* ``preflight --manifest M [--tokens DIR | --no-tokens]``: every shard the manifest lists exists
+  under the manifest's directory (symlinks resolved), has its split files with the sizes its
+  meta.json records, and its meta matches the manifest fully (client id, counts, train label
+  histogram, fingerprint, sample type; the packed file for --link); no process is started before
+  this passes. Tokens are the default: a manifest without token hashes gets new tokens in
+  ``DIR`` (default ``<manifest dir>/tokens``, files 0600, the manifest keeps only hashes); one
+  with hashes must have a matching file per client. Prints ``<client_id> <shard dir> <token
+  file or ->`` per client.
+* ``health-timeout --clients N``: the default wait for the server, scaled to N and the load.
+* ``data-root --manifest M``: the data root the shards were cut from (for ``--legacy``).
 * ``wait-health --address H:P --timeout S``: blocks on the standard gRPC health-checking protocol
   (``grpc.health.v1.Health/Watch``), which pushes status changes, until the server is SERVING.
 * ``summary --manifest M --outdir D``: per-client samples and the final accuracy.
@@ -14,60 +21,131 @@ import glob
 import json
 import os
 import sys
-from typing import List
+from typing import List, Optional, Tuple
 
 
-def preflight(manifest_path: str) -> int:
-    from federatedscope.core.auxiliaries.manifest_utils import (ManifestError, read_manifest,
-                                                                read_meta, shard_dir)
+def _fix(manifest_path: str, n: int) -> str:
+    out = os.path.dirname(os.path.abspath(manifest_path))
+    return (f"python scripts/tools/prepare_femnist_shards.py --root data --clients {n} "
+            f"--out {out} --resume")
+
+
+def check_shard(manifest_path: str, cid: int, entry) -> Tuple[Optional[str], List[str]]:
+    """(real shard dir or None, problems) for one entry, compared with its meta.json in full."""
+    from federatedscope.core.auxiliaries import manifest_utils as mu
+    try:
+        d = mu.shard_dir(manifest_path, entry)
+    except mu.ManifestError as e:
+        return None, [f"client {cid}: {e}"]
+    if not os.path.isdir(d):
+        return None, [f"client {cid}: shard directory {d} does not exist"]
+    try:
+        meta = mu.read_meta(os.path.join(d, "meta.json"))
+    except (mu.ManifestError, OSError) as e:
+        return None, [f"client {cid}: {e}"]
+    problems = [f"client {cid}: {os.path.join(d, 'meta.json')} does not match the manifest: {r}"
+                for r in mu.check_declaration(entry, mu.ShardDeclaration.of_meta(meta))]
+    files = [(os.path.join(d, n), fe.bytes) for n, fe in meta.files.items()]
+    if meta.packed:
+        files.append((os.path.normpath(os.path.join(d, meta.packed["path"])),
+                      meta.packed["bytes"]))
+    for p, size in files:
+        if not os.path.isfile(p):
+            problems.append(f"client {cid}: missing {p}")
+        elif os.path.getsize(p) != size:
+            problems.append(f"client {cid}: {p} has {os.path.getsize(p)} bytes, meta.json says "
+                            f"{size} (truncated or replaced)")
+    return d, problems
+
+
+def _tokens(manifest_path: str, manifest, tokens_dir: str, no_tokens: bool) -> List[str]:
+    """Make tokens for a manifest without hashes, or check the files of one with hashes."""
+    from federatedscope.core.auxiliaries import client_tokens
+    have = any(e.token_hash for e in manifest.clients.values())
+    if no_tokens:
+        return [f"{manifest_path} gives its clients tokens (token_hash): drop --no-tokens and "
+                f"pass --tokens DIR with their client_<k>.token files"] if have else []
+    if not have:
+        n = client_tokens.add_to_manifest(manifest_path, tokens_dir)
+        print(f"preflight: made {n} client tokens in {tokens_dir} (mode 0600); the manifest "
+              f"keeps only their sha256 (run with --no-tokens to skip)", file=sys.stderr)
+        return []
+    problems = client_tokens.check_files(manifest_path, tokens_dir)
+    if problems:
+        problems.append(f"fix: give every client a new token: python scripts/tools/"
+                        f"make_client_tokens.py --manifest {manifest_path} --out {tokens_dir}")
+    return problems
+
+
+def preflight(manifest_path: str, tokens_dir: str = "", no_tokens: bool = False) -> int:
+    from federatedscope.core.auxiliaries.manifest_utils import ManifestError, read_manifest
     try:
         manifest = read_manifest(manifest_path)
     except (ManifestError, OSError) as e:
         print(f"preflight: {e}", file=sys.stderr)
         return 1
     problems: List[str] = []
-    lines: List[str] = []
+    dirs = {}
     for cid, entry in sorted(manifest.clients.items()):
-        d = shard_dir(manifest_path, entry)
-        meta_path = os.path.join(d, "meta.json")
-        if not os.path.isdir(d):
-            problems.append(f"client {cid}: shard directory {d} does not exist")
-            continue
-        try:
-            meta = read_meta(meta_path)
-        except (ManifestError, OSError) as e:
-            problems.append(f"client {cid}: {e}")
-            continue
-        for name, fe in meta.files.items():
-            p = os.path.join(d, name)
-            if not os.path.isfile(p):
-                problems.append(f"client {cid}: missing {p}")
-            elif os.path.getsize(p) != fe.bytes:
-                problems.append(f"client {cid}: {p} has {os.path.getsize(p)} bytes, "
-                                f"meta.json says {fe.bytes} (truncated or replaced)")
-        if meta.fingerprint != entry.fingerprint or meta.client_id != cid:
-            problems.append(f"client {cid}: {meta_path} does not match the manifest "
-                            f"(fingerprint/client_id); the shard was re-made after the manifest")
-        lines.append(f"{cid} {os.path.abspath(d)}")
+        d, found = check_shard(manifest_path, cid, entry)
+        problems += found
+        dirs[cid] = d
     if problems:
         for p in problems:
             print(f"preflight: {p}", file=sys.stderr)
-        out = os.path.dirname(os.path.abspath(manifest_path))
-        print(f"preflight: fix: python scripts/tools/prepare_femnist_shards.py --root data "
-              f"--clients {len(manifest.clients)} --out {out} --resume", file=sys.stderr)
+        print(f"preflight: fix: {_fix(manifest_path, len(manifest.clients))}", file=sys.stderr)
         return 1
-    print("\n".join(lines))
+    tokens_dir = tokens_dir or os.path.join(os.path.dirname(os.path.abspath(manifest_path)),
+                                            "tokens")
+    problems = _tokens(manifest_path, manifest, tokens_dir, no_tokens)
+    if problems:
+        for p in problems:
+            print(f"preflight: {p}", file=sys.stderr)
+        return 1
+    for cid in sorted(dirs):
+        tok = "-" if no_tokens else os.path.join(os.path.abspath(tokens_dir), f"client_{cid}.token")
+        print(f"{cid} {dirs[cid]} {tok}")
+    return 0
+
+
+def health_timeout(clients: int) -> int:
+    """Seconds to wait for SERVING: a base, plus per client (the server reads the manifest and
+    sizes its pools by N), times the load per core (a loaded machine starts Python slowly)."""
+    try:
+        load = os.getloadavg()[0] / max(os.cpu_count() or 1, 1)
+    except OSError:
+        load = 1.0
+    return int((120 + 0.05 * max(clients, 0)) * max(1.0, load))
+
+
+def data_root(manifest_path: str) -> int:
+    from federatedscope.core.auxiliaries.manifest_utils import ManifestError, read_manifest
+    try:
+        src = read_manifest(manifest_path).source.get("path", "")
+    except (ManifestError, OSError) as e:
+        print(f"data-root: {e}", file=sys.stderr)
+        return 1
+    if not isinstance(src, str) or not src:
+        print(f"data-root: {manifest_path} does not record its input; pass data.root ROOT",
+              file=sys.stderr)
+        return 1
+    # <root>/femnist/{raw,data,processed}: the shards' input dir is two levels below the root
+    print(os.path.dirname(os.path.dirname(os.path.abspath(src))))
     return 0
 
 
 def wait_health(address: str, timeout: float, ca: str = "") -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    # gRPC's reconnect backoff grows to 2 minutes by default: a server that comes up late would
+    # be noticed minutes after it is SERVING. Retry at most every second instead.
+    opts = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
     if ca:
         with open(ca, "rb") as f:
-            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(f.read()))
+            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(f.read()), opts)
     else:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(address, opts)
     stub = health_pb2_grpc.HealthStub(channel)
     try:
         # Watch streams status changes; wait_for_ready rides out "server not started yet".
@@ -77,7 +155,7 @@ def wait_health(address: str, timeout: float, ca: str = "") -> int:
                 return 0
     except grpc.RpcError as e:
         print(f"wait-health: server at {address} not SERVING within {timeout:.0f}s "
-              f"({e.code().name}); see its log", file=sys.stderr)
+              f"({e.code().name}); if it is only slow, raise --health-timeout", file=sys.stderr)
         return 1
     finally:
         channel.close()
@@ -110,6 +188,12 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("preflight")
     p.add_argument("--manifest", required=True)
+    p.add_argument("--tokens", default="", help="token folder (default <manifest dir>/tokens)")
+    p.add_argument("--no-tokens", action="store_true")
+    p = sub.add_parser("health-timeout")
+    p.add_argument("--clients", type=int, required=True)
+    p = sub.add_parser("data-root")
+    p.add_argument("--manifest", required=True)
     p = sub.add_parser("wait-health")
     p.add_argument("--address", required=True)
     p.add_argument("--timeout", type=float, default=60.0)
@@ -119,7 +203,12 @@ def main(argv=None) -> int:
     p.add_argument("--outdir", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "preflight":
-        return preflight(args.manifest)
+        return preflight(args.manifest, args.tokens, args.no_tokens)
+    if args.cmd == "health-timeout":
+        print(health_timeout(args.clients))
+        return 0
+    if args.cmd == "data-root":
+        return data_root(args.manifest)
     if args.cmd == "wait-health":
         return wait_health(args.address, args.timeout, args.ca)
     return summary(args.manifest, args.outdir)

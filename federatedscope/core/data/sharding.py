@@ -1,40 +1,35 @@
 """Offline partition of FEMNIST into per-client shards (logic of prepare_femnist_shards.py).
 
 Streaming design, so peak memory is bounded by the largest input file, not the dataset:
-1. one parse of the input, one file in memory at a time (``iter_leaf_writers``); each writer's
-   uint8 samples are appended to a raw spill file and only labels + offsets stay in memory;
+1. one parse of the input (``sharding_input``): pixels to a spill file, labels + offsets in memory;
 2. writers are assigned to clients (never split) and each writer is split train/val/test with
    the *same* per-writer rule as the FS-style path (``leaf_femnist.split_writer``), applied to
-   row numbers, so no pixels move until they are written;
-3. each client's shard is written from the spill in bounded windows into ``client_<k>.tmp-<pid>``,
-   its ``meta.json`` last, then the directory is renamed to ``client_<k>`` (atomic);
-4. ``manifest.json`` is written last. A killed run therefore never leaves a manifest that lists a
-   shard failing its checksum; ``--resume`` keeps every shard whose meta verifies for this plan.
+   row numbers, so no pixels move until they are written (``sharding_plan``);
+3. each client's shard is written from the spill in bounded windows into
+   ``<out>/.staging/client_<k>.tmp-<pid>``, its ``meta.json`` last, then renamed to ``client_<k>``;
+4. the staged ``manifest.json`` is written last, the staged set is verified and only then
+   swapped in (``sharding_output``): a failed or killed run leaves an existing set byte-identical,
+   and ``--resume`` keeps every shard whose meta verifies for this plan.
 """
-import fcntl
-import glob
-import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from federatedscope.core.auxiliaries import client_tokens
 from federatedscope.core.auxiliaries import manifest_utils as mu
 from federatedscope.core.data import shard_io
-from federatedscope.core.data.sharding_plan import (Part, Plan, Rows, ShardingError, natural_key,
-                                                    assign, plan_id, split_rows,
-                                                    subsample_writers, writer_order)
+from federatedscope.core.data import sharding_output as so
+from federatedscope.core.data.sharding_input import SHAPE, Spill, find_source, read_input
+from federatedscope.core.data.sharding_plan import (Plan, Rows, ShardingError, assign,  # noqa: F401
+                                                    plan_id, split_rows, subsample_writers,
+                                                    writer_order)
+from federatedscope.core.data.sharding_plot import plot_partition
 
-logger = logging.getLogger("federatedscope")
-SHAPE = (28, 28)
-ROW = 28 * 28
 NUM_CLASSES = 62
-WINDOW = 4096  # rows per copy window: ~3 MB, big enough for disk speed, small for memory
-GAP = 8        # spill rows read through (and dropped) rather than starting a new pread
 PACKED = os.path.join("packed", "data.pt")
 DATASET = "femnist"
 
@@ -54,6 +49,8 @@ class ShardArgs:
     link: bool = False
     plot: bool = False
     progress: bool = True
+    tokens: str = ""           # folder for new client_<k>.token files (manifest keeps hashes)
+    allow_empty_train: bool = False  # accept clients whose train split is empty
 
 
 @dataclass
@@ -81,151 +78,6 @@ class PrepareSummary:
                 f"{self.bytes_per_sample:.1f} seconds={self.seconds:.2f} samples/s="
                 f"{self.samples_per_s:.0f} written={len(self.written)} reused={len(self.reused)} "
                 f"manifest={self.manifest}")
-
-
-# ----------------------------------------------------------------------------- input + spill
-def find_source(root: str) -> Tuple[str, str, List[str]]:
-    """(kind, dir, inputs): LEAF JSON (flat or train/test tree) or FS's processed task dirs."""
-    from federatedscope.cv.dataset.leaf_femnist import list_leaf_files
-    raw = os.path.join(root, "femnist", "raw")
-    files = list_leaf_files(raw) if os.path.isdir(raw) else []
-    if files:
-        tree = any(os.path.basename(os.path.dirname(f)) == "test" for f in files)
-        return ("leaf_train_test" if tree else "leaf_json"), raw, files
-    proc = os.path.join(root, "femnist", "processed")
-    tasks = [d for d in glob.glob(os.path.join(proc, "task_*")) if os.path.isdir(d)]
-    if tasks:
-        return "fs_processed", proc, sorted(tasks, key=natural_key)
-    raise ShardingError(
-        f"no FEMNIST input under {root}: expected LEAF JSON in {raw} (or its train/ and test/ "
-        f"folders) or FS's processed tasks {proc}/task_<k>/; make a sample with: python "
-        f"scripts/tools/generate_femnist_sample.py --out {raw} --writers 60 --seed 0")
-
-
-class Spill:
-    """Raw uint8 rows of every writer, appended in arrival order; read back in windows."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.f = open(path, "w+b")
-        self.rows = 0
-
-    def add(self, x: np.ndarray) -> int:
-        start = self.rows
-        self.f.write(memoryview(np.ascontiguousarray(x, dtype=np.uint8)).cast("B"))
-        self.rows += len(x)
-        return start
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Rows in the given order: one pread per cluster of nearby rows (gaps <= GAP rows are
-        read through), so a writer's shuffled split costs a few reads, never one per row, and a
-        read never exceeds (GAP + 1) x the window."""
-        out = np.empty((len(rows), *SHAPE), np.uint8)
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
-        cuts = np.flatnonzero(np.diff(srt) > GAP) + 1
-        for seg in np.split(np.arange(len(srt)), cuts):
-            if not len(seg):
-                continue
-            lo, hi = int(srt[seg[0]]), int(srt[seg[-1]]) + 1
-            span = np.empty((hi - lo, *SHAPE), np.uint8)
-            shard_io.pread_exact(self.f.fileno(), span.nbytes, lo * ROW,
-                                 memoryview(span.reshape(-1)), self.path)
-            out[order[seg]] = span[srt[seg] - lo]
-        return out
-
-    def chunks(self, rows: np.ndarray) -> Iterator[np.ndarray]:
-        self.f.flush()
-        for s in range(0, len(rows), WINDOW):
-            yield self.gather(rows[s:s + WINDOW])
-
-    def close(self) -> None:
-        self.f.close()
-        os.unlink(self.path)
-
-
-def read_input(kind: str, src_dir: str, inputs: List[str], spill: Spill,
-               progress: bool) -> Dict[str, Dict[Optional[str], Part]]:
-    """One pass over the input: spill pixels, keep {writer: {leaf split: Part}}."""
-    from tqdm import tqdm
-    from federatedscope.cv.dataset.leaf_femnist import iter_leaf_writers, read_fs_processed_task
-    parts: Dict[str, Dict[Optional[str], Part]] = {}
-    total = sum(os.path.getsize(f) for f in inputs) if kind != "fs_processed" else len(inputs)
-    bar = tqdm(total=total, unit="B" if kind != "fs_processed" else "task", unit_scale=True,
-               desc="reading input", disable=not progress, leave=False)
-
-    def add(wid: str, split: Optional[str], x: np.ndarray, y: np.ndarray, source: str) -> None:
-        have = parts.setdefault(wid, {})
-        if split in have:
-            raise ShardingError(f"writer {wid} appears twice in the {split or 'unsplit'} data: "
-                                f"{have[split].source} and {source}")
-        have[split] = Part(spill.add(x), np.asarray(y, np.int64), source)
-
-    if kind == "fs_processed":
-        for d in inputs:
-            for split, (x, y) in read_fs_processed_task(d).items():
-                add(os.path.basename(d), split, x.numpy(), y.numpy(), d)
-            bar.update(1)
-    else:
-        current = None
-        for ws in iter_leaf_writers(src_dir):
-            if ws.source != current:
-                bar.update(os.path.getsize(current) if current else 0)
-                current = ws.source
-            add(ws.writer_id, ws.split, ws.x, ws.y, ws.source)
-        bar.update(os.path.getsize(current) if current else 0)
-    bar.close()
-    return parts
-
-
-# ----------------------------------------------------------------------------- output dir
-# temp names this tool leaves only when killed: shard dirs, spills, atomic-write temp files
-_STALE = re.compile(r"client_\d+\.tmp-\d+|\.spill-\d+\.bin|\..+\.tmp")
-
-
-def _ours(name: str) -> bool:
-    return (name in ("manifest.json", "packed", "label_distribution.png")
-            or re.fullmatch(r"client_\d+", name) is not None or _STALE.fullmatch(name) is not None)
-
-
-def prepare_out(args: ShardArgs, cmd: str) -> None:
-    """Refuse, clean or keep an existing output; the old manifest always goes first."""
-    out = args.out
-    existing = sorted(n for n in os.listdir(out) if _ours(n))
-    if existing and not (args.overwrite or args.resume):
-        raise ShardingError(
-            f"{out} already holds shards ({', '.join(existing[:4])}...); to replace them run: "
-            f"{cmd} --overwrite   (or finish an interrupted run with: {cmd} --resume)")
-    manifest = os.path.join(out, "manifest.json")
-    if os.path.exists(manifest):  # first, so no manifest ever lists a half-rewritten shard
-        os.remove(manifest)
-        _fsync_dir(out)
-    packed_dir = os.path.join(out, "packed")
-    stale = [os.path.join(packed_dir, n) for n in os.listdir(packed_dir)
-             if _STALE.fullmatch(n)] if os.path.isdir(packed_dir) else []
-    stale += [os.path.join(out, n) for n in existing
-              if n != "manifest.json" and (args.overwrite or _STALE.fullmatch(n))]
-    for path in stale:  # we hold the lock: no other run owns these
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def lock_out(out: str) -> int:
-    fd = os.open(os.path.join(out, ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ShardingError(f"another prepare_femnist_shards.py run is writing {out}; wait for "
-                            f"it to finish (or stop it) and try again") from None
-    return fd
 
 
 def shard_verifies(shard: str, k: int, writers: List[str], pid: str,
@@ -273,12 +125,12 @@ def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spi
         packed=packed, plan_id=pid, created=mu.now_iso())
     meta.fingerprint = mu.compute_fingerprint(files, packed)
     mu.write_meta(os.path.join(tmp, "meta.json"), meta)
-    _fsync_dir(tmp)
+    so.fsync_dir(tmp)
     final = os.path.join(out, f"client_{k}")
     if os.path.exists(final):
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(out)
+    so.fsync_dir(out)
     return meta
 
 
@@ -315,38 +167,8 @@ def _packed_info(out: str, sha: str) -> dict:
             "bytes": os.path.getsize(os.path.join(out, PACKED)), "sha256": sha}
 
 
-def plot_partition(path: str, hists: Dict[int, List[int]]) -> str:
-    """clients x classes heatmap of train labels; '' (with a log line) without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning("--plot needs matplotlib, which is not installed here: "
-                       "pip install matplotlib (the shards were written without the picture)")
-        return ""
-    import io
-    from federatedscope.core.auxiliaries.utils import atomic_write_bytes
-    ids = sorted(hists)
-    mat = np.array([hists[k] for k in ids], dtype=float)
-    fig = Figure(figsize=(10, 1.5 + 0.25 * min(len(ids), 60)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(111)
-    im = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_xlabel("class (0-9 digits, 10-35 upper, 36-61 lower)")
-    ax.set_ylabel("client")
-    if len(ids) <= 60:
-        ax.set_yticks(range(len(ids)), [str(k) for k in ids])
-    ax.set_title("train label distribution per client")
-    fig.colorbar(im, ax=ax, label="samples")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
     """Run the whole partition; see the module doc for the order of writes."""
-    from tqdm import tqdm
     t0 = time.perf_counter()
     args.out = args.out or os.path.join(args.root, "femnist", "shards")
     cmd = cmd or (f"python scripts/tools/prepare_femnist_shards.py --root {args.root} "
@@ -356,56 +178,120 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
                             "over, --resume keeps the shards that verify")
     kind, src_dir, inputs = find_source(args.root)   # fail on bad input before touching output
     os.makedirs(args.out, exist_ok=True)
-    lock = lock_out(args.out)
-    spill = None
+    lock = so.lock_out(args.out)
+    spill, staged_tokens, fresh = None, [], False
     try:
-        prepare_out(args, cmd)
-        spill = Spill(os.path.join(args.out, f".spill-{os.getpid()}.bin"))
+        ex = so.look(args.out)
+        so.check_flags(args, ex, cmd)
+        hashes = so.carry_tokens(args, ex, cmd)
+        fresh = args.overwrite or not os.path.isdir(os.path.join(args.out, so.STAGE))
+        stage = so.open_stage(args)
+        spill = Spill(os.path.join(stage, f".spill-{os.getpid()}.bin"))
         parts = read_input(kind, src_dir, inputs, spill, args.progress)
         plan = _make_plan(args, kind, src_dir, inputs, parts)
-        summary = _write_all(args, plan, parts, spill, tqdm)
+        if args.tokens:
+            staged_tokens = sorted(plan.clients)
+            hashes = client_tokens.stage_tokens(args.tokens, staged_tokens)
+        # --resume finishes or re-verifies the same partition: keep its creation time, so a
+        # resume that had nothing to redo leaves manifest.json byte-identical
+        created = ex.manifest.created if (args.resume and ex.manifest is not None
+                                          and ex.manifest.created) else mu.now_iso()
+        summary = _write_all(args, plan, parts, spill, stage, hashes, created)
+        spill.close()
+        spill = None
+        so.verify_staged(stage)
+        so.swap_in(args.out, stage)
+        if staged_tokens:
+            client_tokens.commit(args.tokens, staged_tokens)
+            staged_tokens = []
+    except BaseException:
+        if spill is not None:
+            spill.close()
+            spill = None
+        if fresh:  # a refused or failed run leaves no .staging that would block the next one
+            so.drop_stage_if_empty(args.out)
+        raise
     finally:
         if spill is not None:
             spill.close()
+        if staged_tokens:
+            client_tokens.discard(args.tokens, staged_tokens)
         os.close(lock)
+    summary.bytes = _disk_bytes(args.out, summary.written + summary.reused)
+    if summary.plot:
+        summary.plot = os.path.join(args.out, os.path.basename(summary.plot))
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _make_plan(args: ShardArgs, kind: str, src_dir: str, inputs: List[str],
-               parts: Dict[str, Dict[Optional[str], Part]]) -> Plan:
+def _make_plan(args: ShardArgs, kind: str, src_dir: str, inputs: List[str], parts) -> Plan:
     ids = writer_order(parts, natural=kind == "fs_processed")
     chosen = subsample_writers(ids, args.subsample, args.seed, args.strategy)
     clients = assign(chosen, ids, args.clients, args.strategy, args.seed, args.assignment)
     source = {"kind": kind, "path": src_dir, "inputs": len(inputs), "writers": len(ids),
-              "writers_used": sum(len(w) for w in clients.values()), "subsample": args.subsample}
+              "writers_used": sum(len(w) for w in clients.values()), "subsample": args.subsample,
+              "options": so.run_options(args)}
     return Plan(clients, source, plan_id(args, kind, src_dir, inputs, clients))
 
 
-def _resume_keep(args: ShardArgs, plan: Plan) -> Tuple[List[int], Optional[str]]:
-    """Shards --resume may keep (and, for --link, the verified packed file's sha256)."""
+def _check_train(args: ShardArgs, plan: Plan, per_writer) -> None:
+    """A client with no train samples trains nothing but still counts: refuse it up front."""
+    if args.allow_empty_train:
+        return
+    empty = [k for k, ws in sorted(plan.clients.items())
+             if sum(len(per_writer[w]["train"][1]) for w in ws) == 0]
+    if empty:
+        raise ShardingError(
+            f"client(s) {', '.join(map(str, empty[:8]))}{' ...' if len(empty) > 8 else ''} would "
+            f"have 0 train samples (--splits {','.join(f'{v:g}' for v in args.splits)}); they "
+            f"would train on nothing every round. Nothing was changed. Give train a larger "
+            f"fraction (e.g. --splits 0.6,0.2,0.2) or fewer --clients, or pass "
+            f"--allow-empty-train if this is intended")
+
+
+def _candidates(args: ShardArgs, stage: str, k: int) -> List[str]:
+    return [os.path.join(stage, f"client_{k}"), os.path.join(args.out, f"client_{k}")]
+
+
+def _packed_candidate(args: ShardArgs, stage: str) -> Tuple[str, Optional[str]]:
+    for p in (os.path.join(stage, PACKED), os.path.join(args.out, PACKED)):
+        if os.path.isfile(p):
+            return p, shard_io.sha256_file(p)
+    return "", None
+
+
+def _resume_keep(args: ShardArgs, plan: Plan, stage: str) -> Tuple[List[int], Optional[str]]:
+    """Shards --resume keeps (adopted into the stage), and for --link the packed file's sha."""
     if not args.resume:
         return [], None
-    sha = None
-    if args.link:
-        path = os.path.join(args.out, PACKED)
-        if not os.path.isfile(path):
-            return [], None
-        sha = shard_io.sha256_file(path)
-    keep = [k for k in sorted(plan.clients) if shard_verifies(
-        os.path.join(args.out, f"client_{k}"), k, plan.clients[k], plan.id, sha)]
+    path, sha = _packed_candidate(args, stage) if args.link else ("", None)
+    if args.link and not path:
+        return [], None
+    keep = []
+    for k in sorted(plan.clients):
+        for cand in _candidates(args, stage, k):
+            if shard_verifies(cand, k, plan.clients[k], plan.id, sha):
+                if cand != _candidates(args, stage, k)[0]:
+                    so.adopt(cand, os.path.join(stage, f"client_{k}"))
+                keep.append(k)
+                break
+    if keep and path and path != os.path.join(stage, PACKED):
+        so.adopt_file(path, os.path.join(stage, PACKED))
     return keep, sha
 
 
-def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, tqdm) -> PrepareSummary:
+def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, stage: str,
+               hashes: Dict[int, str], created: str) -> PrepareSummary:
+    from tqdm import tqdm
     splits = tuple(args.splits)
     per_writer = {w: split_rows(parts[w], splits, args.seed, w)
                   for ws in plan.clients.values() for w in ws}
-    keep, packed_sha = _resume_keep(args, plan)
+    _check_train(args, plan, per_writer)
+    keep, packed_sha = _resume_keep(args, plan, stage)
     packed, pos = None, {}
     if args.link:  # a kept shard proves the packed file is this plan's; else write it anew
-        packed = _packed_info(args.out, packed_sha) if keep else \
-            write_packed(args.out, plan, per_writer, spill)
+        packed = _packed_info(stage, packed_sha) if keep else \
+            write_packed(stage, plan, per_writer, spill)
         pos = _packed_positions(plan, per_writer)
     shard_packed = dict(packed, path="../" + packed["path"]) if packed else None
     entries: Dict[int, mu.ManifestEntry] = {}
@@ -413,25 +299,25 @@ def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, tqdm) -> Prepar
     for k in tqdm(sorted(plan.clients), desc="writing shards", disable=not args.progress,
                   leave=False):
         if k in keep:
-            meta = mu.read_meta(os.path.join(args.out, f"client_{k}", "meta.json"))
+            meta = mu.read_meta(os.path.join(stage, f"client_{k}", "meta.json"))
         else:
             rows = {s: _client_rows(plan.clients[k], per_writer, s, pos) for s in mu.SPLITS}
-            meta = write_shard(args.out, k, plan.clients[k], rows, spill, plan.id, DATASET,
+            meta = write_shard(stage, k, plan.clients[k], rows, spill, plan.id, DATASET,
                                shard_packed)
             written.append(k)
         entries[k] = mu.ManifestEntry(k, f"client_{k}", dict(meta.num_samples), meta.fingerprint,
-                                      list(meta.label_hist["train"]))
+                                      list(meta.label_hist["train"]), hashes.get(k, ""))
     manifest = mu.Manifest(dataset=DATASET, strategy=args.strategy, seed=args.seed,
                            splits=list(splits), source=plan.source, clients=entries,
                            num_classes=NUM_CLASSES, sample_type=f"uint8[{SHAPE[0]},{SHAPE[1]}]",
-                           packed=packed, created=mu.now_iso())
-    man_path = os.path.join(args.out, "manifest.json")
-    mu.write_manifest(man_path, manifest)  # last: only now does the partition exist
-    plot = plot_partition(os.path.join(args.out, "label_distribution.png"),
+                           packed=packed, created=created)
+    mu.write_manifest(os.path.join(stage, "manifest.json"), manifest,
+                      writer_ids=plan.clients)  # last: only now does the partition exist
+    plot = plot_partition(os.path.join(stage, "label_distribution.png"),
                           {k: e.label_hist for k, e in entries.items()}) if args.plot else ""
     samples = sum(sum(e.num_samples.values()) for e in entries.values())
-    return PrepareSummary(args.out, man_path, len(entries), samples,
-                          _disk_bytes(args.out, entries), 0.0, written, keep, plot)
+    return PrepareSummary(args.out, os.path.join(args.out, "manifest.json"), len(entries),
+                          samples, 0, 0.0, written, keep, plot)
 
 
 def _client_rows(writers: List[str], per_writer, split: str, pos) -> Tuple[np.ndarray, np.ndarray]:
@@ -441,9 +327,9 @@ def _client_rows(writers: List[str], per_writer, split: str, pos) -> Tuple[np.nd
     return cat(src).astype(np.int64), cat(ys).astype(np.int64)
 
 
-def _disk_bytes(out: str, metas: Dict[int, mu.ManifestEntry]) -> int:
+def _disk_bytes(out: str, ids: List[int]) -> int:
     total = os.path.getsize(os.path.join(out, "manifest.json"))
-    for k in metas:
+    for k in ids:
         d = os.path.join(out, f"client_{k}")
         total += sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
     p = os.path.join(out, PACKED)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
+from federatedscope.cv.dataset.leaf_checks import FIX as _FIX
+from federatedscope.cv.dataset.leaf_checks import check_users, images, labels
 
 logger = logging.getLogger("federatedscope")
 
@@ -77,17 +79,56 @@ def list_leaf_files(raw_dir: str) -> List[str]:
     return [p for p, _ in _layout(raw_dir)]
 
 
+def leaf_dirs(root: str) -> List[str]:
+    """Where LEAF JSON is looked for, in order: FS's ``femnist/raw`` and LEAF's own output tree
+    ``femnist/data`` (``all_data/`` or ``train/`` + ``test/``, as LEAF's preprocess.sh leaves it)."""
+    return [os.path.join(root, "femnist", "raw"), os.path.join(root, "femnist", "data")]
+
+
+def places_looked(root: str) -> List[str]:
+    """Every pattern ``find_leaf_dir`` tries (relative to ``root``), for a no-input error."""
+    out = []
+    for d in leaf_dirs(root):
+        d = os.path.relpath(d, root)
+        out += [f"{d}/*.json", f"{d}/train/*.json + {d}/test/*.json", f"{d}/all_data/*.json"]
+    return out
+
+
+def no_input_message(root: str, extra: Sequence[str] = ()) -> str:
+    return ("no FEMNIST input under %s; looked in: %s. To fix it, %s"
+            % (root, ", ".join(places_looked(root) + list(extra)),
+               _generate_hint(leaf_dirs(root)[0])))
+
+
+def empty_input_message(src_dir: str, files: Sequence[str]) -> str:
+    return ("the input is empty: the %d LEAF file(s) in %s list no writers with samples "
+            "('users' is empty or every writer has 0 samples); %s"
+            % (len(files), src_dir, _generate_hint(src_dir)))
+
+
+def find_leaf_dir(root: str) -> Tuple[str, List[str]]:
+    """(directory, files) of the first place under ``root`` that holds LEAF JSON; ('', [])."""
+    for d in leaf_dirs(root):
+        files = list_leaf_files(d) if os.path.isdir(d) else []
+        if files:
+            return d, files
+    return "", []
+
+
 def floats_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
-    """Exact ``k/255`` floats -> uint8 ``k``; anything else raises ValueError naming ``where``."""
+    """Exact ``k/255`` floats -> uint8 ``k``; anything else raises ValueError naming ``where``
+    (and, for ``[n, 784]`` input, the sample index and pixel of the first bad value)."""
     v = np.asarray(values, dtype=np.float64)
     k = np.rint(v * 255.0)
     bad = ~(np.abs(v - k / 255.0) <= K255_TOL) | (k < 0) | (k > 255)  # ~(<=) also catches NaN
     if bad.any():
-        first = v.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])]
+        flat = int(np.flatnonzero(bad.reshape(-1))[0])
+        first = v.reshape(-1)[flat]
+        at = (", sample %d pixel %d" % divmod(flat, v.shape[1])) if v.ndim == 2 else ""
         raise ValueError(
-            "%s: %d pixel value(s) are not multiples of 1/255 in [0, 1] (first: %r); FEMNIST "
+            "%s%s: %d pixel value(s) are not multiples of 1/255 in [0, 1] (first: %r); FEMNIST "
             "pixels must be exact k/255 grey values and are never binarised"
-            % (where, int(bad.sum()), float(first)))
+            % (where, at, int(bad.sum()), float(first)))
     return k.astype(np.uint8)
 
 
@@ -103,37 +144,45 @@ class _FloatIntern(dict):
         return value
 
 
-def _load_json(path: str) -> dict:
-    with open(path, "rb") as f:
-        try:
-            return json.loads(f.read(), parse_float=_FloatIntern().__getitem__)
-        except ValueError as e:
-            raise ValueError("%s: not valid JSON (%s)" % (path, e)) from None
+def _load_json(path: str, data: Optional[bytes] = None) -> dict:
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
+    try:
+        return json.loads(data, parse_float=_FloatIntern().__getitem__)
+    except ValueError as e:
+        raise ValueError("%s: not valid JSON (%s)" % (path, e)) from None
 
 
 def _writers_of_file(path: str, split: Optional[str]) -> Iterator[WriterSamples]:
-    raw = _load_json(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    has_bool = b"true" in data or b"false" in data
+    raw = _load_json(path, data)
+    del data
     if not isinstance(raw, dict) or not isinstance(raw.get("user_data"), dict):
         raise ValueError("%s: not a LEAF file (needs a 'user_data' object)" % path)
-    users = raw.get("users", list(raw["user_data"].keys()))
-    for uid in users:
+    skipped = []
+    for uid in check_users(raw, path):
         where = "%s, writer %s" % (path, uid)
-        entry = raw["user_data"].get(uid)
-        if entry is None or "x" not in entry or "y" not in entry:
-            raise ValueError("%s: missing from user_data or lacks 'x'/'y'" % where)
+        entry = raw["user_data"][uid]
+        if not isinstance(entry, dict) or not isinstance(entry.get("x"), list) \
+                or not isinstance(entry.get("y"), list):
+            raise ValueError("%s: needs an object with arrays 'x' and 'y'; %s" % (where, _FIX))
         n = len(entry["y"])
         if len(entry["x"]) != n:
-            raise ValueError("%s: %d images but %d labels" % (where, len(entry["x"]), n))
-        x = np.asarray(entry["x"], dtype=np.float64) if n else np.zeros((0, SIDE * SIDE))
-        if x.ndim != 2 or x.shape[1] != SIDE * SIDE:
-            raise ValueError("%s: images must be %d floats each, got shape %s"
-                             % (where, SIDE * SIDE, x.shape))
-        y = np.asarray(entry["y"], dtype=np.int64).reshape(n)
-        if n and (y.min() < 0 or y.max() >= NUM_CLASSES):
-            raise ValueError("%s: labels must be in [0, %d)" % (where, NUM_CLASSES))
+            raise ValueError("%s: %d images but %d labels; %s" % (where, len(entry["x"]), n, _FIX))
+        if n == 0:  # documented: a writer with no samples is skipped (it can train nothing)
+            skipped.append(uid)
+            continue
+        y = labels(entry["y"], where)
+        x = images(entry["x"], where, has_bool)
         yield WriterSamples(str(uid), floats_to_uint8(x, where).reshape(n, SIDE, SIDE), y,
                             path, split)
         entry.clear()  # drop the parsed floats early; the uint8 copy is 8x smaller
+    if skipped:
+        logger.warning("%s: skipped %d writer(s) with 0 samples (%s)", path, len(skipped),
+                       ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
 
 
 def iter_leaf_writers(raw_dir: str) -> Iterator[WriterSamples]:
@@ -232,14 +281,9 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
     split_t = _check_splits(splits)
     if not 0.0 < float(subsample) <= 1.0:
         raise ValueError("data.subsample must be in (0, 1], got %r" % (subsample,))
-    raw_dir = os.path.join(root, "femnist", "raw")
-    if not os.path.isdir(raw_dir):
-        raise FileNotFoundError("FEMNIST raw folder %s does not exist: %s"
-                                % (raw_dir, _generate_hint(raw_dir)))
-    files = list_leaf_files(raw_dir)
+    raw_dir, files = find_leaf_dir(root)
     if not files:
-        raise FileNotFoundError("FEMNIST raw folder %s holds no LEAF JSON files: %s"
-                                % (raw_dir, _generate_hint(raw_dir)))
+        raise FileNotFoundError(no_input_message(root))
     cache = os.path.join(root, "femnist", "processed",
                          _cache_key(raw_dir, files, split_t, subsample, seed) + ".pt")
     if os.path.exists(cache):
@@ -259,6 +303,8 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
                              % (ws.writer_id, ws.split or "unsplit", parts[ws.split].source,
                                 ws.source))
         parts[ws.split] = ws
+    if not by_writer:
+        raise ValueError(empty_input_message(raw_dir, files))
     writer_ids = sorted(by_writer)
     n_keep = min(len(writer_ids), max(1, int(math.ceil(len(writer_ids) * float(subsample)))))
     chosen = np.sort(np.random.default_rng(seed % (2 ** 63)).permutation(len(writer_ids))[:n_keep])
