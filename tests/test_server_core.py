@@ -243,3 +243,10 @@ def test_one_connection_cannot_hold_two_identities(tmp_path, caplog):
     h.join(2, conn=1)                       # a second join on client 1's connection
     assert 2 not in h.server.clients and "another join_in" in caplog.text
     assert h.server.clients[1].online and 1 not in h.comm.closed
+
+
+def test_a_client_with_no_train_samples_is_warned_about(tmp_path, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, expected=2)
+    h.join(1, num_samples={"train": 0, "val": 3, "test": 3})
+    assert "client #1 declares 0 train samples" in caplog.text

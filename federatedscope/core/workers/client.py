@@ -88,6 +88,9 @@ class Client:
     def callback_funcs_for_assign_id(self, msg: Message) -> None:
         self.ID = int(msg.content["client_id"])
         logger.info(f"Client #{self.ID}: joined the federation")
+        if self.trainer.num_samples("train") == 0:
+            logger.warning(f"Client #{self.ID}: no train samples in its data: it will send "
+                           f"updates of weight 0 (re-cut the shards, or check data.splits)")
 
     def callback_funcs_for_refuse(self, msg: Message) -> None:
         self.refused = str(msg.content["reason"])

@@ -171,6 +171,9 @@ class Server(EvaluationMixin, LivenessMixin):
         logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
                     f"({decision.train_samples} train samples{shard}; "
                     f"{len(self._online_ids())}/{self.expected} online)")
+        if decision.train_samples == 0:
+            logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
+                           f"its updates weigh nothing in FedAvg")
         if not self.started:
             if len(self._online_ids()) >= self.expected:
                 self._start()
