@@ -19,6 +19,16 @@ import subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes():
+    """After each test, kill (by PID) every process it started that is still running: a test
+    that fails half-way must not leave a server eating CPU beside the next test."""
+    import proc_utils
+    yield
+    proc_utils.stop_all(proc_utils.STARTED)
+    proc_utils.STARTED.clear()
+
+
 @pytest.fixture(scope="session")
 def femnist_root(tmp_path_factory):
     """A small generated FEMNIST sample (LEAF JSON) shared by the whole session."""
