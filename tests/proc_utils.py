@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch  # imported here, not on the first checkpoint read: that import can take seconds
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "federatedscope", "main.py")
 TAIL_CHARS = 2500
@@ -165,7 +167,6 @@ def checkpoint_round(path: str) -> int:
     server writes it by temp file + rename, so a read never sees a half-written file."""
     if not os.path.exists(path):
         return -1
-    import torch
     return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
 
 

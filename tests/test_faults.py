@@ -16,7 +16,9 @@ from fl_job import Job, known_bug
 from proc_utils import (checkpoint_round, describe, file_contains, frozen, stop_all, wait_all,
                         wait_for, wait_stopped)
 
-ROUNDS = 4
+# Enough rounds that a fault injected once round 1 is checkpointed always lands mid-job (a round
+# takes ~0.5 s here; the test's poll is 0.1 s); _mid_job asserts it did.
+ROUNDS = 8
 MODES = ["data_idx", "shard"]
 # Liveness fast enough for short tests, slow enough that a loaded 2-core box never trips it.
 LIVENESS = ["distribute.heartbeat_interval", "0.5", "distribute.heartbeat_timeout", "6.0"]
