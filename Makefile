@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick proto venv clean
+.PHONY: demo test bench bench-quick proto venv clean mutants
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,7 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) exp
+
+# Mutation check: each mutant in tests/mutants.py must be caught by its tests (exit 1 if not).
+mutants: $(STAMP)
+	$(VPY) tests/mutants.py

@@ -19,6 +19,18 @@ import subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes():
+    """After each test, kill (by PID) every process the test itself started that is still
+    running: a test that fails half-way must not leave a server eating CPU beside the next test.
+    Processes of wider-scoped fixtures (set up before this one) are left to their fixture."""
+    import proc_utils
+    first = len(proc_utils.STARTED)
+    yield
+    proc_utils.stop_all(proc_utils.STARTED[first:])
+    del proc_utils.STARTED[first:]
+
+
 @pytest.fixture(scope="session")
 def femnist_root(tmp_path_factory):
     """A small generated FEMNIST sample (LEAF JSON) shared by the whole session."""

@@ -1,48 +1,157 @@
-"""Helpers for tests that run real processes: start by PID, wait with deadlines, stop only ours."""
+"""Helpers for tests that run real processes: start by PID, wait with deadlines, stop only ours.
+
+Every wait here fails fast: as soon as a process exits when it should not (non-zero, or while we
+wait for something else to happen), the other processes are killed and the assertion message
+carries each process's exit code and log tail, so a broken job fails in seconds, not after its
+whole timeout. Timeouts are hang guards only (generous); no test asserts on wall-clock time.
+"""
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch  # imported here, not on the first checkpoint read: that import can take seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "federatedscope", "main.py")
+TAIL_CHARS = 2500
+# Every process start_main started in this test; conftest's autouse fixture kills what is left
+# of them after each test, so a failing test never leaks a process into the next one.
+STARTED: List[subprocess.Popen] = []
 
 
-def start_main(args: List[str], log_path: str, env: Optional[dict] = None) -> subprocess.Popen:
+class ProcessFailed(AssertionError):
+    """A watched process exited when it should not have (or a wait timed out)."""
+
+
+def start_main(args: List[str], log_path: str, env: Optional[dict] = None,
+               name: str = "") -> subprocess.Popen:
+    """``python federatedscope/main.py args`` with stdout+stderr in ``log_path``."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, MAIN] + args, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=full_env)
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, MAIN] + args, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT, env=full_env)
+    proc.log_path = log_path                     # read by describe() for failure messages
+    proc.name = name or os.path.splitext(os.path.basename(log_path))[0]
+    STARTED.append(proc)
+    return proc
 
 
-def wait_all(procs: List[subprocess.Popen], timeout: float) -> List[int]:
-    deadline = time.monotonic() + timeout
-    codes = []
+def tail(path: Optional[str], n: int = TAIL_CHARS) -> str:
+    if not path:
+        return "<no log>"
     try:
-        for p in procs:
-            codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
-    finally:
-        stop_all(procs)
-    return codes
+        with open(path, "r", errors="replace") as f:
+            return f.read()[-n:]
+    except FileNotFoundError:
+        return f"<no {path}>"
 
 
-def stop_all(procs: List[subprocess.Popen]) -> None:
+def describe(procs: Sequence[subprocess.Popen], n: int = TAIL_CHARS) -> str:
+    """Name, state and log tail of every process, for an assertion message."""
+    parts = []
+    for p in procs:
+        code = p.poll()
+        state = "running" if code is None else f"exit {code}"
+        parts.append(f"--- {getattr(p, 'name', p.pid)} (pid {p.pid}, {state}):\n"
+                     f"{tail(getattr(p, 'log_path', None), n)}")
+    return "\n".join(parts)
+
+
+def stop_all(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGKILL those of ``procs`` still running (only ours, by PID) and reap them."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
+            try:
+                p.send_signal(signal.SIGCONT)   # a SIGSTOPped process must be able to die
+                p.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+def _block_until_one_exits(procs: Sequence[subprocess.Popen], seconds: float) -> None:
+    """Sleep in the kernel until one of ``procs`` exits or ``seconds`` pass (pidfd where
+    available, else a short sleep); never spins."""
+    running = [p for p in procs if p.poll() is None]
+    if not running or seconds <= 0:
+        return
+    fds = []
+    try:
+        if hasattr(os, "pidfd_open"):
+            for p in running:
+                fds.append(os.pidfd_open(p.pid))
+    except OSError:   # pidfd not supported by this kernel
+        for fd in fds:
+            os.close(fd)
+        fds = []
+    if not fds:
+        time.sleep(min(seconds, 0.1))
+        return
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll(seconds * 1000.0)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def wait_all(procs: List[subprocess.Popen], timeout: float,
+             expect: Optional[Sequence[int]] = None) -> List[int]:
+    """Wait for every process; return their exit codes.
+
+    Fails fast: with ``expect`` (one code per process), any process that exits with another code
+    raises at once; without it, a process exiting non-zero while others still run raises at once
+    (their result can no longer be trusted). Either way the rest are killed and every log tail is
+    in the message. Raises too if ``timeout`` passes (hang guard) after killing what still runs.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            for i, code in enumerate(codes):
+                if code is None:
+                    continue
+                bad = code != expect[i] if expect is not None else \
+                    (code != 0 and any(c is None for c in codes))
+                if bad:
+                    want = f"expected {expect[i]}" if expect is not None else "others still running"
+                    raise ProcessFailed(f"{getattr(procs[i], 'name', procs[i].pid)} exited {code} "
+                                        f"({want})\n{describe(procs)}")
+            if all(c is not None for c in codes):
+                return codes
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProcessFailed(f"processes still running after {timeout:.0f}s "
+                                    f"(hang guard)\n{describe(procs)}")
+            _block_until_one_exits(procs, min(left, 5.0))
+    finally:
+        stop_all(procs)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 0.1,
+             watch: Sequence[subprocess.Popen] = ()) -> None:
+    """Wait until ``cond()``; fail at once if any process in ``watch`` exits meanwhile (and on
+    timeout), with the watched processes' log tails in the message."""
+    deadline = time.monotonic() + timeout
+    while True:
         if cond():
             return
+        dead = [p for p in watch if p.poll() is not None]
+        if dead:
+            raise ProcessFailed(f"while waiting for {what}: "
+                                f"{', '.join(getattr(p, 'name', str(p.pid)) for p in dead)} "
+                                f"exited\n{describe(watch)}")
+        if time.monotonic() >= deadline:
+            raise ProcessFailed(f"timed out after {timeout:.0f}s waiting for {what}\n"
+                                f"{describe(watch)}")
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def file_contains(path: str, text: str) -> bool:
@@ -50,4 +159,49 @@ def file_contains(path: str, text: str) -> bool:
         with open(path, "r", errors="replace") as f:
             return text in f.read()
     except FileNotFoundError:
+        return False
+
+
+def checkpoint_round(path: str) -> int:
+    """Rounds completed according to the server checkpoint at ``path`` (-1: none yet). The
+    server writes it by temp file + rename, so a read never sees a half-written file."""
+    if not os.path.exists(path):
+        return -1
+    return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
+
+
+def frozen(proc: subprocess.Popen):
+    """Context manager: ``proc`` is SIGSTOPped inside the block, SIGCONTed after. Lets a test
+    read a state (e.g. the checkpoint round) that cannot move while it injects a fault."""
+    return _Frozen(proc)
+
+
+def wait_stopped(pid: int, limit: float = 10.0) -> None:
+    """SIGSTOP is delivered asynchronously: wait until the kernel reports the process stopped
+    (state T in /proc/<pid>/stat), so nothing it does can race the caller's next read."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return          # gone (or no procfs): nothing can race us
+        if state in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.01)
+    raise ProcessFailed(f"pid {pid} did not stop within {limit:.0f}s of SIGSTOP")
+
+
+class _Frozen:
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def __enter__(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        wait_stopped(self.proc.pid)
+        return self.proc
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
         return False

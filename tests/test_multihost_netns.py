@@ -323,6 +323,8 @@ def test_server_and_clients_on_separate_hosts(netns_hosts, request, tmp_path, tm
         peers = set()
         deadline = time.monotonic() + 240
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break        # fail fast: one process failed, the job's result is moot
             peers |= _established_peers(hosts, port)
             time.sleep(0.5)
         codes = [p.poll() for p in procs]

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from fl_job import Job
-from proc_utils import ROOT, file_contains, wait_all, wait_for
+from proc_utils import ROOT, checkpoint_round, frozen, wait_all
+
+ROUNDS = 8   # the swap lands once round 1 is checkpointed; the rest leaves room for the re-check
 
 
 @pytest.fixture
@@ -35,21 +37,23 @@ def _swap_in(live, recut, k):
 @pytest.mark.parametrize("strict", [False, True])
 def test_refreshed_shard_is_redeclared_and_checked(femnist_root, two_cuts, tmp_path, strict):
     live, recut = two_cuts
-    job = Job(tmp_path, femnist_root, rounds=4, manifest=str(live / "manifest.json"),
+    job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=str(live / "manifest.json"),
               common=["distributed_data.strict_check", str(strict)])
-    server = job.server(["federate.min_clients_threshold", "2",
-                         "distribute.heartbeat_timeout", "3.0"])
+    server = job.server(["federate.min_clients_threshold", "2", "federate.save_to", job.ckpt,
+                         "distribute.heartbeat_timeout", "6.0"])
     clients = {k: job.client(k, ["distribute.heartbeat_interval", "0.5"]) for k in (1, 2, 3)}
-    wait_for(lambda: file_contains(job.log("server"), "round 1/4 aggregated"), 120, "round 1")
-    _swap_in(live, recut, 3)
+    job.wait_round(1, watch=[server] + list(clients.values()))
+    with frozen(server):      # keyed to state: the swap lands while rounds remain
+        assert checkpoint_round(job.ckpt) < ROUNDS - 1
+        _swap_in(live, recut, 3)
     if strict:
-        assert wait_all([clients[3]], timeout=120) == [2]
-        assert wait_all([server, clients[1], clients[2]], timeout=240) == [0, 0, 0]
+        wait_all([clients[3]], timeout=120, expect=[2])
+        wait_all([server, clients[1], clients[2]], timeout=240, expect=[0, 0, 0])
         log = job.server_log()
         assert "Refused re-declaration of client #3" in log
     else:
-        assert wait_all([server] + list(clients.values()), timeout=240) == [0, 0, 0, 0]
+        wait_all([server] + list(clients.values()), timeout=240, expect=[0, 0, 0, 0])
         log = job.server_log()
         assert "client #3 re-declared its shard" in log and "strict_check is off" in log
     assert "shard changed on disk; re-declaring" in open(job.log("client_3")).read()
-    assert job.final()["Round"] == 4
+    assert job.final()["Round"] == ROUNDS

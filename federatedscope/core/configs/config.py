@@ -187,6 +187,65 @@ _KNOWN_REPORTS = ("weighted_avg", "avg", "raw", "fairness")
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
+# FederatedScope keys this version accepts (so FS configs load) but does not implement. Setting
+# one to anything but its default would silently change nothing, so finalize() refuses it, naming
+# the key. Each entry: key -> what FS does with it. Audited against `git grep` of every key in
+# get_default_cfg(); keep this table in step with doc/config.md ("Refused keys").
+_NOT_IMPLEMENTED = {
+    "backend": "the deep-learning backend (only torch exists here)",
+    "verbose": "FS's logging verbosity",
+    "early_stop.improve_indicator_mode": "'mean' early stopping (only 'best' exists here)",
+    "federate.unseen_clients_rate": "holding out unseen clients",
+    "federate.share_local_model": "one shared model object for all standalone clients",
+    "federate.use_ss": "secret-sharing aggregation",
+    "federate.merge_test_data": "merging all clients' test data for a global evaluation",
+    "distribute.data_file": "FS's per-process data file",
+    "data.args": "extra dataset constructor arguments",
+    "data.target_transform": "label transforms",
+    "data.pre_transform": "transforms applied once before caching",
+    "data.consistent_label_distribution": "equal label distributions across splits",
+    "data.splitter": "re-splitting the data among clients (FEMNIST is split by writer)",
+    "data.file_path": "loading data from one file",
+    "data.save_data": "saving the split data",
+    "dataloader.num_workers": "DataLoader worker processes",
+    "dataloader.drop_last": "dropping the last incomplete batch",
+    "dataloader.pin_memory": "pinned host memory for GPU copies",
+    "model.model_num_per_trainer": "several models per trainer",
+    "model.layer": "the layer count of other model types",
+    "model.use_bias": "bias switch of other model types",
+    "train.scheduler.type": "learning-rate schedulers",
+    "train.scheduler.warmup_ratio": "learning-rate warm-up",
+    "finetune.before_eval": "fine-tuning before evaluation",
+    "finetune.local_update_steps": "fine-tuning steps",
+    "finetune.batch_or_epoch": "the fine-tuning step unit",
+    "grad.grad_accum_count": "gradient accumulation",
+    "regularizer.type": "regularizers (e.g. proximal term)",
+    "regularizer.mu": "the regularizer weight",
+    "eval.monitoring": "extra monitored quantities",
+    "wandb.use": "Weights & Biases logging",
+}
+
+
+def refuse_unimplemented(cfg: CN) -> None:
+    """Raise ``ConfigError`` for the first key of ``_NOT_IMPLEMENTED`` set to a non-default value."""
+    defaults = get_default_cfg()
+    for key, what in _NOT_IMPLEMENTED.items():
+        value, default = _get(cfg, key), _get(defaults, key)
+        if _same(value, default):
+            continue
+        raise ConfigError(
+            f"{key}={value!r} is not implemented here (FederatedScope: {what}); this version "
+            f"would silently ignore it. Remove {key} from your YAML / command line or set it "
+            f"back to its default (append `{key} {default!r}` to the command); see "
+            f"doc/config.md, 'Refused keys'")
+
+
+def _same(value, default) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
 def _get(cfg: CN, dotted: str):
     node = cfg
     for part in dotted.split("."):
@@ -207,6 +266,7 @@ def expand_env(value: str, key: str) -> str:
 
 def finalize(cfg: CN) -> CN:
     """Validate choices/ranges, resolve env vars and derived values; freeze."""
+    refuse_unimplemented(cfg)
     for key, allowed in _CHOICES.items():
         value = str(_get(cfg, key)).lower()
         if value not in allowed:
