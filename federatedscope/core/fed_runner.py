@@ -137,8 +137,10 @@ def run_server(cfg, data: ProcessData) -> int:
     from federatedscope.core.communication.grpc_server import GrpcServerTransport
     expected = client_count(cfg, data)
     inbox: "queue.Queue" = queue.Queue()
-    transport = GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8))
     model = get_model(cfg)
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    transport = GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8),
+                                    model_bytes=model_bytes)
     _log_model(cfg, model)
     if cfg.federate.make_global_eval:
         logger.warning("federate.make_global_eval: a distributed server holds no data to evaluate "
@@ -180,9 +182,7 @@ def run_client(cfg, data: ProcessData) -> int:
             if isinstance(event, Disconnected):
                 if client.finished:
                     break
-                logger.warning(f"Client #{client.ID}: lost the server ({event.reason}); reconnecting")
-                transport.wait_for_server(cfg.distribute.max_reconnect_time)
-                transport.open_session(client.join_message())
+                transport.reconnect(client.join_message(), event.reason)
                 continue
             client.handle(event)
     finally:

@@ -1,15 +1,26 @@
-"""Server side of the gRPC transport: one bidirectional stream per client, no polling.
+"""Server side of the gRPC transport: every client stream is a coroutine, none holds a thread.
 
-Each client stream gets a reader thread (blocking on the next request) and a response generator
-(blocking on that connection's outbound queue). Both push into / pull from ``queue.Queue``s, so an
-idle server sleeps in the kernel. Decoded messages are validated before they reach the worker; a
-bad message is logged and dropped, and a connection that sends as another client is closed.
-The standard gRPC health service is registered so launchers can wait for readiness.
+Concurrency model (doc/architecture.md, "Transport and concurrency"): a ``grpc.aio`` server runs
+its event loop in ONE background thread. Each stream is two coroutines (reader, writer) with an
+``asyncio.Queue`` of outbound frames; an idle session costs a few KB and no thread, so a server
+holds thousands. The ``Server`` state machine stays in the main thread and sees only ``inbox``
+events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the loop with
+``call_soon_threadsafe``, which keeps their order. A broadcast is encoded once and the same
+``bytes`` object is queued for every receiver.
+
+Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
+``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
+by its length, unread; unjoined streams have their own cap (the oldest idle one is evicted when a
+new one arrives), so they cannot take the slots admitted clients need; the health service is not
+counted at all. The largest accepted message is derived from the model.
 """
+import asyncio
+import collections
 import itertools
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import grpc
@@ -17,19 +28,28 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.security import server_credentials
-from federatedscope.core.message import JOIN_IN, InvalidMessage, Message, validate_message
+from federatedscope.core.message import (JOIN_IN, InvalidMessage, Message, clip_text,
+                                         validate_message)
 from federatedscope.core.workers.base_worker import Disconnected, Incoming
 
 logger = logging.getLogger("federatedscope")
 _CLOSE = object()
+SERVICE = "federatedscope.FLService"
+# A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
+# before the stream is bound is not a join and is refused without being decoded.
+PREJOIN_MAX_BYTES = 64 * 1024
+# Headroom over 2 x the model's raw bytes: frame header, content JSON, tensor names.
+MESSAGE_MARGIN = 1024 * 1024
 
 
-def grpc_options(cfg) -> list:
+def grpc_options(cfg, max_receive: int = 0) -> list:
     limit_mb = cfg.distribute.max_message_mb
     send = cfg.distribute.grpc_max_send_message_length
     recv = cfg.distribute.grpc_max_receive_message_length
     if limit_mb > 0:
         recv = min(recv, int(limit_mb * 1024 * 1024))
+    if max_receive > 0:
+        recv = min(recv, max_receive)
     return [("grpc.max_send_message_length", send), ("grpc.max_receive_message_length", recv),
             ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -42,148 +62,290 @@ def compression(cfg) -> grpc.Compression:
         cfg.distribute.grpc_compression.lower(), grpc.Compression.NoCompression)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one peer may cost the server; derived once from the config, client count and model."""
+    max_receive: int        # bytes; gRPC refuses larger messages before handing them to us
+    prejoin_max: int        # bytes; larger messages on an unbound stream are refused unread
+    max_unjoined: int       # streams that have not been bound to an admitted client
+    max_sessions: int       # all streams (admitted + unjoined); the health service is extra
+    join_deadline: float    # seconds an unbound stream may stay silent (no valid join_in)
+
+
+def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
+    recv = grpc_options(cfg, 2 * model_bytes + MESSAGE_MARGIN if model_bytes > 0 else 0)[1][1]
+    # A join storm of every expected client must fit (max_clients is ~2 x the expected count).
+    unjoined = max(32, max_clients // 2)
+    return Limits(max_receive=recv, prejoin_max=min(PREJOIN_MAX_BYTES, recv),
+                  max_unjoined=unjoined, max_sessions=max_clients + unjoined,
+                  join_deadline=float(cfg.distribute.join_deadline))
+
+
 class _Connection:
+    """One client stream; touched only on the event-loop thread."""
+
     def __init__(self, conn_id: int, peer: str):
         self.conn_id = conn_id
-        self.peer = peer
+        self.peer = clip_text(peer, 80)
         self.client_id: Optional[int] = None
-        self.outbox: "queue.Queue" = queue.Queue()
-        self.closed = threading.Event()
+        self.outbox: "asyncio.Queue" = asyncio.Queue()
+        self.join_sent = False        # a valid join_in is with the Server, awaiting its answer
+        self.delivered = False        # something reached the inbox: the Server must hear the end
+        self.reason = "stream closed by client"
+        self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
 
 
 class GrpcServerTransport:
-    """Implements ``ServerComm`` for the ``Server`` worker; events go to ``inbox``."""
+    """Implements ``ServerComm`` for the ``Server`` worker; events go to ``inbox``.
 
-    def __init__(self, cfg, inbox: "queue.Queue", max_clients: int = 64):
+    ``max_clients`` bounds admitted sessions (callers pass ~2 x the expected count);
+    ``model_bytes`` (raw bytes of the global model's state) sets the largest accepted message to
+    2 x model + 1 MiB; 0 keeps the configured ``grpc_max_receive_message_length``."""
+
+    def __init__(self, cfg, inbox: "queue.Queue", max_clients: int = 64, model_bytes: int = 0):
         self.cfg = cfg
         self.inbox = inbox
+        self.limits = derive_limits(cfg, max_clients, model_bytes)
+        self.rejected = 0
+        self.evicted = 0
         self._ids = itertools.count(1)
         self._conns: Dict[int, _Connection] = {}
         self._by_client: Dict[int, _Connection] = {}
-        self._lock = threading.Lock()
-        self.rejected = 0
-        from concurrent import futures
-        # Per client: one handler thread (response generator) + our reader thread (not pooled).
-        pool = futures.ThreadPoolExecutor(max_workers=max_clients + 8, thread_name_prefix="grpc")
-        self._server = grpc.server(pool, options=grpc_options(cfg),
-                                   compression=compression(cfg),
-                                   maximum_concurrent_rpcs=max_clients + 4)
-        # Requests arrive as raw bytes and are parsed by the codec, so a malformed message is
-        # logged and skipped instead of aborting the stream inside gRPC's deserializer.
-        session = grpc.stream_stream_rpc_method_handler(
-            self.Session, request_deserializer=None,
-            response_serializer=None)  # we queue bytes: a broadcast is encoded once
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "federatedscope.FLService", {"Session": session}),))
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        address = f"{cfg.distribute.server_host}:{cfg.distribute.server_port}"
-        creds = server_credentials(cfg)
-        self.port = (self._server.add_secure_port(address, creds) if creds
-                     else self._server.add_insecure_port(address))
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}: port in use or host invalid "
-                          f"(change distribute.server_port)")
+        self._idle: "collections.OrderedDict[int, _Connection]" = collections.OrderedDict()
+        self._joining: Dict[int, _Connection] = {}
+        self._all_closed: Optional[asyncio.Event] = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio",
+                                        daemon=True)
+        self._thread.start()
+        self.address = f"{cfg.distribute.server_host}:{cfg.distribute.server_port}"
+        try:
+            self.port = self._run(self._setup(), timeout=30.0)
+        except BaseException:
+            self._halt_loop()
+            raise
 
     # ------------------------------------------------------------ lifecycle
+    def _run(self, coro, timeout: float):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
+
+    async def _setup(self) -> int:
+        options = grpc_options(self.cfg, self.limits.max_receive) + [("grpc.so_reuseport", 0)]
+        self._server = grpc.aio.server(options=options, compression=compression(self.cfg))
+        # Raw bytes both ways: the codec parses requests (a malformed one is logged, not fatal
+        # inside gRPC's deserializer) and a broadcast's encoded bytes are queued as they are.
+        session = grpc.stream_stream_rpc_method_handler(self._session, request_deserializer=None,
+                                                        response_serializer=None)
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"Session": session}),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+        creds = server_credentials(self.cfg)
+        try:
+            port = (self._server.add_secure_port(self.address, creds) if creds
+                    else self._server.add_insecure_port(self.address))
+        except Exception:  # grpc raises RuntimeError("Failed to bind ...") on recent versions
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {self.address}: the port is in use (another server?) "
+                          f"or the host is not an address of this machine; choose a free port "
+                          f"with distribute.server_port (or fix distribute.server_host)")
+        return port
+
     def start(self) -> None:
-        self._server.start()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.health.set("federatedscope.FLService", health_pb2.HealthCheckResponse.SERVING)
+        self._run(self._start(), timeout=30.0)
+
+    async def _start(self) -> None:
+        await self._server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float = 5.0) -> None:
         """Let queued messages (e.g. ``finish``) drain, then stop."""
-        with self._lock:
-            conns = list(self._conns.values())
-        for conn in conns:
-            conn.outbox.put(_CLOSE)
-        for conn in conns:
-            conn.closed.wait(timeout=grace)
-        self.health.enter_graceful_shutdown()
-        if not self._server.stop(grace=1.0).wait(timeout=10.0):
-            logger.warning("gRPC server did not shut down within 10s; exiting anyway")
+        if not self._loop.is_running():
+            return
+        try:
+            self._run(self._stop(grace), timeout=grace + 15.0)
+        except Exception as e:  # a stop that cannot complete must not hide the job's result
+            logger.warning(f"gRPC server did not stop cleanly ({type(e).__name__}); exiting anyway")
+        self._halt_loop()
+
+    async def _stop(self, grace: float) -> None:
+        # Callbacks queued before this coroutine (e.g. the final broadcast) have run: FIFO.
+        for conn in list(self._conns.values()):
+            conn.outbox.put_nowait(_CLOSE)
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout=grace)
+        except asyncio.TimeoutError:
+            logger.warning(f"{len(self._conns)} session(s) still open after {grace:.0f}s; closing")
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(1.0)
+
+    def _halt_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10.0)
 
     # --------------------------------------------------------- ServerComm
+    def _call(self, fn, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop already stopped: the job is over, nothing to deliver to
+            logger.debug(f"transport stopped; {getattr(fn, '__name__', fn)} dropped")
+
     def bind(self, conn_id: int, client_id: int) -> None:
-        with self._lock:
-            conn = self._conns.get(conn_id)
-            if conn is None:
-                return
-            conn.client_id = client_id
-            self._by_client[client_id] = conn
+        self._call(self._bind, conn_id, client_id)
 
     def send(self, msg: Message) -> None:
         self.broadcast(msg, [msg.receiver])
 
     def broadcast(self, msg: Message, receivers) -> None:
-        data = codec.encode(msg)   # one encoding shared by every receiver's queue
-        for cid in receivers:
-            with self._lock:
-                conn = self._by_client.get(cid)
-            if conn is None or conn.closed.is_set():
-                logger.debug(f"dropping {msg!r}: client #{cid} not connected")
-                continue
-            conn.outbox.put(data)
+        data = codec.encode(msg)   # one encoding; the same bytes object goes to every queue
+        self._call(self._enqueue, list(receivers), data, msg.msg_type)
 
     def send_to_conn(self, conn_id: int, msg: Message) -> None:
-        with self._lock:
-            conn = self._conns.get(conn_id)
-        if conn is not None:
-            conn.outbox.put(codec.encode(msg))
+        self._call(self._enqueue_conn, conn_id, codec.encode(msg))
 
     def close(self, conn_id: int) -> None:
-        with self._lock:
-            conn = self._conns.get(conn_id)
+        self._call(self._enqueue_conn, conn_id, _CLOSE)
+
+    # ------------------------------------------------ loop-thread handlers
+    def _bind(self, conn_id: int, client_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.client_id = client_id
+        self._idle.pop(conn_id, None)
+        self._joining.pop(conn_id, None)
+        self._by_client[client_id] = conn
+
+    def _enqueue(self, receivers, data: bytes, msg_type: str) -> None:
+        for cid in receivers:
+            conn = self._by_client.get(cid)
+            if conn is None:
+                logger.debug(f"dropping {msg_type}: client #{cid} not connected")
+                continue
+            conn.outbox.put_nowait(data)
+
+    def _enqueue_conn(self, conn_id: int, item) -> None:
+        conn = self._conns.get(conn_id)
         if conn is not None:
-            conn.outbox.put(_CLOSE)
+            conn.outbox.put_nowait(item)
 
     # ---------------------------------------------------------- gRPC side
-    def Session(self, request_iterator, context):
-        conn = _Connection(next(self._ids), context.peer())
-        with self._lock:
-            self._conns[conn.conn_id] = conn
-        reader = threading.Thread(target=self._read, args=(conn, request_iterator, context),
-                                  name=f"reader-{conn.conn_id}", daemon=True)
-        reader.start()
+    def _open(self, peer: str) -> Optional[_Connection]:
+        """Register a new stream, or None when it must be refused (caps reached)."""
+        if len(self._idle) + len(self._joining) >= self.limits.max_unjoined:
+            if not self._idle:
+                return None          # every unjoined slot holds a join the Server is deciding
+            _, old = self._idle.popitem(last=False)
+            self.evicted += 1
+            logger.warning(f"Closed unjoined session from {old.peer}: {self.limits.max_unjoined} "
+                           f"unjoined sessions open, a newer one arrived")
+            old.outbox.put_nowait(_CLOSE)
+        if len(self._conns) >= self.limits.max_sessions:
+            return None
+        conn = _Connection(next(self._ids), peer)
+        self._conns[conn.conn_id] = conn
+        self._idle[conn.conn_id] = conn
+        self._all_closed.clear()
+        return conn
+
+    async def _session(self, requests, context) -> None:
+        conn = self._open(context.peer())
+        if conn is None:
+            logger.warning(f"Refused a session from {clip_text(context.peer(), 80)}: "
+                           f"{len(self._conns)} sessions open (cap {self.limits.max_sessions})")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "server busy: too many sessions not yet joined; retry later")
+        reader = asyncio.ensure_future(self._read(conn, requests))
+        deadline = self._loop.call_later(self.limits.join_deadline, self._check_deadline, conn)
         try:
             while True:
-                item = conn.outbox.get()
+                item = await conn.outbox.get()
                 if item is _CLOSE:
                     break
-                yield item
+                await context.write(item)
         finally:
-            conn.closed.set()
+            deadline.cancel()
+            reader.cancel()
             self._forget(conn)
+        if conn.abort is not None:
+            await context.abort(*conn.abort)
 
-    def _read(self, conn: _Connection, requests, context) -> None:
-        reason = "stream closed by client"
+    async def _read(self, conn: _Connection, requests) -> None:
         try:
-            for data in requests:
-                self._deliver(conn, data)
+            async for data in requests:
+                if not self._deliver(conn, data):
+                    break
+        except asyncio.CancelledError:
+            raise
         except grpc.RpcError as e:
-            reason = f"stream error: {e.code().name if hasattr(e, 'code') else e}"
-        except Exception as e:  # never let one stream kill the server
-            reason = f"reader failed: {e!r}"
-        finally:
-            conn.outbox.put(_CLOSE)
-            self.inbox.put(Disconnected(conn.conn_id, reason))
+            conn.reason = f"stream error: {e.code().name if hasattr(e, 'code') else e}"
+        except Exception as e:  # never let one stream take the loop down
+            conn.reason = f"reader failed: {clip_text(repr(e), 160)}"
+        conn.outbox.put_nowait(_CLOSE)
 
-    def _deliver(self, conn: _Connection, data: bytes) -> None:
+    def _check_deadline(self, conn: _Connection) -> None:
+        if conn.client_id is None and not conn.join_sent and conn.conn_id in self._conns:
+            self._idle.pop(conn.conn_id, None)
+            logger.warning(f"Closed session from {conn.peer}: no valid join_in within "
+                           f"{self.limits.join_deadline:g}s (distribute.join_deadline)")
+            conn.reason = "no join_in before distribute.join_deadline"
+            conn.outbox.put_nowait(_CLOSE)
+
+    def _reject(self, conn: _Connection, why: str) -> None:
+        self.rejected += 1
+        logger.warning(f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
+
+    def _deliver(self, conn: _Connection, data: bytes) -> bool:
+        """Decode, check, hand to the Server. False: the stream must be closed."""
+        if conn.client_id is None:
+            if len(data) > self.limits.prejoin_max:
+                self._reject(conn, f"{len(data)}-byte message before join_in refused unread "
+                                   f"(limit {self.limits.prejoin_max} bytes until joined)")
+                conn.reason = "oversized message before join_in"
+                conn.abort = (grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large before join")
+                return False
+            if conn.join_sent:
+                self._reject(conn, "message before the server answered this stream's join_in")
+                return True
         try:
             msg = codec.decode(data)
             validate_message(msg, from_server=False)
             if conn.client_id is None and msg.msg_type != JOIN_IN:
-                raise InvalidMessage(f"{msg.msg_type} before join_in")
+                raise InvalidMessage(f"{clip_text(msg.msg_type, 60)} before join_in")
             if conn.client_id is not None and msg.sender != conn.client_id:
-                raise InvalidMessage(f"connection of client #{conn.client_id} sent as #{msg.sender}")
+                raise InvalidMessage(f"connection of client #{conn.client_id} sent as "
+                                     f"#{msg.sender}")
         except InvalidMessage as e:
-            self.rejected += 1
-            logger.warning(f"Rejected message from {conn.peer}: {e}")
-            return
+            self._reject(conn, str(e))
+            return True
+        if conn.client_id is None:
+            conn.join_sent = True
+            self._idle.pop(conn.conn_id, None)
+            self._joining[conn.conn_id] = conn
+        conn.delivered = True
         self.inbox.put(Incoming(conn.conn_id, msg, conn.peer))
+        return True
 
     def _forget(self, conn: _Connection) -> None:
-        with self._lock:
-            self._conns.pop(conn.conn_id, None)
-            if conn.client_id is not None and self._by_client.get(conn.client_id) is conn:
-                del self._by_client[conn.client_id]
+        self._conns.pop(conn.conn_id, None)
+        self._idle.pop(conn.conn_id, None)
+        self._joining.pop(conn.conn_id, None)
+        if conn.client_id is not None and self._by_client.get(conn.client_id) is conn:
+            del self._by_client[conn.client_id]
+        if conn.delivered:  # a stream the Server never heard of needs no event
+            self.inbox.put(Disconnected(conn.conn_id, conn.reason))
+        if not self._conns:
+            self._all_closed.set()
+
+    # ------------------------------------------------------------- figures
+    def session_counts(self) -> Dict[str, int]:
+        """Open sessions by kind (read on the loop thread for a consistent view)."""
+        async def counts():
+            return {"open": len(self._conns), "bound": len(self._by_client),
+                    "idle_unjoined": len(self._idle), "joining": len(self._joining)}
+        return self._run(counts(), timeout=10.0)
+
