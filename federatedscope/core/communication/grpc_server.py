@@ -16,9 +16,11 @@ counted at all. The largest accepted message is derived from the model.
 """
 import asyncio
 import collections
+import errno
 import itertools
 import logging
 import queue
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -79,6 +81,30 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
     return Limits(max_receive=recv, prejoin_max=min(PREJOIN_MAX_BYTES, recv),
                   max_unjoined=unjoined, max_sessions=max_clients + unjoined,
                   join_deadline=float(cfg.distribute.join_deadline))
+
+
+def probe_bind(host: str, port: int) -> None:
+    """Raise a one-line ``OSError`` if ``host:port`` cannot be listened on, before gRPC tries
+    (gRPC would also print its own multi-line C-core error). SO_REUSEADDR as gRPC sets it, so a
+    port in TIME_WAIT passes while a port with a live listener of any kind does not."""
+    if port == 0:
+        return
+    where = f"{host}:{port}"
+    fix = "choose a free port with distribute.server_port (or fix distribute.server_host)"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port,
+                                                          type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except OSError as e:
+        raise OSError(f"cannot listen on {where}: host not resolvable ({e.strerror or e}); "
+                      f"{fix}") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            hint = " (another server?)" if e.errno == errno.EADDRINUSE else ""
+            raise OSError(f"cannot listen on {where}: {e.strerror or e}{hint}; {fix}") from None
 
 
 class _Connection:
@@ -143,6 +169,7 @@ class GrpcServerTransport:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         creds = server_credentials(self.cfg)
+        probe_bind(self.cfg.distribute.server_host, int(self.cfg.distribute.server_port))
         try:
             port = (self._server.add_secure_port(self.address, creds) if creds
                     else self._server.add_insecure_port(self.address))
