@@ -24,7 +24,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
 import grpc
@@ -199,6 +199,8 @@ class SwarmPlan:
     straggler_delay: float = 0.0
     seed: int = 0
     timeout: float = 600.0          # the whole swarm gives up after this
+    gate_ids: frozenset = frozenset()   # these join only once ``gate`` is set (phased benchmarks)
+    gate: Optional[threading.Event] = None
 
 
 @dataclass
@@ -256,6 +258,8 @@ class Swarm:
         plan, shard = self.plan, self.plan.shards[res.client_id]
         if res.role == "late":
             await asyncio.sleep(plan.late_delay)
+        if res.client_id in plan.gate_ids and plan.gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, plan.gate.wait)
         channel = grpc.aio.insecure_channel(plan.address, options=[
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)])

@@ -134,9 +134,9 @@ def run_standalone(cfg, data: ProcessData) -> int:
 
 # ------------------------------------------------------------------ distributed
 def run_server(cfg, data: ProcessData) -> int:
-    from federatedscope.core.communication.grpc_server import GrpcServerTransport
+    from federatedscope.core.communication.grpc_server import GrpcServerTransport, ServerInbox
     expected = client_count(cfg, data)
-    inbox: "queue.Queue" = queue.Queue()
+    inbox: "queue.Queue" = ServerInbox()   # lets the transport decode only a few models ahead
     model = get_model(cfg)
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     transport = GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8),

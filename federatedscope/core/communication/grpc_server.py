@@ -40,6 +40,17 @@ SERVICE = "federatedscope.FLService"
 # A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
 # before the stream is bound is not a join and is refused without being decoded.
 PREJOIN_MAX_BYTES = 64 * 1024
+# gRPC copies every message it sends into its own buffers, so N concurrent writes of a model
+# hold N copies. At most this many large messages are being written at once; the rest wait in
+# their queues as references to the one encoded broadcast (a few streams saturate loopback).
+BIG_MESSAGE = 64 * 1024
+CONCURRENT_BIG_WRITES = 8
+# Decoded model-sized messages waiting in a ``ServerInbox`` for the Server (see there).
+HEAVY_IN_INBOX = 4
+# Streams holding a received model-sized message that waits for an inbox slot. Each holds the
+# raw bytes, so while this many wait, no new large write starts: clients that answer a model
+# with a model (e.g. a swarm replying at once) are paced to the Server's own processing rate.
+MAX_BACKLOG = 8
 # Headroom over 2 x the model's raw bytes: frame header, content JSON, tensor names.
 MESSAGE_MARGIN = 1024 * 1024
 
@@ -81,6 +92,28 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
     return Limits(max_receive=recv, prejoin_max=min(PREJOIN_MAX_BYTES, recv),
                   max_unjoined=unjoined, max_sessions=max_clients + unjoined,
                   join_deadline=float(cfg.distribute.join_deadline))
+
+
+class ServerInbox(queue.Queue):
+    """The ``Server``'s event queue. Taking a model-carrying event out of it gives that event's
+    slot back to the transport, which decodes at most ``HEAVY_IN_INBOX`` models ahead of the
+    Server: memory stays O(model) however many clients upload at once (back-pressure reaches
+    the senders through gRPC flow control while the readers wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_heavy_taken = None
+
+    def get(self, block: bool = True, timeout: Optional[float] = None):
+        item = super().get(block, timeout)
+        if isinstance(item, _HeavyIncoming) and self.on_heavy_taken is not None:
+            self.on_heavy_taken()
+        return item
+
+
+@dataclass
+class _HeavyIncoming(Incoming):
+    """An ``Incoming`` holding a model-sized message (counted against the inbox budget)."""
 
 
 def probe_bind(host: str, port: int) -> None:
@@ -134,6 +167,7 @@ class GrpcServerTransport:
         self.limits = derive_limits(cfg, max_clients, model_bytes)
         self.rejected = 0
         self.evicted = 0
+        self.delivered = 0
         self._ids = itertools.count(1)
         self._conns: Dict[int, _Connection] = {}
         self._by_client: Dict[int, _Connection] = {}
@@ -168,6 +202,13 @@ class GrpcServerTransport:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._all_closed = asyncio.Event()
         self._all_closed.set()
+        self._big_writes = asyncio.Semaphore(CONCURRENT_BIG_WRITES)
+        self._heavy = asyncio.Semaphore(HEAVY_IN_INBOX)
+        self._backlog = 0
+        self._backlog_ok = asyncio.Event()
+        self._backlog_ok.set()
+        if isinstance(self.inbox, ServerInbox):
+            self.inbox.on_heavy_taken = lambda: self._call(self._heavy.release)
         creds = server_credentials(self.cfg)
         probe_bind(self.cfg.distribute.server_host, int(self.cfg.distribute.server_port))
         try:
@@ -293,7 +334,13 @@ class GrpcServerTransport:
                 item = await conn.outbox.get()
                 if item is _CLOSE:
                     break
-                await context.write(item)
+                if len(item) < BIG_MESSAGE:
+                    await context.write(item)
+                    continue
+                async with self._big_writes:
+                    await self._backlog_ok.wait()    # checked per write, inside the slot
+                    await context.write(item)
+                item = None   # the last broadcast must not outlive its sending
         finally:
             deadline.cancel()
             reader.cancel()
@@ -304,7 +351,17 @@ class GrpcServerTransport:
     async def _read(self, conn: _Connection, requests) -> None:
         try:
             async for data in requests:
-                if not self._deliver(conn, data):
+                heavy = len(data) >= BIG_MESSAGE and isinstance(self.inbox, ServerInbox)
+                if heavy:
+                    await self._wait_for_inbox_slot()
+                delivered = self.delivered
+                keep = self._deliver(conn, data, heavy)
+                # Drop the raw bytes now: an idle stream would otherwise keep its last message
+                # (a whole model) alive until its next heartbeat, N models for N streams.
+                del data
+                if heavy and self.delivered == delivered:
+                    self._heavy.release()
+                if not keep:
                     break
         except asyncio.CancelledError:
             raise
@@ -313,6 +370,17 @@ class GrpcServerTransport:
         except Exception as e:  # never let one stream take the loop down
             conn.reason = f"reader failed: {clip_text(repr(e), 160)}"
         conn.outbox.put_nowait(_CLOSE)
+
+    async def _wait_for_inbox_slot(self) -> None:
+        self._backlog += 1
+        if self._backlog >= MAX_BACKLOG:
+            self._backlog_ok.clear()
+        try:
+            await self._heavy.acquire()
+        finally:
+            self._backlog -= 1
+            if self._backlog < MAX_BACKLOG:
+                self._backlog_ok.set()
 
     def _check_deadline(self, conn: _Connection) -> None:
         if conn.client_id is None and not conn.join_sent and conn.conn_id in self._conns:
@@ -326,7 +394,7 @@ class GrpcServerTransport:
         self.rejected += 1
         logger.warning(f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
 
-    def _deliver(self, conn: _Connection, data: bytes) -> bool:
+    def _deliver(self, conn: _Connection, data: bytes, heavy: bool = False) -> bool:
         """Decode, check, hand to the Server. False: the stream must be closed."""
         if conn.client_id is None:
             if len(data) > self.limits.prejoin_max:
@@ -354,7 +422,8 @@ class GrpcServerTransport:
             self._idle.pop(conn.conn_id, None)
             self._joining[conn.conn_id] = conn
         conn.delivered = True
-        self.inbox.put(Incoming(conn.conn_id, msg, conn.peer))
+        self.delivered += 1
+        self.inbox.put((_HeavyIncoming if heavy else Incoming)(conn.conn_id, msg, conn.peer))
         return True
 
     def _forget(self, conn: _Connection) -> None:
