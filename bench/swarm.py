@@ -33,6 +33,7 @@ if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from federatedscope.core.communication import codec  # noqa: E402
+from federatedscope.core.communication.flow import chunk_frames  # noqa: E402
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
                                          METRICS, MODEL_PARA, REFUSE, Message)
 
@@ -270,7 +271,8 @@ class Swarm:
 
         async def write(msg: Message) -> None:
             async with lock:
-                await call.write(codec.encode(msg))
+                for frame in chunk_frames(codec.encode(msg)):   # as the real client sends
+                    await call.write(frame)
 
         async def heartbeat() -> None:
             while True:

@@ -90,7 +90,7 @@ def _tensor_at(tp: fl_pb2.TensorProto, data: bytes, offset: int) -> "tuple[torch
 
 
 def decode(data: bytes) -> Message:
-    """Bytes from the network -> ``Message``. Any failure at all is an ``InvalidMessage`` with a
+    """Bytes (or a bytearray from chunk reassembly) from the network -> ``Message``. Any failure at all is an ``InvalidMessage`` with a
     bounded text: a hostile frame must cost one log line, never an exception that escapes."""
     try:
         return _decode(data)
@@ -113,7 +113,7 @@ def _decode(data: bytes) -> Message:
         raise InvalidMessage(f"header length {head_len} does not fit the message")
     env = fl_pb2.Envelope()
     try:
-        env.ParseFromString(data[_PREFIX:_PREFIX + head_len])
+        env.ParseFromString(bytes(data[_PREFIX:_PREFIX + head_len]))
     except Exception as e:  # protobuf raises DecodeError; treat any parse failure alike
         raise InvalidMessage(f"not a valid Envelope header: {clip_text(str(e), 120)}") from None
     if len(env.content_json) > MAX_CONTENT_BYTES:

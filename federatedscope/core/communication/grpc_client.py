@@ -20,7 +20,8 @@ from typing import Optional
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.grpc_server import compression, grpc_options
+from federatedscope.core.communication.flow import chunk_frames
+from federatedscope.core.communication.limits import compression, grpc_options
 from federatedscope.core.communication.security import channel_credentials
 from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
                                          validate_message)
@@ -135,7 +136,10 @@ class GrpcClientTransport:
                 item = codec.encode(Message(HEARTBEAT, self.sender_id, 0, 0))
             if item is _END:
                 return
-            yield item
+            if isinstance(item, list):   # a chunked message: its chunks back to back
+                yield from item
+            else:
+                yield item
 
     def _read(self, call) -> None:
         reason = "server closed the stream"
@@ -190,7 +194,8 @@ class GrpcClientTransport:
     def send(self, msg: Message) -> None:
         if self._outbox is not None:
             self.sender_id = msg.sender
-            self._outbox.put(codec.encode(msg))
+            # Large messages go as small chunks: the server reads them at its own pace.
+            self._outbox.put(chunk_frames(codec.encode(msg)))
 
     def end_session(self) -> None:
         if self._outbox is not None:
