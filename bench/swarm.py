@@ -46,7 +46,7 @@ _END = object()
 class RawPeer:
     """One real session (sync API, a reader thread): for tests that play a hostile peer.
 
-    ``send(frame_or_message)``, ``join(client_id, token=..., declaration=..., num_samples=...)``,
+    ``send(frame_or_message)``, ``send_chunked(frame_or_message)``, ``join(client_id, token=..., declaration=..., num_samples=...)``,
     ``recv(timeout) -> Message | None``, ``recv_raw(timeout) -> bytes | None``,
     ``wait_closed(timeout) -> bool``; after the stream ends ``code`` is the gRPC status name
     ("OK", "RESOURCE_EXHAUSTED", ...) and ``details`` its text. Use as a context manager."""
@@ -88,6 +88,12 @@ class RawPeer:
 
     def send(self, frame: Union[bytes, Message]) -> None:
         self._out.put(codec.encode(frame) if isinstance(frame, Message) else bytes(frame))
+
+    def send_chunked(self, frame: Union[bytes, Message], size: int = 64 * 1024) -> None:
+        """As the real client sends a large message: a first chunk and continuations."""
+        data = codec.encode(frame) if isinstance(frame, Message) else bytes(frame)
+        for part in chunk_frames(data, size):
+            self._out.put(part)
 
     def join(self, client_id: int, token: str = "", declaration: Optional[dict] = None,
              num_samples: Optional[dict] = None, **extra) -> None:

@@ -175,3 +175,58 @@ def test_broadcast_is_encoded_once_and_stop_drains_it(server):
     finally:
         for p in peers:
             p.close()
+
+
+def _bound_peers(t, inbox, addr, n):
+    peers = [RawPeer(addr) for _ in range(n)]
+    for k, p in enumerate(peers, 1):
+        p.join(k)
+        t.bind(_next_incoming(inbox).conn_id, k)
+    return peers
+
+
+def test_simultaneous_uploads_are_read_only_as_fast_as_the_server_takes_them():
+    from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=64)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    peers = _bound_peers(t, inbox, addr, 30)
+    try:
+        update = {"w": torch.ones(256 * 1024)}                  # 1 MiB each
+        for k, p in enumerate(peers, 1):
+            p.send_chunked(Message(MODEL_PARA, k, 0, 0, {"sample_size": 1}, update))
+        time.sleep(3.0)                                          # nobody takes from the inbox
+        waiting = list(inbox.queue)
+        assert len(waiting) == HEAVY_IN_INBOX, len(waiting)     # the rest wait in flow control
+        got = [_next_incoming(inbox).msg for _ in range(30)]     # taking them lets the rest in
+        assert sorted(m.sender for m in got) == list(range(1, 31))
+        assert all(torch.equal(m.tensors["w"], update["w"]) for m in got)
+    finally:
+        for p in peers:
+            p.close()
+        t.stop(grace=1.0)
+
+
+def test_chunked_message_stalled_midway_is_dropped_and_its_stream_closed(caplog):
+    import dataclasses
+    from federatedscope.core.communication.flow import CHUNK_FIRST, ServerInbox, chunk_frames
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)
+    t.limits = dataclasses.replace(t.limits, assembly_timeout=1.0)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    try:
+        stalled, = _bound_peers(t, inbox, addr, 1)
+        frames = chunk_frames(codec.encode(Message(MODEL_PARA, 1, 0, 0, {"sample_size": 1},
+                                                   {"w": torch.ones(100_000)})))
+        stalled.send(frames[0])                                  # first chunk only
+        assert stalled.wait_closed(10), "a stalled upload kept its stream (and inbox slot)"
+        assert "incomplete after" in caplog.text
+        with RawPeer(addr) as stranger:                          # pre-join: refused by the
+            stranger.send(CHUNK_FIRST + (50 << 20).to_bytes(8, "little"))   # declared length
+            assert stranger.wait_closed(10) and stranger.code == "RESOURCE_EXHAUSTED"
+        assert "52428800-byte message refused unread" in caplog.text
+    finally:
+        t.stop(grace=1.0)
