@@ -179,7 +179,7 @@ class GrpcClientTransport:
                 f"server's log, or raise distribute.max_reconnect_time to keep trying longer.")
         self._quiet_failures += 1
         if now - self._last_log >= 10.0:  # rate-limited: one line per 10 s, with the count
-            logger.warning(f"Client #{self.sender_id}: session with {self.address} ended ({why}); "
+            logger.warning(f"Client #{self.sender_id}: lost the server at {self.address} ({why}); "
                            f"retrying in {delay:.1f}s ({self._quiet_failures} failure(s) since "
                            f"the last line, {spent:.0f}s/{budget:.0f}s of "
                            f"distribute.max_reconnect_time)")
