@@ -3,6 +3,7 @@
 what is tested is exactly what the transport lets through to the inbox."""
 import logging
 import queue
+import threading
 import time
 
 import pytest
@@ -230,3 +231,47 @@ def test_chunked_message_stalled_midway_is_dropped_and_its_stream_closed(caplog)
         assert "52428800-byte message refused unread" in caplog.text
     finally:
         t.stop(grace=1.0)
+
+
+def test_peers_that_stop_reading_cannot_hold_the_write_slots(caplog):
+    import dataclasses
+    import grpc
+    from federatedscope.core.communication.limits import CONCURRENT_BIG_WRITES
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox: "queue.Queue" = queue.Queue()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=32)
+    t.limits = dataclasses.replace(t.limits, write_timeout=1.5)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    stalled, channels, done = [], [], threading.Event()
+    try:
+        for k in range(1, CONCURRENT_BIG_WRITES + 3):     # more stalled readers than slots
+            ch = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1),
+                                                      ("grpc.http2.bdp_probe", 0)])
+            channels.append(ch)
+            call = ch.stream_stream("/federatedscope.FLService/Session",
+                                    request_serializer=None, response_deserializer=None)
+            join = codec.encode(Message(JOIN_IN, k, 0, 0, {"client_id": k}))
+            stalled.append(call(_join_then_hold(join, done)))   # never reads its responses
+            t.bind(_next_incoming(inbox).conn_id, k)
+        reader = RawPeer(addr)
+        reader.join(100)
+        t.bind(_next_incoming(inbox).conn_id, 100)
+        model = {"w": torch.ones(4 * 1024 * 1024)}       # 16 MiB: far over a 64 KiB window
+        t.broadcast(Message("finish", 0, -2, 1, {}, model), list(range(1, len(stalled) + 1)) + [100])
+        got = reader.recv(20)
+        assert got is not None and got.msg_type == "finish", "stalled readers froze the broadcast"
+        assert "stalled reader" in caplog.text
+        reader.close()
+    finally:
+        done.set()
+        for c in stalled:
+            c.cancel()
+        for ch in channels:
+            ch.close()
+        t.stop(grace=1.0)
+
+
+def _join_then_hold(join: bytes, done):
+    yield join
+    done.wait(60)     # keeps the stream open (half-closing would end it) until the test ends

@@ -250,7 +250,8 @@ class GrpcServerTransport:
                     continue
                 async with self._big_writes:
                     await self._backlog_ok.wait()    # checked per write, inside the slot
-                    await context.write(item)
+                    if not await self._timed_write(conn, context, item):
+                        break
                 item = None   # the last broadcast must not outlive its sending
         finally:
             deadline.cancel()
@@ -258,6 +259,18 @@ class GrpcServerTransport:
             self._forget(conn)
         if conn.abort is not None:
             await context.abort(*conn.abort)
+
+    async def _timed_write(self, conn: _Connection, context, item: bytes) -> bool:
+        """A peer that stops reading must not keep one of the few large-write slots."""
+        try:
+            await asyncio.wait_for(context.write(item), self.limits.write_timeout)
+            return True
+        except asyncio.TimeoutError:
+            who = f"client #{conn.client_id}" if conn.client_id is not None else conn.peer
+            logger.warning(f"Closed the session of {who}: a {len(item)}-byte message was not "
+                           f"taken within {self.limits.write_timeout:g}s (stalled reader)")
+            conn.reason = "stopped reading"
+            return False
 
     async def _read(self, conn: _Connection, requests) -> None:
         try:

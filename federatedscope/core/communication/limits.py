@@ -53,6 +53,7 @@ class Limits:
     max_sessions: int       # all streams (admitted + unjoined); the health service is extra
     join_deadline: float    # seconds an unbound stream may stay silent (no valid join_in)
     assembly_timeout: float  # seconds a chunked message may take from first to last chunk
+    write_timeout: float    # seconds a peer may take to accept one large message
     stream_window: int      # bytes; HTTP/2 receive window per stream (distribute.grpc_stream_window_kb)
 
 
@@ -69,6 +70,7 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
                   join_deadline=float(cfg.distribute.join_deadline),
                   # as long as a silent client is tolerated: a slow link is not an attack
                   assembly_timeout=max(30.0, float(cfg.distribute.heartbeat_timeout)),
+                  write_timeout=max(30.0, float(cfg.distribute.heartbeat_timeout)),
                   stream_window=int(cfg.distribute.grpc_stream_window_kb * 1024))
 
 
