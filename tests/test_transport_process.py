@@ -1,9 +1,7 @@
 """The transport with real processes on loopback: floods against a real server, a second server
 on a held port, and a client whose sessions are refused on a live channel."""
-import os
 import queue
 import socket
-import threading
 import time
 from concurrent import futures
 

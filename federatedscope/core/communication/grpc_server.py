@@ -26,39 +26,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, HEAVY_IN_INBOX,
-                                                    HeavyIncoming, Reassembly, ServerInbox,
-                                                    chunk_total)
+from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
+from federatedscope.core.communication.intake import CLOSE, Connection, StreamIntake
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
-                                                      MAX_BACKLOG, compression, derive_limits,
-                                                      grpc_options, probe_bind)
+                                                      compression, derive_limits, grpc_options,
+                                                      probe_bind)
 from federatedscope.core.communication.security import server_credentials
-from federatedscope.core.message import (JOIN_IN, InvalidMessage, Message, clip_text,
-                                         validate_message)
-from federatedscope.core.workers.base_worker import Disconnected, Incoming
+from federatedscope.core.message import Message, clip_text
+from federatedscope.core.workers.base_worker import Disconnected
 
 logger = logging.getLogger("federatedscope")
-_CLOSE = object()
 SERVICE = "federatedscope.FLService"
 __all__ = ["GrpcServerTransport", "ServerInbox", "grpc_options", "compression"]
 
 
-class _Connection:
-    """One client stream; touched only on the event-loop thread."""
-
-    def __init__(self, conn_id: int, peer: str):
-        self.conn_id = conn_id
-        self.peer = clip_text(peer, 80)
-        self.client_id: Optional[int] = None
-        self.outbox: "asyncio.Queue" = asyncio.Queue()
-        self.join_sent = False        # a valid join_in is with the Server, awaiting its answer
-        self.delivered = False        # something reached the inbox: the Server must hear the end
-        self.reason = "stream closed by client"
-        self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
-        self.assembly: Optional[Reassembly] = None   # a chunked message being received
-
-
-class GrpcServerTransport:
+class GrpcServerTransport(StreamIntake):
     """Implements ``ServerComm`` for the ``Server`` worker; events go to ``inbox``.
 
     ``max_clients`` bounds admitted sessions (callers pass ~2 x the expected count);
@@ -73,10 +55,10 @@ class GrpcServerTransport:
         self.evicted = 0
         self.delivered = 0
         self._ids = itertools.count(1)
-        self._conns: Dict[int, _Connection] = {}
-        self._by_client: Dict[int, _Connection] = {}
-        self._idle: "collections.OrderedDict[int, _Connection]" = collections.OrderedDict()
-        self._joining: Dict[int, _Connection] = {}
+        self._conns: Dict[int, Connection] = {}
+        self._by_client: Dict[int, Connection] = {}
+        self._idle: "collections.OrderedDict[int, Connection]" = collections.OrderedDict()
+        self._joining: Dict[int, Connection] = {}
         self._all_closed: Optional[asyncio.Event] = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio",
@@ -154,7 +136,7 @@ class GrpcServerTransport:
     async def _stop(self, grace: float) -> None:
         # Callbacks queued before this coroutine (e.g. the final broadcast) have run: FIFO.
         for conn in list(self._conns.values()):
-            conn.outbox.put_nowait(_CLOSE)
+            conn.outbox.put_nowait(CLOSE)
         try:
             await asyncio.wait_for(self._all_closed.wait(), timeout=grace)
         except asyncio.TimeoutError:
@@ -187,7 +169,7 @@ class GrpcServerTransport:
         self._call(self._enqueue_conn, conn_id, codec.encode(msg))
 
     def close(self, conn_id: int) -> None:
-        self._call(self._enqueue_conn, conn_id, _CLOSE)
+        self._call(self._enqueue_conn, conn_id, CLOSE)
 
     # ------------------------------------------------ loop-thread handlers
     def _bind(self, conn_id: int, client_id: int) -> None:
@@ -213,7 +195,7 @@ class GrpcServerTransport:
             conn.outbox.put_nowait(item)
 
     # ---------------------------------------------------------- gRPC side
-    def _open(self, peer: str) -> Optional[_Connection]:
+    def _open(self, peer: str) -> Optional[Connection]:
         """Register a new stream, or None when it must be refused (caps reached)."""
         if len(self._idle) + len(self._joining) >= self.limits.max_unjoined:
             if not self._idle:
@@ -222,10 +204,10 @@ class GrpcServerTransport:
             self.evicted += 1
             logger.warning(f"Closed unjoined session from {old.peer}: {self.limits.max_unjoined} "
                            f"unjoined sessions open, a newer one arrived")
-            old.outbox.put_nowait(_CLOSE)
+            old.outbox.put_nowait(CLOSE)
         if len(self._conns) >= self.limits.max_sessions:
             return None
-        conn = _Connection(next(self._ids), peer)
+        conn = Connection(next(self._ids), peer)
         self._conns[conn.conn_id] = conn
         self._idle[conn.conn_id] = conn
         self._all_closed.clear()
@@ -243,7 +225,7 @@ class GrpcServerTransport:
         try:
             while True:
                 item = await conn.outbox.get()
-                if item is _CLOSE:
+                if item is CLOSE:
                     break
                 if len(item) < BIG_MESSAGE:
                     await context.write(item)
@@ -260,7 +242,7 @@ class GrpcServerTransport:
         if conn.abort is not None:
             await context.abort(*conn.abort)
 
-    async def _timed_write(self, conn: _Connection, context, item: bytes) -> bool:
+    async def _timed_write(self, conn: Connection, context, item: bytes) -> bool:
         """A peer that stops reading must not keep one of the few large-write slots."""
         try:
             await asyncio.wait_for(context.write(item), self.limits.write_timeout)
@@ -272,7 +254,7 @@ class GrpcServerTransport:
             conn.reason = "stopped reading"
             return False
 
-    async def _read(self, conn: _Connection, requests) -> None:
+    async def _read(self, conn: Connection, requests) -> None:
         try:
             async for data in requests:
                 keep = await self._on_frame(conn, data)
@@ -287,151 +269,17 @@ class GrpcServerTransport:
             conn.reason = f"stream error: {e.code().name if hasattr(e, 'code') else e}"
         except Exception as e:  # never let one stream take the loop down
             conn.reason = f"reader failed: {clip_text(repr(e), 160)}"
-        conn.outbox.put_nowait(_CLOSE)
+        conn.outbox.put_nowait(CLOSE)
 
-    async def _on_frame(self, conn: _Connection, data: bytes) -> bool:
-        """One wire message: a whole frame, or a chunk of one. False: close the stream."""
-        head = data[:len(CHUNK_FIRST)]
-        if head == CHUNK_MORE:
-            if conn.assembly is None:
-                self._reject(conn, "continuation chunk without a first chunk")
-                return True
-            try:
-                if not conn.assembly.add(memoryview(data)[len(CHUNK_MORE):]):
-                    return True
-            except InvalidMessage as e:
-                self._drop_assembly(conn)
-                self._reject(conn, str(e))
-                return True
-            done, conn.assembly = conn.assembly, None
-            done.finish()
-            return self._deliver_counted(conn, done.buf, done.heavy)
-        if conn.assembly is not None:
-            self._drop_assembly(conn)
-            self._reject(conn, "a new message began before the chunked one was complete")
-        if head == CHUNK_FIRST:
-            return await self._begin_chunks(conn, data)
-        if self._refused_by_length(conn, len(data)):
-            return False
-        heavy = self._budgeted(len(data))
-        if heavy:
-            await self._wait_for_inbox_slot()
-        return self._deliver_counted(conn, data, heavy)
-
-    async def _begin_chunks(self, conn: _Connection, data: bytes) -> bool:
-        try:
-            total = chunk_total(data)
-        except InvalidMessage as e:
-            self._reject(conn, str(e))
-            return True
-        if self._refused_by_length(conn, total):
-            return False
-        heavy = self._budgeted(total)
-        if heavy:   # before reading the rest: while we wait, flow control holds the sender
-            await self._wait_for_inbox_slot()
-        try:
-            conn.assembly = Reassembly(total, data, heavy)
-        except InvalidMessage as e:
-            if heavy:
-                self._heavy.release()
-            self._reject(conn, str(e))
-            return True
-        if conn.assembly.complete:
-            whole, conn.assembly = conn.assembly.buf, None
-            return self._deliver_counted(conn, whole, heavy)
-        # Cancelled when the message completes: a pending timer would keep its buffer alive.
-        conn.assembly.timer = self._loop.call_later(self.limits.assembly_timeout,
-                                                    self._check_assembly, conn, conn.assembly)
-        return True
-
-    def _check_assembly(self, conn: _Connection, assembly: Reassembly) -> None:
-        """A peer that stops mid-message must not hold an inbox slot: close its stream."""
-        if conn.assembly is assembly:
-            self._drop_assembly(conn)
-            self._reject(conn, f"chunked message incomplete after "
-                               f"{self.limits.assembly_timeout:g}s; closing the stream")
-            conn.reason = "stalled in the middle of a message"
-            conn.outbox.put_nowait(_CLOSE)
-
-    def _drop_assembly(self, conn: _Connection) -> None:
-        if conn.assembly is not None:
-            conn.assembly.finish()
-            if conn.assembly.heavy:
-                self._heavy.release()
-        conn.assembly = None
-
-    def _budgeted(self, size: int) -> bool:
-        return size >= BIG_MESSAGE and isinstance(self.inbox, ServerInbox)
-
-    def _deliver_counted(self, conn: _Connection, data, heavy: bool) -> bool:
-        delivered = self.delivered
-        keep = self._deliver(conn, data, heavy)
-        if heavy and self.delivered == delivered:
-            self._heavy.release()           # rejected: its slot goes back at once
-        return keep
-
-    def _refused_by_length(self, conn: _Connection, size: int) -> bool:
-        """Before the stream is bound, a message larger than a join is refused unread."""
-        if conn.client_id is not None and size <= self.limits.max_receive:
-            return False
-        if conn.client_id is None and size <= self.limits.prejoin_max:
-            return False
-        limit = self.limits.prejoin_max if conn.client_id is None else self.limits.max_receive
-        self._reject(conn, f"{size}-byte message refused unread (limit {limit} bytes"
-                           f"{' until joined' if conn.client_id is None else ''})")
-        conn.reason = "oversized message"
-        conn.abort = (grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large")
-        return True
-
-    async def _wait_for_inbox_slot(self) -> None:
-        self._backlog += 1
-        if self._backlog >= MAX_BACKLOG:
-            self._backlog_ok.clear()
-        try:
-            await self._heavy.acquire()
-        finally:
-            self._backlog -= 1
-            if self._backlog < MAX_BACKLOG:
-                self._backlog_ok.set()
-
-    def _check_deadline(self, conn: _Connection) -> None:
+    def _check_deadline(self, conn: Connection) -> None:
         if conn.client_id is None and not conn.join_sent and conn.conn_id in self._conns:
             self._idle.pop(conn.conn_id, None)
             logger.warning(f"Closed session from {conn.peer}: no valid join_in within "
                            f"{self.limits.join_deadline:g}s (distribute.join_deadline)")
             conn.reason = "no join_in before distribute.join_deadline"
-            conn.outbox.put_nowait(_CLOSE)
+            conn.outbox.put_nowait(CLOSE)
 
-    def _reject(self, conn: _Connection, why: str) -> None:
-        self.rejected += 1
-        logger.warning(f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
-
-    def _deliver(self, conn: _Connection, data: bytes, heavy: bool = False) -> bool:
-        """Decode, check, hand to the Server. False: the stream must be closed."""
-        if conn.client_id is None and conn.join_sent:
-            self._reject(conn, "message before the server answered this stream's join_in")
-            return True
-        try:
-            msg = codec.decode(data)
-            validate_message(msg, from_server=False)
-            if conn.client_id is None and msg.msg_type != JOIN_IN:
-                raise InvalidMessage(f"{clip_text(msg.msg_type, 60)} before join_in")
-            if conn.client_id is not None and msg.sender != conn.client_id:
-                raise InvalidMessage(f"connection of client #{conn.client_id} sent as "
-                                     f"#{msg.sender}")
-        except InvalidMessage as e:
-            self._reject(conn, str(e))
-            return True
-        if conn.client_id is None:
-            conn.join_sent = True
-            self._idle.pop(conn.conn_id, None)
-            self._joining[conn.conn_id] = conn
-        conn.delivered = True
-        self.delivered += 1
-        self.inbox.put((HeavyIncoming if heavy else Incoming)(conn.conn_id, msg, conn.peer))
-        return True
-
-    def _forget(self, conn: _Connection) -> None:
+    def _forget(self, conn: Connection) -> None:
         self._conns.pop(conn.conn_id, None)
         self._idle.pop(conn.conn_id, None)
         self._joining.pop(conn.conn_id, None)
