@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     from bench.run import Ctx
     p = argparse.ArgumentParser(description=TITLE)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=os.path.join(common.ROOT, "bench", "results", "tmp_scale"))
+    p.add_argument("--out", default=os.path.join(common.ROOT, "bench", "results", "tmp", "scale"))
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     ctx = Ctx(a.quick, a.out, a.out)
