@@ -275,3 +275,18 @@ def test_peers_that_stop_reading_cannot_hold_the_write_slots(caplog):
 def _join_then_hold(join: bytes, done):
     yield join
     done.wait(60)     # keeps the stream open (half-closing would end it) until the test ends
+
+
+def test_a_join_the_server_never_answers_does_not_hold_a_slot_for_ever(server, caplog,
+                                                                      monkeypatch):
+    from federatedscope.core.communication import grpc_server
+    monkeypatch.setattr(grpc_server, "JOIN_ANSWER_TIMEOUT", 1.0)
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server(join_deadline=1.0)
+    with RawPeer(addr) as peer:
+        peer.join(7)
+        _next_incoming(inbox)            # delivered; the "Server" never binds nor refuses it
+        time.sleep(1.5)
+        assert not peer.closed, "a delivered join was cut at the plain join deadline"
+        assert peer.wait_closed(10)
+    assert "join_in was not answered" in caplog.text

@@ -37,6 +37,7 @@ from federatedscope.core.workers.base_worker import Disconnected
 
 logger = logging.getLogger("federatedscope")
 SERVICE = "federatedscope.FLService"
+JOIN_ANSWER_TIMEOUT = 60.0   # seconds; a delivered join_in normally gets bound or refused in ms
 __all__ = ["GrpcServerTransport", "ServerInbox", "grpc_options", "compression"]
 
 
@@ -271,13 +272,21 @@ class GrpcServerTransport(StreamIntake):
             conn.reason = f"reader failed: {clip_text(repr(e), 160)}"
         conn.outbox.put_nowait(CLOSE)
 
-    def _check_deadline(self, conn: Connection) -> None:
-        if conn.client_id is None and not conn.join_sent and conn.conn_id in self._conns:
-            self._idle.pop(conn.conn_id, None)
-            logger.warning(f"Closed session from {conn.peer}: no valid join_in within "
-                           f"{self.limits.join_deadline:g}s (distribute.join_deadline)")
-            conn.reason = "no join_in before distribute.join_deadline"
-            conn.outbox.put_nowait(CLOSE)
+    def _check_deadline(self, conn: Connection, rechecked: bool = False) -> None:
+        if conn.client_id is not None or conn.conn_id not in self._conns:
+            return
+        if conn.join_sent and not rechecked:
+            # The Server is deciding (a join storm can queue joins for seconds); a join it
+            # never answers must still not hold an unjoined slot for ever.
+            self._loop.call_later(JOIN_ANSWER_TIMEOUT, self._check_deadline, conn, True)
+            return
+        self._idle.pop(conn.conn_id, None)
+        why = (f"its join_in was not answered within {JOIN_ANSWER_TIMEOUT:g}s" if conn.join_sent
+               else f"no valid join_in within {self.limits.join_deadline:g}s "
+                    f"(distribute.join_deadline)")
+        logger.warning(f"Closed session from {conn.peer}: {why}")
+        conn.reason = "no join_in before distribute.join_deadline"
+        conn.outbox.put_nowait(CLOSE)
 
     def _forget(self, conn: Connection) -> None:
         self._conns.pop(conn.conn_id, None)
