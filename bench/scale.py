@@ -8,6 +8,7 @@ run (one gRPC stream into a sink process) to give each round its transfer floor:
 model bytes x sampled clients / throughput.
 """
 import os
+import re
 import sys
 import threading
 import time
@@ -70,16 +71,17 @@ def _rss_mb(pid: int) -> float:
     return common.read_status_kb(pid)["VmRSS"] / 1024
 
 
-def run_n(ctx, n: int, rounds: int, window: float) -> dict:
+def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "") -> dict:
     """One server (under bench/child.py, which reports its VmHWM and CPU at exit) and a swarm of
     N + 1: storm, idle window, then the gate opens and the job runs."""
     from bench.swarm import SwarmPlan, Swarm, server_opts, summarize, write_swarm_manifest
     import asyncio
-    manifest, shards = write_swarm_manifest(ctx.tmp(f"n{n}"), n + 1)
+    name = f"n{n}{tag}"
+    manifest, shards = write_swarm_manifest(ctx.tmp(name), n + 1)
     port = common.free_port()
-    log, report = ctx.tmp(f"n{n}_server.log"), ctx.tmp(f"n{n}_server.json")
+    log, report = ctx.tmp(f"{name}_server.log"), ctx.tmp(f"{name}_server.json")
     server = common.spawn_child(report, "main", common.server_argv(
-        manifest, port, ctx.tmp(f"n{n}_exp"), rounds, server_opts(rounds)), log)
+        manifest, port, ctx.tmp(f"{name}_exp"), rounds, server_opts(rounds, extra)), log)
     gate = threading.Event()
     swarm = Swarm(SwarmPlan(f"127.0.0.1:{port}", shards, gate_ids=frozenset({n + 1}), gate=gate,
                             timeout=900))
@@ -113,7 +115,9 @@ def run_n(ctx, n: int, rounds: int, window: float) -> dict:
             "peak_mb": rep["status_kb"]["VmHWM"] / 1024, "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
             "round_s": common.round_times(log), "job_wall_s": job_s,
-            "swarm": summarize(out.get("res", swarm.results), rounds)}
+            "aggregated": [int(x) for x in re.findall(r"aggregated (\d+) update",
+                                                      open(log, errors="replace").read())],
+            "swarm": summarize(out.get("res", swarm.results), rounds, sampled=bool(extra))}
 
 
 # ----------------------------------------------------------------------------- run
@@ -135,10 +139,14 @@ def run(ctx) -> dict:
         ctx.log(f"  N={n}: peak {r['peak_mb']:.0f} MB, idle {r['idle_cpu_pct']:.2f} %, join p99 "
                 f"{r['swarm']['join_p99_s']:.2f}s, rounds {r['round_s']}, lost "
                 f"{r['swarm']['messages_lost']}")
-    return _report(ctx, per_n, model_bytes, thr)
+    sampled = None
+    if not ctx.quick:
+        ctx.log("  N=1000 with federate.sample_client_num 100")
+        sampled = run_n(ctx, 1000, rounds, window, ["federate.sample_client_num", "100"], "_s100")
+    return _report(ctx, per_n, model_bytes, thr, sampled)
 
 
-def _report(ctx, per_n: dict, model_bytes: int, thr: float) -> dict:
+def _report(ctx, per_n: dict, model_bytes: int, thr: float, sampled=None) -> dict:
     rows = []
     big = max(per_n)
     for n, r in sorted(per_n.items()):
@@ -179,6 +187,13 @@ def _report(ctx, per_n: dict, model_bytes: int, thr: float) -> dict:
         rows.append(row(f"RSS growth {a} → {b} joined sessions", growth,
                         f"{growth:.0f} MB ({per_client_kb:.0f} KB per added client)",
                         f"≤ {GOALS['growth_mb']} MB for 100 → 1,000", growth <= GOALS["growth_mb"]))
+    if sampled is not None and 100 in per_n:
+        a, b = common.median(sampled["round_s"]), common.median(per_n[100]["round_s"])
+        ok = sampled["aggregated"] == [100] * sampled["rounds"] and a <= 1.5 * b
+        rows.append(row("N=1,000 with sample_client_num 100: median round vs a 100-client job",
+                        a / b, f"{a:.2f} s vs {b:.2f} s ({a / b:.2f}×); updates per round "
+                        f"{sampled['aggregated']}; peak RSS {sampled['peak_mb']:.0f} MB",
+                        "about the same (≤ 1.5×)", ok))
     context = [f"Loopback throughput {thr / MB:.0f} MB/s (one gRPC stream into a sink process, "
                f"best of 3); model {model_bytes / MB:.2f} MB raw; floor = model bytes × sampled "
                f"clients ÷ throughput (one direction; a round moves the model both ways).",
@@ -188,7 +203,8 @@ def _report(ctx, per_n: dict, model_bytes: int, thr: float) -> dict:
                "The swarm (all N sessions) runs in the benchmark process on the same machine as "
                "the server, so both share its CPUs."]
     return {"rows": rows, "context": context,
-            "raw": {"model_bytes": model_bytes, "loopback_Bps": thr, "per_n": per_n},
+            "raw": {"model_bytes": model_bytes, "loopback_Bps": thr, "per_n": per_n,
+                    "n1000_sample100": sampled},
             "summary": {f"peak_mb_n{n}": r["peak_mb"] for n, r in per_n.items()}}
 
 

@@ -343,15 +343,17 @@ class Swarm:
         return self.results
 
 
-def summarize(results: Dict[int, VirtualResult], rounds: int) -> dict:
-    """Counts, join latency percentiles and messages lost (expected to arrive but did not)."""
+def summarize(results: Dict[int, VirtualResult], rounds: int, sampled: bool = False) -> dict:
+    """Counts, join latency percentiles and messages lost (expected to arrive but did not).
+    ``sampled``: not every client trains every round, so only ``finish`` is expected by all."""
     lat = sorted(r.join_latency for r in results.values() if r.join_latency is not None)
 
     def pct(p: float) -> Optional[float]:
         return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
     stayed = [r for r in results.values() if r.role != "dropper"]
     # A client that stays must get every round's model, the final evaluation and finish.
-    lost = sum(rounds - len(set(r.models)) + (0 if r.finished else 1) for r in stayed)
+    lost = sum((0 if sampled else rounds - len(set(r.models))) + (0 if r.finished else 1)
+               for r in stayed)
     return {"clients": len(results), "joined": len(lat), "finished": sum(r.finished for r in stayed),
             "stayed": len(stayed), "refused": sum(bool(r.refused) for r in results.values()),
             "errors": sorted({r.error for r in results.values() if r.error})[:5],
