@@ -18,7 +18,8 @@ HEAVY_IN_INBOX = 4
 # First chunk: magic | uint64 LE total length | bytes; each next chunk: magic | bytes.
 CHUNK_FIRST = b"FSC1"
 CHUNK_MORE = b"FSC+"
-CHUNK_BYTES = 64 * 1024
+# 64 KiB with our 4-byte magic and gRPC's 5-byte message prefix: one window, one frame.
+CHUNK_BYTES = 64 * 1024 - 9
 _FIRST_HEAD = len(CHUNK_FIRST) + 8
 
 

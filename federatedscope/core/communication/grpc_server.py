@@ -84,7 +84,10 @@ class GrpcServerTransport(StreamIntake):
             # N x window, not N x model (measured: 100 uploads of 1.8 MB held +176 MB with
             # BDP probing, +12 MB without). Uploads then run at window / RTT per stream.
             ("grpc.http2.bdp_probe", 0),
-            ("grpc.http2.lookahead_bytes", self.limits.stream_window)]
+            ("grpc.http2.lookahead_bytes", self.limits.stream_window),
+            # ... and clients may send a whole window as one DATA frame: fewer 9-byte frame
+            # headers (upload bytes on the socket / raw: 1.00115 -> 1.00065 measured)
+            ("grpc.http2.max_frame_size", 1 << 20)]
         self._server = grpc.aio.server(options=options, compression=compression(self.cfg))
         # Raw bytes both ways: the codec parses requests (a malformed one is logged, not fatal
         # inside gRPC's deserializer) and a broadcast's encoded bytes are queued as they are.
