@@ -100,3 +100,59 @@ def test_no_pickle_on_the_wire():
     for f in src.glob("*.py"):
         text = f.read_text()
         assert "import pickle" not in text and "cloudpickle" not in text, f
+
+
+# ------------------------------------------------------------ hostile frames (issue 8)
+def test_json_depth_bomb_is_invalid_message():
+    bomb = "[" * 200_000 + "]" * 200_000          # < MAX_CONTENT_BYTES, far past recursion limit
+    with pytest.raises(InvalidMessage, match="nests too deeply"):
+        codec.decode(_frame(fl_pb2.Envelope(msg_type=METRICS, content_json=bomb)))
+
+
+def test_zero_size_tensor_with_huge_dims_is_invalid_message():
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="w", dtype="float32", shape=[0, 2 ** 62, 2 ** 62])  # numel 0: 0 bytes
+    with pytest.raises(InvalidMessage, match="bad shape"):
+        codec.decode(_frame(env))
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)                  # 2^62-element claim: no allocation
+    env.tensors.add(name="w", dtype="float64", shape=[2 ** 30, 2 ** 30, 2 ** 2])
+    with pytest.raises(InvalidMessage, match="needs"):
+        codec.decode(_frame(env))
+
+
+def test_invalid_utf8_in_header_strings_is_invalid_message():
+    head = fl_pb2.Envelope(msg_type="xx").SerializeToString().replace(b"xx", b"\xed\xa0")
+    with pytest.raises(InvalidMessage):
+        codec.decode(codec.MAGIC + len(head).to_bytes(4, "little") + head)
+
+
+def test_rejection_text_is_bounded():
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="n" * 1_000_000, dtype="d" * 100_000, shape=[1])
+    with pytest.raises(InvalidMessage) as info:
+        codec.decode(_frame(env) + b"\0" * 4)
+    assert len(str(info.value)) < 400
+
+
+def test_non_ascii_and_lone_surrogates_survive_the_codec():
+    odd = "\ud800-été-\udfff-\u0000"
+    msg = Message(JOIN_IN, 1, 0, 0, {"client_id": 1, "token": odd, odd: [odd]},
+                  {"t\u00e9": torch.ones(2)})
+    back = codec.decode(codec.encode(msg))
+    assert back.content["token"] == odd and back.content[odd] == [odd]
+    assert list(back.tensors) == ["t\u00e9"]
+
+
+def test_only_invalid_message_escapes_decode():
+    import random
+    rng = random.Random(7)
+    seeds = [codec.encode(_model_msg(8)), _frame(fl_pb2.Envelope(msg_type=METRICS,
+                                                                 content_json='{"a":[[[1]]]}'))]
+    for i in range(3000):
+        b = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        try:
+            codec.decode(bytes(b))
+        except InvalidMessage:
+            pass

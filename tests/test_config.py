@@ -163,7 +163,7 @@ ACCEPTED_UNUSED = {
 READ_BY_CONFIG = {"federate.method", "expname_tag", "distribute.use"}
 # Added by the shared groundwork commit and implemented on the lead's / transport branches; the
 # lead removes an entry once its branch is merged (the audit then covers it).
-PENDING_ON_OTHER_BRANCHES = {"distribute.join_deadline"}
+PENDING_ON_OTHER_BRANCHES: set = set()
 
 
 def _leaf_keys(node, prefix=""):

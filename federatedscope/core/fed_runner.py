@@ -173,9 +173,10 @@ class StandaloneRunner(BaseRunner):
 
 
 # ------------------------------------------------------------------ distributed
-def _server_transport(cfg, inbox, expected: int):
+def _server_transport(cfg, inbox, expected: int, model_bytes: int):
     from federatedscope.core.communication.grpc_server import GrpcServerTransport
-    return GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8))
+    return GrpcServerTransport(cfg, inbox, max_clients=max(expected * 2, 8),
+                               model_bytes=model_bytes)
 
 
 def _client_transport(cfg, inbox):
@@ -192,9 +193,7 @@ def _client_session(cfg, client, transport, inbox) -> None:
         if isinstance(event, Disconnected):
             if client.finished:
                 break
-            logger.warning(f"Client #{client.ID}: lost the server ({event.reason}); reconnecting")
-            transport.wait_for_server(cfg.distribute.max_reconnect_time)
-            transport.open_session(client.join_message())
+            transport.reconnect(client.join_message(), event.reason)   # backoff, bounded budget
             continue
         client.handle(event)
 
@@ -211,9 +210,11 @@ class DistributedRunner(BaseRunner):
     def _run_server(self) -> int:
         cfg, data = self.cfg, self.data
         expected = client_count(cfg, data)
-        inbox: "queue.Queue" = queue.Queue()
-        transport = _server_transport(cfg, inbox, expected)
+        from federatedscope.core.communication.grpc_server import ServerInbox
+        inbox: "queue.Queue" = ServerInbox()   # the transport decodes only a few models ahead
         model = get_model(cfg)
+        model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        transport = _server_transport(cfg, inbox, expected, model_bytes)
         _log_model(cfg, model)
         if cfg.federate.make_global_eval:
             logger.warning("federate.make_global_eval: a distributed server holds no data to "

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from federatedscope.core.communication.proto import fl_pb2
-from federatedscope.core.message import InvalidMessage, Message
+from federatedscope.core.message import InvalidMessage, Message, clip_text
 
 # Only plain numeric dtypes travel; anything else is refused on both ends.
 _DTYPES: Dict[str, torch.dtype] = {
@@ -24,6 +24,9 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_DIMS = 8
 MAX_CONTENT_BYTES = 1 << 20
 MAX_TENSORS = 4096
+# numpy refuses shapes whose non-zero dims multiply past intp; with a 0 elsewhere in the shape
+# numel is 0 and the byte check passes, so this bound is what keeps numpy from being the one to fail.
+MAX_EXTENT = 1 << 62
 
 
 # Frame: MAGIC | uint32 little-endian header length | Envelope header | tensor payload.
@@ -65,24 +68,44 @@ def encode(msg: Message) -> bytes:
 
 
 def _tensor_at(tp: fl_pb2.TensorProto, data: bytes, offset: int) -> "tuple[torch.Tensor, int]":
+    name = clip_text(tp.name, 80)
     dtype = _DTYPES.get(tp.dtype)
     if dtype is None:
-        raise InvalidMessage(f"tensor {tp.name!r}: dtype {tp.dtype!r} not allowed")
-    if len(tp.shape) > MAX_DIMS or any(d < 0 for d in tp.shape):
-        raise InvalidMessage(f"tensor {tp.name!r}: bad shape {list(tp.shape)}")
+        raise InvalidMessage(f"tensor {name}: dtype {clip_text(tp.dtype, 40)} not allowed")
+    shape = list(tp.shape)
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape) \
+            or math.prod(max(d, 1) for d in shape) > MAX_EXTENT:
+        raise InvalidMessage(f"tensor {name}: bad shape {clip_text(shape, 120)}")
     if tp.data:
-        raise InvalidMessage(f"tensor {tp.name!r}: inline data is not part of the frame format")
-    numel = math.prod(tp.shape)
+        raise InvalidMessage(f"tensor {name}: inline data is not part of the frame format")
+    # Python ints: the product is exact and nothing is allocated before the byte check.
+    numel = math.prod(shape)
     size = numel * _itemsize(dtype)
     if offset + size > len(data):
-        raise InvalidMessage(f"tensor {tp.name!r}: shape {list(tp.shape)} x {tp.dtype} needs "
+        raise InvalidMessage(f"tensor {name}: shape {shape} x {tp.dtype} needs "
                              f"{size} bytes, only {len(data) - offset} left in the message")
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype.newbyteorder("<")
-    arr = np.frombuffer(data, dtype=np_dtype, count=numel, offset=offset).reshape(tuple(tp.shape))
+    arr = np.frombuffer(data, dtype=np_dtype, count=numel, offset=offset).reshape(tuple(shape))
     return torch.from_numpy(arr.copy()), offset + size  # copy: the message buffer is read-only
 
 
 def decode(data: bytes) -> Message:
+    """Bytes (or a bytearray from chunk reassembly) from the network -> ``Message``. Any failure at all is an ``InvalidMessage`` with a
+    bounded text: a hostile frame must cost one log line, never an exception that escapes."""
+    try:
+        return _decode(data)
+    except InvalidMessage:
+        raise
+    except RecursionError:
+        raise InvalidMessage("content JSON nests too deeply") from None
+    except MemoryError:
+        raise InvalidMessage("message does not fit in memory") from None
+    except Exception as e:  # numpy ValueError/OverflowError, UnicodeDecodeError, protobuf, ...
+        raise InvalidMessage(f"undecodable message ({type(e).__name__}: "
+                             f"{clip_text(str(e), 120)})") from None
+
+
+def _decode(data: bytes) -> Message:
     if len(data) < _PREFIX or data[:len(MAGIC)] != MAGIC:
         raise InvalidMessage("not a framed message (bad magic)")
     head_len = int.from_bytes(data[len(MAGIC):_PREFIX], "little")
@@ -90,9 +113,9 @@ def decode(data: bytes) -> Message:
         raise InvalidMessage(f"header length {head_len} does not fit the message")
     env = fl_pb2.Envelope()
     try:
-        env.ParseFromString(data[_PREFIX:_PREFIX + head_len])
+        env.ParseFromString(bytes(data[_PREFIX:_PREFIX + head_len]))
     except Exception as e:  # protobuf raises DecodeError; treat any parse failure alike
-        raise InvalidMessage(f"not a valid Envelope header: {e}") from None
+        raise InvalidMessage(f"not a valid Envelope header: {clip_text(str(e), 120)}") from None
     if len(env.content_json) > MAX_CONTENT_BYTES:
         raise InvalidMessage(f"content of {len(env.content_json)} bytes exceeds {MAX_CONTENT_BYTES}")
     if len(env.tensors) > MAX_TENSORS:
@@ -100,14 +123,14 @@ def decode(data: bytes) -> Message:
     try:
         content = json.loads(env.content_json) if env.content_json else {}
     except ValueError as e:
-        raise InvalidMessage(f"content is not JSON: {e}") from None
+        raise InvalidMessage(f"content is not JSON: {clip_text(str(e), 120)}") from None
     tensors: Optional[Dict[str, torch.Tensor]] = None
     offset = _PREFIX + head_len
     if len(env.tensors):
         tensors = {}
         for tp in env.tensors:
             if tp.name in tensors:
-                raise InvalidMessage(f"tensor {tp.name!r} appears twice")
+                raise InvalidMessage(f"tensor {clip_text(tp.name, 80)} appears twice")
             tensors[tp.name], offset = _tensor_at(tp, data, offset)
     if offset != len(data):
         raise InvalidMessage(f"{len(data) - offset} trailing bytes after the last tensor")

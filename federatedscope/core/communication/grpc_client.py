@@ -2,12 +2,17 @@
 
 The client needs no inbound port. Connecting waits on gRPC's own channel connectivity, configured
 with the gRPC connection-backoff spec (initial 1 s, x1.6, jitter 0.2, capped at
-``distribute.reconnect_max_backoff``), so start order does not matter and nothing spins. While a
-stream is open, the request generator blocks on the outbound queue and sends a heartbeat whenever
-it has been quiet for ``distribute.heartbeat_interval`` seconds (also during local training).
+``distribute.reconnect_max_backoff``), so start order does not matter and nothing spins. A
+session can also fail on a live channel (the RPC refused with RESOURCE_EXHAUSTED, the stream
+closed right after opening); ``reconnect`` applies the same backoff to every such failure, so a
+refused client makes about one attempt a second at most, and gives up after
+``distribute.max_reconnect_time`` without a working session. While a stream is open, the request
+generator blocks on the outbound queue and sends a heartbeat whenever it has been quiet for
+``distribute.heartbeat_interval`` seconds (also during local training).
 """
 import logging
 import queue
+import random
 import threading
 import time
 from typing import Optional
@@ -15,9 +20,11 @@ from typing import Optional
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.grpc_server import compression, grpc_options
+from federatedscope.core.communication.flow import chunk_frames
+from federatedscope.core.communication.limits import compression, grpc_options
 from federatedscope.core.communication.security import channel_credentials
-from federatedscope.core.message import HEARTBEAT, InvalidMessage, Message, validate_message
+from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
+                                         validate_message)
 from federatedscope.core.workers.base_worker import Disconnected
 
 logger = logging.getLogger("federatedscope")
@@ -26,6 +33,25 @@ _END = object()
 
 class ServerUnreachable(ConnectionError):
     pass
+
+
+class Backoff:
+    """gRPC's connection-backoff spec (initial 1 s, x1.6, +-20 % jitter), capped at ``cap``."""
+
+    def __init__(self, cap: float, initial: float = 1.0, factor: float = 1.6,
+                 jitter: float = 0.2, rng: Optional[random.Random] = None):
+        self.cap, self.initial, self.factor, self.jitter = max(cap, initial), initial, factor, jitter
+        self.rng = rng or random.Random()
+        self.current = initial
+
+    def next(self) -> float:
+        """The next wait; jitter keeps a crowd of refused clients from retrying in lockstep."""
+        delay = min(self.current, self.cap) * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+        self.current = min(self.current * self.factor, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial
 
 
 class GrpcClientTransport:
@@ -55,20 +81,31 @@ class GrpcClientTransport:
         self._call = None
         self._reader: Optional[threading.Thread] = None
         self.sender_id = -1
+        self.backoff = Backoff(cfg.distribute.reconnect_max_backoff)
+        self.attempts = 0                       # sessions opened (tests count them)
+        self._session_ok = False                # the current session delivered a message
+        self._failing_since: Optional[float] = None
+        self._last_log = -1e9
+        self._quiet_failures = 0
+        self._closing = threading.Event()       # set by close(): a backoff wait ends at once
 
     # ---------------------------------------------------------- connecting
-    def wait_for_server(self, budget: float) -> None:
+    def wait_for_server(self, budget: float, key: str = "distribute.connect_timeout") -> None:
         """Block until the channel is ready or ``budget`` seconds pass (then raise, clearly)."""
         start = time.monotonic()
         logged = 0.0
         while True:
             left = budget - (time.monotonic() - start)
             if left <= 0:
+                lost = key != "distribute.connect_timeout"
                 raise ServerUnreachable(
                     f"could not reach the server at {self.address} within {budget:.0f}s "
-                    f"(distribute.connect_timeout). Is it running? Start it with "
-                    f"`python federatedscope/main.py --cfg <server.yaml>`, or check "
-                    f"distribute.server_host/server_port.")
+                    f"({key}). "
+                    + ("It was reachable before: if the job finished while this client was away "
+                       "(stalled or disconnected), this is expected; otherwise restart the server "
+                       "with federate.restore_from, or raise " + key + "." if lost else
+                       "Is it running? Start it with `python federatedscope/main.py --cfg "
+                       "<server.yaml>`, or check distribute.server_host/server_port."))
             try:
                 grpc.channel_ready_future(self._channel).result(timeout=min(left, 5.0))
                 return
@@ -81,7 +118,11 @@ class GrpcClientTransport:
 
     def open_session(self, join: Message) -> None:
         """Start a stream whose first message is ``join``; replies arrive in ``inbox``."""
+        if self._outbox is not None:
+            self._outbox.put(_END)   # release the previous stream's request generator
         self.sender_id = join.sender
+        self.attempts += 1
+        self._session_ok = False
         outbox: "queue.Queue" = queue.Queue()
         outbox.put(codec.encode(join))
         self._outbox = outbox
@@ -99,7 +140,10 @@ class GrpcClientTransport:
                 item = codec.encode(Message(HEARTBEAT, self.sender_id, 0, 0))
             if item is _END:
                 return
-            yield item
+            if isinstance(item, list):   # a chunked message: its chunks back to back
+                yield from item
+            else:
+                yield item
 
     def _read(self, call) -> None:
         reason = "server closed the stream"
@@ -111,16 +155,51 @@ class GrpcClientTransport:
                 except InvalidMessage as e:
                     logger.warning(f"Client: rejected a message from the server: {e}")
                     continue
+                self._session_ok = True
                 self.inbox.put(msg)
         except grpc.RpcError as e:
             reason = f"{e.code().name}: {e.details()}" if hasattr(e, "code") else str(e)
         self.inbox.put(Disconnected(0, reason))
 
+    def reconnect(self, join: Message, reason: str) -> None:
+        """The session ended (``reason``): wait a backoff step, then open a new one with ``join``.
+
+        Every way a session can fail comes through here, so the backoff covers them all. The
+        budget, ``distribute.max_reconnect_time``, runs from the first failure after the last
+        session that delivered a message; when it is spent this raises ``ServerUnreachable``."""
+        now = time.monotonic()
+        if self._session_ok or self._failing_since is None:
+            self.backoff.reset()
+            self._failing_since = now
+            self._quiet_failures = 0
+        budget = self.cfg.distribute.max_reconnect_time
+        spent = now - self._failing_since
+        delay = self.backoff.next()
+        why = clip_text(reason, 200)
+        if spent + delay >= budget:
+            raise ServerUnreachable(
+                f"no working session with the server at {self.address} for {spent:.0f}s "
+                f"(distribute.max_reconnect_time={budget:.0f}s); last failure: {why}. Check the "
+                f"server's log, or raise distribute.max_reconnect_time to keep trying longer.")
+        self._quiet_failures += 1
+        if now - self._last_log >= 10.0:  # rate-limited: one line per 10 s, with the count
+            logger.warning(f"Client #{self.sender_id}: lost the server at {self.address} ({why}); "
+                           f"retrying in {delay:.1f}s ({self._quiet_failures} failure(s) since "
+                           f"the last line, {spent:.0f}s/{budget:.0f}s of "
+                           f"distribute.max_reconnect_time)")
+            self._last_log, self._quiet_failures = now, 0
+        if self._closing.wait(delay):
+            raise ServerUnreachable("client is shutting down")
+        self.wait_for_server(budget - (time.monotonic() - self._failing_since),
+                             key="distribute.max_reconnect_time")
+        self.open_session(join)
+
     # ------------------------------------------------------------ ClientComm
     def send(self, msg: Message) -> None:
         if self._outbox is not None:
             self.sender_id = msg.sender
-            self._outbox.put(codec.encode(msg))
+            # Large messages go as small chunks: the server reads them at its own pace.
+            self._outbox.put(chunk_frames(codec.encode(msg)))
 
     def end_session(self) -> None:
         if self._outbox is not None:
@@ -131,6 +210,7 @@ class GrpcClientTransport:
 
         Waiting for the reader matters: a gRPC call still running while the interpreter shuts
         down can abort the process ("terminate called without an active exception")."""
+        self._closing.set()
         self.end_session()
         if self._reader is not None:
             self._reader.join(timeout=grace)

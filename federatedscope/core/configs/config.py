@@ -118,6 +118,9 @@ def get_default_cfg() -> CN:
         max_message_mb=0.0,
         # a stream that has not sent a valid join_in within this many seconds is closed
         join_deadline=5.0,
+        # server's HTTP/2 receive window per client stream: memory held for N simultaneous
+        # uploads is N x this; one upload runs at most at window / round-trip time
+        grpc_stream_window_kb=64,
     )
 
     c.distributed_data = _node(

@@ -1,0 +1,409 @@
+#!/usr/bin/env python
+"""A swarm of virtual clients: N real gRPC sessions from one process, speaking the FL protocol.
+
+Each virtual client is an asyncio task with its own channel (its own TCP connection): it joins
+with the declaration and token of its entry in a synthetic manifest (``write_swarm_manifest``),
+receives the model, answers training with a precomputed update of the model's keys/shapes/dtypes
+and its declared train count, answers evaluation with plausible metrics (totals = its declared
+counts, accuracies in [0, 1]) and heartbeats. Mix-ins: late joiners, a fraction that drops
+mid-round (closes its session for good), stragglers that answer late. The server is the real
+one (``federatedscope/main.py``, shard mode), so N = 1,000 needs no 1,000 torch processes.
+
+    python bench/swarm.py --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
+
+``RawPeer`` is a synchronous single session for attack tests: send arbitrary frame bytes or a
+``Message``, read what comes back, see how the server ended the stream.
+"""
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import grpc
+
+if __package__ in (None, ""):
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from federatedscope.core.communication import codec  # noqa: E402
+from federatedscope.core.communication.flow import chunk_frames  # noqa: E402
+from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
+                                         METRICS, MODEL_PARA, REFUSE, Message)
+
+METHOD = "/federatedscope.FLService/Session"
+BIG = 1 << 30
+_END = object()
+
+
+# ============================================================================ RawPeer
+class RawPeer:
+    """One real session (sync API, a reader thread): for tests that play a hostile peer.
+
+    ``send(frame_or_message)``, ``send_chunked(frame_or_message)``, ``join(client_id, token=..., declaration=..., num_samples=...)``,
+    ``recv(timeout) -> Message | None``, ``recv_raw(timeout) -> bytes | None``,
+    ``wait_closed(timeout) -> bool``; after the stream ends ``code`` is the gRPC status name
+    ("OK", "RESOURCE_EXHAUSTED", ...) and ``details`` its text. Use as a context manager."""
+
+    def __init__(self, address: str, options=()):
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own, like a real peer
+            ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)]
+            + list(options))
+        self._out: "queue.Queue" = queue.Queue()
+        self._in: "queue.Queue" = queue.Queue()
+        self.code: Optional[str] = None
+        self.details = ""
+        self._done = threading.Event()
+        call = self.channel.stream_stream(METHOD, request_serializer=None,
+                                          response_deserializer=None)
+        self._call = call(self._requests())
+        self._reader = threading.Thread(target=self._read, daemon=True, name="rawpeer")
+        self._reader.start()
+
+    def _requests(self):
+        while True:
+            item = self._out.get()
+            if item is _END:
+                return
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for data in self._call:
+                self._in.put(data)
+            self.code = "OK"
+        except grpc.RpcError as e:
+            self.code, self.details = e.code().name, e.details() or ""
+        finally:
+            self._done.set()
+            self._in.put(None)
+
+    def send(self, frame: Union[bytes, Message]) -> None:
+        self._out.put(codec.encode(frame) if isinstance(frame, Message) else bytes(frame))
+
+    def send_chunked(self, frame: Union[bytes, Message], size: int = 64 * 1024) -> None:
+        """As the real client sends a large message: a first chunk and continuations."""
+        data = codec.encode(frame) if isinstance(frame, Message) else bytes(frame)
+        for part in chunk_frames(data, size):
+            self._out.put(part)
+
+    def join(self, client_id: int, token: str = "", declaration: Optional[dict] = None,
+             num_samples: Optional[dict] = None, **extra) -> None:
+        content = {"client_id": client_id, "token": token,
+                   "num_samples": num_samples or {"train": 0, "val": 0, "test": 0}, **extra}
+        if declaration is not None:
+            content["declaration"] = declaration
+        self.send(Message(JOIN_IN, client_id, 0, 0, content))
+
+    def recv_raw(self, timeout: float = 5.0) -> Optional[bytes]:
+        try:
+            data = self._in.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if data is None:
+            self._in.put(None)  # keep reporting the end to later calls
+        return data
+
+    def recv(self, timeout: float = 5.0) -> Optional[Message]:
+        data = self.recv_raw(timeout)
+        return None if data is None else codec.decode(data)
+
+    def wait_closed(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._done.is_set()
+
+    def close(self) -> None:
+        self._out.put(_END)
+        if not self._done.wait(2.0):
+            self._call.cancel()
+            self._done.wait(2.0)
+        self.channel.close()
+
+    def __enter__(self) -> "RawPeer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def health_status(address: str, service: str = "", timeout: float = 5.0) -> str:
+    """The health service's answer ("SERVING", ...) or the gRPC error code name."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        except grpc.RpcError as e:
+            return e.code().name
+
+
+# ============================================================================ manifest
+@dataclass
+class SwarmShard:
+    client_id: int
+    token: str
+    num_samples: Dict[str, int]
+    declaration: dict
+
+
+def swarm_token(seed: int, cid: int) -> str:
+    return hashlib.sha256(f"swarm-token:{seed}:{cid}".encode()).hexdigest()[:32]
+
+
+def write_swarm_manifest(out_dir: str, n: int, seed: int = 0,
+                         num_classes: int = 62) -> "tuple[str, Dict[int, SwarmShard]]":
+    """A manifest of ``n`` synthetic shards (tokens as hashes, like the managed launcher's);
+    returns (manifest path, client id -> what that client declares). No shard files: the server
+    reads only the manifest, and virtual clients train on nothing."""
+    from federatedscope.core.auxiliaries.manifest_utils import (Manifest, ManifestEntry,
+                                                                ShardDeclaration, now_iso,
+                                                                write_manifest)
+    rng = random.Random(seed)
+    entries, shards = {}, {}
+    for cid in range(1, n + 1):
+        train = rng.randint(40, 400)
+        counts = {"train": train, "val": max(1, train // 3), "test": max(1, train // 3)}
+        hist = [0] * num_classes
+        for _ in range(train):
+            hist[rng.randrange(num_classes)] += 1
+        fp = hashlib.sha256(f"swarm-shard:{seed}:{cid}".encode()).hexdigest()
+        token = swarm_token(seed, cid)
+        entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, hist,
+                                     hashlib.sha256(token.encode("utf-8")).hexdigest())
+        decl = ShardDeclaration(cid, counts, fp, hist).to_dict()
+        shards[cid] = SwarmShard(cid, token, counts, decl)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "manifest.json")
+    write_manifest(path, Manifest("femnist", "synthetic", seed, [0.6, 0.2, 0.2],
+                                  {"generator": "bench/swarm.py"}, entries, num_classes,
+                                  created=now_iso()))
+    return path, shards
+
+
+# ============================================================================ the swarm
+@dataclass
+class SwarmPlan:
+    address: str
+    shards: Dict[int, SwarmShard]
+    heartbeat_interval: float = 5.0
+    late_fraction: float = 0.0      # join this long after the others
+    late_delay: float = 2.0
+    drop_fraction: float = 0.0      # close the session for good when this round's model arrives
+    drop_round: int = 1
+    straggler_fraction: float = 0.0  # answer training this much later
+    straggler_delay: float = 0.0
+    seed: int = 0
+    timeout: float = 600.0          # the whole swarm gives up after this
+    gate_ids: frozenset = frozenset()   # these join only once ``gate`` is set (phased benchmarks)
+    gate: Optional[threading.Event] = None
+
+
+@dataclass
+class VirtualResult:
+    client_id: int
+    role: str = "normal"            # normal | late | dropper | straggler
+    join_latency: Optional[float] = None
+    models: List[int] = field(default_factory=list)      # rounds whose model arrived
+    evals: List[int] = field(default_factory=list)
+    updates_sent: int = 0
+    metrics_sent: int = 0
+    finished: bool = False
+    refused: str = ""
+    error: str = ""
+
+
+class Swarm:
+    def __init__(self, plan: SwarmPlan):
+        self.plan = plan
+        rng = random.Random(plan.seed)
+        ids = sorted(plan.shards)
+        rng.shuffle(ids)
+        n = len(ids)
+        k_late, k_drop = int(plan.late_fraction * n), int(plan.drop_fraction * n)
+        k_slow = int(plan.straggler_fraction * n)
+        roles = (["late"] * k_late + ["dropper"] * k_drop + ["straggler"] * k_slow)
+        self.results = {cid: VirtualResult(cid, roles[i] if i < len(roles) else "normal")
+                        for i, cid in enumerate(ids)}
+        self._update: Optional[dict] = None   # precomputed from the first model received
+
+    def _update_for(self, model: Dict) -> Dict:
+        """One update shared by every virtual client: the model nudged by fixed noise (same
+        keys, shapes and dtypes; integer buffers unchanged)."""
+        if self._update is None:
+            import torch
+            g = torch.Generator().manual_seed(self.plan.seed)
+            self._update = {k: (v + 1e-3 * torch.randn(v.shape, generator=g, dtype=v.dtype)
+                                if v.is_floating_point() else v.clone()) for k, v in model.items()}
+        return self._update
+
+    @staticmethod
+    def _metrics(shard: SwarmShard, r: int) -> Dict[str, float]:
+        out = {}
+        for split in ("test", "val"):
+            total = shard.num_samples[split]
+            acc = min(1.0, 0.05 + 0.1 * r + (shard.client_id % 7) / 100)
+            correct = int(round(acc * total))
+            loss = 4.0 / (1 + r)
+            out.update({f"{split}_acc": correct / total, f"{split}_correct": correct,
+                        f"{split}_total": total, f"{split}_loss": loss * total,
+                        f"{split}_avg_loss": loss})
+        return out
+
+    async def _client(self, res: VirtualResult, t_start: float) -> None:
+        plan, shard = self.plan, self.plan.shards[res.client_id]
+        if res.role == "late":
+            await asyncio.sleep(plan.late_delay)
+        if res.client_id in plan.gate_ids and plan.gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, plan.gate.wait)
+        channel = grpc.aio.insecure_channel(plan.address, options=[
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)])
+        call = channel.stream_stream(METHOD, request_serializer=None,
+                                     response_deserializer=None)()
+        lock = asyncio.Lock()           # one write at a time per stream (gRPC's rule)
+        cid = res.client_id
+
+        async def write(msg: Message) -> None:
+            async with lock:
+                for frame in chunk_frames(codec.encode(msg)):   # as the real client sends
+                    await call.write(frame)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(plan.heartbeat_interval)
+                await write(Message(HEARTBEAT, cid, 0, 0))
+
+        hb = None
+        try:
+            t_join = time.perf_counter()
+            await write(Message(JOIN_IN, cid, 0, 0, {"client_id": cid, "token": shard.token,
+                                                     "num_samples": dict(shard.num_samples),
+                                                     "declaration": shard.declaration}))
+            hb = asyncio.ensure_future(heartbeat())
+            while True:
+                data = await call.read()
+                if data is grpc.aio.EOF:
+                    break
+                msg = codec.decode(data)
+                if msg.msg_type == ASSIGN_ID:
+                    res.join_latency = time.perf_counter() - t_join
+                elif msg.msg_type == MODEL_PARA:
+                    res.models.append(msg.state)
+                    if res.role == "dropper" and msg.state + 1 >= plan.drop_round:
+                        return
+                    if res.role == "straggler":
+                        await asyncio.sleep(plan.straggler_delay)
+                    await write(Message(MODEL_PARA, cid, 0, msg.state,
+                                        {"sample_size": shard.num_samples["train"]},
+                                        self._update_for(msg.tensors)))
+                    res.updates_sent += 1
+                elif msg.msg_type == EVALUATE:
+                    res.evals.append(msg.state)
+                    await write(Message(METRICS, cid, 0, msg.state,
+                                        {"results": self._metrics(shard, msg.state)}))
+                    res.metrics_sent += 1
+                elif msg.msg_type == FINISH:
+                    res.finished = True
+                    async with lock:
+                        await call.done_writing()
+                elif msg.msg_type == REFUSE:
+                    res.refused = str(msg.content.get("reason", ""))[:200]
+        except grpc.RpcError as e:
+            if not res.finished:
+                res.error = f"{e.code().name}: {(e.details() or '')[:160]}"
+        except Exception as e:  # a bug in a virtual client must show, not hang the swarm
+            res.error = f"{type(e).__name__}: {str(e)[:160]}"
+        finally:
+            if hb is not None:
+                hb.cancel()
+            call.cancel()
+            await channel.close()
+
+    async def run(self) -> Dict[int, VirtualResult]:
+        t0 = time.perf_counter()
+        tasks = [asyncio.ensure_future(self._client(r, t0)) for r in self.results.values()]
+        done, pending = await asyncio.wait(tasks, timeout=self.plan.timeout)
+        for t in pending:
+            t.cancel()
+        for r in self.results.values():
+            if not r.finished and not r.error and r.role != "dropper":
+                r.error = r.error or "swarm timeout"
+        return self.results
+
+
+def summarize(results: Dict[int, VirtualResult], rounds: int, sampled: bool = False) -> dict:
+    """Counts, join latency percentiles and messages lost (expected to arrive but did not).
+    ``sampled``: not every client trains every round, so only ``finish`` is expected by all."""
+    lat = sorted(r.join_latency for r in results.values() if r.join_latency is not None)
+
+    def pct(p: float) -> Optional[float]:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+    stayed = [r for r in results.values() if r.role != "dropper"]
+    # A client that stays must get every round's model, the final evaluation and finish.
+    lost = sum((0 if sampled else rounds - len(set(r.models))) + (0 if r.finished else 1)
+               for r in stayed)
+    return {"clients": len(results), "joined": len(lat), "finished": sum(r.finished for r in stayed),
+            "stayed": len(stayed), "refused": sum(bool(r.refused) for r in results.values()),
+            "errors": sorted({r.error for r in results.values() if r.error})[:5],
+            "updates_sent": sum(r.updates_sent for r in results.values()),
+            "metrics_sent": sum(r.metrics_sent for r in results.values()),
+            "join_p50_s": pct(0.5), "join_p99_s": pct(0.99), "join_max_s": lat[-1] if lat else None,
+            "messages_lost": lost}
+
+
+def run_swarm(plan: SwarmPlan) -> Dict[int, VirtualResult]:
+    """Run the swarm to completion in a fresh event loop (blocking)."""
+    return asyncio.run(Swarm(plan).run())
+
+
+# ============================================================================ CLI
+def server_opts(rounds: int, extra=()) -> List[str]:
+    """Config overrides for a server driven by a swarm (all clients sampled, O(model) memory)."""
+    return ["federate.total_round_num", str(rounds), "federate.online_aggr", "True",
+            "federate.join_timeout", "0.0", "eval.freq", str(rounds), "early_stop.patience", "0"
+            ] + list(extra)
+
+
+def main(argv=None) -> int:
+    from bench import common
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--work", default="/tmp/fs_swarm")
+    p.add_argument("--late", type=float, default=0.0)
+    p.add_argument("--drop", type=float, default=0.0)
+    p.add_argument("--stragglers", type=float, default=0.0)
+    a = p.parse_args(argv)
+    manifest, shards = write_swarm_manifest(a.work, a.n)
+    port = common.free_port()
+    extra = server_opts(a.rounds, ["federate.round_timeout", "20", "federate.min_clients_threshold",
+                                   "1"] if a.drop or a.stragglers else [])
+    log = os.path.join(a.work, "server.log")
+    server = common.spawn([common.PY, common.MAIN] + common.server_argv(
+        manifest, port, os.path.join(a.work, "exp"), a.rounds, extra), log)
+    try:
+        common.wait_for(lambda: common.file_has(log, "listening on"), 120, "server", [server])
+        res = run_swarm(SwarmPlan(f"127.0.0.1:{port}", shards, late_fraction=a.late,
+                                  drop_fraction=a.drop, straggler_fraction=a.stragglers,
+                                  straggler_delay=25.0 if a.stragglers else 0.0))
+        code = common.wait_all([server], 120)[0]
+    finally:
+        common.kill_all([server])
+    print(json.dumps({"server_exit": code, **summarize(res, a.rounds)}, indent=1))
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

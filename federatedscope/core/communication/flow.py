@@ -1,0 +1,90 @@
+"""Flow control between the network and the ``Server``: the inbox budget and chunked uploads.
+
+A server that reads every upload the moment it arrives holds N models when N clients answer at
+once. Two things keep it O(model): the ``ServerInbox`` lets the transport decode only
+``HEAVY_IN_INBOX`` models ahead of the Server, and clients send large messages as a sequence of
+small chunks (``chunk_frames``), so a stream waiting for an inbox slot holds one small chunk and
+gRPC's flow control stops its sender. Whole (unchunked) frames stay valid on the wire.
+"""
+import queue
+from dataclasses import dataclass
+from typing import List, Optional
+
+from federatedscope.core.message import InvalidMessage
+from federatedscope.core.workers.base_worker import Incoming
+
+# Decoded model-sized messages waiting in a ``ServerInbox`` for the Server.
+HEAVY_IN_INBOX = 4
+# First chunk: magic | uint64 LE total length | bytes; each next chunk: magic | bytes.
+CHUNK_FIRST = b"FSC1"
+CHUNK_MORE = b"FSC+"
+# 64 KiB with our 4-byte magic and gRPC's 5-byte message prefix: one window, one frame.
+CHUNK_BYTES = 64 * 1024 - 9
+_FIRST_HEAD = len(CHUNK_FIRST) + 8
+
+
+class ServerInbox(queue.Queue):
+    """The ``Server``'s event queue. Taking a model-carrying event out of it gives that event's
+    slot back to the transport, which decodes at most ``HEAVY_IN_INBOX`` models ahead of the
+    Server: memory stays O(model) however many clients upload at once (back-pressure reaches
+    the senders through gRPC flow control while the readers wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_heavy_taken = None
+
+    def get(self, block: bool = True, timeout: Optional[float] = None):
+        item = super().get(block, timeout)
+        if isinstance(item, HeavyIncoming) and self.on_heavy_taken is not None:
+            self.on_heavy_taken()
+        return item
+
+
+@dataclass
+class HeavyIncoming(Incoming):
+    """An ``Incoming`` holding a model-sized message (counted against the inbox budget)."""
+
+
+def chunk_frames(data: bytes, size: int = CHUNK_BYTES) -> List[bytes]:
+    """``data`` as wire messages: itself when small, else a first chunk and continuations."""
+    if len(data) <= size:
+        return [data]
+    view = memoryview(data)
+    first = b"".join([CHUNK_FIRST, len(data).to_bytes(8, "little"), view[:size]])
+    return [first] + [CHUNK_MORE + view[i:i + size] for i in range(size, len(data), size)]
+
+
+def chunk_total(data: bytes) -> int:
+    """The total length a first chunk declares (checked against limits before any allocation)."""
+    if len(data) < _FIRST_HEAD:
+        raise InvalidMessage("truncated first chunk")
+    return int.from_bytes(data[len(CHUNK_FIRST):_FIRST_HEAD], "little")
+
+
+class Reassembly:
+    """One chunked message being put back together (its buffer is the declared size)."""
+
+    def __init__(self, total: int, first: bytes, heavy: bool):
+        self.buf = bytearray(total)
+        self.filled = 0
+        self.heavy = heavy          # holds an inbox slot until delivered or dropped
+        self.timer = None           # the stall check (an asyncio TimerHandle)
+        self.add(memoryview(first)[_FIRST_HEAD:])
+
+    def add(self, part) -> bool:
+        """Append a chunk's bytes; True when the message is complete."""
+        end = self.filled + len(part)
+        if end > len(self.buf):
+            raise InvalidMessage(f"chunks exceed the declared {len(self.buf)} bytes")
+        self.buf[self.filled:end] = part
+        self.filled = end
+        return self.complete
+
+    def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()     # also drops the handle's reference to this buffer
+            self.timer = None
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == len(self.buf)

@@ -1,0 +1,179 @@
+"""What comes in on a client stream, before the ``Server`` sees it: framing, limits, budget.
+
+``StreamIntake`` is the reading half of ``GrpcServerTransport`` (a mixin; everything runs on the
+transport's event-loop thread). A frame is a whole message or a chunk of one (``flow.py``); before
+a stream is bound to an admitted client a message larger than a join is refused by its declared
+length, unread; model-sized messages wait for an inbox slot before they are decoded; every
+rejection is one bounded log line.
+"""
+import asyncio
+import logging
+from typing import Optional
+
+import grpc
+
+from federatedscope.core.communication import codec
+from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, HeavyIncoming,
+                                                    Reassembly, ServerInbox, chunk_total)
+from federatedscope.core.communication.limits import BIG_MESSAGE, MAX_BACKLOG
+from federatedscope.core.message import JOIN_IN, InvalidMessage, clip_text, validate_message
+from federatedscope.core.workers.base_worker import Incoming
+
+logger = logging.getLogger("federatedscope")
+CLOSE = object()   # queued to a stream's outbox: end the stream after what precedes it
+
+
+class Connection:
+    """One client stream; touched only on the event-loop thread."""
+
+    def __init__(self, conn_id: int, peer: str):
+        self.conn_id = conn_id
+        self.peer = clip_text(peer, 80)
+        self.client_id: Optional[int] = None
+        self.outbox: "asyncio.Queue" = asyncio.Queue()
+        self.join_sent = False        # a valid join_in is with the Server, awaiting its answer
+        self.delivered = False        # something reached the inbox: the Server must hear the end
+        self.reason = "stream closed by client"
+        self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
+        self.assembly: Optional[Reassembly] = None   # a chunked message being received
+
+
+
+class StreamIntake:
+    """Reading half of the server transport (mixin: needs ``limits``, ``inbox``, ``_heavy``,
+    ``_backlog``/``_backlog_ok``, ``_idle``/``_joining``, ``_loop``, counters)."""
+
+    async def _on_frame(self, conn: Connection, data: bytes) -> bool:
+        """One wire message: a whole frame, or a chunk of one. False: close the stream."""
+        head = data[:len(CHUNK_FIRST)]
+        if head == CHUNK_MORE:
+            if conn.assembly is None:
+                self._reject(conn, "continuation chunk without a first chunk")
+                return True
+            try:
+                if not conn.assembly.add(memoryview(data)[len(CHUNK_MORE):]):
+                    return True
+            except InvalidMessage as e:
+                self._drop_assembly(conn)
+                self._reject(conn, str(e))
+                return True
+            done, conn.assembly = conn.assembly, None
+            done.finish()
+            return self._deliver_counted(conn, done.buf, done.heavy)
+        if conn.assembly is not None:
+            self._drop_assembly(conn)
+            self._reject(conn, "a new message began before the chunked one was complete")
+        if head == CHUNK_FIRST:
+            return await self._begin_chunks(conn, data)
+        if self._refused_by_length(conn, len(data)):
+            return False
+        heavy = self._budgeted(len(data))
+        if heavy:
+            await self._wait_for_inbox_slot()
+        return self._deliver_counted(conn, data, heavy)
+
+    async def _begin_chunks(self, conn: Connection, data: bytes) -> bool:
+        try:
+            total = chunk_total(data)
+        except InvalidMessage as e:
+            self._reject(conn, str(e))
+            return True
+        if self._refused_by_length(conn, total):
+            return False
+        heavy = self._budgeted(total)
+        if heavy:   # before reading the rest: while we wait, flow control holds the sender
+            await self._wait_for_inbox_slot()
+        try:
+            conn.assembly = Reassembly(total, data, heavy)
+        except InvalidMessage as e:
+            if heavy:
+                self._heavy.release()
+            self._reject(conn, str(e))
+            return True
+        if conn.assembly.complete:
+            whole, conn.assembly = conn.assembly.buf, None
+            return self._deliver_counted(conn, whole, heavy)
+        # Cancelled when the message completes: a pending timer would keep its buffer alive.
+        conn.assembly.timer = self._loop.call_later(self.limits.assembly_timeout,
+                                                    self._check_assembly, conn, conn.assembly)
+        return True
+
+    def _check_assembly(self, conn: Connection, assembly: Reassembly) -> None:
+        """A peer that stops mid-message must not hold an inbox slot: close its stream."""
+        if conn.assembly is assembly:
+            self._drop_assembly(conn)
+            self._reject(conn, f"chunked message incomplete after "
+                               f"{self.limits.assembly_timeout:g}s; closing the stream")
+            conn.reason = "stalled in the middle of a message"
+            conn.outbox.put_nowait(CLOSE)
+
+    def _drop_assembly(self, conn: Connection) -> None:
+        if conn.assembly is not None:
+            conn.assembly.finish()
+            if conn.assembly.heavy:
+                self._heavy.release()
+        conn.assembly = None
+
+    def _budgeted(self, size: int) -> bool:
+        return size >= BIG_MESSAGE and isinstance(self.inbox, ServerInbox)
+
+    def _deliver_counted(self, conn: Connection, data, heavy: bool) -> bool:
+        delivered = self.delivered
+        keep = self._deliver(conn, data, heavy)
+        if heavy and self.delivered == delivered:
+            self._heavy.release()           # rejected: its slot goes back at once
+        return keep
+
+    def _refused_by_length(self, conn: Connection, size: int) -> bool:
+        """Before the stream is bound, a message larger than a join is refused unread."""
+        if conn.client_id is not None and size <= self.limits.max_receive:
+            return False
+        if conn.client_id is None and size <= self.limits.prejoin_max:
+            return False
+        limit = self.limits.prejoin_max if conn.client_id is None else self.limits.max_receive
+        self._reject(conn, f"{size}-byte message refused unread (limit {limit} bytes"
+                           f"{' until joined' if conn.client_id is None else ''})")
+        conn.reason = "oversized message"
+        conn.abort = (grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large")
+        return True
+
+    async def _wait_for_inbox_slot(self) -> None:
+        self._backlog += 1
+        if self._backlog >= MAX_BACKLOG:
+            self._backlog_ok.clear()
+        try:
+            await self._heavy.acquire()
+        finally:
+            self._backlog -= 1
+            if self._backlog < MAX_BACKLOG:
+                self._backlog_ok.set()
+
+    def _reject(self, conn: Connection, why: str) -> None:
+        self.rejected += 1
+        logger.warning(f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
+
+    def _deliver(self, conn: Connection, data: bytes, heavy: bool = False) -> bool:
+        """Decode, check, hand to the Server. False: the stream must be closed."""
+        if conn.client_id is None and conn.join_sent:
+            self._reject(conn, "message before the server answered this stream's join_in")
+            return True
+        try:
+            msg = codec.decode(data)
+            validate_message(msg, from_server=False)
+            if conn.client_id is None and msg.msg_type != JOIN_IN:
+                raise InvalidMessage(f"{clip_text(msg.msg_type, 60)} before join_in")
+            if conn.client_id is not None and msg.sender != conn.client_id:
+                raise InvalidMessage(f"connection of client #{conn.client_id} sent as "
+                                     f"#{msg.sender}")
+        except InvalidMessage as e:
+            self._reject(conn, str(e))
+            return True
+        if conn.client_id is None:
+            conn.join_sent = True
+            self._idle.pop(conn.conn_id, None)
+            self._joining[conn.conn_id] = conn
+        conn.delivered = True
+        self.delivered += 1
+        self.inbox.put((HeavyIncoming if heavy else Incoming)(conn.conn_id, msg, conn.peer))
+        return True
+

@@ -1,0 +1,98 @@
+"""What the gRPC transport allows: channel options, per-peer limits, and the port check.
+
+Shared by the server and the client transports. The limits are derived once from the config,
+the expected client count and the model size (see ``derive_limits``)."""
+import errno
+import socket
+from dataclasses import dataclass
+
+import grpc
+
+# A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
+# before the stream is bound is not a join and is refused without being decoded.
+PREJOIN_MAX_BYTES = 64 * 1024
+# gRPC copies every message it sends into its own buffers, so N concurrent writes of a model
+# hold N copies. At most this many large messages are being written at once; the rest wait in
+# their queues as references to the one encoded broadcast (a few streams saturate loopback).
+BIG_MESSAGE = 64 * 1024
+CONCURRENT_BIG_WRITES = 8
+# Streams holding a received model-sized message that waits for an inbox slot. Each holds the
+# raw bytes, so while this many wait, no new large write starts: clients that answer a model
+# with a model (e.g. a swarm replying at once) are paced to the Server's own processing rate.
+MAX_BACKLOG = 8
+# Headroom over 2 x the model's raw bytes: frame header, content JSON, tensor names.
+MESSAGE_MARGIN = 1024 * 1024
+
+
+def grpc_options(cfg, max_receive: int = 0) -> list:
+    limit_mb = cfg.distribute.max_message_mb
+    send = cfg.distribute.grpc_max_send_message_length
+    recv = cfg.distribute.grpc_max_receive_message_length
+    if limit_mb > 0:
+        recv = min(recv, int(limit_mb * 1024 * 1024))
+    if max_receive > 0:
+        recv = min(recv, max_receive)
+    return [("grpc.max_send_message_length", send), ("grpc.max_receive_message_length", recv),
+            ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
+
+
+def compression(cfg) -> grpc.Compression:
+    return {"deflate": grpc.Compression.Deflate, "gzip": grpc.Compression.Gzip}.get(
+        cfg.distribute.grpc_compression.lower(), grpc.Compression.NoCompression)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one peer may cost the server; derived once from the config, client count and model."""
+    max_receive: int        # bytes; gRPC refuses larger messages before handing them to us
+    prejoin_max: int        # bytes; larger messages on an unbound stream are refused unread
+    max_unjoined: int       # streams that have not been bound to an admitted client
+    max_sessions: int       # all streams (admitted + unjoined); the health service is extra
+    join_deadline: float    # seconds an unbound stream may stay silent (no valid join_in)
+    assembly_timeout: float  # seconds a chunked message may take from first to last chunk
+    write_timeout: float    # seconds a peer may take to accept one large message
+    stream_window: int      # bytes; HTTP/2 receive window per stream (distribute.grpc_stream_window_kb)
+
+
+def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
+    if cfg.distribute.grpc_stream_window_kb < 16:
+        from federatedscope.core.configs.config import ConfigError
+        raise ConfigError(f"distribute.grpc_stream_window_kb={cfg.distribute.grpc_stream_window_kb}"
+                          f" is below HTTP/2's useful minimum; set it to 16 or more (default 64)")
+    recv = grpc_options(cfg, 2 * model_bytes + MESSAGE_MARGIN if model_bytes > 0 else 0)[1][1]
+    # A join storm of every expected client must fit (max_clients is ~2 x the expected count).
+    unjoined = max(32, max_clients // 2)
+    return Limits(max_receive=recv, prejoin_max=min(PREJOIN_MAX_BYTES, recv),
+                  max_unjoined=unjoined, max_sessions=max_clients + unjoined,
+                  join_deadline=float(cfg.distribute.join_deadline),
+                  # as long as a silent client is tolerated: a slow link is not an attack
+                  assembly_timeout=max(30.0, float(cfg.distribute.heartbeat_timeout)),
+                  write_timeout=max(30.0, float(cfg.distribute.heartbeat_timeout)),
+                  stream_window=int(cfg.distribute.grpc_stream_window_kb * 1024))
+
+
+def probe_bind(host: str, port: int) -> None:
+    """Raise a one-line ``OSError`` if ``host:port`` cannot be listened on, before gRPC tries
+    (gRPC would also print its own multi-line C-core error). SO_REUSEADDR as gRPC sets it, so a
+    port in TIME_WAIT passes while a port with a live listener of any kind does not."""
+    if port == 0:
+        return
+    where = f"{host}:{port}"
+    fix = "choose a free port with distribute.server_port (or fix distribute.server_host)"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port,
+                                                          type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except OSError as e:
+        raise OSError(f"cannot listen on {where}: host not resolvable ({e.strerror or e}); "
+                      f"{fix}") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            hint = " (another server?)" if e.errno == errno.EADDRINUSE else ""
+            raise OSError(f"cannot listen on {where}: {e.strerror or e}{hint}; {fix}") from None

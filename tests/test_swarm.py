@@ -1,0 +1,62 @@
+"""The swarm (bench/swarm.py) against a real server process: 200 sessions, one process."""
+import os
+import re
+import time
+
+from bench import common
+from bench.swarm import SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
+from proc_utils import wait_all
+
+
+def _start_server(tmp_path, manifest, rounds, extra=()):
+    port = common.free_port()
+    log = str(tmp_path / "server.log")
+    proc = common.spawn([common.PY, common.MAIN] + common.server_argv(
+        manifest, port, str(tmp_path / "exp"), rounds, server_opts(rounds, extra)), log)
+    common.wait_for(lambda: common.file_has(log, "listening on"), 120, "server", [proc])
+    return proc, port, log
+
+
+def _aggregated(log):
+    return [int(m) for m in re.findall(r"aggregated (\d+) update", open(log).read())]
+
+
+def test_swarm_of_200_finishes_a_job_without_losing_a_message(tmp_path):
+    n, rounds = 200, 2
+    manifest, shards = write_swarm_manifest(str(tmp_path / "shards"), n)
+    t0 = time.perf_counter()
+    server, port, log = _start_server(tmp_path, manifest, rounds)
+    try:
+        res = run_swarm(SwarmPlan(f"127.0.0.1:{port}", shards, late_fraction=0.1, late_delay=1.0,
+                                  timeout=120))
+        assert wait_all([server], 60) == [0], open(log).read()[-3000:]
+    finally:
+        wait_all([server], 1)
+    wall = time.perf_counter() - t0
+    s = summarize(res, rounds)
+    assert s["errors"] == [] and s["refused"] == 0, s
+    assert s["joined"] == n and s["finished"] == n and s["messages_lost"] == 0, s
+    assert s["updates_sent"] == n * rounds and s["metrics_sent"] == n, s
+    assert _aggregated(log) == [n] * rounds
+    assert f"({n} clients, weighted avg)" in open(log).read()
+    assert wall < 60, f"{wall:.0f}s"
+
+
+def test_swarm_droppers_and_stragglers_do_not_stall_the_job(tmp_path):
+    n, rounds = 20, 2
+    manifest, shards = write_swarm_manifest(str(tmp_path / "shards"), n)
+    server, port, log = _start_server(tmp_path, manifest, rounds,
+                                      ["federate.round_timeout", "3", "federate.min_clients_threshold",
+                                       "10", "distribute.heartbeat_timeout", "30"])
+    try:
+        res = run_swarm(SwarmPlan(f"127.0.0.1:{port}", shards, drop_fraction=0.1, drop_round=1,
+                                  straggler_fraction=0.1, straggler_delay=6.0, timeout=120))
+        assert wait_all([server], 60) == [0], open(log).read()[-3000:]
+    finally:
+        wait_all([server], 1)
+    s = summarize(res, rounds)
+    assert s["stayed"] == n - 2 and s["finished"] == n - 2, s
+    aggregated = _aggregated(log)
+    # Round 1 goes on without the 2 droppers and the 2 late stragglers.
+    assert aggregated[0] == n - 4, (aggregated, open(log).read()[-2000:])
+    assert os.path.getsize(log) > 0

@@ -1,0 +1,292 @@
+"""The server transport against hostile peers, in process: a real grpc.aio server on loopback
+(``GrpcServerTransport``) and real gRPC sessions (``bench.swarm.RawPeer``); no Server worker, so
+what is tested is exactly what the transport lets through to the inbox."""
+import logging
+import queue
+import threading
+import time
+
+import pytest
+import torch
+
+from bench.swarm import RawPeer, health_status
+from conftest import free_port
+from federatedscope.core.communication import codec
+from federatedscope.core.communication.grpc_server import GrpcServerTransport
+from federatedscope.core.communication.proto import fl_pb2
+from federatedscope.core.configs.config import get_default_cfg
+from federatedscope.core.message import ASSIGN_ID, JOIN_IN, MODEL_PARA, Message
+from federatedscope.core.workers.base_worker import Incoming
+
+LOGGER = "federatedscope"
+
+
+def _cfg(join_deadline: float = 5.0):
+    cfg = get_default_cfg()
+    cfg.distribute.server_host = "127.0.0.1"
+    cfg.distribute.server_port = free_port()
+    cfg.distribute.join_deadline = join_deadline
+    return cfg
+
+
+@pytest.fixture
+def server():
+    made = []
+
+    def make(join_deadline: float = 5.0, max_clients: int = 8, model_bytes: int = 0):
+        inbox: "queue.Queue" = queue.Queue()
+        t = GrpcServerTransport(_cfg(join_deadline), inbox, max_clients=max_clients,
+                                model_bytes=model_bytes)
+        t.start()
+        made.append(t)
+        return t, inbox, f"127.0.0.1:{t.port}"
+    yield make
+    for t in made:
+        t.stop(grace=1.0)
+
+
+def _next_incoming(inbox, timeout=10.0) -> Incoming:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ev = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(ev, Incoming):
+            return ev
+    raise AssertionError("no message reached the inbox")
+
+
+def _rejections(caplog):
+    return [r.getMessage() for r in caplog.records if "Rejected message" in r.getMessage()]
+
+
+def _raw_frame(env: fl_pb2.Envelope, payload: bytes = b"", patch=None) -> bytes:
+    head = env.SerializeToString()
+    if patch:
+        head = head.replace(*patch)
+    return codec.MAGIC + len(head).to_bytes(4, "little") + head + payload
+
+
+def test_odd_text_in_every_field_reaches_the_inbox_or_one_log_line(server, caplog):
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server()
+    odd = "\ud800 été \udfff \u202e" + "x" * 300
+    with RawPeer(addr) as peer:
+        # JSON text: lone surrogates and non-ASCII travel as escapes and arrive intact.
+        peer.join(1, token=odd, declaration={odd: [odd]}, num_samples={odd: 1})
+        got = _next_incoming(inbox).msg
+        assert got.content["token"] == odd and got.content["declaration"] == {odd: [odd]}
+    with RawPeer(addr) as peer:
+        # Protobuf text (msg_type, tensor name, dtype) as invalid UTF-8: one bounded log line each.
+        for patch in [(b"join_in", b"j\xed\xa0\x80_in"), (b"nm", b"\xff\xfe"),
+                      (b"float32", b"\xed\xb0\x80loat")]:
+            env = fl_pb2.Envelope(msg_type=JOIN_IN, content_json='{"client_id": 2}')
+            env.tensors.add(name="nm", dtype="float32", shape=[1])
+            peer.send(_raw_frame(env, b"\0" * 4, patch))
+        peer.send(Message("m" * 50_000 + "été", 2, 0, 0, {"client_id": 2}))    # 50 KB msg_type
+        peer.join(2)
+        assert _next_incoming(inbox).msg.content["client_id"] == 2         # still serving
+    lines = _rejections(caplog)
+    assert len(lines) == 4 and all(len(line) < 600 for line in lines), lines
+    assert t.rejected == 4
+
+
+def test_depth_bomb_and_huge_dims_cost_one_line_and_the_stream_lives(server, caplog):
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server()
+    bomb = fl_pb2.Envelope(msg_type=JOIN_IN, content_json="[" * 30_000 + "]" * 30_000)
+    dims = fl_pb2.Envelope(msg_type=JOIN_IN, content_json='{"client_id": 3}')
+    dims.tensors.add(name="w", dtype="float32", shape=[0, 2 ** 62, 2 ** 62])
+    with RawPeer(addr) as peer:
+        peer.send(_raw_frame(bomb))
+        peer.send(_raw_frame(dims))
+        peer.join(3)                      # same stream: it was not closed by the bad frames
+        assert _next_incoming(inbox).msg.content["client_id"] == 3
+        assert not peer.closed
+    lines = _rejections(caplog)
+    assert len(lines) == 2, lines
+    assert "nests too deeply" in lines[0] and "bad shape" in lines[1]
+
+
+def test_prejoin_message_over_the_cap_is_refused_unread(server, caplog, monkeypatch):
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server(model_bytes=4 * 1024 * 1024)
+    decoded = []
+    real = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda b: decoded.append(len(b)) or real(b))
+    big = Message(MODEL_PARA, 1, 0, 0, {"sample_size": 1}, {"w": torch.zeros(256 * 1024)})
+    with RawPeer(addr) as peer:
+        peer.send(big)                    # 1 MiB: under the receive limit, over the pre-join cap
+        assert peer.wait_closed(10)
+        assert peer.code == "RESOURCE_EXHAUSTED"
+    assert decoded == [], "a pre-join message over the cap was decoded"
+    assert any("refused unread" in line for line in _rejections(caplog))
+    assert t.limits.max_receive == 2 * 4 * 1024 * 1024 + 1024 * 1024
+    with RawPeer(addr) as peer:           # over the model-derived limit: gRPC refuses it itself
+        peer.send(b"\0" * (t.limits.max_receive + 1))
+        assert peer.wait_closed(10) and peer.code == "RESOURCE_EXHAUSTED"
+    assert decoded == []
+
+
+def test_idle_unjoined_streams_are_evicted_then_closed_at_the_deadline(server, caplog):
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server(join_deadline=1.5, max_clients=8)
+    cap = t.limits.max_unjoined
+    idle = [RawPeer(addr) for _ in range(cap + 8)]
+    try:
+        time.sleep(1.0)                   # let every stream reach the server
+        assert health_status(addr) == "SERVING"
+        with RawPeer(addr) as peer:       # a real join still gets in (the oldest idle one goes)
+            peer.join(5)
+            ev = _next_incoming(inbox)
+            t.bind(ev.conn_id, 5)
+            t.send(Message(ASSIGN_ID, 0, 5, 0, {"client_id": 5}))
+            assert peer.recv(10).msg_type == ASSIGN_ID
+            assert all(p.wait_closed(5) for p in idle), "idle streams outlived join_deadline"
+            assert not peer.closed, "a joined stream was closed by the join deadline"
+            assert health_status(addr) == "SERVING"
+            assert inbox.empty(), "idle streams produced events for the Server"
+            counts = t.session_counts()
+            assert counts == {"open": 1, "bound": 1, "idle_unjoined": 0, "joining": 0}, counts
+    finally:
+        for p in idle:
+            p.close()
+    assert t.evicted >= 8
+    assert "distribute.join_deadline" in caplog.text
+
+
+def test_broadcast_is_encoded_once_and_stop_drains_it(server):
+    t, inbox, addr = server()
+    peers = [RawPeer(addr) for _ in range(5)]
+    try:
+        for k, p in enumerate(peers, 1):
+            p.join(k)
+            t.bind(_next_incoming(inbox).conn_id, k)
+        calls = []
+        real = codec.encode
+        codec.encode = lambda m: calls.append(m.msg_type) or real(m)
+        try:
+            t.broadcast(Message("finish", 0, -2, 3, {}, {"w": torch.ones(1000)}), [1, 2, 3, 4, 5])
+        finally:
+            codec.encode = real
+        assert calls == ["finish"]
+        t.stop(grace=5.0)                 # must deliver the queued finish before ending streams
+        for p in peers:
+            msg = p.recv(5)
+            assert msg is not None and msg.msg_type == "finish" and msg.state == 3
+            assert p.wait_closed(5)
+    finally:
+        for p in peers:
+            p.close()
+
+
+def _bound_peers(t, inbox, addr, n):
+    peers = [RawPeer(addr) for _ in range(n)]
+    for k, p in enumerate(peers, 1):
+        p.join(k)
+        t.bind(_next_incoming(inbox).conn_id, k)
+    return peers
+
+
+def test_simultaneous_uploads_are_read_only_as_fast_as_the_server_takes_them():
+    from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=64)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    peers = _bound_peers(t, inbox, addr, 30)
+    try:
+        update = {"w": torch.ones(256 * 1024)}                  # 1 MiB each
+        for k, p in enumerate(peers, 1):
+            p.send_chunked(Message(MODEL_PARA, k, 0, 0, {"sample_size": 1}, update))
+        time.sleep(3.0)                                          # nobody takes from the inbox
+        waiting = list(inbox.queue)
+        assert len(waiting) == HEAVY_IN_INBOX, len(waiting)     # the rest wait in flow control
+        got = [_next_incoming(inbox).msg for _ in range(30)]     # taking them lets the rest in
+        assert sorted(m.sender for m in got) == list(range(1, 31))
+        assert all(torch.equal(m.tensors["w"], update["w"]) for m in got)
+    finally:
+        for p in peers:
+            p.close()
+        t.stop(grace=1.0)
+
+
+def test_chunked_message_stalled_midway_is_dropped_and_its_stream_closed(caplog):
+    import dataclasses
+    from federatedscope.core.communication.flow import CHUNK_FIRST, ServerInbox, chunk_frames
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)
+    t.limits = dataclasses.replace(t.limits, assembly_timeout=1.0)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    try:
+        stalled, = _bound_peers(t, inbox, addr, 1)
+        frames = chunk_frames(codec.encode(Message(MODEL_PARA, 1, 0, 0, {"sample_size": 1},
+                                                   {"w": torch.ones(100_000)})))
+        stalled.send(frames[0])                                  # first chunk only
+        assert stalled.wait_closed(10), "a stalled upload kept its stream (and inbox slot)"
+        assert "incomplete after" in caplog.text
+        with RawPeer(addr) as stranger:                          # pre-join: refused by the
+            stranger.send(CHUNK_FIRST + (50 << 20).to_bytes(8, "little"))   # declared length
+            assert stranger.wait_closed(10) and stranger.code == "RESOURCE_EXHAUSTED"
+        assert "52428800-byte message refused unread" in caplog.text
+    finally:
+        t.stop(grace=1.0)
+
+
+def test_peers_that_stop_reading_cannot_hold_the_write_slots(caplog):
+    import dataclasses
+    import grpc
+    from federatedscope.core.communication.limits import CONCURRENT_BIG_WRITES
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox: "queue.Queue" = queue.Queue()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=32)
+    t.limits = dataclasses.replace(t.limits, write_timeout=1.5)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    stalled, channels, done = [], [], threading.Event()
+    try:
+        for k in range(1, CONCURRENT_BIG_WRITES + 3):     # more stalled readers than slots
+            ch = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1),
+                                                      ("grpc.http2.bdp_probe", 0)])
+            channels.append(ch)
+            call = ch.stream_stream("/federatedscope.FLService/Session",
+                                    request_serializer=None, response_deserializer=None)
+            join = codec.encode(Message(JOIN_IN, k, 0, 0, {"client_id": k}))
+            stalled.append(call(_join_then_hold(join, done)))   # never reads its responses
+            t.bind(_next_incoming(inbox).conn_id, k)
+        reader = RawPeer(addr)
+        reader.join(100)
+        t.bind(_next_incoming(inbox).conn_id, 100)
+        model = {"w": torch.ones(4 * 1024 * 1024)}       # 16 MiB: far over a 64 KiB window
+        t.broadcast(Message("finish", 0, -2, 1, {}, model), list(range(1, len(stalled) + 1)) + [100])
+        got = reader.recv(20)
+        assert got is not None and got.msg_type == "finish", "stalled readers froze the broadcast"
+        assert "stalled reader" in caplog.text
+        reader.close()
+    finally:
+        done.set()
+        for c in stalled:
+            c.cancel()
+        for ch in channels:
+            ch.close()
+        t.stop(grace=1.0)
+
+
+def _join_then_hold(join: bytes, done):
+    yield join
+    done.wait(60)     # keeps the stream open (half-closing would end it) until the test ends
+
+
+def test_a_join_the_server_never_answers_does_not_hold_a_slot_for_ever(server, caplog,
+                                                                      monkeypatch):
+    from federatedscope.core.communication import grpc_server
+    monkeypatch.setattr(grpc_server, "JOIN_ANSWER_TIMEOUT", 1.0)
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server(join_deadline=1.0)
+    with RawPeer(addr) as peer:
+        peer.join(7)
+        _next_incoming(inbox)            # delivered; the "Server" never binds nor refuses it
+        time.sleep(1.5)
+        assert not peer.closed, "a delivered join was cut at the plain join deadline"
+        assert peer.wait_closed(10)
+    assert "join_in was not answered" in caplog.text
