@@ -87,7 +87,10 @@ def test_validate_message_rules():
     with pytest.raises(InvalidMessage):
         validate_message(Message("finish", 1, 0, 0), from_server=False)
     with pytest.raises(InvalidMessage):
-        validate_message(Message(METRICS, 1, 0, 0, {"results": {"acc": float("nan")}}), False)
+        validate_message(Message(METRICS, 1, 0, 0, {"results": {"acc": "high"}}), False)
+    # NaN is a number: it passes the shape check and the server refuses it, counting the client
+    # as answered-and-refused instead of waiting for an answer that was dropped in transit.
+    validate_message(Message(METRICS, 1, 0, 0, {"results": {"test_acc": float("nan")}}), False)
     with pytest.raises(InvalidMessage):
         validate_message(Message(MODEL_PARA, 1, 0, 0, {"sample_size": -1}, {"a": torch.ones(1)}), False)
     with pytest.raises(InvalidMessage):

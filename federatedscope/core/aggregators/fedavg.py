@@ -51,7 +51,7 @@ class OnlineAggregator:
             if key not in self._acc:
                 self._acc[key] = torch.zeros(t.shape, dtype=torch.float64)
                 self._dtypes[key] = t.dtype
-            self._acc[key].add_(t.to(torch.float64), alpha=float(sample_size))
+            self._acc[key].add_(t, alpha=float(sample_size))   # promoted on the fly, no copy
         self._total += sample_size
 
     def result(self) -> State:
