@@ -154,7 +154,7 @@ def _ratio(pairs, key="rounds_s") -> tuple:
 
 
 def run(ctx) -> dict:
-    manifest = common.shards(ctx, common.big_dataset(ctx), 3)
+    manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
     # rounds are what is timed: evaluate only at the end, on the test split only
     base = ["train.batch_or_epoch", "batch", "eval.freq", "100000", "eval.split", "['test']"]
     rounds, repeats, steps = (8, 1, 20) if ctx.quick else (12, 2, 40)
@@ -168,7 +168,7 @@ def run(ctx) -> dict:
     load = os.getloadavg()[0]
     rows = [dict(row("distributed / standalone: median wall time per round (1 sampled client per round)",
                      ratio, f"{ratio:.3f} ({d:.2f} s vs {s:.2f} s)",
-                     f"≤ {GOAL} (Flower 1.2, FS distributed 5.3)", ratio <= GOAL), headline=True),
+                     f"≤ {GOAL}", ratio <= GOAL), headline=True),
             dict(row("distributed / standalone: median CPU seconds per round, all processes summed",
                      cratio, f"{cratio:.3f} ({cd:.2f} s vs {cs:.2f} s)", f"≤ {GOAL}",
                      cratio <= GOAL), headline=True)]

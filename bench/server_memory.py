@@ -21,7 +21,7 @@ def run(ctx) -> dict:
     s_peak = shard["server"]["status_kb"]["VmHWM"] * 1024 - base
     i_peak = idx["server"]["status_kb"]["VmHWM"] * 1024 - base
     data_files = shard["server_opened_data_files"]
-    manifest = common.shards(ctx, common.big_dataset(ctx), 3)
+    manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
     non_manifest = [p for p in data_files if os.path.basename(p) != "manifest.json"]
     rows = [
         dict(row("shard mode: server peak RSS above runtime", s_peak / MB, f"{s_peak / MB:.1f} MB",

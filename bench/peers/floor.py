@@ -28,7 +28,10 @@ import time
 
 T0 = time.perf_counter()
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[0] = ROOT  # import federatedscope's torch-only model module, not bench/peers' files
+if __name__ == "__main__":
+    sys.path[0] = ROOT  # federatedscope's torch-only model module; bench/peers must not shadow
+elif ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
