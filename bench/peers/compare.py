@@ -267,8 +267,10 @@ def run(ctx) -> dict:
             ctx.warn(f"Flower not measured: {missing[key]}")
             continue
         ctx.log(f"  {key}: hidden {prof['hidden']}, {prof['rounds']} rounds, {CLIENTS} clients")
+        load = os.getloadavg()[0]
         try:
             res[key] = fn(ctx, prof, shards if key == "floor" else manifest)
+            res[key]["load_at_start"] = load
         except common.ChildFailed as e:
             missing[key] = f"failed ({str(e).splitlines()[0][:200]})"
             raw_err[key] = str(e)[-3000:]
@@ -291,9 +293,18 @@ def run(ctx) -> dict:
         "detached helpers included). Peak RSS: each process's VmHWM (its own exit report where "
         "it has one, else sampled every 100 ms). Round: from sending the model to aggregating the "
         "replies, as each system's server times it; median over rounds.",
-        f"Flower: flwr {_flower_version()}; ClientApps run as `flower-supernode` subprocesses "
-        f"(its default isolation), one process per message.",
     ]
+    if "flower" in res:
+        apps = sum(1 for p in res["flower"]["procs"] if p["label"] == "flwr-clientapp")
+        context.append(
+            f"Flower: flwr {_flower_version()}, SuperNodes in their default `subprocess` isolation: "
+            f"{apps} `flwr-clientapp` processes were started for {prof['rounds']} rounds × "
+            f"{CLIENTS} nodes × 2 messages (train, evaluate); each imports torch and reads its "
+            f"shard split again.")
+    context.append("1-min load average when each system started (the machine is shared; wall "
+                   "times move with it, CPU seconds much less): " + ", ".join(
+                       f"{k} {v['load_at_start']:.1f}" for k, v in res.items()) + ".")
+
     for key in res:
         context.append(f"{key}: sampled CPU of the processes seen {res[key]['sampled_cpu_s']:.1f} s "
                        f"(lower bound) vs {res[key]['cpu_s']:.1f} s counted; "
