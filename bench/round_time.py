@@ -161,11 +161,12 @@ def _model_mb(hidden: int) -> float:
 
 
 def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
-    """Standalone, then distributed, with one batch of 10 per client per round: what is left of
-    a round is broadcast, upload, decode and FedAvg, so the per-round difference is the
-    transport's own cost (processes + gRPC vs an in-process queue)."""
+    """Standalone, then distributed, with no local training (``local_update_steps 0``: a client
+    answers with the state it received): what is left of a round is broadcast, state copy,
+    upload, decode and FedAvg, so the per-round difference is the transport's own cost
+    (processes + gRPC vs an in-process queue) and not how training parallelises."""
     manifest = common.shards(ctx, common.figures_dataset(ctx), n)
-    extra = ["train.batch_or_epoch", "batch", "train.local_update_steps", "1", "model.hidden",
+    extra = ["train.batch_or_epoch", "batch", "train.local_update_steps", "0", "model.hidden",
              str(hidden), "eval.freq", "100000", "eval.split", "['test']"]
     warm = {"BENCH_WARM_TORCH": "1"}
     slog = ctx.tmp(f"tn{n}_standalone.log")
@@ -220,11 +221,11 @@ def run(ctx) -> dict:
         f"{[p['dist']['final_acc'] for p in raw['transport']]} vs standalone "
         f"{[p['standalone']['final_acc'] for p in raw['transport']]}.",
     ]
-    hidden, t_rounds = 2048, (4 if ctx.quick else 8)
+    hidden, t_rounds = 2048, (6 if ctx.quick else 12)
     mb = _model_mb(hidden)
     raw["transport_only"] = []
     for n in (1, 3, 10):
-        ctx.log(f"  transport only: {n} client(s), hidden {hidden}, 1 batch per round")
+        ctx.log(f"  transport only: {n} client(s), hidden {hidden}, no local training")
         t = _transport_only(ctx, n, t_rounds, hidden)
         raw["transport_only"].append(t)
         per_mb = t["overhead_ms"] / mb
@@ -234,7 +235,7 @@ def run(ctx) -> dict:
                         f"{t['standalone_round_s'] * 1000:.0f} ms per round, {mb:.1f} MB model)",
                         "reported (no goal set)", None))
     context.append(f"Transport-only set-up: ConvNet2 hidden {hidden} ({mb:.1f} MB of tensors per "
-                   f"message), 1 local batch of 10 per client per round, {t_rounds} rounds, "
+                   f"message), no local training (`train.local_update_steps 0`), {t_rounds} rounds, "
                    f"evaluation only at the end; medians over rounds 2..{t_rounds}, standalone "
                    f"then distributed, one run each. A distributed round sends the model to N "
                    f"clients and gets N updates back; standalone hands the same tensors over in "
