@@ -39,24 +39,28 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
     t.start()
     res = common.finish_job(job, timeout=900)
     t.join()
-    res["timeline"] = _phases(res["logs"]["server"], samples)
+    res["timeline"] = _phases(res["logs"], samples)
     return res
 
 
-_PHASES = [("model built, listening", "listening on"), ("clients joining", "joined"),
-           ("round 1: broadcast, updates, aggregation", "starting training"),
-           ("evaluation 1 + round 2", "round 1/"), ("round 2 aggregated → evaluation 2", "round 2/"),
-           ("finishing", "final weighted-avg")]
+# (phase, marker, whose log): a phase starts at the first line containing its marker
+_PHASES = [("model built, listening", "listening on", "server"),
+           ("clients joining", "joined", "server"),
+           ("round 1: broadcast to 3 clients, local training", "starting training", "server"),
+           ("round 1: updates arriving, aggregation", "round 1 trained", "clients"),
+           ("evaluation 1, round 2", "round 1/2 aggregated", "server"),
+           ("round 2 aggregated, evaluation 2", "round 2/2 aggregated", "server"),
+           ("finishing", "final weighted-avg", "server")]
 
 
-def _phases(log: str, samples) -> list:
-    """[(phase, max VmRSS MB in it)]: phases start at the first server log line containing
-    their marker; samples are (epoch s, kB)."""
+def _phases(logs: dict, samples) -> list:
+    """[(phase, max VmRSS MB in it)]; samples are (epoch s, kB)."""
     starts = []
-    for name, marker in _PHASES:
-        ts = common.log_times(log, marker)
+    for name, marker, whose in _PHASES:
+        paths = [logs["server"]] if whose == "server" else [v for k, v in logs.items() if k != "server"]
+        ts = [t for path in paths for t in common.log_times(path, marker)]
         if ts:
-            starts.append((ts[0], name))
+            starts.append((min(ts), name))
     starts.sort()
     out = []
     for i, (t0, name) in enumerate(starts):
