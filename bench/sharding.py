@@ -16,7 +16,7 @@ import os
 from bench import common
 from bench.common import MB, median, row
 
-TITLE = "Sharding throughput and memory vs a bare json.load pass"
+TITLE = "Sharding throughput and memory vs parsing the same files (tool's hook; bare json.load)"
 THROUGHPUT_GOAL = 0.8
 BYTES_PER_SAMPLE_GOAL = 800
 PEAK_GROWTH_GOAL = 1.25  # peak on 3x the data / peak on 1x, same file size: bounded by the file
@@ -100,6 +100,7 @@ def run(ctx) -> dict:
     peak_big = median(r["peak_above_start_kb"] for r in tools) * 1024
     peak_small = tool_small["peak_above_start_kb"] * 1024
     floor_peak = median(r["peak_above_start_kb"] for r in pairs[1]) * 1024
+    hook_peak = median(r["peak_above_start_kb"] for r in hook_set) * 1024
     largest = max(os.path.getsize(p) for p in files_big)
     data_bytes = sum(os.path.getsize(p) for p in files_big)
     t0 = tools[0]
@@ -118,7 +119,13 @@ def run(ctx) -> dict:
             f"{growth:.2f} ({peak_big / MB:.0f} MB vs {peak_small / MB:.0f} MB above runtime)",
             f"≤ {PEAK_GROWTH_GOAL} (bounded by the largest file, not the data set)",
             growth <= PEAK_GROWTH_GOAL),
-        row("peak RSS above runtime / the bare json.load pass's peak", peak_big / floor_peak,
+        row("peak RSS above runtime / peak of the hooked parse (the tool's own parser, one file "
+            "at a time)", peak_big / hook_peak,
+            f"{peak_big / hook_peak:.2f} ({peak_big / MB:.0f} MB vs {hook_peak / MB:.0f} MB; "
+            f"largest file {largest / MB:.0f} MB)", "≤ 1.0 (no more than parsing one file)",
+            peak_big <= hook_peak),
+        row("peak RSS above runtime / the bare json.load pass's peak (naive reader)",
+            peak_big / floor_peak,
             f"{peak_big / floor_peak:.2f} ({peak_big / MB:.0f} MB vs {floor_peak / MB:.0f} MB; "
             f"largest file {largest / MB:.0f} MB)", "≤ 1.0 (no more than parsing one file)",
             peak_big <= floor_peak),
