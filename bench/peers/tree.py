@@ -134,7 +134,10 @@ class Tree:
                     continue
                 p = self.seen.get(pid)
                 if p is None:
-                    p = self.seen[pid] = ProcSeen(pid, _label(pid), first=now)
+                    p = self.seen[pid] = ProcSeen(pid, "?", first=now)
+                # relabelled every time: a child seen between fork and exec still carries its
+                # parent's command line (flower-superexec before it becomes flwr-clientapp)
+                p.label = _label(pid)
                 p.hwm_kb, p.cpu_s, p.last = max(p.hwm_kb, got[0]), got[1], now
             self._stop.wait(self.period)
 
