@@ -137,7 +137,9 @@ class Tree:
                     p = self.seen[pid] = ProcSeen(pid, "?", first=now)
                 # relabelled every time: a child seen between fork and exec still carries its
                 # parent's command line (flower-superexec before it becomes flwr-clientapp)
-                p.label = _label(pid)
+                label = _label(pid)
+                if label != "?":  # "?": it exited just now; keep the last name it had
+                    p.label = label
                 p.hwm_kb, p.cpu_s, p.last = max(p.hwm_kb, got[0]), got[1], now
             self._stop.wait(self.period)
 
