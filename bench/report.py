@@ -44,14 +44,23 @@ def _provenance(results: List[dict]) -> List[str]:
     else:
         out.append(f"**The results come from {len(commits)} different commits/tree states** "
                    f"(see the table); regenerate with `make bench` for one consistent set.")
-    out += ["", "| benchmark | run | started (UTC) | commit | tree | CPUs | load (1 min) at start |",
+    kinds = sorted({"quick" if r.get("quick") else "full" for r in results})
+    out += ["", "Data profile: " + "; ".join(
+        {"quick": "quick runs use the 180-writer sample (~36,000 samples) and, for peers, "
+                  "ConvNet2 hidden 128 and 2 rounds",
+         "full": "full runs use the `large` profile (200 writers, ~45,000 samples) for the "
+                 "memory, round and peer figures, and hidden 2048 and 5 rounds for peers"}[k]
+        for k in kinds) + "."]
+    out += ["", "| benchmark | run | started (UTC) | commit | tree | CPUs | load (1 min) at its start "
+                "(¹ at the suite's start) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         m = r.get("machine", {})
         dirty = {True: "dirty", False: "clean"}.get(m.get("git_dirty"), "?")
         out.append(f"| {r['name']} | {'quick' if r.get('quick') else 'full'} | {r.get('started', '?')} | "
                    f"`{str(m.get('git_commit'))[:10]}` | {dirty} | {m.get('cpus_usable', m.get('cpu_count'))} | "
-                   f"{m.get('loadavg', [0])[0]:.2f} |")
+                   + (f"{m['loadavg_at_bench_start'][0]:.2f} |" if "loadavg_at_bench_start" in m
+                      else f"{m.get('loadavg', [0])[0]:.2f} ¹ |"))
     return out + [""]
 
 

@@ -116,6 +116,7 @@ def main(argv=None) -> int:
         ctx.start(name)
         ctx.log(f"{name}: {mod.TITLE}")
         started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        load_at_start = list(os.getloadavg())
         t = time.perf_counter()
         try:
             res = mod.run(ctx)
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
             res["notes"] = list(res.get("notes", [])) + ctx.warnings
         res.update({"name": name, "title": mod.TITLE, "quick": a.quick, "started": started,
                     "duration_s": round(time.perf_counter() - t, 2),
-                    "machine": dict(machine, loadavg_after=list(os.getloadavg()))})
+                    "machine": dict(machine, loadavg_at_bench_start=load_at_start,
+                                    loadavg_after=list(os.getloadavg()))})
         with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
             json.dump(res, f, indent=1, default=float)
         for r in res.get("rows", []):
