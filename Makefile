@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick proto venv clean mutants
+.PHONY: demo test bench bench-quick bench-peers proto venv clean mutants
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -21,11 +21,29 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
 
-bench: $(STAMP)
+# The peer framework (Flower, pinned) lives in its own venv, never in the project's: see
+# bench/peers/requirements-flower.txt. torch there must be the CPU wheel, as in the project's.
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP): bench/peers/requirements-flower.txt
+	$(PY) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r bench/peers/requirements-flower.txt
+	$(PEERS)/bin/python -c "import sys, torch; sys.exit(f'$(PEERS): torch {torch.__version__} is a CUDA build; it must be the CPU wheel: rm -rf $(PEERS) && make bench-peers' if torch.version.cuda else 0)"
+	touch $(PEERS_STAMP)
+
+# Full suite (large profile, peers included) and its quick variant; both regenerate
+# bench/REPORT.md and README's cost table.
+bench: $(STAMP) $(PEERS_STAMP)
 	$(VPY) bench/run.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(PEERS_STAMP)
 	$(VPY) bench/run.py --quick
+
+# Only the side-by-side run: plain-loop floor, standalone, distributed, Flower (QUICK=1: hidden 128, 2 rounds).
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(VPY) bench/run.py --peers $(if $(QUICK),--quick)
 
 # Regenerate the committed gRPC/protobuf code from the .proto.
 proto: $(STAMP)
@@ -34,7 +52,7 @@ proto: $(STAMP)
 	sed -i 's/^import fl_pb2 as fl__pb2/from . import fl_pb2 as fl__pb2/' fl_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) exp
+	rm -rf $(VENV) .venv-peers exp
 
 # Mutation check: each mutant in tests/mutants.py must be caught by its tests (exit 1 if not).
 mutants: $(STAMP)

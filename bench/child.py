@@ -13,6 +13,7 @@ Modes
                       with BENCH_WARM_TORCH=1, torch's lazy first-step imports happen first)
   script PATH ARGV... import a script as a module (untimed), then time its ``main(argv)``
   jsonfloor FILE...   a bare ``json.load`` pass over FILEs, one file in memory at a time
+  jsonhook FILE...    the same pass with the tool's parse (interning ``parse_float`` hook)
 
 Peak RSS: every report has the process's ``VmHWM`` at exit. Modes that do work after imports
 also reset the peak (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) once the imports are done,
@@ -274,6 +275,21 @@ def mode_jsonfloor(*files: str) -> dict:
     return rep
 
 
+def mode_jsonhook(*files: str) -> dict:
+    """The sharding tool's own parse (``leaf_femnist._load_json``: json.loads with the interning
+    ``parse_float`` hook), one file in memory at a time: the honest floor for the tool."""
+    from federatedscope.cv.dataset.leaf_femnist import _load_json
+    probe = Probe()
+    samples = 0
+    for path in files:
+        d = _load_json(path)
+        samples += sum(len(u["y"]) for u in d["user_data"].values())
+        del d
+    rep = probe.figures()
+    rep["samples"] = samples
+    return rep
+
+
 def mode_baseline() -> dict:
     runtime_imports()
     return {}
@@ -281,7 +297,7 @@ def mode_baseline() -> dict:
 
 MODES = {"baseline": mode_baseline, "load": mode_load, "phases": mode_phases, "stream": mode_stream,
          "main": mode_main,
-         "script": mode_script, "jsonfloor": mode_jsonfloor}
+         "script": mode_script, "jsonfloor": mode_jsonfloor, "jsonhook": mode_jsonhook}
 
 
 def main() -> int:

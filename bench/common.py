@@ -30,6 +30,9 @@ MB = 1024 * 1024
 
 # The FEMNIST-sized sample every data benchmark uses (issue: >= 180 writers, >= 35,000 samples).
 BIG = dict(name="femnist180", writers=180, seed=0, mean=200, per_file=20)
+# The `large` profile (200 writers, ~45,000 samples): full runs use it for the memory, round and
+# peer figures, so shards are large enough that fixed costs stop dominating; --quick keeps BIG.
+LARGE = dict(name="femnist200", writers=200, seed=0, mean=225, per_file=20)
 
 
 def client_yaml(k: int) -> str:
@@ -327,6 +330,15 @@ def big_dataset(ctx) -> str:
     return ctx.memo("big_dataset", lambda: dataset(ctx, **BIG))
 
 
+def large_dataset(ctx) -> str:
+    return ctx.memo("large_dataset", lambda: dataset(ctx, **LARGE))
+
+
+def figures_dataset(ctx) -> str:
+    """The data set of the memory and round figures: `large` in full runs, BIG with --quick."""
+    return big_dataset(ctx) if ctx.quick else large_dataset(ctx)
+
+
 def shards(ctx, data_root: str, n: int) -> str:
     """Shards of ``data_root`` for ``n`` clients (sequential, seed 0); returns manifest.json."""
     out = os.path.join(ctx.work, "shards", f"{os.path.basename(data_root)}_n{n}")
@@ -500,7 +512,7 @@ def training_job(ctx, mode: str) -> dict:
     with the open audit (``FS_AUDIT_*``) so the files it opens under the scratch dir are listed.
     """
     def job():
-        big = big_dataset(ctx)
+        big = figures_dataset(ctx)
         manifest = shards(ctx, big, 3)
         if mode == "data_idx":
             fs_cache(ctx, big)

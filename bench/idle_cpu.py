@@ -59,7 +59,7 @@ def run(ctx) -> dict:
         ok = v["alive"] and v["pct_of_core"] < GOAL_PCT
         rows.append(row(f"{n}: CPU per second of waiting", v["pct_of_core"],
                         f"{v['pct_of_core']:.2f} % of a core" + ("" if v["alive"] else " (EXITED)"),
-                        f"< {GOAL_PCT:g} % (Flower 0.5–1.8 %, FS 100 %)", ok))
+                        f"< {GOAL_PCT:g} %", ok))
     worst = max(rows, key=lambda r: r["value"])
     rows.insert(0, dict(row("worst waiting process: CPU per second", worst["value"],
                             f"{worst['value']:.2f} % of a core ({worst['figure'].split(':')[0]})",

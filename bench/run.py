@@ -4,6 +4,7 @@
     python bench/run.py                      # full suite (< 20 min on 2 cores)
     python bench/run.py --quick              # smaller repeats/sizes (< 3 min)
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report still covers all JSONs
+    python bench/run.py --peers [--quick]    # only the peers benchmark (floor, this project, Flower)
 
 Every benchmark measures its comparison inside the same run (ratios, medians over repeats),
 because the machine is shared and noisy. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
@@ -24,9 +25,11 @@ sys.path[0] = ROOT  # import as the ``bench`` package; bench/ itself must not sh
 
 from bench import common, report  # noqa: E402
 
-# Cheap ones first, so a broken environment shows up fast.
+# Cheap ones first, so a broken environment shows up fast. "scale" (bench/scale.py) is written
+# elsewhere: it is imported lazily and skipped with a note while the module is absent.
 BENCHMARKS = ["wire", "manifest_scale", "idle_cpu", "sharding", "client_memory", "server_memory",
-              "streaming", "round_time"]
+              "streaming", "round_time", "scale", "peers"]
+OPTIONAL = {"scale"}
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "results")
 
 
@@ -71,6 +74,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes (< 3 min)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--peers", action="store_true", help="run only the peers benchmark (as --only "
+                   "peers): the floor, this project and Flower side by side (needs .venv-peers: "
+                   "make bench-peers)")
     p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", DEFAULT_RESULTS),
                    help="where <name>.json, plots and (unless the default) REPORT.md go")
     p.add_argument("--work-dir", default=os.environ.get("BENCH_WORK_DIR", ""),
@@ -82,7 +88,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    names = [n.strip() for n in a.only.split(",") if n.strip()] or BENCHMARKS
+    names = [n.strip() for n in a.only.split(",") if n.strip()] or (["peers"] if a.peers else BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)
@@ -100,10 +106,17 @@ def main(argv=None) -> int:
             f"load {machine['loadavg'][0]:.2f}")
     failed = []
     for name in names:
-        mod = importlib.import_module(f"bench.{name}")
+        try:
+            mod = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as e:
+            if name not in OPTIONAL or e.name != f"bench.{name}":
+                raise
+            ctx.log(f"{name}: bench/{name}.py is not in this checkout; skipped")
+            continue
         ctx.start(name)
         ctx.log(f"{name}: {mod.TITLE}")
         started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        load_at_start = list(os.getloadavg())
         t = time.perf_counter()
         try:
             res = mod.run(ctx)
@@ -115,7 +128,8 @@ def main(argv=None) -> int:
             res["notes"] = list(res.get("notes", [])) + ctx.warnings
         res.update({"name": name, "title": mod.TITLE, "quick": a.quick, "started": started,
                     "duration_s": round(time.perf_counter() - t, 2),
-                    "machine": dict(machine, loadavg_after=list(os.getloadavg()))})
+                    "machine": dict(machine, loadavg_at_bench_start=load_at_start,
+                                    loadavg_after=list(os.getloadavg()))})
         with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
             json.dump(res, f, indent=1, default=float)
         for r in res.get("rows", []):
@@ -123,6 +137,9 @@ def main(argv=None) -> int:
             ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {mark})")
         ctx.log(f"{name}: done in {res['duration_s']:.1f}s")
     report.write(results_dir, report_path, BENCHMARKS)
+    if results_dir == os.path.abspath(DEFAULT_RESULTS):  # README's cost table follows the JSONs
+        from bench import render_readme
+        render_readme.write()
     ctx.log(f"report: {report_path}; total {time.perf_counter() - ctx.t0:.1f}s")
     return 1 if failed else 0
 

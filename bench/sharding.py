@@ -1,6 +1,11 @@
-"""sharding: ``prepare_femnist_shards.py`` on LEAF JSON vs a bare ``json.load`` pass (the floor).
+"""sharding: ``prepare_femnist_shards.py`` on LEAF JSON vs parsing the same files (the floors).
 
-Both run as child processes over the same (page-cached) files; both time only their work, after
+The honest floor is a parse with the tool's own ``parse_float`` hook (``leaf_femnist._load_json``,
+which interns the ~256 distinct pixel literals): the ratio against it is what the tool costs
+beyond reading its input. The bare ``json.load`` pass is kept, labelled, because that is what a
+naive reader pays; most of the tool's lead over it is the hook, not the sharding.
+
+All run as child processes over the same (page-cached) files; both time only their work, after
 imports. Peak RSS is each process's growth above its own post-import RSS. To show that the tool's
 peak follows the largest input file and not the data set, it also runs on a third of the files
 (the largest one among them): same largest file, a third of the data.
@@ -11,7 +16,7 @@ import os
 from bench import common
 from bench.common import MB, median, row
 
-TITLE = "Sharding throughput and memory vs a bare json.load pass"
+TITLE = "Sharding throughput and memory vs parsing the same files (tool's hook; bare json.load)"
 THROUGHPUT_GOAL = 0.8
 BYTES_PER_SAMPLE_GOAL = 800
 PEAK_GROWTH_GOAL = 1.25  # peak on 3x the data / peak on 1x, same file size: bounded by the file
@@ -60,8 +65,8 @@ def tool_run(ctx, tag: str, root: str, clients: int) -> dict:
     return rep
 
 
-def floor_run(ctx, tag: str, files) -> dict:
-    rep = common.run_child(ctx, tag, "jsonfloor", list(files))
+def floor_run(ctx, tag: str, files, hook: bool = False) -> dict:
+    rep = common.run_child(ctx, tag, "jsonhook" if hook else "jsonfloor", list(files))
     rep["samples_per_s"] = rep["samples"] / rep["work_s"]
     return rep
 
@@ -72,16 +77,21 @@ def run(ctx) -> dict:
     files_big, files_small = _files(big), _files(small)
     _warm(files_big + files_small)
     repeats = 1 if ctx.quick else 3
-    tools, floors = [], []
-    for i in range(repeats):  # interleaved: noise hits both alike
+    tools, floors, hooks = [], [], []
+    for i in range(repeats):  # interleaved: noise hits all alike
         tools.append(tool_run(ctx, f"tool{i}", big, 3))
         if not ctx.quick:  # --quick compares throughput on the third only (a third of the time)
+            hooks.append(floor_run(ctx, f"hook{i}", files_big, hook=True))
             floors.append(floor_run(ctx, f"floor{i}", files_big))
-            ctx.log(f"  tool {tools[-1]['samples_per_s']:.0f} samples/s, "
-                    f"floor {floors[-1]['samples_per_s']:.0f} samples/s")
+            ctx.log(f"  tool {tools[-1]['samples_per_s']:.0f} samples/s, hooked parse "
+                    f"{hooks[-1]['samples_per_s']:.0f}, bare json.load "
+                    f"{floors[-1]['samples_per_s']:.0f} samples/s")
     tool_small = tool_run(ctx, "tool_small", small, 3)
     floor_small = floor_run(ctx, "floor_small", files_small)
+    hook_small = floor_run(ctx, "hook_small", files_small, hook=True)
     pairs = (tools, floors) if floors else ([tool_small], [floor_small])
+    hook_set = hooks if hooks else [hook_small]
+    h_sps = median(r["samples_per_s"] for r in hook_set)
     which = (f"all {len(files_big)} files" if floors else
              f"{len(files_small)} of the {len(files_big)} files")
     t_sps = median(r["samples_per_s"] for r in pairs[0])
@@ -90,21 +100,32 @@ def run(ctx) -> dict:
     peak_big = median(r["peak_above_start_kb"] for r in tools) * 1024
     peak_small = tool_small["peak_above_start_kb"] * 1024
     floor_peak = median(r["peak_above_start_kb"] for r in pairs[1]) * 1024
+    hook_peak = median(r["peak_above_start_kb"] for r in hook_set) * 1024
     largest = max(os.path.getsize(p) for p in files_big)
     data_bytes = sum(os.path.getsize(p) for p in files_big)
     t0 = tools[0]
     bps = t0["disk_bytes"] / t0["samples"]
     growth = peak_big / peak_small
+    h_ratio = t_sps / h_sps
     rows = [
-        dict(row(f"throughput: tool / bare json.load pass over the same files ({which})", ratio,
-                 f"{ratio:.2f} ({t_sps:,.0f} vs {f_sps:,.0f} samples/s)",
-                 f"≥ {THROUGHPUT_GOAL}", ratio >= THROUGHPUT_GOAL), headline=True),
+        dict(row(f"throughput: tool / a parse of the same files with the tool's parse_float hook "
+                 f"({which})", h_ratio, f"{h_ratio:.2f} ({t_sps:,.0f} vs {h_sps:,.0f} samples/s)",
+                 f"≥ {THROUGHPUT_GOAL}", h_ratio >= THROUGHPUT_GOAL), headline=True),
+        row(f"throughput: tool / bare json.load pass, no hook (naive reader; {which})", ratio,
+            f"{ratio:.2f} ({t_sps:,.0f} vs {f_sps:,.0f} samples/s)",
+            f"≥ {THROUGHPUT_GOAL}", ratio >= THROUGHPUT_GOAL),
         row(f"peak RSS on all {len(files_big)} files / on {len(files_small)} of them (same largest file)",
             growth,
             f"{growth:.2f} ({peak_big / MB:.0f} MB vs {peak_small / MB:.0f} MB above runtime)",
             f"≤ {PEAK_GROWTH_GOAL} (bounded by the largest file, not the data set)",
             growth <= PEAK_GROWTH_GOAL),
-        row("peak RSS above runtime / the bare json.load pass's peak", peak_big / floor_peak,
+        row("peak RSS above runtime / peak of the hooked parse (the tool's own parser, one file "
+            "at a time)", peak_big / hook_peak,
+            f"{peak_big / hook_peak:.2f} ({peak_big / MB:.0f} MB vs {hook_peak / MB:.0f} MB; "
+            f"largest file {largest / MB:.0f} MB)", "≤ 1.0 (no more than parsing one file)",
+            peak_big <= hook_peak),
+        row("peak RSS above runtime / the bare json.load pass's peak (naive reader)",
+            peak_big / floor_peak,
             f"{peak_big / floor_peak:.2f} ({peak_big / MB:.0f} MB vs {floor_peak / MB:.0f} MB; "
             f"largest file {largest / MB:.0f} MB)", "≤ 1.0 (no more than parsing one file)",
             peak_big <= floor_peak),
@@ -121,9 +142,23 @@ def run(ctx) -> dict:
         f"{median(r['wall_s'] - r['work_s'] for r in pairs[0]):.1f} s interpreter and imports); "
         f"floor {median(r['work_s'] for r in pairs[1]):.2f} s. On the third: tool "
         f"{tool_small['samples_per_s']:,.0f}, floor {floor_small['samples_per_s']:,.0f} samples/s.",
+        f"Hooked parse (the tool's `leaf_femnist._load_json`, interning parse_float) on {which}: "
+        f"{h_sps:,.0f} samples/s, peak "
+        f"{median(r['peak_above_start_kb'] for r in hook_set) / 1024:.0f} MB above its runtime; "
+        f"the bare json.load pass: {f_sps:,.0f} samples/s. The hook alone makes the parse "
+        f"{h_sps / f_sps:.2f}× as fast as the bare one.",
     ]
-    return {"rows": rows, "context": context,
-            "raw": {"tool": tools, "floor": floors, "tool_small": tool_small,
-                    "floor_small": floor_small, "largest_file_bytes": largest,
+    notes = []
+    if peak_big > hook_peak:
+        notes.append(f"Missed against the tool's own parser: the tool peaks {peak_big / MB:.0f} MB "
+                     f"above its runtime, parsing the same files with the same hook "
+                     f"{hook_peak / MB:.0f} MB; the {(peak_big - hook_peak) / MB:.0f} MB between "
+                     f"them is what sharding holds beside the parsed file (not broken down by "
+                     f"this benchmark). Against a naive json.load the tool needs "
+                     f"{peak_big / floor_peak:.2f}× the memory.")
+    return {"rows": rows, "context": context, "notes": notes,
+            "raw": {"tool": tools, "floor": floors, "hooked_parse": hooks, "tool_small": tool_small,
+                    "floor_small": floor_small, "hook_small": hook_small, "largest_file_bytes": largest,
                     "input_bytes": data_bytes},
-            "summary": {"throughput_ratio": ratio, "bytes_per_sample": bps}}
+            "summary": {"throughput_ratio": h_ratio, "throughput_ratio_bare_json": ratio,
+                        "bytes_per_sample": bps}}

@@ -240,7 +240,7 @@ def run(ctx) -> dict:
         worst_sock = max(s["down_ratio"], s["up_ratio"])
         rows += [
             row(f"ConvNet2 hidden {hidden} ({mb:.2f} MB): encoded message / raw tensor bytes",
-                worst_codec, f"{worst_codec:.6f}", f"≤ {RATIO_GOAL} (Flower 1.0022, FS 1.34)",
+                worst_codec, f"{worst_codec:.6f}", f"≤ {RATIO_GOAL}",
                 worst_codec <= RATIO_GOAL),
             row(f"ConvNet2 hidden {hidden}: bytes on the loopback socket per message / raw",
                 worst_sock, f"{worst_sock:.6f}", f"≤ {RATIO_GOAL}", worst_sock <= RATIO_GOAL),

@@ -21,3 +21,53 @@ def test_bench_quick_wire_writes_results(tmp_path):
     assert all(r["goal"] and r["met"] in (True, False) for r in res["rows"])
     report = (results / "REPORT.md").read_text()
     assert "## wire" in report and "| figure | value | goal | status |" in report
+
+
+def _final_acc(log: str) -> float:
+    import re
+    m = re.findall(r"final weighted-avg test_acc=([0-9.]+)", log)
+    assert m, log[-2000:]
+    return float(m[-1])
+
+
+def test_floor_reaches_the_projects_accuracy(femnist_shards, tmp_path):
+    """The plain-loop floor follows the project's rules (model init, batch order, clipping,
+    FedAvg, evaluation): on the same shards it ends at the same test accuracy as standalone."""
+    shards = os.path.dirname(femnist_shards)
+    out = tmp_path / "floor.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "peers", "floor.py"),
+                        "--shards", shards, "--clients", "3", "--rounds", "2", "--hidden", "32",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    floor = json.loads(out.read_text())
+    assert len(floor["rounds_s"]) == 2 and floor["cpu_s"] > 0 and floor["peak_rss_kb"] > 0
+    s = subprocess.run([sys.executable, os.path.join(ROOT, "federatedscope", "main.py"), "--cfg",
+                        os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
+                                     "distributed_femnist_server.yaml"),
+                        "federate.mode", "standalone", "distributed_data.manifest", femnist_shards,
+                        "federate.total_round_num", "2", "model.hidden", "32",
+                        "outdir", str(tmp_path / "exp")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert s.returncode == 0, s.stdout[-2000:] + s.stderr[-2000:]
+    assert round(floor["final_test_acc"], 4) == _final_acc(s.stdout + s.stderr)
+
+
+def test_tree_counts_cpu_of_orphaned_grandchildren():
+    """Flower's helpers outlive their parents; their CPU must still be counted. A child starts a
+    detached grandchild that burns ~0.6 s of CPU and exits at once: the tree's CPU includes it."""
+    from bench.peers.tree import Tree
+    burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6:\n    pass\n")
+    spawner = ("import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+               "start_new_session=True)\n")
+    with Tree() as t:
+        p = subprocess.Popen([sys.executable, "-c", spawner, burn])
+        assert p.wait(timeout=60) == 0
+        deadline = __import__("time").monotonic() + 60
+        # wait (on state) for the orphan to finish: no process of the tree left alive
+        from bench.peers.tree import _descendants, _read
+        while any(_read(q) is not None for q in _descendants(os.getpid())):
+            assert __import__("time").monotonic() < deadline
+            __import__("time").sleep(0.05)
+        t.mark_end()
+    assert t.result.cpu_s >= 0.5, t.result
+    assert any(pr.cpu_s > 0 for pr in t.result.procs)

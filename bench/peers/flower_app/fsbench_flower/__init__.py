@@ -1,0 +1,1 @@
+"""Flower App for the peer benchmark (bench/peers.py); see pyproject.toml."""

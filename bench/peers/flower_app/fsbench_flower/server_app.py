@@ -1,0 +1,53 @@
+"""ServerApp: Flower's own FedAvg strategy over all SuperNodes, evaluating after every round.
+
+Round times are taken where this project's server takes them: from sending the training
+messages to having aggregated the replies. The result (per-round seconds, accuracies) is written
+as JSON to ``run_config["out"]`` (temp + rename).
+"""
+import json
+import os
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from bench.peers import floor
+
+app = ServerApp()
+
+
+class TimedFedAvg(FedAvg):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.started, self.rounds_s = {}, []
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self.started[server_round] = time.perf_counter()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        out = super().aggregate_train(server_round, replies)
+        self.rounds_s.append(time.perf_counter() - self.started[server_round])
+        return out
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rc = context.run_config
+    torch.set_num_threads(1)
+    torch.manual_seed(int(rc["seed"]))  # same initial model as the floor and the project
+    model = floor.ConvNet2(in_channels=1, hidden=int(rc["hidden"]), class_num=62, dropout=0.0)
+    n = int(rc["num-nodes"])
+    strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
+                           min_evaluate_nodes=n, min_available_nodes=n)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=int(rc["num-server-rounds"]))
+    accs = [dict(result.evaluate_metrics_clientapp[r]) for r in sorted(result.evaluate_metrics_clientapp)]
+    rep = {"rounds_s": strategy.rounds_s, "eval": accs,
+           "final_test_acc": accs[-1].get("test-acc") if accs else None}
+    out = str(rc["out"])
+    with open(out + ".tmp", "w") as f:
+        json.dump(rep, f, indent=1)
+    os.replace(out + ".tmp", out)
