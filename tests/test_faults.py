@@ -98,7 +98,7 @@ def test_restarted_client_rejoins_with_same_id(mode, request, tmp_path):
     job.assert_eval_complete()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["shard"])   # data_idx: same server code; kept cheap
 def test_server_kill9_then_restore_finishes_all_rounds(mode, request, tmp_path):
     job = _job(mode, request, tmp_path, common=["distribute.max_reconnect_time", "240"])
     server_args = ["federate.save_to", job.ckpt, "federate.restore_from", job.ckpt]

@@ -38,7 +38,7 @@ def _standalone_acc(tmp, manifest, rounds) -> float:
                     "federate.sample_client_rate", "-1.0", "eval.freq", "1",
                     "early_stop.patience", "0"],
                    job.log("standalone"))
-    assert wait_all([p], timeout=300) == [0], open(job.log("standalone")).read()[-2000:]
+    wait_all([p], timeout=300, expect=[0])
     return job.final()["Results_weighted_avg"]["test_acc"]
 
 
@@ -54,10 +54,10 @@ def test_poisoned_updates_and_fake_metrics_are_bounded_by_the_median_rule(
     insider = _attacker(job, 3, "scale_update,fake_metrics")
     strangers = [_attacker(job, 3, r"token=\ud800", name="stranger_surrogate"),
                  _attacker(job, 2, "token=été", name="stranger_nonascii")]
-    codes = wait_all([server] + honest + [insider] + strangers, timeout=400)
+    # the insider and the honest clients exit 0; the strangers are refused (exit 2); the server
+    # lives on and finishes
+    wait_all([server] + honest + [insider] + strangers, timeout=400, expect=[0, 0, 0, 0, 2, 2])
     slog = job.server_log()
-    assert codes[:3] == [0, 0, 0], slog[-3000:]
-    assert codes[4:] == [2, 2]                         # refused, exit 2; the server lived on
     assert slog.count("refused client") == 2 and slog.count("wrong token (distribute.token)") == 2
     for name in ("stranger_surrogate", "stranger_nonascii"):   # the peer learns the class only
         assert "refused by the server: bad token" in open(job.log(name)).read()
@@ -74,9 +74,8 @@ def test_a_claimed_billion_samples_is_capped_in_data_idx_mode(femnist_root, tmp_
     job = Job(tmp_path, femnist_root, rounds=2)
     server = job.server()
     clients = [job.client(k) for k in (1, 2)] + [_attacker(job, 3, "claim_samples")]
-    codes = wait_all([server] + clients, timeout=300)
+    wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
     slog = job.server_log()
-    assert codes == [0, 0, 0, 0], slog[-3000:]
     assert slog.count("client #3 claims 1000000000 train samples, unverified") == 2
     assert "a client id is only a claim" in slog      # no tokens: said once at start
     assert 0.0 <= job.final()["Results_weighted_avg"]["test_acc"] <= 1.0
