@@ -1,11 +1,10 @@
 """The FL core in-process (fake transport, fake clock): FedAvg, every rejection path of a joined
 client, timeouts, liveness, refusals. Each test names the behaviour it would catch if removed."""
-import math
 
 import pytest
 import torch
 
-from federatedscope.core.message import EVALUATE, FINISH, MODEL_PARA
+from federatedscope.core.message import EVALUATE, MODEL_PARA
 from server_harness import Harness, good_metrics, quiet
 
 
@@ -43,7 +42,7 @@ def test_every_bad_update_of_a_joined_client_is_rejected(tmp_path, caplog, mutat
     h.join(2)
     g = h.global_state()
     h.update(1, 0, mutate(h.shifted(5.0, g)))
-    assert f"rejected update of client #1" in caplog.text and reason in caplog.text
+    assert "rejected update of client #1" in caplog.text and reason in caplog.text
     h.update(2, 0, h.shifted(1.0, g))
     new = h.global_state()            # only the honest update counts
     assert torch.allclose(new["fc2.bias"], g["fc2.bias"] + 1.0)

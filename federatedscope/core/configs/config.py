@@ -331,13 +331,8 @@ def load_cfg(cfg_file: Optional[str], opts: List[str], overrides: List[str] = ()
     if client_cfg:
         cfg.merge_from_file(client_cfg)
     cfg.merge_from_list(list(opts))
-    pairs: List[str] = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--override expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        pairs += [k.strip(), v.strip()]
-    cfg.merge_from_list(pairs)
+    from federatedscope.core.cmd_args import override_pairs
+    cfg.merge_from_list(override_pairs(list(overrides)))
     return cfg
 
 

@@ -17,7 +17,8 @@ import logging
 from typing import Callable, Dict, Optional, Tuple
 
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS, MODEL_PARA,
-                                         REDECLARE, REFUSE, SERVER_ID, Message, clip_text)
+                                         REDECLARE, REFUSE, SERVER_ID, Message, clip_text,
+                                         register_message_type)
 from federatedscope.core.workers.base_worker import ClientComm
 
 logger = logging.getLogger("federatedscope")
@@ -53,7 +54,9 @@ class Client:
     # ------------------------------------------------------- handler registry
     def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
         """FS's registry: ``callback_func(message)`` handles every ``msg_type`` from now on
-        (replacing the previous handler of that type)."""
+        (replacing the previous handler of that type). A new type is also let through the
+        transport's validation, as a message the server may send."""
+        register_message_type(msg_type, sender="server")
         self.msg_handlers[msg_type] = callback_func
 
     def _register_default_handlers(self) -> None:

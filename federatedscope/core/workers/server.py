@@ -224,7 +224,7 @@ class Server(EvaluationMixin, LivenessMixin):
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
         self.started = True
-        logger.info(f"Server: {len(self._online_ids())}/{self.expected} clients joined; starting "
+        logger.info(f"Server: {len(self._online_ids())}/{self.expected} clients joined; starting training "
                     f"(round {self.round + 1}/{self.total_rounds})")
         self._resume()
 
