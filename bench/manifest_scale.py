@@ -74,7 +74,8 @@ def join_test(ctx, n: int) -> dict:
                         f"all {n} clients to join", procs[:1])
         t_all = common.log_times(slog, "clients joined; starting training")[0] - t0_wall
         time.sleep(0.5)
-        alive = sum(p.poll() is None for p in procs)
+        # "none exits" means none failed: a 1-batch job may already have finished cleanly.
+        alive = sum(p.poll() is None or p.returncode == 0 for p in procs)
     finally:
         common.kill_all(procs)  # the join is what is measured; no need to train
     lat, startup = [], []
