@@ -126,8 +126,12 @@ def test_bad_health_timeout_and_resume_without_checkpoint(shards, tmp_path):
 
 def test_ctrl_c_then_resume_continues_from_the_checkpoint(shards, tmp_path):
     logdir = tmp_path / "logs"
+    # A user's Ctrl-C reaches a launcher whose SIGINT is at its default. A test run started in the
+    # background (CI, `make test &`) inherits SIGINT *ignored*, and bash cannot trap a signal that
+    # was ignored when it started: restore the default in the child, as a terminal would have it.
     proc = subprocess.Popen(_argv(shards / "manifest.json", logdir, rounds=20), cwd=str(tmp_path),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = logdir / "checkpoint.pt"
     deadline = time.monotonic() + 240
     while not ckpt.exists():  # state, not a log line: the first round's checkpoint is on disk
