@@ -66,7 +66,7 @@ MUTANTS: List[Mutant] = [
            "    return 0.0",
            [CORE + "test_an_evaluation_that_never_comes_back_times_out"]),
     Mutant("no-cap-on-unverified-counts", "federatedscope/core/workers/server.py",
-           "        if self.admission.verified(cid):\n            return size",
+           "        if self.admission.verified(cid) or not self.distributed:\n            return size",
            "        if True:\n            return size",
            [CORE + "test_a_claimed_billion_samples_cannot_buy_the_model_in_data_idx_mode"]),
     Mutant("robust-rule-ignored", "federatedscope/core/auxiliaries/aggregator_builder.py",

@@ -61,7 +61,8 @@ def test_sample_size_must_equal_the_declared_count(tmp_path, caplog):
 
 
 def test_a_claimed_billion_samples_cannot_buy_the_model_in_data_idx_mode(tmp_path):
-    h = Harness(tmp_path, "federate.total_round_num", 1, expected=3)
+    h = Harness(tmp_path, "federate.total_round_num", 1, "aggregator.max_sample_ratio", 4.0,
+                expected=3)
     h.join(1)
     h.join(2)
     h.join(3, num_samples={"train": 10 ** 9, "val": 5, "test": 5})
@@ -233,6 +234,34 @@ def test_many_clients_aggregate_online_and_match_the_batch_mean(tmp_path):
         h.update(c, 0, h.shifted(float(c), g), size=c)
     want = sum(c * c for c in range(1, n + 1)) / sum(range(1, n + 1))
     assert torch.allclose(h.global_state()["fc2.bias"], g["fc2.bias"] + want, atol=1e-4)
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_stall_the_job(tmp_path, caplog):
+    quiet(caplog)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")                      # save_to below a file: every write fails
+    h = Harness(tmp_path, "federate.total_round_num", 2, "federate.save_to",
+                str(blocker / "ckpt.pt"), expected=1)
+    h.join(1)
+    for r in (0, 1):
+        h.update(1, r, h.shifted(0.1))
+        h.metrics(1, r + 1, good_metrics())
+    assert "cannot write the checkpoint" in caplog.text and h.server.finished
+
+
+def test_standalone_weights_are_not_capped(tmp_path):
+    from federatedscope.core.workers.server import Server
+    h = Harness(tmp_path, "federate.total_round_num", 1, "aggregator.max_sample_ratio", 4.0,
+                expected=3)
+    h.server = Server(h.cfg, h.model, h.comm, h.monitor, 3, h.admission, distributed=False)
+    h.join(1)
+    h.join(2)
+    h.join(3, num_samples={"train": 1000, "val": 5, "test": 5})
+    g = h.global_state()
+    _run_round(h, 0, {1: h.shifted(1.0, g), 2: h.shifted(1.0, g), 3: h.shifted(-1.0, g)},
+               {3: 1000})
+    delta = float((h.global_state()["fc2.bias"] - g["fc2.bias"]).mean())
+    assert delta == pytest.approx((10 + 10 - 1000) / 1020, rel=1e-4)
 
 
 def test_one_connection_cannot_hold_two_identities(tmp_path, caplog):

@@ -152,7 +152,7 @@ def get_default_cfg() -> CN:
     c.aggregator = _node(robust_rule="fedavg", byzantine_node_num=0,
                          # unverified sample counts (lenient / data_idx mode) weigh at most this
                          # many times the median count of the round's contributors
-                         max_sample_ratio=4.0)
+                         max_sample_ratio=10.0)
     c.aggregator.BFT_args = CN(new_allowed=True)
     c.aggregator.BFT_args.krum_agg_num = 1
     c.aggregator.BFT_args.trimmedmean_excluded_ratio = 0.1

@@ -291,8 +291,9 @@ class Server(EvaluationMixin, LivenessMixin):
         self._maybe_finish_round()
 
     def _weight(self, cid: int, size: int) -> int:
-        """FedAvg weight: the declared count, capped when the manifest could not vouch for it."""
-        if self.admission.verified(cid):
+        """FedAvg weight: the declared count, capped when the manifest could not vouch for it and
+        the claim came over the network (a standalone simulation has no untrusted peer)."""
+        if self.admission.verified(cid) or not self.distributed:
             return size
         cap = claim_cap([self.admission.counts(c).get("train", 0) for c in self.clients],
                         self.cfg.aggregator.max_sample_ratio)
@@ -368,12 +369,20 @@ class Server(EvaluationMixin, LivenessMixin):
         self.comm.broadcast(Message(msg_type, SERVER_ID, BROADCAST, r, {}, state), cids)
 
     def _checkpoint(self) -> None:
+        """Best effort: a full disk must not stall the job (the old file stays whole: temp +
+        rename); the error names the path, every time it happens."""
         path = self.cfg.federate.save_to
-        if path:
+        if not path:
+            return
+        try:
             save_checkpoint(path, Checkpoint(self.round, self.model.state_dict(),
                                              torch.get_rng_state(), self.cfg.seed,
                                              eval_owed=self.eval_owed,
                                              monitor=self.monitor.state_dict()))
+        except OSError as e:
+            logger.error(f"Server: cannot write the checkpoint {path} ({e}); the job goes on, but "
+                         f"a restart would resume from the last checkpoint written (free space or "
+                         f"point federate.save_to elsewhere)")
 
     def _restore(self) -> None:
         path = self.cfg.federate.restore_from
