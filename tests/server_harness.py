@@ -13,7 +13,6 @@ from federatedscope.core.message import (EVALUATE, JOIN_IN, METRICS, MODEL_PARA,
                                          SERVER_ID, Message)
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.workers import server as server_mod
-from federatedscope.core.workers import server_eval, server_liveness
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming
 from federatedscope.core.workers.server import Server
@@ -66,8 +65,8 @@ class Harness:
         self.cfg = make_cfg(tmp, *opts)
         self.clock = FakeClock()
         if monkeypatch is not None:
-            for mod in (server_mod, server_eval, server_liveness):
-                monkeypatch.setattr(mod.time, "monotonic", self.clock.monotonic, raising=True)
+            # one ``time`` module: patching it reaches every server module (and WriteGuard)
+            monkeypatch.setattr(server_mod.time, "monotonic", self.clock.monotonic, raising=True)
         from federatedscope.core.auxiliaries.model_builder import get_model
         torch.manual_seed(0)
         self.model = get_model(self.cfg)

@@ -78,13 +78,13 @@ def test_a_claimed_billion_samples_cannot_buy_the_model_in_data_idx_mode(tmp_pat
 def test_robust_rules_bound_a_byzantine_update(tmp_path, rule):
     h = Harness(tmp_path, "federate.total_round_num", 1, "aggregator.robust_rule", rule,
                 "aggregator.byzantine_node_num", 1, "aggregator.BFT_args.normbounding_norm_bound",
-                0.5, "aggregator.BFT_args.trimmedmean_excluded_ratio", 0.34, expected=3)
-    for c in (1, 2, 3):
+                0.5, "aggregator.BFT_args.trimmedmean_excluded_ratio", 0.2, expected=7)
+    for c in range(1, 8):           # 7 clients: every rule's precondition holds for f=1
         h.join(c)
     g = h.global_state()
-    honest = {1: h.shifted(0.001, g), 2: h.shifted(0.002, g)}
+    honest = {c: h.shifted(0.001 + 0.0002 * (c - 1), g) for c in range(1, 7)}
     attacker = {k: (v * 1e30 if v.is_floating_point() else v) for k, v in h.shifted(1.0, g).items()}
-    _run_round(h, 0, {**honest, 3: attacker})
+    _run_round(h, 0, {**honest, 7: attacker})
     new = h.global_state()
     floats = [k for k, v in g.items() if v.is_floating_point()]
     change = torch.cat([(new[k] - g[k]).reshape(-1).double() for k in floats])
@@ -223,10 +223,11 @@ def test_refusals_name_a_class_only(tmp_path):
 
 
 def test_many_clients_aggregate_online_and_match_the_batch_mean(tmp_path):
-    from federatedscope.core.workers.server import ONLINE_AGGR_FROM
+    from federatedscope.core.aggregators.fedavg import OnlineClientsAvgAggregator
+    from federatedscope.core.auxiliaries.aggregator_builder import ONLINE_AGGR_FROM
     n = ONLINE_AGGR_FROM
     h = Harness(tmp_path, "federate.total_round_num", 1, expected=n)
-    assert h.server.online_aggr is not None
+    assert isinstance(h.server.aggregator, OnlineClientsAvgAggregator)
     for c in range(1, n + 1):
         h.join(c, num_samples={"train": c, "val": 1, "test": 1})
     g = h.global_state()

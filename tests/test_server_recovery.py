@@ -38,7 +38,7 @@ def test_kill_between_aggregation_and_evaluation_redoes_the_owed_evaluation(tmp_
     model_after_round_1 = h.global_state()
     del h                                        # killed before any metrics came back
     h2 = _harness(tmp_path)
-    assert h2.server.round == 1 and h2.server.eval_owed == 1
+    assert h2.server.round == 1 and h2.server.state.eval_owed == 1
     assert all(torch.equal(v, model_after_round_1[k]) for k, v in h2.global_state().items())
     h2.join(1), h2.join(2)
     assert h2.asked(EVALUATE, 1) == [1, 2] and h2.asked(MODEL_PARA, 1) == []

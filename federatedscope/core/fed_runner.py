@@ -24,7 +24,6 @@ from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming
-from federatedscope.core.workers.client import client_splits
 
 logger = logging.getLogger("federatedscope")
 
@@ -34,10 +33,19 @@ def _device(cfg) -> str:
 
 
 def _admission(cfg, data, expected: int) -> Admission:
-    return Admission(getattr(data, "manifest", None), cfg.distributed_data.strict_check,
-                     cfg.distribute.token, max_clients=expected,
-                     manifest_path=getattr(data, "manifest_path", ""),
-                     sample_type=getattr(data, "sample_type", None))
+    adm = Admission.from_config(cfg, getattr(data, "manifest", None),
+                                getattr(data, "manifest_path", ""), expected)
+    adm.sample_type = adm.sample_type or getattr(data, "sample_type", None)  # pre-C3 ServerData
+    return adm
+
+
+def client_splits(data):
+    """(splits for the trainer, shard loader or None): until get_data's records carry
+    ``.splits()`` (contract C5)."""
+    from federatedscope.core.data.distributed_loader import DistributedShardLoader
+    if isinstance(data, DistributedShardLoader):
+        return dict(data.datasets), data
+    return dict(data), getattr(data, "loader", None)
 
 
 def _log_model(cfg, model) -> None:

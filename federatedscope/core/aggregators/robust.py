@@ -14,6 +14,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from federatedscope.core.aggregators.aggregator import Aggregator
+
 logger = logging.getLogger("federatedscope")
 State = Dict[str, torch.Tensor]
 Update = Tuple[int, int, State]          # (client id, sample size, state)
@@ -129,15 +131,32 @@ def robust_aggregate(rule: str, global_state: State, updates: List[Update],
     return _unflatten(global_state, keys, delta, kept)
 
 
-def check_rule(rule: str, byzantine: int, n_clients: int) -> List[str]:
-    """Warnings about a rule that cannot give its guarantee for this many clients."""
-    notes = []
-    if rule in ("krum",) and byzantine and n_clients <= 2 * byzantine + 2:
-        notes.append(f"krum tolerates f={byzantine} only with more than {2 * byzantine + 2} "
-                     f"clients per round (have {n_clients})")
-    if rule == "bulyan" and n_clients < 4 * byzantine + 3:
-        notes.append(f"bulyan tolerates f={byzantine} only with at least {4 * byzantine + 3} "
-                     f"clients per round (have {n_clients})")
-    if rule != "fedavg" and byzantine == 0 and rule in ("krum", "bulyan"):
-        notes.append(f"{rule} with aggregator.byzantine_node_num=0 assumes no attacker")
-    return notes
+def rule_problem(rule: str, args: RobustArgs, n: int) -> str:
+    """Why ``rule`` cannot give its guarantee with ``n`` updates per round ('' when it can)."""
+    f = args.byzantine_node_num
+    if rule == "krum" and f and n <= 2 * f + 2:
+        return (f"krum tolerates aggregator.byzantine_node_num={f} only with more than "
+                f"{2 * f + 2} clients per round (have {n})")
+    if rule == "bulyan" and n < 4 * f + 3:
+        return (f"bulyan tolerates aggregator.byzantine_node_num={f} only with at least "
+                f"{4 * f + 3} clients per round (have {n})")
+    trimmed = int(args.trimmedmean_excluded_ratio * n)
+    if rule == "trimmedmean" and f and trimmed < f:
+        return (f"trimmedmean trims int(aggregator.BFT_args.trimmedmean_excluded_ratio="
+                f"{args.trimmedmean_excluded_ratio} x {n}) = {trimmed} update(s) per side, fewer "
+                f"than aggregator.byzantine_node_num={f}; raise the ratio to at least {f / n:.3g}")
+    return ""
+
+
+class RobustAggregator(Aggregator):
+    """One of ``RULES`` (not fedavg) on the round's feedback; FS's Krum/Median/... aggregators."""
+
+    def __init__(self, cfg, rule: str, args: RobustArgs, distributed: bool = True,
+                 server_optimizer=None):
+        super().__init__(cfg, distributed, server_optimizer)
+        self.rule = rule
+        self.args = args
+
+    def aggregate(self, agg_info: dict) -> State:
+        return robust_aggregate(self.rule, agg_info["global_state"],
+                                list(agg_info["client_feedback"]), self.args)

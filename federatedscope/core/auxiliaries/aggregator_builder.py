@@ -1,44 +1,36 @@
-"""FS's ``get_aggregator``: the server's aggregation rule, chosen by ``aggregator.robust_rule``.
+"""FS's ``get_aggregator``: the server's round strategy (``core/aggregators/aggregator.py``).
 
-``fedavg`` (FS's default) is the sample-size-weighted mean of client states, exact and in client-id
-order (``ClientsAvgAggregator``; ``federate.online_aggr`` folds updates in as they arrive instead).
-The robust rules (``core/aggregators/robust.py``) need every update of the round at once, so they
-cannot be combined with online aggregation.
+``aggregator.robust_rule`` picks the combination: ``fedavg`` (FS's default) is the sample-weighted
+mean in client-id order (``ClientsAvgAggregator``; ``federate.online_aggr``, or many clients, folds
+updates in as they arrive instead); the robust rules (``core/aggregators/robust.py``) need every
+update of the round at once. FedOpt (``fedopt.use`` or ``federate.method FedOpt``) adds a server
+optimizer after the rule. A rule that cannot keep its guarantee for the clients a round samples is
+a configuration error, raised here, at start, naming the key. ``register.aggregator_dict`` is asked
+first (``func(method, config) -> aggregator``), as in FS.
 """
 import logging
-import statistics
-from typing import List, Sequence
 
-from federatedscope.core.aggregators.fedavg import ClientsAvgAggregator
-from federatedscope.core.aggregators.robust import (RULES, RobustArgs, State, Update,
-                                                    robust_aggregate)
+from federatedscope.core.aggregators.aggregator import Aggregator, cfg_value
+from federatedscope.core.aggregators.fedavg import ClientsAvgAggregator, OnlineClientsAvgAggregator
+from federatedscope.core.aggregators.fedopt import FedOptimizer
+from federatedscope.core.aggregators.robust import RULES, RobustAggregator, RobustArgs, rule_problem
 from federatedscope.core.configs.config import ConfigError
 
 logger = logging.getLogger("federatedscope")
+ONLINE_AGGR_FROM = 64      # clients; see doc/config.md (federate.online_aggr)
 
 
-class Aggregator:
-    """``aggregate(global_state, updates) -> new global state`` for the configured rule."""
-
-    def __init__(self, rule: str, args: RobustArgs):
-        self.rule = rule
-        self.args = args
-
-    def aggregate(self, global_state: State, updates: List[Update]) -> State:
-        if self.rule == "fedavg":
-            return ClientsAvgAggregator().aggregate(updates)
-        return robust_aggregate(self.rule, global_state, updates, self.args)
+def clients_per_round(config, expected: int) -> int:
+    f = config.federate
+    if f.sample_client_num > 0:
+        return min(f.sample_client_num, expected)
+    if f.sample_client_rate > 0:
+        return max(1, int(f.sample_client_rate * expected))
+    return expected
 
 
-def get_aggregator(config) -> Aggregator:
-    agg = config.aggregator
-    rule = str(agg.robust_rule).lower()
-    if rule not in RULES:
-        raise ConfigError(f"aggregator.robust_rule={agg.robust_rule!r}; choose one of {list(RULES)}")
-    if rule != "fedavg" and config.federate.online_aggr:
-        raise ConfigError(f"aggregator.robust_rule={rule} needs every update of a round at once; "
-                          f"set federate.online_aggr False (or robust_rule fedavg)")
-    bft = agg.BFT_args
+def _robust_args(config) -> RobustArgs:
+    agg, bft = config.aggregator, config.aggregator.BFT_args
     args = RobustArgs(byzantine_node_num=int(agg.byzantine_node_num),
                       krum_agg_num=int(bft.get("krum_agg_num", 1)),
                       trimmedmean_excluded_ratio=float(bft.get("trimmedmean_excluded_ratio", 0.1)),
@@ -48,13 +40,43 @@ def get_aggregator(config) -> Aggregator:
         raise ConfigError("aggregator: byzantine_node_num >= 0, BFT_args.krum_agg_num >= 1, "
                           "0 <= BFT_args.trimmedmean_excluded_ratio < 0.5 and "
                           "BFT_args.normbounding_norm_bound > 0 are required")
-    return Aggregator(rule, args)
+    return args
 
 
-def claim_cap(reference_counts: Sequence[int], ratio: float) -> int:
-    """Largest FedAvg weight an *unverified* sample count may have: ``ratio`` x the median declared
-    count, so a claim of 10^9 samples cannot buy the model (no cap for ratio <= 0)."""
-    counts = [c for c in reference_counts if c > 0]
-    if ratio <= 0 or not counts:
-        return 2 ** 62
-    return max(1, int(ratio * statistics.median(counts)))
+def server_optimizer(config):
+    """The FedOpt step, or None when FedOpt is off."""
+    method = str(config.federate.method).lower()
+    if not (cfg_value(config, "fedopt.use", False) or method == "fedopt"):
+        return None
+    return FedOptimizer(cfg_value(config, "fedopt.optimizer.type", "SGD"),
+                        float(cfg_value(config, "fedopt.optimizer.lr", 1.0)),
+                        float(cfg_value(config, "fedopt.optimizer.momentum", 0.0)))
+
+
+def get_aggregator(config, expected_clients: int = 0, distributed: bool = True) -> Aggregator:
+    from federatedscope import register
+    for func in register.aggregator_dict.values():
+        custom = func(config.federate.method, config)
+        if custom is not None:
+            return custom
+    agg = config.aggregator
+    rule = str(agg.robust_rule).lower()
+    if rule not in RULES:
+        raise ConfigError(f"aggregator.robust_rule={agg.robust_rule!r}; choose one of {list(RULES)}")
+    if rule != "fedavg" and config.federate.online_aggr:
+        raise ConfigError(f"aggregator.robust_rule={rule} needs every update of a round at once; "
+                          f"set federate.online_aggr False (or robust_rule fedavg)")
+    args = _robust_args(config)
+    opt = server_optimizer(config)
+    if rule != "fedavg":
+        problem = rule_problem(rule, args, clients_per_round(config, expected_clients))
+        if problem:
+            raise ConfigError(f"aggregator.robust_rule={rule}: {problem} (set "
+                              f"aggregator.byzantine_node_num lower, or run more clients)")
+        return RobustAggregator(config, rule, args, distributed, opt)
+    if config.federate.online_aggr or expected_clients >= ONLINE_AGGR_FROM:
+        if not config.federate.online_aggr:
+            logger.info(f"Server: {expected_clients} clients: aggregating online "
+                        f"(memory O(model), not O(clients x model))")
+        return OnlineClientsAvgAggregator(config, distributed, opt)
+    return ClientsAvgAggregator(config, distributed, opt)

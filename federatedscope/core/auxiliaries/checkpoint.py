@@ -7,7 +7,8 @@ fall between "aggregated" and the checkpoint), and again once that round's evalu
 restored server redoes it, unless ``eval_results.log`` shows it was written after all.
 
 Read back with ``torch.load(weights_only=True)``: a checkpoint is only tensors, numbers and strings,
-so a tampered file cannot execute code.
+so a tampered file cannot execute code. ``aggregator`` is the round strategy's own state (FedOpt's
+momentum buffers), so a restored FedOpt server steps exactly as the one that was killed.
 """
 import glob
 import logging
@@ -31,13 +32,15 @@ class Checkpoint:
     seed: int
     eval_owed: int = -1             # round whose evaluation is due and not yet reported; -1: none
     monitor: dict = field(default_factory=dict)   # Monitor.state_dict()
+    aggregator: dict = field(default_factory=dict)  # Aggregator.state_dict() (FedOpt's buffers)
 
 
 def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
     monitor = {k: (float(v) if isinstance(v, float) else v) for k, v in ckpt.monitor.items()}
     atomic_torch_save(path, {"format": FORMAT, "round": ckpt.round, "model": ckpt.model,
                              "torch_rng": ckpt.torch_rng, "seed": ckpt.seed,
-                             "eval_owed": ckpt.eval_owed, "monitor": monitor})
+                             "eval_owed": ckpt.eval_owed, "monitor": monitor,
+                             "aggregator": ckpt.aggregator})
 
 
 def remove_orphan_temps(path: str) -> None:
@@ -66,4 +69,5 @@ def load_checkpoint(path: str) -> Optional[Checkpoint]:
                          f"federate.restore_from elsewhere")
     return Checkpoint(round=int(obj["round"]), model=obj["model"], torch_rng=obj["torch_rng"],
                       seed=int(obj["seed"]), eval_owed=int(obj.get("eval_owed", -1)),
-                      monitor=dict(obj.get("monitor") or {}))
+                      monitor=dict(obj.get("monitor") or {}),
+                      aggregator=dict(obj.get("aggregator") or {}))

@@ -5,6 +5,10 @@ plain mean over clients; ``raw`` keeps every client's numbers. Each evaluation a
 JSON line (written with fsync so a crash cannot lose a reported round), naming which clients' results
 are in it (``Clients``) and which were expected but are not (``Missing``: timed out, refused, lost).
 
+Building a line (``report``, ``final_summary``) never touches the disk: the line is queued and
+``flush()`` appends what is queued, in order; a failed append keeps it queued for the next flush,
+so the server's state never depends on a write succeeding (it writes through ``WriteGuard``).
+
 The log is also the Monitor's memory across a server restart: ``resume_from_log`` drops a partial
 last line left by a kill, replays the best/early-stop tracking over the lines already written and
 tells the server which rounds are already reported, so none is written twice.
@@ -55,6 +59,13 @@ class Monitor:
         self.best_round = -1
         self.no_improve = 0
         self.history: List[dict] = []
+        self.unwritten: List[str] = []   # lines built but not yet appended to the log
+
+    def flush(self) -> None:
+        """Append every queued line, oldest first; raises OSError with the rest still queued."""
+        while self.unwritten:
+            append_line(self.log_path, self.unwritten[0])
+            self.unwritten.pop(0)
 
     def report(self, round_idx: int, per_client: Dict[int, Results], role: str = "Server #",
                missing: Sequence[int] = ()) -> dict:
@@ -63,7 +74,7 @@ class Monitor:
         if not per_client:
             logger.warning(f"Round {round_idx}: no client reported evaluation results "
                            f"(missing: {sorted(missing)})")
-            append_line(self.log_path, json.dumps(line))
+            self.unwritten.append(json.dumps(line))
             self.history.append(line)
             return line
         digits = self.cfg.print_decimal_digits
@@ -80,7 +91,7 @@ class Monitor:
                           if k in wavg)
         logger.info(f"Server: evaluation after round {round_idx} ({len(per_client)} clients"
                     f"{', missing ' + str(sorted(missing)) if missing else ''}, weighted avg): {brief}")
-        append_line(self.log_path, json.dumps(line))
+        self.unwritten.append(json.dumps(line))
         self.history.append(line)
         self._track_best(round_idx, wavg)
         return line
@@ -128,7 +139,7 @@ class Monitor:
         summary = {"Role": "Server #", "Final": True,
                    "Round": last.get("Round"), "Clients": last.get("Clients", []), "Results_weighted_avg": last.get("Results_weighted_avg", {}),
                    "best_round": self.best_round, f"best_{self.key}": self.best}
-        append_line(self.log_path, json.dumps(summary))
+        self.unwritten.append(json.dumps(summary))
         return summary
 
 

@@ -32,6 +32,14 @@ class GeneralTorchTrainer:
     def set_state(self, state: State) -> None:
         self.model.load_state_dict(state, strict=True)
 
+    def personal_state(self) -> State:
+        """Contract C8 (minimal until ALGOS' trainer): the keys kept on this client."""
+        pats = [p for p in getattr(getattr(self.cfg, "personalization", None), "local_param", [])]
+        return {k: v for k, v in self.get_state().items() if any(p and p in k for p in pats)}
+
+    def load_personal_state(self, state: State) -> None:
+        self.model.load_state_dict(state, strict=False)
+
     def num_samples(self, split: str) -> int:
         src = self.data.get(split)
         return len(src) if src is not None else 0

@@ -5,7 +5,10 @@ A join carries ``client_id``, an optional ``token`` and, in shard mode, a ``decl
 of that id (strict: refuse; lenient: warn, and the declared count is *unverified*). A manifest entry
 may name a ``token_hash`` (sha256 hex of the client's secret); ``distribute.token`` on the server is
 a shared secret for runs without per-client hashes. Without a manifest (FS's data_idx mode) ids come
-from the client or, failing that, from join order, as in FS, and every count is unverified.
+from the client or, when it claims ``UNASSIGNED`` (-1, FS's data_idx client without
+``distribute.client_id``), from join order: the lowest id in 1..expected that no client holds
+(then the lowest whose holder is offline), told to the client with ``assign_client_id`` as in FS;
+every count is unverified.
 
 A refused peer learns only a reason *class* (``Decision.peer_reason``); the detail, which may quote
 the manifest, goes to the server log only.
@@ -16,6 +19,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Set, Tuple
+
+from federatedscope.core.message import UNASSIGNED
 
 logger = logging.getLogger("federatedscope")
 
@@ -64,7 +69,15 @@ class Admission:
         self.sample_type = sample_type
         self.claims: Dict[int, ClientClaims] = {}
         self._stamp = _file_stamp(manifest_path)
-        self._next_id = 1
+
+    @classmethod
+    def from_config(cls, cfg, manifest, manifest_path: str, expected: int) -> "Admission":
+        """The server's admission for ``cfg``: ``manifest`` is the shard format's ``Manifest``
+        (or None in data_idx mode; a plain id -> entry dict is accepted too)."""
+        entries = getattr(manifest, "clients", manifest)
+        return cls(entries, cfg.distributed_data.strict_check, cfg.distribute.token,
+                   max_clients=expected, manifest_path=manifest_path,
+                   sample_type=getattr(manifest, "sample_type", None))
 
     @property
     def uses_tokens(self) -> bool:
@@ -92,6 +105,9 @@ class Admission:
                 return _refuse(UNKNOWN_ID, "a client id is required (set distribute.client_id "
                                            "on the client) when the server checks a manifest")
             claimed = self._assign_id(online)
+            if claimed == UNASSIGNED:
+                return _refuse(UNKNOWN_ID, f"every client id 1..{self.max_clients} is held by an "
+                                           f"online client (federate.client_num)")
         if self.manifest is None and self.max_clients and claimed > self.max_clients:
             return _refuse(UNKNOWN_ID, f"client id {claimed} is out of range 1..{self.max_clients} "
                                        f"(federate.client_num)")
@@ -105,9 +121,14 @@ class Admission:
         return self._check_claims(claimed, content)
 
     def _assign_id(self, online: Set[int]) -> int:
-        while self._next_id in online or self._next_id in self.claims:
-            self._next_id += 1
-        return self._next_id
+        """Join order: the lowest id never held, else the lowest held by an offline client (a
+        restarted data_idx client gets a slot back); UNASSIGNED when all are online."""
+        top = self.max_clients or (max(list(self.claims) + list(online) + [0]) + 1)
+        ids = range(1, top + 1)
+        fresh = [i for i in ids if i not in self.claims and i not in online]
+        if fresh:
+            return fresh[0]
+        return next((i for i in ids if i not in online), UNASSIGNED)
 
     def _check_token(self, cid: int, token: str) -> str:
         expected_hex = ""

@@ -3,12 +3,13 @@
 Workers (``Server``, ``Client``) hold the FL logic and never see gRPC. A transport delivers
 ``Incoming``/``Disconnected`` events into the worker's inbox and offers the ``ServerComm`` /
 ``ClientComm`` calls below. The standalone runner implements the same calls with an in-process
-queue, so the same worker code runs in both modes.
+queue, so the same worker code runs in both modes. ``Worker`` is the base both share: FS's
+handler registry.
 """
 from dataclasses import dataclass
-from typing import List, Protocol
+from typing import Callable, Dict, List, Protocol
 
-from federatedscope.core.message import Message
+from federatedscope.core.message import Message, register_message_type
 
 
 @dataclass
@@ -45,3 +46,37 @@ class ServerComm(Protocol):
 class ClientComm(Protocol):
     def send(self, msg: Message) -> None:
         """Deliver to the server."""
+
+
+class Worker:
+    """FS's ``BaseWorker``: an ID and the handler registry both Client and Server dispatch through.
+
+    ``register_handlers(msg_type, callback_func)`` maps a message type to a callable taking the
+    ``Message`` (a later registration replaces an earlier one); ``msg_handlers`` is FS's dict.
+    The defaults are registered as *bound methods looked up on the instance*
+    (``self.callback_funcs_model_para``), so a subclass that overrides a ``callback_funcs_*``
+    method replaces the default handler without registering anything itself, as in FS.
+    A new type is also let through the transport's validation (``register_message_type``), as
+    sent by ``peer_role`` (the role this worker receives from).
+    """
+    peer_role = "any"
+
+    def __init__(self, ID: int = -1):
+        self.ID = ID
+        self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
+        self._register_default_handlers()
+
+    def _register_default_handlers(self) -> None:
+        """Subclasses register their FS-named callbacks here."""
+
+    def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
+        register_message_type(msg_type, sender=self.peer_role)
+        self.msg_handlers[msg_type] = callback_func
+
+    def dispatch(self, msg: Message) -> bool:
+        """Run the handler of ``msg.msg_type``; False when none is registered (the caller logs)."""
+        handler = self.msg_handlers.get(msg.msg_type)
+        if handler is None:
+            return False
+        handler(msg)
+        return True

@@ -1,46 +1,55 @@
 """The FL client: declares its data, trains on its own splits, evaluates, and stops when told.
 
-Messages are dispatched through FS's handler registry: ``register_handlers(msg_type,
-callback_func)`` maps a message type to a callable taking the ``Message``; the defaults are
-registered in ``__init__`` (``_register_default_handlers``), and a subclass or a script replaces
-one or adds its own type the way FS users do. (A new type sent over gRPC must also be declared
-with ``core/message.py: register_message_type``: the transport validates everything a peer sends.)
+Messages are dispatched through FS's handler registry (``base_worker.Worker``): the defaults are
+the ``callback_funcs_*`` methods, so a subclass overriding one, or a script calling
+``register_handlers``, changes it the way FS users do.
 
-In shard mode the client's data comes from ``DistributedShardLoader`` (``client_splits`` is the
-plan's client.py branch) and its join carries the loader's declaration (counts per split,
+In shard mode the client's data comes from ``DistributedShardLoader`` and its join carries the loader's declaration (counts per split,
 fingerprint, label histogram, sample type) and ``shard_last_modified``; its FedAvg weight is the
 declared train count, which the server checks. Before each round it asks the loader whether the
 shard changed on disk and, if so, reloads and re-declares; a reload that fails its checks keeps
 the old shard and tells the server (``refresh_error``) instead of ending the process.
+
+What stays on the client (``trainer.personal_state()``: FedBN's norm layers, Ditto's personal
+model) survives a restart of the client process: after each trained round it is saved atomically
+as ``client_<id>.pt`` in ``personalization.state_dir`` (default ``<outdir>/<expname>/client_state``
+of the configured outdir, never a fresh ``sub_exp_*`` directory, so a restarted client with the
+same config finds it) and loaded back (``weights_only=True``) when the server assigns it the same
+id again.
 """
 import logging
-from typing import Callable, Dict, Optional, Tuple
+import os
+from typing import Dict, Optional
 
+import torch
+
+from federatedscope.core.auxiliaries.utils import atomic_torch_save
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS, MODEL_PARA,
-                                         REDECLARE, REFUSE, SERVER_ID, Message, clip_text,
-                                         register_message_type)
-from federatedscope.core.workers.base_worker import ClientComm
+                                         REDECLARE, REFUSE, SERVER_ID, Message, clip_text)
+from federatedscope.core.workers.base_worker import ClientComm, Worker
 
 logger = logging.getLogger("federatedscope")
 
 
-def client_splits(data) -> Tuple[Dict[str, object], Optional[object]]:
-    """(splits for the trainer, shard loader or None) from what ``get_data`` gave a client.
+def personal_state_dir(cfg) -> str:
+    """``personalization.state_dir``, else ``<outdir>/<expname>/client_state`` of the configured
+    outdir (``cfg.outdir`` after ``update_logger`` may be a fresh ``sub_exp_*`` directory)."""
+    from federatedscope.core.aggregators.aggregator import cfg_value
+    configured = str(cfg_value(cfg, "personalization.state_dir", "") or "")
+    if configured:
+        return configured
+    run_dir = os.path.normpath(cfg.outdir)
+    if os.path.basename(run_dir).startswith("sub_exp_"):
+        run_dir = os.path.dirname(run_dir)
+    return os.path.join(run_dir, "client_state")
 
-    A ``DistributedShardLoader`` hands its datasets straight to the trainer and stays with the
-    client (declaration, refresh); a ``ClientData`` may carry the loader it came from
-    (standalone simulation of shards); FS's data_idx ``ClientData`` has none."""
-    from federatedscope.core.data.distributed_loader import DistributedShardLoader
-    if isinstance(data, DistributedShardLoader):
-        return dict(data.datasets), data
-    return dict(data), getattr(data, "loader", None)
 
+class Client(Worker):
+    peer_role = "server"
 
-class Client:
     def __init__(self, cfg, client_id: int, trainer, comm: ClientComm, loader=None,
                  token: str = ""):
         self.cfg = cfg
-        self.ID = client_id
         self.trainer = trainer
         self.comm = comm
         self.loader = loader
@@ -48,16 +57,7 @@ class Client:
         self.finished = False
         self.refused: Optional[str] = None
         self.rounds_trained = 0
-        self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
-        self._register_default_handlers()
-
-    # ------------------------------------------------------- handler registry
-    def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
-        """FS's registry: ``callback_func(message)`` handles every ``msg_type`` from now on
-        (replacing the previous handler of that type). A new type is also let through the
-        transport's validation, as a message the server may send."""
-        register_message_type(msg_type, sender="server")
-        self.msg_handlers[msg_type] = callback_func
+        super().__init__(client_id)
 
     def _register_default_handlers(self) -> None:
         self.register_handlers(ASSIGN_ID, self.callback_funcs_for_assign_id)
@@ -67,12 +67,9 @@ class Client:
         self.register_handlers(REFUSE, self.callback_funcs_for_refuse)
 
     def handle(self, msg: Message) -> None:
-        handler = self.msg_handlers.get(msg.msg_type)
-        if handler is None:
+        if not self.dispatch(msg):
             logger.warning(f"Client #{self.ID}: no handler registered for "
                            f"{clip_text(msg.msg_type)}; ignored")
-            return
-        handler(msg)
 
     # ---------------------------------------------------------------- join
     def join_message(self) -> Message:
@@ -91,6 +88,7 @@ class Client:
     def callback_funcs_for_assign_id(self, msg: Message) -> None:
         self.ID = int(msg.content["client_id"])
         logger.info(f"Client #{self.ID}: joined the federation")
+        self._load_personal_state()
         if self.trainer.num_samples("train") == 0:
             logger.warning(f"Client #{self.ID}: no train samples in its data: it will send "
                            f"updates of weight 0 (re-cut the shards, or check data.splits)")
@@ -107,6 +105,7 @@ class Client:
         seed = (self.cfg.seed * 1_000_003 + self.ID) * 10_007 + msg.state
         size, state, metrics = self.trainer.train(seed)
         self.rounds_trained += 1
+        self._save_personal_state()
         logger.info(f"Client #{self.ID}: round {msg.state + 1} trained on {size} samples "
                     f"(train_avg_loss={metrics.get('train_avg_loss', 0):.4f})")
         self.comm.send(Message(MODEL_PARA, self.ID, SERVER_ID, msg.state,
@@ -130,6 +129,35 @@ class Client:
         self.finished = True
 
     # ------------------------------------------------------------- internals
+    def personal_state_path(self) -> str:
+        return os.path.join(personal_state_dir(self.cfg), f"client_{self.ID}.pt")
+
+    def _save_personal_state(self) -> None:
+        state = self.trainer.personal_state()
+        if not state:
+            return
+        path = self.personal_state_path()
+        try:
+            atomic_torch_save(path, {k: v.detach().cpu() for k, v in state.items()})
+        except OSError as e:
+            logger.error(f"Client #{self.ID}: cannot save its personal state to {path} ({e}); "
+                         f"training goes on, a restart would start it afresh (free space or "
+                         f"set personalization.state_dir)")
+
+    def _load_personal_state(self) -> None:
+        path = self.personal_state_path()
+        if not os.path.exists(path):
+            return
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means: start afresh
+            logger.error(f"Client #{self.ID}: personal state {path} is unreadable ({e}); "
+                         f"starting afresh (remove the file to silence this)")
+            return
+        self.trainer.load_personal_state(state)
+        logger.info(f"Client #{self.ID}: restored its personal state ({len(state)} tensors) "
+                    f"from {path}")
+
     def _refresh_shard(self) -> None:
         if self.loader is None or not self.loader.has_changed():
             return

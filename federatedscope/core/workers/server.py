@@ -2,55 +2,47 @@
 
 It holds a model and no data, and trusts no peer further than it can check it:
 * one event at a time, each behind a guard: whatever one connection sends can at worst close
-  that connection (``handle``);
-* joins go through ``Admission`` (manifest, tokens; a refused peer learns only a reason class);
+  that connection (``handle``); a failed *write* is the server's own problem (``WriteGuard``),
+  never blamed on the client whose message was being handled;
+* joins go through ``Admission`` (manifest, tokens, ids; a refused peer learns only a reason class);
 * updates and metrics through ``validation`` (keys/shapes/dtypes/finite, declared counts);
-* aggregation through the configured rule (``aggregator.robust_rule``), with unverified sample
-  counts capped so a claim cannot buy the model.
-Liveness is tracked here from the messages themselves (heartbeats included): a dead, silent or
-never-answering client is dropped from the round or the evaluation instead of hanging the job.
+* sampling, weighting and aggregation through one strategy object (``get_aggregator``).
+Messages are dispatched through FS's handler registry (``Worker``) under FS's names
+(``callback_funcs_for_join_in``, ``callback_funcs_model_para``, ``callback_funcs_for_metrics``,
+...): a subclass overriding one of them changes what the server does.
 
-A round is: train (``MODEL_PARA`` to the sampled clients) -> aggregate -> checkpoint -> evaluate
-(when due) -> checkpoint -> next round. Evaluation of round r finishes before round r+1 starts,
-so ``eval_results.log`` gets exactly one line per evaluated round, in round order, and a restored
-server knows exactly which evaluation it still owes (see ``auxiliaries/checkpoint.py``).
+A round is: train -> aggregate -> checkpoint -> evaluate (when due) -> checkpoint -> next round;
+the state is one ``RoundState`` with a ``Phase`` (``server_state.py``). Every state change is made
+before the write that records it, so a full disk cannot leave an evaluation in flight.
 """
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set
 
-import numpy as np
 import torch
 
-from federatedscope.core.aggregators.fedavg import OnlineAggregator
-from federatedscope.core.auxiliaries.aggregator_builder import claim_cap, get_aggregator
+from federatedscope.core.auxiliaries.aggregator_builder import get_aggregator
 from federatedscope.core.auxiliaries.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from federatedscope.core.message import (ASSIGN_ID, BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,
                                          METRICS, MODEL_PARA, REDECLARE, REFUSE, SERVER_ID, Message,
-                                         clip_text, register_message_type)
+                                         clip_text)
 from federatedscope.core.monitors.monitor import Monitor
+from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, WriteGuard
 from federatedscope.core.workers.admission import Admission
-from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm
-from federatedscope.core.workers.server_eval import Evaluation, EvaluationMixin
-from federatedscope.core.workers.server_liveness import LivenessMixin
+from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm, Worker
+from federatedscope.core.workers.server_eval import Evaluation
+from federatedscope.core.workers.server_liveness import Liveness
+from federatedscope.core.workers.server_state import ClientRecord, Phase, RoundState
 from federatedscope.core.workers.validation import check_update
 
 logger = logging.getLogger("federatedscope")
 State = Dict[str, torch.Tensor]
-ONLINE_AGGR_FROM = 64      # clients; see doc/config.md (federate.online_aggr)
+GAVE_UP, DIVERGED = 3, 5
 
 
-@dataclass
-class ClientRecord:
-    client_id: int
-    conn_id: int
-    online: bool = True
-    last_seen: float = field(default_factory=lambda: time.monotonic())
-    offline_since: float = 0.0
+class Server(Worker):
+    peer_role = "client"
 
-
-class Server(EvaluationMixin, LivenessMixin):
     def __init__(self, cfg, model: torch.nn.Module, comm: ServerComm, monitor: Monitor,
                  expected_clients: int, admission: Admission, distributed: bool):
         self.cfg = cfg
@@ -60,91 +52,86 @@ class Server(EvaluationMixin, LivenessMixin):
         self.expected = expected_clients
         self.admission = admission
         self.distributed = distributed
-        self.aggregator = get_aggregator(cfg)
-        # O(model) memory instead of O(clients x model): each update is folded in on arrival.
-        # On by default from ONLINE_AGGR_FROM clients (FedAvg only; order of arrival then decides
-        # float rounding, ~1e-12, which is why small jobs keep the bit-exact batch mean).
-        online = cfg.federate.online_aggr or (self.aggregator.rule == "fedavg"
-                                              and expected_clients >= ONLINE_AGGR_FROM)
-        self.online_aggr = OnlineAggregator() if online else None
-        if online and not cfg.federate.online_aggr:
-            logger.info(f"Server: {expected_clients} clients: aggregating online "
-                        f"(memory O(model), not O(clients x model))")
-        self.in_round = False                      # a training round is collecting updates
+        self.aggregator = get_aggregator(cfg, expected_clients, distributed)
+        self.liveness = Liveness(cfg)
+        self.writes = WriteGuard()
+        self.state = RoundState()
         self.clients: Dict[int, ClientRecord] = {}
-        self.round = 0
         self.total_rounds = cfg.federate.total_round_num
-        self.started = self.finished = self.stop_requested = False
-        self.exit_code = 0
-        self.pending: Set[int] = set()
-        self.updates: Dict[int, tuple] = {}        # cid -> (sample size, state)
-        self.evaluation: Optional[Evaluation] = None
-        self.eval_owed = -1                        # round whose evaluation is due, -1: none
         self.reported_rounds: Set[int] = set()     # rounds already in eval_results.log
-        self.round_started = 0.0
         self.created = time.monotonic()
-        self.paused_since: Optional[float] = None
-        self.round_timed_out = False
         self.global_eval: Optional[Callable[[], dict]] = None  # standalone make_global_eval
         self.threshold = max(1, cfg.federate.min_clients_threshold)
-        self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
-        self._register_default_handlers()
+        self._event: Optional[Incoming] = None     # the event being handled (join: its conn)
+        super().__init__(SERVER_ID)
         self._restore()
         if distributed and not admission.uses_tokens:
             logger.warning("Server: no client tokens configured (distribute.token or token_hash "
                            "in the manifest): a client id is only a claim, and anyone who can "
                            "reach this port may join as a missing client")
 
-    # ------------------------------------------------------------ handlers
-    def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
-        """FS's extension point: ``callback_func(message)`` handles ``msg_type`` from a joined
-        client (a new type is also let through the transport's validation)."""
-        register_message_type(msg_type, sender="client")
-        self.msg_handlers[msg_type] = callback_func
+    @property
+    def finished(self) -> bool:
+        return self.state.phase is Phase.FINISHED
+
+    @property
+    def exit_code(self) -> int:
+        return self.state.exit_code
+
+    @property
+    def round(self) -> int:
+        return self.state.round
 
     def _register_default_handlers(self) -> None:
-        self.msg_handlers.update({HEARTBEAT: lambda msg: None, MODEL_PARA: self._on_model_para,
-                                  METRICS: self._on_metrics, REDECLARE: self._on_redeclare})
+        self.register_handlers(JOIN_IN, self.callback_funcs_for_join_in)
+        self.register_handlers(MODEL_PARA, self.callback_funcs_model_para)
+        self.register_handlers(METRICS, self.callback_funcs_for_metrics)
+        self.register_handlers(REDECLARE, self.callback_funcs_for_redeclare)
+        self.register_handlers(HEARTBEAT, self.callback_funcs_for_heartbeat)
 
     # ----------------------------------------------------------------- events
     def handle(self, event) -> None:
         """One event; an error while handling it closes that connection, never the server."""
         try:
-            self._dispatch(event)
+            self._route(event)
         except Exception as e:  # noqa: BLE001 - the guard is the point
             conn_id = getattr(event, "conn_id", None)
             what = clip_text(getattr(getattr(event, "msg", None), "msg_type", type(event).__name__), 60)
             logger.error(f"Server: error while handling {what} from connection {conn_id}: "
-                         f"{clip_text(repr(e))}; closing that connection", exc_info=logger.isEnabledFor(logging.DEBUG))
+                         f"{clip_text(repr(e))}; closing that connection",
+                         exc_info=logger.isEnabledFor(logging.DEBUG))
             if conn_id is not None:
                 for rec in self.clients.values():
                     if rec.conn_id == conn_id and rec.online:
                         self._mark_lost(rec, "dropped after an error in its message")
                 self.comm.close(conn_id)
+        finally:
+            self._event = None
 
-    def _dispatch(self, event) -> None:
+    def _route(self, event) -> None:
         if isinstance(event, Disconnected):
-            self._on_disconnect(event.conn_id, event.reason)
+            for rec in self.clients.values():
+                if rec.conn_id == event.conn_id and rec.online:
+                    self._mark_lost(rec, f"lost ({clip_text(event.reason)})")
             return
         assert isinstance(event, Incoming)
-        msg = event.msg
-        if msg.msg_type == JOIN_IN:
-            self._on_join(event.conn_id, msg, event.peer)
-            return
-        rec = self.clients.get(msg.sender)
-        if rec is None or rec.conn_id != event.conn_id or not rec.online:
-            logger.warning(f"Server: dropped {clip_text(msg.msg_type, 40)} from unjoined/stale "
-                           f"connection {event.conn_id}")
-            return
-        rec.last_seen = time.monotonic()
-        handler = self.msg_handlers.get(msg.msg_type)
-        if handler is None:
+        msg, self._event = event.msg, event
+        if msg.msg_type != JOIN_IN:
+            rec = self.clients.get(msg.sender)
+            if rec is None or rec.conn_id != event.conn_id or not rec.online:
+                logger.warning(f"Server: dropped {clip_text(msg.msg_type, 40)} from unjoined/stale "
+                               f"connection {event.conn_id}")
+                return
+            rec.last_seen = time.monotonic()
+        if not self.dispatch(msg):
             logger.warning(f"Server: client #{msg.sender} sent unexpected "
                            f"{clip_text(msg.msg_type, 40)}; ignored")
-            return
-        handler(msg)
 
-    def _on_join(self, conn_id: int, msg: Message, peer: str = "") -> None:
+    def callback_funcs_for_heartbeat(self, msg: Message) -> None:
+        """Only refreshes ``last_seen`` (done for every message of a joined client)."""
+
+    def callback_funcs_for_join_in(self, msg: Message) -> None:
+        conn_id, peer = self._event.conn_id, self._event.peer
         src = f", from {clip_text(peer, 80)}" if peer else ""
         holder = next((r.client_id for r in self.clients.values()
                        if r.conn_id == conn_id and r.online), None)
@@ -174,28 +161,18 @@ class Server(EvaluationMixin, LivenessMixin):
         if decision.train_samples == 0:
             logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
                            f"its updates weigh nothing in FedAvg")
-        if not self.started:
+        phase = self.state.phase
+        if phase is Phase.JOINING:
             if len(self._online_ids()) >= self.expected:
                 self._start()
-        elif self.paused_since is not None:
+        elif phase is Phase.PAUSED:
             if len(self._online_ids()) >= self.threshold:
                 logger.info("Server: enough clients are back; resuming")
-                self.paused_since = None
                 self._resume()
-        else:
-            self._catch_up(cid)
-
-    def _catch_up(self, cid: int) -> None:
-        """A client that re-joined mid-round gets the current global model and its pending work."""
-        if cid in self.pending and cid not in self.updates:
-            self._send_model([cid], MODEL_PARA, self.round)
-        if self.evaluation is not None and cid in self.evaluation.waiting:
-            self._send_model([cid], EVALUATE, self.evaluation.round)
-
-    def _on_disconnect(self, conn_id: int, reason: str) -> None:
-        for rec in self.clients.values():
-            if rec.conn_id == conn_id and rec.online:
-                self._mark_lost(rec, f"lost ({clip_text(reason)})")
+        elif phase is Phase.TRAINING and cid in self.state.pending:
+            self._send_model([cid], MODEL_PARA, self.round)      # catch up on the round
+        elif phase is Phase.EVALUATING and cid in self.state.evaluation.waiting:
+            self._send_model([cid], EVALUATE, self.state.evaluation.round)
 
     def _mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
         """Offline from now (or ``since``); tick() drops it from waiting sets after the grace."""
@@ -203,158 +180,291 @@ class Server(EvaluationMixin, LivenessMixin):
         rec.offline_since = time.monotonic() if since is None else since
         logger.warning(f"Server: client #{rec.client_id} {why}")
 
-    def _on_redeclare(self, msg: Message) -> None:
+    def callback_funcs_for_redeclare(self, msg: Message) -> None:
         error = msg.content.get("refresh_error")
         if error:
             logger.warning(f"Server: client #{msg.sender} could not load its changed shard "
                            f"({clip_text(error)}); it keeps its previous shard")
         decision = self.admission.redeclare(msg.sender, msg.content["declaration"])
-        if not decision.accepted:
-            logger.warning(f"Server: Refused re-declaration of client #{msg.sender}: {decision.reason}")
-            self.comm.send(Message(REFUSE, SERVER_ID, msg.sender, self.round,
-                                   {"reason": decision.peer_reason}))
-            self._mark_lost(self.clients[msg.sender], "refused", since=float("-inf"))
-            self.comm.close(self.clients[msg.sender].conn_id)
-            self.pending.discard(msg.sender)
-            self._maybe_finish_round()
+        if decision.accepted:
+            logger.info(f"Server: client #{msg.sender} re-declared its shard "
+                        f"({decision.train_samples} train samples)")
             return
-        logger.info(f"Server: client #{msg.sender} re-declared its shard "
-                    f"({decision.train_samples} train samples)")
+        logger.warning(f"Server: Refused re-declaration of client #{msg.sender}: {decision.reason}")
+        self.comm.send(Message(REFUSE, SERVER_ID, msg.sender, self.round,
+                               {"reason": decision.peer_reason}))
+        self._mark_lost(self.clients[msg.sender], "refused", since=float("-inf"))
+        self.comm.close(self.clients[msg.sender].conn_id)
+        self.state.pending.discard(msg.sender)
+        self._maybe_finish_round()
 
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
-        self.started = True
-        logger.info(f"Server: {len(self._online_ids())}/{self.expected} clients joined; starting training "
-                    f"(round {self.round + 1}/{self.total_rounds})")
+        logger.info(f"Server: {len(self._online_ids())}/{self.expected} clients joined; starting "
+                    f"training (round {self.round + 1}/{self.total_rounds})")
         self._resume()
 
     def _resume(self) -> None:
-        """Continue with whatever is due: an owed evaluation, the current round, or the end."""
-        if self.evaluation is not None:
+        """Continue with whatever is due: an owed evaluation, the next round, or the end."""
+        st = self.state
+        if st.phase is Phase.EVALUATING or st.phase is Phase.FINISHED:
             return                       # its clients were asked; tick() bounds the wait
-        if self.eval_owed >= 0:
-            self._begin_eval(self.eval_owed)
-        elif self.round >= self.total_rounds or self.stop_requested:
+        if st.eval_owed is not None:
+            self._begin_eval(st.eval_owed)
+        elif self.round >= self.total_rounds or st.stop_requested:
             self._finish()
         else:
             self._begin_round()
 
-    def _sample(self) -> List[int]:
-        online = sorted(self._online_ids())
-        f = self.cfg.federate
-        if f.sample_client_num > 0:
-            k = min(f.sample_client_num, len(online))
-        elif f.sample_client_rate > 0:
-            k = max(1, int(f.sample_client_rate * len(online)))
-        else:
-            return online
-        # Derived from (seed, round): reproducible after a restart without saving RNG state.
-        rng = np.random.default_rng([self.cfg.seed, self.round])
-        return sorted(int(c) for c in rng.choice(online, size=k, replace=False))
-
     def _begin_round(self) -> None:
-        self.pending = set(self._sample())
-        self.updates = {}
-        self.round_timed_out = False
-        self.in_round = len(self.pending) >= self.threshold
-        if not self.in_round:
+        sampled = self.aggregator.sample(self._online_ids(), self.round)
+        if len(sampled) < self.threshold:
             # Nobody (or too few) to train: wait for re-joins; tick() enforces the time limit.
-            self._pause(f"{len(self.pending)} client(s) online for round {self.round + 1}, fewer "
+            self.state.sampled, self.state.pending = set(), set()
+            self._pause(f"{len(sampled)} client(s) online for round {self.round + 1}, fewer "
                         f"than federate.min_clients_threshold={self.threshold}")
             return
-        if self.online_aggr is not None:
-            self.online_aggr.reset()
-        self.round_started = time.monotonic()
-        self._send_model(sorted(self.pending), MODEL_PARA, self.round)
+        self.state.begin_round(set(sampled), time.monotonic())
+        self.aggregator.begin_round()
+        self._send_model(sorted(sampled), MODEL_PARA, self.round)
 
-    def _on_model_para(self, msg: Message) -> None:
-        cid = msg.sender
-        if msg.state != self.round or cid not in self.pending or cid in self.updates:
+    def callback_funcs_model_para(self, msg: Message) -> None:
+        cid, st = msg.sender, self.state
+        if msg.state != self.round or cid not in st.pending or \
+                st.phase not in (Phase.TRAINING, Phase.PAUSED):
             logger.warning(f"Server: ignored model_para from client #{cid} for round {msg.state} "
                            f"(current round {self.round})")
             return
+        st.pending.discard(cid)
         declared = self.admission.counts(cid).get("train", 0)
-        problem = check_update(self.model.state_dict(), msg.tensors,
-                               msg.content.get("sample_size"), declared)
+        problem = check_update(self.model.state_dict(), msg.tensors, msg.content.get("sample_size"),
+                               declared, self.aggregator.local_param)
         if not problem:
             problem = self.admission.revalidate([cid]).get(cid)
         if problem:
             logger.warning(f"Server: rejected update of client #{cid}: {problem}")
-            self.pending.discard(cid)
+            st.refused[cid] = problem
         else:
-            weight = self._weight(cid, int(msg.content["sample_size"]))
-            if self.online_aggr is not None:
-                self.online_aggr.add(weight, msg.tensors)
-                self.updates[cid] = (weight, None)
-            else:
-                self.updates[cid] = (weight, msg.tensors)
+            reference = [self.admission.counts(c).get("train", 0) for c in self.clients]
+            weight = self.aggregator.weight(cid, int(msg.content["sample_size"]),
+                                            self.admission.verified(cid), reference)
+            self.aggregator.add(cid, weight, msg.tensors)
         self._maybe_finish_round()
-
-    def _weight(self, cid: int, size: int) -> int:
-        """FedAvg weight: the declared count, capped when the manifest could not vouch for it and
-        the claim came over the network (a standalone simulation has no untrusted peer)."""
-        if self.admission.verified(cid) or not self.distributed:
-            return size
-        cap = claim_cap([self.admission.counts(c).get("train", 0) for c in self.clients],
-                        self.cfg.aggregator.max_sample_ratio)
-        if size > cap:
-            logger.warning(f"Server: client #{cid} claims {size} train samples, unverified; its "
-                           f"weight is capped at {cap} (aggregator.max_sample_ratio x the median "
-                           f"declared count)")
-            return cap
-        return size
 
     def _maybe_finish_round(self) -> None:
         """Aggregate when every sampled client answered, or after a timeout once enough did."""
-        if not self.in_round or self.finished or self.stop_requested:
+        st = self.state
+        if st.phase not in (Phase.TRAINING, Phase.PAUSED) or not st.sampled:
             return
-        outstanding = self.pending - set(self.updates)
-        enough = len(self.updates) >= self.threshold
-        if outstanding and not (self.round_timed_out and enough):
+        got = len(self.aggregator.feedback)
+        enough = got >= self.threshold
+        if st.pending and not (st.timed_out and enough):
+            return
+        if not got and st.refused and set(st.refused) == st.sampled:
+            self._diverged()
             return
         if not enough:
-            if self.paused_since is None:
-                self._pause(f"only {len(self.updates)} update(s) in round {self.round + 1}, fewer "
-                            f"than federate.min_clients_threshold={self.threshold}")
+            if st.phase is not Phase.PAUSED:
+                self._pause(f"only {got} update(s) in round {self.round + 1}, fewer than "
+                            f"federate.min_clients_threshold={self.threshold}")
             return
-        if outstanding:
-            logger.warning(f"Server: round {self.round + 1}: aggregating without {sorted(outstanding)}")
-        self.paused_since = None
+        if st.pending:
+            logger.warning(f"Server: round {self.round + 1}: aggregating without {sorted(st.pending)}")
         self._aggregate()
 
     def _aggregate(self) -> None:
-        if self.online_aggr is not None:
-            new_state = self.online_aggr.result()
-        else:
-            new_state = self.aggregator.aggregate(
-                self.model.state_dict(), [(cid, w, st) for cid, (w, st) in self.updates.items()])
-        self.model.load_state_dict(new_state, strict=True)
-        took = time.monotonic() - self.round_started
-        contributors, samples = len(self.updates), sum(w for w, _ in self.updates.values())
-        self.in_round = False
-        self.round += 1
-        self.pending, self.updates = set(), {}
-        due = self.round >= self.total_rounds or self.round % self.cfg.eval.freq == 0
-        self.eval_owed = self.round if due else -1
+        st, agg = self.state, self.aggregator
+        took = time.monotonic() - st.started_at
+        contributors, samples = len(agg.feedback), agg.total_weight
+        self.model.load_state_dict(agg.finish_round(self.model.state_dict()), strict=True)
+        due = self.round + 1 >= self.total_rounds or (self.round + 1) % self.cfg.eval.freq == 0
+        st.end_round(due)
         self._checkpoint()   # before anything about the next step is announced
         logger.info(f"Server: round {self.round}/{self.total_rounds} aggregated {contributors} "
-                    f"update(s) ({samples} samples, rule {self.aggregator.rule}) in {took:.2f}s")
+                    f"update(s) ({samples} samples, rule {agg.rule}) in {took:.2f}s")
         self._resume()
+
+    def _diverged(self) -> None:
+        reasons = "; ".join(f"client #{c}: {r}" for c, r in sorted(self.state.refused.items()))
+        hint = ("the model diverged: lower train.optimizer.lr or set grad.grad_clip, then restart "
+                "with federate.restore_from" if "non-finite" in reasons else
+                "check that the clients run the same model and data configuration")
+        self._stop(DIVERGED, f"every update of round {self.round + 1} was refused "
+                             f"({clip_text(reasons, 300)}); {hint}")
 
     def _pause(self, why: str) -> None:
         logger.warning(f"Server: paused: {why}; waiting up to "
-                       f"{self.cfg.federate.graceful_termination_timeout:.0f}s for clients to (re)join")
-        self.paused_since = time.monotonic()
+                       f"{self.liveness.patience:.0f}s for clients to (re)join")
+        self.state.pause(time.monotonic())
 
+    # ------------------------------------------------------------- evaluation
+    def _begin_eval(self, r: int) -> None:
+        st = self.state
+        if r in self.reported_rounds:    # written before a restart: never twice
+            st.eval_owed = None
+            self._resume()
+            return
+        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, set(self._online_ids()))
+        self._send_model(sorted(st.evaluation.waiting), EVALUATE, r)
+        self._maybe_finish_eval()
+
+    def callback_funcs_for_metrics(self, msg: Message) -> None:
+        ev = self.state.evaluation
+        if ev is None or not ev.expects(msg.sender, msg.state):
+            logger.warning(f"Server: ignored metrics from client #{msg.sender} for round {msg.state}")
+            return
+        problem = ev.accept(msg.sender, msg.content["results"], self.admission.counts(msg.sender),
+                            self.cfg.eval.split)
+        if problem:
+            logger.warning(f"Server: refused the metrics of client #{msg.sender} for round "
+                           f"{ev.round}: {clip_text(problem)}")
+        self._maybe_finish_eval()
+
+    def _maybe_finish_eval(self, timed_out: bool = False) -> None:
+        st, ev = self.state, self.state.evaluation
+        if ev is None or not (ev.done or timed_out):
+            return
+        results = ev.results
+        if self.global_eval is not None:
+            results = {SERVER_ID: self.global_eval()}  # FS: global eval replaces the clients'
+        missing = set(self.clients) - set(ev.results) if self.global_eval is None else set()
+        # State first, writes after: a write that fails cannot leave the evaluation in flight.
+        self.monitor.report(ev.round, results, missing=sorted(missing))
+        self.reported_rounds.add(ev.round)
+        st.evaluation, st.eval_owed, st.phase = None, None, Phase.TRAINING
+        if self.monitor.should_stop_early() and not st.stop_requested:
+            logger.info(f"Server: early stop after round {ev.round} (no improvement of "
+                        f"{self.monitor.key} for {self.cfg.early_stop.patience} evaluations)")
+            st.stop_requested = True
+        self._write_results()
+        self._checkpoint()
+        self._resume()
+
+    # ------------------------------------------------------------------ clock
+    def next_deadline(self) -> float:
+        return self.liveness.next_deadline()
+
+    def tick(self) -> None:
+        if not self.distributed or self.finished:
+            return
+        now, st, live = time.monotonic(), self.state, self.liveness
+        for rec in live.silent(self.clients.values(), now):
+            self._mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
+                                 f"(> distribute.heartbeat_timeout); marking it lost", now)
+            self.comm.close(rec.conn_id)
+        if st.phase is Phase.JOINING:
+            online = len(self._online_ids())
+            if live.join_overdue(self.created, now) and online >= self.threshold:
+                logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
+                               f"with {online}/{self.expected} clients; starting with those")
+                self._start()
+            return
+        gone = live.gone(self.clients.values(), now)
+        dropped = sorted(st.pending & gone)
+        if dropped:
+            logger.warning(f"Server: dropping lost client(s) {dropped} from round {self.round + 1}")
+            st.pending -= set(dropped)
+            self._maybe_finish_round()
+        if st.phase is Phase.TRAINING and st.pending and not st.timed_out \
+                and live.round_overdue(st.started_at, now):
+            logger.warning(f"Server: round {self.round + 1} timed out after "
+                           f"{live.round_timeout:.0f}s; stragglers {sorted(st.pending)} are no "
+                           f"longer waited for once {self.threshold} update(s) are in")
+            st.timed_out = True
+            self._maybe_finish_round()
+        self._tick_eval(now, gone)
+        if st.phase is Phase.PAUSED and live.pause_overdue(st.paused_since, now):
+            self._checkpoint()
+            self._stop(GAVE_UP, f"gave up after waiting {live.patience:.0f}s for clients; "
+                                f"{self.round} round(s) done and checkpointed"
+                       + (f" to {self.cfg.federate.save_to}" if self.cfg.federate.save_to else "")
+                       + "; restart with federate.restore_from to continue", tell_clients=False)
+        self._check_results_writable(now)
+
+    def _tick_eval(self, now: float, gone: Set[int]) -> None:
+        ev = self.state.evaluation
+        if ev is None:
+            return
+        lost = ev.drop(gone)
+        if lost:
+            logger.warning(f"Server: evaluation of round {ev.round}: clients {sorted(lost)} are "
+                           f"lost; not waiting for them")
+            self._maybe_finish_eval()
+        elif self.liveness.eval_overdue(ev, now):
+            logger.warning(f"Server: evaluation of round {ev.round} timed out after "
+                           f"{self.liveness.eval_timeout:.0f}s (federate.eval_timeout / "
+                           f"round_timeout) without {sorted(ev.waiting)}")
+            self._maybe_finish_eval(timed_out=True)
+
+    # ------------------------------------------------------------------ end
     def _finish(self) -> None:
         if self.finished:
             return
         summary = self.monitor.final_summary() if -1 not in self.reported_rounds else {}
         self._send_model(sorted(self._online_ids()), FINISH, self.round)
-        self.finished = True
+        self.state.finish(0)
         acc = summary.get("Results_weighted_avg", {}).get("test_acc")
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
                     f"{acc if acc is None else round(acc, 4)}")
+        if not self._write_results():
+            self._stop(RESULTS_UNWRITABLE, f"the results could not be written to "
+                                           f"{self.monitor.log_path} ({len(self.monitor.unwritten)}"
+                                           f" line(s) lost); free space or fix the path (outdir)")
+
+    def _stop(self, code: int, why: str, tell_clients: bool = True) -> None:
+        """End the job with exit ``code`` (see ``server_state``); clients still online are told."""
+        if tell_clients and not self.finished:
+            self._send_model(sorted(self._online_ids()), FINISH, self.round)
+        logger.error(f"Server: stopping with exit code {code}: {why}")
+        self.state.finish(code)
+
+    # ------------------------------------------------------------------ writes
+    def _write_results(self) -> bool:
+        ok = self.writes.attempt("results log", self.monitor.log_path, self.monitor.flush,
+                                 f"{len(self.monitor.unwritten)} line(s) stay queued and are "
+                                 f"retried with the next one")
+        self._check_results_writable()
+        return ok
+
+    def _check_results_writable(self, now: Optional[float] = None) -> None:
+        path = self.monitor.log_path
+        if not self.finished and self.writes.overdue(path, now):
+            self._stop(RESULTS_UNWRITABLE, f"the results log {path} could not be written for "
+                                           f"more than {self.writes.bound:.0f}s; free space or "
+                                           f"fix the path (outdir)")
+
+    def _checkpoint(self) -> None:
+        """A full disk must not stall the job (the old file stays whole: temp + rename)."""
+        path = self.cfg.federate.save_to
+        if not path:
+            return
+        st = self.state
+        ckpt = Checkpoint(self.round, self.model.state_dict(), torch.get_rng_state(),
+                          self.cfg.seed, eval_owed=-1 if st.eval_owed is None else st.eval_owed,
+                          monitor=self.monitor.state_dict(), aggregator=self.aggregator.state_dict())
+        self.writes.attempt("checkpoint", path, lambda: save_checkpoint(path, ckpt),
+                            "the job goes on, but a restart would resume from the last checkpoint "
+                            "written (free space or point federate.save_to elsewhere)")
+
+    def _restore(self) -> None:
+        path = self.cfg.federate.restore_from
+        if not path:
+            return
+        ckpt = load_checkpoint(path)
+        if ckpt is None:
+            logger.info(f"Server: no checkpoint at {path} yet; starting from round 0")
+            return
+        self.model.load_state_dict(ckpt.model, strict=True)
+        torch.set_rng_state(ckpt.torch_rng)
+        self.aggregator.load_state_dict(ckpt.aggregator)
+        self.state.round = ckpt.round
+        self.state.eval_owed = ckpt.eval_owed if ckpt.eval_owed >= 0 else None
+        # The log is the truth about what was reported (it may be one line ahead of the file).
+        self.reported_rounds = self.monitor.resume_from_log()
+        owed = self.state.eval_owed
+        note = f"; evaluation of round {owed} is owed" \
+            if owed is not None and owed not in self.reported_rounds else ""
+        logger.info(f"Server: restored round {self.round} from {path}{note}")
 
     # ------------------------------------------------------------- helpers
     def _online_ids(self) -> Set[int]:
@@ -367,36 +477,3 @@ class Server(EvaluationMixin, LivenessMixin):
             return
         state = {k: v.detach() for k, v in self.model.state_dict().items()}
         self.comm.broadcast(Message(msg_type, SERVER_ID, BROADCAST, r, {}, state), cids)
-
-    def _checkpoint(self) -> None:
-        """Best effort: a full disk must not stall the job (the old file stays whole: temp +
-        rename); the error names the path, every time it happens."""
-        path = self.cfg.federate.save_to
-        if not path:
-            return
-        try:
-            save_checkpoint(path, Checkpoint(self.round, self.model.state_dict(),
-                                             torch.get_rng_state(), self.cfg.seed,
-                                             eval_owed=self.eval_owed,
-                                             monitor=self.monitor.state_dict()))
-        except OSError as e:
-            logger.error(f"Server: cannot write the checkpoint {path} ({e}); the job goes on, but "
-                         f"a restart would resume from the last checkpoint written (free space or "
-                         f"point federate.save_to elsewhere)")
-
-    def _restore(self) -> None:
-        path = self.cfg.federate.restore_from
-        if not path:
-            return
-        ckpt = load_checkpoint(path)
-        if ckpt is None:
-            logger.info(f"Server: no checkpoint at {path} yet; starting from round 0")
-            return
-        self.model.load_state_dict(ckpt.model, strict=True)
-        torch.set_rng_state(ckpt.torch_rng)
-        self.round, self.eval_owed = ckpt.round, ckpt.eval_owed
-        # The log is the truth about what was reported (it may be one line ahead of the file).
-        self.reported_rounds = self.monitor.resume_from_log()
-        owed = f"; evaluation of round {self.eval_owed} is owed" \
-            if self.eval_owed >= 0 and self.eval_owed not in self.reported_rounds else ""
-        logger.info(f"Server: restored round {self.round} from {path}{owed}")

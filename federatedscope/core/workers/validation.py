@@ -12,15 +12,20 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
+from federatedscope.core.aggregators.aggregator import local_keys
+
 State = Dict[str, torch.Tensor]
 _BOUNDED_01 = ("acc",)
 _NON_NEGATIVE = ("loss", "avg_loss", "correct", "total")
 
 
 def check_update(ref: State, tensors: Optional[State], sample_size: object,
-                 declared_train: int) -> Optional[str]:
+                 declared_train: int, local_param: Sequence[str] = ()) -> Optional[str]:
+    """``local_param``: ``personalization.local_param``; an update may omit exactly the keys it
+    matches (they stay on the client: FedBN's norm layers, a personal head), or send them all."""
     got = tensors or {}
-    if set(got) != set(ref):
+    shared = set(ref) - set(local_keys(ref, local_param))
+    if set(got) != set(ref) and set(got) != shared:
         diff = sorted(set(got) ^ set(ref))
         return f"state keys differ from the global model ({len(diff)} differ, e.g. {diff[:3]})"
     for k, t in got.items():
