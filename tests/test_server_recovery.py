@@ -5,7 +5,7 @@ import os
 import torch
 
 from federatedscope.core.message import EVALUATE, MODEL_PARA
-from federatedscope.core.workers import server as server_mod
+from federatedscope.core.auxiliaries import checkpoint as ckpt_io
 from server_harness import Harness, good_metrics
 
 
@@ -53,15 +53,15 @@ def test_kill_between_aggregation_and_evaluation_redoes_the_owed_evaluation(tmp_
 def test_kill_after_the_line_but_before_the_checkpoint_never_writes_it_twice(tmp_path, monkeypatch):
     h = _harness(tmp_path)
     h.join(1), h.join(2)
-    real = server_mod.save_checkpoint
+    real = ckpt_io.save_checkpoint
 
     def save_only_after_aggregation(path, ckpt):   # the post-evaluation save never happens
         if ckpt.eval_owed >= 0:
             real(path, ckpt)
-    monkeypatch.setattr(server_mod, "save_checkpoint", save_only_after_aggregation)
+    monkeypatch.setattr(ckpt_io, "save_checkpoint", save_only_after_aggregation)
     _train(h, 0)
     _evaluate(h, 1, acc=0.75)
-    monkeypatch.setattr(server_mod, "save_checkpoint", real)
+    monkeypatch.setattr(ckpt_io, "save_checkpoint", real)
     del h
     h2 = _harness(tmp_path)
     h2.join(1), h2.join(2)

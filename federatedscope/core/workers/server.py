@@ -22,17 +22,17 @@ from typing import Callable, Dict, List, Optional, Set
 import torch
 
 from federatedscope.core.auxiliaries.aggregator_builder import get_aggregator
-from federatedscope.core.auxiliaries.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from federatedscope.core.message import (ASSIGN_ID, BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,
                                          METRICS, MODEL_PARA, REDECLARE, REFUSE, SERVER_ID, Message,
                                          clip_text)
 from federatedscope.core.monitors.monitor import Monitor
-from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, WriteGuard
+from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm, Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
-from federatedscope.core.workers.server_state import ClientRecord, Phase, RoundState
+from federatedscope.core.workers.server_state import ClientRecord, ClientTable, Phase, RoundState
+from federatedscope.core.workers.server_store import ServerStore
 from federatedscope.core.workers.validation import check_update
 
 logger = logging.getLogger("federatedscope")
@@ -54,9 +54,9 @@ class Server(Worker):
         self.distributed = distributed
         self.aggregator = get_aggregator(cfg, expected_clients, distributed)
         self.liveness = Liveness(cfg)
-        self.writes = WriteGuard()
+        self.store = ServerStore(cfg, monitor)
         self.state = RoundState()
-        self.clients: Dict[int, ClientRecord] = {}
+        self.clients = ClientTable()
         self.total_rounds = cfg.federate.total_round_num
         self.reported_rounds: Set[int] = set()     # rounds already in eval_results.log
         self.created = time.monotonic()
@@ -64,7 +64,10 @@ class Server(Worker):
         self.threshold = max(1, cfg.federate.min_clients_threshold)
         self._event: Optional[Incoming] = None     # the event being handled (join: its conn)
         super().__init__(SERVER_ID)
-        self._restore()
+        restored = self.store.restore(model, self.aggregator)
+        if restored is not None:
+            self.state.round, self.state.eval_owed = restored.round, restored.eval_owed
+            self.reported_rounds = restored.reported_rounds
         if distributed and not admission.uses_tokens:
             logger.warning("Server: no client tokens configured (distribute.token or token_hash "
                            "in the manifest): a client id is only a claim, and anyone who can "
@@ -101,18 +104,18 @@ class Server(Worker):
                          f"{clip_text(repr(e))}; closing that connection",
                          exc_info=logger.isEnabledFor(logging.DEBUG))
             if conn_id is not None:
-                for rec in self.clients.values():
-                    if rec.conn_id == conn_id and rec.online:
-                        self._mark_lost(rec, "dropped after an error in its message")
+                rec = self.clients.on_conn(conn_id)
+                if rec is not None:
+                    self.clients.mark_lost(rec, "dropped after an error in its message")
                 self.comm.close(conn_id)
         finally:
             self._event = None
 
     def _route(self, event) -> None:
         if isinstance(event, Disconnected):
-            for rec in self.clients.values():
-                if rec.conn_id == event.conn_id and rec.online:
-                    self._mark_lost(rec, f"lost ({clip_text(event.reason)})")
+            rec = self.clients.on_conn(event.conn_id)
+            if rec is not None:
+                self.clients.mark_lost(rec, f"lost ({clip_text(event.reason)})")
             return
         assert isinstance(event, Incoming)
         msg, self._event = event.msg, event
@@ -133,13 +136,12 @@ class Server(Worker):
     def callback_funcs_for_join_in(self, msg: Message) -> None:
         conn_id, peer = self._event.conn_id, self._event.peer
         src = f", from {clip_text(peer, 80)}" if peer else ""
-        holder = next((r.client_id for r in self.clients.values()
-                       if r.conn_id == conn_id and r.online), None)
+        holder = self.clients.on_conn(conn_id)
         if holder is not None:   # one identity per connection: a second join is ignored
-            logger.warning(f"Server: client #{holder} sent another join_in on its connection "
+            logger.warning(f"Server: client #{holder.client_id} sent another join_in on its connection "
                            f"(claiming {clip_text(msg.content.get('client_id'), 40)}); ignored")
             return
-        decision = self.admission.admit(msg.content, self._online_ids())
+        decision = self.admission.admit(msg.content, self.clients.online_ids())
         if not decision.accepted:
             logger.warning(f"Server: refused client (claimed id "
                            f"{clip_text(msg.content.get('client_id'), 40)}{src}): {decision.reason}")
@@ -157,28 +159,22 @@ class Server(Worker):
                  f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
         logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
                     f"({decision.train_samples} train samples{shard}; "
-                    f"{len(self._online_ids())}/{self.expected} online)")
+                    f"{len(self.clients.online_ids())}/{self.expected} online)")
         if decision.train_samples == 0:
             logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
                            f"its updates weigh nothing in FedAvg")
         phase = self.state.phase
         if phase is Phase.JOINING:
-            if len(self._online_ids()) >= self.expected:
+            if len(self.clients.online_ids()) >= self.expected:
                 self._start()
         elif phase is Phase.PAUSED:
-            if len(self._online_ids()) >= self.threshold:
+            if len(self.clients.online_ids()) >= self.threshold:
                 logger.info("Server: enough clients are back; resuming")
                 self._resume()
         elif phase is Phase.TRAINING and cid in self.state.pending:
             self._send_model([cid], MODEL_PARA, self.round)      # catch up on the round
         elif phase is Phase.EVALUATING and cid in self.state.evaluation.waiting:
             self._send_model([cid], EVALUATE, self.state.evaluation.round)
-
-    def _mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
-        """Offline from now (or ``since``); tick() drops it from waiting sets after the grace."""
-        rec.online = False
-        rec.offline_since = time.monotonic() if since is None else since
-        logger.warning(f"Server: client #{rec.client_id} {why}")
 
     def callback_funcs_for_redeclare(self, msg: Message) -> None:
         error = msg.content.get("refresh_error")
@@ -193,14 +189,14 @@ class Server(Worker):
         logger.warning(f"Server: Refused re-declaration of client #{msg.sender}: {decision.reason}")
         self.comm.send(Message(REFUSE, SERVER_ID, msg.sender, self.round,
                                {"reason": decision.peer_reason}))
-        self._mark_lost(self.clients[msg.sender], "refused", since=float("-inf"))
+        self.clients.mark_lost(self.clients[msg.sender], "refused", since=float("-inf"))
         self.comm.close(self.clients[msg.sender].conn_id)
         self.state.pending.discard(msg.sender)
         self._maybe_finish_round()
 
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
-        logger.info(f"Server: {len(self._online_ids())}/{self.expected} clients joined; starting "
+        logger.info(f"Server: {len(self.clients.online_ids())}/{self.expected} clients joined; starting "
                     f"training (round {self.round + 1}/{self.total_rounds})")
         self._resume()
 
@@ -217,7 +213,7 @@ class Server(Worker):
             self._begin_round()
 
     def _begin_round(self) -> None:
-        sampled = self.aggregator.sample(self._online_ids(), self.round)
+        sampled = self.aggregator.sample(self.clients.online_ids(), self.round)
         if len(sampled) < self.threshold:
             # Nobody (or too few) to train: wait for re-joins; tick() enforces the time limit.
             self.state.sampled, self.state.pending = set(), set()
@@ -304,7 +300,7 @@ class Server(Worker):
             st.eval_owed = None
             self._resume()
             return
-        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, set(self._online_ids()))
+        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, set(self.clients.online_ids()))
         self._send_model(sorted(st.evaluation.waiting), EVALUATE, r)
         self._maybe_finish_eval()
 
@@ -349,11 +345,11 @@ class Server(Worker):
             return
         now, st, live = time.monotonic(), self.state, self.liveness
         for rec in live.silent(self.clients.values(), now):
-            self._mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
+            self.clients.mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
                                  f"(> distribute.heartbeat_timeout); marking it lost", now)
             self.comm.close(rec.conn_id)
         if st.phase is Phase.JOINING:
-            online = len(self._online_ids())
+            online = len(self.clients.online_ids())
             if live.join_overdue(self.created, now) and online >= self.threshold:
                 logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
                                f"with {online}/{self.expected} clients; starting with those")
@@ -401,7 +397,7 @@ class Server(Worker):
         if self.finished:
             return
         summary = self.monitor.final_summary() if -1 not in self.reported_rounds else {}
-        self._send_model(sorted(self._online_ids()), FINISH, self.round)
+        self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
         self.state.finish(0)
         acc = summary.get("Results_weighted_avg", {}).get("test_acc")
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
@@ -414,62 +410,27 @@ class Server(Worker):
     def _stop(self, code: int, why: str, tell_clients: bool = True) -> None:
         """End the job with exit ``code`` (see ``server_state``); clients still online are told."""
         if tell_clients and not self.finished:
-            self._send_model(sorted(self._online_ids()), FINISH, self.round)
+            self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
         logger.error(f"Server: stopping with exit code {code}: {why}")
         self.state.finish(code)
 
     # ------------------------------------------------------------------ writes
     def _write_results(self) -> bool:
-        ok = self.writes.attempt("results log", self.monitor.log_path, self.monitor.flush,
-                                 f"{len(self.monitor.unwritten)} line(s) stay queued and are "
-                                 f"retried with the next one")
+        ok = self.store.write_results()
         self._check_results_writable()
         return ok
 
     def _check_results_writable(self, now: Optional[float] = None) -> None:
-        path = self.monitor.log_path
-        if not self.finished and self.writes.overdue(path, now):
-            self._stop(RESULTS_UNWRITABLE, f"the results log {path} could not be written for "
-                                           f"more than {self.writes.bound:.0f}s; free space or "
-                                           f"fix the path (outdir)")
+        if not self.finished and self.store.results_overdue(now):
+            self._stop(RESULTS_UNWRITABLE, f"the results log {self.store.results_path} could not "
+                                           f"be written for more than {self.store.writes.bound:.0f}s;"
+                                           f" free space or fix the path (outdir)")
 
     def _checkpoint(self) -> None:
-        """A full disk must not stall the job (the old file stays whole: temp + rename)."""
-        path = self.cfg.federate.save_to
-        if not path:
-            return
-        st = self.state
-        ckpt = Checkpoint(self.round, self.model.state_dict(), torch.get_rng_state(),
-                          self.cfg.seed, eval_owed=-1 if st.eval_owed is None else st.eval_owed,
-                          monitor=self.monitor.state_dict(), aggregator=self.aggregator.state_dict())
-        self.writes.attempt("checkpoint", path, lambda: save_checkpoint(path, ckpt),
-                            "the job goes on, but a restart would resume from the last checkpoint "
-                            "written (free space or point federate.save_to elsewhere)")
-
-    def _restore(self) -> None:
-        path = self.cfg.federate.restore_from
-        if not path:
-            return
-        ckpt = load_checkpoint(path)
-        if ckpt is None:
-            logger.info(f"Server: no checkpoint at {path} yet; starting from round 0")
-            return
-        self.model.load_state_dict(ckpt.model, strict=True)
-        torch.set_rng_state(ckpt.torch_rng)
-        self.aggregator.load_state_dict(ckpt.aggregator)
-        self.state.round = ckpt.round
-        self.state.eval_owed = ckpt.eval_owed if ckpt.eval_owed >= 0 else None
-        # The log is the truth about what was reported (it may be one line ahead of the file).
-        self.reported_rounds = self.monitor.resume_from_log()
-        owed = self.state.eval_owed
-        note = f"; evaluation of round {owed} is owed" \
-            if owed is not None and owed not in self.reported_rounds else ""
-        logger.info(f"Server: restored round {self.round} from {path}{note}")
+        self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,
+                              self.aggregator.state_dict())
 
     # ------------------------------------------------------------- helpers
-    def _online_ids(self) -> Set[int]:
-        return {cid for cid, rec in self.clients.items() if rec.online}
-
     def _send_model(self, cids: List[int], msg_type: str, r: int) -> None:
         """The global model for all receivers: the transport encodes (or copies) it once, before
         returning, so no per-broadcast clone of the model is made here."""

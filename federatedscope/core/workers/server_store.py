@@ -1,0 +1,76 @@
+"""The server's files: the results log (``Monitor``'s queued lines) and the checkpoint.
+
+A collaborator of ``Server`` that owns every write it makes, each through ``WriteGuard``: a failure
+is one bounded error line naming the file, and the server's state never waits on it.
+"""
+import logging
+from dataclasses import dataclass
+from typing import Optional, Set
+
+import torch
+
+from federatedscope.core.auxiliaries import checkpoint as ckpt_io
+from federatedscope.core.monitors.monitor import Monitor
+from federatedscope.core.monitors.write_guard import WriteGuard
+
+logger = logging.getLogger("federatedscope")
+
+
+@dataclass
+class Restored:
+    round: int
+    eval_owed: Optional[int]
+    reported_rounds: Set[int]
+
+
+class ServerStore:
+    def __init__(self, cfg, monitor: Monitor, writes: Optional[WriteGuard] = None):
+        self.cfg = cfg
+        self.monitor = monitor
+        self.writes = writes or WriteGuard()
+
+    @property
+    def results_path(self) -> str:
+        return self.monitor.log_path
+
+    def write_results(self) -> bool:
+        """Append every queued results line; False (lines kept queued) when the write failed."""
+        return self.writes.attempt("results log", self.results_path, self.monitor.flush,
+                                   f"{len(self.monitor.unwritten)} line(s) stay queued and are "
+                                   f"retried with the next one")
+
+    def results_overdue(self, now: Optional[float] = None) -> bool:
+        return self.writes.overdue(self.results_path, now)
+
+    def checkpoint(self, round_idx: int, model_state, eval_owed: Optional[int],
+                   aggregator_state: dict) -> None:
+        """A full disk must not stall the job (the old file stays whole: temp + rename)."""
+        path = self.cfg.federate.save_to
+        if not path:
+            return
+        ckpt = ckpt_io.Checkpoint(round_idx, model_state, torch.get_rng_state(), self.cfg.seed,
+                                  eval_owed=-1 if eval_owed is None else eval_owed,
+                                  monitor=self.monitor.state_dict(), aggregator=aggregator_state)
+        self.writes.attempt("checkpoint", path, lambda: ckpt_io.save_checkpoint(path, ckpt),
+                            "the job goes on, but a restart would resume from the last checkpoint "
+                            "written (free space or point federate.save_to elsewhere)")
+
+    def restore(self, model: torch.nn.Module, aggregator) -> Optional[Restored]:
+        """Load ``federate.restore_from`` into ``model``/``aggregator``; None when there is none."""
+        path = self.cfg.federate.restore_from
+        if not path:
+            return None
+        ckpt = ckpt_io.load_checkpoint(path)
+        if ckpt is None:
+            logger.info(f"Server: no checkpoint at {path} yet; starting from round 0")
+            return None
+        model.load_state_dict(ckpt.model, strict=True)
+        torch.set_rng_state(ckpt.torch_rng)
+        aggregator.load_state_dict(ckpt.aggregator)
+        owed = ckpt.eval_owed if ckpt.eval_owed >= 0 else None
+        # The log is the truth about what was reported (it may be one line ahead of the file).
+        reported = self.monitor.resume_from_log()
+        note = f"; evaluation of round {owed} is owed" \
+            if owed is not None and owed not in reported else ""
+        logger.info(f"Server: restored round {ckpt.round} from {path}{note}")
+        return Restored(ckpt.round, owed, reported)
