@@ -38,9 +38,11 @@ def personal_state_dir(cfg) -> str:
     configured = str(cfg_value(cfg, "personalization.state_dir", "") or "")
     if configured:
         return configured
-    run_dir = os.path.normpath(cfg.outdir)
+    run_dir = os.path.normpath(cfg.outdir)        # resolved: <outdir>/<expname>[/sub_exp_*]
     if os.path.basename(run_dir).startswith("sub_exp_"):
         run_dir = os.path.dirname(run_dir)
+    elif os.path.basename(run_dir) != cfg.expname:   # not resolved yet: the configured outdir
+        run_dir = os.path.join(run_dir, cfg.expname)
     return os.path.join(run_dir, "client_state")
 
 
