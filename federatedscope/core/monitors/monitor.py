@@ -147,6 +147,9 @@ def _read_complete_lines(path: str) -> List[dict]:
     """JSON lines of ``path``; a last line without its newline (a kill mid-append) is cut off."""
     if not os.path.exists(path):
         return []
+    if not os.path.isfile(path):   # e.g. a link to /dev/full: reading it would never end
+        logger.warning(f"{path} is not a regular file; no earlier results read from it")
+        return []
     with open(path, "rb") as f:
         data = f.read()
     end = data.rfind(b"\n") + 1
