@@ -1,6 +1,7 @@
 """A user's script written the way FederatedScope's documentation drives FS (used by
 tests/test_fs_user_script.py): build the config from ``global_cfg``, ``get_data``, then
-``get_runner(...).run()``, with a client subclass that re-registers one handler the FS way."""
+``get_runner(...).run()``, with a client subclass that re-registers one handler and a server
+subclass that overrides one callback, the two FS ways."""
 import logging
 import os
 import sys
@@ -32,6 +33,17 @@ def with_evaluate_hook(base):
     return EvalHookClient
 
 
+def with_model_para_override(base):
+    class CountingServer(base):
+        """FS's other way: override the server's callback by its FS name, no registration."""
+
+        def callback_funcs_model_para(self, message):
+            logger.info(f"user server hook: model_para of client {message.sender} "
+                        f"for round {message.state + 1}")
+            super().callback_funcs_model_para(message)
+    return CountingServer
+
+
 if __name__ == "__main__":
     init_cfg = global_cfg.clone()
     args = parse_args()
@@ -44,7 +56,7 @@ if __name__ == "__main__":
     init_cfg.merge_from_other_cfg(modified_cfg)
     init_cfg.freeze()
     logger.info(f"user script: data is a {type(data).__name__}")
-    runner = get_runner(data=data, server_class=get_server_cls(init_cfg),
+    runner = get_runner(data=data, server_class=with_model_para_override(get_server_cls(init_cfg)),
                         client_class=with_evaluate_hook(get_client_cls(init_cfg)),
                         config=init_cfg.clone())
     code = runner.run()

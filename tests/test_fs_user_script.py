@@ -63,6 +63,9 @@ def test_fs_script_standalone_twice_never_appends(femnist_root, tmp_path):
         text = open(log).read()
         assert "user script: data is a StandaloneDataDict" in text
         assert text.count("user hook: client") == 3  # every client evaluated through the hook
+        assert sorted(line.split("user server hook: ")[1] for line in text.splitlines()
+                      if "user server hook: " in line) == \
+            [f"model_para of client {k} for round 1" for k in (1, 2, 3)]
     logs = _eval_logs(out)
     # the second run got its own directory: two logs, each with exactly one Final line
     assert len(logs) == 2, logs
@@ -85,7 +88,12 @@ def test_fs_script_distributed_shard_mode(femnist_root, femnist_shards, tmp_path
                                         "distributed_data.shard_path",
                                         os.path.join(shards, f"client_{k}")], logs[-1]))
     assert _wait(procs, logs) == [0, 0, 0, 0]
-    assert "user script: data is a ServerData" in open(logs[0]).read()
+    server_text = open(logs[0]).read()
+    assert "user script: data is a ServerData" in server_text
+    # the server subclass's override of callback_funcs_model_para ran for every update
+    assert sorted(line.split("user server hook: ")[1] for line in server_text.splitlines()
+                  if "user server hook: " in line) == \
+        [f"model_para of client {k} for round 1" for k in (1, 2, 3)]
     for k in (1, 2, 3):
         text = open(logs[k]).read()
         assert "user script: data is a DistributedShardLoader" in text
