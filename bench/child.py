@@ -105,7 +105,7 @@ def _cfg(spec_json: str):
 def _clients(data, cfg) -> dict:
     """client id -> splits, from what ``get_data`` returned (see core/auxiliaries/data_builder)."""
     from federatedscope.core.data.base_data import StandaloneDataDict
-    from federatedscope.core.workers.client import client_splits
+    from federatedscope.core.fed_runner import client_splits
     if isinstance(data, StandaloneDataDict):
         return {cid: client_splits(c)[0] for cid, c in data.items()}
     splits, loader = client_splits(data)
