@@ -22,16 +22,16 @@ from typing import Callable, Dict, List, Optional, Set
 import torch
 
 from federatedscope.core.auxiliaries.aggregator_builder import get_aggregator
-from federatedscope.core.message import (ASSIGN_ID, BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,
-                                         METRICS, MODEL_PARA, REDECLARE, REFUSE, SERVER_ID, Message,
-                                         clip_text)
+from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,
+                                         MODEL_PARA, REDECLARE, SERVER_ID, Message, clip_text)
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm, Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
-from federatedscope.core.workers.server_state import ClientRecord, ClientTable, Phase, RoundState
+from federatedscope.core.workers.server_members import ClientTable
+from federatedscope.core.workers.server_state import Phase, RoundState
 from federatedscope.core.workers.server_store import ServerStore
 from federatedscope.core.workers.validation import check_update
 
@@ -56,7 +56,7 @@ class Server(Worker):
         self.liveness = Liveness(cfg)
         self.store = ServerStore(cfg, monitor)
         self.state = RoundState()
-        self.clients = ClientTable()
+        self.clients = ClientTable(admission, comm, expected_clients)
         self.total_rounds = cfg.federate.total_round_num
         self.reported_rounds: Set[int] = set()     # rounds already in eval_results.log
         self.created = time.monotonic()
@@ -134,41 +134,15 @@ class Server(Worker):
         """Only refreshes ``last_seen`` (done for every message of a joined client)."""
 
     def callback_funcs_for_join_in(self, msg: Message) -> None:
-        conn_id, peer = self._event.conn_id, self._event.peer
-        src = f", from {clip_text(peer, 80)}" if peer else ""
-        holder = self.clients.on_conn(conn_id)
-        if holder is not None:   # one identity per connection: a second join is ignored
-            logger.warning(f"Server: client #{holder.client_id} sent another join_in on its connection "
-                           f"(claiming {clip_text(msg.content.get('client_id'), 40)}); ignored")
+        cid = self.clients.join(self._event.conn_id, self._event.peer, msg.content, self.round)
+        if cid is None:
             return
-        decision = self.admission.admit(msg.content, self.clients.online_ids())
-        if not decision.accepted:
-            logger.warning(f"Server: refused client (claimed id "
-                           f"{clip_text(msg.content.get('client_id'), 40)}{src}): {decision.reason}")
-            self.comm.send_to_conn(conn_id, Message(REFUSE, SERVER_ID, -1, self.round,
-                                                    {"reason": decision.peer_reason}))
-            self.comm.close(conn_id)
-            return
-        cid = decision.client_id
-        rejoin = cid in self.clients
-        self.clients[cid] = ClientRecord(cid, conn_id)
-        self.comm.bind(conn_id, cid)
-        self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, self.round, {"client_id": cid}))
-        modified = msg.content.get("shard_last_modified")
-        shard = (f"; shard last modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(modified))}"
-                 f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
-        logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
-                    f"({decision.train_samples} train samples{shard}; "
-                    f"{len(self.clients.online_ids())}/{self.expected} online)")
-        if decision.train_samples == 0:
-            logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
-                           f"its updates weigh nothing in FedAvg")
-        phase = self.state.phase
+        phase, online = self.state.phase, len(self.clients.online_ids())
         if phase is Phase.JOINING:
-            if len(self.clients.online_ids()) >= self.expected:
+            if online >= self.expected:
                 self._start()
         elif phase is Phase.PAUSED:
-            if len(self.clients.online_ids()) >= self.threshold:
+            if online >= self.threshold:
                 logger.info("Server: enough clients are back; resuming")
                 self._resume()
         elif phase is Phase.TRAINING and cid in self.state.pending:
@@ -177,22 +151,9 @@ class Server(Worker):
             self._send_model([cid], EVALUATE, self.state.evaluation.round)
 
     def callback_funcs_for_redeclare(self, msg: Message) -> None:
-        error = msg.content.get("refresh_error")
-        if error:
-            logger.warning(f"Server: client #{msg.sender} could not load its changed shard "
-                           f"({clip_text(error)}); it keeps its previous shard")
-        decision = self.admission.redeclare(msg.sender, msg.content["declaration"])
-        if decision.accepted:
-            logger.info(f"Server: client #{msg.sender} re-declared its shard "
-                        f"({decision.train_samples} train samples)")
-            return
-        logger.warning(f"Server: Refused re-declaration of client #{msg.sender}: {decision.reason}")
-        self.comm.send(Message(REFUSE, SERVER_ID, msg.sender, self.round,
-                               {"reason": decision.peer_reason}))
-        self.clients.mark_lost(self.clients[msg.sender], "refused", since=float("-inf"))
-        self.comm.close(self.clients[msg.sender].conn_id)
-        self.state.pending.discard(msg.sender)
-        self._maybe_finish_round()
+        if not self.clients.redeclare(msg.sender, msg.content, self.round):
+            self.state.pending.discard(msg.sender)
+            self._maybe_finish_round()
 
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
@@ -241,9 +202,8 @@ class Server(Worker):
             logger.warning(f"Server: rejected update of client #{cid}: {problem}")
             st.refused[cid] = problem
         else:
-            reference = [self.admission.counts(c).get("train", 0) for c in self.clients]
             weight = self.aggregator.weight(cid, int(msg.content["sample_size"]),
-                                            self.admission.verified(cid), reference)
+                                            self.admission.verified(cid), self.clients.train_counts())
             self.aggregator.add(cid, weight, msg.tensors)
         self._maybe_finish_round()
 

@@ -14,15 +14,11 @@ flag or sentinel lives anywhere else:
 ``eval_owed`` is the round whose evaluation is due and not yet reported (restored from the
 checkpoint after a kill), ``None`` when none is.
 """
-import logging
-import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Dict, Optional, Set
 
 from federatedscope.core.workers.server_eval import Evaluation
-
-logger = logging.getLogger("federatedscope")
 
 
 class Phase(Enum):
@@ -31,15 +27,6 @@ class Phase(Enum):
     PAUSED = "paused"
     EVALUATING = "evaluating"
     FINISHED = "finished"
-
-
-@dataclass
-class ClientRecord:
-    client_id: int
-    conn_id: int
-    online: bool = True
-    last_seen: float = field(default_factory=lambda: time.monotonic())
-    offline_since: float = 0.0
 
 
 @dataclass
@@ -76,19 +63,3 @@ class RoundState:
         self.phase, self.exit_code = Phase.FINISHED, code
         self.evaluation = None
 
-
-class ClientTable(Dict[int, ClientRecord]):
-    """Every client that ever joined, by id: who is online, on which connection."""
-
-    def online_ids(self) -> Set[int]:
-        return {cid for cid, rec in self.items() if rec.online}
-
-    def on_conn(self, conn_id: int) -> Optional[ClientRecord]:
-        """The online client bound to ``conn_id`` (a connection carries one identity)."""
-        return next((r for r in self.values() if r.conn_id == conn_id and r.online), None)
-
-    def mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
-        """Offline from now (or ``since``); the server stops waiting for it after the grace."""
-        rec.online = False
-        rec.offline_since = time.monotonic() if since is None else since
-        logger.warning(f"Server: client #{rec.client_id} {why}")

@@ -1,0 +1,103 @@
+"""Who is in the federation: the server's client table and the join / re-declaration exchange.
+
+A collaborator of ``Server`` with a narrow interface: it holds the ``Admission`` (the checks) and
+the transport calls a join needs (refuse, bind, assign the id), and answers who is online and on
+which connection. What a join *means* for the round (start, resume, catch up) stays the server's.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Set
+
+from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, Message, clip_text
+from federatedscope.core.workers.admission import Admission
+from federatedscope.core.workers.base_worker import ServerComm
+
+logger = logging.getLogger("federatedscope")
+
+
+@dataclass
+class ClientRecord:
+    client_id: int
+    conn_id: int
+    online: bool = True
+    last_seen: float = field(default_factory=lambda: time.monotonic())
+    offline_since: float = 0.0
+
+
+
+
+class ClientTable(Dict[int, ClientRecord]):
+    """Every client that ever joined, by id: who is online, on which connection."""
+
+    def __init__(self, admission: Admission, comm: ServerComm, expected: int):
+        super().__init__()
+        self.admission, self.comm, self.expected = admission, comm, expected
+
+    def online_ids(self) -> Set[int]:
+        return {cid for cid, rec in self.items() if rec.online}
+
+    def on_conn(self, conn_id: int) -> Optional[ClientRecord]:
+        """The online client bound to ``conn_id`` (a connection carries one identity)."""
+        return next((r for r in self.values() if r.conn_id == conn_id and r.online), None)
+
+    def mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
+        """Offline from now (or ``since``); the server stops waiting for it after the grace."""
+        rec.online = False
+        rec.offline_since = time.monotonic() if since is None else since
+        logger.warning(f"Server: client #{rec.client_id} {why}")
+
+    def join(self, conn_id: int, peer: str, content: dict, round_idx: int) -> Optional[int]:
+        """Admit a join_in: the client id (bound, told with assign_client_id), or None when
+        it was refused (the peer learns the reason class) or ignored."""
+        src = f", from {clip_text(peer, 80)}" if peer else ""
+        holder = self.on_conn(conn_id)
+        if holder is not None:   # one identity per connection: a second join is ignored
+            logger.warning(f"Server: client #{holder.client_id} sent another join_in on its "
+                           f"connection (claiming {clip_text(content.get('client_id'), 40)}); ignored")
+            return None
+        decision = self.admission.admit(content, self.online_ids())
+        if not decision.accepted:
+            logger.warning(f"Server: refused client (claimed id "
+                           f"{clip_text(content.get('client_id'), 40)}{src}): {decision.reason}")
+            self.comm.send_to_conn(conn_id, Message(REFUSE, SERVER_ID, -1, round_idx,
+                                                    {"reason": decision.peer_reason}))
+            self.comm.close(conn_id)
+            return None
+        cid = decision.client_id
+        rejoin = cid in self
+        self[cid] = ClientRecord(cid, conn_id)
+        self.comm.bind(conn_id, cid)
+        self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, round_idx, {"client_id": cid}))
+        modified = content.get("shard_last_modified")
+        shard = (f"; shard last modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(modified))}"
+                 f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
+        logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
+                    f"({decision.train_samples} train samples{shard}; "
+                    f"{len(self.online_ids())}/{self.expected} online)")
+        if decision.train_samples == 0:
+            logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
+                           f"its updates weigh nothing in FedAvg")
+        return cid
+
+    def redeclare(self, cid: int, content: dict, round_idx: int) -> bool:
+        """A joined client's shard changed on disk; False when the new declaration is refused
+        (the client is then told, closed and counted out)."""
+        error = content.get("refresh_error")
+        if error:
+            logger.warning(f"Server: client #{cid} could not load its changed shard "
+                           f"({clip_text(error)}); it keeps its previous shard")
+        decision = self.admission.redeclare(cid, content["declaration"])
+        if decision.accepted:
+            logger.info(f"Server: client #{cid} re-declared its shard "
+                        f"({decision.train_samples} train samples)")
+            return True
+        logger.warning(f"Server: Refused re-declaration of client #{cid}: {decision.reason}")
+        self.comm.send(Message(REFUSE, SERVER_ID, cid, round_idx, {"reason": decision.peer_reason}))
+        self.mark_lost(self[cid], "refused", since=float("-inf"))
+        self.comm.close(self[cid].conn_id)
+        return False
+
+    def train_counts(self) -> list:
+        """Every known client's declared train count (the reference for capping a claim)."""
+        return [self.admission.counts(c).get("train", 0) for c in self]
