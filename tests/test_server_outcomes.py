@@ -4,6 +4,7 @@ written never blames a client nor leaves an evaluation in flight (exit 4 at the 
 bound passes), and a client's personal state survives its restart."""
 import os
 
+import pytest
 import torch
 
 from federatedscope.core.message import ASSIGN_ID, EVALUATE, FINISH, MODEL_PARA, SERVER_ID, Message
@@ -189,3 +190,21 @@ def test_the_default_state_dir_ignores_a_fresh_sub_exp_directory(tmp_path):
     cfg.defrost()
     cfg.outdir = os.path.join(str(tmp_path), "job", "sub_exp_20260101000000")
     assert personal_state_dir(cfg) == os.path.join(str(tmp_path), "job", "client_state")
+
+
+def test_a_log_file_on_a_full_disk_costs_one_bounded_line(tmp_path, capsys):
+    import logging
+    from federatedscope.core.monitors.write_guard import guard_log_files
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    log = logging.getLogger("fs_test_full_log")
+    handler = logging.FileHandler("/dev/full")
+    log.addHandler(handler)
+    try:
+        guard_log_files(log)
+        for i in range(5):
+            log.error("x" * 2000)
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the log file /dev/full" in err[0] and len(err[0]) <= 400

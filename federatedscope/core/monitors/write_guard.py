@@ -5,10 +5,12 @@ line naming the file and the errno, never an exception in the middle of the serv
 machine, and never blamed on the client whose message was being handled. The guard remembers
 since when a kind of file could not be written; the server stops with exit code 4
 (``RESULTS_UNWRITABLE``) once its results could not be written for ``bound`` seconds, or when it
-finishes with results still unwritten.
+finishes with results still unwritten. The log file (``exp_print.log``) is guarded the same way
+(``guard_log_files``): one line on stderr when it cannot be written.
 """
 import errno as errno_mod
 import logging
+import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -46,3 +48,29 @@ class WriteGuard:
         since = self.failing_since.get(path)
         now = time.monotonic() if now is None else now
         return since is not None and now - since > self.bound
+
+
+def guard_log_files(log: logging.Logger) -> None:
+    """A log file that cannot be written (full disk, no descriptors) costs one bounded line on
+    stderr, not logging's traceback for every record; the other handlers (stderr) go on."""
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler) and not hasattr(handler, "fs_write_failed"):
+            handler.fs_write_failed = False
+            handler.handleError = _BoundedError(handler)
+
+
+class _BoundedError:
+    def __init__(self, handler: logging.FileHandler):
+        self.handler = handler
+
+    def __call__(self, record: logging.LogRecord) -> None:
+        if self.handler.fs_write_failed:
+            return
+        self.handler.fs_write_failed = True
+        err = sys.exc_info()[1]
+        try:
+            sys.stderr.write(clip_text(f"federatedscope: cannot write the log file "
+                                       f"{self.handler.baseFilename} ({err!r}); its further lines "
+                                       f"are dropped (they still go to stderr)", 400) + "\n")
+        except (OSError, ValueError):
+            pass

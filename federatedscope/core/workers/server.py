@@ -25,7 +25,7 @@ from federatedscope.core.auxiliaries.aggregator_builder import get_aggregator
 from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,
                                          MODEL_PARA, REDECLARE, SERVER_ID, Message, clip_text)
 from federatedscope.core.monitors.monitor import Monitor
-from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE
+from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, guard_log_files
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm, Worker
 from federatedscope.core.workers.server_eval import Evaluation
@@ -64,6 +64,7 @@ class Server(Worker):
         self.threshold = max(1, cfg.federate.min_clients_threshold)
         self._event: Optional[Incoming] = None     # the event being handled (join: its conn)
         super().__init__(SERVER_ID)
+        guard_log_files(logger)
         restored = self.store.restore(model, self.aggregator)
         if restored is not None:
             self.state.round, self.state.eval_owed = restored.round, restored.eval_owed
