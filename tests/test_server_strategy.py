@@ -195,3 +195,23 @@ def test_data_idx_clients_without_an_id_get_join_order_ids(tmp_path, caplog):
     h.disconnect(13)
     h.join(-1, conn=15)                         # a restarted client takes the free slot back
     assert h.comm.bound[15] == 2
+
+
+def test_registered_workers_and_aggregators_are_asked_first(tmp_path, monkeypatch):
+    from federatedscope import register
+    from federatedscope.core.aggregators.fedavg import ClientsAvgAggregator
+    from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls
+    from federatedscope.core.workers.client import Client
+
+    class MyServer(Server):
+        pass
+
+    class MyAgg(ClientsAvgAggregator):
+        pass
+    monkeypatch.setitem(register.worker_dict, "mine",
+                        lambda method: {"server": MyServer} if method == "FedAvg" else None)
+    monkeypatch.setitem(register.aggregator_dict, "mine",
+                        lambda method, cfg: MyAgg(cfg) if method == "FedAvg" else None)
+    cfg = make_cfg(tmp_path)
+    assert get_server_cls(cfg) is MyServer and get_client_cls(cfg) is Client
+    assert isinstance(get_aggregator(cfg, 4), MyAgg)
