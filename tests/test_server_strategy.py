@@ -215,3 +215,21 @@ def test_registered_workers_and_aggregators_are_asked_first(tmp_path, monkeypatc
     cfg = make_cfg(tmp_path)
     assert get_server_cls(cfg) is MyServer and get_client_cls(cfg) is Client
     assert isinstance(get_aggregator(cfg, 4), MyAgg)
+
+
+def test_a_rule_that_cannot_hold_ends_the_run_with_exit_1_naming_the_key(femnist_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from proc_utils import MAIN, ROOT
+    cfg = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
+                       "distributed_femnist_server.yaml")
+    run = subprocess.run([sys.executable, MAIN, "--cfg", cfg, "federate.mode", "standalone",
+                          "distributed_data.enabled", "False", "data.root", femnist_root,
+                          "data.subsample", "1.0",
+                          "federate.client_num", "4", "aggregator.robust_rule", "krum",
+                          "aggregator.byzantine_node_num", "1", "outdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    out = run.stdout + run.stderr
+    assert "aggregator.byzantine_node_num=1 only with more than 4 clients per round (have 4)" in out
