@@ -208,3 +208,28 @@ def test_a_log_file_on_a_full_disk_costs_one_bounded_line(tmp_path, capsys):
         log.removeHandler(handler)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write the log file /dev/full" in err[0] and len(err[0]) <= 400
+
+
+def test_a_checkpoint_torch_cannot_write_blames_no_client(tmp_path, monkeypatch, caplog):
+    """torch.save reports a failed write as RuntimeError, not OSError: still the server's own."""
+    quiet(caplog)
+    from federatedscope.core.auxiliaries import utils
+
+    def failing_save(path, obj):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    monkeypatch.setattr(utils, "atomic_torch_save", failing_save)
+    from federatedscope.core.auxiliaries import checkpoint
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", failing_save)
+    h = Harness(tmp_path, "federate.total_round_num", 2, "federate.save_to",
+                str(tmp_path / "ckpt.pt"), expected=4)
+    for c in range(1, 5):
+        h.join(c)
+    for r in range(2):
+        g = h.global_state()
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g))
+        for c in range(1, 5):
+            h.metrics(c, r + 1, good_metrics())
+    assert h.comm.closed == [] and h.server.finished and h.server.exit_code == 0
+    assert caplog.text.count("cannot write the checkpoint") == 4        # 2 per round
+    assert "RuntimeError" in caplog.text and "closing that connection" not in caplog.text

@@ -32,12 +32,14 @@ class WriteGuard:
         False. A later success ends the streak."""
         try:
             write()
-        except OSError as e:
+        except (OSError, RuntimeError) as e:   # torch.save reports a failed write as RuntimeError
             n = self.failures[path] = self.failures.get(path, 0) + 1
             self.failing_since.setdefault(path, time.monotonic())
-            code = errno_mod.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__
+            errno = getattr(e, "errno", None)
+            code = errno_mod.errorcode.get(errno, str(errno)) if errno else type(e).__name__
             logger.error(clip_text(f"Server: cannot write the {what} {path} ({code}: "
-                                   f"{e.strerror or e}; failure {n}); {consequence}", 400))
+                                   f"{getattr(e, 'strerror', None) or e}; failure {n}); "
+                                   f"{consequence}", 400))
             return False
         if path in self.failing_since:
             logger.info(f"Server: the {what} {path} is writable again")
