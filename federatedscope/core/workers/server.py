@@ -17,7 +17,7 @@ before the write that records it, so a full disk cannot leave an evaluation in f
 """
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, List, Optional, Set
 
 import torch
 
@@ -36,7 +36,6 @@ from federatedscope.core.workers.server_store import ServerStore
 from federatedscope.core.workers.validation import check_update
 
 logger = logging.getLogger("federatedscope")
-State = Dict[str, torch.Tensor]
 GAVE_UP, DIVERGED = 3, 5
 
 
