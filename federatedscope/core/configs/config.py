@@ -68,6 +68,12 @@ class CN(_YacsNode):
             raise ConfigError(f"command line: {e}") from None
 
 
+def same_value(value, default) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
 def _node(**kwargs) -> CN:
     node = CN()
     for k, v in kwargs.items():
@@ -96,7 +102,7 @@ def get_default_cfg() -> CN:
         online_aggr=False, method="FedAvg", save_to="", restore_from="",
         join_in_info=[], share_local_model=False, data_weighted_aggr=False,
         use_ss=False, merge_test_data=False,
-        # reliability (issue 5)
+        # reliability
         round_timeout=0.0, min_clients_threshold=0, graceful_termination_timeout=300.0,
         join_timeout=0.0,
         # evaluation answers are waited for at most this long (0: no limit); see doc/config.md
@@ -109,9 +115,10 @@ def get_default_cfg() -> CN:
         grpc_max_send_message_length=300 * 1024 * 1024,
         grpc_max_receive_message_length=300 * 1024 * 1024,
         grpc_enable_http_proxy=False, grpc_compression="nocompression",
-        # patch (issue 3): the client's identity; replaces data_idx in shard mode
+        # the id a client claims (shard mode: else its meta.json's; data_idx mode: else -1, the
+        # server assigns one in join order)
         client_id=-1,
-        # reliability / security (issue 5)
+        # reliability / security
         heartbeat_interval=5.0, heartbeat_timeout=30.0,
         connect_timeout=60.0, reconnect_max_backoff=60.0, max_reconnect_time=300.0,
         token="", token_file="", tls_ca="", tls_cert="", tls_key="",
@@ -128,14 +135,8 @@ def get_default_cfg() -> CN:
         strict_check=True, verify_checksum=True,
     )
 
-    c.data = _node(
-        root="data", type="femnist", args=[], splits=[0.6, 0.2, 0.2], subsample=1.0,
-        transform=[], target_transform=[], pre_transform=[], seed=1234, consistent_label_distribution=False,
-        splitter="", file_path="", save_data=False,
-    )
-
-    c.dataloader = _node(type="base", batch_size=64, shuffle=True, num_workers=0,
-                         drop_last=False, pin_memory=False)
+    from federatedscope.core.configs.cfg_data import extend_data_cfg
+    extend_data_cfg(c)
 
     c.model = _node(type="convnet2", model_num_per_trainer=1, hidden=256, dropout=0.5,
                     in_channels=0, out_channels=1, layer=2, input_shape=(), use_bias=True)
@@ -181,8 +182,6 @@ _CHOICES = {
     "trainer.type": ("cvtrainer", "general"),
     "criterion.type": ("crossentropyloss",),
     "train.optimizer.type": ("sgd",),
-    "model.type": ("convnet2",),
-    "data.type": ("femnist",),
     "aggregator.robust_rule": ("fedavg", "krum", "median", "trimmedmean", "bulyan", "normbounding"),
 }
 _KNOWN_METRICS = ("acc", "correct", "loss", "total", "avg_loss")
@@ -210,9 +209,10 @@ _NOT_IMPLEMENTED = {
     "data.splitter": "re-splitting the data among clients (FEMNIST is split by writer)",
     "data.file_path": "loading data from one file",
     "data.save_data": "saving the split data",
-    "dataloader.num_workers": "DataLoader worker processes",
-    "dataloader.drop_last": "dropping the last incomplete batch",
-    "dataloader.pin_memory": "pinned host memory for GPU copies",
+    "dataloader.type": "other data loaders (FS: 'raw', graph samplers)",
+    "dataloader.walk_length": "the random-walk length of FS's graph samplers",
+    "dataloader.num_steps": "the step count of FS's graph samplers",
+    "dataloader.sizes": "the neighbour sample sizes of FS's graph samplers",
     "model.model_num_per_trainer": "several models per trainer",
     "model.layer": "the layer count of other model types",
     "model.use_bias": "bias switch of other model types",
@@ -234,19 +234,13 @@ def refuse_unimplemented(cfg: CN) -> None:
     defaults = get_default_cfg()
     for key, what in _NOT_IMPLEMENTED.items():
         value, default = _get(cfg, key), _get(defaults, key)
-        if _same(value, default):
+        if same_value(value, default):
             continue
         raise ConfigError(
             f"{key}={value!r} is not implemented here (FederatedScope: {what}); this version "
             f"would silently ignore it. Remove {key} from your YAML / command line or set it "
             f"back to its default (append `{key} {default!r}` to the command); see "
             f"doc/config.md, 'Refused keys'")
-
-
-def _same(value, default) -> bool:
-    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
-        return list(value) == list(default)
-    return value == default
 
 
 def _get(cfg: CN, dotted: str):
@@ -269,6 +263,8 @@ def expand_env(value: str, key: str) -> str:
 
 def finalize(cfg: CN) -> CN:
     """Validate choices/ranges, resolve env vars and derived values; freeze."""
+    from federatedscope.core.configs.cfg_data import assert_data_cfg
+    assert_data_cfg(cfg)   # FS's deprecated aliases first: they set dataloader.* keys
     refuse_unimplemented(cfg)
     for key, allowed in _CHOICES.items():
         value = str(_get(cfg, key)).lower()
@@ -306,20 +302,23 @@ def finalize(cfg: CN) -> CN:
     if not cfg.expname:
         cfg.expname = f"{cfg.federate.method}_{cfg.model.type}_on_{cfg.data.type}"
         if cfg.federate.mode == "distributed":
-            role = cfg.distribute.role
-            who = "server" if role == "server" else f"client_{client_identity(cfg)}"
-            cfg.expname += f"_{who}"
+            cfg.expname += f"_{_role_name(cfg)}"
         if cfg.expname_tag:
             cfg.expname += "_" + cfg.expname_tag
     cfg.freeze()
     return cfg
 
 
-def client_identity(cfg: CN) -> int:
-    """The id a distributed client claims: ``distribute.client_id`` (patch) else ``data_idx``."""
+def _role_name(cfg: CN) -> str:
+    """A distributed process's part of ``expname``, from its config alone (a restarted process
+    finds the same directory): the server, a client's own id, else its data_idx partition."""
+    if cfg.distribute.role == "server":
+        return "server"
     if cfg.distribute.client_id > 0:
-        return int(cfg.distribute.client_id)
-    return int(cfg.distribute.data_idx)
+        return f"client_{int(cfg.distribute.client_id)}"
+    if not cfg.distributed_data.enabled and cfg.distribute.data_idx > 0:
+        return f"client_data_idx_{int(cfg.distribute.data_idx)}"
+    return "client"
 
 
 def load_cfg(cfg_file: Optional[str], opts: List[str], overrides: List[str] = (),

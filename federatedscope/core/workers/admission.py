@@ -66,6 +66,14 @@ class Admission:
         self._stamp = _file_stamp(manifest_path)
         self._next_id = 1
 
+    @classmethod
+    def from_config(cls, cfg, manifest, manifest_path: str, expected: int) -> "Admission":
+        """The runner's call: ``manifest`` is the typed ``Manifest`` (None: FS's data_idx mode)."""
+        return cls(manifest.clients if manifest is not None else None,
+                   cfg.distributed_data.strict_check, cfg.distribute.token, max_clients=expected,
+                   manifest_path=manifest_path,
+                   sample_type=manifest.sample_type if manifest is not None else None)
+
     @property
     def uses_tokens(self) -> bool:
         return bool(self.shared_digest) or any(
