@@ -85,10 +85,10 @@ def test_fs_script_distributed_shard_mode(femnist_root, femnist_shards, tmp_path
                                         "distributed_data.shard_path",
                                         os.path.join(shards, f"client_{k}")], logs[-1]))
     assert _wait(procs, logs) == [0, 0, 0, 0]
-    assert "user script: data is a ServerData" in open(logs[0]).read()
+    assert "user script: data is a ServerManifest" in open(logs[0]).read()
     for k in (1, 2, 3):
         text = open(logs[k]).read()
-        assert "user script: data is a DistributedShardLoader" in text
+        assert "user script: data is a ClientShard" in text
         assert f"user hook: client {k} evaluates round 1" in text
     server_logs = [p for p in _eval_logs(out) if "client_" not in p]
     assert len(server_logs) == 1 and _finals(server_logs[0])[0]["Round"] == 1

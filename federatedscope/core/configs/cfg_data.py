@@ -10,8 +10,6 @@ names to different non-default values is an error naming both: no silent pick.
 """
 import logging
 
-from federatedscope.core.configs.config import CN, ConfigError, same_value
-
 logger = logging.getLogger("federatedscope")
 
 # deprecated data.<key> -> dataloader.<key>; both default to FS's value
@@ -24,7 +22,12 @@ _LOADER_DEFAULTS = dict(type="base", batch_size=64, shuffle=True, num_workers=0,
                         pin_memory=False, walk_length=2, num_steps=30, sizes=[10, 5])
 
 
-def extend_data_cfg(c: CN) -> None:
+# config.py imports this module while it builds its default tree: config's names are imported
+# inside the functions, never at module level.
+
+
+def extend_data_cfg(c) -> None:
+    from federatedscope.core.configs.config import CN
     c.data = CN(dict(
         root="data", type="femnist", args=[], splits=[0.6, 0.2, 0.2], subsample=1.0,
         transform=[], target_transform=[], pre_transform=[], seed=1234,
@@ -35,8 +38,9 @@ def extend_data_cfg(c: CN) -> None:
     c.dataloader = CN(dict(_LOADER_DEFAULTS))
 
 
-def assert_data_cfg(cfg: CN) -> None:
+def assert_data_cfg(cfg) -> None:
     """Apply the deprecated aliases (warning, then ``dataloader.*``), then check ``data_idx``."""
+    from federatedscope.core.configs.config import ConfigError, same_value
     for old, new in DEPRECATED_ALIASES.items():
         value = getattr(cfg.data, old)
         default = "" if old == "loader" else _LOADER_DEFAULTS[new]
@@ -55,7 +59,7 @@ def assert_data_cfg(cfg: CN) -> None:
     _check_data_idx(cfg)
 
 
-def _check_data_idx(cfg: CN) -> None:
+def _check_data_idx(cfg) -> None:
     """FS's data_idx mode: a distributed client without shards trains on partition
     ``distribute.data_idx`` (1..number of partitions; the upper bound is known once the data is
     loaded, ``core/data/utils.py``). The partition count does not depend on client_num."""
@@ -63,6 +67,7 @@ def _check_data_idx(cfg: CN) -> None:
             or cfg.distributed_data.enabled:
         return
     if int(cfg.distribute.data_idx) < 1:
+        from federatedscope.core.configs.config import ConfigError
         raise ConfigError(
             f"distribute.data_idx={cfg.distribute.data_idx} is not a partition: a data_idx-mode "
             f"client needs distribute.data_idx in 1..number of partitions of data.root (FEMNIST: "
