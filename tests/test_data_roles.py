@@ -152,3 +152,29 @@ def test_local_transport_is_fifo_and_freezes_broadcast_tensors():
         + [(cid, SERVER_ID, "model_para") for cid in (1, 2, 3, 4)]
         + [(2, SERVER_ID, "finish"), (7, SERVER_ID, "refuse")])
     assert all(torch.equal(m.tensors["w"], torch.ones(3)) for _, _, m in got[4:8])
+
+
+def test_standalone_run_over_the_local_transport_four_clients_three_rounds(femnist_root, tmp_path):
+    """get_data -> StandaloneDataDict -> each client's .splits() -> workers over local.py."""
+    import json
+    import os
+    from federatedscope.core.auxiliaries.data_builder import get_data
+    from federatedscope.core.auxiliaries.outdir import update_logger
+    from federatedscope.core.auxiliaries.runner_builder import get_runner
+    from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls
+    cfg = load_cfg(None, ["data.root", femnist_root, "federate.client_num", "4",
+                          "federate.total_round_num", "3", "model.hidden", "16",
+                          "model.out_channels", "62", "data.batch_size", "16",
+                          "outdir", str(tmp_path / "exp")])
+    update_logger(cfg)
+    data, modified = get_data(cfg.clone())
+    assert sorted(data) == [1, 2, 3, 4] and modified.federate.client_num == 4
+    cfg.defrost()
+    cfg.merge_from_other_cfg(modified)
+    cfg.freeze()
+    assert cfg.dataloader.batch_size == 16                  # the alias reached the trainer's key
+    runner = get_runner(data=data, server_class=get_server_cls(cfg),
+                        client_class=get_client_cls(cfg), config=cfg.clone())
+    assert runner.run() == 0
+    lines = [json.loads(line) for line in open(os.path.join(cfg.outdir, "eval_results.log"))]
+    assert lines[-1]["Final"] is True and lines[-1]["Round"] == 3
