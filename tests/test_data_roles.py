@@ -35,7 +35,8 @@ def test_deprecated_alias_warns_and_sets_the_dataloader_key(old, caplog):
     assert cfg.dataloader[new] == value
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert f"data.{old} is deprecated" in warnings[0] and f"dataloader.{new}={value!r}" in warnings[0]
+    assert f"data.{old} is deprecated" in warnings[0]
+    assert f"dataloader.{new}={value!r}" in warnings[0]
 
 
 @pytest.mark.parametrize("old", ["batch_size", "shuffle", "num_workers", "drop_last"])
@@ -71,7 +72,8 @@ def test_alias_and_new_key_that_disagree_are_an_error_naming_both():
 
 # ------------------------------------------------------------------ data_idx: a partition index
 def _client(*pairs):
-    return load_cfg(None, ["federate.mode", "distributed", "distribute.role", "client"] + list(pairs))
+    return load_cfg(None, ["federate.mode", "distributed", "distribute.role", "client"]
+                    + list(pairs))
 
 
 @pytest.mark.parametrize("idx", [-1, 0])

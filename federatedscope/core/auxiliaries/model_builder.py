@@ -23,12 +23,12 @@ def input_shape(cfg) -> Tuple[int, ...]:
             raise ConfigError(f"model.input_shape={list(cfg.model.input_shape)} must be "
                               f"[channels, height, width] or [height, width]")
         return shape
-    spec = register.dataset_spec_dict.get(cfg.data.type.lower())
-    if spec is None:
-        raise ConfigError(f"cannot infer the model input shape: data.type={cfg.data.type!r} has "
-                          f"no registered dataset spec (known: "
-                          f"{sorted(register.dataset_spec_dict)}); set model.input_shape")
-    return tuple(spec.model_input)
+    from federatedscope.core.auxiliaries.data_builder import registered_spec
+    try:
+        return tuple(registered_spec(cfg.data.type).model_input)
+    except ConfigError as e:
+        raise ConfigError(f"cannot infer the model input shape: {e}; set model.input_shape") \
+            from None
 
 
 def get_model(cfg) -> nn.Module:

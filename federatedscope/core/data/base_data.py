@@ -11,7 +11,7 @@ What ``get_data`` returns, one record per role (the role is decided once, in ``g
 | record | role | ``.splits()`` |
 | --- | --- | --- |
 | ``StandaloneDataDict`` | standalone: client id (1..N) -> ``ClientData`` | per client |
-| ``ServerManifest(manifest, path)`` | distributed server; ``manifest`` None in data_idx mode | — |
+| ``ServerManifest(manifest, path)`` | distributed server (``manifest`` None: data_idx) | — |
 | ``ClientShard(loader)`` | distributed client, shard mode: only its own shard | its shard |
 | ``DataIdxClient(data, data_idx)`` | distributed client, FS's data_idx mode | partition |
 

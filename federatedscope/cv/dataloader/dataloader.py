@@ -7,7 +7,7 @@ dataset-agnostic and handled by ``get_data`` (``core/auxiliaries/data_builder.py
 import logging
 from typing import Tuple
 
-from federatedscope.core.data.base_data import ClientData, StandaloneDataDict
+from federatedscope.core.data.base_data import SPLITS, ClientData, StandaloneDataDict
 from federatedscope.core.data.transforms import build_transform
 from federatedscope.register import register_data
 
@@ -32,7 +32,7 @@ def load_cv_dataset(config, client_cfgs=None):
         return client_cfgs.get(f"client_{cid}") if client_cfgs is not None else None
     return StandaloneDataDict({
         i + 1: ClientData(own_cfg(i + 1),
-                          *(split(task[s]) if s in task else None for s in ("train", "val", "test")))
+                          *(split(task[s]) if s in task else None for s in SPLITS))
         for i, task in enumerate(tasks)}), config
 
 
