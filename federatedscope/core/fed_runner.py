@@ -1,7 +1,8 @@
-"""FS's runners: the same Server/Client workers over an in-process queue or over gRPC.
+"""FS's runners: the same Server/Client workers over the in-process transport
+(``core/communication/local.py``) or over gRPC.
 
 ``StandaloneRunner`` runs every worker in this process; ``DistributedRunner`` runs this process's
-one role (``distribute.role``). Both take FS's arguments ``(data, server_class, client_class,
+one role, dispatched once on the record ``get_data`` returned (``core/data/base_data.py``). Both take FS's arguments ``(data, server_class, client_class,
 config, client_configs)`` and ``run()`` returns the process exit code (``federatedscope/main.py``).
 ``get_runner`` (``core/auxiliaries/runner_builder.py``) picks one.
 
