@@ -282,4 +282,26 @@ def get_trainer(model: nn.Module, data: Mapping[str, BatchSource], device: str, 
     if str(cfg.federate.method).lower() == "ditto":
         from federatedscope.core.trainers.ditto import ditto_class
         cls = ditto_class(cls)
-    return cls(model, data, device, cfg)
+    trainer = cls(model, data, device, cfg)
+    logger.info(describe(trainer))
+    return trainer
+
+
+def describe(trainer) -> str:
+    """One line saying which client-side algorithms this trainer runs (logged by the client)."""
+    cfg = trainer.cfg
+    parts = [type(trainer).__name__, f"on {getattr(trainer, 'device', '?')}"]
+    if cfg.regularizer.type and cfg.regularizer.mu:
+        parts.append(f"proximal term mu={cfg.regularizer.mu}")
+    if getattr(trainer, "local_keys", None):
+        parts.append(f"{len(trainer.local_keys)} local keys kept on the client")
+    if str(cfg.federate.method).lower() == "ditto":
+        p = cfg.personalization
+        parts.append(f"Ditto personal model (regular_weight={p.regular_weight}, lr={p.lr}, "
+                     f"local_update_steps={p.local_update_steps})")
+    if cfg.train.scheduler.type:
+        parts.append(f"scheduler {cfg.train.scheduler.type}")
+    if cfg.finetune.before_eval:
+        parts.append(f"fine-tuning {cfg.finetune.local_update_steps} "
+                     f"{cfg.finetune.batch_or_epoch}(s) before evaluation")
+    return "Trainer: " + ", ".join(parts)
