@@ -283,8 +283,14 @@ def get_trainer(model: nn.Module, data: Mapping[str, BatchSource], device: str, 
         from federatedscope.core.trainers.ditto import ditto_class
         cls = ditto_class(cls)
     trainer = cls(model, data, device, cfg)
-    logger.info(describe(trainer))
+    line = describe(trainer)
+    if line not in _DESCRIBED:   # once per process, not once per simulated client
+        _DESCRIBED.add(line)
+        logger.info(line)
     return trainer
+
+
+_DESCRIBED: set = set()
 
 
 def describe(trainer) -> str:
