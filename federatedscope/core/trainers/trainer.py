@@ -136,6 +136,7 @@ class GeneralTorchTrainer:
         return ParamPull.toward_current(self.model, reg.mu) if reg.type and reg.mu else None
 
     def _begin_round(self, seed: int) -> None:
+        self._finetuned = None   # a stale fine-tuned copy would hold a second model in memory
         torch.manual_seed(seed)
         self._last_seed = seed
         self.model.train()
