@@ -41,8 +41,9 @@ RECIPES = [
 @pytest.mark.parametrize("keys,trainer_line", RECIPES)
 def test_shard_mode_equals_standalone(keys, trainer_line, femnist_root, femnist_shards,
                                       tmp_path):
+    # a server refusing every update (no server side yet) gives up after 20 s, not 300 s
     job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=femnist_shards,
-              common=keys)
+              common=keys + ["federate.graceful_termination_timeout", "20"])
     ckpt = str(tmp_path / "distributed.pt")
     procs = [job.server(["federate.save_to", ckpt])] + [job.client(k) for k in (1, 2, 3)]
     codes = wait_all(procs, timeout=300)
