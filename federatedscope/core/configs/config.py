@@ -13,6 +13,9 @@ from typing import List, Optional
 import yacs.config as _yacs
 from yacs.config import CfgNode as _YacsNode
 
+from federatedscope.core.configs.cfg_fl_algo import (FL_ALGO_NOT_IMPLEMENTED, assert_fl_algo_cfg,
+                                                     extend_fl_algo_cfg)
+
 logger = logging.getLogger("federatedscope")
 
 
@@ -146,8 +149,6 @@ def get_default_cfg() -> CN:
                     scheduler=_node(type="", warmup_ratio=0.0))
     c.train.optimizer.set_new_allowed(False)
 
-    c.finetune = _node(before_eval=False, local_update_steps=1, batch_or_epoch="epoch")
-
     c.grad = _node(grad_clip=-1.0, grad_accum_count=1)
     # FS's robust aggregation keys: rule, assumed Byzantine count, and the rules' parameters.
     c.aggregator = _node(robust_rule="fedavg", byzantine_node_num=0,
@@ -165,6 +166,7 @@ def get_default_cfg() -> CN:
     c.eval = _node(freq=1, metrics=[], split=["test", "val"], report=["weighted_avg", "avg", "raw"],
                    best_res_update_round_wise_key="val_loss", monitoring=[], count_flops=False)
     c.wandb = _node(use=False)
+    extend_fl_algo_cfg(c)  # fedopt, fedprox, personalization, finetune, train.scheduler
     return c
 
 
@@ -175,12 +177,9 @@ global_cfg = get_default_cfg()
 # Values yacs cannot check. Each entry: key -> allowed values.
 _CHOICES = {
     "federate.mode": ("standalone", "distributed"),
-    "federate.method": ("fedavg",),
     "distribute.role": ("server", "client"),
     "distribute.grpc_compression": ("nocompression", "deflate", "gzip"),
     "train.batch_or_epoch": ("batch", "epoch"),
-    "trainer.type": ("cvtrainer", "general"),
-    "criterion.type": ("crossentropyloss",),
     "train.optimizer.type": ("sgd",),
     "aggregator.robust_rule": ("fedavg", "krum", "median", "trimmedmean", "bulyan", "normbounding"),
 }
@@ -216,16 +215,10 @@ _NOT_IMPLEMENTED = {
     "model.model_num_per_trainer": "several models per trainer",
     "model.layer": "the layer count of other model types",
     "model.use_bias": "bias switch of other model types",
-    "train.scheduler.type": "learning-rate schedulers",
-    "train.scheduler.warmup_ratio": "learning-rate warm-up",
-    "finetune.before_eval": "fine-tuning before evaluation",
-    "finetune.local_update_steps": "fine-tuning steps",
-    "finetune.batch_or_epoch": "the fine-tuning step unit",
     "grad.grad_accum_count": "gradient accumulation",
-    "regularizer.type": "regularizers (e.g. proximal term)",
-    "regularizer.mu": "the regularizer weight",
     "eval.monitoring": "extra monitored quantities",
     "wandb.use": "Weights & Biases logging",
+    **FL_ALGO_NOT_IMPLEMENTED,
 }
 
 
@@ -266,6 +259,7 @@ def finalize(cfg: CN) -> CN:
     from federatedscope.core.configs.cfg_data import assert_data_cfg
     assert_data_cfg(cfg)   # FS's deprecated aliases first: they set dataloader.* keys
     refuse_unimplemented(cfg)
+    assert_fl_algo_cfg(cfg)  # federate.method and the algorithm keys (cfg_fl_algo.py)
     for key, allowed in _CHOICES.items():
         value = str(_get(cfg, key)).lower()
         if value not in allowed:
