@@ -101,3 +101,12 @@ def int_labels(ys: list, where: str, num_classes: int) -> np.ndarray:
             raise ValueError(f"{where}, sample {i}: label {v!r} is not a JSON integer in "
                              f"[0, {num_classes}); fix the file (re-run LEAF's preprocessing)")
     return np.asarray(ys, dtype=np.int64)
+
+
+def write_leaf_json(path: str, users: List[Tuple[str, list, list]]) -> None:
+    """Write one LEAF JSON file (atomically) of (writer id, x list, y list); the sample
+    generators' single writer of the format this module reads."""
+    from federatedscope.core.auxiliaries.utils import atomic_write_bytes
+    doc = {"users": [u for u, _, _ in users], "num_samples": [len(y) for _, _, y in users],
+           "user_data": {u: {"x": x, "y": y} for u, x, y in users}}
+    atomic_write_bytes(path, json.dumps(doc).encode("utf-8"))
