@@ -131,3 +131,11 @@ def test_registry_lookup_and_config_entry_point():
     assert (s.client_num, s.alpha) == (5, 0.05)
     cfg.data.splitter = ""
     assert get_splitter(cfg) is None
+
+
+def test_underflowing_dirichlet_draw_is_never_used(monkeypatch):
+    # Legacy numpy returns NaN proportions when alpha is so small every gamma draw is 0.
+    monkeypatch.setattr(split_utils, "MAX_REDRAWS", 4)
+    labels = _labels(20, classes=3)
+    with pytest.raises(ValueError, match="raise alpha"):
+        LDASplitter(4, alpha=1e-300).split_indices(labels, seed=1)

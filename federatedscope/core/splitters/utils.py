@@ -33,15 +33,19 @@ def dirichlet_distribution_noniid_slice(label: np.ndarray, client_num: int, alph
     classes = np.unique(label)
     for _ in range(MAX_REDRAWS):
         parts: List[List[np.ndarray]] = [[] for _ in range(client_num)]
+        finite = True
         for k in classes:
             idx_k = np.flatnonzero(label == k)
             rng.shuffle(idx_k)
             prop = rng.dirichlet(np.repeat(alpha, client_num))
-            cuts = (np.cumsum(prop) * len(idx_k)).astype(int)[:-1]
+            # a tiny alpha can underflow every gamma draw to 0 (prop NaN); cutting at NaN would
+            # lose or repeat samples, so such a draw counts as a failed one
+            finite = finite and bool(np.isfinite(prop).all())
+            cuts = (np.nan_to_num(np.cumsum(prop)) * len(idx_k)).astype(int)[:-1]
             for part, chunk in zip(parts, np.split(idx_k, cuts)):
                 part.append(chunk)
         out = [np.concatenate(p).astype(np.int64) for p in parts]
-        if min(len(p) for p in out) >= min_size:
+        if finite and min(len(p) for p in out) >= min_size:
             break
     else:
         raise ValueError(f"the LDA splitter could not give each of {client_num} clients at least "
