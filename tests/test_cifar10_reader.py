@@ -32,7 +32,8 @@ def test_both_layouts_read_the_same_images(cifar_root):
     assert [b.split for b in blocks] == ["train"] * 5 + ["test"]
     for b in blocks:
         assert b.x.shape == (20, 3, 32, 32) and b.x.dtype == np.uint8 and b.y.dtype == np.int64
-        x, y = read_bin_batch(os.path.join(cifar_root, "cifar-10-batches-bin", b.writer_id + ".bin"))
+        bin_path = os.path.join(cifar_root, "cifar-10-batches-bin", b.writer_id + ".bin")
+        x, y = read_bin_batch(bin_path)
         assert np.array_equal(x, b.x) and np.array_equal(y, b.y)
     labels = np.concatenate([b.y for b in blocks])
     assert labels.min() >= 0 and labels.max() <= 9 and len(np.unique(labels)) == 10

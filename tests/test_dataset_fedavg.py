@@ -3,7 +3,6 @@ one per writer; CIFAR-10: FS's LDA split of the train files) -> trainer -> FedAv
 readers, models, criterion-compatible labels and splitter compose; the runner's own wiring of
 these datasets (get_data) is DATAHOUSE's."""
 import numpy as np
-import pytest
 import torch
 
 from dataset_tools import tool

@@ -32,8 +32,8 @@ if _ROOT not in sys.path:  # runnable from anywhere without installing
     sys.path.insert(0, _ROOT)
 
 from federatedscope.core.auxiliaries.utils import atomic_write_bytes  # noqa: E402
-from federatedscope.cv.dataset.cifar10 import (BIN_DIR, NUM_CLASSES, PY_DIR, ROW, SIDE,  # noqa: E402
-                                               TEST_FILES, TRAIN_FILES)
+from federatedscope.cv.dataset.cifar10 import (  # noqa: E402
+    BIN_DIR, NUM_CLASSES, PY_DIR, ROW, SIDE, TEST_FILES, TRAIN_FILES)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")

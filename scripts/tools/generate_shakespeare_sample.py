@@ -9,7 +9,8 @@ real LEAF Shakespeare JSON is dropped too and read unchanged).
 
 Usage::
 
-    python scripts/tools/generate_shakespeare_sample.py --out data/shakespeare/raw --roles 8 --seed 0
+    python scripts/tools/generate_shakespeare_sample.py --out data/shakespeare/raw \\
+        --roles 8 --seed 0
 """
 import argparse
 import os

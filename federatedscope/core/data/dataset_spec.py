@@ -36,7 +36,7 @@ class DatasetSpec:
     list_inputs: Callable[[str], List[str]]
     # True when the data comes split by writer (LEAF); False needs a splitter (lda / iid)
     has_writers: bool = True
-    # FS's default ``data.transform`` for this dataset (the value a config leaving it empty means),
+    # FS's default ``data.transform`` for this dataset (what a config leaving it empty means),
     # in FS's list spelling, e.g. (['ToTensor'], ['Normalize', {...}]); () = none (token ids)
     default_transform: Tuple[Any, ...] = ()
 

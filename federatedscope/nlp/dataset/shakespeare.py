@@ -43,8 +43,9 @@ def _writer(xs: list, ys: list, where: str):
     for i, (s, t) in enumerate(zip(xs, ys)):
         at = f"{where}, sample {i}"
         if not isinstance(s, str) or len(s) != SEQ_LEN:
+            size = len(s) if hasattr(s, "__len__") else "?"
             raise ValueError(f"{at}: x must be a string of {SEQ_LEN} characters, got "
-                             f"{type(s).__name__} of length {len(s) if hasattr(s, '__len__') else '?'}")
+                             f"{type(s).__name__} of length {size}")
         if not isinstance(t, str) or len(t) != 1:
             raise ValueError(f"{at}: y must be one character, got {t!r}")
         x[i] = encode(s, at)
