@@ -119,3 +119,11 @@ def test_the_allow_list_is_only_numpy_array_reconstruction():
     assert cifar10._ALLOWED == {("numpy.core.multiarray", "_reconstruct"),
                                 ("numpy._core.multiarray", "_reconstruct"),
                                 ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+def test_one_batch_file_in_memory_at_a_time(cifar_root, monkeypatch):
+    opened = []
+    real = cifar10.read_py_batch
+    monkeypatch.setattr(cifar10, "read_py_batch", lambda p: opened.append(p) or real(p))
+    for i, block in enumerate(CIFAR10.iter_writers(cifar_root)):
+        assert len(opened) == i + 1 and os.path.basename(opened[-1]) == block.writer_id
