@@ -90,7 +90,13 @@ def test_celeba_errors_name_file_writer_sample_and_fix(tmp_path):
     Image.new("RGB", (178, 218)).save(tmp_path / "celeba" / "raw" / "img_align_celeba" / "1.jpg")
     with pytest.raises(ValueError, match=r"writer 9, sample 1: label 2 is not"):
         _one_writer(tmp_path, ["1.jpg", "1.jpg"], [1, 2])
+    for bad in (0.5, True, "1", float("nan")):
+        with pytest.raises(ValueError, match=r"sample 0: label .* is not a JSON integer"):
+            _one_writer(tmp_path, ["1.jpg"], [bad])
     assert _one_writer(tmp_path, ["1.jpg"], [1])[0].x.shape == (1, 3, 84, 84)
+    # LEAF's own script writes (attr + 1) / 2, i.e. 0.0 / 1.0 under Python 3
+    (w,) = _one_writer(tmp_path, ["1.jpg", "1.jpg"], [1.0, 0.0])
+    assert w.y.tolist() == [1, 0] and w.y.dtype == np.int64
 
 
 def test_leaf_reader_holds_one_file_at_a_time(celeba_root, tmp_path, monkeypatch):

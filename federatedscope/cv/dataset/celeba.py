@@ -1,7 +1,8 @@
 """CelebA as LEAF ships it, FS's ``data.type: celeba``: one writer per celebrity, binary label
 (LEAF's 'Smiling' attribute), images stored as uint8 ``[3, 84, 84]`` (FS's size).
 
-Input (see ``leaf_json`` for where the JSON is looked for): LEAF JSON whose ``x`` are image file
+Input (see ``leaf_json`` for where the JSON is looked for): LEAF JSON (labels 0/1, or 0.0/1.0 as
+LEAF's Python 3 preprocessing writes them) whose ``x`` are image file
 names under ``img_align_celeba/`` (next to the JSON, in ``raw/img_align_celeba`` beside LEAF's
 ``all_data/``, or in ``<root>/celeba/raw/img_align_celeba``), or FS's preprocessed JSON whose
 ``x`` are already 84*84*3 pixel lists (HWC, 0..255). Images are decoded like FS's preprocessing:
@@ -85,7 +86,7 @@ def iter_celeba_writers(root: str) -> Iterator[WriterSamples]:
     for path, split in files:
         for uid, xs, ys in iter_leaf_users(path):
             where = f"{path}, writer {uid}"
-            y = int_labels(ys, where, NUM_CLASSES)
+            y = int_labels(ys, where, NUM_CLASSES, integral_floats=True)
             yield WriterSamples(uid, _samples(xs, where, dirs), y, path, split)
 
 

@@ -94,13 +94,17 @@ def iter_leaf_users(path: str) -> Iterator[Tuple[str, list, list]]:
                        ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
 
 
-def int_labels(ys: list, where: str, num_classes: int) -> np.ndarray:
-    """JSON integers in [0, num_classes) only; 1.0, "1" and true are errors, never coerced."""
+def int_labels(ys: list, where: str, num_classes: int,
+               integral_floats: bool = False) -> np.ndarray:
+    """JSON integers in [0, num_classes); "1", true and 0.5 are errors, never coerced. With
+    ``integral_floats``, 0.0/1.0/... count as integers (LEAF's CelebA script writes its labels
+    as ``(attr + 1) / 2``, floats under Python 3)."""
+    kinds = (int, float) if integral_floats else (int,)
     for i, v in enumerate(ys):
-        if type(v) is not int or not 0 <= v < num_classes:
+        if type(v) not in kinds or not 0 <= v < num_classes or v != int(v):  # NaN fails 0 <= v
             raise ValueError(f"{where}, sample {i}: label {v!r} is not a JSON integer in "
                              f"[0, {num_classes}); fix the file (re-run LEAF's preprocessing)")
-    return np.asarray(ys, dtype=np.int64)
+    return np.asarray(ys, dtype=np.float64 if integral_floats else np.int64).astype(np.int64)
 
 
 def write_leaf_json(path: str, users: List[Tuple[str, list, list]]) -> None:
