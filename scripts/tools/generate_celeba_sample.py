@@ -8,7 +8,7 @@ writer has its own smiling rate (non-IID). Output, FS's layout ``data/celeba/raw
 LEAF CelebA is dropped too and read unchanged::
 
     <out>/all_data/all_data_0.json     {"users", "num_samples", "user_data": {id: {"x": [file
-                                        names], "y": [0/1]}}}
+                                        names], "y": [0.0/1.0, as LEAF's script writes]}}}
     <out>/img_align_celeba/000001.jpg ...
 
 Usage::
@@ -71,7 +71,7 @@ def write_sample(out: str, writers: int, seed: int, mean_samples: int = 12):
             name = f"{k:06d}.jpg"
             atomic_write_bytes(os.path.join(out, IMAGE_DIR, name), draw_face(rng, style, y))
             names.append(name)
-            ys.append(y)
+            ys.append(float(y))  # LEAF writes (attr + 1) / 2 of the +-1 attribute: 0.0 / 1.0
         users.append((str(1000 + 7 * w), names, ys))
     path = os.path.join(out, "all_data", "all_data_0.json")
     write_leaf_json(path, users)
