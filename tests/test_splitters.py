@@ -139,3 +139,25 @@ def test_underflowing_dirichlet_draw_is_never_used(monkeypatch):
     labels = _labels(20, classes=3)
     with pytest.raises(ValueError, match="raise alpha"):
         LDASplitter(4, alpha=1e-300).split_indices(labels, seed=1)
+
+
+def test_prior_split_gives_each_client_its_train_share_of_each_label():
+    # train: client 1 holds 3 of label 0 and no label 1; client 2: 1 of label 0, 2 of label 1
+    prior = [[0, 0, 0], [0, 1, 1]]
+    test_labels = np.array([0] * 8 + [1] * 5)
+    parts = LDASplitter(2, alpha=0.5).split_indices(test_labels, seed=4, prior=prior)
+    counts = _counts(parts, test_labels, 2)
+    # label 0: ceil(3/4 * 8) = 6 and ceil(1/4 * 8) = 2; label 1: 0 and ceil(2/2 * 5) = 5
+    assert counts.tolist() == [[6, 0], [2, 5]]
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(13))
+    # ceil over-counts (ceil(1/3 * 4) x 3 = 6 > 4): clients give back until the sum is 4
+    parts = LDASplitter(3, alpha=0.5).split_indices(np.zeros(4, np.int64), seed=1,
+                                                    prior=[[0], [0], [0]])
+    sizes = [len(p) for p in parts]
+    assert sum(sizes) == 4 and max(sizes) == 2  # ceil gave 2 each; two were taken back
+    with pytest.raises(ValueError, match=r"label\(s\) \[1\] occur .* in no client"):
+        LDASplitter(2, alpha=0.5).split_indices(test_labels, seed=4, prior=[[0], [0]])
+    # FS's __call__ passes its prior through; iid ignores it
+    data = [(i, int(y)) for i, y in enumerate(test_labels)]
+    assert [len(p) for p in LDASplitter(2, seed=4)(data, prior=prior)] == [6, 7]
+    assert [len(p) for p in IIDSplitter(2, seed=4)(data, prior=prior)] == [7, 6]

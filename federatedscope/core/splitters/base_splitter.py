@@ -26,18 +26,19 @@ class BaseSplitter:
         # seeded split equals FS's split after np.random.seed(seed).
         return np.random if seed is None else np.random.RandomState(int(seed) % (2 ** 32))
 
-    def split_indices(self, labels: Sequence[int], seed: Optional[int] = None) -> List[np.ndarray]:
-        """One int64 index array per client; every index in [0, len(labels)) exactly once."""
+    def split_indices(self, labels: Sequence[int], seed: Optional[int] = None,
+                      prior: Optional[Sequence[Sequence[int]]] = None) -> List[np.ndarray]:
+        """One int64 index array per client; every index in [0, len(labels)) exactly once.
+
+        ``prior`` (one label list per client, e.g. their train labels): split so each client
+        gets each label in the share it holds of it there (FS's consistent_label_distribution,
+        for val/test sets); FS's LDA splitter honours it, its iid splitter ignores it."""
         raise NotImplementedError
 
     def __call__(self, dataset: Any, prior: Any = None, **kwargs) -> List[list]:
-        if prior is not None:
-            raise ValueError(f"{type(self).__name__}: splitting by a prior label distribution "
-                             f"(FS's consistent_label_distribution) is not supported; leave "
-                             f"data.consistent_label_distribution False")
         samples = list(dataset)
         labels = np.array([int(y) for _, y in samples], dtype=np.int64)
-        return [[samples[i] for i in idx] for idx in self.split_indices(labels)]
+        return [[samples[i] for i in idx] for idx in self.split_indices(labels, prior=prior)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_num={self.client_num})"

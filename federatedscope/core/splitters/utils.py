@@ -1,5 +1,5 @@
 """Label-driven partitions shared by the splitters (FS's ``core/splitters/utils.py``)."""
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 
@@ -66,3 +66,42 @@ def iid_slice(num: int, client_num: int, rng=np.random) -> List[np.ndarray]:
     index = np.arange(num, dtype=np.int64)
     rng.shuffle(index)
     return [np.asarray(p, dtype=np.int64) for p in np.array_split(index, client_num)]
+
+
+def split_according_to_prior(label: np.ndarray, prior: Sequence[Sequence[int]],
+                             rng=np.random) -> List[np.ndarray]:
+    """FS's split of a second set (val/test) so that client i gets each label in the share
+    client i holds of it in ``prior`` (one label list per client, e.g. their train labels;
+    FS's ``consistent_label_distribution``): label k's n_k indices are shuffled and client i
+    gets ceil(share_i * n_k), then randomly chosen clients give one back until the counts sum to
+    n_k."""
+    label = np.asarray(label)
+    client_num = len(prior)
+    classes = np.unique(label)
+    counts = np.zeros((client_num, len(classes)), dtype=np.int64)
+    pos = {int(k): j for j, k in enumerate(classes)}
+    seen = set()
+    for i, labels_i in enumerate(prior):
+        for v in np.asarray(labels_i, dtype=np.int64).reshape(-1):
+            seen.add(int(v))
+            if int(v) in pos:
+                counts[i, pos[int(v)]] += 1
+    missing = [int(k) for k in classes if int(k) not in seen]
+    if missing:
+        raise ValueError(f"label(s) {missing[:5]} occur in the data to split but in no client's "
+                         f"prior labels; set data.consistent_label_distribution False")
+    parts: List[List[np.ndarray]] = [[] for _ in range(client_num)]
+    for j, k in enumerate(classes):
+        idx_k = np.flatnonzero(label == k)
+        rng.shuffle(idx_k)
+        nums = np.ceil(counts[:, j] / counts[:, j].sum() * len(idx_k)).astype(np.int64)
+        while nums.sum() > len(idx_k):
+            c = rng.choice(range(client_num))
+            if nums[c] > 0:
+                nums[c] -= 1
+        for part, chunk in zip(parts, np.split(idx_k, np.cumsum(nums)[:-1])):
+            part.append(chunk)
+    out = [np.concatenate(p).astype(np.int64) for p in parts]
+    for p in out:
+        rng.shuffle(p)
+    return out

@@ -3,7 +3,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from federatedscope.core.splitters.base_splitter import BaseSplitter
-from federatedscope.core.splitters.utils import dirichlet_distribution_noniid_slice
+from federatedscope.core.splitters.utils import (dirichlet_distribution_noniid_slice,
+                                                 split_according_to_prior)
 
 
 class LDASplitter(BaseSplitter):
@@ -17,7 +18,13 @@ class LDASplitter(BaseSplitter):
         self.alpha = float(alpha)
         self.min_size = int(min_size)
 
-    def split_indices(self, labels: Sequence[int], seed: Optional[int] = None) -> List[np.ndarray]:
+    def split_indices(self, labels: Sequence[int], seed: Optional[int] = None,
+                      prior: Optional[Sequence[Sequence[int]]] = None) -> List[np.ndarray]:
+        if prior is not None:
+            if len(prior) != self.client_num:
+                raise ValueError(f"prior holds {len(prior)} clients' labels, the splitter has "
+                                 f"client_num={self.client_num}")
+            return split_according_to_prior(np.asarray(labels), prior, self._rng(seed))
         return dirichlet_distribution_noniid_slice(np.asarray(labels), self.client_num,
                                                    self.alpha, self.min_size, self._rng(seed))
 
