@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-peers proto venv clean mutants
+.PHONY: demo test lint bench bench-quick bench-peers proto venv clean mutants
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(VPY) -m pytest -q tests
+
+# Import contracts (.importlinter): the core never imports cv/ or nlp/, communication/ never
+# imports workers/. This checkout's code, not the editable install's.
+lint: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --config .importlinter
 
 # The peer framework (Flower, pinned) lives in its own venv, never in the project's: see
 # bench/peers/requirements-flower.txt. torch there must be the CPU wheel, as in the project's.

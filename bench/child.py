@@ -105,10 +105,9 @@ def _cfg(spec_json: str):
 def _clients(data, cfg) -> dict:
     """client id -> splits, from what ``get_data`` returned (see core/auxiliaries/data_builder)."""
     from federatedscope.core.data.base_data import StandaloneDataDict
-    from federatedscope.core.fed_runner import client_splits
     if isinstance(data, StandaloneDataDict):
-        return {cid: client_splits(c)[0] for cid, c in data.items()}
-    splits, loader = client_splits(data)
+        return {cid: c.splits()[0] for cid, c in data.items()}
+    splits, loader = data.splits()
     return {loader.meta.client_id if loader is not None else cfg.distribute.data_idx: splits}
 
 

@@ -8,7 +8,8 @@ thread, a stack dump on SIGUSR1 (Unix), the peak RSS in the log and an exit with
 teardown.
 
 Exit codes: 0 success; 1 configuration/data error (message names the key or file and the fix);
-2 client refused by the server; 3 server gave up waiting for clients (checkpoint written).
+2 client refused by the server; 3 server gave up waiting for clients (checkpoint written); 4 the
+server cannot write its results (the path is named); 5 a round diverged (every update refused).
 """
 import logging
 import os

@@ -72,4 +72,4 @@ def test_invalid_data_idx_is_an_error_not_a_fallback(femnist_root, tmp_path):
     client = start_main(_client_args(1, femnist_root, free_port(), str(tmp_path / "exp"),
                                      ["distribute.data_idx", "99"]), str(tmp_path / "c.log"))
     assert wait_all([client], timeout=60) == [1]
-    assert file_contains(str(tmp_path / "c.log"), "distribute.data_idx=99 is not a client")
+    assert file_contains(str(tmp_path / "c.log"), "distribute.data_idx=99 is not a partition")

@@ -1,5 +1,5 @@
-"""FederatedScope's seams, in process: FS's signatures, convert_data_mode's three branches,
-get_data/load_cv_dataset per role, the Client's handler registry, the join's
+"""FederatedScope's seams, in process: FS's signatures, convert_data_mode's data_idx job,
+get_data's typed record per role, the Client's handler registry, the join's
 shard_last_modified, a failed shard refresh that keeps the old shard, and the run directory rule."""
 import inspect
 import logging
@@ -14,7 +14,8 @@ from federatedscope.core.auxiliaries.model_builder import get_model
 from federatedscope.core.auxiliaries.outdir import resolve_outdir
 from federatedscope.core.auxiliaries.runner_builder import get_runner
 from federatedscope.core.configs.config import ConfigError, finalize, global_cfg
-from federatedscope.core.data.base_data import ClientData, ServerData, StandaloneDataDict
+from federatedscope.core.data.base_data import (ClientData, ClientShard, DataIdxClient,
+                                                ServerManifest, StandaloneDataDict)
 from federatedscope.core.data.distributed_loader import DistributedShardLoader
 from federatedscope.core.data.utils import convert_data_mode
 from federatedscope.core.message import MODEL_PARA, REDECLARE, Message
@@ -98,46 +99,56 @@ def test_convert_standalone_returns_the_dict_itself():
     assert convert_data_mode(data, _cfg(federate__mode="standalone")) is data
 
 
-def test_convert_shard_loader_untouched_and_data_idx_never_consulted(shards):
-    loader = DistributedShardLoader(str(shards / "client_2"), client_id=2)
-    # data_idx names no client: consulting it at all would raise
-    cfg = _cfg(federate__mode="distributed", distribute__role="client",
-               distributed_data__enabled=True, distribute__data_idx=99)
-    assert convert_data_mode(loader, cfg) is loader
-    server_data = ServerData(manifest={})
-    assert convert_data_mode(server_data, _cfg(federate__mode="distributed",
-                                               distribute__role="server")) is server_data
-
-
-def test_convert_data_idx_keeps_one_task_and_refuses_an_invalid_one():
+def test_convert_data_idx_keeps_one_partition_and_refuses_an_invalid_one():
     data = _two_tasks()
     cfg = _cfg(federate__mode="distributed", distribute__role="client", distribute__data_idx=2)
-    assert convert_data_mode(data, cfg) is data[2]
+    out = convert_data_mode(data, cfg)
+    assert isinstance(out, DataIdxClient) and out.data is data[2] and out.data_idx == 2
+    assert out.splits() == (dict(data[2]), None)
+    assert out.claimed_id(cfg) == -1          # the server assigns the id in join order
+    named = _cfg(federate__mode="distributed", distribute__role="client", distribute__data_idx=2,
+                 distribute__client_id=7)
+    assert convert_data_mode(data, named).claimed_id(named) == 7
     bad = _cfg(federate__mode="distributed", distribute__role="client", distribute__data_idx=3)
-    with pytest.raises(ConfigError, match=r"distribute\.data_idx=3 is not a client .*valid: 1\.\.2"):
+    with pytest.raises(ConfigError, match=r"distribute\.data_idx=3 is not a partition .*"
+                                          r"valid: 1\.\.2.*independent of federate\.client_num"):
         convert_data_mode(data, bad)
     server = _cfg(federate__mode="distributed", distribute__role="server")
     out = convert_data_mode(data, server)
-    assert isinstance(out, ServerData) and out.manifest is None
+    assert out == ServerManifest(None, "")
 
 
 # ------------------------------------------------------------------- get_data per role
 def test_get_data_shard_server_gets_the_manifest_and_the_client_count(shards):
+    path = str(shards / "manifest.json")
     cfg = _cfg(federate__mode="distributed", distribute__role="server",
                distributed_data__enabled=True, federate__client_num=0,
-               distributed_data__manifest=str(shards / "manifest.json"), data__root="/nonexistent")
+               distributed_data__manifest=path, data__root="/nonexistent")
     data, modified = get_data(cfg)
-    assert isinstance(data, ServerData) and sorted(data.manifest) == [1, 2, 3]
+    assert isinstance(data, ServerManifest) and data.path == path
+    assert sorted(data.manifest.clients) == [1, 2, 3]
+    assert data.manifest.sample_type == FEMNIST.sample_type
     assert modified.federate.client_num == 3 and cfg.federate.client_num == 0
 
 
 def test_get_data_shard_client_skips_the_centralised_path(shards):
     cfg = _cfg(federate__mode="distributed", distribute__role="client", distribute__client_id=3,
                distributed_data__enabled=True, distributed_data__shard_path=str(shards / "client_3"),
+               distribute__data_idx=99,   # never consulted in shard mode
                data__root="/nonexistent")  # the centralised path would fail on this root
     data, _ = get_data(cfg)
-    assert isinstance(data, DistributedShardLoader) and data.meta.client_id == 3
-    assert data.sample_type == FEMNIST.sample_type == "uint8[28,28]"
+    assert isinstance(data, ClientShard) and data.loader.meta.client_id == 3
+    assert data.loader.sample_type == FEMNIST.sample_type == "uint8[28,28]"
+    splits, loader = data.splits()
+    assert loader is data.loader and splits == dict(data.loader.datasets)
+    assert data.claimed_id(cfg) == 3
+
+
+def test_shard_client_without_client_id_claims_its_meta_json_id(shards):
+    cfg = _cfg(federate__mode="distributed", distribute__role="client",
+               distributed_data__enabled=True, distributed_data__shard_path=str(shards / "client_2"))
+    data, _ = get_data(cfg)
+    assert data.claimed_id(cfg) == 2 == data.loader.meta.client_id
 
 
 def test_get_data_standalone_fs_path_and_modified_client_num(femnist_root):
@@ -146,15 +157,35 @@ def test_get_data_standalone_fs_path_and_modified_client_num(femnist_root):
     data, modified = get_data(cfg)
     assert isinstance(data, StandaloneDataDict) and sorted(data) == [1, 2, 3, 4]
     assert all(isinstance(c, ClientData) and c.train_data is c["train"] for c in data.values())
+    assert data.manifest is None and data[2].splits() == (dict(data[2]), None)
     assert modified.federate.client_num == 4
 
 
-def test_get_data_standalone_shards_carry_loaders_and_manifest(shards):
-    cfg = _cfg(federate__mode="standalone", distributed_data__enabled=True,
-               distributed_data__manifest=str(shards / "manifest.json"), data__root="/nonexistent")
+def test_get_data_data_idx_client_keeps_its_partition_whatever_client_num(femnist_root):
+    """FS's distributed FEMNIST configs: client_num 3, data_idx 4 (a partition, not an id)."""
+    cfg = _cfg(federate__mode="distributed", distribute__role="client", federate__client_num=3,
+               data__root=femnist_root, distribute__data_idx=4)
+    whole, _ = get_data(_cfg(federate__mode="standalone", data__root=femnist_root))
     data, modified = get_data(cfg)
-    assert sorted(data) == [1, 2, 3] and sorted(data.manifest) == [1, 2, 3]
+    assert isinstance(data, DataIdxClient) and data.data_idx == 4
+    assert torch.equal(data.data["train"].y, whole[4]["train"].y)
+    assert modified.federate.client_num == 3
+    n = len(whole)
+    bad = _cfg(federate__mode="distributed", distribute__role="client", data__root=femnist_root,
+               distribute__data_idx=n + 1)
+    with pytest.raises(ConfigError, match=rf"distribute\.data_idx={n + 1} .*valid: 1\.\.{n}"):
+        get_data(bad)
+
+
+def test_get_data_standalone_shards_carry_loaders_and_manifest(shards):
+    path = str(shards / "manifest.json")
+    cfg = _cfg(federate__mode="standalone", distributed_data__enabled=True,
+               distributed_data__manifest=path, data__root="/nonexistent")
+    data, modified = get_data(cfg)
+    assert sorted(data) == [1, 2, 3] and sorted(data.manifest.clients) == [1, 2, 3]
+    assert data.manifest_path == path
     assert all(c.loader.meta.client_id == cid for cid, c in data.items())
+    assert all(c.splits()[1] is c.loader for c in data.values())
     assert modified.federate.client_num == 3
 
 
@@ -246,16 +277,17 @@ def test_run_directory_is_fresh_unless_restoring(tmp_path):
 
 
 def test_shard_of_another_dataset_is_refused_by_its_sample_type(shards, monkeypatch):
+    from federatedscope import register
     from federatedscope.cv.dataset import femnist_spec
     from federatedscope.core.data.shard_io import ShardError
     other = femnist_spec.DatasetSpec(name="femnist", sample_shape=(3, 64, 64), num_classes=40,
                                      grey_levels=255, grey_tolerance=1e-6, model_input=(3, 64, 64))
-    monkeypatch.setitem(femnist_spec.SPECS, "femnist", other)
+    monkeypatch.setitem(register.dataset_spec_dict, "femnist", other)
     cfg = _cfg(federate__mode="distributed", distribute__role="client", distribute__client_id=1,
                distributed_data__enabled=True, distributed_data__shard_path=str(shards / "client_1"))
     with pytest.raises(ShardError, match=r"sample_type 'uint8\[28,28\]' is not femnist's "
                                          r"'uint8\[3,64,64\]'"):
-        load_cv_dataset(cfg)
+        get_data(cfg)
 
 
 def test_per_client_configs_are_merged_for_that_client_only():

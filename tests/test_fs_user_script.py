@@ -89,14 +89,14 @@ def test_fs_script_distributed_shard_mode(femnist_root, femnist_shards, tmp_path
                                         os.path.join(shards, f"client_{k}")], logs[-1]))
     assert _wait(procs, logs) == [0, 0, 0, 0]
     server_text = open(logs[0]).read()
-    assert "user script: data is a ServerData" in server_text
+    assert "user script: data is a ServerManifest" in server_text
     # the server subclass's override of callback_funcs_model_para ran for every update
     assert sorted(line.split("user server hook: ")[1] for line in server_text.splitlines()
                   if "user server hook: " in line) == \
         [f"model_para of client {k} for round 1" for k in (1, 2, 3)]
     for k in (1, 2, 3):
         text = open(logs[k]).read()
-        assert "user script: data is a DistributedShardLoader" in text
+        assert "user script: data is a ClientShard" in text
         assert f"user hook: client {k} evaluates round 1" in text
     server_logs = [p for p in _eval_logs(out) if "client_" not in p]
     assert len(server_logs) == 1 and _finals(server_logs[0])[0]["Round"] == 1

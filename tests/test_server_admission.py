@@ -107,12 +107,12 @@ def test_a_manifest_changed_on_disk_is_reread_before_aggregation(tmp_path, manif
 
 def test_a_shard_server_built_from_config_checks_the_sample_type(tmp_path, manifest):
     """The wiring, not just the check: get_data -> the runner's Admission refuses a wrong type."""
-    from federatedscope.core import fed_runner
     from federatedscope.core.auxiliaries.data_builder import get_data
+    from federatedscope.core.workers.admission import Admission
     from server_harness import make_cfg
     cfg = make_cfg(tmp_path, "distributed_data.enabled", True, "distributed_data.manifest", manifest)
     data, _ = get_data(cfg)
-    admission = fed_runner._admission(cfg, data, 3)
+    admission = Admission.from_config(cfg, data.manifest, data.path, 3)
     e = load_manifest(manifest)[1]
     bad = admission.admit({"client_id": 1, "declaration": _decl(e, sample_type="float32[3,224,224]")},
                           set())

@@ -1,7 +1,8 @@
-"""FS's runners: the same Server/Client workers over an in-process queue or over gRPC.
+"""FS's runners: the same Server/Client workers over the in-process transport
+(``core/communication/local.py``) or over gRPC.
 
 ``StandaloneRunner`` runs every worker in this process; ``DistributedRunner`` runs this process's
-one role (``distribute.role``). Both take FS's arguments ``(data, server_class, client_class,
+one role, dispatched once on the record ``get_data`` returned (``core/data/base_data.py``). Both take FS's arguments ``(data, server_class, client_class,
 config, client_configs)`` and ``run()`` returns the process exit code (``federatedscope/main.py``).
 ``get_runner`` (``core/auxiliaries/runner_builder.py``) picks one.
 
@@ -9,17 +10,17 @@ Every loop here blocks on a queue (``Queue.get`` with the worker's next deadline
 waiting process costs nothing; a message is handled the moment it lands in the queue. Results go
 to ``config.outdir`` as ``update_logger`` resolved it (the run directory).
 """
-import collections
 import logging
 import queue
-from typing import Deque, Dict
+from typing import Dict
 
 import torch
 
-from federatedscope.core.auxiliaries.data_builder import client_count
 from federatedscope.core.auxiliaries.model_builder import get_model
-from federatedscope.core.configs.config import client_identity
-from federatedscope.core.message import Message
+from federatedscope.core.communication.local import LocalBus, LocalClientComm, LocalServerComm
+from federatedscope.core.configs.config import ConfigError
+from federatedscope.core.data.base_data import ServerManifest
+from federatedscope.core.message import SERVER_ID
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.admission import Admission
@@ -32,20 +33,13 @@ def _device(cfg) -> str:
     return f"cuda:{max(cfg.device, 0)}" if cfg.use_gpu else "cpu"
 
 
-def _admission(cfg, data, expected: int) -> Admission:
-    adm = Admission.from_config(cfg, getattr(data, "manifest", None),
-                                getattr(data, "manifest_path", ""), expected)
-    adm.sample_type = adm.sample_type or getattr(data, "sample_type", None)  # pre-C3 ServerData
-    return adm
-
-
-def client_splits(data):
-    """(splits for the trainer, shard loader or None): until get_data's records carry
-    ``.splits()`` (contract C5)."""
-    from federatedscope.core.data.distributed_loader import DistributedShardLoader
-    if isinstance(data, DistributedShardLoader):
-        return dict(data.datasets), data
-    return dict(data), getattr(data, "loader", None)
+def _expected_clients(cfg, data: ServerManifest) -> int:
+    """How many clients the server waits for: the manifest's, else ``federate.client_num``."""
+    if data.manifest is not None:
+        return len(data.manifest.clients)
+    if cfg.federate.client_num > 0:
+        return cfg.federate.client_num
+    raise ConfigError("set federate.client_num (how many clients the server waits for)")
 
 
 def _log_model(cfg, model) -> None:
@@ -109,71 +103,34 @@ class BaseRunner:
 
 
 # ------------------------------------------------------------------ standalone
-class _LocalBus:
-    """The standalone 'network': a FIFO of (destination, payload)."""
-
-    def __init__(self) -> None:
-        self.queue: Deque = collections.deque()
-
-
-class _LocalServerComm:
-    def __init__(self, bus: _LocalBus):
-        self.bus = bus
-
-    def bind(self, conn_id: int, client_id: int) -> None:
-        pass  # conn_id == client_id in standalone
-
-    def send(self, msg: Message) -> None:
-        self.bus.queue.append((msg.receiver, msg))
-
-    def broadcast(self, msg: Message, receivers) -> None:
-        # The tensors are the server's live model; a queued message must keep this round's values.
-        if msg.tensors:
-            msg.tensors = {k: v.detach().clone() for k, v in msg.tensors.items()}
-        for cid in receivers:
-            self.bus.queue.append((cid, msg))
-
-    def send_to_conn(self, conn_id: int, msg: Message) -> None:
-        self.bus.queue.append((conn_id, msg))
-
-    def close(self, conn_id: int) -> None:
-        pass
-
-
-class _LocalClientComm:
-    def __init__(self, bus: _LocalBus, client_id: int):
-        self.bus, self.client_id = bus, client_id
-
-    def send(self, msg: Message) -> None:
-        self.bus.queue.append((0, Incoming(self.client_id, msg)))
-
-
 class StandaloneRunner(BaseRunner):
     """Server and every client of ``data`` (a ``StandaloneDataDict``) in this process."""
 
     def run(self) -> int:
         cfg, data = self.cfg, self.data
-        bus = _LocalBus()
+        bus = LocalBus()
         model = get_model(cfg)
         expected = len(data)
         _log_model(cfg, model)
-        server = self.server_class(cfg, model, _LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)),
-                                   expected, _admission(cfg, data, expected), distributed=False)
+        admission = Admission.from_config(cfg, data.manifest, data.manifest_path, expected)
+        server = self.server_class(cfg, model, LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)),
+                                   expected, admission, distributed=False)
         server.global_eval = _global_evaluator(cfg, data, model)
         clients: Dict[int, object] = {}
         for cid, client_data in sorted(data.items()):
             own_cfg = self._client_cfg(cid)
-            splits, loader = client_splits(client_data)
+            splits, loader = client_data.splits()
             trainer = get_trainer(get_model(own_cfg), splits, _device(own_cfg), own_cfg)
-            clients[cid] = self.client_class(own_cfg, cid, trainer, _LocalClientComm(bus, cid),
-                                             loader, token=own_cfg.distribute.token)
-            bus.queue.append((0, Incoming(cid, clients[cid].join_message())))
-        while bus.queue:
-            dest, payload = bus.queue.popleft()
-            if dest == 0:
-                server.handle(payload)
+            comm = LocalClientComm(bus, cid)
+            clients[cid] = self.client_class(own_cfg, cid, trainer, comm, loader,
+                                             token=own_cfg.distribute.token)
+            comm.send(clients[cid].join_message())
+        while bus:
+            dest, conn_id, msg = bus.next()
+            if dest == SERVER_ID:
+                server.handle(Incoming(conn_id, msg))
             elif dest in clients and not clients[dest].finished:
-                clients[dest].handle(payload)
+                clients[dest].handle(msg)
         if not server.finished:
             logger.error("Standalone run ended before the server finished (no client left?)")
             return 1
@@ -207,17 +164,18 @@ def _client_session(cfg, client, transport, inbox) -> None:
 
 
 class DistributedRunner(BaseRunner):
-    """This process's role over gRPC: the server (``data`` is a ``ServerData``) or one client
-    (``data`` is its ``DistributedShardLoader`` or, in data_idx mode, its ``ClientData``)."""
+    """This process's role over gRPC, dispatched once on what ``get_data`` returned: the server
+    (a ``ServerManifest``) or one client (a ``ClientShard`` or, in data_idx mode, a
+    ``DataIdxClient``)."""
 
     def run(self) -> int:
-        if self.cfg.distribute.role == "server":
+        if isinstance(self.data, ServerManifest):
             return self._run_server()
         return self._run_client()
 
     def _run_server(self) -> int:
         cfg, data = self.cfg, self.data
-        expected = client_count(cfg, data)
+        expected = _expected_clients(cfg, data)
         from federatedscope.core.communication.grpc_server import ServerInbox
         inbox: "queue.Queue" = ServerInbox()   # the transport decodes only a few models ahead
         model = get_model(cfg)
@@ -228,8 +186,9 @@ class DistributedRunner(BaseRunner):
             logger.warning("federate.make_global_eval: a distributed server holds no data to "
                            "evaluate on; the clients' weighted-average evaluation is reported "
                            "instead")
+        admission = Admission.from_config(cfg, data.manifest, data.path, expected)
         server = self.server_class(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
-                                   _admission(cfg, data, expected), distributed=True)
+                                   admission, distributed=True)
         transport.start()
         logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
                     f"waiting for {expected} clients")
@@ -249,11 +208,11 @@ class DistributedRunner(BaseRunner):
     def _run_client(self) -> int:
         from federatedscope.core.communication.security import client_token
         cfg = self.cfg
-        splits, loader = client_splits(self.data)
+        splits, loader = self.data.splits()
         inbox: "queue.Queue" = queue.Queue()
         transport = _client_transport(cfg, inbox)
         trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
-        client = self.client_class(cfg, self._claimed_id(loader), trainer, transport, loader,
+        client = self.client_class(cfg, self.data.claimed_id(cfg), trainer, transport, loader,
                                    token=client_token(cfg))
         logger.info(f"Client #{client.ID}: connecting to server {transport.address}")
         try:
@@ -261,11 +220,3 @@ class DistributedRunner(BaseRunner):
         finally:
             transport.close()
         return 2 if client.refused else 0
-
-    def _claimed_id(self, loader) -> int:
-        """Shard mode: ``distribute.client_id``, else the id in the shard's meta.json (data_idx
-        is never consulted). data_idx mode: FS's identity (client_id, else data_idx)."""
-        if loader is not None:
-            cid = int(self.cfg.distribute.client_id)
-            return cid if cid > 0 else loader.meta.client_id
-        return client_identity(self.cfg)

@@ -1,12 +1,17 @@
-"""Build the model from the config alone, so a server needs no data to know the input shape."""
+"""FS's ``get_model``: the model registered for ``model.type``, built from the config alone, so a
+server needs no data to know the input shape.
+
+Every callable registered with ``register_model`` is asked in turn (``func(model_config,
+input_shape) -> nn.Module or None``); the first model is the answer. The input shape is
+``model.input_shape`` when set, else the registered ``DatasetSpec``'s ``model_input`` for
+``data.type``; the core keeps no per-dataset table.
+"""
 from typing import Tuple
 
 from torch import nn
 
+from federatedscope import register
 from federatedscope.core.configs.config import ConfigError
-
-# Input shape per dataset when ``model.input_shape`` is not given: (channels, height, width).
-_DATASET_SHAPES = {"femnist": (1, 28, 28)}
 
 
 def input_shape(cfg) -> Tuple[int, ...]:
@@ -18,20 +23,23 @@ def input_shape(cfg) -> Tuple[int, ...]:
             raise ConfigError(f"model.input_shape={list(cfg.model.input_shape)} must be "
                               f"[channels, height, width] or [height, width]")
         return shape
-    if cfg.data.type.lower() in _DATASET_SHAPES:
-        return _DATASET_SHAPES[cfg.data.type.lower()]
-    raise ConfigError("cannot infer the model input shape: set model.input_shape")
+    from federatedscope.core.auxiliaries.data_builder import registered_spec
+    try:
+        return tuple(registered_spec(cfg.data.type).model_input)
+    except ConfigError as e:
+        raise ConfigError(f"cannot infer the model input shape: {e}; set model.input_shape") \
+            from None
 
 
 def get_model(cfg) -> nn.Module:
-    if cfg.model.type.lower() == "convnet2":
-        from federatedscope.cv.model.cnn import ConvNet2
-        c, h, w = input_shape(cfg)
-        if cfg.model.in_channels:
-            c = cfg.model.in_channels
-        return ConvNet2(in_channels=c, h=h, w=w, hidden=cfg.model.hidden,
-                        class_num=cfg.model.out_channels, dropout=cfg.model.dropout)
-    raise ConfigError(f"model.type={cfg.model.type!r} is not supported")
+    shape = input_shape(cfg)
+    for func in register.model_dict.values():
+        model = func(cfg.model, shape)
+        if model is not None:
+            return model
+    raise ConfigError(f"model.type={cfg.model.type!r} has no registered builder; registered: "
+                      f"{sorted(register.model_dict)} (a package adds one with "
+                      f"federatedscope.register.register_model)")
 
 
 def count_flops(model: nn.Module, shape: Tuple[int, ...]) -> int:

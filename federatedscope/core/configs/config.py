@@ -13,6 +13,9 @@ from typing import List, Optional
 import yacs.config as _yacs
 from yacs.config import CfgNode as _YacsNode
 
+from federatedscope.core.configs.cfg_fl_algo import (FL_ALGO_NOT_IMPLEMENTED, assert_fl_algo_cfg,
+                                                     extend_fl_algo_cfg)
+
 logger = logging.getLogger("federatedscope")
 
 
@@ -68,6 +71,12 @@ class CN(_YacsNode):
             raise ConfigError(f"command line: {e}") from None
 
 
+def same_value(value, default) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
 def _node(**kwargs) -> CN:
     node = CN()
     for k, v in kwargs.items():
@@ -96,7 +105,7 @@ def get_default_cfg() -> CN:
         online_aggr=False, method="FedAvg", save_to="", restore_from="",
         join_in_info=[], share_local_model=False, data_weighted_aggr=False,
         use_ss=False, merge_test_data=False,
-        # reliability (issue 5)
+        # reliability
         round_timeout=0.0, min_clients_threshold=0, graceful_termination_timeout=300.0,
         join_timeout=0.0,
         # evaluation answers are waited for at most this long (0: no limit); see doc/config.md
@@ -109,9 +118,10 @@ def get_default_cfg() -> CN:
         grpc_max_send_message_length=300 * 1024 * 1024,
         grpc_max_receive_message_length=300 * 1024 * 1024,
         grpc_enable_http_proxy=False, grpc_compression="nocompression",
-        # patch (issue 3): the client's identity; replaces data_idx in shard mode
+        # the id a client claims (shard mode: else its meta.json's; data_idx mode: else -1, the
+        # server assigns one in join order)
         client_id=-1,
-        # reliability / security (issue 5)
+        # reliability / security
         heartbeat_interval=5.0, heartbeat_timeout=30.0,
         connect_timeout=60.0, reconnect_max_backoff=60.0, max_reconnect_time=300.0,
         token="", token_file="", tls_ca="", tls_cert="", tls_key="",
@@ -128,14 +138,8 @@ def get_default_cfg() -> CN:
         strict_check=True, verify_checksum=True,
     )
 
-    c.data = _node(
-        root="data", type="femnist", args=[], splits=[0.6, 0.2, 0.2], subsample=1.0,
-        transform=[], target_transform=[], pre_transform=[], seed=1234, consistent_label_distribution=False,
-        splitter="", file_path="", save_data=False,
-    )
-
-    c.dataloader = _node(type="base", batch_size=64, shuffle=True, num_workers=0,
-                         drop_last=False, pin_memory=False)
+    from federatedscope.core.configs.cfg_data import extend_data_cfg
+    extend_data_cfg(c)
 
     c.model = _node(type="convnet2", model_num_per_trainer=1, hidden=256, dropout=0.5,
                     in_channels=0, out_channels=1, layer=2, input_shape=(), use_bias=True)
@@ -144,8 +148,6 @@ def get_default_cfg() -> CN:
                     optimizer=_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0),
                     scheduler=_node(type="", warmup_ratio=0.0))
     c.train.optimizer.set_new_allowed(False)
-
-    c.finetune = _node(before_eval=False, local_update_steps=1, batch_or_epoch="epoch")
 
     c.grad = _node(grad_clip=-1.0, grad_accum_count=1)
     # FS's robust aggregation keys: rule, assumed Byzantine count, and the rules' parameters.
@@ -164,6 +166,7 @@ def get_default_cfg() -> CN:
     c.eval = _node(freq=1, metrics=[], split=["test", "val"], report=["weighted_avg", "avg", "raw"],
                    best_res_update_round_wise_key="val_loss", monitoring=[], count_flops=False)
     c.wandb = _node(use=False)
+    extend_fl_algo_cfg(c)  # fedopt, fedprox, personalization, finetune, train.scheduler
     return c
 
 
@@ -174,15 +177,10 @@ global_cfg = get_default_cfg()
 # Values yacs cannot check. Each entry: key -> allowed values.
 _CHOICES = {
     "federate.mode": ("standalone", "distributed"),
-    "federate.method": ("fedavg",),
     "distribute.role": ("server", "client"),
     "distribute.grpc_compression": ("nocompression", "deflate", "gzip"),
     "train.batch_or_epoch": ("batch", "epoch"),
-    "trainer.type": ("cvtrainer", "general"),
-    "criterion.type": ("crossentropyloss",),
     "train.optimizer.type": ("sgd",),
-    "model.type": ("convnet2",),
-    "data.type": ("femnist",),
     "aggregator.robust_rule": ("fedavg", "krum", "median", "trimmedmean", "bulyan", "normbounding"),
 }
 _KNOWN_METRICS = ("acc", "correct", "loss", "total", "avg_loss")
@@ -210,22 +208,17 @@ _NOT_IMPLEMENTED = {
     "data.splitter": "re-splitting the data among clients (FEMNIST is split by writer)",
     "data.file_path": "loading data from one file",
     "data.save_data": "saving the split data",
-    "dataloader.num_workers": "DataLoader worker processes",
-    "dataloader.drop_last": "dropping the last incomplete batch",
-    "dataloader.pin_memory": "pinned host memory for GPU copies",
+    "dataloader.type": "other data loaders (FS: 'raw', graph samplers)",
+    "dataloader.walk_length": "the random-walk length of FS's graph samplers",
+    "dataloader.num_steps": "the step count of FS's graph samplers",
+    "dataloader.sizes": "the neighbour sample sizes of FS's graph samplers",
     "model.model_num_per_trainer": "several models per trainer",
     "model.layer": "the layer count of other model types",
     "model.use_bias": "bias switch of other model types",
-    "train.scheduler.type": "learning-rate schedulers",
-    "train.scheduler.warmup_ratio": "learning-rate warm-up",
-    "finetune.before_eval": "fine-tuning before evaluation",
-    "finetune.local_update_steps": "fine-tuning steps",
-    "finetune.batch_or_epoch": "the fine-tuning step unit",
     "grad.grad_accum_count": "gradient accumulation",
-    "regularizer.type": "regularizers (e.g. proximal term)",
-    "regularizer.mu": "the regularizer weight",
     "eval.monitoring": "extra monitored quantities",
     "wandb.use": "Weights & Biases logging",
+    **FL_ALGO_NOT_IMPLEMENTED,
 }
 
 
@@ -234,19 +227,13 @@ def refuse_unimplemented(cfg: CN) -> None:
     defaults = get_default_cfg()
     for key, what in _NOT_IMPLEMENTED.items():
         value, default = _get(cfg, key), _get(defaults, key)
-        if _same(value, default):
+        if same_value(value, default):
             continue
         raise ConfigError(
             f"{key}={value!r} is not implemented here (FederatedScope: {what}); this version "
             f"would silently ignore it. Remove {key} from your YAML / command line or set it "
             f"back to its default (append `{key} {default!r}` to the command); see "
             f"doc/config.md, 'Refused keys'")
-
-
-def _same(value, default) -> bool:
-    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
-        return list(value) == list(default)
-    return value == default
 
 
 def _get(cfg: CN, dotted: str):
@@ -269,7 +256,10 @@ def expand_env(value: str, key: str) -> str:
 
 def finalize(cfg: CN) -> CN:
     """Validate choices/ranges, resolve env vars and derived values; freeze."""
+    from federatedscope.core.configs.cfg_data import assert_data_cfg
+    assert_data_cfg(cfg)   # FS's deprecated aliases first: they set dataloader.* keys
     refuse_unimplemented(cfg)
+    assert_fl_algo_cfg(cfg)  # federate.method and the algorithm keys (cfg_fl_algo.py)
     for key, allowed in _CHOICES.items():
         value = str(_get(cfg, key)).lower()
         if value not in allowed:
@@ -306,20 +296,23 @@ def finalize(cfg: CN) -> CN:
     if not cfg.expname:
         cfg.expname = f"{cfg.federate.method}_{cfg.model.type}_on_{cfg.data.type}"
         if cfg.federate.mode == "distributed":
-            role = cfg.distribute.role
-            who = "server" if role == "server" else f"client_{client_identity(cfg)}"
-            cfg.expname += f"_{who}"
+            cfg.expname += f"_{_role_name(cfg)}"
         if cfg.expname_tag:
             cfg.expname += "_" + cfg.expname_tag
     cfg.freeze()
     return cfg
 
 
-def client_identity(cfg: CN) -> int:
-    """The id a distributed client claims: ``distribute.client_id`` (patch) else ``data_idx``."""
+def _role_name(cfg: CN) -> str:
+    """A distributed process's part of ``expname``, from its config alone (a restarted process
+    finds the same directory): the server, a client's own id, else its data_idx partition."""
+    if cfg.distribute.role == "server":
+        return "server"
     if cfg.distribute.client_id > 0:
-        return int(cfg.distribute.client_id)
-    return int(cfg.distribute.data_idx)
+        return f"client_{int(cfg.distribute.client_id)}"
+    if not cfg.distributed_data.enabled and cfg.distribute.data_idx > 0:
+        return f"client_data_idx_{int(cfg.distribute.data_idx)}"
+    return "client"
 
 
 def load_cfg(cfg_file: Optional[str], opts: List[str], overrides: List[str] = (),

@@ -1,22 +1,31 @@
-"""FS's data containers: what ``get_data`` hands to a runner.
+"""FS's data containers and the one typed value ``get_data`` hands to a runner.
 
 * ``ClientData`` — one client's splits, a dict ``{'train'|'val'|'test': BatchSource}`` with FS's
   ``train_data``/``val_data``/``test_data`` attributes. FS keeps torch ``DataLoader``s under the
   keys; here the values are ``BatchSource``s (``core/data/datasets.py``) because the trainer draws
-  its own batches. ``loader`` is the ``DistributedShardLoader`` the splits came from (shard mode:
-  the client re-declares and refreshes through it), else None.
-* ``StandaloneDataDict`` — client id (1..N) -> ``ClientData``, as FS names it. In a standalone
-  simulation of shards it also carries the manifest (``manifest``) the server admits against.
-  FS's id 0 (the server's own data) is not stored: ``make_global_eval`` merges the clients'
-  evaluation splits in the runner instead.
-* ``ServerData`` — what a distributed server gets. FS gives it the whole dataset; here a
-  shard-mode server gets only the manifest's entries (it opens no data file) and a data_idx-mode
-  server nothing (its dataset was read, as FS does, and dropped).
+  its own batches. ``loader`` is the ``DistributedShardLoader`` the splits came from (a standalone
+  simulation of shards: the client re-declares and refreshes through it), else None.
+
+What ``get_data`` returns, one record per role (the role is decided once, in ``get_data``):
+
+| record | role | ``.splits()`` |
+| --- | --- | --- |
+| ``StandaloneDataDict`` | standalone: client id (1..N) -> ``ClientData`` | per client |
+| ``ServerManifest(manifest, path)`` | distributed server (``manifest`` None: data_idx) | — |
+| ``ClientShard(loader)`` | distributed client, shard mode: only its own shard | its shard |
+| ``DataIdxClient(data, data_idx)`` | distributed client, FS's data_idx mode | partition |
+
+``.splits() -> (Dict[str, BatchSource], loader or None)`` is what a client's trainer and worker
+get; ``.claimed_id(cfg)`` is the id a distributed client joins with (contract: shard mode claims
+``distribute.client_id``, else its ``meta.json``'s; data_idx mode ``distribute.client_id``, else
+-1, and the server assigns one in join order, as FS does).
 """
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 SPLITS = ("train", "val", "test")
+
+Splits = Tuple[Dict[str, Any], Optional[Any]]
 
 
 class ClientData(dict):
@@ -36,6 +45,9 @@ class ClientData(dict):
         ds = loader.datasets
         return cls(client_cfg, ds.get("train"), ds.get("val"), ds.get("test"), loader=loader)
 
+    def splits(self) -> Splits:
+        return dict(self), self.loader
+
     @property
     def train_data(self):
         return self.get("train")
@@ -50,16 +62,50 @@ class ClientData(dict):
 
 
 class StandaloneDataDict(dict):
-    """Client id -> ``ClientData`` for a standalone run (ids 1..N)."""
+    """Client id -> ``ClientData`` for a standalone run (ids 1..N). A simulation of shards also
+    carries the ``Manifest`` (and its path) the in-process server admits against; FS's path has
+    none."""
 
-    def __init__(self, clients: Dict[int, ClientData], manifest: Optional[dict] = None):
+    def __init__(self, clients: Dict[int, ClientData], manifest=None, manifest_path: str = ""):
         super().__init__(clients)
-        self.manifest = manifest   # client id -> ManifestEntry when simulating shards, else None
+        self.manifest = manifest              # shard_format.Manifest or None
+        self.manifest_path = manifest_path
 
 
 @dataclass
-class ServerData:
-    """A distributed server's data: the manifest entries in shard mode (read once), else None."""
-    manifest: Optional[dict] = None
-    sample_type: Optional[str] = None     # what every shard's samples must be (the manifest's)
-    manifest_path: str = ""               # re-read by admission if it changes on disk
+class ServerManifest:
+    """A distributed server's data: the typed manifest in shard mode (read once, no data file
+    opened), None in data_idx mode (FS's server loads the dataset; this one drops it)."""
+    manifest: Optional[Any] = None        # shard_format.Manifest
+    path: str = ""                        # re-read by admission if it changes on disk
+
+
+def _explicit_id(cfg) -> int:
+    return int(cfg.distribute.client_id)
+
+
+@dataclass
+class ClientShard:
+    """A shard-mode client: the ``DistributedShardLoader`` of its own shard, nothing else."""
+    loader: Any
+
+    def splits(self) -> Splits:
+        return dict(self.loader.datasets), self.loader
+
+    def claimed_id(self, cfg) -> int:
+        cid = _explicit_id(cfg)
+        return cid if cid > 0 else int(self.loader.meta.client_id)
+
+
+@dataclass
+class DataIdxClient:
+    """FS's data_idx client: partition ``data_idx`` of the dataset it loaded whole."""
+    data: ClientData
+    data_idx: int
+
+    def splits(self) -> Splits:
+        return dict(self.data), None
+
+    def claimed_id(self, cfg) -> int:
+        cid = _explicit_id(cfg)
+        return cid if cid > 0 else -1

@@ -7,7 +7,7 @@ model input, the reader of the public on-disk format, the default transform); no
 ``federatedscope/core`` names a dataset.
 """
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +36,9 @@ class DatasetSpec:
     list_inputs: Callable[[str], List[str]]
     # True when the data comes split by writer (LEAF); False needs a splitter (lda / iid)
     has_writers: bool = True
+    # FS's default ``data.transform`` for this dataset (what a config leaving it empty means),
+    # in FS's list spelling, e.g. (['ToTensor'], ['Normalize', {...}]); () = none (token ids)
+    default_transform: Tuple[Any, ...] = ()
 
     @property
     def sample_type(self) -> str:

@@ -1,45 +1,37 @@
-"""FS's ``convert_data_mode``: from the dataset a process loaded to the data it runs with.
+"""FS's ``convert_data_mode``: FS's data_idx job, nothing else.
 
-This is the branch the patch plan names. Three cases:
+``get_data`` decides the role once and calls this only on FS's path (the whole dataset was
+loaded as a ``StandaloneDataDict`` of partitions):
 
-* standalone — the ``StandaloneDataDict`` is returned as it is (every simulated client).
-* distributed, the data is a ``DistributedShardLoader`` (a client in shard mode) — returned
-  untouched: the process already holds only its own shard, and ``distribute.data_idx`` is never
-  consulted. A ``ServerData`` (shard-mode server) is likewise returned untouched.
-* distributed, the data is a whole ``StandaloneDataDict`` (FS's data_idx mode) — a client keeps
-  task ``distribute.data_idx``; an index that is not a client of the dataset is an error naming
-  the key (FS picks a random client instead, which silently trains on someone else's data). A
-  server keeps nothing: ``ServerData(manifest=None)``.
+* standalone — the dict itself (every simulated client);
+* distributed server — ``ServerManifest(None)``: FS's server keeps the data, this one holds none;
+* distributed client — ``DataIdxClient`` of partition ``distribute.data_idx``. The index picks a
+  partition (valid 1..number of partitions, whatever ``federate.client_num`` is); one out of that
+  range is an error naming the key and the range (FS samples a random partition instead, which
+  silently trains on someone else's data).
 """
 import logging
 
 from federatedscope.core.configs.config import ConfigError
-from federatedscope.core.data.base_data import ClientData, ServerData, StandaloneDataDict
+from federatedscope.core.data.base_data import DataIdxClient, ServerManifest, StandaloneDataDict
 
 logger = logging.getLogger("federatedscope")
 
 
-def convert_data_mode(data, config):
+def convert_data_mode(data: StandaloneDataDict, config):
     if config.federate.mode.lower() == "standalone":
         return data
-    from federatedscope.core.data.distributed_loader import DistributedShardLoader
-    if isinstance(data, (DistributedShardLoader, ServerData)):
-        return data
-    if not isinstance(data, StandaloneDataDict):
-        raise TypeError(f"convert_data_mode: unexpected data {type(data).__name__}")
     if config.distribute.role == "server":
-        return ServerData(manifest=None)
-    return _data_idx_task(data, config)
-
-
-def _data_idx_task(data: StandaloneDataDict, config) -> ClientData:
-    idx = config.distribute.data_idx
+        return ServerManifest(manifest=None)
+    idx = int(config.distribute.data_idx)
     if idx not in data:
         ids = sorted(data)
-        valid = f"{ids[0]}..{ids[-1]}" if ids else "none"
+        valid = f"1..{ids[-1]}" if ids else "none: the dataset has no partition"
         raise ConfigError(
-            f"distribute.data_idx={idx} is not a client of this dataset (valid: {valid} "
-            f"with data.subsample={config.data.subsample}); set distribute.data_idx to one of "
-            f"them")
-    logger.info(f"Client: loaded the whole dataset ({len(data)} tasks) and kept data_idx={idx}")
-    return data[idx]
+            f"distribute.data_idx={idx} is not a partition of data.root={config.data.root!r} "
+            f"(valid: {valid}, the {len(ids)} partitions of data.type={config.data.type!r} with "
+            f"data.subsample={config.data.subsample}; independent of federate.client_num); set "
+            f"distribute.data_idx to one of them")
+    logger.info(f"Client: loaded the whole dataset ({len(data)} partitions) and kept "
+                f"data_idx={idx}")
+    return DataIdxClient(data[idx], idx)

@@ -1,57 +1,114 @@
-"""Local training and evaluation of one client's model on its own splits.
+"""Local training and evaluation of one client's model on its own splits (contract C8).
 
 The trainer consumes any ``BatchSource`` (``core/data/datasets.py``): in-memory, memory-mapped or
-streaming data look the same to it. A fresh optimizer is built for every round, so no momentum from
-an earlier round (or an earlier connection) leaks into the new global model.
+streaming data look the same to it. A fresh optimizer (and scheduler, ``train.scheduler``) is
+built for every round, as in FS, so no momentum from an earlier round (or an earlier connection)
+leaks into the new global model.
+
+Algorithms on the client side (doc/algorithms.md):
+- FedBN / ``personalization.local_param``: a state key is *local* when any of those strings is a
+  substring of its name (FS's rule). Local keys are never uploaded and never overwritten by the
+  global model; they are this client's ``personal_state()``.
+- FedProx: ``regularizer`` (set from ``fedprox.*`` by cfg_fl_algo) pulls the weights toward the
+  received global ones (``regularizer.py``).
+- Ditto: ``ditto.py`` (a personal model next to the global one).
+- ``finetune.before_eval``: evaluation runs on a fine-tuned copy; the model itself, and so the
+  next upload, is unchanged.
 """
+import copy
 import logging
-from typing import Dict, Iterator, Mapping, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+import federatedscope.register as register
 from federatedscope.core.data.datasets import BatchSource
 from federatedscope.core.trainers.optimizer import PlainSGD
+from federatedscope.core.trainers.regularizer import ParamPull
+from federatedscope.core.trainers.scheduler import build_scheduler
 
 logger = logging.getLogger("federatedscope")
 State = Dict[str, torch.Tensor]
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+def is_local_key(name: str, local_param) -> bool:
+    """FS's rule: a key stays on the client when any ``local_param`` string occurs in its name."""
+    return any(fragment in name for fragment in local_param)
+
+
+def resolve_device(device: str) -> str:
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"device {device} requested (use_gpu) but CUDA is not available; "
+                       f"training on cpu")
+        return "cpu"
+    return str(device)
 
 
 class GeneralTorchTrainer:
     def __init__(self, model: nn.Module, data: Mapping[str, BatchSource], device: str, cfg):
-        self.model = model.to(device)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
         self.data = dict(data)
-        self.device = device
         self.cfg = cfg
-        self.criterion = nn.CrossEntropyLoss(reduction="sum")
+        self.criterion = resolve_criterion(cfg.criterion.type, self.device)
+        self.local_keys = frozenset(k for k in self.model.state_dict()
+                                    if is_local_key(k, cfg.personalization.local_param))
+        self._version = 0          # bumped whenever the evaluated weights may change
+        self._finetuned: Optional[Tuple[int, nn.Module]] = None
+        self._last_seed = 0
 
     # --- model state ---
     def get_state(self) -> State:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
+    def upload_state(self) -> State:
+        return {k: v for k, v in self.get_state().items() if k not in self.local_keys}
+
     def set_state(self, state: State) -> None:
-        self.model.load_state_dict(state, strict=True)
+        """Load the global keys; local keys (``personalization.local_param``) keep their values
+        whether or not ``state`` carries them."""
+        own = self.model.state_dict()
+        unknown = sorted(set(state) - set(own))
+        missing = sorted(set(own) - set(state) - self.local_keys)
+        if unknown or missing:
+            raise ValueError(f"global state does not fit this model: unknown keys {unknown[:5]}, "
+                             f"missing keys {missing[:5]} (same model.* config on server and "
+                             f"clients? same personalization.local_param?)")
+        self.model.load_state_dict({k: v for k, v in state.items() if k not in self.local_keys},
+                                   strict=False)
+        self._version += 1
 
     def personal_state(self) -> State:
-        """Contract C8 (minimal until ALGOS' trainer): the keys kept on this client."""
-        pats = [p for p in getattr(getattr(self.cfg, "personalization", None), "local_param", [])]
-        return {k: v for k, v in self.get_state().items() if any(p and p in k for p in pats)}
+        """What this client keeps for itself between rounds (FedBN's layers); {} when none."""
+        return {k: v for k, v in self.get_state().items() if k in self.local_keys}
 
     def load_personal_state(self, state: State) -> None:
+        expected = set(self.local_keys)
+        if set(state) != expected:
+            raise ValueError(f"personal state keys {sorted(state)[:5]} do not match this "
+                             f"trainer's {sorted(expected)[:5]} (personalization.local_param or "
+                             f"federate.method changed since it was saved?)")
         self.model.load_state_dict(state, strict=False)
+        self._version += 1
 
     def num_samples(self, split: str) -> int:
         src = self.data.get(split)
         return len(src) if src is not None else 0
 
-    def _optimizer(self) -> PlainSGD:
-        o = self.cfg.train.optimizer
-        return PlainSGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+    def _optimizer(self, model: Optional[nn.Module] = None, lr: Optional[float] = None,
+                   o=None) -> PlainSGD:
+        """SGD over ``model`` (default: the global one) with the momentum and weight decay of
+        ``o`` (default: ``train.optimizer``) and ``lr`` (default: ``o.lr``)."""
+        o = o if o is not None else self.cfg.train.optimizer
+        model = model if model is not None else self.model
+        return PlainSGD(model.parameters(), lr=o.lr if lr is None else lr, momentum=o.momentum,
                         weight_decay=o.weight_decay)
 
     # --- training ---
     def train(self, seed: int) -> Tuple[int, State, Dict[str, float]]:
-        """Run ``local_update_steps`` batches or epochs; returns (train samples, state, metrics).
+        """Run ``local_update_steps`` batches or epochs; returns (train samples, upload, metrics).
 
         ``seed`` fixes the shuffle order and dropout for this round, so the same client in a
         standalone simulation and in its own process trains identically.
@@ -59,64 +116,199 @@ class GeneralTorchTrainer:
         src = self.data.get("train")
         n = len(src) if src is not None else 0
         if n == 0:
-            return 0, self.get_state(), {"train_total": 0}
-        torch.manual_seed(seed)
-        self.model.train()
-        opt = self._optimizer()
-        clip = self.cfg.grad.grad_clip
-        loss_sum, seen, correct = 0.0, 0, 0
-        for xb, yb in self._round_batches(src, seed):
-            xb, yb = xb.to(self.device), yb.to(self.device)
-            opt.zero_grad(set_to_none=True)
-            out = self.model(xb)
-            loss = self.criterion(out, yb)
-            (loss / len(yb)).backward()
-            if clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            opt.step()
-            loss_sum += float(loss.detach())
-            seen += len(yb)
-            correct += int((out.argmax(1) == yb).sum())
-        metrics = {"train_loss": loss_sum, "train_total": seen,
-                   "train_avg_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
-        return n, self.get_state(), metrics
+            return 0, self.upload_state(), {"train_total": 0}
+        self._begin_round(seed)
+        t = self.cfg.train
+        opt = self._optimizer(self.model, t.optimizer.lr)
+        sched = build_scheduler(opt, t.scheduler)
+        prox = self._prox()
+        acc = _Tally()
+        for _, batch in self._round_batches(src, seed, t.local_update_steps,
+                                            t.batch_or_epoch == "epoch"):
+            acc.add(*self._step(self.model, opt, batch, sched,
+                                pre_clip=prox.apply if prox else None))
+        self._version += 1
+        return n, self.upload_state(), acc.metrics("train")
 
-    def _round_batches(self, src: BatchSource, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """``local_update_steps`` epochs, or that many batches (continuing into further epochs);
-        epoch e is shuffled with seed ``seed * 1000003 + e``."""
-        steps = self.cfg.train.local_update_steps
-        bs, shuffle = self.cfg.dataloader.batch_size, self.cfg.dataloader.shuffle
-        by_epoch = self.cfg.train.batch_or_epoch == "epoch"
-        left, epoch = steps, 0
+    def _prox(self) -> Optional[ParamPull]:
+        """FedProx's pull toward the weights as received (None when off)."""
+        reg = self.cfg.regularizer
+        return ParamPull.toward_current(self.model, reg.mu) if reg.type and reg.mu else None
+
+    def _begin_round(self, seed: int) -> None:
+        self._finetuned = None   # a stale fine-tuned copy would hold a second model in memory
+        torch.manual_seed(seed)
+        self._last_seed = seed
+        self.model.train()
+
+    def _step(self, model: nn.Module, opt, batch: Batch, sched=None, pre_clip=None,
+              post_clip=None) -> Tuple[float, int, int]:
+        """One optimizer step; returns (summed loss, samples, correct)."""
+        xb, yb = batch[0].to(self.device), batch[1].to(self.device)
+        opt.zero_grad(set_to_none=True)
+        out = model(xb)
+        loss = self.criterion(out, yb)   # FS's convention: the batch mean
+        loss.backward()
+        if pre_clip is not None:
+            pre_clip()
+        clip = self.cfg.grad.grad_clip
+        if clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if post_clip is not None:
+            post_clip()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return float(loss.detach()) * len(yb), len(yb), int((out.argmax(1) == yb).sum())
+
+    def _round_batches(self, src: BatchSource, seed: int, steps: int,
+                       by_epoch: bool) -> Iterator[Tuple[int, Batch]]:
+        """``steps`` epochs, or that many batches (continuing into further epochs), each with
+        its unit index (epoch or batch number); epoch e is shuffled with seed
+        ``seed * 1000003 + e``."""
+        dl = self.cfg.dataloader
+        left, epoch, unit = steps, 0, 0
         while (epoch < steps) if by_epoch else (left > 0):
-            for batch in src.iter_batches(bs, shuffle, seed * 1000003 + epoch):
+            for batch in src.iter_batches(dl.batch_size, dl.shuffle, seed * 1000003 + epoch):
                 if not by_epoch:
                     if left == 0:
                         return
                     left -= 1
-                yield batch
+                yield (epoch if by_epoch else unit), batch
+                unit += 1
             epoch += 1
 
     # --- evaluation ---
-    @torch.no_grad()
+    def eval_model(self) -> nn.Module:
+        """The model evaluation reports on (Ditto: the personal one)."""
+        return self.model
+
     def evaluate(self, split: str) -> Dict[str, float]:
         src = self.data.get(split)
         if src is None or len(src) == 0:
             return {}
-        self.model.eval()
-        loss_sum, correct, total = 0.0, 0, 0
-        # Modest batches: ConvNet2 activations for 256 samples cost ~60 MB of peak RSS.
-        for xb, yb in src.iter_batches(max(self.cfg.dataloader.batch_size, 64), False, 0):
-            xb, yb = xb.to(self.device), yb.to(self.device)
-            out = self.model(xb)
-            loss_sum += float(self.criterion(out, yb))
-            correct += int((out.argmax(1) == yb).sum())
-            total += len(yb)
-        return {f"{split}_acc": correct / total, f"{split}_correct": correct,
-                f"{split}_loss": loss_sum, f"{split}_total": total,
-                f"{split}_avg_loss": loss_sum / total}
+        model = self._finetuned_model() if self.cfg.finetune.before_eval else self.eval_model()
+        model.eval()
+        acc = _Tally()
+        with torch.no_grad():
+            # Modest batches: ConvNet2 activations for 256 samples cost ~60 MB of peak RSS.
+            for xb, yb in src.iter_batches(max(self.cfg.dataloader.batch_size, 64), False, 0):
+                xb, yb = xb.to(self.device), yb.to(self.device)
+                out = model(xb)
+                acc.add(float(self.criterion(out, yb)) * len(yb), len(yb),
+                        int((out.argmax(1) == yb).sum()))
+        return acc.metrics(split, with_correct=True)
+
+    def _finetuned_model(self) -> nn.Module:
+        """``finetune.before_eval``: a copy of the evaluated model trained ``finetune.*`` steps
+        on the train split, built once per model version (one evaluation asks for several
+        splits), never written back."""
+        if self._finetuned is not None and self._finetuned[0] == self._version:
+            return self._finetuned[1]
+        model = copy.deepcopy(self.eval_model())
+        src = self.data.get("train")
+        if src is not None and len(src) > 0:
+            f = self.cfg.finetune
+            seed = self._last_seed * 31 + 17   # differs from the round's own shuffle
+            torch.manual_seed(seed)
+            model.train()
+            opt = self._optimizer(model, f.optimizer.lr, f.optimizer)
+            sched = build_scheduler(opt, f.scheduler)
+            for _, batch in self._round_batches(src, seed, f.local_update_steps,
+                                                f.batch_or_epoch == "epoch"):
+                self._step(model, opt, batch, sched)
+        self._finetuned = (self._version, model)
+        return model
+
+
+class _Tally:
+    def __init__(self):
+        self.loss, self.total, self.correct = 0.0, 0, 0
+
+    def add(self, loss: float, n: int, correct: int) -> None:
+        self.loss += loss
+        self.total += n
+        self.correct += correct
+
+    def metrics(self, split: str, with_correct: bool = False) -> Dict[str, float]:
+        n = max(self.total, 1)
+        out = {f"{split}_loss": self.loss, f"{split}_total": self.total,
+               f"{split}_avg_loss": self.loss / n, f"{split}_acc": self.correct / n}
+        if with_correct:
+            out[f"{split}_correct"] = self.correct
+        return out
+
+
+# --- registry (contract C8): registered entries answer before the built-ins ---
+def _builtin_trainer(trainer_type: str):
+    # 'cvtrainer' is FS's name for the general trainer applied to images; both behave the same.
+    return GeneralTorchTrainer if str(trainer_type).lower() in ("general", "cvtrainer") else None
+
+
+def _builtin_criterion(criterion_type: str, device):
+    if str(criterion_type).lower() == "crossentropyloss":
+        return nn.CrossEntropyLoss().to(device)
+    return None
+
+
+_BUILTINS = {"general": _builtin_trainer, "CrossEntropyLoss": _builtin_criterion}
+register.register_trainer("general", _builtin_trainer)
+register.register_criterion("CrossEntropyLoss", _builtin_criterion)
+
+
+def _ask(registry: Dict, *args):
+    ordered = [f for k, f in registry.items() if _BUILTINS.get(k) is not f]
+    ordered += [f for k, f in registry.items() if _BUILTINS.get(k) is f]
+    for func in ordered:
+        found = func(*args)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_trainer_class(trainer_type: str):
+    return _ask(register.trainer_dict, trainer_type)
+
+
+def resolve_criterion(criterion_type: str, device):
+    return _ask(register.criterion_dict, criterion_type, device)
 
 
 def get_trainer(model: nn.Module, data: Mapping[str, BatchSource], device: str, cfg):
-    # 'cvtrainer' is FS's name for the general trainer applied to images; both behave the same here.
-    return GeneralTorchTrainer(model, data, device, cfg)
+    """FS's builder: the class registered for ``trainer.type`` (else the built-in), made a Ditto
+    trainer when ``federate.method`` is Ditto; constructed as ``cls(model, data, device, cfg)``."""
+    cls = resolve_trainer_class(cfg.trainer.type)
+    if cls is None:
+        raise ValueError(f"trainer.type={cfg.trainer.type!r} is not registered")
+    if str(cfg.federate.method).lower() == "ditto":
+        from federatedscope.core.trainers.ditto import ditto_class
+        cls = ditto_class(cls)
+    trainer = cls(model, data, device, cfg)
+    line = describe(trainer)
+    if line not in _DESCRIBED:   # once per process, not once per simulated client
+        _DESCRIBED.add(line)
+        logger.info(line)
+    return trainer
+
+
+_DESCRIBED: set = set()
+
+
+def describe(trainer) -> str:
+    """One line saying which client-side algorithms this trainer runs (logged by the client)."""
+    cfg = trainer.cfg
+    parts = [type(trainer).__name__, f"on {getattr(trainer, 'device', '?')}"]
+    if cfg.regularizer.type and cfg.regularizer.mu:
+        parts.append(f"proximal term mu={cfg.regularizer.mu}")
+    if getattr(trainer, "local_keys", None):
+        parts.append(f"{len(trainer.local_keys)} local keys kept on the client")
+    if str(cfg.federate.method).lower() == "ditto":
+        p = cfg.personalization
+        parts.append(f"Ditto personal model (regular_weight={p.regular_weight}, lr={p.lr}, "
+                     f"local_update_steps={p.local_update_steps})")
+    if cfg.train.scheduler.type:
+        parts.append(f"scheduler {cfg.train.scheduler.type}")
+    if cfg.finetune.before_eval:
+        parts.append(f"fine-tuning {cfg.finetune.local_update_steps} "
+                     f"{cfg.finetune.batch_or_epoch}(s) before evaluation")
+    return "Trainer: " + ", ".join(parts)

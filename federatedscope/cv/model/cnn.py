@@ -1,8 +1,12 @@
 """ConvNet2 as FederatedScope defines it: 2 x [conv5x5(pad 2) -> BatchNorm -> ReLU -> maxpool2],
 32/64 channels, dropout, FC ``hidden``, FC ``class_num``. BN buffers (running stats and the int64
-``num_batches_tracked``) are part of the state and travel with the model."""
+``num_batches_tracked``) are part of the state and travel with the model.
+
+Registered with FS's ``register_model`` under ``convnet2``."""
 import torch
 from torch import nn
+
+from federatedscope.register import register_model
 
 
 class ConvNet2(nn.Module):
@@ -31,3 +35,17 @@ class ConvNet2(nn.Module):
         x = self.relu(self.fc1(x))
         x = nn.functional.dropout(x, p=self.dropout, training=self.training)
         return self.fc2(x)
+
+
+def call_convnet2(model_config, input_shape):
+    """FS's ``register_model`` convention: ConvNet2 for ``model.type convnet2``, else None.
+    ``input_shape`` is (channels, height, width); ``model.in_channels`` overrides the channels."""
+    if model_config.type.lower() != "convnet2":
+        return None
+    c, h, w = input_shape
+    return ConvNet2(in_channels=model_config.in_channels or c, h=h, w=w,
+                    hidden=model_config.hidden, class_num=model_config.out_channels,
+                    dropout=model_config.dropout)
+
+
+register_model("convnet2", call_convnet2)
