@@ -69,11 +69,7 @@ class Worker:
     def _register_default_handlers(self) -> None:
         """Subclasses register their FS-named callbacks here."""
 
-    def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None],
-                          send_msg=None) -> None:
-        """``send_msg`` (FS >= 0.3: the types the handler replies with) is accepted for FS
-        scripts and not needed here: replies are validated by type, not by handler."""
-        del send_msg
+    def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
         register_message_type(msg_type, sender=self.peer_role)
         self.msg_handlers[msg_type] = callback_func
 
