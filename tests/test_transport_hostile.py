@@ -290,3 +290,14 @@ def test_a_join_the_server_never_answers_does_not_hold_a_slot_for_ever(server, c
         assert not peer.closed, "a delivered join was cut at the plain join deadline"
         assert peer.wait_closed(10)
     assert "join_in was not answered" in caplog.text
+
+
+def test_token_bucket_passes_the_burst_then_the_rate():
+    """Heartbeat limit: burst 8, then 4 per 5 s interval (0.8/s), hand-computed."""
+    from federatedscope.core.communication.limits import TokenBucket
+    b = TokenBucket(8, 0.8, now=100.0)
+    assert [b.take(100.0) for _ in range(9)] == [True] * 8 + [False]
+    assert b.take(101.0) is False          # 0.8 tokens: not yet
+    assert b.take(101.25) is True          # 0.8 + 0.2 = 1.0
+    assert b.take(101.25) is False
+    assert [b.take(200.0) for _ in range(9)] == [True] * 8 + [False]   # refills to the cap only

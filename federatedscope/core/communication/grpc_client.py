@@ -23,7 +23,7 @@ from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import chunk_frames
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import compression, grpc_options
-from federatedscope.core.communication.security import channel_credentials
+from federatedscope.core.communication.security import channel_credentials, tls_problem
 from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
                                          validate_message)
 from federatedscope.core.workers.admission import token_digest   # moves to shard_format (C3)
@@ -109,6 +109,7 @@ class GrpcClientTransport:
         """Block until the channel is ready or ``budget`` seconds pass (then raise, clearly)."""
         start = time.monotonic()
         logged = 0.0
+        probed = False
         while True:
             left = budget - (time.monotonic() - start)
             if left <= 0:
@@ -125,6 +126,13 @@ class GrpcClientTransport:
                 grpc.channel_ready_future(self._channel).result(timeout=min(left, 5.0))
                 return
             except grpc.FutureTimeoutError:
+                if not probed:       # a TLS mismatch never heals: say which name/CA, and stop
+                    probed = True
+                    problem = tls_problem(self.cfg.distribute.server_host,
+                                          int(self.cfg.distribute.server_port),
+                                          self.cfg.distribute.tls_ca)
+                    if problem:
+                        raise ServerUnreachable(problem)
                 waited = time.monotonic() - start
                 if waited - logged >= 10:
                     logged = waited

@@ -12,7 +12,11 @@ Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
 by its length, unread; unjoined streams have their own cap (the oldest idle one is evicted when a
 new one arrives), so they cannot take the slots admitted clients need; the health service is not
-counted at all. The largest accepted message is derived from the model.
+counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
+accepted message is derived from the model. Below our code gRPC enforces the connection-level
+ceilings (streams per connection, header size, connections, idle connections, PING strikes:
+``limits.server_options``); doc/reliability.md, "Transport ceilings", derives every value.
+Each stream is first sent a nonce (initial metadata) that its join must prove the token with.
 """
 import asyncio
 import collections
