@@ -355,3 +355,33 @@ def test_ping_and_continuation_floods_get_goaway(server):
     assert took is not None and took <= 15, (sent, took)
     assert 3 in kinds and 7 in kinds, kinds                                      # RST_STREAM, GOAWAY
     assert inbox.empty() and t.session_counts()["open"] == 0
+
+
+def test_an_upload_that_stops_progressing_loses_its_slot_before_the_overall_timeout(
+        caplog, monkeypatch):
+    """Progress every STALL_SECONDS (1 s here) keeps a slow upload; a pause longer than that
+    drops it and closes the stream, long before assembly_timeout (30 s here)."""
+    import dataclasses
+    import time
+    from federatedscope.core.communication import intake
+    from federatedscope.core.communication.flow import ServerInbox, chunk_frames
+    monkeypatch.setattr(intake, "STALL_SECONDS", 1.0)
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)
+    t.limits = dataclasses.replace(t.limits, assembly_timeout=30.0)
+    t.start()
+    try:
+        slow, = _bound_peers(t, inbox, f"127.0.0.1:{t.port}", 1)
+        frames = chunk_frames(codec.encode(Message(MODEL_PARA, 1, 0, 0, {"sample_size": 1},
+                                                   {"w": torch.ones(200_000)})))
+        assert len(frames) >= 8
+        t0 = time.monotonic()
+        for f in frames[:7]:                  # 3 s of progress, one chunk per 0.5 s
+            slow.send(f)
+            time.sleep(0.5)
+        assert not slow.closed, "a slow upload that progresses was dropped"
+        assert slow.wait_closed(10), "a stalled upload kept its slot"
+        assert time.monotonic() - t0 < 10 and "no progress in 1s" in caplog.text
+    finally:
+        t.stop(grace=1.0)

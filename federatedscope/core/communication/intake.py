@@ -18,7 +18,7 @@ from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, Hea
 from federatedscope.core.communication.join_proof import NONCE_KEY
 from federatedscope.core.communication.limits import (BIG_MESSAGE, LOG_INTERVAL,
                                                       LOG_LINES_PER_INTERVAL, MAX_BACKLOG,
-                                                      TokenBucket)
+                                                      STALL_SECONDS, TokenBucket)
 from federatedscope.core.message import (HEARTBEAT, JOIN_IN, InvalidMessage, clip_text,
                                          validate_message)
 from federatedscope.core.workers.base_worker import Incoming
@@ -141,18 +141,32 @@ class StreamIntake:
             whole, conn.assembly = conn.assembly.buf, None
             return self._deliver_counted(conn, whole, heavy)
         # Cancelled when the message completes: a pending timer would keep its buffer alive.
-        conn.assembly.timer = self._loop.call_later(self.limits.assembly_timeout,
-                                                    self._check_assembly, conn, conn.assembly)
+        self._arm_stall_check(conn, conn.assembly, self._loop.time())
         return True
 
-    def _check_assembly(self, conn: Connection, assembly: Reassembly) -> None:
+    def _arm_stall_check(self, conn: Connection, assembly: Reassembly, began: float) -> None:
+        # A slot holder must make progress every STALL_SECONDS (a sender's chunks flow back to
+        # back once it holds the slot), and finish within assembly_timeout overall.
+        step = min(self.limits.assembly_timeout, STALL_SECONDS)
+        assembly.timer = self._loop.call_later(step, self._check_assembly, conn, assembly,
+                                               assembly.filled, began)
+
+    def _check_assembly(self, conn: Connection, assembly: Reassembly, filled: int,
+                        began: float) -> None:
         """A peer that stops mid-message must not hold an inbox slot: close its stream."""
-        if conn.assembly is assembly:
-            self._drop_assembly(conn)
-            self._reject(conn, f"chunked message incomplete after "
-                               f"{self.limits.assembly_timeout:g}s; closing the stream")
-            conn.reason = "stalled in the middle of a message"
-            conn.outbox.put_nowait(CLOSE)
+        if conn.assembly is not assembly:
+            return
+        elapsed = self._loop.time() - began
+        if assembly.filled > filled and elapsed < self.limits.assembly_timeout:
+            self._arm_stall_check(conn, assembly, began)
+            return
+        self._drop_assembly(conn)
+        self._reject(conn, f"chunked message stalled (no progress in "
+                           f"{min(self.limits.assembly_timeout, STALL_SECONDS):g}s, or "
+                           f"incomplete after {self.limits.assembly_timeout:g}s); "
+                           f"closing the stream")
+        conn.reason = "stalled in the middle of a message"
+        conn.outbox.put_nowait(CLOSE)
 
     def _drop_assembly(self, conn: Connection) -> None:
         if conn.assembly is not None:

@@ -22,6 +22,9 @@ CONCURRENT_BIG_WRITES = 8
 MAX_BACKLOG = 8
 # Headroom over 2 x the model's raw bytes: frame header, content JSON, tensor names.
 MESSAGE_MARGIN = 1024 * 1024
+# A chunked upload holding an inbox slot must make progress at least this often (its sender
+# writes the chunks back to back once it has the slot; only a frozen or hostile peer pauses).
+STALL_SECONDS = 10.0
 # HTTP/2 streams one connection may have open. A client uses one Session stream (two for a
 # moment while a reconnect replaces it); a health checker one more. Each open stream costs the
 # server buffers and a coroutine, so a connection must not multiply them.
