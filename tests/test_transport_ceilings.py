@@ -56,6 +56,22 @@ def _assert_rss_bounded(server, idle_kb: int, what: str) -> None:
     assert now <= 2 * idle_kb, f"{what}: RSS after {now // KB} MB > 2 x idle {idle_kb // KB} MB"
 
 
+def _stamp(line: str) -> float:
+    return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+
+
+def _join_delays(job: Job) -> dict:
+    """Seconds from each client's "connecting to server" line to the server's "joined" line."""
+    joined = {int(m.group(1)): _stamp(line) for line in job.server_log().splitlines()
+              for m in [re.search(r"Server: client #(\d+) joined", line)] if m}
+    out = {}
+    for k, at in joined.items():
+        lines = [x for x in open(job.log(f"client_{k}")).read().splitlines()
+                 if "connecting to server" in x]
+        out[k] = at - _stamp(lines[0])
+    return out
+
+
 def _run_clients(job: Job, server, rounds: int) -> None:
     clients = [job.client(k) for k in (1, 2, 3)]
     wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
@@ -106,12 +122,14 @@ def test_watch_flood_is_capped(femnist_root, femnist_shards, tmp_path):
         wait_for(lambda: refused() >= bound, 90, f"{bound} Watch streams to be refused")
         _assert_rss_bounded(server, idle, "Watch flood")
         assert health_status(addr) == "SERVING"    # Check is not capped
+        _run_clients(job, server, 1)               # with the flood still held open
     finally:
         for w in watches:
             w.cancel()
         for ch in channels:
             ch.close()
-    _run_clients(job, server, 1)
+    delays = _join_delays(job)
+    assert sorted(delays) == [1, 2, 3] and max(delays.values()) <= 10.0, delays
 
 
 def _established(pid: int, port: int) -> int:
