@@ -48,6 +48,8 @@ def test_random_kill9_of_server_and_clients_loses_no_round(femnist_root, femnist
         else:
             procs[victim] = job.client(victim, name=f"client_{victim}_r{restarts[victim]}")
     wait_all(list(procs.values()), timeout=300, expect=[0] * len(procs))
+    assert restarts == {v: 1 for v in victims}, restarts
+    assert "restored round" in job.server_log("server_r1")   # resumed, not started over
     job.assert_eval_complete()             # rounds 1..ROUNDS exactly once, in order; one Final
     assert job.final()["Round"] == ROUNDS
     last = [line for line in job.eval_lines() if not line.get("Final")][-1]
