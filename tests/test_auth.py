@@ -176,3 +176,59 @@ def test_join_proof_binds_the_stream_nonce_and_the_claimed_id():
         assert not d.accepted and d.peer_reason == "bad token", bad
     d = adm.admit(ok, set())
     assert d.accepted and d.client_id == 2 and d.train_samples == 7
+
+
+def test_tls_problem_names_the_host_name_or_the_ca_that_failed(tmp_path):
+    """One real TLS handshake per case against a local ssl server holding the test certificate
+    (SAN: 127.0.0.1, localhost): right CA and name -> ""; a name not in the certificate; a CA
+    that did not sign it; no CA against a TLS server; a CA against a plaintext server."""
+    import socket
+    import ssl
+    import threading
+    from federatedscope.core.communication.security import tls_problem
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    for d in (certs, other):
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "distributed_scripts",
+                                             "make_local_certs.sh"), str(d)],
+                       check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs / "server.crt"), str(certs / "server.key"))
+
+    def serve(host: str, tls: bool) -> int:
+        lsock = socket.socket()
+        lsock.bind((host, 0))
+        lsock.listen()
+
+        def loop():
+            while True:
+                try:
+                    conn, _ = lsock.accept()
+                except OSError:
+                    return
+                try:
+                    with (ctx.wrap_socket(conn, server_side=True) if tls else conn) as c:
+                        if not tls:      # what a plaintext server answers a ClientHello with
+                            c.recv(4096)
+                            c.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))
+                except (ssl.SSLError, OSError):
+                    pass
+        threading.Thread(target=loop, daemon=True).start()
+        servers.append(lsock)
+        return lsock.getsockname()[1]
+    servers = []
+    try:
+        ca, wrong = str(certs / "ca.crt"), str(other / "ca.crt")
+        port = serve("127.0.0.1", True)
+        assert tls_problem("127.0.0.1", port, ca) == ""
+        assert tls_problem("localhost", port, ca) == ""
+        assert f"distribute.tls_ca={wrong}" in tls_problem("127.0.0.1", port, wrong)
+        assert "no distribute.tls_ca" in tls_problem("127.0.0.1", port, "")
+        port2 = serve("127.0.0.2", True)       # all of 127/8 is loopback on Linux
+        msg = tls_problem("127.0.0.2", port2, ca)
+        assert "does not name '127.0.0.2'" in msg and "distribute.server_host" in msg, msg
+        plain = serve("127.0.0.1", False)
+        assert "does not complete a TLS handshake" in tls_problem("127.0.0.1", plain, ca)
+        assert tls_problem("127.0.0.1", plain, "") == ""
+    finally:
+        for s in servers:
+            s.close()
