@@ -98,8 +98,8 @@ class Admission:
                                        f"(federate.client_num)")
         if self.manifest is not None and claimed not in self.manifest:
             return _refuse(UNKNOWN_ID, f"client id {claimed} is not listed in the manifest")
-        problem = self._check_token(claimed, token, content)   # before "duplicate": who is online is
-        if problem:                                    # nobody's business without the token
+        problem = self._check_token(claimed, token, content)  # before "duplicate": who is
+        if problem:                                   # online is nobody's business without it
             return _refuse(BAD_TOKEN, problem)
         if claimed in online:
             return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
