@@ -34,6 +34,10 @@ if __package__ in (None, ""):
 
 from federatedscope.core.communication import codec  # noqa: E402
 from federatedscope.core.communication.flow import chunk_frames  # noqa: E402
+from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
+from federatedscope.core.communication.join_proof import (NONCE_HEADER, PROOF_KEY,  # noqa: E402
+                                                          join_proof)
+from federatedscope.core.workers.admission import token_digest  # noqa: E402
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
                                          METRICS, MODEL_PARA, REFUSE, Message)
 
@@ -99,9 +103,15 @@ class RawPeer:
              num_samples: Optional[dict] = None, **extra) -> None:
         content = {"client_id": client_id, "token": token,
                    "num_samples": num_samples or {"train": 0, "val": 0, "test": 0}, **extra}
+        if token:   # the proof the server checks; the plain token rides along for odd-text tests
+            content[PROOF_KEY] = join_proof(token_digest(token), self.nonce(), client_id)
         if declaration is not None:
             content["declaration"] = declaration
         self.send(Message(JOIN_IN, client_id, 0, 0, content))
+
+    def nonce(self) -> bytes:
+        """The nonce the server sent on this session (gRPC initial metadata)."""
+        return bytes.fromhex(dict(self._call.initial_metadata() or ()).get(NONCE_HEADER, ""))
 
     def recv_raw(self, timeout: float = 5.0) -> Optional[bytes]:
         try:
@@ -288,9 +298,10 @@ class Swarm:
         hb = None
         try:
             t_join = time.perf_counter()
-            await write(Message(JOIN_IN, cid, 0, 0, {"client_id": cid, "token": shard.token,
-                                                     "num_samples": dict(shard.num_samples),
-                                                     "declaration": shard.declaration}))
+            nonce = dict(await call.initial_metadata() or ()).get(NONCE_HEADER)
+            await write(signed_join(Message(JOIN_IN, cid, 0, 0, {
+                "client_id": cid, "token": shard.token, "num_samples": dict(shard.num_samples),
+                "declaration": shard.declaration}), nonce))
             hb = asyncio.ensure_future(heartbeat())
             while True:
                 data = await call.read()

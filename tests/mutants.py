@@ -75,7 +75,7 @@ MUTANTS: List[Mutant] = [
            "        return ClientsAvgAggregator(config, distributed, opt)",
            [CORE + "test_robust_rules_bound_a_byzantine_update"]),
     Mutant("token-not-checked", "federatedscope/core/workers/admission.py",
-           "        problem = self._check_token(claimed, token)",
+           "        problem = self._check_token(claimed, token, content)",
            '        problem = ""',
            [CORE + "test_any_token_string_is_compared_safely"]),
     Mutant("owed-evaluation-forgotten", "federatedscope/core/workers/server.py",

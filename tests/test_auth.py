@@ -1,5 +1,6 @@
 """Auth: TLS + per-client tokens (manifest keeps only their hashes), and the admission rules."""
 import hashlib
+import hmac
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from fl_job import Job
 from proc_utils import ROOT, wait_all
 from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
+from federatedscope.core.communication.join_proof import NONCE_KEY, PROOF_KEY, join_proof
 from federatedscope.core.workers.admission import Admission
 
 
@@ -49,6 +51,17 @@ def test_tls_and_tokens_refuse_intruders_and_run_the_job(femnist_root, secured_s
     plain = job.client(1, ["distribute.token_file", f"{tokens}/client_1.token",
                            "distribute.connect_timeout", "3.0"], name="plaintext")
     wait_all([plain], timeout=60, expect=[1])
+    assert "speaks TLS but this client has no distribute.tls_ca" in open(job.log("plaintext")).read()
+    # 4. a CA that did not sign the server's certificate: the message names that CA file
+    other = tmp_path / "other_ca"
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "distributed_scripts",
+                                         "make_local_certs.sh"), str(other)],
+                   check=True, capture_output=True)
+    wrong_ca = job.client(1, ["distribute.tls_ca", f"{other}/ca.crt", "distribute.token_file",
+                              f"{tokens}/client_1.token"], name="wrong_ca")
+    wait_all([wrong_ca], timeout=120, expect=[1])
+    assert f"not signed by the CA in distribute.tls_ca={other}/ca.crt" in \
+        open(job.log("wrong_ca")).read()
 
     clients = [job.client(k, tls + ["distribute.token_file", f"{tokens}/client_{k}.token"])
                for k in (1, 2, 3)]
@@ -144,3 +157,78 @@ def test_declared_sample_type_must_match_manifest(femnist_shards):
     known_bug(not d.accepted and "sample type" in d.reason, SAMPLE_TYPE_CHECKED,
               f"a strict server must refuse a float32[3,224,224] declaration against a "
               f"uint8[28,28] manifest (got accepted={d.accepted}, {d.reason!r})")
+
+
+def test_join_proof_binds_the_stream_nonce_and_the_claimed_id():
+    """The proof is HMAC-SHA256(sha256(token), nonce | id); the transport's stamped nonce makes
+    only the proof count: another nonce, another id, a plain token or a case-changed proof fail."""
+    key = hashlib.sha256("s3cret".encode()).digest()
+    n1, n2 = bytes(range(32)), bytes(range(1, 33))
+    proof = join_proof(key, n1, 2)
+    assert proof == hmac.new(key, n1 + b"|2", hashlib.sha256).hexdigest()
+    adm = Admission(None, strict=True, shared_token="s3cret", max_clients=4)
+    ok = {"client_id": 2, NONCE_KEY: n1.hex(), PROOF_KEY: proof,
+          "num_samples": {"train": 7, "val": 1, "test": 1}}
+    for bad in ({**ok, NONCE_KEY: n2.hex()}, {**ok, "client_id": 3}, {**ok, PROOF_KEY: proof.upper()},
+                {**ok, PROOF_KEY: None}, {**ok, NONCE_KEY: "zz"},
+                {"client_id": 2, NONCE_KEY: n1.hex(), "token": "s3cret"}):
+        d = adm.admit(bad, set())
+        assert not d.accepted and d.peer_reason == "bad token", bad
+    d = adm.admit(ok, set())
+    assert d.accepted and d.client_id == 2 and d.train_samples == 7
+
+
+def test_tls_problem_names_the_host_name_or_the_ca_that_failed(tmp_path):
+    """One real TLS handshake per case against a local ssl server holding the test certificate
+    (SAN: 127.0.0.1, localhost): right CA and name -> ""; a name not in the certificate; a CA
+    that did not sign it; no CA against a TLS server; a CA against a plaintext server."""
+    import socket
+    import ssl
+    import threading
+    from federatedscope.core.communication.security import tls_problem
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    for d in (certs, other):
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "distributed_scripts",
+                                             "make_local_certs.sh"), str(d)],
+                       check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs / "server.crt"), str(certs / "server.key"))
+
+    def serve(host: str, tls: bool) -> int:
+        lsock = socket.socket()
+        lsock.bind((host, 0))
+        lsock.listen()
+
+        def loop():
+            while True:
+                try:
+                    conn, _ = lsock.accept()
+                except OSError:
+                    return
+                try:
+                    with (ctx.wrap_socket(conn, server_side=True) if tls else conn) as c:
+                        if not tls:      # what a plaintext server answers a ClientHello with
+                            c.recv(4096)
+                            c.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))
+                except (ssl.SSLError, OSError):
+                    pass
+        threading.Thread(target=loop, daemon=True).start()
+        servers.append(lsock)
+        return lsock.getsockname()[1]
+    servers = []
+    try:
+        ca, wrong = str(certs / "ca.crt"), str(other / "ca.crt")
+        port = serve("127.0.0.1", True)
+        assert tls_problem("127.0.0.1", port, ca) == ""
+        assert tls_problem("localhost", port, ca) == ""
+        assert f"distribute.tls_ca={wrong}" in tls_problem("127.0.0.1", port, wrong)
+        assert "no distribute.tls_ca" in tls_problem("127.0.0.1", port, "")
+        port2 = serve("127.0.0.2", True)       # all of 127/8 is loopback on Linux
+        msg = tls_problem("127.0.0.2", port2, ca)
+        assert "does not name '127.0.0.2'" in msg and "distribute.server_host" in msg, msg
+        plain = serve("127.0.0.1", False)
+        assert "does not complete a TLS handshake" in tls_problem("127.0.0.1", plain, ca)
+        assert tls_problem("127.0.0.1", plain, "") == ""
+    finally:
+        for s in servers:
+            s.close()

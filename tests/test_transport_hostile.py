@@ -290,3 +290,98 @@ def test_a_join_the_server_never_answers_does_not_hold_a_slot_for_ever(server, c
         assert not peer.closed, "a delivered join was cut at the plain join deadline"
         assert peer.wait_closed(10)
     assert "join_in was not answered" in caplog.text
+
+
+def test_token_bucket_passes_the_burst_then_the_rate():
+    """Heartbeat limit: burst 8, then 4 per 5 s interval (0.8/s), hand-computed."""
+    from federatedscope.core.communication.limits import TokenBucket
+    b = TokenBucket(8, 0.8, now=100.0)
+    assert [b.take(100.0) for _ in range(9)] == [True] * 8 + [False]
+    assert b.take(101.0) is False          # 0.8 tokens: not yet
+    assert b.take(101.25) is True          # 0.8 + 0.2 = 1.0
+    assert b.take(101.25) is False
+    assert [b.take(200.0) for _ in range(9)] == [True] * 8 + [False]   # refills to the cap only
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big")
+            + payload)
+
+
+def _flood_until_closed(port: int, first: bytes, frames, seconds: float):
+    """Raw HTTP/2 on a TCP socket: preface, SETTINGS (+ ACK), ``first``, then ``frames`` until the
+    server closes the connection. Returns (frames sent, seconds taken or None, frame types the
+    server sent)."""
+    import socket
+    import time
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")
+                  + _h2_frame(4, 1, 0, b"") + first)
+        s.settimeout(0.01)
+        t0, sent, took = time.monotonic(), 0, None
+        while time.monotonic() - t0 < seconds and took is None:
+            try:
+                s.sendall(next(frames))
+                sent += 1
+                data = s.recv(65536)
+                if not data:
+                    took = time.monotonic() - t0
+                got += data
+            except socket.timeout:
+                continue
+            except OSError:                  # reset: closed by the server
+                took = time.monotonic() - t0
+    kinds, i = [], 0
+    while i + 9 <= len(got):
+        kinds.append(got[i + 3])
+        i += 9 + int.from_bytes(got[i:i + 3], "big")
+    return sent, took, kinds
+
+
+def test_ping_and_continuation_floods_get_goaway(server):
+    """PINGs while the server sends nothing: GOAWAY after 2 strikes
+    (grpc.http2.max_ping_strikes). A header block grown by CONTINUATION frames: the stream is
+    reset once it passes grpc.absolute_max_metadata_size (16 KiB), the rest is discarded
+    unbuffered, and the connection, now without a stream, gets GOAWAY at the idle limit (10 s)."""
+    import itertools
+    t, inbox, _ = server()
+    pings = (_h2_frame(6, 0, 0, i.to_bytes(8, "big")) for i in itertools.count())
+    sent, took, kinds = _flood_until_closed(t.port, b"", pings, 20)
+    assert took is not None and sent <= 10 and 7 in kinds, (sent, took, kinds)   # 7: GOAWAY
+    block = b"\x00\x05x-aaa\x03bbb" * 100      # 1,100 bytes of literal headers per frame
+    conts = (_h2_frame(9, 0, 1, block) for _ in itertools.count())
+    sent, took, kinds = _flood_until_closed(t.port, _h2_frame(1, 0, 1, block), conts, 30)
+    assert took is not None and took <= 15, (sent, took)
+    assert 3 in kinds and 7 in kinds, kinds                                      # RST_STREAM, GOAWAY
+    assert inbox.empty() and t.session_counts()["open"] == 0
+
+
+def test_an_upload_that_stops_progressing_loses_its_slot_before_the_overall_timeout(
+        caplog, monkeypatch):
+    """Progress every STALL_SECONDS (1 s here) keeps a slow upload; a pause longer than that
+    drops it and closes the stream, long before assembly_timeout (30 s here)."""
+    import dataclasses
+    import time
+    from federatedscope.core.communication import intake
+    from federatedscope.core.communication.flow import ServerInbox, chunk_frames
+    monkeypatch.setattr(intake, "STALL_SECONDS", 1.0)
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)
+    t.limits = dataclasses.replace(t.limits, assembly_timeout=30.0)
+    t.start()
+    try:
+        slow, = _bound_peers(t, inbox, f"127.0.0.1:{t.port}", 1)
+        frames = chunk_frames(codec.encode(Message(MODEL_PARA, 1, 0, 0, {"sample_size": 1},
+                                                   {"w": torch.ones(200_000)})))
+        assert len(frames) >= 8
+        t0 = time.monotonic()
+        for f in frames[:7]:                  # 3 s of progress, one chunk per 0.5 s
+            slow.send(f)
+            time.sleep(0.5)
+        assert not slow.closed, "a slow upload that progresses was dropped"
+        assert slow.wait_closed(10), "a stalled upload kept its slot"
+        assert time.monotonic() - t0 < 10 and "no progress in 1s" in caplog.text
+    finally:
+        t.stop(grace=1.0)

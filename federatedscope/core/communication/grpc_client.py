@@ -21,10 +21,12 @@ import grpc
 
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import chunk_frames
+from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import compression, grpc_options
-from federatedscope.core.communication.security import channel_credentials
+from federatedscope.core.communication.security import channel_credentials, tls_problem
 from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
                                          validate_message)
+from federatedscope.core.workers.admission import token_digest   # moves to shard_format (C3)
 from federatedscope.core.workers.base_worker import Disconnected
 
 logger = logging.getLogger("federatedscope")
@@ -33,6 +35,19 @@ _END = object()
 
 class ServerUnreachable(ConnectionError):
     pass
+
+
+def signed_join(join: Message, nonce_hex: Optional[str]) -> Message:
+    """``join`` with its token replaced by a proof for this stream's nonce (join_proof.py)."""
+    content = dict(join.content)
+    token = content.pop("token", "")
+    if token and nonce_hex:
+        try:
+            nonce = bytes.fromhex(nonce_hex)
+        except ValueError:
+            nonce = b""
+        content[PROOF_KEY] = join_proof(token_digest(token), nonce, content.get("client_id"))
+    return Message(join.msg_type, join.sender, join.receiver, join.state, content)
 
 
 class Backoff:
@@ -94,6 +109,7 @@ class GrpcClientTransport:
         """Block until the channel is ready or ``budget`` seconds pass (then raise, clearly)."""
         start = time.monotonic()
         logged = 0.0
+        probed = False
         while True:
             left = budget - (time.monotonic() - start)
             if left <= 0:
@@ -110,6 +126,13 @@ class GrpcClientTransport:
                 grpc.channel_ready_future(self._channel).result(timeout=min(left, 5.0))
                 return
             except grpc.FutureTimeoutError:
+                if not probed:       # a TLS mismatch never heals: say which name/CA, and stop
+                    probed = True
+                    problem = tls_problem(self.cfg.distribute.server_host,
+                                          int(self.cfg.distribute.server_port),
+                                          self.cfg.distribute.tls_ca)
+                    if problem:
+                        raise ServerUnreachable(problem)
                 waited = time.monotonic() - start
                 if waited - logged >= 10:
                     logged = waited
@@ -124,14 +147,23 @@ class GrpcClientTransport:
         self.attempts += 1
         self._session_ok = False
         outbox: "queue.Queue" = queue.Queue()
-        outbox.put(codec.encode(join))
+        nonce: "queue.Queue" = queue.Queue(maxsize=1)
         self._outbox = outbox
-        self._call = self._session(self._requests(outbox))
-        self._reader = threading.Thread(target=self._read, args=(self._call,),
+        self._call = self._session(self._requests(outbox, join, nonce))
+        self._reader = threading.Thread(target=self._read, args=(self._call, nonce),
                                         name="client-reader", daemon=True)
         self._reader.start()
 
-    def _requests(self, outbox: "queue.Queue"):
+    def _requests(self, outbox: "queue.Queue", join: Message, nonce: "queue.Queue"):
+        # The join waits for this stream's nonce (the server's initial metadata, sent before it
+        # reads anything): the token itself never travels, only a proof bound to the nonce.
+        try:
+            got = nonce.get(timeout=max(1.0, float(self.cfg.distribute.join_deadline)))
+        except queue.Empty:
+            got = None
+        if got is None:
+            return   # the stream failed before it began; the reader reports why
+        yield codec.encode(signed_join(join, got))
         interval = self.cfg.distribute.heartbeat_interval
         while True:
             try:
@@ -145,9 +177,11 @@ class GrpcClientTransport:
             else:
                 yield item
 
-    def _read(self, call) -> None:
+    def _read(self, call, nonce: "queue.Queue") -> None:
         reason = "server closed the stream"
         try:
+            metadata = dict(call.initial_metadata() or ())
+            nonce.put(metadata.get(NONCE_HEADER))
             for data in call:
                 try:
                     msg = codec.decode(data)
@@ -159,6 +193,8 @@ class GrpcClientTransport:
                 self.inbox.put(msg)
         except grpc.RpcError as e:
             reason = f"{e.code().name}: {e.details()}" if hasattr(e, "code") else str(e)
+        if nonce.empty():
+            nonce.put(None)
         self.inbox.put(Disconnected(0, reason))
 
     def reconnect(self, join: Message, reason: str) -> None:

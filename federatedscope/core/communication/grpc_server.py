@@ -12,12 +12,17 @@ Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
 by its length, unread; unjoined streams have their own cap (the oldest idle one is evicted when a
 new one arrives), so they cannot take the slots admitted clients need; the health service is not
-counted at all. The largest accepted message is derived from the model.
+counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
+accepted message is derived from the model. Below our code gRPC enforces the connection-level
+ceilings (streams per connection, header size, connections, idle connections, PING strikes:
+``limits.server_options``); doc/reliability.md, "Transport ceilings", derives every value.
+Each stream is first sent a nonce (initial metadata) that its join must prove the token with.
 """
 import asyncio
 import collections
 import itertools
 import logging
+import os
 import queue
 import threading
 from typing import Dict, Optional
@@ -27,10 +32,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
-from federatedscope.core.communication.intake import CLOSE, Connection, StreamIntake
+from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
+from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
-                                                      compression, derive_limits, grpc_options,
-                                                      probe_bind)
+                                                      MAX_HEALTH_WATCHES, UNARY_HEADROOM,
+                                                      BAD_MESSAGES_PER_SESSION, HEARTBEAT_BURST,
+                                                      TokenBucket, compression, derive_limits,
+                                                      grpc_options, probe_bind, server_options)
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import Message, clip_text
 from federatedscope.core.workers.base_worker import Disconnected
@@ -39,6 +47,28 @@ logger = logging.getLogger("federatedscope")
 SERVICE = "federatedscope.FLService"
 JOIN_ANSWER_TIMEOUT = 60.0   # seconds; a delivered join_in normally gets bound or refused in ms
 __all__ = ["GrpcServerTransport", "ServerInbox", "grpc_options", "compression"]
+
+
+class CappedHealth(health.aio.HealthServicer):
+    """gRPC's health service with a ceiling on Watch streams: each one is held open (a coroutine
+    and a condition wait) for as long as the peer likes, so without a cap they grow with the
+    attacker's patience. Over the cap a Watch is refused; Check stays free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watches = 0
+        self.refused_watches = 0
+
+    async def Watch(self, request, context) -> None:  # noqa: N802 - gRPC's method name
+        if self.watches >= MAX_HEALTH_WATCHES:
+            self.refused_watches += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"at most {MAX_HEALTH_WATCHES} health Watch streams; use Check")
+        self.watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watches -= 1
 
 
 class GrpcServerTransport(StreamIntake):
@@ -77,25 +107,19 @@ class GrpcServerTransport(StreamIntake):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
 
     async def _setup(self) -> int:
-        options = grpc_options(self.cfg, self.limits.max_receive) + [
-            ("grpc.so_reuseport", 0),
-            # Receive windows stay fixed (no BDP growth): gRPC buffers at most this much per
-            # stream that we are not reading, so N clients uploading at once cost
-            # N x window, not N x model (measured: 100 uploads of 1.8 MB held +176 MB with
-            # BDP probing, +12 MB without). Uploads then run at window / RTT per stream.
-            ("grpc.http2.bdp_probe", 0),
-            ("grpc.http2.lookahead_bytes", self.limits.stream_window),
-            # ... and clients may send a whole window as one DATA frame: fewer 9-byte frame
-            # headers (upload bytes on the socket / raw: 1.00115 -> 1.00065 measured)
-            ("grpc.http2.max_frame_size", 1 << 20)]
-        self._server = grpc.aio.server(options=options, compression=compression(self.cfg))
+        self._server = grpc.aio.server(
+            options=server_options(self.cfg, self.limits), compression=compression(self.cfg),
+            # every RPC at once, streams and health checks together: beyond it gRPC answers
+            # RESOURCE_EXHAUSTED without running a handler
+            maximum_concurrent_rpcs=self.limits.max_sessions + MAX_HEALTH_WATCHES + UNARY_HEADROOM)
         # Raw bytes both ways: the codec parses requests (a malformed one is logged, not fatal
         # inside gRPC's deserializer) and a broadcast's encoded bytes are queued as they are.
         session = grpc.stream_stream_rpc_method_handler(self._session, request_deserializer=None,
                                                         response_serializer=None)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {"Session": session}),))
-        self.health = health.aio.HealthServicer()
+        self.health = CappedHealth()
+        self._lines = LineBudget(self._loop)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._all_closed = asyncio.Event()
         self._all_closed.set()
@@ -211,7 +235,8 @@ class GrpcServerTransport(StreamIntake):
             old.outbox.put_nowait(CLOSE)
         if len(self._conns) >= self.limits.max_sessions:
             return None
-        conn = Connection(next(self._ids), peer)
+        conn = Connection(next(self._ids), peer, os.urandom(NONCE_BYTES),
+                          TokenBucket(HEARTBEAT_BURST, self.limits.heartbeat_rate, self._loop.time()))
         self._conns[conn.conn_id] = conn
         self._idle[conn.conn_id] = conn
         self._all_closed.clear()
@@ -224,6 +249,9 @@ class GrpcServerTransport(StreamIntake):
                            f"{len(self._conns)} sessions open (cap {self.limits.max_sessions})")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 "server busy: too many sessions not yet joined; retry later")
+        # The nonce goes first, before the peer may send anything: its join must prove the token
+        # for this very stream (join_proof.py).
+        await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()),))
         reader = asyncio.ensure_future(self._read(conn, requests))
         deadline = self._loop.call_later(self.limits.join_deadline, self._check_deadline, conn)
         try:
@@ -266,6 +294,12 @@ class GrpcServerTransport(StreamIntake):
                 # (a whole model) alive until its next heartbeat, N models for N streams.
                 del data
                 if not keep:
+                    break
+                if conn.bad >= BAD_MESSAGES_PER_SESSION:
+                    who = f"client #{conn.client_id}" if conn.client_id is not None else conn.peer
+                    logger.warning(f"Closed the session of {who}: {conn.bad} invalid or excess "
+                                   f"messages (limit {BAD_MESSAGES_PER_SESSION} per session)")
+                    conn.reason = "too many invalid messages"
                     break
         except asyncio.CancelledError:
             raise

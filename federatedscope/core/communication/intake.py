@@ -15,8 +15,12 @@ import grpc
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, HeavyIncoming,
                                                     Reassembly, ServerInbox, chunk_total)
-from federatedscope.core.communication.limits import BIG_MESSAGE, MAX_BACKLOG
-from federatedscope.core.message import JOIN_IN, InvalidMessage, clip_text, validate_message
+from federatedscope.core.communication.join_proof import NONCE_KEY
+from federatedscope.core.communication.limits import (BIG_MESSAGE, LOG_INTERVAL,
+                                                      LOG_LINES_PER_INTERVAL, MAX_BACKLOG,
+                                                      STALL_SECONDS, TokenBucket)
+from federatedscope.core.message import (HEARTBEAT, JOIN_IN, InvalidMessage, clip_text,
+                                         validate_message)
 from federatedscope.core.workers.base_worker import Incoming
 
 logger = logging.getLogger("federatedscope")
@@ -26,9 +30,13 @@ CLOSE = object()   # queued to a stream's outbox: end the stream after what prec
 class Connection:
     """One client stream; touched only on the event-loop thread."""
 
-    def __init__(self, conn_id: int, peer: str):
+    def __init__(self, conn_id: int, peer: str, nonce: bytes = b"",
+                 heartbeats: Optional[TokenBucket] = None):
         self.conn_id = conn_id
         self.peer = clip_text(peer, 80)
+        self.nonce = nonce                # sent to the peer; its join must prove the token with it
+        self.heartbeats = heartbeats      # rate limit of heartbeats on this session
+        self.bad = 0                      # invalid / excess messages so far (closed at the limit)
         self.client_id: Optional[int] = None
         self.outbox: "asyncio.Queue" = asyncio.Queue()
         self.join_sent = False        # a valid join_in is with the Server, awaiting its answer
@@ -37,6 +45,45 @@ class Connection:
         self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
         self.assembly: Optional[Reassembly] = None   # a chunked message being received
 
+
+class LineBudget:
+    """Rejection lines: at most ``LOG_LINES_PER_INTERVAL`` per ``LOG_INTERVAL`` seconds, then one
+    summary line with the count when the interval ends, so a flood costs a few lines, not one
+    per message (a log is disk and CPU too). Runs on the transport's event loop."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.start = loop.time()
+        self.lines = 0
+        self.suppressed = 0
+        self.peers: set = set()
+        self._flush_at = None
+
+    def warn(self, peer: str, text: str) -> None:
+        now = self.loop.time()
+        if now - self.start >= LOG_INTERVAL:
+            self.flush()
+            self.start, self.lines = now, 0
+        if self.lines < LOG_LINES_PER_INTERVAL:
+            self.lines += 1
+            logger.warning(text)
+            return
+        self.suppressed += 1
+        if len(self.peers) < 1000:
+            self.peers.add(peer)
+        if self._flush_at is None:
+            self._flush_at = self.loop.call_at(self.start + LOG_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if self.suppressed:
+            logger.warning(f"Rejected {self.suppressed} more messages from {len(self.peers)} "
+                           f"peer(s) in the last {LOG_INTERVAL:g}s (over {LOG_LINES_PER_INTERVAL} "
+                           f"lines per {LOG_INTERVAL:g}s, not logged one by one)")
+        self.suppressed = 0
+        self.peers.clear()
 
 
 class StreamIntake:
@@ -67,7 +114,7 @@ class StreamIntake:
             return await self._begin_chunks(conn, data)
         if self._refused_by_length(conn, len(data)):
             return False
-        heavy = self._budgeted(len(data))
+        heavy = self._budgeted(conn, len(data))
         if heavy:
             await self._wait_for_inbox_slot()
         return self._deliver_counted(conn, data, heavy)
@@ -80,7 +127,7 @@ class StreamIntake:
             return True
         if self._refused_by_length(conn, total):
             return False
-        heavy = self._budgeted(total)
+        heavy = self._budgeted(conn, total)
         if heavy:   # before reading the rest: while we wait, flow control holds the sender
             await self._wait_for_inbox_slot()
         try:
@@ -94,18 +141,32 @@ class StreamIntake:
             whole, conn.assembly = conn.assembly.buf, None
             return self._deliver_counted(conn, whole, heavy)
         # Cancelled when the message completes: a pending timer would keep its buffer alive.
-        conn.assembly.timer = self._loop.call_later(self.limits.assembly_timeout,
-                                                    self._check_assembly, conn, conn.assembly)
+        self._arm_stall_check(conn, conn.assembly, self._loop.time())
         return True
 
-    def _check_assembly(self, conn: Connection, assembly: Reassembly) -> None:
+    def _arm_stall_check(self, conn: Connection, assembly: Reassembly, began: float) -> None:
+        # A slot holder must make progress every STALL_SECONDS (a sender's chunks flow back to
+        # back once it holds the slot), and finish within assembly_timeout overall.
+        step = min(self.limits.assembly_timeout, STALL_SECONDS)
+        assembly.timer = self._loop.call_later(step, self._check_assembly, conn, assembly,
+                                               assembly.filled, began)
+
+    def _check_assembly(self, conn: Connection, assembly: Reassembly, filled: int,
+                        began: float) -> None:
         """A peer that stops mid-message must not hold an inbox slot: close its stream."""
-        if conn.assembly is assembly:
-            self._drop_assembly(conn)
-            self._reject(conn, f"chunked message incomplete after "
-                               f"{self.limits.assembly_timeout:g}s; closing the stream")
-            conn.reason = "stalled in the middle of a message"
-            conn.outbox.put_nowait(CLOSE)
+        if conn.assembly is not assembly:
+            return
+        elapsed = self._loop.time() - began
+        if assembly.filled > filled and elapsed < self.limits.assembly_timeout:
+            self._arm_stall_check(conn, assembly, began)
+            return
+        self._drop_assembly(conn)
+        self._reject(conn, f"chunked message stalled (no progress in "
+                           f"{min(self.limits.assembly_timeout, STALL_SECONDS):g}s, or "
+                           f"incomplete after {self.limits.assembly_timeout:g}s); "
+                           f"closing the stream")
+        conn.reason = "stalled in the middle of a message"
+        conn.outbox.put_nowait(CLOSE)
 
     def _drop_assembly(self, conn: Connection) -> None:
         if conn.assembly is not None:
@@ -114,8 +175,12 @@ class StreamIntake:
                 self._heavy.release()
         conn.assembly = None
 
-    def _budgeted(self, size: int) -> bool:
-        return size >= BIG_MESSAGE and isinstance(self.inbox, ServerInbox)
+    def _budgeted(self, conn: Connection, size: int) -> bool:
+        """Takes one of the few inbox slots. Never before the stream is bound: an unjoined
+        message is at most ``prejoin_max`` bytes anyway, and strangers declaring exactly that
+        cap must not park in the slots admitted clients' uploads need."""
+        return (conn.client_id is not None and size >= BIG_MESSAGE
+                and isinstance(self.inbox, ServerInbox))
 
     def _deliver_counted(self, conn: Connection, data, heavy: bool) -> bool:
         delivered = self.delivered
@@ -150,7 +215,8 @@ class StreamIntake:
 
     def _reject(self, conn: Connection, why: str) -> None:
         self.rejected += 1
-        logger.warning(f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
+        conn.bad += 1
+        self._lines.warn(conn.peer, f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
 
     def _deliver(self, conn: Connection, data: bytes, heavy: bool = False) -> bool:
         """Decode, check, hand to the Server. False: the stream must be closed."""
@@ -168,7 +234,12 @@ class StreamIntake:
         except InvalidMessage as e:
             self._reject(conn, str(e))
             return True
+        if (msg.msg_type == HEARTBEAT and conn.heartbeats is not None
+                and not conn.heartbeats.take(self._loop.time())):
+            self._reject(conn, "heartbeats faster than distribute.heartbeat_interval allows")
+            return True
         if conn.client_id is None:
+            msg.content[NONCE_KEY] = conn.nonce.hex()   # the nonce THIS stream was sent
             conn.join_sent = True
             self._idle.pop(conn.conn_id, None)
             self._joining[conn.conn_id] = conn

@@ -14,12 +14,12 @@ A refused peer learns only a reason *class* (``Decision.peer_reason``); the deta
 the manifest, goes to the server log only.
 """
 import hashlib
-import hmac
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Set, Tuple
 
+from federatedscope.core.communication.join_proof import proves_token
 from federatedscope.core.message import UNASSIGNED
 
 logger = logging.getLogger("federatedscope")
@@ -113,8 +113,8 @@ class Admission:
                                        f"(federate.client_num)")
         if self.manifest is not None and claimed not in self.manifest:
             return _refuse(UNKNOWN_ID, f"client id {claimed} is not listed in the manifest")
-        problem = self._check_token(claimed, token)   # before "duplicate": who is online is
-        if problem:                                    # nobody's business without the token
+        problem = self._check_token(claimed, token, content)  # before "duplicate": who is
+        if problem:                                   # online is nobody's business without it
             return _refuse(BAD_TOKEN, problem)
         if claimed in online:
             return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
@@ -130,7 +130,7 @@ class Admission:
             return fresh[0]
         return next((i for i in ids if i not in online), UNASSIGNED)
 
-    def _check_token(self, cid: int, token: str) -> str:
+    def _check_token(self, cid: int, token: str, content: dict) -> str:
         expected_hex = ""
         if self.manifest is not None and cid in self.manifest:
             expected_hex = getattr(self.manifest[cid], "token_hash", "") or ""
@@ -139,9 +139,10 @@ class Admission:
                 expected = bytes.fromhex(expected_hex)
             except ValueError:
                 return f"client {cid}: the manifest's token_hash is not hex (re-cut the shards)"
-            if not hmac.compare_digest(token_digest(token), expected):
+            if not proves_token(expected, content, token_digest(token)):
                 return f"client {cid}: token does not match the manifest's token_hash"
-        elif self.shared_digest and not hmac.compare_digest(token_digest(token), self.shared_digest):
+        elif self.shared_digest and not proves_token(self.shared_digest, content,
+                                                     token_digest(token)):
             return f"client {cid}: missing or wrong token (distribute.token)"
         return ""
 

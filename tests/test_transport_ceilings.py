@@ -1,0 +1,262 @@
+"""Every transport resource has a ceiling: one real-process test per flood class.
+
+Each test starts a real shard-mode server (``federatedscope/main.py``), measures its idle RSS,
+runs one flood against it on loopback, asserts the figure the flood used to grow stays under its
+bound (RSS <= 2 x idle, connections closed, slots free, lines bounded, impostor refused), then runs
+3 real clients and asserts the job finishes. Bounds and their derivation: doc/reliability.md,
+"Transport ceilings"; the constants are in core/communication/limits.py.
+"""
+import re
+import statistics
+import threading
+import time
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.swarm import RawPeer, health_status
+from fl_job import Job
+from proc_utils import checkpoint_round, file_contains, wait_all, wait_for
+from test_fuzz import _declaration
+from federatedscope.core.communication import codec
+from federatedscope.core.communication.flow import CHUNK_FIRST
+from federatedscope.core.communication.limits import (BAD_MESSAGES_PER_SESSION,
+                                                      LOG_LINES_PER_INTERVAL, MAX_HEALTH_WATCHES,
+                                                      PREJOIN_MAX_BYTES)
+from federatedscope.core.communication.grpc_client import signed_join
+from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, MODEL_PARA, REFUSE, Message
+
+KB = 1024
+FAST = ["distribute.join_deadline", "2.0"]      # idle connections then close after 10 s
+
+
+def _status_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _serving(job: Job, extra=()):
+    server = job.server(["federate.save_to", job.ckpt] + list(extra))
+
+    def up():
+        assert server.poll() is None, job.server_log()[-3000:]
+        return file_contains(job.log("server"), "listening on")
+    wait_for(up, 120, "server to listen")
+    time.sleep(1.0)
+    return server, f"127.0.0.1:{job.port}", _status_kb(server.pid, "VmRSS")
+
+
+def _assert_rss_bounded(server, idle_kb: int, what: str) -> None:
+    peak, now = _status_kb(server.pid, "VmHWM"), _status_kb(server.pid, "VmRSS")
+    assert peak <= 2 * idle_kb, f"{what}: peak RSS {peak // KB} MB > 2 x idle {idle_kb // KB} MB"
+    assert now <= 2 * idle_kb, f"{what}: RSS after {now // KB} MB > 2 x idle {idle_kb // KB} MB"
+
+
+def _stamp(line: str) -> float:
+    return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+
+
+def _join_delays(job: Job) -> dict:
+    """Seconds from each client's "connecting to server" line to the server's "joined" line."""
+    joined = {int(m.group(1)): _stamp(line) for line in job.server_log().splitlines()
+              for m in [re.search(r"Server: client #(\d+) joined", line)] if m}
+    out = {}
+    for k, at in joined.items():
+        lines = [x for x in open(job.log(f"client_{k}")).read().splitlines()
+                 if "connecting to server" in x]
+        out[k] = at - _stamp(lines[0])
+    return out
+
+
+def _run_clients(job: Job, server, rounds: int) -> None:
+    clients = [job.client(k) for k in (1, 2, 3)]
+    wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
+    assert job.final()["Round"] == rounds
+
+
+def test_header_flood_is_refused_before_it_costs_memory(femnist_root, femnist_shards, tmp_path):
+    """Calls with 20 headers of 16 KB-1 MB each: over grpc.absolute_max_metadata_size, refused."""
+    job = Job(tmp_path, femnist_root, rounds=1, manifest=femnist_shards, common=FAST)
+    server, addr, idle = _serving(job)
+    refused = 0
+    channels = [grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(4)]
+    try:
+        for i in range(40):
+            value = "h" * (16 * KB << (i % 7))                  # 16 KB .. 1 MB
+            stub = health_pb2_grpc.HealthStub(channels[i % 4])
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10,
+                           metadata=[(f"x-flood-{j}", value) for j in range(20)])
+            except grpc.RpcError:
+                refused += 1
+    finally:
+        for ch in channels:
+            ch.close()
+    assert refused == 40, f"only {refused}/40 oversized-header calls refused"
+    _assert_rss_bounded(server, idle, "header flood")
+    assert health_status(addr) == "SERVING"
+    _run_clients(job, server, 1)
+
+
+def test_watch_flood_is_capped(femnist_root, femnist_shards, tmp_path):
+    """1,000 health Watch streams over 25 connections: at most MAX_HEALTH_WATCHES are held."""
+    job = Job(tmp_path, femnist_root, rounds=1, manifest=femnist_shards, common=FAST)
+    server, addr, idle = _serving(job)
+    channels = [grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(25)]
+    watches = [health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+               for ch in channels for _ in range(40)]
+    # At most MAX_HEALTH_WATCHES are held; the rest are refused (RESOURCE_EXHAUSTED by our cap,
+    # or REFUSED_STREAM by max_concurrent_streams when opened before the SETTINGS arrived). A
+    # connection whose 4 stream slots are all held keeps its other 36 queued in the client, and
+    # at most 16 / 4 connections can be so: at least 1000 - 16 - 4 x 36 are refused.
+    bound = len(watches) - MAX_HEALTH_WATCHES - (MAX_HEALTH_WATCHES // 4) * 36
+    try:
+        def refused():
+            return sum(1 for w in watches if w.done() and w.code() != grpc.StatusCode.OK)
+        wait_for(lambda: refused() >= bound, 90, f"{bound} Watch streams to be refused")
+        _assert_rss_bounded(server, idle, "Watch flood")
+        assert health_status(addr) == "SERVING"    # Check is not capped
+        _run_clients(job, server, 1)               # with the flood still held open
+    finally:
+        for w in watches:
+            w.cancel()
+        for ch in channels:
+            ch.close()
+    delays = _join_delays(job)
+    assert sorted(delays) == [1, 2, 3] and max(delays.values()) <= 10.0, delays
+
+
+def _established(pid: int, port: int) -> int:
+    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
+               if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def test_connections_without_streams_are_closed(femnist_root, femnist_shards, tmp_path):
+    """60 HTTP/2 connections that answer SETTINGS/PING but never open a stream: closed after
+    max(10 s, 2 x join_deadline) (grpc.max_connection_idle_ms)."""
+    job = Job(tmp_path, femnist_root, rounds=1, manifest=femnist_shards, common=FAST)
+    server, addr, idle = _serving(job)
+    channels = [grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(60)]
+    try:
+        for ch in channels:
+            grpc.channel_ready_future(ch).result(timeout=30)
+        assert _established(server.pid, job.port) >= 60
+        t0 = time.monotonic()
+        wait_for(lambda: _established(server.pid, job.port) == 0, 40,
+                 "the server to close connections that open no stream")
+        assert time.monotonic() - t0 <= 30
+        _assert_rss_bounded(server, idle, "idle connections")
+    finally:
+        for ch in channels:
+            ch.close()
+    _run_clients(job, server, 1)
+
+
+def _round_times(log: str) -> dict:
+    return {int(r): float(s) for r, s in
+            re.findall(r"round (\d+)/\d+ aggregated .* in ([\d.]+)s", log)}
+
+
+def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_shards, tmp_path):
+    """From round 3 on, 16 strangers at a time send a first chunk declaring exactly the pre-join
+    cap and stall (each replaced when join_deadline closes it). Those never take an inbox slot,
+    so the attacked rounds take <= 1.5 x the honest ones (before: 7 x)."""
+    rounds = 6
+    job = Job(tmp_path, femnist_root, rounds=rounds, manifest=femnist_shards)  # 5 s deadline
+    server, addr, idle = _serving(job)
+    clients = [job.client(k) for k in (1, 2, 3)]
+    stop = threading.Event()
+    head = CHUNK_FIRST + PREJOIN_MAX_BYTES.to_bytes(8, "little") + b"\0" * 1024
+
+    def squat():
+        while not stop.is_set():
+            with RawPeer(addr) as peer:
+                peer.send(head)
+                peer.wait_closed(30)
+    try:
+        job.wait_round(2, watch=[server] + clients)
+        attack_from = checkpoint_round(job.ckpt) + 2     # the first round wholly under attack
+        squatters = [threading.Thread(target=squat, daemon=True) for _ in range(16)]
+        for t in squatters:
+            t.start()
+        wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
+    finally:
+        stop.set()
+    times = _round_times(job.server_log())
+    honest = statistics.median(times[r] for r in (1, 2))
+    attacked = [times[r] for r in range(attack_from, rounds + 1)]
+    assert attacked, f"the attack began too late (round {attack_from}); {times}"
+    assert statistics.median(attacked) <= 1.5 * honest + 0.3, (honest, attacked)
+    assert job.server_log().count("Closed session from") >= 16  # squatters closed at deadline
+    assert job.final()["Round"] == rounds
+
+
+def test_admitted_client_flooding_is_closed_with_bounded_lines(femnist_root, femnist_shards,
+                                                               tmp_path):
+    """Client 3 joins with its true declaration, then sends 2,000 heartbeats and 2,000 messages
+    of an unknown type. Its session is closed at BAD_MESSAGES_PER_SESSION; the server writes
+    <= LOG_LINES_PER_INTERVAL rejection lines per interval; the real client 3 then takes over."""
+    job = Job(tmp_path, femnist_root, rounds=2, manifest=femnist_shards,
+              common=FAST + ["distribute.heartbeat_interval", "5.0"])
+    server, addr, idle = _serving(job)
+    cpu0 = psutil.Process(server.pid).cpu_times()
+    with RawPeer(addr) as peer:
+        peer.join(3, declaration=_declaration(femnist_shards, 3).to_dict())
+        got = peer.recv(30)
+        assert got is not None and got.msg_type == ASSIGN_ID, got
+        beat = codec.encode(Message(HEARTBEAT, 3, 0, 0))
+        junk = codec.encode(Message("no_such_type", 3, 0, 0))
+        for i in range(2000):
+            peer.send(beat)
+            peer.send(junk)
+        assert peer.wait_closed(30), "the server kept a flooding session open"
+    cpu = psutil.Process(server.pid).cpu_times()
+    spent = (cpu.user + cpu.system) - (cpu0.user + cpu0.system)
+    log = job.server_log()
+    assert f"Closed the session of client #3: {BAD_MESSAGES_PER_SESSION} invalid" in log, \
+        log[-2000:]
+    assert log.count("Rejected message from") <= LOG_LINES_PER_INTERVAL
+    assert spent < 5.0, f"server spent {spent:.1f}s CPU on one flooding session"
+    _assert_rss_bounded(server, idle, "admitted flood")
+    _run_clients(job, server, 2)
+
+
+def test_a_recorded_join_replayed_on_a_new_stream_is_refused(femnist_root, femnist_shards,
+                                                            tmp_path):
+    """Tokens without TLS: an eavesdropper records client 2's join (its proof for that stream's
+    nonce) and replays the exact bytes while client 2 is offline: refused, no model sent."""
+    token = "replay-me-not"
+    job = Job(tmp_path, femnist_root, rounds=1, manifest=femnist_shards,
+              common=FAST + ["distribute.token", token])
+    server, addr, idle = _serving(job)
+    decl = _declaration(femnist_shards, 2).to_dict()
+    with RawPeer(addr) as real:       # the real client's join, as recorded on the wire
+        join = Message(JOIN_IN, 2, 0, 0, {"client_id": 2, "token": token, "declaration": decl,
+                                          "num_samples": decl["num_samples"]})
+        recorded = codec.encode(signed_join(join, real.nonce().hex()))
+        real.send(recorded)
+        got = real.recv(30)
+        assert got is not None and got.msg_type == ASSIGN_ID, got
+    assert token.encode() not in recorded           # the token itself never travels
+    wait_for(lambda: "client #2 lost" in job.server_log(), 30, "client 2 to be offline")
+    with RawPeer(addr) as impostor:
+        impostor.send(recorded)       # the same bytes: a proof for the OLD stream's nonce
+        answers = [impostor.recv(15) for _ in range(2)]
+        assert answers[0] is not None and answers[0].msg_type == REFUSE, answers
+        assert answers[0].content["reason"] == "bad token"
+        assert not any(a is not None and a.msg_type in (ASSIGN_ID, MODEL_PARA) for a in answers)
+    assert "token does not match" in job.server_log() or "wrong token" in job.server_log()
+    _run_clients_with_token(job, server, token)
+
+
+def _run_clients_with_token(job: Job, server, token: str) -> None:
+    clients = [job.client(k, ["distribute.token", token]) for k in (1, 2, 3)]
+    wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
+    assert job.final()["Round"] == 1
