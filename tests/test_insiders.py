@@ -4,8 +4,8 @@ claims a billion samples. The server must keep serving and the job must end with
 import os
 import sys
 
-from fl_job import CFG, Job
-from proc_utils import ROOT, wait_all
+from harness.jobs import CFG, Job
+from harness.procs import ROOT, wait_all
 
 ATTACK = os.path.join(ROOT, "tests", "attack_client.py")
 
@@ -28,7 +28,7 @@ def _attacker(job: Job, k: int, attacks: str, extra=(), name=None):
 def _standalone_acc(tmp, manifest, rounds) -> float:
     os.makedirs(tmp, exist_ok=True)
     job = Job(tmp, "", rounds=rounds, manifest=manifest)
-    from proc_utils import start_main
+    from harness.procs import start_main
     p = start_main(["--cfg", os.path.join(ROOT, "scripts", "example_configs", "femnist.yaml"),
                     "federate.mode", "standalone", "distributed_data.enabled", "True",
                     "distributed_data.manifest", manifest, "outdir", job.out,

@@ -1,11 +1,11 @@
-"""The swarm (bench/swarm.py) against a real server process: 200 sessions, one process."""
+"""The swarm (harness/swarm.py) against a real server process: 200 sessions, one process."""
 import os
 import re
 import time
 
 from bench import common
-from bench.swarm import SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
-from proc_utils import wait_all
+from harness.swarm import SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
+from harness.procs import wait_all
 
 
 def _start_server(tmp_path, manifest, rounds, extra=()):

@@ -9,7 +9,7 @@ counts, accuracies in [0, 1]) and heartbeats. Mix-ins: late joiners, a fraction 
 mid-round (closes its session for good), stragglers that answer late. The server is the real
 one (``federatedscope/main.py``, shard mode), so N = 1,000 needs no 1,000 torch processes.
 
-    python bench/swarm.py --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
+    python -m harness.swarm --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
 
 ``RawPeer`` is a synchronous single session for attack tests: send arbitrary frame bytes or a
 ``Message``, read what comes back, see how the server ended the stream.
@@ -377,7 +377,8 @@ def server_opts(rounds: int, extra=()) -> List[str]:
 
 
 def main(argv=None) -> int:
-    from bench import common
+    from harness.jobs import Job
+    from harness.procs import wait_all
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
@@ -387,20 +388,17 @@ def main(argv=None) -> int:
     p.add_argument("--stragglers", type=float, default=0.0)
     a = p.parse_args(argv)
     manifest, shards = write_swarm_manifest(a.work, a.n)
-    port = common.free_port()
     extra = server_opts(a.rounds, ["federate.round_timeout", "20", "federate.min_clients_threshold",
                                    "1"] if a.drop or a.stragglers else [])
-    log = os.path.join(a.work, "server.log")
-    server = common.spawn([common.PY, common.MAIN] + common.server_argv(
-        manifest, port, os.path.join(a.work, "exp"), a.rounds, extra), log)
+    job = Job(a.work, "", a.rounds, manifest)
+    server = job.server(extra)
     try:
-        common.wait_for(lambda: common.file_has(log, "listening on"), 120, "server", [server])
-        res = run_swarm(SwarmPlan(f"127.0.0.1:{port}", shards, late_fraction=a.late,
+        res = run_swarm(SwarmPlan(f"127.0.0.1:{job.port}", shards, late_fraction=a.late,
                                   drop_fraction=a.drop, straggler_fraction=a.stragglers,
                                   straggler_delay=25.0 if a.stragglers else 0.0))
-        code = common.wait_all([server], 120)[0]
+        code = wait_all([server], 120, check=False)[0]
     finally:
-        common.kill_all([server])
+        wait_all([server], 0, check=False)
     print(json.dumps({"server_exit": code, **summarize(res, a.rounds)}, indent=1))
     return 0 if code == 0 else 1
 
