@@ -57,19 +57,17 @@ def load_times(path: str, repeats: int, n: int):
 def join_test(ctx, n: int) -> dict:
     root = common.dataset(ctx, f"femnist_join{n}", writers=n, seed=7, mean=24, per_file=50)
     manifest = common.shards(ctx, root, n)
-    port, outdir = common.free_port(), ctx.tmp("join_exp")
     extra = ["train.batch_or_epoch", "batch", "train.local_update_steps", "1",
              "federate.join_timeout", "600.0"]
-    slog = ctx.tmp("join_server.log")
+    job = common.BenchJob(ctx, "join", manifest, n, 1, extra, measured=False)
+    slog = job.log("server")
     procs = []
     try:
-        procs.append(common.spawn([common.PY, common.MAIN] + common.server_argv(
-            manifest, port, outdir, 1, extra), slog))
+        procs.append(job.server())
         common.wait_for(lambda: common.file_has(slog, "waiting for"), 120, "server to listen", procs)
         t0_wall = time.time()
         for k in range(1, n + 1):
-            procs.append(common.spawn([common.PY, common.MAIN] + common.client_argv(
-                k, manifest, port, outdir, 1, extra), ctx.tmp(f"join_c{k}.log")))
+            procs.append(job.client(k))
         common.wait_for(lambda: common.file_has(slog, "clients joined; starting training"), 600,
                         f"all {n} clients to join", procs[:1])
         t_all = common.log_times(slog, "clients joined; starting training")[0] - t0_wall
@@ -80,7 +78,7 @@ def join_test(ctx, n: int) -> dict:
         common.kill_all(procs)  # the join is what is measured; no need to train
     lat, startup = [], []
     for k in range(1, n + 1):
-        log = ctx.tmp(f"join_c{k}.log")
+        log = job.log(f"client_{k}")
         conn = common.log_times(log, "connecting to server")
         joined = common.log_times(log, "joined the federation")
         if conn and joined:
@@ -88,7 +86,7 @@ def join_test(ctx, n: int) -> dict:
             startup.append(conn[0] - t0_wall)
     return {"clients": n, "all_joined_s": t_all, "alive_after_join": alive,
             "join_latency_s": lat, "startup_s": startup,
-            "refused": sum(common.file_has(ctx.tmp(f"join_c{k}.log"), "refused") for k in range(1, n + 1))}
+            "refused": sum(common.file_has(job.log(f"client_{k}"), "refused") for k in range(1, n + 1))}
 
 
 def run(ctx) -> dict:

@@ -89,11 +89,8 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
             series.append((time.time(), sample))
             time.sleep(0.05)
 
-    standalone = common.spawn_child(srep, "main", [
-        "--cfg", common.SERVER_YAML] + common.common_opts(
-        common.free_port(), ctx.tmp(f"{tag}_standalone_exp"), rounds) + [
-        "federate.mode", "standalone", "distributed_data.enabled", "True",
-        "distributed_data.manifest", manifest] + list(extra), slog, env=warm, cpus=cpus)
+    standalone = common.spawn_child(srep, "main", common.standalone_argv(
+        manifest, ctx.tmp(f"{tag}_standalone_exp"), rounds, extra), slog, env=warm, cpus=cpus)
     job = None
     try:
         if not together:
@@ -170,11 +167,8 @@ def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
              str(hidden), "eval.freq", "100000", "eval.split", "['test']"]
     warm = {"BENCH_WARM_TORCH": "1"}
     slog = ctx.tmp(f"tn{n}_standalone.log")
-    common.run_child(ctx, f"tn{n}_standalone", "main", [
-        "--cfg", common.SERVER_YAML] + common.common_opts(
-        common.free_port(), ctx.tmp(f"tn{n}_standalone_exp"), rounds) + [
-        "federate.mode", "standalone", "distributed_data.enabled", "True",
-        "distributed_data.manifest", manifest] + extra, env=warm, timeout=900)
+    common.run_child(ctx, f"tn{n}_standalone", "main", common.standalone_argv(
+        manifest, ctx.tmp(f"tn{n}_standalone_exp"), rounds, extra), env=warm, timeout=900)
     dist = common.run_job(ctx, f"tn{n}_dist", manifest, n, rounds, extra, env=warm, timeout=900)
     s = median(common.round_times(slog)[1:])
     d = median(common.round_times(dist["logs"]["server"])[1:])

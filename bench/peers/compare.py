@@ -80,11 +80,8 @@ def _fs_opts(prof: dict) -> List[str]:
 def run_standalone(ctx, prof: dict, manifest: str) -> dict:
     rep_path, log = ctx.tmp("standalone.json"), ctx.tmp("standalone.log")
     with Tree() as t:
-        p = common.spawn_child(rep_path, "main", [
-            "--cfg", common.SERVER_YAML] + common.common_opts(
-            common.free_port(), ctx.tmp("standalone_exp"), prof["rounds"]) + [
-            "federate.mode", "standalone", "distributed_data.enabled", "True",
-            "distributed_data.manifest", manifest] + _fs_opts(prof), log)
+        p = common.spawn_child(rep_path, "main", common.standalone_argv(
+            manifest, ctx.tmp("standalone_exp"), prof["rounds"], _fs_opts(prof)), log)
         code = common.wait_all([p], 3600)[0]
         t.mark_end()
     rep = common._checked(ctx, "standalone", code, rep_path, log)
