@@ -363,6 +363,13 @@ def run_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
     return finish_job(start_job(ctx, tag, manifest, clients, rounds, extra, **kw), timeout)
 
 
+def final_acc(log: str) -> Optional[float]:
+    """The last 'final weighted-avg test_acc=' of a server log (None: not reached)."""
+    with open(log, errors="replace") as f:
+        m = re.findall(r"final weighted-avg test_acc=([0-9.]+)", f.read())
+    return float(m[-1]) if m else None
+
+
 def round_times(server_log: str) -> List[float]:
     """Seconds per round from the server's 'round i/N aggregated ... in X s' lines."""
     pat = re.compile(r"round (\d+)/\d+ aggregated .* in ([0-9.]+)s")

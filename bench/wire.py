@@ -282,13 +282,10 @@ def run(ctx) -> dict:
         c["fixed_s"] = fixed
         notes.append(
             f"Missed for hidden {hidden} ({c['raw_bytes'] / 1e6:.2f} MB, {c['tensors']} tensors): "
-            f"encode + decode "
-            f"takes {total * 1e3:.2f} ms per message. Of that, {fixed * 1e3:.2f} ms does not "
-            f"depend on the bytes (measured with the same {c['tensors']} tensors holding one "
-            f"element each: header, JSON content, per-tensor bookkeeping and validation); the "
-            f"rest is {per_mb:.1f} memcpy-equivalents, so the per-byte path is in the bandwidth "
-            f"class and the fixed part is what a small message pays. Cutting it means less "
-            f"per-tensor work in `core/communication/codec.py` (not part of this benchmark change).")
+            f"encode + decode take {total * 1e3:.2f} ms per message, of which {fixed * 1e3:.2f} ms "
+            f"does not depend on the bytes (same tensors holding one element each: header, "
+            f"content, per-tensor checks); the rest is {per_mb:.1f} memcpy-equivalents, in the "
+            f"bandwidth class. The fixed part is per-tensor work in core/communication/codec.py.")
     return {"rows": rows, "context": context, "raw": raw, "notes": notes,
             "summary": {"max_ratio": max(ratios), "max_codec_ratio": max(
                 max(v["codec"]["down_ratio"], v["codec"]["up_ratio"])

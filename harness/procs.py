@@ -30,8 +30,8 @@ class ProcessFailed(AssertionError):
 
 
 def start(cmd: Sequence[str], log_path: str, env: Optional[dict] = None, name: str = "",
-          cpus: Optional[Sequence[int]] = None) -> subprocess.Popen:
-    """Run ``cmd`` in the repo root with stdout+stderr in ``log_path``. ``env`` updates the
+          cpus: Optional[Sequence[int]] = None, cwd: str = ROOT) -> subprocess.Popen:
+    """Run ``cmd`` (in the repo root) with stdout+stderr in ``log_path``. ``env`` updates the
     environment; a value of None removes that variable. ``cpus`` pins the process."""
     full_env = dict(os.environ)
     full_env.update(env or {})
@@ -39,7 +39,7 @@ def start(cmd: Sequence[str], log_path: str, env: Optional[dict] = None, name: s
     pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=ROOT, env=full_env, preexec_fn=pin)
+                                cwd=cwd, env=full_env, preexec_fn=pin)
     proc.log_path = log_path                     # read by describe() for failure messages
     proc.name = name or os.path.splitext(os.path.basename(log_path))[0]
     STARTED.append(proc)
@@ -73,8 +73,19 @@ def describe(procs: Sequence[subprocess.Popen], n: int = TAIL_CHARS) -> str:
     return "\n".join(parts)
 
 
-def stop_all(procs: Sequence[subprocess.Popen]) -> None:
-    """SIGKILL those of ``procs`` still running (only ours, by PID) and reap them."""
+def stop_all(procs: Sequence[subprocess.Popen], grace: float = 0.0) -> None:
+    """SIGKILL those of ``procs`` still running (only ours, by PID) and reap them; with
+    ``grace``, SIGTERM first and SIGKILL only what still runs ``grace`` seconds later."""
+    if grace > 0:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     for p in procs:
         if p.poll() is None:
             try:
