@@ -156,25 +156,13 @@ def run(ctx) -> dict:
 
 
 def _plot(ctx, per_n, idx_peak, base_kb):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    labels = [f"shard, N={n}" for n in per_n] + ["data_idx (any N)"]
-    peaks = [per_n[n]["peak"] / MB for n in per_n] + [idx_peak / MB]
-    tensors = [per_n[n]["tensor"] / MB for n in per_n] + [None]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(labels, peaks, color=["tab:green"] * len(per_n) + ["tab:red"])
-    for i, t in enumerate(tensors):
-        if t is not None:
-            ax.plot([i - 0.4, i + 0.4], [1.5 * t] * 2, "k--", lw=1)
-    ax.set_ylabel("peak RSS above runtime (MB)")
-    ax.set_title(f"Client data memory (runtime {base_kb / 1024:.0f} MB not shown;\n"
-                 f"dashed: goal = 1.5 × shard tensor bytes)", fontsize=9)
-    fig.tight_layout()
-    name = "client_memory.png"
-    fig.savefig(ctx.plot_path(name), dpi=100)
-    plt.close(fig)
-    return name
+    def draw(ax):
+        ax.bar([f"shard, N={n}" for n in per_n] + ["data_idx (any N)"],
+               [per_n[n]["peak"] / MB for n in per_n] + [idx_peak / MB],
+               color=["tab:green"] * len(per_n) + ["tab:red"])
+        for i, n in enumerate(per_n):
+            ax.plot([i - 0.4, i + 0.4], [1.5 * per_n[n]["tensor"] / MB] * 2, "k--", lw=1)
+        ax.set_ylabel("peak RSS above runtime (MB)")
+        ax.set_title(f"Client data memory (runtime {base_kb / 1024:.0f} MB not shown;\n"
+                     f"dashed: goal = 1.5 × shard tensor bytes)", fontsize=9)
+    return common.save_plot(ctx, "client_memory.png", draw, (6, 3.2))

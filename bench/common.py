@@ -382,6 +382,23 @@ def round_times(server_log: str) -> List[float]:
     return out
 
 
+def save_plot(ctx, name: str, draw, figsize=(6, 3.5)) -> Optional[str]:
+    """``draw(ax)`` on one Agg figure saved as ``name`` in the results dir; None without
+    matplotlib (the figures are in the JSON either way)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(ctx.plot_path(name), dpi=100)
+    plt.close(fig)
+    return name
+
+
 # ----------------------------------------------------------------------------- shared measurements
 def baseline_kb(ctx) -> dict:
     """Peak RSS (VmHWM) of idle processes that import torch + grpc + federatedscope only;
