@@ -162,32 +162,33 @@ def swarm_token(seed: int, cid: int) -> str:
     return hashlib.sha256(f"swarm-token:{seed}:{cid}".encode()).hexdigest()[:32]
 
 
-def write_swarm_manifest(out_dir: str, n: int, seed: int = 0,
-                         num_classes: int = 62) -> "tuple[str, Dict[int, SwarmShard]]":
-    """A manifest of ``n`` synthetic shards (tokens as hashes, like the managed launcher's);
-    returns (manifest path, client id -> what that client declares). No shard files: the server
-    reads only the manifest, and virtual clients train on nothing."""
+def write_swarm_manifest(out_dir: str, n: int, seed: int = 0, num_classes: int = 62,
+                         declarations: bool = True) -> "tuple[str, Dict[int, SwarmShard]]":
+    """A manifest of ``n`` synthetic shards (random counts and label histograms, tokens as
+    hashes, like the managed launcher's); returns (manifest path, client id -> what that client
+    declares; empty without ``declarations``). No shard files: the server reads only the
+    manifest, and virtual clients train on nothing. The manifest benchmark times loading it."""
+    import numpy as np
     from federatedscope.core.auxiliaries.manifest_utils import (Manifest, ManifestEntry,
                                                                 ShardDeclaration, now_iso,
                                                                 write_manifest)
-    rng = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    trains = rng.integers(40, 401, size=n)
+    hists = rng.multinomial(trains, [1 / num_classes] * num_classes)
     entries, shards = {}, {}
-    for cid in range(1, n + 1):
-        train = rng.randint(40, 400)
+    for cid, train, row in zip(range(1, n + 1), trains.tolist(), hists.tolist()):
         counts = {"train": train, "val": max(1, train // 3), "test": max(1, train // 3)}
-        hist = [0] * num_classes
-        for _ in range(train):
-            hist[rng.randrange(num_classes)] += 1
         fp = hashlib.sha256(f"swarm-shard:{seed}:{cid}".encode()).hexdigest()
         token = swarm_token(seed, cid)
-        entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, hist,
+        entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, row,
                                      hashlib.sha256(token.encode("utf-8")).hexdigest())
-        decl = ShardDeclaration(cid, counts, fp, hist).to_dict()
-        shards[cid] = SwarmShard(cid, token, counts, decl)
+        if declarations:
+            shards[cid] = SwarmShard(cid, token, counts,
+                                     ShardDeclaration(cid, counts, fp, row).to_dict())
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "manifest.json")
     write_manifest(path, Manifest("femnist", "synthetic", seed, [0.6, 0.2, 0.2],
-                                  {"generator": "bench/swarm.py"}, entries, num_classes,
+                                  {"generator": "harness/swarm.py"}, entries, num_classes,
                                   created=now_iso()))
     return path, shards
 
