@@ -10,7 +10,6 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Sequence
