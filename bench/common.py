@@ -344,16 +344,28 @@ def start_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
 
 
 def finish_job(started: dict, timeout: float = 600) -> dict:
-    """Wait for a started job; returns {"server": report, "clients": {k: report}, "wall_s", "logs"}."""
-    codes = wait_all(started["procs"], timeout)
+    """Wait for a started job; returns {"server": report, "clients": {k: report}, "wall_s", "logs"}.
+    A process that exits non-zero without its report means the job cannot finish: the wait
+    ends at once and the error carries that process's log tail."""
+    job, keys, ps = started["job"], list(started["logs"]), started["procs"]
+    names = ["server" if k == "server" else f"client_{k}" for k in keys]
+
+    def settled() -> bool:
+        codes = [p.poll() for p in ps]
+        return None not in codes or any(c not in (None, 0) and not os.path.exists(job.reports[n])
+                                        for c, n in zip(codes, names))
+    try:
+        procs.wait_for(settled, timeout, f"job {started['tag']}", poll=0.2)
+    except ChildFailed:
+        pass                                  # the hang guard: _checked names who did not exit
+    codes = wait_all(ps, 0)
     wall = time.perf_counter() - started["t0"]
-    job, keys = started["job"], list(started["logs"])
-    reports = {k: _checked(started["ctx"], f"job {started['tag']}, "
-                           f"{'server' if k == 'server' else f'client {k}'}", c,
-                           job.reports["server" if k == "server" else f"client_{k}"],
-                           started["logs"][k]) for k, c in zip(keys, codes)}
-    return {"server": reports.pop("server"), "clients": reports, "wall_s": wall,
-            "logs": started["logs"]}
+    # the cause first: processes that exited non-zero, then clients, then the server
+    order = sorted(range(len(keys)), key=lambda i: (codes[i] in (0, None), keys[i] == "server"))
+    reports = {keys[i]: _checked(started["ctx"], f"job {started['tag']}, {names[i]}", codes[i],
+                                 job.reports[names[i]], started["logs"][keys[i]]) for i in order}
+    return {"server": reports.pop("server"), "clients": {k: reports[k] for k in keys[1:]},
+            "wall_s": wall, "logs": started["logs"]}
 
 
 def run_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
