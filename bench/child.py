@@ -261,32 +261,30 @@ def mode_script(path: str, *argv: str) -> dict:
     return rep
 
 
-def mode_jsonfloor(*files: str) -> dict:
+def _parse_pass(load, files) -> dict:
     probe = Probe()
     samples = 0
-    for path in files:
-        with open(path, "rb") as f:
-            d = json.load(f)
+    for path in files:  # one file in memory at a time
+        d = load(path)
         samples += sum(len(u["y"]) for u in d["user_data"].values())
         del d
     rep = probe.figures()
     rep["samples"] = samples
     return rep
+
+
+def mode_jsonfloor(*files: str) -> dict:
+    def load(path):
+        with open(path, "rb") as f:
+            return json.load(f)
+    return _parse_pass(load, files)
 
 
 def mode_jsonhook(*files: str) -> dict:
     """The sharding tool's own parse (``leaf_femnist._load_json``: json.loads with the interning
-    ``parse_float`` hook), one file in memory at a time: the honest floor for the tool."""
+    ``parse_float`` hook): the honest floor for the tool."""
     from federatedscope.cv.dataset.leaf_femnist import _load_json
-    probe = Probe()
-    samples = 0
-    for path in files:
-        d = _load_json(path)
-        samples += sum(len(u["y"]) for u in d["user_data"].values())
-        del d
-    rep = probe.figures()
-    rep["samples"] = samples
-    return rep
+    return _parse_pass(_load_json, files)
 
 
 def mode_baseline() -> dict:

@@ -128,35 +128,24 @@ def run(ctx) -> dict:
               for k in ("RssAnon", "RssFile")}
     if any(r["met"] is False and "shard tensor bytes" in r["figure"] for r in rows):
         notes.append(
-            f"Missed for small shards: a shard-mode client's peak above the runtime is "
-            f"{slope:.2f} × its shard bytes plus a fixed {fixed / MB:.1f} MB, which dominates a "
-            f"{per_n[ns[-1]]['tensor'] / MB:.1f} MB shard. Of the growth while loading, "
-            f"{growth['RssFile']:.1f} MB (median) is file-backed pages (RssFile: library code such "
-            f"as torch.load's, paged in on first use and shared between processes) and "
-            f"{growth['RssAnon']:.1f} MB private memory (RssAnon). The marginal cost per shard "
-            f"byte is the figure the design controls; the fixed part is the same for any shard. "
-            f"The data_idx/shard RSS ratios fall short of N for the same reason, while the bytes "
-            f"read are ≈ N× as expected.")
+            f"Missed for small shards: peak above runtime = {slope:.2f} × shard bytes + a fixed "
+            f"{fixed / MB:.1f} MB (median growth while loading: {growth['RssFile']:.1f} MB "
+            f"file-backed library pages, {growth['RssAnon']:.1f} MB private), which dominates a "
+            f"{per_n[ns[-1]]['tensor'] / MB:.1f} MB shard; the marginal cost per byte is the figure "
+            f"the design controls. The data_idx/shard RSS ratios fall short of N for the same "
+            f"reason; bytes read are ≈ N×.")
     if train_peak / MB > TRAIN_GOAL_MB and len(ph) >= 4:
         notes.append(
-            f"Missed: a training client peaks at {train_peak / MB:.0f} MB, and its data is not "
-            f"where it goes. Phase by phase in one process (same shard, same round, no gRPC): "
-            f"loading the shard and building the model take it from {ph[0][1]:.0f} to "
-            f"{ph[1][1]:.0f} MB; the first round of training to {ph[2][1]:.0f} MB "
-            f"(+{ph[2][1] - ph[1][1]:.0f} MB), during which torch's first "
-            f"`torch.optim.SGD.step()` lazily imports torch._dynamo and sympy "
-            f"({ph[2][3] - ph[1][3]} more modules); evaluation to {ph[3][1]:.0f} MB "
-            f"(+{ph[3][1] - ph[2][1]:.0f} MB), because the trainer evaluates in batches of "
-            f"max(batch_size, 256). Cheap fixes, both in `core/trainers/trainer.py` (not part of "
-            f"this benchmark change): an in-place SGD update (`p.add_(p.grad, alpha=-lr)` under "
-            f"`torch.no_grad()`) instead of `torch.optim.SGD`, and evaluation batches of "
-            f"`dataloader.batch_size` (or 64). "
-            + (f"With both patched into the same kind of process, the peak is "
-               f"{max(p['status_kb']['VmHWM'] for p in lean) / 1024:.0f} MB instead of "
-               f"{max(h for _, h, _, _ in ph):.0f} MB. " if lean else
-               "The full run measures both patched into the same kind of process. ")
-            + "A real client adds gRPC's own memory on top: see server_memory's note on glibc "
-              "malloc arenas.")
+            f"Missed: a training client peaks at {train_peak / MB:.0f} MB, not because of its data: "
+            f"shard + model {ph[0][1]:.0f} → {ph[1][1]:.0f} MB; first training round → "
+            f"{ph[2][1]:.0f} MB (torch.optim.SGD's first step imports torch._dynamo and sympy, "
+            f"{ph[2][3] - ph[1][3]} more modules); evaluation → {ph[3][1]:.0f} MB (batches of "
+            f"max(batch_size, 256)). Fixes in core/trainers/trainer.py: an in-place SGD update and "
+            f"evaluation batches of dataloader.batch_size"
+            + (f"; with both, the peak is {max(p['status_kb']['VmHWM'] for p in lean) / 1024:.0f} MB"
+               f" instead of {max(h for _, h, _, _ in ph):.0f} MB." if lean else
+               " (the full run measures both patched in).")
+            + " gRPC adds its own memory on top (see server_memory).")
     plot = _plot(ctx, per_n, idx_peak, base)
     return {"rows": rows, "notes": notes, "context": context, "plots": [plot] if plot else [],
             "raw": {"baseline_kb": common.baseline_kb(ctx), "shard_loads": loads,
@@ -167,25 +156,13 @@ def run(ctx) -> dict:
 
 
 def _plot(ctx, per_n, idx_peak, base_kb):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    labels = [f"shard, N={n}" for n in per_n] + ["data_idx (any N)"]
-    peaks = [per_n[n]["peak"] / MB for n in per_n] + [idx_peak / MB]
-    tensors = [per_n[n]["tensor"] / MB for n in per_n] + [None]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(labels, peaks, color=["tab:green"] * len(per_n) + ["tab:red"])
-    for i, t in enumerate(tensors):
-        if t is not None:
-            ax.plot([i - 0.4, i + 0.4], [1.5 * t] * 2, "k--", lw=1)
-    ax.set_ylabel("peak RSS above runtime (MB)")
-    ax.set_title(f"Client data memory (runtime {base_kb / 1024:.0f} MB not shown;\n"
-                 f"dashed: goal = 1.5 × shard tensor bytes)", fontsize=9)
-    fig.tight_layout()
-    name = "client_memory.png"
-    fig.savefig(ctx.plot_path(name), dpi=100)
-    plt.close(fig)
-    return name
+    def draw(ax):
+        ax.bar([f"shard, N={n}" for n in per_n] + ["data_idx (any N)"],
+               [per_n[n]["peak"] / MB for n in per_n] + [idx_peak / MB],
+               color=["tab:green"] * len(per_n) + ["tab:red"])
+        for i, n in enumerate(per_n):
+            ax.plot([i - 0.4, i + 0.4], [1.5 * per_n[n]["tensor"] / MB] * 2, "k--", lw=1)
+        ax.set_ylabel("peak RSS above runtime (MB)")
+        ax.set_title(f"Client data memory (runtime {base_kb / 1024:.0f} MB not shown;\n"
+                     f"dashed: goal = 1.5 × shard tensor bytes)", fontsize=9)
+    return common.save_plot(ctx, "client_memory.png", draw, (6, 3.2))

@@ -8,36 +8,31 @@ import json
 import os
 import platform
 import re
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = sys.executable
-MAIN = os.path.join(ROOT, "federatedscope", "main.py")
+from harness import procs
+from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
+from harness.procs import PY, ROOT, MAIN, free_port  # noqa: F401  (the benchmarks' names)
+
 CHILD = os.path.join(ROOT, "bench", "child.py")
 GEN = os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py")
 PREPARE = os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py")
-CFG_DIR = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs")
-SERVER_YAML = os.path.join(CFG_DIR, "distributed_femnist_server.yaml")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
 
-# The FEMNIST-sized sample every data benchmark uses (issue: >= 180 writers, >= 35,000 samples).
+# The FEMNIST-sized sample every data benchmark uses (>= 180 writers, >= 35,000 samples).
 BIG = dict(name="femnist180", writers=180, seed=0, mean=200, per_file=20)
 # The `large` profile (200 writers, ~45,000 samples): full runs use it for the memory, round and
 # peer figures, so shards are large enough that fixed costs stop dominating; --quick keeps BIG.
 LARGE = dict(name="femnist200", writers=200, seed=0, mean=225, per_file=20)
-
-
-def client_yaml(k: int) -> str:
-    """The shipped client YAML for client k (1..3); others reuse client 1's with overrides."""
-    return os.path.join(CFG_DIR, f"distributed_femnist_client_{k if k in (1, 2, 3) else 1}.yaml")
+ChildFailed = procs.ProcessFailed
+file_has = procs.file_contains
+kill_all = procs.stop_all
+_tail = procs.tail
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -50,12 +45,6 @@ def row(figure: str, value, display: str, goal: str, met: Optional[bool]) -> dic
     """One line of a benchmark's table: every figure carries its goal and whether it was met."""
     return {"figure": figure, "value": value, "display": display, "goal": goal,
             "met": None if met is None else bool(met)}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_status_kb(pid: int) -> Dict[str, int]:
@@ -145,32 +134,10 @@ def machine_info() -> dict:
 
 
 # ----------------------------------------------------------------------------- processes
-class ChildFailed(RuntimeError):
-    pass
-
-
-def _tail(path: str, n: int = 3000) -> str:
-    try:
-        with open(path, "r", errors="replace") as f:
-            return f.read()[-n:]
-    except OSError:
-        return ""
-
-
-def _pin(cpus: Optional[Sequence[int]]):
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, set(cpus))
-
-
 def spawn(argv: List[str], log_path: str, env: Optional[dict] = None,
           cpus: Optional[Sequence[int]] = None) -> subprocess.Popen:
-    full_env = dict(os.environ)
-    full_env.pop("OMP_NUM_THREADS", None)  # let main.py pick 1 intra-op thread, as users get
-    full_env.update(env or {})
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,
-                                preexec_fn=_pin(cpus))
+    # OMP_NUM_THREADS unset: main.py picks 1 intra-op thread, as users get
+    return procs.start(argv, log_path, dict({"OMP_NUM_THREADS": None}, **(env or {})), cpus=cpus)
 
 
 def spawn_child(report: str, mode: str, args: List[str], log_path: str, **kw) -> subprocess.Popen:
@@ -213,49 +180,14 @@ def run_child(ctx, tag: str, mode: str, args: List[str], timeout: float = 600, *
     return _checked(ctx, tag, wait_all([p], timeout)[0], report, log)
 
 
-def wait_all(procs: List[subprocess.Popen], timeout: float) -> List[Optional[int]]:
-    """Wait for all; whatever is still running at the deadline is killed (by its own PID)."""
-    deadline = time.monotonic() + timeout
-    codes = []
-    try:
-        for p in procs:
-            try:
-                codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                codes.append(None)
-    finally:
-        kill_all(procs)
-    return codes
+def wait_all(ps: List[subprocess.Popen], timeout: float) -> List[Optional[int]]:
+    """Exit codes (None: still running at the deadline, then killed); never raises."""
+    return procs.wait_all(ps, timeout, check=False)
 
 
-def kill_all(procs: List[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-
-
-def file_has(path: str, text: str) -> bool:
-    try:
-        with open(path, "r", errors="replace") as f:
-            return text in f.read()
-    except OSError:
-        return False
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str,
-             procs: Sequence[subprocess.Popen] = (), poll: float = 0.05) -> float:
+def wait_for(cond, timeout: float, what: str, watch: Sequence[subprocess.Popen] = ()) -> float:
     """Poll ``cond``; returns the perf_counter time it became true. Fails fast if a proc died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return time.perf_counter()
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise ChildFailed(f"process {dead[0].args[2:5]} exited ({dead[0].returncode}) while "
-                              f"waiting for {what}")
-        time.sleep(poll)
-    raise ChildFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+    return procs.wait_for(cond, timeout, what, poll=0.05, watch=watch)
 
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -363,85 +295,90 @@ def shard_tensor_bytes(manifest: str, k: int, row_bytes: int = 28 * 28 + 8) -> i
     return sum(read_meta(shard_dir(manifest, k)).num_samples.values()) * row_bytes
 
 
-# ----------------------------------------------------------------------------- run options
-def common_opts(port: int, outdir: str, rounds: int) -> List[str]:
-    return ["distribute.server_port", str(port), "outdir", outdir,
-            "federate.total_round_num", str(rounds)]
+# ----------------------------------------------------------------------------- jobs
+class BenchJob(Job):
+    """``harness.jobs.Job`` whose processes run under ``bench/child.py main`` (``measured``: each
+    reports its own VmHWM / io / CPU at exit into ``reports[name]``), pinned to ``cpus``."""
+
+    def __init__(self, ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
+                 extra: Sequence[str] = (), data_root: str = "", measured: bool = True,
+                 cpus: Optional[Sequence[int]] = None):
+        os.makedirs(ctx.tmp(tag), exist_ok=True)
+        super().__init__(ctx.tmp(tag), data_root, rounds, manifest, extra, clients,
+                         outdir=ctx.tmp(f"{tag}_exp"))
+        self.ctx, self.tag, self.measured, self.cpus = ctx, tag, measured, cpus
+        self.reports: Dict[str, str] = {}
+
+    def launch(self, args: List[str], name: str, env=None) -> subprocess.Popen:
+        if not self.measured:
+            return spawn([PY, MAIN] + list(args), self.log(name), env, self.cpus)
+        self.reports[name] = os.path.join(self.tmp, f"{name}.json")
+        return spawn_child(self.reports[name], "main", args, self.log(name), env=env,
+                           cpus=self.cpus)
 
 
-def server_argv(manifest: Optional[str], port: int, outdir: str, rounds: int,
-                extra: Sequence[str] = (), data_root: str = "", clients: int = 3) -> List[str]:
-    """Server: shard mode (manifest given) or FS's data_idx mode (loads ``data_root``)."""
-    args = ["--cfg", SERVER_YAML] + common_opts(port, outdir, rounds)
-    if manifest:
-        args += ["distributed_data.enabled", "True", "distributed_data.manifest", manifest]
-    else:
-        args += ["distributed_data.enabled", "False", "data.root", data_root,
-                 "data.subsample", "1.0", "federate.client_num", str(clients)]
-    return args + list(extra)
-
-
-def client_argv(k: int, manifest: Optional[str], port: int, outdir: str, rounds: int,
-                extra: Sequence[str] = (), data_root: str = "") -> List[str]:
-    """Client k: its own shard (manifest given) or data_idx k of the whole data set."""
-    args = ["--cfg", client_yaml(k)] + common_opts(port, outdir, rounds) + [
-        "distribute.client_id", str(k)]
-    if manifest:
-        args += ["distributed_data.enabled", "True",
-                 "distributed_data.shard_path", shard_dir(manifest, k)]
-    else:
-        args += ["distributed_data.enabled", "False", "data.root", data_root,
-                 "data.subsample", "1.0", "distribute.data_idx", str(k)]
-    return args + list(extra)
+def standalone_argv(manifest: str, outdir: str, rounds: int, extra: Sequence[str] = ()) -> List[str]:
+    """The same job in one process (``federate.mode standalone`` over the same shards)."""
+    return ["--cfg", SERVER_YAML, "outdir", outdir, "federate.total_round_num", str(rounds),
+            "federate.mode", "standalone", "distributed_data.enabled", "True",
+            "distributed_data.manifest", manifest] + list(extra)
 
 
 def start_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
               extra: Sequence[str] = (), data_root: str = "", cpus: Optional[Sequence[int]] = None,
               env: Optional[dict] = None, server_env: Optional[dict] = None) -> dict:
-    """Start a real distributed job: server + ``clients`` client processes over loopback gRPC.
-
-    Every process runs under ``bench/child.py main`` so it reports its own VmHWM / io / CPU at
-    exit. ``finish_job`` waits for it.
-    """
-    port = free_port()
-    outdir = ctx.tmp(f"{tag}_exp")
-    job = {"tag": tag, "procs": [], "reports": {}, "logs": {}, "t0": time.perf_counter(), "ctx": ctx}
-    senv = dict(env or {})
-    senv.update(server_env or {})
+    """Start a real distributed job: server + ``clients`` client processes over loopback gRPC,
+    each reporting its own figures at exit; ``finish_job`` waits for it. The server binds
+    port 0; clients start once it has logged the port it got."""
+    job = BenchJob(ctx, tag, manifest, clients, rounds, extra, data_root, cpus=cpus)
+    out = {"tag": tag, "procs": [], "t0": time.perf_counter(), "ctx": ctx, "job": job}
     try:
-        for key in ["server"] + list(range(1, clients + 1)):
-            name = "server" if key == "server" else f"c{key}"
-            job["logs"][key] = ctx.tmp(f"{tag}_{name}.log")
-            job["reports"][key] = ctx.tmp(f"{tag}_{name}.json")
-            argv = (server_argv(manifest, port, outdir, rounds, extra, data_root, clients)
-                    if key == "server" else
-                    client_argv(key, manifest, port, outdir, rounds, extra, data_root))
-            job["procs"].append(spawn_child(job["reports"][key], "main", argv, job["logs"][key],
-                                            env=senv if key == "server" else env, cpus=cpus))
+        out["procs"].append(job.server(env=dict(env or {}, **(server_env or {}))))
+        out["procs"] += [job.client(k, env=env) for k in range(1, clients + 1)]
     except Exception:
-        kill_all(job["procs"])
+        kill_all(out["procs"])
         raise
-    return job
+    out["logs"] = {"server": job.log("server"),
+                   **{k: job.log(f"client_{k}") for k in range(1, clients + 1)}}
+    return out
 
 
-def finish_job(job: dict, timeout: float = 600) -> dict:
-    """Wait for a started job; returns {"server": report, "clients": {k: report}, "wall_s", "logs"}."""
-    codes = wait_all(job["procs"], timeout)
-    wall = time.perf_counter() - job["t0"]
-    keys = list(job["logs"])
-    reports = {k: _checked(job["ctx"], f"job {job['tag']}, {'server' if k == 'server' else f'client {k}'}",
-                           c, job["reports"][k], job["logs"][k]) for k, c in zip(keys, codes)}
-    return {"server": reports.pop("server"), "clients": reports, "wall_s": wall,
-            "logs": job["logs"]}
+def finish_job(started: dict, timeout: float = 600) -> dict:
+    """Wait for a started job; returns {"server": report, "clients": {k: report}, "wall_s", "logs"}.
+    A process that exits non-zero without its report means the job cannot finish: the wait
+    ends at once and the error carries that process's log tail."""
+    job, keys, ps = started["job"], list(started["logs"]), started["procs"]
+    names = ["server" if k == "server" else f"client_{k}" for k in keys]
+
+    def settled() -> bool:
+        codes = [p.poll() for p in ps]
+        return None not in codes or any(c not in (None, 0) and not os.path.exists(job.reports[n])
+                                        for c, n in zip(codes, names))
+    try:
+        procs.wait_for(settled, timeout, f"job {started['tag']}", poll=0.2)
+    except ChildFailed:
+        pass                                  # the hang guard: _checked names who did not exit
+    codes = wait_all(ps, 0)
+    wall = time.perf_counter() - started["t0"]
+    # the cause first: processes that exited non-zero, then clients, then the server
+    order = sorted(range(len(keys)), key=lambda i: (codes[i] in (0, None), keys[i] == "server"))
+    reports = {keys[i]: _checked(started["ctx"], f"job {started['tag']}, {names[i]}", codes[i],
+                                 job.reports[names[i]], started["logs"][keys[i]]) for i in order}
+    return {"server": reports.pop("server"), "clients": {k: reports[k] for k in keys[1:]},
+            "wall_s": wall, "logs": started["logs"]}
 
 
 def run_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
-            extra: Sequence[str] = (), data_root: str = "", cpus: Optional[Sequence[int]] = None,
-            env: Optional[dict] = None, server_env: Optional[dict] = None,
-            timeout: float = 600) -> dict:
+            extra: Sequence[str] = (), timeout: float = 600, **kw) -> dict:
     """``start_job`` + ``finish_job``."""
-    return finish_job(start_job(ctx, tag, manifest, clients, rounds, extra, data_root, cpus, env,
-                                server_env), timeout)
+    return finish_job(start_job(ctx, tag, manifest, clients, rounds, extra, **kw), timeout)
+
+
+def final_acc(log: str) -> Optional[float]:
+    """The last 'final weighted-avg test_acc=' of a server log (None: not reached)."""
+    with open(log, errors="replace") as f:
+        m = re.findall(r"final weighted-avg test_acc=([0-9.]+)", f.read())
+    return float(m[-1]) if m else None
 
 
 def round_times(server_log: str) -> List[float]:
@@ -454,6 +391,23 @@ def round_times(server_log: str) -> List[float]:
             if m:
                 out.append(float(m.group(2)))
     return out
+
+
+def save_plot(ctx, name: str, draw, figsize=(6, 3.5)) -> Optional[str]:
+    """``draw(ax)`` on one Agg figure saved as ``name`` in the results dir; None without
+    matplotlib (the figures are in the JSON either way)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(ctx.plot_path(name), dpi=100)
+    plt.close(fig)
+    return name
 
 
 # ----------------------------------------------------------------------------- shared measurements
@@ -469,13 +423,13 @@ def baseline_kb(ctx) -> dict:
 
 
 def shard_load_spec(manifest: str, k: int, streaming: bool = False, extra: Sequence[str] = ()) -> str:
-    return json.dumps({"cfg": client_yaml(k), "opts": [
+    return json.dumps({"cfg": CLIENT_YAML, "opts": [
         "distributed_data.enabled", "True", "distributed_data.shard_path", shard_dir(manifest, k),
         "distribute.client_id", str(k), "distributed_data.streaming", str(streaming)] + list(extra)})
 
 
 def data_idx_load_spec(data_root: str, k: int) -> str:
-    return json.dumps({"cfg": client_yaml(k), "opts": [
+    return json.dumps({"cfg": CLIENT_YAML, "opts": [
         "distributed_data.enabled", "False", "data.root", data_root, "data.subsample", "1.0",
         "distribute.data_idx", str(k), "distribute.client_id", str(k)]})
 

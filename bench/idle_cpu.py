@@ -19,13 +19,13 @@ def run(ctx) -> dict:
     window = 5.0 if ctx.quick else 10.0
     manifest = common.shards(ctx, common.big_dataset(ctx), 3)
     extra = ["federate.join_timeout", "0.0", "distribute.connect_timeout", "600.0"]
-    p_dead, p_empty, p_wait = common.free_port(), common.free_port(), common.free_port()
-    specs = {  # name -> argv
-        "client, no server yet": common.client_argv(1, manifest, p_dead, ctx.tmp("x1"), 1, extra),
-        "server, no client yet": common.server_argv(manifest, p_empty, ctx.tmp("x2"), 1, extra),
-        "server, 1 of 3 clients joined": common.server_argv(manifest, p_wait, ctx.tmp("x3"), 1, extra),
-        "client, joined, round not started": common.client_argv(1, manifest, p_wait, ctx.tmp("x3"),
-                                                                1, extra),
+    jobs = [common.BenchJob(ctx, f"x{i}", manifest, 3, 1, extra, measured=False) for i in range(3)]
+    jobs[0].port = common.free_port()  # a port nobody listens on
+    specs = {  # name -> how it starts
+        "client, no server yet": lambda: jobs[0].client(1),
+        "server, no client yet": lambda: jobs[1].server(),
+        "server, 1 of 3 clients joined": lambda: jobs[2].server(),
+        "client, joined, round not started": lambda: jobs[2].client(1),
     }
     ready = {"client, no server yet": "connecting to server",
              "server, no client yet": "waiting for",
@@ -33,12 +33,9 @@ def run(ctx) -> dict:
              "client, joined, round not started": "joined the federation"}
     procs, logs = {}, {}
     try:
-        for i, (name, argv) in enumerate(specs.items()):
-            logs[name] = ctx.tmp(f"p{i}.log")
-            procs[name] = common.spawn([common.PY, common.MAIN] + argv, logs[name])
-            if name.startswith("server, 1"):  # its client must find it listening
-                common.wait_for(lambda n=name: common.file_has(logs[n], "waiting for"), 120,
-                                "server to listen", [procs[name]])
+        for name, launch in specs.items():
+            procs[name] = launch()   # the joined client waits for its server's port
+            logs[name] = procs[name].log_path
         for name in specs:
             common.wait_for(lambda n=name: common.file_has(logs[n], ready[n]), 120,
                             f"'{name}' to be waiting", list(procs.values()))

@@ -1,7 +1,7 @@
 """manifest_scale: load + validate manifests of 1k / 10k / 100k clients; N real clients joining.
 
-Part 1 synthesises ``manifest.json`` files with ``manifest_utils``' own dataclasses and writer
-(62-bin label histograms, sha256 fingerprints, like a real partition) and times
+Part 1 synthesises ``manifest.json`` files (``harness.swarm.write_swarm_manifest``: the project's
+own dataclasses and writer, 62-bin label histograms, sha256 fingerprints) and times
 ``load_manifest`` (read + parse + validate), median over repeats.
 
 Part 2 starts one shard-mode server and then N real client processes at once (32; 8 with
@@ -9,11 +9,8 @@ Part 2 starts one shard-mode server and then N real client processes at once (32
 Most of it is N Python+torch start-ups on 2 cores, so the per-client latency from a client's
 "connecting" log line to its "joined" line is reported too: that part is the server's.
 """
-import hashlib
 import os
 import time
-
-import numpy as np
 
 from bench import common
 from bench.common import median, row
@@ -23,24 +20,12 @@ LOAD_GOAL_S = 0.5     # at 10,000 clients
 JOIN_LATENCY_GOAL_S = 1.0
 
 
-def synth_manifest(path: str, n: int, seed: int = 0) -> int:
-    from federatedscope.core.auxiliaries import manifest_utils as mu
-    rng = np.random.default_rng(seed)
-    hists = rng.integers(0, 6, size=(n, 62))
-    clients = {}
-    for i in range(n):
-        cid = i + 1
-        hist = [int(v) for v in hists[i]]
-        train = sum(hist)
-        clients[cid] = mu.ManifestEntry(
-            client_id=cid, shard_path=f"client_{cid}",
-            num_samples={"train": train, "val": train // 3, "test": train // 3},
-            fingerprint=hashlib.sha256(b"%d" % cid).hexdigest(), label_hist=hist)
-    m = mu.Manifest(dataset="femnist", strategy="sequential", seed=seed, splits=[0.6, 0.2, 0.2],
-                    source={"root": "synthetic", "writers": n}, clients=clients,
-                    created=mu.now_iso())
-    mu.write_manifest(path, m)
-    return os.path.getsize(path)
+def synth_manifest(out_dir: str, n: int) -> "tuple[str, int]":
+    """The swarm's synthetic manifest of ``n`` clients (62-bin label histograms, sha256
+    fingerprints and token hashes, like a real partition): (path, file bytes)."""
+    from harness.swarm import write_swarm_manifest
+    path = write_swarm_manifest(out_dir, n, declarations=False)[0]
+    return path, os.path.getsize(path)
 
 
 def load_times(path: str, repeats: int, n: int):
@@ -57,19 +42,17 @@ def load_times(path: str, repeats: int, n: int):
 def join_test(ctx, n: int) -> dict:
     root = common.dataset(ctx, f"femnist_join{n}", writers=n, seed=7, mean=24, per_file=50)
     manifest = common.shards(ctx, root, n)
-    port, outdir = common.free_port(), ctx.tmp("join_exp")
     extra = ["train.batch_or_epoch", "batch", "train.local_update_steps", "1",
              "federate.join_timeout", "600.0"]
-    slog = ctx.tmp("join_server.log")
+    job = common.BenchJob(ctx, "join", manifest, n, 1, extra, measured=False)
+    slog = job.log("server")
     procs = []
     try:
-        procs.append(common.spawn([common.PY, common.MAIN] + common.server_argv(
-            manifest, port, outdir, 1, extra), slog))
+        procs.append(job.server())
         common.wait_for(lambda: common.file_has(slog, "waiting for"), 120, "server to listen", procs)
         t0_wall = time.time()
         for k in range(1, n + 1):
-            procs.append(common.spawn([common.PY, common.MAIN] + common.client_argv(
-                k, manifest, port, outdir, 1, extra), ctx.tmp(f"join_c{k}.log")))
+            procs.append(job.client(k))
         common.wait_for(lambda: common.file_has(slog, "clients joined; starting training"), 600,
                         f"all {n} clients to join", procs[:1])
         t_all = common.log_times(slog, "clients joined; starting training")[0] - t0_wall
@@ -80,7 +63,7 @@ def join_test(ctx, n: int) -> dict:
         common.kill_all(procs)  # the join is what is measured; no need to train
     lat, startup = [], []
     for k in range(1, n + 1):
-        log = ctx.tmp(f"join_c{k}.log")
+        log = job.log(f"client_{k}")
         conn = common.log_times(log, "connecting to server")
         joined = common.log_times(log, "joined the federation")
         if conn and joined:
@@ -88,7 +71,7 @@ def join_test(ctx, n: int) -> dict:
             startup.append(conn[0] - t0_wall)
     return {"clients": n, "all_joined_s": t_all, "alive_after_join": alive,
             "join_latency_s": lat, "startup_s": startup,
-            "refused": sum(common.file_has(ctx.tmp(f"join_c{k}.log"), "refused") for k in range(1, n + 1))}
+            "refused": sum(common.file_has(job.log(f"client_{k}"), "refused") for k in range(1, n + 1))}
 
 
 def run(ctx) -> dict:
@@ -96,9 +79,8 @@ def run(ctx) -> dict:
     repeats = {1_000: 5, 10_000: 5, 100_000: 3}
     raw, rows = {"load": {}}, []
     for n in sizes:
-        path = ctx.tmp(f"manifest_{n}.json")
         t = time.perf_counter()
-        size = synth_manifest(path, n)
+        path, size = synth_manifest(ctx.tmp(f"manifest_{n}"), n)
         write_s = time.perf_counter() - t
         ts = load_times(path, repeats[n], n)
         raw["load"][n] = {"file_bytes": size, "write_s": write_s, "load_s": ts}

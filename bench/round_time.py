@@ -31,12 +31,6 @@ _TRAINED = re.compile(r"Client #(\d+): round (\d+) trained")
 _AGG = re.compile(r"round (\d+)/\d+ aggregated")
 
 
-def _final_acc(log: str):
-    with open(log, errors="replace") as f:
-        m = re.findall(r"final weighted-avg test_acc=([0-9.]+)", f.read())
-    return float(m[-1]) if m else None
-
-
 def _tail_gaps(logs) -> list:
     """Per round: the server's 'aggregated' time minus the last client's 'trained' time
     (upload + decode + aggregation), from the log timestamps."""
@@ -89,11 +83,8 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
             series.append((time.time(), sample))
             time.sleep(0.05)
 
-    standalone = common.spawn_child(srep, "main", [
-        "--cfg", common.SERVER_YAML] + common.common_opts(
-        common.free_port(), ctx.tmp(f"{tag}_standalone_exp"), rounds) + [
-        "federate.mode", "standalone", "distributed_data.enabled", "True",
-        "distributed_data.manifest", manifest] + list(extra), slog, env=warm, cpus=cpus)
+    standalone = common.spawn_child(srep, "main", common.standalone_argv(
+        manifest, ctx.tmp(f"{tag}_standalone_exp"), rounds, extra), slog, env=warm, cpus=cpus)
     job = None
     try:
         if not together:
@@ -117,11 +108,11 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
     logs = [dlog] + [res["logs"][k] for k in (1, 2, 3)]
     out = {"together": together,
            "standalone": {"rounds_s": common.round_times(slog), "wall_s": rep["wall_s"],
-                          "final_acc": _final_acc(slog), "tail_s": _tail_gaps([slog]),
+                          "final_acc": common.final_acc(slog), "tail_s": _tail_gaps([slog]),
                           "preempted": preempted["standalone"], "bounds": _bounds(slog),
                           "cpu_s": _round_cpu(series, ["standalone"], _bounds(slog))},
            "dist": {"rounds_s": common.round_times(dlog), "wall_s": res["wall_s"],
-                    "final_acc": _final_acc(dlog), "tail_s": _tail_gaps(logs),
+                    "final_acc": common.final_acc(dlog), "tail_s": _tail_gaps(logs),
                     "preempted": preempted["dist"], "bounds": _bounds(dlog),
                     "cpu_s": _round_cpu(series, ["server", 1, 2, 3], _bounds(dlog))}}
     _select(out)
@@ -170,11 +161,8 @@ def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
              str(hidden), "eval.freq", "100000", "eval.split", "['test']"]
     warm = {"BENCH_WARM_TORCH": "1"}
     slog = ctx.tmp(f"tn{n}_standalone.log")
-    common.run_child(ctx, f"tn{n}_standalone", "main", [
-        "--cfg", common.SERVER_YAML] + common.common_opts(
-        common.free_port(), ctx.tmp(f"tn{n}_standalone_exp"), rounds) + [
-        "federate.mode", "standalone", "distributed_data.enabled", "True",
-        "distributed_data.manifest", manifest] + extra, env=warm, timeout=900)
+    common.run_child(ctx, f"tn{n}_standalone", "main", common.standalone_argv(
+        manifest, ctx.tmp(f"tn{n}_standalone_exp"), rounds, extra), env=warm, timeout=900)
     dist = common.run_job(ctx, f"tn{n}_dist", manifest, n, rounds, extra, env=warm, timeout=900)
     s = median(common.round_times(slog)[1:])
     d = median(common.round_times(dist["logs"]["server"])[1:])
@@ -245,11 +233,10 @@ def run(ctx) -> dict:
     if abs(ratio / cratio - 1) > 0.1:
         notes.append(
             f"Wall and CPU ratios disagree ({ratio:.2f} vs {cratio:.2f}): during the rounds the "
-            f"distributed job got {share['dist'] * 100:.0f} % of a core's time and the standalone "
-            f"job {share['standalone'] * 100:.0f} % (1-min load average {load:.1f} on "
-            f"{os.cpu_count()} cores, other users included), so on this shared machine the wall "
-            f"ratio measures scheduling luck as much as the transport. The CPU ratio counts the "
-            f"work each mode does per round and is the figure to trust here; "
+            f"distributed job got {share['dist'] * 100:.0f} % of a core and standalone "
+            f"{share['standalone'] * 100:.0f} % (load {load:.1f} on {os.cpu_count()} cores), so "
+            f"the wall ratio measures scheduling luck; the CPU ratio counts each mode's work "
+            f"per round and is the figure to trust here: "
             + ("by it the goal is met." if cratio <= GOAL else "by it the goal is missed too."))
     if not ctx.quick:
         cpu = sorted(os.sched_getaffinity(0))[-1]
@@ -264,16 +251,12 @@ def run(ctx) -> dict:
         pre = {m: median(p[m]["preempted"] for p in raw["one_core"]) for m in ("dist", "standalone")}
         if r1 > GOAL:
             notes.append(
-                f"Missed on one core: with all 3 clients training each round and all 4 processes "
-                f"pinned to one CPU, a distributed round takes {r1:.2f}× the standalone round "
-                f"({c1:.2f}× its CPU seconds). The transport is not where it goes: the last update "
-                f"is aggregated {tail1 * 1000:.0f} ms after that client logs the end of its "
-                f"training, and with one trainer at a time (the transport set-up) the CPU per round "
-                f"is {cratio:.2f}×. The extra CPU is burnt while 3 training processes time-slice "
-                f"one core: the distributed processes were preempted {pre['dist']:,} times in the "
-                f"whole job, the standalone process {pre['standalone']:,} times, and each switch "
-                f"leaves the next trainer with cold caches. Standalone trains the clients one after "
-                f"another, and a deployment with a core per client does not time-slice; nothing "
-                f"for the framework to fix. The transport set-up isolates the transport's cost.")
+                f"Missed on one core: a distributed round takes {r1:.2f}× the standalone round "
+                f"({c1:.2f}× its CPU seconds) with all 3 clients training and 4 processes pinned to "
+                f"one CPU. Not the transport: the last update is aggregated {tail1 * 1000:.0f} ms "
+                f"after its client finishes training, and with one trainer at a time the CPU ratio "
+                f"is {cratio:.2f}×. The extra CPU is 3 trainers time-slicing one core (preempted "
+                f"{pre['dist']:,} times vs {pre['standalone']:,} standalone, cold caches each "
+                f"time); a core per client does not time-slice.")
     return {"rows": rows, "notes": notes, "context": context, "raw": raw,
             "summary": {"ratio": ratio}}

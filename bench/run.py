@@ -25,11 +25,7 @@ sys.path[0] = ROOT  # import as the ``bench`` package; bench/ itself must not sh
 
 from bench import common, report  # noqa: E402
 
-# Cheap ones first, so a broken environment shows up fast. "scale" (bench/scale.py) is written
-# elsewhere: it is imported lazily and skipped with a note while the module is absent.
-BENCHMARKS = ["wire", "manifest_scale", "idle_cpu", "sharding", "client_memory", "server_memory",
-              "streaming", "round_time", "scale", "peers"]
-OPTIONAL = {"scale"}
+BENCHMARKS = report.ORDER
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "results")
 
 
@@ -106,13 +102,7 @@ def main(argv=None) -> int:
             f"load {machine['loadavg'][0]:.2f}")
     failed = []
     for name in names:
-        try:
-            mod = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as e:
-            if name not in OPTIONAL or e.name != f"bench.{name}":
-                raise
-            ctx.log(f"{name}: bench/{name}.py is not in this checkout; skipped")
-            continue
+        mod = importlib.import_module(f"bench.{name}")
         ctx.start(name)
         ctx.log(f"{name}: {mod.TITLE}")
         started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -136,7 +126,7 @@ def main(argv=None) -> int:
             mark = {True: "met", False: "MISSED", None: "-"}[r["met"]]
             ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {mark})")
         ctx.log(f"{name}: done in {res['duration_s']:.1f}s")
-    report.write(results_dir, report_path, BENCHMARKS)
+    report.write(results_dir, report_path)
     if results_dir == os.path.abspath(DEFAULT_RESULTS):  # README's cost table follows the JSONs
         from bench import render_readme
         render_readme.write()

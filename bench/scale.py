@@ -1,4 +1,4 @@
-"""scale: one real server, N = 10 / 100 / 1,000 concurrent sessions (bench/swarm.py), all sampled.
+"""scale: one real server, N = 10 / 100 / 1,000 concurrent sessions (harness/swarm.py), all sampled.
 
 For each N: a synthetic manifest of N + 1 shards; N virtual clients join at once (the join storm)
 and the server waits for the last one (the "gate"), so the N sessions sit joined and
@@ -26,7 +26,7 @@ METHOD = "/bench.Sink/Put"
 
 
 # ----------------------------------------------------------------------------- loopback floor
-def _sink(port: int) -> None:
+def _sink() -> None:
     """A process that swallows one stream of messages and answers with the byte count."""
     from concurrent import futures
     import grpc
@@ -37,20 +37,18 @@ def _sink(port: int) -> None:
         ("grpc.max_receive_message_length", 1 << 30)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "bench.Sink", {"Put": grpc.stream_unary_rpc_method_handler(put)}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    print("sink ready", flush=True)
+    print(f"sink listening on 127.0.0.1:{port}", flush=True)
     server.wait_for_termination()
 
 
 def loopback_throughput(ctx, msg_bytes: int, total_bytes: int = 300 * MB) -> float:
     """Bytes/s of one gRPC stream over loopback, best of 3 (the machine is shared)."""
     import grpc
-    port = common.free_port()
-    log = ctx.tmp("sink.log")
-    sink = common.spawn([common.PY, os.path.abspath(__file__), "--sink", str(port)], log)
+    sink = common.spawn([common.PY, os.path.abspath(__file__), "--sink"], ctx.tmp("sink.log"))
     try:
-        common.wait_for(lambda: common.file_has(log, "sink ready"), 60, "sink", [sink])
+        port = common.procs.wait_port(sink, 60)
         payload = os.urandom(msg_bytes)
         count = max(1, total_bytes // msg_bytes)
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
@@ -74,22 +72,20 @@ def _rss_mb(pid: int) -> float:
 def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "") -> dict:
     """One server (under bench/child.py, which reports its VmHWM and CPU at exit) and a swarm of
     N + 1: storm, idle window, then the gate opens and the job runs."""
-    from bench.swarm import SwarmPlan, Swarm, server_opts, summarize, write_swarm_manifest
+    from harness.swarm import SwarmPlan, Swarm, server_opts, summarize, write_swarm_manifest
     import asyncio
     name = f"n{n}{tag}"
     manifest, shards = write_swarm_manifest(ctx.tmp(name), n + 1)
-    port = common.free_port()
-    log, report = ctx.tmp(f"{name}_server.log"), ctx.tmp(f"{name}_server.json")
-    server = common.spawn_child(report, "main", common.server_argv(
-        manifest, port, ctx.tmp(f"{name}_exp"), rounds, server_opts(rounds, extra)), log)
+    job = common.BenchJob(ctx, name, manifest, n + 1, rounds)
+    server = job.server(server_opts(rounds, extra))
+    log, report = job.log("server"), job.reports["server"]
     gate = threading.Event()
-    swarm = Swarm(SwarmPlan(f"127.0.0.1:{port}", shards, gate_ids=frozenset({n + 1}), gate=gate,
-                            timeout=900))
     out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(res=asyncio.run(swarm.run())),
-                              daemon=True)
     try:
-        common.wait_for(lambda: common.file_has(log, "listening on"), 120, "server", [server])
+        swarm = Swarm(SwarmPlan(f"127.0.0.1:{job.port}", shards, gate_ids=frozenset({n + 1}),
+                                gate=gate, timeout=900))
+        thread = threading.Thread(target=lambda: out.update(res=asyncio.run(swarm.run())),
+                                  daemon=True)
         time.sleep(0.5)
         rss_empty = _rss_mb(server.pid)
         t_storm = time.perf_counter()
@@ -208,28 +204,5 @@ def _report(ctx, per_n: dict, model_bytes: int, thr: float, sampled=None) -> dic
             "summary": {f"peak_mb_n{n}": r["peak_mb"] for n, r in per_n.items()}}
 
 
-def main(argv=None) -> int:
-    """Standalone: ``python bench/scale.py [--quick] [--out DIR]`` (``make bench`` runs it too)."""
-    import argparse
-    import json
-    from bench.run import Ctx
-    p = argparse.ArgumentParser(description=TITLE)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=os.path.join(common.ROOT, "bench", "results", "tmp", "scale"))
-    a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
-    ctx = Ctx(a.quick, a.out, a.out)
-    ctx.start("scale")
-    res = run(ctx)
-    for r in res["rows"]:
-        ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {r['met']})")
-    with open(os.path.join(a.out, "scale.json"), "w") as f:
-        json.dump(res, f, indent=1, default=float)
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--sink":
-        _sink(int(sys.argv[2]))
-        sys.exit(0)
-    sys.exit(main())
+if __name__ == "__main__" and sys.argv[1:] == ["--sink"]:
+    _sink()

@@ -106,18 +106,14 @@ def big_model_rows(ctx, base: float, manifest: str):
             a_peak = a["server"]["status_kb"]["VmHWM"] * 1024
             raw["online_arena2"] = {k: v for k, v in a.items() if k != "logs"}
             notes.append(
-                f"Missed at hidden {BIG_HIDDEN} with online aggregation: the server peaks at "
-                f"{peak / MB:.0f} MB = the idle runtime {base / MB:.0f} MB + "
+                f"Missed at hidden {BIG_HIDDEN}, online aggregation: the server peaks at "
+                f"{peak / MB:.0f} MB = idle runtime {base / MB:.0f} MB + "
                 f"{(peak - base) / model:.1f} model copies of {model / MB:.1f} MB (budget "
-                f"{MODEL_COPIES}). At exit {st.get('RssAnon', 0) / 1024:.0f} MB of it is private "
-                f"heap (RssAnon). With `MALLOC_ARENA_MAX=2` the same job peaks at "
-                f"{a_peak / MB:.0f} MB ({(a_peak - base) / model:.1f} model copies), so "
-                f"{(peak - a_peak) / MB:.0f} MB is freed memory kept by glibc's per-thread arenas "
-                f"(gRPC's threads). Where it grows (highest VmRSS per phase, sampled every 20 "
-                f"ms): " + "; ".join(f"{n} {mb:.0f} MB" for n, mb in tl) + ". "
-                f"This benchmark does not break the phase's growth down further; the gRPC "
-                f"server is being rewritten (grpc.aio): re-run `python bench/run.py --only "
-                f"server_memory` after it lands.")
+                f"{MODEL_COPIES}); {st.get('RssAnon', 0) / 1024:.0f} MB private heap at exit. With "
+                f"MALLOC_ARENA_MAX=2 it peaks at {a_peak / MB:.0f} MB "
+                f"({(a_peak - base) / model:.1f} copies): {(peak - a_peak) / MB:.0f} MB is freed "
+                f"memory kept by glibc's per-thread arenas (gRPC's threads). Highest VmRSS per "
+                f"phase: " + "; ".join(f"{n} {mb:.0f} MB" for n, mb in tl) + ".")
     return rows, raw, context, notes
 
 
@@ -154,15 +150,12 @@ def run(ctx) -> dict:
         a_client = max(r["status_kb"]["VmHWM"] for r in arena["clients"].values()) / 1024
         s_client = max(r["status_kb"]["VmHWM"] for r in shard["clients"].values()) / 1024
         notes.append(
-            f"Missed: the shard-mode server loads no data (the only file it opened under the data "
-            f"dirs is the manifest) yet peaks {s_peak / MB:.0f} MB above the runtime. "
-            f"{(s_peak - a_peak) / MB:.0f} MB of that is glibc malloc arenas (gRPC's threads each "
-            f"get one, and memory freed there stays resident): the same job with "
-            f"`MALLOC_ARENA_MAX=2` in the environment peaks at {a_peak / MB:.0f} MB above the "
-            f"runtime (its training clients at {a_client:.0f} MB instead of {s_client:.0f} MB). "
-            f"Cheap fix for the launcher or `main.py` (not part of this benchmark change): set "
-            f"`MALLOC_ARENA_MAX=2` for FL processes, or call `mallopt(M_ARENA_MAX, 2)` before "
-            f"gRPC starts. The remainder is not broken down here.")
+            f"Missed: the shard-mode server loads no data (it opened only the manifest) yet peaks "
+            f"{s_peak / MB:.0f} MB above the runtime; {(s_peak - a_peak) / MB:.0f} MB of it is glibc "
+            f"malloc arenas (one per gRPC thread): with MALLOC_ARENA_MAX=2 it peaks "
+            f"{a_peak / MB:.0f} MB above (training clients {a_client:.0f} MB instead of "
+            f"{s_client:.0f} MB). Fix for the launcher or main.py: set MALLOC_ARENA_MAX=2 (or "
+            f"mallopt(M_ARENA_MAX, 2) before gRPC starts).")
     elif s_peak / MB > GOAL_MB:
         notes.append("Missed; the full run measures how much of it glibc's per-thread malloc "
                      "arenas account for (a what-if job with MALLOC_ARENA_MAX=2).")

@@ -111,25 +111,15 @@ def run(ctx) -> dict:
 
 
 def _plot(ctx, runs, sizes):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for mode, style in (("streaming", "o-"), ("in-memory", "s--")):
-        xs = [runs[f"{mode}_{k}x"]["tensor_bytes"] / MB for k in sizes]
-        ys = [runs[f"{mode}_{k}x"]["peak_above_start_kb"] / 1024 for k in sizes]
-        ax.plot(xs, ys, style, label=mode)
     xs = [runs[f"streaming_{k}x"]["tensor_bytes"] / MB for k in sizes]
-    ax.plot(xs, xs, ":", color="grey", label="shard tensor bytes")
-    ax.set_xlabel("shard size (MB of uint8 samples + labels)")
-    ax.set_ylabel("peak RSS above runtime (MB)")
-    ax.set_title("Client peak RSS vs shard size", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = "streaming_rss.png"
-    fig.savefig(ctx.plot_path(name), dpi=100)
-    plt.close(fig)
-    return name
+
+    def draw(ax):
+        for mode, style in (("streaming", "o-"), ("in-memory", "s--")):
+            ax.plot(xs, [runs[f"{mode}_{k}x"]["peak_above_start_kb"] / 1024 for k in sizes],
+                    style, label=mode)
+        ax.plot(xs, xs, ":", color="grey", label="shard tensor bytes")
+        ax.set_xlabel("shard size (MB of uint8 samples + labels)")
+        ax.set_ylabel("peak RSS above runtime (MB)")
+        ax.set_title("Client peak RSS vs shard size", fontsize=10)
+        ax.legend(fontsize=8)
+    return common.save_plot(ctx, "streaming_rss.png", draw)

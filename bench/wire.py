@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-from bench.common import SERVER_YAML, free_port, median, row
+from bench.common import SERVER_YAML, median, row
 
 TITLE = "Bytes on the wire per model message, and codec speed"
 MODELS = (128, 2048)
@@ -187,7 +187,7 @@ def socket_figures(hidden: int, state, k: int) -> dict:
     raw = codec.raw_tensor_bytes(state)
     down, up = _messages(state)
     s_in, c_in = queue.Queue(), queue.Queue()
-    server = GrpcServerTransport(_cfg(hidden, free_port()), s_in, max_clients=2)
+    server = GrpcServerTransport(_cfg(hidden, 0), s_in, max_clients=2)  # binds a free port
     server.start()
     proxy = CountingProxy(server.port)
     client = GrpcClientTransport(_cfg(hidden, proxy.port), c_in)
@@ -282,13 +282,10 @@ def run(ctx) -> dict:
         c["fixed_s"] = fixed
         notes.append(
             f"Missed for hidden {hidden} ({c['raw_bytes'] / 1e6:.2f} MB, {c['tensors']} tensors): "
-            f"encode + decode "
-            f"takes {total * 1e3:.2f} ms per message. Of that, {fixed * 1e3:.2f} ms does not "
-            f"depend on the bytes (measured with the same {c['tensors']} tensors holding one "
-            f"element each: header, JSON content, per-tensor bookkeeping and validation); the "
-            f"rest is {per_mb:.1f} memcpy-equivalents, so the per-byte path is in the bandwidth "
-            f"class and the fixed part is what a small message pays. Cutting it means less "
-            f"per-tensor work in `core/communication/codec.py` (not part of this benchmark change).")
+            f"encode + decode take {total * 1e3:.2f} ms per message, of which {fixed * 1e3:.2f} ms "
+            f"does not depend on the bytes (same tensors holding one element each: header, "
+            f"content, per-tensor checks); the rest is {per_mb:.1f} memcpy-equivalents, in the "
+            f"bandwidth class. The fixed part is per-tensor work in core/communication/codec.py.")
     return {"rows": rows, "context": context, "raw": raw, "notes": notes,
             "summary": {"max_ratio": max(ratios), "max_codec_ratio": max(
                 max(v["codec"]["down_ratio"], v["codec"]["up_ratio"])

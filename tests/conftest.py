@@ -1,17 +1,9 @@
 import os
-import socket
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-
-
-def free_port() -> int:
-    """An ephemeral loopback port (the OS picks it; we release it for the server to bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 import subprocess  # noqa: E402
@@ -24,11 +16,11 @@ def _stop_leftover_processes():
     """After each test, kill (by PID) every process the test itself started that is still
     running: a test that fails half-way must not leave a server eating CPU beside the next test.
     Processes of wider-scoped fixtures (set up before this one) are left to their fixture."""
-    import proc_utils
-    first = len(proc_utils.STARTED)
+    from harness import procs
+    first = len(procs.STARTED)
     yield
-    proc_utils.stop_all(proc_utils.STARTED[first:])
-    del proc_utils.STARTED[first:]
+    procs.stop_all(procs.STARTED[first:])
+    del procs.STARTED[first:]
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from fl_job import Job
-from proc_utils import ROOT, wait_all
+from harness.jobs import Job
+from harness.procs import ROOT, wait_all
 from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.communication.join_proof import NONCE_KEY, PROOF_KEY, join_proof
@@ -150,7 +150,7 @@ SAMPLE_TYPE_CHECKED = True   # issue 9 item 3 (lead): flip when check_declaratio
 
 
 def test_declared_sample_type_must_match_manifest(femnist_shards):
-    from fl_job import known_bug
+    from harness.jobs import known_bug
     strict = Admission(load_manifest(femnist_shards), strict=True)
     decl = dict(_decl(femnist_shards, 1), sample_type="float32[3,224,224]")
     d = strict.admit({"client_id": 1, "declaration": decl}, set())

@@ -2,8 +2,7 @@
 import json
 import os
 
-from conftest import free_port
-from proc_utils import file_contains, start_main, wait_all, wait_for
+from harness.procs import file_contains, free_port, start_main, wait_all, wait_for, wait_port
 
 CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    "scripts", "distributed_scripts", "distributed_configs")
@@ -32,8 +31,9 @@ def _final_line(out):
 
 
 def test_server_and_three_clients_exit_zero(femnist_root, tmp_path):
-    port, out = free_port(), str(tmp_path / "exp")
-    server = start_main(_server_args(femnist_root, port, out), str(tmp_path / "s.log"))
+    out = str(tmp_path / "exp")
+    server = start_main(_server_args(femnist_root, 0, out), str(tmp_path / "s.log"))
+    port = wait_port(server)
     clients = [start_main(_client_args(k, femnist_root, port, out), str(tmp_path / f"c{k}.log"))
                for k in (1, 2, 3)]
     codes = wait_all([server] + clients, timeout=180)

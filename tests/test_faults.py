@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from fl_job import Job, known_bug
-from proc_utils import (checkpoint_round, describe, file_contains, frozen, stop_all, wait_all,
+from harness.jobs import Job, known_bug
+from harness.procs import (checkpoint_round, describe, file_contains, frozen, stop_all, wait_all,
                         wait_for, wait_stopped)
 
 # Enough rounds that a fault injected once round 1 is checkpointed always lands mid-job (a round

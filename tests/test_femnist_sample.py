@@ -124,3 +124,43 @@ def test_learnable_but_not_trivial():
 def test_rejects_bad_args(tmp_path):
     with pytest.raises(ValueError):
         gen.write_sample(str(tmp_path), writers=0, seed=0)
+
+
+def test_leaf_counts_have_leafs_total_mean_and_spread():
+    counts = gen.leaf_counts(gen.LEAF_WRITERS, seed=0)
+    assert counts.shape == (3550,) and counts.sum() == 805263      # real FEMNIST's total
+    assert abs(counts.mean() - 226.83) < 0.01
+    assert 0.9 * 88.94 < counts.std() < 1.1 * 88.94 and counts.min() >= 10
+    # fewer writers: the same per-writer distribution, total scaled (12 x 805263 / 3550 = 2722)
+    assert gen.leaf_counts(12, seed=3).sum() == 2722
+    assert not np.array_equal(gen.leaf_counts(12, seed=3), gen.leaf_counts(12, seed=4))
+
+
+def test_leaf_size_writes_leafs_layout_one_file_of_writers_at_a_time(tmp_path, monkeypatch):
+    real, batches = gen.generate, []
+
+    def recording(writers, *a, **kw):
+        batches.append(writers)
+        return real(writers, *a, **kw)
+    monkeypatch.setattr(gen, "generate", recording)
+    assert gen.main(["--out", str(tmp_path), "--leaf-size", "--writers", "7",
+                     "--writers-per-file", "3", "--seed", "1"]) == 0
+    assert batches == [3, 3, 1]   # memory bounded by one file's writers, whatever the total
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["all_data_0.json", "all_data_1.json", "all_data_2.json"]
+    users, counts = [], []
+    for name in names:
+        raw = (tmp_path / name).read_bytes()
+        obj = json.loads(raw)
+        assert json.dumps(obj).encode() == raw          # streamed text = json.dumps text
+        for uid, n in zip(obj["users"], obj["num_samples"]):
+            assert len(obj["user_data"][uid]["x"]) == len(obj["user_data"][uid]["y"]) == n
+        users += obj["users"]
+        counts += obj["num_samples"]
+    assert [u[:5] for u in users] == [f"f{i:04d}" for i in range(7)]
+    assert counts == gen.leaf_counts(7, seed=1).tolist()
+
+
+def test_leaf_size_needs_no_writer_count_but_plain_mode_does(tmp_path):
+    with pytest.raises(SystemExit):
+        gen.main(["--out", str(tmp_path)])

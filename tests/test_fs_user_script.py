@@ -2,41 +2,20 @@
 shard job; a run never appends to a previous run's results."""
 import json
 import os
-import subprocess
-import sys
-import time
 
-from conftest import free_port
-from proc_utils import ROOT, stop_all
+from harness.procs import PY, ROOT, start, wait_all, wait_port
 
 SCRIPT = os.path.join(ROOT, "tests", "fs_user_script.py")
 CFG = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs")
 
 
 def _start(args, log_path):
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, SCRIPT] + args, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT)
+    return start([PY, SCRIPT] + list(args), log_path)
 
 
 def _wait(procs, logs, timeout=240):
-    """Exit codes; fails fast (with the log tail) as soon as any process exits non-zero."""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            for code, log in zip(codes, logs):
-                if code not in (None, 0):
-                    raise AssertionError(f"{log} exited {code}:\n"
-                                         + open(log, errors="replace").read()[-3000:])
-            if None not in codes:
-                return codes
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s; {logs[0]}:\n"
-                                     + open(logs[0], errors="replace").read()[-2000:])
-            time.sleep(0.2)
-    finally:
-        stop_all(procs)
+    """Exit codes; fails fast (with every log tail) as soon as any process exits non-zero."""
+    return wait_all(procs, timeout, expect=[0] * len(procs))
 
 
 def _eval_logs(out):
@@ -74,12 +53,14 @@ def test_fs_script_standalone_twice_never_appends(femnist_root, tmp_path):
 
 
 def test_fs_script_distributed_shard_mode(femnist_root, femnist_shards, tmp_path):
-    port, out = free_port(), str(tmp_path / "exp")
-    common = ["distribute.server_port", str(port), "outdir", out, "federate.total_round_num", "1",
+    out = str(tmp_path / "exp")
+    common = ["outdir", out, "federate.total_round_num", "1",
               "data.root", str(tmp_path / "no_dataset_here")]  # shard mode never reads data.root
     logs = [str(tmp_path / "server.log")]
     procs = [_start(["--cfg", os.path.join(CFG, "distributed_femnist_server.yaml")] + common
-                    + ["distributed_data.manifest", femnist_shards], logs[0])]
+                    + ["distributed_data.manifest", femnist_shards,
+                       "distribute.server_port", "0"], logs[0])]
+    common += ["distribute.server_port", str(wait_port(procs[0]))]
     shards = os.path.dirname(femnist_shards)
     for k in (1, 2, 3):
         logs.append(str(tmp_path / f"client_{k}.log"))

@@ -12,8 +12,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import grpc
 import torch
 
-from fl_job import Job
-from proc_utils import file_contains, wait_all, wait_for
+from harness.jobs import Job
+from harness.procs import file_contains, wait_all, wait_for
 from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.communication import codec

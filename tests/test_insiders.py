@@ -2,33 +2,23 @@
 that poisons its updates and lies in its metrics, strangers with hostile tokens, a client that
 claims a billion samples. The server must keep serving and the job must end with the right result."""
 import os
-import sys
 
-from fl_job import CFG, Job
-from proc_utils import ROOT, wait_all
+from harness.jobs import Job
+from harness.procs import PY, ROOT, start, wait_all
 
 ATTACK = os.path.join(ROOT, "tests", "attack_client.py")
 
 
 def _attacker(job: Job, k: int, attacks: str, extra=(), name=None):
     """Client ``k`` of ``job``, run through tests/attack_client.py with ``attacks``."""
-    import subprocess
-    args = ["--cfg", os.path.join(CFG, "distributed_femnist_client_1.yaml")] + job.common
-    args += ["distribute.client_id", str(k), "expname", f"client_{k}"]
-    if job.manifest:
-        args += ["distributed_data.shard_path", os.path.join(os.path.dirname(job.manifest),
-                                                             f"client_{k}")]
-    else:
-        args += ["distribute.data_idx", str(k)]
-    log = open(job.log(name or f"attacker_{k}"), "wb")
-    return subprocess.Popen([sys.executable, ATTACK, attacks] + args + list(extra),
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    name = name or f"attacker_{k}"
+    return start([PY, ATTACK, attacks] + job.client_args(k, extra), job.log(name), name=name)
 
 
 def _standalone_acc(tmp, manifest, rounds) -> float:
     os.makedirs(tmp, exist_ok=True)
     job = Job(tmp, "", rounds=rounds, manifest=manifest)
-    from proc_utils import start_main
+    from harness.procs import start_main
     p = start_main(["--cfg", os.path.join(ROOT, "scripts", "example_configs", "femnist.yaml"),
                     "federate.mode", "standalone", "distributed_data.enabled", "True",
                     "distributed_data.manifest", manifest, "outdir", job.out,

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from conftest import free_port
-from proc_utils import ROOT
+from harness.procs import ROOT, free_port
 
 from federatedscope.core.auxiliaries import manifest_utils as mu
 

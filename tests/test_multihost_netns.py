@@ -26,8 +26,7 @@ import time
 
 import pytest
 
-from conftest import free_port
-from proc_utils import MAIN, ROOT, stop_all, wait_for
+from harness.procs import MAIN, ROOT, free_port, stop_all, wait_for
 
 CFG = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs")
 ROUNDS = 2

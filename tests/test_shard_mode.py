@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from fl_job import Job
-from proc_utils import ROOT, start_main, wait_all
+from harness.jobs import Job
+from harness.procs import ROOT, start_main, wait_all
 
 ROUNDS = 3
 

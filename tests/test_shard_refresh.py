@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from fl_job import Job
-from proc_utils import ROOT, checkpoint_round, frozen, wait_all
+from harness.jobs import Job
+from harness.procs import ROOT, checkpoint_round, frozen, wait_all
 
 ROUNDS = 8   # the swap lands once round 1 is checkpointed; the rest leaves room for the re-check
 

@@ -1,20 +1,17 @@
-"""The swarm (bench/swarm.py) against a real server process: 200 sessions, one process."""
+"""The swarm (harness/swarm.py) against a real server process: 200 sessions, one process."""
 import os
 import re
 import time
 
-from bench import common
-from bench.swarm import SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
-from proc_utils import wait_all
+from harness.jobs import Job
+from harness.procs import wait_all
+from harness.swarm import SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
 
 
 def _start_server(tmp_path, manifest, rounds, extra=()):
-    port = common.free_port()
-    log = str(tmp_path / "server.log")
-    proc = common.spawn([common.PY, common.MAIN] + common.server_argv(
-        manifest, port, str(tmp_path / "exp"), rounds, server_opts(rounds, extra)), log)
-    common.wait_for(lambda: common.file_has(log, "listening on"), 120, "server", [proc])
-    return proc, port, log
+    job = Job(tmp_path, "", rounds, manifest)
+    proc = job.server(server_opts(rounds, extra))
+    return proc, job.port, job.log("server")
 
 
 def _aggregated(log):

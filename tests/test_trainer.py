@@ -5,7 +5,7 @@ import os
 import torch
 
 from federatedscope.core.trainers.optimizer import PlainSGD
-from proc_utils import start_main, wait_all, ROOT
+from harness.procs import start_main, wait_all, ROOT
 
 
 def test_plain_sgd_matches_torch_sgd_bit_for_bit():

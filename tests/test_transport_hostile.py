@@ -9,8 +9,7 @@ import time
 import pytest
 import torch
 
-from bench.swarm import RawPeer, health_status
-from conftest import free_port
+from harness.swarm import RawPeer, health_status
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.communication.proto import fl_pb2
@@ -24,7 +23,7 @@ LOGGER = "federatedscope"
 def _cfg(join_deadline: float = 5.0):
     cfg = get_default_cfg()
     cfg.distribute.server_host = "127.0.0.1"
-    cfg.distribute.server_port = free_port()
+    cfg.distribute.server_port = 0   # bound by the server; t.port says which
     cfg.distribute.join_deadline = join_deadline
     return cfg
 

@@ -8,10 +8,9 @@ from concurrent import futures
 import grpc
 import pytest
 
-from bench.swarm import RawPeer, health_status
-from conftest import free_port
-from fl_job import Job
-from proc_utils import file_contains, wait_all, wait_for
+from harness.jobs import Job
+from harness.procs import file_contains, wait_all, wait_for
+from harness.swarm import RawPeer, health_status
 from federatedscope.core.communication.grpc_client import GrpcClientTransport, ServerUnreachable
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import JOIN_IN, Message
@@ -109,7 +108,6 @@ class _RefusingServer:
 
     def __init__(self):
         self.attempts = []
-        self.port = free_port()
         self.server = grpc.server(futures.ThreadPoolExecutor(4))
 
         def session(request_iterator, context):
@@ -119,7 +117,7 @@ class _RefusingServer:
         handler = grpc.stream_stream_rpc_method_handler(session)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             "federatedscope.FLService", {"Session": handler}),))
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
     def rate(self) -> float:

@@ -16,10 +16,8 @@ having aggregated, as each system's server times it) and the final test accuracy
 """
 import json
 import os
-import re
 import socket
 import subprocess
-import time
 from typing import Dict, List
 
 from bench import common
@@ -40,12 +38,6 @@ def profile(ctx) -> dict:
     if ctx.quick:
         return {"hidden": 128, "rounds": 2, "data": common.big_dataset(ctx), "name": "small"}
     return {"hidden": 2048, "rounds": 5, "data": common.large_dataset(ctx), "name": "large"}
-
-
-def _final_acc(log: str):
-    with open(log, errors="replace") as f:
-        m = re.findall(r"final weighted-avg test_acc=([0-9.]+)", f.read())
-    return float(m[-1]) if m else None
 
 
 def _measured(tr: TreeResult, rounds_s: List[float], acc, exact_hwm: Dict[str, int] = None) -> dict:
@@ -80,15 +72,12 @@ def _fs_opts(prof: dict) -> List[str]:
 def run_standalone(ctx, prof: dict, manifest: str) -> dict:
     rep_path, log = ctx.tmp("standalone.json"), ctx.tmp("standalone.log")
     with Tree() as t:
-        p = common.spawn_child(rep_path, "main", [
-            "--cfg", common.SERVER_YAML] + common.common_opts(
-            common.free_port(), ctx.tmp("standalone_exp"), prof["rounds"]) + [
-            "federate.mode", "standalone", "distributed_data.enabled", "True",
-            "distributed_data.manifest", manifest] + _fs_opts(prof), log)
+        p = common.spawn_child(rep_path, "main", common.standalone_argv(
+            manifest, ctx.tmp("standalone_exp"), prof["rounds"], _fs_opts(prof)), log)
         code = common.wait_all([p], 3600)[0]
         t.mark_end()
     rep = common._checked(ctx, "standalone", code, rep_path, log)
-    return _measured(t.result, common.round_times(log), _final_acc(log),
+    return _measured(t.result, common.round_times(log), common.final_acc(log),
                      {rep["pid"]: rep["status_kb"]["VmHWM"]})
 
 
@@ -147,11 +136,8 @@ def run_flower(ctx, prof: dict, manifest: str) -> dict:
             run_cfg = (f'num-server-rounds={prof["rounds"]} num-nodes={CLIENTS} '
                        f'hidden={prof["hidden"]} out="{out}"')
             log = ctx.tmp("flwr_run.log")
-            with open(log, "wb") as lf:
-                runner = subprocess.Popen([flower_bin("flwr"), "run", ".", "bench", "--stream",
-                                           "--run-config", run_cfg], cwd=FLOWER_APP,
-                                          stdout=lf, stderr=subprocess.STDOUT,
-                                          env=dict(os.environ, **env))
+            runner = common.procs.start([flower_bin("flwr"), "run", ".", "bench", "--stream",
+                                         "--run-config", run_cfg], log, env, cwd=FLOWER_APP)
             procs.append(runner)
             code = runner.wait(timeout=3600)
             t.mark_end()
@@ -160,24 +146,10 @@ def run_flower(ctx, prof: dict, manifest: str) -> dict:
                                          f"{'present' if os.path.exists(out) else 'missing'}); "
                                          f"log tail:\n{common._tail(log)}")
         finally:
-            _stop(procs)
+            common.procs.stop_all(procs, grace=10)  # Flower's services stop cleanly on SIGTERM
     with open(out) as f:
         rep = json.load(f)
     return _measured(t.result, rep["rounds_s"], rep["final_test_acc"])
-
-
-def _stop(procs: List[subprocess.Popen]) -> None:
-    """SIGTERM (Flower's services shut down cleanly on it), then SIGKILL after 10 s."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 SYSTEMS = [("floor", "plain single-process PyTorch FedAvg loop (bench/peers/floor.py)"),

@@ -12,15 +12,24 @@ Output follows LEAF exactly: ``all_data_<i>.json`` with ``users``, ``num_samples
 ``user_data[uid] = {"x": [[784 floats]], "y": [ints]}``; grey values are exactly ``k/255``
 (background 1.0 = white, ink dark), so readers can convert to uint8 losslessly.
 
+``--leaf-size`` writes a data set of real FEMNIST's size and layout: 3,550 writers, 805,263
+samples, 100 writers per ``all_data_<k>.json`` (36 files), per-writer counts drawn from a
+lognormal with LEAF's mean 226.83 and standard deviation 88.94 (LEAF paper, Table 1) and scaled
+to the exact total (``--writers N`` with it: the same distribution, total scaled to N writers).
+It is streamed: each file is generated from its own seed and written writer by writer, so
+memory is bounded by one file's writers, not by the writer count (the default mode generates
+everything at once and keeps its bytes from earlier versions).
+
 Usage::
 
     python scripts/tools/generate_femnist_sample.py --out data/femnist/raw --writers 60 --seed 0
+    python scripts/tools/generate_femnist_sample.py --out data/femnist/raw --leaf-size
 """
 import argparse
 import os
 import sys
 import time
-from typing import List, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +37,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _ROOT not in sys.path:  # allow running the script from anywhere without installing
     sys.path.insert(0, _ROOT)
 
-from federatedscope.core.auxiliaries.utils import atomic_write_bytes  # noqa: E402
+from federatedscope.core.auxiliaries.utils import atomic_write  # noqa: E402
 
 NUM_CLASSES = 62
 SIDE = 28
@@ -41,6 +50,10 @@ CENTRE_PX = (SIDE - 1) / 2.0
 # repr(k/255) is what json.dumps writes for these floats; precomputing the 256 byte strings
 # makes writing ~30M pixels a C-level join instead of json.dump over huge float lists.
 FLOAT_BYTES: Tuple[bytes, ...] = tuple(repr(k / 255).encode("ascii") for k in range(256))
+
+# Real LEAF FEMNIST (LEAF paper, Table 1): writers, samples, per-writer mean and std.
+LEAF_WRITERS, LEAF_SAMPLES, LEAF_MEAN, LEAF_STD = 3550, 805263, 226.83, 88.94
+LEAF_WRITERS_PER_FILE = 100
 
 Polyline = np.ndarray  # float [p, 2] glyph-unit points of one stroke
 
@@ -148,17 +161,37 @@ def render_class(strokes: List[Polyline], p: dict) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- sampling
-def _writer_plan(rng: np.random.Generator, writers: int, mean: float):
-    """Per-writer ids, sample counts (lognormal, clipped like FEMNIST) and label sequences."""
+def leaf_counts(writers: int, seed: int) -> np.ndarray:
+    """Per-writer sample counts with LEAF FEMNIST's mean and std (lognormal, at least 10),
+    scaled so they sum to LEAF's total per writer exactly (805,263 at 3,550 writers)."""
+    sigma2 = np.log(1 + (LEAF_STD / LEAF_MEAN) ** 2)     # lognormal with that mean and std
+    rng = np.random.default_rng([seed, 0x1EAF])
+    raw = rng.lognormal(np.log(LEAF_MEAN) - sigma2 / 2, np.sqrt(sigma2), writers)
+    total = int(round(LEAF_SAMPLES * writers / LEAF_WRITERS))
+    counts = np.maximum(10, np.floor(raw * total / raw.sum())).astype(np.int64)
+    short = total - int(counts.sum())                      # floor lost a few: hand them out
+    order = np.argsort(-(raw * total / raw.sum() - counts), kind="stable")
+    if short >= 0:
+        counts[order[:short]] += 1
+    else:                                                  # the floor of 10 added a few
+        counts[np.argsort(-counts, kind="stable")[:-short]] -= 1
+    return counts
+
+
+def _writer_plan(rng: np.random.Generator, writers: int, mean: float,
+                 counts: Optional[np.ndarray] = None, first: int = 0):
+    """Per-writer ids, sample counts (lognormal, clipped like FEMNIST, unless ``counts`` are
+    given) and label sequences; writer ids are numbered from ``first``."""
     sigma = 0.6
-    counts = np.clip(np.rint(rng.lognormal(np.log(mean) - sigma ** 2 / 2, sigma, writers)),
-                     20, 450).astype(np.int64)
+    drawn = np.clip(np.rint(rng.lognormal(np.log(mean) - sigma ** 2 / 2, sigma, writers)),
+                    20, 450).astype(np.int64)
+    counts = drawn if counts is None else np.asarray(counts, dtype=np.int64)
     # FEMNIST is digit-heavy; each writer draws its own class mix around that prior (non-IID).
     prior = np.r_[np.full(10, 3.0), np.full(52, 1.0)]
     prior /= prior.sum()
     labels = [rng.choice(NUM_CLASSES, size=int(c), p=rng.dirichlet(prior * 40.0)) for c in counts]
     suffix = rng.integers(0, 100, size=writers)
-    ids = ["f%04d_%02d" % (i, suffix[i]) for i in range(writers)]
+    ids = ["f%04d_%02d" % (first + i, suffix[i]) for i in range(writers)]
     return ids, counts, labels
 
 
@@ -190,10 +223,12 @@ def _sample_params(rng: np.random.Generator, writer_of: np.ndarray, writers: int
     }
 
 
-def generate(writers: int, seed: int, mean: float = 200.0, chunk: int = 512):
-    """Return (writer_ids, counts, images uint8 [N, 784], labels int64 [N]), writer-major order."""
+def generate(writers: int, seed, mean: float = 200.0, chunk: int = 512,
+             counts: Optional[np.ndarray] = None, first: int = 0):
+    """Return (writer_ids, counts, images uint8 [N, 784], labels int64 [N]), writer-major order.
+    ``seed`` is anything ``np.random.default_rng`` takes (streamed files pass [seed, file])."""
     rng = np.random.default_rng(seed)
-    ids, counts, labels_per_writer = _writer_plan(rng, writers, mean)
+    ids, counts, labels_per_writer = _writer_plan(rng, writers, mean, counts, first)
     labels = np.concatenate(labels_per_writer).astype(np.int64)
     writer_of = np.repeat(np.arange(writers), counts)
     params = _sample_params(rng, writer_of, writers)
@@ -212,52 +247,78 @@ def _json_str(s: str) -> bytes:
     return b'"' + s.encode("ascii") + b'"'
 
 
-def leaf_file_bytes(ids: List[str], counts: np.ndarray, images: np.ndarray,
-                    labels: np.ndarray) -> bytes:
-    """Serialize one LEAF file by hand: same text json.dumps would give, much faster."""
+def leaf_file_chunks(ids: Sequence[str], counts: np.ndarray, images: np.ndarray,
+                     labels: np.ndarray) -> Iterator[bytes]:
+    """One LEAF file, serialized by hand writer by writer: the same text json.dumps would give,
+    much faster, and never more than one writer's text in memory."""
     get = FLOAT_BYTES.__getitem__
-    parts = [b'{"users": [', b", ".join(_json_str(u) for u in ids), b'], "num_samples": [',
-             b", ".join(str(int(c)).encode() for c in counts), b'], "user_data": {']
-    users, off = [], 0
-    for uid, c in zip(ids, counts):
+    yield b"".join([b'{"users": [', b", ".join(_json_str(u) for u in ids), b'], "num_samples": [',
+                    b", ".join(str(int(c)).encode() for c in counts), b'], "user_data": {'])
+    off = 0
+    for w, (uid, c) in enumerate(zip(ids, counts)):
         rows = b", ".join(b"[" + b", ".join(map(get, images[i].tobytes())) + b"]"
                           for i in range(off, off + int(c)))
         ys = b", ".join(str(int(v)).encode() for v in labels[off:off + int(c)])
-        users.append(_json_str(uid) + b': {"x": [' + rows + b'], "y": [' + ys + b"]}")
+        yield (b", " if w else b"") + _json_str(uid) + b': {"x": [' + rows + b'], "y": [' + ys + b"]}"
         off += int(c)
-    parts.append(b", ".join(users))
-    parts.append(b"}}")
-    return b"".join(parts)
+    yield b"}}"
+
+
+def leaf_file_bytes(ids: Sequence[str], counts: np.ndarray, images: np.ndarray,
+                    labels: np.ndarray) -> bytes:
+    return b"".join(leaf_file_chunks(ids, counts, images, labels))
+
+
+def _write_leaf_file(path: str, part) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            for chunk in leaf_file_chunks(*part):
+                f.write(chunk)
+    atomic_write(path, write)
 
 
 def write_sample(out: str, writers: int, seed: int, mean: float = 200.0,
-                 writers_per_file: int = 100) -> Tuple[int, int]:
-    """Generate and write ``all_data_<i>.json`` files; returns (samples, files)."""
+                 writers_per_file: int = 100, leaf: bool = False) -> Tuple[int, int]:
+    """Generate and write ``all_data_<i>.json`` files; returns (samples, files). ``leaf``: LEAF's
+    per-writer count distribution, streamed file by file (see the module docstring)."""
     if writers < 1 or writers_per_file < 1:
         raise ValueError("--writers and --writers-per-file must be >= 1")
-    ids, counts, images, labels = generate(writers, seed, mean)
-    offsets = np.r_[0, np.cumsum(counts)]
-    files = 0
-    for i, lo in enumerate(range(0, writers, writers_per_file)):
-        hi = min(lo + writers_per_file, writers)
-        a, b = offsets[lo], offsets[hi]
-        data = leaf_file_bytes(ids[lo:hi], counts[lo:hi], images[a:b], labels[a:b])
-        atomic_write_bytes(os.path.join(out, "all_data_%d.json" % i), data)
-        files += 1
-    return int(counts.sum()), files
+    bounds = list(range(0, writers, writers_per_file)) + [writers]
+    if not leaf:
+        ids, counts, images, labels = generate(writers, seed, mean)
+        offsets = np.r_[0, np.cumsum(counts)]
+    else:
+        all_counts = leaf_counts(writers, seed)
+    samples = 0
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        if leaf:   # this file's writers only: memory does not grow with the writer count
+            part = generate(hi - lo, [seed, i], mean, counts=all_counts[lo:hi], first=lo)
+        else:
+            a, b = offsets[lo], offsets[hi]
+            part = (ids[lo:hi], counts[lo:hi], images[a:b], labels[a:b])
+        _write_leaf_file(os.path.join(out, "all_data_%d.json" % i), part)
+        samples += int(np.sum(part[1]))
+        del part
+    return samples, len(bounds) - 1
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder, e.g. data/femnist/raw")
-    ap.add_argument("--writers", type=int, required=True)
+    ap.add_argument("--writers", type=int, default=None,
+                    help=f"required unless --leaf-size (then default {LEAF_WRITERS})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples-per-writer-mean", type=float, default=200.0)
     ap.add_argument("--writers-per-file", type=int, default=100)
+    ap.add_argument("--leaf-size", action="store_true",
+                    help="real FEMNIST's size and per-writer count distribution, streamed")
     args = ap.parse_args(argv)
+    if args.writers is None and not args.leaf_size:
+        ap.error("--writers is required (or --leaf-size for real FEMNIST's 3,550 writers)")
     t0 = time.time()
-    samples, files = write_sample(args.out, args.writers, args.seed,
-                                  args.samples_per_writer_mean, args.writers_per_file)
+    samples, files = write_sample(args.out, args.writers or LEAF_WRITERS, args.seed,
+                                  args.samples_per_writer_mean, args.writers_per_file,
+                                  leaf=args.leaf_size)
     print("generated FEMNIST sample: writers=%d samples=%d files=%d seconds=%.1f out=%s"
           % (args.writers, samples, files, time.time() - t0, args.out))
     return 0

@@ -9,7 +9,7 @@ counts, accuracies in [0, 1]) and heartbeats. Mix-ins: late joiners, a fraction 
 mid-round (closes its session for good), stragglers that answer late. The server is the real
 one (``federatedscope/main.py``, shard mode), so N = 1,000 needs no 1,000 torch processes.
 
-    python bench/swarm.py --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
+    python -m harness.swarm --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
 
 ``RawPeer`` is a synchronous single session for attack tests: send arbitrary frame bytes or a
 ``Message``, read what comes back, see how the server ended the stream.
@@ -172,32 +172,33 @@ def swarm_token(seed: int, cid: int) -> str:
     return hashlib.sha256(f"swarm-token:{seed}:{cid}".encode()).hexdigest()[:32]
 
 
-def write_swarm_manifest(out_dir: str, n: int, seed: int = 0,
-                         num_classes: int = 62) -> "tuple[str, Dict[int, SwarmShard]]":
-    """A manifest of ``n`` synthetic shards (tokens as hashes, like the managed launcher's);
-    returns (manifest path, client id -> what that client declares). No shard files: the server
-    reads only the manifest, and virtual clients train on nothing."""
+def write_swarm_manifest(out_dir: str, n: int, seed: int = 0, num_classes: int = 62,
+                         declarations: bool = True) -> "tuple[str, Dict[int, SwarmShard]]":
+    """A manifest of ``n`` synthetic shards (random counts and label histograms, tokens as
+    hashes, like the managed launcher's); returns (manifest path, client id -> what that client
+    declares; empty without ``declarations``). No shard files: the server reads only the
+    manifest, and virtual clients train on nothing. The manifest benchmark times loading it."""
+    import numpy as np
     from federatedscope.core.auxiliaries.manifest_utils import (Manifest, ManifestEntry,
                                                                 ShardDeclaration, now_iso,
                                                                 write_manifest)
-    rng = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    trains = rng.integers(40, 401, size=n)
+    hists = rng.multinomial(trains, [1 / num_classes] * num_classes)
     entries, shards = {}, {}
-    for cid in range(1, n + 1):
-        train = rng.randint(40, 400)
+    for cid, train, row in zip(range(1, n + 1), trains.tolist(), hists.tolist()):
         counts = {"train": train, "val": max(1, train // 3), "test": max(1, train // 3)}
-        hist = [0] * num_classes
-        for _ in range(train):
-            hist[rng.randrange(num_classes)] += 1
         fp = hashlib.sha256(f"swarm-shard:{seed}:{cid}".encode()).hexdigest()
         token = swarm_token(seed, cid)
-        entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, hist,
+        entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, row,
                                      hashlib.sha256(token.encode("utf-8")).hexdigest())
-        decl = ShardDeclaration(cid, counts, fp, hist).to_dict()
-        shards[cid] = SwarmShard(cid, token, counts, decl)
+        if declarations:
+            shards[cid] = SwarmShard(cid, token, counts,
+                                     ShardDeclaration(cid, counts, fp, row).to_dict())
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "manifest.json")
     write_manifest(path, Manifest("femnist", "synthetic", seed, [0.6, 0.2, 0.2],
-                                  {"generator": "bench/swarm.py"}, entries, num_classes,
+                                  {"generator": "harness/swarm.py"}, entries, num_classes,
                                   created=now_iso()))
     return path, shards
 
@@ -388,7 +389,8 @@ def server_opts(rounds: int, extra=()) -> List[str]:
 
 
 def main(argv=None) -> int:
-    from bench import common
+    from harness.jobs import Job
+    from harness.procs import wait_all
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
@@ -398,20 +400,17 @@ def main(argv=None) -> int:
     p.add_argument("--stragglers", type=float, default=0.0)
     a = p.parse_args(argv)
     manifest, shards = write_swarm_manifest(a.work, a.n)
-    port = common.free_port()
     extra = server_opts(a.rounds, ["federate.round_timeout", "20", "federate.min_clients_threshold",
                                    "1"] if a.drop or a.stragglers else [])
-    log = os.path.join(a.work, "server.log")
-    server = common.spawn([common.PY, common.MAIN] + common.server_argv(
-        manifest, port, os.path.join(a.work, "exp"), a.rounds, extra), log)
+    job = Job(a.work, "", a.rounds, manifest)
+    server = job.server(extra)
     try:
-        common.wait_for(lambda: common.file_has(log, "listening on"), 120, "server", [server])
-        res = run_swarm(SwarmPlan(f"127.0.0.1:{port}", shards, late_fraction=a.late,
+        res = run_swarm(SwarmPlan(f"127.0.0.1:{job.port}", shards, late_fraction=a.late,
                                   drop_fraction=a.drop, straggler_fraction=a.stragglers,
                                   straggler_delay=25.0 if a.stragglers else 0.0))
-        code = common.wait_all([server], 120)[0]
+        code = wait_all([server], 120, check=False)[0]
     finally:
-        common.kill_all([server])
+        wait_all([server], 0, check=False)
     print(json.dumps({"server_exit": code, **summarize(res, a.rounds)}, indent=1))
     return 0 if code == 0 else 1
 

@@ -1,44 +1,55 @@
-"""Helpers for tests that run real processes: start by PID, wait with deadlines, stop only ours.
+"""Start processes by PID, wait with deadlines, stop only ours.
 
-Every wait here fails fast: as soon as a process exits when it should not (non-zero, or while we
-wait for something else to happen), the other processes are killed and the assertion message
-carries each process's exit code and log tail, so a broken job fails in seconds, not after its
-whole timeout. Timeouts are hang guards only (generous); no test asserts on wall-clock time.
+Every wait fails fast: as soon as a process exits when it should not (non-zero, or while we wait
+for something else), the other processes are killed and the error carries each process's exit
+code and log tail, so a broken job fails in seconds, not after its whole timeout. Timeouts are
+hang guards only (generous); nothing asserts on wall-clock time.
 """
 import os
+import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
-
-import torch  # imported here, not on the first checkpoint read: that import can take seconds
+from typing import Callable, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
 MAIN = os.path.join(ROOT, "federatedscope", "main.py")
 TAIL_CHARS = 2500
-# Every process start_main started in this test; conftest's autouse fixture kills what is left
-# of them after each test, so a failing test never leaks a process into the next one.
+# Every process start() started; the tests' autouse fixture kills what is left of them after
+# each test, so a failing test never leaks a process into the next one.
 STARTED: List[subprocess.Popen] = []
+_LISTENING = re.compile(r"listening on \S*:(\d+)")
 
 
 class ProcessFailed(AssertionError):
     """A watched process exited when it should not have (or a wait timed out)."""
 
 
-def start_main(args: List[str], log_path: str, env: Optional[dict] = None,
-               name: str = "") -> subprocess.Popen:
-    """``python federatedscope/main.py args`` with stdout+stderr in ``log_path``."""
+def start(cmd: Sequence[str], log_path: str, env: Optional[dict] = None, name: str = "",
+          cpus: Optional[Sequence[int]] = None, cwd: str = ROOT) -> subprocess.Popen:
+    """Run ``cmd`` (in the repo root) with stdout+stderr in ``log_path``. ``env`` updates the
+    environment; a value of None removes that variable. ``cpus`` pins the process."""
     full_env = dict(os.environ)
     full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, MAIN] + args, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT, env=full_env)
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=cwd, env=full_env, preexec_fn=pin)
     proc.log_path = log_path                     # read by describe() for failure messages
     proc.name = name or os.path.splitext(os.path.basename(log_path))[0]
     STARTED.append(proc)
     return proc
+
+
+def start_main(args: Sequence[str], log_path: str, env: Optional[dict] = None, name: str = "",
+               cpus: Optional[Sequence[int]] = None) -> subprocess.Popen:
+    """``python federatedscope/main.py args``."""
+    return start([PY, MAIN] + list(args), log_path, env, name, cpus)
 
 
 def tail(path: Optional[str], n: int = TAIL_CHARS) -> str:
@@ -52,7 +63,7 @@ def tail(path: Optional[str], n: int = TAIL_CHARS) -> str:
 
 
 def describe(procs: Sequence[subprocess.Popen], n: int = TAIL_CHARS) -> str:
-    """Name, state and log tail of every process, for an assertion message."""
+    """Name, state and log tail of every process, for an error message."""
     parts = []
     for p in procs:
         code = p.poll()
@@ -62,8 +73,19 @@ def describe(procs: Sequence[subprocess.Popen], n: int = TAIL_CHARS) -> str:
     return "\n".join(parts)
 
 
-def stop_all(procs: Sequence[subprocess.Popen]) -> None:
-    """SIGKILL those of ``procs`` still running (only ours, by PID) and reap them."""
+def stop_all(procs: Sequence[subprocess.Popen], grace: float = 0.0) -> None:
+    """SIGKILL those of ``procs`` still running (only ours, by PID) and reap them; with
+    ``grace``, SIGTERM first and SIGKILL only what still runs ``grace`` seconds later."""
+    if grace > 0:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     for p in procs:
         if p.poll() is None:
             try:
@@ -103,20 +125,21 @@ def _block_until_one_exits(procs: Sequence[subprocess.Popen], seconds: float) ->
 
 
 def wait_all(procs: List[subprocess.Popen], timeout: float,
-             expect: Optional[Sequence[int]] = None) -> List[int]:
-    """Wait for every process; return their exit codes.
+             expect: Optional[Sequence[int]] = None, check: bool = True) -> List[Optional[int]]:
+    """Wait for every process; return their exit codes. Whatever still runs at the end is killed.
 
-    Fails fast: with ``expect`` (one code per process), any process that exits with another code
-    raises at once; without it, a process exiting non-zero while others still run raises at once
-    (their result can no longer be trusted). Either way the rest are killed and every log tail is
-    in the message. Raises too if ``timeout`` passes (hang guard) after killing what still runs.
+    ``check`` (tests): with ``expect`` (one code per process), any process that exits with another
+    code raises at once; without it, a process exiting non-zero while others still run raises at
+    once (their result can no longer be trusted); the timeout raises too. Every log tail is in
+    the message. ``check=False`` (benchmarks, which judge exit codes themselves): never raises;
+    a process still running at the deadline gets the code None.
     """
     deadline = time.monotonic() + timeout
     try:
         while True:
             codes = [p.poll() for p in procs]
             for i, code in enumerate(codes):
-                if code is None:
+                if code is None or not check:
                     continue
                 bad = code != expect[i] if expect is not None else \
                     (code != 0 and any(c is None for c in codes))
@@ -128,6 +151,8 @@ def wait_all(procs: List[subprocess.Popen], timeout: float,
                 return codes
             left = deadline - time.monotonic()
             if left <= 0:
+                if not check:
+                    return codes
                 raise ProcessFailed(f"processes still running after {timeout:.0f}s "
                                     f"(hang guard)\n{describe(procs)}")
             _block_until_one_exits(procs, min(left, 5.0))
@@ -136,13 +161,13 @@ def wait_all(procs: List[subprocess.Popen], timeout: float,
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 0.1,
-             watch: Sequence[subprocess.Popen] = ()) -> None:
-    """Wait until ``cond()``; fail at once if any process in ``watch`` exits meanwhile (and on
-    timeout), with the watched processes' log tails in the message."""
+             watch: Sequence[subprocess.Popen] = ()) -> float:
+    """Wait until ``cond()``; returns the ``perf_counter`` time it became true. Fails at once if
+    any process in ``watch`` exits meanwhile (and on timeout), with their log tails."""
     deadline = time.monotonic() + timeout
     while True:
         if cond():
-            return
+            return time.perf_counter()
         dead = [p for p in watch if p.poll() is not None]
         if dead:
             raise ProcessFailed(f"while waiting for {what}: "
@@ -162,18 +187,41 @@ def file_contains(path: str, text: str) -> bool:
         return False
 
 
+def listening_port(log_path: str) -> Optional[int]:
+    """The port of the server's 'listening on HOST:PORT' line in its log, or None (yet)."""
+    try:
+        with open(log_path, "r", errors="replace") as f:
+            m = _LISTENING.search(f.read())
+    except FileNotFoundError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def wait_port(server: subprocess.Popen, timeout: float = 120) -> int:
+    """Wait for a server started with ``distribute.server_port 0`` to log the port it bound.
+    Binding port 0 in the server itself is what keeps two jobs off one port: a port picked
+    here and released for the server to bind could be taken by anyone in between."""
+    wait_for(lambda: listening_port(server.log_path) is not None, timeout,
+             f"{server.name} to listen", watch=[server])
+    return listening_port(server.log_path)
+
+
+def free_port() -> int:
+    """An ephemeral loopback port, released at once. Only for programs that must be told their
+    port in advance (another framework, a launcher's own port): it can race; FS servers bind
+    port 0 instead (``wait_port``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def checkpoint_round(path: str) -> int:
     """Rounds completed according to the server checkpoint at ``path`` (-1: none yet). The
     server writes it by temp file + rename, so a read never sees a half-written file."""
     if not os.path.exists(path):
         return -1
+    import torch
     return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
-
-
-def frozen(proc: subprocess.Popen):
-    """Context manager: ``proc`` is SIGSTOPped inside the block, SIGCONTed after. Lets a test
-    read a state (e.g. the checkpoint round) that cannot move while it injects a fault."""
-    return _Frozen(proc)
 
 
 def wait_stopped(pid: int, limit: float = 10.0) -> None:
@@ -192,7 +240,10 @@ def wait_stopped(pid: int, limit: float = 10.0) -> None:
     raise ProcessFailed(f"pid {pid} did not stop within {limit:.0f}s of SIGSTOP")
 
 
-class _Frozen:
+class frozen:
+    """``with frozen(proc):`` ``proc`` is SIGSTOPped inside the block, SIGCONTed after. Lets a
+    test read a state (e.g. the checkpoint round) that cannot move while it injects a fault."""
+
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
 

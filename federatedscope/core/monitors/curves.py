@@ -1,0 +1,109 @@
+"""A picture per run: accuracy and loss per round, per split, from ``eval_results.log``.
+
+``read_curves`` extracts the points (testable without drawing); ``write_curves`` draws them into
+a PNG with matplotlib's Agg backend. matplotlib stays optional: without it ``write_curves``
+logs one line saying how to install it and returns None. The log may belong to a run that is
+still going: an incomplete last line is skipped, and a round logged twice (a restored server
+repeating an evaluation) keeps its last line.
+"""
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from federatedscope.core.auxiliaries.utils import atomic_write
+
+logger = logging.getLogger("federatedscope")
+
+MAX_CLIENT_CURVES = 20      # above this many clients only the weighted average is drawn
+KINDS = (("acc", "accuracy"), ("avg_loss", "loss (mean per sample)"))
+INSTALL_HINT = "matplotlib is not installed; curves not drawn (pip install matplotlib)"
+
+Series = Dict[str, List[Optional[float]]]      # metric key (e.g. "test_acc") -> value per round
+
+
+@dataclass
+class Curves:
+    """The points of one run: ``rounds`` evaluated (ascending), the weighted average of every
+    metric per round, and per client (``"client #k"``) when there are at most 20 clients."""
+    rounds: List[int] = field(default_factory=list)
+    weighted: Series = field(default_factory=dict)
+    per_client: Dict[str, Series] = field(default_factory=dict)
+
+    def splits(self) -> List[str]:
+        return sorted({k.rsplit("_" + kind, 1)[0] for k in self.weighted for kind, _ in KINDS
+                       if k.endswith("_" + kind)})
+
+
+def _lines(path: str) -> List[dict]:
+    out = []
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for text in f:
+            try:
+                line = json.loads(text)
+            except ValueError:      # a line still being written by a running server
+                continue
+            if isinstance(line, dict):
+                out.append(line)
+    return out
+
+
+def read_curves(eval_results_log_path: str) -> Curves:
+    """One point per evaluated round (a round with results; Final lines are not rounds)."""
+    by_round: Dict[int, dict] = {}
+    for line in _lines(eval_results_log_path):
+        if line.get("Final") or not isinstance(line.get("Round"), int) \
+                or not line.get("Results_weighted_avg"):
+            continue
+        by_round[line["Round"]] = line
+    rounds = sorted(by_round)
+    keys = sorted({k for r in rounds for k in by_round[r]["Results_weighted_avg"]})
+    curves = Curves(rounds, {k: [by_round[r]["Results_weighted_avg"].get(k) for r in rounds]
+                             for k in keys})
+    clients = sorted({c for r in rounds for c in by_round[r].get("Results_raw", {})},
+                     key=lambda c: (len(c), c))
+    if len(clients) <= MAX_CLIENT_CURVES:
+        for c in clients:
+            raw = [by_round[r].get("Results_raw", {}).get(c, {}) for r in rounds]
+            curves.per_client[c] = {k: [res.get(k) for res in raw] for k in keys}
+    return curves
+
+
+def write_curves(eval_results_log_path: str, png_path: str) -> Optional[str]:
+    """Draw the run's curves into ``png_path`` (atomically); returns it, or None when there is
+    nothing to draw yet or matplotlib is missing (one log line says which)."""
+    curves = read_curves(eval_results_log_path)
+    if not curves.rounds:
+        logger.info(f"{eval_results_log_path}: no evaluated round yet; no curves drawn")
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning(INSTALL_HINT)
+        return None
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(6 * len(KINDS), 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (kind, label) in zip(axes[0], KINDS):
+        for i, split in enumerate(curves.splits()):
+            key, colour = f"{split}_{kind}", colours[i % len(colours)]
+            for values in (s[key] for s in curves.per_client.values() if key in s):
+                ax.plot(curves.rounds, values, color=colour, alpha=0.25, lw=0.8)
+            if key in curves.weighted:
+                ax.plot(curves.rounds, curves.weighted[key], color=colour, marker="o", ms=3,
+                        lw=2, label=f"{split} (weighted avg)")
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    per = f"; thin: each of {len(curves.per_client)} clients" if curves.per_client else ""
+    fig.suptitle(f"{os.path.basename(os.path.dirname(os.path.abspath(eval_results_log_path)))}"
+                 f" ({len(curves.rounds)} evaluated rounds{per})", fontsize=10)
+    fig.tight_layout()
+    try:
+        atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+    return png_path

@@ -1,0 +1,111 @@
+"""curves.png from eval_results.log: the points (read_curves) and the drawing (write_curves),
+and scripts/tools/plot_results.py over a run directory."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from federatedscope.core.monitors.curves import read_curves, write_curves
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _line(r, clients, final=False):
+    """A server line of round r: client k has test acc k/10 + r/100, val acc half of it."""
+    raw = {f"client #{k}": {"test_acc": k / 10 + r / 100, "test_avg_loss": 4.0 - r / 2 - k / 10,
+                            "val_acc": (k / 10 + r / 100) / 2, "val_avg_loss": 5.0 - r,
+                            "test_total": 10 * k, "val_total": 10 * k} for k in clients}
+    n = sum(10 * k for k in clients)
+    wavg = {key: sum(raw[f"client #{k}"][key] * 10 * k for k in clients) / n
+            for key in ("test_acc", "test_avg_loss", "val_acc", "val_avg_loss")}
+    line = {"Role": "Server #", "Round": r, "Clients": list(clients), "Missing": [],
+            "Results_weighted_avg": wavg, "Results_raw": raw}
+    if final:
+        line = {"Role": "Server #", "Final": True, "Round": r, "Results_weighted_avg": wavg}
+    return json.dumps(line)
+
+
+def _log(tmp_path, clients=(1, 2, 3, 4), rounds=(1, 2, 3, 4, 5)):
+    """5 evaluated rounds; round 3 is logged twice (a restored server: the last one counts),
+    one round has no results, a Final line and a half-written last line (a running server)."""
+    lines = [_line(r, clients) for r in rounds if r != 4]
+    lines.insert(2, _line(3, clients[:-1]))
+    lines.append(json.dumps({"Role": "Server #", "Round": 4, "Clients": [], "Missing": [1]}))
+    lines.append(_line(4, clients))
+    lines.append(_line(rounds[-1], clients, final=True))
+    path = tmp_path / "exp" / "run" / "eval_results.log"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(lines) + "\n" + _line(6, clients)[:40])
+    return str(path)
+
+
+def test_read_curves_one_point_per_evaluated_round(tmp_path):
+    c = read_curves(_log(tmp_path))
+    assert c.rounds == [1, 2, 3, 4, 5]
+    assert c.splits() == ["test", "val"]
+    # client k, round r: test acc k/10 + r/100; weighted by 10k over k = 1..4 (sum 100):
+    # sum(k * (k/10 + r/100)) / 10 = (3.0 + r/10) / 10 = 0.3 + r/100
+    assert c.weighted["test_acc"] == pytest.approx([0.31, 0.32, 0.33, 0.34, 0.35])
+    assert c.weighted["val_avg_loss"] == pytest.approx([4.0, 3.0, 2.0, 1.0, 0.0])
+    assert sorted(c.per_client) == ["client #1", "client #2", "client #3", "client #4"]
+    # round 3's second line (with client 4) replaced the first one (without it)
+    assert c.per_client["client #4"]["test_acc"] == pytest.approx([0.41, 0.42, 0.43, 0.44, 0.45])
+    assert c.per_client["client #2"]["test_avg_loss"] == pytest.approx([3.3, 2.8, 2.3, 1.8, 1.3])
+
+
+def test_more_than_20_clients_draws_only_the_weighted_average(tmp_path):
+    c = read_curves(_log(tmp_path, clients=tuple(range(1, 22)), rounds=(1, 2, 3, 4)))
+    assert c.rounds == [1, 2, 3, 4] and c.per_client == {}
+    assert len(c.weighted["test_acc"]) == 4
+    assert len(read_curves(_log(tmp_path / "b", clients=tuple(range(1, 21)))).per_client) == 20
+
+
+def test_write_curves_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = str(tmp_path / "out" / "curves.png")
+    assert write_curves(_log(tmp_path), png) == png
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    with Image.open(png) as im:
+        assert im.size == (1200, 400)
+    assert [n for n in os.listdir(tmp_path / "out") if n != "curves.png"] == []   # no temp left
+
+
+def test_without_matplotlib_one_line_says_how_to_install(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib -> ImportError
+    png = str(tmp_path / "curves.png")
+    assert write_curves(_log(tmp_path), png) is None
+    assert not os.path.exists(png)
+    assert [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()] == \
+        ["matplotlib is not installed; curves not drawn (pip install matplotlib)"]
+
+
+def test_empty_log_draws_nothing(tmp_path):
+    log = tmp_path / "eval_results.log"
+    log.write_text(json.dumps({"Role": "Server #", "Round": 1, "Clients": [], "Missing": [1]}))
+    assert read_curves(str(log)).rounds == []
+    assert write_curves(str(log), str(tmp_path / "c.png")) is None
+
+
+def _plot_results():
+    spec = importlib.util.spec_from_file_location(
+        "plot_results", os.path.join(ROOT, "scripts", "tools", "plot_results.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plot_results_redraws_every_server_run_under_a_directory(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log = _log(tmp_path)
+    client_dir = tmp_path / "exp" / "client_1"
+    client_dir.mkdir()
+    (client_dir / "eval_results.log").write_text(_line(1, (1,)))
+    assert _plot_results().main([str(tmp_path / "exp")]) == 0
+    assert os.path.exists(os.path.join(os.path.dirname(log), "curves.png"))
+    assert not os.path.exists(client_dir / "curves.png")
+    assert _plot_results().main([str(tmp_path / "nothing_here")]) == 1
+    assert "no eval_results.log under" in capsys.readouterr().err
