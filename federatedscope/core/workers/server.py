@@ -366,6 +366,8 @@ class Server(Worker):
             self._stop(RESULTS_UNWRITABLE, f"the results could not be written to "
                                            f"{self.monitor.log_path} ({len(self.monitor.unwritten)}"
                                            f" line(s) lost); free space or fix the path (outdir)")
+        else:
+            self.store.write_curves()
 
     def _stop(self, code: int, why: str, tell_clients: bool = True) -> None:
         """End the job with exit ``code`` (see ``server_state``); clients still online are told."""

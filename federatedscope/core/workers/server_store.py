@@ -4,12 +4,14 @@ A collaborator of ``Server`` that owns every write it makes, each through ``Writ
 is one bounded error line naming the file, and the server's state never waits on it.
 """
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional, Set
 
 import torch
 
 from federatedscope.core.auxiliaries import checkpoint as ckpt_io
+from federatedscope.core.monitors.curves import write_curves
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import WriteGuard
 
@@ -38,6 +40,12 @@ class ServerStore:
         return self.writes.attempt("results log", self.results_path, self.monitor.flush,
                                    f"{len(self.monitor.unwritten)} line(s) stay queued and are "
                                    f"retried with the next one")
+
+    def write_curves(self) -> None:
+        """``curves.png`` beside the results: a picture that cannot be drawn costs one line."""
+        png = os.path.join(self.monitor.outdir, "curves.png")
+        self.writes.attempt("curves", png, lambda: write_curves(self.results_path, png),
+                            "the results log is whole; redraw with scripts/tools/plot_results.py")
 
     def results_overdue(self, now: Optional[float] = None) -> bool:
         return self.writes.overdue(self.results_path, now)
