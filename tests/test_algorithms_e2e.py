@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from fl_job import Job
-from proc_utils import ROOT, start_main, wait_all
+from harness.jobs import Job
+from harness.procs import ROOT, start_main, wait_all
 
 ROUNDS = 2
 SERVER_CFG = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",

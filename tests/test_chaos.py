@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from fl_job import Job
-from proc_utils import checkpoint_round, frozen, wait_all
+from harness.jobs import Job
+from harness.procs import checkpoint_round, frozen, wait_all
 
 ROUNDS = 6
 LIVENESS = ["distribute.heartbeat_interval", "0.5", "distribute.heartbeat_timeout", "6.0",

@@ -1,8 +1,8 @@
 """Real processes: a round whose every update is refused because the model diverged ends the job
 with exit 5 saying so, at once, instead of pausing for re-joins that cannot help and exiting 3
 after graceful_termination_timeout."""
-from fl_job import Job
-from proc_utils import wait_all
+from harness.jobs import Job
+from harness.procs import wait_all
 
 
 def test_a_diverged_round_exits_5_not_3(femnist_root, tmp_path):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from proc_utils import ROOT, file_contains, start_main, wait_all, wait_for
+from harness.procs import ROOT, file_contains, start_main, wait_all, wait_for
 
 CFG = os.path.join(ROOT, "scripts", "distributed_scripts", "fs_distributed_configs")
 ROUNDS = 2

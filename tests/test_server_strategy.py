@@ -221,7 +221,7 @@ def test_a_rule_that_cannot_hold_ends_the_run_with_exit_1_naming_the_key(femnist
     import os
     import subprocess
     import sys
-    from proc_utils import MAIN, ROOT
+    from harness.procs import MAIN, ROOT
     cfg = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
                        "distributed_femnist_server.yaml")
     run = subprocess.run([sys.executable, MAIN, "--cfg", cfg, "federate.mode", "standalone",

@@ -16,8 +16,8 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.swarm import RawPeer, health_status
-from fl_job import Job
-from proc_utils import checkpoint_round, file_contains, wait_all, wait_for
+from harness.jobs import Job
+from harness.procs import checkpoint_round, file_contains, wait_all, wait_for
 from test_fuzz import _declaration
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import CHUNK_FIRST

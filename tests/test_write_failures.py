@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-import proc_utils
-from fl_job import Job
-from proc_utils import MAIN, ROOT, wait_all, wait_for
+from harness import procs as proc_utils
+from harness.jobs import Job
+from harness.procs import MAIN, ROOT, wait_all, wait_for
 
 ROUNDS = 2
 
