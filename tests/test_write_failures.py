@@ -25,8 +25,7 @@ def _server_run_dir(job) -> str:
 
 def _start_limited(job, nofile: int):
     """The server as Job.server() would start it, with RLIMIT_NOFILE lowered in the child."""
-    args = ["--cfg", os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
-                                  "distributed_femnist_server.yaml")] + job.common
+    args = job.server_args()   # port 0: the clients learn the port from the server's log
 
     def limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
@@ -35,6 +34,7 @@ def _start_limited(job, nofile: int):
                                 cwd=ROOT, preexec_fn=limit)
     proc.log_path, proc.name = job.log("server"), "server"
     proc_utils.STARTED.append(proc)
+    job.port = proc_utils.wait_port(proc)
     return proc
 
 
