@@ -1,6 +1,6 @@
 """manifest_scale: load + validate manifests of 1k / 10k / 100k clients; N real clients joining.
 
-Part 1 synthesises ``manifest.json`` files with ``manifest_utils``' own dataclasses and writer
+Part 1 synthesises ``manifest.json`` files with ``shard_format``'s own dataclasses and writer
 (62-bin label histograms, sha256 fingerprints, like a real partition) and times
 ``load_manifest`` (read + parse + validate), median over repeats.
 
@@ -24,7 +24,7 @@ JOIN_LATENCY_GOAL_S = 1.0
 
 
 def synth_manifest(path: str, n: int, seed: int = 0) -> int:
-    from federatedscope.core.auxiliaries import manifest_utils as mu
+    from federatedscope.core.data import shard_format as mu
     rng = np.random.default_rng(seed)
     hists = rng.integers(0, 6, size=(n, 62))
     clients = {}
@@ -38,13 +38,13 @@ def synth_manifest(path: str, n: int, seed: int = 0) -> int:
             fingerprint=hashlib.sha256(b"%d" % cid).hexdigest(), label_hist=hist)
     m = mu.Manifest(dataset="femnist", strategy="sequential", seed=seed, splits=[0.6, 0.2, 0.2],
                     source={"root": "synthetic", "writers": n}, clients=clients,
-                    created=mu.now_iso())
+                    num_classes=62, sample_type="uint8[28,28]", created=mu.now_iso())
     mu.write_manifest(path, m)
     return os.path.getsize(path)
 
 
 def load_times(path: str, repeats: int, n: int):
-    from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+    from federatedscope.core.data.shard_format import load_manifest
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()

@@ -167,9 +167,8 @@ def write_swarm_manifest(out_dir: str, n: int, seed: int = 0,
     """A manifest of ``n`` synthetic shards (tokens as hashes, like the managed launcher's);
     returns (manifest path, client id -> what that client declares). No shard files: the server
     reads only the manifest, and virtual clients train on nothing."""
-    from federatedscope.core.auxiliaries.manifest_utils import (Manifest, ManifestEntry,
-                                                                ShardDeclaration, now_iso,
-                                                                write_manifest)
+    from federatedscope.core.data.shard_format import (Manifest, ManifestEntry, ShardDeclaration,
+                                                       now_iso, token_digest, write_manifest)
     rng = random.Random(seed)
     entries, shards = {}, {}
     for cid in range(1, n + 1):
@@ -181,14 +180,14 @@ def write_swarm_manifest(out_dir: str, n: int, seed: int = 0,
         fp = hashlib.sha256(f"swarm-shard:{seed}:{cid}".encode()).hexdigest()
         token = swarm_token(seed, cid)
         entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, hist,
-                                     hashlib.sha256(token.encode("utf-8")).hexdigest())
-        decl = ShardDeclaration(cid, counts, fp, hist).to_dict()
+                                     token_digest(token).hex())
+        decl = ShardDeclaration(cid, counts, fp, hist, "uint8[28,28]").to_dict()
         shards[cid] = SwarmShard(cid, token, counts, decl)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "manifest.json")
     write_manifest(path, Manifest("femnist", "synthetic", seed, [0.6, 0.2, 0.2],
                                   {"generator": "bench/swarm.py"}, entries, num_classes,
-                                  created=now_iso()))
+                                  "uint8[28,28]", created=now_iso()))
     return path, shards
 
 

@@ -1,0 +1,1 @@
+from federatedscope.cv.dataset import femnist_spec  # noqa: F401  (registers 'femnist')

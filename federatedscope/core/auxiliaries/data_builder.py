@@ -55,7 +55,7 @@ def _server_data(config) -> ServerData:
     path = config.distributed_data.manifest
     if not path:
         return ServerData()
-    from federatedscope.core.auxiliaries.manifest_utils import read_manifest
+    from federatedscope.core.data.shard_format import read_manifest
     manifest = read_manifest(path)
     return ServerData(manifest=manifest.clients, sample_type=manifest.sample_type,
                       manifest_path=path)

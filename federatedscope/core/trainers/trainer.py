@@ -81,13 +81,17 @@ class GeneralTorchTrainer:
         by_epoch = self.cfg.train.batch_or_epoch == "epoch"
         left, epoch = steps, 0
         while (epoch < steps) if by_epoch else (left > 0):
-            for batch in src.iter_batches(bs, shuffle, seed * 1000003 + epoch):
+            dl = self.cfg.dataloader
+            for batch in src.iter_batches(bs, shuffle, seed * 1000003 + epoch, dl.num_workers,
+                                          dl.drop_last, dl.pin_memory):
                 if not by_epoch:
                     if left == 0:
                         return
                     left -= 1
                 yield batch
             epoch += 1
+            if not by_epoch and left == steps:  # drop_last left no batch: no step can be taken
+                return
 
     # --- evaluation ---
     @torch.no_grad()

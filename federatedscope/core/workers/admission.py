@@ -142,8 +142,7 @@ class Admission:
         return Decision(True, client_id=cid, train_samples=counts["train"])
 
     def _check_declaration(self, cid: int, decl_dict) -> Decision:
-        from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration,
-                                                                    check_declaration)
+        from federatedscope.core.data.shard_format import ShardDeclaration, check_declaration
         try:
             decl = ShardDeclaration.from_dict(decl_dict)
         except (ValueError, TypeError, KeyError) as e:
@@ -180,7 +179,7 @@ class Admission:
         if self.manifest is None:
             return problems
         self._reload_if_changed()
-        from federatedscope.core.auxiliaries.manifest_utils import check_declaration
+        from federatedscope.core.data.shard_format import check_declaration
         for cid in client_ids:
             claims = self.claims.get(cid)
             if claims is None or claims.declaration is None:
@@ -201,7 +200,7 @@ class Admission:
         stamp = _file_stamp(self.manifest_path)
         if not self.manifest_path or stamp == self._stamp:
             return
-        from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+        from federatedscope.core.data.shard_format import load_manifest
         try:
             self.manifest = load_manifest(self.manifest_path)
         except (ValueError, OSError) as e:

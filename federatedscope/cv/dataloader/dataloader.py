@@ -14,7 +14,7 @@ from typing import Tuple
 from federatedscope.core.configs.config import ConfigError
 from federatedscope.core.data.base_data import ClientData, StandaloneDataDict
 from federatedscope.core.data.transforms import build_transform
-from federatedscope.cv.dataset.femnist_spec import get_spec
+from federatedscope.core.data.dataset_spec import get_spec
 
 logger = logging.getLogger("federatedscope")
 
@@ -37,7 +37,7 @@ def load_cv_dataset(config, client_cfgs=None):
 def _checked(loader, spec):
     """A shard made for another dataset (its meta.json's sample_type) is refused by name."""
     if loader.sample_type != spec.sample_type:
-        from federatedscope.core.data.shard_io import ShardError
+        from federatedscope.core.data.shard_format import ShardError
         raise ShardError(f"{loader.shard_path}/meta.json: sample_type {loader.sample_type!r} is "
                          f"not {spec.name}'s {spec.sample_type!r}; point distributed_data."
                          f"shard_path at a {spec.name} shard or set data.type to its dataset")
@@ -57,7 +57,7 @@ def _own_shard(config):
 
 def _simulated_shards(config, client_cfgs) -> StandaloneDataDict:
     """Standalone simulation of a shard run: each manifest client's shard, through the loader."""
-    from federatedscope.core.auxiliaries.manifest_utils import load_manifest, shard_dir
+    from federatedscope.core.data.shard_format import load_manifest, shard_dir
     from federatedscope.core.data.distributed_loader import DistributedShardLoader
     path = config.distributed_data.manifest
     if not path:
