@@ -9,7 +9,7 @@ import pytest
 
 from fl_job import Job
 from proc_utils import ROOT, wait_all
-from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
+from federatedscope.core.data.shard_format import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.workers.admission import Admission
 

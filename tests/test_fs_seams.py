@@ -247,7 +247,7 @@ def test_run_directory_is_fresh_unless_restoring(tmp_path):
 
 def test_shard_of_another_dataset_is_refused_by_its_sample_type(shards, monkeypatch):
     from federatedscope.cv.dataset import femnist_spec
-    from federatedscope.core.data.shard_io import ShardError
+    from federatedscope.core.data.shard_format import ShardError
     other = femnist_spec.DatasetSpec(name="femnist", sample_shape=(3, 64, 64), num_classes=40,
                                      grey_levels=255, grey_tolerance=1e-6, model_input=(3, 64, 64))
     monkeypatch.setitem(femnist_spec.SPECS, "femnist", other)

@@ -13,7 +13,7 @@ import torch
 
 from fl_job import Job
 from proc_utils import file_contains, wait_all, wait_for
-from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
+from federatedscope.core.data.shard_format import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.communication import codec
 from federatedscope.core.message import (EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from federatedscope.core.auxiliaries.manifest_utils import ShardDeclaration, load_manifest
+from federatedscope.core.data.shard_format import ShardDeclaration, load_manifest
 from server_harness import Harness, quiet
 
 

@@ -108,7 +108,7 @@ class ShardMeta:
                    packed=packed, plan_id=plan_id if type(plan_id) is str else "")
 
 
-_ENTRY_KEYS = ("client_id", "shard_path", "num_samples", "fingerprint", "label_hist")
+_ENTRY_KEYS = frozenset(("client_id", "shard_path", "num_samples", "fingerprint", "label_hist"))
 
 
 @dataclass

@@ -61,7 +61,7 @@ def file_problem(path: str, want: FileEntry, check_sha: bool,
     """'' when ``path`` exists with the recorded size (and sha256); else what is wrong.
     ``sha_memo`` (path -> sha256) lets one caller hash a file shared by shards (--link) once."""
     if not os.path.isfile(path):
-        return f"{path} is missing"
+        return f"missing {path} (meta.json lists it)"
     size = os.path.getsize(path)
     if size != want.bytes:
         return f"{path}: {size} bytes but meta.json says {want.bytes} (truncated or replaced file)"
