@@ -101,7 +101,7 @@ def rewrite_meta(shard, edit):
     with open(path) as f:
         d = json.load(f)
     edit(d)
-    d["fingerprint"] = mu.compute_fingerprint({k: e["sha256"] for k, e in d["files"].items()},
+    d["fingerprint"] = mu.compute_fingerprint({k: mu.FileEntry(**e) for k, e in d["files"].items()},
                                               d.get("packed"))
     with open(path, "w") as f:
         json.dump(d, f)

@@ -16,11 +16,13 @@ from federatedscope.core.data.shard_format.records import (FileEntry, ManifestEn
 from federatedscope.core.data.shard_format.split_file import sha256_file
 
 
-def check_declaration(entry: Optional[ManifestEntry], decl: ShardDeclaration) -> List[str]:
+def check_declaration(entry: Optional[ManifestEntry], decl: ShardDeclaration,
+                      sample_type: Optional[str] = None) -> List[str]:
     """Why ``decl`` does not match the manifest ``entry``; an empty list means it matches.
 
     Complete on its own: ``read_manifest`` puts the manifest's sample type and dataset on every
-    entry. A declaration without a dataset (an older client) is not compared on it.
+    entry (``sample_type`` overrides the entry's when given). A declaration without a dataset
+    (an older client) is not compared on it.
     """
     if entry is None:
         return [f"client id {decl.client_id} is not listed in the manifest"]
@@ -39,8 +41,9 @@ def check_declaration(entry: Optional[ManifestEntry], decl: ShardDeclaration) ->
         diff = next((f"class {i}: {x} vs {y}" for i, (x, y) in enumerate(zip(a, b)) if x != y),
                     f"{len(a)} bins vs {len(b)}")
         reasons.append(f"train label_hist differs from the manifest ({diff})")
-    if decl.sample_type != entry.sample_type:
-        reasons.append(f"sample type {decl.sample_type!r} != manifest {entry.sample_type!r}")
+    want_type = entry.sample_type if sample_type is None else sample_type
+    if decl.sample_type != want_type:
+        reasons.append(f"sample type {decl.sample_type!r} != manifest {want_type!r}")
     if decl.dataset and entry.dataset and decl.dataset != entry.dataset:
         reasons.append(f"dataset {decl.dataset!r} != manifest {entry.dataset!r} (a shard of "
                        f"another dataset)")
