@@ -271,8 +271,7 @@ class DistributedShardLoader:
 
     # -------------------------------------------------------------- internals
     def _error(self, msg: str, flags: str = "--resume") -> ShardError:
-        return ShardError(f"{msg}; re-create it with: "
-                          f"{sf.shard_fix(self.shard_path, flags, self.meta_dataset)}")
+        return ShardError(sf.recreate_message(msg, self.shard_path, flags, self.meta_dataset))
 
     def _read_meta(self) -> sf.ShardMeta:
         """meta.json, and every file it lists checked (size; sha256 with verify_checksum)."""

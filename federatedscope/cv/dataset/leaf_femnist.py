@@ -9,7 +9,6 @@ import glob
 import hashlib
 import json
 import logging
-import math
 import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -19,7 +18,7 @@ import torch
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
 from federatedscope.core.data.dataset_spec import WriterSamples
 from federatedscope.core.data.shard_format.checks import SPLITS
-from federatedscope.core.data.sharding_plan import natural_key, writer_split
+from federatedscope.core.data.sharding_plan import natural_key, subsample_writers, writer_split
 from federatedscope.cv.dataset.leaf_checks import FIX as _FIX
 from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE, check_users, images, labels
 
@@ -271,11 +270,11 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
     if not by_writer:
         raise ValueError(empty_input_message(raw_dir, files))
     writer_ids = sorted(by_writer)
-    n_keep = min(len(writer_ids), max(1, int(math.ceil(len(writer_ids) * float(subsample)))))
-    chosen = np.sort(np.random.default_rng(seed % (2 ** 63)).permutation(len(writer_ids))[:n_keep])
-    tasks = [split_writer(by_writer[writer_ids[i]], split_t, seed, writer_ids[i]) for i in chosen]
+    # the shard tool's own subset rule, so both paths use the same writers for (subsample, seed)
+    chosen = subsample_writers(writer_ids, float(subsample), seed, "sequential")
+    tasks = [split_writer(by_writer[w], split_t, seed, w) for w in chosen]
     atomic_torch_save(cache, {"version": _CACHE_VERSION,
-                              "writers": [writer_ids[i] for i in chosen], "tasks": tasks})
+                              "writers": chosen, "tasks": tasks})
     logger.info("FEMNIST: %d of %d writers as tasks, cached in %s", len(tasks), len(writer_ids),
                 cache)
     return tasks

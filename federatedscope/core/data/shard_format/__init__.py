@@ -10,7 +10,8 @@ check). Spec: README.md in this folder. ``DistributedShardLoader`` (the client's
 from federatedscope.core.data.shard_format.checks import (FORMAT_VERSION, SAMPLE_DTYPES,
                                                           SPLIT_FILES, SPLITS, Checker,
                                                           ManifestError, ShardError, now_iso,
-                                                          recreate_command, sample_type_of,
+                                                          recreate_command, recreate_message,
+                                                          sample_type_of,
                                                           shard_fix, token_digest)
 from federatedscope.core.data.shard_format.files import (load_manifest, manifest_fix, read_manifest,
                                                          read_meta, read_writer_ids, shard_dir,
@@ -22,7 +23,7 @@ from federatedscope.core.data.shard_format.verify import (check_declaration, fil
                                                           shard_files, verify_shard)
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_DTYPES", "SPLIT_FILES", "SPLITS", "Checker", "ManifestError",
-           "ShardError", "now_iso", "recreate_command", "sample_type_of", "shard_fix",
+           "ShardError", "now_iso", "recreate_command", "recreate_message", "sample_type_of", "shard_fix",
            "token_digest", "load_manifest", "manifest_fix", "read_manifest", "read_meta",
            "read_writer_ids", "shard_dir", "write_manifest", "write_meta", "FileEntry",
            "Manifest", "ManifestEntry", "ShardDeclaration", "ShardMeta", "compute_fingerprint",

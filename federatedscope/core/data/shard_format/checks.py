@@ -48,6 +48,12 @@ def shard_fix(shard: str, flags: str = "--resume", dataset: str = "") -> str:
     return recreate_command(out, dataset, flags=flags)
 
 
+def recreate_message(problem: str, shard: str, flags: str = "--resume",
+                     dataset: str = "") -> str:
+    """``problem`` plus the one "re-create it with" sentence, for errors about a shard."""
+    return f"{problem}; re-create it with: {shard_fix(shard, flags, dataset)}"
+
+
 def token_digest(token: str) -> bytes:
     """The one token hash: sha256 of the token's UTF-8 bytes.
 

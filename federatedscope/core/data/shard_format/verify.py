@@ -9,7 +9,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from federatedscope.core.data.shard_format.checks import (SPLITS, ManifestError, ShardError,
-                                                          shard_fix)
+                                                          recreate_message, shard_fix)
 from federatedscope.core.data.shard_format.files import read_meta
 from federatedscope.core.data.shard_format.records import (FileEntry, ManifestEntry,
                                                            ShardDeclaration, ShardMeta)
@@ -102,7 +102,6 @@ def verify_shard(shard: str, entry: Optional[ManifestEntry] = None, check_sha: b
             meta = read_meta(os.path.join(shard, "meta.json"), fix=fix)
         except ManifestError as e:
             raise ShardError(str(e)) from None
-    fix = shard_fix(shard, "--resume", meta.dataset)
     meta_path = os.path.join(shard, "meta.json")
     if client_id is not None and meta.client_id != client_id:
         raise ShardError(f"{meta_path} belongs to client {meta.client_id}, but this process is "
@@ -118,5 +117,5 @@ def verify_shard(shard: str, entry: Optional[ManifestEntry] = None, check_sha: b
         problems.append(file_problem(path, want, check_sha, sha_memo))
     problems = [p for p in problems if p]
     if problems:
-        raise ShardError("; ".join(problems) + f"; re-create it with: {fix}")
+        raise ShardError(recreate_message("; ".join(problems), shard, dataset=meta.dataset))
     return meta
