@@ -173,8 +173,7 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         raise ShardingError(f"--dataset {args.dataset!r}: {e}") from None
     args.dataset = spec.name
     args.out = args.out or os.path.join(args.root, spec.name, "shards")
-    cmd = cmd or sf.recreate_command(args.out, spec.name, args.clients).replace(
-        "--root data", f"--root {args.root}")
+    cmd = cmd or sf.recreate_command(args.out, spec.name, args.clients, root=args.root)
     if args.overwrite and args.resume:
         raise ShardingError("--overwrite and --resume exclude each other: --overwrite starts "
                             "over, --resume keeps the shards that verify")

@@ -30,14 +30,15 @@ class ManifestError(ShardError):
     """A manifest/meta/declaration field is malformed; the message names file, field and fix."""
 
 
-def recreate_command(out: str, dataset: str = "", clients: Any = "N", flags: str = "") -> str:
+def recreate_command(out: str, dataset: str = "", clients: Any = "N", flags: str = "",
+                     root: str = "data") -> str:
     """The one "re-create it with" command line, for every error of the tool, loader and launcher.
 
     ``dataset`` empty means "whatever the shards were cut from" (a shard or manifest that could
     not be read does not say); ``flags`` is e.g. ``--resume`` or ``--overwrite``.
     """
     ds = dataset or "NAME"
-    cmd = (f"python scripts/tools/prepare_shards.py --dataset {ds} --root data "
+    cmd = (f"python scripts/tools/prepare_shards.py --dataset {ds} --root {root} "
            f"--clients {clients} --out {out or '.'}")
     return f"{cmd} {flags}".rstrip()
 
