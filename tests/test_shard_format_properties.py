@@ -1,5 +1,6 @@
 """Property tests of the shard format: every record survives to_dict -> JSON -> from_dict
-unchanged, and verify_shard refuses any single-byte change of any file of a shard."""
+unchanged, and verify_shard refuses any single-byte change of any split file of a shard
+(meta.json is covered by its own checks: fingerprint recomputed, every field validated)."""
 import json
 import os
 import shutil
