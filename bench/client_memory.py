@@ -88,7 +88,7 @@ def run(ctx) -> dict:
                     slope <= SHARD_GOAL))
     summary["marginal_factor"] = slope
     train_peak = max(r["status_kb"]["VmHWM"] for r in job["clients"].values()) * 1024
-    from federatedscope.core.auxiliaries.manifest_utils import read_meta
+    from federatedscope.core.data.shard_format import read_meta
     writers = [len(read_meta(common.shard_dir(manifests[3], k)).writer_ids) for k in (1, 2, 3)]
     rows.append(dict(row(
         f"{min(writers)}-writer client, total peak RSS while training (1 round, worst of 3)",

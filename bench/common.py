@@ -291,7 +291,7 @@ def shard_dir(manifest: str, k: int) -> str:
 
 def shard_tensor_bytes(manifest: str, k: int, row_bytes: int = 28 * 28 + 8) -> int:
     """uint8 [28,28] samples + int64 labels of client k's shard, from its meta.json counts."""
-    from federatedscope.core.auxiliaries.manifest_utils import read_meta
+    from federatedscope.core.data.shard_format import read_meta
     return sum(read_meta(shard_dir(manifest, k)).num_samples.values()) * row_bytes
 
 

@@ -29,7 +29,7 @@ def synth_manifest(out_dir: str, n: int) -> "tuple[str, int]":
 
 
 def load_times(path: str, repeats: int, n: int):
-    from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+    from federatedscope.core.data.shard_format import load_manifest
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()

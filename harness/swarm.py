@@ -168,6 +168,10 @@ class SwarmShard:
     declaration: dict
 
 
+# The swarm impersonates FEMNIST clients: their shards hold 28x28 grey-level samples.
+SAMPLE_TYPE = "uint8[28,28]"
+
+
 def swarm_token(seed: int, cid: int) -> str:
     return hashlib.sha256(f"swarm-token:{seed}:{cid}".encode()).hexdigest()[:32]
 
@@ -179,9 +183,8 @@ def write_swarm_manifest(out_dir: str, n: int, seed: int = 0, num_classes: int =
     declares; empty without ``declarations``). No shard files: the server reads only the
     manifest, and virtual clients train on nothing. The manifest benchmark times loading it."""
     import numpy as np
-    from federatedscope.core.auxiliaries.manifest_utils import (Manifest, ManifestEntry,
-                                                                ShardDeclaration, now_iso,
-                                                                write_manifest)
+    from federatedscope.core.data.shard_format import (Manifest, ManifestEntry, ShardDeclaration,
+                                                       now_iso, token_digest, write_manifest)
     rng = np.random.default_rng(seed)
     trains = rng.integers(40, 401, size=n)
     hists = rng.multinomial(trains, [1 / num_classes] * num_classes)
@@ -191,15 +194,15 @@ def write_swarm_manifest(out_dir: str, n: int, seed: int = 0, num_classes: int =
         fp = hashlib.sha256(f"swarm-shard:{seed}:{cid}".encode()).hexdigest()
         token = swarm_token(seed, cid)
         entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, row,
-                                     hashlib.sha256(token.encode("utf-8")).hexdigest())
+                                     token_digest(token).hex())
         if declarations:
             shards[cid] = SwarmShard(cid, token, counts,
-                                     ShardDeclaration(cid, counts, fp, row).to_dict())
+                                     ShardDeclaration(cid, counts, fp, row, SAMPLE_TYPE).to_dict())
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "manifest.json")
     write_manifest(path, Manifest("femnist", "synthetic", seed, [0.6, 0.2, 0.2],
                                   {"generator": "harness/swarm.py"}, entries, num_classes,
-                                  created=now_iso()))
+                                  SAMPLE_TYPE, created=now_iso()))
     return path, shards
 
 

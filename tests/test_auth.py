@@ -10,7 +10,7 @@ import pytest
 
 from harness.jobs import Job
 from harness.procs import ROOT, wait_all
-from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
+from federatedscope.core.data.shard_format import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.communication.join_proof import NONCE_KEY, PROOF_KEY, join_proof
 from federatedscope.core.workers.admission import Admission

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
+from federatedscope.core.data import shard_format as mu
 from federatedscope.core.configs.config import get_default_cfg
-from federatedscope.core.data import shard_io
+from federatedscope.core.data.shard_format import split_file as shard_io
 from federatedscope.core.data.datasets import BatchSource
 from federatedscope.core.data.distributed_loader import (DistributedShardLoader, ShardError,
                                                           StreamingSplit)
@@ -34,7 +34,7 @@ def _write_leaf(path, seed=0):
 def prepared(tmp_path_factory):
     base = tmp_path_factory.mktemp("shards")
     _write_leaf(str(base / "data" / "femnist" / "raw" / "all_data_0.json"))
-    prepare_shards(ShardArgs(root=str(base / "data"), clients=3, out=str(base / "shards"),
+    prepare_shards(ShardArgs(dataset="femnist", root=str(base / "data"), clients=3, out=str(base / "shards"),
                              progress=False))
     return base
 
@@ -101,7 +101,7 @@ def rewrite_meta(shard, edit):
     with open(path) as f:
         d = json.load(f)
     edit(d)
-    d["fingerprint"] = mu.compute_fingerprint({k: e["sha256"] for k, e in d["files"].items()},
+    d["fingerprint"] = mu.compute_fingerprint({k: mu.FileEntry(**e) for k, e in d["files"].items()},
                                               d.get("packed"))
     with open(path, "w") as f:
         json.dump(d, f)
@@ -159,12 +159,12 @@ def _raises(cfg, *parts):
 
 def test_missing_shard_dir(shards):
     missing = shards / "client_9"
-    _raises(cfg_for(missing), str(missing), "prepare_femnist_shards.py", f"--out {shards}")
+    _raises(cfg_for(missing), str(missing), "prepare_shards.py", f"--out {shards}")
     _raises(cfg_for(missing, strict=False), str(missing))  # never a fallback
 
 
 def test_empty_shard_path():
-    _raises(cfg_for(""), "distributed_data.shard_path is empty", "prepare_femnist_shards.py")
+    _raises(cfg_for(""), "distributed_data.shard_path is empty", "prepare_shards.py")
 
 
 def test_missing_meta(shards):
@@ -175,7 +175,7 @@ def test_missing_meta(shards):
 def test_missing_split_file_strict_and_not(shards, logs):
     shard = shards / "client_1"
     os.remove(shard / "val.pt")
-    _raises(cfg_for(shard), str(shard / "val.pt"), "prepare_femnist_shards.py", "strict_check")
+    _raises(cfg_for(shard), str(shard / "val.pt"), "prepare_shards.py", "strict_check")
     ld = DistributedShardLoader.from_config(cfg_for(shard, strict=False))
     assert ld.num_samples["val"] == 0 and len(ld.datasets["val"]) == 0
     assert list(ld.datasets["val"].iter_batches(4, False, 0)) == []
@@ -244,7 +244,7 @@ def test_client_id_mismatch(shards):
 
 def test_malformed_meta(shards):
     (shards / "client_1" / "meta.json").write_text("{ broken")
-    _raises(cfg_for(shards / "client_1"), "meta.json", "malformed JSON", "prepare_femnist_shards.py")
+    _raises(cfg_for(shards / "client_1"), "meta.json", "malformed JSON", "prepare_shards.py")
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -288,7 +288,7 @@ def test_has_changed_after_rewrite(prepared, shards):
     os.utime(shard / "train.pt")  # touched, same bytes: not a change
     assert not ld.has_changed()
     old = ld.fingerprint
-    prepare_shards(ShardArgs(root=str(prepared / "data"), clients=3, out=str(shards), seed=99,
+    prepare_shards(ShardArgs(dataset="femnist", root=str(prepared / "data"), clients=3, out=str(shards), seed=99,
                              overwrite=True, progress=False))
     assert ld.has_changed()
     ld.reload()

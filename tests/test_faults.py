@@ -44,7 +44,7 @@ def _assert_own_data(job, line) -> None:
     """Shard mode: each client evaluated on its own shard (test count = its manifest entry)."""
     if job.manifest is None:
         return
-    from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+    from federatedscope.core.data.shard_format import load_manifest
     entries = load_manifest(job.manifest)
     for who, res in line["Results_raw"].items():
         k = int(who.split("#")[1])

@@ -277,11 +277,11 @@ def test_run_directory_is_fresh_unless_restoring(tmp_path):
 
 
 def test_shard_of_another_dataset_is_refused_by_its_sample_type(shards, monkeypatch):
+    import dataclasses
     from federatedscope import register
-    from federatedscope.cv.dataset import femnist_spec
-    from federatedscope.core.data.shard_io import ShardError
-    other = femnist_spec.DatasetSpec(name="femnist", sample_shape=(3, 64, 64), num_classes=40,
-                                     grey_levels=255, grey_tolerance=1e-6, model_input=(3, 64, 64))
+    from federatedscope.core.data.shard_format import ShardError
+    other = dataclasses.replace(FEMNIST, sample_shape=(3, 64, 64), num_classes=40,
+                                model_input=(3, 64, 64))
     monkeypatch.setitem(register.dataset_spec_dict, "femnist", other)
     cfg = _cfg(federate__mode="distributed", distribute__role="client", distribute__client_id=1,
                distributed_data__enabled=True, distributed_data__shard_path=str(shards / "client_1"))

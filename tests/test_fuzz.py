@@ -14,7 +14,7 @@ import torch
 
 from harness.jobs import Job
 from harness.procs import file_contains, wait_all, wait_for
-from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration, load_manifest,
+from federatedscope.core.data.shard_format import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.limits import BAD_MESSAGES_PER_SESSION

@@ -13,7 +13,7 @@ import pytest
 
 from harness.procs import ROOT, free_port
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
+from federatedscope.core.data import shard_format as mu
 
 SCRIPT = os.path.join(ROOT, "scripts", "distributed_scripts", "run_distributed_conv_femnist_managed.sh")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
@@ -81,7 +81,7 @@ def test_preflight_failure_starts_nothing(shards, tmp_path):
     res = _run(shards / "manifest.json", tmp_path)
     assert res.returncode == 1
     assert "client 2: missing" in res.stderr and "nothing was started" in res.stderr
-    assert "prepare_femnist_shards.py" in res.stderr
+    assert "prepare_shards.py" in res.stderr
     assert _pids(tmp_path / "logs") == []
 
 
@@ -192,7 +192,7 @@ def test_preflight_compares_meta_with_the_manifest_fully(shards, capsys):
     assert rc == 1 and out == ""
     assert "client 1:" in err and "label_hist" in err and f"class {min(i, i - 1 if i else i)}" in err
     assert "client 3:" in err and "uint8[32,32]" in err and "client 2" not in err
-    assert "prepare_femnist_shards.py" in err and "--resume" in err
+    assert "prepare_shards.py" in err and "--resume" in err
     _edit_meta(shards / "client_3", sample_shape=meta3.sample_shape,
                num_samples=dict(meta3.num_samples, val=meta3.num_samples["val"] + 1),
                label_hist=dict(meta3.label_hist, val=meta3.label_hist["val"][:-1]

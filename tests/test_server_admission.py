@@ -6,13 +6,13 @@ import shutil
 
 import pytest
 
-from federatedscope.core.auxiliaries.manifest_utils import ShardDeclaration, load_manifest
+from federatedscope.core.data.shard_format import ShardDeclaration, load_manifest
 from server_harness import Harness, quiet
 
 
 def _decl(entry, **over) -> dict:
     d = ShardDeclaration(entry.client_id, dict(entry.num_samples), entry.fingerprint,
-                         list(entry.label_hist)).to_dict()
+                         list(entry.label_hist), entry.sample_type).to_dict()
     d.update(over)
     return d
 

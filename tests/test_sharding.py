@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
-from federatedscope.core.data import shard_io, sharding
+from federatedscope.core.data import shard_format as mu
+from federatedscope.core.data import sharding
+from federatedscope.core.data.shard_format import split_file as shard_io
 from federatedscope.core.data.sharding import ShardArgs, ShardingError, prepare_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def leaf_root(tmp_path):
 
 def run(root, out, **kw):
     kw.setdefault("progress", False)
-    return prepare_shards(ShardArgs(root=root, out=str(out), **kw))
+    return prepare_shards(ShardArgs(dataset="femnist", root=root, out=str(out), **kw))
 
 
 def load_client(out, k):
@@ -336,7 +337,7 @@ def test_fs_processed_input(tmp_path):
             y = np.concatenate([want[(w, s)][1] for w in meta.writer_ids])
             assert np.array_equal(parts[s][0].numpy(), x) and np.array_equal(parts[s][1].numpy(), y)
     assert seen == [f"task_{t}" for t in range(5)]
-    assert mu.read_manifest(str(tmp_path / "out" / "manifest.json")).source["kind"] == "fs_processed"
+    assert mu.read_manifest(str(tmp_path / "out" / "manifest.json")).source["kind"] == "train_val_test"
 
 
 def test_leaf_train_test_tree_input(tmp_path):
@@ -346,7 +347,7 @@ def test_leaf_train_test_tree_input(tmp_path):
     te = write_leaf(str(raw / "test" / "d_test.json"), {w: 4 for w in ws}, seed=2)
     run(str(tmp_path / "data"), tmp_path / "out", clients=3, splits=(0.6, 0.2, 0.2))
     man = mu.read_manifest(str(tmp_path / "out" / "manifest.json"))
-    assert man.source["kind"] == "leaf_train_test"
+    assert man.source["kind"] == "train_test"
     for k, w in enumerate(sorted(ws), start=1):
         parts = load_client(tmp_path / "out", k)
         assert np.array_equal(parts["test"][0].numpy(), te[w][0])  # LEAF's test kept as is

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
+from federatedscope.core.data import shard_format as mu
 from federatedscope.core.data.sharding import ShardingError
 from test_sharding import ROOT, TOOL, WRITERS, check_partition, run, snapshot, write_leaf
 
@@ -110,7 +110,7 @@ def test_writer_ids_recorded_per_client(leaf, tmp_path):
     man = str(tmp_path / "out" / "manifest.json")
     for k in (1, 2, 3):
         assert mu.read_writer_ids(man, k) == mu.read_meta(str(tmp_path / "out" / f"client_{k}")).writer_ids
-    assert sorted(sum(mu.read_all_writer_ids(man).values(), [])) == sorted(truth)
+    assert sorted(sum(mu.read_manifest(man).writer_ids.values(), [])) == sorted(truth)
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -251,8 +251,9 @@ def test_leaf_own_output_tree_is_found(tmp_path, layout):
         write_leaf(str(data / "test" / "t.json"), {w: 3 for w in ws}, seed=2)
     s = run(str(tmp_path / "data"), tmp_path / "out", clients=2)
     man = mu.read_manifest(str(tmp_path / "out" / "manifest.json"))
-    assert man.source["path"] == str(data)
-    assert man.source["kind"] == ("leaf_json" if layout == "all_data" else "leaf_train_test")
+    assert man.source["root"] == str(tmp_path / "data")
+    assert man.source["path"] == str(data / "all_data" if layout == "all_data" else data)
+    assert man.source["kind"] == ("unsplit" if layout == "all_data" else "train_test")
     if layout == "all_data":
         check_partition(tmp_path / "out", truth, 2)
     else:

@@ -251,7 +251,7 @@ def run(ctx) -> dict:
         r = res[key]
         ctx.log(f"    wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, round {r['round_s']:.2f} s, "
                 f"acc {r['final_acc']}, {len(r['procs'])} processes")
-    from federatedscope.core.auxiliaries.manifest_utils import read_meta
+    from federatedscope.core.data.shard_format import read_meta
     samples = sum(sum(read_meta(common.shard_dir(manifest, k)).num_samples.values())
                   for k in range(1, CLIENTS + 1))
     context = [

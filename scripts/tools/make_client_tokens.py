@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from federatedscope.core.auxiliaries import client_tokens  # noqa: E402
-from federatedscope.core.auxiliaries.manifest_utils import ManifestError  # noqa: E402
+from federatedscope.core.data.shard_format import ManifestError  # noqa: E402
 
 
 def make_tokens(manifest_path: str, out_dir: str) -> int:

@@ -4,17 +4,21 @@ A token file is written to a 0600 temp file beside it and renamed in place only 
 so the sharding tool can stage new tokens and swap them in together with the new manifest: a
 failed re-cut leaves both the old tokens and the old hashes as they were.
 """
-import hashlib
+import dataclasses
 import os
 import secrets
 from typing import Dict, Iterable, List
+
+from federatedscope.core.auxiliaries.utils import fsync_dir
+from federatedscope.core.data import shard_format as sf
 
 SUFFIX = ".new"
 
 
 def token_hash(token: str) -> str:
-    """What the manifest stores (the server compares the sha256 of what a client presents)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    """What the manifest stores: hex of the one token hash (``shard_format.token_digest``), which
+    the server compares with the hash of what a client presents."""
+    return sf.token_digest(token).hex()
 
 
 def token_path(out_dir: str, client_id: int) -> str:
@@ -47,11 +51,7 @@ def commit(out_dir: str, client_ids: Iterable[int]) -> List[str]:
         final = token_path(out_dir, cid)
         os.replace(final + SUFFIX, final)
         paths.append(final)
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(out_dir)
     return paths
 
 
@@ -65,17 +65,13 @@ def discard(out_dir: str, client_ids: Iterable[int]) -> None:
 def add_to_manifest(manifest_path: str, out_dir: str) -> int:
     """New tokens for every client of a manifest; the manifest is rewritten with their hashes
     (writer ids and every other field kept). Token files appear only once the manifest is in."""
-    import dataclasses
-    from federatedscope.core.auxiliaries import manifest_utils as mu
-    manifest = mu.read_manifest(manifest_path)
-    writers = mu.read_all_writer_ids(manifest_path)
+    manifest = sf.read_manifest(manifest_path)
     ids = sorted(manifest.clients)
     hashes = stage_tokens(out_dir, ids)
     clients = {cid: dataclasses.replace(manifest.clients[cid], token_hash=hashes[cid])
                for cid in ids}
     try:
-        mu.write_manifest(manifest_path, dataclasses.replace(manifest, clients=clients),
-                          writer_ids=writers or None)
+        sf.write_manifest(manifest_path, dataclasses.replace(manifest, clients=clients))
     except BaseException:
         discard(out_dir, ids)  # the old tokens still match the old manifest
         raise
@@ -85,9 +81,8 @@ def add_to_manifest(manifest_path: str, out_dir: str) -> int:
 
 def check_files(manifest_path: str, out_dir: str) -> List[str]:
     """Problems with the token files of a manifest that has hashes (missing, wrong, too open)."""
-    from federatedscope.core.auxiliaries import manifest_utils as mu
     problems = []
-    for cid, e in sorted(mu.load_manifest(manifest_path).items()):
+    for cid, e in sorted(sf.load_manifest(manifest_path).items()):
         p = token_path(out_dir, cid)
         if not e.token_hash:
             problems.append(f"client {cid} has no token_hash in {manifest_path} while others do")

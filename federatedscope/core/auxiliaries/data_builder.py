@@ -85,7 +85,7 @@ def _server_manifest(config) -> ServerManifest:
     path = config.distributed_data.manifest
     if not path:
         return ServerManifest(None, "")
-    from federatedscope.core.auxiliaries.manifest_utils import read_manifest
+    from federatedscope.core.data.shard_format import read_manifest
     return ServerManifest(read_manifest(path), path)
 
 
@@ -93,7 +93,7 @@ def _checked(loader, config):
     """A shard made for another dataset (its meta.json's sample_type) is refused by name."""
     spec = registered_spec(config.data.type)
     if loader.sample_type != spec.sample_type:
-        from federatedscope.core.data.shard_io import ShardError
+        from federatedscope.core.data.shard_format import ShardError
         raise ShardError(f"{loader.shard_path}/meta.json: sample_type {loader.sample_type!r} is "
                          f"not {spec.name}'s {spec.sample_type!r}; point distributed_data."
                          f"shard_path at a {spec.name} shard or set data.type to its dataset")
@@ -107,7 +107,7 @@ def _own_shard(config):
 
 def _simulated_shards(config, client_cfgs) -> StandaloneDataDict:
     """Standalone simulation of a shard run: each manifest client's shard, through the loader."""
-    from federatedscope.core.auxiliaries.manifest_utils import read_manifest, shard_dir
+    from federatedscope.core.data.shard_format import read_manifest, shard_dir
     from federatedscope.core.data.distributed_loader import DistributedShardLoader
     path = config.distributed_data.manifest
     if not path:

@@ -24,38 +24,16 @@ import sys
 from typing import List, Optional, Tuple
 
 
-def _fix(manifest_path: str, n: int) -> str:
-    out = os.path.dirname(os.path.abspath(manifest_path))
-    return (f"python scripts/tools/prepare_femnist_shards.py --root data --clients {n} "
-            f"--out {out} --resume")
-
-
 def check_shard(manifest_path: str, cid: int, entry) -> Tuple[Optional[str], List[str]]:
-    """(real shard dir or None, problems) for one entry, compared with its meta.json in full."""
-    from federatedscope.core.auxiliaries import manifest_utils as mu
+    """(real shard dir or None, problems) for one entry: ``verify_shard`` without re-hashing
+    (sizes, meta.json against the manifest in full, the packed file of a --link shard)."""
+    from federatedscope.core.data import shard_format as sf
     try:
-        d = mu.shard_dir(manifest_path, entry)
-    except mu.ManifestError as e:
+        d = sf.shard_dir(manifest_path, entry)
+        sf.verify_shard(d, entry=entry, check_sha=False)
+    except (sf.ShardError, OSError) as e:
         return None, [f"client {cid}: {e}"]
-    if not os.path.isdir(d):
-        return None, [f"client {cid}: shard directory {d} does not exist"]
-    try:
-        meta = mu.read_meta(os.path.join(d, "meta.json"))
-    except (mu.ManifestError, OSError) as e:
-        return None, [f"client {cid}: {e}"]
-    problems = [f"client {cid}: {os.path.join(d, 'meta.json')} does not match the manifest: {r}"
-                for r in mu.check_declaration(entry, mu.ShardDeclaration.of_meta(meta))]
-    files = [(os.path.join(d, n), fe.bytes) for n, fe in meta.files.items()]
-    if meta.packed:
-        files.append((os.path.normpath(os.path.join(d, meta.packed["path"])),
-                      meta.packed["bytes"]))
-    for p, size in files:
-        if not os.path.isfile(p):
-            problems.append(f"client {cid}: missing {p}")
-        elif os.path.getsize(p) != size:
-            problems.append(f"client {cid}: {p} has {os.path.getsize(p)} bytes, meta.json says "
-                            f"{size} (truncated or replaced)")
-    return d, problems
+    return d, []
 
 
 def _tokens(manifest_path: str, manifest, tokens_dir: str, no_tokens: bool) -> List[str]:
@@ -78,10 +56,10 @@ def _tokens(manifest_path: str, manifest, tokens_dir: str, no_tokens: bool) -> L
 
 
 def preflight(manifest_path: str, tokens_dir: str = "", no_tokens: bool = False) -> int:
-    from federatedscope.core.auxiliaries.manifest_utils import ManifestError, read_manifest
+    from federatedscope.core.data import shard_format as sf
     try:
-        manifest = read_manifest(manifest_path)
-    except (ManifestError, OSError) as e:
+        manifest = sf.read_manifest(manifest_path)
+    except (sf.ManifestError, OSError) as e:
         print(f"preflight: {e}", file=sys.stderr)
         return 1
     problems: List[str] = []
@@ -93,7 +71,8 @@ def preflight(manifest_path: str, tokens_dir: str = "", no_tokens: bool = False)
     if problems:
         for p in problems:
             print(f"preflight: {p}", file=sys.stderr)
-        print(f"preflight: fix: {_fix(manifest_path, len(manifest.clients))}", file=sys.stderr)
+        fix = sf.manifest_fix(manifest_path, manifest.total_clients, manifest.dataset)
+        print(f"preflight: fix: {fix.replace('--overwrite', '--resume')}", file=sys.stderr)
         return 1
     tokens_dir = tokens_dir or os.path.join(os.path.dirname(os.path.abspath(manifest_path)),
                                             "tokens")
@@ -119,18 +98,22 @@ def health_timeout(clients: int) -> int:
 
 
 def data_root(manifest_path: str) -> int:
-    from federatedscope.core.auxiliaries.manifest_utils import ManifestError, read_manifest
+    from federatedscope.core.data import shard_format as sf
     try:
-        src = read_manifest(manifest_path).source.get("path", "")
-    except (ManifestError, OSError) as e:
+        source = sf.read_manifest(manifest_path).source
+    except (sf.ManifestError, OSError) as e:
         print(f"data-root: {e}", file=sys.stderr)
         return 1
-    if not isinstance(src, str) or not src:
+    root, src = source.get("root"), source.get("path")
+    if isinstance(root, str) and root:
+        print(root)
+    elif isinstance(src, str) and src:
+        # recorded before 'root' was: <root>/<dataset>/{raw,data,processed}, two levels below
+        print(os.path.dirname(os.path.dirname(os.path.abspath(src))))
+    else:
         print(f"data-root: {manifest_path} does not record its input; pass data.root ROOT",
               file=sys.stderr)
         return 1
-    # <root>/femnist/{raw,data,processed}: the shards' input dir is two levels below the root
-    print(os.path.dirname(os.path.dirname(os.path.abspath(src))))
     return 0
 
 
@@ -163,7 +146,7 @@ def wait_health(address: str, timeout: float, ca: str = "") -> int:
 
 
 def summary(manifest_path: str, outdir: str) -> int:
-    from federatedscope.core.auxiliaries.manifest_utils import read_manifest
+    from federatedscope.core.data.shard_format import read_manifest
     if manifest_path and os.path.exists(manifest_path):
         manifest = read_manifest(manifest_path)
         for cid, e in sorted(manifest.clients.items()):

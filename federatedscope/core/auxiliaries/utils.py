@@ -57,14 +57,15 @@ def atomic_write(path: str, writer: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(directory)   # the rename itself must survive a power cut
+        fsync_dir(directory)   # the rename itself must survive a power cut
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a rename/creation in ``directory`` durable (the one fsync of a directory)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

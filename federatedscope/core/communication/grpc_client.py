@@ -26,7 +26,7 @@ from federatedscope.core.communication.limits import compression, grpc_options
 from federatedscope.core.communication.security import channel_credentials, tls_problem
 from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
                                          validate_message)
-from federatedscope.core.workers.admission import token_digest   # moves to shard_format (C3)
+from federatedscope.core.data.shard_format import token_digest
 from federatedscope.core.workers.base_worker import Disconnected
 
 logger = logging.getLogger("federatedscope")

@@ -1,15 +1,18 @@
 """The one protocol the trainer consumes: a split dataset that yields transformed batches.
 
-Like ``torch.utils.data`` there are two kinds, map-style (``TensorSplit``: samples held as uint8
+Like ``torch.utils.data`` there are two kinds, map-style (``TensorSplit``: samples held as
 tensors, possibly memory-mapped) and iterable (the streaming reader in ``distributed_loader``).
-Both implement ``iter_batches(batch_size, shuffle, seed)`` and ``__len__``; the trainer needs
-nothing else. Samples stay uint8 until a batch is drawn, so a client holds 1 byte per pixel, not 4.
+Both implement ``iter_batches(batch_size, shuffle, seed, num_workers=0, drop_last=False,
+pin_memory=False)`` and ``__len__``; the trainer needs nothing else. The three DataLoader keys
+are FS's ``dataloader.{num_workers,drop_last,pin_memory}``: ``num_workers`` > 0 reads batches
+in torch DataLoader worker processes (same samples, each exactly once per epoch). Samples stay
+in their stored dtype (uint8 pixels) until a batch is drawn, so a client holds 1 byte per pixel.
 """
-from typing import Callable, Iterator, Protocol, Tuple, runtime_checkable
+from typing import Callable, Iterable, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 Batch = Tuple[Tensor, Tensor]
 
@@ -18,7 +21,8 @@ Batch = Tuple[Tensor, Tensor]
 class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
-    def iter_batches(self, batch_size: int, shuffle: bool, seed: int) -> Iterator[Batch]: ...
+    def iter_batches(self, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                     drop_last: bool = False, pin_memory: bool = False) -> Iterator[Batch]: ...
 
 
 def shuffled_order(n: int, shuffle: bool, seed: int) -> Tensor:
@@ -30,8 +34,17 @@ def shuffled_order(n: int, shuffle: bool, seed: int) -> Tensor:
     return torch.randperm(n, generator=gen)
 
 
+def batch_loader(dataset: Dataset, sampler: Optional[Iterable], num_workers: int,
+                 pin_memory: bool) -> DataLoader:
+    """A torch DataLoader over ready-made batches (``batch_size=None``): the dataset (or, for
+    map-style, ``dataset[index tensor]``) already yields whole batches. Pinning needs CUDA; on a
+    CPU-only host it would only warn, so it is asked for only where it can happen."""
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=int(num_workers),
+                      pin_memory=bool(pin_memory) and torch.cuda.is_available())
+
+
 class TensorSplit(Dataset):
-    """A split held as uint8 samples ``x`` [n, ...] and int64 labels ``y`` [n]."""
+    """A split held as samples ``x`` [n, ...] and int64 labels ``y`` [n]."""
 
     def __init__(self, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor]):
         if len(x) != len(y):
@@ -41,11 +54,17 @@ class TensorSplit(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> Batch:
+    def __getitem__(self, i) -> Batch:
+        """One sample for an int ``i``; a batch for an index tensor (what the loader passes)."""
         return self.transform(self.x[i]), self.y[i]
 
-    def iter_batches(self, batch_size: int, shuffle: bool, seed: int) -> Iterator[Batch]:
+    def iter_batches(self, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                     drop_last: bool = False, pin_memory: bool = False) -> Iterator[Batch]:
         order = shuffled_order(len(self), shuffle, seed)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            yield self.transform(self.x[idx]), self.y[idx]
+        stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        batches: List[Tensor] = [order[s:s + batch_size] for s in range(0, stop, batch_size)]
+        if num_workers == 0 and not pin_memory:
+            for idx in batches:
+                yield self[idx]
+        else:
+            yield from batch_loader(self, batches, num_workers, pin_memory)

@@ -1,14 +1,14 @@
 """A client's own shard: ``DistributedShardLoader`` opens only its ``shard_path``.
 
-(and, for a ``--link`` shard, the packed file its meta names). It checks ``meta.json`` against
-the tensors (counts, dtype, shape, label range and histogram) and, with ``verify_checksum``, the
-sha256 of every file, so a client never trains on, or declares, data other than what was prepared.
-There is no fallback: a missing or inconsistent shard is a ``ShardError`` that says how to make
-it. In-memory mode yields ``TensorSplit``s; ``streaming=True`` yields ``StreamingSplit``s that
-``os.pread`` bounded windows, so RSS stays flat however large the shard is (Unix only: see
-doc/architecture.md "Portability").
+(and, for a ``--link`` shard, the packed file its meta names). ``verify_shard`` checks the files
+(size and, with ``verify_checksum``, sha256); the loader then checks ``meta.json`` against the
+tensors (counts, dtype, shape, label range and histogram), so a client never trains on, or
+declares, data other than what was prepared. There is no fallback: a missing or inconsistent
+shard is a ``ShardError`` that says how to make it. In-memory mode yields ``TensorSplit``s;
+``streaming=True`` yields ``StreamingSplit``s that ``os.pread`` bounded windows, so RSS stays flat
+however large the shard is (Unix only: see doc/architecture.md "Portability").
 
-Nothing here knows FEMNIST: shapes, class counts and ``sample_type`` come from ``meta.json``.
+Nothing here knows a dataset: shapes, class counts and ``sample_type`` come from ``meta.json``.
 """
 import logging
 import os
@@ -18,29 +18,27 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
-from federatedscope.core.data import shard_io
-from federatedscope.core.data.datasets import Batch, TensorSplit
-from federatedscope.core.data.shard_io import ShardError, SplitLayout
+from federatedscope.core.data import shard_format as sf
+from federatedscope.core.data.datasets import Batch, TensorSplit, batch_loader, shuffled_order
+from federatedscope.core.data.shard_format import split_file
+from federatedscope.core.data.shard_format.checks import ShardError
+from federatedscope.core.data.shard_format.split_file import SplitLayout
 from federatedscope.core.data.transforms import build_transform
 
 logger = logging.getLogger("federatedscope")
-BLOCK_BYTES = 4 << 20  # streaming window: ~5,300 FEMNIST rows; the unit of the block shuffle
+BLOCK_BYTES = 4 << 20  # streaming window: ~5,300 rows of 784 bytes; the unit of the block shuffle
 
 __all__ = ["DistributedShardLoader", "StreamingSplit", "ShardError"]
-
-
-def _make_cmd(shard: str) -> str:
-    out = os.path.dirname(os.path.normpath(shard)) or "."
-    return mu.PREPARE_CMD.format(n="N", out=out)
 
 
 class StreamingSplit(IterableDataset):
     """A split read in windows with ``os.pread``; never materialised, never mmap'd.
 
-    Shuffling is a deterministic block shuffle: block order and the order inside each block
-    are permuted by ``seed``. Batches carry over block boundaries, so a pass has exactly
-    ``ceil(n / batch_size)`` batches, as in memory.
+    Shuffling is a deterministic block shuffle: the block order is a permutation seeded by
+    ``seed`` and the order inside block ``b`` one seeded by ``(seed, b)``, so a block reads the
+    same wherever it is read. With DataLoader workers, worker ``w`` of ``W`` takes every W-th
+    block of that order: each sample exactly once per epoch. Batches carry over block boundaries
+    (inside one worker), so without workers a pass has exactly ``ceil(n / batch_size)`` batches.
     """
 
     def __init__(self, layout: SplitLayout, rows: Optional[np.ndarray], transform,
@@ -52,7 +50,8 @@ class StreamingSplit(IterableDataset):
         self.block_rows = block_rows or max(1, BLOCK_BYTES // max(layout.row_bytes, 1))
         # Opened once, at load time: if the file is later replaced (a shard refresh by rename)
         # and the refresh fails its checks, this split keeps reading the bytes that were
-        # verified, not the new ones. One descriptor per streaming split, closed by close().
+        # verified, not the new ones. One descriptor per streaming split, closed by close();
+        # forked DataLoader workers share it (pread does not move a file offset).
         self._fd: Optional[int] = os.open(layout.path, os.O_RDONLY)
 
     def close(self) -> None:
@@ -69,13 +68,12 @@ class StreamingSplit(IterableDataset):
     def __len__(self) -> int:
         return self.n
 
-    def _block_order(self, shuffle: bool, seed: int) -> Tuple[List[int], Optional[torch.Generator]]:
+    def _my_blocks(self, shuffle: bool, seed: int) -> List[int]:
+        """This process's blocks in epoch order (every block when not in a DataLoader worker)."""
         nb = (self.n + self.block_rows - 1) // self.block_rows
-        if not shuffle:
-            return list(range(nb)), None
-        gen = torch.Generator()
-        gen.manual_seed(int(seed) % (2 ** 63))
-        return torch.randperm(nb, generator=gen).tolist(), gen
+        order = shuffled_order(nb, shuffle, seed).tolist()
+        info = get_worker_info()
+        return order if info is None else order[info.id::info.num_workers]
 
     def _read_block(self, fd: int, b: int, buf: np.ndarray) -> Tuple[np.ndarray, np.ndarray,
                                                                        Optional[np.ndarray]]:
@@ -85,36 +83,32 @@ class StreamingSplit(IterableDataset):
         idx = np.arange(lo, hi, dtype=np.int64) if self.rows is None else self.rows[lo:hi]
         if len(idx) > 1 and bool((np.diff(idx) < 0).any()):
             order = np.argsort(idx, kind="stable")
-            xs, ys = shard_io.read_rows(fd, self.layout, idx[order], buf)
+            xs, ys = split_file.read_rows(fd, self.layout, idx[order], buf)
             inv = np.empty_like(order)
             inv[order] = np.arange(len(order))
             return xs, ys, inv
-        xs, ys = shard_io.read_rows(fd, self.layout, idx, buf)
+        xs, ys = split_file.read_rows(fd, self.layout, idx, buf)
         return xs, ys, None
 
-    def _batches(self, batch_size: int, shuffle: bool, seed: int,
-                 blocks: Optional[List[int]] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Raw uint8 batches. All buffers are allocated once and reused, so memory is flat: a
-        fresh 4 MB tensor per block fragments the heap and peak RSS creeps up with shard size."""
-        order, gen = self._block_order(shuffle, seed)
-        if blocks is not None:
-            wanted = set(blocks)
-            order = [b for b in order if b in wanted]
-        shape = self.layout.sample_shape
-        buf = np.empty((self.block_rows, *shape), np.uint8)             # pread window
-        stage_x = torch.empty((self.block_rows + batch_size, *shape), dtype=torch.uint8)
+    def _batches(self, batch_size: int, shuffle: bool, seed: int, blocks: List[int],
+                 drop_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Raw batches of ``blocks``. All buffers are allocated once and reused, so memory is
+        flat: a fresh 4 MB tensor per block fragments the heap and peak RSS creeps up."""
+        shape, dt = self.layout.sample_shape, self.layout.dtype
+        buf = np.empty((self.block_rows, *shape), dt)                   # pread window
+        stage_x = torch.empty((self.block_rows + batch_size, *shape), dtype=getattr(torch, dt))
         stage_y = torch.empty(self.block_rows + batch_size, dtype=torch.int64)
         have = 0
         fd = self._fd
         if fd is None:
             raise ShardError(f"{self.layout.path}: this streaming split was closed (its shard "
                              f"was reloaded); use the loader's current datasets")
-        for b in order:
+        for b in blocks:
             xs, ys, inv = self._read_block(fd, b, buf)
             k = len(ys)
             sel = None if inv is None else torch.from_numpy(inv)
-            if gen is not None:
-                perm = torch.randperm(k, generator=gen)
+            if shuffle:
+                perm = shuffled_order(k, True, int(seed) * 1_000_003 + b)
                 sel = perm if sel is None else sel[perm]
             x, y = torch.from_numpy(xs), torch.from_numpy(ys)
             if sel is None:
@@ -131,7 +125,7 @@ class StreamingSplit(IterableDataset):
                 stage_x[:have - full].copy_(stage_x[full:have])
                 stage_y[:have - full].copy_(stage_y[full:have])
                 have -= full
-        if have:
+        if have and not drop_last:
             yield stage_x[:have], stage_y[:have]
 
     def _out(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
@@ -141,19 +135,38 @@ class StreamingSplit(IterableDataset):
             xt = xt.clone()
         return xt, y.clone()
 
-    def iter_batches(self, batch_size: int, shuffle: bool, seed: int) -> Iterator[Batch]:
-        for x, y in self._batches(batch_size, shuffle, seed):
-            yield self._out(x, y)
+    def iter_batches(self, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                     drop_last: bool = False, pin_memory: bool = False) -> Iterator[Batch]:
+        """``drop_last`` drops the incomplete last batch of each reader (of each worker)."""
+        epoch = _StreamEpoch(self, batch_size, shuffle, seed, drop_last)
+        if num_workers == 0 and not pin_memory:
+            yield from epoch
+        else:
+            yield from batch_loader(epoch, None, num_workers, pin_memory)
 
     def __iter__(self) -> Iterator[Batch]:
-        """Samples one by one (torch DataLoader protocol); workers take disjoint blocks."""
-        info = get_worker_info()
-        nb = (self.n + self.block_rows - 1) // self.block_rows
-        mine = None if info is None else list(range(info.id, nb, info.num_workers))
-        for x, y in self._batches(self.block_rows, False, 0, mine):
+        """Samples one by one, in file order (torch DataLoader protocol); workers take
+        disjoint blocks."""
+        for x, y in self._batches(self.block_rows, False, 0, self._my_blocks(False, 0), False):
             xt, yt = self._out(x, y)
             for i in range(len(yt)):
                 yield xt[i], yt[i]
+
+
+class _StreamEpoch(IterableDataset):
+    """One epoch of transformed batches; in a DataLoader worker, that worker's blocks only."""
+
+    def __init__(self, split: StreamingSplit, batch_size: int, shuffle: bool, seed: int,
+                 drop_last: bool):
+        super().__init__()
+        self.split, self.args = split, (batch_size, shuffle, seed)
+        self.drop_last = drop_last
+
+    def __iter__(self) -> Iterator[Batch]:
+        bs, shuffle, seed = self.args
+        s = self.split
+        for x, y in s._batches(bs, shuffle, seed, s._my_blocks(shuffle, seed), self.drop_last):
+            yield s._out(x, y)
 
 
 class DistributedShardLoader:
@@ -176,9 +189,10 @@ class DistributedShardLoader:
         self.transform = transform if transform is not None else build_transform([])
         if not self.shard_path:
             raise ShardError("distributed_data.shard_path is empty; set it to this client's shard "
-                             "directory (e.g. data/femnist/shards/client_1); make shards with: "
-                             + mu.PREPARE_CMD.format(n="N", out="data/femnist/shards"))
+                             "directory (e.g. data/<dataset>/shards/client_1); make shards with: "
+                             + sf.recreate_command("data/<dataset>/shards"))
         self._meta_path = os.path.join(self.shard_path, "meta.json")
+        self.meta_dataset = ""  # the dataset named in errors, once meta.json was read
         self.reload()
 
     @classmethod
@@ -204,9 +218,9 @@ class DistributedShardLoader:
         """Train label histogram as loaded (what the server's manifest records)."""
         return list(self._hist["train"])
 
-    def declaration(self) -> mu.ShardDeclaration:
-        return mu.ShardDeclaration(self.meta.client_id, dict(self.num_samples), self.fingerprint,
-                                   self.label_hist, self.meta.sample_type)
+    def declaration(self) -> sf.ShardDeclaration:
+        return sf.ShardDeclaration(self.meta.client_id, dict(self.num_samples), self.fingerprint,
+                                   self.label_hist, self.meta.sample_type, self.meta.dataset)
 
     def has_changed(self) -> bool:
         """Cheap: compare (inode, mtime, size); only if they moved, read meta.json and compare
@@ -214,13 +228,13 @@ class DistributedShardLoader:
         if self._stats(self.meta, self._packed) == self._snapshot:
             return False
         try:
-            meta = mu.read_meta(self._meta_path)
-        except mu.ManifestError:
+            meta = sf.read_meta(self._meta_path)
+        except sf.ManifestError:
             return True  # half-replaced or damaged: reload() says what is wrong
         if meta.fingerprint != self.meta.fingerprint:
             return True
-        if self.verify and any(os.path.isfile(p) and shard_io.sha256_file(p) != e.sha256
-                               for p, e in self._files(meta)):
+        if self.verify and any(os.path.isfile(p) and sf.file_problem(p, e, True)
+                               for p, e in sf.shard_files(self.shard_path, meta)):
             return True  # same meta, other bytes: reload() reports the tamper
         self._snapshot = self._stats(self.meta, self._packed)
         return False
@@ -234,7 +248,7 @@ class DistributedShardLoader:
         """(Re)read the shard; on ShardError the previously loaded state is kept unchanged."""
         meta = self._read_meta()
         packed = self._packed_path(meta)
-        loaded = {s: self._load_split(meta, packed, s) for s in mu.SPLITS}
+        loaded = {s: self._load_split(meta, packed, s) for s in sf.SPLITS}
         old = getattr(self, "datasets", {})
         self.meta, self._packed = meta, packed
         self.sample_type = meta.sample_type
@@ -246,7 +260,7 @@ class DistributedShardLoader:
         self._hist = {s: v[1] for s, v in loaded.items()}
         self._snapshot = self._stats(meta, packed)
         self.last_modified = max(m for _, m, _ in self._snapshot.values())
-        for s in mu.SPLITS:
+        for s in sf.SPLITS:
             if loaded[s][2]:
                 logger.info("Client %s loaded %d %s samples from %s", meta.client_id,
                             self.num_samples[s], s, loaded[s][2])
@@ -257,46 +271,32 @@ class DistributedShardLoader:
 
     # -------------------------------------------------------------- internals
     def _error(self, msg: str, flags: str = "--resume") -> ShardError:
-        return ShardError(f"{msg}; re-create it with: {_make_cmd(self.shard_path)} {flags}")
+        return ShardError(sf.recreate_message(msg, self.shard_path, flags, self.meta_dataset))
 
-    def _read_meta(self) -> mu.ShardMeta:
-        if not os.path.isdir(self.shard_path):
-            raise ShardError(f"shard directory {self.shard_path} does not exist (cwd "
-                             f"{os.getcwd()}); make it with: {_make_cmd(self.shard_path)}")
-        if not os.path.isfile(self._meta_path):
+    def _read_meta(self) -> sf.ShardMeta:
+        """meta.json, and every file it lists checked (size; sha256 with verify_checksum)."""
+        if os.path.isdir(self.shard_path) and not os.path.isfile(self._meta_path):
             raise self._error(f"{self._meta_path} is missing, so {self.shard_path} is not a "
                               f"complete shard (interrupted run?)")
         try:
-            meta = mu.read_meta(self._meta_path, fix=_make_cmd(self.shard_path) + " --overwrite")
-        except mu.ManifestError as e:
-            raise ShardError(str(e)) from None
-        if self.client_id is not None and meta.client_id != self.client_id:
-            raise ShardError(f"{self._meta_path} belongs to client {meta.client_id}, but this "
-                             f"process is client {self.client_id}; point distributed_data."
-                             f"shard_path at client_{self.client_id}'s shard or fix "
-                             f"distribute.client_id")
+            meta = sf.verify_shard(self.shard_path, check_sha=self.verify,
+                                   client_id=self.client_id, missing_splits_ok=True)
+        except ShardError as e:
+            hint = ("" if not self.verify or "sha256" not in str(e) else
+                    " (distributed_data.verify_checksum False skips the sha256 check)")
+            raise ShardError(f"{e}{hint}") from None
+        self.meta_dataset = meta.dataset
         return meta
 
-    def _packed_path(self, meta: mu.ShardMeta) -> Optional[str]:
+    def _packed_path(self, meta: sf.ShardMeta) -> Optional[str]:
         if not meta.packed:
             return None
-        path = os.path.normpath(os.path.join(self.shard_path, meta.packed["path"]))
-        if not os.path.isfile(path):
-            raise self._error(f"{self._meta_path} is a --link shard whose packed file {path} "
-                              f"is missing or unreadable", "--link --overwrite")
-        if os.path.getsize(path) != meta.packed["bytes"] or (
-                self.verify and shard_io.sha256_file(path) != meta.packed["sha256"]):
-            raise self._error(f"{path}: packed file differs (size or sha256) from the one "
-                              f"{self._meta_path} was made with", "--link --overwrite")
-        return path
+        return os.path.normpath(os.path.join(self.shard_path, meta.packed["path"]))
 
-    def _files(self, meta: mu.ShardMeta) -> List[Tuple[str, mu.FileEntry]]:
-        return [(os.path.join(self.shard_path, n), e) for n, e in sorted(meta.files.items())]
-
-    def _stats(self, meta: mu.ShardMeta,
+    def _stats(self, meta: sf.ShardMeta,
                packed: Optional[str]) -> Dict[str, Tuple[int, float, int]]:
         out = {}
-        paths = [self._meta_path] + [p for p, _ in self._files(meta)]
+        paths = [self._meta_path] + [os.path.join(self.shard_path, n) for n in sorted(meta.files)]
         for p in paths + ([packed] if packed else []):
             try:
                 st = os.stat(p)
@@ -305,33 +305,19 @@ class DistributedShardLoader:
                 out[p] = (0, 0.0, -1)
         return out
 
-    def _check_file(self, meta: mu.ShardMeta, name: str, path: str) -> None:
-        entry = meta.files.get(name)
-        if entry is None:
-            raise self._error(f"{self._meta_path}: 'files' does not list {name}", "--overwrite")
-        size = os.path.getsize(path)
-        if size != entry.bytes:
-            raise self._error(f"{path}: {size} bytes but meta.json says {entry.bytes} "
-                              f"(truncated or replaced file)")
-        if self.verify and shard_io.sha256_file(path) != entry.sha256:
-            raise self._error(f"{path}: sha256 differs from meta.json (the file was modified "
-                              f"after it was prepared; distributed_data.verify_checksum False "
-                              f"skips this check)")
-
-    def _load_split(self, meta: mu.ShardMeta, packed: Optional[str], split: str):
+    def _load_split(self, meta: sf.ShardMeta, packed: Optional[str], split: str):
         """(dataset, label histogram, source for the log line; '' when missing)."""
         path = os.path.join(self.shard_path, f"{split}.pt")
         if not os.path.isfile(path):
             return self._missing(meta, split, path)
-        self._check_file(meta, f"{split}.pt", path)
         try:
             if packed is not None:
                 ds, hist = self._link_split(meta, packed, path)
             elif self.streaming:
                 ds, hist = self._stream_split(meta, path)
             else:
-                x, y = shard_io.read_split(path)
-                self._check_shape(meta, path, tuple(x.shape[1:]))
+                x, y = split_file.read_split(path)
+                self._check_shape(meta, path, tuple(x.shape[1:]), str(x.dtype).replace("torch.", ""))
                 ds, hist = TensorSplit(x, y, self.transform), self._bincount(meta, path, y)
         except ShardError as e:
             raise self._error(str(e)) from None
@@ -343,24 +329,24 @@ class DistributedShardLoader:
         src = path + (f" (rows of {packed})" if packed else "")
         return ds, hist, src + (" (streaming)" if self.streaming else "")
 
-    def _missing(self, meta: mu.ShardMeta, split: str, path: str):
+    def _missing(self, meta: sf.ShardMeta, split: str, path: str):
         msg = f"{path} is missing (meta.json lists it), so the shard is incomplete"
         if self.strict:
             raise self._error(msg, "--resume  (or set distributed_data.strict_check False to "
                                    "run without this split)")
         logger.warning("%s; strict_check is off, so the %s split is empty", msg, split)
-        empty = TensorSplit(torch.zeros((0, *meta.sample_shape), dtype=torch.uint8),
+        empty = TensorSplit(torch.zeros((0, *meta.sample_shape), dtype=getattr(torch, meta.sample_dtype)),
                             torch.zeros(0, dtype=torch.int64), self.transform)
         return empty, [0] * meta.num_classes, ""
 
     @staticmethod
-    def _check_shape(meta: mu.ShardMeta, path: str, shape: Tuple[int, ...]) -> None:
-        if list(shape) != list(meta.sample_shape):
-            raise ShardError(f"{path}: samples have shape {list(shape)} but meta.json says "
-                             f"{meta.sample_shape}")
+    def _check_shape(meta: sf.ShardMeta, path: str, shape: Tuple[int, ...], dtype: str) -> None:
+        if sf.sample_type_of(dtype, shape) != meta.sample_type:
+            raise ShardError(f"{path}: samples are {sf.sample_type_of(dtype, shape)} but "
+                             f"meta.json says {meta.sample_type}")
 
     @staticmethod
-    def _bincount(meta: mu.ShardMeta, path: str, y: torch.Tensor) -> List[int]:
+    def _bincount(meta: sf.ShardMeta, path: str, y: torch.Tensor) -> List[int]:
         k = meta.num_classes
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             bad = y[(y < 0) | (y >= k)]
@@ -368,24 +354,24 @@ class DistributedShardLoader:
                              f"(first: {int(bad[0])})")
         return torch.bincount(y, minlength=k).tolist() if len(y) else [0] * k
 
-    def _stream_split(self, meta: mu.ShardMeta, path: str) -> Tuple[StreamingSplit, List[int]]:
-        lay = shard_io.split_layout(path)
-        self._check_shape(meta, path, lay.sample_shape)
+    def _stream_split(self, meta: sf.ShardMeta, path: str) -> Tuple[StreamingSplit, List[int]]:
+        lay = split_file.split_layout(path)
+        self._check_shape(meta, path, lay.sample_shape, lay.dtype)
         hist = np.zeros(meta.num_classes, np.int64)
 
         def add(chunk: np.ndarray) -> None:  # labels in 1 MB windows: memory stays flat
             hist[:] += self._bincount(meta, path, torch.from_numpy(chunk.copy()))
         fd = os.open(path, os.O_RDONLY)
         try:
-            shard_io.scan_labels(fd, lay, add)
+            split_file.scan_labels(fd, lay, add)
         finally:
             os.close(fd)
         return StreamingSplit(lay, None, self.transform), hist.tolist()
 
-    def _link_split(self, meta: mu.ShardMeta, packed: str, path: str):
-        rows = shard_io.read_index(path).numpy()
-        lay = shard_io.split_layout(packed)
-        self._check_shape(meta, packed, lay.sample_shape)
+    def _link_split(self, meta: sf.ShardMeta, packed: str, path: str):
+        rows = split_file.read_index(path).numpy()
+        lay = split_file.split_layout(packed)
+        self._check_shape(meta, packed, lay.sample_shape, lay.dtype)
         if len(rows) and (rows.min() < 0 or rows.max() >= lay.n):
             raise ShardError(f"{path}: row index out of range for packed file {packed} "
                              f"({lay.n} rows)")
@@ -393,14 +379,14 @@ class DistributedShardLoader:
         try:  # labels only: 8 bytes a row, read in file order
             order = np.argsort(rows, kind="stable")
             ys = np.empty(len(rows), np.int64)
-            ys[order] = shard_io.read_labels(fd, lay, rows[order])
+            ys[order] = split_file.read_labels(fd, lay, rows[order])
         finally:
             os.close(fd)
         y = torch.from_numpy(ys)
         hist = self._bincount(meta, path, y)
         if self.streaming:
             return StreamingSplit(lay, rows, self.transform), hist
-        x, _ = shard_io.read_split(packed, mmap=True)
+        x, _ = split_file.read_split(packed, mmap=True)
         xs = x[torch.from_numpy(rows)].clone()  # copy this client's rows, then drop the mapping
         del x
         return TensorSplit(xs, y, self.transform), hist

@@ -1,15 +1,17 @@
-"""Offline partition of FEMNIST into per-client shards (logic of prepare_femnist_shards.py).
+"""Offline partition of a registered dataset into per-client shards (logic of prepare_shards.py).
 
-Streaming design, so peak memory is bounded by the largest input file, not the dataset:
-1. one parse of the input (``sharding_input``): pixels to a spill file, labels + offsets in memory;
+The input is read only through the dataset's registered ``DatasetSpec`` (``--dataset`` = FS's
+``data.type``): its reader, sample dtype/shape and class count. Streaming design, so peak memory
+is bounded by the largest input file, not the dataset:
+1. one parse of the input (``sharding_input``): samples to a spill file, labels + offsets in memory;
 2. writers are assigned to clients (never split) and each writer is split train/val/test with
-   the *same* per-writer rule as the FS-style path (``leaf_femnist.split_writer``), applied to
-   row numbers, so no pixels move until they are written (``sharding_plan``);
+   THE per-writer rule (``sharding_plan.writer_split``, the FS-style reader's too), applied to
+   row numbers, so no samples move until they are written (``sharding_plan``);
 3. each client's shard is written from the spill in bounded windows into
    ``<out>/.staging/client_<k>.tmp-<pid>``, its ``meta.json`` last, then renamed to ``client_<k>``;
-4. the staged ``manifest.json`` is written last, the staged set is verified and only then
-   swapped in (``sharding_output``): a failed or killed run leaves an existing set byte-identical,
-   and ``--resume`` keeps every shard whose meta verifies for this plan.
+4. the staged ``manifest.json`` is written last; ``swap_in`` verifies the staged set and only
+   then swaps it in (``sharding_output``): a failed or killed run leaves an existing set
+   byte-identical, and ``--resume`` keeps every shard that verifies for this plan.
 """
 import os
 import shutil
@@ -20,22 +22,23 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from federatedscope.core.auxiliaries import client_tokens
-from federatedscope.core.auxiliaries import manifest_utils as mu
-from federatedscope.core.data import shard_io
+from federatedscope.core.auxiliaries.utils import fsync_dir
+from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding_output as so
-from federatedscope.core.data.sharding_input import SHAPE, Spill, find_source, read_input
+from federatedscope.core.data.dataset_spec import DatasetSpec, get_spec
+from federatedscope.core.data.shard_format import split_file
+from federatedscope.core.data.sharding_input import Spill, find_inputs, read_input
 from federatedscope.core.data.sharding_plan import (Plan, Rows, ShardingError, assign,  # noqa: F401
                                                     plan_id, split_rows, subsample_writers,
                                                     writer_order)
 from federatedscope.core.data.sharding_plot import plot_partition
 
-NUM_CLASSES = 62
 PACKED = os.path.join("packed", "data.pt")
-DATASET = "femnist"
 
 
 @dataclass
 class ShardArgs:
+    dataset: str = ""          # FS's data.type; its DatasetSpec must be registered
     root: str = "data"
     clients: int = 3
     strategy: str = "sequential"
@@ -43,7 +46,7 @@ class ShardArgs:
     seed: int = 12345
     splits: Tuple[float, float, float] = (0.6, 0.2, 0.2)
     subsample: float = 1.0
-    out: str = ""              # default <root>/femnist/shards
+    out: str = ""              # default <root>/<dataset>/shards
     overwrite: bool = False
     resume: bool = False
     link: bool = False
@@ -84,58 +87,51 @@ def shard_verifies(shard: str, k: int, writers: List[str], pid: str,
                    packed_sha: Optional[str]) -> bool:
     """A finished shard may be kept by --resume only if it is this plan's and hashes match."""
     try:
-        meta = mu.read_meta(os.path.join(shard, "meta.json"))
-    except mu.ManifestError:
+        meta = sf.verify_shard(shard, client_id=k)
+    except sf.ShardError:
         return False
-    if meta.client_id != k or meta.plan_id != pid or list(meta.writer_ids) != list(writers):
-        return False
-    if (meta.packed or {}).get("sha256") != packed_sha:
-        return False
-    for name, e in meta.files.items():
-        p = os.path.join(shard, name)
-        if not os.path.isfile(p) or os.path.getsize(p) != e.bytes:
-            return False
-        if shard_io.sha256_file(p) != e.sha256:
-            return False
-    return True
+    return (meta.plan_id == pid and list(meta.writer_ids) == list(writers)
+            and (meta.packed or {}).get("sha256") == packed_sha)
 
 
 # ----------------------------------------------------------------------------- shards
 def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spill: Spill,
-                pid: str, dataset: str, packed: Optional[dict]) -> mu.ShardMeta:
+                pid: str, spec: DatasetSpec, packed: Optional[dict]) -> sf.ShardMeta:
     """rows[split] = (spill rows or packed positions, labels); atomic via temp dir + rename."""
     tmp = os.path.join(out, f"client_{k}.tmp-{os.getpid()}")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    files: Dict[str, mu.FileEntry] = {}
-    for split in mu.SPLITS:
+    files: Dict[str, sf.FileEntry] = {}
+    for split in sf.SPLITS:
         r, y = rows[split]
         path = os.path.join(tmp, f"{split}.pt")
         if packed is not None:
-            shard_io.write_index(path, r)
+            split_file.write_index(path, r)
         else:
-            shard_io.write_split_chunks(path, y, SHAPE, spill.chunks(r))
-        files[f"{split}.pt"] = mu.FileEntry(os.path.getsize(path), shard_io.sha256_file(path))
-    meta = mu.ShardMeta(
-        client_id=k, dataset=dataset, writer_ids=list(writers),
-        num_samples={s: int(len(rows[s][1])) for s in mu.SPLITS},
-        label_hist={s: np.bincount(rows[s][1], minlength=NUM_CLASSES).tolist() for s in mu.SPLITS},
-        files=files, num_classes=NUM_CLASSES, sample_shape=list(SHAPE),
-        packed=packed, plan_id=pid, created=mu.now_iso())
-    meta.fingerprint = mu.compute_fingerprint(files, packed)
-    mu.write_meta(os.path.join(tmp, "meta.json"), meta)
-    so.fsync_dir(tmp)
+            split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
+                                          spec.sample_dtype)
+        files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), split_file.sha256_file(path))
+    ncls = spec.num_classes
+    meta = sf.ShardMeta(
+        client_id=k, dataset=spec.name, writer_ids=list(writers),
+        num_samples={s: int(len(rows[s][1])) for s in sf.SPLITS},
+        label_hist={s: np.bincount(rows[s][1], minlength=ncls).tolist() for s in sf.SPLITS},
+        files=files, num_classes=ncls, sample_shape=list(spec.sample_shape),
+        sample_dtype=spec.sample_dtype, packed=packed, plan_id=pid, created=sf.now_iso())
+    meta.fingerprint = sf.compute_fingerprint(files, packed)
+    sf.write_meta(os.path.join(tmp, "meta.json"), meta)
+    fsync_dir(tmp)
     final = os.path.join(out, f"client_{k}")
     if os.path.exists(final):
         shutil.rmtree(final)
     os.rename(tmp, final)
-    so.fsync_dir(out)
+    fsync_dir(out)
     return meta
 
 
 def write_packed(out: str, plan: Plan, per_writer: Dict[str, Dict[str, Rows]],
-                 spill: Spill) -> dict:
+                 spill: Spill, spec: DatasetSpec) -> dict:
     """--link: one copy of all used samples, client by client, writer by writer, train|val|test.
 
     That order makes every client split a few contiguous runs, so streaming reads stay cheap.
@@ -145,12 +141,13 @@ def write_packed(out: str, plan: Plan, per_writer: Dict[str, Dict[str, Rows]],
     all_y = np.concatenate([y for _, y in rows]) if rows else np.zeros(0, np.int64)
     path = os.path.join(out, PACKED)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    shard_io.write_split_chunks(path, all_y, SHAPE, spill.chunks(all_rows))
-    return _packed_info(out, shard_io.sha256_file(path))
+    split_file.write_split_chunks(path, all_y, spec.sample_shape, spill.chunks(all_rows),
+                                  spec.sample_dtype)
+    return _packed_info(out, split_file.sha256_file(path))
 
 
 def _packed_order(plan: Plan) -> List[Tuple[str, str]]:
-    return [(w, s) for k in sorted(plan.clients) for w in plan.clients[k] for s in mu.SPLITS]
+    return [(w, s) for k in sorted(plan.clients) for w in plan.clients[k] for s in sf.SPLITS]
 
 
 def _packed_positions(plan: Plan, per_writer) -> Dict[Tuple[str, str], np.ndarray]:
@@ -170,13 +167,17 @@ def _packed_info(out: str, sha: str) -> dict:
 def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
     """Run the whole partition; see the module doc for the order of writes."""
     t0 = time.perf_counter()
-    args.out = args.out or os.path.join(args.root, "femnist", "shards")
-    cmd = cmd or (f"python scripts/tools/prepare_femnist_shards.py --root {args.root} "
-                  f"--clients {args.clients} --out {args.out}")
+    try:
+        spec = get_spec(args.dataset)
+    except ValueError as e:
+        raise ShardingError(f"--dataset {args.dataset!r}: {e}") from None
+    args.dataset = spec.name
+    args.out = args.out or os.path.join(args.root, spec.name, "shards")
+    cmd = cmd or sf.recreate_command(args.out, spec.name, args.clients, root=args.root)
     if args.overwrite and args.resume:
         raise ShardingError("--overwrite and --resume exclude each other: --overwrite starts "
                             "over, --resume keeps the shards that verify")
-    kind, src_dir, inputs = find_source(args.root)   # fail on bad input before touching output
+    src_dir, inputs = find_inputs(spec, args.root)  # fail on bad input before touching output
     os.makedirs(args.out, exist_ok=True)
     lock = so.lock_out(args.out)
     spill, staged_tokens, fresh = None, [], False
@@ -186,8 +187,8 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         hashes = so.carry_tokens(args, ex, cmd)
         fresh = args.overwrite or not os.path.isdir(os.path.join(args.out, so.STAGE))
         stage = so.open_stage(args)
-        spill = Spill(os.path.join(stage, f".spill-{os.getpid()}.bin"))
-        parts = read_input(kind, src_dir, inputs, spill, args.progress)
+        spill = Spill(os.path.join(stage, f".spill-{os.getpid()}.bin"), spec)
+        parts, kind = read_input(spec, args.root, inputs, spill, args.progress)
         plan = _make_plan(args, kind, src_dir, inputs, parts)
         if args.tokens:
             staged_tokens = sorted(plan.clients)
@@ -195,12 +196,11 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         # --resume finishes or re-verifies the same partition: keep its creation time, so a
         # resume that had nothing to redo leaves manifest.json byte-identical
         created = ex.manifest.created if (args.resume and ex.manifest is not None
-                                          and ex.manifest.created) else mu.now_iso()
-        summary = _write_all(args, plan, parts, spill, stage, hashes, created)
+                                          and ex.manifest.created) else sf.now_iso()
+        summary = _write_all(args, spec, plan, parts, spill, stage, hashes, created)
         spill.close()
         spill = None
-        so.verify_staged(stage)
-        so.swap_in(args.out, stage)
+        so.swap_in(args.out, stage)  # verifies the staged set first
         if staged_tokens:
             client_tokens.commit(args.tokens, staged_tokens)
             staged_tokens = []
@@ -225,13 +225,15 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
 
 
 def _make_plan(args: ShardArgs, kind: str, src_dir: str, inputs: List[str], parts) -> Plan:
-    ids = writer_order(parts, natural=kind == "fs_processed")
+    ids = writer_order(list(parts))
     chosen = subsample_writers(ids, args.subsample, args.seed, args.strategy)
     clients = assign(chosen, ids, args.clients, args.strategy, args.seed, args.assignment)
-    source = {"kind": kind, "path": src_dir, "inputs": len(inputs), "writers": len(ids),
+    options = so.run_options(args)
+    source = {"kind": kind, "root": os.path.abspath(args.root), "path": src_dir,
+              "inputs": len(inputs), "writers": len(ids),
               "writers_used": sum(len(w) for w in clients.values()), "subsample": args.subsample,
-              "options": so.run_options(args)}
-    return Plan(clients, source, plan_id(args, kind, src_dir, inputs, clients))
+              "options": options}
+    return Plan(clients, source, plan_id(options, args.dataset, src_dir, inputs, clients))
 
 
 def _check_train(args: ShardArgs, plan: Plan, per_writer) -> None:
@@ -256,7 +258,7 @@ def _candidates(args: ShardArgs, stage: str, k: int) -> List[str]:
 def _packed_candidate(args: ShardArgs, stage: str) -> Tuple[str, Optional[str]]:
     for p in (os.path.join(stage, PACKED), os.path.join(args.out, PACKED)):
         if os.path.isfile(p):
-            return p, shard_io.sha256_file(p)
+            return p, split_file.sha256_file(p)
     return "", None
 
 
@@ -280,7 +282,7 @@ def _resume_keep(args: ShardArgs, plan: Plan, stage: str) -> Tuple[List[int], Op
     return keep, sha
 
 
-def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, stage: str,
+def _write_all(args: ShardArgs, spec: DatasetSpec, plan: Plan, parts, spill: Spill, stage: str,
                hashes: Dict[int, str], created: str) -> PrepareSummary:
     from tqdm import tqdm
     splits = tuple(args.splits)
@@ -291,28 +293,28 @@ def _write_all(args: ShardArgs, plan: Plan, parts, spill: Spill, stage: str,
     packed, pos = None, {}
     if args.link:  # a kept shard proves the packed file is this plan's; else write it anew
         packed = _packed_info(stage, packed_sha) if keep else \
-            write_packed(stage, plan, per_writer, spill)
+            write_packed(stage, plan, per_writer, spill, spec)
         pos = _packed_positions(plan, per_writer)
     shard_packed = dict(packed, path="../" + packed["path"]) if packed else None
-    entries: Dict[int, mu.ManifestEntry] = {}
+    entries: Dict[int, sf.ManifestEntry] = {}
     written = []
     for k in tqdm(sorted(plan.clients), desc="writing shards", disable=not args.progress,
                   leave=False):
         if k in keep:
-            meta = mu.read_meta(os.path.join(stage, f"client_{k}", "meta.json"))
+            meta = sf.read_meta(os.path.join(stage, f"client_{k}", "meta.json"))
         else:
-            rows = {s: _client_rows(plan.clients[k], per_writer, s, pos) for s in mu.SPLITS}
-            meta = write_shard(stage, k, plan.clients[k], rows, spill, plan.id, DATASET,
+            rows = {s: _client_rows(plan.clients[k], per_writer, s, pos) for s in sf.SPLITS}
+            meta = write_shard(stage, k, plan.clients[k], rows, spill, plan.id, spec,
                                shard_packed)
             written.append(k)
-        entries[k] = mu.ManifestEntry(k, f"client_{k}", dict(meta.num_samples), meta.fingerprint,
+        entries[k] = sf.ManifestEntry(k, f"client_{k}", dict(meta.num_samples), meta.fingerprint,
                                       list(meta.label_hist["train"]), hashes.get(k, ""))
-    manifest = mu.Manifest(dataset=DATASET, strategy=args.strategy, seed=args.seed,
+    manifest = sf.Manifest(dataset=spec.name, strategy=args.strategy, seed=args.seed,
                            splits=list(splits), source=plan.source, clients=entries,
-                           num_classes=NUM_CLASSES, sample_type=f"uint8[{SHAPE[0]},{SHAPE[1]}]",
-                           packed=packed, created=created)
-    mu.write_manifest(os.path.join(stage, "manifest.json"), manifest,
-                      writer_ids=plan.clients)  # last: only now does the partition exist
+                           num_classes=spec.num_classes, sample_type=spec.sample_type,
+                           packed=packed, created=created, writer_ids=dict(plan.clients))
+    # last: only now does the partition exist
+    sf.write_manifest(os.path.join(stage, "manifest.json"), manifest)
     plot = plot_partition(os.path.join(stage, "label_distribution.png"),
                           {k: e.label_hist for k, e in entries.items()}) if args.plot else ""
     samples = sum(sum(e.num_samples.values()) for e in entries.values())

@@ -1,14 +1,16 @@
 """Output side of the sharding tool: nothing of an existing set changes until the new one is whole.
 
-Every run builds its shards, packed file and manifest in ``<out>/.staging/``, verifies the staged
-set (manifest parses, every shard's meta matches its entry, every file's size and sha256), and
-only then swaps it in: the old manifest goes first (so no manifest ever lists a half-swapped
+Every run builds its shards, packed file and manifest in ``<out>/.staging/``; ``swap_in`` verifies
+the staged set (manifest parses, every shard's meta matches its entry, every file's size and
+sha256: ``verify_shard``) and only then swaps it in, so no caller can swap an unverified set: the old manifest goes first (so no manifest ever lists a half-swapped
 set), the old entries move to a trash folder, the new ones move in with the manifest last. A run
 that fails before the swap (bad input, bad options, too many clients, a kill) leaves the old set
 byte-identical. Files the tool does not own (a ``tokens/`` folder, notes) are never touched.
 
 ``--resume`` finishes what ``.staging/`` holds, or re-verifies a complete set; it refuses options
-that differ from the set it would finish, naming each option and the command to run instead.
+that differ from the set it would finish (every option; one that set did not record counts as
+different), naming each option and the command to run instead. Without ``--resume`` an old
+``.staging/`` is deleted before anything is written.
 """
 import fcntl
 import hashlib
@@ -20,8 +22,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
-from federatedscope.core.data import shard_io
+from federatedscope.core.auxiliaries.utils import atomic_write_bytes, fsync_dir
+from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data.sharding_plan import ShardingError
 
 logger = logging.getLogger("federatedscope")
@@ -38,21 +40,13 @@ def owned(name: str) -> bool:
             or re.fullmatch(r"client_\d+", name) is not None)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def lock_out(out: str) -> int:
     fd = os.open(os.path.join(out, ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ShardingError(f"another prepare_femnist_shards.py run is writing {out}; wait for "
+        raise ShardingError(f"another prepare_shards.py run is writing {out}; wait for "
                             f"it to finish (or stop it) and try again") from None
     return fd
 
@@ -64,29 +58,32 @@ def run_options(args: Any) -> Dict[str, Any]:
     if args.assignment and os.path.isfile(args.assignment):
         with open(args.assignment, "rb") as f:
             sha = hashlib.sha256(f.read()).hexdigest()
-    return {"clients": int(args.clients), "strategy": args.strategy, "assignment_sha256": sha,
+    return {"dataset": args.dataset, "clients": int(args.clients), "strategy": args.strategy,
+            "assignment_sha256": sha,
             "seed": int(args.seed), "splits": [float(s) for s in args.splits],
             "subsample": float(args.subsample), "link": bool(args.link)}
 
 
-def _options_of_manifest(m: mu.Manifest) -> Dict[str, Any]:
+def _options_of_manifest(m: sf.Manifest) -> Dict[str, Any]:
     got = m.source.get("options")
     if isinstance(got, dict):
         return got
-    # a manifest from before options were recorded: what its fields still tell
-    return {"clients": m.total_clients, "strategy": m.strategy, "seed": m.seed,
-            "splits": list(m.splits), "subsample": m.source.get("subsample", 1.0),
-            "link": m.packed is not None}
+    # a manifest from before options were recorded: what its fields still tell (the rest,
+    # missing, counts as different)
+    return {"dataset": m.dataset, "clients": m.total_clients, "strategy": m.strategy,
+            "seed": m.seed, "splits": list(m.splits), "link": m.packed is not None}
 
 
-_FLAG = {"clients": "--clients", "strategy": "--strategy", "assignment_sha256": "--assignment",
+_FLAG = {"dataset": "--dataset", "clients": "--clients", "strategy": "--strategy", "assignment_sha256": "--assignment",
          "seed": "--seed", "splits": "--splits", "subsample": "--subsample", "link": "--link"}
 
 
 def _differences(have: Dict[str, Any], want: Dict[str, Any]) -> List[str]:
     out = []
     for k, flag in _FLAG.items():
-        if k in have and have[k] != want[k]:
+        if k not in have:
+            out.append(f"{flag}: that run did not record it, so it cannot be shown to be the same")
+        elif have[k] != want[k]:
             if k == "assignment_sha256":
                 out.append("--assignment: the file's content differs from the one used")
             else:
@@ -104,7 +101,7 @@ def _show(v: Any) -> str:
 @dataclass
 class Existing:
     names: List[str]                 # owned entries of a complete (or older) set in ``out``
-    manifest: Optional[mu.Manifest]  # None when absent or unreadable
+    manifest: Optional[sf.Manifest]  # None when absent or unreadable
     staged: Optional[Dict[str, Any]]  # options of an interrupted run's ``.staging``
 
 
@@ -114,8 +111,8 @@ def look(out: str) -> Existing:
     path = os.path.join(out, "manifest.json")
     if os.path.exists(path):
         try:
-            manifest = mu.read_manifest(path)
-        except mu.ManifestError as e:
+            manifest = sf.read_manifest(path)
+        except sf.ManifestError as e:
             logger.warning("the existing %s is unreadable (%s); it is not kept", path, e)
     staged = None
     opt = os.path.join(out, STAGE, OPTIONS)
@@ -123,8 +120,8 @@ def look(out: str) -> Existing:
         try:
             with open(opt, encoding="utf-8") as f:
                 staged = json.load(f)
-        except ValueError:
-            staged = None
+        except ValueError:  # torn: unknown options, so --resume refuses (every one differs)
+            staged = {}
     return Existing(names, manifest, staged)
 
 
@@ -192,7 +189,7 @@ def open_stage(args: Any) -> str:
     for n in os.listdir(packed) if os.path.isdir(packed) else []:
         if _STALE.fullmatch(n):
             os.remove(os.path.join(packed, n))
-    mu.atomic_write_bytes(os.path.join(stage, OPTIONS),
+    atomic_write_bytes(os.path.join(stage, OPTIONS),
                           json.dumps(run_options(args), sort_keys=True).encode("utf-8"))
     return stage
 
@@ -232,28 +229,29 @@ def adopt_file(src: str, dst: str) -> None:
 
 
 # ----------------------------------------------------------------------------- verify + swap
-def verify_staged(stage: str) -> mu.Manifest:
+def verify_staged(stage: str) -> sf.Manifest:
     """The staged set as a client and the server would check it, with every sha256 re-read."""
     path = os.path.join(stage, "manifest.json")
-    man = mu.read_manifest(path)
-    for cid, entry in sorted(man.clients.items()):
-        d = mu.shard_dir(path, entry)
-        meta = mu.read_meta(d)
-        reasons = mu.check_declaration(entry, mu.ShardDeclaration.of_meta(meta))
-        bad = [n for n, fe in meta.files.items()
-               if shard_io.sha256_file(os.path.join(d, n)) != fe.sha256]
-        if reasons or bad:
-            raise ShardingError(f"the new client_{cid} did not verify ({'; '.join(reasons)} "
-                                f"{' '.join(bad)}); the old set was left as it was")
+    man = sf.read_manifest(path)
+    memo: Dict[str, str] = {}  # the --link packed file is hashed once, not once per shard
     if man.packed is not None:
-        p = os.path.join(stage, man.packed["path"])
-        if shard_io.sha256_file(p) != man.packed["sha256"]:
-            raise ShardingError(f"the new {p} did not verify; the old set was left as it was")
+        bad = sf.file_problem(os.path.normpath(os.path.join(stage, man.packed["path"])),
+                              sf.FileEntry(man.packed["bytes"], man.packed["sha256"]), True, memo)
+        if bad:
+            raise ShardingError(f"the new packed file did not verify ({bad}); the old set was "
+                                f"left as it was")
+    for cid, entry in sorted(man.clients.items()):
+        try:
+            sf.verify_shard(sf.shard_dir(path, entry), entry=entry, sha_memo=memo)
+        except sf.ShardError as e:
+            raise ShardingError(f"the new client_{cid} did not verify ({e}); the old set was "
+                                f"left as it was") from None
     return man
 
 
 def swap_in(out: str, stage: str) -> None:
-    """Old manifest out first, new manifest in last (see the module doc)."""
+    """Verify the staged set, then: old manifest out first, new manifest in last (module doc)."""
+    verify_staged(stage)
     trash = os.path.join(out, f".old-{os.getpid()}")
     os.makedirs(trash)
     old = [n for n in os.listdir(out) if owned(n)]

@@ -1,8 +1,9 @@
 """The partition plan of the sharding tool: which writers, which client, which split.
 
-Pure functions over writer ids, labels and spill row numbers (no pixels), so they are cheap and
-unit-testable. The per-writer train/val/test rule is the FS-style path's own
-(``leaf_femnist.split_writer``), so shard mode and the data_idx path see the same samples.
+Pure functions over writer ids, labels and spill row numbers (no samples), so they are cheap
+and unit-testable. ``writer_split`` is THE per-writer train/val/test rule: the FS-style reader
+(``cv/dataset/leaf_femnist.split_writer``) applies it to samples, the tool to row numbers, so
+shard mode and the data_idx path see the same samples.
 """
 import hashlib
 import json
@@ -14,7 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from federatedscope.core.data.shard_format.checks import SPLITS
+
 STRATEGIES = ("sequential", "random", "manual")
 Rows = Tuple[np.ndarray, np.ndarray]  # (row numbers, int64 labels)
 
@@ -42,9 +44,13 @@ def natural_key(s: str) -> List[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def writer_order(parts: Dict[str, Any], natural: bool) -> List[str]:
-    """Sorted writer ids like FS's tasks; FS's processed ``task_<k>`` dirs in numeric order."""
-    return sorted(parts, key=natural_key) if natural else sorted(parts)
+def writer_order(ids: Sequence[str]) -> List[str]:
+    """Sorted writer ids, as FS's loaders sort them; ids that are all one prefix plus a number
+    (FS's processed ``task_<k>``) in numeric order, so task_10 follows task_9."""
+    m = [re.fullmatch(r"(\D*)(\d+)", w) for w in ids]
+    if ids and all(m) and len({x.group(1) for x in m}) == 1:
+        return sorted(ids, key=natural_key)
+    return sorted(ids)
 
 
 def subsample_writers(ids: List[str], subsample: float, seed: int, strategy: str) -> List[str]:
@@ -83,9 +89,20 @@ def assign(chosen: List[str], all_ids: List[str], n: int, strategy: str, seed: i
         perm = np.random.default_rng([seed % (2 ** 63), 1]).permutation(len(order))
         order = [order[i] for i in perm]
     rank = {w: i for i, w in enumerate(chosen)}
-    groups = np.array_split(np.arange(len(order)), n)
-    return {k + 1: sorted((order[i] for i in g), key=rank.__getitem__)
-            for k, g in enumerate(groups)}
+    return {k + 1: sorted(order[a:b], key=rank.__getitem__)
+            for k, (a, b) in enumerate(group_bounds(len(order), n))}
+
+
+def group_bounds(items: int, groups: int) -> List[Tuple[int, int]]:
+    """[a, b) of ``groups`` contiguous groups over ``items``: sizes differ by at most one, the
+    larger ones first (FS's sequential assignment), none empty when items >= groups."""
+    q, r = divmod(items, groups)
+    out, a = [], 0
+    for k in range(groups):
+        b = a + q + (1 if k < r else 0)
+        out.append((a, b))
+        a = b
+    return out
 
 
 def load_assignment(path: str, n: int, known: Sequence[str]) -> Dict[int, List[str]]:
@@ -126,22 +143,54 @@ def load_assignment(path: str, n: int, known: Sequence[str]) -> Dict[int, List[s
     return out
 
 
+def _writer_rng(seed: int, writer_id: str) -> np.random.Generator:
+    # Keyed by writer id, so a writer's split does not change with which other writers exist.
+    digest = hashlib.sha256(writer_id.encode("utf-8")).digest()
+    return np.random.default_rng([seed % (2 ** 63), int.from_bytes(digest[:8], "little")])
+
+
+def writer_split(sizes: Dict[Optional[str], int], splits: Sequence[float], seed: int,
+                 writer_id: str) -> Dict[str, Tuple[Optional[str], np.ndarray]]:
+    """THE per-writer rule: for each split, (which input part, indices into that part).
+
+    ``sizes`` maps the input's own split of this writer (None: unsplit) to its sample count.
+    Unsplit: shuffle (seeded by seed and writer id), cut by the three fractions. Split in
+    train/val/test already (FS's processed tasks): kept as it is. Split in train/test (LEAF):
+    its test kept; val carved from its train so that train:val keeps the configured proportion.
+    """
+    rng = _writer_rng(seed, writer_id)
+    empty = np.zeros(0, np.int64)
+    if None in sizes:
+        n = sizes[None]
+        perm = rng.permutation(n)
+        n_train = int(math.floor(n * splits[0] + 1e-9))
+        n_val = int(math.floor(n * splits[1] + 1e-9))
+        return {"train": (None, perm[:n_train]), "val": (None, perm[n_train:n_train + n_val]),
+                "test": (None, perm[n_train + n_val:])}
+    if "val" in sizes:
+        return {s: (s, np.arange(sizes.get(s, 0), dtype=np.int64)) for s in SPLITS}
+    out = {"test": ("test", np.arange(sizes.get("test", 0), dtype=np.int64))}
+    if "train" not in sizes:
+        return dict(out, train=("train", empty), val=("train", empty))
+    n = sizes["train"]
+    perm = rng.permutation(n)
+    denom = splits[0] + splits[1]
+    n_val = int(math.floor(n * splits[1] / denom + 1e-9)) if denom > 0 else 0
+    return dict(out, val=("train", perm[:n_val]), train=("train", perm[n_val:]))
+
+
 def split_rows(parts: Dict[Optional[str], Part], splits: Tuple[float, float, float], seed: int,
                wid: str) -> Dict[str, Rows]:
-    """A writer's (spill rows, labels) per split.
-
-    FS's processed tasks are already split and kept as they are. LEAF data goes through the
-    FS-style path's own per-writer rule, run on row numbers in place of pixels.
-    """
-    if "val" in parts:  # FS processed layout
-        return {s: (np.arange(parts[s].row, parts[s].row + len(parts[s].y), dtype=np.int64),
-                    parts[s].y) for s in SPLITS}
-    from federatedscope.cv.dataset.leaf_femnist import WriterSamples, split_writer
-    ws = {k: WriterSamples(wid, np.arange(p.row, p.row + len(p.y), dtype=np.int64), p.y,
-                           p.source, k) for k, p in parts.items()}
-    got = split_writer(ws, splits, seed, wid)
-    return {s: (got[s][0].numpy().astype(np.int64, copy=False), got[s][1].numpy())
-            for s in SPLITS}
+    """A writer's (spill rows, labels) per split: ``writer_split`` run on row numbers."""
+    out = {}
+    for s, (key, idx) in writer_split({k: len(p.y) for k, p in parts.items()}, splits, seed,
+                                      wid).items():
+        p = parts.get(key)
+        if p is None or not len(idx):
+            out[s] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        else:
+            out[s] = (p.row + idx.astype(np.int64), p.y[idx])
+    return out
 
 
 def _listing(src_dir: str, inputs: List[str]) -> List[List[Any]]:
@@ -155,12 +204,12 @@ def _listing(src_dir: str, inputs: List[str]) -> List[List[Any]]:
     return out
 
 
-def plan_id(args: Any, kind: str, src_dir: str, inputs: List[str],
+def plan_id(options: Dict[str, Any], dataset: str, src_dir: str, inputs: List[str],
             clients: Dict[int, List[str]]) -> str:
-    """Hash of everything that decides a shard's content: input files, split rule, assignment."""
-    blob = json.dumps({"v": 1, "kind": kind, "inputs": _listing(src_dir, inputs),
-                       "seed": int(args.seed), "splits": [float(s) for s in args.splits],
-                       "link": bool(args.link),
+    """Hash of everything that decides a shard's content: dataset, input files, every run
+    option (``run_options``: seed, splits, subsample, assignment file, ...), the assignment."""
+    blob = json.dumps({"v": 2, "dataset": dataset, "inputs": _listing(src_dir, inputs),
+                       "options": options,
                        "clients": {str(k): v for k, v in sorted(clients.items())}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]

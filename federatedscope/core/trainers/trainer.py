@@ -169,7 +169,8 @@ class GeneralTorchTrainer:
         dl = self.cfg.dataloader
         left, epoch, unit = steps, 0, 0
         while (epoch < steps) if by_epoch else (left > 0):
-            for batch in src.iter_batches(dl.batch_size, dl.shuffle, seed * 1000003 + epoch):
+            for batch in src.iter_batches(dl.batch_size, dl.shuffle, seed * 1000003 + epoch,
+                                          dl.num_workers, dl.drop_last, dl.pin_memory):
                 if not by_epoch:
                     if left == 0:
                         return
@@ -177,6 +178,8 @@ class GeneralTorchTrainer:
                 yield (epoch if by_epoch else unit), batch
                 unit += 1
             epoch += 1
+            if not by_epoch and left == steps:  # drop_last left no batch: no step can be taken
+                return
 
     # --- evaluation ---
     def eval_model(self) -> nn.Module:

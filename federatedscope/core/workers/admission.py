@@ -1,7 +1,7 @@
 """Who may join, as whom, and with what weight: the server's checks of a client's claims.
 
 A join carries ``client_id``, an optional ``token`` and, in shard mode, a ``declaration`` (see
-``manifest_utils.ShardDeclaration``). With a manifest, the declaration must match the manifest entry
+``shard_format.ShardDeclaration``). With a manifest, the declaration must match the manifest entry
 of that id (strict: refuse; lenient: warn, and the declared count is *unverified*). A manifest entry
 may name a ``token_hash`` (sha256 hex of the client's secret); ``distribute.token`` on the server is
 a shared secret for runs without per-client hashes. Without a manifest (FS's data_idx mode) ids come
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Set, Tuple
 
 from federatedscope.core.communication.join_proof import proves_token
+from federatedscope.core.data.shard_format import token_digest
 from federatedscope.core.message import UNASSIGNED
 
 logger = logging.getLogger("federatedscope")
@@ -43,11 +44,6 @@ class Decision:
 
 def _refuse(peer_reason: str, detail: str) -> Decision:
     return Decision(False, detail, peer_reason)
-
-
-def token_digest(token: str) -> bytes:
-    """sha256 of the token's bytes. ``surrogatepass`` so a lone surrogate is just bytes, not a crash."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass
@@ -164,8 +160,7 @@ class Admission:
         return Decision(True, client_id=cid, train_samples=counts["train"])
 
     def _check_declaration(self, cid: int, decl_dict) -> Decision:
-        from federatedscope.core.auxiliaries.manifest_utils import (ShardDeclaration,
-                                                                    check_declaration)
+        from federatedscope.core.data.shard_format import ShardDeclaration, check_declaration
         try:
             decl = ShardDeclaration.from_dict(decl_dict)
         except (ValueError, TypeError, KeyError) as e:
@@ -202,7 +197,7 @@ class Admission:
         if self.manifest is None:
             return problems
         self._reload_if_changed()
-        from federatedscope.core.auxiliaries.manifest_utils import check_declaration
+        from federatedscope.core.data.shard_format import check_declaration
         for cid in client_ids:
             claims = self.claims.get(cid)
             if claims is None or claims.declaration is None:
@@ -223,7 +218,7 @@ class Admission:
         stamp = _file_stamp(self.manifest_path)
         if not self.manifest_path or stamp == self._stamp:
             return
-        from federatedscope.core.auxiliaries.manifest_utils import load_manifest
+        from federatedscope.core.data.shard_format import load_manifest
         try:
             self.manifest = load_manifest(self.manifest_path)
         except (ValueError, OSError) as e:

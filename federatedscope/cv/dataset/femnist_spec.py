@@ -1,56 +1,31 @@
-"""What FEMNIST *is*, in one place: sample shape, class count, the grey-level rule, model input.
+"""What FEMNIST *is*, in one place: sample type, class count, model input, and its reader.
 
-The core (shard format, loader, trainer, transforms) is dataset-agnostic: it reads shapes, class
-counts and ``sample_type`` from ``meta.json``/the manifest. A second dataset (plan §8: CelebA,
-DomainNet) adds a ``DatasetSpec`` next to this one and registers it in ``SPECS``; nothing under
-``federatedscope/core`` changes.
+Registered under FS's ``data.type`` 'femnist' when this module is imported (``cv/__init__.py``
+imports it), so the core (shard format, shard tool, loader, model builder) reads FEMNIST's facts
+from ``federatedscope.core.data.dataset_spec.get_spec('femnist')`` and never names the dataset.
+LEAF's pixels are exact k/255 floats, stored losslessly as uint8 k (``leaf_femnist``).
 """
-from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Iterator, List
+
+from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples
+from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE
+from federatedscope.register import register_dataset_spec
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str                        # FS's ``data.type``
-    sample_shape: Tuple[int, ...]    # one stored sample (uint8)
-    num_classes: int                 # labels are int64 in [0, num_classes)
-    grey_levels: int                 # stored value = round(v * grey_levels) of the source float v
-    grey_tolerance: float            # |v * grey_levels - round(...)| above this is an error
-    model_input: Tuple[int, int, int]  # (channels, height, width) after ToTensor
-
-    @property
-    def sample_type(self) -> str:
-        """The string the shard format records (``meta.json`` -> ``sample_type``)."""
-        return "uint8[" + ",".join(str(d) for d in self.sample_shape) + "]"
-
-    @property
-    def row_bytes(self) -> int:
-        n = 1
-        for d in self.sample_shape:
-            n *= d
-        return n
+# The reader is imported when first used: ``import federatedscope`` registers this spec, and the
+# launcher's small helpers (``python -m federatedscope...launch_utils``) must not pay for torch.
+def iter_writers(root: str) -> Iterator[WriterSamples]:
+    from federatedscope.cv.dataset.leaf_femnist import iter_writers as read
+    return read(root)
 
 
-# LEAF stores FEMNIST pixels as floats that are exactly k/255 (background ~1.0, ink dark), so
-# uint8 round(v * 255) is lossless; anything off the grid is a different preprocessing, never
-# silently binarised (doc/architecture.md "Samples").
-FEMNIST = DatasetSpec(name="femnist", sample_shape=(28, 28), num_classes=62, grey_levels=255,
-                      grey_tolerance=1e-6, model_input=(1, 28, 28))
-
-SPECS: Dict[str, DatasetSpec] = {FEMNIST.name: FEMNIST}
+def list_inputs(root: str) -> List[str]:
+    from federatedscope.cv.dataset.leaf_femnist import list_inputs as find
+    return find(root)
 
 
-def get_spec(data_type: str) -> DatasetSpec:
-    """The spec for FS's ``data.type``; an unknown type names the known ones."""
-    try:
-        return SPECS[data_type.lower()]
-    except KeyError:
-        raise ValueError(f"data.type={data_type!r} has no dataset spec; known: "
-                         f"{sorted(SPECS)} (add one in federatedscope/cv/dataset/)") from None
-
-
-# Until the shard format's spec record replaces this file's, FEMNIST's spec is registered here so
-# the builders find it by data.type (register.dataset_spec_dict).
-from federatedscope.register import register_dataset_spec  # noqa: E402
+FEMNIST = DatasetSpec(name="femnist", sample_dtype="uint8", sample_shape=(SIDE, SIDE),
+                      num_classes=NUM_CLASSES, model_input=(1, SIDE, SIDE), iter_writers=iter_writers,
+                      list_inputs=list_inputs, has_writers=True)
 
 register_dataset_spec(FEMNIST.name, FEMNIST)

@@ -8,8 +8,8 @@ from typing import List
 
 import numpy as np
 
-SIDE = 28
-NUM_CLASSES = 62
+SIDE = 28          # FEMNIST's samples are SIDE x SIDE (femnist_spec reads these two)
+NUM_CLASSES = 62  # 10 digits, 26 upper-, 26 lower-case letters
 
 
 FIX = ("fix the file (re-run LEAF's preprocessing, or regenerate a sample with "

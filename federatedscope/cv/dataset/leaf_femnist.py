@@ -9,36 +9,26 @@ import glob
 import hashlib
 import json
 import logging
-import math
 import os
-from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
+from federatedscope.core.data.dataset_spec import WriterSamples
+from federatedscope.core.data.shard_format.checks import SPLITS
+from federatedscope.core.data.sharding_plan import natural_key, subsample_writers, writer_split
 from federatedscope.cv.dataset.leaf_checks import FIX as _FIX
-from federatedscope.cv.dataset.leaf_checks import check_users, images, labels
+from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE, check_users, images, labels
 
 logger = logging.getLogger("federatedscope")
 
-SIDE = 28
-NUM_CLASSES = 62
 K255_TOL = 1e-6
-SPLIT_NAMES = ("train", "val", "test")
 _CACHE_VERSION = 1
+_FS_TASKS = "femnist/processed/task_<k>/ (FS's layout)"
 
 Split = Tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class WriterSamples:
-    writer_id: str
-    x: np.ndarray          # uint8 [n, 28, 28]
-    y: np.ndarray          # int64 [n]
-    source: str            # file it came from
-    split: Optional[str]   # 'train'/'test' when LEAF already split it, else None
 
 
 def _generate_hint(raw_dir: str) -> str:
@@ -203,43 +193,17 @@ def _check_splits(splits: Sequence[float]) -> Tuple[float, float, float]:
     return s  # type: ignore[return-value]
 
 
-def _writer_rng(seed: int, writer_id: str) -> np.random.Generator:
-    # Keyed by writer id, so a writer's split does not change with which other writers exist.
-    digest = hashlib.sha256(writer_id.encode("utf-8")).digest()
-    return np.random.default_rng([seed % (2 ** 63), int.from_bytes(digest[:8], "little")])
-
-
-def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-
-
 def split_writer(parts: Dict[Optional[str], WriterSamples], splits: Tuple[float, float, float],
-                  seed: int, writer_id: str) -> Dict[str, Split]:
-    rng = _writer_rng(seed, writer_id)
-    empty = (np.zeros((0, SIDE, SIDE), np.uint8), np.zeros((0,), np.int64))
-    if None in parts:  # unsplit LEAF data: shuffle, then cut by the three fractions
-        ws = parts[None]
-        n = ws.y.shape[0]
-        perm = rng.permutation(n)
-        n_train = int(math.floor(n * splits[0] + 1e-9))
-        n_val = int(math.floor(n * splits[1] + 1e-9))
-        cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
-                "test": perm[n_train + n_val:]}
-        return {k: _as_split(ws.x[idx], ws.y[idx]) for k, idx in cuts.items()}
-    # LEAF already split: keep its test set; val is carved from its train set so that
-    # train:val keeps the configured proportion.
-    tr = parts.get("train")
-    te = parts.get("test")
-    out = {"test": _as_split(te.x, te.y) if te is not None else _as_split(*empty)}
-    if tr is None:
-        out["train"], out["val"] = _as_split(*empty), _as_split(*empty)
-        return out
-    n = tr.y.shape[0]
-    perm = rng.permutation(n)
-    denom = splits[0] + splits[1]
-    n_val = int(math.floor(n * splits[1] / denom + 1e-9)) if denom > 0 else 0
-    out["val"] = _as_split(tr.x[perm[:n_val]], tr.y[perm[:n_val]])
-    out["train"] = _as_split(tr.x[perm[n_val:]], tr.y[perm[n_val:]])
+                 seed: int, writer_id: str) -> Dict[str, Split]:
+    """The core's per-writer rule (``sharding_plan.writer_split``) applied to the samples."""
+    any_part = next(iter(parts.values()))
+    out = {}
+    for s, (key, idx) in writer_split({k: len(p.y) for k, p in parts.items()}, splits, seed,
+                                      writer_id).items():
+        p = parts.get(key, any_part)
+        idx = idx if key in parts else idx[:0]
+        out[s] = (torch.from_numpy(np.ascontiguousarray(p.x[idx])),
+                  torch.from_numpy(np.ascontiguousarray(p.y[idx])))
     return out
 
 
@@ -261,7 +225,7 @@ def _valid_cached(obj: object) -> bool:
     if not isinstance(tasks, list) or not tasks:
         return False
     for t in tasks:
-        if not isinstance(t, dict) or set(t) != set(SPLIT_NAMES):
+        if not isinstance(t, dict) or set(t) != set(SPLITS):
             return False
         for x, y in t.values():
             if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.shape[1:] != (SIDE, SIDE) \
@@ -306,11 +270,11 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
     if not by_writer:
         raise ValueError(empty_input_message(raw_dir, files))
     writer_ids = sorted(by_writer)
-    n_keep = min(len(writer_ids), max(1, int(math.ceil(len(writer_ids) * float(subsample)))))
-    chosen = np.sort(np.random.default_rng(seed % (2 ** 63)).permutation(len(writer_ids))[:n_keep])
-    tasks = [split_writer(by_writer[writer_ids[i]], split_t, seed, writer_ids[i]) for i in chosen]
+    # the shard tool's own subset rule, so both paths use the same writers for (subsample, seed)
+    chosen = subsample_writers(writer_ids, float(subsample), seed, "sequential")
+    tasks = [split_writer(by_writer[w], split_t, seed, w) for w in chosen]
     atomic_torch_save(cache, {"version": _CACHE_VERSION,
-                              "writers": [writer_ids[i] for i in chosen], "tasks": tasks})
+                              "writers": chosen, "tasks": tasks})
     logger.info("FEMNIST: %d of %d writers as tasks, cached in %s", len(tasks), len(writer_ids),
                 cache)
     return tasks
@@ -323,7 +287,7 @@ def read_fs_processed_task(task_dir: str) -> Dict[str, Split]:
     'val' is empty.
     """
     out: Dict[str, Split] = {}
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         path = os.path.join(task_dir, name + ".pt")
         if not os.path.exists(path):
             if name == "val":
@@ -345,3 +309,37 @@ def read_fs_processed_task(task_dir: str) -> Dict[str, Split]:
             raise ValueError("%s: labels must be in [0, %d)" % (path, NUM_CLASSES))
         out[name] = (torch.from_numpy(x), y)
     return out
+
+
+# ------------------------------------------------------------------ the DatasetSpec's reader
+def _fs_tasks(root: str) -> List[str]:
+    proc = os.path.join(root, "femnist", "processed")
+    tasks = [d for d in glob.glob(os.path.join(proc, "task_*")) if os.path.isdir(d)]
+    return sorted(tasks, key=natural_key)
+
+
+def list_inputs(root: str) -> List[str]:
+    """What the reader opens under ``root``: LEAF JSON files (see ``find_leaf_dir``), else FS's
+    processed ``task_<k>`` folders; neither is an error listing every place looked."""
+    files = find_leaf_dir(root)[1] or _fs_tasks(root)
+    if not files:
+        raise FileNotFoundError(no_input_message(root, [_FS_TASKS]))
+    return files
+
+
+def iter_writers(root: str) -> Iterator[WriterSamples]:
+    """Every writer under ``root``, one input in memory at a time: LEAF writers (split 'train'/
+    'test' for a LEAF tree, None otherwise), or FS's processed tasks (one writer per task, its
+    own train/val/test split)."""
+    src, files = find_leaf_dir(root)
+    if files:
+        n = 0
+        for ws in iter_leaf_writers(src):
+            n += 1
+            yield ws
+        if not n:
+            raise ValueError(empty_input_message(src, files))
+        return
+    for d in list_inputs(root):
+        for split, (x, y) in read_fs_processed_task(d).items():
+            yield WriterSamples(os.path.basename(d), x.numpy(), y.numpy(), d, split)

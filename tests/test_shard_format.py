@@ -1,4 +1,4 @@
-"""manifest.json / meta.json schema: round trips, every bad input, declarations, scale."""
+"""shard_format records and files: round trips, every bad input, declarations, scale."""
 import json
 import os
 import random
@@ -6,11 +6,12 @@ import time
 
 import pytest
 
-from federatedscope.core.auxiliaries import manifest_utils as mu
-from federatedscope.core.auxiliaries.manifest_utils import (FileEntry, Manifest, ManifestEntry,
+from federatedscope.core.data import shard_format as mu
+from federatedscope.core.data.shard_format import (FileEntry, Manifest, ManifestEntry,
                                                             ManifestError, ShardDeclaration, ShardMeta)
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
+U8 = "uint8[28,28]"
 
 
 def _hist(total, ncls=62, seed=0):
@@ -23,12 +24,16 @@ def _hist(total, ncls=62, seed=0):
 
 def _entry(cid, train=10):
     return ManifestEntry(cid, f"client_{cid}", {"train": train, "val": 3, "test": 4}, SHA_A,
-                         _hist(train, seed=cid))
+                         _hist(train, seed=cid), sample_type=U8, dataset="femnist")
+
+
+def M(strategy, seed, source, clients, **kw):
+    """A FEMNIST-shaped manifest (the records carry no dataset defaults)."""
+    return Manifest("femnist", strategy, seed, [0.6, 0.2, 0.2], source, clients, 62, U8, **kw)
 
 
 def _manifest(n=3):
-    return Manifest("femnist", "sequential", 7, [0.6, 0.2, 0.2], {"kind": "leaf_json"},
-                    {k: _entry(k, 10 + k) for k in range(1, n + 1)})
+    return M("sequential", 7, {"kind": "unsplit"}, {k: _entry(k, 10 + k) for k in range(1, n + 1)})
 
 
 def _meta(cid=2):
@@ -60,7 +65,7 @@ def _expect(path, field, *more):
     with pytest.raises(ManifestError) as ei:
         mu.read_manifest(path) if os.path.basename(path).startswith("manifest") else mu.read_meta(path)
     msg = str(ei.value)
-    assert str(path) in msg and field in msg and "prepare_femnist_shards.py" in msg, msg
+    assert str(path) in msg and field in msg and "prepare_shards.py" in msg, msg
     for m in more:
         assert m in msg, msg
     return msg
@@ -98,7 +103,7 @@ def test_meta_round_trip_and_fingerprint(tmp_path):
     mu.write_meta(str(tmp_path), m)
     got = mu.read_meta(str(tmp_path / "meta.json"))
     assert got.files == m.files and got.label_hist == m.label_hist and got.client_id == 2
-    assert got.fingerprint == mu.compute_fingerprint({k: e.sha256 for k, e in m.files.items()})
+    assert got.fingerprint == mu.compute_fingerprint(m.files)
     assert got.sample_type == "uint8[28,28]"
     # order of files does not matter; a different sha does
     rev = dict(reversed(list(m.files.items())))
@@ -112,7 +117,7 @@ def test_malformed_json(tmp_path):
     with pytest.raises(ManifestError) as ei:
         mu.load_manifest(p)
     assert p in str(ei.value) and "malformed JSON" in str(ei.value)
-    assert "prepare_femnist_shards.py" in str(ei.value)
+    assert "prepare_shards.py" in str(ei.value)
 
 
 def test_missing_manifest_file(tmp_path):
@@ -189,7 +194,8 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d["num_samples"].update(train=6), "label_hist.train"),
     (lambda d: d["files"]["train.pt"].update(sha256="0" * 64), "fingerprint"),
     (lambda d: d["files"].update({"../evil.pt": {"bytes": 1, "sha256": SHA_A}}), "files"),
-    (lambda d: d.update(sample_dtype="float32"), "sample_dtype"),
+    (lambda d: d.update(sample_dtype="float64"), "sample_dtype"),
+    (lambda d: d.update(sample_shape=[28, 0]), "sample_shape"),
     (lambda d: d.pop("writer_ids"), "writer_ids"),
     (lambda d: d.update(packed={"path": "/abs/data.pt", "bytes": 1, "sha256": SHA_A}), "packed"),
 ])
@@ -210,28 +216,31 @@ def test_meta_malformed_json(tmp_path):
 # ----------------------------------------------------------------------------- declarations
 def test_declaration_round_trip_and_match():
     e = _entry(4)
-    d = ShardDeclaration(4, dict(e.num_samples), e.fingerprint, list(e.label_hist))
+    d = ShardDeclaration(4, dict(e.num_samples), e.fingerprint, list(e.label_hist), U8, "femnist")
     back = ShardDeclaration.from_dict(json.loads(json.dumps(d.to_dict())))
     assert back == d
     assert mu.check_declaration(e, back) == []
-    assert mu.check_declaration(e, back, sample_type="uint8[28,28]") == []
 
 
 def test_declaration_mismatches():
     e = _entry(4)
-    ok = ShardDeclaration(4, dict(e.num_samples), e.fingerprint, list(e.label_hist))
+    ok = ShardDeclaration(4, dict(e.num_samples), e.fingerprint, list(e.label_hist), U8)
     assert "not listed in the manifest" in mu.check_declaration(None, ok)[0]
-    bad = ShardDeclaration(4, {**e.num_samples, "test": 99}, SHA_B, list(e.label_hist))
+    bad = ShardDeclaration(4, {**e.num_samples, "test": 99}, SHA_B, list(e.label_hist), U8)
     reasons = mu.check_declaration(e, bad)
     assert any("test count 99 != manifest 4" in r for r in reasons)
     assert any("fingerprint" in r for r in reasons)
     h = list(e.label_hist)
     i = next(i for i, v in enumerate(h) if v > 0)
     h[i], h[(i + 1) % len(h)] = h[i] - 1, h[(i + 1) % len(h)] + 1  # same total, moved label
-    r = mu.check_declaration(e, ShardDeclaration(4, dict(e.num_samples), e.fingerprint, h))
+    r = mu.check_declaration(e, ShardDeclaration(4, dict(e.num_samples), e.fingerprint, h, U8))
     assert len(r) == 1 and "label_hist" in r[0] and f"class {i}" in r[0]
-    r = mu.check_declaration(e, ok, sample_type="float32[784]")
+    r = mu.check_declaration(e, ShardDeclaration(4, dict(e.num_samples), e.fingerprint,
+                                                 list(e.label_hist), "float32[784]"))
     assert r and "sample type" in r[0]
+    r = mu.check_declaration(e, ShardDeclaration(4, dict(e.num_samples), e.fingerprint,
+                                                 list(e.label_hist), U8, "celeba"))
+    assert len(r) == 1 and "dataset 'celeba' != manifest 'femnist'" in r[0]
 
 
 @pytest.mark.parametrize("bad", [
@@ -258,8 +267,8 @@ def test_declaration_from_network_is_strict(bad):
 def test_10000_clients_load_under_half_a_second(tmp_path):
     p = str(tmp_path / "manifest.json")
     n = 10_000
-    mu.write_manifest(p, Manifest("femnist", "random", 1, [0.6, 0.2, 0.2], {"kind": "leaf_json"},
-                                  {k: _entry(k, 40) for k in range(1, n + 1)}))
+    mu.write_manifest(p, M("random", 1, {"kind": "unsplit"},
+                           {k: _entry(k, 40) for k in range(1, n + 1)}))
     best = float("inf")
     for _ in range(3):  # best of 3: the machine is shared
         t = time.perf_counter()
@@ -272,7 +281,7 @@ def test_10000_clients_load_under_half_a_second(tmp_path):
 # ----------------------------------------------------------------------------- issue 13 rows
 def test_zero_client_manifest_refused(tmp_path):
     p = str(tmp_path / "manifest.json")
-    mu.write_manifest(p, Manifest("femnist", "sequential", 7, [0.6, 0.2, 0.2], {}, {}))
+    mu.write_manifest(p, M("sequential", 7, {}, {}))
     msg = _expect(p, "clients", "lists no clients")
     with pytest.raises(ManifestError, match="lists no clients"):
         mu.load_manifest(p)  # the server's and the loader's entry point too
@@ -287,8 +296,7 @@ def test_shard_path_symlink_outside_refused(tmp_path):
     os.symlink(outside, base / "client_1")
     (base / "client_2").mkdir()
     p = str(base / "manifest.json")
-    mu.write_manifest(p, Manifest("femnist", "sequential", 7, [0.6, 0.2, 0.2], {},
-                                  {1: _entry(1), 2: _entry(2)}))
+    mu.write_manifest(p, M("sequential", 7, {}, {1: _entry(1), 2: _entry(2)}))
     man = mu.read_manifest(p)  # lexically fine: 'client_1' has no '..'
     with pytest.raises(ManifestError) as ei:
         mu.shard_dir(p, man.clients[1])
@@ -308,7 +316,7 @@ def test_check_declaration_compares_sample_type_without_being_told(tmp_path):
     mu.write_manifest(p, m)
     e = mu.load_manifest(p)[2]
     assert e.sample_type == "uint8[28,28]"
-    good = ShardDeclaration(2, dict(e.num_samples), e.fingerprint, list(e.label_hist))
+    good = ShardDeclaration(2, dict(e.num_samples), e.fingerprint, list(e.label_hist), U8)
     assert mu.check_declaration(e, good) == []
     bad = ShardDeclaration(2, dict(e.num_samples), e.fingerprint, list(e.label_hist),
                            "float32[3,224,224]")
@@ -322,33 +330,31 @@ def test_check_declaration_compares_sample_type_without_being_told(tmp_path):
 def test_declaration_of_meta_matches_its_manifest_entry():
     meta = _meta(2)
     e = ManifestEntry(2, "client_2", dict(meta.num_samples), meta.fingerprint,
-                      list(meta.label_hist["train"]))
+                      list(meta.label_hist["train"]), sample_type=U8, dataset="femnist")
     assert mu.check_declaration(e, ShardDeclaration.of_meta(meta)) == []
 
 
 def _manifest_with_writers(p, n):
     wids = {k: [f"f{k:05d}_{j}" for j in range(3)] for k in range(1, n + 1)}
-    mu.write_manifest(p, Manifest("femnist", "random", 1, [0.6, 0.2, 0.2], {"kind": "leaf_json"},
-                                  {k: _entry(k, 40) for k in range(1, n + 1)}), writer_ids=wids)
+    mu.write_manifest(p, M("random", 1, {"kind": "unsplit"},
+                           {k: _entry(k, 40) for k in range(1, n + 1)}, writer_ids=wids))
     return wids
 
 
-def test_writer_ids_read_lazily_one_client(tmp_path, monkeypatch):
+def test_writer_ids_round_trip_as_json(tmp_path):
     p = str(tmp_path / "manifest.json")
-    n = 10_000
+    n = 2_000
     wids = _manifest_with_writers(p, n)
-    parsed = []
-    real_loads = json.loads
-    monkeypatch.setattr(mu.json, "loads", lambda s, *a, **k: parsed.append(len(s)) or
-                        real_loads(s, *a, **k))
-    assert mu.read_writer_ids(p, 9_999) == wids[9_999]
-    assert len(parsed) == 1 and parsed[0] < 2_000  # one client's line, not the whole manifest
-    monkeypatch.setattr(mu.json, "loads", real_loads)
-    assert mu.read_all_writer_ids(p) == wids
+    assert mu.read_writer_ids(p, 1_999) == wids[1_999]
+    assert mu.read_manifest(p).writer_ids == wids
     with pytest.raises(ManifestError, match="not listed"):
         mu.read_writer_ids(p, n + 1)
-    entries = mu.load_manifest(p)  # the server's load keeps no writer lists (timing: bench)
-    assert len(entries) == n and not hasattr(entries[1], "writer_ids")
+    with open(p) as f:
+        d = json.load(f)
+    del d["clients"][4]["writer_ids"]  # an older tool's entry: refused by name, not guessed
+    _write_raw(p, d)
+    with pytest.raises(ManifestError, match="client 5's entry has no 'writer_ids'"):
+        mu.read_writer_ids(p, 5)
 
 
 def test_writer_ids_validated_and_hand_edited_layout(tmp_path):
@@ -357,7 +363,7 @@ def test_writer_ids_validated_and_hand_edited_layout(tmp_path):
     with open(p) as f:
         d = json.load(f)
     with open(p, "w") as f:
-        json.dump(d, f, indent=2)  # one key per line: the fast scan misses, the fallback reads it
+        json.dump(d, f, indent=2)  # any JSON layout reads the same (no line-prefix parsing)
     assert mu.read_writer_ids(p, 2) == ["f00002_0", "f00002_1", "f00002_2"]
     d["clients"][1]["writer_ids"] = [1, 2]
     _expect(_write_raw(tmp_path / "manifest.json", d), "clients[1].writer_ids")

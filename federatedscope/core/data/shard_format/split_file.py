@@ -1,6 +1,6 @@
 """The one reader/writer of shard split files (``train.pt`` ...), index files and packed files.
 
-A split file is ``torch.save({"x": uint8 [n, *shape], "y": int64 [n]})`` (doc/architecture.md).
+A split file is ``torch.save({"x": <sample dtype> [n, *shape], "y": int64 [n]})`` (README.md).
 torch writes its zip archive uncompressed with 64-byte aligned records, so the bytes of ``x`` sit
 at a fixed offset in the file. Two things here rely on that, both checked when used:
 
@@ -26,12 +26,11 @@ import torch
 # atomic_write: the shared temp + fsync + rename helper; its writer callback lets us patch the
 # temp file in place before the rename.
 from federatedscope.core.auxiliaries.utils import atomic_write
+from federatedscope.core.data.shard_format.checks import SAMPLE_DTYPES, ShardError
+
+_TORCH_DTYPES = {getattr(torch, n): n for n in SAMPLE_DTYPES}
 
 CHUNK = 1 << 20  # sha256 / copy granularity: 1 MB keeps memory flat at disk speed
-
-
-class ShardError(ValueError):
-    """A shard (or one of its files) is missing, unreadable or inconsistent; says the fix."""
 
 
 def _load(path: str, mmap: bool) -> object:
@@ -45,13 +44,14 @@ def _load(path: str, mmap: bool) -> object:
 
 
 def read_split(path: str, mmap: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(x uint8 [n, ...], y int64 [n])``; format errors name the file."""
+    """``(x [n, ...], y int64 [n])``, x of a supported sample dtype; errors name the file."""
     obj = _load(path, mmap)
     if not isinstance(obj, dict) or set(obj) != {"x", "y"}:
         raise ShardError(f"{path}: not a split file (expected a dict with keys 'x' and 'y')")
     x, y = obj["x"], obj["y"]
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() < 2:
-        raise ShardError(f"{path}: 'x' must be a uint8 tensor [n, ...], got {_describe(x)}")
+    if not isinstance(x, torch.Tensor) or x.dtype not in _TORCH_DTYPES or x.dim() < 2:
+        raise ShardError(f"{path}: 'x' must be a tensor [n, ...] of one of {list(SAMPLE_DTYPES)}, "
+                         f"got {_describe(x)}")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
         raise ShardError(f"{path}: 'y' must be an int64 tensor [n], got {_describe(y)}")
     if len(x) != len(y):
@@ -65,28 +65,29 @@ def _describe(v: object) -> str:
     return type(v).__name__
 
 
-def write_split(path: str, x_u8: torch.Tensor, y: torch.Tensor) -> None:
+def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> None:
     """Atomically write a split held in memory."""
-    x_u8, y = torch.as_tensor(x_u8), torch.as_tensor(y)
-    if x_u8.dtype != torch.uint8 or y.dtype != torch.int64 or len(x_u8) != len(y) or x_u8.dim() < 2:
-        raise ValueError(f"{path}: need uint8 x [n, ...] and int64 y [n], got "
-                         f"{x_u8.dtype} {tuple(x_u8.shape)} / {y.dtype} {tuple(y.shape)}")
-    write_split_chunks(path, y.numpy(), tuple(x_u8.shape[1:]), [x_u8.contiguous().numpy()])
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.dtype not in _TORCH_DTYPES or y.dtype != torch.int64 or len(x) != len(y) or x.dim() < 2:
+        raise ValueError(f"{path}: need x [n, ...] of one of {list(SAMPLE_DTYPES)} and int64 "
+                         f"y [n], got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}")
+    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
+                       _TORCH_DTYPES[x.dtype])
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
-                       chunks: Iterable[np.ndarray]) -> None:
-    """Atomically write a split whose samples arrive as uint8 chunks ``[k, *sample_shape]``.
+                       chunks: Iterable[np.ndarray], dtype: str = "uint8") -> None:
+    """Atomically write a split whose samples arrive as chunks ``[k, *sample_shape]`` of ``dtype``.
 
     Memory stays O(largest chunk + labels) whatever the split size (see module doc). The file
     is byte-for-byte a function of its content, so equal shards have equal sha256s.
     """
     n = int(len(y))
-    row = int(np.prod(sample_shape))
+    row = int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
     y_t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
     def write(tmp: str) -> None:
-        placeholder = torch.empty((n, *sample_shape), dtype=torch.uint8)
+        placeholder = torch.empty((n, *sample_shape), dtype=getattr(torch, dtype))
         _save(tmp, {"x": placeholder, "y": y_t})
         del placeholder
         written, crc = 0, 0
@@ -94,7 +95,7 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
             x_at = _record_offset(tmp, f, n * row, prefer_first=True) if n else 0
             f.seek(x_at)
             for c in chunks:
-                c = np.ascontiguousarray(c, dtype=np.uint8)
+                c = np.ascontiguousarray(c, dtype=dtype)
                 if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
                     raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
                                      f"{n} x {sample_shape} (at row {written})")
@@ -233,16 +234,17 @@ class SplitLayout:
     sample_shape: Tuple[int, ...]
     x_offset: int
     y_offset: int
+    dtype: str = "uint8"
 
     @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.sample_shape))
+        return int(np.prod(self.sample_shape)) * np.dtype(self.dtype).itemsize
 
 
 def split_layout(path: str) -> SplitLayout:
     """Shapes via ``torch.load(mmap=True)`` (maps, touches only the pickle), offsets via zipfile."""
     x, y = read_split(path, mmap=True)
-    n, shape = len(x), tuple(x.shape[1:])
+    n, shape, dtype = len(x), tuple(x.shape[1:]), _TORCH_DTYPES[x.dtype]
     if n and not (x.is_contiguous() and x.storage_offset() == 0 and y.storage_offset() == 0
                   and x.untyped_storage().nbytes() == x.nbytes
                   and y.untyped_storage().nbytes() == y.nbytes):
@@ -251,13 +253,13 @@ def split_layout(path: str) -> SplitLayout:
     x_nbytes, y_nbytes = x.nbytes, y.nbytes
     del x, y  # unmap
     if n == 0:
-        return SplitLayout(path, 0, shape, 0, 0)
+        return SplitLayout(path, 0, shape, 0, 0, dtype)
     with open(path, "rb") as f:
         # x is pickled first, so when sizes tie (8-byte samples) it is the lower record number
         xo = _record_offset(path, f, x_nbytes, prefer_first=True)
         yo = _record_offset(path, f, y_nbytes, prefer_first=x_nbytes != y_nbytes)
     _check_byteorder(path)
-    return SplitLayout(path, n, shape, xo, yo)
+    return SplitLayout(path, n, shape, xo, yo, dtype)
 
 
 def _check_byteorder(path: str) -> None:
@@ -288,9 +290,9 @@ def read_rows(fd: int, lay: SplitLayout, rows: np.ndarray,
     if buf is not None and len(buf) >= k:
         xs = buf[:k]
     else:
-        xs = np.empty((k, *lay.sample_shape), np.uint8)
+        xs = np.empty((k, *lay.sample_shape), lay.dtype)
     ys = np.empty(k, np.int64)
-    xv, yv = memoryview(xs.reshape(-1)), memoryview(ys.view(np.uint8))
+    xv, yv = memoryview(xs.reshape(-1).view(np.uint8)), memoryview(ys.view(np.uint8))
     for a, b in _runs(rows):
         first = int(rows[a])
         pread_exact(fd, (b - a) * rb, lay.x_offset + first * rb, xv[a * rb:], lay.path)

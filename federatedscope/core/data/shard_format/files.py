@@ -1,0 +1,111 @@
+"""Reading and writing ``meta.json`` (per shard) and ``manifest.json`` (per partition).
+
+Nothing else in the tree parses or writes these files. Every read is JSON, validated by the
+record's ``from_dict``; every problem is a ``ManifestError`` naming the file, the field and the
+fix. Layout on write: header fields one a line, one compact line per client (readable, diffable).
+"""
+import json
+import os
+from typing import Any, Dict, List
+
+from federatedscope.core.auxiliaries.utils import atomic_write_bytes
+from federatedscope.core.data.shard_format.checks import (Checker, ManifestError,
+                                                          recreate_command, shard_fix)
+from federatedscope.core.data.shard_format.records import Manifest, ManifestEntry, ShardMeta
+
+
+def _load_json(path: str, fix: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found; fix: {fix}") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror}); fix: {fix}") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: malformed JSON ({e}); fix: {fix}") from None
+
+
+def _one_key_per_line(d: Dict[str, Any]) -> str:
+    # readable (one field a line) yet small: 3 x 62-bin histograms stay on their own lines
+    body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                      for k, v in d.items())
+    return "{\n" + body + "\n}\n"
+
+
+# ----------------------------------------------------------------------------- meta.json
+def read_meta(path: str, fix: str = "") -> ShardMeta:
+    """Read and validate ``meta.json`` (``path`` may be the file or its shard directory)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "meta.json")
+    fix = fix or shard_fix(os.path.dirname(path))
+    return ShardMeta.from_dict(_load_json(path, fix), Checker(path, fix))
+
+
+def write_meta(path: str, meta: ShardMeta) -> None:
+    if os.path.isdir(path):
+        path = os.path.join(path, "meta.json")
+    atomic_write_bytes(path, _one_key_per_line(meta.to_dict()).encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- manifest.json
+def manifest_fix(path: str, n: Any = "N", dataset: str = "") -> str:
+    out = os.path.dirname(os.path.abspath(path)) or "."
+    return recreate_command(out, dataset, n, "--overwrite")
+
+
+def read_manifest(path: str) -> Manifest:
+    d = _load_json(path, manifest_fix(path))
+    n = d.get("total_clients", "N") if type(d) is dict else "N"
+    ds = d.get("dataset", "") if type(d) is dict else ""
+    fix = manifest_fix(path, n if type(n) is int and n > 0 else "N",
+                       ds if type(ds) is str else "")
+    return Manifest.from_dict(d, Checker(path, fix))
+
+
+def load_manifest(path: str) -> Dict[int, ManifestEntry]:
+    """client id -> entry, validated. The server's view of who may join and with what."""
+    return read_manifest(path).clients
+
+
+def write_manifest(path: str, manifest: Manifest) -> None:
+    """Header fields one a line, then one compact line per client (with its writer ids)."""
+    d = manifest.to_dict()
+    clients = d.pop("clients")
+    head = _one_key_per_line(d)[:-3]
+    lines = ",\n  ".join(json.dumps(e, separators=(",", ":")) for e in clients)
+    text = f'{head},\n "clients": [\n  {lines}\n ]\n}}\n' if clients else \
+        f'{head},\n "clients": []\n}}\n'
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def shard_dir(manifest_path: str, entry: ManifestEntry) -> str:
+    """The real directory of a manifest entry, resolved against the manifest's directory.
+
+    Symlinks are resolved *before* the containment check: a shard path that is (or runs through)
+    a link to somewhere outside the manifest's directory is refused like a ``..`` path would be.
+    """
+    base = os.path.realpath(os.path.dirname(os.path.abspath(manifest_path)))
+    real = os.path.realpath(os.path.join(base, entry.shard_path))
+    if os.path.commonpath([base, real]) != base:
+        raise ManifestError(
+            f"{manifest_path}: client {entry.client_id}'s shard_path {entry.shard_path!r} "
+            f"resolves (through a symlink) to {real}, outside the manifest's directory {base}; "
+            f"fix: move the shard under {base} (not a link) or re-cut: "
+            f"{manifest_fix(manifest_path, dataset=entry.dataset)}")
+    return real
+
+
+def read_writer_ids(manifest_path: str, client_id: int) -> List[str]:
+    """One client's writer ids (a full, validated JSON read of the manifest)."""
+    m = read_manifest(manifest_path)
+    if client_id not in m.clients:
+        raise ManifestError(f"{manifest_path}: client {client_id} is not listed; "
+                            f"fix: {manifest_fix(manifest_path, m.total_clients, m.dataset)}")
+    if client_id not in m.writer_ids:
+        raise ManifestError(f"{manifest_path}: client {client_id}'s entry has no 'writer_ids' "
+                            f"(made by an older version of the tool); fix: "
+                            f"{manifest_fix(manifest_path, m.total_clients, m.dataset)}")
+    return m.writer_ids[client_id]
