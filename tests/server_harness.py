@@ -14,7 +14,7 @@ from federatedscope.core.message import (EVALUATE, JOIN_IN, METRICS, MODEL_PARA,
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.workers import server as server_mod
 from federatedscope.core.workers.admission import Admission
-from federatedscope.core.workers.base_worker import Disconnected, Incoming
+from federatedscope.core.communication.transport import Disconnected, Incoming
 from federatedscope.core.workers.server import Server
 
 

@@ -64,8 +64,6 @@ def test_the_runners_data_and_builders_keep_the_contracts():
         assert f"federatedscope.{module} ->" not in out, module
 
 
-@pytest.mark.xfail(strict=False, reason="kept once the shard tool's readers (core/data/sharding_*) "
-                                        "and the gRPC transport stop importing cv/ and workers/")
 def test_the_repository_keeps_every_contract():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout[-3000:]

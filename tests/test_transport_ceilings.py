@@ -15,7 +15,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.swarm import RawPeer, health_status
+from harness.swarm import RawPeer, health_status
 from harness.jobs import Job
 from harness.procs import checkpoint_round, file_contains, wait_all, wait_for
 from test_fuzz import _declaration

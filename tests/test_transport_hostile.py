@@ -15,7 +15,7 @@ from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.communication.proto import fl_pb2
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import ASSIGN_ID, JOIN_IN, MODEL_PARA, Message
-from federatedscope.core.workers.base_worker import Incoming
+from federatedscope.core.communication.transport import Incoming
 
 LOGGER = "federatedscope"
 

@@ -14,7 +14,7 @@ from harness.swarm import RawPeer, health_status
 from federatedscope.core.communication.grpc_client import GrpcClientTransport, ServerUnreachable
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import JOIN_IN, Message
-from federatedscope.core.workers.base_worker import Disconnected
+from federatedscope.core.communication.transport import Disconnected
 
 MB = 1024 * 1024
 

@@ -24,7 +24,7 @@ from federatedscope.core.message import SERVER_ID
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.admission import Admission
-from federatedscope.core.workers.base_worker import Disconnected, Incoming
+from federatedscope.core.communication.transport import Disconnected, Incoming
 
 logger = logging.getLogger("federatedscope")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from federatedscope.core.message import InvalidMessage
-from federatedscope.core.workers.base_worker import Incoming
+from federatedscope.core.communication.transport import Incoming
 
 # Decoded model-sized messages waiting in a ``ServerInbox`` for the Server.
 HEAVY_IN_INBOX = 4

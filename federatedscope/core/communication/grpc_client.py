@@ -27,7 +27,7 @@ from federatedscope.core.communication.security import channel_credentials, tls_
 from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
                                          validate_message)
 from federatedscope.core.data.shard_format import token_digest
-from federatedscope.core.workers.base_worker import Disconnected
+from federatedscope.core.communication.transport import Disconnected
 
 logger = logging.getLogger("federatedscope")
 _END = object()

@@ -41,7 +41,7 @@ from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BI
                                                       grpc_options, probe_bind, server_options)
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import Message, clip_text
-from federatedscope.core.workers.base_worker import Disconnected
+from federatedscope.core.communication.transport import Disconnected
 
 logger = logging.getLogger("federatedscope")
 SERVICE = "federatedscope.FLService"

@@ -21,7 +21,7 @@ from federatedscope.core.communication.limits import (BIG_MESSAGE, LOG_INTERVAL,
                                                       STALL_SECONDS, TokenBucket)
 from federatedscope.core.message import (HEARTBEAT, JOIN_IN, InvalidMessage, clip_text,
                                          validate_message)
-from federatedscope.core.workers.base_worker import Incoming
+from federatedscope.core.communication.transport import Incoming
 
 logger = logging.getLogger("federatedscope")
 CLOSE = object()   # queued to a stream's outbox: end the stream after what precedes it

@@ -26,7 +26,8 @@ import torch
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS, MODEL_PARA,
                                          REDECLARE, REFUSE, SERVER_ID, Message, clip_text)
-from federatedscope.core.workers.base_worker import ClientComm, Worker
+from federatedscope.core.communication.transport import ClientComm
+from federatedscope.core.workers.base_worker import Worker
 
 logger = logging.getLogger("federatedscope")
 

@@ -27,7 +27,8 @@ from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT,
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, guard_log_files
 from federatedscope.core.workers.admission import Admission
-from federatedscope.core.workers.base_worker import Disconnected, Incoming, ServerComm, Worker
+from federatedscope.core.communication.transport import Disconnected, Incoming, ServerComm
+from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
 from federatedscope.core.workers.server_members import ClientTable

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Set
 
 from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, Message, clip_text
 from federatedscope.core.workers.admission import Admission
-from federatedscope.core.workers.base_worker import ServerComm
+from federatedscope.core.communication.transport import ServerComm
 
 logger = logging.getLogger("federatedscope")
 
