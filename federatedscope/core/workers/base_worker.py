@@ -21,8 +21,10 @@ class Worker:
     """
     peer_role = "any"
 
-    def __init__(self, ID: int = -1):
+    def __init__(self, ID: int = -1, config=None, comm=None):
         self.ID = ID
+        self.cfg = config        # FS's ``_cfg``: the frozen run config
+        self.comm = comm         # the transport's ServerComm / ClientComm
         self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
         self._register_default_handlers()
 

@@ -52,15 +52,13 @@ class Client(Worker):
 
     def __init__(self, cfg, client_id: int, trainer, comm: ClientComm, loader=None,
                  token: str = ""):
-        self.cfg = cfg
+        super().__init__(client_id, cfg, comm)
         self.trainer = trainer
-        self.comm = comm
         self.loader = loader
         self.token = token
         self.finished = False
         self.refused: Optional[str] = None
         self.rounds_trained = 0
-        super().__init__(client_id)
 
     def _register_default_handlers(self) -> None:
         self.register_handlers(ASSIGN_ID, self.callback_funcs_for_assign_id)
