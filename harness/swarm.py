@@ -129,10 +129,6 @@ class RawPeer:
     def wait_closed(self, timeout: float) -> bool:
         return self._done.wait(timeout)
 
-    @property
-    def closed(self) -> bool:
-        return self._done.is_set()
-
     def close(self) -> None:
         self._out.put(_END)
         if not self._done.wait(2.0):
@@ -275,7 +271,7 @@ class Swarm:
                         f"{split}_avg_loss": loss})
         return out
 
-    async def _client(self, res: VirtualResult, t_start: float) -> None:
+    async def _client(self, res: VirtualResult) -> None:
         plan, shard = self.plan, self.plan.shards[res.client_id]
         if res.role == "late":
             await asyncio.sleep(plan.late_delay)
@@ -347,8 +343,7 @@ class Swarm:
             await channel.close()
 
     async def run(self) -> Dict[int, VirtualResult]:
-        t0 = time.perf_counter()
-        tasks = [asyncio.ensure_future(self._client(r, t0)) for r in self.results.values()]
+        tasks = [asyncio.ensure_future(self._client(r)) for r in self.results.values()]
         done, pending = await asyncio.wait(tasks, timeout=self.plan.timeout)
         for t in pending:
             t.cancel()

@@ -42,6 +42,10 @@ GAVE_UP, DIVERGED = 3, 5
 
 class Server(Worker):
     peer_role = "client"
+    default_handlers = (
+        (JOIN_IN, "callback_funcs_for_join_in"), (MODEL_PARA, "callback_funcs_model_para"),
+        (METRICS, "callback_funcs_for_metrics"), (REDECLARE, "callback_funcs_for_redeclare"),
+        (HEARTBEAT, "callback_funcs_for_heartbeat"))
 
     def __init__(self, cfg, model: torch.nn.Module, comm: ServerComm, monitor: Monitor,
                  expected_clients: int, admission: Admission, distributed: bool):
@@ -83,13 +87,6 @@ class Server(Worker):
     @property
     def round(self) -> int:
         return self.state.round
-
-    def _register_default_handlers(self) -> None:
-        self.register_handlers(JOIN_IN, self.callback_funcs_for_join_in)
-        self.register_handlers(MODEL_PARA, self.callback_funcs_model_para)
-        self.register_handlers(METRICS, self.callback_funcs_for_metrics)
-        self.register_handlers(REDECLARE, self.callback_funcs_for_redeclare)
-        self.register_handlers(HEARTBEAT, self.callback_funcs_for_heartbeat)
 
     # ----------------------------------------------------------------- events
     def handle(self, event) -> None:
