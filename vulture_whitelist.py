@@ -53,10 +53,11 @@ known_bug  # harness/jobs.py: tests/test_auth.py, test_faults.py
 file_contains  # harness/procs.py: tests/*, bench/common.py
 free_port  # harness/procs.py: tests/*, bench/*
 frozen  # harness/procs.py (SIGSTOP a process): tests/test_chaos.py, test_faults.py, ...
-RawPeer  # harness/swarm.py (a hand-driven gRPC peer): tests/test_transport_*.py
-_.send_chunked  # harness/swarm.py RawPeer: tests/test_transport_hostile.py
-_.wait_closed  # harness/swarm.py RawPeer: tests/test_transport_*.py
-health_status  # harness/swarm.py: tests/test_transport_*.py
+RawPeer  # harness/raw_peer.py (a hand-driven gRPC peer): tests/test_transport_*.py
+_.send_chunked  # harness/raw_peer.py RawPeer: tests/test_transport_hostile.py
+_.wait_closed  # harness/raw_peer.py RawPeer: tests/test_transport_*.py
+_.closed  # harness/raw_peer.py RawPeer: tests/test_transport_hostile.py
+health_status  # harness/raw_peer.py: tests/test_transport_*.py
 
 # DatasetSpec contract fields (core/data/dataset_spec.py) every dataset spec sets
 has_writers  # False = the data needs a splitter (CIFAR-10); read by tests/test_cifar10_reader.py
