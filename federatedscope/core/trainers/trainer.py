@@ -250,7 +250,8 @@ class GeneralTorchTrainer:
                     param.requires_grad_(False)
             opt = self._optimizer(model, f.optimizer.lr, f.optimizer)
             sched = build_scheduler(opt, f.scheduler)
-            for batch, window in self._accumulated(src, seed, f.local_update_steps,
+            tunable = any(p.requires_grad for p in model.parameters())   # else nothing to tune
+            for batch, window in self._accumulated(src, seed, f.local_update_steps * tunable,
                                                    f.batch_or_epoch == "epoch"):
                 self._step(model, opt, batch, sched, window=window)
         self._finetuned = (self._version, model)
