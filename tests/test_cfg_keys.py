@@ -165,3 +165,23 @@ def test_config_doc_check_fails_on_a_stale_table(tmp_path):
                        capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 1 and "config_table.py --write" in r.stderr, r.stdout + r.stderr
+
+
+def test_finetune_optimizer_momentum_and_weight_decay_reach_the_finetuning_steps():
+    # 2 fine-tuning batches of 12: SGD with weight decay wd and momentum m, written out
+    lr, wd, m = 0.5, 0.1, 0.9
+    t, x, y = _linear_trainer("finetune.before_eval", "True", "finetune.batch_or_epoch", "batch",
+                              "finetune.local_update_steps", "2", "dataloader.batch_size", "12",
+                              "finetune.optimizer.lr", str(lr), "finetune.optimizer.momentum",
+                              str(m), "finetune.optimizer.weight_decay", str(wd))
+    w, b = t.model.weight.detach().clone(), t.model.bias.detach().clone()
+    buf_w = buf_b = None
+    for rows in (slice(0, 12), slice(12, 24)):
+        w1, b1 = _mean_gradient_step(w, b, x[rows], y[rows], 1.0)   # lr 1: w - gradient
+        g_w, g_b = (w - w1) + wd * w, (b - b1) + wd * b
+        buf_w = g_w if buf_w is None else m * buf_w + g_w
+        buf_b = g_b if buf_b is None else m * buf_b + g_b
+        w, b = w - lr * buf_w, b - lr * buf_b
+    tuned = t._finetuned_model().state_dict()
+    assert torch.allclose(tuned["weight"], w, atol=1e-6)
+    assert torch.allclose(tuned["bias"], b, atol=1e-6)
