@@ -38,7 +38,7 @@ def leaf_keys(node, prefix: str = "") -> Iterator[Tuple[str, object]]:
             yield prefix + name, value
 
 
-def test_functions(root: str) -> List[Tuple[str, str]]:
+def collect_tests(root: str) -> List[Tuple[str, str]]:
     """(``tests/file.py::test_name``, source) of every test function, in sorted file order; a
     helper function's source is credited to the first test of its file that calls it."""
     found = []
@@ -95,7 +95,7 @@ def _cell(text: str) -> str:
 
 
 def render(root: str = ROOT) -> str:
-    tests = test_functions(root)
+    tests = collect_tests(root)
     rows = ["| key | default | status | test that sets it / why |", "|---|---|---|---|"]
     counts: Dict[str, int] = {"implemented": 0, "accepted, not needed": 0, "refused": 0}
     for key, default in leaf_keys(get_default_cfg()):
