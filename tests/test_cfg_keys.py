@@ -135,6 +135,25 @@ def test_freeze_param_keeps_matching_parameters_fixed_during_finetuning():
     assert _finetuned_change("0.,2.") == set()   # all frozen: the copy is the model
 
 
+def test_accepted_unused_key_set_is_logged_with_why():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("federatedscope")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        _cfg("finetune.lr_linear", "0.05", "dataloader.walk_length", "2")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    lines = [r.getMessage() for r in records if "is accepted and changes nothing" in r.getMessage()]
+    assert lines == ["finetune.lr_linear=0.05 is accepted and changes nothing here: FS reads it "
+                     "only inside simple-tuning (finetune.simple_tuning True), which is refused "
+                     "here; with simple-tuning off FS ignores it too"]
+
+
 def test_each_key_has_one_status():
     from federatedscope.core.configs.config import _NOT_IMPLEMENTED, get_default_cfg
     from federatedscope.core.configs.key_status import ACCEPTED_UNUSED

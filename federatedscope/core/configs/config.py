@@ -15,6 +15,7 @@ from yacs.config import CfgNode as _YacsNode
 
 from federatedscope.core.configs.cfg_fl_algo import (FL_ALGO_NOT_IMPLEMENTED, assert_fl_algo_cfg,
                                                      extend_fl_algo_cfg)
+from federatedscope.core.configs.key_status import ACCEPTED_UNUSED
 
 logger = logging.getLogger("federatedscope")
 
@@ -229,6 +230,10 @@ def refuse_unimplemented(cfg: CN) -> None:
             f"would silently ignore it. Remove {key} from your YAML / command line or set it "
             f"back to its default (append `{key} {default!r}` to the command); see "
             f"doc/config.md, 'Refused keys'")
+    for key, why in ACCEPTED_UNUSED.items():   # loads, but the user should know it does nothing
+        value = _get(cfg, key)
+        if not same_value(value, _get(defaults, key)):
+            logger.info(f"{key}={value!r} is accepted and changes nothing here: {why}")
 
 
 def _get(cfg: CN, dotted: str):
