@@ -167,5 +167,6 @@ def test_only_invalid_message_escapes_decode():
         head_len = int.from_bytes(b[4:8], "little")
         assert b[:4] == codec.MAGIC
         assert codec.raw_tensor_bytes(msg.tensors or {}) == len(b) - 8 - head_len
-    # most flips land in the tensor payload (still a valid frame), some in the header
-    assert accepted > 1200 and refused > 1200, (accepted, refused)   # 1548 and 1452 with seed 7
+    # flips in the tensor payload leave a valid frame, flips in the header do not (seed 7: 1548
+    # accepted, 1452 refused)
+    assert accepted > 1200 and refused > 1200, (accepted, refused)
