@@ -18,6 +18,23 @@ import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
+# The process tier: modules whose tests start server/client processes or the sharding tool (seconds
+# to minutes each). Everything else is the fast tier (in-process, milliseconds to seconds).
+# `make test` runs both tiers in one xdist session with these first, so a long test never starts
+# last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
+PROCESS_MODULES = {
+    "test_auth", "test_bench_smoke", "test_distributed_e2e", "test_faults", "test_fs_user_script",
+    "test_fuzz", "test_insiders", "test_launcher", "test_multihost_netns", "test_shard_mode",
+    "test_shard_refresh", "test_swarm", "test_transport_process",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in PROCESS_MODULES:
+            item.add_marker(pytest.mark.process)
+    items.sort(key=lambda it: 0 if it.get_closest_marker("process") else 1)   # stable
+
 
 @pytest.fixture(autouse=True)
 def _stop_leftover_processes():

@@ -113,8 +113,11 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"fs-mutmut-{name}-") as dest:
         copy_repo(dest)
-        with open(os.path.join(dest, "setup.cfg"), "w") as f:
-            f.write(_config(module))
+        cfg_path = os.path.join(dest, "setup.cfg")
+        with open(cfg_path) as f:
+            kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
+        with open(cfg_path, "w") as f:
+            f.write(kept + "\n" + _config(module))
         env = dict(os.environ, PYTHONPATH=os.path.join(dest, "mutants"),
                    PYTHONDONTWRITEBYTECODE="1")
         mutmut = [sys.executable, "-m", "mutmut"]
