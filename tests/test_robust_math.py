@@ -170,3 +170,79 @@ def test_integer_buffers_take_the_floored_weighted_mean_of_the_kept_clients():
 def test_fedavg_is_not_a_robust_rule():
     with pytest.raises(ValueError, match="not a robust rule"):
         _agg("fedavg", [1, 2, 3, 4])
+
+
+# ------------------------------------------------------------------ edges of the arithmetic
+def test_several_float_tensors_are_cut_back_in_place():
+    # two float tensors of different sizes and a float64 one: the flat vector must be cut back at
+    # the right offsets and each tensor keep its dtype; median of (1, 2, 30, 40) per entry
+    g = {"a": torch.zeros(2), "b": torch.zeros(3, dtype=torch.float64), "n": torch.tensor(0)}
+    ups = [(i + 1, 10, {"a": torch.tensor([x, 2 * x]), "b": torch.full((3,), -x, dtype=torch.float64),
+                        "n": torch.tensor(0)}) for i, x in enumerate([1.0, 2.0, 30.0, 40.0])]
+    out = robust_aggregate("median", g, ups, RobustArgs())
+    assert out["a"].tolist() == [16.0, 32.0] and out["a"].dtype == torch.float32
+    assert out["b"].tolist() == [-16.0] * 3 and out["b"].dtype == torch.float64
+
+
+def test_ties_are_broken_by_client_id_whatever_the_arrival_order():
+    # f=2 at n=5 (1 neighbour): deltas 0 (client 1) and 1 (client 2) tie at score 1
+    ups = _updates(KRUM5)
+    out = robust_aggregate("krum", GLOBAL, list(reversed(ups)), RobustArgs(byzantine_node_num=2))
+    assert _w(out) == [0.0, -0.0]
+
+
+def test_zero_sample_sizes_weigh_clients_equally():
+    # multi-krum keeps deltas 1 and 0 (f=1); with no sample counts: plain mean 0.5, and the
+    # integer buffer (3 + 8) / 2 = 5.5 -> 5
+    out = _agg("krum", KRUM5, [0] * 5, [3, 8, 0, 0, 0], byzantine_node_num=1, krum_agg_num=2)
+    assert _w(out) == [0.5, -0.5] and int(out["n"]) == 5
+
+
+@pytest.mark.parametrize("m,want", [(0, 1.0), (5, 6.2), (9, 6.2)])
+def test_krum_agg_num_is_clamped_to_one_and_n(m, want):
+    # m=0 keeps the best one (delta 1 with f=1); m >= n keeps all five: mean 31/5
+    assert _w(_agg("krum", KRUM5, byzantine_node_num=1, krum_agg_num=m)) \
+        == pytest.approx([want, -want], abs=1e-6)
+
+
+def test_a_single_update_passes_every_rule():
+    for rule in ("krum", "median", "trimmedmean", "bulyan", "normbounding"):
+        assert _w(_agg(rule, [4])) == [4.0, -4.0], rule
+
+
+def test_bulyan_with_more_byzantine_than_clients_keeps_one():
+    # n=4, f=2: theta = max(1, 4 - 4) = 1 selected by krum (1 neighbour: deltas 0 and 1 tie,
+    # client 1 wins) -> its delta 0
+    assert _w(_agg("bulyan", [0, 1, 3, 20], byzantine_node_num=2)) == [0.0, -0.0]
+
+
+def test_zero_delta_is_not_scaled_and_clipping_is_logged(caplog):
+    caplog.set_level("INFO", logger="federatedscope")
+    out = _agg("normbounding", [0, 30, 3])          # norms 0, 42.4 (clipped), 4.2
+    clipped = 10 / (2 ** 0.5)
+    assert _w(out) == pytest.approx([(clipped + 3) / 3, -(clipped + 3) / 3], rel=1e-6)
+    assert "clipped the update(s) of client(s) [2] to norm 10.0" in caplog.text
+
+
+def test_unknown_rule_is_refused_naming_the_rules():
+    with pytest.raises(ValueError, match=r"robust_rule='krumm'.*'median'"):
+        _agg("krumm", [1, 2, 3, 4])
+
+
+def test_fs_default_parameters():
+    a = RobustArgs()
+    assert (a.byzantine_node_num, a.krum_agg_num, a.trimmedmean_excluded_ratio,
+            a.normbounding_norm_bound) == (0, 1, 0.1, 10.0)
+
+
+@pytest.mark.parametrize("rule,f,n,notes", [
+    ("krum", 1, 4, ["krum tolerates f=1 only with more than 4 clients per round (have 4)"]),
+    ("krum", 1, 5, []),
+    ("krum", 0, 5, ["krum with aggregator.byzantine_node_num=0 assumes no attacker"]),
+    ("bulyan", 1, 6, ["bulyan tolerates f=1 only with at least 7 clients per round (have 6)"]),
+    ("bulyan", 0, 3, ["bulyan with aggregator.byzantine_node_num=0 assumes no attacker"]),
+    ("median", 0, 4, []),
+    ("normbounding", 3, 4, []),
+])
+def test_check_rule_warns_exactly_below_the_guarantee(rule, f, n, notes):
+    assert check_rule(rule, f, n) == notes

@@ -30,10 +30,15 @@ EQUIVALENT = os.path.join(ROOT, "doc", "mutation_equivalent.txt")
 class Module:
     globs: Sequence[str]            # mutmut only_mutate patterns (repository-relative)
     tests: Sequence[str]            # fast, in-process test files that exercise it
+    deselect: str = ""              # pytest -k expression: tests too slow to rerun per mutant
 
 
 FL = "federatedscope/core/"
+# The codec's throughput tests move 26 MB messages: seconds per mutant, and a wrong byte count or
+# dtype is already caught by the cheap round-trip tests.
+CODEC_SLOW = "not bandwidth and not 2048"
 MODULES: Dict[str, Module] = {
+    "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     "aggregators": Module([FL + "aggregators/*"],
                           ["tests/test_robust_math.py", "tests/test_server_core.py",
                            "tests/test_server_schedule.py"]),
@@ -45,7 +50,7 @@ MODULES: Dict[str, Module] = {
                     "tests/test_distributed_loader.py", "tests/test_transforms.py",
                     "tests/test_manifest_utils.py"]),
     "codec": Module([FL + "communication/codec.py"],
-                    ["tests/test_codec.py", "tests/test_codec_props.py"]),
+                    ["tests/test_codec.py", "tests/test_codec_props.py"], CODEC_SLOW),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py"]),
 }
@@ -58,6 +63,7 @@ class Outcome:
     module: str
     counts: Dict[str, int] = field(default_factory=dict)
     survivors: List[str] = field(default_factory=list)      # not listed as equivalent
+    diffs: Dict[str, str] = field(default_factory=dict)     # survivor -> `mutmut show` diff
     equivalent: List[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
@@ -97,8 +103,9 @@ def _config(module: Module) -> str:
     lines = ["[mutmut]", "source_paths = federatedscope", "only_mutate ="]
     lines += [f"    {g}" for g in module.globs]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in module.tests]
-    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
-              "also_copy =", "    scripts/", "timeout_multiplier = 5.0", ""]
+    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q"]
+    lines += ["    -k", f"    {module.deselect}"] if module.deselect else []
+    lines += ["also_copy =", "    scripts/", "timeout_multiplier = 5.0", ""]
     return "\n".join(lines)
 
 
@@ -118,8 +125,7 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
             kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
         with open(cfg_path, "w") as f:
             f.write(kept + "\n" + _config(module))
-        env = dict(os.environ, PYTHONPATH=os.path.join(dest, "mutants"),
-                   PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=os.path.join(dest, "mutants"))
         mutmut = [sys.executable, "-m", "mutmut"]
         run = subprocess.run(mutmut + ["run", "--max-children", str(children)], cwd=dest, env=env,
                              capture_output=True, text=True)
@@ -128,6 +134,13 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
         results = parse_results(res.stdout)
         if not results:
             out.error = (run.stdout + run.stderr).strip().splitlines()[-5:]
+        for mutant, status in results:
+            if status == "survived" and mutant not in equivalent:
+                show = subprocess.run(mutmut + ["show", mutant], cwd=dest, env=env,
+                                      capture_output=True, text=True).stdout
+                out.diffs[mutant] = "\n".join(x for x in show.splitlines()
+                                              if x.startswith(("+", "-", "@@"))
+                                              and not x.startswith(("+++", "---")))
     out.seconds = time.monotonic() - t0
     for mutant, status in results:
         out.counts[status] = out.counts.get(status, 0) + 1
@@ -156,7 +169,9 @@ def render(outcomes: Sequence[Outcome], equivalent: Dict[str, str]) -> str:
     for o in outcomes:
         if o.survivors:
             rows += ["", f"## Survivors in {o.module}", ""]
-            rows += [f"- `{s}` (`mutmut show {s}`)" for s in o.survivors]
+            for name in o.survivors:
+                rows += [f"- `{name}`", "", "  ```diff"]
+                rows += [f"  {x}" for x in o.diffs.get(name, "").splitlines()] + ["  ```"]
     return "\n".join(rows) + "\n"
 
 
