@@ -18,22 +18,26 @@ import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
-# The process tier: modules whose tests start server/client processes or the sharding tool (seconds
-# to minutes each). Everything else is the fast tier (in-process, milliseconds to seconds).
-# `make test` runs both tiers in one xdist session with these first, so a long test never starts
+# The process tier: modules whose tests start server/client processes or tools, or train for real
+# (seconds to minutes each); everything else is the fast tier (in-process, milliseconds to
+# seconds). `make test` runs both tiers in one xdist session, the process tier first and its
+# longest modules first (order below: measured total time, longest first), so no long test starts
 # last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
-PROCESS_MODULES = {
-    "test_auth", "test_bench_smoke", "test_distributed_e2e", "test_faults", "test_fs_user_script",
-    "test_fuzz", "test_insiders", "test_launcher", "test_multihost_netns", "test_shard_mode",
-    "test_shard_refresh", "test_swarm", "test_transport_process",
-}
+PROCESS_MODULES = [
+    "test_faults", "test_shard_refresh", "test_transport_process", "test_launcher",
+    "test_fs_user_script", "test_swarm", "test_shard_mode", "test_femnist_sample",
+    "test_multihost_netns", "test_auth", "test_fuzz", "test_bench_smoke", "test_insiders",
+    "test_distributed_e2e",
+]
 
 
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(PROCESS_MODULES)}
     for item in items:
-        if item.module.__name__ in PROCESS_MODULES:
+        if item.module.__name__ in rank:
             item.add_marker(pytest.mark.process)
-    items.sort(key=lambda it: 0 if it.get_closest_marker("process") else 1)   # stable
+    # stable: the order inside a module (and its module-scoped fixtures) is kept
+    items.sort(key=lambda it: rank.get(it.module.__name__, len(rank)))
 
 
 @pytest.fixture(autouse=True)

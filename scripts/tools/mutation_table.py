@@ -125,7 +125,10 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
             kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
         with open(cfg_path, "w") as f:
             f.write(kept + "\n" + _config(module))
-        env = dict(os.environ, PYTHONPATH=os.path.join(dest, "mutants"))
+        # mutmut puts mutants/ first on sys.path itself; an inherited PYTHONPATH would let the
+        # tests import the unmutated tree (and one naming mutants/ before it exists is cached
+        # by the import system as "nothing there")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         mutmut = [sys.executable, "-m", "mutmut"]
         run = subprocess.run(mutmut + ["run", "--max-children", str(children)], cwd=dest, env=env,
                              capture_output=True, text=True)
