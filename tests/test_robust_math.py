@@ -225,7 +225,7 @@ def test_zero_delta_is_not_scaled_and_clipping_is_logged(caplog):
 
 
 def test_unknown_rule_is_refused_naming_the_rules():
-    with pytest.raises(ValueError, match=r"robust_rule='krumm'.*'median'"):
+    with pytest.raises(ValueError, match=r"robust_rule='krumm'.*\('krum', 'median'"):
         _agg("krumm", [1, 2, 3, 4])
 
 
@@ -238,6 +238,8 @@ def test_fs_default_parameters():
 @pytest.mark.parametrize("rule,f,n,notes", [
     ("krum", 1, 4, ["krum tolerates f=1 only with more than 4 clients per round (have 4)"]),
     ("krum", 1, 5, []),
+    ("krum", 2, 6, ["krum tolerates f=2 only with more than 6 clients per round (have 6)"]),
+    ("krum", 2, 7, []),
     ("krum", 0, 5, ["krum with aggregator.byzantine_node_num=0 assumes no attacker"]),
     ("bulyan", 1, 6, ["bulyan tolerates f=1 only with at least 7 clients per round (have 6)"]),
     ("bulyan", 0, 3, ["bulyan with aggregator.byzantine_node_num=0 assumes no attacker"]),
@@ -246,3 +248,54 @@ def test_fs_default_parameters():
 ])
 def test_check_rule_warns_exactly_below_the_guarantee(rule, f, n, notes):
     assert check_rule(rule, f, n) == notes
+
+
+def test_krum_scores_are_squared_distances():
+    # n=5, f=1 (2 neighbours), deltas 0 1 5 8 11. Squared: 0: 1+25=26, 1: 1+16=17, 5: 9+16=25,
+    # 8: 9+9=18, 11: 9+36=45 -> delta 1. (Cubed distances would pick 8: 1+64=65 > 27+27=54.)
+    assert _w(_agg("krum", [0, 1, 5, 8, 11], byzantine_node_num=1)) == [1.0, -1.0]
+
+
+def test_weights_are_exact_in_float64():
+    # a float64 model, sample sizes 1 and 2 under the bound: (3 x 1 + 6 x 2) / 3 = 5 exactly;
+    # weights rounded to float32 (1/3 -> 0.33333334) would give 5.0000002
+    g = {"w": torch.zeros(1, dtype=torch.float64)}
+    ups = [(1, 1, {"w": torch.tensor([3.0], dtype=torch.float64)}),
+           (2, 2, {"w": torch.tensor([6.0], dtype=torch.float64)})]
+    assert robust_aggregate("normbounding", g, ups, RobustArgs())["w"].item() == 5.0
+
+
+def test_a_total_of_one_sample_is_a_weight_not_a_reason_for_equal_weights():
+    # sizes 1 and 0: client 1 alone counts -> its delta 3
+    assert _w(_agg("normbounding", [3, 4], [1, 0])) == [3.0, -3.0]
+
+
+def test_integer_buffers_keep_counts_beyond_float32():
+    # 2^25 + 1 is not a float32: the mean of two such counts must still be exact
+    big = 2 ** 25 + 1
+    out = _agg("median", [1, 2], [10, 10], [big, big])
+    assert int(out["n"]) == big
+
+
+@pytest.mark.parametrize("rule,want", [("median", 6), ("krum", 4), ("normbounding", 6),
+                                       ("trimmedmean", 6), ("bulyan", 6)])
+def test_a_model_with_only_integer_buffers(rule, want):
+    # nothing to clip or rank: counts 4, 8 (sizes 10, 10) -> mean 6; krum's scores all tie at 0,
+    # so it keeps client 1 alone -> 4
+    g = {"n": torch.tensor(0)}
+    ups = [(1, 10, {"n": torch.tensor(4)}), (2, 10, {"n": torch.tensor(8)})]
+    assert int(robust_aggregate(rule, g, ups, RobustArgs())["n"]) == want
+
+
+def test_norms_below_one_are_scaled_by_the_bound_over_the_norm():
+    # bound 0.5, delta [0.4, -0.4] (norm 0.566): scaled to norm 0.5 -> 0.5 / sqrt(2) per entry
+    out = _w(_agg("normbounding", [0.4], normbounding_norm_bound=0.5))
+    assert out == pytest.approx([0.5 / 2 ** 0.5, -0.5 / 2 ** 0.5], rel=1e-6)
+
+
+def test_an_update_exactly_at_the_bound_is_not_reported_as_clipped(caplog):
+    caplog.set_level("INFO", logger="federatedscope")
+    g = {"w": torch.zeros(2)}
+    ups = [(1, 10, {"w": torch.tensor([6.0, -8.0])}), (2, 10, {"w": torch.tensor([0.0, 0.0])})]
+    out = robust_aggregate("normbounding", g, ups, RobustArgs())     # norm 10 = the bound
+    assert out["w"].tolist() == [3.0, -4.0] and "clipped" not in caplog.text

@@ -34,9 +34,11 @@ class Module:
 
 
 FL = "federatedscope/core/"
-# The codec's throughput tests move 26 MB messages: seconds per mutant, and a wrong byte count or
-# dtype is already caught by the cheap round-trip tests.
-CODEC_SLOW = "not bandwidth and not 2048"
+# Left out of the per-mutant reruns: the codec's throughput tests (26 MB messages, seconds per
+# mutant; a wrong byte count or dtype is caught by the cheap round trips) and its 3,000-frame
+# fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
+CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
+CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     "aggregators": Module([FL + "aggregators/*"],
@@ -52,7 +54,8 @@ MODULES: Dict[str, Module] = {
     "codec": Module([FL + "communication/codec.py"],
                     ["tests/test_codec.py", "tests/test_codec_props.py"], CODEC_SLOW),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
-                      ["tests/test_config.py", "tests/test_config_precedence.py"]),
+                      ["tests/test_config.py", "tests/test_config_precedence.py",
+                       "tests/test_config_doc.py"], CONFIG_SLOW),
 }
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault",
             "not checked")
@@ -105,7 +108,7 @@ def _config(module: Module) -> str:
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in module.tests]
     lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q"]
     lines += ["    -k", f"    {module.deselect}"] if module.deselect else []
-    lines += ["also_copy =", "    scripts/", "timeout_multiplier = 5.0", ""]
+    lines += ["also_copy =", "    scripts/", "    doc/", "timeout_multiplier = 5.0", ""]
     return "\n".join(lines)
 
 
