@@ -174,14 +174,18 @@ def test_fedavg_is_not_a_robust_rule():
 
 # ------------------------------------------------------------------ edges of the arithmetic
 def test_several_float_tensors_are_cut_back_in_place():
-    # two float tensors of different sizes and a float64 one: the flat vector must be cut back at
-    # the right offsets and each tensor keep its dtype; median of (1, 2, 30, 40) per entry
-    g = {"a": torch.zeros(2), "b": torch.zeros(3, dtype=torch.float64), "n": torch.tensor(0)}
+    # three float tensors of sizes 2, 3, 1 (one float64) around an integer buffer: the flat
+    # vector must be cut back at offsets 0, 2, 5 and each tensor keep its dtype; median of
+    # (1, 2, 30, 40) x the tensor's factor per entry
+    g = {"a": torch.zeros(2), "b": torch.zeros(3, dtype=torch.float64), "n": torch.tensor(0),
+         "c": torch.zeros(1)}
     ups = [(i + 1, 10, {"a": torch.tensor([x, 2 * x]), "b": torch.full((3,), -x, dtype=torch.float64),
-                        "n": torch.tensor(0)}) for i, x in enumerate([1.0, 2.0, 30.0, 40.0])]
+                        "n": torch.tensor(0), "c": torch.tensor([3 * x])})
+           for i, x in enumerate([1.0, 2.0, 30.0, 40.0])]
     out = robust_aggregate("median", g, ups, RobustArgs())
     assert out["a"].tolist() == [16.0, 32.0] and out["a"].dtype == torch.float32
     assert out["b"].tolist() == [-16.0] * 3 and out["b"].dtype == torch.float64
+    assert out["c"].tolist() == [48.0] and out["c"].dtype == torch.float32
 
 
 def test_ties_are_broken_by_client_id_whatever_the_arrival_order():
