@@ -155,30 +155,63 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
     return out
 
 
-def render(outcomes: Sequence[Outcome], equivalent: Dict[str, str]) -> str:
+def _row(o: Outcome, when: str) -> str:
+    c = o.counts
+    if o.error:
+        return f"| {o.module} | error: {' / '.join(o.error)} | | | | | | | {when} |"
+    other = sum(v for k, v in c.items() if k not in ("killed", "survived", "timeout"))
+    return (f"| {o.module} | {sum(c.values())} | {c.get('killed', 0)} | {len(o.survivors)} | "
+            f"{len(o.equivalent)} | {c.get('timeout', 0)} | {other} | {o.seconds:.0f} | {when} |")
+
+
+def _sections(o: Outcome) -> List[str]:
+    if not o.survivors:
+        return []
+    lines = [f"## Survivors in {o.module}", ""]
+    for name in o.survivors:
+        lines += [f"- `{name}`", "", "  ```diff"]
+        lines += [f"  {x}" for x in o.diffs.get(name, "").splitlines()] + ["  ```", ""]
+    return lines
+
+
+def _previous(path: str) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
+    """Rows and survivor sections of the modules in an existing table, so a run of some modules
+    keeps the others' last results."""
+    rows: Dict[str, str] = {}
+    sections: Dict[str, List[str]] = {}
+    if not os.path.exists(path):
+        return rows, sections
+    current = None
+    with open(path) as f:
+        for line in f.read().splitlines():
+            m = re.match(r"^\| (\w+) \| (?!mutants)", line)
+            if m and m.group(1) in MODULES:
+                rows[m.group(1)] = line
+            m = re.match(r"^## Survivors in (\w+)$", line)
+            current = m.group(1) if m else (current if not line.startswith("## ") else None)
+            if current:
+                sections.setdefault(current, []).append(line)
+    return rows, sections
+
+
+def render(outcomes: Sequence[Outcome], previous: str = "") -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rows = ["# Mutation testing of the FL core", "",
-            "Written by `make mutation` (`scripts/tools/mutation_table.py`; mutmut, one module at "
-            "a time, against the fast in-process tests listed in the script's `MODULES`). "
-            "*Equivalent* survivors are listed with their reason in "
-            "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
-            "the tests would let through.", "", f"Last run: {when}.", "",
-            "| module | mutants | killed | survived | equivalent | timeout | other | seconds |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows, sections = _previous(previous) if previous else ({}, {})
     for o in outcomes:
-        c = o.counts
-        other = sum(v for k, v in c.items() if k not in ("killed", "survived", "timeout"))
-        rows.append(f"| {o.module} | {sum(c.values())} | {c.get('killed', 0)} | "
-                    f"{len(o.survivors)} | {len(o.equivalent)} | {c.get('timeout', 0)} | {other} | "
-                    f"{o.seconds:.0f} |" if not o.error else
-                    f"| {o.module} | error: {' / '.join(o.error)} | | | | | | |")
-    for o in outcomes:
-        if o.survivors:
-            rows += ["", f"## Survivors in {o.module}", ""]
-            for name in o.survivors:
-                rows += [f"- `{name}`", "", "  ```diff"]
-                rows += [f"  {x}" for x in o.diffs.get(name, "").splitlines()] + ["  ```"]
-    return "\n".join(rows) + "\n"
+        rows[o.module] = _row(o, when)
+        sections[o.module] = _sections(o)
+    out = ["# Mutation testing of the FL core", "",
+           "Written by `make mutation` (`scripts/tools/mutation_table.py`; mutmut, one module at "
+           "a time, against the fast in-process tests listed in the script's `MODULES`). "
+           "*Equivalent* survivors are listed with their reason in "
+           "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
+           "the tests would let through. Modules without a row have not been run yet.", "",
+           "| module | mutants | killed | survived | equivalent | timeout | other | seconds | run |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    out += [rows[m] for m in MODULES if m in rows] + [""]
+    for m in MODULES:
+        out += sections.get(m, [])
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def main(argv=None) -> int:
@@ -200,7 +233,7 @@ def main(argv=None) -> int:
         print(f"{name:12s} {o.counts} survivors={len(o.survivors)} in {o.seconds:.0f}s"
               + (f" ERROR {o.error}" if o.error else ""), flush=True)
     with open(args.table + ".tmp", "w") as f:
-        f.write(render(outcomes, equivalent))
+        f.write(render(outcomes, args.table))
     os.replace(args.table + ".tmp", args.table)
     print(f"wrote {args.table}")
     return 1 if any(o.survivors or o.error for o in outcomes) else 0
