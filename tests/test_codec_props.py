@@ -101,3 +101,75 @@ def test_a_tensor_name_given_twice_is_refused():
 def test_dtypes_outside_the_list_are_refused_on_encode(dtype):
     with pytest.raises(TypeError, match="cannot travel"):
         codec.encode(_msg({"x": torch.zeros(2, dtype=dtype)}))
+
+
+# ------------------------------------------------------------------ limits, exactly at the edge
+def _decode_env(env, payload=b""):
+    return codec.decode(_frame(env, payload))
+
+
+def test_dims_up_to_the_limit_travel_and_one_more_is_refused():
+    t = torch.ones([1] * codec.MAX_DIMS)                       # 8 dims: allowed
+    assert codec.decode(codec.encode(_msg({"x": t}))).tensors["x"].shape == t.shape
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="x", dtype="float32", shape=[1] * (codec.MAX_DIMS + 1))
+    with pytest.raises(InvalidMessage, match="bad shape"):
+        _decode_env(env, b"\0" * 4)
+
+
+def test_negative_dims_and_inline_data_are_refused():
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="x", dtype="float32", shape=[2, -1])
+    with pytest.raises(InvalidMessage, match="bad shape"):
+        _decode_env(env)
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="x", dtype="float32", shape=[1], data=b"\0" * 4)
+    with pytest.raises(InvalidMessage, match="inline data"):
+        _decode_env(env, b"\0" * 4)
+
+
+def test_content_and_tensor_count_limits_are_inclusive():
+    at_limit = '"' + "a" * (codec.MAX_CONTENT_BYTES - 2) + '"'        # valid JSON, exactly 1 MiB
+    assert codec.decode(_frame(fl_pb2.Envelope(msg_type=MODEL_PARA, content_json=at_limit),
+                               b"")).content == "a" * (codec.MAX_CONTENT_BYTES - 2)
+    over = fl_pb2.Envelope(msg_type=MODEL_PARA, content_json=at_limit + " ")
+    with pytest.raises(InvalidMessage, match="exceeds"):
+        codec.decode(_frame(over, b""))
+    many = {f"t{i}": torch.zeros(0) for i in range(codec.MAX_TENSORS)}
+    assert len(codec.decode(codec.encode(_msg(many))).tensors) == codec.MAX_TENSORS
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    for i in range(codec.MAX_TENSORS + 1):
+        env.tensors.add(name=f"t{i}", dtype="float32", shape=[0])
+    with pytest.raises(InvalidMessage, match="tensors exceeds"):
+        _decode_env(env)
+
+
+def test_decoded_tensors_own_writable_memory():
+    import warnings
+    wire = codec.encode(_msg({"w": torch.arange(4, dtype=torch.float32)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # torch warns on a view of read-only bytes
+        t = codec.decode(wire).tensors["w"]
+    t.add_(1)
+    assert t.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("exc,text", [(MemoryError(), "does not fit in memory"),
+                                      (RecursionError(), "nests too deeply"),
+                                      (ValueError("numpy said no"), "ValueError: numpy said no")])
+def test_internal_failures_become_invalid_message(monkeypatch, exc, text):
+    def boom(data):
+        raise exc
+    monkeypatch.setattr(codec, "_decode", boom)
+    with pytest.raises(InvalidMessage, match=text):
+        codec.decode(b"anything")
+
+
+def test_header_fields_survive():
+    msg = Message(MODEL_PARA, 7, 3, 11, {"sample_size": 5}, {"w": torch.ones(1)}, timestamp=12.5)
+    back = codec.decode(codec.encode(msg))
+    assert (back.msg_type, back.sender, back.receiver, back.state, back.timestamp) == \
+        (MODEL_PARA, 7, 3, 11, 12.5)
+    assert back.content == {"sample_size": 5}
+    empty = codec.decode(codec.encode(Message(MODEL_PARA, 1, 0, 0, {})))
+    assert empty.content == {} and empty.tensors is None
