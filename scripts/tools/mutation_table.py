@@ -55,7 +55,7 @@ MODULES: Dict[str, Module] = {
                     ["tests/test_codec.py", "tests/test_codec_props.py"], CODEC_SLOW),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
-                       "tests/test_config_doc.py"], CONFIG_SLOW),
+                       "tests/test_config_doc.py", "tests/test_config_choices.py"], CONFIG_SLOW),
 }
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault",
             "not checked")
