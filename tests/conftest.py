@@ -17,6 +17,13 @@ def free_port() -> int:
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests: 150 examples in the suite; the mutation run (--hypothesis-profile=mutation)
+# reruns them once per mutant, where a few dozen examples already hit every dtype.
+settings.register_profile("suite", max_examples=150, deadline=None)
+settings.register_profile("mutation", max_examples=30, deadline=None)
+settings.load_profile("suite")
 
 # The process tier: modules whose tests start server/client processes or tools, or train for real
 # (seconds to minutes each); everything else is the fast tier (in-process, milliseconds to

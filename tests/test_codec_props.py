@@ -3,7 +3,7 @@ bit at its own width, and frames that name a tensor twice are refused."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from federatedscope.core.communication import codec
@@ -42,7 +42,6 @@ shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4)
 one_tensor = st.tuples(st.sampled_from(sorted(WIRE)), shapes, st.integers(0, 2 ** 32 - 1))
 
 
-@settings(max_examples=150, deadline=None)
 @given(st.lists(one_tensor, min_size=1, max_size=6))
 def test_every_allowed_dtype_and_shape_round_trips_bit_exact(specs):
     tensors = {f"t{i}.{name}": _random_tensor(name, shape, seed)

@@ -106,7 +106,8 @@ def _config(module: Module) -> str:
     lines = ["[mutmut]", "source_paths = federatedscope", "only_mutate ="]
     lines += [f"    {g}" for g in module.globs]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in module.tests]
-    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q"]
+    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
+              "    --hypothesis-profile=mutation"]
     lines += ["    -k", f"    {module.deselect}"] if module.deselect else []
     lines += ["also_copy =", "    scripts/", "    doc/", "timeout_multiplier = 5.0", ""]
     return "\n".join(lines)
@@ -232,9 +233,9 @@ def main(argv=None) -> int:
         outcomes.append(o)
         print(f"{name:12s} {o.counts} survivors={len(o.survivors)} in {o.seconds:.0f}s"
               + (f" ERROR {o.error}" if o.error else ""), flush=True)
-    with open(args.table + ".tmp", "w") as f:
-        f.write(render(outcomes, args.table))
-    os.replace(args.table + ".tmp", args.table)
+        with open(args.table + ".tmp", "w") as f:        # after each module: a long run that is
+            f.write(render([o], args.table))              # stopped keeps what it finished
+        os.replace(args.table + ".tmp", args.table)
     print(f"wrote {args.table}")
     return 1 if any(o.survivors or o.error for o in outcomes) else 0
 
