@@ -206,7 +206,8 @@ def render(outcomes: Sequence[Outcome], previous: str = "") -> str:
            "a time, against the fast in-process tests listed in the script's `MODULES`). "
            "*Equivalent* survivors are listed with their reason in "
            "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
-           "the tests would let through. Modules without a row have not been run yet.", "",
+           "the tests would let through. A timeout (the mutant pushed the tests past mutmut's CPU "
+           "limit) counts as caught. Modules without a row have not been run yet.", "",
            "| module | mutants | killed | survived | equivalent | timeout | other | seconds | run |",
            "|---|---|---|---|---|---|---|---|---|"]
     out += [rows[m] for m in MODULES if m in rows] + [""]
