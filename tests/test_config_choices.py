@@ -34,7 +34,8 @@ def test_documented_choices_are_accepted_and_others_refused(key, values):
 
 @pytest.mark.parametrize("metric", ["acc", "correct", "loss", "total", "avg_loss"])
 def test_known_metrics_are_accepted(metric):
-    assert list(finalize(load_cfg(None, ["eval.metrics", f"['{metric}']"])).eval.metrics) == [metric]
+    cfg = finalize(load_cfg(None, ["eval.metrics", f"['{metric}']"]))
+    assert list(cfg.eval.metrics) == [metric]
 
 
 @pytest.mark.parametrize("report", ["weighted_avg", "avg", "raw", "fairness"])

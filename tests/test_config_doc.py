@@ -34,6 +34,7 @@ def test_doc_config_block_is_the_default_tree():
                     or type(actual[k]) is not type(documented[k]))
     assert not (missing or stale or differ), (
         f"{DOC} is out of step with get_default_cfg(): keys not documented {missing}; documented "
-        f"but unknown {stale}; different default {[(k, documented[k], actual[k]) for k in differ]}. "
+        f"but unknown {stale}; different default (key, doc, code) "
+        f"{[(k, documented[k], actual[k]) for k in differ]}. "
         f"Regenerate the block: python -c \"from federatedscope.core.configs.config import "
         f"get_default_cfg; print(get_default_cfg().dump())\"")

@@ -23,7 +23,8 @@ def _client_train(root, transform):
 
 def test_data_idx_client_applies_normalize(femnist_root):
     plain = _client_train(femnist_root, [["ToTensor"]])
-    norm = _client_train(femnist_root, [["ToTensor"], ["Normalize", {"mean": [MEAN], "std": [STD]}]])
+    norm = _client_train(femnist_root,
+                         [["ToTensor"], ["Normalize", {"mean": [MEAN], "std": [STD]}]])
     assert len(plain) == len(norm) > 16
     (xp, yp), (xn, yn) = (next(iter(s.iter_batches(16, False, 0))) for s in (plain, norm))
     assert torch.equal(yp, yn) and xp.shape == xn.shape == (16, 1, 28, 28)

@@ -18,7 +18,8 @@ def _updates(xs, sizes=None, counts=None):
     """Client i+1 sends w = [x_i, -x_i] (a delta of x_i) and integer buffer n = counts[i]."""
     sizes = sizes or [10] * len(xs)
     counts = counts or [0] * len(xs)
-    return [(i + 1, sizes[i], {"w": torch.tensor([float(x), -float(x)]), "n": torch.tensor(counts[i])})
+    return [(i + 1, sizes[i], {"w": torch.tensor([float(x), -float(x)]),
+                               "n": torch.tensor(counts[i])})
             for i, x in enumerate(xs)]
 
 
@@ -179,7 +180,8 @@ def test_several_float_tensors_are_cut_back_in_place():
     # (1, 2, 30, 40) x the tensor's factor per entry
     g = {"a": torch.zeros(2), "b": torch.zeros(3, dtype=torch.float64), "n": torch.tensor(0),
          "c": torch.zeros(1)}
-    ups = [(i + 1, 10, {"a": torch.tensor([x, 2 * x]), "b": torch.full((3,), -x, dtype=torch.float64),
+    ups = [(i + 1, 10, {"a": torch.tensor([x, 2 * x]),
+                        "b": torch.full((3,), -x, dtype=torch.float64),
                         "n": torch.tensor(0), "c": torch.tensor([3 * x])})
            for i, x in enumerate([1.0, 2.0, 30.0, 40.0])]
     out = robust_aggregate("median", g, ups, RobustArgs())

@@ -208,7 +208,8 @@ def render(outcomes: Sequence[Outcome], previous: str = "") -> str:
            "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
            "the tests would let through. A timeout (the mutant pushed the tests past mutmut's CPU "
            "limit) counts as caught. Modules without a row have not been run yet.", "",
-           "| module | mutants | killed | survived | equivalent | timeout | other | seconds | run |",
+           "| module | mutants | killed | survived | equivalent | timeout | other | seconds "
+           "| run |",
            "|---|---|---|---|---|---|---|---|---|"]
     out += [rows[m] for m in MODULES if m in rows] + [""]
     for m in MODULES:
