@@ -8,8 +8,8 @@ work per coordinate and that integer buffers follow the clients the rule keeps.
 import pytest
 import torch
 
-from federatedscope.core.aggregators.robust import (RobustArgs, check_rule, krum_select,
-                                                    robust_aggregate)
+from federatedscope.core.aggregators.robust import (RobustArgs, krum_select, robust_aggregate,
+                                                    rule_problem)
 
 GLOBAL = {"w": torch.zeros(2), "n": torch.tensor(0)}
 
@@ -130,7 +130,8 @@ def test_bulyan_at_seven_clients():
     # scores 0: 1+4+9+16=30, 1: 1+1+4+9=15, 2: 1+1+4+4=10, 3: 15, 4: 30, 50, 90 huge -> keep
     # 0..4; trim 1 per side -> mean(1, 2, 3) = 2
     assert _w(_agg("bulyan", [0, 1, 2, 3, 4, 50, 90], byzantine_node_num=1)) == [2.0, -2.0]
-    assert check_rule("bulyan", 1, 7) == [] and check_rule("bulyan", 1, 6)
+    assert rule_problem("bulyan", RobustArgs(byzantine_node_num=1), 7) == ""
+    assert rule_problem("bulyan", RobustArgs(byzantine_node_num=1), 6)
 
 
 # ------------------------------------------------------------------ norm bounding
@@ -241,19 +242,30 @@ def test_fs_default_parameters():
             a.normbounding_norm_bound) == (0, 1, 0.1, 10.0)
 
 
-@pytest.mark.parametrize("rule,f,n,notes", [
-    ("krum", 1, 4, ["krum tolerates f=1 only with more than 4 clients per round (have 4)"]),
-    ("krum", 1, 5, []),
-    ("krum", 2, 6, ["krum tolerates f=2 only with more than 6 clients per round (have 6)"]),
-    ("krum", 2, 7, []),
-    ("krum", 0, 5, ["krum with aggregator.byzantine_node_num=0 assumes no attacker"]),
-    ("bulyan", 1, 6, ["bulyan tolerates f=1 only with at least 7 clients per round (have 6)"]),
-    ("bulyan", 0, 3, ["bulyan with aggregator.byzantine_node_num=0 assumes no attacker"]),
-    ("median", 0, 4, []),
-    ("normbounding", 3, 4, []),
+K = "aggregator.byzantine_node_num"
+
+
+@pytest.mark.parametrize("rule,f,n,problem", [
+    ("krum", 1, 4, f"krum tolerates {K}=1 only with more than 4 clients per round (have 4)"),
+    ("krum", 1, 5, ""),
+    ("krum", 2, 6, f"krum tolerates {K}=2 only with more than 6 clients per round (have 6)"),
+    ("krum", 2, 7, ""),
+    ("krum", 0, 4, ""),
+    ("bulyan", 1, 6, f"bulyan tolerates {K}=1 only with at least 7 clients per round (have 6)"),
+    ("bulyan", 1, 7, ""),
+    ("bulyan", 2, 10, f"bulyan tolerates {K}=2 only with at least 11 clients per round (have 10)"),
+    ("bulyan", 0, 3, ""),
+    # FS's default ratio 0.1 trims int(0.1 x n) per side: 0 at n=5, 1 at n=10
+    ("trimmedmean", 2, 5, "trimmedmean trims int(aggregator.BFT_args.trimmedmean_excluded_ratio="
+                          f"0.1 x 5) = 0 update(s) per side, fewer than {K}=2; raise the ratio to "
+                          "at least 0.4"),
+    ("trimmedmean", 1, 10, ""),
+    ("trimmedmean", 0, 4, ""),
+    ("median", 0, 4, ""),
+    ("normbounding", 3, 4, ""),
 ])
-def test_check_rule_warns_exactly_below_the_guarantee(rule, f, n, notes):
-    assert check_rule(rule, f, n) == notes
+def test_rule_problem_exactly_below_the_guarantee(rule, f, n, problem):
+    assert rule_problem(rule, RobustArgs(byzantine_node_num=f), n) == problem
 
 
 def test_krum_scores_are_squared_distances():
