@@ -7,14 +7,11 @@ from federatedscope.core.configs.config import ConfigError, finalize, load_cfg
 
 ALLOWED = [
     ("federate.mode", ["standalone", "distributed", "Distributed"]),
+    ("backend", ["torch"]),
     ("distribute.role", ["server", "client"]),
     ("distribute.grpc_compression", ["nocompression", "deflate", "gzip"]),
     ("train.batch_or_epoch", ["batch", "epoch"]),
-    ("trainer.type", ["general", "cvtrainer"]),
-    ("criterion.type", ["CrossEntropyLoss"]),
     ("train.optimizer.type", ["SGD"]),
-    ("model.type", ["convnet2", "ConvNet2"]),
-    ("data.type", ["femnist"]),
     ("aggregator.robust_rule", ["fedavg", "krum", "median", "trimmedmean", "bulyan",
                                 "normbounding"]),
 ]
@@ -22,14 +19,38 @@ ALLOWED = [
 
 @pytest.mark.parametrize("key,values", ALLOWED, ids=[k for k, _ in ALLOWED])
 def test_documented_choices_are_accepted_and_others_refused(key, values):
+    # a distributed client would also need its data_idx
+    server = [] if key == "distribute.role" else ["distribute.role", "server"]
     for v in values:
-        cfg = finalize(load_cfg(None, [key, v]))
+        cfg = finalize(load_cfg(None, [key, v] + server))
         node = cfg
         for part in key.split("."):
             node = getattr(node, part)
         assert node == v
     with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*choose one of"):
-        finalize(load_cfg(None, [key, values[0] + "x"]))
+        finalize(load_cfg(None, [key, values[0] + "x"] + server))
+
+
+@pytest.mark.parametrize("key,good,builder", [
+    ("model.type", ["convnet2", "ConvNet2", "lstm"], "get_model"),
+    ("trainer.type", ["general", "cvtrainer", "nlptrainer"], "finalize"),
+    ("criterion.type", ["CrossEntropyLoss", "character_loss"], "finalize"),
+])
+def test_types_are_checked_by_the_registry_naming_the_key(key, good, builder):
+    """model/trainer/criterion types are whatever is registered (built in or a package's):
+    each registered one resolves, a misspelt one is refused naming the key."""
+    from federatedscope.core.auxiliaries.model_builder import get_model
+
+    def build(v):
+        if builder == "get_model":
+            extra = ["data.type", "shakespeare", "model.in_channels", "80",
+                     "model.out_channels", "80"] if v == "lstm" else []
+            return get_model(finalize(load_cfg(None, [key, v] + extra)))
+        return finalize(load_cfg(None, [key, v]))      # checked against the registry
+    for v in good:
+        assert build(v) is not None
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build(good[0] + "x")
 
 
 @pytest.mark.parametrize("metric", ["acc", "correct", "loss", "total", "avg_loss"])
@@ -74,12 +95,14 @@ def test_data_splits(splits, ok):
 
 def test_distributed_mode_turns_distribute_use_on_and_names_the_run():
     cfg = finalize(load_cfg(None, ["federate.mode", "distributed", "distribute.role", "client",
-                                   "distribute.client_id", "4", "expname_tag", "t"]))
+                                   "distribute.client_id", "4", "distribute.data_idx", "1",
+                                   "expname_tag", "t"]))
     assert cfg.distribute.use is True
     assert cfg.expname == "FedAvg_convnet2_on_femnist_client_4_t"
     cfg = finalize(load_cfg(None, ["federate.mode", "distributed", "distribute.role", "server"]))
     assert cfg.expname == "FedAvg_convnet2_on_femnist_server"
     cfg = finalize(load_cfg(None, ["federate.mode", "distributed", "distribute.data_idx", "2"]))
-    assert cfg.expname == "FedAvg_convnet2_on_femnist_client_2"     # data_idx when no client_id
+    # no client_id: the server assigns the id at join, so the name says which partition it runs
+    assert cfg.expname == "FedAvg_convnet2_on_femnist_client_data_idx_2"
     assert finalize(load_cfg(None, [])).distribute.use is False
     assert finalize(load_cfg(None, ["expname", "mine"])).expname == "mine"

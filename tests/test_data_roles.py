@@ -48,7 +48,7 @@ def test_implemented_aliases_survive_finalize(old, caplog):
     assert sum(f"data.{old} is deprecated" in r.getMessage() for r in caplog.records) == 1
 
 
-@pytest.mark.parametrize("old", ["loader", "walk_length", "num_steps", "sizes"])
+@pytest.mark.parametrize("old", ["loader"])
 def test_aliases_of_unimplemented_loader_keys_are_refused_under_their_new_name(old):
     value, new = ALIAS_VALUES[old]
     with pytest.raises(ConfigError, match=rf"dataloader\.{new}=.* is not implemented here"):
