@@ -270,10 +270,10 @@ def test_10000_clients_load_under_half_a_second(tmp_path):
     mu.write_manifest(p, M("random", 1, {"kind": "unsplit"},
                            {k: _entry(k, 40) for k in range(1, n + 1)}))
     best = float("inf")
-    for _ in range(3):  # best of 3: the machine is shared
-        t = time.perf_counter()
+    for _ in range(3):  # best of 3, in CPU time: the machine is shared (xdist, other jobs)
+        t = time.process_time()
         entries = mu.load_manifest(p)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     assert len(entries) == n and entries[n].client_id == n
     assert best < 0.5, f"loading {n} clients took {best:.3f} s"
 

@@ -186,7 +186,9 @@ def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_sh
         squatters = [threading.Thread(target=squat, daemon=True) for _ in range(16)]
         for t in squatters:
             t.start()
+        attack_began = time.monotonic()
         wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
+        attack_lasted = time.monotonic() - attack_began
     finally:
         stop.set()
     times = _round_times(job.server_log())
@@ -194,7 +196,8 @@ def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_sh
     attacked = [times[r] for r in range(attack_from, rounds + 1)]
     assert attacked, f"the attack began too late (round {attack_from}); {times}"
     assert statistics.median(attacked) <= 1.5 * honest + 0.3, (honest, attacked)
-    assert job.server_log().count("Closed session from") >= 16  # squatters closed at deadline
+    if attack_lasted > 5 + 2:   # squatters outlived join_deadline: each was closed at it
+        assert job.server_log().count("Closed session from") >= 16, attack_lasted
     assert job.final()["Round"] == rounds
 
 

@@ -61,7 +61,7 @@ def test_server_out_of_file_descriptors_finishes_or_exits_4(femnist_root, tmp_pa
     depends on the moment, so the outcome is either a complete run or exit 4, never a hang."""
     job = Job(tmp_path, femnist_root, rounds=ROUNDS,
               common=["federate.join_timeout", "60", "federate.graceful_termination_timeout", "30"])
-    server = _start_limited(job, int(os.environ.get("FS_TEST_NOFILE", "15")))
+    server = _start_within_fewest_descriptors(job, int(os.environ.get("FS_TEST_NOFILE", "15")))
     clients = [job.client(k) for k in (1, 2, 3)]
     codes = _codes([server] + clients)
     assert codes[0] in (0, 4), proc_utils.describe([server])
@@ -69,6 +69,19 @@ def test_server_out_of_file_descriptors_finishes_or_exits_4(femnist_root, tmp_pa
     assert "closing that connection" not in log
     if codes[0] == 4:
         assert "EMFILE" in log and "exit code 4" in log
+
+
+def _start_within_fewest_descriptors(job, nofile: int):
+    """The server under the lowest limit it can start with, from ``nofile`` up: how many
+    descriptors gRPC's start-up takes varies by one or two with its threads (under load, 15 can
+    abort in epoll before the port is bound). What is tested starts after that: the job."""
+    for limit in range(nofile, nofile + 3):
+        try:
+            return _start_limited(job, limit)
+        except proc_utils.ProcessFailed:
+            if limit == nofile + 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _codes(procs, timeout=240):
