@@ -18,7 +18,8 @@ import torch
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
 from federatedscope.core.data.dataset_spec import WriterSamples
 from federatedscope.core.data.shard_format.checks import SPLITS
-from federatedscope.core.data.sharding_plan import natural_key, subsample_writers, writer_split
+from federatedscope.core.data.sharding_plan import natural_key, subsample_writers
+from federatedscope.core.data.spec_data import split_writer
 from federatedscope.cv.dataset.leaf_checks import FIX as _FIX
 from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE, check_users, images, labels
 
@@ -191,20 +192,6 @@ def _check_splits(splits: Sequence[float]) -> Tuple[float, float, float]:
         raise ValueError("data.splits must be three non-negative fractions summing to 1 "
                          "(train, val, test), got %r" % (list(splits),))
     return s  # type: ignore[return-value]
-
-
-def split_writer(parts: Dict[Optional[str], WriterSamples], splits: Tuple[float, float, float],
-                 seed: int, writer_id: str) -> Dict[str, Split]:
-    """The core's per-writer rule (``sharding_plan.writer_split``) applied to the samples."""
-    any_part = next(iter(parts.values()))
-    out = {}
-    for s, (key, idx) in writer_split({k: len(p.y) for k, p in parts.items()}, splits, seed,
-                                      writer_id).items():
-        p = parts.get(key, any_part)
-        idx = idx if key in parts else idx[:0]
-        out[s] = (torch.from_numpy(np.ascontiguousarray(p.x[idx])),
-                  torch.from_numpy(np.ascontiguousarray(p.y[idx])))
-    return out
 
 
 def _cache_key(raw_dir: str, files: List[str], splits: Tuple[float, float, float],
