@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dataset_tools import tool
-from federatedscope.core.aggregators.fedavg import ClientsAvgAggregator
+from federatedscope.core.aggregators.fedavg import weighted_mean
 from federatedscope.core.auxiliaries.splitter_builder import build_splitter
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.data.datasets import TensorSplit
@@ -56,7 +56,7 @@ def _run_fedavg(trainer_cls, model, clients, cfg, rounds=2):
             t.set_state(state)
             n, upload, _ = t.train(seed=1000 * r + cid)
             updates.append((cid, n, upload))
-        state = ClientsAvgAggregator().aggregate(updates)
+        state = weighted_mean(updates)
         sizes = [n for _, n, _ in updates]
         assert sum(sizes) == sum(len(c) for c in clients)
     return before, global_loss()

@@ -176,6 +176,19 @@ def test_fs_data_path_and_shard_tool_give_the_same_partition(name, samples):
             assert sorted(data[k].train_data.y.tolist()) == sorted(pooled[parts[k - 1]]), k
 
 
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_baseline_config_runs_fs_data_path_standalone(name, samples, tmp_path):
+    """FS's baseline YAML as shipped, on FS's data path (no shards), rounds shortened."""
+    root, _ = samples
+    data_type, yaml, _, keys = DATASETS[name]
+    log = str(tmp_path / "run.log")
+    proc = start_main(["--cfg", os.path.join(BASELINE, yaml), "use_gpu", "False",
+                       "data.root", root, "federate.total_round_num", str(ROUNDS),
+                       "model.hidden", "16", "outdir", str(tmp_path / "exp")], log)
+    assert wait_all([proc], timeout=300) == [0], open(log).read()[-2000:]
+    assert f"finished after {ROUNDS} rounds" in open(log).read()
+
+
 def test_client_with_a_shard_of_another_dataset_is_refused(samples, tmp_path):
     """A CelebA job; client 2 brings a Shakespeare shard (and says so): the server refuses it
     by the manifest (dataset and sample type), the others finish."""
