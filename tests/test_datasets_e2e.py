@@ -132,29 +132,18 @@ def test_shard_job_equals_standalone_and_reads_only_own_shard(name, samples, tmp
     assert not differ, differ
 
 
-@pytest.mark.parametrize("name", sorted(DATASETS))
-def test_fs_data_path_and_shard_tool_give_the_same_partition(name, samples):
-    """FS's path (data.splitter 'lda' for CIFAR-10, one partition per writer otherwise) and the
-    shard tool, same seed: every client's train/val/test samples and labels are identical."""
-    from federatedscope.core.auxiliaries.data_builder import get_data
-    from federatedscope.core.configs.config import global_cfg
+def _assert_same_partition(data, manifest_path):
+    """Shard client k holds exactly FS's partitions of its writers, in the manifest's order."""
     from federatedscope.core.data.distributed_loader import DistributedShardLoader
     from federatedscope.core.data.shard_format import read_manifest
     from federatedscope.core.data.sharding_plan import writer_order
-    root, manifests = samples
-    cfg = global_cfg.clone()
-    cfg.merge_from_file(os.path.join(BASELINE, DATASETS[name][1]))
-    cfg.merge_from_list(["data.root", root, "data.seed", str(SEED), "data.subsample", "1.0",
-                         # every writer a partition; the splitter deals CIFAR-10 to 3 clients
-                         "federate.client_num", "3" if name == "cifar10" else "0"])
-    data, _ = get_data(cfg)
-    manifest = read_manifest(manifests[name])
+    manifest = read_manifest(manifest_path)
     # FS's partition i is the i-th writer in writer order (CIFAR-10: client_<i>, dealt by lda)
     index = {w: i + 1 for i, w in enumerate(writer_order([w for ws in manifest.writer_ids.values()
                                                           for w in ws]))}
     assert len(data) == len(index) and sorted(data) == sorted(index.values())
     for k in (1, 2, 3):
-        shard = DistributedShardLoader(os.path.join(os.path.dirname(manifests[name]),
+        shard = DistributedShardLoader(os.path.join(os.path.dirname(manifest_path),
                                                     f"client_{k}"))
         for split in ("train", "val", "test"):
             mine = [getattr(data[index[w]], f"{split}_data") for w in manifest.writer_ids[k]]
@@ -165,6 +154,22 @@ def test_fs_data_path_and_shard_tool_give_the_same_partition(name, samples):
                 continue
             assert torch.equal(y, theirs.y), (k, split)
             assert torch.equal(torch.cat([m.x for m in mine]), theirs.x), (k, split)
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_fs_data_path_and_shard_tool_give_the_same_partition(name, samples):
+    """FS's path (data.splitter 'lda' for CIFAR-10, one partition per writer otherwise) and the
+    shard tool, same seed: every client's train/val/test samples and labels are identical."""
+    from federatedscope.core.auxiliaries.data_builder import get_data
+    from federatedscope.core.configs.config import global_cfg
+    root, manifests = samples
+    cfg = global_cfg.clone()
+    cfg.merge_from_file(os.path.join(BASELINE, DATASETS[name][1]))
+    cfg.merge_from_list(["data.root", root, "data.seed", str(SEED), "data.subsample", "1.0",
+                         # every writer a partition; the splitter deals CIFAR-10 to 3 clients
+                         "federate.client_num", "3" if name == "cifar10" else "0"])
+    data, _ = get_data(cfg)
+    _assert_same_partition(data, manifests[name])
     if name == "cifar10":  # client k's train labels are exactly lda(alpha 0.05, SEED)'s part k
         from federatedscope.core.auxiliaries.splitter_builder import build_splitter
         from federatedscope.core.data.dataset_spec import get_spec
@@ -174,6 +179,28 @@ def test_fs_data_path_and_shard_tool_give_the_same_partition(name, samples):
         for k in (1, 2, 3):
             # (writer_split then shuffles each client's samples: compare as multisets)
             assert sorted(data[k].train_data.y.tolist()) == sorted(pooled[parts[k - 1]]), k
+
+
+def test_consistent_label_distribution_same_in_both_modes(samples, tmp_path):
+    """lda with FS's consistent_label_distribution: each client's test labels follow its train
+    label shares, in the tool (--consistent-label-distribution) as in FS's path."""
+    from federatedscope.core.auxiliaries.data_builder import get_data
+    from federatedscope.core.configs.config import global_cfg
+    root, _ = samples
+    out = str(tmp_path / "shards")
+    cut = _tool(["prepare_shards.py", "--dataset", "cifar10", "--root", root, "--clients", "3",
+                 "--seed", "3", "--out", out, "--no-progress", "--strategy", "lda", "--alpha",
+                 "0.05", "--splits", "1,0,0", "--consistent-label-distribution"])
+    assert cut.returncode == 0, cut.stderr
+    cfg = global_cfg.clone()
+    cfg.merge_from_file(os.path.join(BASELINE, DATASETS["cifar10"][1]))
+    cfg.merge_from_list(["data.root", root, "data.seed", "3", "federate.client_num", "3",
+                         "data.consistent_label_distribution", "True"])
+    data, _ = get_data(cfg)
+    _assert_same_partition(data, os.path.join(out, "manifest.json"))
+    for k in (1, 2, 3):  # a label absent from a client's train set is absent from its test set
+        train, test = set(data[k].train_data.y.tolist()), set(data[k].test_data.y.tolist())
+        assert test <= train, (k, train, test)
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))

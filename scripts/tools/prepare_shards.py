@@ -53,6 +53,9 @@ def parse_args(argv=None, dataset: str = "") -> argparse.Namespace:
                         "'lda' (label skew, --alpha) or 'iid' (needed for cifar10)")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="lda: Dirichlet concentration (FS's data.splitter_args alpha)")
+    p.add_argument("--consistent-label-distribution", action="store_true",
+                   help="lda/iid: split val/test by each client's train label shares (FS's "
+                        "data.consistent_label_distribution)")
     p.add_argument("--assignment", default="",
                    help="manual strategy: JSON {\"1\": [writer ids], ...}")
     p.add_argument("--seed", type=int, default=12345, help="seeds the per-writer split, random "
@@ -87,7 +90,7 @@ def main(argv=None, dataset: str = "", script: str = "prepare_shards.py") -> int
     a = parse_args(argv, dataset)
     setup_logger()
     args = ShardArgs(dataset=a.dataset, root=a.root, clients=a.clients, strategy=a.strategy, assignment=a.assignment,
-                     alpha=a.alpha,
+                     alpha=a.alpha, consistent=a.consistent_label_distribution,
                      seed=a.seed, splits=a.splits, subsample=a.subsample, out=a.out,
                      overwrite=a.overwrite, resume=a.resume, link=a.link, plot=a.plot,
                      progress=not a.no_progress, tokens=a.tokens,

@@ -45,6 +45,7 @@ class ShardArgs:
     strategy: str = "sequential"  # or FS's splitters 'lda' / 'iid' (samples, not writers)
     assignment: str = ""
     alpha: float = 0.5         # the 'lda' splitter's Dirichlet concentration
+    consistent: bool = False   # FS's data.consistent_label_distribution (lda: test follows train)
     seed: int = 12345
     splits: Tuple[float, float, float] = (0.6, 0.2, 0.2)
     subsample: float = 1.0
@@ -259,7 +260,7 @@ def _by_splitter(args: ShardArgs, spec: DatasetSpec, parts, spill: Spill):
                                   [{"alpha": args.alpha}] if args.strategy == "lda" else [])
     except ValueError as e:
         raise ShardingError(f"--strategy {args.strategy}: {e}") from None
-    return deal_parts(parts, spill, splitter, args.seed)
+    return deal_parts(parts, spill, splitter, args.seed, args.consistent)
 
 
 def _check_train(args: ShardArgs, plan: Plan, per_writer) -> None:

@@ -63,7 +63,8 @@ def run_options(args: Any) -> Dict[str, Any]:
             "seed": int(args.seed), "splits": [float(s) for s in args.splits],
             "subsample": float(args.subsample), "link": bool(args.link),
             # only 'lda' reads --alpha: other runs keep the options their manifests recorded
-            **({"alpha": float(args.alpha)} if args.strategy == "lda" else {})}
+            **({"alpha": float(args.alpha)} if args.strategy == "lda" else {}),
+            **({"consistent": True} if getattr(args, "consistent", False) else {})}
 
 
 def _options_of_manifest(m: sf.Manifest) -> Dict[str, Any]:
@@ -77,7 +78,8 @@ def _options_of_manifest(m: sf.Manifest) -> Dict[str, Any]:
 
 
 _FLAG = {"dataset": "--dataset", "clients": "--clients", "strategy": "--strategy", "assignment_sha256": "--assignment",
-         "seed": "--seed", "splits": "--splits", "subsample": "--subsample", "link": "--link", "alpha": "--alpha"}
+         "seed": "--seed", "splits": "--splits", "subsample": "--subsample", "link": "--link", "alpha": "--alpha",
+         "consistent": "--consistent-label-distribution"}
 
 
 def _differences(have: Dict[str, Any], want: Dict[str, Any]) -> List[str]:
