@@ -203,6 +203,19 @@ def test_consistent_label_distribution_same_in_both_modes(samples, tmp_path):
         assert test <= train, (k, train, test)
 
 
+@pytest.mark.parametrize("extra,message", [
+    ([], "--strategy lda --alpha 0.5"),                       # CIFAR-10 has no writers
+    (["--strategy", "lda", "--subsample", "0.5"], "drop --subsample"),
+    (["--strategy", "lda", "--alpha", "-1"], "alpha"),
+])
+def test_shard_tool_refuses_cifar10_without_a_usable_splitter(extra, message, samples, tmp_path):
+    root, _ = samples
+    cut = _tool(["prepare_shards.py", "--dataset", "cifar10", "--root", root, "--clients", "3",
+                 "--out", str(tmp_path / "s"), "--no-progress"] + extra)
+    assert cut.returncode == 1 and message in cut.stderr, cut.stderr
+    assert not os.path.exists(tmp_path / "s" / "manifest.json")
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_baseline_config_runs_fs_data_path_standalone(name, samples, tmp_path):
     """FS's baseline YAML as shipped, on FS's data path (no shards), rounds shortened."""
