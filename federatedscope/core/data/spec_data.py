@@ -11,7 +11,7 @@ own (``sharding_plan``), so both paths give a client the same samples for the sa
   ``sample_partition`` (the splitter's ``split_indices``, seeded); client ``k`` is then the
   writer ``client_<k>`` and is cut by ``writer_split`` like any writer.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ Split = Tuple[torch.Tensor, torch.Tensor]
 Writers = Dict[str, Dict[Optional[str], WriterSamples]]
 
 
-def gather_writers(spec: DatasetSpec, root: str) -> Writers:
-    """Every writer of ``root`` as {writer id: {input split: samples}}; a repeat is an error."""
+def gather_writers(writers: Iterable[WriterSamples], where: str) -> Writers:
+    """A reader's writers as {writer id: {input split: samples}}; a repeat is an error, and so
+    is no writer at all (``where`` names the input in that error)."""
     by_writer: Writers = {}
-    for ws in spec.iter_writers(root):
+    for ws in writers:
         parts = by_writer.setdefault(ws.writer_id, {})
         if ws.split in parts:
             raise ValueError(f"writer {ws.writer_id} appears twice in the "
@@ -35,7 +36,7 @@ def gather_writers(spec: DatasetSpec, root: str) -> Writers:
                              f"{ws.source}")
         parts[ws.split] = ws
     if not by_writer:
-        raise ValueError(f"{spec.name}: no samples under {root}")
+        raise ValueError(where)
     return by_writer
 
 
@@ -102,7 +103,8 @@ def load_spec_partitions(config, spec: DatasetSpec, client_cfgs=None):
         raise ConfigError(f"data.type={data.type!r} has no writers to make clients of: set "
                           f"data.splitter ('lda' with data.splitter_args [{{'alpha': 0.5}}], or "
                           f"'iid') and federate.client_num")
-    by_writer = gather_writers(spec, data.root)
+    by_writer = gather_writers(spec.iter_writers(data.root),
+                               f"{spec.name}: no samples under data.root={data.root!r}")
     if data.splitter:
         by_writer = _dealt(by_writer, get_splitter(config), seed,
                            bool(data.consistent_label_distribution))

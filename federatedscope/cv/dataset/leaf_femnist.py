@@ -19,7 +19,7 @@ from federatedscope.core.auxiliaries.utils import atomic_torch_save
 from federatedscope.core.data.dataset_spec import WriterSamples
 from federatedscope.core.data.shard_format.checks import SPLITS
 from federatedscope.core.data.sharding_plan import natural_key, subsample_writers
-from federatedscope.core.data.spec_data import split_writer
+from federatedscope.core.data.spec_data import gather_writers, split_writer
 from federatedscope.cv.dataset.leaf_checks import FIX as _FIX
 from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE, check_users, images, labels
 
@@ -246,16 +246,7 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
         except Exception as e:  # a torn or foreign file must not block training
             logger.warning("FEMNIST cache %s is unreadable (%s); rebuilding it", cache, e)
 
-    by_writer: Dict[str, Dict[Optional[str], WriterSamples]] = {}
-    for ws in iter_leaf_writers(raw_dir):
-        parts = by_writer.setdefault(ws.writer_id, {})
-        if ws.split in parts:
-            raise ValueError("writer %s appears twice in the %s data: %s and %s"
-                             % (ws.writer_id, ws.split or "unsplit", parts[ws.split].source,
-                                ws.source))
-        parts[ws.split] = ws
-    if not by_writer:
-        raise ValueError(empty_input_message(raw_dir, files))
+    by_writer = gather_writers(iter_leaf_writers(raw_dir), empty_input_message(raw_dir, files))
     writer_ids = sorted(by_writer)
     # the shard tool's own subset rule, so both paths use the same writers for (subsample, seed)
     chosen = subsample_writers(writer_ids, float(subsample), seed, "sequential")
