@@ -203,6 +203,25 @@ def test_consistent_label_distribution_same_in_both_modes(samples, tmp_path):
         assert test <= train, (k, train, test)
 
 
+def test_femnist_with_a_splitter_same_in_both_modes(femnist_root, tmp_path):
+    """data.splitter on FEMNIST re-deals the writers' samples (FS), as --strategy iid does."""
+    from federatedscope.core.auxiliaries.data_builder import get_data
+    from federatedscope.core.configs.config import global_cfg
+    out = str(tmp_path / "shards")
+    cut = _tool(["prepare_shards.py", "--dataset", "femnist", "--root", femnist_root,
+                 "--clients", "3", "--seed", "5", "--out", out, "--no-progress",
+                 "--strategy", "iid"])
+    assert cut.returncode == 0, cut.stderr
+    cfg = global_cfg.clone()
+    cfg.merge_from_list(["data.root", femnist_root, "data.seed", "5", "data.subsample", "1.0",
+                         "data.splitter", "iid", "federate.client_num", "3"])
+    data, _ = get_data(cfg)
+    _assert_same_partition(data, os.path.join(out, "manifest.json"))
+    sizes = [len(data[k].train_data) + len(data[k].val_data) + len(data[k].test_data)
+             for k in (1, 2, 3)]
+    assert max(sizes) - min(sizes) <= 3  # iid: near-equal parts (one per input split at most)
+
+
 @pytest.mark.parametrize("extra,message", [
     ([], "--strategy lda --alpha 0.5"),                       # CIFAR-10 has no writers
     (["--strategy", "lda", "--subsample", "0.5"], "drop --subsample"),

@@ -9,7 +9,7 @@ from typing import Tuple
 
 from federatedscope.core.data.base_data import SPLITS, ClientData, StandaloneDataDict
 from federatedscope.core.data.dataset_spec import get_spec
-from federatedscope.core.data.spec_data import registered_loader
+from federatedscope.core.data.spec_data import load_spec_partitions, registered_loader
 from federatedscope.core.data.transforms import build_transform
 from federatedscope.register import register_data
 
@@ -41,6 +41,8 @@ def load_cv_dataset(config, client_cfgs=None):
 def call_cv_data(config, client_cfgs=None):
     """FS's registry convention: an answer for the cv datasets, None for any other type."""
     if config.data.type.lower() in CV_DATASETS:
+        if config.data.splitter:  # FS re-splits the writers' samples: the generic spec path
+            return load_spec_partitions(config, get_spec(config.data.type), client_cfgs)
         return load_cv_dataset(config, client_cfgs)
     return None
 
