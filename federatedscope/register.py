@@ -46,36 +46,22 @@ def register(key: str, module: Any, module_dict: Dict[str, Any]) -> None:
     module_dict[key] = module
 
 
-def register_data(key: str, module: Callable) -> None:
-    register(key, module, data_dict)
+def _registrar(name: str, module_dict: Dict[str, Callable]) -> Callable[[str, Callable], None]:
+    def register_into(key: str, module: Callable) -> None:
+        register(key, module, module_dict)
+    register_into.__name__ = register_into.__qualname__ = name
+    return register_into
 
 
-def register_model(key: str, module: Callable) -> None:
-    register(key, module, model_dict)
-
-
-def register_trainer(key: str, module: Callable) -> None:
-    register(key, module, trainer_dict)
-
-
-def register_worker(key: str, module: Callable) -> None:
-    register(key, module, worker_dict)
-
-
-def register_criterion(key: str, module: Callable) -> None:
-    register(key, module, criterion_dict)
-
-
-def register_splitter(key: str, module: Callable) -> None:
-    register(key, module, splitter_dict)
-
-
-def register_scheduler(key: str, module: Callable) -> None:
-    register(key, module, scheduler_dict)
-
-
-def register_aggregator(key: str, module: Callable) -> None:
-    register(key, module, aggregator_dict)
+# FS's names: ``register_data(key, func)`` etc. store ``func`` in the dict of the same kind
+register_data = _registrar("register_data", data_dict)
+register_model = _registrar("register_model", model_dict)
+register_trainer = _registrar("register_trainer", trainer_dict)
+register_worker = _registrar("register_worker", worker_dict)
+register_criterion = _registrar("register_criterion", criterion_dict)
+register_splitter = _registrar("register_splitter", splitter_dict)
+register_scheduler = _registrar("register_scheduler", scheduler_dict)
+register_aggregator = _registrar("register_aggregator", aggregator_dict)
 
 
 def register_dataset_spec(key: str, spec: Any) -> None:

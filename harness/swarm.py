@@ -11,21 +11,20 @@ one (``federatedscope/main.py``, shard mode), so N = 1,000 needs no 1,000 torch 
 
     python -m harness.swarm --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
 
-``RawPeer`` is a synchronous single session for attack tests: send arbitrary frame bytes or a
-``Message``, read what comes back, see how the server ended the stream.
+``RawPeer`` (``harness/raw_peer.py``, re-exported here) is a synchronous single session for
+attack tests.
 """
 import argparse
 import asyncio
 import hashlib
 import json
 import os
-import queue
 import random
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import grpc
 
@@ -35,128 +34,11 @@ if __package__ in (None, ""):
 from federatedscope.core.communication import codec  # noqa: E402
 from federatedscope.core.communication.flow import chunk_frames  # noqa: E402
 from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
-from federatedscope.core.communication.join_proof import (NONCE_HEADER, PROOF_KEY,  # noqa: E402
-                                                          join_proof)
-from federatedscope.core.workers.admission import token_digest  # noqa: E402
+from federatedscope.core.communication.join_proof import NONCE_HEADER  # noqa: E402
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
                                          METRICS, MODEL_PARA, REFUSE, Message)
-
-METHOD = "/federatedscope.FLService/Session"
-BIG = 1 << 30
-_END = object()
-
-
-# ============================================================================ RawPeer
-class RawPeer:
-    """One real session (sync API, a reader thread): for tests that play a hostile peer.
-
-    ``send(frame_or_message)``, ``send_chunked(frame_or_message)``, ``join(client_id, token=..., declaration=..., num_samples=...)``,
-    ``recv(timeout) -> Message | None``, ``recv_raw(timeout) -> bytes | None``,
-    ``wait_closed(timeout) -> bool``; after the stream ends ``code`` is the gRPC status name
-    ("OK", "RESOURCE_EXHAUSTED", ...) and ``details`` its text. Use as a context manager."""
-
-    def __init__(self, address: str, options=()):
-        self.address = address
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own, like a real peer
-            ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)]
-            + list(options))
-        self._out: "queue.Queue" = queue.Queue()
-        self._in: "queue.Queue" = queue.Queue()
-        self.code: Optional[str] = None
-        self.details = ""
-        self._done = threading.Event()
-        call = self.channel.stream_stream(METHOD, request_serializer=None,
-                                          response_deserializer=None)
-        self._call = call(self._requests())
-        self._reader = threading.Thread(target=self._read, daemon=True, name="rawpeer")
-        self._reader.start()
-
-    def _requests(self):
-        while True:
-            item = self._out.get()
-            if item is _END:
-                return
-            yield item
-
-    def _read(self) -> None:
-        try:
-            for data in self._call:
-                self._in.put(data)
-            self.code = "OK"
-        except grpc.RpcError as e:
-            self.code, self.details = e.code().name, e.details() or ""
-        finally:
-            self._done.set()
-            self._in.put(None)
-
-    def send(self, frame: Union[bytes, Message]) -> None:
-        self._out.put(codec.encode(frame) if isinstance(frame, Message) else bytes(frame))
-
-    def send_chunked(self, frame: Union[bytes, Message], size: int = 64 * 1024) -> None:
-        """As the real client sends a large message: a first chunk and continuations."""
-        data = codec.encode(frame) if isinstance(frame, Message) else bytes(frame)
-        for part in chunk_frames(data, size):
-            self._out.put(part)
-
-    def join(self, client_id: int, token: str = "", declaration: Optional[dict] = None,
-             num_samples: Optional[dict] = None, **extra) -> None:
-        content = {"client_id": client_id, "token": token,
-                   "num_samples": num_samples or {"train": 0, "val": 0, "test": 0}, **extra}
-        if token:   # the proof the server checks; the plain token rides along for odd-text tests
-            content[PROOF_KEY] = join_proof(token_digest(token), self.nonce(), client_id)
-        if declaration is not None:
-            content["declaration"] = declaration
-        self.send(Message(JOIN_IN, client_id, 0, 0, content))
-
-    def nonce(self) -> bytes:
-        """The nonce the server sent on this session (gRPC initial metadata)."""
-        return bytes.fromhex(dict(self._call.initial_metadata() or ()).get(NONCE_HEADER, ""))
-
-    def recv_raw(self, timeout: float = 5.0) -> Optional[bytes]:
-        try:
-            data = self._in.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if data is None:
-            self._in.put(None)  # keep reporting the end to later calls
-        return data
-
-    def recv(self, timeout: float = 5.0) -> Optional[Message]:
-        data = self.recv_raw(timeout)
-        return None if data is None else codec.decode(data)
-
-    def wait_closed(self, timeout: float) -> bool:
-        return self._done.wait(timeout)
-
-    @property
-    def closed(self) -> bool:
-        return self._done.is_set()
-
-    def close(self) -> None:
-        self._out.put(_END)
-        if not self._done.wait(2.0):
-            self._call.cancel()
-            self._done.wait(2.0)
-        self.channel.close()
-
-    def __enter__(self) -> "RawPeer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def health_status(address: str, service: str = "", timeout: float = 5.0) -> str:
-    """The health service's answer ("SERVING", ...) or the gRPC error code name."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-        except grpc.RpcError as e:
-            return e.code().name
+# RawPeer and health_status live in raw_peer.py; tests import them from here too
+from harness.raw_peer import BIG, METHOD, RawPeer, health_status  # noqa: E402,F401
 
 
 # ============================================================================ manifest
@@ -275,7 +157,7 @@ class Swarm:
                         f"{split}_avg_loss": loss})
         return out
 
-    async def _client(self, res: VirtualResult, t_start: float) -> None:
+    async def _client(self, res: VirtualResult) -> None:
         plan, shard = self.plan, self.plan.shards[res.client_id]
         if res.role == "late":
             await asyncio.sleep(plan.late_delay)
@@ -347,8 +229,7 @@ class Swarm:
             await channel.close()
 
     async def run(self) -> Dict[int, VirtualResult]:
-        t0 = time.perf_counter()
-        tasks = [asyncio.ensure_future(self._client(r, t0)) for r in self.results.values()]
+        tasks = [asyncio.ensure_future(self._client(r)) for r in self.results.values()]
         done, pending = await asyncio.wait(tasks, timeout=self.plan.timeout)
         for t in pending:
             t.cancel()

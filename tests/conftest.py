@@ -9,6 +9,34 @@ if ROOT not in sys.path:
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests: 150 examples in the suite; the mutation run (--hypothesis-profile=mutation)
+# reruns them once per mutant, where a few dozen examples already hit every dtype.
+settings.register_profile("suite", max_examples=150, deadline=None)
+settings.register_profile("mutation", max_examples=30, deadline=None)
+settings.load_profile("suite")
+
+# The process tier: modules whose tests start server/client processes or tools, or train for real
+# (seconds to minutes each); everything else is the fast tier (in-process, milliseconds to
+# seconds). `make test` runs both tiers in one xdist session, the process tier first and its
+# longest modules first (order below: measured total time, longest first), so no long test starts
+# last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
+PROCESS_MODULES = [
+    "test_faults", "test_shard_refresh", "test_transport_process", "test_launcher",
+    "test_fs_user_script", "test_swarm", "test_shard_mode", "test_femnist_sample",
+    "test_multihost_netns", "test_auth", "test_fuzz", "test_bench_smoke", "test_insiders",
+    "test_distributed_e2e",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(PROCESS_MODULES)}
+    for item in items:
+        if item.module.__name__ in rank:
+            item.add_marker(pytest.mark.process)
+    # stable: the order inside a module (and its module-scoped fixtures) is kept
+    items.sort(key=lambda it: rank.get(it.module.__name__, len(rank)))
 
 
 @pytest.fixture(autouse=True)

@@ -46,11 +46,13 @@ def test_all_dtypes_and_edge_values():
 def test_encode_decode_is_memory_bandwidth_class():
     msg = _model_msg(2048)
     mb = codec.raw_tensor_bytes(msg.tensors) / 1e6
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: the suite runs beside real-process tests (xdist),
+    # and waiting for a core says nothing about the codec's work per byte
+    start = time.process_time()
     for _ in range(5):
         codec.decode(codec.encode(msg))
-    per_mb = (time.perf_counter() - start) / 5 / mb
-    assert per_mb < 0.01, f"{per_mb * 1e3:.2f} ms/MB"  # ~ a few memcpy's, not per-element work
+    per_mb = (time.process_time() - start) / 5 / mb
+    assert per_mb < 0.01, f"{per_mb * 1e3:.2f} ms CPU/MB"  # ~ a few memcpy's, not per-element work
 
 
 def _frame(env) -> bytes:
@@ -147,15 +149,26 @@ def test_non_ascii_and_lone_surrogates_survive_the_codec():
 
 
 def test_only_invalid_message_escapes_decode():
+    """Random byte flips: each frame either decodes to a message whose tensors account for every
+    byte after the header, or is refused with InvalidMessage; nothing else escapes."""
     import random
     rng = random.Random(7)
     seeds = [codec.encode(_model_msg(8)), _frame(fl_pb2.Envelope(msg_type=METRICS,
                                                                  content_json='{"a":[[[1]]]}'))]
+    accepted = refused = 0
     for i in range(3000):
         b = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
             b[rng.randrange(len(b))] = rng.randrange(256)
         try:
-            codec.decode(bytes(b))
+            msg = codec.decode(bytes(b))
         except InvalidMessage:
-            pass
+            refused += 1
+            continue
+        accepted += 1
+        head_len = int.from_bytes(b[4:8], "little")
+        assert b[:4] == codec.MAGIC
+        assert codec.raw_tensor_bytes(msg.tensors or {}) == len(b) - 8 - head_len
+    # flips in the tensor payload leave a valid frame, flips in the header do not (seed 7: 1548
+    # accepted, 1452 refused)
+    assert accepted > 1200 and refused > 1200, (accepted, refused)

@@ -27,7 +27,7 @@ DATASETS = {
                ["model.hidden", "16", "train.local_update_steps", "2",
                 "federate.sample_client_num", "3"]),
     "shakespeare": ("shakespeare", "fedavg_lstm_on_shakespeare.yaml", [],
-                    ["model.hidden", "16", "dataloader.batch_size", "8"]),
+                    ["model.hidden", "16", "model.embed_size", "4", "dataloader.batch_size", "8"]),
     "cifar10": ("CIFAR10@torchvision", "fedavg_convnet2_on_cifar10.yaml",
                 ["--strategy", "lda", "--alpha", "0.05", "--splits", "1,0,0"],
                 ["model.hidden", "16", "federate.client_num", "3", "dataloader.batch_size", "16",
@@ -195,6 +195,7 @@ def test_consistent_label_distribution_same_in_both_modes(samples, tmp_path):
     cfg = global_cfg.clone()
     cfg.merge_from_file(os.path.join(BASELINE, DATASETS["cifar10"][1]))
     cfg.merge_from_list(["data.root", root, "data.seed", "3", "federate.client_num", "3",
+                         "data.splitter_args", "[{'alpha': 0.05}]",
                          "data.consistent_label_distribution", "True"])
     data, _ = get_data(cfg)
     _assert_same_partition(data, os.path.join(out, "manifest.json"))

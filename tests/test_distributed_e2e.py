@@ -2,6 +2,7 @@
 import json
 import os
 
+from eval_checks import assert_final_matches_raw
 from harness.procs import file_contains, free_port, start_main, wait_all, wait_for, wait_port
 
 CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -40,7 +41,7 @@ def test_server_and_three_clients_exit_zero(femnist_root, tmp_path):
     assert codes == [0, 0, 0, 0], open(tmp_path / "s.log").read()[-3000:]
     lines = _final_line(out)
     assert lines[-1]["Final"] is True and lines[-1]["Round"] == 2
-    assert 0.0 <= lines[-1]["Results_weighted_avg"]["test_acc"] <= 1.0
+    assert_final_matches_raw(lines, [1, 2, 3])
     slog = open(tmp_path / "s.log").read()
     assert slog.count("finished after 2 rounds") == 1       # finish exactly once
     for k in (1, 2, 3):

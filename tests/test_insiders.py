@@ -2,7 +2,9 @@
 that poisons its updates and lies in its metrics, strangers with hostile tokens, a client that
 claims a billion samples. The server must keep serving and the job must end with the right result."""
 import os
+import re
 
+from eval_checks import assert_final_matches_raw
 from harness.jobs import Job
 from harness.procs import PY, ROOT, start, wait_all
 
@@ -68,4 +70,12 @@ def test_a_claimed_billion_samples_is_capped_in_data_idx_mode(femnist_root, tmp_
     slog = job.server_log()
     assert slog.count("client #3 claims 1000000000 train samples, unverified") == 2
     assert "a client id is only a claim" in slog      # no tokens: said once at start
-    assert 0.0 <= job.final()["Results_weighted_avg"]["test_acc"] <= 1.0
+    # The weight used is the cap, not the claim: each round's total of aggregated samples is
+    # cap + the two honest counts, and the cap is 10 x the median count (the larger honest one),
+    # so the total lies in (cap, 1.2 x cap]
+    caps = [int(c) for c in re.findall(r"weight is capped at (\d+)", slog)]
+    totals = [int(t) for t in re.findall(r"aggregated 3 update\(s\) \((\d+) samples", slog)]
+    assert len(caps) == 2 and len(totals) == 2, (caps, totals)
+    for cap, total in zip(caps, totals):
+        assert cap + 2 <= total <= 1.2 * cap, (cap, total)
+    assert_final_matches_raw(job.eval_lines(), [1, 2, 3])

@@ -38,7 +38,6 @@ _SCHEMA: Dict[str, Dict[str, Any]] = {
     REFUSE: {"from": "server", "content": {"reason": str}},
     REDECLARE: {"from": "client", "content": {"declaration": dict}},
 }
-MSG_TYPES = frozenset(_SCHEMA)
 
 
 def register_message_type(msg_type: str, sender: str = "client",
@@ -50,10 +49,6 @@ def register_message_type(msg_type: str, sender: str = "client",
     if msg_type in _SCHEMA:
         return
     _SCHEMA[msg_type] = {"from": sender, "content": dict(content or {})}
-
-
-def is_known_type(msg_type: str) -> bool:
-    return msg_type in _SCHEMA
 
 
 def clip_text(value: Any, limit: int = 200) -> str:

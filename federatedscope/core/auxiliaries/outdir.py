@@ -35,7 +35,9 @@ def update_logger(cfg, clear_before_add: bool = True) -> str:
     cfg.defrost()
     run_dir = resolve_outdir(cfg.outdir, cfg.expname, cfg.federate.restore_from)
     cfg.outdir = run_dir
-    setup_logger(logfile=os.path.join(run_dir, LOG_NAME))
+    # FS: verbose > 0 logs INFO and above, verbose <= 0 only warnings and errors
+    setup_logger(level=logging.INFO if cfg.verbose > 0 else logging.WARNING,
+                 logfile=os.path.join(run_dir, LOG_NAME))
     logger.info(f"Output directory of this run: {run_dir}")
     return run_dir
 

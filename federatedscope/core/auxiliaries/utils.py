@@ -4,7 +4,6 @@ Everything that writes a file a user relies on (results, checkpoints, shards, ma
 goes through the ``atomic_*`` helpers, so a crash leaves either the old file or the new
 one, never half of one.
 """
-import json
 import logging
 import os
 import random
@@ -83,11 +82,6 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
     atomic_write(path, write)
-
-
-def atomic_write_json(path: str, obj: Any, indent: int = 2) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=False)
-                              + "\n").encode("utf-8"))
 
 
 def atomic_torch_save(path: str, obj: Any) -> None:

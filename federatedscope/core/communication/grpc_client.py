@@ -97,7 +97,6 @@ class GrpcClientTransport:
         self._reader: Optional[threading.Thread] = None
         self.sender_id = -1
         self.backoff = Backoff(cfg.distribute.reconnect_max_backoff)
-        self.attempts = 0                       # sessions opened (tests count them)
         self._session_ok = False                # the current session delivered a message
         self._failing_since: Optional[float] = None
         self._last_log = -1e9
@@ -144,7 +143,6 @@ class GrpcClientTransport:
         if self._outbox is not None:
             self._outbox.put(_END)   # release the previous stream's request generator
         self.sender_id = join.sender
-        self.attempts += 1
         self._session_ok = False
         outbox: "queue.Queue" = queue.Queue()
         nonce: "queue.Queue" = queue.Queue(maxsize=1)

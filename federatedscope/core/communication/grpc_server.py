@@ -57,11 +57,9 @@ class CappedHealth(health.aio.HealthServicer):
     def __init__(self) -> None:
         super().__init__()
         self.watches = 0
-        self.refused_watches = 0
 
     async def Watch(self, request, context) -> None:  # noqa: N802 - gRPC's method name
         if self.watches >= MAX_HEALTH_WATCHES:
-            self.refused_watches += 1
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"at most {MAX_HEALTH_WATCHES} health Watch streams; use Check")
         self.watches += 1

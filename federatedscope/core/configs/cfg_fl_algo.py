@@ -16,14 +16,7 @@ logger = logging.getLogger("federatedscope")
 # FS keys loaded here but not implemented: key -> what FS does with it (config.py merges this into
 # its refused-key table, so a non-default value is refused exactly like the other FS keys).
 FL_ALGO_NOT_IMPLEMENTED = {
-    "personalization.K": "pFedMe's local approximation steps",
-    "personalization.beta": "pFedMe's moving-average parameter",
-    "finetune.freeze_param": "freezing parameters during fine-tuning",
     "finetune.simple_tuning": "simple-tuning (re-training a linear head)",
-    "finetune.epoch_linear": "simple-tuning's epoch count",
-    "finetune.lr_linear": "simple-tuning's learning rate",
-    "finetune.weight_decay": "simple-tuning's weight decay",
-    "finetune.local_param": "simple-tuning's tuned parameters",
     "train.scheduler.warmup_ratio": "warm-up length of FS's NLP 'warmup_step' schedulers",
     "finetune.scheduler.warmup_ratio": "warm-up length of FS's NLP 'warmup_step' schedulers",
 }

@@ -15,6 +15,7 @@ from yacs.config import CfgNode as _YacsNode
 
 from federatedscope.core.configs.cfg_fl_algo import (FL_ALGO_NOT_IMPLEMENTED, assert_fl_algo_cfg,
                                                      extend_fl_algo_cfg)
+from federatedscope.core.configs.key_status import ACCEPTED_UNUSED
 
 logger = logging.getLogger("federatedscope")
 
@@ -177,6 +178,7 @@ global_cfg = get_default_cfg()
 
 # Values yacs cannot check. Each entry: key -> allowed values.
 _CHOICES = {
+    "backend": ("torch",),
     "federate.mode": ("standalone", "distributed"),
     "distribute.role": ("server", "client"),
     "distribute.grpc_compression": ("nocompression", "deflate", "gzip"),
@@ -194,8 +196,6 @@ _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*
 # the key. Each entry: key -> what FS does with it. Audited against `git grep` of every key in
 # get_default_cfg(); keep this table in step with doc/config.md ("Refused keys").
 _NOT_IMPLEMENTED = {
-    "backend": "the deep-learning backend (only torch exists here)",
-    "verbose": "FS's logging verbosity",
     "early_stop.improve_indicator_mode": "'mean' early stopping (only 'best' exists here)",
     "federate.unseen_clients_rate": "holding out unseen clients",
     "federate.share_local_model": "one shared model object for all standalone clients",
@@ -208,13 +208,9 @@ _NOT_IMPLEMENTED = {
     "data.file_path": "loading data from one file",
     "data.save_data": "saving the split data",
     "dataloader.type": "other data loaders (FS: 'raw', graph samplers)",
-    "dataloader.walk_length": "the random-walk length of FS's graph samplers",
-    "dataloader.num_steps": "the step count of FS's graph samplers",
-    "dataloader.sizes": "the neighbour sample sizes of FS's graph samplers",
     "model.model_num_per_trainer": "several models per trainer",
     "model.layer": "the layer count of other model types",
     "model.use_bias": "bias switch of other model types",
-    "grad.grad_accum_count": "gradient accumulation",
     "eval.monitoring": "extra monitored quantities",
     "wandb.use": "Weights & Biases logging",
     **FL_ALGO_NOT_IMPLEMENTED,
@@ -233,6 +229,10 @@ def refuse_unimplemented(cfg: CN) -> None:
             f"would silently ignore it. Remove {key} from your YAML / command line or set it "
             f"back to its default (append `{key} {default!r}` to the command); see "
             f"doc/config.md, 'Refused keys'")
+    for key, why in ACCEPTED_UNUSED.items():   # loads, but the user should know it does nothing
+        value = _get(cfg, key)
+        if not same_value(value, _get(defaults, key)):
+            logger.info(f"{key}={value!r} is accepted and changes nothing here: {why}")
 
 
 def _get(cfg: CN, dotted: str):
@@ -279,6 +279,12 @@ def finalize(cfg: CN) -> CN:
         raise ConfigError("eval.freq must be >= 1")
     if cfg.dataloader.batch_size < 1:
         raise ConfigError("dataloader.batch_size must be >= 1")
+    if cfg.grad.grad_accum_count < 1:
+        raise ConfigError(f"grad.grad_accum_count={cfg.grad.grad_accum_count} must be >= 1 "
+                          f"(1: a step after every batch)")
+    if cfg.grad.grad_accum_count > 1 and str(cfg.federate.method).lower() == "ditto":
+        raise ConfigError("grad.grad_accum_count > 1 is not implemented for federate.method "
+                          "Ditto (two models step in one round); set grad.grad_accum_count 1")
     if cfg.federate.mode == "distributed":
         cfg.distribute.use = True
     if cfg.use_gpu:

@@ -13,7 +13,12 @@ Algorithms on the client side (doc/algorithms.md):
   received global ones (``regularizer.py``).
 - Ditto: ``ditto.py`` (a personal model next to the global one).
 - ``finetune.before_eval``: evaluation runs on a fine-tuned copy; the model itself, and so the
-  next upload, is unchanged.
+  next upload, is unchanged. ``finetune.freeze_param`` (comma-separated name fragments, FS's
+  substring rule) keeps the matching parameters of that copy fixed.
+- ``grad.grad_accum_count`` N: as in FS, each batch's loss is divided by N and the optimizer steps
+  after every N batches, so one step sees the mean gradient of N batches; in 'batch' mode
+  ``local_update_steps`` counts steps (N batches each). A round's last, shorter window (epoch
+  mode) still steps, its gradient rescaled to the mean over the batches it holds.
 """
 import copy
 import logging
@@ -123,10 +128,10 @@ class GeneralTorchTrainer:
         sched = build_scheduler(opt, t.scheduler)
         prox = self._prox()
         acc = _Tally()
-        for _, batch in self._round_batches(src, seed, t.local_update_steps,
-                                            t.batch_or_epoch == "epoch"):
+        for batch, window in self._accumulated(src, seed, t.local_update_steps,
+                                               t.batch_or_epoch == "epoch"):
             acc.add(*self._step(self.model, opt, batch, sched,
-                                pre_clip=prox.apply if prox else None))
+                                pre_clip=prox.apply if prox else None, window=window))
         self._version += 1
         return n, self.upload_state(), acc.metrics("train")
 
@@ -142,13 +147,24 @@ class GeneralTorchTrainer:
         self.model.train()
 
     def _step(self, model: nn.Module, opt, batch: Batch, sched=None, pre_clip=None,
-              post_clip=None) -> Tuple[float, int, int]:
-        """One optimizer step; returns (summed loss, samples, correct)."""
+              post_clip=None, window: Tuple[int, int, bool] = (0, 1, True)
+              ) -> Tuple[float, int, int]:
+        """One batch: backward, and an optimizer step when its accumulation ``window`` (index
+        in the window, ``grad.grad_accum_count``, whether the window ends here) ends; returns
+        (summed loss, samples, correct)."""
+        index, count, ends = window
         xb, yb = batch[0].to(self.device), batch[1].to(self.device)
-        opt.zero_grad(set_to_none=True)
+        if index == 0:
+            opt.zero_grad(set_to_none=True)
         out = model(xb)
         loss = self.criterion(out, yb)   # FS's convention: the batch mean
-        loss.backward()
+        (loss / count if count > 1 else loss).backward()
+        if not ends:
+            return float(loss.detach()) * len(yb), len(yb), int((out.argmax(1) == yb).sum())
+        if index + 1 < count:   # a short last window: the mean over the batches it holds
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(count / (index + 1))
         if pre_clip is not None:
             pre_clip()
         clip = self.cfg.grad.grad_clip
@@ -160,6 +176,19 @@ class GeneralTorchTrainer:
         if sched is not None:
             sched.step()
         return float(loss.detach()) * len(yb), len(yb), int((out.argmax(1) == yb).sum())
+
+    def _accumulated(self, src: BatchSource, seed: int, steps: int, by_epoch: bool
+                     ) -> Iterator[Tuple[Batch, Tuple[int, int, bool]]]:
+        """The round's batches, each with its accumulation window for ``_step``: 'batch' mode
+        runs ``steps`` optimizer steps of ``grad.grad_accum_count`` batches each (FS)."""
+        count = self.cfg.grad.grad_accum_count
+        batches = self._round_batches(src, seed, steps if by_epoch else steps * count, by_epoch)
+        index, pending = 0, next(batches, None)
+        while pending is not None:
+            following = next(batches, None)
+            ends = index + 1 == count or following is None
+            yield pending[1], (index, count, ends)
+            index, pending = (0 if ends else index + 1), following
 
     def _round_batches(self, src: BatchSource, seed: int, steps: int,
                        by_epoch: bool) -> Iterator[Tuple[int, Batch]]:
@@ -215,11 +244,16 @@ class GeneralTorchTrainer:
             seed = self._last_seed * 31 + 17   # differs from the round's own shuffle
             torch.manual_seed(seed)
             model.train()
+            frozen = [part.strip() for part in str(f.freeze_param).split(",") if part.strip()]
+            for name, param in model.named_parameters():
+                if is_local_key(name, frozen):   # FS's substring rule, as for local_param
+                    param.requires_grad_(False)
             opt = self._optimizer(model, f.optimizer.lr, f.optimizer)
             sched = build_scheduler(opt, f.scheduler)
-            for _, batch in self._round_batches(src, seed, f.local_update_steps,
-                                                f.batch_or_epoch == "epoch"):
-                self._step(model, opt, batch, sched)
+            tunable = any(p.requires_grad for p in model.parameters())   # else nothing to tune
+            for batch, window in self._accumulated(src, seed, f.local_update_steps * tunable,
+                                                   f.batch_or_epoch == "epoch"):
+                self._step(model, opt, batch, sched, window=window)
         self._finetuned = (self._version, model)
         return model
 

@@ -3,7 +3,7 @@
 What a worker needs from a transport (``ServerComm``/``ClientComm``) and the events a transport
 delivers (``Incoming``/``Disconnected``) live in ``core/communication/transport.py``.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 from federatedscope.core.message import Message, register_message_type
 
@@ -20,14 +20,20 @@ class Worker:
     sent by ``peer_role`` (the role this worker receives from).
     """
     peer_role = "any"
+    # (msg_type, name of the FS-named callback method): registered at construction
+    default_handlers: Tuple[Tuple[str, str], ...] = ()
 
-    def __init__(self, ID: int = -1):
+    def __init__(self, ID: int = -1, config=None, comm=None):
         self.ID = ID
+        self.cfg = config        # FS's ``_cfg``: the frozen run config
+        self.comm = comm         # the transport's ServerComm / ClientComm
         self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
         self._register_default_handlers()
 
     def _register_default_handlers(self) -> None:
-        """Subclasses register their FS-named callbacks here."""
+        # looked up on the instance, so a subclass's override of the method is what runs
+        for msg_type, method in self.default_handlers:
+            self.register_handlers(msg_type, getattr(self, method))
 
     def register_handlers(self, msg_type: str, callback_func: Callable[[Message], None]) -> None:
         register_message_type(msg_type, sender=self.peer_role)

@@ -48,26 +48,21 @@ def personal_state_dir(cfg) -> str:
 
 
 class Client(Worker):
+    default_handlers = (
+        (ASSIGN_ID, "callback_funcs_for_assign_id"), (MODEL_PARA, "callback_funcs_for_model_para"),
+        (EVALUATE, "callback_funcs_for_evaluate"), (FINISH, "callback_funcs_for_finish"),
+        (REFUSE, "callback_funcs_for_refuse"))
     peer_role = "server"
 
     def __init__(self, cfg, client_id: int, trainer, comm: ClientComm, loader=None,
                  token: str = ""):
-        self.cfg = cfg
+        super().__init__(client_id, cfg, comm)
         self.trainer = trainer
-        self.comm = comm
         self.loader = loader
         self.token = token
         self.finished = False
         self.refused: Optional[str] = None
         self.rounds_trained = 0
-        super().__init__(client_id)
-
-    def _register_default_handlers(self) -> None:
-        self.register_handlers(ASSIGN_ID, self.callback_funcs_for_assign_id)
-        self.register_handlers(MODEL_PARA, self.callback_funcs_for_model_para)
-        self.register_handlers(EVALUATE, self.callback_funcs_for_evaluate)
-        self.register_handlers(FINISH, self.callback_funcs_for_finish)
-        self.register_handlers(REFUSE, self.callback_funcs_for_refuse)
 
     def handle(self, msg: Message) -> None:
         if not self.dispatch(msg):

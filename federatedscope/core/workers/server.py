@@ -26,8 +26,8 @@ from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT,
                                          MODEL_PARA, REDECLARE, SERVER_ID, Message, clip_text)
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, guard_log_files
-from federatedscope.core.workers.admission import Admission
 from federatedscope.core.communication.transport import Disconnected, Incoming, ServerComm
+from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
@@ -42,12 +42,15 @@ GAVE_UP, DIVERGED = 3, 5
 
 class Server(Worker):
     peer_role = "client"
+    default_handlers = (
+        (JOIN_IN, "callback_funcs_for_join_in"), (MODEL_PARA, "callback_funcs_model_para"),
+        (METRICS, "callback_funcs_for_metrics"), (REDECLARE, "callback_funcs_for_redeclare"),
+        (HEARTBEAT, "callback_funcs_for_heartbeat"))
 
     def __init__(self, cfg, model: torch.nn.Module, comm: ServerComm, monitor: Monitor,
                  expected_clients: int, admission: Admission, distributed: bool):
-        self.cfg = cfg
+        super().__init__(SERVER_ID, cfg, comm)
         self.model = model
-        self.comm = comm
         self.monitor = monitor
         self.expected = expected_clients
         self.admission = admission
@@ -63,7 +66,6 @@ class Server(Worker):
         self.global_eval: Optional[Callable[[], dict]] = None  # standalone make_global_eval
         self.threshold = max(1, cfg.federate.min_clients_threshold)
         self._event: Optional[Incoming] = None     # the event being handled (join: its conn)
-        super().__init__(SERVER_ID)
         guard_log_files(logger)
         restored = self.store.restore(model, self.aggregator)
         if restored is not None:
@@ -85,13 +87,6 @@ class Server(Worker):
     @property
     def round(self) -> int:
         return self.state.round
-
-    def _register_default_handlers(self) -> None:
-        self.register_handlers(JOIN_IN, self.callback_funcs_for_join_in)
-        self.register_handlers(MODEL_PARA, self.callback_funcs_model_para)
-        self.register_handlers(METRICS, self.callback_funcs_for_metrics)
-        self.register_handlers(REDECLARE, self.callback_funcs_for_redeclare)
-        self.register_handlers(HEARTBEAT, self.callback_funcs_for_heartbeat)
 
     # ----------------------------------------------------------------- events
     def handle(self, event) -> None:

@@ -1,0 +1,85 @@
+"""finalize()'s checks, value by value: every value the docs allow is accepted, its neighbours are
+refused with the key named. Values are written out here (FS's spellings), not read from
+config.py, so a misspelt choice there fails."""
+import pytest
+
+from federatedscope.core.configs.config import ConfigError, finalize, load_cfg
+
+ALLOWED = [
+    ("federate.mode", ["standalone", "distributed", "Distributed"]),
+    ("distribute.role", ["server", "client"]),
+    ("distribute.grpc_compression", ["nocompression", "deflate", "gzip"]),
+    ("train.batch_or_epoch", ["batch", "epoch"]),
+    ("trainer.type", ["general", "cvtrainer"]),
+    ("criterion.type", ["CrossEntropyLoss"]),
+    ("train.optimizer.type", ["SGD"]),
+    ("model.type", ["convnet2", "ConvNet2"]),
+    ("data.type", ["femnist"]),
+    ("aggregator.robust_rule", ["fedavg", "krum", "median", "trimmedmean", "bulyan",
+                                "normbounding"]),
+]
+
+
+@pytest.mark.parametrize("key,values", ALLOWED, ids=[k for k, _ in ALLOWED])
+def test_documented_choices_are_accepted_and_others_refused(key, values):
+    for v in values:
+        cfg = finalize(load_cfg(None, [key, v]))
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == v
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*choose one of"):
+        finalize(load_cfg(None, [key, values[0] + "x"]))
+
+
+@pytest.mark.parametrize("metric", ["acc", "correct", "loss", "total", "avg_loss"])
+def test_known_metrics_are_accepted(metric):
+    cfg = finalize(load_cfg(None, ["eval.metrics", f"['{metric}']"]))
+    assert list(cfg.eval.metrics) == [metric]
+
+
+@pytest.mark.parametrize("report", ["weighted_avg", "avg", "raw", "fairness"])
+def test_known_reports_are_accepted(report):
+    assert list(finalize(load_cfg(None, ["eval.report", f"['{report}']"])).eval.report) == [report]
+
+
+def test_unknown_metric_and_report_are_named():
+    with pytest.raises(ConfigError, match="unknown metric 'f1'"):
+        finalize(load_cfg(None, ["eval.metrics", "['acc', 'f1']"]))
+    with pytest.raises(ConfigError, match="unknown report 'median'"):
+        finalize(load_cfg(None, ["eval.report", "['avg', 'median']"]))
+
+
+@pytest.mark.parametrize("key,bad,ok", [
+    ("federate.total_round_num", 0, 1), ("eval.freq", 0, 1), ("dataloader.batch_size", 0, 1),
+    ("data.subsample", 0.0, 1.0), ("data.subsample", 1.01, 0.01),
+])
+def test_range_checks_at_their_edges(key, bad, ok):
+    finalize(load_cfg(None, [key, str(ok)]))
+    with pytest.raises(ConfigError, match=key.split(".")[-1]):
+        finalize(load_cfg(None, [key, str(bad)]))
+
+
+@pytest.mark.parametrize("splits,ok", [
+    ("[0.6, 0.2, 0.2]", True), ("[1.0, 0.0, 0.0]", True), ("[0.6, 0.2, 0.2000001]", True),
+    ("[0.6, 0.2, 0.21]", False), ("[0.5, 0.5]", False), ("[1.2, -0.1, -0.1]", False),
+])
+def test_data_splits(splits, ok):
+    if ok:
+        finalize(load_cfg(None, ["data.splits", splits]))
+    else:
+        with pytest.raises(ConfigError, match="data.splits"):
+            finalize(load_cfg(None, ["data.splits", splits]))
+
+
+def test_distributed_mode_turns_distribute_use_on_and_names_the_run():
+    cfg = finalize(load_cfg(None, ["federate.mode", "distributed", "distribute.role", "client",
+                                   "distribute.client_id", "4", "expname_tag", "t"]))
+    assert cfg.distribute.use is True
+    assert cfg.expname == "FedAvg_convnet2_on_femnist_client_4_t"
+    cfg = finalize(load_cfg(None, ["federate.mode", "distributed", "distribute.role", "server"]))
+    assert cfg.expname == "FedAvg_convnet2_on_femnist_server"
+    cfg = finalize(load_cfg(None, ["federate.mode", "distributed", "distribute.data_idx", "2"]))
+    assert cfg.expname == "FedAvg_convnet2_on_femnist_client_2"     # data_idx when no client_id
+    assert finalize(load_cfg(None, [])).distribute.use is False
+    assert finalize(load_cfg(None, ["expname", "mine"])).expname == "mine"
