@@ -23,7 +23,7 @@ settings.load_profile("suite")
 # longest modules first (order below: measured total time, longest first), so no long test starts
 # last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
 PROCESS_MODULES = [
-    "test_chaos", "test_faults", "test_transport_ceilings", "test_algorithms_e2e",
+    "test_chaos", "test_faults", "test_datasets_e2e", "test_transport_ceilings", "test_algorithms_e2e",
     "test_shard_refresh", "test_transport_process", "test_launcher", "test_write_failures",
     "test_fs_user_script", "test_swarm", "test_shard_mode", "test_femnist_sample",
     "test_fs_distributed_configs", "test_multihost_netns", "test_auth", "test_fuzz",

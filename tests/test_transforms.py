@@ -60,3 +60,37 @@ def test_errors_name_the_entry():
 def test_to_tensor_rejects_float_input():
     with pytest.raises(TypeError):
         build_transform([])(torch.rand(2, 28, 28))
+
+
+def test_colour_samples_keep_their_channels_and_normalize_per_channel():
+    """uint8 [n, 3, H, W] (CelebA, CIFAR-10): ToTensor only scales; Normalize uses each
+    channel's own mean/std (CIFAR-10's, by hand for one pixel)."""
+    from federatedscope.core.data.dataset_spec import get_spec
+    from federatedscope.core.data.transforms import transform_for
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    x[1, :, 0, 0] = torch.tensor([255, 0, 51], dtype=torch.uint8)
+    out = transform_for([], get_spec("cifar10"))(x)  # empty: the spec's default (FS's baseline)
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+    want = [(1 - 0.4914) / 0.247, (0 - 0.4822) / 0.243, (0.2 - 0.4465) / 0.261]
+    assert torch.allclose(out[1, :, 0, 0], torch.tensor(want), atol=1e-6)
+    one = build_transform([], sample_dims=3)(x[1])
+    assert one.shape == (3, 32, 32) and one[0, 0, 0].item() == 1.0
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        build_transform([], sample_dims=3)(x[0, 0])  # a grey [32, 32] is not a colour sample
+
+
+def test_token_ids_get_no_transform_and_refuse_one():
+    from federatedscope.core.data.dataset_spec import get_spec
+    from federatedscope.core.data.transforms import transform_for
+    ids = torch.randint(0, 80, (4, 80), dtype=torch.int64)
+    assert transform_for([], get_spec("shakespeare"))(ids) is ids
+    with pytest.raises(ValueError, match="data.transform"):
+        transform_for([["ToTensor"]], get_spec("shakespeare"))
+
+
+def test_femnist_unchanged_through_its_spec():
+    from federatedscope.core.data.dataset_spec import get_spec
+    from federatedscope.core.data.transforms import transform_for
+    x = _batch()
+    assert torch.equal(transform_for(FS_NORM, get_spec("femnist"))(x), build_transform(FS_NORM)(x))
+    assert torch.equal(transform_for([], get_spec("femnist"))(x), build_transform([])(x))

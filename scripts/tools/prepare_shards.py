@@ -46,9 +46,16 @@ def parse_args(argv=None, dataset: str = "") -> argparse.Namespace:
     p.add_argument("--root", default="data", help="data root, as FS's data.root (FEMNIST: "
                    "femnist/raw LEAF JSON, flat or train/ + test/, or femnist/processed/task_<k>/)")
     p.add_argument("--clients", type=int, default=3, help="number of clients N (ids 1..N)")
-    p.add_argument("--strategy", choices=("sequential", "random", "manual"), default="sequential",
+    p.add_argument("--strategy", choices=("sequential", "random", "manual", "lda", "iid"),
+                   default="sequential",
                    help="writers -> clients: contiguous blocks of sorted writers, a seeded "
-                        "shuffle, or --assignment")
+                        "shuffle, or --assignment; or samples -> clients by FS's splitter: "
+                        "'lda' (label skew, --alpha) or 'iid' (needed for cifar10)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="lda: Dirichlet concentration (FS's data.splitter_args alpha)")
+    p.add_argument("--consistent-label-distribution", action="store_true",
+                   help="lda/iid: split val/test by each client's train label shares (FS's "
+                        "data.consistent_label_distribution)")
     p.add_argument("--assignment", default="",
                    help="manual strategy: JSON {\"1\": [writer ids], ...}")
     p.add_argument("--seed", type=int, default=12345, help="seeds the per-writer split, random "
@@ -83,6 +90,7 @@ def main(argv=None, dataset: str = "", script: str = "prepare_shards.py") -> int
     a = parse_args(argv, dataset)
     setup_logger()
     args = ShardArgs(dataset=a.dataset, root=a.root, clients=a.clients, strategy=a.strategy, assignment=a.assignment,
+                     alpha=a.alpha, consistent=a.consistent_label_distribution,
                      seed=a.seed, splits=a.splits, subsample=a.subsample, out=a.out,
                      overwrite=a.overwrite, resume=a.resume, link=a.link, plot=a.plot,
                      progress=not a.no_progress, tokens=a.tokens,

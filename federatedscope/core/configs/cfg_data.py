@@ -32,6 +32,8 @@ def extend_data_cfg(c) -> None:
         root="data", type="femnist", args=[], splits=[0.6, 0.2, 0.2], subsample=1.0,
         transform=[], target_transform=[], pre_transform=[], seed=1234,
         consistent_label_distribution=False, splitter="", file_path="", save_data=False,
+        # FS's splitter arguments, a list holding one mapping, e.g. [{'alpha': 0.5}] for 'lda'
+        splitter_args=[],
         # FS's deprecated aliases of dataloader.* (FS: data.loader '' means "not set")
         loader="", **{old: _LOADER_DEFAULTS[new] for old, new in DEPRECATED_ALIASES.items()
                       if old != "loader"}))

@@ -143,7 +143,8 @@ def get_default_cfg() -> CN:
     extend_data_cfg(c)
 
     c.model = _node(type="convnet2", model_num_per_trainer=1, hidden=256, dropout=0.5,
-                    in_channels=0, out_channels=1, layer=2, input_shape=(), use_bias=True)
+                    in_channels=0, out_channels=1, layer=2, input_shape=(), use_bias=True,
+                    embed_size=8)  # FS: the LSTM's token embedding width
 
     c.train = _node(local_update_steps=1, batch_or_epoch="batch",
                     optimizer=_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0),
@@ -204,8 +205,6 @@ _NOT_IMPLEMENTED = {
     "data.args": "extra dataset constructor arguments",
     "data.target_transform": "label transforms",
     "data.pre_transform": "transforms applied once before caching",
-    "data.consistent_label_distribution": "equal label distributions across splits",
-    "data.splitter": "re-splitting the data among clients (FEMNIST is split by writer)",
     "data.file_path": "loading data from one file",
     "data.save_data": "saving the split data",
     "dataloader.type": "other data loaders (FS: 'raw', graph samplers)",

@@ -23,7 +23,8 @@ from federatedscope.core.data.datasets import Batch, TensorSplit, batch_loader, 
 from federatedscope.core.data.shard_format import split_file
 from federatedscope.core.data.shard_format.checks import ShardError
 from federatedscope.core.data.shard_format.split_file import SplitLayout
-from federatedscope.core.data.transforms import build_transform
+from federatedscope.core.data.dataset_spec import get_spec
+from federatedscope.core.data.transforms import build_transform, transform_for
 
 logger = logging.getLogger("federatedscope")
 BLOCK_BYTES = 4 << 20  # streaming window: ~5,300 rows of 784 bytes; the unit of the block shuffle
@@ -206,7 +207,7 @@ class DistributedShardLoader:
         return cls(dd.shard_path if shard_path is None else shard_path, client_id=cid,
                    streaming=dd.streaming, strict_check=dd.strict_check,
                    verify_checksum=dd.verify_checksum,
-                   transform=build_transform(list(cfg.data.transform)))
+                   transform=transform_for(cfg.data.transform, get_spec(cfg.data.type)))
 
     # -------------------------------------------------------------- public API
     @property

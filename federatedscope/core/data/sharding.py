@@ -27,8 +27,9 @@ from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import DatasetSpec, get_spec
 from federatedscope.core.data.shard_format import split_file
-from federatedscope.core.data.sharding_input import Spill, find_inputs, read_input
-from federatedscope.core.data.sharding_plan import (Plan, Rows, ShardingError, assign,  # noqa: F401
+from federatedscope.core.data.sharding_input import Spill, deal_parts, find_inputs, read_input
+from federatedscope.core.data.sharding_plan import (SAMPLE_STRATEGIES, Plan, Rows,  # noqa: F401
+                                                    ShardingError, assign,
                                                     plan_id, split_rows, subsample_writers,
                                                     writer_order)
 from federatedscope.core.data.sharding_plot import plot_partition
@@ -41,8 +42,10 @@ class ShardArgs:
     dataset: str = ""          # FS's data.type; its DatasetSpec must be registered
     root: str = "data"
     clients: int = 3
-    strategy: str = "sequential"
+    strategy: str = "sequential"  # or FS's splitters 'lda' / 'iid' (samples, not writers)
     assignment: str = ""
+    alpha: float = 0.5         # the 'lda' splitter's Dirichlet concentration
+    consistent: bool = False   # FS's data.consistent_label_distribution (lda: test follows train)
     seed: int = 12345
     splits: Tuple[float, float, float] = (0.6, 0.2, 0.2)
     subsample: float = 1.0
@@ -189,6 +192,7 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         stage = so.open_stage(args)
         spill = Spill(os.path.join(stage, f".spill-{os.getpid()}.bin"), spec)
         parts, kind = read_input(spec, args.root, inputs, spill, args.progress)
+        parts = _by_splitter(args, spec, parts, spill)
         plan = _make_plan(args, kind, src_dir, inputs, parts)
         if args.tokens:
             staged_tokens = sorted(plan.clients)
@@ -227,13 +231,36 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
 def _make_plan(args: ShardArgs, kind: str, src_dir: str, inputs: List[str], parts) -> Plan:
     ids = writer_order(list(parts))
     chosen = subsample_writers(ids, args.subsample, args.seed, args.strategy)
-    clients = assign(chosen, ids, args.clients, args.strategy, args.seed, args.assignment)
+    # a splitter made one writer per client already (client_1..N, in that order)
+    by_writer = "sequential" if args.strategy in SAMPLE_STRATEGIES else args.strategy
+    clients = assign(chosen, ids, args.clients, by_writer, args.seed, args.assignment)
     options = so.run_options(args)
     source = {"kind": kind, "root": os.path.abspath(args.root), "path": src_dir,
               "inputs": len(inputs), "writers": len(ids),
               "writers_used": sum(len(w) for w in clients.values()), "subsample": args.subsample,
               "options": options}
     return Plan(clients, source, plan_id(options, args.dataset, src_dir, inputs, clients))
+
+
+def _by_splitter(args: ShardArgs, spec: DatasetSpec, parts, spill: Spill):
+    """--strategy lda/iid: the samples dealt by FS's splitter (one writer per client); a dataset
+    without writers needs one."""
+    if args.strategy not in SAMPLE_STRATEGIES:
+        if not spec.has_writers:
+            raise ShardingError(f"--dataset {spec.name} has no writers to assign to clients; deal "
+                                f"its samples with --strategy lda --alpha 0.5 (FS's baseline "
+                                f"splitter) or --strategy iid")
+        return parts
+    if args.subsample < 1.0:
+        raise ShardingError(f"--subsample {args.subsample} chooses writers; --strategy "
+                            f"{args.strategy} deals every sample, so drop --subsample")
+    from federatedscope.core.auxiliaries.splitter_builder import build_splitter
+    try:
+        splitter = build_splitter(args.strategy, args.clients,
+                                  [{"alpha": args.alpha}] if args.strategy == "lda" else [])
+    except ValueError as e:
+        raise ShardingError(f"--strategy {args.strategy}: {e}") from None
+    return deal_parts(parts, spill, splitter, args.seed, args.consistent)
 
 
 def _check_train(args: ShardArgs, plan: Plan, per_writer) -> None:

@@ -116,3 +116,28 @@ def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
     seen = {s for p in parts.values() for s in p}
     kind = "unsplit" if None in seen else ("train_val_test" if "val" in seen else "train_test")
     return parts, kind
+
+
+def deal_parts(parts: Dict[str, Dict[Optional[str], Part]], spill: Spill, splitter, seed: int,
+               consistent: bool = False) -> Dict[str, Dict[Optional[str], Part]]:
+    """``--strategy lda/iid``: the samples dealt to clients by FS's splitter, as writers
+    ``client_<k>`` (one per client). The split is ``spec_data.sample_partition`` on the same
+    pools as FS's ``data.splitter`` path, so both give client k the same samples for one seed;
+    each client's samples are copied to the end of the spill so a writer stays one row range."""
+    from federatedscope.core.data.spec_data import pool_members, sample_partition
+    members = pool_members({w: list(p) for w, p in parts.items()})
+    rows = {s: np.concatenate([np.arange(parts[w][s].row, parts[w][s].row + len(parts[w][s].y))
+                               for w in ws]).astype(np.int64) for s, ws in members.items()}
+    ys = {s: np.concatenate([parts[w][s].y for w in ws]).astype(np.int64)
+          for s, ws in members.items()}
+    dealt = sample_partition(ys, splitter, seed, consistent)
+    out: Dict[str, Dict[Optional[str], Part]] = {}
+    for k, got in sorted(dealt.items()):
+        own = out.setdefault(f"client_{k}", {})
+        for s, idx in got.items():
+            where = f"client {k}'s {s or 'unsplit'} samples"
+            start = spill.rows
+            for chunk in spill.chunks(rows[s][idx]):
+                spill.add(chunk, where)
+            own[s] = Part(start, ys[s][idx], where)
+    return out

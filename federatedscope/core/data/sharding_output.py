@@ -61,7 +61,10 @@ def run_options(args: Any) -> Dict[str, Any]:
     return {"dataset": args.dataset, "clients": int(args.clients), "strategy": args.strategy,
             "assignment_sha256": sha,
             "seed": int(args.seed), "splits": [float(s) for s in args.splits],
-            "subsample": float(args.subsample), "link": bool(args.link)}
+            "subsample": float(args.subsample), "link": bool(args.link),
+            # only 'lda' reads --alpha: other runs keep the options their manifests recorded
+            **({"alpha": float(args.alpha)} if args.strategy == "lda" else {}),
+            **({"consistent": True} if getattr(args, "consistent", False) else {})}
 
 
 def _options_of_manifest(m: sf.Manifest) -> Dict[str, Any]:
@@ -75,15 +78,18 @@ def _options_of_manifest(m: sf.Manifest) -> Dict[str, Any]:
 
 
 _FLAG = {"dataset": "--dataset", "clients": "--clients", "strategy": "--strategy", "assignment_sha256": "--assignment",
-         "seed": "--seed", "splits": "--splits", "subsample": "--subsample", "link": "--link"}
+         "seed": "--seed", "splits": "--splits", "subsample": "--subsample", "link": "--link", "alpha": "--alpha",
+         "consistent": "--consistent-label-distribution"}
 
 
 def _differences(have: Dict[str, Any], want: Dict[str, Any]) -> List[str]:
     out = []
     for k, flag in _FLAG.items():
+        if k not in have and k not in want:  # an option neither run uses (--alpha without lda)
+            continue
         if k not in have:
             out.append(f"{flag}: that run did not record it, so it cannot be shown to be the same")
-        elif have[k] != want[k]:
+        elif have[k] != want.get(k):
             if k == "assignment_sha256":
                 out.append("--assignment: the file's content differs from the one used")
             else:

@@ -18,6 +18,8 @@ import numpy as np
 from federatedscope.core.data.shard_format.checks import SPLITS
 
 STRATEGIES = ("sequential", "random", "manual")
+# FS's splitters: samples (not writers) dealt to clients by label (``sharding_input.deal_parts``)
+SAMPLE_STRATEGIES = ("lda", "iid")
 Rows = Tuple[np.ndarray, np.ndarray]  # (row numbers, int64 labels)
 
 

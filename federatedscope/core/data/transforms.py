@@ -4,7 +4,9 @@ FS configs spell transforms torchvision-style, e.g.
 ``[['ToTensor'], ['Normalize', {'mean': [0.9637], 'std': [0.1592]}]]``. Our samples are already
 uint8 tensors (doc/architecture.md), so these work on batches of tensors directly instead of PIL
 images: input uint8 ``[n, 28, 28]`` or ``[28, 28]``, output float32 ``[n, 1, 28, 28]`` or
-``[1, 28, 28]``.
+``[1, 28, 28]``. Colour samples are stored channel-first (uint8 ``[3, H, W]``): ToTensor then
+only scales (``[n, 3, H, W]`` stays 4-d). Token samples (int64 ids, Shakespeare) get no transform:
+``transform_for`` decides from the dataset's sample dtype and shape.
 """
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -14,17 +16,28 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ToTensor:
-    """uint8 -> float32 in [0, 1] with a channel dim, like torchvision's ToTensor on images."""
+    """uint8 -> float32 in [0, 1] with a channel dim, like torchvision's ToTensor on images.
+
+    ``sample_dims`` is the rank of one stored sample: 2 (grey ``[H, W]``: a channel dim is
+    added) or 3 (channel-first ``[C, H, W]``: already has one)."""
+
+    def __init__(self, sample_dims: int = 2) -> None:
+        if sample_dims not in (2, 3):
+            raise ValueError(f"ToTensor works on [H, W] or [C, H, W] samples, not {sample_dims}-d")
+        self.sample_dims = sample_dims
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
             # Refusing floats avoids a silent second /255 on already-scaled data.
             raise TypeError("ToTensor expects a uint8 tensor, got %s"
                             % (x.dtype if isinstance(x, torch.Tensor) else type(x).__name__))
-        if x.dim() not in (2, 3):
-            raise ValueError("ToTensor expects [H, W] or [n, H, W], got shape %s"
-                             % (tuple(x.shape),))
-        return (x.to(torch.float32) / 255.0).unsqueeze(-3)
+        d = self.sample_dims
+        if x.dim() not in (d, d + 1):
+            raise ValueError("ToTensor expects %s, got shape %s"
+                             % ("[H, W] or [n, H, W]" if d == 2 else "[C, H, W] or [n, C, H, W]",
+                                tuple(x.shape)))
+        scaled = x.to(torch.float32) / 255.0
+        return scaled.unsqueeze(-3) if d == 2 else scaled
 
     def __repr__(self) -> str:
         return "ToTensor()"
@@ -89,8 +102,9 @@ def _parse_entry(entry: Any) -> Tuple[str, Dict[str, Any]]:
                      % (entry,))
 
 
-def build_transform(transform_cfg: Sequence[Any]) -> Compose:
+def build_transform(transform_cfg: Sequence[Any], sample_dims: int = 2) -> Compose:
     """Build the callable for ``cfg.data.transform``; an empty list means ToTensor only.
+    ``sample_dims``: the rank of one stored uint8 sample (2 grey, 3 channel-first colour).
 
     ToTensor is implied at the start when the list omits it (our inputs are always uint8), and
     must not appear anywhere else.
@@ -106,11 +120,30 @@ def build_transform(transform_cfg: Sequence[Any]) -> Compose:
         if name == "ToTensor" and (ops or i > 0):
             raise ValueError("data.transform entry %d (%r): ToTensor must be the first transform"
                              % (i, entry))
+        if name == "ToTensor":
+            kwargs.setdefault("sample_dims", sample_dims)
         try:
             ops.append(_REGISTRY[name](**kwargs))
         except (TypeError, ValueError) as e:
             raise ValueError("bad arguments in data.transform entry %d (%r): %s"
                              % (i, entry, e)) from None
     if not ops or not isinstance(ops[0], ToTensor):
-        ops.insert(0, ToTensor())
+        ops.insert(0, ToTensor(sample_dims))
     return Compose(ops)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def transform_for(transform_cfg: Sequence[Any], spec: Any) -> Transform:
+    """The batch transform of a dataset (``DatasetSpec``) under ``data.transform``: token ids
+    (any sample dtype but uint8) pass unchanged and refuse a transform list; uint8 images get
+    ``build_transform``, an empty list meaning the dataset's ``default_transform``."""
+    cfg = list(transform_cfg or [])
+    if spec.sample_dtype != "uint8":
+        if cfg:
+            raise ValueError(f"data.transform={cfg!r}: {spec.name} samples are {spec.sample_type} "
+                             f"token ids, which take no transform; remove data.transform")
+        return identity
+    return build_transform(cfg or list(spec.default_transform), len(spec.sample_shape))

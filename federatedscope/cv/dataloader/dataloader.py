@@ -1,4 +1,4 @@
-"""FS's ``load_cv_dataset`` for FEMNIST, registered with FS's ``register_data``.
+"""FS's ``load_cv_dataset`` for FEMNIST, CelebA and CIFAR-10, registered with ``register_data``.
 
 FS's centralised path only: every writer of ``data.root`` becomes a partition (LEAF JSON,
 cached), one ``ClientData`` per partition, ids 1..N. Shard mode never comes here: it is
@@ -8,6 +8,8 @@ import logging
 from typing import Tuple
 
 from federatedscope.core.data.base_data import SPLITS, ClientData, StandaloneDataDict
+from federatedscope.core.data.dataset_spec import get_spec
+from federatedscope.core.data.spec_data import load_spec_partitions, registered_loader
 from federatedscope.core.data.transforms import build_transform
 from federatedscope.register import register_data
 
@@ -39,8 +41,14 @@ def load_cv_dataset(config, client_cfgs=None):
 def call_cv_data(config, client_cfgs=None):
     """FS's registry convention: an answer for the cv datasets, None for any other type."""
     if config.data.type.lower() in CV_DATASETS:
+        if config.data.splitter:  # FS re-splits the writers' samples: the generic spec path
+            return load_spec_partitions(config, get_spec(config.data.type), client_cfgs)
         return load_cv_dataset(config, client_cfgs)
     return None
 
 
 register_data("femnist", call_cv_data)
+# CelebA and CIFAR-10: FS's path through the core's spec loader (same partition rules as the
+# shard tool); the spec of the exact data.type, so 'CIFAR10@torchvision' records its own name
+register_data("celeba", registered_loader(["celeba"], get_spec))
+register_data("cifar10", registered_loader(["cifar10", "cifar10@torchvision"], get_spec))

@@ -18,7 +18,8 @@ import torch
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
 from federatedscope.core.data.dataset_spec import WriterSamples
 from federatedscope.core.data.shard_format.checks import SPLITS
-from federatedscope.core.data.sharding_plan import natural_key, subsample_writers, writer_split
+from federatedscope.core.data.sharding_plan import natural_key, subsample_writers
+from federatedscope.core.data.spec_data import gather_writers, split_writer
 from federatedscope.cv.dataset.leaf_checks import FIX as _FIX
 from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE, check_users, images, labels
 
@@ -193,20 +194,6 @@ def _check_splits(splits: Sequence[float]) -> Tuple[float, float, float]:
     return s  # type: ignore[return-value]
 
 
-def split_writer(parts: Dict[Optional[str], WriterSamples], splits: Tuple[float, float, float],
-                 seed: int, writer_id: str) -> Dict[str, Split]:
-    """The core's per-writer rule (``sharding_plan.writer_split``) applied to the samples."""
-    any_part = next(iter(parts.values()))
-    out = {}
-    for s, (key, idx) in writer_split({k: len(p.y) for k, p in parts.items()}, splits, seed,
-                                      writer_id).items():
-        p = parts.get(key, any_part)
-        idx = idx if key in parts else idx[:0]
-        out[s] = (torch.from_numpy(np.ascontiguousarray(p.x[idx])),
-                  torch.from_numpy(np.ascontiguousarray(p.y[idx])))
-    return out
-
-
 def _cache_key(raw_dir: str, files: List[str], splits: Tuple[float, float, float],
                subsample: float, seed: int) -> str:
     listing = []
@@ -259,16 +246,7 @@ def load_femnist_tasks(root: str, splits: Sequence[float], subsample: float,
         except Exception as e:  # a torn or foreign file must not block training
             logger.warning("FEMNIST cache %s is unreadable (%s); rebuilding it", cache, e)
 
-    by_writer: Dict[str, Dict[Optional[str], WriterSamples]] = {}
-    for ws in iter_leaf_writers(raw_dir):
-        parts = by_writer.setdefault(ws.writer_id, {})
-        if ws.split in parts:
-            raise ValueError("writer %s appears twice in the %s data: %s and %s"
-                             % (ws.writer_id, ws.split or "unsplit", parts[ws.split].source,
-                                ws.source))
-        parts[ws.split] = ws
-    if not by_writer:
-        raise ValueError(empty_input_message(raw_dir, files))
+    by_writer = gather_writers(iter_leaf_writers(raw_dir), empty_input_message(raw_dir, files))
     writer_ids = sorted(by_writer)
     # the shard tool's own subset rule, so both paths use the same writers for (subsample, seed)
     chosen = subsample_writers(writer_ids, float(subsample), seed, "sequential")

@@ -11,7 +11,8 @@ import numpy as np
 
 from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples
 from federatedscope.cv.dataset.leaf_json import find_leaf_input, iter_leaf_users, list_leaf_inputs
-from federatedscope.register import register_dataset_spec
+from federatedscope.core.data.spec_data import registered_loader
+from federatedscope.register import register_data, register_dataset_spec
 
 NAME = "shakespeare"
 SEQ_LEN = 80
@@ -73,3 +74,5 @@ SHAKESPEARE = DatasetSpec(name=NAME, sample_dtype="int64", sample_shape=(SEQ_LEN
                           default_transform=())
 
 register_dataset_spec(NAME, SHAKESPEARE)
+# FS's path (standalone without shards, data_idx): one partition per role, the shard tool's rules
+register_data(NAME, registered_loader([NAME], lambda _type: SHAKESPEARE))
