@@ -90,11 +90,13 @@ def attacker_class(base, kind: Optional[str], attacker_ids: Sequence[int]):
 
 
 def recording_server(base, log: List[tuple]):
-    """``base`` that records every update it receives as (sender, round, tensors)."""
+    """``base`` that records every update it receives as (sender, round, tensors, the global
+    model it was trained from)."""
     class RecordingServer(base):
         def callback_funcs_model_para(self, message):
             log.append((message.sender, message.state,
-                        {k: v.detach().clone() for k, v in message.tensors.items()}))
+                        {k: v.detach().clone() for k, v in message.tensors.items()},
+                        {k: v.detach().clone() for k, v in self.model.state_dict().items()}))
             super().callback_funcs_model_para(message)
     return RecordingServer
 
@@ -190,7 +192,7 @@ def render(res: dict) -> str:
            f"*refused* means the server refuses the rule at start (its precondition for that "
            f"n and f is not met); the messages are listed below the table.", "",
            "| robust_rule | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
-    refusals = []
+    refusals, diverged = [], False
     for rule in RULES:
         row = []
         for lab in labels:
@@ -200,11 +202,18 @@ def render(res: dict) -> str:
             elif "refused" in c:
                 row.append("refused")
                 refusals.append(f"- {rule}, {lab}: {c['refused']}")
+            elif c.get("acc") is None and c.get("exit_code") == 0:
+                diverged = True
+                row.append("diverged")
             elif c.get("acc") is None:
                 row.append(f"no result (exit {c.get('exit_code')})")
             else:
                 row.append(f"{c['acc']:.3f}")
         out.append(f"| {rule} | " + " | ".join(row) + " |")
+    if diverged:
+        out += ["", "*diverged*: the job ran to its end (exit 0) but the final model's evaluation "
+                "was non-finite on every client, so the server accepted no test accuracy (its "
+                "log: `test_loss is not a finite number`): the attack destroyed the model."]
     out += ["", "Refused at start (precondition), with the server's message:", ""] + refusals
     out += ["", "Per-cell run time (s, wall): " + "; ".join(
         f"{c['rule']}/{c['scenario']} {c['wall_s']}" for c in res["cells"] if "acc" in c) + ".",
