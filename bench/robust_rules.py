@@ -216,7 +216,8 @@ def render(res: dict) -> str:
                 "log: `test_loss is not a finite number`): the attack destroyed the model."]
     out += ["", "Refused at start (precondition), with the server's message:", ""] + refusals
     out += ["", "Per-cell run time (s, wall): " + "; ".join(
-        f"{c['rule']}/{c['scenario']} {c['wall_s']}" for c in res["cells"] if "acc" in c) + ".",
+        f"{c['rule']}/{c['scenario']} {c.get('wall_s')}" for c in res["cells"] if "refused" not in c)
+        + ".",
         "", "How to read it: compare each cell with its row's *honest* cell and with fedavg's. "
         "What is not defended: a rule only bounds what at most `byzantine_node_num` clients can "
         "do, and median/normbounding take no count at all; a small bias below the honest "

@@ -56,7 +56,7 @@ def test_refused_cells_carry_the_precondition(femnist_root, tmp_path):
 def test_table_is_rendered_from_the_json():
     cells = [{"rule": "median", "scenario": "1 bias", "acc": 0.4321, "wall_s": 3.5},
              {"rule": "krum", "scenario": "2 sign-flip", "refused": "krum needs more clients"},
-             {"rule": "fedavg", "scenario": "2 sign-flip", "acc": None, "exit_code": 0}]
+             {"rule": "fedavg", "scenario": "2 sign-flip", "acc": None, "exit_code": 0, "wall_s": 7.0}]
     res = {"command": "python bench/robust_rules.py", "git_commit": "abcdef0123456",
            "loadavg_at_start": [1.25, 1, 1], "wall_s": 9.0, "cpu_s": 8.0, "cells": cells,
            "params": {"writers": 5, "clients": 5, "rounds": 10, "model.hidden": 64, "seed": 1,
