@@ -249,6 +249,9 @@ def main(argv=None) -> int:
         ap.add_argument(f"--{k}", type=int, default=v)
     args = ap.parse_args(argv)
     if not args.render:
+        # one intra-op thread: on a shared, loaded 2-core box torch's second thread spin-waits
+        # and made one cell cost 20x the CPU of the same cell on an idle box
+        torch.set_num_threads(1)
         logging.getLogger("federatedscope").setLevel(logging.WARNING)
         res = measure(args)
         atomic_write_bytes(RESULTS, (json.dumps(res, indent=1) + "\n").encode())
