@@ -218,13 +218,23 @@ def render(res: dict) -> str:
     out += ["", "Per-cell run time (s, wall): " + "; ".join(
         f"{c['rule']}/{c['scenario']} {c.get('wall_s')}" for c in res["cells"] if "refused" not in c)
         + ".",
-        "", "How to read it: compare each cell with its row's *honest* cell and with fedavg's. "
-        "What is not defended: a rule only bounds what at most `byzantine_node_num` clients can "
-        "do, and median/normbounding take no count at all; a small bias below the honest "
-        "updates' spread is indistinguishable from an honest client for every rule here, so it "
-        "is not removed, only diluted; krum keeps one update per round, so an honest run loses "
-        "the other clients' data; these are short runs on a small synthetic sample, so a "
-        "difference of a few points is within run-to-run noise of the data, not a ranking.", ""]
+        "", "How to read it: compare each cell with its row's *honest* cell and with fedavg's "
+        "(fedavg weighs updates by sample count; the robust rules do not). At "
+        "`byzantine_node_num` 0 (the honest column) trimmedmean's default "
+        "`trimmedmean_excluded_ratio` trims no update at this client count and bulyan keeps "
+        "every update and trims none, so both are the unweighted mean; krum keeps "
+        "`krum_agg_num` (default one) update per round, so its honest run learns from one "
+        "client a round.",
+        "", "What is not defended: more attackers than `byzantine_node_num` (the server refuses "
+        "krum, bulyan and trimmedmean where their bound cannot hold, so at this client count bulyan "
+        "defends no attacker, krum one, and trimmedmean only with its ratio raised to f/n); "
+        "median and normbounding take no count, so nothing bounds how many attackers they "
+        "absorb; normbounding only scales an update down to "
+        "`aggregator.BFT_args.normbounding_norm_bound`, so a flipped update within the bound "
+        "passes whole; a bias small enough to stay inside the honest updates' spread is not an "
+        "outlier to any rule here, so it is averaged in, not removed. One seed and a short run "
+        "on a small synthetic sample: a difference of a few points between cells (including a "
+        "cell above its honest one) is noise, not a ranking.", ""]
     return "\n".join(out)
 
 
