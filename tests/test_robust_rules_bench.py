@@ -1,9 +1,19 @@
 """bench/robust_rules.py's attackers really attack (so its table cannot be measuring a no-op),
 its refused cells carry the server's precondition message, and the table is rendered from the
 JSON."""
+import pytest
 import torch
 
 from bench import robust_rules as rr
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As the bench measures: a second torch thread only spin-waits on the shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _uploads(femnist_root, tmp_path, rule, kind, attackers, rounds=1):
