@@ -1,0 +1,82 @@
+"""bench/robust_rules.py's attackers really attack (so its table cannot be measuring a no-op),
+its refused cells carry the server's precondition message, and the table is rendered from the
+JSON."""
+import pytest
+import torch
+
+from bench import robust_rules as rr
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As the bench measures: a second torch thread only spin-waits on the shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _uploads(femnist_root, tmp_path, rule, kind, attackers, rounds=1):
+    log = []
+    res = rr.run_cell(femnist_root, str(tmp_path / f"{kind}_{attackers}"), rule, kind, attackers,
+                      rounds, 16, 7, server_wrap=lambda base: rr.recording_server(base, log))
+    return res, log
+
+
+def _first_round(log):
+    return {sender: (tensors, glob) for sender, state, tensors, glob in log if state == 0}
+
+
+def test_sign_flip_and_bias_uploads_are_the_honest_ones_bent(femnist_root, tmp_path):
+    honest_res, honest = _uploads(femnist_root, tmp_path, "fedavg", None, 0)
+    flip_res, flipped = _uploads(femnist_root, tmp_path, "fedavg", "sign_flip", 2)
+    bias_res, biased = _uploads(femnist_root, tmp_path, "fedavg", "bias", 1)
+    assert honest_res["exit_code"] == flip_res["exit_code"] == bias_res["exit_code"] == 0
+    h, f, b = _first_round(honest), _first_round(flipped), _first_round(biased)
+    assert sorted(h) == sorted(f) == sorted(b) == [1, 2, 3, 4, 5]
+    for cid in (1, 2, 3, 4, 5):
+        (hs, glob), (fs, fglob), (bs, _) = h[cid], f[cid], b[cid]
+        for k, v in hs.items():
+            if not v.is_floating_point():
+                continue
+            assert torch.equal(glob[k], fglob[k])        # round 1 starts from the same model
+            honest_delta = v - glob[k]
+            if cid in (1, 2):                             # the attackers: -10 x honest delta
+                assert torch.allclose(fs[k] - glob[k], -10.0 * honest_delta, rtol=1e-4, atol=1e-6)
+            else:                                         # everyone else uploads unchanged
+                assert torch.equal(fs[k], v)
+            if cid == 1:                                  # the one bias attacker: +0.0015 each
+                assert torch.allclose(bs[k] - v, torch.full_like(v, 0.0015), atol=1e-6)
+            else:
+                assert torch.equal(bs[k], v)
+        # non-trivial: training moved the model, so -10 x delta differs from the honest upload
+        if cid == 1:
+            assert any(not torch.allclose(fs[k], hs[k]) for k in hs if hs[k].is_floating_point())
+    # the fedavg global after round 1 under attack is not the honest one
+    assert flip_res["acc"] is not None
+
+
+def test_refused_cells_carry_the_precondition(femnist_root, tmp_path):
+    krum = rr.run_cell(femnist_root, str(tmp_path / "k"), "krum", "sign_flip", 2, 1, 16, 7)
+    assert "krum tolerates aggregator.byzantine_node_num=2 only with more than 6" in krum["refused"]
+    bulyan = rr.run_cell(femnist_root, str(tmp_path / "b"), "bulyan", "bias", 1, 1, 16, 7)
+    assert "at least 7 clients per round (have 5)" in bulyan["refused"]
+
+
+def test_table_is_rendered_from_the_json():
+    cells = [{"rule": "median", "scenario": "1 bias", "acc": 0.4321, "wall_s": 3.5},
+             {"rule": "krum", "scenario": "2 sign-flip", "refused": "krum needs more clients"},
+             {"rule": "fedavg", "scenario": "2 sign-flip", "acc": None, "exit_code": 0, "wall_s": 7.0}]
+    res = {"command": "python bench/robust_rules.py", "git_commit": "abcdef0123456",
+           "loadavg_at_start": [1.25, 1, 1], "wall_s": 9.0, "cpu_s": 8.0, "cells": cells,
+           "params": {"writers": 5, "clients": 5, "rounds": 10, "model.hidden": 64, "seed": 1,
+                      "sign_flip_factor": -10.0, "bias": 0.0015}}
+    text = rr.render(res)
+    median_row = next(line for line in text.splitlines() if line.startswith("| median |"))
+    assert median_row.split(" | ")[4] == "0.432"                  # honest, 1 sf, 2 sf, 1 bias
+    krum_row = next(line for line in text.splitlines() if line.startswith("| krum |"))
+    assert krum_row.split(" | ")[3] == "refused"
+    assert "- krum, 2 sign-flip: krum needs more clients" in text
+    fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
+    assert fedavg_row.split(" | ")[3] == "diverged" and "not measured" in fedavg_row
+    assert "load 1.25 at start" in text and "`abcdef0123`" in text
