@@ -35,7 +35,6 @@ def _listening_port(log_path: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-@pytest.mark.xfail(strict=False, reason="needs join-order ids")
 def test_fs_distributed_femnist_configs_run_to_the_end(fs_sized_root, tmp_path):
     out = str(tmp_path / "exp")
     common = ["data.root", fs_sized_root, "federate.total_round_num", str(ROUNDS), "outdir", out]
