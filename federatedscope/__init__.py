@@ -1,3 +1,3 @@
+"""FederatedScope-compatible FL with truly distributed data. The built-in domain packages (cv/,
+nlp/) are registered the first time a registry is read (``federatedscope/register.py``)."""
 from federatedscope import register  # noqa: F401
-import federatedscope.cv  # noqa: F401  (registers the built-in image datasets and models)
-import federatedscope.nlp  # noqa: F401  (registers Shakespeare, the LSTM and its trainer)

@@ -21,23 +21,75 @@ Beyond FS, one name-keyed registry: ``dataset_spec_dict`` (``data.type`` -> ``Da
 for a dataset's sample type, class count and reader.
 
 The built-in domain packages (``federatedscope.cv``, ``federatedscope.nlp``) register themselves
-when imported; ``federatedscope/__init__.py`` imports them, so ``import federatedscope`` (or any
-of its modules) is enough. A user's own package registers the same way, before ``get_data``.
+when imported, and they are imported the first time any registry is read (``BUILTIN_PACKAGES``),
+so nothing has to import them by hand, while ``import federatedscope`` stays free of torch for
+the small tools that need only the core's helpers (the launcher's pre-flight and health wait). A user's own package registers the same way, before ``get_data``.
 """
+import importlib
 import logging
 from typing import Any, Callable, Dict
 
 logger = logging.getLogger("federatedscope")
 
-data_dict: Dict[str, Callable] = {}
-model_dict: Dict[str, Callable] = {}
-trainer_dict: Dict[str, Callable] = {}
-worker_dict: Dict[str, Callable] = {}
-criterion_dict: Dict[str, Callable] = {}
-splitter_dict: Dict[str, Callable] = {}
-scheduler_dict: Dict[str, Callable] = {}
-aggregator_dict: Dict[str, Callable] = {}
-dataset_spec_dict: Dict[str, Any] = {}
+# Named as strings: the registry knows where the built-ins live, the core does not import them.
+BUILTIN_PACKAGES = ("federatedscope.cv", "federatedscope.nlp")
+_builtins_state = {"loaded": False}
+
+
+def load_builtin_packages() -> None:
+    """Import the built-in domain packages once (they register themselves on import)."""
+    if _builtins_state["loaded"]:
+        return
+    _builtins_state["loaded"] = True     # first: their own registrations read the registries
+    for name in BUILTIN_PACKAGES:
+        importlib.import_module(name)
+
+
+class Registry(dict):
+    """A registry: a dict whose reads first load the built-in packages (writes do not)."""
+
+    def __getitem__(self, key):
+        load_builtin_packages()
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        load_builtin_packages()
+        return super().__contains__(key)
+
+    def __iter__(self):
+        load_builtin_packages()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        load_builtin_packages()
+        return super().__len__()
+
+    def get(self, key, default=None):
+        load_builtin_packages()
+        return super().get(key, default)
+
+    def keys(self):
+        load_builtin_packages()
+        return super().keys()
+
+    def values(self):
+        load_builtin_packages()
+        return super().values()
+
+    def items(self):
+        load_builtin_packages()
+        return super().items()
+
+
+data_dict: Dict[str, Callable] = Registry()
+model_dict: Dict[str, Callable] = Registry()
+trainer_dict: Dict[str, Callable] = Registry()
+worker_dict: Dict[str, Callable] = Registry()
+criterion_dict: Dict[str, Callable] = Registry()
+splitter_dict: Dict[str, Callable] = Registry()
+scheduler_dict: Dict[str, Callable] = Registry()
+aggregator_dict: Dict[str, Callable] = Registry()
+dataset_spec_dict: Dict[str, Any] = Registry()
 
 
 def register(key: str, module: Any, module_dict: Dict[str, Any]) -> None:
