@@ -116,7 +116,7 @@ def _config(module: Module) -> str:
     lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
               "    --hypothesis-profile=mutation"]
     lines += ["    -k", f"    {module.deselect}"] if module.deselect else []
-    lines += ["also_copy =", "    scripts/", "    doc/", "timeout_multiplier = 5.0", ""]
+    lines += ["also_copy =", "    scripts/", "    doc/", "    harness/", "timeout_multiplier = 5.0", ""]
     return "\n".join(lines)
 
 
@@ -146,8 +146,12 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
         res = subprocess.run(mutmut + ["results", "--all", "true"], cwd=dest, env=env,
                              capture_output=True, text=True)
         results = parse_results(res.stdout)
-        if not results:
-            out.error = (run.stdout + run.stderr).strip().splitlines()[-5:]
+        unchecked = sum(1 for _, status in results if status == "not checked")
+        if not results or unchecked:
+            # a run that checked nothing (its clean test run failed, or it was cut short) is an
+            # error, never a row of zero survivors
+            out.error = ([f"{unchecked} of {len(results)} mutants not checked"] if results else []) \
+                + (run.stdout + run.stderr).strip().splitlines()[-5:]
         for mutant, status in results:
             if status == "survived" and mutant not in equivalent:
                 show = subprocess.run(mutmut + ["show", mutant], cwd=dest, env=env,
