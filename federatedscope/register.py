@@ -23,7 +23,8 @@ for a dataset's sample type, class count and reader.
 The built-in domain packages (``federatedscope.cv``, ``federatedscope.nlp``) register themselves
 when imported, and they are imported the first time any registry is read (``BUILTIN_PACKAGES``),
 so nothing has to import them by hand, while ``import federatedscope`` stays free of torch for
-the small tools that need only the core's helpers (the launcher's pre-flight and health wait). A user's own package registers the same way, before ``get_data``.
+the small tools that need only the core's helpers (the launcher's pre-flight and health wait).
+A user's own package registers the same way, before ``get_data``.
 """
 import importlib
 import logging

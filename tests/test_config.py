@@ -104,7 +104,7 @@ def test_unregistered_model_and_data_types_are_named_by_the_builders():
     with pytest.raises(ConfigError, match=r"data\.type='mnist' has no registered loader; "
                                           r"registered: \[.*'femnist'.*\]"):
         get_data(finalize(load_cfg(None, ["data.type", "mnist"])))
-    with pytest.raises(ConfigError, match=r"data\.type='mnist' has no dataset spec; known: .*"
+    with pytest.raises(ConfigError, match=r"data\.type='mnist' has no registered dataset spec; known: .*"
                                           r"set model\.input_shape"):
         get_model(finalize(load_cfg(None, ["data.type", "mnist"])))
 

@@ -22,6 +22,7 @@ from federatedscope import register
 from federatedscope.core.configs.config import ConfigError
 from federatedscope.core.data.base_data import (ClientData, ClientShard, ServerManifest,
                                                 StandaloneDataDict)
+from federatedscope.core.data.dataset_spec import get_spec
 from federatedscope.core.data.utils import convert_data_mode
 
 logger = logging.getLogger("federatedscope")
@@ -63,15 +64,6 @@ def load_dataset(config, client_cfgs=None):
                       f"federatedscope.register.register_data)")
 
 
-def registered_spec(data_type: str):
-    """The ``DatasetSpec`` registered for ``data.type`` (``register.dataset_spec_dict``)."""
-    spec = register.dataset_spec_dict.get(data_type.lower())
-    if spec is None:
-        raise ConfigError(f"data.type={data_type!r} has no dataset spec; known: "
-                          f"{sorted(register.dataset_spec_dict)}")
-    return spec
-
-
 def _keep_first(data: StandaloneDataDict, n: int) -> None:
     """FS keeps the first ``federate.client_num`` partitions (all when 0 or more than there are)."""
     if 0 < n < len(data):
@@ -91,7 +83,7 @@ def _server_manifest(config) -> ServerManifest:
 
 def _checked(loader, config):
     """A shard made for another dataset (its meta.json's sample_type) is refused by name."""
-    spec = registered_spec(config.data.type)
+    spec = get_spec(config.data.type)
     if loader.sample_type != spec.sample_type:
         from federatedscope.core.data.shard_format import ShardError
         raise ShardError(f"{loader.shard_path}/meta.json: sample_type {loader.sample_type!r} is "

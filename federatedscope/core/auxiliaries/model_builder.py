@@ -23,9 +23,9 @@ def input_shape(cfg) -> Tuple[int, ...]:
             raise ConfigError(f"model.input_shape={list(cfg.model.input_shape)} must be "
                               f"[channels, height, width] or [height, width]")
         return shape
-    from federatedscope.core.auxiliaries.data_builder import registered_spec
+    from federatedscope.core.data.dataset_spec import get_spec
     try:
-        return tuple(registered_spec(cfg.data.type).model_input)
+        return tuple(get_spec(cfg.data.type).model_input)
     except ConfigError as e:
         raise ConfigError(f"cannot infer the model input shape: {e}; set model.input_shape") \
             from None

@@ -52,10 +52,11 @@ class DatasetSpec:
 
 def get_spec(name: str) -> DatasetSpec:
     """The registered spec of FS's ``data.type`` ``name``; an unknown one names the known ones."""
+    from federatedscope.core.configs.config import ConfigError   # a ValueError naming the key
     from federatedscope.register import dataset_spec_dict
     try:
         return dataset_spec_dict[str(name).lower()]
     except KeyError:
-        raise ValueError(f"data.type={name!r} has no registered dataset spec; known: "
+        raise ConfigError(f"data.type={name!r} has no registered dataset spec; known: "
                          f"{sorted(dataset_spec_dict)} (a domain package registers one with "
                          f"federatedscope.register.register_dataset_spec)") from None
