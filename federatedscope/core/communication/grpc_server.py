@@ -298,6 +298,7 @@ class GrpcServerTransport(StreamIntake):
                     logger.warning(f"Closed the session of {who}: {conn.bad} invalid or excess "
                                    f"messages (limit {BAD_MESSAGES_PER_SESSION} per session)")
                     conn.reason = "too many invalid messages"
+                    conn.abuse = conn.client_id is not None
                     break
         except asyncio.CancelledError:
             raise
@@ -331,7 +332,7 @@ class GrpcServerTransport(StreamIntake):
         if conn.client_id is not None and self._by_client.get(conn.client_id) is conn:
             del self._by_client[conn.client_id]
         if conn.delivered:  # a stream the Server never heard of needs no event
-            self.inbox.put(Disconnected(conn.conn_id, conn.reason))
+            self.inbox.put(Disconnected(conn.conn_id, conn.reason, conn.abuse))
         if not self._conns:
             self._all_closed.set()
 

@@ -42,6 +42,7 @@ class Connection:
         self.join_sent = False        # a valid join_in is with the Server, awaiting its answer
         self.delivered = False        # something reached the inbox: the Server must hear the end
         self.reason = "stream closed by client"
+        self.abuse = False            # closed for abuse by a bound client (see ``Disconnected``)
         self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
         self.assembly: Optional[Reassembly] = None   # a chunked message being received
 
@@ -199,6 +200,7 @@ class StreamIntake:
         self._reject(conn, f"{size}-byte message refused unread (limit {limit} bytes"
                            f"{' until joined' if conn.client_id is None else ''})")
         conn.reason = "oversized message"
+        conn.abuse = conn.client_id is not None   # a stranger has no id to cool off
         conn.abort = (grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large")
         return True
 

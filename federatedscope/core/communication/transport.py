@@ -23,6 +23,10 @@ class Incoming:
 class Disconnected:
     conn_id: int
     reason: str
+    # The transport closed an admitted client's session for abuse (invalid or excess messages, a
+    # message over the size limit): the server cools that id off. False for a network drop, a
+    # stalled peer or the client's own close: those never cost an honest client its re-join.
+    abuse: bool = False
 
 
 class ServerComm(Protocol):

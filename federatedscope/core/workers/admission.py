@@ -10,12 +10,16 @@ from the client or, when it claims ``UNASSIGNED`` (-1, FS's data_idx client with
 (then the lowest whose holder is offline), told to the client with ``assign_client_id`` as in FS;
 every count is unverified.
 
+An id whose session the transport closed for abuse (``Disconnected.abuse``) may not re-join for a
+cool-off period (``CoolOff``) that doubles with each such close; the refusal names its end.
+
 A refused peer learns only a reason *class* (``Decision.peer_reason``); the detail, which may quote
 the manifest, goes to the server log only.
 """
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Set, Tuple
 
@@ -31,6 +35,64 @@ MISMATCH = "declaration mismatch"
 BAD_TOKEN = "bad token"
 DUPLICATE = "duplicate"
 MALFORMED = "malformed join"
+COOLING_OFF = "cooling off"
+
+# An abuse close is one an honest client never causes (it sends no invalid message and no
+# heartbeat flood), so only abusers pay: without a pause a closed abuser re-joins at once and
+# floods again, for ever. Doubling from a short base keeps one mistaken close cheap (the id is
+# back in seconds) while a persistent abuser's closes thin out geometrically, up to one an hour.
+COOL_OFF_BASE = 5.0        # seconds after the first abuse close of an id
+COOL_OFF_CAP = 3600.0      # seconds; the longest period, reached at the 11th close
+
+
+@dataclass
+class Strikes:
+    """One client id's abuse closes (kept for the whole job: the count never decays)."""
+    closes: int = 0
+    until: float = 0.0     # time.monotonic() from which a re-join is allowed again
+    why: str = ""          # the last close's reason, as the transport gave it
+    refused: int = 0       # re-joins refused in the current period (only the first is logged)
+
+
+class CoolOff:
+    def __init__(self, base: float = COOL_OFF_BASE, cap: float = COOL_OFF_CAP):
+        self.base, self.cap = base, cap
+        self.strikes: Dict[int, Strikes] = {}
+
+    def close(self, cid: int, why: str) -> Strikes:
+        """Record an abuse close of ``cid``; its re-joins are refused from now until ``until``."""
+        s = self.strikes.setdefault(cid, Strikes())
+        s.closes += 1
+        s.until = time.monotonic() + self.period(s.closes)
+        s.why, s.refused = why, 0
+        return s
+
+    def period(self, closes: int) -> float:
+        return min(self.cap, self.base * 2.0 ** min(closes - 1, 40))
+
+    def cooling(self) -> Set[int]:
+        return {c for c in self.strikes if self.left(c) > 0}
+
+    def left(self, cid: int) -> float:
+        """Seconds until ``cid`` may re-join (0: it may)."""
+        s = self.strikes.get(cid)
+        return max(0.0, s.until - time.monotonic()) if s else 0.0
+
+    def refusal(self, cid: int) -> "Decision":
+        s, left = self.strikes[cid], self.left(cid)
+        s.refused += 1
+        end = utc_after(left)
+        return Decision(False, f"client id {cid} is cooling off until {end} (abuse close "
+                               f"{s.closes}: {s.why}); re-join refused",
+                        f"{COOLING_OFF}: this id's session was closed for abuse ({s.why}; "
+                        f"{s.closes} time(s)); re-joins are refused until {end} ({left:.0f}s). "
+                        f"Fix what made the client send invalid or excess messages, then restart "
+                        f"it after that time", retry_after=round(left, 1),
+                        quiet=s.refused > 1)
+
+
+def utc_after(seconds: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + seconds))
 
 
 @dataclass
@@ -40,6 +102,8 @@ class Decision:
     peer_reason: str = ""             # class for the peer
     client_id: int = -1
     train_samples: int = 0
+    retry_after: float = 0.0          # seconds until a re-join may succeed (cool-off only)
+    quiet: bool = False               # a repeat of a refusal already logged this period
 
 
 def _refuse(peer_reason: str, detail: str) -> Decision:
@@ -64,6 +128,7 @@ class Admission:
         self.manifest_path = manifest_path
         self.sample_type = sample_type
         self.claims: Dict[int, ClientClaims] = {}
+        self.cool_off = CoolOff()
         self._stamp = _file_stamp(manifest_path)
 
     @classmethod
@@ -100,10 +165,12 @@ class Admission:
             if self.manifest is not None:
                 return _refuse(UNKNOWN_ID, "a client id is required (set distribute.client_id "
                                            "on the client) when the server checks a manifest")
-            claimed = self._assign_id(online)
+            # an id cooling off is not handed to a newcomer: it would be refused for another's abuse
+            claimed = self._assign_id(online | self.cool_off.cooling())
             if claimed == UNASSIGNED:
                 return _refuse(UNKNOWN_ID, f"every client id 1..{self.max_clients} is held by an "
-                                           f"online client (federate.client_num)")
+                                           f"online client or cooling off after an abuse close "
+                                           f"(federate.client_num)")
         if self.manifest is None and self.max_clients and claimed > self.max_clients:
             return _refuse(UNKNOWN_ID, f"client id {claimed} is out of range 1..{self.max_clients} "
                                        f"(federate.client_num)")
@@ -112,6 +179,8 @@ class Admission:
         problem = self._check_token(claimed, token, content)  # before "duplicate": who is
         if problem:                                   # online is nobody's business without it
             return _refuse(BAD_TOKEN, problem)
+        if self.cool_off.left(claimed) > 0:
+            return self.cool_off.refusal(claimed)
         if claimed in online:
             return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
         return self._check_claims(claimed, content)

@@ -109,9 +109,7 @@ class Server(Worker):
 
     def _route(self, event) -> None:
         if isinstance(event, Disconnected):
-            rec = self.clients.on_conn(event.conn_id)
-            if rec is not None:
-                self.clients.mark_lost(rec, f"lost ({clip_text(event.reason)})")
+            self.clients.disconnected(event)
             return
         assert isinstance(event, Incoming)
         msg, self._event = event.msg, event

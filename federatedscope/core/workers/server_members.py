@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Set
 
 from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, Message, clip_text
-from federatedscope.core.workers.admission import Admission
-from federatedscope.core.communication.transport import ServerComm
+from federatedscope.core.workers.admission import Admission, utc_after
+from federatedscope.core.communication.transport import Disconnected, ServerComm
 
 logger = logging.getLogger("federatedscope")
 
@@ -47,6 +47,20 @@ class ClientTable(Dict[int, ClientRecord]):
         rec.offline_since = time.monotonic() if since is None else since
         logger.warning(f"Server: client #{rec.client_id} {why}")
 
+    def disconnected(self, event: Disconnected) -> None:
+        """A session ended. An abuse close (the transport says so) starts the id's cool-off;
+        the one line logged names it and when it ends."""
+        rec = self.on_conn(event.conn_id)
+        if rec is None:
+            return
+        why = f"lost ({clip_text(event.reason)})"
+        if event.abuse:
+            s = self.admission.cool_off.close(rec.client_id, clip_text(event.reason, 80))
+            left = self.admission.cool_off.left(rec.client_id)
+            why += (f"; closed for abuse ({s.closes} time(s)): its re-joins are refused for "
+                    f"{left:.0f}s, until {utc_after(left)}")
+        self.mark_lost(rec, why)
+
     def join(self, conn_id: int, peer: str, content: dict, round_idx: int) -> Optional[int]:
         """Admit a join_in: the client id (bound, told with assign_client_id), or None when
         it was refused (the peer learns the reason class) or ignored."""
@@ -58,10 +72,14 @@ class ClientTable(Dict[int, ClientRecord]):
             return None
         decision = self.admission.admit(content, self.online_ids())
         if not decision.accepted:
-            logger.warning(f"Server: refused client (claimed id "
-                           f"{clip_text(content.get('client_id'), 40)}{src}): {decision.reason}")
-            self.comm.send_to_conn(conn_id, Message(REFUSE, SERVER_ID, -1, round_idx,
-                                                    {"reason": decision.peer_reason}))
+            # a cool-off refused again and again is logged once per period, not per attempt
+            (logger.debug if decision.quiet else logger.warning)(
+                f"Server: refused client (claimed id {clip_text(content.get('client_id'), 40)}"
+                f"{src}): {decision.reason}")
+            reply = {"reason": decision.peer_reason}
+            if decision.retry_after:
+                reply["retry_after"] = decision.retry_after
+            self.comm.send_to_conn(conn_id, Message(REFUSE, SERVER_ID, -1, round_idx, reply))
             self.comm.close(conn_id)
             return None
         cid = decision.client_id
