@@ -201,17 +201,22 @@ def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_sh
     assert job.final()["Round"] == rounds
 
 
-def test_admitted_client_flooding_is_closed_with_bounded_lines(femnist_root, femnist_shards,
-                                                               tmp_path):
-    """Client 3 joins with its true declaration, then sends 2,000 heartbeats and 2,000 messages
-    of an unknown type. Its session is closed at BAD_MESSAGES_PER_SESSION; the server writes
-    <= LOG_LINES_PER_INTERVAL rejection lines per interval; the real client 3 then takes over."""
-    job = Job(tmp_path, femnist_root, rounds=2, manifest=femnist_shards,
-              common=FAST + ["distribute.heartbeat_interval", "5.0"])
+def test_admitted_client_flooding_is_closed_then_cooled_off(femnist_root, femnist_shards,
+                                                            tmp_path):
+    """Client 3's token in an abuser's hands: it joins with its true declaration, then sends
+    2,000 heartbeats and 2,000 messages of an unknown type. Its session is closed at
+    BAD_MESSAGES_PER_SESSION; the server writes <= LOG_LINES_PER_INTERVAL rejection lines per
+    interval. It re-joins at once, five times: each is refused naming the cool-off (5 s for a
+    first abuse close), one log line for them all. Real clients 1 and 2 start at once, the real
+    client 3 when the cool-off ends; the job finishes."""
+    token = "stolen-but-valid"
+    job = Job(tmp_path, femnist_root, rounds=1, manifest=femnist_shards,
+              common=FAST + ["distribute.heartbeat_interval", "5.0", "distribute.token", token])
     server, addr, idle = _serving(job)
     cpu0 = psutil.Process(server.pid).cpu_times()
+    decl = _declaration(femnist_shards, 3).to_dict()
     with RawPeer(addr) as peer:
-        peer.join(3, declaration=_declaration(femnist_shards, 3).to_dict())
+        peer.join(3, token=token, declaration=decl)
         got = peer.recv(30)
         assert got is not None and got.msg_type == ASSIGN_ID, got
         beat = codec.encode(Message(HEARTBEAT, 3, 0, 0))
@@ -220,15 +225,35 @@ def test_admitted_client_flooding_is_closed_with_bounded_lines(femnist_root, fem
             peer.send(beat)
             peer.send(junk)
         assert peer.wait_closed(30), "the server kept a flooding session open"
+    closed_at = time.monotonic()
+    refusals = []
+    for _ in range(5):
+        with RawPeer(addr) as again:
+            again.join(3, token=token, declaration=decl)
+            refusals.append(again.recv(15))
+            assert again.wait_closed(15), "a refused re-join kept its stream"
+    assert all(r is not None and r.msg_type == REFUSE for r in refusals), refusals
+    assert all(r.content["reason"].startswith("cooling off: ") for r in refusals), refusals
+    assert "too many invalid messages" in refusals[0].content["reason"]
+    assert 0 < refusals[-1].content["retry_after"] <= 5.0
+    cool_until = closed_at + 5.0
     cpu = psutil.Process(server.pid).cpu_times()
     spent = (cpu.user + cpu.system) - (cpu0.user + cpu0.system)
     log = job.server_log()
     assert f"Closed the session of client #3: {BAD_MESSAGES_PER_SESSION} invalid" in log, \
         log[-2000:]
+    assert log.count("closed for abuse (1 time(s)): its re-joins are refused for 5s") == 1, \
+        log[-2000:]
+    assert log.count("is cooling off until") == 1        # five refusals, one line
     assert log.count("Rejected message from") <= LOG_LINES_PER_INTERVAL
     assert spent < 5.0, f"server spent {spent:.1f}s CPU on one flooding session"
     _assert_rss_bounded(server, idle, "admitted flood")
-    _run_clients(job, server, 2)
+    clients = [job.client(k, ["distribute.token", token]) for k in (1, 2)]
+    time.sleep(max(0.0, cool_until - time.monotonic()) + 0.2)
+    clients.append(job.client(3, ["distribute.token", token]))
+    wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
+    assert job.final()["Round"] == 1
+    assert "client #3 re-joined" in job.server_log()     # the real client 3, after the cool-off
 
 
 def test_a_recorded_join_replayed_on_a_new_stream_is_refused(femnist_root, femnist_shards,
