@@ -15,7 +15,9 @@ from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.communication.proto import fl_pb2
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import ASSIGN_ID, JOIN_IN, MODEL_PARA, Message
-from federatedscope.core.communication.transport import Incoming
+from federatedscope.core.communication.flow import CHUNK_FIRST
+from federatedscope.core.communication.limits import BAD_MESSAGES_PER_SESSION
+from federatedscope.core.communication.transport import Disconnected, Incoming
 
 LOGGER = "federatedscope"
 
@@ -384,3 +386,44 @@ def test_an_upload_that_stops_progressing_loses_its_slot_before_the_overall_time
         assert time.monotonic() - t0 < 10 and "no progress in 1s" in caplog.text
     finally:
         t.stop(grace=1.0)
+
+
+def _disconnects(inbox, n, timeout=10.0) -> dict:
+    got, deadline = {}, time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        try:
+            ev = inbox.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(ev, Disconnected):
+            got[ev.conn_id] = ev
+    return got
+
+
+def test_only_an_abuse_close_of_a_bound_client_is_flagged_as_abuse(server):
+    """What the Server's cool-off rests on (``Disconnected.abuse``): set when the transport
+    closes an admitted client for invalid/excess messages or an oversized one; never for the
+    client's own close or a stranger."""
+    t, inbox, addr = server(model_bytes=64 * 1024)
+    conns = {}
+    peers = [RawPeer(addr) for _ in range(4)]
+    try:
+        for k, peer in enumerate(peers[:3], start=1):
+            peer.join(k)
+            conns[k] = _next_incoming(inbox).conn_id
+            t.bind(conns[k], k)
+        time.sleep(0.2)                       # the binds are queued to the loop: let them run
+        for _ in range(BAD_MESSAGES_PER_SESSION):
+            peers[0].send(Message("no_such_type", 1, 0, 0))            # 1: invalid messages
+            peers[3].send(Message("no_such_type", 9, 0, 0))            # a stranger: the same
+        peers[1].send(CHUNK_FIRST + (t.limits.max_receive + 1).to_bytes(8, "little") + b"\0")
+        assert peers[0].wait_closed(10) and peers[1].wait_closed(10) and peers[3].wait_closed(10)
+        peers[2].close()                                               # 3: its own close
+        got = _disconnects(inbox, 3)
+    finally:
+        for peer in peers:
+            peer.close()
+    assert sorted(got) == sorted(conns.values()), got       # the stranger's end is no event
+    assert got[conns[1]].abuse and got[conns[1]].reason == "too many invalid messages"
+    assert got[conns[2]].abuse and got[conns[2]].reason == "oversized message"
+    assert not got[conns[3]].abuse
