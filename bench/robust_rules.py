@@ -7,11 +7,15 @@ result is bent before it is uploaded (``attacker_class``). ``sign_flip`` sends
 ``global + SIGN_FLIP_FACTOR x (honest - global)``; ``bias`` adds ``BIAS`` to every float value.
 The attacker ids are the lowest ones (1, then 1 and 2). ``aggregator.byzantine_node_num`` is the
 attacker count for the rules that take it (krum, bulyan, trimmedmean); a rule whose precondition
-refuses that n/f is recorded with the server's refusal message instead of an accuracy.
+refuses that n/f is recorded with the server's refusal message instead of an accuracy (once: the
+refusal does not depend on the seed). Every other cell is run with ``--seeds`` training seeds
+(``--seed``, ``--seed`` + 1, ...) on the same generated sample, and reported as mean and min..max,
+so the spread between seeds is measured next to the differences between cells.
 
 Usage::
 
     python bench/robust_rules.py             # measure, write bench/results/robust_rules.json
+    python bench/robust_rules.py --seeds 1   # one seed per cell (a third of the time)
     python bench/robust_rules.py --render    # re-render doc/reliability.md's section from it
 """
 import argparse
@@ -50,7 +54,7 @@ RESULTS = os.path.join(ROOT, "bench", "results", "robust_rules.json")
 DOC = os.path.join(ROOT, "doc", "reliability.md")
 SECTION = "## Robust rules against attackers (measured)"
 # Small enough that the 20 runnable cells take a few CPU minutes on the shared 2-core box.
-DEFAULTS = {"rounds": 10, "hidden": 64, "writers": 5, "samples": 400, "seed": 12345}
+DEFAULTS = {"rounds": 10, "hidden": 64, "writers": 5, "samples": 400, "seed": 12345, "seeds": 3}
 
 
 def _attacked(kind: str, global_state: Dict[str, torch.Tensor],
@@ -146,6 +150,7 @@ def measure(args) -> dict:
     load = list(os.getloadavg())
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
+    seeds = [args.seed + i for i in range(args.seeds)]
     cells = []
     started = time.time()
     cpu0 = time.process_time()
@@ -153,37 +158,89 @@ def measure(args) -> dict:
         make_data(tmp, args.writers, args.samples, args.seed)
         for rule in args.rules:
             for label, kind, n_att in SCENARIOS:
-                t0, c0 = time.time(), time.process_time()
-                res = run_cell(tmp, os.path.join(tmp, "out"), rule, kind, n_att, args.rounds,
-                               args.hidden, args.seed)
-                res.update(rule=rule, scenario=label, attackers=n_att, attack=kind,
-                           byzantine_node_num=n_att if rule in TAKES_F else 0,
-                           wall_s=round(time.time() - t0, 2),
-                           cpu_s=round(time.process_time() - c0, 2))
-                print(json.dumps(res), flush=True)
-                cells.append(res)
+                cell = {"rule": rule, "scenario": label, "attackers": n_att, "attack": kind,
+                        "byzantine_node_num": n_att if rule in TAKES_F else 0, "runs": []}
+                for seed in seeds:
+                    t0, c0 = time.time(), time.process_time()
+                    res = run_cell(tmp, os.path.join(tmp, "out"), rule, kind, n_att, args.rounds,
+                                   args.hidden, seed)
+                    if "refused" in res:          # a precondition: the same for every seed
+                        cell["refused"] = res["refused"]
+                        break
+                    res.update(seed=seed, wall_s=round(time.time() - t0, 2),
+                               cpu_s=round(time.process_time() - c0, 2))
+                    print(json.dumps(dict(res, rule=rule, scenario=label)), flush=True)
+                    cell["runs"].append(res)
+                cell.update(summarize(cell["runs"]))
+                cells.append(cell)
     return {"name": "robust_rules",
             "command": "python bench/robust_rules.py " + " ".join(sys.argv[1:]),
             "git_commit": commit, "loadavg_at_start": load, "torch_threads": torch.get_num_threads(),
             "params": {"clients": CLIENTS, "rounds": args.rounds, "model.hidden": args.hidden,
                        "writers": args.writers, "samples_per_writer_mean": args.samples,
-                       "seed": args.seed, "sign_flip_factor": SIGN_FLIP_FACTOR, "bias": BIAS},
+                       "data_seed": args.seed, "seeds": seeds,
+                       "sign_flip_factor": SIGN_FLIP_FACTOR, "bias": BIAS},
             "wall_s": round(time.time() - started, 1),
             "cpu_s": round(time.process_time() - cpu0, 1), "cells": cells}
+
+
+def summarize(runs: List[dict]) -> dict:
+    """Mean and min..max of the runs' accuracies; a run without one (the final model's
+    evaluation was non-finite, or the job failed) is counted, not averaged."""
+    accs = [r["acc"] for r in runs if r.get("acc") is not None]
+    if not accs:
+        return {}
+    return {"acc_mean": round(sum(accs) / len(accs), 6), "acc_min": min(accs),
+            "acc_max": max(accs), "acc_runs": len(accs)}
+
+
+def _runs(cell: dict) -> List[dict]:
+    """A cell's runs; a cell of a one-seed file (before --seeds) is its own single run."""
+    return cell.get("runs") or ([cell] if "refused" not in cell else [])
+
+
+def _cell_text(c: Optional[dict]) -> str:
+    if c is None:
+        return "not measured"
+    if "refused" in c:
+        return "refused"
+    runs = _runs(c)
+    accs = [r["acc"] for r in runs if r.get("acc") is not None]
+    lost = [r for r in runs if r.get("acc") is None]
+    failed = [r for r in lost if r.get("exit_code") != 0]
+    if failed:
+        return f"no result (exit {failed[0].get('exit_code')})"
+    if not accs:
+        return "diverged" if len(runs) == 1 else f"diverged ({len(runs)}/{len(runs)})"
+    mean = sum(accs) / len(accs)
+    text = f"{mean:.3f}" if len(accs) == 1 else f"{mean:.3f} ({min(accs):.3f}-{max(accs):.3f})"
+    return text + (f", diverged {len(lost)}/{len(runs)}" if lost else "")
+
+
+def _spread(res: dict) -> Optional[tuple]:
+    """The widest min..max of a cell with two or more accuracies: (points, rule, scenario)."""
+    widths = [(r["acc_max"] - r["acc_min"], c["rule"], c["scenario"]) for c in res["cells"]
+              for r in [summarize(_runs(c))] if r.get("acc_runs", 0) >= 2]
+    return max(widths) if widths else None
 
 
 def render(res: dict) -> str:
     p = res["params"]
     by = {(c["rule"], c["scenario"]): c for c in res["cells"]}
     labels = [s[0] for s in SCENARIOS]
+    seeds = p.get("seeds") or [p.get("seed")]
+    seed_text = (f"seed {seeds[0]}" if len(seeds) == 1 else
+                 f"{len(seeds)} training seeds ({', '.join(str(x) for x in seeds)}) on the same "
+                 f"sample (generated with seed {p.get('data_seed', seeds[0])}); each cell is the "
+                 f"mean, and in brackets the lowest and highest of the seeds")
     out = [SECTION, "",
            f"Generated by `python bench/robust_rules.py --render` from "
            f"`bench/results/robust_rules.json` (measured by `{res['command'].strip()}` at commit "
            f"`{res['git_commit'][:10]}`, load {res['loadavg_at_start'][0]:.2f} at start, "
            f"{res['wall_s']} s wall / {res['cpu_s']} s CPU in all).", "",
-           f"Each cell is the final weighted test accuracy of one standalone job: the generated "
+           f"Each cell is the final weighted test accuracy of standalone jobs: the generated "
            f"FEMNIST sample ({p['writers']} writers), {p['clients']} clients, {p['rounds']} rounds, "
-           f"ConvNet2 with `model.hidden` {p['model.hidden']}, seed {p['seed']}. Columns: "
+           f"ConvNet2 with `model.hidden` {p['model.hidden']}, {seed_text}. Columns: "
            f"*honest* has no attacker; *k sign-flip* has clients 1..k upload "
            f"`global + {p['sign_flip_factor']:g} x (their honest update - global)`; *k bias* has "
            f"clients 1..k add {p['bias']:g} to every value of their honest update, every round. "
@@ -192,32 +249,21 @@ def render(res: dict) -> str:
            f"*refused* means the server refuses the rule at start (its precondition for that "
            f"n and f is not met); the messages are listed below the table.", "",
            "| robust_rule | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
-    refusals, diverged = [], False
+    refusals = []
     for rule in RULES:
-        row = []
-        for lab in labels:
-            c = by.get((rule, lab))
-            if c is None:
-                row.append("not measured")
-            elif "refused" in c:
-                row.append("refused")
-                refusals.append(f"- {rule}, {lab}: {c['refused']}")
-            elif c.get("acc") is None and c.get("exit_code") == 0:
-                diverged = True
-                row.append("diverged")
-            elif c.get("acc") is None:
-                row.append(f"no result (exit {c.get('exit_code')})")
-            else:
-                row.append(f"{c['acc']:.3f}")
+        row = [_cell_text(by.get((rule, lab))) for lab in labels]
+        refusals += [f"- {rule}, {lab}: {by[(rule, lab)]['refused']}" for lab in labels
+                     if "refused" in by.get((rule, lab), {})]
         out.append(f"| {rule} | " + " | ".join(row) + " |")
-    if diverged:
+    if any("diverged" in line for line in out[-len(RULES):]):
         out += ["", "*diverged*: the job ran to its end (exit 0) but the final model's evaluation "
                 "was non-finite on every client, so the server accepted no test accuracy (its "
-                "log: `test_loss is not a finite number`): the attack destroyed the model."]
+                "log: `test_loss is not a finite number`): the attack destroyed the model. "
+                "*diverged k/n*: k of the n seeds did so; the figures are those of the others."]
     out += ["", "Refused at start (precondition), with the server's message:", ""] + refusals
-    out += ["", "Per-cell run time (s, wall): " + "; ".join(
-        f"{c['rule']}/{c['scenario']} {c.get('wall_s')}" for c in res["cells"] if "refused" not in c)
-        + ".",
+    out += ["", "Per-cell run time (s, wall, summed over seeds): " + "; ".join(
+        f"{c['rule']}/{c['scenario']} {round(sum(r.get('wall_s') or 0 for r in _runs(c)), 1)}"
+        for c in res["cells"] if "refused" not in c) + ".",
         "", "How to read it: compare each cell with its row's *honest* cell and with fedavg's "
         "(fedavg weighs updates by sample count; the robust rules do not). At "
         "`byzantine_node_num` 0 (the honest column) trimmedmean's default "
@@ -232,10 +278,20 @@ def render(res: dict) -> str:
         "absorb; normbounding only scales an update down to "
         "`aggregator.BFT_args.normbounding_norm_bound`, so a flipped update within the bound "
         "passes whole; a bias small enough to stay inside the honest updates' spread is not an "
-        "outlier to any rule here, so it is averaged in, not removed. One seed and a short run "
-        "on a small synthetic sample: a difference of a few points between cells (including a "
-        "cell above its honest one) is noise, not a ranking.", ""]
+        "outlier to any rule here, so it is averaged in, not removed. " + _noise_text(res), ""]
     return "\n".join(out)
+
+
+def _noise_text(res: dict) -> str:
+    spread = _spread(res)
+    if spread is None:
+        return ("One seed and a short run on a small synthetic sample: a difference of a few "
+                "points between cells (including a cell above its honest one) is noise, not a "
+                "ranking.")
+    width, rule, scenario = spread
+    return (f"A short run on a small synthetic sample: the same cell varies by up to "
+            f"{width:.3f} between seeds ({rule}, {scenario}), so two cells whose ranges overlap "
+            f"(including a cell above its honest one) are not ranked by this table.")
 
 
 def write_doc(text: str, path: str = DOC) -> None:
@@ -258,6 +314,8 @@ def main(argv=None) -> int:
     for k, v in DEFAULTS.items():
         ap.add_argument(f"--{k}", type=int, default=v)
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: give 1 or more training seeds per cell")
     if not args.render:
         # one intra-op thread: on a shared, loaded 2-core box torch's second thread spin-waits
         # and made one cell cost 20x the CPU of the same cell on an idle box

@@ -80,3 +80,41 @@ def test_table_is_rendered_from_the_json():
     fedavg_row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
     assert fedavg_row.split(" | ")[3] == "diverged" and "not measured" in fedavg_row
     assert "load 1.25 at start" in text and "`abcdef0123`" in text
+
+
+def test_seeds_give_mean_and_range_and_a_refusal_is_run_once(monkeypatch):
+    """``--seeds 3``: each runnable cell is run with seeds s, s+1, s+2 on one generated sample
+    and rendered as mean (min-max); a refused cell is tried once; a diverged seed is counted."""
+    calls = []
+
+    def fake_cell(root, outdir, rule, kind, attackers, rounds, hidden, seed, server_wrap=None):
+        calls.append((rule, kind, attackers, seed))
+        if rule == "krum" and attackers == 2:
+            return {"refused": "krum needs more clients"}
+        if rule == "fedavg" and kind == "sign_flip" and attackers == 2 and seed != 12:
+            return {"acc": None, "exit_code": 0}
+        return {"acc": {10: 0.40, 11: 0.46, 12: 0.43}[seed] - 0.1 * attackers, "exit_code": 0}
+    monkeypatch.setattr(rr, "run_cell", fake_cell)
+    monkeypatch.setattr(rr, "make_data", lambda root, writers, samples, seed: None)
+    args = rr.argparse.Namespace(rules=["fedavg", "krum"], writers=5, samples=10, seed=10,
+                                 seeds=3, rounds=2, hidden=8)
+    res = rr.measure(args)
+    assert res["params"]["seeds"] == [10, 11, 12]
+    krum_calls = [c for c in calls if c[0] == "krum"]
+    assert [c[3] for c in krum_calls if c[2] == 2] == [10, 10]       # refused: once per scenario
+    assert len([c for c in krum_calls if c[2] < 2]) == 3 * 3
+    by = {(c["rule"], c["scenario"]): c for c in res["cells"]}
+    honest = by[("fedavg", "honest")]
+    assert [r["seed"] for r in honest["runs"]] == [10, 11, 12]
+    assert honest["acc_mean"] == pytest.approx(0.43) and honest["acc_min"] == 0.40
+    assert honest["acc_max"] == 0.46 and honest["acc_runs"] == 3
+    text = rr.render(res)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| robust_rule")
+            and not line.startswith("| ---")}
+    assert rows["fedavg"][1] == "0.430 (0.400-0.460)"                      # honest
+    assert rows["fedavg"][2] == "0.330 (0.300-0.360)"                      # 1 sign-flip
+    assert rows["fedavg"][3] == "0.230, diverged 2/3"                      # 2 sign-flip
+    assert rows["krum"][3] == "refused"
+    assert "3 training seeds (10, 11, 12)" in text
+    assert "varies by up to 0.060 between seeds" in text
