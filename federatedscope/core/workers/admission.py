@@ -13,8 +13,9 @@ every count is unverified.
 An id whose session the transport closed for abuse (``Disconnected.abuse``) may not re-join for a
 cool-off period (``CoolOff``) that doubles with each such close; the refusal names its end.
 
-A refused peer learns only a reason *class* (``Decision.peer_reason``); the detail, which may quote
-the manifest, goes to the server log only.
+A refused peer learns only a reason *class* (``Decision.peer_reason``; a cool-off's also says why
+and until when, facts of the peer's own session); the detail, which may quote the manifest, goes
+to the server log only.
 """
 import hashlib
 import logging
@@ -55,6 +56,8 @@ class Strikes:
 
 
 class CoolOff:
+    """Which ids are cooling off after an abuse close, and until when (``time.monotonic``)."""
+
     def __init__(self, base: float = COOL_OFF_BASE, cap: float = COOL_OFF_CAP):
         self.base, self.cap = base, cap
         self.strikes: Dict[int, Strikes] = {}
