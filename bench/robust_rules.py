@@ -289,9 +289,31 @@ def _noise_text(res: dict) -> str:
                 "points between cells (including a cell above its honest one) is noise, not a "
                 "ranking.")
     width, rule, scenario = spread
-    return (f"A short run on a small synthetic sample: the same cell varies by up to "
+    text = (f"A short run on a small synthetic sample: the same cell varies by up to "
             f"{width:.3f} between seeds ({rule}, {scenario}), so two cells whose ranges overlap "
-            f"(including a cell above its honest one) are not ranked by this table.")
+            f"are not ranked by this table.")
+    above = _above_honest(res)
+    if above:
+        text += (" Cells above their row's honest cell on every seed (lowest seed above the "
+                 "honest cell's highest): " + "; ".join(above) + ". This table does not explain it; a "
+                 "plausible cause, not tested: the attacked run aggregates other updates "
+                 "(another median, another krum choice), and at this size another choice can "
+                 "happen to learn faster.")
+    return text
+
+
+def _above_honest(res: dict) -> List[str]:
+    by = {(c["rule"], c["scenario"]): summarize(_runs(c)) for c in res["cells"]}
+    out = []
+    for rule in RULES:
+        honest = by.get((rule, "honest"), {})
+        if honest.get("acc_runs", 0) < 2:
+            continue
+        for label, _, _ in SCENARIOS[1:]:
+            cell = by.get((rule, label), {})
+            if cell.get("acc_runs", 0) >= 2 and cell["acc_min"] > honest["acc_max"]:
+                out.append(f"{rule} {label} ({cell['acc_min']:.3f} > {honest['acc_max']:.3f})")
+    return out
 
 
 def write_doc(text: str, path: str = DOC) -> None:

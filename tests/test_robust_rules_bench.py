@@ -93,7 +93,8 @@ def test_seeds_give_mean_and_range_and_a_refusal_is_run_once(monkeypatch):
             return {"refused": "krum needs more clients"}
         if rule == "fedavg" and kind == "sign_flip" and attackers == 2 and seed != 12:
             return {"acc": None, "exit_code": 0}
-        return {"acc": {10: 0.40, 11: 0.46, 12: 0.43}[seed] - 0.1 * attackers, "exit_code": 0}
+        shift = 0.1 if (kind, attackers) == ("bias", 1) else -0.1 * attackers
+        return {"acc": {10: 0.40, 11: 0.46, 12: 0.43}[seed] + shift, "exit_code": 0}
     monkeypatch.setattr(rr, "run_cell", fake_cell)
     monkeypatch.setattr(rr, "make_data", lambda root, writers, samples, seed: None)
     args = rr.argparse.Namespace(rules=["fedavg", "krum"], writers=5, samples=10, seed=10,
@@ -118,3 +119,7 @@ def test_seeds_give_mean_and_range_and_a_refusal_is_run_once(monkeypatch):
     assert rows["krum"][3] == "refused"
     assert "3 training seeds (10, 11, 12)" in text
     assert "varies by up to 0.060 between seeds" in text
+    assert rows["fedavg"][4] == "0.530 (0.500-0.560)"                      # 1 bias
+    # the only cells whose every seed beats their honest cell's best: 0.50 > 0.46
+    assert ("honest cell's highest): fedavg 1 bias (0.500 > 0.460); krum 1 bias "
+            "(0.500 > 0.460).") in text
