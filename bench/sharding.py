@@ -56,11 +56,12 @@ def _warm(files) -> None:
 
 
 def tool_run(ctx, tag: str, root: str, clients: int, timeout: float = 600,
-             strategy=("--strategy", "sequential")) -> dict:
+             strategy=("--strategy", "sequential"), mode: str = "script") -> dict:
     """The tool as a child process into ``<tag>_shards`` (seed 0); its report gains samples,
-    disk bytes and samples/s. ``strategy``: the assignment arguments."""
+    disk bytes and samples/s. ``strategy``: the assignment arguments; ``mode`` "profile": under
+    cProfile (bench/child.py)."""
     out = ctx.tmp(f"{tag}_shards")
-    rep = common.run_child(ctx, tag, "script", [
+    rep = common.run_child(ctx, tag, mode, [
         common.PREPARE, "--root", root, "--clients", str(clients), "--out", out, *strategy,
         "--seed", "0", "--overwrite", "--no-progress"], timeout=timeout)
     rep["out"] = out
