@@ -294,7 +294,9 @@ def report(ctx, gen, files, in_bytes, got, ident, srv) -> dict:
         f"Server: {WRITERS - 1:,} virtual clients in the storm + 1 gate, each declaring its real "
         f"shard (train count min/median/max {srv['train_min_median_max']}); tokens for "
         f"{WRITERS:,} clients added in {srv['tokens_s']:.1f} s, declarations read in "
-        f"{srv['declarations_s']:.1f} s. Margins: peak {PEAK_GOAL_MB / r['peak_mb']:.2f}× under "
+        f"{srv['declarations_s']:.1f} s; {r['swarm']['retried_clients']} clients retried their "
+        f"join ({r['swarm']['join_retries']} retries, as the real client reconnects; first "
+        f"reasons {r['swarm']['retry_errors']}), join latency counted from the first try. Margins: peak {PEAK_GOAL_MB / r['peak_mb']:.2f}× under "
         f"its goal, join p99 {scale.GOALS['join_p99_s'] / r['swarm']['join_p99_s']:.1f}×, idle "
         f"CPU {scale.GOALS['idle_pct'] / max(r['idle_cpu_pct'], 1e-9):.1f}×, median round "
         f"{allowance / med_round:.2f}× (floor {floor_rt:.1f} s, allowance {allowance:.1f} s).",

@@ -143,6 +143,8 @@ class VirtualResult:
     finished: bool = False
     refused: str = ""
     error: str = ""
+    join_retries: int = 0           # sessions that ended before the server assigned the id
+    retry_error: str = ""           # why the first of them ended
 
 
 class Swarm:
@@ -184,11 +186,29 @@ class Swarm:
         return out
 
     async def _client(self, res: VirtualResult) -> None:
-        plan, shard = self.plan, self.plan.shards[res.client_id]
+        """A session, and a new one (backoff 1 s x 1.6, +-20 %, capped at 10 s, as the real
+        client's reconnect) while none has been admitted yet: in a storm of thousands some
+        connections fail before they reach the server. Join latency counts from the first try."""
+        plan = self.plan
         if res.role == "late":
             await asyncio.sleep(plan.late_delay)
         if res.client_id in plan.gate_ids and plan.gate is not None:
             await asyncio.get_running_loop().run_in_executor(None, plan.gate.wait)
+        t_first, delay = time.perf_counter(), 1.0
+        rng = random.Random(f"{plan.seed}:{res.client_id}")
+        while True:
+            await self._session(res, t_first)
+            if (res.join_latency is not None or res.refused or res.finished
+                    or time.perf_counter() - t_first + delay > plan.timeout):
+                return
+            res.join_retries += 1
+            res.retry_error = res.retry_error or res.error
+            res.error = ""
+            await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
+            delay = min(10.0, delay * 1.6)
+
+    async def _session(self, res: VirtualResult, t_join: float) -> None:
+        plan, shard = self.plan, self.plan.shards[res.client_id]
         channel = grpc.aio.insecure_channel(plan.address, options=[
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)])
@@ -209,7 +229,6 @@ class Swarm:
 
         hb = None
         try:
-            t_join = time.perf_counter()
             nonce = dict(await call.initial_metadata() or ()).get(NONCE_HEADER)
             await write(signed_join(Message(JOIN_IN, cid, 0, 0, {
                 "client_id": cid, "token": shard.token, "num_samples": dict(shard.num_samples),
@@ -285,6 +304,9 @@ def summarize(results: Dict[int, VirtualResult], rounds: int, sampled: bool = Fa
             "updates_sent": sum(r.updates_sent for r in results.values()),
             "metrics_sent": sum(r.metrics_sent for r in results.values()),
             "join_p50_s": pct(0.5), "join_p99_s": pct(0.99), "join_max_s": lat[-1] if lat else None,
+            "join_retries": sum(r.join_retries for r in results.values()),
+            "retried_clients": sum(r.join_retries > 0 for r in results.values()),
+            "retry_errors": sorted({r.retry_error for r in results.values() if r.retry_error})[:3],
             "messages_lost": lost}
 
 

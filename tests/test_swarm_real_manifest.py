@@ -76,3 +76,17 @@ def test_the_real_server_admits_every_real_declaration_and_finishes(partition, t
     assert s["joined"] == 5 and s["finished"] == 5 and s["messages_lost"] == 0, s
     log = open(job.log("server")).read()
     assert [int(m) for m in re.findall(r"aggregated (\d+) update", log)] == [5] * rounds
+
+
+def test_a_session_that_fails_before_joining_is_retried_with_backoff(partition):
+    """Nothing listens: every client retries as the real client reconnects (1 s, then 1.6 s,
+    +-20 %) while the next wait still fits the swarm's 3 s: tries at ~0, ~1.0 and ~2.6 s, so
+    exactly 2 retries each (the third wait, ~2.56 s, would end past 3 s)."""
+    from harness.procs import free_port
+    shards = shards_from_manifest(*partition)
+    res = run_swarm(SwarmPlan(f"127.0.0.1:{free_port()}", shards, timeout=3.0))
+    assert [r.join_retries for r in res.values()] == [2] * 5
+    assert all(r.join_latency is None and r.error for r in res.values())
+    s = summarize(res, 1)
+    assert (s["join_retries"], s["retried_clients"], s["joined"]) == (10, 5, 0)
+    assert s["retry_errors"]
