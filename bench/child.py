@@ -12,6 +12,8 @@ Modes
   main ARGV...        ``federatedscope.main.main(argv)`` (a real server/client/standalone run;
                       with BENCH_WARM_TORCH=1, torch's lazy first-step imports happen first)
   script PATH ARGV... import a script as a module (untimed), then time its ``main(argv)``
+  profile PATH ARGV... ``script`` under cProfile: the report adds where the time went (the
+                      functions with >= 2 % of it, by cumulative time)
   jsonfloor FILE...   a bare ``json.load`` pass over FILEs, one file in memory at a time
   jsonhook FILE...    the same pass with the tool's parse (interning ``parse_float`` hook)
 
@@ -249,16 +251,41 @@ def mode_main(*argv: str) -> dict:
     return rep
 
 
-def mode_script(path: str, *argv: str) -> dict:
+def mode_script(path: str, *argv: str, profile: bool = False) -> dict:
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # imports happen here, before the clock starts
+    prof = None
+    if profile:
+        import cProfile
+        prof = cProfile.Profile()
     probe = Probe()
+    if prof is not None:
+        prof.enable()
     rc = mod.main(list(argv))
+    if prof is not None:
+        prof.disable()
     rep = probe.figures()
     rep["rc"] = rc or 0
+    if prof is not None:
+        rep["profile"] = _top(prof, rep["work_s"])
     return rep
+
+
+def _top(prof, total: float, share: float = 0.02) -> list:
+    """[name, calls, own seconds, cumulative seconds] of every function with >= share of the time."""
+    import pstats
+    out = []
+    for (path, line, name), (_, calls, own, cum, _) in pstats.Stats(prof).stats.items():
+        if cum >= share * total:
+            where = f"{os.path.basename(path)}:{line}:{name}" if path != "~" else name
+            out.append([where, calls, round(own, 3), round(cum, 3)])
+    return sorted(out, key=lambda r: -r[3])
+
+
+def mode_profile(path: str, *argv: str) -> dict:
+    return mode_script(path, *argv, profile=True)
 
 
 def _parse_pass(load, files) -> dict:
@@ -294,7 +321,8 @@ def mode_baseline() -> dict:
 
 MODES = {"baseline": mode_baseline, "load": mode_load, "phases": mode_phases, "stream": mode_stream,
          "main": mode_main,
-         "script": mode_script, "jsonfloor": mode_jsonfloor, "jsonhook": mode_jsonhook}
+         "script": mode_script, "profile": mode_profile, "jsonfloor": mode_jsonfloor,
+         "jsonhook": mode_jsonhook}
 
 
 def main() -> int:

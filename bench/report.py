@@ -8,9 +8,11 @@ MARK = {True: "✅ met", False: "❌ missed", None: "—"}
 # Cheap ones first, so a broken environment shows up fast (bench/run.py runs them in this order).
 ORDER = ["wire", "manifest_scale", "idle_cpu", "sharding", "client_memory", "server_memory",
          "streaming", "round_time", "scale", "peers"]
+# Run only when named (bench/run.py --only NAME): each takes longer than the whole default suite.
+EXTRA = ["fullsize"]
 
 
-def _load(results_dir: str, order: List[str] = ORDER) -> List[dict]:
+def _load(results_dir: str, order: List[str] = ORDER + EXTRA) -> List[dict]:
     found = {}
     for path in glob.glob(os.path.join(results_dir, "*.json")):
         try:

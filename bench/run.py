@@ -5,6 +5,7 @@
     python bench/run.py --quick              # smaller repeats/sizes (< 3 min)
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report still covers all JSONs
     python bench/run.py --peers [--quick]    # only the peers benchmark (floor, this project, Flower)
+    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's full size (~20 min; not default)
 
 Every benchmark measures its comparison inside the same run (ratios, medians over repeats),
 because the machine is shared and noisy. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
@@ -25,7 +26,7 @@ sys.path[0] = ROOT  # import as the ``bench`` package; bench/ itself must not sh
 
 from bench import common, report  # noqa: E402
 
-BENCHMARKS = report.ORDER
+BENCHMARKS = report.ORDER + report.EXTRA  # the default run is report.ORDER
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "results")
 
 
@@ -84,7 +85,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    names = [n.strip() for n in a.only.split(",") if n.strip()] or (["peers"] if a.peers else BENCHMARKS)
+    names = [n.strip() for n in a.only.split(",") if n.strip()] or (["peers"] if a.peers else report.ORDER)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)

@@ -69,13 +69,16 @@ def _rss_mb(pid: int) -> float:
     return common.read_status_kb(pid)["VmRSS"] / 1024
 
 
-def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "") -> dict:
+def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "",
+          fleet=None) -> dict:
     """One server (under bench/child.py, which reports its VmHWM and CPU at exit) and a swarm of
-    N + 1: storm, idle window, then the gate opens and the job runs."""
+    N + 1: storm, idle window, then the gate opens and the job runs. ``fleet``: (manifest path,
+    client id -> SwarmShard) of N + 1 clients with ids 1..N+1 (a real partition,
+    ``harness.swarm.shards_from_manifest``) instead of a synthetic manifest."""
     from harness.swarm import SwarmPlan, Swarm, server_opts, summarize, write_swarm_manifest
     import asyncio
     name = f"n{n}{tag}"
-    manifest, shards = write_swarm_manifest(ctx.tmp(name), n + 1)
+    manifest, shards = fleet or write_swarm_manifest(ctx.tmp(name), n + 1)
     job = common.BenchJob(ctx, name, manifest, n + 1, rounds)
     server = job.server(server_opts(rounds, extra))
     log, report = job.log("server"), job.reports["server"]
@@ -117,16 +120,22 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "") -> d
 
 
 # ----------------------------------------------------------------------------- run
-def run(ctx) -> dict:
+def model_and_loopback(ctx) -> "tuple[int, float]":
+    """(raw bytes of the shipped config's model, loopback bytes/s): a round's transfer floor."""
     from federatedscope.core.auxiliaries.model_builder import get_model
     from federatedscope.core.configs.config import load_cfg
     cfg = load_cfg(common.SERVER_YAML, [])
     model_bytes = sum(t.numel() * t.element_size() for t in get_model(cfg).state_dict().values())
+    thr = loopback_throughput(ctx, model_bytes)
+    ctx.log(f"  loopback: {thr / MB:.0f} MB/s on one gRPC stream; model {model_bytes / MB:.2f} MB")
+    return model_bytes, thr
+
+
+def run(ctx) -> dict:
     ns = [10, 100] if ctx.quick else [10, 100, 1000]
     rounds = 2 if ctx.quick else 3
     window = 5.0 if ctx.quick else 10.0
-    thr = loopback_throughput(ctx, model_bytes)
-    ctx.log(f"  loopback: {thr / MB:.0f} MB/s on one gRPC stream; model {model_bytes / MB:.2f} MB")
+    model_bytes, thr = model_and_loopback(ctx)
     per_n = {}
     for n in ns:
         ctx.log(f"  N={n}: join storm, {window:.0f}s idle, {rounds} rounds")
@@ -142,39 +151,50 @@ def run(ctx) -> dict:
     return _report(ctx, per_n, model_bytes, thr, sampled)
 
 
+def allowance_s(r: dict, model_bytes: int, thr: float) -> "tuple[float, float]":
+    """(transfer floor, allowance) of one round of run_n's job: every one of the N + 1 clients
+    sampled. Aggregation is not timed on its own; all server CPU of a round stands in for it
+    (generous: it also counts encoding, decoding and gRPC work)."""
+    floor = model_bytes * (r["n"] + 1) / thr
+    return floor, GOALS["round_vs_floor"] * floor + r["cpu_per_round_s"]
+
+
+def n_rows(r: dict, model_bytes: int, thr: float, label: str, peak_goal: str, peak_ok: bool,
+           head: bool) -> list:
+    """The rows of one run_n result (``label`` names it; the peak goal is the caller's)."""
+    n = r["n"]
+    floor, allowance = allowance_s(r, model_bytes, thr)
+    worst_round = max(r["round_s"]) if r["round_s"] else float("nan")
+    med_round = common.median(r["round_s"])
+    lost = r["swarm"]["messages_lost"] + (r["swarm"]["stayed"] - r["swarm"]["finished"])
+    p99 = r["swarm"]["join_p99_s"]
+    return [
+        dict(row(f"{label}: server peak RSS", r["peak_mb"], f"{r['peak_mb']:.0f} MB",
+                 peak_goal, peak_ok), headline=head),
+        row(f"{label}: join storm p50 / p99", p99, f"{r['swarm']['join_p50_s']:.2f} s / "
+            f"{p99:.2f} s (all {n} in {r['storm_all_joined_s']:.1f} s)",
+            f"p99 ≤ {GOALS['join_p99_s']:g} s", p99 <= GOALS["join_p99_s"]),
+        row(f"{label}: median round vs transfer floor", med_round / floor,
+            f"{med_round:.2f} s vs floor {floor:.2f} s ({med_round / floor:.1f}×; slowest "
+            f"{worst_round:.2f} s; allowance 1.5 × floor + {r['cpu_per_round_s']:.2f} "
+            f"server CPU-s = {allowance:.2f} s)",
+            f"≤ {GOALS['round_vs_floor']}× floor + aggregation", med_round <= allowance),
+        row(f"{label}: server CPU-seconds per round", r["cpu_per_round_s"],
+            f"{r['cpu_per_round_s']:.2f} s (job CPU after the gate ÷ {r['rounds']} rounds, "
+            f"final evaluation included)", "(context: cost grows with N)", None),
+        row(f"{label}: server CPU while {n} sessions idle", r["idle_cpu_pct"],
+            f"{r['idle_cpu_pct']:.2f} % of a core", f"< {GOALS['idle_pct']:g} %",
+            r["idle_cpu_pct"] < GOALS["idle_pct"]),
+        row(f"{label}: messages lost", lost, str(lost), "0", lost == 0),
+    ]
+
+
 def _report(ctx, per_n: dict, model_bytes: int, thr: float, sampled=None) -> dict:
     rows = []
     big = max(per_n)
     for n, r in sorted(per_n.items()):
-        floor = model_bytes * (n + 1) / thr
-        worst_round = max(r["round_s"]) if r["round_s"] else float("nan")
-        med_round = common.median(r["round_s"])
-        # Aggregation is not timed on its own; all server CPU of a round stands in for it
-        # (generous: it also counts encoding, decoding and gRPC work).
-        allowance = GOALS["round_vs_floor"] * floor + r["cpu_per_round_s"]
-        lost = r["swarm"]["messages_lost"] + (r["swarm"]["stayed"] - r["swarm"]["finished"])
-        p99 = r["swarm"]["join_p99_s"]
-        head = n == big
-        rows += [
-            dict(row(f"N={n}: server peak RSS", r["peak_mb"], f"{r['peak_mb']:.0f} MB",
-                     f"≤ {GOALS['peak_mb']} MB at N=1,000", r["peak_mb"] <= GOALS["peak_mb"]),
-                 headline=head),
-            row(f"N={n}: join storm p50 / p99", p99, f"{r['swarm']['join_p50_s']:.2f} s / "
-                f"{p99:.2f} s (all {n} in {r['storm_all_joined_s']:.1f} s)",
-                f"p99 ≤ {GOALS['join_p99_s']:g} s", p99 <= GOALS["join_p99_s"]),
-            row(f"N={n}: median round vs transfer floor", med_round / floor,
-                f"{med_round:.2f} s vs floor {floor:.2f} s ({med_round / floor:.1f}×; slowest "
-                f"{worst_round:.2f} s; allowance 1.5 × floor + {r['cpu_per_round_s']:.2f} "
-                f"server CPU-s = {allowance:.2f} s)",
-                f"≤ {GOALS['round_vs_floor']}× floor + aggregation", med_round <= allowance),
-            row(f"N={n}: server CPU-seconds per round", r["cpu_per_round_s"],
-                f"{r['cpu_per_round_s']:.2f} s (job CPU after the gate ÷ {r['rounds']} rounds, "
-                f"final evaluation included)", "(context: cost grows with N)", None),
-            row(f"N={n}: server CPU while {n} sessions idle", r["idle_cpu_pct"],
-                f"{r['idle_cpu_pct']:.2f} % of a core", f"< {GOALS['idle_pct']:g} %",
-                r["idle_cpu_pct"] < GOALS["idle_pct"]),
-            row(f"N={n}: messages lost", lost, str(lost), "0", lost == 0),
-        ]
+        rows += n_rows(r, model_bytes, thr, f"N={n}", f"≤ {GOALS['peak_mb']} MB at N=1,000",
+                       r["peak_mb"] <= GOALS["peak_mb"], n == big)
     ns = sorted(per_n)
     if len(ns) >= 2:
         a, b = ns[-2], ns[-1]

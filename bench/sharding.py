@@ -32,15 +32,20 @@ def third_of(ctx, root: str) -> str:
     files = _files(root)
     largest = max(files, key=os.path.getsize)
     keep = [largest] + [f for f in files if f != largest][:max(0, len(files) // 3 - 1)]
-    raw = ctx.tmp("third/femnist/raw")
+    return subset_root(ctx, "third", keep)
+
+
+def subset_root(ctx, name: str, files) -> str:
+    """A data root ``<tmp>/<name>`` whose femnist/raw holds these LEAF files (hard links)."""
+    raw = ctx.tmp(f"{name}/femnist/raw")
     os.makedirs(raw)
-    for f in keep:
+    for f in files:
         try:
             os.link(f, os.path.join(raw, os.path.basename(f)))
         except OSError:
             import shutil
             shutil.copyfile(f, os.path.join(raw, os.path.basename(f)))
-    return ctx.tmp("third")
+    return ctx.tmp(name)
 
 
 def _warm(files) -> None:
@@ -50,11 +55,16 @@ def _warm(files) -> None:
                 pass
 
 
-def tool_run(ctx, tag: str, root: str, clients: int) -> dict:
+def tool_run(ctx, tag: str, root: str, clients: int, timeout: float = 600,
+             strategy=("--strategy", "sequential"), mode: str = "script") -> dict:
+    """The tool as a child process into ``<tag>_shards`` (seed 0); its report gains samples,
+    disk bytes and samples/s. ``strategy``: the assignment arguments; ``mode`` "profile": under
+    cProfile (bench/child.py)."""
     out = ctx.tmp(f"{tag}_shards")
-    rep = common.run_child(ctx, tag, "script", [
-        common.PREPARE, "--root", root, "--clients", str(clients), "--out", out, "--strategy",
-        "sequential", "--seed", "0", "--overwrite", "--no-progress"])
+    rep = common.run_child(ctx, tag, mode, [
+        common.PREPARE, "--root", root, "--clients", str(clients), "--out", out, *strategy,
+        "--seed", "0", "--overwrite", "--no-progress"], timeout=timeout)
+    rep["out"] = out
     with open(os.path.join(out, "manifest.json")) as f:
         man = json.load(f)
     samples = sum(sum(c["num_samples"].values()) for c in man["clients"])
@@ -65,8 +75,9 @@ def tool_run(ctx, tag: str, root: str, clients: int) -> dict:
     return rep
 
 
-def floor_run(ctx, tag: str, files, hook: bool = False) -> dict:
-    rep = common.run_child(ctx, tag, "jsonhook" if hook else "jsonfloor", list(files))
+def floor_run(ctx, tag: str, files, hook: bool = False, timeout: float = 600) -> dict:
+    rep = common.run_child(ctx, tag, "jsonhook" if hook else "jsonfloor", list(files),
+                           timeout=timeout)
     rep["samples_per_s"] = rep["samples"] / rep["work_s"]
     return rep
 

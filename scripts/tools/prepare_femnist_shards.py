@@ -9,7 +9,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepare_shards import main  # noqa: E402
+import prepare_shards  # noqa: E402
+
+
+def main(argv=None) -> int:
+    """``main(argv)`` as every tool has (the benchmarks run it in-process); --dataset is fixed."""
+    return prepare_shards.main(argv, dataset="femnist", script="prepare_femnist_shards.py")
+
 
 if __name__ == "__main__":
-    sys.exit(main(dataset="femnist", script="prepare_femnist_shards.py"))
+    sys.exit(main())

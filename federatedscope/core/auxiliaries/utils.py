@@ -41,8 +41,11 @@ def setup_logger(level: int = logging.INFO, logfile: str = "") -> None:
         root.addHandler(fh)
 
 
-def atomic_write(path: str, writer: Callable[[str], None]) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+def atomic_write(path: str, writer: Callable[[str], None], durable: bool = True) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    ``durable=False``: no fsync of the file or the directory; the rename is still atomic, and
+    the caller makes a whole staged tree durable at once (``sync_tree``) before publishing it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
@@ -53,10 +56,12 @@ def atomic_write(path: str, writer: Callable[[str], None]) -> None:
     try:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         writer(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(directory)   # the rename itself must survive a power cut
+        if durable:
+            fsync_dir(directory)   # the rename itself must survive a power cut
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -77,11 +82,27 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def sync_tree(top: str) -> None:
+    """Make everything written under ``top`` durable at once, before it is published.
+
+    One ``os.sync()`` where the OS has it: each fsync waits for its own journal commit, so one
+    per file cost more than parsing the input when the shard tool wrote 3,550 shards (4 files
+    each; bench/results/fullsize.json). Elsewhere every file and directory is fsynced."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for d, _, names in os.walk(top):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(d)
+
+
+def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-    atomic_write(path, write)
+    atomic_write(path, write, durable)
 
 
 def atomic_torch_save(path: str, obj: Any) -> None:

@@ -8,10 +8,12 @@ is bounded by the largest input file, not the dataset:
    THE per-writer rule (``sharding_plan.writer_split``, the FS-style reader's too), applied to
    row numbers, so no samples move until they are written (``sharding_plan``);
 3. each client's shard is written from the spill in bounded windows into
-   ``<out>/.staging/client_<k>.tmp-<pid>``, its ``meta.json`` last, then renamed to ``client_<k>``;
-4. the staged ``manifest.json`` is written last; ``swap_in`` verifies the staged set and only
-   then swaps it in (``sharding_output``): a failed or killed run leaves an existing set
-   byte-identical, and ``--resume`` keeps every shard that verifies for this plan.
+   ``<out>/.staging/client_<k>.tmp-<pid>``, its ``meta.json`` last, then renamed to ``client_<k>``
+   (no fsync per file: the staged set is made durable at once by ``swap_in``);
+4. the staged ``manifest.json`` is written last; ``swap_in`` syncs and verifies the staged set
+   and only then swaps it in (``sharding_output``): a failed or killed run leaves an existing set
+   byte-identical, and ``--resume`` keeps every shard that verifies for this plan (a shard torn
+   by a crash before the sync fails its sha256 and is written again).
 """
 import os
 import shutil
@@ -22,7 +24,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from federatedscope.core.auxiliaries import client_tokens
-from federatedscope.core.auxiliaries.utils import fsync_dir
 from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import DatasetSpec, get_spec
@@ -110,10 +111,10 @@ def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spi
         r, y = rows[split]
         path = os.path.join(tmp, f"{split}.pt")
         if packed is not None:
-            split_file.write_index(path, r)
+            split_file.write_index(path, r, durable=False)
         else:
             split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
-                                          spec.sample_dtype)
+                                          spec.sample_dtype, durable=False)
         files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), split_file.sha256_file(path))
     ncls = spec.num_classes
     meta = sf.ShardMeta(
@@ -123,13 +124,11 @@ def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spi
         files=files, num_classes=ncls, sample_shape=list(spec.sample_shape),
         sample_dtype=spec.sample_dtype, packed=packed, plan_id=pid, created=sf.now_iso())
     meta.fingerprint = sf.compute_fingerprint(files, packed)
-    sf.write_meta(os.path.join(tmp, "meta.json"), meta)
-    fsync_dir(tmp)
+    sf.write_meta(os.path.join(tmp, "meta.json"), meta, durable=False)
     final = os.path.join(out, f"client_{k}")
     if os.path.exists(final):
         shutil.rmtree(final)
     os.rename(tmp, final)
-    fsync_dir(out)
     return meta
 
 
@@ -145,7 +144,7 @@ def write_packed(out: str, plan: Plan, per_writer: Dict[str, Dict[str, Rows]],
     path = os.path.join(out, PACKED)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     split_file.write_split_chunks(path, all_y, spec.sample_shape, spill.chunks(all_rows),
-                                  spec.sample_dtype)
+                                  spec.sample_dtype, durable=False)
     return _packed_info(out, split_file.sha256_file(path))
 
 

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from federatedscope.core.auxiliaries.utils import atomic_write_bytes, fsync_dir
+from federatedscope.core.auxiliaries.utils import atomic_write_bytes, fsync_dir, sync_tree
 from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data.sharding_plan import ShardingError
 
@@ -256,7 +256,9 @@ def verify_staged(stage: str) -> sf.Manifest:
 
 
 def swap_in(out: str, stage: str) -> None:
-    """Verify the staged set, then: old manifest out first, new manifest in last (module doc)."""
+    """Make the staged set durable (its files were written without an fsync each) and verify it,
+    then: old manifest out first, new manifest in last (module doc)."""
+    sync_tree(stage)
     verify_staged(stage)
     trash = os.path.join(out, f".old-{os.getpid()}")
     os.makedirs(trash)

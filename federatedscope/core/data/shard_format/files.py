@@ -44,10 +44,10 @@ def read_meta(path: str, fix: str = "") -> ShardMeta:
     return ShardMeta.from_dict(_load_json(path, fix), Checker(path, fix))
 
 
-def write_meta(path: str, meta: ShardMeta) -> None:
+def write_meta(path: str, meta: ShardMeta, durable: bool = True) -> None:
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
-    atomic_write_bytes(path, _one_key_per_line(meta.to_dict()).encode("utf-8"))
+    atomic_write_bytes(path, _one_key_per_line(meta.to_dict()).encode("utf-8"), durable)
 
 
 # ----------------------------------------------------------------------------- manifest.json

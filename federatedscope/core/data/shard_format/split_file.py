@@ -76,8 +76,10 @@ def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
-                       chunks: Iterable[np.ndarray], dtype: str = "uint8") -> None:
-    """Atomically write a split whose samples arrive as chunks ``[k, *sample_shape]`` of ``dtype``.
+                       chunks: Iterable[np.ndarray], dtype: str = "uint8",
+                       durable: bool = True) -> None:
+    """Atomically write a split whose samples arrive as chunks ``[k, *sample_shape]`` of ``dtype``
+    (``durable``: as ``atomic_write``'s).
 
     Memory stays O(largest chunk + labels) whatever the split size (see module doc). The file
     is byte-for-byte a function of its content, so equal shards have equal sha256s.
@@ -109,10 +111,10 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
             if n:
                 _set_crc(tmp, f, x_at, n * row, crc)
             _fix_serialization_id(tmp, f, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
-    atomic_write(path, write)
+    atomic_write(path, write, durable)
 
 
-def write_index(path: str, idx: np.ndarray) -> None:
+def write_index(path: str, idx: np.ndarray, durable: bool = True) -> None:
     """--link mode: a client's split is int64 row indices into the packed file."""
     t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
 
@@ -120,7 +122,7 @@ def write_index(path: str, idx: np.ndarray) -> None:
         _save(tmp, {"idx": t})
         with open(tmp, "r+b") as f:
             _fix_serialization_id(tmp, f, t.numpy().tobytes())
-    atomic_write(path, write)
+    atomic_write(path, write, durable)
 
 
 def _save(path: str, obj: dict) -> None:
