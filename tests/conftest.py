@@ -42,6 +42,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda it: rank.get(it.module.__name__, len(rank)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server():
+    """Servers, clients and other Python scripts start as forks of a process that imported
+    torch once (harness/forkserver.py): separate processes all the same, without paying the
+    imports for each. FS_TEST_EXEC=1 starts every one by fork+exec instead."""
+    from harness import forkserver, procs
+    if os.environ.get("FS_TEST_EXEC") == "1":
+        yield
+        return
+    procs.FORK_SERVER = forkserver.ForkServer()
+    yield
+    procs.FORK_SERVER.close()
+    procs.FORK_SERVER = None
+
+
 @pytest.fixture(autouse=True)
 def _stop_leftover_processes():
     """After each test, kill (by PID) every process the test itself started that is still

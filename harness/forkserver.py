@@ -1,0 +1,209 @@
+"""Start Python scripts as forks of a process that has already imported torch.
+
+Every server and client the tests start is a fresh ``python federatedscope/main.py ...``, and
+most of what such a process costs in a short test job is its imports (torch alone: ~1.5 s of CPU
+here, several hundred starts per suite run). A fork server (the zygote of Android, the
+``forkserver`` start method of ``multiprocessing``) imports them once; each start is then a
+``fork()`` of it that sets up argv, environment, working directory and log file and runs the
+script as ``__main__``. Every job still runs as separate OS processes with their own PIDs,
+memory, sockets and files; ``kill -9``, SIGSTOP and exit codes behave as with ``exec``.
+
+What a fork cannot reproduce, so such starts take the ``exec`` path (``forkable``): environment
+variables read when the interpreter or a native library starts (``PYTHON*``, ``MALLOC_*``,
+``OMP_*``, ``MKL_*``, ``OPENBLAS_*``, ``LD_*``), and any program that is not a Python script.
+
+Protocol (JSON lines over the server's stdin/stdout): a request ``{argv, env, cwd, log, cpus}``
+is answered by ``{"pid": N}``; when a child exits the server sends ``{"exit": N, "code": C}``
+(``C`` as ``Popen.returncode``: negative for a signal). Nothing is imported by the server that
+starts threads at import time except numpy's BLAS pool, which registers its own fork handlers;
+gRPC is imported by each child (its core must not be initialised before a fork).
+"""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+UNFORKABLE_ENV = ("PYTHON", "MALLOC_", "OMP_", "MKL_", "OPENBLAS_", "LD_", "GRPC_")
+PRELOAD = ("torch", "numpy", "yaml", "yacs.config",
+           "federatedscope.core.auxiliaries.data_builder",
+           "federatedscope.core.auxiliaries.runner_builder",
+           "federatedscope.core.auxiliaries.worker_builder",
+           "federatedscope.core.auxiliaries.outdir",
+           "federatedscope.core.cmd_args", "federatedscope.cv", "federatedscope.nlp")
+
+
+def forkable(cmd: Sequence[str], env_changes: Dict[str, Optional[str]]) -> bool:
+    return (len(cmd) >= 2 and cmd[0] == sys.executable and str(cmd[1]).endswith(".py")
+            and not any(k.startswith(UNFORKABLE_ENV) for k in env_changes))
+
+
+# ============================================================================ the server side
+def _serve() -> dict:
+    """The zygote's loop: fork on each request, report each child's exit. Returns (in the child
+    only) the request the child must run."""
+    for name in PRELOAD:
+        __import__(name)
+    inp, out = sys.stdin.fileno(), sys.stdout.fileno()
+    poller = select.poll()
+    poller.register(inp, select.POLLIN)
+    children: Dict[int, int] = {}    # pidfd -> pid
+    buf = b""
+    while True:
+        for fd, _ in poller.poll():
+            if fd != inp:
+                pid = children.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                os.write(out, (json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+                               + "\n").encode())
+                continue
+            chunk = os.read(inp, 1 << 16)
+            if not chunk:           # the test process is gone: so are we (children keep running
+                os._exit(0)         # until their own test's clean-up kills them by PID)
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                req = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    return req
+                pidfd = os.pidfd_open(pid)
+                children[pidfd] = pid
+                poller.register(pidfd, select.POLLIN)
+                os.write(out, (json.dumps({"pid": pid}) + "\n").encode())
+
+
+def _become(req: dict) -> None:
+    """In the forked child: turn into ``python argv[0] argv[1:]`` as exec would have."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, 1 << 16)      # the zygote's pipes and its other children's pidfds
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    if req.get("cpus"):
+        os.sched_setaffinity(0, set(req["cpus"]))
+    script = os.path.abspath(req["argv"][0])
+    sys.argv = [script] + req["argv"][1:]
+    sys.path[0] = os.path.dirname(script)
+    import runpy
+    runpy.run_path(script, run_name="__main__")
+
+
+# ============================================================================ the test side
+class ForkedProcess:
+    """The part of ``subprocess.Popen`` the harness uses, for a child of the fork server."""
+
+    def __init__(self, server: "ForkServer", pid: int, args: List[str]):
+        self._server, self.pid, self.args = server, pid, args
+        self.returncode: Optional[int] = None
+        # Opened while the child cannot have been reaped yet (the zygote reaps only after it
+        # sent the pid and got the exit event), so signals never reach a reused PID.
+        self._pidfd = os.pidfd_open(pid)
+
+    def _exited(self, seconds: float) -> bool:
+        return bool(select.select([self._pidfd], [], [], max(0.0, seconds))[0])
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None and self._exited(0):
+            self.returncode = self._server.exit_code(self.pid)
+            os.close(self._pidfd)
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        if self.returncode is None:
+            if not self._exited(1e9 if timeout is None else timeout):
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.poll()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            signal.pidfd_send_signal(self._pidfd, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """One zygote per test process, started on first use."""
+
+    def __init__(self):
+        self._proc: Optional[subprocess.Popen] = None
+        self._lock = threading.Lock()
+        self._codes: Dict[int, int] = {}
+        self._buf = b""
+
+    def _ensure(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            self._proc = subprocess.Popen([sys.executable, "-m", "harness.forkserver"], cwd=root,
+                                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._buf, self._codes = b"", {}
+        return self._proc
+
+    def _line(self, deadline: float) -> dict:
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise RuntimeError("fork server did not answer within its deadline")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"fork server exited (code {self._proc.wait()})")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        msg = json.loads(line)
+        if "exit" in msg:
+            self._codes[msg["exit"]] = msg["code"]
+        return msg
+
+    def start(self, argv: Sequence[str], env: Dict[str, str], cwd: str, log: str,
+              cpus: Optional[Sequence[int]]) -> ForkedProcess:
+        with self._lock:
+            proc = self._ensure()
+            req = {"argv": [str(a) for a in argv], "env": env, "cwd": cwd, "log": log,
+                   "cpus": list(cpus) if cpus else None}
+            proc.stdin.write((json.dumps(req) + "\n").encode())
+            proc.stdin.flush()
+            deadline = time.monotonic() + 120     # the first request waits for the preload
+            while True:
+                msg = self._line(deadline)
+                if "pid" in msg:
+                    return ForkedProcess(self, msg["pid"], list(argv))
+
+    def close(self) -> None:
+        """The zygote exits at end of input; its children are not touched (each test's clean-up
+        kills its own by PID)."""
+        with self._lock:
+            if self._proc is not None:
+                self._proc.stdin.close()
+                self._proc.wait()
+                self._proc.stdout.close()
+                self._proc = None
+
+    def exit_code(self, pid: int) -> int:
+        """The code of an exited child (its pidfd said so; the report follows within ms)."""
+        with self._lock:
+            deadline = time.monotonic() + 30
+            while pid not in self._codes:
+                self._line(deadline)
+            return self._codes.pop(pid)
+
+
+if __name__ == "__main__":
+    _become(_serve())
