@@ -33,23 +33,22 @@ def _final_acc(log: str) -> float:
 def test_floor_reaches_the_projects_accuracy(femnist_shards, tmp_path):
     """The plain-loop floor follows the project's rules (model init, batch order, clipping,
     FedAvg, evaluation): on the same shards it ends at the same test accuracy as standalone."""
+    from harness.procs import PY, start, start_main, wait_all
     shards = os.path.dirname(femnist_shards)
     out = tmp_path / "floor.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "peers", "floor.py"),
-                        "--shards", shards, "--clients", "3", "--rounds", "2", "--hidden", "32",
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    floor_proc = start([PY, os.path.join(ROOT, "bench", "peers", "floor.py"), "--shards", shards,
+                        "--clients", "3", "--rounds", "2", "--hidden", "32", "--out", str(out)],
+                       str(tmp_path / "floor.log"))
+    standalone = start_main(["--cfg", os.path.join(ROOT, "scripts", "distributed_scripts",
+                                                   "distributed_configs",
+                                                   "distributed_femnist_server.yaml"),
+                             "federate.mode", "standalone", "distributed_data.manifest",
+                             femnist_shards, "federate.total_round_num", "2", "model.hidden", "32",
+                             "outdir", str(tmp_path / "exp")], str(tmp_path / "standalone.log"))
+    wait_all([floor_proc, standalone], timeout=300, expect=[0, 0])
     floor = json.loads(out.read_text())
     assert len(floor["rounds_s"]) == 2 and floor["cpu_s"] > 0 and floor["peak_rss_kb"] > 0
-    s = subprocess.run([sys.executable, os.path.join(ROOT, "federatedscope", "main.py"), "--cfg",
-                        os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
-                                     "distributed_femnist_server.yaml"),
-                        "federate.mode", "standalone", "distributed_data.manifest", femnist_shards,
-                        "federate.total_round_num", "2", "model.hidden", "32",
-                        "outdir", str(tmp_path / "exp")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert s.returncode == 0, s.stdout[-2000:] + s.stderr[-2000:]
-    assert round(floor["final_test_acc"], 4) == _final_acc(s.stdout + s.stderr)
+    assert round(floor["final_test_acc"], 4) == _final_acc((tmp_path / "standalone.log").read_text())
 
 
 def test_tree_counts_cpu_of_orphaned_grandchildren():
