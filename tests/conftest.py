@@ -9,6 +9,7 @@ if ROOT not in sys.path:
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # Property tests: 150 examples in the suite; the mutation run (--hypothesis-profile=mutation)
@@ -16,6 +17,10 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("suite", max_examples=150, deadline=None)
 settings.register_profile("mutation", max_examples=30, deadline=None)
 settings.load_profile("suite")
+
+# In-process training uses one intra-op thread, as main.py does for every server and client:
+# the suite runs two workers on two cores, where a second thread per op only contends.
+torch.set_num_threads(1)
 
 # The process tier: modules whose tests start server/client processes or tools, or train for real
 # (seconds to minutes each); everything else is the fast tier (in-process, milliseconds to
