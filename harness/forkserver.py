@@ -12,11 +12,13 @@ What a fork cannot reproduce, so such starts take the ``exec`` path (``forkable`
 variables read when the interpreter or a native library starts (``PYTHON*``, ``MALLOC_*``,
 ``OMP_*``, ``MKL_*``, ``OPENBLAS_*``, ``LD_*``), and any program that is not a Python script.
 
-Protocol (JSON lines over the server's stdin/stdout): a request ``{argv, env, cwd, log, cpus}``
-is answered by ``{"pid": N}``; when a child exits the server sends ``{"exit": N, "code": C}``
-(``C`` as ``Popen.returncode``: negative for a signal). Nothing is imported by the server that
-starts threads at import time except numpy's BLAS pool, which registers its own fork handlers;
-gRPC is imported by each child (its core must not be initialised before a fork).
+Protocol (JSON lines over the server's stdin/stdout, one request, one answer): ``{argv, env,
+cwd, log, cpus}`` forks a child and answers ``{"pid": N}``; ``{"reap": N}`` (sent once the
+child's pidfd says it exited) reaps it and answers ``{"code": C}`` (as ``Popen.returncode``:
+negative for a signal). A child is reaped only when asked, so its PID cannot be reused while the
+test holds it: signals sent through its pidfd always reach that child. Nothing the server
+imports starts threads at import time except numpy's BLAS pool, which registers its own fork
+handlers; gRPC is imported by each child (its core must not be initialised before a fork).
 """
 import json
 import os
@@ -25,7 +27,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Dict, List, Optional, Sequence
 
 UNFORKABLE_ENV = ("PYTHON", "MALLOC_", "OMP_", "MKL_", "OPENBLAS_", "LD_", "GRPC_")
@@ -44,39 +45,28 @@ def forkable(cmd: Sequence[str], env_changes: Dict[str, Optional[str]]) -> bool:
 
 # ============================================================================ the server side
 def _serve() -> dict:
-    """The zygote's loop: fork on each request, report each child's exit. Returns (in the child
-    only) the request the child must run."""
+    """The zygote's loop. Returns (in a forked child only) the request that child must run."""
     for name in PRELOAD:
         __import__(name)
     inp, out = sys.stdin.fileno(), sys.stdout.fileno()
-    poller = select.poll()
-    poller.register(inp, select.POLLIN)
-    children: Dict[int, int] = {}    # pidfd -> pid
     buf = b""
     while True:
-        for fd, _ in poller.poll():
-            if fd != inp:
-                pid = children.pop(fd)
-                poller.unregister(fd)
-                os.close(fd)
-                _, status = os.waitpid(pid, 0)
-                os.write(out, (json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
-                               + "\n").encode())
-                continue
-            chunk = os.read(inp, 1 << 16)
-            if not chunk:           # the test process is gone: so are we (children keep running
-                os._exit(0)         # until their own test's clean-up kills them by PID)
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                req = json.loads(line)
+        chunk = os.read(inp, 1 << 16)
+        if not chunk:   # the test process is gone: so are we (unreaped children go to init)
+            os._exit(0)
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            req = json.loads(line)
+            if "reap" in req:
+                _, status = os.waitpid(req["reap"], 0)
+                answer = {"code": os.waitstatus_to_exitcode(status)}
+            else:
                 pid = os.fork()
                 if pid == 0:
                     return req
-                pidfd = os.pidfd_open(pid)
-                children[pidfd] = pid
-                poller.register(pidfd, select.POLLIN)
-                os.write(out, (json.dumps({"pid": pid}) + "\n").encode())
+                answer = {"pid": pid}
+            os.write(out, (json.dumps(answer) + "\n").encode())
 
 
 def _become(req: dict) -> None:
@@ -86,7 +76,7 @@ def _become(req: dict) -> None:
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    os.closerange(3, 1 << 16)      # the zygote's pipes and its other children's pidfds
+    os.closerange(3, 1 << 16)      # the zygote's pipes
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
@@ -106,16 +96,14 @@ class ForkedProcess:
     def __init__(self, server: "ForkServer", pid: int, args: List[str]):
         self._server, self.pid, self.args = server, pid, args
         self.returncode: Optional[int] = None
-        # Opened while the child cannot have been reaped yet (the zygote reaps only after it
-        # sent the pid and got the exit event), so signals never reach a reused PID.
-        self._pidfd = os.pidfd_open(pid)
+        self._pidfd = os.pidfd_open(pid)    # safe: the zygote reaps only when asked
 
     def _exited(self, seconds: float) -> bool:
         return bool(select.select([self._pidfd], [], [], max(0.0, seconds))[0])
 
     def poll(self) -> Optional[int]:
         if self.returncode is None and self._exited(0):
-            self.returncode = self._server.exit_code(self.pid)
+            self.returncode = self._server.ask({"reap": self.pid})["code"]
             os.close(self._pidfd)
         return self.returncode
 
@@ -143,8 +131,6 @@ class ForkServer:
     def __init__(self):
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
-        self._codes: Dict[int, int] = {}
-        self._buf = b""
 
     def _ensure(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
@@ -153,38 +139,31 @@ class ForkServer:
                 [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
             self._proc = subprocess.Popen([sys.executable, "-m", "harness.forkserver"], cwd=root,
                                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            self._buf, self._codes = b"", {}
         return self._proc
 
-    def _line(self, deadline: float) -> dict:
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise RuntimeError("fork server did not answer within its deadline")
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                raise RuntimeError(f"fork server exited (code {self._proc.wait()})")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        msg = json.loads(line)
-        if "exit" in msg:
-            self._codes[msg["exit"]] = msg["code"]
-        return msg
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
+    def ask(self, request: dict, timeout: float = 120.0) -> dict:
+        """One request, its answer (the first one waits for the zygote's imports)."""
+        with self._lock:
+            proc = self._ensure()
+            proc.stdin.write((json.dumps(request) + "\n").encode())
+            proc.stdin.flush()
+            fd = proc.stdout.fileno()
+            if not select.select([fd], [], [], timeout)[0]:
+                raise RuntimeError(f"fork server did not answer {request} within {timeout:.0f}s")
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"fork server exited (code {proc.wait()})")
+            return json.loads(line)
 
     def start(self, argv: Sequence[str], env: Dict[str, str], cwd: str, log: str,
               cpus: Optional[Sequence[int]]) -> ForkedProcess:
-        with self._lock:
-            proc = self._ensure()
-            req = {"argv": [str(a) for a in argv], "env": env, "cwd": cwd, "log": log,
-                   "cpus": list(cpus) if cpus else None}
-            proc.stdin.write((json.dumps(req) + "\n").encode())
-            proc.stdin.flush()
-            deadline = time.monotonic() + 120     # the first request waits for the preload
-            while True:
-                msg = self._line(deadline)
-                if "pid" in msg:
-                    return ForkedProcess(self, msg["pid"], list(argv))
+        pid = self.ask({"argv": [str(a) for a in argv], "env": env, "cwd": cwd, "log": log,
+                        "cpus": list(cpus) if cpus else None})["pid"]
+        return ForkedProcess(self, pid, list(argv))
 
     def close(self) -> None:
         """The zygote exits at end of input; its children are not touched (each test's clean-up
@@ -195,14 +174,6 @@ class ForkServer:
                 self._proc.wait()
                 self._proc.stdout.close()
                 self._proc = None
-
-    def exit_code(self, pid: int) -> int:
-        """The code of an exited child (its pidfd said so; the report follows within ms)."""
-        with self._lock:
-            deadline = time.monotonic() + 30
-            while pid not in self._codes:
-                self._line(deadline)
-            return self._codes.pop(pid)
 
 
 if __name__ == "__main__":
