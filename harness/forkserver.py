@@ -13,7 +13,7 @@ variables read when the interpreter or a native library starts (``PYTHON*``, ``M
 ``OMP_*``, ``MKL_*``, ``OPENBLAS_*``, ``LD_*``), and any program that is not a Python script.
 
 Protocol (JSON lines over the server's stdin/stdout, one request, one answer): ``{argv, env,
-cwd, log, cpus}`` forks a child and answers ``{"pid": N}``; ``{"reap": N}`` (sent once the
+cwd, log, err, cpus}`` forks a child and answers ``{"pid": N}``; ``{"reap": N}`` (sent once the
 child's pidfd says it exited) reaps it and answers ``{"code": C}`` (as ``Popen.returncode``:
 negative for a signal). A child is reaped only when asked, so its PID cannot be reused while the
 test holds it: signals sent through its pidfd always reach that child. Nothing the server
@@ -73,9 +73,11 @@ def _become(req: dict) -> None:
     """In the forked child: turn into ``python argv[0] argv[1:]`` as exec would have."""
     null = os.open(os.devnull, os.O_RDONLY)
     log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) \
+        if req.get("err") else log
     os.dup2(null, 0)
     os.dup2(log, 1)
-    os.dup2(log, 2)
+    os.dup2(err, 2)
     os.closerange(3, 1 << 16)      # the zygote's pipes
     os.chdir(req["cwd"])
     os.environ.clear()
@@ -160,9 +162,11 @@ class ForkServer:
             return json.loads(line)
 
     def start(self, argv: Sequence[str], env: Dict[str, str], cwd: str, log: str,
-              cpus: Optional[Sequence[int]]) -> ForkedProcess:
+              cpus: Optional[Sequence[int]], err: str = "") -> ForkedProcess:
+        """``argv[0]`` (a Python script) with stdout in ``log`` and stderr in ``err`` (default:
+        ``log`` too)."""
         pid = self.ask({"argv": [str(a) for a in argv], "env": env, "cwd": cwd, "log": log,
-                        "cpus": list(cpus) if cpus else None})["pid"]
+                        "err": err, "cpus": list(cpus) if cpus else None})["pid"]
         return ForkedProcess(self, pid, list(argv))
 
     def close(self) -> None:

@@ -6,11 +6,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
+from harness.procs import run_script  # noqa: E402
 
 # Property tests: 150 examples in the suite; the mutation run (--hypothesis-profile=mutation)
 # reruns them once per mutant, where a few dozen examples already hit every dtype.
@@ -78,10 +78,10 @@ def _stop_leftover_processes():
 def femnist_root(tmp_path_factory):
     """A small generated FEMNIST sample (LEAF JSON) shared by the whole session."""
     root = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
+    run_script([os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
                     "--out", str(root / "femnist" / "raw"), "--writers", "12", "--seed", "3",
                     "--samples-per-writer-mean", "60", "--writers-per-file", "5"],
-                   check=True, capture_output=True)
+                   check=True)
     return str(root)
 
 
@@ -89,7 +89,7 @@ def femnist_root(tmp_path_factory):
 def femnist_shards(femnist_root, tmp_path_factory):
     """3 client shards cut from ``femnist_root``; returns the manifest path."""
     out = tmp_path_factory.mktemp("shards") / "femnist_shards"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
+    run_script([os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
                     "--root", femnist_root, "--clients", "3", "--out", str(out), "--seed", "0"],
-                   check=True, capture_output=True)
+                   check=True)
     return str(out / "manifest.json")

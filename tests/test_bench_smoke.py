@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from harness.procs import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -10,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_quick_wire_writes_results(tmp_path):
     results = tmp_path / "results"  # never the committed bench/results
     env = dict(os.environ, BENCH_RESULTS_DIR=str(results))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--quick",
-                        "--only", "wire"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = run_script([os.path.join(ROOT, "bench", "run.py"), "--quick",
+                        "--only", "wire"], cwd=ROOT, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((results / "wire.json").read_text())
