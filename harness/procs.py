@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
+from harness import forkserver
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 MAIN = os.path.join(ROOT, "federatedscope", "main.py")
@@ -22,6 +24,10 @@ TAIL_CHARS = 2500
 # Every process start() started; the tests' autouse fixture kills what is left of them after
 # each test, so a failing test never leaks a process into the next one.
 STARTED: List[subprocess.Popen] = []
+# Set by the tests (tests/conftest.py): Python scripts start as forks of a process that has
+# imported torch already (harness/forkserver.py); the benchmarks keep fork+exec, whose costs
+# they measure.
+FORK_SERVER = None
 _LISTENING = re.compile(r"listening on \S*:(\d+)")
 
 
@@ -36,14 +42,42 @@ def start(cmd: Sequence[str], log_path: str, env: Optional[dict] = None, name: s
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env = {k: v for k, v in full_env.items() if v is not None}
-    pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
-    with open(log_path, "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=cwd, env=full_env, preexec_fn=pin)
+    if FORK_SERVER is not None and forkserver.forkable(cmd, env or {}):
+        proc = FORK_SERVER.start(cmd[1:], full_env, cwd, log_path, cpus)
+    else:
+        pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
+        with open(log_path, "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=cwd, env=full_env, preexec_fn=pin)
     proc.log_path = log_path                     # read by describe() for failure messages
     proc.name = name or os.path.splitext(os.path.basename(log_path))[0]
     STARTED.append(proc)
     return proc
+
+
+def run_script(args: Sequence[str], timeout: float = 600, cwd: str = ROOT,
+               env: Optional[dict] = None, check: bool = False) -> subprocess.CompletedProcess:
+    """``python args[0] args[1:]`` to its end, as ``subprocess.run(..., capture_output=True,
+    text=True)`` would (stdout and stderr apart), through the fork server when the tests have
+    one. Not added to ``STARTED``: it is waited for here, and killed on timeout."""
+    import tempfile
+    cmd = [PY] + [str(a) for a in args]
+    full_env = {k: v for k, v in dict(os.environ, **(env or {})).items() if v is not None}
+    if FORK_SERVER is None or not forkserver.forkable(cmd, env or {}):
+        return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout, check=check)
+    with tempfile.TemporaryDirectory(prefix="fs-run-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        proc = FORK_SERVER.start(cmd[1:], full_env, cwd, out, None, err=err)
+        try:
+            code = proc.wait(timeout)
+        finally:
+            stop_all([proc])
+        with open(out, errors="replace") as f_out, open(err, errors="replace") as f_err:
+            done = subprocess.CompletedProcess(cmd, code, f_out.read(), f_err.read())
+    if check:
+        done.check_returncode()
+    return done
 
 
 def start_main(args: Sequence[str], log_path: str, env: Optional[dict] = None, name: str = "",

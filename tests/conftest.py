@@ -6,16 +6,21 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
+from harness.procs import run_script  # noqa: E402
 
 # Property tests: 150 examples in the suite; the mutation run (--hypothesis-profile=mutation)
 # reruns them once per mutant, where a few dozen examples already hit every dtype.
 settings.register_profile("suite", max_examples=150, deadline=None)
 settings.register_profile("mutation", max_examples=30, deadline=None)
 settings.load_profile("suite")
+
+# In-process training uses one intra-op thread, as main.py does for every server and client:
+# the suite runs two workers on two cores, where a second thread per op only contends.
+torch.set_num_threads(1)
 
 # The process tier: modules whose tests start server/client processes or tools, or train for real
 # (seconds to minutes each); everything else is the fast tier (in-process, milliseconds to
@@ -42,6 +47,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda it: rank.get(it.module.__name__, len(rank)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server():
+    """Servers, clients and other Python scripts start as forks of a process that imported
+    torch once (harness/forkserver.py): separate processes all the same, without paying the
+    imports for each. FS_TEST_EXEC=1 starts every one by fork+exec instead."""
+    from harness import forkserver, procs
+    if os.environ.get("FS_TEST_EXEC") == "1":
+        yield
+        return
+    procs.FORK_SERVER = forkserver.ForkServer()
+    yield
+    procs.FORK_SERVER.close()
+    procs.FORK_SERVER = None
+
+
 @pytest.fixture(autouse=True)
 def _stop_leftover_processes():
     """After each test, kill (by PID) every process the test itself started that is still
@@ -58,10 +78,10 @@ def _stop_leftover_processes():
 def femnist_root(tmp_path_factory):
     """A small generated FEMNIST sample (LEAF JSON) shared by the whole session."""
     root = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
+    run_script([os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
                     "--out", str(root / "femnist" / "raw"), "--writers", "12", "--seed", "3",
                     "--samples-per-writer-mean", "60", "--writers-per-file", "5"],
-                   check=True, capture_output=True)
+                   check=True)
     return str(root)
 
 
@@ -69,7 +89,7 @@ def femnist_root(tmp_path_factory):
 def femnist_shards(femnist_root, tmp_path_factory):
     """3 client shards cut from ``femnist_root``; returns the manifest path."""
     out = tmp_path_factory.mktemp("shards") / "femnist_shards"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
+    run_script([os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
                     "--root", femnist_root, "--clients", "3", "--out", str(out), "--seed", "0"],
-                   check=True, capture_output=True)
+                   check=True)
     return str(out / "manifest.json")

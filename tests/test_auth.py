@@ -4,12 +4,11 @@ import hmac
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from harness.jobs import Job
-from harness.procs import ROOT, wait_all
+from harness.procs import ROOT, run_script, wait_all
 from federatedscope.core.data.shard_format import (ShardDeclaration, load_manifest,
                                                             read_meta, shard_dir)
 from federatedscope.core.communication.join_proof import NONCE_KEY, PROOF_KEY, join_proof
@@ -20,9 +19,9 @@ from federatedscope.core.workers.admission import Admission
 def secured_shards(femnist_shards, tmp_path):
     d = tmp_path / "shards"
     shutil.copytree(os.path.dirname(femnist_shards), d)
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "make_client_tokens.py"),
+    run_script([os.path.join(ROOT, "scripts", "tools", "make_client_tokens.py"),
                     "--manifest", str(d / "manifest.json"), "--out", str(tmp_path / "tokens")],
-                   check=True, capture_output=True)
+                   check=True)
     certs = tmp_path / "certs"
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "distributed_scripts", "make_local_certs.sh"),
                     str(certs)], check=True, capture_output=True)

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from harness.procs import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -10,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_quick_wire_writes_results(tmp_path):
     results = tmp_path / "results"  # never the committed bench/results
     env = dict(os.environ, BENCH_RESULTS_DIR=str(results))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--quick",
-                        "--only", "wire"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = run_script([os.path.join(ROOT, "bench", "run.py"), "--quick",
+                        "--only", "wire"], cwd=ROOT, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((results / "wire.json").read_text())
@@ -33,23 +34,22 @@ def _final_acc(log: str) -> float:
 def test_floor_reaches_the_projects_accuracy(femnist_shards, tmp_path):
     """The plain-loop floor follows the project's rules (model init, batch order, clipping,
     FedAvg, evaluation): on the same shards it ends at the same test accuracy as standalone."""
+    from harness.procs import PY, start, start_main, wait_all
     shards = os.path.dirname(femnist_shards)
     out = tmp_path / "floor.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "peers", "floor.py"),
-                        "--shards", shards, "--clients", "3", "--rounds", "2", "--hidden", "32",
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    floor_proc = start([PY, os.path.join(ROOT, "bench", "peers", "floor.py"), "--shards", shards,
+                        "--clients", "3", "--rounds", "2", "--hidden", "32", "--out", str(out)],
+                       str(tmp_path / "floor.log"))
+    standalone = start_main(["--cfg", os.path.join(ROOT, "scripts", "distributed_scripts",
+                                                   "distributed_configs",
+                                                   "distributed_femnist_server.yaml"),
+                             "federate.mode", "standalone", "distributed_data.manifest",
+                             femnist_shards, "federate.total_round_num", "2", "model.hidden", "32",
+                             "outdir", str(tmp_path / "exp")], str(tmp_path / "standalone.log"))
+    wait_all([floor_proc, standalone], timeout=300, expect=[0, 0])
     floor = json.loads(out.read_text())
     assert len(floor["rounds_s"]) == 2 and floor["cpu_s"] > 0 and floor["peak_rss_kb"] > 0
-    s = subprocess.run([sys.executable, os.path.join(ROOT, "federatedscope", "main.py"), "--cfg",
-                        os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
-                                     "distributed_femnist_server.yaml"),
-                        "federate.mode", "standalone", "distributed_data.manifest", femnist_shards,
-                        "federate.total_round_num", "2", "model.hidden", "32",
-                        "outdir", str(tmp_path / "exp")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert s.returncode == 0, s.stdout[-2000:] + s.stderr[-2000:]
-    assert round(floor["final_test_acc"], 4) == _final_acc(s.stdout + s.stderr)
+    assert round(floor["final_test_acc"], 4) == _final_acc((tmp_path / "standalone.log").read_text())
 
 
 def test_tree_counts_cpu_of_orphaned_grandchildren():
@@ -63,9 +63,12 @@ def test_tree_counts_cpu_of_orphaned_grandchildren():
         p = subprocess.Popen([sys.executable, "-c", spawner, burn])
         assert p.wait(timeout=60) == 0
         deadline = __import__("time").monotonic() + 60
-        # wait (on state) for the orphan to finish: no process of the tree left alive
+        # wait (on state) for the orphan to finish: no process of the tree left alive but the
+        # tests' own fork server (tests/conftest.py), which lives as long as this test process
         from bench.peers.tree import _descendants, _read
-        while any(_read(q) is not None for q in _descendants(os.getpid())):
+        from harness import procs
+        zygote = procs.FORK_SERVER.pid if procs.FORK_SERVER is not None else None
+        while any(_read(q) is not None for q in _descendants(os.getpid()) if q != zygote):
             assert __import__("time").monotonic() < deadline
             __import__("time").sleep(0.05)
         t.mark_end()

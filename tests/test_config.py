@@ -1,7 +1,6 @@
 import glob
 import logging
 import os
-import sys
 
 import pytest
 
@@ -15,6 +14,7 @@ from federatedscope.core.configs.cfg_data import DEPRECATED_ALIASES
 from federatedscope.core.configs.config import (_NOT_IMPLEMENTED, ConfigError, finalize,
                                                 get_default_cfg, load_cfg)
 from federatedscope.core.configs.key_status import ACCEPTED_UNUSED
+from harness.procs import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,8 +165,8 @@ def test_unimplemented_key_is_refused(key):
 def test_refused_key_in_yaml_fails_the_process_with_exit_1(tmp_path):
     y = tmp_path / "fs.yaml"
     y.write_text("finetune:\n  simple_tuning: true\n")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "federatedscope", "main.py"),
-                        "--cfg", str(y)], capture_output=True, text=True, timeout=120)
+    r = run_script([os.path.join(ROOT, "federatedscope", "main.py"),
+                        "--cfg", str(y)], timeout=120)
     assert r.returncode == 1
     assert "finetune.simple_tuning=True is not implemented here" in r.stdout + r.stderr
 

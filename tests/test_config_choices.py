@@ -74,6 +74,7 @@ def test_unknown_metric_and_report_are_named():
 @pytest.mark.parametrize("key,bad,ok", [
     ("federate.total_round_num", 0, 1), ("eval.freq", 0, 1), ("dataloader.batch_size", 0, 1),
     ("data.subsample", 0.0, 1.0), ("data.subsample", 1.01, 0.01),
+    ("federate.results_write_timeout", 0.0, 0.5),
 ])
 def test_range_checks_at_their_edges(key, bad, ok):
     finalize(load_cfg(None, [key, str(ok)]))

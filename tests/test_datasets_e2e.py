@@ -8,15 +8,13 @@ shard and the server only the manifest. FS's own data path (data.splitter / writ
 shard tool give every client the same samples for the same seed.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from harness.jobs import Job
-from harness.procs import ROOT, start_main, wait_all
+from harness.procs import ROOT, run_script, start_main, wait_all
 
 ROUNDS = 2
 SEED = 7
@@ -45,8 +43,8 @@ GENERATORS = {
 
 
 def _tool(args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", args[0])]
-                          + args[1:], capture_output=True, text=True, **kw)
+    return run_script([os.path.join(ROOT, "scripts", "tools", args[0])]
+                          + args[1:], **kw)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ is 3, join claiming -1, and the server assigns ids 1..3 in join order."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from harness.procs import ROOT, file_contains, start_main, wait_all, wait_for
+from harness.procs import ROOT, file_contains, run_script, start_main, wait_all, wait_for
 
 CFG = os.path.join(ROOT, "scripts", "distributed_scripts", "fs_distributed_configs")
 ROUNDS = 2
@@ -22,11 +20,11 @@ ROUNDS = 2
 def fs_sized_root(tmp_path_factory):
     """Enough writers that FS's data.subsample 0.05 keeps 4 partitions (ceil(70 x 0.05))."""
     root = tmp_path_factory.mktemp("fs_data")
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools",
+    run_script([os.path.join(ROOT, "scripts", "tools",
                                                  "generate_femnist_sample.py"),
                     "--out", str(root / "femnist" / "raw"), "--writers", "70", "--seed", "11",
                     "--samples-per-writer-mean", "20", "--writers-per-file", "35"],
-                   check=True, capture_output=True)
+                   check=True)
     return str(root)
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from federatedscope.core.message import ASSIGN_ID, EVALUATE, FINISH, MODEL_PARA, SERVER_ID, Message
-from federatedscope.core.monitors import write_guard
 from federatedscope.core.workers.client import Client, personal_state_dir
 from federatedscope.core.workers.server import Server
 from server_harness import FakeComm, Harness, good_metrics, make_cfg, quiet
@@ -102,7 +101,7 @@ def test_an_unwritable_results_log_blames_nobody_and_the_job_ends_with_exit_4(tm
 def test_results_unwritable_past_the_bound_stop_the_job_mid_run(tmp_path, monkeypatch, caplog):
     quiet(caplog)
     h = Harness(tmp_path, "federate.total_round_num", 5, "distribute.heartbeat_timeout", 0.0,
-                monkeypatch=monkeypatch, expected=4)
+                "federate.results_write_timeout", 20.0, monkeypatch=monkeypatch, expected=4)
     _blocked_results(h)
     for c in range(1, 5):
         h.join(c)
@@ -114,7 +113,9 @@ def test_results_unwritable_past_the_bound_stop_the_job_mid_run(tmp_path, monkey
     assert not h.server.finished and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
     for c in range(1, 5):
         h.send(c, "heartbeat", 0)
-    h.tick(after=write_guard.WRITE_FAILURE_BOUND_S + 1)
+    h.tick(after=19.0)          # within federate.results_write_timeout: still waiting
+    assert not h.server.finished
+    h.tick(after=2.0)
     assert h.server.finished and h.server.exit_code == 4
     assert all(FINISH in h.sent_types(c) for c in range(1, 5))
 

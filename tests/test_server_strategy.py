@@ -9,6 +9,7 @@ from federatedscope.core.configs.config import CN, ConfigError
 from federatedscope.core.message import ASSIGN_ID
 from federatedscope.core.workers.server import Server
 from server_harness import Harness, good_metrics, make_cfg
+from harness.procs import run_script
 
 
 def with_algo_keys(h, fedopt=None, local_param=None, restore=True):
@@ -224,12 +225,11 @@ def test_a_rule_that_cannot_hold_ends_the_run_with_exit_1_naming_the_key(femnist
     from harness.procs import MAIN, ROOT
     cfg = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
                        "distributed_femnist_server.yaml")
-    run = subprocess.run([sys.executable, MAIN, "--cfg", cfg, "federate.mode", "standalone",
+    run = run_script([MAIN, "--cfg", cfg, "federate.mode", "standalone",
                           "distributed_data.enabled", "False", "data.root", femnist_root,
                           "data.subsample", "1.0",
                           "federate.client_num", "4", "aggregator.robust_rule", "krum",
-                          "aggregator.byzantine_node_num", "1", "outdir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "aggregator.byzantine_node_num", "1", "outdir", str(tmp_path)], timeout=300, cwd=ROOT)
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
     out = run.stdout + run.stderr
     assert "aggregator.byzantine_node_num=1 only with more than 4 clients per round (have 4)" in out

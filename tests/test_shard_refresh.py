@@ -1,13 +1,11 @@
 """A client whose shard changes on disk between rounds re-declares; the server re-validates."""
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from harness.jobs import Job
-from harness.procs import ROOT, checkpoint_round, frozen, wait_all
+from harness.procs import ROOT, checkpoint_round, frozen, run_script, wait_all
 
 ROUNDS = 8   # the swap lands once round 1 is checkpointed; the rest leaves room for the re-check
 
@@ -18,9 +16,9 @@ def two_cuts(femnist_root, femnist_shards, tmp_path):
     live = tmp_path / "shards"
     shutil.copytree(os.path.dirname(femnist_shards), live)
     recut = tmp_path / "recut"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
+    run_script([os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"),
                     "--root", femnist_root, "--clients", "3", "--out", str(recut), "--seed", "0",
-                    "--splits", "0.5,0.25,0.25"], check=True, capture_output=True)
+                    "--splits", "0.5,0.25,0.25"], check=True)
     return live, recut
 
 

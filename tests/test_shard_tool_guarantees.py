@@ -7,8 +7,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +17,7 @@ from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import get_spec
 from federatedscope.core.data.sharding_plan import assign, group_bounds
 from test_sharding import ROOT, WRITERS, run, snapshot, write_leaf
+from harness.procs import run_script
 
 CLI = os.path.join(ROOT, "scripts", "tools", "prepare_shards.py")
 
@@ -111,17 +110,16 @@ def test_sequential_assignment_hand_computed():
 
 def test_generic_cli_records_dataset_and_sample_type(leaf, tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, CLI, "--dataset", "femnist", "--root", leaf, "--clients",
-                        "4", "--out", str(out), "--no-progress"], capture_output=True, text=True,
+    r = run_script([CLI, "--dataset", "femnist", "--root", leaf, "--clients",
+                        "4", "--out", str(out), "--no-progress"],
                        cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     m = sf.read_manifest(str(out / "manifest.json"))
     assert (m.dataset, m.sample_type, m.num_classes, m.total_clients) == \
         ("femnist", "uint8[28,28]", 62, 4)
     assert all(sf.read_meta(str(out / f"client_{k}")).dataset == "femnist" for k in range(1, 5))
-    r = subprocess.run([sys.executable, CLI, "--dataset", "nosuch", "--root", leaf, "--clients",
-                        "2", "--out", str(tmp_path / "x"), "--no-progress"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = run_script([CLI, "--dataset", "nosuch", "--root", leaf, "--clients",
+                        "2", "--out", str(tmp_path / "x"), "--no-progress"], cwd=ROOT, timeout=300)
     assert r.returncode == 1 and "'nosuch'" in r.stderr and "femnist" in r.stderr
 
 

@@ -1,8 +1,6 @@
 """prepare_femnist_shards: strategies, fidelity, resume, refusal, --link, input layouts, --plot."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from federatedscope.core.data import shard_format as mu
 from federatedscope.core.data import sharding
 from federatedscope.core.data.shard_format import split_file as shard_io
 from federatedscope.core.data.sharding import ShardArgs, ShardingError, prepare_shards
+from harness.procs import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py")
@@ -174,9 +173,8 @@ def test_same_split_as_fs_style_tasks(leaf_root, tmp_path):
 
 def test_bytes_per_sample_within_800(tmp_path):
     raw = tmp_path / "data" / "femnist" / "raw"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
-                    "--out", str(raw), "--writers", "12", "--seed", "0"], check=True,
-                   capture_output=True)
+    run_script([os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py"),
+                    "--out", str(raw), "--writers", "12", "--seed", "0"], check=True)
     s = run(str(tmp_path / "data"), tmp_path / "out", clients=2)
     assert s.bytes_per_sample <= 800, s.line()
     assert s.samples > 1000
@@ -277,12 +275,12 @@ def test_refuses_existing_output_without_flag(leaf_root, tmp_path):
 
 def test_cli_summary_and_refusal(leaf_root, tmp_path):
     root, _ = leaf_root
-    cmd = [sys.executable, TOOL, "--root", root, "--clients", "2", "--out", str(tmp_path / "o"),
+    cmd = [TOOL, "--root", root, "--clients", "2", "--out", str(tmp_path / "o"),
            "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
+    r = run_script(cmd, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "clients=2" in r.stdout and "bytes/sample=" in r.stdout and "samples/s=" in r.stdout
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
+    r = run_script(cmd, cwd=str(tmp_path))
     assert r.returncode != 0 and "--overwrite" in r.stderr
 
 

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import stat
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +16,7 @@ from test_sharding import ROOT, TOOL, WRITERS, check_partition, run, snapshot, w
 
 sys.path.insert(0, os.path.join(ROOT, "scripts", "tools"))
 from make_client_tokens import make_tokens  # noqa: E402
+from harness.procs import run_script
 
 
 @pytest.fixture
@@ -70,8 +70,8 @@ def test_failed_overwrite_cli_exits_1_and_keeps_the_set(leaf, tmp_path):
     out = tmp_path / "out"
     run(root, out, clients=3)
     before = snapshot(out)
-    r = subprocess.run([sys.executable, TOOL, "--root", root, "--clients", "400", "--out", str(out),
-                        "--overwrite", "--no-progress"], capture_output=True, text=True)
+    r = run_script([TOOL, "--root", root, "--clients", "400", "--out", str(out),
+                        "--overwrite", "--no-progress"])
     assert r.returncode == 1 and "--clients 400" in r.stderr and "Traceback" not in r.stderr
     assert snapshot(out) == before
 

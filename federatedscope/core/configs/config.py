@@ -111,6 +111,9 @@ def get_default_cfg() -> CN:
         join_timeout=0.0,
         # evaluation answers are waited for at most this long (0: no limit); see doc/config.md
         eval_timeout=300.0,
+        # the server stops with exit code 4 once its results log could not be written for
+        # this many seconds (a full disk, no file descriptors)
+        results_write_timeout=60.0,
     )
 
     c.distribute = _node(
@@ -285,6 +288,9 @@ def finalize(cfg: CN) -> CN:
     if cfg.grad.grad_accum_count > 1 and str(cfg.federate.method).lower() == "ditto":
         raise ConfigError("grad.grad_accum_count > 1 is not implemented for federate.method "
                           "Ditto (two models step in one round); set grad.grad_accum_count 1")
+    if cfg.federate.results_write_timeout <= 0:
+        raise ConfigError(f"federate.results_write_timeout={cfg.federate.results_write_timeout} "
+                          f"must be > 0 (seconds the results may stay unwritable before exit 4)")
     if cfg.federate.mode == "distributed":
         cfg.distribute.use = True
     if cfg.use_gpu:

@@ -8,6 +8,7 @@ are FS's ``dataloader.{num_workers,drop_last,pin_memory}``: ``num_workers`` > 0 
 in torch DataLoader worker processes (same samples, each exactly once per epoch). Samples stay
 in their stored dtype (uint8 pixels) until a batch is drawn, so a client holds 1 byte per pixel.
 """
+import gc
 from typing import Callable, Iterable, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
@@ -35,12 +36,25 @@ def shuffled_order(n: int, shuffle: bool, seed: int) -> Tensor:
 
 
 def batch_loader(dataset: Dataset, sampler: Optional[Iterable], num_workers: int,
-                 pin_memory: bool) -> DataLoader:
-    """A torch DataLoader over ready-made batches (``batch_size=None``): the dataset (or, for
-    map-style, ``dataset[index tensor]``) already yields whole batches. Pinning needs CUDA; on a
-    CPU-only host it would only warn, so it is asked for only where it can happen."""
-    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=int(num_workers),
-                      pin_memory=bool(pin_memory) and torch.cuda.is_available())
+                 pin_memory: bool) -> Iterator[Batch]:
+    """Batches of a torch DataLoader over ready-made batches (``batch_size=None``): the dataset
+    (or, for map-style, ``dataset[index tensor]``) already yields whole batches. Pinning needs
+    CUDA; on a CPU-only host it would only warn, so it is asked for only where it can happen.
+
+    Workers are forked from this process, which may run threads (a client runs gRPC's). Its
+    uncollected garbage is frozen out of their collector first: a finalizer written for this
+    process's threads must not run in a worker, where those threads do not exist (seen: workers
+    spinning in such a finalizer's ``Thread.join``)."""
+    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=int(num_workers),
+                        pin_memory=bool(pin_memory) and torch.cuda.is_available())
+    if int(num_workers) <= 0:
+        return iter(loader)
+    gc.collect()
+    gc.freeze()
+    try:
+        return iter(loader)      # forks the workers
+    finally:
+        gc.unfreeze()
 
 
 class TensorSplit(Dataset):

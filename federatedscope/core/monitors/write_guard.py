@@ -4,7 +4,8 @@ A failed write (ENOSPC, EMFILE, EACCES, a path that became a directory...) is on
 line naming the file and the errno, never an exception in the middle of the server's state
 machine, and never blamed on the client whose message was being handled. The guard remembers
 since when a kind of file could not be written; the server stops with exit code 4
-(``RESULTS_UNWRITABLE``) once its results could not be written for ``bound`` seconds, or when it
+(``RESULTS_UNWRITABLE``) once its results could not be written for ``bound`` seconds
+(``federate.results_write_timeout``), or when it
 finishes with results still unwritten. The log file (``exp_print.log``) is guarded the same way
 (``guard_log_files``): one line on stderr when it cannot be written.
 """

@@ -29,7 +29,7 @@ class ServerStore:
     def __init__(self, cfg, monitor: Monitor, writes: Optional[WriteGuard] = None):
         self.cfg = cfg
         self.monitor = monitor
-        self.writes = writes or WriteGuard()
+        self.writes = writes or WriteGuard(cfg.federate.results_write_timeout)
 
     @property
     def results_path(self) -> str:
