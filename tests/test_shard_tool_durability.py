@@ -3,6 +3,7 @@ an fsync per file waits for a journal commit each, which at 3,550 shards cost mo
 the input (bench/results/fullsize.json)."""
 import os
 
+from federatedscope.core.auxiliaries import utils
 from federatedscope.core.data.sharding import ShardArgs, prepare_shards
 from tests.test_sharding import write_leaf
 
@@ -20,13 +21,14 @@ def _cut(tmp_path, monkeypatch, clients):
         calls["fsync"] += 1
         return REAL_FSYNC(fd)
 
-    def sync():
+    def syncfs(path):
         # what exists when the staged set is made durable: every shard staged, none published
         staged = os.path.join(str(out), ".staging")
         calls["sync"].append((sorted(n for n in os.listdir(staged) if n.startswith("client_")),
                               os.path.exists(os.path.join(str(out), "manifest.json"))))
+        return True
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "sync", sync)
+    monkeypatch.setattr(utils, "_syncfs", syncfs)
     prepare_shards(ShardArgs(dataset="femnist", root=str(root), clients=clients, out=str(out),
                              seed=1, progress=False))
     return calls, out
