@@ -59,6 +59,8 @@ _.wait_closed  # harness/raw_peer.py RawPeer: tests/test_transport_*.py
 _.closed  # harness/raw_peer.py RawPeer: tests/test_transport_hostile.py
 health_status  # harness/raw_peer.py: tests/test_transport_*.py
 shards_from_manifest  # harness/swarm.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
+ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
+run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)
 
 # DatasetSpec contract fields (core/data/dataset_spec.py) every dataset spec sets
 has_writers  # False = the data needs a splitter (CIFAR-10); read by tests/test_cifar10_reader.py
