@@ -12,6 +12,7 @@ to ``config.outdir`` as ``update_logger`` resolved it (the run directory).
 """
 import logging
 import queue
+import time
 from typing import Dict
 
 import torch
@@ -25,6 +26,8 @@ from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.admission import Admission
 from federatedscope.core.communication.transport import Disconnected, Incoming
+
+TICK_EVERY_S = 0.25   # while messages keep coming, the server's time checks run this often
 
 logger = logging.getLogger("federatedscope")
 
@@ -193,6 +196,7 @@ class DistributedRunner(BaseRunner):
         logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
                     f"waiting for {expected} clients")
         try:
+            last_tick = 0.0
             while not server.finished:
                 try:
                     event = inbox.get(timeout=server.next_deadline())
@@ -200,7 +204,13 @@ class DistributedRunner(BaseRunner):
                     event = None
                 if event is not None:
                     server.handle(event)
-                server.tick()
+                # tick() looks at every client (who went silent, who is gone): after every
+                # message that made a round O(N^2) (3,550 clients: 710 heartbeats/s x 3,550
+                # records). Its checks count in seconds, so a few ticks a second lose nothing.
+                now = time.monotonic()
+                if event is None or now - last_tick >= TICK_EVERY_S:
+                    server.tick()
+                    last_tick = now
         finally:
             transport.stop()
         return server.exit_code

@@ -58,6 +58,8 @@ class Aggregator:
         self.server_optimizer = server_optimizer
         self.local_param = [str(p) for p in cfg_value(cfg, "personalization.local_param", [])]
         self.feedback: Dict[int, Tuple[int, Optional[State]]] = {}
+        self._cap_of: Optional[Sequence[int]] = None    # the counts ``_cap`` was computed from
+        self._cap = 0
         self.begin_round()
 
     # ------------------------------------------------------------ sampling
@@ -80,7 +82,12 @@ class Aggregator:
         over the network (a standalone simulation has no untrusted peer)."""
         if verified or not self.distributed:
             return size
-        cap = claim_cap(declared, self.cfg.aggregator.max_sample_ratio)
+        # the server hands the same list until a declaration changes: one median per change,
+        # not one per update (thousands of clients)
+        if self._cap_of is not declared:
+            self._cap_of = declared
+            self._cap = claim_cap(declared, self.cfg.aggregator.max_sample_ratio)
+        cap = self._cap
         if size > cap:
             logger.warning(f"Server: client #{cid} claims {size} train samples, unverified; its "
                            f"weight is capped at {cap} (aggregator.max_sample_ratio x the median "

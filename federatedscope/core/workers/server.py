@@ -131,7 +131,7 @@ class Server(Worker):
         cid = self.clients.join(self._event.conn_id, self._event.peer, msg.content, self.round)
         if cid is None:
             return
-        phase, online = self.state.phase, len(self.clients.online_ids())
+        phase, online = self.state.phase, self.clients.online_count()
         if phase is Phase.JOINING:
             if online >= self.expected:
                 self._start()
@@ -151,7 +151,7 @@ class Server(Worker):
 
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
-        logger.info(f"Server: {len(self.clients.online_ids())}/{self.expected} clients joined; starting "
+        logger.info(f"Server: {self.clients.online_count()}/{self.expected} clients joined; starting "
                     f"training (round {self.round + 1}/{self.total_rounds})")
         self._resume()
 
@@ -254,7 +254,7 @@ class Server(Worker):
             st.eval_owed = None
             self._resume()
             return
-        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, set(self.clients.online_ids()))
+        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, self.clients.online_ids())
         self._send_model(sorted(st.evaluation.waiting), EVALUATE, r)
         self._maybe_finish_eval()
 
@@ -303,7 +303,7 @@ class Server(Worker):
                                  f"(> distribute.heartbeat_timeout); marking it lost", now)
             self.comm.close(rec.conn_id)
         if st.phase is Phase.JOINING:
-            online = len(self.clients.online_ids())
+            online = self.clients.online_count()
             if live.join_overdue(self.created, now) and online >= self.threshold:
                 logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
                                f"with {online}/{self.expected} clients; starting with those")

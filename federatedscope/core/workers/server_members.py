@@ -28,23 +28,38 @@ class ClientRecord:
 
 
 class ClientTable(Dict[int, ClientRecord]):
-    """Every client that ever joined, by id: who is online, on which connection."""
+    """Every client that ever joined, by id: who is online, on which connection.
+
+    Who is online, by id and by connection, is kept as indexes updated on join and loss: they
+    are asked for every message, and a scan of all records per message made a round of
+    thousands of clients quadratic."""
 
     def __init__(self, admission: Admission, comm: ServerComm, expected: int):
         super().__init__()
         self.admission, self.comm, self.expected = admission, comm, expected
+        self._online: Set[int] = set()
+        self._by_conn: Dict[int, int] = {}       # connection -> online client id
+        self._counts: Optional[list] = None      # train_counts(), until a declaration changes
 
     def online_ids(self) -> Set[int]:
-        return {cid for cid, rec in self.items() if rec.online}
+        """The ids online now (a copy)."""
+        return set(self._online)
+
+    def online_count(self) -> int:
+        return len(self._online)
 
     def on_conn(self, conn_id: int) -> Optional[ClientRecord]:
         """The online client bound to ``conn_id`` (a connection carries one identity)."""
-        return next((r for r in self.values() if r.conn_id == conn_id and r.online), None)
+        cid = self._by_conn.get(conn_id)
+        return self[cid] if cid is not None else None
 
     def mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
         """Offline from now (or ``since``); the server stops waiting for it after the grace."""
         rec.online = False
         rec.offline_since = time.monotonic() if since is None else since
+        self._online.discard(rec.client_id)
+        if self._by_conn.get(rec.conn_id) == rec.client_id:
+            del self._by_conn[rec.conn_id]
         logger.warning(f"Server: client #{rec.client_id} {why}")
 
     def disconnected(self, event: Disconnected) -> None:
@@ -70,7 +85,7 @@ class ClientTable(Dict[int, ClientRecord]):
             logger.warning(f"Server: client #{holder.client_id} sent another join_in on its "
                            f"connection (claiming {clip_text(content.get('client_id'), 40)}); ignored")
             return None
-        decision = self.admission.admit(content, self.online_ids())
+        decision = self.admission.admit(content, self._online)
         if not decision.accepted:
             # a cool-off refused again and again is logged once per period, not per attempt
             (logger.debug if decision.quiet else logger.warning)(
@@ -85,6 +100,9 @@ class ClientTable(Dict[int, ClientRecord]):
         cid = decision.client_id
         rejoin = cid in self
         self[cid] = ClientRecord(cid, conn_id)
+        self._online.add(cid)
+        self._by_conn[conn_id] = cid
+        self._counts = None
         self.comm.bind(conn_id, cid)
         self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, round_idx, {"client_id": cid}))
         modified = content.get("shard_last_modified")
@@ -92,7 +110,7 @@ class ClientTable(Dict[int, ClientRecord]):
                  f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
         logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
                     f"({decision.train_samples} train samples{shard}; "
-                    f"{len(self.online_ids())}/{self.expected} online)")
+                    f"{len(self._online)}/{self.expected} online)")
         if decision.train_samples == 0:
             logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
                            f"its updates weigh nothing in FedAvg")
@@ -107,6 +125,7 @@ class ClientTable(Dict[int, ClientRecord]):
                            f"({clip_text(error)}); it keeps its previous shard")
         decision = self.admission.redeclare(cid, content["declaration"])
         if decision.accepted:
+            self._counts = None
             logger.info(f"Server: client #{cid} re-declared its shard "
                         f"({decision.train_samples} train samples)")
             return True
@@ -118,4 +137,6 @@ class ClientTable(Dict[int, ClientRecord]):
 
     def train_counts(self) -> list:
         """Every known client's declared train count (the reference for capping a claim)."""
-        return [self.admission.counts(c).get("train", 0) for c in self]
+        if self._counts is None:
+            self._counts = [self.admission.counts(c).get("train", 0) for c in self]
+        return self._counts
