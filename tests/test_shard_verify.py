@@ -111,13 +111,18 @@ def test_missing_split_files_only_with_missing_splits_ok(shards):
     base, _ = shards
     c2 = base / "client_2"
     (c2 / "val.pt").unlink()
-    _raises(c2, re.escape(f"missing {c2 / 'val.pt'} (meta.json lists it)"))  # the default
+    msg = _raises(c2, re.escape(f"missing {c2 / 'val.pt'} (meta.json lists it)"))  # the default
+    # --resume re-creates just the damaged shards of the set, of the meta's dataset
+    assert msg.endswith(f"lists it); re-create it with: python scripts/tools/prepare_shards.py "
+                        f"--dataset femnist --root data --clients N --out {base} --resume"), msg
     sf.verify_shard(str(c2), missing_splits_ok=True)
     # a missing split does not end the check: a later (sorted) file is still looked at
     (c2 / "test.pt").unlink()
     tr = c2 / "train.pt"
     tr.write_bytes(tr.read_bytes()[:-1])
     _raises(c2, re.escape(f"{tr}: "), missing_splits_ok=True)
+    both = _raises(c2, "missing")          # every problem, one sentence each
+    assert re.search(re.escape(f"missing {c2 / 'test.pt'} (meta.json lists it); {tr}: "), both)
     # a split that is there but damaged is reported even when missing ones are allowed
     c1 = base / "client_1"
     va = c1 / "val.pt"

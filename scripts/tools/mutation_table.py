@@ -53,7 +53,7 @@ MODULES: Dict[str, Module] = {
                         "tests/test_cfg_keys.py"]),
     "shard_format": Module([FL + "data/shard_format/*"],
                            ["tests/test_shard_format.py", "tests/test_shard_format_properties.py",
-                            "tests/test_shard_verify.py"]),
+                            "tests/test_shard_verify.py", "tests/test_split_file.py"]),
     "data": Module([FL + "data/*"],
                    ["tests/test_sharding.py", "tests/test_sharding_safety.py",
                     "tests/test_distributed_loader.py", "tests/test_transforms.py",

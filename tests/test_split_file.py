@@ -1,0 +1,108 @@
+"""split_file, the one writer of split files, checked from outside: what it writes loads back
+(torch and the streaming reader agree), every zip CRC it patches is right, the bytes are a
+function of the content, and every bad input names the file."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from federatedscope.core.data.shard_format import ShardError, split_file as sfile
+
+
+def _check(path, x, y):
+    """torch, zipfile's CRC check and the pread layout all see exactly ``x``, ``y``."""
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None           # every patched CRC matches its record
+    gx, gy = sfile.read_split(path)
+    assert gx.dtype == x.dtype and torch.equal(gx, x) and torch.equal(gy, y)
+    lay = sfile.split_layout(path)
+    assert (lay.n, lay.sample_shape) == (len(x), tuple(x.shape[1:]))
+    if len(x):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            rows = np.array([0, len(x) - 1])
+            xs, ys = sfile.read_rows(fd, lay, rows)
+        finally:
+            os.close(fd)
+        assert np.array_equal(xs, x.numpy()[rows]) and np.array_equal(ys, y.numpy()[rows])
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.uint8, (3, 5, 5)), (torch.float32, (7,)),
+                                         (torch.int64, (4,)), (torch.uint8, (2, 4))])
+def test_round_trip_of_each_sample_type(tmp_path, dtype, shape):
+    # (2, 4) uint8 and (1,) int64... rows: 8-byte samples tie in size with the int64 labels
+    g = torch.Generator().manual_seed(3)
+    n = 9
+    x = (torch.rand((n, *shape), generator=g) * 200).to(dtype)
+    y = torch.arange(n, dtype=torch.int64) % 4 + 1
+    p = str(tmp_path / "train.pt")
+    sfile.write_split(p, x, y)
+    _check(p, x, y)
+
+
+def test_chunks_are_concatenated_and_labels_made_int64(tmp_path):
+    chunks = [np.full((k, 2, 3), i + 1, np.uint8) for i, k in enumerate((4, 1, 5))]
+    y = np.arange(10, dtype=np.int32) * 3                    # int32 labels are stored int64
+    p = str(tmp_path / "val.pt")
+    sfile.write_split_chunks(p, y, (2, 3), iter(chunks))     # default dtype: uint8
+    _check(p, torch.from_numpy(np.concatenate(chunks)), torch.arange(10, dtype=torch.int64) * 3)
+
+
+def test_bytes_are_a_function_of_the_content(tmp_path):
+    x = torch.arange(6 * 4, dtype=torch.uint8).reshape(6, 4)
+    a, b, c = (str(tmp_path / f"{k}.pt") for k in "abc")
+    sfile.write_split(a, x, torch.zeros(6, dtype=torch.int64))
+    sfile.write_split(b, x, torch.zeros(6, dtype=torch.int64))
+    sfile.write_split(c, x, torch.ones(6, dtype=torch.int64))
+    assert sfile.sha256_file(a) == sfile.sha256_file(b) != sfile.sha256_file(c)
+    for p in (a, c):
+        with zipfile.ZipFile(p) as z:
+            assert z.testzip() is None
+
+
+def test_empty_split(tmp_path):
+    p = str(tmp_path / "test.pt")
+    sfile.write_split_chunks(p, np.zeros(0, np.int64), (28, 28), [])
+    x, y = sfile.read_split(p)
+    assert x.shape == (0, 28, 28) and x.dtype == torch.uint8 and y.shape == (0,)
+    with zipfile.ZipFile(p) as z:
+        assert z.testzip() is None
+
+
+@pytest.mark.parametrize("x,y,what", [
+    (torch.zeros(4, 3, dtype=torch.uint8), torch.zeros(5, dtype=torch.int64), "len"),
+    (torch.zeros(4, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.int32), "y dtype"),
+    (torch.zeros(4, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), "1-d x"),
+    (torch.zeros(4, 3, dtype=torch.int16), torch.zeros(4, dtype=torch.int64), "x dtype"),
+])
+def test_write_split_refuses_bad_tensors(tmp_path, x, y, what):
+    p = str(tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as ei:
+        sfile.write_split(p, x, y)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: need x [n, ...] of one of ['uint8', 'int64', 'float32']"), msg
+    assert f"got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}" in msg, what
+    assert not os.path.exists(p)
+
+
+@pytest.mark.parametrize("sizes,shape,match", [
+    ((3, 3), (2, 2), r"chunk of shape \(3, 2, 2\) does not fit 5 x \(2, 2\) \(at row 3\)"),
+    ((2, 2), (2, 2), r"got 4 sample rows, expected 5"),
+    ((5,), (2, 3), r"chunk of shape \(5, 2, 3\) does not fit 5 x \(2, 2\) \(at row 0\)"),
+])
+def test_write_split_chunks_refuses_a_wrong_row_count_or_shape(tmp_path, sizes, shape, match):
+    p = str(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=match) as ei:
+        sfile.write_split_chunks(p, np.zeros(5, np.int64), (2, 2),
+                                 [np.zeros((k, *shape), np.uint8) for k in sizes])
+    assert str(ei.value).startswith(p)
+    assert not os.path.exists(p)
+
+
+def test_record_offset_errors_name_the_file(tmp_path):
+    p = str(tmp_path / "x.pt")
+    sfile.write_split(p, torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+    with open(p, "rb") as f, pytest.raises(ShardError, match=f"{p}: no 99-byte tensor record"):
+        sfile._record_offset(p, f, 99, prefer_first=True)
