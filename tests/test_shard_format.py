@@ -65,7 +65,9 @@ def _expect(path, field, *more):
     with pytest.raises(ManifestError) as ei:
         mu.read_manifest(path) if os.path.basename(path).startswith("manifest") else mu.read_meta(path)
     msg = str(ei.value)
-    assert str(path) in msg and field in msg and "prepare_shards.py" in msg, msg
+    # the field as the message quotes it: a renamed field ('XXlabel_hist') must not pass
+    quoted = field if field == "malformed JSON" else f"field '{field}"
+    assert str(path) in msg and quoted in msg and "prepare_shards.py" in msg, msg
     for m in more:
         assert m in msg, msg
     return msg
@@ -198,6 +200,17 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d.update(sample_shape=[28, 0]), "sample_shape"),
     (lambda d: d.pop("writer_ids"), "writer_ids"),
     (lambda d: d.update(packed={"path": "/abs/data.pt", "bytes": 1, "sha256": SHA_A}), "packed"),
+    (lambda d: d.update(num_samples=[5, 2, 1]), "num_samples'"),
+    (lambda d: d.update(num_classes=0), "num_classes'"),
+    (lambda d: d.update(label_hist=[1]), "label_hist'"),
+    (lambda d: d["label_hist"].update(train=[5, 0]), "label_hist.train' has 2 bins, expected "
+                                                     "num_classes=62"),
+    (lambda d: d.update(files=["train.pt"]), "files'"),
+    (lambda d: d["files"]["train.pt"].update(bytes=-1), "files.train.pt.bytes'"),
+    (lambda d: d.update(fingerprint="F" * 64), "fingerprint' must be 64"),
+    (lambda d: d.update(fingerprint="0" * 64), "fingerprint' does not match the sha256s listed "
+                                               "under 'files' (meta.json was edited)"),
+    (lambda d: d.pop("client_id"), "client_id' is missing"),
 ])
 def test_bad_meta(tmp_path, mutate, field):
     p = tmp_path / "client_2" / "meta.json"
@@ -206,6 +219,10 @@ def test_bad_meta(tmp_path, mutate, field):
         d = json.load(f)
     mutate(d)
     _expect(_write_raw(p, d), field)
+
+
+def test_meta_not_an_object(tmp_path):
+    _expect(_write_raw(tmp_path / "meta.json", [1]), "meta' must be a JSON object, got list")
 
 
 def test_meta_malformed_json(tmp_path):
