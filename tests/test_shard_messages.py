@@ -50,6 +50,7 @@ def _meta_dict(tmp_path, **kw):
                      {"train": [4, 0], "val": [0, 0], "test": [0, 0]}, files, 2, [28, 28])
     m.fingerprint = sf.compute_fingerprint(files)
     d = m.to_dict()
+    d.pop("created", None), d.pop("plan_id", None)
     d.update(kw)
     shard = tmp_path / "set" / "client_2"
     shard.mkdir(parents=True)
@@ -79,6 +80,7 @@ def test_meta_sample_type_fields(tmp_path, kw, field):
 def test_read_meta_takes_the_shard_directory(tmp_path):
     shard, m = _meta_dict(tmp_path)
     assert sf.read_meta(str(shard)) == sf.read_meta(str(shard / "meta.json")) == m
+    assert (m.created, m.plan_id) == ("", "")   # optional fields: absent reads as empty
 
 
 def test_writer_id_lookup_errors_name_the_recut(tmp_path):

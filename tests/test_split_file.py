@@ -106,3 +106,102 @@ def test_record_offset_errors_name_the_file(tmp_path):
     sfile.write_split(p, torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
     with open(p, "rb") as f, pytest.raises(ShardError, match=f"{p}: no 99-byte tensor record"):
         sfile._record_offset(p, f, 99, prefer_first=True)
+
+
+def _labels_file(tmp_path, n=21):
+    p = str(tmp_path / "train.pt")
+    y = torch.arange(n, dtype=torch.int64) * 7 % 5
+    sfile.write_split(p, torch.arange(n * 3, dtype=torch.uint8).reshape(n, 3), y)
+    return p, y
+
+
+def test_label_reads_by_rows_and_by_windows(tmp_path, monkeypatch):
+    p, y = _labels_file(tmp_path)
+    lay = sfile.split_layout(p)
+    monkeypatch.setattr(sfile, "CHUNK", 64)          # 8 labels a window: 3 windows for 21
+    seen = []
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        rows = np.array([0, 1, 2, 9, 15, 16, 20])
+        assert np.array_equal(sfile.read_labels(fd, lay, rows), y.numpy()[rows])
+        xs, ys = sfile.read_rows(fd, lay, rows, buf=np.zeros((10, 3), np.uint8))
+        assert np.array_equal(xs[:, 0], rows * 3) and np.array_equal(ys, y.numpy()[rows])
+        sfile.scan_labels(fd, lay, lambda c: seen.append(c.copy()))
+    finally:
+        os.close(fd)
+    assert [len(c) for c in seen] == [8, 8, 5]
+    assert np.array_equal(np.concatenate(seen), y.numpy())
+    assert [tuple(r) for r in sfile._runs(np.array([3, 4, 5, 9, 11, 12]))] == [(0, 3), (3, 4),
+                                                                              (4, 6)]
+
+
+def test_a_file_that_shrank_under_the_reader(tmp_path):
+    p, _ = _labels_file(tmp_path)
+    lay = sfile.split_layout(p)
+    with open(p, "r+b") as f:
+        f.truncate(lay.y_offset + 8 * 4)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with pytest.raises(ShardError, match=f"{p}: file ended at byte {lay.y_offset + 32}, "
+                                             f"expected {lay.y_offset + 48}"):
+            sfile.read_labels(fd, lay, np.array([2, 3, 4, 5]))
+    finally:
+        os.close(fd)
+
+
+def test_index_files(tmp_path):
+    p = str(tmp_path / "train.pt")
+    sfile.write_index(p, np.array([5, 0, 3], np.int32))
+    got = sfile.read_index(p)
+    assert got.dtype == torch.int64 and got.tolist() == [5, 0, 3]
+    with zipfile.ZipFile(p) as z:
+        assert z.testzip() is None
+    (tmp_path / "split").mkdir()
+    q, _ = _labels_file(tmp_path / "split")
+    with pytest.raises(ShardError, match=r"not an index file \(expected \{'idx': int64 \[n\]\}\)"):
+        sfile.read_index(q)
+    with pytest.raises(ShardError, match="not a split file"):
+        sfile.read_split(p)
+
+
+@pytest.mark.parametrize("obj,match", [
+    ({"x": torch.zeros(3, 2, dtype=torch.float64), "y": torch.zeros(3, dtype=torch.int64)},
+     r"'x' must be a tensor \[n, \.\.\.\] of one of \['uint8', 'int64', 'float32'\], "
+     r"got torch.float64 \(3, 2\)"),
+    ({"x": [1, 2], "y": torch.zeros(2, dtype=torch.int64)}, r"'x' .*, got list$"),
+    ({"x": torch.zeros(3, dtype=torch.uint8), "y": torch.zeros(3, dtype=torch.int64)},
+     r"'x' must be .* got torch.uint8 \(3,\)"),
+    ({"x": torch.zeros(3, 2, dtype=torch.uint8), "y": torch.zeros(3, dtype=torch.int32)},
+     r"'y' must be an int64 tensor \[n\], got torch.int32 \(3,\)"),
+    ({"x": torch.zeros(3, 2, dtype=torch.uint8), "y": torch.zeros(3, 1, dtype=torch.int64)},
+     r"'y' must be an int64 tensor \[n\], got torch.int64 \(3, 1\)"),
+    ({"x": torch.zeros(3, 2, dtype=torch.uint8), "y": torch.zeros(2, dtype=torch.int64)},
+     r"3 samples but 2 labels"),
+])
+def test_read_split_refuses_what_is_not_a_split(tmp_path, obj, match):
+    p = str(tmp_path / "val.pt")
+    torch.save(obj, p)
+    with pytest.raises(ShardError, match=f"^{p}: {match}"):
+        sfile.read_split(p)
+
+
+def test_unreadable_split_files(tmp_path):
+    p = str(tmp_path / "test.pt")
+    with pytest.raises(ShardError, match=f"^{p}: file not found$"):
+        sfile.read_split(p)
+    with open(p, "wb") as f:
+        f.write(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ShardError, match=f"^{p}: cannot read it \\(truncated or corrupt file: "):
+        sfile.read_split(p)
+
+
+def test_token_digest_is_sha256_of_utf8_any_string():
+    import hashlib
+    assert sf_token("é") == hashlib.sha256("é".encode("utf-8")).digest()
+    # a token file decoded with surrogateescape still hashes (to its surrogate's UTF-8 form)
+    assert sf_token("a\udcff") == hashlib.sha256(b"a\xed\xb3\xbf").digest()
+
+
+def sf_token(t):
+    from federatedscope.core.data.shard_format import token_digest
+    return token_digest(t)
