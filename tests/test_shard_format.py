@@ -211,6 +211,9 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d.update(fingerprint="0" * 64), "fingerprint' does not match the sha256s listed "
                                                "under 'files' (meta.json was edited)"),
     (lambda d: d.pop("client_id"), "client_id' is missing"),
+    (lambda d: d.update(client_id="2"), "client_id' must be a positive integer"),
+    (lambda d: d.update(dataset=5), "dataset' must be a string, got int"),
+    (lambda d: d.update(writer_ids=["w1", 2]), "writer_ids' must be a list of strings"),
 ])
 def test_bad_meta(tmp_path, mutate, field):
     p = tmp_path / "client_2" / "meta.json"

@@ -81,6 +81,11 @@ def test_read_meta_takes_the_shard_directory(tmp_path):
     shard, m = _meta_dict(tmp_path)
     assert sf.read_meta(str(shard)) == sf.read_meta(str(shard / "meta.json")) == m
     assert (m.created, m.plan_id) == ("", "")   # optional fields: absent reads as empty
+    (shard / "meta.json").write_text(json.dumps({**m.to_dict(), "created": 5, "plan_id": [1]}))
+    got = sf.read_meta(str(shard))
+    assert (got.created, got.plan_id) == ("", "")   # and a hand-edited non-string is dropped
+    (shard / "meta.json").write_text(json.dumps({**m.to_dict(), "created": "T", "plan_id": "p"}))
+    assert (sf.read_meta(str(shard)).created, sf.read_meta(str(shard)).plan_id) == ("T", "p")
 
 
 def test_writer_id_lookup_errors_name_the_recut(tmp_path):
