@@ -113,6 +113,17 @@ def test_meta_round_trip_and_fingerprint(tmp_path):
     assert mu.compute_fingerprint({**m.files, "val.pt": FileEntry(50, SHA_A)}) != m.fingerprint
 
 
+def test_fingerprint_is_pinned():
+    """Existing shards carry fingerprints: the formula (sorted 'name\\0sha\\n' lines, a --link
+    shard's packed file as 'packed:<path>') must never change."""
+    import hashlib
+    files = {"val.pt": FileEntry(5, SHA_B), "train.pt": FileEntry(9, SHA_A)}
+    packed = {"path": "../packed/data.pt", "bytes": 3, "sha256": SHA_B}
+    lines = [f"packed:../packed/data.pt\0{SHA_B}\n", f"train.pt\0{SHA_A}\n", f"val.pt\0{SHA_B}\n"]
+    assert mu.compute_fingerprint(files, packed) == hashlib.sha256("".join(lines).encode()).hexdigest()
+    assert mu.compute_fingerprint(files) == hashlib.sha256("".join(lines[1:]).encode()).hexdigest()
+
+
 # ----------------------------------------------------------------------------- bad manifests
 def test_malformed_json(tmp_path):
     p = _write_raw(tmp_path / "manifest.json", '{"format_version": 1, "clients": [')
@@ -172,6 +183,7 @@ def test_unknown_format_version(tmp_path):
     (lambda d: d.update(seed="7"), "seed"),
     (lambda d: d.update(splits=[0.5, 0.5]), "splits"),
     (lambda d: d.update(clients={}), "clients"),
+    (lambda d: d["clients"].__setitem__(1, 5), "clients[1]' must be a JSON object"),
 ])
 def test_wrong_or_missing_fields(tmp_path, mutate, field):
     d = _raw_manifest(tmp_path)
@@ -214,6 +226,9 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d.update(client_id="2"), "client_id' must be a positive integer"),
     (lambda d: d.update(dataset=5), "dataset' must be a string, got int"),
     (lambda d: d.update(writer_ids=["w1", 2]), "writer_ids' must be a list of strings"),
+    (lambda d: d["files"].update({"val.pt": 50}), "files.val.pt' must be a JSON object"),
+    (lambda d: d["files"]["val.pt"].pop("sha256"), "files.val.pt.sha256' is missing"),
+    (lambda d: d["files"]["val.pt"].update(sha256="z"), "files.val.pt.sha256' must be 64"),
 ])
 def test_bad_meta(tmp_path, mutate, field):
     p = tmp_path / "client_2" / "meta.json"
