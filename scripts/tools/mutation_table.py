@@ -221,6 +221,12 @@ def render(outcomes: Sequence[Outcome], previous: str = "") -> str:
            "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
            "the tests would let through. A timeout (the mutant pushed the tests past mutmut's CPU "
            "limit) counts as caught. Modules without a row have not been run yet.", "",
+           "Policy on message texts: an error message that names the file, field, client or "
+           "fix is contract (an operator acts on it), so its mutants must be killed by a test "
+           "that reads the text. Texts no program or person acts on word for word (argparse "
+           "help and descriptions) carry `# pragma: no mutate` in the source; any other such "
+           "survivor is listed in mutation_equivalent.txt with its reason. Before/after tables "
+           "per module: [mutation_history.md](mutation_history.md).", "",
            "| module | mutants | killed | survived | equivalent | timeout | other | seconds "
            "| run |",
            "|---|---|---|---|---|---|---|---|---|"]
