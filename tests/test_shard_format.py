@@ -184,6 +184,8 @@ def test_unknown_format_version(tmp_path):
     (lambda d: d.update(splits=[0.5, 0.5]), "splits"),
     (lambda d: d.update(clients={}), "clients"),
     (lambda d: d["clients"].__setitem__(1, 5), "clients[1]' must be a JSON object"),
+    (lambda d: d["clients"][1]["label_hist"].append(0),
+     "clients[1].label_hist' has 63 bins, expected num_classes=62"),
 ])
 def test_wrong_or_missing_fields(tmp_path, mutate, field):
     d = _raw_manifest(tmp_path)

@@ -39,6 +39,9 @@ FL = "federatedscope/core/"
 # fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
 CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
 CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
+# the 10,000-client manifest timing test: seconds per mutant, and it measures speed (every field
+# check it runs is also run by the small malformed-manifest tests)
+SHARD_SLOW = "not 10000_clients"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     "aggregators": Module([FL + "aggregators/*"],
@@ -54,7 +57,7 @@ MODULES: Dict[str, Module] = {
     "shard_format": Module([FL + "data/shard_format/*"],
                            ["tests/test_shard_format.py", "tests/test_shard_format_properties.py",
                             "tests/test_shard_verify.py", "tests/test_split_file.py",
-                            "tests/test_shard_messages.py"]),
+                            "tests/test_shard_messages.py"], SHARD_SLOW),
     "data": Module([FL + "data/*"],
                    ["tests/test_sharding.py", "tests/test_sharding_safety.py",
                     "tests/test_distributed_loader.py", "tests/test_transforms.py",
