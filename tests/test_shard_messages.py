@@ -122,5 +122,8 @@ def test_a_given_sample_type_overrides_the_entry():
     assert sf.check_declaration(_entry(), decl, sample_type="int64[80]") == [
         "sample type 'uint8[28,28]' != manifest 'int64[80]'"]
     # a shard not known by path: its set is the current directory; the default flag resumes
+    assert sf.recreate_message("gone", "/sets/a/client_1") == (
+        "gone; re-create it with: python scripts/tools/prepare_shards.py --dataset NAME --root data "
+        "--clients N --out /sets/a --resume")
     assert sf.shard_fix("") == ("python scripts/tools/prepare_shards.py --dataset NAME --root data "
                                 "--clients N --out . --resume")
