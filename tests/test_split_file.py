@@ -244,3 +244,32 @@ def test_token_digest_is_sha256_of_utf8_any_string():
 def sf_token(t):
     from federatedscope.core.data.shard_format import token_digest
     return token_digest(t)
+
+
+def _rewrite(src, dst, fn):
+    """Copy a split file's archive, passing each record through ``fn`` (None drops it)."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        for info in z.infolist():
+            data = fn(info.filename, z.read(info.filename))
+            if data is not None:
+                out.writestr(info, data)
+
+
+def test_streaming_layout_needs_a_little_endian_file(tmp_path):
+    src = str(tmp_path / "a.pt")
+    x, y = torch.arange(12, dtype=torch.uint8).reshape(3, 4), torch.arange(3)
+    sfile.write_split(src, x, y)
+    big, old = str(tmp_path / "big.pt"), str(tmp_path / "old.pt")
+    _rewrite(src, big, lambda n, d: b"big" if n.endswith("/byteorder") else d)
+    with pytest.raises(ShardError, match=f"^{big}: written with byte order 'big'; streaming reads "
+                                         f"need little-endian files"):
+        sfile.split_layout(big)
+    # archives of older torch versions have no byteorder record: little-endian by definition
+    _rewrite(src, old, lambda n, d: None if n.endswith("/byteorder") else d)
+    lay = sfile.split_layout(old)
+    fd = os.open(old, os.O_RDONLY)
+    try:
+        xs, ys = sfile.read_rows(fd, lay, np.array([1, 2]))
+    finally:
+        os.close(fd)
+    assert np.array_equal(xs, x.numpy()[1:]) and ys.tolist() == [1, 2]
