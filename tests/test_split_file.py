@@ -30,10 +30,12 @@ def _check(path, x, y):
 
 
 @pytest.mark.parametrize("dtype,shape", [(torch.uint8, (3, 5, 5)), (torch.float32, (7,)),
-                                         (torch.int64, (4,)), (torch.uint8, (2, 4))])
+                                         (torch.int64, (4,)), (torch.uint8, (2, 4)),
+                                         (torch.uint8, (6,)), (torch.uint8, (2,))])
 @pytest.mark.parametrize("n", [1, 9])
 def test_round_trip_of_each_sample_type(tmp_path, dtype, shape, n):
-    # (2, 4) uint8 rows: 8-byte samples tie in size with the int64 labels
+    # (2, 4) uint8 rows: 8-byte samples tie in size with the int64 labels; one row of 6 (or 2)
+    # bytes ties with torch's 'byteorder' ('version') record, which comes first in the archive
     g = torch.Generator().manual_seed(3)
     x = (torch.rand((n, *shape), generator=g) * 200).to(dtype)
     y = torch.arange(n, dtype=torch.int64) % 4 + 1
