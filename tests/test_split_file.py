@@ -275,3 +275,10 @@ def test_streaming_layout_needs_a_little_endian_file(tmp_path):
     finally:
         os.close(fd)
     assert np.array_equal(xs, x.numpy()[1:]) and ys.tolist() == [1, 2]
+
+
+def test_crc_patch_of_a_record_that_is_not_there(tmp_path):
+    p, _ = _labels_file(tmp_path)
+    with open(p, "r+b") as f, pytest.raises(
+            ShardError, match=f"^{p}: cannot find the record to update in the archive$"):
+        sfile._set_crc(p, f, 12345, 7, 0)
