@@ -127,3 +127,69 @@ def test_a_given_sample_type_overrides_the_entry():
         "--clients N --out /sets/a --resume")
     assert sf.shard_fix("") == ("python scripts/tools/prepare_shards.py --dataset NAME --root data "
                                 "--clients N --out . --resume")
+
+
+def _raw_manifest(tmp_path, dataset="femnist", ncls=2):
+    clients = {k: sf.ManifestEntry(k, f"client_{k}", {"train": 2, "val": 0, "test": 1}, FP_A,
+                                   [1, 1] + [0] * (ncls - 2)) for k in range(1, 5)}
+    man = sf.Manifest(dataset, "random", 3, [0.8, 0.1, 0.1], {"kind": "unsplit"}, clients, ncls,
+                      "int64[5]")
+    p = tmp_path / "manifest.json"
+    sf.write_manifest(str(p), man)
+    return p, json.loads(p.read_text())
+
+
+def _read_raw(p, d):
+    p.write_text(json.dumps(d))
+    return sf.read_manifest(str(p))
+
+
+def test_manifest_dataset_defaults(tmp_path):
+    # an unregistered dataset is fine when the manifest records num_classes and sample_type
+    p, d = _raw_manifest(tmp_path, dataset="toy_unregistered")
+    m = _read_raw(p, d)
+    assert (m.num_classes, m.sample_type) == (2, "int64[5]")
+    # an older manifest without sample_type takes it from the registered spec, keeping its own
+    # num_classes
+    p, d = _raw_manifest(tmp_path, ncls=62)
+    del d["sample_type"]
+    m = _read_raw(p, d)
+    assert (m.num_classes, m.sample_type) == (62, "uint8[28,28]")
+    d["num_classes"], d["sample_type"] = 0, "int64[5]"
+    with pytest.raises(sf.ManifestError, match=r"field 'num_classes' must be a positive integer"):
+        _read_raw(p, d)
+
+
+@pytest.mark.parametrize("path,why", [
+    ("C:client_1", "it must be a path relative to the manifest's directory"),
+    ("c:/client_1", "it must be a path relative to the manifest's directory"),
+    ("\\\\abs\\\\client_1", "it must be a path relative to the manifest's directory"),
+    ("", "it must be a path relative to the manifest's directory"),
+    ("sub\\\\..\\\\..\\\\x", "which escapes the manifest's directory ('..'); shards must live under "
+                        "the directory holding manifest.json"),
+])
+def test_shard_paths_of_other_systems_refused(tmp_path, path, why):
+    p, d = _raw_manifest(tmp_path)
+    d["clients"][2]["shard_path"] = path
+    with pytest.raises(sf.ManifestError) as ei:
+        _read_raw(p, d)
+    assert f"field 'clients[2].shard_path' is {path!r}" in str(ei.value)
+    assert why in str(ei.value), str(ei.value)
+
+
+def test_a_colon_later_in_the_name_is_a_relative_path(tmp_path):
+    p, d = _raw_manifest(tmp_path)
+    d["clients"][0]["shard_path"] = "client_1:v2"
+    assert _read_raw(p, d).clients[1].shard_path == "client_1:v2"
+
+
+def test_declaration_of_another_client_id():
+    entry = _entry()
+    decl = sf.ShardDeclaration.from_dict(_decl(client_id=4, fingerprint=FP_B))
+    assert sf.check_declaration(entry, decl) == ["client id 4 != manifest entry 3"]
+    with pytest.raises(sf.ManifestError, match=r"^join declaration: field 'client_id' must be a "
+                                               r"positive integer, got 0"):
+        sf.ShardDeclaration.from_dict(_decl(client_id=0))
+    with pytest.raises(sf.ManifestError, match=r"field 'sample_type/dataset/label_hist' is "
+                                               r"implausibly large; fix"):
+        sf.ShardDeclaration.from_dict(_decl(dataset="d" * 65))

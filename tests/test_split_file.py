@@ -282,3 +282,31 @@ def test_crc_patch_of_a_record_that_is_not_there(tmp_path):
     with open(p, "r+b") as f, pytest.raises(
             ShardError, match=f"^{p}: cannot find the record to update in the archive$"):
         sfile._set_crc(p, f, 12345, 7, 0)
+
+
+def test_chunks_of_a_wider_integer_type_are_stored_as_the_split_dtype(tmp_path):
+    p = str(tmp_path / "train.pt")
+    chunks = [np.array([[250, 3]], np.int64), np.array([[7, 255]], np.int32)]
+    sfile.write_split_chunks(p, np.array([1, 2]), (2,), chunks, dtype="uint8")
+    x, _ = sfile.read_split(p)
+    assert x.dtype == torch.uint8 and x.tolist() == [[250, 3], [7, 255]]
+
+
+def test_damaged_or_compressed_records_are_named(tmp_path):
+    src, _ = _labels_file(tmp_path)
+    deflated = str(tmp_path / "deflated.pt")
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(deflated, "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name), zipfile.ZIP_DEFLATED if "/data/" in name
+                         else zipfile.ZIP_STORED)
+    with open(deflated, "rb") as f, pytest.raises(
+            ShardError, match=f"^{deflated}: tensor record archive/data/0 is compressed"):
+        sfile._record_offset(deflated, f, 21 * 3, prefer_first=True)
+    with zipfile.ZipFile(src) as z:
+        at = z.getinfo("archive/data/0").header_offset
+    with open(src, "r+b") as f:
+        f.seek(at)
+        f.write(b"PK\x09\x09")                      # the local header's signature, damaged
+    with open(src, "rb") as f, pytest.raises(ShardError,
+                                              match="^damaged zip header for archive/data/0$"):
+        sfile._record_offset(src, f, 21 * 3, prefer_first=True)
