@@ -2,6 +2,7 @@
 field and the fix. Declarations off the wire, meta.json fields, the writer-id lookup and the
 declaration-vs-manifest reasons, each at the exact text an operator reads."""
 import json
+import re
 
 import pytest
 
@@ -193,3 +194,44 @@ def test_declaration_of_another_client_id():
     with pytest.raises(sf.ManifestError, match=r"field 'sample_type/dataset/label_hist' is "
                                                r"implausibly large; fix"):
         sf.ShardDeclaration.from_dict(_decl(dataset="d" * 65))
+
+
+@pytest.mark.parametrize("drop,set_,err", [
+    ("num_classes", {}, None),
+    ("num_classes", {"sample_type": 5}, "field 'sample_type' must be a string, got int"),
+    ("sample_type", {"num_classes": 0}, "field 'num_classes' must be a positive integer, got 0"),
+    ("sample_type", {"num_classes": 62, "sample_type": None}, None),
+])
+def test_older_manifest_fields_from_the_spec(tmp_path, drop, set_, err):
+    p, d = _raw_manifest(tmp_path, ncls=62)
+    del d[drop]
+    d.update(set_)
+    if set_.get("sample_type", "") is None:
+        del d["sample_type"]
+    if err is None:
+        m = _read_raw(p, d)
+        assert m.num_classes == 62
+        assert m.sample_type == ("int64[5]" if drop == "num_classes" else "uint8[28,28]")
+    else:
+        with pytest.raises(sf.ManifestError, match=re.escape(err)):
+            _read_raw(p, d)
+
+
+def test_older_manifest_of_an_unregistered_dataset(tmp_path):
+    p, d = _raw_manifest(tmp_path, dataset="toy_unregistered")
+    del d["num_classes"], d["sample_type"]
+    with pytest.raises(sf.ManifestError) as ei:
+        _read_raw(p, d)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: field 'num_classes' is missing and ") and "toy_unregistered" in msg
+
+
+def test_manifest_packed_round_trip_and_compact_client_lines(tmp_path):
+    p, d = _raw_manifest(tmp_path)
+    m = _read_raw(p, d)
+    m.packed = {"path": "packed/data.pt", "bytes": 3, "sha256": FP_A}
+    sf.write_manifest(str(p), m)
+    assert sf.read_manifest(str(p)).packed == m.packed
+    text = p.read_text()
+    assert '\n  {"client_id":2,"shard_path":"client_2","num_samples":{"train":2,"val":0,"test":1},' \
+           in text
