@@ -184,6 +184,11 @@ def test_unknown_format_version(tmp_path):
     (lambda d: d.update(splits=[0.5, 0.5]), "splits"),
     (lambda d: d.update(clients={}), "clients"),
     (lambda d: d["clients"].__setitem__(1, 5), "clients[1]' must be a JSON object"),
+    (lambda d: d.update(dataset=["femnist"]), "dataset' must be a string, got list"),
+    (lambda d: d.update(splits=[0.6, -0.1, 0.5]), "splits' must be 3 non-negative fractions, got "
+                                                  "[0.6, -0.1, 0.5]"),
+    (lambda d: d.update(seed=7.0), "seed' must be an integer, got 7.0"),
+    (lambda d: d.update(source="unsplit"), "source' must be a JSON object, got str"),
     (lambda d: d["clients"][1]["label_hist"].append(0),
      "clients[1].label_hist' has 63 bins, expected num_classes=62"),
 ])
