@@ -185,6 +185,13 @@ def test_unknown_format_version(tmp_path):
     (lambda d: d.update(clients={}), "clients"),
     (lambda d: d["clients"].__setitem__(1, 5), "clients[1]' must be a JSON object"),
     (lambda d: d.update(dataset=["femnist"]), "dataset' must be a string, got list"),
+    (lambda d: d.update(strategy=1), "strategy' must be a string, got int"),
+    (lambda d: d.update(clients={"1": {}}), "clients' must be a list of client entries"),
+    (lambda d: d.update(clients=[]), "clients' lists no clients (a partition needs at least one)"),
+    (lambda d: d.update(total_clients=-3), "total_clients' must be a non-negative integer"),
+    (lambda d: d.update(total_clients=5), "total_clients' is 5 but 'clients' lists 3 entries"),
+    (lambda d: d.update(packed={"path": "../packed/data.pt", "bytes": 1, "sha256": SHA_A}),
+     "packed.path' is '../packed/data.pt', which escapes"),
     (lambda d: d.update(splits=[0.6, -0.1, 0.5]), "splits' must be 3 non-negative fractions, got "
                                                   "[0.6, -0.1, 0.5]"),
     (lambda d: d.update(seed=7.0), "seed' must be an integer, got 7.0"),

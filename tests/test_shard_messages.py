@@ -235,3 +235,25 @@ def test_manifest_packed_round_trip_and_compact_client_lines(tmp_path):
     text = p.read_text()
     assert '\n  {"client_id":2,"shard_path":"client_2","num_samples":{"train":2,"val":0,"test":1},' \
            in text
+
+
+def test_manifest_errors_recut_with_its_own_client_count(tmp_path):
+    p, d = _raw_manifest(tmp_path)
+    d["seed"] = "x"
+    with pytest.raises(sf.ManifestError) as ei:
+        _read_raw(p, d)
+    assert str(ei.value).endswith(f"--dataset femnist --root data --clients 4 --out {tmp_path} "
+                                  f"--overwrite")
+    del d["total_clients"]
+    with pytest.raises(sf.ManifestError) as ei:
+        _read_raw(p, d)
+    assert str(ei.value).endswith(f"--dataset femnist --root data --clients N --out {tmp_path} "
+                                  f"--overwrite")
+
+
+def test_manifest_created_is_optional(tmp_path):
+    p, d = _raw_manifest(tmp_path)
+    d.pop("created", None)
+    assert _read_raw(p, d).created == ""
+    d["created"] = "2026-01-02T03:04:05Z"
+    assert _read_raw(p, d).created == "2026-01-02T03:04:05Z"
