@@ -257,3 +257,13 @@ def test_manifest_created_is_optional(tmp_path):
     assert _read_raw(p, d).created == ""
     d["created"] = "2026-01-02T03:04:05Z"
     assert _read_raw(p, d).created == "2026-01-02T03:04:05Z"
+
+
+def test_manifest_without_a_dataset_recut_names_a_placeholder(tmp_path):
+    p, d = _raw_manifest(tmp_path)
+    del d["dataset"]
+    for bad in (d, [d]):
+        with pytest.raises(sf.ManifestError) as ei:
+            _read_raw(p, bad)
+        assert str(ei.value).endswith(f"--dataset NAME --root data --clients "
+                                      f"{4 if bad is d else 'N'} --out {tmp_path} --overwrite")
