@@ -267,3 +267,44 @@ def test_manifest_without_a_dataset_recut_names_a_placeholder(tmp_path):
             _read_raw(p, bad)
         assert str(ei.value).endswith(f"--dataset NAME --root data --clients "
                                       f"{4 if bad is d else 'N'} --out {tmp_path} --overwrite")
+
+
+@pytest.mark.parametrize("edit,clients,dataset", [
+    ({"total_clients": 0}, "N", "femnist"),        # not a count to re-cut with
+    ({"total_clients": 1}, "1", "femnist"),
+    ({"dataset": 5}, "4", "NAME"),                  # not a name to re-cut with
+])
+def test_manifest_fix_uses_only_plausible_header_values(tmp_path, edit, clients, dataset):
+    p, d = _raw_manifest(tmp_path)
+    d.update(edit, seed="x")
+    with pytest.raises(sf.ManifestError) as ei:
+        _read_raw(p, d)
+    assert str(ei.value).endswith(f"--dataset {dataset} --root data --clients {clients} "
+                                  f"--out {tmp_path} --overwrite"), str(ei.value)
+
+
+def test_fix_command_defaults(tmp_path, monkeypatch):
+    assert sf.recreate_command("") == ("python scripts/tools/prepare_shards.py --dataset NAME "
+                                       "--root data --clients N --out .")
+    monkeypatch.chdir(tmp_path)
+    assert sf.manifest_fix("manifest.json") == (
+        f"python scripts/tools/prepare_shards.py --dataset NAME --root data --clients N "
+        f"--out {tmp_path} --overwrite")
+
+
+def test_unreadable_manifest_files(tmp_path):
+    p = tmp_path / "manifest.json"
+    p.write_bytes(b'{"dataset": "\xff"}')           # not UTF-8
+    with pytest.raises(sf.ManifestError, match=f"^{p}: malformed JSON"):
+        sf.read_manifest(str(p))
+    with pytest.raises(sf.ManifestError, match=rf"^{tmp_path}: cannot read \(Is a directory\); "
+                                               rf"fix: python scripts/tools/prepare_shards.py"):
+        sf.read_manifest(str(tmp_path))
+
+
+def test_meta_json_layout_one_compact_field_a_line(tmp_path):
+    shard, m = _meta_dict(tmp_path)
+    sf.write_meta(str(shard), m)
+    lines = (shard / "meta.json").read_text().splitlines()
+    assert ' "num_samples": {"train":4,"val":0,"test":0},' in lines
+    assert ' "label_hist": {"train":[4,0],"val":[0,0],"test":[0,0]},' in lines
