@@ -10,7 +10,9 @@ every survivor go to ``doc/mutation.md``; survivors listed with a reason in
 survivor in the table is a test gap. Exit 1 when a module has a non-equivalent survivor.
 """
 import argparse
+import contextlib
 import datetime
+import json
 import os
 import re
 import shutil
@@ -131,11 +133,51 @@ def parse_results(text: str) -> List[Tuple[str, str]]:
             for m in re.finditer(r"^\s+(\S+): (.+)$", text, flags=re.M)]
 
 
-def run_module(name: str, module: Module, equivalent: Dict[str, str], children: int) -> Outcome:
+# mutmut's exit codes of the mutants a rerun with more tests must try again: survived, no tests
+RETRY_CODES = (0, 33)
+
+
+def reset_for_retry(dest: str) -> int:
+    """In a kept scratch directory, mark survivors and untested mutants as not checked, so the
+    next ``mutmut run`` tests only them (with the current tests); killed and timed-out mutants
+    keep their verdict, which holds because tests are only ever added or made stricter."""
+    n = 0
+    for root, _, files in os.walk(os.path.join(dest, "mutants")):
+        for fn in (f for f in files if f.endswith(".py.meta")):
+            path = os.path.join(root, fn)
+            with open(path) as f:
+                meta = json.load(f)
+            codes = meta.get("exit_code_by_key", {})
+            retry = [k for k, v in codes.items() if v in RETRY_CODES]
+            for k in retry:
+                codes[k] = None
+            if retry:
+                with open(path + ".tmp", "w") as f:
+                    json.dump(meta, f)
+                os.replace(path + ".tmp", path)
+            n += len(retry)
+    return n
+
+
+@contextlib.contextmanager
+def _scratch(name: str, reuse: str):
+    if reuse:
+        os.makedirs(reuse, exist_ok=True)
+        yield reuse
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"fs-mutmut-{name}-") as dest:
+            yield dest
+
+
+def run_module(name: str, module: Module, equivalent: Dict[str, str], children: int,
+               reuse: str = "") -> Outcome:
     out = Outcome(name)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"fs-mutmut-{name}-") as dest:
+    with _scratch(name, reuse) as dest:
         copy_repo(dest)
+        if reuse:
+            print(f"{name}: {reset_for_retry(dest)} survivors / untested mutants to retry in "
+                  f"{dest}", flush=True)
         cfg_path = os.path.join(dest, "setup.cfg")
         with open(cfg_path) as f:
             kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
@@ -245,7 +287,13 @@ def main(argv=None) -> int:
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2,
                     help="mutants tested in parallel (mutmut --max-children)")
     ap.add_argument("--table", default=TABLE, help="where to write the table")
+    ap.add_argument("--reuse", metavar="DIR", default="",
+                    help="keep the scratch copy in DIR (one module); a later run with the same "
+                         "test files list retries only survivors and untested mutants there")
     args = ap.parse_args(argv)
+    if args.reuse and len(args.modules) != 1:
+        print("--reuse keeps one module's scratch copy: name exactly one module")
+        return 2
     unknown = set(args.modules) - set(MODULES)
     if unknown:
         print(f"unknown module(s) {sorted(unknown)}; known: {list(MODULES)}")
@@ -253,7 +301,7 @@ def main(argv=None) -> int:
     equivalent = read_equivalent()
     outcomes = []
     for name in args.modules or list(MODULES):
-        o = run_module(name, MODULES[name], equivalent, args.children)
+        o = run_module(name, MODULES[name], equivalent, args.children, args.reuse)
         outcomes.append(o)
         print(f"{name:12s} {o.counts} survivors={len(o.survivors)} in {o.seconds:.0f}s"
               + (f" ERROR {o.error}" if o.error else ""), flush=True)
