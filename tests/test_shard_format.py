@@ -241,6 +241,10 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d.update(dataset=5), "dataset' must be a string, got int"),
     (lambda d: d.update(writer_ids=["w1", 2]), "writer_ids' must be a list of strings"),
     (lambda d: d["files"].update({"val.pt": 50}), "files.val.pt' must be a JSON object"),
+    (lambda d: d.update(packed="../packed/data.pt"), "packed' must be a JSON object, got str"),
+    (lambda d: d.update(packed={"path": "../p.pt", "bytes": 1}), "packed.sha256' is missing"),
+    (lambda d: d.update(packed={"path": "../p.pt", "bytes": -1, "sha256": SHA_A}),
+     "packed.bytes' must be a non-negative integer, got -1"),
     (lambda d: d["files"]["val.pt"].pop("sha256"), "files.val.pt.sha256' is missing"),
     (lambda d: d["files"]["val.pt"].update(sha256="z"), "files.val.pt.sha256' must be 64"),
 ])
