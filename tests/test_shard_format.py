@@ -227,6 +227,8 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d.pop("writer_ids"), "writer_ids"),
     (lambda d: d.update(packed={"path": "/abs/data.pt", "bytes": 1, "sha256": SHA_A}),
      "packed.path' must be relative to the shard directory"),
+    (lambda d: d.update(packed={"path": "../p.pt", "bytes": 1, "sha256": "x"}),
+     "packed.sha256' must be 64 lower-case hex digits"),
     (lambda d: d.update(packed={"path": 5, "bytes": 1, "sha256": SHA_A}),
      "packed.path' must be a string, got int"),
     (lambda d: d.update(num_samples=[5, 2, 1]), "num_samples'"),

@@ -26,6 +26,8 @@ def _decl(**kw):
     (_decl(num_samples=[4, 1, 2]), "num_samples"),
     (_decl(fingerprint="F" * 64), "fingerprint"),
     (_decl(label_hist=[1, 0, 2]), "label_hist"),
+    (_decl(label_hist=[5, -1, 0]), "label_hist"),        # sums to 4, but a negative bin
+    (_decl(label_hist=(1, 0, 3)), "label_hist"),         # a tuple is not a JSON list
     (_decl(sample_type=7), "sample_type"),
     (_decl(dataset=["femnist"]), "dataset"),
     (_decl(sample_type="u" * 65), "sample_type/dataset/label_hist"),
