@@ -156,6 +156,11 @@ def reset_for_retry(dest: str) -> int:
                     json.dump(meta, f)
                 os.replace(path + ".tmp", path)
             n += len(retry)
+    # the test -> function map is rebuilt from the current tests: mutmut only maps tests it has
+    # not seen, and an edited test may now reach functions it did not
+    stats = os.path.join(dest, "mutants", "mutmut-stats.json")
+    if n and os.path.exists(stats):
+        os.remove(stats)
     return n
 
 
