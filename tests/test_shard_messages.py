@@ -161,6 +161,9 @@ def test_manifest_dataset_defaults(tmp_path):
     d["num_classes"], d["sample_type"] = 0, "int64[5]"
     with pytest.raises(sf.ManifestError, match=r"field 'num_classes' must be a positive integer"):
         _read_raw(p, d)
+    d["num_classes"], d["sample_type"] = 62, 5
+    with pytest.raises(sf.ManifestError, match=r"field 'sample_type' must be a string, got int"):
+        _read_raw(p, d)
 
 
 @pytest.mark.parametrize("path,why", [

@@ -70,6 +70,9 @@ def test_empty_split(tmp_path):
     x, y = sfile.read_split(p)
     assert x.shape == (0, 28, 28) and x.dtype == torch.uint8 and y.shape == (0,)
     assert sfile.split_layout(p) == sfile.SplitLayout(p, 0, (28, 28), 0, 0, "uint8")
+    q = str(tmp_path / "val.pt")
+    sfile.write_split_chunks(q, np.zeros(0, np.int64), (3,), [], dtype="float32")
+    assert sfile.split_layout(q) == sfile.SplitLayout(q, 0, (3,), 0, 0, "float32")
     with zipfile.ZipFile(p) as z:
         assert z.testzip() is None
 
@@ -156,6 +159,10 @@ def test_a_file_that_shrank_under_the_reader(tmp_path):
             sfile.read_labels(fd, lay, np.array([4]))
         with pytest.raises(ShardError, match=f"^{p}: file ended at byte"):
             sfile.read_rows(fd, lay, np.array([5]))
+        with open(p, "r+b") as f:
+            f.truncate(lay.x_offset + 3 * 2 + 1)       # inside the samples now
+        with pytest.raises(ShardError, match=f"^{p}: file ended at byte {lay.x_offset + 7}"):
+            sfile.read_rows(fd, lay, np.array([2]))
         with pytest.raises(ShardError, match=f"^{p}: file ended at byte"):
             sfile.scan_labels(fd, lay, lambda c: None)
     finally:
