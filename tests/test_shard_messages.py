@@ -313,3 +313,15 @@ def test_meta_json_layout_one_compact_field_a_line(tmp_path):
     lines = (shard / "meta.json").read_text().splitlines()
     assert ' "num_samples": {"train":4,"val":0,"test":0},' in lines
     assert ' "label_hist": {"train":[4,0],"val":[0,0],"test":[0,0]},' in lines
+
+
+def test_count_and_histogram_texts():
+    with pytest.raises(sf.ManifestError, match=r"field 'num_samples' must have exactly the keys "
+                                               r"\['train', 'val', 'test'\], got \['test', 'train'\]"):
+        sf.ShardDeclaration.from_dict(_decl(num_samples={"train": 4, "test": 2}))
+    with pytest.raises(sf.ManifestError, match=r"field 'label_hist' must be a list of "
+                                               r"non-negative integers; fix"):
+        sf.ShardDeclaration.from_dict(_decl(label_hist=[5, -1, 0]))
+    # zero counts are valid (a client may hold no validation samples)
+    d = sf.ShardDeclaration.from_dict(_decl(num_samples={"train": 4, "val": 0, "test": 0}))
+    assert d.num_samples == {"train": 4, "val": 0, "test": 0}
