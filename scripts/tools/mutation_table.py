@@ -44,6 +44,9 @@ CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
 # the 10,000-client manifest timing test: seconds per mutant, and it measures speed (every field
 # check it runs is also run by the small malformed-manifest tests)
 SHARD_SLOW = "not 10000_clients"
+# the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
+# table checks, which do not train; the algorithm tests check the same code to the float
+TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     "aggregators": Module([FL + "aggregators/*"],
@@ -55,7 +58,7 @@ MODULES: Dict[str, Module] = {
                        "tests/test_server_strategy.py", "tests/test_server_recovery.py"]),
     "trainers": Module([FL + "trainers/*"],
                        ["tests/test_algorithms.py", "tests/test_trainer.py",
-                        "tests/test_cfg_keys.py"]),
+                        "tests/test_cfg_keys.py"], TRAINER_SLOW),
     "shard_format": Module([FL + "data/shard_format/*"],
                            ["tests/test_shard_format.py", "tests/test_shard_format_properties.py",
                             "tests/test_shard_verify.py", "tests/test_split_file.py",
