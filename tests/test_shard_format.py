@@ -65,7 +65,9 @@ def _expect(path, field, *more):
     with pytest.raises(ManifestError) as ei:
         mu.read_manifest(path) if os.path.basename(path).startswith("manifest") else mu.read_meta(path)
     msg = str(ei.value)
-    assert str(path) in msg and field in msg and "prepare_shards.py" in msg, msg
+    # the field as the message quotes it: a renamed field ('XXlabel_hist') must not pass
+    quoted = field if field == "malformed JSON" else f"field '{field}"
+    assert str(path) in msg and quoted in msg and "prepare_shards.py" in msg, msg
     for m in more:
         assert m in msg, msg
     return msg
@@ -109,6 +111,17 @@ def test_meta_round_trip_and_fingerprint(tmp_path):
     rev = dict(reversed(list(m.files.items())))
     assert mu.compute_fingerprint(rev) == m.fingerprint
     assert mu.compute_fingerprint({**m.files, "val.pt": FileEntry(50, SHA_A)}) != m.fingerprint
+
+
+def test_fingerprint_is_pinned():
+    """Existing shards carry fingerprints: the formula (sorted 'name\\0sha\\n' lines, a --link
+    shard's packed file as 'packed:<path>') must never change."""
+    import hashlib
+    files = {"val.pt": FileEntry(5, SHA_B), "train.pt": FileEntry(9, SHA_A)}
+    packed = {"path": "../packed/data.pt", "bytes": 3, "sha256": SHA_B}
+    lines = [f"packed:../packed/data.pt\0{SHA_B}\n", f"train.pt\0{SHA_A}\n", f"val.pt\0{SHA_B}\n"]
+    assert mu.compute_fingerprint(files, packed) == hashlib.sha256("".join(lines).encode()).hexdigest()
+    assert mu.compute_fingerprint(files) == hashlib.sha256("".join(lines[1:]).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- bad manifests
@@ -170,6 +183,21 @@ def test_unknown_format_version(tmp_path):
     (lambda d: d.update(seed="7"), "seed"),
     (lambda d: d.update(splits=[0.5, 0.5]), "splits"),
     (lambda d: d.update(clients={}), "clients"),
+    (lambda d: d["clients"].__setitem__(1, 5), "clients[1]' must be a JSON object"),
+    (lambda d: d.update(dataset=["femnist"]), "dataset' must be a string, got list"),
+    (lambda d: d.update(strategy=1), "strategy' must be a string, got int"),
+    (lambda d: d.update(clients={"1": {}}), "clients' must be a list of client entries"),
+    (lambda d: d.update(clients=[]), "clients' lists no clients (a partition needs at least one)"),
+    (lambda d: d.update(total_clients=-3), "total_clients' must be a non-negative integer"),
+    (lambda d: d.update(total_clients=5), "total_clients' is 5 but 'clients' lists 3 entries"),
+    (lambda d: d.update(packed={"path": "../packed/data.pt", "bytes": 1, "sha256": SHA_A}),
+     "packed.path' is '../packed/data.pt', which escapes"),
+    (lambda d: d.update(splits=[0.6, -0.1, 0.5]), "splits' must be 3 non-negative fractions, got "
+                                                  "[0.6, -0.1, 0.5]"),
+    (lambda d: d.update(seed=7.0), "seed' must be an integer, got 7.0"),
+    (lambda d: d.update(source="unsplit"), "source' must be a JSON object, got str"),
+    (lambda d: d["clients"][1]["label_hist"].append(0),
+     "clients[1].label_hist' has 63 bins, expected num_classes=62"),
 ])
 def test_wrong_or_missing_fields(tmp_path, mutate, field):
     d = _raw_manifest(tmp_path)
@@ -193,11 +221,38 @@ def test_top_level_not_an_object(tmp_path):
     (lambda d: d.update(client_id=-1), "client_id"),
     (lambda d: d["num_samples"].update(train=6), "label_hist.train"),
     (lambda d: d["files"]["train.pt"].update(sha256="0" * 64), "fingerprint"),
-    (lambda d: d["files"].update({"../evil.pt": {"bytes": 1, "sha256": SHA_A}}), "files"),
+    (lambda d: d["files"].update({"../evil.pt": {"bytes": 1, "sha256": SHA_A}}),
+     "files.../evil.pt' is not one of ['train.pt', 'val.pt', 'test.pt']"),
     (lambda d: d.update(sample_dtype="float64"), "sample_dtype"),
     (lambda d: d.update(sample_shape=[28, 0]), "sample_shape"),
     (lambda d: d.pop("writer_ids"), "writer_ids"),
-    (lambda d: d.update(packed={"path": "/abs/data.pt", "bytes": 1, "sha256": SHA_A}), "packed"),
+    (lambda d: d.update(packed={"path": "/abs/data.pt", "bytes": 1, "sha256": SHA_A}),
+     "packed.path' must be relative to the shard directory"),
+    (lambda d: d.update(packed={"path": "../p.pt", "bytes": 1, "sha256": "x"}),
+     "packed.sha256' must be 64 lower-case hex digits"),
+    (lambda d: d.update(packed={"path": 5, "bytes": 1, "sha256": SHA_A}),
+     "packed.path' must be a string, got int"),
+    (lambda d: d.update(num_samples=[5, 2, 1]), "num_samples'"),
+    (lambda d: d.update(num_classes=0), "num_classes'"),
+    (lambda d: d.update(label_hist=[1]), "label_hist'"),
+    (lambda d: d["label_hist"].update(train=[5, 0]), "label_hist.train' has 2 bins, expected "
+                                                     "num_classes=62"),
+    (lambda d: d.update(files=["train.pt"]), "files'"),
+    (lambda d: d["files"]["train.pt"].update(bytes=-1), "files.train.pt.bytes'"),
+    (lambda d: d.update(fingerprint="F" * 64), "fingerprint' must be 64"),
+    (lambda d: d.update(fingerprint="0" * 64), "fingerprint' does not match the sha256s listed "
+                                               "under 'files' (meta.json was edited)"),
+    (lambda d: d.pop("client_id"), "client_id' is missing"),
+    (lambda d: d.update(client_id="2"), "client_id' must be a positive integer"),
+    (lambda d: d.update(dataset=5), "dataset' must be a string, got int"),
+    (lambda d: d.update(writer_ids=["w1", 2]), "writer_ids' must be a list of strings"),
+    (lambda d: d["files"].update({"val.pt": 50}), "files.val.pt' must be a JSON object"),
+    (lambda d: d.update(packed="../packed/data.pt"), "packed' must be a JSON object, got str"),
+    (lambda d: d.update(packed={"path": "../p.pt", "bytes": 1}), "packed.sha256' is missing"),
+    (lambda d: d.update(packed={"path": "../p.pt", "bytes": -1, "sha256": SHA_A}),
+     "packed.bytes' must be a non-negative integer, got -1"),
+    (lambda d: d["files"]["val.pt"].pop("sha256"), "files.val.pt.sha256' is missing"),
+    (lambda d: d["files"]["val.pt"].update(sha256="z"), "files.val.pt.sha256' must be 64"),
 ])
 def test_bad_meta(tmp_path, mutate, field):
     p = tmp_path / "client_2" / "meta.json"
@@ -206,6 +261,10 @@ def test_bad_meta(tmp_path, mutate, field):
         d = json.load(f)
     mutate(d)
     _expect(_write_raw(p, d), field)
+
+
+def test_meta_not_an_object(tmp_path):
+    _expect(_write_raw(tmp_path / "meta.json", [1]), "meta' must be a JSON object, got list")
 
 
 def test_meta_malformed_json(tmp_path):

@@ -10,7 +10,9 @@ every survivor go to ``doc/mutation.md``; survivors listed with a reason in
 survivor in the table is a test gap. Exit 1 when a module has a non-equivalent survivor.
 """
 import argparse
+import contextlib
 import datetime
+import json
 import os
 import re
 import shutil
@@ -39,6 +41,12 @@ FL = "federatedscope/core/"
 # fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
 CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
 CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
+# the 10,000-client manifest timing test: seconds per mutant, and it measures speed (every field
+# check it runs is also run by the small malformed-manifest tests)
+SHARD_SLOW = "not 10000_clients"
+# the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
+# table checks, which do not train; the algorithm tests check the same code to the float
+TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     "aggregators": Module([FL + "aggregators/*"],
@@ -50,9 +58,11 @@ MODULES: Dict[str, Module] = {
                        "tests/test_server_strategy.py", "tests/test_server_recovery.py"]),
     "trainers": Module([FL + "trainers/*"],
                        ["tests/test_algorithms.py", "tests/test_trainer.py",
-                        "tests/test_cfg_keys.py"]),
+                        "tests/test_cfg_keys.py"], TRAINER_SLOW),
     "shard_format": Module([FL + "data/shard_format/*"],
-                           ["tests/test_shard_format.py", "tests/test_shard_format_properties.py"]),
+                           ["tests/test_shard_format.py", "tests/test_shard_format_properties.py",
+                            "tests/test_shard_verify.py", "tests/test_split_file.py",
+                            "tests/test_shard_messages.py"], SHARD_SLOW),
     "data": Module([FL + "data/*"],
                    ["tests/test_sharding.py", "tests/test_sharding_safety.py",
                     "tests/test_distributed_loader.py", "tests/test_transforms.py",
@@ -126,11 +136,56 @@ def parse_results(text: str) -> List[Tuple[str, str]]:
             for m in re.finditer(r"^\s+(\S+): (.+)$", text, flags=re.M)]
 
 
-def run_module(name: str, module: Module, equivalent: Dict[str, str], children: int) -> Outcome:
+# mutmut's exit codes of the mutants a rerun with more tests must try again: survived, no tests
+RETRY_CODES = (0, 33)
+
+
+def reset_for_retry(dest: str) -> int:
+    """In a kept scratch directory, mark survivors and untested mutants as not checked, so the
+    next ``mutmut run`` tests only them (with the current tests); killed and timed-out mutants
+    keep their verdict, which holds because tests are only ever added or made stricter."""
+    n = 0
+    for root, _, files in os.walk(os.path.join(dest, "mutants")):
+        for fn in (f for f in files if f.endswith(".py.meta")):
+            path = os.path.join(root, fn)
+            with open(path) as f:
+                meta = json.load(f)
+            codes = meta.get("exit_code_by_key", {})
+            retry = [k for k, v in codes.items() if v in RETRY_CODES]
+            for k in retry:
+                codes[k] = None
+            if retry:
+                with open(path + ".tmp", "w") as f:
+                    json.dump(meta, f)
+                os.replace(path + ".tmp", path)
+            n += len(retry)
+    # the test -> function map is rebuilt from the current tests: mutmut only maps tests it has
+    # not seen, and an edited test may now reach functions it did not
+    stats = os.path.join(dest, "mutants", "mutmut-stats.json")
+    if n and os.path.exists(stats):
+        os.remove(stats)
+    return n
+
+
+@contextlib.contextmanager
+def _scratch(name: str, reuse: str):
+    if reuse:
+        os.makedirs(reuse, exist_ok=True)
+        yield reuse
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"fs-mutmut-{name}-") as dest:
+            yield dest
+
+
+def run_module(name: str, module: Module, equivalent: Dict[str, str], children: int,
+               reuse: str = "") -> Outcome:
     out = Outcome(name)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"fs-mutmut-{name}-") as dest:
+    with _scratch(name, reuse) as dest:
         copy_repo(dest)
+        if reuse:
+            print(f"{name}: {reset_for_retry(dest)} survivors / untested mutants to retry in "
+                  f"{dest}", flush=True)
         cfg_path = os.path.join(dest, "setup.cfg")
         with open(cfg_path) as f:
             kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
@@ -219,6 +274,12 @@ def render(outcomes: Sequence[Outcome], previous: str = "") -> str:
            "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
            "the tests would let through. A timeout (the mutant pushed the tests past mutmut's CPU "
            "limit) counts as caught. Modules without a row have not been run yet.", "",
+           "Policy on message texts: an error message that names the file, field, client or "
+           "fix is contract (an operator acts on it), so its mutants must be killed by a test "
+           "that reads the text. Texts no program or person acts on word for word (argparse "
+           "help and descriptions) carry `# pragma: no mutate` in the source; any other such "
+           "survivor is listed in mutation_equivalent.txt with its reason. Before/after tables "
+           "per module: [mutation_history.md](mutation_history.md).", "",
            "| module | mutants | killed | survived | equivalent | timeout | other | seconds "
            "| run |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -234,7 +295,13 @@ def main(argv=None) -> int:
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2,
                     help="mutants tested in parallel (mutmut --max-children)")
     ap.add_argument("--table", default=TABLE, help="where to write the table")
+    ap.add_argument("--reuse", metavar="DIR", default="",
+                    help="keep the scratch copy in DIR (one module); a later run with the same "
+                         "test files list retries only survivors and untested mutants there")
     args = ap.parse_args(argv)
+    if args.reuse and len(args.modules) != 1:
+        print("--reuse keeps one module's scratch copy: name exactly one module")
+        return 2
     unknown = set(args.modules) - set(MODULES)
     if unknown:
         print(f"unknown module(s) {sorted(unknown)}; known: {list(MODULES)}")
@@ -242,7 +309,7 @@ def main(argv=None) -> int:
     equivalent = read_equivalent()
     outcomes = []
     for name in args.modules or list(MODULES):
-        o = run_module(name, MODULES[name], equivalent, args.children)
+        o = run_module(name, MODULES[name], equivalent, args.children, args.reuse)
         outcomes.append(o)
         print(f"{name:12s} {o.counts} survivors={len(o.survivors)} in {o.seconds:.0f}s"
               + (f" ERROR {o.error}" if o.error else ""), flush=True)

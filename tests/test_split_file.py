@@ -1,0 +1,319 @@
+"""split_file, the one writer of split files, checked from outside: what it writes loads back
+(torch and the streaming reader agree), every zip CRC it patches is right, the bytes are a
+function of the content, and every bad input names the file."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from federatedscope.core.data.shard_format import ShardError, split_file as sfile
+
+
+def _check(path, x, y):
+    """torch, zipfile's CRC check and the pread layout all see exactly ``x``, ``y``."""
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None           # every patched CRC matches its record
+    gx, gy = sfile.read_split(path)
+    assert gx.dtype == x.dtype and torch.equal(gx, x) and torch.equal(gy, y)
+    lay = sfile.split_layout(path)
+    assert (lay.n, lay.sample_shape) == (len(x), tuple(x.shape[1:]))
+    if len(x):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for rows in (np.array([0, len(x) - 1]), np.array([len(x) - 1])):
+                xs, ys = sfile.read_rows(fd, lay, rows)
+                assert np.array_equal(xs, x.numpy()[rows]) and np.array_equal(ys, y.numpy()[rows])
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.uint8, (3, 5, 5)), (torch.float32, (7,)),
+                                         (torch.int64, (4,)), (torch.uint8, (2, 4)),
+                                         (torch.uint8, (6,)), (torch.uint8, (2,))])
+@pytest.mark.parametrize("n", [1, 9])
+def test_round_trip_of_each_sample_type(tmp_path, dtype, shape, n):
+    # (2, 4) uint8 rows: 8-byte samples tie in size with the int64 labels; one row of 6 (or 2)
+    # bytes ties with torch's 'byteorder' ('version') record, which comes first in the archive
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand((n, *shape), generator=g) * 200).to(dtype)
+    y = torch.arange(n, dtype=torch.int64) % 4 + 1
+    p = str(tmp_path / "train.pt")
+    sfile.write_split(p, x, y)
+    _check(p, x, y)
+
+
+def test_chunks_are_concatenated_and_labels_made_int64(tmp_path):
+    chunks = [np.full((k, 2, 3), i + 1, np.uint8) for i, k in enumerate((4, 1, 5))]
+    y = np.arange(10, dtype=np.int32) * 3                    # int32 labels are stored int64
+    p = str(tmp_path / "val.pt")
+    sfile.write_split_chunks(p, y, (2, 3), iter(chunks))     # default dtype: uint8
+    _check(p, torch.from_numpy(np.concatenate(chunks)), torch.arange(10, dtype=torch.int64) * 3)
+
+
+def test_bytes_are_a_function_of_the_content(tmp_path):
+    x = torch.arange(6 * 4, dtype=torch.uint8).reshape(6, 4)
+    a, b, c = (str(tmp_path / f"{k}.pt") for k in "abc")
+    sfile.write_split(a, x, torch.zeros(6, dtype=torch.int64))
+    sfile.write_split(b, x, torch.zeros(6, dtype=torch.int64))
+    sfile.write_split(c, x, torch.ones(6, dtype=torch.int64))
+    assert sfile.sha256_file(a) == sfile.sha256_file(b) != sfile.sha256_file(c)
+    for p in (a, c):
+        with zipfile.ZipFile(p) as z:
+            assert z.testzip() is None
+
+
+def test_empty_split(tmp_path):
+    p = str(tmp_path / "test.pt")
+    sfile.write_split_chunks(p, np.zeros(0, np.int64), (28, 28), [])
+    x, y = sfile.read_split(p)
+    assert x.shape == (0, 28, 28) and x.dtype == torch.uint8 and y.shape == (0,)
+    assert sfile.split_layout(p) == sfile.SplitLayout(p, 0, (28, 28), 0, 0, "uint8")
+    q = str(tmp_path / "val.pt")
+    sfile.write_split_chunks(q, np.zeros(0, np.int64), (3,), [], dtype="float32")
+    assert sfile.split_layout(q) == sfile.SplitLayout(q, 0, (3,), 0, 0, "float32")
+    with zipfile.ZipFile(p) as z:
+        assert z.testzip() is None
+
+
+@pytest.mark.parametrize("x,y,what", [
+    (torch.zeros(4, 3, dtype=torch.uint8), torch.zeros(5, dtype=torch.int64), "len"),
+    (torch.zeros(4, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.int32), "y dtype"),
+    (torch.zeros(4, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), "1-d x"),
+    (torch.zeros(4, 3, dtype=torch.int16), torch.zeros(4, dtype=torch.int64), "x dtype"),
+])
+def test_write_split_refuses_bad_tensors(tmp_path, x, y, what):
+    p = str(tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as ei:
+        sfile.write_split(p, x, y)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: need x [n, ...] of one of ['uint8', 'int64', 'float32']"), msg
+    assert f"got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}" in msg, what
+    assert not os.path.exists(p)
+
+
+@pytest.mark.parametrize("sizes,shape,match", [
+    ((3, 3), (2, 2), r"chunk of shape \(3, 2, 2\) does not fit 5 x \(2, 2\) \(at row 3\)"),
+    ((2, 2), (2, 2), r"got 4 sample rows, expected 5"),
+    ((5,), (2, 3), r"chunk of shape \(5, 2, 3\) does not fit 5 x \(2, 2\) \(at row 0\)"),
+])
+def test_write_split_chunks_refuses_a_wrong_row_count_or_shape(tmp_path, sizes, shape, match):
+    p = str(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=match) as ei:
+        sfile.write_split_chunks(p, np.zeros(5, np.int64), (2, 2),
+                                 [np.zeros((k, *shape), np.uint8) for k in sizes])
+    assert str(ei.value).startswith(p)
+    assert not os.path.exists(p)
+
+
+def test_record_offset_errors_name_the_file(tmp_path):
+    p = str(tmp_path / "x.pt")
+    sfile.write_split(p, torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+    with open(p, "rb") as f, pytest.raises(ShardError, match=f"{p}: no 99-byte tensor record"):
+        sfile._record_offset(p, f, 99, prefer_first=True)
+
+
+def _labels_file(tmp_path, n=21):
+    p = str(tmp_path / "train.pt")
+    y = torch.arange(n, dtype=torch.int64) * 7 % 5
+    sfile.write_split(p, torch.arange(n * 3, dtype=torch.uint8).reshape(n, 3), y)
+    return p, y
+
+
+def test_label_reads_by_rows_and_by_windows(tmp_path, monkeypatch):
+    p, y = _labels_file(tmp_path)
+    lay = sfile.split_layout(p)
+    monkeypatch.setattr(sfile, "CHUNK", 64)          # 8 labels a window: 3 windows for 21
+    seen = []
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        rows = np.array([0, 1, 2, 9, 15, 16, 20])
+        assert np.array_equal(sfile.read_labels(fd, lay, rows), y.numpy()[rows])
+        buf = np.zeros((7, 3), np.uint8)              # exactly len(rows): filled in place
+        xs, ys = sfile.read_rows(fd, lay, rows, buf=buf)
+        assert np.array_equal(xs[:, 0], rows * 3) and np.array_equal(ys, y.numpy()[rows])
+        assert np.shares_memory(xs, buf)
+        sfile.scan_labels(fd, lay, lambda c: seen.append(c.copy()))
+    finally:
+        os.close(fd)
+    assert [len(c) for c in seen] == [8, 8, 5]
+    assert np.array_equal(np.concatenate(seen), y.numpy())
+    assert [tuple(r) for r in sfile._runs(np.array([3, 4, 5, 9, 11, 12]))] == [(0, 3), (3, 4),
+                                                                              (4, 6)]
+
+
+def test_a_file_that_shrank_under_the_reader(tmp_path):
+    p, _ = _labels_file(tmp_path)
+    lay = sfile.split_layout(p)
+    with open(p, "r+b") as f:
+        f.truncate(lay.y_offset + 8 * 4 + 1)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with pytest.raises(ShardError, match=f"{p}: file ended at byte {lay.y_offset + 33}, "
+                                             f"expected {lay.y_offset + 48}"):
+            sfile.read_labels(fd, lay, np.array([2, 3, 4, 5]))
+        # one byte left in the window: it is read, then the end is reported after it
+        with pytest.raises(ShardError, match=f"{p}: file ended at byte {lay.y_offset + 33}, "
+                                             f"expected {lay.y_offset + 40}"):
+            sfile.read_labels(fd, lay, np.array([4]))
+        with pytest.raises(ShardError, match=f"^{p}: file ended at byte"):
+            sfile.read_rows(fd, lay, np.array([5]))
+        with open(p, "r+b") as f:
+            f.truncate(lay.x_offset + 3 * 2 + 1)       # inside the samples now
+        with pytest.raises(ShardError, match=f"^{p}: file ended at byte {lay.x_offset + 7}"):
+            sfile.read_rows(fd, lay, np.array([2]))
+        with pytest.raises(ShardError, match=f"^{p}: file ended at byte"):
+            sfile.scan_labels(fd, lay, lambda c: None)
+    finally:
+        os.close(fd)
+
+
+def test_index_files(tmp_path):
+    p = str(tmp_path / "train.pt")
+    sfile.write_index(p, np.array([5, 0, 3], np.int32))
+    got = sfile.read_index(p)
+    assert got.dtype == torch.int64 and got.tolist() == [5, 0, 3]
+    with zipfile.ZipFile(p) as z:
+        assert z.testzip() is None
+    (tmp_path / "split").mkdir()
+    q, _ = _labels_file(tmp_path / "split")
+    with pytest.raises(ShardError, match=r"not an index file \(expected \{'idx': int64 \[n\]\}\)"):
+        sfile.read_index(q)
+    with pytest.raises(ShardError, match="not a split file"):
+        sfile.read_split(p)
+    for bad in (torch.arange(3), {"idx": torch.arange(3, dtype=torch.int32)},
+                {"idx": torch.arange(3), "rows": 1}, {"idx": torch.zeros(2, 2, dtype=torch.int64)},
+                {"rows": torch.arange(3)}):
+        torch.save(bad, p)
+        with pytest.raises(ShardError, match=f"^{p}: not an index file"):
+            sfile.read_index(p)
+
+
+@pytest.mark.parametrize("obj,match", [
+    ({"x": torch.zeros(3, 2, dtype=torch.float64), "y": torch.zeros(3, dtype=torch.int64)},
+     r"'x' must be a tensor \[n, \.\.\.\] of one of \['uint8', 'int64', 'float32'\], "
+     r"got torch.float64 \(3, 2\)"),
+    ({"x": [1, 2], "y": torch.zeros(2, dtype=torch.int64)}, r"'x' .*, got list$"),
+    ({"x": torch.zeros(3, dtype=torch.uint8), "y": torch.zeros(3, dtype=torch.int64)},
+     r"'x' must be .* got torch.uint8 \(3,\)"),
+    ({"x": torch.zeros(3, 2, dtype=torch.uint8), "y": torch.zeros(3, dtype=torch.int32)},
+     r"'y' must be an int64 tensor \[n\], got torch.int32 \(3,\)"),
+    ({"x": torch.zeros(3, 2, dtype=torch.uint8), "y": torch.zeros(3, 1, dtype=torch.int64)},
+     r"'y' must be an int64 tensor \[n\], got torch.int64 \(3, 1\)"),
+    ({"x": torch.zeros(3, 2, dtype=torch.uint8), "y": torch.zeros(2, dtype=torch.int64)},
+     r"3 samples but 2 labels"),
+])
+def test_read_split_refuses_what_is_not_a_split(tmp_path, obj, match):
+    p = str(tmp_path / "val.pt")
+    torch.save(obj, p)
+    with pytest.raises(ShardError, match=f"^{p}: {match}"):
+        sfile.read_split(p)
+
+
+def test_unreadable_split_files(tmp_path):
+    p = str(tmp_path / "test.pt")
+    with pytest.raises(ShardError, match=f"^{p}: file not found$"):
+        sfile.read_split(p)
+    with open(p, "wb") as f:
+        f.write(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ShardError, match=f"^{p}: cannot read it \\(truncated or corrupt file: "
+                                         f".*zip"):   # torch's own first line says why
+        sfile.read_split(p)
+
+
+def test_a_pickled_object_is_refused_not_unpickled(tmp_path):
+    import datetime
+    p = str(tmp_path / "train.pt")
+    torch.save({"x": datetime.date(2020, 1, 1), "y": datetime.date(2020, 1, 2)}, p)
+    with pytest.raises(ShardError, match=f"^{p}: cannot read it"):
+        sfile.read_split(p)
+
+
+@pytest.mark.parametrize("x,y", [
+    (torch.zeros(8, 3, dtype=torch.uint8)[2:5], torch.zeros(3, dtype=torch.int64)),  # offset
+    (torch.zeros(8, 3, dtype=torch.uint8)[:3], torch.zeros(3, dtype=torch.int64)),   # longer
+    (torch.zeros(3, 3, dtype=torch.uint8), torch.zeros(6, dtype=torch.int64)[3:]),
+    (torch.zeros(3, 3, dtype=torch.uint8), torch.zeros(6, dtype=torch.int64)[:3]),
+])
+def test_layout_refuses_views_of_larger_storages(tmp_path, x, y):
+    p = str(tmp_path / "train.pt")
+    torch.save({"x": x, "y": y}, p)         # torch.save keeps the whole storage of a view
+    with pytest.raises(ShardError, match=f"^{p}: tensors are views of larger storages"):
+        sfile.split_layout(p)
+
+
+def test_token_digest_is_sha256_of_utf8_any_string():
+    import hashlib
+    assert sf_token("é") == hashlib.sha256("é".encode("utf-8")).digest()
+    # a token file decoded with surrogateescape still hashes (to its surrogate's UTF-8 form)
+    assert sf_token("a\udcff") == hashlib.sha256(b"a\xed\xb3\xbf").digest()
+
+
+def sf_token(t):
+    from federatedscope.core.data.shard_format import token_digest
+    return token_digest(t)
+
+
+def _rewrite(src, dst, fn):
+    """Copy a split file's archive, passing each record through ``fn`` (None drops it)."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        for info in z.infolist():
+            data = fn(info.filename, z.read(info.filename))
+            if data is not None:
+                out.writestr(info, data)
+
+
+def test_streaming_layout_needs_a_little_endian_file(tmp_path):
+    src = str(tmp_path / "a.pt")
+    x, y = torch.arange(12, dtype=torch.uint8).reshape(3, 4), torch.arange(3)
+    sfile.write_split(src, x, y)
+    big, old = str(tmp_path / "big.pt"), str(tmp_path / "old.pt")
+    _rewrite(src, big, lambda n, d: b"big" if n.endswith("/byteorder") else d)
+    with pytest.raises(ShardError, match=f"^{big}: written with byte order 'big'; streaming reads "
+                                         f"need little-endian files"):
+        sfile.split_layout(big)
+    # archives of older torch versions have no byteorder record: little-endian by definition
+    _rewrite(src, old, lambda n, d: None if n.endswith("/byteorder") else d)
+    lay = sfile.split_layout(old)
+    fd = os.open(old, os.O_RDONLY)
+    try:
+        xs, ys = sfile.read_rows(fd, lay, np.array([1, 2]))
+    finally:
+        os.close(fd)
+    assert np.array_equal(xs, x.numpy()[1:]) and ys.tolist() == [1, 2]
+
+
+def test_crc_patch_of_a_record_that_is_not_there(tmp_path):
+    p, _ = _labels_file(tmp_path)
+    with open(p, "r+b") as f, pytest.raises(
+            ShardError, match=f"^{p}: cannot find the record to update in the archive$"):
+        sfile._set_crc(p, f, 12345, 7, 0)
+
+
+def test_chunks_of_a_wider_integer_type_are_stored_as_the_split_dtype(tmp_path):
+    p = str(tmp_path / "train.pt")
+    chunks = [np.array([[250, 3]], np.int64), np.array([[7, 255]], np.int32)]
+    sfile.write_split_chunks(p, np.array([1, 2]), (2,), chunks, dtype="uint8")
+    x, _ = sfile.read_split(p)
+    assert x.dtype == torch.uint8 and x.tolist() == [[250, 3], [7, 255]]
+
+
+def test_damaged_or_compressed_records_are_named(tmp_path):
+    src, _ = _labels_file(tmp_path)
+    deflated = str(tmp_path / "deflated.pt")
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(deflated, "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name), zipfile.ZIP_DEFLATED if "/data/" in name
+                         else zipfile.ZIP_STORED)
+    with open(deflated, "rb") as f, pytest.raises(
+            ShardError, match=f"^{deflated}: tensor record archive/data/0 is compressed"):
+        sfile._record_offset(deflated, f, 21 * 3, prefer_first=True)
+    with zipfile.ZipFile(src) as z:
+        at = z.getinfo("archive/data/0").header_offset
+    with open(src, "r+b") as f:
+        f.seek(at)
+        f.write(b"PK\x09\x09")                      # the local header's signature, damaged
+    with open(src, "rb") as f, pytest.raises(ShardError,
+                                              match="^damaged zip header for archive/data/0$"):
+        sfile._record_offset(src, f, 21 * 3, prefer_first=True)
