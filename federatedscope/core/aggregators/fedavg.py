@@ -12,6 +12,12 @@ import torch
 from federatedscope.core.aggregators.aggregator import Aggregator, Feedback, State
 
 
+# Elements accumulated at a time: the float64 sum of a whole key would be 2 x that key's float32
+# bytes (nearly 2 models for a model dominated by one layer). A multiple of every SIMD loop's
+# width, so each element goes through the same kernel path as in one whole-tensor pass.
+CHUNK = 1 << 20
+
+
 def weighted_mean(feedback: List[Feedback]) -> State:
     if not feedback:
         raise ValueError("no client updates to aggregate")
@@ -20,10 +26,16 @@ def weighted_mean(feedback: List[Feedback]) -> State:
     weights = [(w / total) if total > 0 else 1.0 / len(feedback) for _, w, _ in feedback]
     out: State = {}
     for key, ref in feedback[0][2].items():
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for w, (_, _, state) in zip(weights, feedback):
-            acc.add_(state[key].to(torch.float64), alpha=w)
-        out[key] = acc.to(ref.dtype) if ref.is_floating_point() else acc.floor().to(ref.dtype)
+        flat = [state[key].reshape(-1) for _, _, state in feedback]
+        res = torch.empty(ref.shape, dtype=ref.dtype)
+        dst = res.view(-1)
+        for lo in range(0, ref.numel(), CHUNK):
+            hi = min(lo + CHUNK, ref.numel())
+            acc = torch.zeros(hi - lo, dtype=torch.float64)
+            for w, src in zip(weights, flat):
+                acc.add_(src[lo:hi].to(torch.float64), alpha=w)
+            dst[lo:hi] = acc if ref.is_floating_point() else acc.floor()
+        out[key] = res
     return out
 
 
@@ -55,8 +67,10 @@ class OnlineClientsAvgAggregator(ClientsAvgAggregator):
     def aggregate(self, agg_info: dict) -> State:
         total = max(self._total, 1)
         out = {}
-        for key, acc in self._acc.items():
-            mean = acc / total
+        for key in list(self._acc):
+            # in place, each sum freed as soon as it is cast: no float64 temporary of the model
+            mean = self._acc.pop(key).div_(total)
             dt = self._dtypes[key]
-            out[key] = mean.to(dt) if dt.is_floating_point else mean.floor().to(dt)
+            out[key] = mean.to(dt) if dt.is_floating_point else mean.floor_().to(dt)
+            del mean
         return out
