@@ -1,7 +1,7 @@
 """FedAvg's memory-bounded arithmetic gives the same bits as the whole-tensor float64 mean.
 
-``weighted_mean`` accumulates a key CHUNK elements at a time and the online aggregator divides its
-sum in place; both exist only to keep float64 temporaries of the model out of the server's peak,
+``weighted_mean`` accumulates a key CHUNK elements at a time; the online aggregator adds each
+update CHUNK elements at a time and divides its sum in place; both exist only to keep float64 temporaries of the model out of the server's peak,
 so the result must be bit-identical to the plain formula, written out here.
 """
 import torch
@@ -57,7 +57,10 @@ def test_chunked_weighted_mean_at_the_real_chunk_size():
         assert torch.equal(got[k], want[k]), k
 
 
-def test_online_aggregate_divides_in_place_and_matches_the_formula():
+def test_online_aggregate_divides_in_place_and_matches_the_formula(monkeypatch):
+    """Each update is added a chunk at a time (several chunks here) and the sum divided in place:
+    the same bits as whole-tensor arithmetic."""
+    monkeypatch.setattr(fedavg, "CHUNK", 4096)
     cfg = global_cfg.clone()
     agg = OnlineClientsAvgAggregator(cfg, distributed=False)
     feedback = _updates(4, 4096)

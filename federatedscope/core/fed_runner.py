@@ -161,6 +161,7 @@ def _client_session(cfg, client, transport, inbox) -> None:
             transport.reconnect(client.join_message(), event.reason)   # backoff, bounded budget
             continue
         client.handle(event)
+        event = None   # the received model must not stay alive through the wait for the next
 
 
 class DistributedRunner(BaseRunner):
@@ -200,6 +201,9 @@ class DistributedRunner(BaseRunner):
                     event = None
                 if event is not None:
                     server.handle(event)
+                    # an upload is folded in by now: holding it through the next wait would keep
+                    # one more model alive (measured: ~25 MB of the hidden-2048 server's peak)
+                    event = None
                 server.tick()
         finally:
             transport.stop()

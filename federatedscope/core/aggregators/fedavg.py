@@ -12,10 +12,16 @@ import torch
 from federatedscope.core.aggregators.aggregator import Aggregator, Feedback, State
 
 
-# Elements accumulated at a time: the float64 sum of a whole key would be 2 x that key's float32
-# bytes (nearly 2 models for a model dominated by one layer). A multiple of every SIMD loop's
-# width, so each element goes through the same kernel path as in one whole-tensor pass.
+# Elements accumulated at a time. On CPU, a float32 tensor added into a float64 one is first
+# copied whole to float64 (TensorIterator's input promotion), and a float64 sum of a whole key
+# is 2 x its float32 bytes: for a model dominated by one layer, each is ~2 models of transient
+# memory. A multiple of every SIMD loop's width, so each element takes the same kernel path
+# as in one whole-tensor pass (bit-identical results).
 CHUNK = 1 << 20
+
+
+def _chunks(n: int):
+    return ((lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
 
 
 def weighted_mean(feedback: List[Feedback]) -> State:
@@ -29,8 +35,7 @@ def weighted_mean(feedback: List[Feedback]) -> State:
         flat = [state[key].reshape(-1) for _, _, state in feedback]
         res = torch.empty(ref.shape, dtype=ref.dtype)
         dst = res.view(-1)
-        for lo in range(0, ref.numel(), CHUNK):
-            hi = min(lo + CHUNK, ref.numel())
+        for lo, hi in _chunks(ref.numel()):
             acc = torch.zeros(hi - lo, dtype=torch.float64)
             for w, src in zip(weights, flat):
                 acc.add_(src[lo:hi].to(torch.float64), alpha=w)
@@ -60,7 +65,9 @@ class OnlineClientsAvgAggregator(ClientsAvgAggregator):
             if key not in self._acc:
                 self._acc[key] = torch.zeros(t.shape, dtype=torch.float64)
                 self._dtypes[key] = t.dtype
-            self._acc[key].add_(t, alpha=float(weight))   # promoted on the fly, no copy
+            acc, src = self._acc[key].view(-1), t.reshape(-1)
+            for lo, hi in _chunks(acc.numel()):   # promoted to float64 a chunk at a time
+                acc[lo:hi].add_(src[lo:hi], alpha=float(weight))
         self._total += weight
         self.feedback[cid] = (weight, None)
 

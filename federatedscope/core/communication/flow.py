@@ -16,8 +16,10 @@ from federatedscope.core.communication import codec
 from federatedscope.core.message import InvalidMessage
 from federatedscope.core.communication.transport import Incoming
 
-# Decoded model-sized messages waiting in a ``ServerInbox`` for the Server.
-HEAVY_IN_INBOX = 4
+# Model-sized uploads being received or waiting in a ``ServerInbox`` for the Server (the one it
+# is adding is no longer counted). Two keep the next upload arriving while the Server adds one,
+# and the server's peak at 1 (global) + 2 (float64 online sum) + 3 uploads = 6 models.
+HEAVY_IN_INBOX = 2
 # First chunk: magic | uint64 LE total length | bytes; each next chunk: magic | bytes.
 CHUNK_FIRST = b"FSC1"
 CHUNK_MORE = b"FSC+"
