@@ -17,7 +17,7 @@ from federatedscope.core.aggregators.aggregator import Aggregator, Feedback, Sta
 # is 2 x its float32 bytes: for a model dominated by one layer, each is ~2 models of transient
 # memory. A multiple of every SIMD loop's width, so each element takes the same kernel path
 # as in one whole-tensor pass (bit-identical results).
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 def _chunks(n: int):
