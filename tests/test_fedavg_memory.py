@@ -1,8 +1,9 @@
 """FedAvg's memory-bounded arithmetic gives the same bits as the whole-tensor float64 mean.
 
 ``weighted_mean`` accumulates a key CHUNK elements at a time; the online aggregator adds each
-update CHUNK elements at a time and divides its sum in place; both exist only to keep float64 temporaries of the model out of the server's peak,
-so the result must be bit-identical to the plain formula, written out here.
+update CHUNK elements at a time and divides its sum in place. Both exist only to keep float64
+temporaries of the model out of the server's peak, so the result must be bit-identical to the
+plain formula, written out here.
 """
 import torch
 
