@@ -3,9 +3,9 @@
 FS's main flow: ``global_cfg.clone()``, merge the YAML and the command line, ``setup_seed``,
 ``update_logger`` (validates, picks a fresh run directory), ``get_data`` -> ``(data,
 modified_cfg)``, merge and freeze, ``get_runner(...).run()``. A script can do the same
-(tests/test_fs_user_script.py does). Around it, what FS lacks: a cap on malloc arenas, one torch
-thread, a stack dump on SIGUSR1 (Unix), the peak RSS in the log and an exit without interpreter
-teardown.
+(tests/test_fs_user_script.py does). Around it, what FS lacks: malloc tuning (arena cap, fixed mmap
+threshold), one torch thread, a stack dump on SIGUSR1 (Unix), the peak RSS in the log and an
+exit without interpreter teardown.
 
 Exit codes: 0 success; 1 configuration/data error (message names the key or file and the fix);
 2 client refused by the server; 3 server gave up waiting for clients (checkpoint written); 4 the
@@ -33,15 +33,24 @@ from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: 
 logger = logging.getLogger("federatedscope")
 
 
-def _limit_malloc_arenas() -> None:
-    """glibc gives every thread that allocates its own malloc arena; gRPC's threads then keep
-    freed message buffers in separate arenas (measured here: server peak 316 MB -> 294 MB with
-    2 arenas). Same effect as MALLOC_ARENA_MAX=2; skipped where glibc is absent."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
+def _tune_malloc() -> None:
+    """Two glibc settings for a process that moves model-sized buffers (same effect as
+    MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=1048576; an explicit env var wins; skipped
+    where glibc is absent):
+    * at most 2 malloc arenas: gRPC's threads otherwise keep freed message buffers in separate
+      arenas (measured here: server peak 316 MB -> 294 MB);
+    * a fixed 1 MiB mmap threshold: glibc raises the threshold to the size of the first freed
+      mmapped block (up to 32 MiB), after which every model-sized buffer (a received upload, an
+      encoded broadcast, an aggregation temporary) comes from the heap and stays resident after
+      it is freed. Fixed, each such buffer goes back to the kernel when freed (measured: server
+      peak at hidden 2048, 3 clients, 538 MB -> 477 MB)."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            libc.mallopt(-8, 2)  # M_ARENA_MAX
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -76,7 +85,7 @@ def _limit_torch_threads() -> None:
 
 
 def main(argv=None) -> int:
-    _limit_malloc_arenas()
+    _tune_malloc()
     _install_stack_dump()
     setup_logger()
     # FS's main flow, step for step.

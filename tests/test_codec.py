@@ -172,3 +172,44 @@ def test_only_invalid_message_escapes_decode():
     # flips in the tensor payload leave a valid frame, flips in the header do not (seed 7: 1548
     # accepted, 1452 refused)
     assert accepted > 1200 and refused > 1200, (accepted, refused)
+
+
+@pytest.mark.parametrize("header_pad", [0, 1, 3, 29])
+def test_reassembled_upload_is_decoded_in_place(header_pad):
+    """A chunked upload is put back together in a buffer placed so the tensor payload is aligned,
+    and the decoded tensors use that buffer instead of a copy (one model per upload, not two).
+    ``header_pad`` varies the header length, so the payload starts at every alignment."""
+    import numpy as np
+    from federatedscope.core.communication.flow import (ALIGN, Reassembly, chunk_frames,
+                                                        chunk_total)
+    torch.manual_seed(1)
+    # payload offsets: w 0, n 84000, d 84008, b 84048, u 84076, v 84085 (not a multiple of 4)
+    tensors = {"w": torch.randn(3000, 7), "n": torch.tensor(11),
+               "d": torch.randn(5, dtype=torch.float64), "b": torch.randn(7),
+               "u": torch.arange(9, dtype=torch.uint8), "v": torch.randn(33)}
+    msg = Message(MODEL_PARA, 3, 0, 4, {"sample_size": 10, "pad": "x" * header_pad}, tensors)
+    frames = chunk_frames(codec.encode(msg), size=4096)
+    assert len(frames) > 5
+    asm = Reassembly(chunk_total(frames[0]), frames[0], heavy=False)
+    for f in frames[1:]:
+        asm.add(memoryview(f)[4:])
+    assert asm.complete
+    back = codec.decode(asm.buf)
+    base = np.frombuffer(asm.buf, np.uint8).ctypes.data
+    lo, hi = base, base + len(asm.buf)
+    for k, t in tensors.items():
+        got = back.tensors[k]
+        assert torch.equal(got, t) and got.dtype == t.dtype, k
+    # "w" (the payload's first tensor) starts ALIGN-aligned and each tensor after it is at a
+    # multiple of its item size: all of them live inside the receive buffer, none is a copy
+    assert back.tensors["w"].data_ptr() % ALIGN == 0
+    for k in ("w", "n", "d", "b", "u"):
+        assert lo <= back.tensors[k].data_ptr() < hi, f"{k} was copied"
+    # "v" follows 9 uint8 bytes: misaligned for float32, so it is copied, and still exact
+    assert not lo <= back.tensors["v"].data_ptr() < hi
+    # whole frames from gRPC are read-only bytes: decoded tensors own their memory
+    wire = codec.encode(msg)
+    whole = codec.decode(wire)
+    assert all(torch.equal(whole.tensors[k], t) for k, t in tensors.items())
+    whole.tensors["w"].add_(1.0)   # writable, and the bytes object is untouched
+    assert codec.decode(wire).tensors["w"].equal(tensors["w"])

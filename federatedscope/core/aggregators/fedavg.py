@@ -12,6 +12,18 @@ import torch
 from federatedscope.core.aggregators.aggregator import Aggregator, Feedback, State
 
 
+# Elements accumulated at a time. On CPU, a float32 tensor added into a float64 one is first
+# copied whole to float64 (TensorIterator's input promotion), and a float64 sum of a whole key
+# is 2 x its float32 bytes: for a model dominated by one layer, each is ~2 models of transient
+# memory. A multiple of every SIMD loop's width, so each element takes the same kernel path
+# as in one whole-tensor pass (bit-identical results).
+CHUNK = 1 << 18
+
+
+def _chunks(n: int):
+    return ((lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK))
+
+
 def weighted_mean(feedback: List[Feedback]) -> State:
     if not feedback:
         raise ValueError("no client updates to aggregate")
@@ -20,10 +32,15 @@ def weighted_mean(feedback: List[Feedback]) -> State:
     weights = [(w / total) if total > 0 else 1.0 / len(feedback) for _, w, _ in feedback]
     out: State = {}
     for key, ref in feedback[0][2].items():
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for w, (_, _, state) in zip(weights, feedback):
-            acc.add_(state[key].to(torch.float64), alpha=w)
-        out[key] = acc.to(ref.dtype) if ref.is_floating_point() else acc.floor().to(ref.dtype)
+        flat = [state[key].reshape(-1) for _, _, state in feedback]
+        res = torch.empty(ref.shape, dtype=ref.dtype)
+        dst = res.view(-1)
+        for lo, hi in _chunks(ref.numel()):
+            acc = torch.zeros(hi - lo, dtype=torch.float64)
+            for w, src in zip(weights, flat):
+                acc.add_(src[lo:hi].to(torch.float64), alpha=w)
+            dst[lo:hi] = acc if ref.is_floating_point() else acc.floor()
+        out[key] = res
     return out
 
 
@@ -48,15 +65,19 @@ class OnlineClientsAvgAggregator(ClientsAvgAggregator):
             if key not in self._acc:
                 self._acc[key] = torch.zeros(t.shape, dtype=torch.float64)
                 self._dtypes[key] = t.dtype
-            self._acc[key].add_(t, alpha=float(weight))   # promoted on the fly, no copy
+            acc, src = self._acc[key].view(-1), t.reshape(-1)
+            for lo, hi in _chunks(acc.numel()):   # promoted to float64 a chunk at a time
+                acc[lo:hi].add_(src[lo:hi], alpha=float(weight))
         self._total += weight
         self.feedback[cid] = (weight, None)
 
     def aggregate(self, agg_info: dict) -> State:
         total = max(self._total, 1)
         out = {}
-        for key, acc in self._acc.items():
-            mean = acc / total
+        for key in list(self._acc):
+            # in place, each sum freed as soon as it is cast: no float64 temporary of the model
+            mean = self._acc.pop(key).div_(total)
             dt = self._dtypes[key]
-            out[key] = mean.to(dt) if dt.is_floating_point else mean.floor().to(dt)
+            out[key] = mean.to(dt) if dt.is_floating_point else mean.floor_().to(dt)
+            del mean
         return out

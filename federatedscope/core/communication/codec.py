@@ -86,12 +86,25 @@ def _tensor_at(tp: fl_pb2.TensorProto, data: bytes, offset: int) -> "tuple[torch
                              f"{size} bytes, only {len(data) - offset} left in the message")
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype.newbyteorder("<")
     arr = np.frombuffer(data, dtype=np_dtype, count=numel, offset=offset).reshape(tuple(shape))
-    return torch.from_numpy(arr.copy()), offset + size  # copy: the message buffer is read-only
+    if arr.flags.writeable and arr.flags.aligned:
+        # A reassembled upload (a bytearray nobody else holds, laid out by ``flow.Reassembly`` so
+        # the payload is aligned): the tensors share it, saving a model-sized copy per upload.
+        return torch.from_numpy(arr), offset + size
+    return torch.from_numpy(arr.copy()), offset + size  # gRPC's bytes are read-only
+
+
+def payload_offset(start) -> Optional[int]:
+    """Where the tensor payload begins in a frame whose first bytes are ``start`` (None: not
+    a frame, or too short to say); lets a receive buffer be placed so the tensors are aligned."""
+    if len(start) < _PREFIX or bytes(start[:len(MAGIC)]) != MAGIC:
+        return None
+    return _PREFIX + int.from_bytes(start[len(MAGIC):_PREFIX], "little")
 
 
 def decode(data: bytes) -> Message:
-    """Bytes (or a bytearray from chunk reassembly) from the network -> ``Message``. Any failure at all is an ``InvalidMessage`` with a
-    bounded text: a hostile frame must cost one log line, never an exception that escapes."""
+    """Bytes (or a writable buffer from chunk reassembly, which the tensors then share) from the
+    network -> ``Message``. Any failure at all is an ``InvalidMessage`` with a bounded text: a
+    hostile frame must cost one log line, never an exception that escapes."""
     try:
         return _decode(data)
     except InvalidMessage:
