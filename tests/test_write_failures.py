@@ -60,8 +60,10 @@ def test_server_out_of_file_descriptors_finishes_or_exits_4(femnist_root, tmp_pa
     to start and to serve 3 clients, not to open the results log as well: which writes fail
     depends on the moment, so the outcome is either a complete run or exit 4, never a hang."""
     job = Job(tmp_path, femnist_root, rounds=ROUNDS,
-              common=["federate.join_timeout", "60", "federate.graceful_termination_timeout", "30",
-                      "federate.results_write_timeout", "5"])
+              common=["federate.join_timeout", "8", "federate.graceful_termination_timeout", "30",
+                      "federate.results_write_timeout", "5",
+                      # a client the server has no descriptor to accept gives up after this
+                      "distribute.connect_timeout", "15"])
     server = _start_within_fewest_descriptors(job, int(os.environ.get("FS_TEST_NOFILE", "15")))
     clients = [job.client(k) for k in (1, 2, 3)]
     codes = _codes([server] + clients)
