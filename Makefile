@@ -19,8 +19,10 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 # Both tiers (fast in-process tests and real-process tests, see PROCESS_MODULES in
-# tests/conftest.py) in one pytest-xdist session; TEST_WORKERS=1 runs them serially.
-TEST_WORKERS ?= 2
+# tests/conftest.py) in one pytest-xdist session; TEST_WORKERS=1 runs them serially. Three
+# workers on two cores: the process tests spend part of their time waiting on timers and
+# peers, and a third worker fills those waits.
+TEST_WORKERS ?= 3
 PYTEST_XDIST = $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 test: $(STAMP) lint
