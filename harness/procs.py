@@ -43,6 +43,7 @@ def start(cmd: Sequence[str], log_path: str, env: Optional[dict] = None, name: s
     full_env.update(env or {})
     full_env = {k: v for k, v in full_env.items() if v is not None}
     if FORK_SERVER is not None and forkserver.forkable(cmd, env or {}):
+        open(log_path, "wb").close()   # exists on return, as with Popen below
         proc = FORK_SERVER.start(cmd[1:], full_env, cwd, log_path, cpus)
     else:
         pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
