@@ -25,16 +25,17 @@ torch.set_num_threads(1)
 # The process tier: modules whose tests start server/client processes or tools, or train for real
 # (seconds to minutes each); everything else is the fast tier (in-process, milliseconds to
 # seconds). `make test` runs both tiers in one xdist session, the process tier first and its
-# longest modules first (order below: measured total time, longest first), so no long test starts
-# last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
+# longest modules first (order below: measured, longest first; the launcher's tests start their
+# processes by exec, not through the fork server, and hold the two longest tests), so no long
+# test starts last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
 PROCESS_MODULES = [
-    "test_chaos", "test_faults", "test_datasets_e2e", "test_transport_ceilings", "test_algorithms_e2e",
-    "test_shard_refresh", "test_transport_process", "test_launcher", "test_write_failures",
+    "test_launcher", "test_faults", "test_chaos", "test_datasets_e2e", "test_transport_ceilings",
+    "test_algorithms_e2e", "test_shard_refresh", "test_transport_process", "test_write_failures",
     "test_fs_user_script", "test_swarm", "test_shard_mode", "test_femnist_sample",
     "test_fs_distributed_configs", "test_multihost_netns", "test_auth", "test_fuzz",
     "test_exit_codes", "test_bench_smoke", "test_insiders", "test_distributed_e2e",
     "test_transport_hostile", "test_sharding", "test_sharding_safety",
-    "test_shard_tool_guarantees", "test_robust_rules_bench",
+    "test_shard_tool_guarantees", "test_robust_rules_bench", "test_swarm_real_manifest",
 ]
 
 
