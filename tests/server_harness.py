@@ -140,8 +140,13 @@ def good_metrics(test=5, val=5, acc=0.5, loss=1.0) -> dict:
 
 
 def quiet(caplog) -> None:
+    """Capture the server's INFO lines in ``caplog``, each once. pytest attaches its capture
+    handler itself to a logger that does not propagate (setup_logger's, after an in-process
+    main flow); making that logger propagate as well would capture every line twice."""
     caplog.set_level(logging.INFO, logger="federatedscope")
-    logging.getLogger("federatedscope").propagate = True
+    log = logging.getLogger("federatedscope")
+    if caplog.handler not in log.handlers:
+        log.propagate = True
 
 
 __all__ = ["Harness", "good_metrics", "quiet", "EVALUATE", "MODEL_PARA"]
