@@ -35,13 +35,17 @@ class ProcessFailed(AssertionError):
     """A watched process exited when it should not have (or a wait timed out)."""
 
 
+def _child_env(changes: Optional[dict]) -> dict:
+    """This process's environment with ``changes`` applied (a value of None removes it)."""
+    env = dict(os.environ, **(changes or {}))
+    return {k: v for k, v in env.items() if v is not None}
+
+
 def start(cmd: Sequence[str], log_path: str, env: Optional[dict] = None, name: str = "",
           cpus: Optional[Sequence[int]] = None, cwd: str = ROOT) -> subprocess.Popen:
     """Run ``cmd`` (in the repo root) with stdout+stderr in ``log_path``. ``env`` updates the
     environment; a value of None removes that variable. ``cpus`` pins the process."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env = {k: v for k, v in full_env.items() if v is not None}
+    full_env = _child_env(env)
     if FORK_SERVER is not None and forkserver.forkable(cmd, env or {}):
         open(log_path, "wb").close()   # exists on return, as with Popen below
         proc = FORK_SERVER.start(cmd[1:], full_env, cwd, log_path, cpus)
@@ -63,7 +67,7 @@ def run_script(args: Sequence[str], timeout: float = 600, cwd: str = ROOT,
     one. Not added to ``STARTED``: it is waited for here, and killed on timeout."""
     import tempfile
     cmd = [PY] + [str(a) for a in args]
-    full_env = {k: v for k, v in dict(os.environ, **(env or {})).items() if v is not None}
+    full_env = _child_env(env)
     if FORK_SERVER is None or not forkserver.forkable(cmd, env or {}):
         return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
                               timeout=timeout, check=check)
