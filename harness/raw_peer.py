@@ -3,6 +3,7 @@ a hostile peer (send arbitrary frame bytes or a ``Message``, read what comes bac
 server ended the stream); ``health_status``: the server's gRPC health answer.
 """
 import queue
+import socket
 import threading
 from typing import Optional, Union
 
@@ -129,3 +130,59 @@ def health_status(address: str, service: str = "", timeout: float = 5.0) -> str:
             return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         except grpc.RpcError as e:
             return e.code().name
+
+
+class SourceAddressProxy:
+    """A loopback TCP forwarder whose upstream connections leave from another loopback address
+    (Linux routes all of 127.0.0.0/8 to ``lo``), so the server sees the peers behind it as a
+    second host, without root or namespaces. ``address`` is where to point a ``RawPeer``."""
+
+    def __init__(self, target_port: int, source_ip: str = "127.0.0.2"):
+        self.target_port, self.source_ip = target_port, source_ip
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open: list = [self._listener]
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return                                   # closed
+            up = socket.socket()
+            up.bind((self.source_ip, 0))
+            up.connect(("127.0.0.1", self.target_port))
+            self._open += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)   # the other direction ends too
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        for s in self._open:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "SourceAddressProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -427,3 +427,39 @@ def test_only_an_abuse_close_of_a_bound_client_is_flagged_as_abuse(server):
     assert got[conns[1]].abuse and got[conns[1]].reason == "too many invalid messages"
     assert got[conns[2]].abuse and got[conns[2]].reason == "oversized message"
     assert not got[conns[3]].abuse
+
+
+def test_a_flood_from_one_address_evicts_only_its_own_unjoined_streams(server, caplog):
+    """4 clients from 127.0.0.1 hold unjoined streams (slow to join); a second host (127.0.0.2,
+    through a forwarder) then opens the cap + 16 more. Oldest-first eviction would close the 4
+    honest streams first; per address, only the flooder's own streams go, and every honest join
+    still reaches the Server."""
+    from harness.raw_peer import SourceAddressProxy
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server(join_deadline=30.0, max_clients=8)
+    cap = t.limits.max_unjoined
+    honest = [RawPeer(addr) for _ in range(4)]
+    flood = []
+    try:
+        for p in honest:
+            p.nonce()                      # the server has registered this stream
+        assert t.session_counts()["idle_unjoined"] == 4
+        with SourceAddressProxy(t.port) as proxy:
+            flood = [RawPeer(proxy.address) for _ in range(cap + 16)]
+            for p in flood:
+                p.nonce()
+            assert t.evicted == 20, t.evicted      # 4 + cap + 16 streams, cap kept
+            end = time.monotonic() + 10
+            while sum(p.closed for p in flood) < 20 and time.monotonic() < end:
+                time.sleep(0.05)
+            assert sum(p.closed for p in flood) == 20
+            assert not any(p.closed for p in honest), "an honest stream was evicted"
+            assert "127.0.0.2" in caplog.text and "Closed unjoined session from ipv4:127.0.0.1" \
+                not in caplog.text
+            for cid, p in enumerate(honest, 1):
+                p.join(cid)
+                ev = _next_incoming(inbox)
+                assert ev.msg.msg_type == JOIN_IN and ev.msg.sender == cid and "127.0.0.1" in ev.peer
+    finally:
+        for p in honest + flood:
+            p.close()

@@ -10,8 +10,9 @@ events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the 
 
 Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
-by its length, unread; unjoined streams have their own cap (the oldest idle one is evicted when a
-new one arrives), so they cannot take the slots admitted clients need; the health service is not
+by its length, unread; unjoined streams have their own cap (at the cap a new one evicts the oldest idle stream
+of the address holding the most: ``unjoined.py``), so they cannot take the slots admitted clients
+need, and one flooding address cannot push other addresses' joins out; the health service is not
 counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
 accepted message is derived from the model. Below our code gRPC enforces the connection-level
 ceilings (streams per connection, header size, connections, idle connections, PING strikes:
@@ -19,7 +20,6 @@ ceilings (streams per connection, header size, connections, idle connections, PI
 Each stream is first sent a nonce (initial metadata) that its join must prove the token with.
 """
 import asyncio
-import collections
 import itertools
 import logging
 import os
@@ -42,6 +42,7 @@ from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BI
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import Message, clip_text
 from federatedscope.core.communication.transport import Disconnected
+from federatedscope.core.communication.unjoined import UnjoinedStreams
 
 logger = logging.getLogger("federatedscope")
 SERVICE = "federatedscope.FLService"
@@ -86,8 +87,7 @@ class GrpcServerTransport(StreamIntake):
         self._ids = itertools.count(1)
         self._conns: Dict[int, Connection] = {}
         self._by_client: Dict[int, Connection] = {}
-        self._idle: "collections.OrderedDict[int, Connection]" = collections.OrderedDict()
-        self._joining: Dict[int, Connection] = {}
+        self._unjoined = UnjoinedStreams(self.limits.max_unjoined)
         self._all_closed: Optional[asyncio.Event] = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio",
@@ -203,8 +203,7 @@ class GrpcServerTransport(StreamIntake):
         if conn is None:
             return
         conn.client_id = client_id
-        self._idle.pop(conn_id, None)
-        self._joining.pop(conn_id, None)
+        self._unjoined.remove(conn)
         self._by_client[client_id] = conn
 
     def _enqueue(self, receivers, data: bytes, msg_type: str) -> None:
@@ -223,20 +222,22 @@ class GrpcServerTransport(StreamIntake):
     # ---------------------------------------------------------- gRPC side
     def _open(self, peer: str) -> Optional[Connection]:
         """Register a new stream, or None when it must be refused (caps reached)."""
-        if len(self._idle) + len(self._joining) >= self.limits.max_unjoined:
-            if not self._idle:
+        if len(self._unjoined) >= self.limits.max_unjoined:
+            old = self._unjoined.victim()
+            if old is None:
                 return None          # every unjoined slot holds a join the Server is deciding
-            _, old = self._idle.popitem(last=False)
+            self._unjoined.remove(old)
             self.evicted += 1
             logger.warning(f"Closed unjoined session from {old.peer}: {self.limits.max_unjoined} "
-                           f"unjoined sessions open, a newer one arrived")
+                           f"unjoined sessions open, a newer one arrived (the oldest idle one of "
+                           f"the address holding the most goes)")
             old.outbox.put_nowait(CLOSE)
         if len(self._conns) >= self.limits.max_sessions:
             return None
         conn = Connection(next(self._ids), peer, os.urandom(NONCE_BYTES),
                           TokenBucket(HEARTBEAT_BURST, self.limits.heartbeat_rate, self._loop.time()))
         self._conns[conn.conn_id] = conn
-        self._idle[conn.conn_id] = conn
+        self._unjoined.add(conn)
         self._all_closed.clear()
         return conn
 
@@ -316,7 +317,7 @@ class GrpcServerTransport(StreamIntake):
             # never answers must still not hold an unjoined slot for ever.
             self._loop.call_later(JOIN_ANSWER_TIMEOUT, self._check_deadline, conn, True)
             return
-        self._idle.pop(conn.conn_id, None)
+        self._unjoined.remove(conn)
         why = (f"its join_in was not answered within {JOIN_ANSWER_TIMEOUT:g}s" if conn.join_sent
                else f"no valid join_in within {self.limits.join_deadline:g}s "
                     f"(distribute.join_deadline)")
@@ -326,8 +327,7 @@ class GrpcServerTransport(StreamIntake):
 
     def _forget(self, conn: Connection) -> None:
         self._conns.pop(conn.conn_id, None)
-        self._idle.pop(conn.conn_id, None)
-        self._joining.pop(conn.conn_id, None)
+        self._unjoined.remove(conn)
         self._drop_assembly(conn)
         if conn.client_id is not None and self._by_client.get(conn.client_id) is conn:
             del self._by_client[conn.client_id]
@@ -341,6 +341,6 @@ class GrpcServerTransport(StreamIntake):
         """Open sessions by kind (read on the loop thread for a consistent view)."""
         async def counts():
             return {"open": len(self._conns), "bound": len(self._by_client),
-                    "idle_unjoined": len(self._idle), "joining": len(self._joining)}
+                    "idle_unjoined": self._unjoined.idle, "joining": self._unjoined.joining}
         return self._run(counts(), timeout=10.0)
 

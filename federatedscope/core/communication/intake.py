@@ -89,7 +89,7 @@ class LineBudget:
 
 class StreamIntake:
     """Reading half of the server transport (mixin: needs ``limits``, ``inbox``, ``_heavy``,
-    ``_backlog``/``_backlog_ok``, ``_idle``/``_joining``, ``_loop``, counters)."""
+    ``_backlog``/``_backlog_ok``, ``_unjoined``, ``_loop``, counters)."""
 
     async def _on_frame(self, conn: Connection, data: bytes) -> bool:
         """One wire message: a whole frame, or a chunk of one. False: close the stream."""
@@ -243,8 +243,7 @@ class StreamIntake:
         if conn.client_id is None:
             msg.content[NONCE_KEY] = conn.nonce.hex()   # the nonce THIS stream was sent
             conn.join_sent = True
-            self._idle.pop(conn.conn_id, None)
-            self._joining[conn.conn_id] = conn
+            self._unjoined.joined_in(conn)
         conn.delivered = True
         self.delivered += 1
         self.inbox.put((HeavyIncoming if heavy else Incoming)(conn.conn_id, msg, conn.peer))
