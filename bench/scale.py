@@ -7,7 +7,6 @@ hidden 128, online aggregation). Loopback throughput, measured in the same run (
 into a sink process), gives each round its transfer floor: model bytes x clients / throughput.
 """
 import os
-import re
 import sys
 import threading
 import time
@@ -33,8 +32,9 @@ def _sink() -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Sink", {
         "Put": grpc.stream_unary_rpc_method_handler(
             lambda reqs, _: sum(len(r) for r in reqs).to_bytes(8, "little"))}),))
-    print(f"sink listening on 127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}", flush=True)
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    print(f"sink listening on 127.0.0.1:{port}", flush=True)
     server.wait_for_termination()
 
 
