@@ -78,30 +78,29 @@ def dir_bytes(path: str, suffix: str = "") -> int:
 
 
 def machine_info() -> dict:
-    def git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-
-    def ver(mod: str) -> str:
-        try:
-            return version(mod)
-        except PackageNotFoundError:
-            return "?"
+    import torch
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "?")
     try:
-        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+        commit, dirty = (subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                        timeout=10).stdout.strip()
+                         for a in (("rev-parse", "HEAD"), ("status", "--porcelain")))
+        dirty = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "?", None
-    import torch
+    versions = {}
+    for m in ("grpcio", "protobuf", "numpy"):
+        try:
+            versions[m] = version(m)
+        except PackageNotFoundError:
+            versions[m] = "?"
     mem = meminfo_mb()
     return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "cpu_model": model, "mem_total_mb": round(mem.get("MemTotal", 0)),
             "mem_available_mb": round(mem.get("MemAvailable", 0)),
             "loadavg": list(os.getloadavg()), "kernel": platform.release(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            **{m: ver(m) for m in ("grpcio", "protobuf", "numpy")},
+            "python": platform.python_version(), "torch": torch.__version__, **versions,
             "git_commit": commit, "git_dirty": dirty}
 
 
@@ -227,7 +226,7 @@ def standalone_argv(manifest: str, outdir: str, rounds: int, extra: Sequence[str
 
 
 def no_logs(res: dict) -> dict:
-    return {k: v for k, v in res.items() if k != "logs"}
+    return {k: v for k, v in res.items() if k != "logs"}  # logs are paths in the scratch dir
 
 
 # ----------------------------------------------------------------------------- log parsing
@@ -347,79 +346,7 @@ def save_plot(ctx, name: str, draw, figsize=(6, 3.5)) -> list:
     return [name]
 
 
-# ----------------------------------------------------------------------------- shared measurements
-def baseline_kb(ctx) -> dict:
-    """Peak RSS (VmHWM) of idle processes that import torch + grpc + federatedscope only,
-    median over repeats; memoised, so every memory benchmark subtracts the same runtime."""
-    def measure():
-        hwm = [run_child(ctx, f"baseline{i}", "baseline", [])["status_kb"]["VmHWM"]
-               for i in range(1 if ctx.quick else 3)]
-        ctx.log(f"  runtime baseline: VmHWM {median(hwm) / 1024:.0f} MB (n={len(hwm)})")
-        return {"vmhwm_kb": median(hwm), "samples_kb": hwm}
-    return ctx.memo("baseline", measure)
-
-
 def shard_load_spec(manifest: str, k: int, streaming: bool = False, extra: Sequence = ()) -> str:
     return json.dumps({"cfg": CLIENT_YAML, "opts": [
         "distributed_data.enabled", "True", "distributed_data.shard_path", shard_dir(manifest, k),
         "distribute.client_id", str(k), "distributed_data.streaming", str(streaming)] + list(extra)})
-
-
-def data_idx_load_spec(data_root: str, k: int) -> str:
-    return json.dumps({"cfg": CLIENT_YAML, "opts": [
-        "distributed_data.enabled", "False", "data.root", data_root, "data.subsample", "1.0",
-        "distribute.data_idx", str(k), "distribute.client_id", str(k)]})
-
-
-def fs_cache(ctx, data_root: str) -> dict:
-    """FS's data_idx path parses the raw JSON once and caches it (femnist/processed); build that
-    cache once (a fixture) so data_idx processes are measured in their steady state. Returns the
-    report of the load that built it."""
-    def build():
-        stamp = os.path.join(data_root, "fs_cache_build.json")
-        processed = os.path.join(data_root, "femnist", "processed")
-        if os.path.isdir(processed) and os.listdir(processed) and os.path.exists(stamp):
-            with open(stamp) as f:
-                return json.load(f)
-        shutil.rmtree(processed, ignore_errors=True)
-        rep = run_child(ctx, "fs_cache_build", "load", [data_idx_load_spec(data_root, 1)])
-        ctx.log(f"  FS data_idx cache built in {rep['work_s']:.1f}s")
-        with open(stamp, "w") as f:
-            json.dump(rep, f)
-        return rep
-    return ctx.memo(f"fs_cache:{data_root}", build)
-
-
-def training_extra(ctx) -> List[str]:
-    """Full runs train one epoch per round (the shipped config); --quick trains 20 batches."""
-    return ["train.batch_or_epoch", "batch", "train.local_update_steps", "20"] if ctx.quick else []
-
-
-def training_job(ctx, mode: str) -> dict:
-    """Server + 3 clients (60 writers each), 1 round, shard mode or FS's data_idx mode; the
-    server runs with the open audit (``FS_AUDIT_*``) listing the files it opens under the
-    scratch dir. Shared by client_memory and server_memory (run once per suite run)."""
-    def job():
-        big = figures_dataset(ctx)
-        manifest = shards(ctx, big, 3)
-        if mode == "data_idx":
-            fs_cache(ctx, big)
-        audit, n_warn = ctx.tmp(f"job_{mode}_server_opens.txt"), len(ctx.warnings)
-        ctx.log(f"  distributed job, {mode} mode: server + 3 clients, 1 round")
-        res = run_job(ctx, f"job_{mode}", manifest if mode == "shard" else None, 3, 1,
-                      training_extra(ctx), data_root=big,
-                      server_env={"FS_AUDIT_OPEN_LOG": audit, "FS_AUDIT_ROOT": ctx.work})
-        opened = set()
-        if os.path.exists(audit):
-            with open(audit) as f:
-                opened = {line.strip() for line in f if line.strip()}
-        data_dirs = tuple(os.path.join(ctx.work, d) + os.sep for d in ("data", "shards"))
-        res["server_opened_data_files"] = sorted(p for p in opened if p.startswith(data_dirs))
-        res.update(mode=mode, extra=training_extra(ctx), warnings=ctx.warnings[n_warn:],
-                   made_by=ctx.bench)
-        return res
-    res = ctx.memo(f"job:{mode}", job)
-    if res["made_by"] != ctx.bench:  # a job shared with an earlier benchmark: repeat its warnings
-        for w in res["warnings"]:
-            ctx.warn(w)
-    return res

@@ -10,6 +10,7 @@ import threading
 import time
 
 from bench import common
+from bench.client_memory import baseline_kb, training_extra, training_job
 from bench.common import MB, row
 
 TITLE = "Server memory: shard mode (manifest only) vs data_idx mode; big-model budget"
@@ -97,8 +98,8 @@ def big_model_rows(ctx, base: float, manifest: str):
 
 
 def run(ctx) -> dict:
-    base = common.baseline_kb(ctx)["vmhwm_kb"] * 1024
-    shard, idx = common.training_job(ctx, "shard"), common.training_job(ctx, "data_idx")
+    base = baseline_kb(ctx)["vmhwm_kb"] * 1024
+    shard, idx = training_job(ctx, "shard"), training_job(ctx, "data_idx")
     s_peak, i_peak = (j["server"]["status_kb"]["VmHWM"] * 1024 - base for j in (shard, idx))
     data_files = shard["server_opened_data_files"]
     manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
@@ -118,7 +119,7 @@ def run(ctx) -> dict:
     arena = None
     if s_peak / MB > GOAL_MB and not ctx.quick:  # the same job with glibc's arenas capped
         ctx.log("  what-if: the shard-mode job again with MALLOC_ARENA_MAX=2")
-        arena = common.run_job(ctx, "arena2", manifest, 3, 1, common.training_extra(ctx),
+        arena = common.run_job(ctx, "arena2", manifest, 3, 1, training_extra(ctx),
                                env=ARENA2)
         a_peak = arena["server"]["status_kb"]["VmHWM"] * 1024 - base
         notes.append(
