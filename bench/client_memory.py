@@ -157,15 +157,15 @@ def run(ctx) -> dict:
     ph = [(p["phase"], p["status_kb"]["VmHWM"] / 1024, p["status_kb"]["VmRSS"] / 1024, p["modules"])
           for p in phases]
 
-    def each(fn, unit=" MB"):
-        return ", ".join(f"N={n} {fn(list(loads[n].values())):.1f}{unit}" for n in NS) + \
-            f", data_idx {fn(idx_loads):.1f}{unit}"
+    def each(fn, unit=" MB", digits=1):
+        return ", ".join(f"N={n} {fn(list(loads[n].values())):.{digits}f}{unit}" for n in NS) + \
+            f", data_idx {fn(idx_loads):.{digits}f}{unit}"
     context = [
         f"Runtime baseline (imports only): {base / 1024:.0f} MB VmHWM, median of "
         f"{len(baseline_kb(ctx)['samples_kb'])}. data_idx keeps FS's semantics (every "
         f"client loads all writers), so it is measured once per run (twice in full runs) and "
         f"compared with each N.",
-        "Load time (get_data, cold page cache): " + each(lambda rs: med(rs, "work_s"), " s")
+        "Load time (get_data, cold page cache): " + each(lambda rs: med(rs, "work_s"), " s", 2)
         + f" (data_idx from FS's processed cache; building it took {first['work_s']:.1f} s).",
         "Peak above runtime, same process (peak reset after imports): "
         + each(lambda rs: med(rs, "peak_above_start_kb", 1024)) + ".",

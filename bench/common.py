@@ -225,6 +225,14 @@ def standalone_argv(manifest: str, outdir: str, rounds: int, extra: Sequence[str
             "distributed_data.manifest", manifest] + list(extra)
 
 
+def model_bytes(*opts: str) -> int:
+    """Raw tensor bytes (parameters + buffers) of the shipped config's model with ``opts``."""
+    from federatedscope.core.auxiliaries.model_builder import get_model
+    from federatedscope.core.communication.codec import raw_tensor_bytes
+    from federatedscope.core.configs.config import load_cfg
+    return raw_tensor_bytes(get_model(load_cfg(SERVER_YAML, list(opts))).state_dict())
+
+
 def no_logs(res: dict) -> dict:
     return {k: v for k, v in res.items() if k != "logs"}  # logs are paths in the scratch dir
 

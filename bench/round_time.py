@@ -18,7 +18,6 @@ import time
 
 from bench import common
 from bench.common import median, row
-from bench.server_memory import model_mb
 from harness import procs
 
 TITLE = "Time per FedAvg round: distributed over gRPC vs standalone, same shards"
@@ -56,7 +55,8 @@ def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
             "cpu_s": [cpu_at(b) - cpu_at(a) for a, b in zip(bounds, bounds[1:])]}
 
 
-def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=False) -> dict:
+def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=False,
+          clients: int = 3) -> dict:
     """Standalone and distributed runs of the same job, at the same time (``together``) or one
     after the other; every process's CPU time sampled every 50 ms."""
     slog, srep = ctx.tmp(f"{tag}_standalone.log"), ctx.tmp(f"{tag}_standalone.json")
@@ -74,12 +74,12 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
             time.sleep(0.05)
     standalone = common.spawn_child(srep, "main", common.standalone_argv(
         manifest, ctx.tmp(f"{tag}_standalone_exp"), rounds, extra), slog, env=WARM, cpus=cpus)
-    job = common.BenchJob(ctx, f"{tag}_dist", manifest, 3, rounds, extra, cpus=cpus)
+    job = common.BenchJob(ctx, f"{tag}_dist", manifest, clients, rounds, extra, cpus=cpus)
     try:
         if not together:
             watch({"standalone": standalone})
         job.start(WARM)
-        watch(dict({"server": job.procs[0], 1: job.procs[1], 2: job.procs[2], 3: job.procs[3]},
+        watch(dict(zip(["server", *range(1, clients + 1)], job.procs),
                    **({"standalone": standalone} if together else {})))
         res = job.finish(timeout=60)
         if procs.wait_all([standalone], 60, check=False)[0] != 0:
@@ -93,8 +93,8 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
     out = {"together": together,
            "standalone": _mode(slog, [slog], series, ["standalone"], rep["wall_s"],
                                rep["ctxt_switches"]["nonvoluntary_ctxt_switches"]),
-           "dist": _mode(dlog, [dlog] + [res["logs"][k] for k in (1, 2, 3)], series,
-                         ["server", 1, 2, 3], res["wall_s"], pre)}
+           "dist": _mode(dlog, list(res["logs"].values()), series,
+                         ["server", *range(1, clients + 1)], res["wall_s"], pre)}
     # rounds 2..; run together: only the rounds that ran while the other mode was in its rounds
     # too (not starting up, not evaluating at the end)
     for m in MODES:
@@ -119,13 +119,10 @@ def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
     """Standalone, then distributed, with ``local_update_steps 0`` (a client answers with the
     state it received): the per-round difference is the transport's own cost."""
     manifest = common.shards(ctx, common.figures_dataset(ctx), n)
-    extra = ["train.batch_or_epoch", "batch", "train.local_update_steps", "0", "model.hidden",
-             str(hidden), "eval.freq", "100000", "eval.split", "['test']"]
-    slog = ctx.tmp(f"tn{n}_standalone.log")
-    common.run_child(ctx, f"tn{n}_standalone", "main", common.standalone_argv(
-        manifest, ctx.tmp(f"tn{n}_standalone_exp"), rounds, extra), env=WARM, timeout=900)
-    dist = common.run_job(ctx, f"tn{n}_dist", manifest, n, rounds, extra, env=WARM, timeout=900)
-    sr, dr = common.round_times(slog), common.round_times(dist["logs"]["server"])
+    p = _pair(ctx, f"tn{n}", manifest, rounds, [
+        "train.batch_or_epoch", "batch", "train.local_update_steps", "0", "model.hidden",
+        str(hidden), "eval.freq", "100000", "eval.split", "['test']"], clients=n)
+    sr, dr = p["standalone"]["rounds_s"], p["dist"]["rounds_s"]
     s, d = median(sr[1:]), median(dr[1:])
     return {"clients": n, "standalone_round_s": s, "dist_round_s": d,
             "overhead_ms": (d - s) * 1000, "standalone_rounds": sr, "dist_rounds": dr}
@@ -160,7 +157,7 @@ def run(ctx) -> dict:
         f"{tails['standalone'] * 1000:.0f} ms standalone. Whole job: distributed "
         f"{per_mode['dist']}; standalone {per_mode['standalone']}."]
     hidden, t_rounds = 2048, (6 if ctx.quick else 12)
-    mb = model_mb(hidden)
+    mb = common.model_bytes("model.hidden", str(hidden)) / common.MB
     raw["transport_only"] = []
     for n in (1, 3, 10):
         ctx.log(f"  transport only: {n} client(s), hidden {hidden}, no local training")

@@ -42,10 +42,7 @@ def model_and_loopback(ctx) -> "tuple[int, float]":
     """(raw bytes of the shipped config's model, loopback bytes/s of one gRPC stream, best of 3):
     a round's transfer floor."""
     import grpc
-    from federatedscope.core.auxiliaries.model_builder import get_model
-    from federatedscope.core.configs.config import load_cfg
-    state = get_model(load_cfg(common.SERVER_YAML, [])).state_dict()
-    model_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    model_bytes = common.model_bytes()
     sink = common.spawn([common.PY, os.path.abspath(__file__), "--sink"], ctx.tmp("sink.log"))
     try:
         payload, best = os.urandom(model_bytes), 0.0

@@ -28,13 +28,6 @@ PHASES = [("model built, listening", "listening on", "server"),
           ("finishing", "final weighted-avg", "server")]
 
 
-def model_mb(hidden: int) -> float:
-    """Raw tensor bytes (parameters + buffers) of ConvNet2 at ``hidden``, in MB."""
-    from federatedscope.cv.model.cnn import ConvNet2
-    m = ConvNet2(in_channels=1, hidden=hidden, class_num=62)
-    return sum(t.numel() * t.element_size() for t in m.state_dict().values()) / MB
-
-
 def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
     """Server + 3 clients at hidden 2048, 2 rounds of 5 batches, evaluation every round; the
     server's VmRSS sampled every 20 ms, so ``timeline`` says in which phase its memory grows."""
@@ -65,7 +58,7 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
 
 
 def big_model_rows(ctx, base: float, manifest: str):
-    model = model_mb(BIG_HIDDEN) * MB
+    model = common.model_bytes("model.hidden", str(BIG_HIDDEN))
     budget = base + MODEL_COPIES * model
     rows, raw, context, notes = [], {}, [], []
     for online in (True, False):
