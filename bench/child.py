@@ -2,23 +2,17 @@
 
     python bench/child.py REPORT.json MODE [ARGS...]
 
-Modes
-  baseline            import torch + grpc + federatedscope (the runtime), nothing else
-  load SPEC_JSON      the runtime, then ``get_data(cfg)``; SPEC = {"cfg": yaml|null, "opts": [...]}
-  stream SPEC_JSON P S  ``load``, then P timed passes over the train split's batches and, if S > 0,
-                      S timed training steps
-  phases SPEC_JSON    ``load``, then one round of training and evaluation, RSS after each phase
-  main ARGV...        ``federatedscope.main.main(argv)`` (with BENCH_WARM_TORCH=1, torch's lazy
-                      first-step imports happen first)
-  script PATH ARGV... import a script as a module (untimed), then time its ``main(argv)``
-  profile PATH ARGV... ``script`` under cProfile: the functions with >= 2 % of the time
-  jsonfloor FILE...   a bare ``json.load`` pass over FILEs, one file in memory at a time
-  jsonhook FILE...    the same pass with the tool's parse (interning ``parse_float`` hook)
+MODE: baseline (the runtime imports only); load SPEC (then ``get_data``; SPEC = {"cfg": yaml,
+"opts": [...]}); stream SPEC P S (then P timed passes over the train batches and S timed training
+steps); phases SPEC (then one round of training and evaluation, RSS after each phase); main ARGV
+(``federatedscope.main.main``); script PATH ARGV / profile PATH ARGV (a tool's ``main(argv)``
+timed after its imports, plain or under cProfile); jsonfloor FILES / jsonhook FILES (a bare
+``json.load`` pass / the shard tool's hooked parse, one file in memory at a time).
 
-Every report has the process's ``VmHWM`` at exit. Modes that work after their imports reset the
-peak (``echo 5 > /proc/self/clear_refs``) once the imports are done, so ``peak_above_start_kb``
-is the peak growth caused by the work alone. The /proc readers here are also the benchmarks'
-(bench/common.py, bench/peers/tree.py): this module imports nothing heavy.
+Every report has the process's ``VmHWM`` at exit; modes working after their imports reset the
+peak (``echo 5 > /proc/self/clear_refs``) once imports are done, so ``peak_above_start_kb`` is the
+work's own peak growth. The /proc readers here are the benchmarks' too (this module imports
+nothing heavy).
 """
 import json
 import os

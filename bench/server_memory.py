@@ -18,7 +18,7 @@ GOAL_MB = 50
 BIG_HIDDEN = 2048     # ConvNet2 hidden 2048: ~26 MB of tensors per model
 MODEL_COPIES = 6      # budget: runtime + 6 x the model's raw bytes, any number of clients
 ARENA2 = {"MALLOC_ARENA_MAX": "2"}
-# (phase, marker, whose log): a phase starts at the first line containing its marker
+# (phase, marker, whose log)
 PHASES = [("model built, listening", "listening on", "server"),
           ("clients joining", "joined", "server"),
           ("round 1: broadcast to 3 clients, local training", "starting training", "server"),
@@ -48,12 +48,18 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
     t.start()
     res = job.finish(timeout=900)
     t.join()
-    starts = sorted((min(ts), name) for name, marker, whose in PHASES for ts in [[
-        t for k, path in res["logs"].items() if (k == "server") == (whose == "server")
-        for t in common.log_times(path, marker)]] if ts)
-    ends = [t for t, _ in starts[1:]] + [float("inf")]
-    res["timeline"] = [(name, max(v) / 1024) for (t0, name), t1 in zip(starts, ends)
-                       for v in [[kb for ts, kb in samples if t0 <= ts < t1]] if v]
+    starts = []  # a phase starts at the first log line holding its marker
+    for name, marker, whose in PHASES:
+        ts = [t for k, path in res["logs"].items() if (k == "server") == (whose == "server")
+              for t in common.log_times(path, marker)]
+        if ts:
+            starts.append((min(ts), name))
+    starts.sort()
+    res["timeline"] = []
+    for (t0, name), t1 in zip(starts, [t for t, _ in starts[1:]] + [float("inf")]):
+        kbs = [kb for ts, kb in samples if t0 <= ts < t1]
+        if kbs:
+            res["timeline"].append((name, max(kbs) / 1024))
     return common.no_logs(res)
 
 
