@@ -7,6 +7,7 @@ Same models (ConvNet2 for FEMNIST, hidden 128 and 2048):
 * socket: the real gRPC transports on loopback with a counting TCP forwarder between them, so the
   bytes are what the kernel carried (protobuf + gRPC framing + HTTP/2 frames), both directions.
 """
+import contextlib
 import queue
 import socket
 import threading
@@ -88,59 +89,48 @@ class CountingProxy:
     """Loopback TCP forwarder counting the payload bytes it carries in each direction."""
 
     def __init__(self, target_port: int):
-        self.target = ("127.0.0.1", target_port)
         self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self.up = self.down = self.connections = 0
-        self._lock, self._socks = threading.Lock(), [self.lsock]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.port, self.connections = self.lsock.getsockname()[1], 0
+        self.bytes, self._lock, self._socks = {"up": 0, "down": 0}, threading.Lock(), [self.lsock]
+        threading.Thread(target=self._accept, args=(target_port,), daemon=True).start()
 
-    def _accept(self) -> None:
+    def _accept(self, target_port: int) -> None:
         while True:
             try:
                 c, _ = self.lsock.accept()
             except OSError:
                 return
-            s = socket.create_connection(self.target)
+            s = socket.create_connection(("127.0.0.1", target_port))
             self._socks += [c, s]
             self.connections += 1
             for src, dst, d in ((c, s, "up"), (s, c, "down")):
                 threading.Thread(target=self._pump, args=(src, dst, d), daemon=True).start()
 
     def _pump(self, src, dst, direction: str) -> None:
-        while True:
-            try:
-                data = src.recv(1 << 20)
-                if not data:
-                    break
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 20):
                 dst.sendall(data)
-            except OSError:
-                break
-            with self._lock:
-                setattr(self, direction, getattr(self, direction) + len(data))
+                with self._lock:
+                    self.bytes[direction] += len(data)
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def settled(self, quiet: float = 0.3, limit: float = 5.0):
         """(up, down) once no byte has moved for ``quiet`` seconds (trailing acks/updates)."""
-        last, t_end, t_quiet = (self.up, self.down), time.monotonic() + limit, time.monotonic()
+        last, t_end, t_quiet = None, time.monotonic() + limit, time.monotonic()
         while time.monotonic() < t_end and time.monotonic() - t_quiet < quiet:
-            time.sleep(0.05)
             with self._lock:
-                now = (self.up, self.down)
+                now = (self.bytes["up"], self.bytes["down"])
             if now != last:
                 last, t_quiet = now, time.monotonic()
+            time.sleep(0.05)
         return last
 
     def close(self) -> None:
         for s in self._socks:
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
 
 def socket_figures(hidden: int, state, k: int) -> dict:
