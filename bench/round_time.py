@@ -119,9 +119,12 @@ def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
     """Standalone, then distributed, with ``local_update_steps 0`` (a client answers with the
     state it received): the per-round difference is the transport's own cost."""
     manifest = common.shards(ctx, common.figures_dataset(ctx), n)
+    # personalization.local_update_steps defaults to the train count, and 0 is refused there
+    # (it is unused without Ditto)
     p = _pair(ctx, f"tn{n}", manifest, rounds, [
-        "train.batch_or_epoch", "batch", "train.local_update_steps", "0", "model.hidden",
-        str(hidden), "eval.freq", "100000", "eval.split", "['test']"], clients=n)
+        "train.batch_or_epoch", "batch", "train.local_update_steps", "0",
+        "personalization.local_update_steps", "1", "model.hidden", str(hidden), "eval.freq",
+        "100000", "eval.split", "['test']"], clients=n)
     sr, dr = p["standalone"]["rounds_s"], p["dist"]["rounds_s"]
     s, d = median(sr[1:]), median(dr[1:])
     return {"clients": n, "standalone_round_s": s, "dist_round_s": d,
