@@ -41,16 +41,16 @@ exc  # harness __exit__(*exc): the context-manager protocol's signature
 # Public helpers whose callers are tests, bench/ or scripts/ (outside the scanned tree)
 raw_tensor_bytes  # codec.py: tests/test_codec.py, bench/wire.py
 _.rejected  # transport counters (grpc_server.py, intake.py): tests/test_transport_hostile.py
-_.evicted  # grpc_server.py counter: tests/test_transport_hostile.py, bench/client_memory.py
+_.evicted  # grpc_server.py counter: tests/test_transport_hostile.py
 _.session_counts  # grpc_server.py: tests/test_transport_hostile.py
 write_split  # shard_format/split_file.py: tests that build shards by hand
 prepare_shards  # sharding.py: scripts/tools/prepare_shards.py, tests
 write_leaf_json  # cv/dataset/leaf_json.py: scripts/tools/generate_*_sample.py, tests
-_.server_log  # harness/jobs.py (the test/bench harness): tests/*, bench/common.py
+_.server_log  # harness/jobs.py (the test/bench harness): tests/*
 _.wait_round  # harness/jobs.py: tests/test_chaos.py, test_faults.py, ...
 _.assert_eval_complete  # harness/jobs.py: tests/test_chaos.py, test_faults.py, ...
 known_bug  # harness/jobs.py: tests/test_auth.py, test_faults.py
-file_contains  # harness/procs.py: tests/*, bench/common.py
+file_contains  # harness/procs.py: tests/*, bench/idle_cpu.py, bench/manifest_scale.py
 free_port  # harness/procs.py: tests/*, bench/*
 frozen  # harness/procs.py (SIGSTOP a process): tests/test_chaos.py, test_faults.py, ...
 RawPeer  # harness/raw_peer.py (a hand-driven gRPC peer): tests/test_transport_*.py

@@ -2,24 +2,17 @@
 
     python bench/child.py REPORT.json MODE [ARGS...]
 
-Modes
-  baseline            import torch + grpc + federatedscope (the runtime), nothing else
-  load SPEC_JSON      the runtime, then ``get_data(cfg)``; SPEC = {"cfg": yaml|null, "opts": [...]}
-  stream SPEC_JSON P S  ``load``, then P timed passes over the train split's batches and, if S > 0,
-                      S timed training steps
-  phases SPEC_JSON [lean]  ``load``, then one round of training and evaluation, RSS after each
-                      phase; ``lean``: with a plain SGD update and evaluation batches of 64
-  main ARGV...        ``federatedscope.main.main(argv)`` (a real server/client/standalone run;
-                      with BENCH_WARM_TORCH=1, torch's lazy first-step imports happen first)
-  script PATH ARGV... import a script as a module (untimed), then time its ``main(argv)``
-  profile PATH ARGV... ``script`` under cProfile: the report adds where the time went (the
-                      functions with >= 2 % of it, by cumulative time)
-  jsonfloor FILE...   a bare ``json.load`` pass over FILEs, one file in memory at a time
-  jsonhook FILE...    the same pass with the tool's parse (interning ``parse_float`` hook)
+MODE: baseline (the runtime imports only); load SPEC (then ``get_data``; SPEC = {"cfg": yaml,
+"opts": [...]}); stream SPEC P S (then P timed passes over the train batches and S timed training
+steps); phases SPEC (then one round of training and evaluation, RSS after each phase); main ARGV
+(``federatedscope.main.main``); script PATH ARGV / profile PATH ARGV (a tool's ``main(argv)``
+timed after its imports, plain or under cProfile); jsonfloor FILES / jsonhook FILES (a bare
+``json.load`` pass / the shard tool's hooked parse, one file in memory at a time).
 
-Peak RSS: every report has the process's ``VmHWM`` at exit. Modes that do work after imports
-also reset the peak (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) once the imports are done,
-so ``peak_above_start_kb`` is the peak growth caused by the work alone, in the same process.
+Every report has the process's ``VmHWM`` at exit; modes working after their imports reset the
+peak (``echo 5 > /proc/self/clear_refs``) once imports are done, so ``peak_above_start_kb`` is the
+work's own peak growth. The /proc readers here are the benchmarks' too (this module imports
+nothing heavy).
 """
 import json
 import os
@@ -29,23 +22,30 @@ import time
 
 T_START = time.perf_counter()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[0] = ROOT  # not bench/: its module names must not shadow anything
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def status_kb() -> dict:
+def status(pid="self") -> dict:
+    """The Vm*/Rss* fields (kB) and context-switch counts of /proc/<pid>/status."""
     out = {}
-    with open("/proc/self/status") as f:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmHWM", "VmRSS", "VmPeak", "VmSize", "RssAnon", "RssFile"):
+            if k.startswith(("Vm", "Rss")) or k.endswith("ctxt_switches"):
                 out[k] = int(v.split()[0])
     return out
 
 
-def ctxt_switches() -> dict:
-    with open("/proc/self/status") as f:
-        return {k: int(v) for k, _, v in (line.partition(":") for line in f)
-                if k in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")}
+def stat_fields(pid) -> list:
+    """/proc/<pid>/stat after the command name: [state, ppid, ...]."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid) -> float:
+    """utime + stime of a process (all its threads)."""
+    st = stat_fields(pid)
+    return (int(st[11]) + int(st[12])) / CLK_TCK
 
 
 def proc_io() -> dict:
@@ -66,21 +66,19 @@ class Probe:
     """Marks the start of the measured work (after imports) and reports deltas."""
 
     def __init__(self):
-        self.st0 = status_kb()
-        self.io0 = proc_io()
+        self.hwm0, self.io0 = status()["VmHWM"], proc_io()
         self.reset = reset_peak()
-        self.st_reset = status_kb()
-        self.t0 = time.perf_counter()
+        self.st0, self.t0 = status(), time.perf_counter()
 
     def figures(self) -> dict:
-        st, io = status_kb(), proc_io()
-        d = {"work_s": time.perf_counter() - self.t0, "rss_before_work_kb": self.st_reset["VmRSS"],
-             "hwm_before_work_kb": self.st0["VmHWM"], "peak_reset": self.reset,
+        st, io = status(), proc_io()
+        d = {"work_s": time.perf_counter() - self.t0, "rss_before_work_kb": self.st0["VmRSS"],
+             "hwm_before_work_kb": self.hwm0, "peak_reset": self.reset,
              "io_during_work": {k: io[k] - self.io0[k] for k in io}}
         if self.reset:
-            d["peak_above_start_kb"] = st["VmHWM"] - self.st_reset["VmRSS"]
+            d["peak_above_start_kb"] = st["VmHWM"] - self.st0["VmRSS"]
         for k in ("RssAnon", "RssFile"):  # private heap vs file-backed (code, mmap) pages
-            d[f"{k}_growth_kb"] = st[k] - self.st_reset[k]
+            d[f"{k}_growth_kb"] = st[k] - self.st0[k]
         return d
 
 
@@ -97,61 +95,51 @@ def runtime_imports() -> None:
     torch.set_num_threads(1)  # what main.py does
 
 
-def _cfg(spec_json: str):
-    """``{"cfg": YAML or null, "opts": [key, value, ...]}`` -> a finalized config."""
+def _load(spec_json: str):
+    """Runtime imports, the config of ``{"cfg": YAML or null, "opts": [...]}``, a Probe, then
+    ``get_data``: (cfg, probe, {client id: splits})."""
+    runtime_imports()
+    from federatedscope.core.auxiliaries.data_builder import get_data
     from federatedscope.core.configs.config import finalize, load_cfg
-    spec = json.loads(spec_json)
-    return finalize(load_cfg(spec.get("cfg"), spec.get("opts", [])))
-
-
-def _clients(data, cfg) -> dict:
-    """client id -> splits, from what ``get_data`` returned (see core/auxiliaries/data_builder)."""
     from federatedscope.core.data.base_data import StandaloneDataDict
+    spec = json.loads(spec_json)
+    cfg = finalize(load_cfg(spec.get("cfg"), spec.get("opts", [])))
+    probe = Probe()
+    data, _ = get_data(cfg)
     if isinstance(data, StandaloneDataDict):
-        return {cid: c.splits()[0] for cid, c in data.items()}
+        return cfg, probe, {cid: c.splits()[0] for cid, c in data.items()}
     splits, loader = data.splits()
-    return {loader.meta.client_id if loader is not None else cfg.distribute.data_idx: splits}
-
-
-def _held_bytes(data, cfg) -> dict:
-    out = {}
-    for cid, splits in _clients(data, cfg).items():
-        for name, src in splits.items():
-            x, y = getattr(src, "x", None), getattr(src, "y", None)
-            held = (x.numel() * x.element_size() + y.numel() * y.element_size()) \
-                if x is not None and y is not None else 0
-            out[f"{cid}/{name}"] = {"samples": len(src), "tensor_bytes": held,
-                                    "kind": type(src).__name__}
-    return out
+    return cfg, probe, {loader.meta.client_id if loader else cfg.distribute.data_idx: splits}
 
 
 def mode_load(spec_json: str) -> dict:
-    runtime_imports()
-    from federatedscope.core.auxiliaries.data_builder import get_data
-    cfg = _cfg(spec_json)
-    probe = Probe()
-    data, _ = get_data(cfg)
+    _, probe, clients = _load(spec_json)
     rep = probe.figures()
-    rep["splits"] = _held_bytes(data, cfg)
+    rep["splits"] = {}
+    for cid, splits in clients.items():
+        for name, src in splits.items():
+            x, y = getattr(src, "x", None), getattr(src, "y", None)
+            held = 0 if x is None or y is None else \
+                x.numel() * x.element_size() + y.numel() * y.element_size()
+            rep["splits"][f"{cid}/{name}"] = {"samples": len(src), "tensor_bytes": held,
+                                              "kind": type(src).__name__}
     return rep
 
 
+def _trainer(cfg, splits):
+    from federatedscope.core.auxiliaries.model_builder import get_model
+    from federatedscope.core.trainers.trainer import get_trainer
+    return get_trainer(get_model(cfg), splits, "cpu", cfg)
+
+
 def mode_stream(spec_json: str, passes: str, steps: str) -> dict:
-    runtime_imports()
-    import torch
-    from federatedscope.core.auxiliaries.data_builder import get_data
-    cfg = _cfg(spec_json)
-    probe = Probe()
-    data, _ = get_data(cfg)
+    cfg, probe, clients = _load(spec_json)
     load_s = time.perf_counter() - probe.t0
-    (cid, splits), = _clients(data, cfg).items()
-    train = splits["train"]
-    bs = cfg.dataloader.batch_size
-    pass_s = []
+    (splits,) = clients.values()
+    train, bs, pass_s = splits["train"], cfg.dataloader.batch_size, []
     for p in range(int(passes)):
-        t = time.perf_counter()
-        seen = 0
-        for xb, yb in train.iter_batches(bs, True, p):
+        t, seen = time.perf_counter(), 0
+        for _, yb in train.iter_batches(bs, True, p):
             seen += len(yb)
         pass_s.append(time.perf_counter() - t)
         assert seen == len(train), (seen, len(train))
@@ -159,145 +147,78 @@ def mode_stream(spec_json: str, passes: str, steps: str) -> dict:
     rep.update({"load_s": load_s, "train_samples": len(train), "batch_size": bs,
                 "pass_s": pass_s, "split_kind": type(train).__name__})
     if int(steps) > 0:
-        from federatedscope.core.auxiliaries.model_builder import get_model
-        from federatedscope.core.trainers.trainer import get_trainer
+        import torch
         torch.manual_seed(0)
-        trainer = get_trainer(get_model(cfg), splits, "cpu", cfg)
+        trainer = _trainer(cfg, splits)
         trainer.train(seed=0)  # warm-up round: first-call costs (lazy imports) stay out
         t = time.perf_counter()
-        _, _, metrics = trainer.train(seed=1)
+        rep["train_seen"] = trainer.train(seed=1)[2]["train_total"]
         rep["train_s"] = time.perf_counter() - t
-        rep["train_seen"] = metrics["train_total"]
     return rep
 
 
-class _PlainSGD:
-    """What-if for ``phases lean``: the SGD update without ``torch.optim`` (no momentum/decay)."""
-
-    def __init__(self, params, lr: float):
-        self.params, self.lr = list(params), lr
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-    def step(self) -> None:
-        import torch
-        with torch.no_grad():
-            for p in self.params:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-self.lr)
-
-
-class _CapBatches:
-    """What-if for ``phases lean``: a split whose batches are at most ``cap`` samples."""
-
-    def __init__(self, src, cap: int):
-        self.src, self.cap = src, cap
-
-    def __len__(self) -> int:
-        return len(self.src)
-
-    def iter_batches(self, batch_size: int, shuffle: bool, seed: int):
-        return self.src.iter_batches(min(batch_size, self.cap), shuffle, seed)
-
-
-def mode_phases(spec_json: str, lean: str = "") -> dict:
-    """Where a training client's memory goes: RSS after each phase of one round, with the
-    peak reset before each phase (so each phase's own peak is visible). ``lean`` patches the
-    trainer in this process only (plain SGD update, evaluation batches of 64) to measure what
-    those two changes would save."""
+def mode_phases(spec_json: str) -> dict:
+    """Where a training client's memory goes: RSS after each phase of one round, the peak reset
+    before each phase (so each phase's own peak is visible)."""
     runtime_imports()
-    from federatedscope.core.auxiliaries.data_builder import get_data
-    from federatedscope.core.auxiliaries.model_builder import get_model
-    from federatedscope.core.trainers.trainer import get_trainer
-    cfg = _cfg(spec_json)
-    phases = [("runtime", status_kb(), len(sys.modules))]
-    reset_peak()
-    data, _ = get_data(cfg)
-    (cid, splits), = _clients(data, cfg).items()
-    trainer = get_trainer(get_model(cfg), splits, "cpu", cfg)
-    if lean:
-        o = cfg.train.optimizer
-        assert o.momentum == 0 and o.weight_decay == 0, "the plain SGD what-if has no momentum/decay"
-        trainer._optimizer = lambda: _PlainSGD(trainer.model.parameters(), o.lr)
-        trainer.data = {k: _CapBatches(v, 64) if k != "train" else v for k, v in trainer.data.items()}
-    phases.append(("shard loaded, model built", status_kb(), len(sys.modules)))
-    reset_peak()
-    trainer.train(seed=1)
-    phases.append(("one round of local training", status_kb(), len(sys.modules)))
-    reset_peak()
-    for split in cfg.eval.split:
-        trainer.evaluate(split)
-    phases.append(("evaluation (" + ", ".join(cfg.eval.split) + ")", status_kb(), len(sys.modules)))
+    phases = [("runtime", status(), len(sys.modules))]
+    cfg, _, clients = _load(spec_json)   # its Probe resets the peak
+    (splits,) = clients.values()
+    trainer = _trainer(cfg, splits)
+    steps = [("shard loaded, model built", lambda: None),
+             ("one round of local training", lambda: trainer.train(seed=1)),
+             ("evaluation (" + ", ".join(cfg.eval.split) + ")",
+              lambda: [trainer.evaluate(s) for s in cfg.eval.split])]
+    for name, work in steps:
+        work()
+        phases.append((name, status(), len(sys.modules)))
+        reset_peak()
     return {"phases": [{"phase": n, "status_kb": st, "modules": m} for n, st, m in phases]}
-
-
-def warm_torch() -> None:
-    """One SGD step on a dummy parameter: torch's first optimizer step lazily imports
-    torch._dynamo (hundreds of modules); benchmarks that time rounds do it before the clock."""
-    import torch
-    p = torch.nn.Parameter(torch.zeros(1))
-    p.grad = torch.zeros(1)
-    torch.optim.SGD([p], lr=0.1).step()
 
 
 def mode_main(*argv: str) -> dict:
     from federatedscope.main import main
     if os.environ.get("BENCH_WARM_TORCH"):
-        warm_torch()
-    rep = {"rc": main(list(argv))}
-    rep["work_s"] = time.perf_counter() - T_START
-    return rep
+        # torch's first optimizer step lazily imports torch._dynamo (hundreds of modules):
+        # benchmarks that time rounds do it before the clock
+        import torch
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.zeros(1)
+        torch.optim.SGD([p], lr=0.1).step()
+    return {"rc": main(list(argv)), "work_s": time.perf_counter() - T_START}
 
 
 def mode_script(path: str, *argv: str, profile: bool = False) -> dict:
+    import cProfile
     import importlib.util
+    import pstats
     spec = importlib.util.spec_from_file_location("bench_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # imports happen here, before the clock starts
-    prof = None
-    if profile:
-        import cProfile
-        prof = cProfile.Profile()
+    prof = cProfile.Profile() if profile else None
     probe = Probe()
-    if prof is not None:
+    if prof:
         prof.enable()
     rc = mod.main(list(argv))
-    if prof is not None:
+    if prof:
         prof.disable()
-    rep = probe.figures()
-    rep["rc"] = rc or 0
-    if prof is not None:
-        rep["profile"] = _top(prof, rep["work_s"])
+    rep = dict(probe.figures(), rc=rc or 0)
+    if prof:  # [name, calls, own s, cumulative s] of every function with >= 2 % of the time
+        rep["profile"] = sorted(
+            ([f"{os.path.basename(p)}:{line}:{name}" if p != "~" else name, calls,
+              round(own, 3), round(cum, 3)]
+             for (p, line, name), (_, calls, own, cum, _) in pstats.Stats(prof).stats.items()
+             if cum >= 0.02 * rep["work_s"]), key=lambda r: -r[3])
     return rep
 
 
-def _top(prof, total: float, share: float = 0.02) -> list:
-    """[name, calls, own seconds, cumulative seconds] of every function with >= share of the time."""
-    import pstats
-    out = []
-    for (path, line, name), (_, calls, own, cum, _) in pstats.Stats(prof).stats.items():
-        if cum >= share * total:
-            where = f"{os.path.basename(path)}:{line}:{name}" if path != "~" else name
-            out.append([where, calls, round(own, 3), round(cum, 3)])
-    return sorted(out, key=lambda r: -r[3])
-
-
-def mode_profile(path: str, *argv: str) -> dict:
-    return mode_script(path, *argv, profile=True)
-
-
 def _parse_pass(load, files) -> dict:
-    probe = Probe()
-    samples = 0
+    probe, samples = Probe(), 0
     for path in files:  # one file in memory at a time
         d = load(path)
         samples += sum(len(u["y"]) for u in d["user_data"].values())
         del d
-    rep = probe.figures()
-    rep["samples"] = samples
-    return rep
+    return dict(probe.figures(), samples=samples)
 
 
 def mode_jsonfloor(*files: str) -> dict:
@@ -308,20 +229,14 @@ def mode_jsonfloor(*files: str) -> dict:
 
 
 def mode_jsonhook(*files: str) -> dict:
-    """The sharding tool's own parse (``leaf_femnist._load_json``: json.loads with the interning
-    ``parse_float`` hook): the honest floor for the tool."""
+    """The sharding tool's own parse (json.loads with the interning ``parse_float`` hook)."""
     from federatedscope.cv.dataset.leaf_femnist import _load_json
     return _parse_pass(_load_json, files)
 
 
-def mode_baseline() -> dict:
-    runtime_imports()
-    return {}
-
-
-MODES = {"baseline": mode_baseline, "load": mode_load, "phases": mode_phases, "stream": mode_stream,
-         "main": mode_main,
-         "script": mode_script, "profile": mode_profile, "jsonfloor": mode_jsonfloor,
+MODES = {"baseline": lambda: runtime_imports() or {}, "load": mode_load, "phases": mode_phases,
+         "stream": mode_stream, "main": mode_main, "script": mode_script,
+         "profile": lambda *a: mode_script(*a, profile=True), "jsonfloor": mode_jsonfloor,
          "jsonhook": mode_jsonhook}
 
 
@@ -329,17 +244,18 @@ def main() -> int:
     report_path, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     rep = MODES[mode](*args)
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    rep.update({"mode": mode, "pid": os.getpid(), "status_kb": status_kb(), "io": proc_io(),
-                "modules": len(sys.modules), "torch_dynamo_imported": "torch._dynamo" in sys.modules,
-                "ctxt_switches": ctxt_switches(),
-                "cpu_s": ru.ru_utime + ru.ru_stime,
+    st = status()
+    rep.update({"mode": mode, "pid": os.getpid(), "io": proc_io(), "modules": len(sys.modules),
+                "torch_dynamo_imported": "torch._dynamo" in sys.modules,
+                "ctxt_switches": {k: st.pop(k) for k in list(st) if k.endswith("ctxt_switches")},
+                "status_kb": st, "cpu_s": ru.ru_utime + ru.ru_stime,
                 "wall_s": time.perf_counter() - T_START})
-    tmp = report_path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(report_path + ".tmp", "w") as f:
         json.dump(rep, f, indent=1)
-    os.replace(tmp, report_path)
+    os.replace(report_path + ".tmp", report_path)
     return int(rep.get("rc", 0) or 0)
 
 
 if __name__ == "__main__":
+    sys.path[0] = ROOT  # not bench/: its module names must not shadow anything
     sys.exit(main())

@@ -26,20 +26,26 @@ def _load(results_dir: str, order: List[str] = ORDER + EXTRA) -> List[dict]:
     return sorted(found.values(), key=lambda r: (rank.get(r["name"], len(rank)), r["name"]))
 
 
-def _esc(text: str) -> str:
+def _esc(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _machine_line(m: dict) -> str:
-    return (f"{m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_mb')} MB RAM, "
-            f"load {m.get('loadavg', [0])[0]:.2f} at start; Python {m.get('python')}, "
-            f"torch {m.get('torch')}, grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')}; "
-            f"commit {str(m.get('git_commit'))[:10]}{' (+ local changes)' if m.get('git_dirty') else ''}")
+def _md(header: List[str], rows) -> List[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + \
+        ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
+
+
+def _run(r: dict) -> str:
+    return "quick" if r.get("quick") else "full"
+
+
+def _commit(m: dict) -> str:
+    return str(m.get("git_commit"))[:10]
 
 
 def _provenance(results: List[dict]) -> List[str]:
     """Which commit, tree state, machine and load each JSON was measured with."""
-    commits = {(str(r.get("machine", {}).get("git_commit"))[:10], r.get("machine", {}).get("git_dirty"))
+    commits = {(_commit(r.get("machine", {})), r.get("machine", {}).get("git_dirty"))
                for r in results}
     out = ["## What was measured", ""]
     if len(commits) == 1:
@@ -49,44 +55,38 @@ def _provenance(results: List[dict]) -> List[str]:
     else:
         out.append(f"**The results come from {len(commits)} different commits/tree states** "
                    f"(see the table); regenerate with `make bench` for one consistent set.")
-    kinds = sorted({"quick" if r.get("quick") else "full" for r in results})
-    out += ["", "Data profile: " + "; ".join(
-        {"quick": "quick runs use the 180-writer sample (~36,000 samples) and, for peers, "
-                  "ConvNet2 hidden 128 and 2 rounds",
-         "full": "full runs use the `large` profile (200 writers, ~45,000 samples) for the "
-                 "memory, round and peer figures, and hidden 2048 and 5 rounds for peers"}[k]
-        for k in kinds) + "."]
-    out += ["", "| benchmark | run | started (UTC) | commit | tree | CPUs | load (1 min) at its start "
-                "(¹ at the suite's start) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    profile = {"quick": "quick runs use the 180-writer sample (~36,000 samples) and, for peers, "
+                        "ConvNet2 hidden 128 and 2 rounds",
+               "full": "full runs use the `large` profile (200 writers, ~45,000 samples) for the "
+                       "memory, round and peer figures, and hidden 2048 and 5 rounds for peers"}
+    out += ["", "Data profile: " + "; ".join(profile[k] for k in sorted(set(map(_run, results))))
+            + ".", ""]
+    rows = []
     for r in results:
         m = r.get("machine", {})
-        dirty = {True: "dirty", False: "clean"}.get(m.get("git_dirty"), "?")
-        out.append(f"| {r['name']} | {'quick' if r.get('quick') else 'full'} | {r.get('started', '?')} | "
-                   f"`{str(m.get('git_commit'))[:10]}` | {dirty} | {m.get('cpus_usable', m.get('cpu_count'))} | "
-                   + (f"{m['loadavg_at_bench_start'][0]:.2f} |" if "loadavg_at_bench_start" in m
-                      else f"{m.get('loadavg', [0])[0]:.2f} ¹ |"))
-    return out + [""]
+        load = (f"{m['loadavg_at_bench_start'][0]:.2f}" if "loadavg_at_bench_start" in m
+                else f"{m.get('loadavg', [0])[0]:.2f} ¹")
+        rows.append([r["name"], _run(r), r.get("started", "?"), f"`{_commit(m)}`",
+                     {True: "dirty", False: "clean"}.get(m.get("git_dirty"), "?"),
+                     m.get("cpus_usable", m.get("cpu_count")), load])
+    return out + _md(["benchmark", "run", "started (UTC)", "commit", "tree", "CPUs",
+                      "load (1 min) at its start (¹ at the suite's start)"], rows) + [""]
 
 
 def render_table(t: dict) -> List[str]:
     """A benchmark's extra table (``tables``: title, header, rows) as Markdown."""
-    out = [f"**{_esc(t['title'])}**", "", "| " + " | ".join(_esc(h) for h in t["header"]) + " |",
-           "|" + " --- |" * len(t["header"])]
-    out += ["| " + " | ".join(_esc(c) for c in r) + " |" for r in t["rows"]]
-    return out + [""]
+    return [f"**{_esc(t['title'])}**", ""] + _md([_esc(h) for h in t["header"]], t["rows"]) + [""]
 
 
 def headline_table(results: List[dict]) -> List[str]:
     """Every headline row of every benchmark (misses included), and a row per failed one."""
-    out = ["| benchmark | figure | value | goal | status |", "| --- | --- | --- | --- | --- |"]
+    rows = []
     for res in results:
-        out += [f"| {res['name']} | {_esc(r['figure'])} | {_esc(r['display'])} | "
-                f"{_esc(r['goal'])} | {MARK[r['met']]} |" for r in res.get("rows", [])
-                if r.get("headline")]
+        rows += [[res["name"], r["figure"], r["display"], r["goal"], MARK[r["met"]]]
+                 for r in res.get("rows", []) if r.get("headline")]
         if res.get("error"):
-            out.append(f"| {res['name']} | benchmark failed to run | — | — | ❌ missed |")
-    return out
+            rows.append([res["name"], "benchmark failed to run", "—", "—", "❌ missed"])
+    return _md(["benchmark", "figure", "value", "goal", "status"], rows)
 
 
 def render(results: List[dict], rel_plots: str) -> str:
@@ -98,48 +98,43 @@ def render(results: List[dict], rel_plots: str) -> str:
            ""]
     if not results:
         return "\n".join(out + ["No results yet: run `make bench`.", ""])
-    out += _provenance(results)
-    out += ["## Headline figures", ""] + headline_table(results) + [""]
+    out += _provenance(results) + ["## Headline figures", ""] + headline_table(results) + [""]
     missed = [(res["name"], r) for res in results for r in res.get("rows", []) if r["met"] is False]
     errors = [res["name"] for res in results if res.get("error")]
     total = sum(len(res.get("rows", [])) for res in results)
     out.append(f"**{total - len(missed)} of {total} goals met.**" + (
         " Missed (each section's notes say why and what would fix it):" if missed else ""))
     if missed:
-        out.append("")
-        out += [f"- {n}: {_esc(r['figure'])} = {_esc(r['display'])} (goal {_esc(r['goal'])})"
-                for n, r in missed]
+        out += [""] + [f"- {n}: {_esc(r['figure'])} = {_esc(r['display'])} (goal "
+                       f"{_esc(r['goal'])})" for n, r in missed]
     if errors:
         out.append(f"**Benchmarks that failed to run: {', '.join(errors)}** (see their JSON).")
     out.append("")
     for res in results:
         m = res.get("machine", {})
         out += [f'<a id="{res["name"]}"></a>', "", f"## {res['name']} — {res.get('title', '')}", "",
-                f"_{'quick' if res.get('quick') else 'full'} run, {res.get('started', '?')}, "
-                f"{res.get('duration_s', 0):.0f} s; {_machine_line(m)}_", ""]
+                f"_{_run(res)} run, {res.get('started', '?')}, {res.get('duration_s', 0):.0f} s; "
+                f"{m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_mb')} MB RAM, "
+                f"load {m.get('loadavg', [0])[0]:.2f} at start; Python {m.get('python')}, "
+                f"torch {m.get('torch')}, grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')}; "
+                f"commit {_commit(m)}{' (+ local changes)' if m.get('git_dirty') else ''}_", ""]
         if res.get("error"):
             out += ["**This benchmark failed to run:**", "", "```", res["error"].strip()[-1500:],
                     "```", ""]
         for t in res.get("tables", []):
             out += render_table(t)
         if res.get("rows"):
-            out += ["| figure | value | goal | status |", "| --- | --- | --- | --- |"]
-            out += [f"| {_esc(r['figure'])} | {_esc(r['display'])} | {_esc(r['goal'])} | "
-                    f"{MARK[r['met']]} |" for r in res["rows"]]
-            out.append("")
-        for note in res.get("notes", []):
-            out += [f"> **Note:** {note}", ""]
+            out += _md(["figure", "value", "goal", "status"], [
+                [r["figure"], r["display"], r["goal"], MARK[r["met"]]] for r in res["rows"]]) + [""]
+        out += [line for note in res.get("notes", []) for line in (f"> **Note:** {note}", "")]
         if res.get("context"):
             out += [f"- {c}" for c in res["context"]] + [""]
-        for plot in res.get("plots", []):
-            out += [f"![{plot}]({rel_plots}/{plot})", ""]
+        out += [line for p in res.get("plots", []) for line in (f"![{p}]({rel_plots}/{p})", "")]
     return "\n".join(out)
 
 
 def write(results_dir: str, report_path: str) -> None:
     rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(report_path)))
-    text = render(_load(results_dir), rel.replace(os.sep, "/"))
-    tmp = report_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, report_path)
+    with open(report_path + ".tmp", "w") as f:
+        f.write(render(_load(results_dir), rel.replace(os.sep, "/")))
+    os.replace(report_path + ".tmp", report_path)

@@ -1,18 +1,7 @@
 """What each ``aggregator.robust_rule`` does against sign-flip and small-bias attackers at 1 and
-2 of 5 clients, measured in one process (standalone runner, no gRPC) on the generated FEMNIST
-sample.
-
-Attackers are the project's own client class with one FS-style override: the trainer's honest
-result is bent before it is uploaded (``attacker_class``). ``sign_flip`` sends
-``global + SIGN_FLIP_FACTOR x (honest - global)``; ``bias`` adds ``BIAS`` to every float value.
-The attacker ids are the lowest ones (1, then 1 and 2). ``aggregator.byzantine_node_num`` is the
-attacker count for the rules that take it (krum, bulyan, trimmedmean); a rule whose precondition
-refuses that n/f is recorded with the server's refusal message instead of an accuracy (once: the
-refusal does not depend on the seed). Every other cell is run with ``--seeds`` training seeds
-(``--seed``, ``--seed`` + 1, ...) on the same generated sample, and reported as mean and min..max,
-so the spread between seeds is measured next to the differences between cells.
-
-Usage::
+2 of 5 clients: standalone jobs (no gRPC) on the generated FEMNIST sample, each runnable cell over
+``--seeds`` training seeds (mean and min..max), a refused cell tried once with the server's
+message. The rendered section (doc/reliability.md) says exactly what each column does.
 
     python bench/robust_rules.py             # measure, write bench/results/robust_rules.json
     python bench/robust_rules.py --seeds 1   # one seed per cell (a third of the time)
@@ -40,6 +29,7 @@ from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E
 from federatedscope.core.auxiliaries.utils import atomic_write_bytes, setup_seed  # noqa: E402
 from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
+from harness.jobs import SERVER_YAML  # noqa: E402
 
 RULES = ("fedavg", "median", "trimmedmean", "krum", "bulyan", "normbounding")
 TAKES_F = ("krum", "bulyan", "trimmedmean")
@@ -48,8 +38,6 @@ SCENARIOS = (("honest", None, 0), ("1 sign-flip", "sign_flip", 1), ("2 sign-flip
 SIGN_FLIP_FACTOR = -10.0
 BIAS = 0.0015
 CLIENTS = 5
-SERVER_YAML = os.path.join(ROOT, "scripts", "distributed_scripts", "distributed_configs",
-                           "distributed_femnist_server.yaml")
 RESULTS = os.path.join(ROOT, "bench", "results", "robust_rules.json")
 DOC = os.path.join(ROOT, "doc", "reliability.md")
 SECTION = "## Robust rules against attackers (measured)"

@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
 
-    python bench/run.py                      # full suite (< 20 min on 2 cores)
-    python bench/run.py --quick              # smaller repeats/sizes (< 3 min)
+    python bench/run.py                      # full suite (about 20 min on 2 cores)
+    python bench/run.py --quick              # smaller repeats/sizes (about 12 min: an estimate, below)
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report still covers all JSONs
     python bench/run.py --peers [--quick]    # only the peers benchmark (floor, this project, Flower)
-    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's full size (~20 min; not default)
+    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's full size (~30 min; not default)
+
+--quick is an estimate, not a promise: the committed quick runs took (duration_s in their JSONs)
+peers 250 s, server_memory 167 s, scale ~110 s, round_time 97 s, manifest_scale ~35 s,
+client_memory 28 s, streaming 15 s, sharding 12 s, wire 11 s, idle_cpu 9 s: about 12 min on 2
+shared cores (one quick run took 557 s), plus a minute to generate the data fixtures once.
 
 Every benchmark measures its comparison inside the same run (ratios, medians over repeats),
 because the machine is shared and noisy. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
@@ -35,23 +40,17 @@ class Ctx:
 
     def __init__(self, quick: bool, results_dir: str, work: str):
         self.quick, self.results_dir, self.work = quick, results_dir, work
-        self.bench = ""
-        self.warnings: list = []
-        self._memo: dict = {}
+        self.bench, self.warnings, self._memo = "", [], {}
         self.t0 = time.perf_counter()
 
     def start(self, name: str) -> None:
         self.bench, self.warnings = name, []
-        d = os.path.join(self.work, "run", name)
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
+        shutil.rmtree(self.tmp(""), ignore_errors=True)
+        os.makedirs(self.tmp(""))
 
     def tmp(self, name: str) -> str:
         """A scratch path for this benchmark (wiped at its next run)."""
         return os.path.join(self.work, "run", self.bench, name)
-
-    def plot_path(self, name: str) -> str:
-        return os.path.join(self.results_dir, name)
 
     def memo(self, key: str, fn):
         if key not in self._memo:
@@ -68,12 +67,13 @@ class Ctx:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes (< 3 min)")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats, smaller sizes (about 12 min: an estimate, see above)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    p.add_argument("--peers", action="store_true", help="run only the peers benchmark (as --only "
-                   "peers): the floor, this project and Flower side by side (needs .venv-peers: "
-                   "make bench-peers)")
+    p.add_argument("--peers", action="store_true", help="run only the peers benchmark: floor, "
+                   "this project and Flower (needs .venv-peers: make bench-peers)")
     p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", DEFAULT_RESULTS),
                    help="where <name>.json, plots and (unless the default) REPORT.md go")
     p.add_argument("--work-dir", default=os.environ.get("BENCH_WORK_DIR", ""),
@@ -83,52 +83,52 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
+    mod = importlib.import_module(f"bench.{name}")
+    ctx.start(name)
+    ctx.log(f"{name}: {mod.TITLE}")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    load_at_start, t = list(os.getloadavg()), time.perf_counter()
+    try:
+        res = mod.run(ctx)
+    except Exception:
+        res = {"error": traceback.format_exc()[-4000:], "rows": []}
+        ctx.log(f"{name}: FAILED\n{res['error']}")
+    if ctx.warnings:
+        res["notes"] = list(res.get("notes", [])) + ctx.warnings
+    res.update({"name": name, "title": mod.TITLE, "quick": quick, "started": started,
+                "duration_s": round(time.perf_counter() - t, 2),
+                "machine": dict(machine, loadavg_at_bench_start=load_at_start,
+                                loadavg_after=list(os.getloadavg()))})
+    with open(os.path.join(ctx.results_dir, f"{name}.json"), "w") as f:
+        json.dump(res, f, indent=1, default=float)
+    for r in res.get("rows", []):
+        mark = {True: "met", False: "MISSED", None: "-"}[r["met"]]
+        ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {mark})")
+    ctx.log(f"{name}: done in {res['duration_s']:.1f}s")
+    return res
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
-    names = [n.strip() for n in a.only.split(",") if n.strip()] or (["peers"] if a.peers else report.ORDER)
+    names = [n.strip() for n in a.only.split(",") if n.strip()] or (
+        ["peers"] if a.peers else report.ORDER)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)
         return 2
     results_dir = os.path.abspath(a.results_dir)
+    default = results_dir == os.path.abspath(DEFAULT_RESULTS)
     work = os.path.abspath(a.work_dir or os.path.join(results_dir, "tmp"))
-    report_path = a.report or (os.path.join(ROOT, "bench", "REPORT.md")
-                               if results_dir == os.path.abspath(DEFAULT_RESULTS)
-                               else os.path.join(results_dir, "REPORT.md"))
+    report_path = a.report or os.path.join(ROOT, "bench" if default else results_dir, "REPORT.md")
     os.makedirs(results_dir, exist_ok=True)
     os.makedirs(work, exist_ok=True)
-    ctx = Ctx(a.quick, results_dir, work)
-    machine = common.machine_info()
+    ctx, machine = Ctx(a.quick, results_dir, work), common.machine_info()
     ctx.log(f"{'quick' if a.quick else 'full'} run of {names} on {machine['cpus_usable']} CPU(s), "
             f"load {machine['loadavg'][0]:.2f}")
-    failed = []
-    for name in names:
-        mod = importlib.import_module(f"bench.{name}")
-        ctx.start(name)
-        ctx.log(f"{name}: {mod.TITLE}")
-        started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        load_at_start = list(os.getloadavg())
-        t = time.perf_counter()
-        try:
-            res = mod.run(ctx)
-        except Exception:
-            failed.append(name)
-            res = {"error": traceback.format_exc()[-4000:], "rows": []}
-            ctx.log(f"{name}: FAILED\n{res['error']}")
-        if ctx.warnings:
-            res["notes"] = list(res.get("notes", [])) + ctx.warnings
-        res.update({"name": name, "title": mod.TITLE, "quick": a.quick, "started": started,
-                    "duration_s": round(time.perf_counter() - t, 2),
-                    "machine": dict(machine, loadavg_at_bench_start=load_at_start,
-                                    loadavg_after=list(os.getloadavg()))})
-        with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
-            json.dump(res, f, indent=1, default=float)
-        for r in res.get("rows", []):
-            mark = {True: "met", False: "MISSED", None: "-"}[r["met"]]
-            ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {mark})")
-        ctx.log(f"{name}: done in {res['duration_s']:.1f}s")
+    failed = [n for n in names if "error" in run_one(ctx, n, machine, a.quick)]
     report.write(results_dir, report_path)
-    if results_dir == os.path.abspath(DEFAULT_RESULTS):  # README's cost table follows the JSONs
+    if default:  # README's cost table follows the JSONs
         from bench import render_readme
         render_readme.write()
     ctx.log(f"report: {report_path}; total {time.perf_counter() - ctx.t0:.1f}s")

@@ -1,14 +1,12 @@
 """scale: one real server, N = 10 / 100 / 1,000 concurrent sessions (harness/swarm.py), all sampled.
 
 For each N: a synthetic manifest of N + 1 shards; N virtual clients join at once (the join storm)
-and the server waits for the last one (the "gate"), so the N sessions sit joined and
-heartbeating: idle CPU and RSS are measured there. Then the gate joins and the job runs its
-rounds (ConvNet2 hidden 128, online aggregation). Loopback throughput is measured in the same
-run (one gRPC stream into a sink process) to give each round its transfer floor:
-model bytes x sampled clients / throughput.
+and the server waits for the last one (the "gate"), so the N sessions sit joined and heartbeating:
+idle CPU and RSS are measured there. Then the gate joins and the job runs its rounds (ConvNet2
+hidden 128, online aggregation). Loopback throughput, measured in the same run (one gRPC stream
+into a sink process), gives each round its transfer floor: model bytes x clients / throughput.
 """
 import os
-import re
 import sys
 import threading
 import time
@@ -17,144 +15,97 @@ if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bench import common  # noqa: E402
-from bench.common import MB, row  # noqa: E402
+from bench.common import MB, median, row  # noqa: E402
+from harness import procs  # noqa: E402
 
 TITLE = "One server, many clients: memory, CPU, join storm and round time against N"
 GOALS = {"peak_mb": 600, "growth_mb": 100, "join_p99_s": 5.0, "round_vs_floor": 1.5,
          "idle_pct": 5.0}
-METHOD = "/bench.Sink/Put"
 
 
-# ----------------------------------------------------------------------------- loopback floor
 def _sink() -> None:
     """A process that swallows one stream of messages and answers with the byte count."""
     from concurrent import futures
     import grpc
-
-    def put(requests, context):
-        return sum(len(r) for r in requests).to_bytes(8, "little")
     server = grpc.server(futures.ThreadPoolExecutor(2), options=[
         ("grpc.max_receive_message_length", 1 << 30)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Sink", {"Put": grpc.stream_unary_rpc_method_handler(put)}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Sink", {
+        "Put": grpc.stream_unary_rpc_method_handler(
+            lambda reqs, _: sum(len(r) for r in reqs).to_bytes(8, "little"))}),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"sink listening on 127.0.0.1:{port}", flush=True)
     server.wait_for_termination()
 
 
-def loopback_throughput(ctx, msg_bytes: int, total_bytes: int = 300 * MB) -> float:
-    """Bytes/s of one gRPC stream over loopback, best of 3 (the machine is shared)."""
+def model_and_loopback(ctx) -> "tuple[int, float]":
+    """(raw bytes of the shipped config's model, loopback bytes/s of one gRPC stream, best of 3):
+    a round's transfer floor."""
     import grpc
+    model_bytes = common.model_bytes()
     sink = common.spawn([common.PY, os.path.abspath(__file__), "--sink"], ctx.tmp("sink.log"))
     try:
-        port = common.procs.wait_port(sink, 60)
-        payload = os.urandom(msg_bytes)
-        count = max(1, total_bytes // msg_bytes)
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+        payload, best = os.urandom(model_bytes), 0.0
+        with grpc.insecure_channel(f"127.0.0.1:{procs.wait_port(sink, 60)}", options=[
                 ("grpc.max_send_message_length", 1 << 30)]) as ch:
-            put = ch.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
-            best = 0.0
+            put = ch.stream_unary("/bench.Sink/Put")
             for _ in range(3):
                 t = time.perf_counter()
-                got = int.from_bytes(put(iter([payload] * count), timeout=120), "little")
+                got = int.from_bytes(put(iter([payload] * max(1, 300 * MB // model_bytes)),
+                                         timeout=120), "little")
                 best = max(best, got / (time.perf_counter() - t))
-        return best
     finally:
-        common.kill_all([sink])
+        procs.stop_all([sink])
+    ctx.log(f"  loopback: {best / MB:.0f} MB/s on one gRPC stream; model {model_bytes / MB:.2f} MB")
+    return model_bytes, best
 
 
-# ----------------------------------------------------------------------------- one N
-def _rss_mb(pid: int) -> float:
-    return common.read_status_kb(pid)["VmRSS"] / 1024
-
-
-def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "",
-          fleet=None) -> dict:
-    """One server (under bench/child.py, which reports its VmHWM and CPU at exit) and a swarm of
+def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", fleet=None) -> dict:
+    """One server (under bench/child.py, reporting its VmHWM and CPU at exit) and a swarm of
     N + 1: storm, idle window, then the gate opens and the job runs. ``fleet``: (manifest path,
-    client id -> SwarmShard) of N + 1 clients with ids 1..N+1 (a real partition,
-    ``harness.swarm.shards_from_manifest``) instead of a synthetic manifest."""
-    from harness.swarm import SwarmPlan, Swarm, server_opts, summarize, write_swarm_manifest
+    client id -> SwarmShard) of N + 1 real shards instead of a synthetic manifest."""
     import asyncio
+    from harness.swarm import Swarm, SwarmPlan, server_opts, summarize, write_swarm_manifest
     name = f"n{n}{tag}"
     manifest, shards = fleet or write_swarm_manifest(ctx.tmp(name), n + 1)
     job = common.BenchJob(ctx, name, manifest, n + 1, rounds)
     server = job.server(server_opts(rounds, extra))
-    log, report = job.log("server"), job.reports["server"]
-    gate = threading.Event()
-    out: dict = {}
+    log, gate, out = job.log("server"), threading.Event(), {}
     try:
         swarm = Swarm(SwarmPlan(f"127.0.0.1:{job.port}", shards, gate_ids=frozenset({n + 1}),
                                 gate=gate, timeout=900))
         thread = threading.Thread(target=lambda: out.update(res=asyncio.run(swarm.run())),
                                   daemon=True)
         time.sleep(0.5)
-        rss_empty = _rss_mb(server.pid)
-        t_storm = time.perf_counter()
+        rss_empty, t_storm = common.status(server.pid)["VmRSS"] / 1024, time.perf_counter()
         thread.start()
-        common.wait_for(lambda: sum(r.join_latency is not None
-                                    for r in swarm.results.values()) >= n,
-                        300, f"{n} joins", [server])
+        procs.wait_for(lambda: sum(r.join_latency is not None for r in swarm.results.values()) >= n,
+                       300, f"{n} joins", poll=0.05, watch=[server])
         storm_s = time.perf_counter() - t_storm
         time.sleep(min(3.0, window))           # join log lines done, heartbeats flowing
-        rss_joined = _rss_mb(server.pid)
+        rss_joined = common.status(server.pid)["VmRSS"] / 1024
         c0, t0 = common.cpu_seconds(server.pid), time.perf_counter()
         time.sleep(window)
         c1, t1 = common.cpu_seconds(server.pid), time.perf_counter()
         gate.set()
-        code = common.wait_all([server], 900)[0]
+        code = procs.wait_all([server], 900, check=False)[0]
         job_s = time.perf_counter() - t1
         thread.join(60)
     finally:
         gate.set()
-        common.kill_all([server])
-    rep = common._checked(ctx, f"scale server N={n}", code, report, log)
+        procs.stop_all([server])
+    rep = common.checked(ctx, f"scale server N={n}", code, job.reports["server"], log)
     return {"n": n, "rounds": rounds, "rss_empty_mb": rss_empty, "rss_joined_mb": rss_joined,
             "peak_mb": rep["status_kb"]["VmHWM"] / 1024, "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
             "round_s": common.round_times(log), "job_wall_s": job_s,
-            "aggregated": [int(x) for x in re.findall(r"aggregated (\d+) update",
-                                                      open(log, errors="replace").read())],
+            "aggregated": [int(x) for x in common.log_floats(log, r"aggregated (\d+) update")],
             "swarm": summarize(out.get("res", swarm.results), rounds, sampled=bool(extra))}
 
 
-# ----------------------------------------------------------------------------- run
-def model_and_loopback(ctx) -> "tuple[int, float]":
-    """(raw bytes of the shipped config's model, loopback bytes/s): a round's transfer floor."""
-    from federatedscope.core.auxiliaries.model_builder import get_model
-    from federatedscope.core.configs.config import load_cfg
-    cfg = load_cfg(common.SERVER_YAML, [])
-    model_bytes = sum(t.numel() * t.element_size() for t in get_model(cfg).state_dict().values())
-    thr = loopback_throughput(ctx, model_bytes)
-    ctx.log(f"  loopback: {thr / MB:.0f} MB/s on one gRPC stream; model {model_bytes / MB:.2f} MB")
-    return model_bytes, thr
-
-
-def run(ctx) -> dict:
-    ns = [10, 100] if ctx.quick else [10, 100, 1000]
-    rounds = 2 if ctx.quick else 3
-    window = 5.0 if ctx.quick else 10.0
-    model_bytes, thr = model_and_loopback(ctx)
-    per_n = {}
-    for n in ns:
-        ctx.log(f"  N={n}: join storm, {window:.0f}s idle, {rounds} rounds")
-        per_n[n] = run_n(ctx, n, rounds, window)
-        r = per_n[n]
-        ctx.log(f"  N={n}: peak {r['peak_mb']:.0f} MB, idle {r['idle_cpu_pct']:.2f} %, join p99 "
-                f"{r['swarm']['join_p99_s']:.2f}s, rounds {r['round_s']}, lost "
-                f"{r['swarm']['messages_lost']}")
-    sampled = None
-    if not ctx.quick:
-        ctx.log("  N=1000 with federate.sample_client_num 100")
-        sampled = run_n(ctx, 1000, rounds, window, ["federate.sample_client_num", "100"], "_s100")
-    return _report(ctx, per_n, model_bytes, thr, sampled)
-
-
 def allowance_s(r: dict, model_bytes: int, thr: float) -> "tuple[float, float]":
-    """(transfer floor, allowance) of one round of run_n's job: every one of the N + 1 clients
-    sampled. Aggregation is not timed on its own; all server CPU of a round stands in for it
-    (generous: it also counts encoding, decoding and gRPC work)."""
+    """(transfer floor, allowance) of one round with all N + 1 clients sampled. Aggregation is not
+    timed on its own: all server CPU of a round stands in for it (generous)."""
     floor = model_bytes * (r["n"] + 1) / thr
     return floor, GOALS["round_vs_floor"] * floor + r["cpu_per_round_s"]
 
@@ -162,62 +113,61 @@ def allowance_s(r: dict, model_bytes: int, thr: float) -> "tuple[float, float]":
 def n_rows(r: dict, model_bytes: int, thr: float, label: str, peak_goal: str, peak_ok: bool,
            head: bool) -> list:
     """The rows of one run_n result (``label`` names it; the peak goal is the caller's)."""
-    n = r["n"]
+    n, s = r["n"], r["swarm"]
     floor, allowance = allowance_s(r, model_bytes, thr)
-    worst_round = max(r["round_s"]) if r["round_s"] else float("nan")
-    med_round = common.median(r["round_s"])
-    lost = r["swarm"]["messages_lost"] + (r["swarm"]["stayed"] - r["swarm"]["finished"])
-    p99 = r["swarm"]["join_p99_s"]
+    med = median(r["round_s"])
+    lost = s["messages_lost"] + (s["stayed"] - s["finished"])
+    p99, cpu, idle = s["join_p99_s"], r["cpu_per_round_s"], r["idle_cpu_pct"]
     return [
-        dict(row(f"{label}: server peak RSS", r["peak_mb"], f"{r['peak_mb']:.0f} MB",
-                 peak_goal, peak_ok), headline=head),
-        row(f"{label}: join storm p50 / p99", p99, f"{r['swarm']['join_p50_s']:.2f} s / "
-            f"{p99:.2f} s (all {n} in {r['storm_all_joined_s']:.1f} s)",
-            f"p99 ≤ {GOALS['join_p99_s']:g} s", p99 <= GOALS["join_p99_s"]),
-        row(f"{label}: median round vs transfer floor", med_round / floor,
-            f"{med_round:.2f} s vs floor {floor:.2f} s ({med_round / floor:.1f}×; slowest "
-            f"{worst_round:.2f} s; allowance 1.5 × floor + {r['cpu_per_round_s']:.2f} "
-            f"server CPU-s = {allowance:.2f} s)",
-            f"≤ {GOALS['round_vs_floor']}× floor + aggregation", med_round <= allowance),
-        row(f"{label}: server CPU-seconds per round", r["cpu_per_round_s"],
-            f"{r['cpu_per_round_s']:.2f} s (job CPU after the gate ÷ {r['rounds']} rounds, "
-            f"final evaluation included)", "(context: cost grows with N)", None),
-        row(f"{label}: server CPU while {n} sessions idle", r["idle_cpu_pct"],
-            f"{r['idle_cpu_pct']:.2f} % of a core", f"< {GOALS['idle_pct']:g} %",
-            r["idle_cpu_pct"] < GOALS["idle_pct"]),
-        row(f"{label}: messages lost", lost, str(lost), "0", lost == 0),
-    ]
+        row(f"{label}: server peak RSS", r["peak_mb"], f"{r['peak_mb']:.0f} MB", peak_goal,
+            peak_ok, headline=head),
+        row(f"{label}: join storm p50 / p99", p99, f"{s['join_p50_s']:.2f} s / {p99:.2f} s (all "
+            f"{n} in {r['storm_all_joined_s']:.1f} s)", f"p99 ≤ {GOALS['join_p99_s']:g} s",
+            p99 <= GOALS["join_p99_s"]),
+        row(f"{label}: median round vs transfer floor", med / floor,
+            f"{med:.2f} s vs floor {floor:.2f} s ({med / floor:.1f}×; slowest "
+            f"{max(r['round_s'], default=float('nan')):.2f} s; allowance 1.5 × floor + {cpu:.2f} "
+            f"server CPU-s = {allowance:.2f} s)", f"≤ {GOALS['round_vs_floor']}× floor + "
+            f"aggregation", med <= allowance),
+        row(f"{label}: server CPU-seconds per round", cpu, f"{cpu:.2f} s (job CPU after the gate "
+            f"÷ {r['rounds']} rounds, final evaluation included)", "(context: cost grows with N)",
+            None),
+        row(f"{label}: server CPU while {n} sessions idle", idle, f"{idle:.2f} % of a core",
+            f"< {GOALS['idle_pct']:g} %", idle < GOALS["idle_pct"]),
+        row(f"{label}: messages lost", lost, str(lost), "0", lost == 0)]
 
 
-def _report(ctx, per_n: dict, model_bytes: int, thr: float, sampled=None) -> dict:
-    rows = []
-    big = max(per_n)
-    for n, r in sorted(per_n.items()):
+def run(ctx) -> dict:
+    ns, rounds, window = ([10, 100], 2, 5.0) if ctx.quick else ([10, 100, 1000], 3, 10.0)
+    model_bytes, thr = model_and_loopback(ctx)
+    per_n, rows = {}, []
+    for n in ns:
+        ctx.log(f"  N={n}: join storm, {window:.0f}s idle, {rounds} rounds")
+        r = per_n[n] = run_n(ctx, n, rounds, window)
+        ctx.log(f"  N={n}: peak {r['peak_mb']:.0f} MB, idle {r['idle_cpu_pct']:.2f} %, join p99 "
+                f"{r['swarm']['join_p99_s']:.2f}s, rounds {r['round_s']}")
         rows += n_rows(r, model_bytes, thr, f"N={n}", f"≤ {GOALS['peak_mb']} MB at N=1,000",
-                       r["peak_mb"] <= GOALS["peak_mb"], n == big)
-    ns = sorted(per_n)
-    if len(ns) >= 2:
-        a, b = ns[-2], ns[-1]
-        growth = per_n[b]["rss_joined_mb"] - per_n[a]["rss_joined_mb"]
-        per_client_kb = 1024 * growth / (b - a)
-        rows.append(row(f"RSS growth {a} → {b} joined sessions", growth,
-                        f"{growth:.0f} MB ({per_client_kb:.0f} KB per added client)",
-                        f"≤ {GOALS['growth_mb']} MB for 100 → 1,000", growth <= GOALS["growth_mb"]))
-    if sampled is not None and 100 in per_n:
-        a, b = common.median(sampled["round_s"]), common.median(per_n[100]["round_s"])
-        ok = sampled["aggregated"] == [100] * sampled["rounds"] and a <= 1.5 * b
+                       r["peak_mb"] <= GOALS["peak_mb"], n == ns[-1])
+    a, b = ns[-2:]
+    growth = per_n[b]["rss_joined_mb"] - per_n[a]["rss_joined_mb"]
+    rows.append(row(f"RSS growth {a} → {b} joined sessions", growth, f"{growth:.0f} MB "
+                    f"({1024 * growth / (b - a):.0f} KB per added client)",
+                    f"≤ {GOALS['growth_mb']} MB for 100 → 1,000", growth <= GOALS["growth_mb"]))
+    sampled = None
+    if not ctx.quick:
+        ctx.log("  N=1000 with federate.sample_client_num 100")
+        sampled = run_n(ctx, 1000, rounds, window, ["federate.sample_client_num", "100"], "_s100")
+        a, b = median(sampled["round_s"]), median(per_n[100]["round_s"])
         rows.append(row("N=1,000 with sample_client_num 100: median round vs a 100-client job",
                         a / b, f"{a:.2f} s vs {b:.2f} s ({a / b:.2f}×); updates per round "
                         f"{sampled['aggregated']}; peak RSS {sampled['peak_mb']:.0f} MB",
-                        "about the same (≤ 1.5×)", ok))
+                        "about the same (≤ 1.5×)",
+                        sampled["aggregated"] == [100] * rounds and a <= 1.5 * b))
     context = [f"Loopback throughput {thr / MB:.0f} MB/s (one gRPC stream into a sink process, "
-               f"best of 3); model {model_bytes / MB:.2f} MB raw; floor = model bytes × sampled "
-               f"clients ÷ throughput (one direction; a round moves the model both ways).",
-               "Round times are the server's own 'aggregated ... in X s' (model sent → last "
-               "update folded in by online aggregation). Aggregation is not timed on its own: the "
-               "allowance counts all the server's CPU-seconds of a round as 'aggregation'.",
-               "The swarm (all N sessions) runs in the benchmark process on the same machine as "
-               "the server, so both share its CPUs."]
+               f"best of 3); model {model_bytes / MB:.2f} MB; floor = model bytes × sampled "
+               f"clients ÷ throughput (one direction).",
+               "Round times are the server's own 'aggregated ... in X s'. The swarm (all N "
+               "sessions) runs in the benchmark process, on the same CPUs as the server."]
     return {"rows": rows, "context": context,
             "raw": {"model_bytes": model_bytes, "loopback_Bps": thr, "per_n": per_n,
                     "n1000_sample100": sampled},

@@ -1,23 +1,17 @@
 #!/usr/bin/env python
 """The plain-loop floor: single-process FedAvg in plain PyTorch on the same shard files.
 
-What any FL system is compared with: no framework, no messages, no processes; one interpreter
-that, per round, trains each client in turn on its own shard and averages the states. It follows
-the same rules as this project so that accuracies must agree:
-
-* model: FederatedScope's ConvNet2 (imported from the project: torch-only module), built right
-  after ``torch.manual_seed(seed)``, as ``main.py`` does;
-* data: ``client_<k>/{train,val,test}.pt`` read with ``torch.load(weights_only=True)``, uint8
-  samples scaled to [0, 1] and normalised with FEMNIST's mean/std;
-* training: ``torch.optim.SGD`` (lr, no momentum), batch 10, one epoch, gradient norm clipped at
-  5, batch order ``randperm(n, seed(round, client))`` as ``core/trainers/trainer.py`` draws it;
-* FedAvg: float64 weighted mean by train-sample count, clients in ascending id order;
-* evaluation after every round on test and val, batches of 64 in file order; the reported
-  accuracy is the sample-weighted mean over clients.
+What any FL system is compared with: no framework, no messages, no processes; per round, each
+client in turn trains on its own shard, then the states are averaged. It follows this project's
+rules so that accuracies must agree: FederatedScope's ConvNet2 built right after
+``torch.manual_seed(seed)``; ``client_<k>/{train,val,test}.pt`` read with
+``torch.load(weights_only=True)``, uint8 samples scaled to [0, 1] and normalised with FEMNIST's
+mean/std; ``torch.optim.SGD`` (lr, no momentum), batch 10, one epoch, gradient norm clipped at 5,
+batch order ``randperm(n, seed(round, client))`` as ``core/trainers/trainer.py`` draws it; FedAvg
+as a float64 weighted mean by train count, ascending ids; evaluation after every round on test
+and val, batches of 64 in file order, sample-weighted over clients.
 
     floor.py --shards DIR --clients 3 --rounds 5 --hidden 2048 --out report.json
-
-Writes a JSON report (per-round seconds, accuracies, CPU seconds, peak RSS) via temp + rename.
 """
 import argparse
 import json
@@ -42,22 +36,8 @@ MEAN, STD = 0.9637, 0.1592  # FEMNIST normalisation of the shipped configs
 EVAL_BATCH = 64  # the trainer's evaluation batch: max(batch_size, 64)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, help="directory holding client_<k>/ shard dirs")
-    p.add_argument("--clients", type=int, required=True)
-    p.add_argument("--rounds", type=int, required=True)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--grad-clip", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--out", required=True, help="JSON report path")
-    return p.parse_args(argv)
-
-
 def load_split(shard: str, split: str):
-    """(x float32 [n,1,28,28] normalised, y int64 [n]) of one split file, or None if absent."""
+    """(x uint8 [n,28,28], y int64 [n]) of one split file, or None if absent."""
     path = os.path.join(shard, f"{split}.pt")
     if not os.path.isfile(path):
         return None
@@ -85,10 +65,8 @@ def train_one(model, x, y, seed: int, a) -> None:
     order = torch.randperm(len(y), generator=gen)
     for s in range(0, len(order), a.batch_size):
         idx = order[s:s + a.batch_size]
-        xb, yb = to_input(x[idx]), y[idx]
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
-        (loss / len(yb)).backward()
+        (loss_fn(model(to_input(x[idx])), y[idx]) / len(idx)).backward()
         if a.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
         opt.step()
@@ -97,10 +75,8 @@ def train_one(model, x, y, seed: int, a) -> None:
 @torch.no_grad()
 def evaluate(model, x, y) -> int:
     model.eval()
-    correct = 0
-    for s in range(0, len(y), EVAL_BATCH):
-        correct += int((model(to_input(x[s:s + EVAL_BATCH])).argmax(1) == y[s:s + EVAL_BATCH]).sum())
-    return correct
+    return sum(int((model(to_input(x[s:s + EVAL_BATCH])).argmax(1) == y[s:s + EVAL_BATCH]).sum())
+               for s in range(0, len(y), EVAL_BATCH))
 
 
 def fedavg(updates):
@@ -117,20 +93,24 @@ def fedavg(updates):
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, typ, default in (("shards", str, None), ("clients", int, None), ("rounds", int, None),
+                               ("out", str, None), ("hidden", int, 2048), ("lr", float, 0.01),
+                               ("batch-size", int, 10), ("grad-clip", float, 5.0),
+                               ("seed", int, 12345)):
+        p.add_argument(f"--{name}", type=typ, default=default, required=default is None)
+    a = p.parse_args(argv)
     torch.set_num_threads(1)  # what main.py does for every FL process
     torch.manual_seed(a.seed)
     model = ConvNet2(in_channels=1, hidden=a.hidden, class_num=62, dropout=0.0)
-    data = {}
-    for k in range(1, a.clients + 1):
-        shard = os.path.join(a.shards, f"client_{k}")
-        data[k] = {s: load_split(shard, s) for s in ("train", "val", "test")}
+    data = {k: {s: load_split(os.path.join(a.shards, f"client_{k}"), s)
+                for s in ("train", "val", "test")} for k in range(1, a.clients + 1)}
     t_ready = time.perf_counter()
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     rounds_s, accs = [], []
     for r in range(a.rounds):
-        t = time.perf_counter()
-        updates = []
+        t, updates = time.perf_counter(), []
         for k, d in data.items():
             model.load_state_dict(global_state)
             train_one(model, *d["train"], train_seed(a.seed, k, r), a)
@@ -139,19 +119,16 @@ def main(argv=None) -> int:
         global_state = fedavg(updates)
         rounds_s.append(time.perf_counter() - t)
         model.load_state_dict(global_state)
-        acc = {}
-        for split in ("test", "val"):
-            got = [(evaluate(model, *d[split]), len(d[split][1])) for d in data.values() if d[split]]
-            acc[split] = sum(c for c, _ in got) / max(1, sum(n for _, n in got))
-        accs.append(acc)
+        accs.append({split: sum(evaluate(model, *d[split]) for d in data.values() if d[split])
+                     / max(1, sum(len(d[split][1]) for d in data.values() if d[split]))
+                     for split in ("test", "val")})
     ru = resource.getrusage(resource.RUSAGE_SELF)
     rep = {"rounds_s": rounds_s, "acc": accs, "final_test_acc": accs[-1]["test"] if accs else None,
            "load_s": t_ready - T0, "wall_s": time.perf_counter() - T0,
            "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss}
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
+    with open(a.out + ".tmp", "w") as f:
         json.dump(rep, f, indent=1)
-    os.replace(tmp, a.out)
+    os.replace(a.out + ".tmp", a.out)
     print(f"floor: {a.rounds} rounds, final test acc {rep['final_test_acc']:.4f}, "
           f"{rep['wall_s']:.1f} s", flush=True)
     return 0
