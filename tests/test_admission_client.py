@@ -1,6 +1,7 @@
 """The client worker's side of admission, in-process (fake trainer, fake loader, fake comm): what
 its join declares, the seed and sample size of each round, which metrics it reports, and how a
 changed shard or a personal state on disk is handled."""
+import datetime
 import logging
 import os
 
@@ -37,7 +38,7 @@ class Trainer:
     def evaluate(self, split):
         n = self.counts[split]
         return {f"{split}_acc": 0.5, f"{split}_correct": n // 2, f"{split}_total": n,
-                f"{split}_loss": 2.0 * n, f"{split}_avg_loss": 2.0}
+                f"{split}_loss": 2.0 * n, f"{split}_avg_loss": 2.0, f"{split}_balanced_acc": 0.4}
 
     def personal_state(self):
         return dict(self.personal)
@@ -83,9 +84,12 @@ def test_the_join_declares_the_trainer_counts_and_the_shard(tmp_path):
     m = c.join_message()
     assert (m.msg_type, m.sender, m.receiver, m.state) == (JOIN_IN, 3, SERVER_ID, 0)
     assert m.content == {"client_id": 3, "token": "tok", "num_samples": COUNTS}
-    c, _ = _client(tmp_path, "federate.join_in_info", ["num_sample", "other"], loader=Loader())
+    c, _ = _client(tmp_path, "federate.join_in_info", ["other"])
+    other = c.join_message().content
+    assert "num_sample" not in other and "other" not in other
+    c, _ = _client(tmp_path, "federate.join_in_info", ["num_sample"], loader=Loader())
     m = c.join_message()
-    assert m.content["num_sample"] == 12 and "other" not in m.content
+    assert m.content["num_sample"] == 12
     assert m.content["declaration"] == Loader().declaration().to_dict()
     assert m.content["shard_last_modified"] == 1234.0
     assert isinstance(m.content["shard_last_modified"], float) and m.content["token"] == ""
@@ -110,9 +114,11 @@ def test_each_round_trains_with_its_own_seed_and_sends_the_declared_size(tmp_pat
 def test_evaluation_reports_the_configured_metrics_of_each_split(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="federatedscope")
     c, comm = _client(tmp_path, "eval.metrics", ["acc"], "eval.split", ["val", "test"])
-    c.handle(Message(EVALUATE, SERVER_ID, 3, 6, {}, {"w": torch.ones(2)}))
+    g = {"w": torch.ones(2)}
+    c.handle(Message(EVALUATE, SERVER_ID, 3, 6, {}, g))
     (to, m), = comm.sent
-    assert (to, m.msg_type, m.state) == (SERVER_ID, METRICS, 6) and len(c.trainer.states) == 1
+    assert (to, m.msg_type, m.sender, m.state) == (SERVER_ID, METRICS, 3, 6)
+    assert c.trainer.states == [g] and c.trainer.states[0] is g
     assert m.content == {"results": {
         "val_acc": 0.5, "val_total": 3, "val_loss": 6.0, "val_avg_loss": 2.0,
         "test_acc": 0.5, "test_total": 4, "test_loss": 8.0, "test_avg_loss": 2.0}}
@@ -135,8 +141,9 @@ def test_assign_refuse_finish_and_an_unknown_type(tmp_path, caplog):
     c.handle(Message("no_such_type", SERVER_ID, 4, 0, {}))
     assert "Client #4: no handler registered for no_such_type; ignored" in caplog.text
     assert not c.finished
-    c.handle(Message(FINISH, SERVER_ID, 4, 9, {}, {"w": torch.ones(2)}))
-    assert c.finished and c.refused is None and len(c.trainer.states) == 1
+    g = {"w": torch.ones(2)}
+    c.handle(Message(FINISH, SERVER_ID, 4, 9, {}, g))
+    assert c.finished and c.refused is None and c.trainer.states[0] is g
     assert "Client #4: training finished (0 rounds trained)" in caplog.text
     d, _ = _client(tmp_path)
     d.handle(Message(FINISH, SERVER_ID, 3, 9, {}, None))
@@ -183,7 +190,8 @@ def test_a_personal_state_is_saved_each_round_and_restored_under_the_same_id(tmp
 
 
 def test_an_unreadable_or_unwritable_personal_state_is_logged_and_training_goes_on(tmp_path,
-                                                                                    caplog):
+                                                                                    caplog,
+                                                                                    monkeypatch):
     caplog.set_level(logging.INFO, logger="federatedscope")
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the directory should be")
@@ -204,6 +212,12 @@ def test_an_unreadable_or_unwritable_personal_state_is_logged_and_training_goes_
     assert t.loaded is None
     assert f"Client #3: personal state {bad / 'client_3.pt'} is unreadable (" in caplog.text
     assert "starting afresh (remove the file to silence this)" in caplog.text
+    # a state that is not plain tensors (here a pickled date) is refused even where the
+    # environment tells torch to default to full unpickling: weights_only is explicit
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    torch.save({"bn": torch.zeros(1), "when": datetime.date(2020, 1, 1)}, bad / "client_3.pt")
+    d.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3}))
+    assert t.loaded is None and caplog.text.count("is unreadable (") == 2
 
 
 def test_a_changed_shard_is_reloaded_and_redeclared_before_the_round(tmp_path, caplog):
@@ -230,7 +244,8 @@ def test_a_changed_shard_that_fails_its_checks_keeps_the_old_one(tmp_path, caplo
     c.handle(Message(MODEL_PARA, SERVER_ID, 3, 0, {}, None))
     assert loader.acks == 1 and c.trainer.data is None and c.rounds_trained == 1
     (to, m), (_, upd) = comm.sent
-    assert (to, m.msg_type, upd.msg_type) == (SERVER_ID, REDECLARE, MODEL_PARA)
+    assert (to, m.msg_type, m.sender, m.state, upd.msg_type) == (SERVER_ID, REDECLARE, 3, 0,
+                                                                  MODEL_PARA)
     assert m.content["declaration"] == loader.declaration().to_dict()
     assert m.content["refresh_error"] == ("train.pt: size 5 != meta 9; " + "q" * 400)[:300] + \
         "...[428 chars]"

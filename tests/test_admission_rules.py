@@ -244,19 +244,21 @@ def test_a_cooling_id_is_refused_with_its_end_and_reason_and_logged_once(monkeyp
     adm = Admission(None, strict=True, max_clients=4)
     s = adm.cool_off.close(2, "too many invalid messages")
     assert (s.closes, s.until, s.why, s.refused) == (1, 505.0, "too many invalid messages", 0)
-    now["mono"] = 501.5
-    assert adm.cool_off.left(2) == 3.5 and adm.cool_off.left(1) == 0.0
+    now["mono"] = 501.75
+    assert adm.cool_off.left(2) == 3.25 and adm.cool_off.left(1) == 0.0
     assert adm.cool_off.cooling() == {2}
     d = _join(adm, 2)
-    assert not d.accepted and d.retry_after == 3.5 and not d.quiet
+    assert d.accepted is False and d.retry_after == 3.2 and not d.quiet
     assert d.reason == ("client id 2 is cooling off until 10:00:03 UTC (abuse close 1: too many "
                         "invalid messages); re-join refused")
     assert d.peer_reason == ("cooling off: this id's session was closed for abuse (too many "
                              "invalid messages; 1 time(s)); re-joins are refused until 10:00:03 "
-                             "UTC (4s). Fix what made the client send invalid or excess "
+                             "UTC (3s). Fix what made the client send invalid or excess "
                              "messages, then restart it after that time")
     assert _join(adm, 2).quiet and adm.cool_off.strikes[2].refused == 2
     assert _join(adm, -1, {1}).client_id == 3                   # 2 is not handed out
+    now["mono"] = 504.5                                          # half a second left
+    assert adm.cool_off.cooling() == {2} and _join(adm, -1, {1, 3, 4}).peer_reason == UNKNOWN_ID
     now["mono"] = 505.0                                          # the period is over
     assert adm.cool_off.cooling() == set() and _join(adm, 2).accepted
     s = adm.cool_off.close(2, "oversized")
