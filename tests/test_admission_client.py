@@ -80,6 +80,9 @@ def _client(tmp_path, *opts, trainer=None, loader=None, token="", cid=3):
 
 
 def test_the_join_declares_the_trainer_counts_and_the_shard(tmp_path):
+    plain = Client(make_cfg(tmp_path), 2, Trainer(), FakeComm())         # no token given
+    assert plain.join_message().content["token"] == "" and plain.loader is None
+    assert plain.finished is False and plain.refused is None and plain.rounds_trained == 0
     c, _ = _client(tmp_path, token="tok")
     m = c.join_message()
     assert (m.msg_type, m.sender, m.receiver, m.state) == (JOIN_IN, 3, SERVER_ID, 0)
@@ -107,8 +110,14 @@ def test_each_round_trains_with_its_own_seed_and_sends_the_declared_size(tmp_pat
             for to, m in comm.sent]
     assert sent == [(SERVER_ID, MODEL_PARA, 3, r, {"sample_size": 12}, float(r + 1))
                     for r in range(4)]
-    assert ("Client #3: round 4 trained on 12 samples (train_avg_loss=0.1235)"
-            in caplog.text)
+    assert [r.getMessage() for r in caplog.records if "trained on" in r.getMessage()] == [
+        f"Client #3: round {r} trained on 12 samples (train_avg_loss=0.1235)" for r in (1, 2, 3, 4)]
+    caplog.clear()
+    quiet_trainer = Trainer()
+    quiet_trainer.train = lambda seed: (12, {"w": torch.zeros(2)}, {})   # reports no loss
+    q, _ = _client(tmp_path, trainer=quiet_trainer)
+    q.handle(Message(MODEL_PARA, SERVER_ID, 3, 0, {}, None))
+    assert "Client #3: round 1 trained on 12 samples (train_avg_loss=0.0000)" in caplog.text
 
 
 def test_evaluation_reports_the_configured_metrics_of_each_split(tmp_path, caplog):
@@ -169,6 +178,10 @@ def test_the_personal_state_directory(tmp_path):
     assert personal_state_dir(cfg) == os.path.join(base, "runs", "job", "client_state")
     cfg.personalization.state_dir = os.path.join(base, "mine")
     assert personal_state_dir(cfg) == os.path.join(base, "mine")
+    # a config without the personalization keys (built without the algorithm extensions)
+    from types import SimpleNamespace
+    bare = SimpleNamespace(outdir=os.path.join(base, "out"), expname="exp")
+    assert personal_state_dir(bare) == os.path.join(base, "out", "exp", "client_state")
 
 
 def test_a_personal_state_is_saved_each_round_and_restored_under_the_same_id(tmp_path, caplog):
