@@ -31,6 +31,7 @@ def _warned(caplog):
 def test_four_joins_are_bound_told_their_id_indexed_and_logged(caplog):
     quiet(caplog)
     t, comm = _table()
+    assert t.train_counts() == [] and t.online_ids() == set() and t.online_count() == 0
     for c in (1, 2, 3, 4):
         assert t.join(10 + c, PEER if c != 4 else "", {"client_id": c, "num_samples": _ns(c)},
                       5) == c

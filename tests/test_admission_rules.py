@@ -102,6 +102,7 @@ def test_the_sample_type_given_to_admission_overrides_the_entries():
     assert not d.accepted and d.reason == ("client 1: sample type 'uint8[28,28]' != manifest "
                                            "'float32[3,32,32]'")
     assert _join(adm, 1, declaration=_decl(1, sample_type="float32[3,32,32]")).accepted
+    assert adm.revalidate([1]) == {}                     # and so it does before aggregation
 
 
 # ------------------------------------------------------------------ ids
@@ -306,13 +307,15 @@ def test_revalidate_rereads_a_changed_manifest_once(tmp_path, caplog):
     assert adm.revalidate([1, 2, 3, 4]) == {} and "changed on disk" not in caplog.text
     recut = _entries()
     recut[2].fingerprint, recut[4].num_samples["val"] = "e" * 64, 99
+    recut[4].label_hist = [18, 17, 16]
     _write(path, recut)
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
-    problems = adm.revalidate([1, 2, 3, 4, 7])
+    problems = adm.revalidate([7, 1, 2, 3, 4])             # every id is looked at
     assert problems == {2: "fingerprint 222222222222... != manifest eeeeeeeeeeee... (the shard "
                            "differs from the one prepared)",
-                        4: "val count 4 != manifest 99", 7: "no declaration on record"}
+                        4: "val count 4 != manifest 99; train label_hist differs from the "
+                           "manifest (class 0: 17 vs 18)", 7: "no declaration on record"}
     assert caplog.text.count(f"Server: manifest {path} changed on disk; re-read it") == 1
     adm.revalidate([1])
     assert caplog.text.count("changed on disk") == 1            # the new stamp was kept
@@ -329,9 +332,11 @@ def test_lenient_revalidation_unverifies_and_warns_each_round(caplog):
     for c in COUNTS:
         _join(adm, c, declaration=_decl(c))
     adm.manifest[3].label_hist = [6, 1, 0]
+    adm.manifest[3].num_samples["test"] = 2
     assert adm.revalidate([1, 3]) == {} and adm.verified(1) and not adm.verified(3)
-    assert ("Server: client #3 still differs from the manifest (train label_hist differs from "
-            "the manifest (class 0: 7 vs 6)); lenient mode, counts unverified") in caplog.text
+    assert ("Server: client #3 still differs from the manifest (test count 1 != manifest 2; "
+            "train label_hist differs from the manifest (class 0: 7 vs 6)); lenient mode, "
+            "counts unverified") in caplog.text
     assert Admission(None, strict=True).revalidate([1, 2]) == {}
 
 
