@@ -76,8 +76,8 @@ def test_a_refused_join_tells_only_its_connection_the_class_and_closes_it(caplog
     t.join(11, PEER, {"client_id": 1}, 2)
     assert t.join(21, PEER, {"client_id": 1}, 2) is None
     to, msg = comm.sent[-1]
-    assert (to, msg.msg_type, msg.receiver, msg.state, msg.content) == (
-        ("conn", 21), REFUSE, -1, 2, {"reason": "duplicate"})
+    assert (to, msg.msg_type, msg.sender, msg.receiver, msg.state, msg.content) == (
+        ("conn", 21), REFUSE, SERVER_ID, -1, 2, {"reason": "duplicate"})
     assert comm.closed == [21] and t.on_conn(21) is None and comm.bound == {11: 1}
     assert (f"Server: refused client (claimed id 1, from {PEER}): client id 1 is already "
             f"connected (duplicate id)") in _warned(caplog)
@@ -96,6 +96,11 @@ def test_a_second_join_on_a_bound_connection_is_ignored(caplog):
     assert len(comm.sent) == n and comm.closed == [] and 2 not in t and t.online_ids() == {1}
     assert _warned(caplog) == ["Server: client #1 sent another join_in on its connection "
                                "(claiming 2); ignored"]
+    t.join(11, "", {"client_id": "c" * 60}, 0)                     # a long claim is clipped
+    assert _warned(caplog)[-1] == ("Server: client #1 sent another join_in on its connection "
+                                   "(claiming " + "c" * 40 + "...[60 chars]); ignored")
+    t.join(12, "p" * 100, {"client_id": 2, "num_samples": _ns(2)}, 0)   # so is a long peer
+    assert f"Server: client #2 joined, from {'p' * 80}...[100 chars] (20 train" in caplog.text
 
 
 def test_losses_free_the_connection_and_a_rejoin_is_logged_as_such(monkeypatch, caplog):

@@ -146,6 +146,7 @@ def test_ids_are_assigned_in_join_order_lowest_free_first_then_offline_holders()
 
 
 def test_without_a_client_num_ids_are_unbounded():
+    assert _join(Admission(None, strict=True), 7).accepted            # the default: no bound
     adm = Admission(None, strict=True, max_clients=0)
     assert _join(adm, 1000).accepted
     assert _join(adm, -1, {1000}).client_id == 1
@@ -210,6 +211,20 @@ def test_per_client_token_hashes_and_the_shared_token():
                                                     "(distribute.token)")
     d = _join(adm, 4, declaration=_decl(4))                    # no token field at all
     assert d.peer_reason == BAD_TOKEN
+
+
+def test_entries_without_a_token_hash_attribute_need_no_token():
+    """A plain id -> entry mapping is accepted too; an entry object without ``token_hash``
+    (written before per-client tokens) means: no per-client token."""
+    from types import SimpleNamespace
+    plain = {c: SimpleNamespace(**{k: v for k, v in vars(e).items() if k != "token_hash"})
+             for c, e in _entries().items()}
+    adm = Admission(plain, strict=True, max_clients=4)
+    assert not adm.uses_tokens
+    assert _join(adm, 3, token="anything", declaration=_decl(3)).accepted
+    shared = Admission(plain, strict=True, shared_token="s", max_clients=4)
+    assert _join(shared, 4, token="s", declaration=_decl(4)).accepted
+    assert _join(shared, 1, token="x", declaration=_decl(1)).peer_reason == BAD_TOKEN
 
 
 def test_which_servers_use_tokens():
