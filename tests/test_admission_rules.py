@@ -211,6 +211,8 @@ def test_per_client_token_hashes_and_the_shared_token():
                                                     "(distribute.token)")
     d = _join(adm, 4, declaration=_decl(4))                    # no token field at all
     assert d.peer_reason == BAD_TOKEN
+    for secret in ("XXXX", "None", "0"):         # a missing token stands for no secret at all
+        assert _join(Admission(None, strict=True, shared_token=secret), 1).peer_reason == BAD_TOKEN
 
 
 def test_entries_without_a_token_hash_attribute_need_no_token():
