@@ -166,8 +166,9 @@ def test_redeclarations_update_the_counts_or_count_the_client_out(caplog):
     n = len(comm.sent)
     assert t.redeclare(4, {"declaration": _decl(4, fingerprint="c" * 64)}, 4) is False
     to, msg = comm.sent[n]
-    assert (to, msg.msg_type, msg.state, msg.content) == (4, REFUSE, 4,
-                                                          {"reason": "declaration mismatch"})
+    assert (to, msg.msg_type, msg.sender, msg.state, msg.content) == (
+        4, REFUSE, SERVER_ID, 4, {"reason": "declaration mismatch"})
+    assert "Server: client #4 refused" in _warned(caplog)
     assert comm.closed == [14] and not t[4].online and t[4].offline_since == float("-inf")
     assert t.online_ids() == {1, 2, 3}
     assert any(w.startswith("Server: Refused re-declaration of client #4: client 4: fingerprint")
