@@ -49,7 +49,7 @@ SHARD_SLOW = "not 10000_clients"
 TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
 # the client personal-state test appends to a class-level list it never resets, so it fails
 # when mutmut runs it a second time in one process (its clean run); the personal-state save and
-# restore it covers is pinned again in test_server_admission.py
+# restore it covers is pinned again in test_admission_client.py
 ADMISSION_RERUN_UNSAFE = "not client_personal_state_survives_a_restart"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
