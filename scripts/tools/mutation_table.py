@@ -47,6 +47,10 @@ SHARD_SLOW = "not 10000_clients"
 # the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
 # table checks, which do not train; the algorithm tests check the same code to the float
 TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
+# the client personal-state test appends to a class-level list it never resets, so it fails
+# when mutmut runs it a second time in one process (its clean run); the personal-state save and
+# restore it covers is pinned again in test_admission_client.py
+ADMISSION_RERUN_UNSAFE = "not client_personal_state_survives_a_restart"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     # robust.py has its own row above
@@ -61,11 +65,17 @@ MODULES: Dict[str, Module] = {
                      ["tests/test_server_core.py", "tests/test_server_schedule.py",
                       "tests/test_server_outcomes.py", "tests/test_server_strategy.py",
                       "tests/test_server_recovery.py"]),
-    # what the server accepts (joins, declarations, updates, metrics) and the client's side
+    # what the server accepts (joins, declarations, updates, metrics) and the client's side;
+    # test_server_admission.py is left out: its session fixture runs the shard tool as
+    # processes (seconds per mutant, and a fork server left behind by each killed mutant run);
+    # the rules it checks are pinned in-process by the test_admission_*.py files
     "admission": Module([FL + "workers/admission.py", FL + "workers/validation.py",
                          FL + "workers/server_members.py", FL + "workers/client.py"],
-                        ["tests/test_server_core.py", "tests/test_server_admission.py",
-                         "tests/test_server_outcomes.py", "tests/test_server_recovery.py"]),
+                        ["tests/test_admission_rules.py", "tests/test_admission_validation.py",
+                         "tests/test_admission_members.py", "tests/test_admission_client.py",
+                         "tests/test_abuse_cool_off.py", "tests/test_server_core.py",
+                         "tests/test_server_outcomes.py", "tests/test_server_recovery.py"],
+                        ADMISSION_RERUN_UNSAFE),
     "trainers": Module([FL + "trainers/*"],
                        ["tests/test_algorithms.py", "tests/test_trainer.py",
                         "tests/test_cfg_keys.py"], TRAINER_SLOW),

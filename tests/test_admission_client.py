@@ -1,0 +1,267 @@
+"""The client worker's side of admission, in-process (fake trainer, fake loader, fake comm): what
+its join declares, the seed and sample size of each round, which metrics it reports, and how a
+changed shard or a personal state on disk is handled."""
+import datetime
+import logging
+import os
+
+import torch
+
+from federatedscope.core.data.shard_format import ShardDeclaration, ShardError
+from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS,
+                                         MODEL_PARA, REDECLARE, REFUSE, SERVER_ID, Message)
+from federatedscope.core.workers.client import Client, personal_state_dir
+from server_harness import FakeComm, make_cfg
+
+COUNTS = {"train": 12, "val": 3, "test": 4}
+
+
+class Trainer:
+    def __init__(self, personal=None, counts=None):
+        self.counts = dict(counts or COUNTS)
+        self.personal = dict(personal or {})
+        self.seeds, self.states, self.loaded, self.data = [], [], None, None
+
+    def num_samples(self, split):
+        return self.counts[split]
+
+    def set_state(self, state):
+        self.states.append(state)
+
+    def train(self, seed):
+        self.seeds.append(seed)
+        for v in self.personal.values():
+            v += 1.0
+        return self.counts["train"], {"w": torch.full((2,), float(len(self.seeds)))}, \
+            {"train_avg_loss": 0.123456}
+
+    def evaluate(self, split):
+        n = self.counts[split]
+        return {f"{split}_acc": 0.5, f"{split}_correct": n // 2, f"{split}_total": n,
+                f"{split}_loss": 2.0 * n, f"{split}_avg_loss": 2.0, f"{split}_balanced_acc": 0.4}
+
+    def personal_state(self):
+        return dict(self.personal)
+
+    def load_personal_state(self, state):
+        self.loaded = state
+
+
+class Loader:
+    def __init__(self, changed=False, fails=None):
+        self.changed, self.fails, self.acks, self.reloads = changed, fails, 0, 0
+        self.last_modified = 1234
+        self.shard_path = "/data/shards/client_3"
+        self.fingerprint = "ab" * 32
+        self.num_samples = dict(COUNTS)
+        self.datasets = {"train": "T", "test": "E"}
+
+    def declaration(self):
+        return ShardDeclaration(3, dict(self.num_samples), self.fingerprint, [12], "uint8[2]")
+
+    def has_changed(self):
+        return self.changed
+
+    def reload(self):
+        self.reloads += 1
+        if self.fails:
+            raise self.fails
+        self.num_samples = {"train": 20, "val": 3, "test": 4}
+        self.datasets = {"train": "T2"}
+
+    def acknowledge_disk_state(self):
+        self.acks += 1
+
+
+def _client(tmp_path, *opts, trainer=None, loader=None, token="", cid=3):
+    cfg = make_cfg(tmp_path, "seed", 7, *opts)
+    comm = FakeComm()
+    return Client(cfg, cid, trainer or Trainer(), comm, loader, token), comm
+
+
+def test_the_join_declares_the_trainer_counts_and_the_shard(tmp_path):
+    plain = Client(make_cfg(tmp_path), 2, Trainer(), FakeComm())         # no token given
+    assert plain.join_message().content["token"] == "" and plain.loader is None
+    assert plain.finished is False and plain.refused is None and plain.rounds_trained == 0
+    c, _ = _client(tmp_path, token="tok")
+    m = c.join_message()
+    assert (m.msg_type, m.sender, m.receiver, m.state) == (JOIN_IN, 3, SERVER_ID, 0)
+    assert m.content == {"client_id": 3, "token": "tok", "num_samples": COUNTS}
+    c, _ = _client(tmp_path, "federate.join_in_info", ["other"])
+    other = c.join_message().content
+    assert "num_sample" not in other and "other" not in other
+    c, _ = _client(tmp_path, "federate.join_in_info", ["num_sample"], loader=Loader())
+    m = c.join_message()
+    assert m.content["num_sample"] == 12
+    assert m.content["declaration"] == Loader().declaration().to_dict()
+    assert m.content["shard_last_modified"] == 1234.0
+    assert isinstance(m.content["shard_last_modified"], float) and m.content["token"] == ""
+
+
+def test_each_round_trains_with_its_own_seed_and_sends_the_declared_size(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, comm = _client(tmp_path)
+    g = {"w": torch.zeros(2)}
+    for r in range(4):
+        c.handle(Message(MODEL_PARA, SERVER_ID, 3, r, {}, g if r != 2 else None))
+    assert c.trainer.seeds == [(7 * 1_000_003 + 3) * 10_007 + r for r in range(4)]
+    assert c.trainer.states == [g, g, g] and c.rounds_trained == 4
+    sent = [(to, m.msg_type, m.sender, m.state, m.content, float(m.tensors["w"][0]))
+            for to, m in comm.sent]
+    assert sent == [(SERVER_ID, MODEL_PARA, 3, r, {"sample_size": 12}, float(r + 1))
+                    for r in range(4)]
+    assert [r.getMessage() for r in caplog.records if "trained on" in r.getMessage()] == [
+        f"Client #3: round {r} trained on 12 samples (train_avg_loss=0.1235)" for r in (1, 2, 3, 4)]
+    caplog.clear()
+    quiet_trainer = Trainer()
+    quiet_trainer.train = lambda seed: (12, {"w": torch.zeros(2)}, {})   # reports no loss
+    q, _ = _client(tmp_path, trainer=quiet_trainer)
+    q.handle(Message(MODEL_PARA, SERVER_ID, 3, 0, {}, None))
+    assert "Client #3: round 1 trained on 12 samples (train_avg_loss=0.0000)" in caplog.text
+
+
+def test_evaluation_reports_the_configured_metrics_of_each_split(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, comm = _client(tmp_path, "eval.metrics", ["acc"], "eval.split", ["val", "test"])
+    g = {"w": torch.ones(2)}
+    c.handle(Message(EVALUATE, SERVER_ID, 3, 6, {}, g))
+    (to, m), = comm.sent
+    assert (to, m.msg_type, m.sender, m.state) == (SERVER_ID, METRICS, 3, 6)
+    assert c.trainer.states == [g] and c.trainer.states[0] is g
+    assert m.content == {"results": {
+        "val_acc": 0.5, "val_total": 3, "val_loss": 6.0, "val_avg_loss": 2.0,
+        "test_acc": 0.5, "test_total": 4, "test_loss": 8.0, "test_avg_loss": 2.0}}
+    assert ("Client #3: evaluation after round 6: test_acc=0.5, test_avg_loss=2, test_loss=8, "
+            "test_total=4, val_acc=0.5") in caplog.text
+    c2, comm2 = _client(tmp_path, "eval.metrics", ["correct"], "eval.split", ["test"])
+    c2.handle(Message(EVALUATE, SERVER_ID, 3, 1, {}, None))
+    assert comm2.sent[0][1].content["results"] == {"test_correct": 2, "test_total": 4,
+                                                   "test_loss": 8.0, "test_avg_loss": 2.0}
+    assert c2.trainer.states == []
+
+
+def test_assign_refuse_finish_and_an_unknown_type(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, _ = _client(tmp_path, cid=-1, trainer=Trainer(counts={"train": 0, "val": 1, "test": 1}))
+    c.handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": "4"}))
+    assert c.ID == 4 and "Client #4: joined the federation" in caplog.text
+    assert ("Client #4: no train samples in its data: it will send updates of weight 0 (re-cut "
+            "the shards, or check data.splits)") in caplog.text
+    c.handle(Message("no_such_type", SERVER_ID, 4, 0, {}))
+    assert "Client #4: no handler registered for no_such_type; ignored" in caplog.text
+    assert not c.finished
+    g = {"w": torch.ones(2)}
+    c.handle(Message(FINISH, SERVER_ID, 4, 9, {}, g))
+    assert c.finished and c.refused is None and c.trainer.states[0] is g
+    assert "Client #4: training finished (0 rounds trained)" in caplog.text
+    d, _ = _client(tmp_path)
+    d.handle(Message(FINISH, SERVER_ID, 3, 9, {}, None))
+    assert d.trainer.states == []
+    d.handle(Message(REFUSE, SERVER_ID, 3, 0, {"reason": "bad token"}))
+    assert d.refused == "bad token" and d.finished
+    assert "Client #3: refused by the server: bad token" in caplog.text
+    e, _ = _client(tmp_path)
+    e.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3}))
+    assert "no train samples" not in caplog.text.split("Client #3: joined")[1]
+
+
+def test_the_personal_state_directory(tmp_path):
+    base = str(tmp_path)
+    cfg = make_cfg(tmp_path)
+    assert personal_state_dir(cfg) == os.path.join(base, "job", "client_state")
+    cfg.defrost()
+    cfg.outdir = os.path.join(base, "job")                              # resolved already
+    assert personal_state_dir(cfg) == os.path.join(base, "job", "client_state")
+    cfg.outdir = os.path.join(base, "job", "sub_exp_1") + os.sep
+    assert personal_state_dir(cfg) == os.path.join(base, "job", "client_state")
+    cfg.outdir = os.path.join(base, "runs")                             # not resolved yet
+    assert personal_state_dir(cfg) == os.path.join(base, "runs", "job", "client_state")
+    cfg.personalization.state_dir = os.path.join(base, "mine")
+    assert personal_state_dir(cfg) == os.path.join(base, "mine")
+    # a config without the personalization keys (built without the algorithm extensions)
+    from types import SimpleNamespace
+    bare = SimpleNamespace(outdir=os.path.join(base, "out"), expname="exp")
+    assert personal_state_dir(bare) == os.path.join(base, "out", "exp", "client_state")
+
+
+def test_a_personal_state_is_saved_each_round_and_restored_under_the_same_id(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, _ = _client(tmp_path, trainer=Trainer({"bn": torch.zeros(3)}))
+    for r in range(2):
+        c.handle(Message(MODEL_PARA, SERVER_ID, 3, r, {}, None))
+    path = os.path.join(str(tmp_path), "job", "client_state", "client_3.pt")
+    assert c.personal_state_path() == path
+    assert torch.equal(torch.load(path, weights_only=True)["bn"], torch.full((3,), 2.0))
+    back = Trainer()
+    Client(c.cfg, -1, back, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0,
+                                                       {"client_id": 3}))
+    assert torch.equal(back.loaded["bn"], torch.full((3,), 2.0))
+    assert f"Client #3: restored its personal state (1 tensors) from {path}" in caplog.text
+    nothing, _ = _client(tmp_path, trainer=Trainer(), cid=5)
+    nothing.handle(Message(MODEL_PARA, SERVER_ID, 5, 0, {}, None))
+    assert not os.path.exists(nothing.personal_state_path())          # empty state: no file
+
+
+def test_an_unreadable_or_unwritable_personal_state_is_logged_and_training_goes_on(tmp_path,
+                                                                                    caplog,
+                                                                                    monkeypatch):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the directory should be")
+    c, comm = _client(tmp_path, "personalization.state_dir", str(blocker / "d"),
+                      trainer=Trainer({"bn": torch.zeros(1)}))
+    c.handle(Message(MODEL_PARA, SERVER_ID, 3, 0, {}, None))
+    assert [m.msg_type for _, m in comm.sent] == [MODEL_PARA]
+    assert (f"Client #3: cannot save its personal state to {blocker / 'd' / 'client_3.pt'} ("
+            in caplog.text)
+    assert "a restart would start it afresh (free space or set personalization.state_dir)" \
+        in caplog.text
+    bad = tmp_path / "state"
+    bad.mkdir()
+    (bad / "client_3.pt").write_bytes(b"not a torch file")
+    t = Trainer()
+    d, _ = _client(tmp_path, "personalization.state_dir", str(bad), trainer=t)
+    d.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3}))
+    assert t.loaded is None
+    assert f"Client #3: personal state {bad / 'client_3.pt'} is unreadable (" in caplog.text
+    assert "starting afresh (remove the file to silence this)" in caplog.text
+    # a state that is not plain tensors (here a pickled date) is refused even where the
+    # environment tells torch to default to full unpickling: weights_only is explicit
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    torch.save({"bn": torch.zeros(1), "when": datetime.date(2020, 1, 1)}, bad / "client_3.pt")
+    d.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3}))
+    assert t.loaded is None and caplog.text.count("is unreadable (") == 2
+
+
+def test_a_changed_shard_is_reloaded_and_redeclared_before_the_round(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    loader = Loader(changed=True)
+    c, comm = _client(tmp_path, loader=loader)
+    c.handle(Message(MODEL_PARA, SERVER_ID, 3, 2, {}, None))
+    assert loader.reloads == 1 and c.trainer.data == {"train": "T2"}
+    (to, m), _ = comm.sent
+    assert (to, m.msg_type, m.sender, m.state) == (SERVER_ID, REDECLARE, 3, 0)
+    assert m.content == {"declaration": loader.declaration().to_dict()}
+    assert m.content["declaration"]["num_samples"]["train"] == 20
+    assert "Client #3: shard changed on disk; re-declaring (20 train samples)" in caplog.text
+    same = Loader(changed=False)
+    d, comm2 = _client(tmp_path, loader=same)
+    d.handle(Message(MODEL_PARA, SERVER_ID, 3, 0, {}, None))
+    assert same.reloads == 0 and [m.msg_type for _, m in comm2.sent] == [MODEL_PARA]
+
+
+def test_a_changed_shard_that_fails_its_checks_keeps_the_old_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    loader = Loader(changed=True, fails=ShardError("train.pt: size 5 != meta 9; " + "q" * 400))
+    c, comm = _client(tmp_path, loader=loader)
+    c.handle(Message(MODEL_PARA, SERVER_ID, 3, 0, {}, None))
+    assert loader.acks == 1 and c.trainer.data is None and c.rounds_trained == 1
+    (to, m), (_, upd) = comm.sent
+    assert (to, m.msg_type, m.sender, m.state, upd.msg_type) == (SERVER_ID, REDECLARE, 3, 0,
+                                                                  MODEL_PARA)
+    assert m.content["declaration"] == loader.declaration().to_dict()
+    assert m.content["refresh_error"] == ("train.pt: size 5 != meta 9; " + "q" * 400)[:300] + \
+        "...[428 chars]"
+    assert ("Client #3: the shard at /data/shards/client_3 changed on disk but the new contents "
+            "fail their checks, so this client keeps training on the shard it loaded before (12 "
+            "train samples, fingerprint abababababab): train.pt: size 5 != meta 9") in caplog.text

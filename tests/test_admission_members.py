@@ -1,0 +1,176 @@
+"""The server's client table (``server_members.ClientTable``) in isolation, in-process: with 4
+clients, what it binds, sends, logs and counts on join, refusal, loss, abuse close and
+re-declaration (no Server: its own bookkeeping only)."""
+import logging
+import time
+
+from federatedscope.core.communication.transport import Disconnected
+from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID
+from federatedscope.core.workers import admission as adm_mod
+from federatedscope.core.workers.admission import Admission
+from federatedscope.core.workers.server_members import ClientTable
+from server_harness import FakeComm, quiet
+from test_admission_rules import COUNTS, _decl, _entries
+
+PEER = "ipv4:10.0.0.7:5123"
+
+
+def _table(manifest=None):
+    comm = FakeComm()
+    return ClientTable(Admission(manifest, strict=True, max_clients=4), comm, 4), comm
+
+
+def _ns(c):
+    return {"train": 10 * c, "val": c, "test": c + 1}
+
+
+def _warned(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_four_joins_are_bound_told_their_id_indexed_and_logged(caplog):
+    quiet(caplog)
+    t, comm = _table()
+    assert t.train_counts() == [] and t.online_ids() == set() and t.online_count() == 0
+    for c in (1, 2, 3, 4):
+        assert t.join(10 + c, PEER if c != 4 else "", {"client_id": c, "num_samples": _ns(c)},
+                      5) == c
+    assert comm.bound == {11: 1, 12: 2, 13: 3, 14: 4} and comm.closed == []
+    assigned = [(to, m.msg_type, m.sender, m.state, m.content) for to, m in comm.sent]
+    assert assigned == [(c, ASSIGN_ID, SERVER_ID, 5, {"client_id": c}) for c in (1, 2, 3, 4)]
+    assert t.online_ids() == {1, 2, 3, 4} and t.online_count() == 4
+    t.online_ids().add(9)                                   # a copy
+    assert t.online_ids() == {1, 2, 3, 4}
+    assert t.on_conn(12).client_id == 2 and t.on_conn(12).conn_id == 12 and t.on_conn(2) is None
+    assert t.train_counts() == [10, 20, 30, 40]
+    assert f"Server: client #2 joined, from {PEER} (20 train samples; 2/4 online)" in caplog.text
+    assert "Server: client #4 joined (40 train samples; 4/4 online)" in caplog.text
+    assert _warned(caplog) == []
+
+
+def test_the_shard_date_is_logged_only_when_plausible(caplog):
+    quiet(caplog)
+    t, _ = _table()
+    for c, mod in ((1, 86400 + 3661.5), (2, 2 ** 33), (3, -1), (4, "yesterday")):
+        t.join(c, "", {"client_id": c, "num_samples": _ns(c), "shard_last_modified": mod}, 0)
+    assert ("client #1 joined (10 train samples; shard last modified 1970-01-02 01:01:01 UTC; "
+            "1/4 online)") in caplog.text
+    assert caplog.text.count("shard last modified") == 1
+    t2, _ = _table()
+    t2.join(1, "", {"client_id": 1, "num_samples": _ns(1), "shard_last_modified": 0}, 0)
+    assert "shard last modified 1970-01-01 00:00:00 UTC" in caplog.text
+
+
+def test_a_client_with_no_train_samples_is_warned_once(caplog):
+    quiet(caplog)
+    t, _ = _table()
+    t.join(1, "", {"client_id": 1, "num_samples": {"train": 0, "val": 4, "test": 4}}, 0)
+    t.join(2, "", {"client_id": 2, "num_samples": {"train": 1}}, 0)
+    assert _warned(caplog) == ["Server: client #1 declares 0 train samples: it can only "
+                               "evaluate; its updates weigh nothing in FedAvg"]
+
+
+def test_a_refused_join_tells_only_its_connection_the_class_and_closes_it(caplog):
+    quiet(caplog)
+    t, comm = _table()
+    t.join(11, PEER, {"client_id": 1}, 2)
+    assert t.join(21, PEER, {"client_id": 1}, 2) is None
+    to, msg = comm.sent[-1]
+    assert (to, msg.msg_type, msg.sender, msg.receiver, msg.state, msg.content) == (
+        ("conn", 21), REFUSE, SERVER_ID, -1, 2, {"reason": "duplicate"})
+    assert comm.closed == [21] and t.on_conn(21) is None and comm.bound == {11: 1}
+    assert (f"Server: refused client (claimed id 1, from {PEER}): client id 1 is already "
+            f"connected (duplicate id)") in _warned(caplog)
+    assert t.join(22, "", {"client_id": "x" * 100}, 2) is None
+    assert any(w.startswith("Server: refused client (claimed id " + "x" * 40 + "...[100 chars]): "
+               "join_in without an integer client_id")
+               for w in _warned(caplog))
+
+
+def test_a_second_join_on_a_bound_connection_is_ignored(caplog):
+    quiet(caplog)
+    t, comm = _table()
+    t.join(11, "", {"client_id": 1, "num_samples": _ns(1)}, 0)
+    n = len(comm.sent)
+    assert t.join(11, "", {"client_id": 2}, 0) is None
+    assert len(comm.sent) == n and comm.closed == [] and 2 not in t and t.online_ids() == {1}
+    assert _warned(caplog) == ["Server: client #1 sent another join_in on its connection "
+                               "(claiming 2); ignored"]
+    t.join(11, "", {"client_id": "c" * 60}, 0)                     # a long claim is clipped
+    assert _warned(caplog)[-1] == ("Server: client #1 sent another join_in on its connection "
+                                   "(claiming " + "c" * 40 + "...[60 chars]); ignored")
+    t.join(12, "p" * 100, {"client_id": 2, "num_samples": _ns(2)}, 0)   # so is a long peer
+    assert f"Server: client #2 joined, from {'p' * 80}...[100 chars] (20 train" in caplog.text
+
+
+def test_losses_free_the_connection_and_a_rejoin_is_logged_as_such(monkeypatch, caplog):
+    quiet(caplog)
+    monkeypatch.setattr(time, "monotonic", lambda: 250.0)
+    t, comm = _table()
+    for c in (1, 2, 3, 4):
+        t.join(10 + c, "", {"client_id": c, "num_samples": _ns(c)}, 0)
+    t.disconnected(Disconnected(99, "unknown connection"))          # nobody: nothing happens
+    t.disconnected(Disconnected(13, "peer closed\nthe stream"))
+    rec = t[3]
+    assert not rec.online and rec.offline_since == 250.0 and t.on_conn(13) is None
+    assert t.online_ids() == {1, 2, 4} and t.online_count() == 3
+    assert _warned(caplog) == ["Server: client #3 lost (peer closed\\nthe stream)"]
+    t.mark_lost(rec, "again", since=7.0)                             # twice: no KeyError
+    assert rec.offline_since == 7.0
+    t.mark_lost(t[2], "silent", since=float("-inf"))
+    assert t[2].offline_since == float("-inf")
+    assert t.join(23, "", {"client_id": 3, "num_samples": _ns(3)}, 1) == 3
+    assert "Server: client #3 re-joined (30 train samples; 3/4 online)" in caplog.text
+    assert t.on_conn(23).client_id == 3 and t[3].online and comm.bound[23] == 3
+    assert t.train_counts() == [10, 20, 30, 40] and len(t) == 4
+
+
+def test_an_abuse_close_starts_the_cool_off_and_its_line_names_the_end(monkeypatch, caplog):
+    quiet(caplog)
+    monkeypatch.setattr(adm_mod.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(adm_mod.time, "time", lambda: 7200.0)       # 02:00:00 UTC
+    t, comm = _table()
+    for c in (1, 2, 3, 4):
+        t.join(10 + c, "", {"client_id": c, "num_samples": _ns(c)}, 0)
+    t.disconnected(Disconnected(12, "y" * 300, abuse=True))
+    assert t.admission.cool_off.strikes[2].why == "y" * 80 + "...[300 chars]"
+    assert _warned(caplog) == [f"Server: client #2 lost ({'y' * 200}...[300 chars]); closed for "
+                               f"abuse (1 time(s)): its re-joins are refused for 5s, until "
+                               f"02:00:05 UTC"]
+    assert t.join(22, "", {"client_id": 2}, 0) is None
+    assert comm.sent[-1][1].content == {"reason": comm.sent[-1][1].content["reason"],
+                                        "retry_after": 5.0}
+    assert comm.sent[-1][1].content["reason"].startswith("cooling off: ")
+    n = len(_warned(caplog))
+    t.join(32, "", {"client_id": 2}, 0)                               # again: debug only
+    assert len(_warned(caplog)) == n and comm.closed == [22, 32]
+    t.disconnected(Disconnected(11, "flood", abuse=False))
+    assert 1 not in t.admission.cool_off.strikes
+
+
+def test_redeclarations_update_the_counts_or_count_the_client_out(caplog):
+    quiet(caplog)
+    t, comm = _table(_entries())
+    for c in (1, 2, 3, 4):
+        assert t.join(10 + c, "", {"client_id": c, "declaration": _decl(c)}, 0) == c
+    assert t.train_counts() == [COUNTS[c]["train"] for c in (1, 2, 3, 4)]
+    lenient = t.admission
+    lenient.strict = False
+    new = _decl(2, num_samples={"train": 3, "val": 5, "test": 6}, label_hist=[1, 1, 1])
+    assert t.redeclare(2, {"declaration": new, "refresh_error": "z" * 500}, 4) is True
+    assert t.train_counts() == [12, 3, 7, 51]                         # the cache was dropped
+    assert "Server: client #2 re-declared its shard (3 train samples)" in caplog.text
+    assert (f"Server: client #2 could not load its changed shard ({'z' * 200}...[500 chars]); "
+            f"it keeps its previous shard") in caplog.text
+    lenient.strict = True
+    n = len(comm.sent)
+    assert t.redeclare(4, {"declaration": _decl(4, fingerprint="c" * 64)}, 4) is False
+    to, msg = comm.sent[n]
+    assert (to, msg.msg_type, msg.sender, msg.state, msg.content) == (
+        4, REFUSE, SERVER_ID, 4, {"reason": "declaration mismatch"})
+    assert "Server: client #4 refused" in _warned(caplog)
+    assert comm.closed == [14] and not t[4].online and t[4].offline_since == float("-inf")
+    assert t.online_ids() == {1, 2, 3}
+    assert any(w.startswith("Server: Refused re-declaration of client #4: client 4: fingerprint")
+               for w in _warned(caplog))
+    assert "could not load" not in caplog.text.split("re-declared its shard")[1]

@@ -1,0 +1,100 @@
+"""What the server accepts from a joined client (``validation.py``), in-process: an update's keys,
+shapes, dtypes, finiteness and sample size; metrics' names, ranges and totals against the counts
+declared at join. Each refusal's exact reason is pinned (it is the server's log line)."""
+import pytest
+import torch
+
+from federatedscope.core.workers.validation import check_metrics, check_update
+
+
+# ------------------------------------------------------------------ updates
+def _state():
+    return {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "bn.weight": torch.ones(3),
+            "bn.num_batches": torch.tensor(5), "head.bias": torch.zeros(2)}
+
+
+def test_an_update_must_match_keys_shapes_dtypes_and_the_declared_count():
+    ref = _state()
+    assert check_update(ref, _state(), 12, 12) is None
+    missing = {k: v for k, v in _state().items() if k != "w"}
+    assert check_update(ref, missing, 12, 12) == ("state keys differ from the global model "
+                                                  "(1 differ, e.g. ['w'])")
+    extra = {**_state(), "a": torch.ones(1), "b": torch.ones(1), "c": torch.ones(1)}
+    assert check_update(ref, extra, 12, 12) == ("state keys differ from the global model "
+                                                "(3 differ, e.g. ['a', 'b', 'c'])")
+    assert check_update(ref, None, 12, 12) == ("state keys differ from the global model (4 "
+                                               "differ, e.g. ['bn.num_batches', 'bn.weight', "
+                                               "'head.bias'])")
+    assert check_update(ref, {**_state(), "w": torch.zeros(4)}, 12, 12) == \
+        "w: torch.float32[4] != torch.float32[2, 2]"
+    assert check_update(ref, {**_state(), "bn.num_batches": torch.tensor(5.0)}, 12, 12) == \
+        "bn.num_batches: torch.float32[] != torch.int64[]"
+    assert check_update(ref, {**_state(), "head.bias": torch.tensor([0.0, float("-inf")])},
+                        12, 12) == "head.bias has non-finite values"
+    assert check_update(ref, _state(), 13, 12) == "sample_size 13 != declared train count 12"
+    for bad in (12.0, "12", True, None):
+        assert check_update(ref, _state(), bad, 12) == "sample_size is not an integer"
+    assert check_update(ref, _state(), True, 1) == "sample_size is not an integer"
+
+
+def test_an_update_may_omit_exactly_the_local_keys():
+    ref = _state()
+    shared = {k: v for k, v in _state().items() if not k.startswith("bn.")}
+    assert check_update(ref, shared, 4, 4, ["bn.", ""]) is None
+    assert check_update(ref, shared, 4, 4) is not None              # no local_param: all keys
+    half = {k: v for k, v in _state().items() if k != "bn.weight"}
+    assert check_update(ref, half, 4, 4, ["bn."]) is not None       # all local keys or none
+
+
+def test_large_finite_values_whose_sum_overflows_are_accepted():
+    ref = {"w": torch.zeros(2)}
+    big = {"w": torch.tensor([3e38, 3e38])}                          # float32 sum is inf
+    assert check_update(ref, big, 1, 1) is None
+    assert check_update(ref, {"w": torch.tensor([3e38, float("nan")])}, 1, 1) is not None
+
+
+# ------------------------------------------------------------------ metrics
+DECL = {"train": 30, "val": 5, "test": 6}
+
+
+def test_metrics_consistent_with_the_declaration_pass():
+    ok = {"test_acc": 1.0, "test_total": 6, "test_correct": 6, "test_loss": 0.0,
+          "val_acc": 0.0, "val_total": 5, "val_correct": 0, "val_avg_loss": 2.5}
+    assert check_metrics(ok, DECL, ["val", "test"]) is None
+    assert check_metrics({"train_total": 30, "train_acc": 0.5}, DECL, ["train"]) is None
+
+
+@pytest.mark.parametrize("results,reason", [
+    ({}, "no metrics"),
+    ([("test_total", 6)], "no metrics"),
+    ({5: 1.0}, "metric name '5' is not <split>_<metric> for a split in eval.split"),
+    ({"test": 1.0}, "metric name 'test' is not <split>_<metric> for a split in eval.split"),
+    ({"test_": 1.0}, "metric name 'test_' is not <split>_<metric> for a split in eval.split"),
+    ({"train_acc": 0.5, "train_total": 30},
+     "metric name 'train_acc' is not <split>_<metric> for a split in eval.split"),
+    ({"x" * 60: 1.0}, f"metric name {'x' * 40!r} is not <split>_<metric> for a split in "
+                      f"eval.split"),
+    ({"test_total": 6, "test_acc": True}, "test_acc is not a finite number"),
+    ({"test_total": 6, "test_acc": "0.5"}, "test_acc is not a finite number"),
+    ({"test_total": 6, "test_loss": float("inf")}, "test_loss is not a finite number"),
+    ({"test_total": 6, "test_acc": 1.01}, "test_acc=1.01 is outside [0, 1]"),
+    ({"test_total": 6, "test_acc": -0.01}, "test_acc=-0.01 is outside [0, 1]"),
+    ({"test_total": 6, "test_loss": -0.5}, "test_loss=-0.5 is negative"),
+    ({"test_total": 6, "test_avg_loss": -1}, "test_avg_loss=-1 is negative"),
+    ({"test_total": 6, "test_correct": -1}, "test_correct=-1 is negative"),
+    ({"test_total": -6}, "test_total=-6 is negative"),
+    ({"test_acc": 0.5}, "test_total is missing"),
+    ({"test_total": 6, "val_acc": 0.5}, "val_total is missing"),
+    ({"test_total": 7}, "test_total=7 != the 6 test samples declared at join"),
+    ({"val_total": 5, "test_total": 5}, "test_total=5 != the 6 test samples declared at join"),
+    ({"test_total": 6, "test_correct": 7}, "test_correct=7 exceeds test_total=6"),
+])
+def test_each_bad_metric_is_refused_with_its_reason(results, reason):
+    assert check_metrics(results, DECL, ["val", "test"]) == reason
+
+
+def test_a_split_the_client_did_not_declare_must_report_zero():
+    assert check_metrics({"test_total": 0}, {"train": 3}, ["test"]) is None
+    assert check_metrics({"test_total": 1}, {"train": 3}, ["test"]) == \
+        "test_total=1 != the 0 test samples declared at join"
+    assert check_metrics({"test_total": 6, "test_mse": -3.0}, DECL, ["test"]) is None
