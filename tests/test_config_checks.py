@@ -163,6 +163,17 @@ def test_parse_args_collects_overrides_given_anywhere():
     assert (empty.cfg_file, empty.client_cfg_file, empty.override, empty.opts) == ("", "", [], [])
 
 
+def test_usage_names_the_program_and_options_are_never_abbreviated(capsys):
+    # an abbreviated option is an error, not a silent --client_cfg (allow_abbrev=False)
+    with pytest.raises(SystemExit) as ex:
+        parse_args(["--client", "c.yaml"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: federatedscope/main.py [-h] [--cfg CFG_FILE]")
+    assert "[--client_cfg CLIENT_CFG_FILE]" in err and "[--override KEY=VALUE]" in err
+    assert err.rstrip().endswith("federatedscope/main.py: error: unrecognized arguments: --client")
+
+
 def test_same_value_compares_lists_and_tuples_by_content():
     assert same_value((10, 5), [10, 5]) and same_value([], ())
     assert not same_value((10, 5), [5, 10]) and not same_value(1, 2) and same_value("a", "a")
