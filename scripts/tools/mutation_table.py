@@ -44,6 +44,10 @@ CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
 # the 10,000-client manifest timing test: seconds per mutant, and it measures speed (every field
 # check it runs is also run by the small malformed-manifest tests)
 SHARD_SLOW = "not 10000_clients"
+# the shard tool's tests that start processes (the CLI's exit codes and summary, the 2,000-writer
+# size test: 10-50 s each); the logic they reach runs in-process in the other tests
+SHARDING_SLOW = ("not bytes_per_sample and not cli_summary and not cli_exits_1 "
+                 "and not generic_cli")
 # the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
 # table checks, which do not train; the algorithm tests check the same code to the float
 TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
@@ -76,7 +80,7 @@ MODULES: Dict[str, Module] = {
     # the offline shard tool
     "sharding": Module([FL + "data/sharding*.py"],
                        ["tests/test_sharding.py", "tests/test_sharding_safety.py",
-                        "tests/test_shard_tool_guarantees.py"]),
+                        "tests/test_shard_tool_guarantees.py"], SHARDING_SLOW),
     # the client's data: the shard loader, the dataset specs, transforms
     "data": Module([FL + "data/distributed_loader.py", FL + "data/spec_data.py",
                     FL + "data/base_data.py", FL + "data/transforms.py", FL + "data/datasets.py",
