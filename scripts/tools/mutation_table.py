@@ -80,7 +80,8 @@ MODULES: Dict[str, Module] = {
     # the offline shard tool
     "sharding": Module([FL + "data/sharding*.py"],
                        ["tests/test_sharding.py", "tests/test_sharding_safety.py",
-                        "tests/test_shard_tool_guarantees.py"], SHARDING_SLOW),
+                        "tests/test_shard_tool_guarantees.py", "tests/test_sharding_plan.py"],
+                       SHARDING_SLOW),
     # the client's data: the shard loader, the dataset specs, transforms
     "data": Module([FL + "data/distributed_loader.py", FL + "data/spec_data.py",
                     FL + "data/base_data.py", FL + "data/transforms.py", FL + "data/datasets.py",
