@@ -174,6 +174,19 @@ def test_usage_names_the_program_and_options_are_never_abbreviated(capsys):
     assert err.rstrip().endswith("federatedscope/main.py: error: unrecognized arguments: --client")
 
 
+def test_help_lists_every_option_with_its_text(capsys):
+    from federatedscope.core.cmd_args import _DESCRIPTION, _HELP
+    with pytest.raises(SystemExit) as ex:
+        parse_args(["--help"])
+    assert ex.value.code == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    assert _DESCRIPTION in flat
+    for name, text in _HELP.items():
+        assert " ".join(text.split()) in flat, name
+    for option in ("--cfg CFG_FILE", "--client_cfg CLIENT_CFG_FILE", "--override KEY=VALUE"):
+        assert option in flat
+
+
 def test_same_value_compares_lists_and_tuples_by_content():
     assert same_value((10, 5), [10, 5]) and same_value([], ())
     assert not same_value((10, 5), [5, 10]) and not same_value(1, 2) and same_value("a", "a")
