@@ -434,3 +434,147 @@ def test_tick_rows_label_every_row_up_to_60_else_60_spread_rows(n, first, last, 
     rows = tick_rows(n)
     assert len(rows) == count and rows[:len(first)] == first and rows[-len(last):] == last
     assert rows == sorted(set(rows))
+
+
+# ----------------------------------------------------------------------------- whole runs
+from test_sharding import (Killed, check_partition, leaf_copy, leaf_source,  # noqa: E402,F401
+                           rows_of, run)
+from federatedscope.core.data import sharding  # noqa: E402
+from federatedscope.core.data import shard_format as sf  # noqa: E402
+
+
+@pytest.fixture
+def leaf(leaf_source, tmp_path):
+    return leaf_copy(leaf_source, tmp_path)
+
+
+def _all_rows(out, k):
+    from test_sharding import load_client
+    parts = load_client(out, k)
+    return [r for s in sf.SPLITS for r in rows_of(*parts[s])]
+
+
+@pytest.mark.parametrize("strategy", ["iid", "lda"])
+def test_splitter_strategies_deal_every_sample_to_exactly_one_client(leaf, tmp_path, strategy):
+    root, truth, _ = leaf
+    out = tmp_path / "out"
+    s = run(root, out, clients=4, strategy=strategy, alpha=0.5, seed=3)
+    assert s.written == [1, 2, 3, 4] and s.samples == sum(len(t[1]) for t in truth.values())
+    man = sf.read_manifest(str(out / "manifest.json"))
+    assert man.strategy == strategy and man.source["options"]["strategy"] == strategy
+    assert ("alpha" in man.source["options"]) is (strategy == "lda")
+    got = sorted(r for k in range(1, 5) for r in _all_rows(out, k))
+    want = sorted(r for x, y, _ in truth.values()
+                  for r in rows_of(__import__("torch").from_numpy(x),
+                                   __import__("torch").from_numpy(y)))
+    assert got == want                                   # nothing lost, nothing twice
+    assert [man.writer_ids[k] for k in range(1, 5)] == [[f"client_{k}"] for k in range(1, 5)]
+    sizes = [sum(man.clients[k].num_samples.values()) for k in range(1, 5)]
+    if strategy == "iid":                                # iid: sizes differ by at most one
+        assert max(sizes) - min(sizes) <= 1
+    again = tmp_path / "again"
+    run(root, again, clients=4, strategy=strategy, alpha=0.5, seed=3)
+    assert [sf.read_meta(str(again / f"client_{k}")).fingerprint for k in range(1, 5)] == \
+        [sf.read_meta(str(out / f"client_{k}")).fingerprint for k in range(1, 5)]
+
+
+def test_splitter_strategies_refuse_subsample_and_bad_arguments(leaf, tmp_path):
+    root, _, _ = leaf
+    _refused(lambda: run(root, tmp_path / "o1", clients=4, strategy="lda", subsample=0.5),
+             "--subsample 0.5 chooses writers; --strategy lda deals every sample, so drop "
+             "--subsample")
+    for alpha in (0.0, -1.0, float("nan")):
+        _refused(lambda: run(root, tmp_path / "o2", clients=4, strategy="lda", alpha=alpha),
+                 f"--alpha {alpha} must be > 0 (the Dirichlet concentration of --strategy lda; "
+                 f"FS's baseline is 0.5)")
+    run(root, tmp_path / "o3", clients=4, strategy="iid", alpha=-1.0)   # iid ignores --alpha
+    for d in ("o1", "o2"):   # a refused run leaves nothing behind
+        assert not (tmp_path / d / "manifest.json").exists()
+        assert not (tmp_path / d / so.STAGE).exists()
+
+
+def test_unknown_dataset_and_exclusive_flags_are_refused(leaf, tmp_path):
+    root, _, _ = leaf
+    with pytest.raises(ShardingError) as err:
+        prepare = sharding.prepare_shards
+        prepare(ShardArgs(dataset="nosuch", root=root, out=str(tmp_path / "o"), progress=False))
+    assert str(err.value).startswith("--dataset 'nosuch': ") and "femnist" in str(err.value)
+    _refused(lambda: run(root, tmp_path / "o", clients=2, overwrite=True, resume=True),
+             "--overwrite and --resume exclude each other: --overwrite starts over, --resume "
+             "keeps the shards that verify")
+
+
+def _verify_all(out, n):
+    man = sf.read_manifest(str(out / "manifest.json"))
+    assert sorted(man.clients) == list(range(1, n + 1))
+    for k, e in man.clients.items():
+        sf.verify_shard(str(out / e.shard_path), entry=e)
+
+
+def test_link_resume_after_a_kill_keeps_the_finished_shard_and_packed_file(leaf, tmp_path,
+                                                                             monkeypatch):
+    root, truth, _ = leaf
+    out = tmp_path / "out"
+    real = sharding.write_shard
+    calls = []
+
+    def dies_after_first(*a, **k):
+        if calls:
+            raise Killed("simulated kill")
+        calls.append(a[1])
+        return real(*a, **k)
+    monkeypatch.setattr(sharding, "write_shard", dies_after_first)
+    with pytest.raises(Killed):
+        run(root, out, clients=3, link=True)
+    packed = out / so.STAGE / "packed" / "data.pt"
+    assert packed.is_file() and not (out / "packed").exists()
+    inode = os.stat(packed).st_ino
+    done = []
+    monkeypatch.setattr(sharding, "write_shard", lambda *a, **k: done.append(a[1]) or real(*a, **k))
+    s = run(root, out, clients=3, link=True, resume=True)
+    assert s.reused == [1] and s.written == [2, 3] and done == [2, 3]
+    assert os.stat(out / "packed" / "data.pt").st_ino == inode   # the staged file, not a rewrite
+    _verify_all(out, 3)
+
+
+def test_link_resume_without_a_packed_file_writes_everything_again(leaf, tmp_path):
+    root, truth, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=3, link=True)
+    os.remove(out / "packed" / "data.pt")
+    s = run(root, out, clients=3, link=True, resume=True)
+    assert s.reused == [] and s.written == [1, 2, 3]
+    _verify_all(out, 3)
+
+
+def test_tokens_missing_for_many_new_clients_are_listed_eight_then_dots(tmp_path):
+    from types import SimpleNamespace as NS
+    man = NS(clients={k: NS(token_hash="ab" * 32) for k in (1, 2, 3)})
+    ex = so.Existing([], man, None)
+    args = _args(out=str(tmp_path), clients=12)
+    _refused(lambda: so.carry_tokens(args, ex, "CMD"),
+             f"{tmp_path}/manifest.json gives its clients tokens (token_hash), but client(s) "
+             f"4, 5, 6, 7, 8, 9, 10, 11 ... of the new partition would have none, and the "
+             f"server would admit them without one. Nothing was changed. Re-cut and give every "
+             f"client a new token: CMD --overwrite --tokens {os.path.join(str(tmp_path), 'tokens')}")
+    assert so.carry_tokens(_args(out=str(tmp_path), clients=3), ex, "CMD") == \
+        {k: "ab" * 32 for k in (1, 2, 3)}
+    assert so.carry_tokens(_args(out=str(tmp_path), clients=12, tokens="t"), ex, "CMD") == {}
+    assert so._ids([4, 5]) == "4, 5" and so._ids(list(range(1, 10))) == \
+        "1, 2, 3, 4, 5, 6, 7, 8 ..."
+    none = NS(clients={1: NS(token_hash=""), 2: NS(token_hash="")})
+    assert so.carry_tokens(args, so.Existing([], none, None), "CMD") == {}
+
+
+def test_adopt_copies_where_hard_links_fail(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.pt").write_bytes(b"A")
+
+    def no_links(a, b):
+        raise OSError("cross-device link")
+    monkeypatch.setattr(os, "link", no_links)
+    so.adopt(str(src), str(tmp_path / "dst"))
+    so.adopt_file(str(src / "a.pt"), str(tmp_path / "p" / "a.pt"))
+    for p in (tmp_path / "dst" / "a.pt", tmp_path / "p" / "a.pt"):
+        assert p.read_bytes() == b"A" and os.stat(p).st_ino != os.stat(src / "a.pt").st_ino
