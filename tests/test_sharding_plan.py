@@ -562,6 +562,7 @@ def test_tokens_missing_for_many_new_clients_are_listed_eight_then_dots(tmp_path
     assert so.carry_tokens(_args(out=str(tmp_path), clients=12, tokens="t"), ex, "CMD") == {}
     assert so._ids([4, 5]) == "4, 5" and so._ids(list(range(1, 10))) == \
         "1, 2, 3, 4, 5, 6, 7, 8 ..."
+    assert so._ids(list(range(1, 9))) == "1, 2, 3, 4, 5, 6, 7, 8"     # eight: all shown
     none = NS(clients={1: NS(token_hash=""), 2: NS(token_hash="")})
     assert so.carry_tokens(args, so.Existing([], none, None), "CMD") == {}
 
