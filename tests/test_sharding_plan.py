@@ -579,3 +579,133 @@ def test_adopt_copies_where_hard_links_fail(tmp_path, monkeypatch):
     so.adopt_file(str(src / "a.pt"), str(tmp_path / "p" / "a.pt"))
     for p in (tmp_path / "dst" / "a.pt", tmp_path / "p" / "a.pt"):
         assert p.read_bytes() == b"A" and os.stat(p).st_ino != os.stat(src / "a.pt").st_ino
+
+
+# ----------------------------------------------------------------------------- input side
+from federatedscope.core.data import sharding_input as si  # noqa: E402
+from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples  # noqa: E402
+
+
+def _toy_spec(writers, inputs=("in.bin",), has_writers=True, fail=None):
+    """A registered-spec stand-in: int64 samples of shape [2]; ``writers`` are WriterSamples."""
+    def iter_writers(root):
+        yield from writers
+        if fail is not None:
+            raise fail
+
+    return DatasetSpec(name="toy", sample_dtype="int64", sample_shape=(2,), num_classes=5,
+                       model_input=(2,), iter_writers=iter_writers,
+                       list_inputs=lambda root: [os.path.join(root, i) for i in inputs],
+                       has_writers=has_writers)
+
+
+def _ws(wid, n, start, split=None, source="a.bin"):
+    x = np.arange(start, start + 2 * n, dtype=np.int64).reshape(n, 2)
+    return WriterSamples(wid, x, np.arange(n) % 5, source, split)
+
+
+def test_spill_reads_rows_back_in_any_order_with_one_read_per_cluster(tmp_path, monkeypatch):
+    spill = si.Spill(str(tmp_path / "s.bin"), _toy_spec([]))
+    x = np.arange(60, dtype=np.int64).reshape(30, 2)
+    assert spill.add(x[:10], "a") == 0 and spill.add(x[10:], "b") == 10 and spill.rows == 30
+    assert spill.add(x[:0], "empty") == 30 and spill.rows == 30
+    reads = []
+    real = si.pread_exact
+    monkeypatch.setattr(si, "pread_exact", lambda fd, n, off, *a: reads.append((n, off))
+                        or real(fd, n, off, *a))
+    spill.f.flush()
+    rows = np.array([8, 0, 3, 8])
+    assert spill.gather(rows).tolist() == x[[8, 0, 3, 8]].tolist()
+    assert reads == [(9 * 16, 0)]                  # rows 0..8: gaps <= GAP are read through
+    reads.clear()
+    assert spill.gather(np.array([9, 0])).tolist() == x[[9, 0]].tolist()
+    assert reads == [(16, 0), (16, 9 * 16)]         # a gap of 9 rows > GAP: two reads
+    reads.clear()
+    assert spill.gather(np.array([], np.int64)).shape == (0, 2) and reads == []
+    monkeypatch.setattr(si, "WINDOW", 4)
+    chunks = list(spill.chunks(np.arange(29, -1, -1)))
+    assert [len(c) for c in chunks] == [4] * 7 + [2]
+    assert np.concatenate(chunks).tolist() == x[::-1].tolist()
+    path = spill.path
+    spill.close()
+    assert not os.path.exists(path)
+
+
+def test_spill_refuses_samples_the_spec_does_not_describe(tmp_path):
+    spill = si.Spill(str(tmp_path / "s.bin"), _toy_spec([]))
+    _refused(lambda: spill.add(np.zeros((2, 3), np.int64), "f.bin writer w"),
+             "f.bin writer w: the reader gave samples int64[3], but the dataset's spec says "
+             "int64[2]")
+    _refused(lambda: spill.add(np.zeros((2, 2), np.uint8), "f.bin writer w"),
+             "f.bin writer w: the reader gave samples uint8[2], but the dataset's spec says "
+             "int64[2]")
+    spill.close()
+
+
+@pytest.mark.parametrize("splits,kind", [([None], "unsplit"), (["train", "test"], "train_test"),
+                                         (["train", "val", "test"], "train_val_test")])
+def test_read_input_keeps_each_writers_parts_and_the_input_kind(tmp_path, splits, kind):
+    writers = [_ws(w, n, 100 * i + 10 * j, s) for i, (w, n) in enumerate([("w1", 2), ("w2", 3)])
+               for j, s in enumerate(splits)]
+    spec = _toy_spec(writers)
+    spill = si.Spill(str(tmp_path / "s.bin"), spec)
+    parts, got = si.read_input(spec, str(tmp_path), ["a.bin"], spill, False)
+    assert got == kind and sorted(parts) == ["w1", "w2"]
+    spill.f.flush()
+    at = 0
+    for ws in writers:
+        p = parts[ws.writer_id][ws.split]
+        assert (p.row, p.y.tolist(), p.source) == (at, ws.y.tolist(), "a.bin")
+        assert spill.gather(np.arange(at, at + len(ws.y))).tolist() == ws.x.tolist()
+        at += len(ws.y)
+    spill.close()
+
+
+def test_read_input_refusals_are_exact(tmp_path):
+    dup = _toy_spec([_ws("w1", 2, 0, "train", "a.json"), _ws("w1", 1, 0, "train", "b.json")])
+    spill = si.Spill(str(tmp_path / "s.bin"), dup)
+    _refused(lambda: si.read_input(dup, "R", ["a", "b"], spill, False),
+             "writer w1 appears twice in the train data: a.json and b.json")
+    dup = _toy_spec([_ws("w1", 2, 0, None, "a.json"), _ws("w1", 1, 0, None, "b.json")])
+    _refused(lambda: si.read_input(dup, "R", ["a", "b"], spill, False),
+             "writer w1 appears twice in the unsplit data: a.json and b.json")
+    _refused(lambda: si.read_input(_toy_spec([]), "R", ["a", "b"], spill, False),
+             "the input is empty: 2 input(s) under R hold no writers with samples")
+    bad = _toy_spec([_ws("w1", 1, 0)], fail=ValueError("a.json: writer w2 sample 3: bad pixel"))
+    _refused(lambda: si.read_input(bad, "R", ["a"], spill, False),
+             "a.json: writer w2 sample 3: bad pixel")
+    own = _toy_spec([], fail=ShardingError("as it is"))
+    _refused(lambda: si.read_input(own, "R", ["a"], spill, False), "as it is")
+    spill.close()
+
+
+def test_find_inputs_names_the_common_folder_or_refuses(tmp_path):
+    spec = _toy_spec([], inputs=("x/a.json", "x/y/b.json"))
+    assert si.find_inputs(spec, str(tmp_path)) == (
+        str(tmp_path / "x"), [str(tmp_path / "x" / "a.json"), str(tmp_path / "x" / "y" / "b.json")])
+    _refused(lambda: si.find_inputs(_toy_spec([], inputs=()), "ROOT"),
+             "no toy input under ROOT (the dataset's reader found no input files); check --root "
+             "and --dataset")
+    broken = DatasetSpec("toy", "int64", (2,), 5, (2,), lambda r: iter(()),
+                         lambda r: (_ for _ in ()).throw(OSError("cannot list ROOT/raw")))
+    _refused(lambda: si.find_inputs(broken, "ROOT"), "cannot list ROOT/raw")
+
+
+def test_a_dataset_without_writers_needs_a_splitter(tmp_path, monkeypatch):
+    from federatedscope.register import dataset_spec_dict
+    spec = _toy_spec([_ws(f"b{i}", 4, 10 * i) for i in range(4)], has_writers=False)
+    monkeypatch.setitem(dataset_spec_dict, "toy", spec)
+    (tmp_path / "in.bin").write_bytes(b"")          # the input the plan id lists
+    out = tmp_path / "out"
+    _refused(lambda: prepare_toy(tmp_path, out, "sequential"),
+             "--dataset toy has no writers to assign to clients; deal its samples with "
+             "--strategy lda --alpha 0.5 (FS's baseline splitter) or --strategy iid")
+    assert not (out / so.STAGE).exists()
+    s = prepare_toy(tmp_path, out, "iid")
+    assert s.clients == 4 and s.samples == 16
+    assert sorted(sf.read_manifest(str(out / "manifest.json")).writer_ids[1]) == ["client_1"]
+
+
+def prepare_toy(root, out, strategy):
+    return sharding.prepare_shards(ShardArgs(dataset="toy", root=str(root), out=str(out),
+                                             clients=4, strategy=strategy, progress=False))
