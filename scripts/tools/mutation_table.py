@@ -40,7 +40,12 @@ FL = "federatedscope/core/"
 # mutant; a wrong byte count or dtype is caught by the cheap round trips) and its 3,000-frame
 # fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
 CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
-CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
+# Also the config-doc table checks (subprocesses, 16 s each) and the 4-client standalone run of
+# test_data_roles (10 s; it reran for every default-value mutant): the alias reaching the
+# trainer is pinned in-process by test_data_roles' alias tests, the defaults by
+# test_config_checks' table comparison.
+CONFIG_SLOW = ("not fails_the_process and not every_key_is_read and not config_doc "
+               "and not standalone_run_over_the_local_transport")
 # the 10,000-client manifest timing test: seconds per mutant, and it measures speed (every field
 # check it runs is also run by the small malformed-manifest tests)
 SHARD_SLOW = "not 10000_clients"
