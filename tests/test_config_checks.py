@@ -115,6 +115,20 @@ def test_only_values_are_normalised_never_keys():
         load_cfg(None, ["expname", "true"])  # a string key: True is not a string
     with pytest.raises(ConfigError, match=r"^command line: Non-existent key: true$"):
         load_cfg(None, ["true", "1"])
+    with pytest.raises(ConfigError, match=r"^command line: Non-existent key: TRUE$"):
+        load_cfg(None, ["seed", "1", "TRUE", "1"])      # a later key: still not normalised
+    assert load_cfg(None, ["seed", "1", "distributed_data.streaming", "TRUE", "expname", "e",
+                           "distributed_data.verify_checksum", "false"]
+                    ).distributed_data.verify_checksum is False
+
+
+def test_programmatic_overrides_take_typed_values():
+    # FS's own builders call merge_from_list with ints and bools, not only strings
+    cfg = get_default_cfg()
+    cfg.merge_from_list(["federate.client_num", 4, "distributed_data.streaming", True,
+                         "train.optimizer.lr", 2])
+    assert (cfg.federate.client_num, cfg.distributed_data.streaming) == (4, True)
+    assert cfg.train.optimizer.lr == 2.0 and type(cfg.train.optimizer.lr) is float
 
 
 def test_file_errors_name_the_file(tmp_path):
@@ -190,6 +204,8 @@ def test_help_lists_every_option_with_its_text(capsys):
 def test_same_value_compares_lists_and_tuples_by_content():
     assert same_value((10, 5), [10, 5]) and same_value([], ())
     assert not same_value((10, 5), [5, 10]) and not same_value(1, 2) and same_value("a", "a")
+    # only two sequences compare by content: a string is not the list of its characters
+    assert not same_value("ab", ["a", "b"]) and not same_value(["a", "b"], "ab")
 
 
 # ------------------------------------------------------------------ refused keys
