@@ -115,6 +115,19 @@ def _assignment(tmp_path, raw):
     return str(p)
 
 
+def test_manual_assignment_follows_the_input_order_not_string_order(tmp_path):
+    known = ["task_2", "task_9", "task_10", "task_11"]          # writer_order's numeric order
+    p = _assignment(tmp_path, {"1": ["task_10", "task_2"], "2": ["task_11", "task_9"]})
+    assert load_assignment(p, 2, known) == {1: ["task_2", "task_10"], 2: ["task_9", "task_11"]}
+
+
+def test_manual_assignment_with_many_wrong_ids_shows_the_first_ten(tmp_path):
+    p = _assignment(tmp_path, {str(k): [f"w{k % 10}"] for k in range(1, 13)})
+    _refused(lambda: load_assignment(p, 2, IDS),
+             f"--assignment {p}: client ids must be exactly 1..2 (--clients 2), got "
+             f"[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]")
+
+
 def test_manual_assignment_is_sorted_by_input_order(tmp_path):
     p = _assignment(tmp_path, {"2": ["w9", "w1"], "1": ["w5", "w0", "w3"]})
     assert load_assignment(p, 2, IDS) == {1: ["w0", "w3", "w5"], 2: ["w1", "w9"]}
@@ -406,6 +419,8 @@ def test_adopt_links_the_verified_files_and_replaces_what_was_there(tmp_path):
     (src / "meta.json").write_bytes(b"M")
     dst.mkdir()
     (dst / "old.pt").write_bytes(b"O")
+    (tmp_path / f"dst.tmp-{os.getpid()}").mkdir()            # left by a killed adopt
+    (tmp_path / f"dst.tmp-{os.getpid()}" / "junk").write_bytes(b"J")
     so.adopt(str(src), str(dst))
     assert sorted(os.listdir(dst)) == ["a.pt", "meta.json"]
     assert os.stat(dst / "a.pt").st_ino == os.stat(src / "a.pt").st_ino   # a link, not a copy
@@ -534,6 +549,31 @@ def test_link_resume_after_a_kill_keeps_the_finished_shard_and_packed_file(leaf,
     s = run(root, out, clients=3, link=True, resume=True)
     assert s.reused == [1] and s.written == [2, 3] and done == [2, 3]
     assert os.stat(out / "packed" / "data.pt").st_ino == inode   # the staged file, not a rewrite
+    _verify_all(out, 3)
+
+
+def test_link_resume_with_no_shard_that_verifies_rewrites_the_staged_packed_file(
+        leaf, tmp_path, monkeypatch):
+    root, truth, _ = leaf
+    out = tmp_path / "out"
+    real = sharding.write_shard
+    calls = []
+
+    def dies_after_first(*a, **k):
+        if calls:
+            raise Killed("simulated kill")
+        calls.append(a[1])
+        return real(*a, **k)
+    monkeypatch.setattr(sharding, "write_shard", dies_after_first)
+    with pytest.raises(Killed):
+        run(root, out, clients=3, link=True)
+    monkeypatch.setattr(sharding, "write_shard", real)
+    p = out / so.STAGE / "client_1" / "train.pt"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01                   # the one staged shard no longer verifies
+    p.write_bytes(bytes(data))
+    s = run(root, out, clients=3, link=True, resume=True)
+    assert s.reused == [] and s.written == [1, 2, 3]
     _verify_all(out, 3)
 
 
