@@ -749,3 +749,26 @@ def test_a_dataset_without_writers_needs_a_splitter(tmp_path, monkeypatch):
 def prepare_toy(root, out, strategy):
     return sharding.prepare_shards(ShardArgs(dataset="toy", root=str(root), out=str(out),
                                              clients=4, strategy=strategy, progress=False))
+
+
+def test_consistent_label_distribution_makes_the_test_pool_follow_train(tmp_path, monkeypatch):
+    from federatedscope.register import dataset_spec_dict
+    rng = np.random.default_rng(0)
+
+    def ws(wid, split, n):
+        return WriterSamples(wid, rng.integers(0, 9, (n, 2)), rng.integers(0, 5, n), "a.bin",
+                             split)
+    writers = [ws(f"b{i}", s, 40) for i in range(3) for s in ("train", "test")]
+    monkeypatch.setitem(dataset_spec_dict, "toy", _toy_spec(writers, has_writers=False))
+    (tmp_path / "in.bin").write_bytes(b"")
+    hists = {}
+    for consistent in (False, True):
+        out = tmp_path / f"out{consistent}"
+        sharding.prepare_shards(ShardArgs(dataset="toy", root=str(tmp_path), out=str(out),
+                                          clients=4, strategy="lda", alpha=0.3, seed=2,
+                                          consistent=consistent, progress=False))
+        man = sf.read_manifest(str(out / "manifest.json"))
+        assert man.source["options"].get("consistent", False) is consistent
+        hists[consistent] = [sf.read_meta(str(out / f"client_{k}")).label_hist["test"]
+                             for k in range(1, 5)]
+    assert hists[True] != hists[False]   # the test pool was dealt by the train shares
