@@ -69,19 +69,22 @@ def test_open_and_closed_nodes(tmp_path):
     y.write_text("train:\n  scheduler:\n    type: StepLR\n    step_size: 2\n    gamma: 0.5\n"
                  "finetune:\n  scheduler:\n    type: StepLR\n    step_size: 3\n"
                  "aggregator:\n  BFT_args:\n    my_rule_arg: 4\n")
-    cfg = finalize(load_cfg(str(y), []))
+    # a fresh tree each time (load_cfg clones the module-level one built at import)
+    cfg = get_default_cfg()
+    cfg.merge_from_file(str(y))
     assert (cfg.train.scheduler.step_size, cfg.train.scheduler.gamma) == (2, 0.5)
     assert cfg.finetune.scheduler.step_size == 3 and cfg.aggregator.BFT_args.my_rule_arg == 4
+    assert finalize(load_cfg(str(y), [])).aggregator.BFT_args.my_rule_arg == 4
     bad = tmp_path / "closed.yaml"
     bad.write_text("train:\n  optimizer:\n    betas: 0.9\n")
     with pytest.raises(ConfigError, match=r"closed\.yaml: .*train\.optimizer\.betas"):
-        load_cfg(str(bad), [])
+        get_default_cfg().merge_from_file(str(bad))
     for node in ("personalization", "fedopt", "fedprox", "finetune", "fedopt.optimizer",
-                 "finetune.optimizer"):
+                 "finetune.optimizer", "train", "aggregator", "federate"):
         bad.write_text("".join("  " * i + part + ":\n" for i, part in enumerate(node.split(".")))
                        + "  " * len(node.split(".")) + "nosuch: 1\n")
         with pytest.raises(ConfigError, match="nosuch"):
-            load_cfg(str(bad), [])
+            get_default_cfg().merge_from_file(str(bad))
 
 
 # ------------------------------------------------------------------ how values come in

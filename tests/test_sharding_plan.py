@@ -744,6 +744,15 @@ def test_a_dataset_without_writers_needs_a_splitter(tmp_path, monkeypatch):
     s = prepare_toy(tmp_path, out, "iid")
     assert s.clients == 4 and s.samples == 16
     assert sorted(sf.read_manifest(str(out / "manifest.json")).writer_ids[1]) == ["client_1"]
+    # --link: the packed file holds the spec's dtype (int64 here), every sample once
+    linked = tmp_path / "linked"
+    sharding.prepare_shards(ShardArgs(dataset="toy", root=str(tmp_path), out=str(linked),
+                                      clients=4, strategy="iid", link=True, progress=False))
+    from federatedscope.core.data.shard_format import split_file
+    x, y = split_file.read_split(str(linked / "packed" / "data.pt"))
+    assert x.dtype == __import__("torch").int64 and tuple(x.shape) == (16, 2)
+    assert sorted(map(tuple, x.tolist())) == sorted(
+        tuple(r) for i in range(4) for r in np.arange(10 * i, 10 * i + 8).reshape(4, 2).tolist())
 
 
 def prepare_toy(root, out, strategy):
