@@ -530,6 +530,7 @@ def test_link_resume_after_a_kill_keeps_the_finished_shard_and_packed_file(leaf,
                                                                              monkeypatch):
     root, truth, _ = leaf
     out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)        # paths are the output's, never the working directory's
     real = sharding.write_shard
     calls = []
 
@@ -781,3 +782,15 @@ def test_consistent_label_distribution_makes_the_test_pool_follow_train(tmp_path
         hists[consistent] = [sf.read_meta(str(out / f"client_{k}")).label_hist["test"]
                              for k in range(1, 5)]
     assert hists[True] != hists[False]   # the test pool was dealt by the train shares
+
+
+def test_resume_redoes_a_shard_whose_meta_names_another_client(leaf, tmp_path):
+    root, truth, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=3)
+    meta = sf.read_meta(str(out / "client_1"))
+    meta.client_id = 9                      # same files, plan and writers: only the id is wrong
+    sf.write_meta(str(out / "client_1"), meta)
+    s = run(root, out, clients=3, resume=True)
+    assert s.written == [1] and s.reused == [2, 3]
+    assert sf.read_meta(str(out / "client_1")).client_id == 1
