@@ -16,19 +16,16 @@ from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import get_spec
 from federatedscope.core.data.sharding_plan import assign, group_bounds
-from test_sharding import ROOT, WRITERS, run, snapshot, write_leaf
+from test_sharding import (ROOT, WRITERS, leaf_copy, leaf_source, run,  # noqa: F401
+                           snapshot, write_leaf)
 from harness.procs import run_script
 
 CLI = os.path.join(ROOT, "scripts", "tools", "prepare_shards.py")
 
 
 @pytest.fixture
-def leaf(tmp_path):
-    root = tmp_path / "data"
-    raw = root / "femnist" / "raw"
-    write_leaf(str(raw / "all_data_0.json"), dict(list(WRITERS.items())[:4]), seed=1)
-    write_leaf(str(raw / "all_data_1.json"), dict(list(WRITERS.items())[4:]), seed=2)
-    return str(root)
+def leaf(leaf_source, tmp_path):
+    return leaf_copy(leaf_source, tmp_path)[0]
 
 
 def test_resume_refuses_changed_subsample_and_assignment(leaf, tmp_path):

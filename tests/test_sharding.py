@@ -1,6 +1,7 @@
 """prepare_femnist_shards: strategies, fidelity, resume, refusal, --link, input layouts, --plot."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -33,13 +34,28 @@ def write_leaf(path, writers, seed=0):
     return truth
 
 
-@pytest.fixture
-def leaf_root(tmp_path):
-    root = tmp_path / "data"
+@pytest.fixture(scope="session")
+def leaf_source(tmp_path_factory):
+    """The 7-writer LEAF input, written once per session (JSON floats are slow to write; the
+    mutation runs rerun these tests per mutant); each test gets its own copy (leaf_copy)."""
+    root = tmp_path_factory.mktemp("leaf_source") / "data"
     raw = root / "femnist" / "raw"
     truth = write_leaf(str(raw / "all_data_0.json"), dict(list(WRITERS.items())[:4]), seed=1)
     truth.update(write_leaf(str(raw / "all_data_1.json"), dict(list(WRITERS.items())[4:]), seed=2))
-    return str(root), truth
+    return root, truth
+
+
+def leaf_copy(leaf_source, tmp_path):
+    """(root, truth, raw folder) of a private copy of the session's LEAF input."""
+    src, truth = leaf_source
+    root = tmp_path / "data"
+    shutil.copytree(src, root)
+    return str(root), truth, root / "femnist" / "raw"
+
+
+@pytest.fixture
+def leaf_root(leaf_source, tmp_path):
+    return leaf_copy(leaf_source, tmp_path)[:2]
 
 
 def run(root, out, **kw):

@@ -12,7 +12,8 @@ import pytest
 
 from federatedscope.core.data import shard_format as mu
 from federatedscope.core.data.sharding import ShardingError
-from test_sharding import ROOT, TOOL, WRITERS, check_partition, run, snapshot, write_leaf
+from test_sharding import (ROOT, TOOL, WRITERS, check_partition, leaf_copy,  # noqa: F401
+                           leaf_source, run, snapshot, write_leaf)
 
 sys.path.insert(0, os.path.join(ROOT, "scripts", "tools"))
 from make_client_tokens import make_tokens  # noqa: E402
@@ -20,12 +21,8 @@ from harness.procs import run_script
 
 
 @pytest.fixture
-def leaf(tmp_path):
-    root = tmp_path / "data"
-    raw = root / "femnist" / "raw"
-    truth = write_leaf(str(raw / "all_data_0.json"), dict(list(WRITERS.items())[:4]), seed=1)
-    truth.update(write_leaf(str(raw / "all_data_1.json"), dict(list(WRITERS.items())[4:]), seed=2))
-    return str(root), truth, raw
+def leaf(leaf_source, tmp_path):
+    return leaf_copy(leaf_source, tmp_path)
 
 
 def _leaf_file(path, users, user_data, num_samples=None):

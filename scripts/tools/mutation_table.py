@@ -40,10 +40,19 @@ FL = "federatedscope/core/"
 # mutant; a wrong byte count or dtype is caught by the cheap round trips) and its 3,000-frame
 # fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
 CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
-CONFIG_SLOW = "not fails_the_process and not every_key_is_read"
+# Also the config-doc table checks (subprocesses, 16 s each) and the 4-client standalone run of
+# test_data_roles (10 s; it reran for every default-value mutant): the alias reaching the
+# trainer is pinned in-process by test_data_roles' alias tests, the defaults by
+# test_config_checks' table comparison.
+CONFIG_SLOW = ("not fails_the_process and not every_key_is_read and not config_doc "
+               "and not standalone_run_over_the_local_transport")
 # the 10,000-client manifest timing test: seconds per mutant, and it measures speed (every field
 # check it runs is also run by the small malformed-manifest tests)
 SHARD_SLOW = "not 10000_clients"
+# the shard tool's tests that start processes (the CLI's exit codes and summary, the 2,000-writer
+# size test: 10-50 s each); the logic they reach runs in-process in the other tests
+SHARDING_SLOW = ("not bytes_per_sample and not cli_summary and not cli_exits_1 "
+                 "and not generic_cli")
 # the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
 # table checks, which do not train; the algorithm tests check the same code to the float
 TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
@@ -86,7 +95,8 @@ MODULES: Dict[str, Module] = {
     # the offline shard tool
     "sharding": Module([FL + "data/sharding*.py"],
                        ["tests/test_sharding.py", "tests/test_sharding_safety.py",
-                        "tests/test_shard_tool_guarantees.py"]),
+                        "tests/test_shard_tool_guarantees.py", "tests/test_sharding_plan.py"],
+                       SHARDING_SLOW),
     # the client's data: the shard loader, the dataset specs, transforms
     "data": Module([FL + "data/distributed_loader.py", FL + "data/spec_data.py",
                     FL + "data/base_data.py", FL + "data/transforms.py", FL + "data/datasets.py",
@@ -98,7 +108,7 @@ MODULES: Dict[str, Module] = {
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
                        "tests/test_config_choices.py", "tests/test_cfg_keys.py",
-                       "tests/test_data_roles.py"], CONFIG_SLOW),
+                       "tests/test_data_roles.py", "tests/test_config_checks.py"], CONFIG_SLOW),
 }
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault",
             "not checked")

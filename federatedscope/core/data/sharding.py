@@ -253,6 +253,10 @@ def _by_splitter(args: ShardArgs, spec: DatasetSpec, parts, spill: Spill):
     if args.subsample < 1.0:
         raise ShardingError(f"--subsample {args.subsample} chooses writers; --strategy "
                             f"{args.strategy} deals every sample, so drop --subsample")
+    if args.strategy == "lda" and not args.alpha > 0:
+        # the splitter's own message names FS's config key, not the flag the user typed
+        raise ShardingError(f"--alpha {args.alpha} must be > 0 (the Dirichlet concentration of "
+                            f"--strategy lda; FS's baseline is 0.5)")
     from federatedscope.core.auxiliaries.splitter_builder import build_splitter
     try:
         splitter = build_splitter(args.strategy, args.clients,
