@@ -478,7 +478,10 @@ def test_the_last_pending_client_refused_at_redeclaration_completes_the_round(tm
 # ------------------------------------------------------------------ texts and the end
 def test_sub_second_timeouts_are_timeouts_too(tmp_path):
     live = Liveness(make_cfg(tmp_path, "federate.join_timeout", 0.5, "federate.round_timeout",
-                             0.5, "federate.eval_timeout", 0.25))
+                             0.5, "federate.eval_timeout", 0.25,
+                             "distribute.heartbeat_timeout", 0.5))
+    assert [r.client_id for r in live.silent([ClientRecord(1, 1, last_seen=0.0),
+                                              ClientRecord(2, 2, last_seen=0.2)], 0.6)] == [1]
     assert live.join_overdue(0.0, 0.6) and not live.join_overdue(0.0, 0.5)
     assert live.round_overdue(0.0, 0.6) and not live.round_overdue(0.0, 0.5)
     assert live.eval_overdue(Evaluation(1, {2}, started=0.0), 0.3)
@@ -533,3 +536,123 @@ def test_tick_does_nothing_once_finished_or_in_a_standalone_run(tmp_path, monkey
     local.tick(after=100.0)                 # the in-process bus cannot lose a client
     assert local.comm.closed == [] and not local.server.state.timed_out
     assert local.server.state.pending == {1, 2, 3, 4}
+
+
+def test_a_silent_client_is_named_with_its_silence_and_a_give_up_without_save_to_says_so(
+        tmp_path, monkeypatch, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 2, "distribute.heartbeat_timeout", 10.0,
+                "federate.min_clients_threshold", 4, "federate.graceful_termination_timeout",
+                20.0, monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    g = h.global_state()
+    for c in (1, 2, 3):
+        h.update(c, 0, h.shifted(1.0, g), size=10 * c)
+    h.tick(after=7.0)
+    _beat(h, (1, 2, 3))
+    h.tick(after=5.0)                       # client 4: 12 s since its join
+    assert "Server: client #4 silent for 12s (> distribute.heartbeat_timeout); marking it lost" \
+        in caplog.text
+    assert h.comm.closed == [4] and h.server.clients[4].offline_since == h.clock.now
+    _beat(h, (1, 2, 3))
+    h.tick(after=9.0)
+    _beat(h, (1, 2, 3))
+    h.tick(after=2.0)                       # past the grace: 3 updates < 4 -> paused
+    assert h.server.state.phase is Phase.PAUSED
+    for _ in range(2):
+        _beat(h, (1, 2, 3))
+        h.tick(after=9.0)
+    _beat(h, (1, 2, 3))
+    h.tick(after=3.0)                       # 21 s paused
+    assert h.server.exit_code == 3
+    assert "gave up after waiting 20s for clients; 0 round(s) done and checkpointed; restart " \
+           "with federate.restore_from to continue" in caplog.text
+
+
+# ------------------------------------------------------------------ the records themselves
+def test_round_state_transitions_over_two_rounds():
+    from federatedscope.core.workers.server_state import RoundState
+    st = RoundState()
+    assert (st.phase, st.round, st.sampled, st.pending, st.refused, st.started_at, st.timed_out,
+            st.paused_since, st.evaluation, st.eval_owed, st.stop_requested, st.exit_code) == \
+        (Phase.JOINING, 0, set(), set(), {}, 0.0, False, None, None, None, False, 0)
+    sampled = {2, 3, 5, 7}
+    st.begin_round(sampled, 12.5)
+    sampled.add(9)                          # the state keeps its own copies
+    assert st.sampled == {2, 3, 5, 7} == st.pending and st.sampled is not st.pending
+    assert (st.phase, st.started_at, st.timed_out, st.paused_since) == \
+        (Phase.TRAINING, 12.5, False, None)
+    st.pending.discard(2)
+    st.refused[3] = "non-finite"
+    st.timed_out = True
+    st.pause(20.0)
+    assert (st.phase, st.paused_since, st.pending) == (Phase.PAUSED, 20.0, {3, 5, 7})
+    st.begin_round({5, 7, 11}, 30.0)        # resumed: a fresh round, nothing carried over
+    assert (st.sampled, st.pending, st.refused, st.timed_out, st.paused_since) == \
+        ({5, 7, 11}, {5, 7, 11}, {}, False, None)
+    st.end_round(False)
+    assert (st.round, st.phase, st.sampled, st.pending, st.refused, st.eval_owed) == \
+        (1, Phase.TRAINING, set(), set(), {}, None)
+    st.begin_round({1}, 40.0)
+    st.pause(41.0)
+    st.end_round(True)
+    assert (st.round, st.eval_owed, st.paused_since) == (2, 2, None)
+    st.evaluation = Evaluation(2, {1})
+    st.finish(5)
+    assert (st.phase, st.exit_code, st.evaluation) == (Phase.FINISHED, 5, None)
+    st2 = RoundState()
+    st2.finish()
+    assert st2.exit_code == 0
+
+
+def test_an_evaluation_record_accepts_refuses_and_drops(monkeypatch):
+    import federatedscope.core.workers.server_eval as se
+    monkeypatch.setattr(se.time, "monotonic", lambda: 77.0)
+    ev = Evaluation(4, {1, 2, 3, 4})
+    assert ev.started == 77.0 and ev.results == {} and ev.refused == {} and not ev.done
+    assert ev.expects(2, 4) and not ev.expects(2, 3) and not ev.expects(9, 4)
+    declared = {"train": 10, "val": 5, "test": 5}
+    good = good_metrics(acc=0.75)
+    assert ev.accept(1, good, declared, ["test", "val"]) == ""
+    good["test_acc"] = 0.0                  # the record keeps its own copy
+    assert ev.results == {1: good_metrics(acc=0.75)}
+    problem = ev.accept(2, {**good_metrics(), "test_total": 6}, declared, ("test", "val"))
+    assert problem == "test_total=6 != the 5 test samples declared at join"
+    assert ev.refused == {2: problem} and 2 not in ev.results and not ev.expects(2, 4)
+    assert ev.drop([3, 9]) == {3} and ev.waiting == {4} and not ev.done
+    assert ev.drop([3]) == set()
+    # the splits asked for are the ones allowed: a val metric under eval.split=[test] is refused
+    assert ev.accept(4, good_metrics(), declared, ["test"]) == \
+        "metric name 'val_acc' is not <split>_<metric> for a split in eval.split"
+    assert ev.done and sorted(ev.refused) == [2, 4] and list(ev.results) == [1]
+
+
+def test_the_handler_registry_is_fs_shaped():
+    from federatedscope.core.message import Message, _SCHEMA
+    from federatedscope.core.workers.base_worker import Worker
+    w = Worker()
+    assert (w.ID, w.cfg, w.comm, w.msg_handlers) == (-1, None, None, {})
+    seen = []
+
+    class Echo(Worker):
+        peer_role = "server"
+        default_handlers = (("fs_test_echo", "callback_funcs_for_echo"),)
+
+        def callback_funcs_for_echo(self, msg):
+            seen.append(("base", msg.state))
+
+    class Louder(Echo):
+        def callback_funcs_for_echo(self, msg):
+            seen.append(("override", msg.state))
+
+    e, lo = Echo(7, "cfg", "comm"), Louder(8)
+    assert (e.ID, e.cfg, e.comm) == (7, "cfg", "comm")
+    assert _SCHEMA["fs_test_echo"]["from"] == "server"
+    assert e.dispatch(Message("fs_test_echo", 0, 7, 3, {})) is True
+    assert lo.dispatch(Message("fs_test_echo", 0, 8, 4, {})) is True
+    assert seen == [("base", 3), ("override", 4)]
+    assert e.dispatch(Message("fs_test_nobody", 0, 7, 5, {})) is False
+    e.register_handlers("fs_test_echo", lambda m: seen.append(("later", m.state)))
+    assert e.dispatch(Message("fs_test_echo", 0, 7, 6, {})) is True and seen[-1] == ("later", 6)
+    w.register_handlers("fs_test_any", seen.append)
+    assert _SCHEMA["fs_test_any"]["from"] == "any"
