@@ -325,6 +325,8 @@ def test_the_final_line_and_log_give_the_last_weighted_accuracy(tmp_path, caplog
     assert "finished after 2 rounds; final weighted-avg test_acc=0.3" in caplog.text
     final = h.eval_lines()[-1]
     assert final["Final"] and final["Results_weighted_avg"]["test_acc"] == pytest.approx(0.3)
+    assert (tmp_path / "job" / "curves.png").stat().st_size > 0      # beside the results log
+    assert "cannot write the curves" not in caplog.text
     assert all(h.sent_types(c).count(FINISH) == 1 for c in range(1, 5))
 
 
@@ -656,3 +658,32 @@ def test_the_handler_registry_is_fs_shaped():
     assert e.dispatch(Message("fs_test_echo", 0, 7, 6, {})) is True and seen[-1] == ("later", 6)
     w.register_handlers("fs_test_any", seen.append)
     assert _SCHEMA["fs_test_any"]["from"] == "any"
+
+
+def test_unwritable_checkpoint_and_curves_each_cost_one_line_saying_what_follows(tmp_path, caplog):
+    quiet(caplog)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 2, "federate.save_to",
+                str(blocker / "ckpt.pt"), expected=4)
+    (tmp_path / "job").mkdir(exist_ok=True)
+    (tmp_path / "job" / "curves.png").mkdir()       # a directory where the picture goes
+    _join4(h)
+    for r in range(2):
+        g = h.global_state()
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g), size=10 * c)
+    for c in range(1, 5):
+        h.metrics(c, 2, good_metrics())
+    assert h.server.finished and h.server.exit_code == 0
+    lines = [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()]
+    ckpt = [x for x in lines if x.startswith(f"Server: cannot write the checkpoint {blocker}")]
+    assert len(ckpt) == 3                   # after rounds 1 and 2, and after the evaluation
+    assert all(x.endswith("; the job goes on, but a restart would resume from the last "
+                          "checkpoint written (free space or point federate.save_to elsewhere)")
+               for x in ckpt)
+    png = str(tmp_path / "job" / "curves.png")
+    curves = [x for x in lines if x.startswith(f"Server: cannot write the curves {png} (")]
+    assert len(curves) == 1 and curves[0].endswith(
+        "; the results log is whole; redraw with scripts/tools/plot_results.py")
+    assert len(lines) == 4 and [x["Round"] for x in h.eval_lines()] == [2, 2]
