@@ -687,3 +687,159 @@ def test_unwritable_checkpoint_and_curves_each_cost_one_line_saying_what_follows
     assert len(curves) == 1 and curves[0].endswith(
         "; the results log is whole; redraw with scripts/tools/plot_results.py")
     assert len(lines) == 4 and [x["Round"] for x in h.eval_lines()] == [2, 2]
+
+
+# ------------------------------------------------------------------ more of the round's edges
+def test_a_manifest_entry_changed_mid_run_leaves_that_client_out_in_strict_mode(tmp_path, caplog):
+    import dataclasses
+    from federatedscope.core.data.shard_format import ManifestEntry
+    quiet(caplog)
+    entries = {c: ManifestEntry(c, f"client_{c}", {"train": 10 * c, "val": 5, "test": 5},
+                                "ab" * 32, [5 * c, 5 * c], sample_type="float32[4]")
+               for c in range(1, 5)}
+    h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 2, manifest=entries,
+                sample_type="float32[4]")
+    for c in range(1, 5):
+        h.join(c, declaration=_declaration(c, 10 * c))
+    assert all(h.admission.verified(c) for c in range(1, 5))
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(float(c), g), size=10 * c)
+    # verified counts, uncapped: (10 + 40 + 90 + 160) / 100
+    assert float((h.global_state()["fc2.bias"] - g["fc2.bias"]).mean()) == \
+        pytest.approx(3.0, abs=1e-5)
+    h.admission.manifest[3] = dataclasses.replace(entries[3], fingerprint="cd" * 32)  # re-cut
+    g = h.global_state()
+    for c, s in {1: 1.0, 2: 1.0, 3: 10.0, 4: 1.0}.items():
+        h.update(c, 1, h.shifted(s, g), size=10 * c)
+    assert "rejected update of client #3: fingerprint abababababab... != manifest " \
+           "cdcdcdcdcdcd... (the shard differs from the one prepared)" in caplog.text
+    assert h.server.round == 2 and h.server.state.refused == {}
+    assert float((h.global_state()["fc2.bias"] - g["fc2.bias"]).mean()) == \
+        pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_no_token_warning_is_given_only_where_it_applies(tmp_path, caplog):
+    from federatedscope.core.workers.server import Server
+    quiet(caplog)
+    want = ("Server: no client tokens configured (distribute.token or token_hash in the "
+            "manifest): a client id is only a claim, and anyone who can reach this port may join "
+            "as a missing client")
+    h = Harness(tmp_path / "open", expected=4)
+    assert [r.getMessage() for r in caplog.records] == [want]
+    caplog.clear()
+    Harness(tmp_path / "token", token="s3cret", expected=4)
+    Server(h.cfg, h.model, h.comm, h.monitor, 4, h.admission, distributed=False)
+    assert want not in caplog.text
+
+
+def test_a_restarted_finished_job_ends_again_without_a_second_final_line(tmp_path, caplog):
+    quiet(caplog)
+    ckpt = str(tmp_path / "ckpt.pt")
+    opts = ("federate.total_round_num", 2, "federate.save_to", ckpt, "federate.restore_from", ckpt)
+    h = Harness(tmp_path, *opts, expected=4)
+    _join4(h)
+    for r in range(2):
+        g = h.global_state()
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g), size=10 * c)
+        for c in range(1, 5):
+            h.metrics(c, r + 1, good_metrics())
+    assert h.server.finished and [x.get("Final", False) for x in h.eval_lines()] == \
+        [False, False, True]
+    caplog.clear()
+    h2 = Harness(tmp_path, *opts, expected=4)
+    assert [r.getMessage() for r in caplog.records if "restored" in r.getMessage()] == \
+        [f"Server: restored round 2 from {ckpt}"]
+    _join4(h2)
+    assert h2.server.finished and h2.server.exit_code == 0
+    assert [x.get("Final", False) for x in h2.eval_lines()] == [False, False, True]
+    assert [(r, m.state) for r, m in h2.comm.sent if m.msg_type == FINISH] == \
+        [(c, 2) for c in range(1, 5)]
+    assert h2.asked(MODEL_PARA, 2) == [] and h2.asked(EVALUATE, 2) == []
+
+
+def test_what_the_server_broadcasts_and_how_long_a_round_took(tmp_path, monkeypatch, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 2,
+                monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    for r in range(2):
+        g = h.global_state()
+        h.clock.now += 7.5
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g), size=10 * c)
+    for c in range(1, 5):
+        h.metrics(c, 2, good_metrics(acc=0.1 * c + 0.00123))
+    assert "Server: round 1/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.50s" \
+        in caplog.text
+    assert "Server: round 2/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.50s" \
+        in caplog.text
+    # accuracies 0.10123 .. 0.40123 over equal test counts: 0.25123, rounded to 4 digits
+    assert "finished after 2 rounds; final weighted-avg test_acc=0.2512" in caplog.text
+    keys = sorted(h.model.state_dict())
+    for r, m in h.comm.sent:
+        if m.msg_type in (MODEL_PARA, EVALUATE, FINISH):
+            assert (m.sender, m.receiver, m.content) == (SERVER_ID, -2, {}), m.msg_type
+            assert sorted(m.tensors) == keys
+    to_2 = [(m.msg_type, m.state) for r, m in h.comm.sent if r == 2]
+    assert to_2 == [("assign_client_id", 0), (MODEL_PARA, 0), (MODEL_PARA, 1), (EVALUATE, 2),
+                    (FINISH, 2)]
+
+
+def test_a_lost_client_that_still_sends_is_dropped(tmp_path, monkeypatch, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 1, "distribute.heartbeat_timeout", 10.0,
+                monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    g = h.global_state()
+    h.tick(after=6.0)
+    _beat(h, (1, 2, 3))
+    h.tick(after=5.0)                       # client 4 silent: lost, its connection closed
+    h.update(4, 0, h.shifted(9.0, g), size=40)  # a message already in flight on that connection
+    assert "dropped model_para from unjoined/stale connection 4" in caplog.text
+    assert 4 in h.server.state.pending
+
+
+def test_results_unwritable_past_the_bound_at_an_evaluation_start_no_next_round(
+        tmp_path, monkeypatch, caplog):
+    import os
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 5, "distribute.heartbeat_timeout", 0.0,
+                "federate.results_write_timeout", 20.0, "eval.freq", 1, monkeypatch=monkeypatch,
+                expected=4)
+    os.makedirs(h.monitor.log_path)
+    _join4(h)
+    for r in range(2):
+        g = h.global_state()
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g), size=10 * c)
+        h.clock.now += 25.0                 # no tick in between: the next write finds it overdue
+        for c in range(1, 5):
+            h.metrics(c, r + 1, good_metrics())
+        if r == 0:
+            assert not h.server.finished and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
+    assert h.server.finished and h.server.exit_code == 4
+    assert h.asked(MODEL_PARA, 2) == [] and all(FINISH in h.sent_types(c) for c in range(1, 5))
+
+
+def test_an_error_names_the_message_type_clipped_and_logs_the_traceback_only_in_debug(
+        tmp_path, caplog):
+    import logging
+    quiet(caplog)
+    kind = "custom_" + "y" * 70
+
+    def boom(msg):
+        raise KeyError("k")
+    h = Harness(tmp_path, "federate.total_round_num", 1, expected=4)
+    h.server.register_handlers(kind, boom)
+    _join4(h)
+    h.send(2, kind, 0)
+    rec = [r for r in caplog.records if "error while handling" in r.getMessage()]
+    assert rec[0].getMessage() == (f"Server: error while handling {kind[:60]}...[77 chars] from "
+                                   f"connection 2: KeyError('k'); closing that connection")
+    assert not rec[0].exc_info
+    caplog.set_level(logging.DEBUG, logger="federatedscope")
+    h.send(3, kind, 0)
+    rec = [r for r in caplog.records if "error while handling" in r.getMessage()]
+    assert len(rec) == 2 and rec[1].exc_info and rec[1].exc_info[0] is KeyError
