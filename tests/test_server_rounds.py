@@ -843,3 +843,18 @@ def test_an_error_names_the_message_type_clipped_and_logs_the_traceback_only_in_
     h.send(3, kind, 0)
     rec = [r for r in caplog.records if "error while handling" in r.getMessage()]
     assert len(rec) == 2 and rec[1].exc_info and rec[1].exc_info[0] is KeyError
+
+
+def test_one_refused_update_and_the_rest_lost_pauses_it_did_not_diverge(
+        tmp_path, monkeypatch, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 2, "federate.min_clients_threshold", 2,
+                monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    g = h.global_state()
+    h.update(1, 0, h.shifted(float("nan"), g), size=10)
+    _lose(h, (2, 3, 4))
+    assert h.server.state.phase is Phase.PAUSED and h.server.exit_code == 0
+    assert "paused: only 0 update(s) in round 1, fewer than federate.min_clients_threshold=2" \
+        in caplog.text
+    assert "every update" not in caplog.text and not h.server.finished
