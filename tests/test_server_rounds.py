@@ -694,24 +694,26 @@ def test_a_manifest_entry_changed_mid_run_leaves_that_client_out_in_strict_mode(
     import dataclasses
     from federatedscope.core.data.shard_format import ManifestEntry
     quiet(caplog)
-    entries = {c: ManifestEntry(c, f"client_{c}", {"train": 10 * c, "val": 5, "test": 5},
-                                "ab" * 32, [5 * c, 5 * c], sample_type="float32[4]")
-               for c in range(1, 5)}
-    h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 2, manifest=entries,
-                sample_type="float32[4]")
-    for c in range(1, 5):
-        h.join(c, declaration=_declaration(c, 10 * c))
+    train = {1: 10, 2: 20, 3: 30, 4: 400}
+    entries = {c: ManifestEntry(c, f"client_{c}", {"train": n, "val": 5, "test": 5}, "ab" * 32,
+                                [n // 2, n - n // 2], sample_type="float32[4]")
+               for c, n in train.items()}
+    h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 2,
+                "aggregator.max_sample_ratio", 2.0, manifest=entries, sample_type="float32[4]")
+    for c, n in train.items():
+        h.join(c, declaration=_declaration(c, n))
     assert all(h.admission.verified(c) for c in range(1, 5))
     g = h.global_state()
-    for c in range(1, 5):
-        h.update(c, 0, h.shifted(float(c), g), size=10 * c)
-    # verified counts, uncapped: (10 + 40 + 90 + 160) / 100
+    for c, n in train.items():
+        h.update(c, 0, h.shifted(float(c), g), size=n)
+    # verified counts are not capped (the cap would be 2 x median 25 = 50 for client 4):
+    # (10 + 40 + 90 + 1600) / 460
     assert float((h.global_state()["fc2.bias"] - g["fc2.bias"]).mean()) == \
-        pytest.approx(3.0, abs=1e-5)
+        pytest.approx(1740 / 460, abs=1e-5)
     h.admission.manifest[3] = dataclasses.replace(entries[3], fingerprint="cd" * 32)  # re-cut
     g = h.global_state()
     for c, s in {1: 1.0, 2: 1.0, 3: 10.0, 4: 1.0}.items():
-        h.update(c, 1, h.shifted(s, g), size=10 * c)
+        h.update(c, 1, h.shifted(s, g), size=train[c])
     assert "rejected update of client #3: fingerprint abababababab... != manifest " \
            "cdcdcdcdcdcd... (the shard differs from the one prepared)" in caplog.text
     assert h.server.round == 2 and h.server.state.refused == {}
@@ -727,6 +729,7 @@ def test_the_no_token_warning_is_given_only_where_it_applies(tmp_path, caplog):
             "as a missing client")
     h = Harness(tmp_path / "open", expected=4)
     assert [r.getMessage() for r in caplog.records] == [want]
+    assert h.server.ID == SERVER_ID and h.server.cfg is h.cfg and h.server.comm is h.comm
     caplog.clear()
     Harness(tmp_path / "token", token="s3cret", expected=4)
     Server(h.cfg, h.model, h.comm, h.monitor, 4, h.admission, distributed=False)
