@@ -322,7 +322,8 @@ def test_the_final_line_and_log_give_the_last_weighted_accuracy(tmp_path, caplog
         for c in range(1, 5):
             h.metrics(c, r + 1, good_metrics(test=c, acc=0.1 * c))
     # test totals 1..4 weigh the accuracies 0.1..0.4: (0.1 + 0.8 + 0.9 + 1.6) / 10 = 0.3
-    assert "finished after 2 rounds; final weighted-avg test_acc=0.3" in caplog.text
+    end = [r.getMessage() for r in caplog.records if "finished after" in r.getMessage()]
+    assert end == ["Server: finished after 2 rounds; final weighted-avg test_acc=0.3"]
     final = h.eval_lines()[-1]
     assert final["Final"] and final["Results_weighted_avg"]["test_acc"] == pytest.approx(0.3)
     assert (tmp_path / "job" / "curves.png").stat().st_size > 0      # beside the results log
@@ -781,7 +782,8 @@ def test_what_the_server_broadcasts_and_how_long_a_round_took(tmp_path, monkeypa
     assert "Server: round 2/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.50s" \
         in caplog.text
     # accuracies 0.10123 .. 0.40123 over equal test counts: 0.25123, rounded to 4 digits
-    assert "finished after 2 rounds; final weighted-avg test_acc=0.2512" in caplog.text
+    end = [r.getMessage() for r in caplog.records if "finished after" in r.getMessage()]
+    assert end == ["Server: finished after 2 rounds; final weighted-avg test_acc=0.2512"]
     keys = sorted(h.model.state_dict())
     for r, m in h.comm.sent:
         if m.msg_type in (MODEL_PARA, EVALUATE, FINISH):
