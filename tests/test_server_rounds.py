@@ -865,3 +865,36 @@ def test_one_refused_update_and_the_rest_lost_pauses_it_did_not_diverge(
     assert "paused: only 0 update(s) in round 1, fewer than federate.min_clients_threshold=2" \
         in caplog.text
     assert "every update" not in caplog.text and not h.server.finished
+
+
+def test_results_that_cannot_be_written_say_how_many_lines_wait_and_are_lost(tmp_path, caplog):
+    import os
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 1, expected=4)
+    os.makedirs(h.monitor.log_path)
+    _join4(h)
+    for r in range(2):
+        g = h.global_state()
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g), size=10 * c)
+        for c in range(1, 5):
+            h.metrics(c, r + 1, good_metrics())
+    head = f"Server: cannot write the results log {h.monitor.log_path}"
+    fails = [r.getMessage() for r in caplog.records if r.getMessage().startswith(head)]
+    assert [x.rsplit("); ", 1)[1] for x in fails] == [
+        f"{n} line(s) stay queued and are retried with the next one" for n in (1, 2, 3)]
+    stop = [r.getMessage() for r in caplog.records if "exit code 4" in r.getMessage()]
+    assert stop == [f"Server: stopping with exit code 4: the results could not be written to "
+                    f"{h.monitor.log_path} (3 line(s) lost); free space or fix the path (outdir)"]
+
+
+def test_a_metrics_refusal_names_client_round_and_reason(tmp_path, caplog):
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 2, expected=4)
+    _join4(h)
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(0.1, g), size=10 * c)
+    h.metrics(2, 1, {**good_metrics(), "test_total": 6})
+    assert "Server: refused the metrics of client #2 for round 1: test_total=6 != the 5 test " \
+           "samples declared at join" in [r.getMessage() for r in caplog.records]
