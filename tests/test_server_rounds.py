@@ -301,8 +301,9 @@ def test_the_global_evaluator_replaces_the_clients_results(tmp_path):
         g = h.global_state()
         for c in range(1, 5):
             h.update(c, r, h.shifted(0.1, g), size=10 * c)
-        for c in range(1, 5):
-            h.metrics(c, r + 1, good_metrics(acc=0.1))
+        for c in range(1, 5):   # in round 2, client 4's metrics are refused: nobody is missing
+            h.metrics(c, r + 1, {**good_metrics(acc=0.1), **({"test_total": 6} if c == 4 and r
+                                                             else {})})
     assert calls == [1, 2]
     lines = h.eval_lines()
     assert [x["Round"] for x in lines[:2]] == [1, 2]
@@ -828,6 +829,9 @@ def test_results_unwritable_past_the_bound_at_an_evaluation_start_no_next_round(
             assert not h.server.finished and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
     assert h.server.finished and h.server.exit_code == 4
     assert h.asked(MODEL_PARA, 2) == [] and all(FINISH in h.sent_types(c) for c in range(1, 5))
+    assert f"Server: stopping with exit code 4: the results log {h.monitor.log_path} could not " \
+           "be written for more than 20s; free space or fix the path (outdir)" in \
+           [r.getMessage() for r in caplog.records]
 
 
 def test_an_error_names_the_message_type_clipped_and_logs_the_traceback_only_in_debug(
