@@ -60,7 +60,8 @@ MODULES: Dict[str, Module] = {
                       FL + "workers/server_store.py", FL + "workers/base_worker.py"],
                      ["tests/test_server_core.py", "tests/test_server_schedule.py",
                       "tests/test_server_outcomes.py", "tests/test_server_strategy.py",
-                      "tests/test_server_recovery.py", "tests/test_server_rounds.py"]),
+                      "tests/test_server_recovery.py", "tests/test_server_rounds.py",
+                      "tests/test_server_texts.py", "tests/test_server_records.py"]),
     # what the server accepts (joins, declarations, updates, metrics) and the client's side
     "admission": Module([FL + "workers/admission.py", FL + "workers/validation.py",
                          FL + "workers/server_members.py", FL + "workers/client.py"],
