@@ -168,6 +168,7 @@ class OverridingClient(Client):
 
 
 def test_client_personal_state_survives_a_restart_and_overrides_take_effect(tmp_path):
+    OverridingClient.evaluated = []     # a class attribute: a rerun in one process starts clean
     cfg = make_cfg(tmp_path)
     comm = FakeComm()
     c = OverridingClient(cfg, 3, FakeTrainer(0.5), comm)

@@ -104,3 +104,59 @@ def test_checkpoint_is_written_before_the_next_round_is_announced(tmp_path, monk
     monkeypatch.setattr(h.comm, "broadcast", spy)
     _train(h, 0)
     assert seen and all(seen)
+
+
+def test_the_checkpoint_holds_round_owed_eval_seed_rng_and_monitor_and_restore_says_so(
+        tmp_path, caplog):
+    from server_harness import quiet
+    quiet(caplog)
+    ckpt = str(tmp_path / "ckpt.pt")
+    opts = ("federate.total_round_num", 3, "federate.save_to", ckpt, "federate.restore_from", ckpt,
+            "seed", 7)
+    h = Harness(tmp_path, *opts, expected=4)
+    assert f"no checkpoint at {ckpt} yet; starting from round 0" in caplog.text
+    for c in range(1, 5):
+        h.join(c)
+    torch.rand(3)                                   # the rng state to save is not the seed's
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(0.25 * c, g))
+    saved = ckpt_io.load_checkpoint(ckpt)            # after aggregation, before the metrics
+    assert (saved.round, saved.eval_owed, saved.seed) == (1, 1, 7)
+    assert torch.equal(saved.torch_rng, torch.get_rng_state())
+    assert all(torch.equal(saved.model[k], v) for k, v in h.global_state().items())
+    for c in range(1, 5):
+        h.metrics(c, 1, good_metrics(loss=0.75))
+    after_eval = ckpt_io.load_checkpoint(ckpt)
+    assert (after_eval.round, after_eval.eval_owed) == (1, -1)
+    assert after_eval.monitor == {"best": 3.75, "best_round": 1, "no_improve": 0}
+    _train4(h, 1)
+    del h                                           # killed before round 2's metrics
+    caplog.clear()
+    torch.manual_seed(123)
+    h2 = Harness(tmp_path, *opts, expected=4)
+    assert f"restored round 2 from {ckpt}; evaluation of round 2 is owed" in caplog.text
+    assert torch.equal(torch.get_rng_state(), ckpt_io.load_checkpoint(ckpt).torch_rng)
+    assert h2.server.round == 2 and h2.server.state.eval_owed == 2
+    assert h2.server.reported_rounds == {1} and h2.monitor.best_round == 1
+
+
+def _train4(h, r):
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, r, h.shifted(0.1, g))
+
+
+def test_without_save_to_no_checkpoint_is_written_or_tried(tmp_path, caplog):
+    from server_harness import quiet
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 2, expected=4)
+    for c in range(1, 5):
+        h.join(c)
+    for r in range(2):
+        _train4(h, r)
+        for c in range(1, 5):
+            h.metrics(c, r + 1, good_metrics())
+    assert h.server.finished and h.server.exit_code == 0
+    assert "checkpoint" not in caplog.text and "restored" not in caplog.text
+    assert not any(p.suffix == ".pt" for p in tmp_path.rglob("*"))
