@@ -47,6 +47,10 @@ SHARD_SLOW = "not 10000_clients"
 # the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
 # table checks, which do not train; the algorithm tests check the same code to the float
 TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
+# the 14 s standalone run (4 clients, 3 rounds, FEMNIST fixture): it reaches the transforms and
+# dataset specs, so every such mutant would rerun it; the loader and transform tests pin the
+# same code in-process, in well under a second
+DATA_SLOW = "not standalone_run_over_the_local_transport"
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     # robust.py has its own row above
@@ -82,7 +86,7 @@ MODULES: Dict[str, Module] = {
                     FL + "data/base_data.py", FL + "data/transforms.py", FL + "data/datasets.py",
                     FL + "data/dataset_spec.py", FL + "data/utils.py"],
                    ["tests/test_distributed_loader.py", "tests/test_transforms.py",
-                    "tests/test_batch_workers.py", "tests/test_data_roles.py"]),
+                    "tests/test_batch_workers.py", "tests/test_data_roles.py"], DATA_SLOW),
     "codec": Module([FL + "communication/codec.py"],
                     ["tests/test_codec.py", "tests/test_codec_props.py"], CODEC_SLOW),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
