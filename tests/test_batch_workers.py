@@ -87,3 +87,67 @@ def test_in_memory_drop_last_workers_and_pinning_give_the_same_batches():
             torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
         for x, y in got:
             _check_batch(x, y)
+
+
+# ------------------------------------------------------------------ datasets.py, in process
+def test_shuffled_order_is_the_seeded_randperm_with_the_seed_folded_to_63_bits():
+    from federatedscope.core.data.datasets import shuffled_order
+    assert shuffled_order(6, False, 123).tolist() == [0, 1, 2, 3, 4, 5]
+    want = torch.randperm(12, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(shuffled_order(12, True, 5), want)
+    assert torch.equal(shuffled_order(12, True, 2 ** 63 + 5), want)      # folded, not refused
+    assert torch.equal(shuffled_order(12, True, -1),
+                       torch.randperm(12, generator=torch.Generator().manual_seed(2 ** 63 - 1)))
+    assert not torch.equal(shuffled_order(12, True, 6), want)
+
+
+def test_tensor_split_items_lengths_and_drop_last_on_an_exact_multiple():
+    i = torch.arange(12)
+    with pytest.raises(ValueError) as ei:
+        TensorSplit(i[:3], i[:2], lambda x: x)
+    assert str(ei.value) == "samples (3) and labels (2) differ in length"
+    ts = TensorSplit(torch.stack([i, 2 * i, 3 * i], 1), i % 5, lambda x: x * 10)
+    assert len(ts) == 12
+    x, y = ts[4]
+    assert x.tolist() == [40, 80, 120] and int(y) == 4
+    # 12 = 3 x 4: drop_last drops nothing; unshuffled batches are in order
+    for drop in (False, True):
+        got = list(ts.iter_batches(4, False, 0, drop_last=drop))
+        assert [(b[0][:, 0] // 10).tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7],
+                                                              [8, 9, 10, 11]]
+    five = list(ts.iter_batches(5, False, 0, drop_last=True))
+    assert [(b[0][:, 0] // 10).tolist() for b in five] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    shuffled = list(ts.iter_batches(5, True, 8))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(8)).tolist()
+    assert [v for b in shuffled for v in (b[0][:, 0] // 10).tolist()] == order
+    assert [len(b[1]) for b in shuffled] == [5, 5, 2]
+
+
+def test_pinning_is_asked_only_where_it_can_happen():
+    import warnings
+    i = torch.arange(N)
+    ts = TensorSplit(torch.stack([i, 2 * i, 3 * i], 1), i % 5, lambda x: x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # torch warns when pinning has no accelerator
+        got = list(ts.iter_batches(BS, True, 9, pin_memory=True))
+    assert len(got) == 8 and sorted(_ids(got)) == list(range(N))
+
+
+def test_workers_fork_with_the_collector_frozen_and_unfreeze_after(monkeypatch):
+    """A finalizer of this process's garbage must not run in a worker: the garbage is collected
+    and frozen around the fork (only when workers are forked), then unfrozen."""
+    import gc
+    from federatedscope.core.data import datasets
+    calls = []
+    fake = type("GC", (), {"collect": staticmethod(lambda: calls.append("collect")),
+                           "freeze": staticmethod(lambda: calls.append("freeze")),
+                           "unfreeze": staticmethod(lambda: calls.append("unfreeze"))})
+    monkeypatch.setattr(datasets, "gc", fake)
+    i = torch.arange(8)
+    ts = TensorSplit(i, i % 5, lambda x: x)
+    it = datasets.batch_loader(ts, [i[:4], i[4:]], 0, True)
+    assert calls == [] and [b[0].tolist() for b in it] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    it = datasets.batch_loader(ts, [i[:4], i[4:]], 1, False)
+    assert calls == ["collect", "freeze", "unfreeze"]
+    assert [b[0].tolist() for b in it] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert gc.get_freeze_count() == 0
