@@ -312,3 +312,79 @@ def test_has_changed_detects_tamper_under_same_meta(shards):
         ld.reload()
     assert ld.num_samples == before  # a failed refresh keeps the last good shard
     assert sum(len(y) for _, y in ld.datasets["val"].iter_batches(8, False, 0)) == before["val"]
+
+
+# ----------------------------------------------------------------------------- exact texts
+def _fix(shards, dataset="femnist", flags="--resume"):
+    return (f"re-create it with: python scripts/tools/prepare_shards.py --dataset {dataset} "
+            f"--root data --clients N --out {shards} {flags}")
+
+
+def test_errors_carry_the_exact_recreate_command(shards):
+    def more(d):
+        d["num_samples"]["train"] += 1
+        d["label_hist"]["train"][0] += 1
+    rewrite_meta(shards / "client_2", more)
+    n = mu.read_meta(str(shards / "client_2" / "meta.json")).num_samples["train"]
+    p = shards / "client_2" / "train.pt"
+    for streaming in (False, True):
+        msg = _raises(cfg_for(shards / "client_2", streaming=streaming))
+        assert msg == (f"{p}: holds {n - 1} samples but meta.json says num_samples.train={n}; "
+                       + _fix(shards))
+    os.remove(shards / "client_1" / "meta.json")
+    m = shards / "client_1" / "meta.json"
+    assert _raises(cfg_for(shards / "client_1")) == (
+        f"{m} is missing, so {shards / 'client_1'} is not a complete shard (interrupted run?); "
+        + _fix(shards, "NAME"))
+
+
+def test_missing_split_text_and_the_empty_split_it_leaves(shards, logs):
+    shard = shards / "client_3"
+    os.remove(shard / "train.pt")
+    p = shard / "train.pt"
+    assert _raises(cfg_for(shard)) == (
+        f"{p} is missing (meta.json lists it), so the shard is incomplete; "
+        + _fix(shards, flags="--resume  (or set distributed_data.strict_check False to run "
+                             "without this split)"))
+    for streaming in (False, True):
+        del logs[:]
+        ld = DistributedShardLoader.from_config(cfg_for(shard, strict=False, streaming=streaming))
+        assert (logging.WARNING, f"{p} is missing (meta.json lists it), so the shard is "
+                                 f"incomplete; strict_check is off, so the train split is empty"
+                ) in logs
+        assert not any("loaded" in m and "train samples" in m for _, m in logs)  # nothing read
+        assert ld.label_hist == [0] * 62 and ld.num_samples["train"] == 0
+        assert ld.declaration().num_samples["train"] == 0
+        x, y = ld.datasets["train"][torch.arange(0)]           # the loader's transform applied
+        assert x.dtype == torch.float32 and x.shape == (0, 1, 28, 28)
+        assert y.dtype == torch.int64 and y.shape == (0,)
+        assert ld.datasets["train"].x.dtype == torch.uint8
+
+
+def test_streaming_histogram_is_of_ints_and_wrong_dtype_names_the_file(shards):
+    ld = DistributedShardLoader.from_config(cfg_for(shards / "client_2", streaming=True))
+    mem = DistributedShardLoader.from_config(cfg_for(shards / "client_2"))
+    assert ld.label_hist == mem.label_hist and all(type(v) is int for v in ld.label_hist)
+    assert ld.declaration().to_dict() == mem.declaration().to_dict()
+    p = shards / "client_2" / "test.pt"
+    x, y = shard_io.read_split(str(p))
+    shard_io.write_split(str(p), x.to(torch.int64), y)
+    refresh_file_entry(shards / "client_2", "test.pt")
+    for streaming in (False, True):
+        msg = _raises(cfg_for(shards / "client_2", streaming=streaming))
+        assert msg.startswith(f"{p}: samples are int64[28,28] but meta.json says uint8[28,28]; ")
+
+
+def test_iterating_a_streaming_split_gives_file_order_across_blocks(shards):
+    st = DistributedShardLoader.from_config(
+        cfg_for(shards / "client_3", streaming=True)).datasets["train"]
+    st.block_rows = 6                           # several blocks, the last one partial
+    assert len(st) % 6 != 0
+    mem = DistributedShardLoader.from_config(cfg_for(shards / "client_3")).datasets["train"]
+    want_x, want_y = mem[torch.arange(len(mem))]
+    got = list(st)                              # the torch Dataset protocol: one sample at a time
+    assert len(got) == len(mem)
+    assert torch.equal(torch.stack([x for x, _ in got]), want_x)
+    assert [int(y) for _, y in got] == want_y.tolist()
+    loaded = list(DataLoader(st, batch_size=5))
+    assert torch.equal(torch.cat([x for x, _ in loaded]), want_x)
