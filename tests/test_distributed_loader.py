@@ -388,3 +388,97 @@ def test_iterating_a_streaming_split_gives_file_order_across_blocks(shards):
     assert [int(y) for _, y in got] == want_y.tolist()
     loaded = list(DataLoader(st, batch_size=5))
     assert torch.equal(torch.cat([x for x, _ in loaded]), want_x)
+
+
+# ----------------------------------------------------------------------------- --link shards
+@pytest.fixture(scope="module")
+def linked(prepared, tmp_path_factory):
+    """The same 3 clients as ``prepared`` (same seed), as --link shards over one packed file."""
+    out = tmp_path_factory.mktemp("linked") / "shards"
+    prepare_shards(ShardArgs(dataset="femnist", root=str(prepared / "data"), clients=3,
+                             out=str(out), progress=False, link=True))
+    return out
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_link_shard_reads_the_same_samples_as_a_copy(prepared, linked, streaming, logs):
+    for k in (1, 2, 3):
+        copy = DistributedShardLoader.from_config(cfg_for(prepared / "shards" / f"client_{k}"))
+        ld = DistributedShardLoader.from_config(cfg_for(linked / f"client_{k}", client_id=k,
+                                                        streaming=streaming))
+        assert ld.num_samples == copy.num_samples and ld.label_hist == copy.label_hist
+        assert all(type(v) is int for v in ld.label_hist)
+        packed = os.path.normpath(str(linked / "packed" / "data.pt"))
+        for s in mu.SPLITS:
+            assert torch.equal(all_samples(ld.datasets[s])[0], all_samples(copy.datasets[s])[0])
+            assert torch.equal(all_samples(ld.datasets[s])[1], all_samples(copy.datasets[s])[1])
+            assert (logging.INFO, f"Client {k} loaded {copy.num_samples[s]} {s} samples from "
+                                  f"{linked / f'client_{k}' / (s + '.pt')} (rows of {packed})"
+                    + (" (streaming)" if streaming else "")) in logs
+        assert ld._packed == packed
+        assert packed in ld._snapshot and ld.last_modified >= os.path.getmtime(packed)
+
+
+def test_link_shard_sees_a_changed_packed_file(linked, tmp_path):
+    out = tmp_path / "l"
+    shutil.copytree(linked, out)
+    ld = DistributedShardLoader.from_config(cfg_for(out / "client_2"))
+    assert not ld.has_changed()
+    packed = out / "packed" / "data.pt"
+    lay = shard_io.split_layout(str(packed))
+    with open(packed, "r+b") as f:                      # one pixel, same size
+        f.seek(lay.x_offset + 3)
+        b = f.read(1)
+        f.seek(lay.x_offset + 3)
+        f.write(bytes([b[0] ^ 0x10]))
+    assert ld.has_changed()
+    with pytest.raises(ShardError, match="sha256"):
+        ld.reload()
+
+
+@pytest.mark.parametrize("past_end", [None, 0])
+def test_link_row_index_out_of_range_names_both_files(linked, tmp_path, past_end):
+    """Row -1 or row n (one past the packed file's last row) is refused before any read."""
+    out = tmp_path / "l"
+    shutil.copytree(linked, out)
+    p = out / "client_1" / "val.pt"
+    packed = os.path.normpath(str(out / "packed" / "data.pt"))
+    n = shard_io.split_layout(packed).n
+    rows = shard_io.read_index(str(p)).numpy().copy()
+    rows[-1] = -1 if past_end is None else n + past_end
+    shard_io.write_index(str(p), rows)
+    refresh_file_entry(out / "client_1", "val.pt")
+    for streaming in (False, True):
+        msg = _raises(cfg_for(out / "client_1", streaming=streaming))
+        assert msg == (f"{p}: row index out of range for packed file {packed} ({n} rows); "
+                       + _fix(out))
+
+
+def test_streaming_rows_out_of_file_order_come_back_in_dataset_order(tmp_path):
+    """--link rows that go backwards inside a block are read in file order and put back."""
+    p = str(tmp_path / "packed.pt")
+    i = torch.arange(30)
+    shard_io.write_split(p, torch.stack([i, 2 * i, 3 * i], 1), i % 7)
+    rows = np.array([29, 3, 17, 4, 0, 28, 11, 12, 5, 21, 9, 14], np.int64)
+    st = StreamingSplit(shard_io.split_layout(p), rows, lambda x: x, block_rows=4)
+    try:
+        assert len(st) == 12
+        got = [int(x[0]) for x, _ in st]
+        assert got == rows.tolist()
+        plain = list(st.iter_batches(3, False, 0))
+        assert [b[0][:, 0].tolist() for b in plain] == [[29, 3, 17], [4, 0, 28], [11, 12, 5],
+                                                       [21, 9, 14]]
+        assert all(torch.equal(y, x[:, 0] % 7) for x, y in plain)
+        shuf = [v for x, y in st.iter_batches(4, True, 2) for v in x[:, 0].tolist()]
+        # block = 4 rows: each run of 4 is one block of rows, permuted inside
+        blocks = [sorted(rows[b * 4:(b + 1) * 4].tolist()) for b in range(3)]
+        assert sorted(sorted(shuf[j:j + 4]) for j in range(0, 12, 4)) == sorted(blocks)
+        assert shuf != rows.tolist()
+    finally:
+        st.close()
+    assert st._fd is None
+    st.close()                                             # closing twice is harmless
+    with pytest.raises(ShardError) as ei:
+        list(st.iter_batches(4, False, 0))
+    assert str(ei.value) == (f"{p}: this streaming split was closed (its shard was reloaded); "
+                             f"use the loader's current datasets")
