@@ -482,3 +482,56 @@ def test_streaming_rows_out_of_file_order_come_back_in_dataset_order(tmp_path):
         list(st.iter_batches(4, False, 0))
     assert str(ei.value) == (f"{p}: this streaming split was closed (its shard was reloaded); "
                              f"use the loader's current datasets")
+
+
+def test_declaration_names_the_dataset_and_the_sample_type(shards):
+    d = DistributedShardLoader.from_config(cfg_for(shards / "client_3")).declaration()
+    assert (d.client_id, d.dataset, d.sample_type) == (3, "femnist", "uint8[28,28]")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_label_equal_to_num_classes_is_refused_and_zero_is_not(shards, streaming):
+    p = shards / "client_1" / "train.pt"
+    x, y = shard_io.read_split(str(p))
+    y = y.clone()
+    y[:3] = 0
+    y[-1] = 62                                             # one past the last class
+    shard_io.write_split(str(p), x, y)
+    refresh_file_entry(shards / "client_1", "train.pt")
+    msg = _raises(cfg_for(shards / "client_1", streaming=streaming))
+    assert msg.startswith(f"{p}: 1 label(s) outside [0, 62) (first: 62); ")
+    y[-1] = 61                                             # the last class is a class
+    shard_io.write_split(str(p), x, y)
+    refresh_file_entry(shards / "client_1", "train.pt")
+    msg = _raises(cfg_for(shards / "client_1", streaming=streaming))
+    assert "label histogram differs from meta.json label_hist.train" in msg
+
+
+def test_has_changed_reads_meta_only_when_the_files_moved(shards, monkeypatch):
+    shard = shards / "client_2"
+    ld = DistributedShardLoader.from_config(cfg_for(shard))
+    reads = []
+    real = mu.read_meta
+    monkeypatch.setattr(mu, "read_meta", lambda p: reads.append(p) or real(p))
+    assert not ld.has_changed() and reads == []
+    os.utime(shard / "test.pt", (1, 1))                   # touched: the meta is read once ...
+    assert not ld.has_changed() and len(reads) == 1
+    assert not ld.has_changed() and len(reads) == 1       # ... and the new stat remembered
+    (shard / "meta.json").write_text("{ half written")
+    assert ld.has_changed()                                # damaged: reload() will say why
+    with pytest.raises(ShardError, match="malformed JSON"):
+        ld.reload()
+    ld.acknowledge_disk_state()
+    assert not ld.has_changed()
+
+
+def test_has_changed_remembers_the_packed_file_of_a_link_shard(linked, tmp_path, monkeypatch):
+    out = tmp_path / "l"
+    shutil.copytree(linked, out)
+    ld = DistributedShardLoader.from_config(cfg_for(out / "client_1"))
+    reads = []
+    real = mu.read_meta
+    monkeypatch.setattr(mu, "read_meta", lambda p: reads.append(p) or real(p))
+    os.utime(out / "packed" / "data.pt", (5, 5))
+    assert not ld.has_changed() and len(reads) == 1
+    assert not ld.has_changed() and len(reads) == 1
