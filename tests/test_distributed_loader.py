@@ -535,3 +535,31 @@ def test_has_changed_remembers_the_packed_file_of_a_link_shard(linked, tmp_path,
     os.utime(out / "packed" / "data.pt", (5, 5))
     assert not ld.has_changed() and len(reads) == 1
     assert not ld.has_changed() and len(reads) == 1
+
+
+def test_sha_mismatch_hints_at_verify_checksum_and_other_errors_do_not(shards):
+    hint = " (distributed_data.verify_checksum False skips the sha256 check)"
+    p = shards / "client_3" / "train.pt"
+    lay = shard_io.split_layout(str(p))
+    with open(p, "r+b") as f:
+        f.seek(lay.x_offset + 7)
+        b = f.read(1)
+        f.seek(lay.x_offset + 7)
+        f.write(bytes([b[0] ^ 0x01]))
+    assert _raises(cfg_for(shards / "client_3")).endswith(hint)
+    q = shards / "client_1" / "val.pt"
+    q.write_bytes(q.read_bytes()[:100])
+    for verify in (True, False):
+        msg = _raises(cfg_for(shards / "client_1", verify=verify), str(q))
+        assert "sha256" not in msg and not msg.endswith(hint)
+
+
+def test_streaming_default_block_is_4_mib_of_rows(shards):
+    st = DistributedShardLoader.from_config(
+        cfg_for(shards / "client_1", streaming=True)).datasets["train"]
+    assert st.block_rows == (4 << 20) // 784 == 5349      # ~5,300 FEMNIST rows per window
+    assert len(st) == st.n == st.layout.n
+    pinned = list(st.iter_batches(16, True, 3, pin_memory=True))
+    plain = list(st.iter_batches(16, True, 3))
+    assert len(pinned) == len(plain) == math.ceil(len(st) / 16)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(pinned, plain))
