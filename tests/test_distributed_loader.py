@@ -563,3 +563,68 @@ def test_streaming_default_block_is_4_mib_of_rows(shards):
     plain = list(st.iter_batches(16, True, 3))
     assert len(pinned) == len(plain) == math.ceil(len(st) / 16)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(pinned, plain))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_empty_split_file_loads_as_zero_samples(shards, streaming):
+    p = shards / "client_2" / "val.pt"
+    # (split_file.write_split refuses n=0 today: memoryview cannot cast an empty chunk)
+    torch.save({"x": torch.zeros((0, 28, 28), dtype=torch.uint8),
+                "y": torch.zeros(0, dtype=torch.int64)}, str(p))
+
+    def empty(d):
+        d["num_samples"]["val"] = 0
+        d["label_hist"]["val"] = [0] * 62
+        d["files"]["val.pt"] = {"bytes": os.path.getsize(p), "sha256": shard_io.sha256_file(str(p))}
+    rewrite_meta(shards / "client_2", empty)
+    ld = DistributedShardLoader.from_config(cfg_for(shards / "client_2", streaming=streaming))
+    assert ld.num_samples["val"] == 0 and ld._hist["val"] == [0] * 62
+    assert list(ld.datasets["val"].iter_batches(4, True, 0)) == []
+
+
+def test_streaming_histogram_adds_up_every_label_window(shards, monkeypatch):
+    monkeypatch.setattr(shard_io, "CHUNK", 64)             # 8 labels a window: many windows
+    mem = DistributedShardLoader.from_config(cfg_for(shards / "client_1"))
+    st = DistributedShardLoader.from_config(cfg_for(shards / "client_1", streaming=True))
+    assert mem.num_samples["train"] > 3 * 8
+    assert st.label_hist == mem.label_hist and sum(st.label_hist) == mem.num_samples["train"]
+
+
+def test_direct_construction_defaults_and_from_config_overrides(shards):
+    import pathlib
+    ld = DistributedShardLoader(pathlib.Path(shards / "client_2"))
+    assert ld.shard_path == str(shards / "client_2") and ld.client_id is None
+    assert (ld.strict, ld.verify, ld.streaming) == (True, True, False)
+    x, _ = next(ld.datasets["train"].iter_batches(4, False, 0))
+    assert x.dtype == torch.float32 and x.shape == (4, 1, 28, 28)     # ToTensor by default
+    assert float(x.max()) <= 1.0
+    assert DistributedShardLoader(str(shards / "client_2"), client_id=0).client_id is None
+    assert DistributedShardLoader(str(shards / "client_2"), client_id=2).client_id == 2
+    cfg = cfg_for(shards / "client_1", client_id=1)          # the config names client 1 ...
+    other = DistributedShardLoader.from_config(cfg, client_id=3, shard_path=str(shards / "client_3"))
+    assert other.meta.client_id == 3 and other.client_id == 3   # ... the simulation's entry wins
+    with pytest.raises(ShardError, match="belongs to client 3"):
+        DistributedShardLoader.from_config(cfg, shard_path=str(shards / "client_3"))
+    nocheck = cfg_for(shards / "client_3", strict=False, verify=False, streaming=True)
+    ld3 = DistributedShardLoader.from_config(nocheck)
+    assert (ld3.strict, ld3.verify, ld3.streaming) == (False, False, True)
+
+
+def test_streaming_reload_closes_the_old_splits_and_a_failed_one_keeps_them(prepared, shards):
+    shard = shards / "client_1"
+    ld = DistributedShardLoader.from_config(cfg_for(shard, streaming=True))
+    old = dict(ld.datasets)
+    prepare_shards(ShardArgs(dataset="femnist", root=str(prepared / "data"), clients=3,
+                             out=str(shards), seed=7, overwrite=True, progress=False))
+    ld.reload()
+    assert all(old[s]._fd is None for s in mu.SPLITS)
+    assert all(ld.datasets[s]._fd is not None for s in mu.SPLITS)
+    with pytest.raises(ShardError, match="was closed"):
+        list(old["train"].iter_batches(4, False, 0))
+    kept = dict(ld.datasets)
+    (shard / "meta.json").write_text("{ broken")
+    with pytest.raises(ShardError):
+        ld.reload()
+    assert all(ld.datasets[s] is kept[s] and kept[s]._fd is not None for s in mu.SPLITS)
+    assert sum(len(y) for _, y in ld.datasets["train"].iter_batches(8, False, 0)) == \
+        ld.num_samples["train"]
