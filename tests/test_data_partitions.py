@@ -292,9 +292,13 @@ def test_client_data_keeps_present_splits_only():
     assert (cd.train_data, cd.val_data, cd.test_data) == ("a", None, "c")
     splits, loader = cd.splits()
     assert splits == {"train": "a", "test": "c"} and type(splits) is dict and loader == "L"
-    ld = SimpleNamespace(datasets={"val": "v", "train": "t"})
+    ld = SimpleNamespace(datasets={"test": "e", "val": "v", "train": "t"})
     fl = ClientData.from_loader(ld, "cfg5")
-    assert list(fl) == ["train", "val"] and fl.loader is ld and fl.client_cfg == "cfg5"
+    assert dict(fl) == {"train": "t", "val": "v", "test": "e"} and list(fl) == ["train", "val",
+                                                                              "test"]
+    assert fl.loader is ld and fl.client_cfg == "cfg5"
+    no_val = ClientData.from_loader(SimpleNamespace(datasets={"test": "e", "train": "t"}))
+    assert list(no_val) == ["train", "test"] and no_val.client_cfg is None
     assert ClientData().splits() == ({}, None) and ClientData().client_cfg is None
 
 

@@ -535,6 +535,9 @@ def test_has_changed_remembers_the_packed_file_of_a_link_shard(linked, tmp_path,
     os.utime(out / "packed" / "data.pt", (5, 5))
     assert not ld.has_changed() and len(reads) == 1
     assert not ld.has_changed() and len(reads) == 1
+    os.utime(out / "packed" / "data.pt", (6, 6))
+    ld.acknowledge_disk_state()                            # the packed file's new stat too
+    assert not ld.has_changed() and len(reads) == 1
 
 
 def test_sha_mismatch_hints_at_verify_checksum_and_other_errors_do_not(shards):
