@@ -30,8 +30,11 @@ def _samples(wnum, n, split=None, wid=None):
 
 
 def _spec(writers, has_writers=True, name="toy"):
-    return DatasetSpec(name, "uint8", (2, 2), 4, (1, 2, 2), lambda root: iter(writers()),
-                       lambda root: [], has_writers, (["ToTensor"],))
+    def read(root):
+        assert root == "/toy", root                   # the reader is given data.root
+        return iter(writers())
+    return DatasetSpec(name, "uint8", (2, 2), 4, (1, 2, 2), read, lambda root: [], has_writers,
+                       (["ToTensor"],))
 
 
 class RoundRobin:
@@ -178,13 +181,15 @@ def test_fs_path_subsample_keeps_the_shard_tools_writers():
 def test_fs_path_with_a_splitter_deals_the_pooled_samples(consistent, monkeypatch):
     import federatedscope.core.auxiliaries.splitter_builder as sb
     rr = RoundRobin()
-    monkeypatch.setattr(sb, "get_splitter", lambda config: rr)
+    asked = []
+    monkeypatch.setattr(sb, "get_splitter", lambda config: asked.append(config) or rr)
 
     def blocks():  # CIFAR-like: no writers, two train files and a test file
         return [_samples(1, 8, "train", "data_batch_1"), _samples(2, 4, "train", "data_batch_2"),
                 _samples(9, 8, "test", "test_batch")]
     cfg = _cfg(data__splitter="rr", data__consistent_label_distribution=consistent)
     data, _ = spec_data.load_spec_partitions(cfg, _spec(blocks, has_writers=False))
+    assert asked == [cfg]                                  # the splitter of this config
     assert sorted(data) == [1, 2, 3, 4] and [c[1] for c in rr.calls] == [5, 5]
     # train pool: batch 1 (8) then batch 2 (4); client k gets pool rows k-1, k+3, k+7
     train_pool = [(1, i) for i in range(8)] + [(2, i) for i in range(4)]

@@ -631,3 +631,38 @@ def test_streaming_reload_closes_the_old_splits_and_a_failed_one_keeps_them(prep
     assert all(ld.datasets[s] is kept[s] and kept[s]._fd is not None for s in mu.SPLITS)
     assert sum(len(y) for _, y in ld.datasets["train"].iter_batches(8, False, 0)) == \
         ld.num_samples["train"]
+
+
+def _rewrite_packed(out, edit):
+    """Rewrite the packed file of a --link set through ``edit(x, y) -> (x, y)`` and make client
+    1's meta.json agree with its new size and sha256 (a tool that rewrote it carelessly)."""
+    packed = out / "packed" / "data.pt"
+    x, y = shard_io.read_split(str(packed))
+    shard_io.write_split(str(packed), *edit(x.clone(), y.clone()))
+    rewrite_meta(out / "client_1", lambda d: d["packed"].update(
+        bytes=os.path.getsize(packed), sha256=shard_io.sha256_file(str(packed))))
+    return os.path.normpath(str(packed))
+
+
+def test_link_packed_file_of_another_sample_type_names_the_packed_file(linked, tmp_path):
+    out = tmp_path / "l"
+    shutil.copytree(linked, out)
+    packed = _rewrite_packed(out, lambda x, y: (x.to(torch.int64), y))
+    for streaming in (False, True):
+        msg = _raises(cfg_for(out / "client_1", streaming=streaming))
+        assert msg == (f"{packed}: samples are int64[28,28] but meta.json says uint8[28,28]; "
+                       + _fix(out))
+
+
+def test_link_label_out_of_range_names_the_index_file(linked, tmp_path):
+    out = tmp_path / "l"
+    shutil.copytree(linked, out)
+    rows = shard_io.read_index(str(out / "client_1" / "test.pt")).numpy()
+
+    def bad_label(x, y):
+        y[int(rows[1])] = 62
+        return x, y
+    _rewrite_packed(out, bad_label)
+    msg = _raises(cfg_for(out / "client_1"))
+    assert msg.startswith(f"{out / 'client_1' / 'test.pt'}: 1 label(s) outside [0, 62) "
+                          f"(first: 62); ")

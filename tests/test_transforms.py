@@ -152,6 +152,12 @@ def test_normalize_checks_and_per_channel_math():
     assert _err(ValueError, Normalize(0.0, [1.0, 2.0]), torch.zeros(3, 1, 1)) == \
         "Normalize std has 2 values for 3 channel(s)"
     assert Normalize(1.0, 2.0)(torch.ones(3, 1, 1)).tolist() == [[[0.0]]] * 3
+    import numpy as np
+    wide = Normalize(np.array([0.1]), np.array([3]))         # float64 / int64 in: float32 kept
+    assert wide.mean.dtype == wide.std.dtype == torch.float32
+    assert repr(Normalize(1, 2)) == "Normalize(mean=[1.0], std=[2.0])"
+    half = Normalize([0.5], [0.25])(torch.ones(1, 2, 2, dtype=torch.float16))
+    assert half.dtype == torch.float16 and half.tolist() == [[[2.0, 2.0], [2.0, 2.0]]]
 
 
 def test_build_transform_entries_and_their_errors():
