@@ -151,3 +151,23 @@ def test_workers_fork_with_the_collector_frozen_and_unfreeze_after(monkeypatch):
     assert calls == ["collect", "freeze", "unfreeze"]
     assert [b[0].tolist() for b in it] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert gc.get_freeze_count() == 0
+
+
+def test_streaming_epoch_order_is_block_order_then_seeded_order_inside_each_block(stream):
+    """The documented order, rebuilt by hand: blocks in shuffled_order(5 blocks, seed), block b
+    permuted by shuffled_order(10, seed * 1_000_003 + b); the same in every process."""
+    from federatedscope.core.data.datasets import shuffled_order
+    seed = 11
+    want = []
+    for b in shuffled_order(N // BLOCK, True, seed).tolist():
+        inside = shuffled_order(BLOCK, True, seed * 1_000_003 + b).tolist()
+        want += [b * BLOCK + j for j in inside]
+    assert _ids(stream.iter_batches(BS, True, seed)) == want
+    # a short last block (n = 50, 8-row blocks: 7 blocks, the last of 2 rows)
+    stream.block_rows = 8
+    want = []
+    for b in shuffled_order(7, True, seed).tolist():
+        k = min(8, N - 8 * b)
+        want += [b * 8 + j for j in shuffled_order(k, True, seed * 1_000_003 + b).tolist()]
+    assert _ids(stream.iter_batches(BS, True, seed)) == want
+    assert _ids(stream.iter_batches(BS, False, seed)) == list(range(N))
