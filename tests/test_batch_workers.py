@@ -162,7 +162,10 @@ def test_streaming_epoch_order_is_block_order_then_seeded_order_inside_each_bloc
     for b in shuffled_order(N // BLOCK, True, seed).tolist():
         inside = shuffled_order(BLOCK, True, seed * 1_000_003 + b).tolist()
         want += [b * BLOCK + j for j in inside]
-    assert _ids(stream.iter_batches(BS, True, seed)) == want
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # e.g. torch resizing a staging view: none per block
+        assert _ids(stream.iter_batches(BS, True, seed)) == want
     # a short last block (n = 50, 8-row blocks: 7 blocks, the last of 2 rows)
     stream.block_rows = 8
     want = []
@@ -171,3 +174,45 @@ def test_streaming_epoch_order_is_block_order_then_seeded_order_inside_each_bloc
         want += [b * 8 + j for j in shuffled_order(k, True, seed * 1_000_003 + b).tolist()]
     assert _ids(stream.iter_batches(BS, True, seed)) == want
     assert _ids(stream.iter_batches(BS, False, seed)) == list(range(N))
+
+
+def test_each_worker_takes_every_wth_block_of_the_epoch_order(stream, monkeypatch):
+    """In process: get_worker_info() as worker w of 3 sees; the shares are disjoint, cover every
+    block, and follow the shuffled block order (the bug class: every worker from block 0)."""
+    from types import SimpleNamespace
+    from federatedscope.core.data import distributed_loader
+    from federatedscope.core.data.datasets import shuffled_order
+    order = shuffled_order(N // BLOCK, True, 11).tolist()
+    assert stream._my_blocks(True, 11) == order and stream._my_blocks(False, 11) == [0, 1, 2, 3, 4]
+    shares = []
+    for w in range(3):
+        monkeypatch.setattr(distributed_loader, "get_worker_info",
+                            lambda w=w: SimpleNamespace(id=w, num_workers=3))
+        shares.append(stream._my_blocks(True, 11))
+        assert shares[-1] == order[w::3]
+        got = _ids(stream.iter_batches(BS, True, 11))       # what worker w yields
+        assert sorted(got) == sorted(b * BLOCK + j for b in order[w::3] for j in range(BLOCK))
+    assert sorted(b for s in shares for b in s) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream"])
+def test_worker_and_pin_keys_reach_the_dataloader_only_when_set(stream, monkeypatch, kind):
+    """dataloader.num_workers / pin_memory go to torch's DataLoader (batch_loader); without them
+    batches are drawn in process. Checked by a spy, in process."""
+    from federatedscope.core.data import datasets, distributed_loader
+    calls = []
+    mod = datasets if kind == "memory" else distributed_loader
+    real = mod.batch_loader
+    monkeypatch.setattr(mod, "batch_loader",
+                        lambda ds, sampler, w, pin: calls.append((w, pin)) or real(ds, sampler, 0,
+                                                                                     pin))
+    i = torch.arange(N)
+    src = TensorSplit(torch.stack([i, 2 * i, 3 * i], 1), i % 5, lambda x: x) \
+        if kind == "memory" else stream
+    plain = _ids(src.iter_batches(BS, True, 9))
+    assert calls == []
+    for kw, want in (({"num_workers": 2}, (2, False)), ({"pin_memory": True}, (0, True)),
+                     ({"num_workers": 1, "pin_memory": True}, (1, True))):
+        del calls[:]
+        assert _ids(src.iter_batches(BS, True, 9, **kw)) == plain
+        assert calls == [want]

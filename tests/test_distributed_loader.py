@@ -474,6 +474,11 @@ def test_streaming_rows_out_of_file_order_come_back_in_dataset_order(tmp_path):
         blocks = [sorted(rows[b * 4:(b + 1) * 4].tolist()) for b in range(3)]
         assert sorted(sorted(shuf[j:j + 4]) for j in range(0, 12, 4)) == sorted(blocks)
         assert shuf != rows.tolist()
+        # exactly: block order, then each block's seeded permutation of its rows in dataset order
+        from federatedscope.core.data.datasets import shuffled_order
+        want = [int(rows[b * 4 + j]) for b in shuffled_order(3, True, 2).tolist()
+                for j in shuffled_order(4, True, 2 * 1_000_003 + b).tolist()]
+        assert shuf == want
     finally:
         st.close()
     assert st._fd is None
