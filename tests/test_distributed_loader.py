@@ -490,8 +490,10 @@ def test_streaming_rows_out_of_file_order_come_back_in_dataset_order(tmp_path):
 
 
 def test_declaration_names_the_dataset_and_the_sample_type(shards):
-    d = DistributedShardLoader.from_config(cfg_for(shards / "client_3")).declaration()
+    ld = DistributedShardLoader.from_config(cfg_for(shards / "client_3"))
+    d = ld.declaration()
     assert (d.client_id, d.dataset, d.sample_type) == (3, "femnist", "uint8[28,28]")
+    assert ld.sample_type == "uint8[28,28]" and ld.train_data is ld.datasets["train"]
 
 
 @pytest.mark.parametrize("streaming", [False, True])
