@@ -216,3 +216,17 @@ def test_worker_and_pin_keys_reach_the_dataloader_only_when_set(stream, monkeypa
         del calls[:]
         assert _ids(src.iter_batches(BS, True, 9, **kw)) == plain
         assert calls == [want]
+
+
+def test_default_block_holds_4_mib_of_rows_and_at_least_one(stream):
+    """block_rows = max(1, 4 MiB // row bytes): one row per block once a row exceeds 4 MiB, and
+    4 Mi rows of one byte each."""
+    from dataclasses import replace
+    lay = stream.layout
+    for shape, dtype, want in (((3 << 20,), "uint8", 1), ((5, 1 << 20), "int64", 1),
+                               ((1,), "uint8", 4 << 20), ((3,), "int64", (4 << 20) // 24)):
+        s = StreamingSplit(replace(lay, sample_shape=shape, dtype=dtype), None, lambda x: x)
+        try:
+            assert s.block_rows == want, (shape, dtype)
+        finally:
+            s.close()
