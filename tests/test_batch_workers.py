@@ -87,3 +87,146 @@ def test_in_memory_drop_last_workers_and_pinning_give_the_same_batches():
             torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
         for x, y in got:
             _check_batch(x, y)
+
+
+# ------------------------------------------------------------------ datasets.py, in process
+def test_shuffled_order_is_the_seeded_randperm_with_the_seed_folded_to_63_bits():
+    from federatedscope.core.data.datasets import shuffled_order
+    assert shuffled_order(6, False, 123).tolist() == [0, 1, 2, 3, 4, 5]
+    want = torch.randperm(12, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(shuffled_order(12, True, 5), want)
+    assert torch.equal(shuffled_order(12, True, 2 ** 63 + 5), want)      # folded, not refused
+    assert torch.equal(shuffled_order(12, True, -1),
+                       torch.randperm(12, generator=torch.Generator().manual_seed(2 ** 63 - 1)))
+    assert not torch.equal(shuffled_order(12, True, 6), want)
+
+
+def test_tensor_split_items_lengths_and_drop_last_on_an_exact_multiple():
+    i = torch.arange(12)
+    with pytest.raises(ValueError) as ei:
+        TensorSplit(i[:3], i[:2], lambda x: x)
+    assert str(ei.value) == "samples (3) and labels (2) differ in length"
+    ts = TensorSplit(torch.stack([i, 2 * i, 3 * i], 1), i % 5, lambda x: x * 10)
+    assert len(ts) == 12
+    x, y = ts[4]
+    assert x.tolist() == [40, 80, 120] and int(y) == 4
+    # 12 = 3 x 4: drop_last drops nothing; unshuffled batches are in order
+    for drop in (False, True):
+        got = list(ts.iter_batches(4, False, 0, drop_last=drop))
+        assert [(b[0][:, 0] // 10).tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7],
+                                                              [8, 9, 10, 11]]
+    five = list(ts.iter_batches(5, False, 0, drop_last=True))
+    assert [(b[0][:, 0] // 10).tolist() for b in five] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    shuffled = list(ts.iter_batches(5, True, 8))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(8)).tolist()
+    assert [v for b in shuffled for v in (b[0][:, 0] // 10).tolist()] == order
+    assert [len(b[1]) for b in shuffled] == [5, 5, 2]
+
+
+def test_pinning_is_asked_only_where_it_can_happen():
+    import warnings
+    i = torch.arange(N)
+    ts = TensorSplit(torch.stack([i, 2 * i, 3 * i], 1), i % 5, lambda x: x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # torch warns when pinning has no accelerator
+        got = list(ts.iter_batches(BS, True, 9, pin_memory=True))
+    assert len(got) == 8 and sorted(_ids(got)) == list(range(N))
+
+
+def test_workers_fork_with_the_collector_frozen_and_unfreeze_after(monkeypatch):
+    """A finalizer of this process's garbage must not run in a worker: the garbage is collected
+    and frozen around the fork (only when workers are forked), then unfrozen."""
+    import gc
+    from federatedscope.core.data import datasets
+    calls = []
+    fake = type("GC", (), {"collect": staticmethod(lambda: calls.append("collect")),
+                           "freeze": staticmethod(lambda: calls.append("freeze")),
+                           "unfreeze": staticmethod(lambda: calls.append("unfreeze"))})
+    monkeypatch.setattr(datasets, "gc", fake)
+    i = torch.arange(8)
+    ts = TensorSplit(i, i % 5, lambda x: x)
+    it = datasets.batch_loader(ts, [i[:4], i[4:]], 0, True)
+    assert calls == [] and [b[0].tolist() for b in it] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    it = datasets.batch_loader(ts, [i[:4], i[4:]], 1, False)
+    assert calls == ["collect", "freeze", "unfreeze"]
+    assert [b[0].tolist() for b in it] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert gc.get_freeze_count() == 0
+
+
+def test_streaming_epoch_order_is_block_order_then_seeded_order_inside_each_block(stream):
+    """The documented order, rebuilt by hand: blocks in shuffled_order(5 blocks, seed), block b
+    permuted by shuffled_order(10, seed * 1_000_003 + b); the same in every process."""
+    from federatedscope.core.data.datasets import shuffled_order
+    seed = 11
+    want = []
+    for b in shuffled_order(N // BLOCK, True, seed).tolist():
+        inside = shuffled_order(BLOCK, True, seed * 1_000_003 + b).tolist()
+        want += [b * BLOCK + j for j in inside]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # e.g. torch resizing a staging view: none per block
+        assert _ids(stream.iter_batches(BS, True, seed)) == want
+    # a short last block (n = 50, 8-row blocks: 7 blocks, the last of 2 rows)
+    stream.block_rows = 8
+    want = []
+    for b in shuffled_order(7, True, seed).tolist():
+        k = min(8, N - 8 * b)
+        want += [b * 8 + j for j in shuffled_order(k, True, seed * 1_000_003 + b).tolist()]
+    assert _ids(stream.iter_batches(BS, True, seed)) == want
+    assert _ids(stream.iter_batches(BS, False, seed)) == list(range(N))
+
+
+def test_each_worker_takes_every_wth_block_of_the_epoch_order(stream, monkeypatch):
+    """In process: get_worker_info() as worker w of 3 sees; the shares are disjoint, cover every
+    block, and follow the shuffled block order (the bug class: every worker from block 0)."""
+    from types import SimpleNamespace
+    from federatedscope.core.data import distributed_loader
+    from federatedscope.core.data.datasets import shuffled_order
+    order = shuffled_order(N // BLOCK, True, 11).tolist()
+    assert stream._my_blocks(True, 11) == order and stream._my_blocks(False, 11) == [0, 1, 2, 3, 4]
+    shares = []
+    for w in range(3):
+        monkeypatch.setattr(distributed_loader, "get_worker_info",
+                            lambda w=w: SimpleNamespace(id=w, num_workers=3))
+        shares.append(stream._my_blocks(True, 11))
+        assert shares[-1] == order[w::3]
+        got = _ids(stream.iter_batches(BS, True, 11))       # what worker w yields
+        assert sorted(got) == sorted(b * BLOCK + j for b in order[w::3] for j in range(BLOCK))
+    assert sorted(b for s in shares for b in s) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream"])
+def test_worker_and_pin_keys_reach_the_dataloader_only_when_set(stream, monkeypatch, kind):
+    """dataloader.num_workers / pin_memory go to torch's DataLoader (batch_loader); without them
+    batches are drawn in process. Checked by a spy, in process."""
+    from federatedscope.core.data import datasets, distributed_loader
+    calls = []
+    mod = datasets if kind == "memory" else distributed_loader
+    real = mod.batch_loader
+    monkeypatch.setattr(mod, "batch_loader",
+                        lambda ds, sampler, w, pin: calls.append((w, pin)) or real(ds, sampler, 0,
+                                                                                     pin))
+    i = torch.arange(N)
+    src = TensorSplit(torch.stack([i, 2 * i, 3 * i], 1), i % 5, lambda x: x) \
+        if kind == "memory" else stream
+    plain = _ids(src.iter_batches(BS, True, 9))
+    assert calls == []
+    for kw, want in (({"num_workers": 2}, (2, False)), ({"pin_memory": True}, (0, True)),
+                     ({"num_workers": 1, "pin_memory": True}, (1, True))):
+        del calls[:]
+        assert _ids(src.iter_batches(BS, True, 9, **kw)) == plain
+        assert calls == [want]
+
+
+def test_default_block_holds_4_mib_of_rows_and_at_least_one(stream):
+    """block_rows = max(1, 4 MiB // row bytes): one row per block once a row exceeds 4 MiB, and
+    4 Mi rows of one byte each."""
+    from dataclasses import replace
+    lay = stream.layout
+    for shape, dtype, want in (((3 << 20,), "uint8", 1), ((5, 1 << 20), "int64", 1),
+                               ((1,), "uint8", 4 << 20), ((3,), "int64", (4 << 20) // 24)):
+        s = StreamingSplit(replace(lay, sample_shape=shape, dtype=dtype), None, lambda x: x)
+        try:
+            assert s.block_rows == want, (shape, dtype)
+        finally:
+            s.close()

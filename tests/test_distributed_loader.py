@@ -165,6 +165,14 @@ def test_missing_shard_dir(shards):
 
 def test_empty_shard_path():
     _raises(cfg_for(""), "distributed_data.shard_path is empty", "prepare_shards.py")
+    for empty in ("", None):
+        with pytest.raises(ShardError) as ei:
+            DistributedShardLoader(empty)
+        assert str(ei.value) == (
+            "distributed_data.shard_path is empty; set it to this client's shard directory "
+            "(e.g. data/<dataset>/shards/client_1); make shards with: python "
+            "scripts/tools/prepare_shards.py --dataset NAME --root data --clients N "
+            "--out data/<dataset>/shards")
 
 
 def test_missing_meta(shards):

@@ -94,3 +94,115 @@ def test_femnist_unchanged_through_its_spec():
     x = _batch()
     assert torch.equal(transform_for(FS_NORM, get_spec("femnist"))(x), build_transform(FS_NORM)(x))
     assert torch.equal(transform_for([], get_spec("femnist"))(x), build_transform([])(x))
+
+
+# ------------------------------------------------------------------ each rule, by its text
+def _err(exc, fn, *args):
+    with pytest.raises(exc) as ei:
+        fn(*args)
+    return str(ei.value)
+
+
+def test_to_tensor_checks_rank_and_dtype_with_the_expected_shape_named():
+    from federatedscope.core.data.transforms import ToTensor
+    for bad in (1, 4):
+        assert _err(ValueError, ToTensor, bad) == \
+            f"ToTensor works on [H, W] or [C, H, W] samples, not {bad}-d"
+    assert ToTensor(3).sample_dims == 3 and ToTensor().sample_dims == 2
+    assert _err(TypeError, ToTensor(), torch.zeros(2, 2)) == \
+        "ToTensor expects a uint8 tensor, got torch.float32"
+    assert _err(TypeError, ToTensor(), [[1]]) == "ToTensor expects a uint8 tensor, got list"
+    u8 = torch.zeros((2, 1, 4, 4), dtype=torch.uint8)
+    assert _err(ValueError, ToTensor(2), u8) == \
+        "ToTensor expects [H, W] or [n, H, W], got shape (2, 1, 4, 4)"
+    assert _err(ValueError, ToTensor(3), u8[0, 0]) == \
+        "ToTensor expects [C, H, W] or [n, C, H, W], got shape (4, 4)"
+    assert _err(ValueError, ToTensor(2), u8[0, 0, 0]) == \
+        "ToTensor expects [H, W] or [n, H, W], got shape (4,)"
+    assert ToTensor(3)(u8).shape == (2, 1, 4, 4) and ToTensor(3)(u8[0]).shape == (1, 4, 4)
+    x = torch.tensor([[0, 51], [102, 255]], dtype=torch.uint8)
+    got = ToTensor()(x)
+    assert got.shape == (1, 2, 2) and got.dtype == torch.float32
+    assert torch.equal(got, torch.tensor([[[0.0, 0.2], [0.4, 1.0]]], dtype=torch.float32))
+    assert repr(ToTensor()) == "ToTensor()"
+
+
+def test_normalize_checks_and_per_channel_math():
+    from federatedscope.core.data.transforms import Normalize
+    assert _err(ValueError, Normalize, [], [1.0]) == "Normalize needs non-empty mean and std"
+    assert _err(ValueError, Normalize, [0.5], []) == "Normalize needs non-empty mean and std"
+    assert _err(ValueError, Normalize, [0.5, 0.5], [0.5, -0.1]) == \
+        "Normalize std must be > 0, got [0.5, -0.10000000149011612]"
+    n = Normalize([[0.5], [0.25]], (2, 4), inplace=True)     # nested: flattened; inplace ignored
+    assert n.mean.tolist() == [0.5, 0.25] and n.std.tolist() == [2.0, 4.0]
+    assert repr(n) == "Normalize(mean=[0.5, 0.25], std=[2.0, 4.0])"
+    x = torch.tensor([[[1.0]], [[0.25]]])                     # [C=2, 1, 1]
+    out = n(x)
+    assert out.tolist() == [[[0.25]], [[0.0]]] and torch.equal(x, torch.tensor([[[1.0]], [[0.25]]]))
+    batch = torch.stack([x, 2 * x])                           # [n=2, 2, 1, 1]
+    assert n(batch)[:, :, 0, 0].tolist() == [[0.25, 0.0], [0.75, 0.0625]]
+    assert n(x.double()).dtype == torch.float64
+    assert _err(ValueError, n, torch.zeros(2, 3, dtype=torch.float32)) == \
+        "Normalize expects float [C, H, W] or [n, C, H, W] (apply ToTensor first), got " \
+        "torch.float32 (2, 3)"
+    assert _err(ValueError, n, torch.zeros(2, 1, 1, dtype=torch.uint8)).startswith(
+        "Normalize expects float")
+    assert _err(ValueError, n, torch.zeros(3, 1, 1)) == \
+        "Normalize mean has 2 values for 3 channel(s)"
+    assert _err(ValueError, Normalize(0.0, [1.0, 2.0]), torch.zeros(3, 1, 1)) == \
+        "Normalize std has 2 values for 3 channel(s)"
+    assert Normalize(1.0, 2.0)(torch.ones(3, 1, 1)).tolist() == [[[0.0]]] * 3
+    import numpy as np
+    wide = Normalize(np.array([0.1]), np.array([3]))         # float64 / int64 in: float32 kept
+    assert wide.mean.dtype == wide.std.dtype == torch.float32
+    assert repr(Normalize(1, 2)) == "Normalize(mean=[1.0], std=[2.0])"
+    half = Normalize([0.5], [0.25])(torch.ones(1, 2, 2, dtype=torch.float16))
+    assert half.dtype == torch.float16 and half.tolist() == [[[2.0, 2.0], [2.0, 2.0]]]
+
+
+def test_build_transform_entries_and_their_errors():
+    from federatedscope.core.data.transforms import Compose, build_transform, identity
+    assert repr(build_transform([["Normalize", {"mean": 0.5, "std": 0.25}]])) == \
+        "Compose(ToTensor(), Normalize(mean=[0.5], std=[0.25]))"
+    assert repr(build_transform(None)) == "Compose(ToTensor())"
+    assert build_transform(("ToTensor",)).transforms[0].sample_dims == 2
+    assert build_transform([], sample_dims=3).transforms[0].sample_dims == 3
+    assert build_transform([["ToTensor"]], 3).transforms[0].sample_dims == 3
+    user = {"sample_dims": 3}
+    cfg = [["ToTensor", user]]
+    assert build_transform(cfg, 2).transforms[0].sample_dims == 3   # the user's value wins
+    plain = {}
+    build_transform([("ToTensor", plain)], 3)
+    assert plain == {}                                   # the config's dict is never written
+    for bad in ([], [1], ["ToTensor", "x"], ["ToTensor", {}, {}], 7, ("Normalize", [0.5])):
+        assert _err(ValueError, build_transform, [bad]) == (
+            f"data.transform entry {bad!r} must look like ['Name'] or ['Name', {{kwargs}}]")
+    assert _err(ValueError, build_transform, [["ToTensor"], ["Blur", {"k": 3}]]) == (
+        "unknown transform 'Blur' in data.transform entry 1 (['Blur', {'k': 3}]); "
+        "supported: Normalize, ToTensor")
+    assert _err(ValueError, build_transform, [["ToTensor"], ["ToTensor"]]) == \
+        "data.transform entry 1 (['ToTensor']): ToTensor must be the first transform"
+    assert _err(ValueError, build_transform, [["Normalize", {"mean": 1, "std": 1}], "ToTensor"]) \
+        == "data.transform entry 1 ('ToTensor'): ToTensor must be the first transform"
+    assert _err(ValueError, build_transform, [["ToTensor", {"sample_dims": 5}]]) == (
+        "bad arguments in data.transform entry 0 (['ToTensor', {'sample_dims': 5}]): "
+        "ToTensor works on [H, W] or [C, H, W] samples, not 5-d")
+    assert _err(ValueError, build_transform, [["Normalize", {"mean": 1}]]).startswith(
+        "bad arguments in data.transform entry 0 (['Normalize', {'mean': 1}]): ")
+    assert isinstance(build_transform([]), Compose) and identity(cfg) is cfg
+
+
+def test_transform_for_uses_the_specs_rank_and_default():
+    from federatedscope.core.data.dataset_spec import get_spec
+    from federatedscope.core.data.transforms import identity, transform_for
+    shakes = get_spec("shakespeare")
+    assert transform_for(None, shakes) is identity and transform_for((), shakes) is identity
+    assert _err(ValueError, transform_for, [["ToTensor"]], shakes) == (
+        f"data.transform=[['ToTensor']]: shakespeare samples are {shakes.sample_type} token ids, "
+        f"which take no transform; remove data.transform")
+    cifar = transform_for([], get_spec("cifar10"))
+    assert cifar.transforms[0].sample_dims == 3 and len(cifar.transforms) == 2
+    own = transform_for([["Normalize", {"mean": 0.5, "std": 0.5}]], get_spec("cifar10"))
+    assert repr(own) == "Compose(ToTensor(), Normalize(mean=[0.5], std=[0.5]))"
+    assert own.transforms[0].sample_dims == 3
+    assert transform_for(None, get_spec("femnist")).transforms[0].sample_dims == 2

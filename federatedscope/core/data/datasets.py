@@ -19,7 +19,9 @@ Batch = Tuple[Tensor, Tensor]
 
 
 @runtime_checkable
-class BatchSource(Protocol):
+class BatchSource(Protocol):  # pragma: no mutate block
+    # not mutated: a protocol's bodies never run, and mutmut's helper methods on it would
+    # become protocol members that no real source has (isinstance would turn False)
     def __len__(self) -> int: ...
 
     def iter_batches(self, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
