@@ -52,7 +52,8 @@ MODULES: Dict[str, Module] = {
     # robust.py has its own row above
     "aggregators": Module([FL + "aggregators/aggregator.py", FL + "aggregators/fedavg.py",
                            FL + "aggregators/fedopt.py"],
-                          ["tests/test_robust_math.py", "tests/test_server_core.py",
+                          ["tests/test_aggregator_units.py", "tests/test_robust_math.py",
+                           "tests/test_server_core.py",
                            "tests/test_server_schedule.py", "tests/test_server_strategy.py"]),
     # the server's own round logic
     "server": Module([FL + "workers/server.py", FL + "workers/server_state.py",
