@@ -1,0 +1,412 @@
+"""The trainer's pieces against hand computations: the round's batch stream (epochs, seeds,
+dataloader keys), accumulation windows, metrics, evaluation, clipping and where each
+regularizer's pull sits relative to it, Ditto's two streams, state checks and their texts, the
+registry fallbacks and the one-line description. Tiny linear models: milliseconds per test.
+"""
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import federatedscope.core.trainers.trainer as trainer_mod
+from federatedscope.core.configs.config import finalize, load_cfg
+from federatedscope.core.data.datasets import TensorSplit
+from federatedscope.core.trainers.ditto import ditto_class
+from federatedscope.core.trainers.optimizer import PlainSGD
+from federatedscope.core.trainers.regularizer import ParamPull
+from federatedscope.core.trainers.scheduler import (build_scheduler, get_scheduler,
+                                                    probe_scheduler, scheduler_kwargs)
+from federatedscope.core.trainers.trainer import (GeneralTorchTrainer, _Tally, describe,
+                                                  get_trainer, resolve_criterion, resolve_device,
+                                                  resolve_trainer_class)
+
+
+def _cfg(*pairs):
+    base = ["dataloader.batch_size", "4", "dataloader.shuffle", "False",
+            "train.batch_or_epoch", "batch"]
+    return finalize(load_cfg(None, base + [str(p) for p in pairs]))
+
+
+def _split(seed, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return TensorSplit(torch.randn(n, 6, generator=g), torch.randint(0, 4, (n,), generator=g),
+                       lambda x: x)
+
+
+def _trainer(cfg, n=8, seed=0):
+    torch.manual_seed(123)
+    return get_trainer(nn.Linear(6, 4), {"train": _split(seed, n), "test": _split(seed + 50)},
+                       "cpu", cfg)
+
+
+class Recorder:
+    """A BatchSource that records each pass's arguments and yields numbered one-row batches."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, []
+
+    def __len__(self):
+        return self.n
+
+    def iter_batches(self, batch_size, shuffle, seed, num_workers=0, drop_last=False,
+                     pin_memory=False):
+        self.calls.append((batch_size, shuffle, seed, num_workers, drop_last, pin_memory))
+        full, rest = divmod(self.n, batch_size)
+        for b in range(full + (1 if rest and not drop_last else 0)):
+            yield torch.tensor([len(self.calls) * 100 + b]), torch.tensor([0])
+
+
+def _sgd(model, batch, lr, pull=None, clip=None, pull_after_clip=False):
+    """One SGD step by hand: optional pull (weight, anchors) before or after clipping to norm clip."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(batch[0]), batch[1]).backward()
+    params = list(model.parameters())
+    grads = [p.grad.clone() for p in params]
+
+    def add_pull():
+        for i, p in enumerate(params):
+            grads[i] += pull[0] * (p.detach() - pull[1][i])
+    if pull is not None and not pull_after_clip:
+        add_pull()
+    if clip is not None:
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        scale = min(1.0, clip / (float(norm) + 1e-6))
+        grads = [g * scale for g in grads]
+    if pull is not None and pull_after_clip:
+        add_pull()
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(lr * g)
+
+
+def _batches(split, k, bs=4):
+    out = []
+    while len(out) < k:
+        out += list(split.iter_batches(bs, False, 0))
+    return out[:k]
+
+
+def _close(state, model):
+    return all(torch.allclose(state[k], v, atol=1e-6) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------ the batch stream
+def test_batch_mode_continues_into_further_epochs_each_with_its_own_seed():
+    cfg = _cfg("dataloader.shuffle", "True", "dataloader.drop_last", "True",
+               "dataloader.batch_size", "3", "dataloader.num_workers", "0")
+    t = _trainer(cfg)
+    src = Recorder(10)                           # 3 full batches of 3 per pass (drop_last)
+    got = list(t._round_batches(src, 7, 7, False))
+    assert [u for u, _ in got] == list(range(7))
+    assert [int(b[0]) for _, b in got] == [100, 101, 102, 200, 201, 202, 300]
+    assert src.calls == [(3, True, 7 * 1000003 + e, 0, True, False) for e in range(3)]
+
+
+def test_epoch_mode_runs_whole_epochs_numbered_by_epoch():
+    t = _trainer(_cfg("dataloader.batch_size", "4"))
+    src = Recorder(10)                           # 4, 4, 2: three batches per epoch
+    got = list(t._round_batches(src, 2, 3, True))
+    assert [u for u, _ in got] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [c[2] for c in src.calls] == [2000006, 2000007, 2000008]
+
+
+def test_a_split_smaller_than_a_dropped_batch_yields_nothing_and_ends():
+    t = _trainer(_cfg("dataloader.batch_size", "16", "dataloader.drop_last", "True"))
+    assert list(t._round_batches(Recorder(10), 0, 5, False)) == []
+    assert list(t._round_batches(Recorder(10), 0, 2, True)) == []
+
+
+def test_accumulation_windows_in_batch_and_epoch_mode():
+    t = _trainer(_cfg("grad.grad_accum_count", "3", "dataloader.batch_size", "2"))
+    batch = [w for _, w in t._accumulated(Recorder(10), 0, 2, False)]     # 2 steps x 3 batches
+    assert batch == [(0, 3, False), (1, 3, False), (2, 3, True)] * 2
+    epoch = [w for _, w in t._accumulated(Recorder(10), 0, 1, True)]      # one epoch: 5 batches
+    assert epoch == [(0, 3, False), (1, 3, False), (2, 3, True), (0, 3, False), (1, 3, True)]
+
+
+# ---------------------------------------------------------------------------------- metrics
+def test_tally_metrics():
+    t = _Tally()
+    t.add(2.0, 4, 3)
+    t.add(1.0, 4, 1)
+    assert t.metrics("val") == {"val_loss": 3.0, "val_total": 8, "val_avg_loss": 0.375,
+                                "val_acc": 0.5}
+    assert t.metrics("test", with_correct=True)["test_correct"] == 4
+    assert _Tally().metrics("train") == {"train_loss": 0.0, "train_total": 0,
+                                         "train_avg_loss": 0.0, "train_acc": 0.0}
+
+
+def test_evaluate_sums_over_batches_of_at_least_64():
+    t = _trainer(_cfg("dataloader.batch_size", "4"))
+    big = _split(9, n=70)
+    t.data["val"] = big
+    res = t.evaluate("val")
+    with torch.no_grad():
+        out = t.model(big.x)
+    assert res["val_total"] == 70
+    assert res["val_loss"] == pytest.approx(float(F.cross_entropy(out, big.y, reduction="sum")),
+                                            rel=1e-5)
+    correct = int((out.argmax(1) == big.y).sum())
+    assert res["val_correct"] == correct and res["val_acc"] == correct / 70
+    rec = Recorder(70)
+    t.data["val"] = rec
+    with pytest.raises(Exception):
+        t.evaluate("val")                         # the recorder's rows are not model inputs
+    assert rec.calls[0][:3] == (64, False, 0)
+    t2 = _trainer(_cfg("dataloader.batch_size", "100"))
+    t2.data["val"] = rec2 = Recorder(70)
+    with pytest.raises(Exception):
+        t2.evaluate("val")
+    assert rec2.calls[0][0] == 100
+    t.data["empty"] = _split(0, n=0)
+    assert t.evaluate("empty") == {} and t.evaluate("nosuchsplit") == {}
+
+
+def test_no_train_samples_means_no_training():
+    for cls_cfg in (_cfg(), _cfg("federate.method", "Ditto")):
+        t = _trainer(cls_cfg)
+        before = t.get_state()
+        t.data["train"] = _split(0, n=0)
+        n, up, metrics = t.train(seed=1)
+        assert n == 0 and metrics == {"train_total": 0}
+        assert all(torch.equal(before[k], up[k]) for k in before)
+        del t.data["train"]
+        assert t.train(seed=1)[0] == 0 and t.num_samples("train") == 0
+    assert getattr(t, "personal_model", None) is None and t.eval_model() is t.model
+
+
+# -------------------------------------------------------------------------- clip and pulls
+@pytest.mark.parametrize("clip", ["0.05", "0.0"])
+def test_grad_clip_bounds_the_step_and_zero_means_off(clip):
+    lr, steps = 0.5, 4
+    t = _trainer(_cfg("grad.grad_clip", clip, "train.optimizer.lr", lr,
+                      "train.local_update_steps", steps))
+    ref = copy.deepcopy(t.model)
+    for b in _batches(t.data["train"], steps):
+        _sgd(ref, b, lr, clip=float(clip) if float(clip) > 0 else None)
+    assert _close(t.train(seed=0)[1], ref)
+
+
+def test_fedprox_pull_is_clipped_with_the_gradient_over_two_rounds():
+    lr, mu, clip = 0.5, 2.0, 0.05
+    t = _trainer(_cfg("fedprox.use", "True", "fedprox.mu", mu, "grad.grad_clip", clip,
+                      "train.optimizer.lr", lr, "train.local_update_steps", 3))
+    ref = copy.deepcopy(t.model)
+    for rnd in range(2):
+        anchors = [p.detach().clone() for p in ref.parameters()]
+        for b in _batches(t.data["train"], 3):
+            _sgd(ref, b, lr, pull=(mu, anchors), clip=clip)
+        _, up, _ = t.train(seed=rnd)
+        assert _close(up, ref), rnd
+        t.set_state(up)
+
+
+def test_ditto_pull_comes_after_clipping_and_only_on_the_personal_model():
+    rw, p_lr, lr, clip = 1.5, 0.3, 0.2, 0.05
+    cfg = _cfg("federate.method", "Ditto", "personalization.regular_weight", rw,
+               "personalization.lr", p_lr, "personalization.local_update_steps", 2,
+               "train.local_update_steps", 3, "train.optimizer.lr", lr, "grad.grad_clip", clip)
+    t = _trainer(cfg)
+    personal, shared = copy.deepcopy(t.model), copy.deepcopy(t.model)
+    for rnd in range(3):
+        anchors = [p.detach().clone() for p in shared.parameters()]
+        bs = _batches(t.data["train"], 5)
+        for b in bs[:2]:
+            _sgd(personal, b, p_lr, pull=(rw, anchors), clip=clip, pull_after_clip=True)
+        for b in bs[2:]:
+            _sgd(shared, b, lr, clip=clip)
+        n, up, m = t.train(seed=rnd)
+        assert n == 8 and m["train_total"] == 12 and m["train_total_local_model"] == 8
+        assert _close(up, shared), rnd
+        assert _close(t.personal_model.state_dict(), personal), rnd
+        g = {k: v + 0.125 * (rnd + 1) for k, v in up.items()}     # the server's next global
+        t.set_state(g)
+        shared.load_state_dict(g)
+
+
+def test_ditto_epoch_mode_personal_epochs_then_global_epochs():
+    cfg = _cfg("federate.method", "Ditto", "train.batch_or_epoch", "epoch",
+               "personalization.local_update_steps", 1, "train.local_update_steps", 2,
+               "personalization.lr", 0.3, "train.optimizer.lr", 0.2,
+               "personalization.regular_weight", 0.0)
+    t = _trainer(cfg)
+    personal, shared = copy.deepcopy(t.model), copy.deepcopy(t.model)
+    bs = _batches(t.data["train"], 6)          # 2 batches per epoch, 3 epochs
+    for b in bs[:2]:
+        _sgd(personal, b, 0.3)
+    for b in bs[2:]:
+        _sgd(shared, b, 0.2)
+    n, up, m = t.train(seed=4)
+    assert m["train_total"] == 16 and m["train_total_local_model"] == 8
+    assert _close(up, shared) and _close(t.personal_model.state_dict(), personal)
+
+
+def test_ditto_scheduler_drives_the_global_model_only(tmp_path, monkeypatch):
+    y = tmp_path / "s.yaml"
+    y.write_text("federate:\n  method: Ditto\ntrain:\n  local_update_steps: 3\n  optimizer:\n"
+                 "    lr: 0.4\n  scheduler:\n    type: StepLR\n    step_size: 1\n    gamma: 0.5\n"
+                 "personalization:\n  local_update_steps: 2\n  lr: 0.3\n")
+    t = get_trainer(nn.Linear(6, 4), {"train": _split(0)}, "cpu",
+                    finalize(load_cfg(str(y), ["dataloader.batch_size", "4",
+                                               "dataloader.shuffle", "False"])))
+    seen = []
+    original = PlainSGD.step
+    monkeypatch.setattr(PlainSGD, "step",
+                        lambda self, closure=None: (seen.append(self.lr), original(self))[1])
+    t.train(seed=0)
+    assert seen == [0.3, 0.3, 0.4, 0.2, 0.1]
+
+
+def test_ditto_state_without_a_personal_model_and_the_class_cache():
+    t = _trainer(_cfg("federate.method", "Ditto"))
+    assert t.personal_state() == {}
+    t.load_personal_state({})                   # nothing saved yet: still no personal model
+    assert t.personal_model is None and t.eval_model() is t.model
+    assert ditto_class(GeneralTorchTrainer) is ditto_class(GeneralTorchTrainer) is type(t)
+    assert type(t).__name__ == "DittoGeneralTorchTrainer"
+    with pytest.raises(ValueError) as e:
+        ditto_class(dict)
+    assert str(e.value) == ("federate.method Ditto needs a trainer derived from "
+                            "GeneralTorchTrainer; trainer.type gives dict")
+
+
+# ------------------------------------------------------------------------ state and texts
+def test_state_checks_name_the_keys_and_the_likely_cause():
+    t = _trainer(_cfg("personalization.local_param", "['bias']"))
+    assert t.local_keys == {"bias"} and set(t.upload_state()) == {"weight"}
+    with pytest.raises(ValueError) as e:
+        t.set_state({"weight": torch.zeros(4, 6), "extra": torch.zeros(1)})
+    assert str(e.value) == ("global state does not fit this model: unknown keys ['extra'], "
+                            "missing keys [] (same model.* config on server and clients? same "
+                            "personalization.local_param?)")
+    with pytest.raises(ValueError) as e:
+        t.load_personal_state({"weight": torch.zeros(4, 6)})
+    assert str(e.value) == ("personal state keys ['weight'] do not match this trainer's "
+                            "['bias'] (personalization.local_param or federate.method changed "
+                            "since it was saved?)")
+    bias = t.model.bias.detach().clone()
+    t.set_state({"weight": torch.ones(4, 6), "bias": torch.zeros(4)})   # local key kept
+    assert torch.equal(t.model.bias.detach(), bias) and torch.equal(t.model.weight.detach(),
+                                                                     torch.ones(4, 6))
+    t.load_personal_state({"bias": torch.full((4,), 3.0)})
+    assert t.personal_state()["bias"].tolist() == [3.0] * 4
+
+
+def test_each_state_change_invalidates_the_finetuned_copy():
+    t = _trainer(_cfg("finetune.before_eval", "True", "finetune.local_update_steps", 2))
+    v0 = t._version
+    t.set_state(t.get_state())
+    t.train(seed=0)
+    assert t._version == v0 + 2
+    tuned = t._finetuned_model()
+    t.load_personal_state({})
+    assert t._version == v0 + 3 and t._finetuned_model() is not tuned
+
+
+# -------------------------------------------------------------------- registry and device
+def test_device_fallback_and_builtin_lookups(caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="federatedscope"):
+        assert resolve_device("cuda:1") == "cpu"
+        assert resolve_device("cpu") == "cpu"
+    assert caplog.messages == ["device cuda:1 requested (use_gpu) but CUDA is not available; "
+                               "training on cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda:1") == "cuda:1"
+    for name in ("general", "General", "cvtrainer", "CVTrainer"):
+        assert resolve_trainer_class(name) is GeneralTorchTrainer
+    assert resolve_trainer_class("nosuchtrainer") is None
+    assert isinstance(resolve_criterion("crossentropyloss", "cpu"), nn.CrossEntropyLoss)
+    assert resolve_criterion("MSELoss", "cpu") is None
+    cfg = _cfg()
+    cfg.defrost()
+    cfg.trainer.type = "nosuchtrainer"
+    with pytest.raises(ValueError, match=r"^trainer.type='nosuchtrainer' is not registered$"):
+        get_trainer(nn.Linear(6, 4), {}, "cpu", cfg)
+
+
+def test_the_description_names_every_active_algorithm_once_per_process(caplog, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "_DESCRIBED", set())
+    cfg = _cfg("federate.method", "Ditto", "fedprox.use", "True", "fedprox.mu", 0.25,
+               "personalization.local_param", "['bias']", "personalization.regular_weight", 0.5,
+               "personalization.lr", 0.3, "personalization.local_update_steps", 2,
+               "finetune.before_eval", "True", "finetune.local_update_steps", 3,
+               "finetune.batch_or_epoch", "batch")
+    with caplog.at_level(logging.INFO, logger="federatedscope"):
+        t = _trainer(cfg)
+        _trainer(cfg)
+    want = ("Trainer: DittoGeneralTorchTrainer, on cpu, proximal term mu=0.25, 1 local keys kept "
+            "on the client, Ditto personal model (regular_weight=0.5, lr=0.3, "
+            "local_update_steps=2), fine-tuning 3 batch(s) before evaluation")
+    assert [m for m in caplog.messages if m.startswith("Trainer:")] == [want]
+    cfg.defrost()
+    cfg.train.scheduler.type = "StepLR"
+    assert describe(t) == want.replace(", fine-tuning", ", scheduler StepLR, fine-tuning")
+    plain = _trainer(_cfg())
+    assert describe(plain) == "Trainer: GeneralTorchTrainer, on cpu"
+
+
+# -------------------------------------------------------------- optimizer, pull, scheduler
+def test_plain_sgd_skips_gradless_parameters_and_zeroes_in_place():
+    a, b = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.tensor([3.0]))
+    frozen = nn.Parameter(torch.tensor([5.0]), requires_grad=False)
+    opt = PlainSGD([a, frozen, b], lr=0.5, momentum=0.5, weight_decay=0.25)
+    assert opt.params == [a, b] and opt.lr == 0.5
+    a.grad = torch.tensor([1.0, -1.0])
+    opt.step()                                  # b has no gradient: untouched, no buffer
+    # d = g + 0.25 * w = [1.25, -0.5]; buf = d; a -= 0.5 * d
+    assert a.detach().tolist() == [0.375, 2.25] and b.item() == 3.0 and set(opt.buffers) == {0}
+    opt.zero_grad(set_to_none=False)
+    assert a.grad.tolist() == [0.0, 0.0] and b.grad is None
+    opt.param_groups[0]["lr"] = 1.0             # what a scheduler changes
+    a.grad = torch.tensor([0.0, 0.0])
+    opt.step()                                  # d = 0.25 * w; buf = 0.5 * buf + d
+    assert a.detach().tolist() == [0.375 - (0.625 + 0.09375), 2.25 - (-0.25 + 0.5625)]
+    opt.zero_grad()
+    assert a.grad is None
+
+
+def test_param_pull_adds_weight_times_distance_and_checks_its_anchors():
+    m = nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        m.bias.fill_(0.5)
+    pull = ParamPull(m, [torch.tensor([[0.0, 0.0]]), torch.tensor([1.0])], 0.5)
+    m.weight.grad = torch.tensor([[1.0, 1.0]])
+    pull.apply()                                # bias has no gradient: skipped
+    assert m.weight.grad.tolist() == [[1.5, 0.0]] and m.bias.grad is None
+    ParamPull(m, [torch.zeros(1, 2), torch.zeros(1)], 0.0).apply()
+    assert m.weight.grad.tolist() == [[1.5, 0.0]]
+    here = ParamPull.toward_current(m, 3.0)
+    assert here.weight == 3.0 and torch.equal(here.anchors[0], m.weight.detach())
+    with pytest.raises(ValueError, match=r"^1 anchors for 2 parameters$"):
+        ParamPull(m, [torch.zeros(1, 2)], 1.0)
+
+
+def test_scheduler_arguments_registry_and_refusals(monkeypatch):
+    from federatedscope import register
+    node = {"type": "MultiStepLR", "warmup_ratio": 0.1, "milestones": (2, 4), "gamma": 0.5}
+    assert scheduler_kwargs(node) == {"milestones": [2, 4], "gamma": 0.5}
+    opt = PlainSGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert get_scheduler(opt, "") is None
+    with pytest.raises(ValueError) as e:
+        get_scheduler(opt, "ReduceLROnPlateau")
+    assert str(e.value) == ("scheduler 'ReduceLROnPlateau' is not supported here: it steps on a "
+                            "validation metric, not per batch")
+    with pytest.raises(ValueError) as e:
+        probe_scheduler("Optimizer", {})        # an attribute of lr_scheduler, not a scheduler
+    assert str(e.value) == ("unknown scheduler type 'Optimizer' (not registered, and not a class "
+                            "of torch.optim.lr_scheduler)")
+    with pytest.raises(ValueError, match="unknown scheduler type 'NoSuchLR'"):
+        get_scheduler(opt, "NoSuchLR")
+    marker = object()
+    monkeypatch.setitem(register.scheduler_dict, "mine",
+                        lambda o, type, **kw: marker if type == "mine" and kw == {"k": 1} else None)
+    assert get_scheduler(opt, "mine", k=1) is marker
+
+    class Node(dict):
+        type = "mine"
+    assert build_scheduler(opt, Node(type="mine", warmup_ratio=0.0, k=1)) is marker
