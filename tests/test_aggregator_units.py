@@ -232,7 +232,7 @@ def test_weighted_mean_integers_are_floored_and_zero_weights_count_equally():
     assert out.dtype == torch.int64 and out.tolist() == [-4, 7]
     zero = [(c, 0, {"x": torch.tensor([float(c)])}) for c in (1, 2, 3, 4)]
     assert weighted_mean(zero)["x"].tolist() == [2.5]
-    with pytest.raises(ValueError, match="no client updates to aggregate"):
+    with pytest.raises(ValueError, match="^no client updates to aggregate$"):
         weighted_mean([])
 
 
@@ -242,6 +242,17 @@ def test_weighted_mean_sums_in_client_id_order_whatever_the_arrival():
     vals = {1: 1e17, 2: 1.0, 3: -1e17, 4: 1.0}
     fb = [(c, 1, {"x": torch.tensor([vals[c]], dtype=torch.float64)}) for c in (2, 4, 1, 3)]
     assert weighted_mean(fb)["x"].tolist() == [0.25]
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_float32_updates_are_summed_in_float64(online):
+    # in float32, 2^24 + 1 rounds back to 2^24: the mean would be 2^22 + 0.5, not 2^22 + 1
+    vals = [2.0 ** 24, 1.0, 1.0, 2.0]
+    agg = (OnlineClientsAvgAggregator if online else ClientsAvgAggregator)(_cfg())
+    for cid, v in enumerate(vals, 1):
+        agg.add(cid, 1, {"x": torch.tensor([v], dtype=torch.float32)})
+    out = agg.finish_round({"x": torch.zeros(1)})["x"]
+    assert out.dtype == torch.float32 and out.tolist() == [2.0 ** 22 + 1]
 
 
 def test_online_mean_single_update_and_empty_round():
