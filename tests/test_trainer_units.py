@@ -173,6 +173,7 @@ def test_no_train_samples_means_no_training():
         n, up, metrics = t.train(seed=1)
         assert n == 0 and metrics == {"train_total": 0}
         assert all(torch.equal(before[k], up[k]) for k in before)
+        assert t.num_samples("test") == 8 and t.num_samples("train") == 0
         del t.data["train"]
         assert t.train(seed=1)[0] == 0 and t.num_samples("train") == 0
     assert getattr(t, "personal_model", None) is None and t.eval_model() is t.model
@@ -205,10 +206,11 @@ def test_fedprox_pull_is_clipped_with_the_gradient_over_two_rounds():
 
 
 def test_ditto_pull_comes_after_clipping_and_only_on_the_personal_model():
-    rw, p_lr, lr, clip = 1.5, 0.3, 0.2, 0.05
+    rw, p_lr, lr, clip, mu = 1.5, 0.3, 0.2, 0.05, 2.0
     cfg = _cfg("federate.method", "Ditto", "personalization.regular_weight", rw,
                "personalization.lr", p_lr, "personalization.local_update_steps", 2,
-               "train.local_update_steps", 3, "train.optimizer.lr", lr, "grad.grad_clip", clip)
+               "train.local_update_steps", 3, "train.optimizer.lr", lr, "grad.grad_clip", clip,
+               "fedprox.use", "True", "fedprox.mu", mu)
     t = _trainer(cfg)
     personal, shared = copy.deepcopy(t.model), copy.deepcopy(t.model)
     for rnd in range(3):
@@ -216,8 +218,8 @@ def test_ditto_pull_comes_after_clipping_and_only_on_the_personal_model():
         bs = _batches(t.data["train"], 5)
         for b in bs[:2]:
             _sgd(personal, b, p_lr, pull=(rw, anchors), clip=clip, pull_after_clip=True)
-        for b in bs[2:]:
-            _sgd(shared, b, lr, clip=clip)
+        for b in bs[2:]:                        # FedProx pulls the global model (before clip)
+            _sgd(shared, b, lr, pull=(mu, anchors), clip=clip)
         n, up, m = t.train(seed=rnd)
         assert n == 8 and m["train_total"] == 12 and m["train_total_local_model"] == 8
         assert _close(up, shared), rnd
@@ -258,6 +260,22 @@ def test_ditto_scheduler_drives_the_global_model_only(tmp_path, monkeypatch):
                         lambda self, closure=None: (seen.append(self.lr), original(self))[1])
     t.train(seed=0)
     assert seen == [0.3, 0.3, 0.4, 0.2, 0.1]
+
+
+def test_ditto_personal_state_loads_into_its_own_copy_and_must_be_complete():
+    cfg = _cfg("federate.method", "Ditto", "personalization.local_update_steps", 2)
+    t = _trainer(cfg)
+    t.train(seed=0)
+    state = t.personal_state()
+    assert set(state) == {"ditto_personal.weight", "ditto_personal.bias"}
+    fresh = _trainer(cfg)
+    own = fresh.get_state()
+    fresh.load_personal_state(state)
+    assert all(torch.equal(fresh.get_state()[k], own[k]) for k in own)   # the global untouched
+    assert torch.equal(fresh.personal_model.weight.detach(), state["ditto_personal.weight"])
+    assert not torch.equal(fresh.personal_model.weight.detach(), own["weight"])
+    with pytest.raises(RuntimeError, match="Missing key"):
+        _trainer(cfg).load_personal_state({"ditto_personal.weight": state["ditto_personal.weight"]})
 
 
 def test_ditto_state_without_a_personal_model_and_the_class_cache():
@@ -410,3 +428,79 @@ def test_scheduler_arguments_registry_and_refusals(monkeypatch):
     class Node(dict):
         type = "mine"
     assert build_scheduler(opt, Node(type="mine", warmup_ratio=0.0, k=1)) is marker
+
+
+# ------------------------------------------------------------------------------- fine-tuning
+class SeedLog(TensorSplit):
+    """A split that records the shuffle seed of each pass."""
+
+    def __init__(self, split):
+        super().__init__(split.x, split.y, split.transform)
+        self.seeds = []
+
+    def iter_batches(self, batch_size, shuffle, seed, *args, **kwargs):
+        self.seeds.append((batch_size, shuffle, seed))
+        return super().iter_batches(batch_size, shuffle, seed, *args, **kwargs)
+
+
+def _finetune_trainer(tmp_path, *pairs, n=8, yaml=""):
+    y = tmp_path / "ft.yaml"
+    y.write_text(yaml or "finetune:\n  before_eval: true\n")
+    cfg = finalize(load_cfg(str(y), ["dataloader.batch_size", "4", "dataloader.shuffle", "False",
+                                     "finetune.before_eval", "True"] + [str(p) for p in pairs]))
+    torch.manual_seed(123)
+    return get_trainer(nn.Linear(6, 4), {"train": SeedLog(_split(0, n)), "test": _split(50)},
+                       "cpu", cfg)
+
+
+def _tuned(t, batches, lr, steps=None):
+    ref = copy.deepcopy(t.model)
+    for i, b in enumerate(batches):
+        _sgd(ref, b, lr if steps is None else steps[i])
+    return ref
+
+
+def test_finetuning_shuffles_with_its_own_seed(tmp_path):
+    t = _finetune_trainer(tmp_path, "dataloader.shuffle", "True", "finetune.local_update_steps", 6,
+                          "finetune.batch_or_epoch", "batch")
+    t.train(seed=5)
+    t.data["train"].seeds.clear()
+    t._finetuned_model()
+    s = 5 * 31 + 17                           # not the round's own seeds (5 * 1000003 + e)
+    assert t.data["train"].seeds == [(4, True, s * 1000003 + e) for e in range(3)]
+
+
+def test_finetuning_in_epoch_mode_and_with_accumulation(tmp_path):
+    t = _finetune_trainer(tmp_path, "finetune.batch_or_epoch", "epoch",
+                          "finetune.local_update_steps", 2, "finetune.optimizer.lr", 0.5)
+    bs = _batches(t.data["train"], 4)          # 2 epochs of 2 batches
+    assert _close(t._finetuned_model().state_dict(), _tuned(t, bs, 0.5))
+    acc = _finetune_trainer(tmp_path, "grad.grad_accum_count", 2, "finetune.local_update_steps",
+                            2, "finetune.optimizer.lr", 0.5, "finetune.batch_or_epoch", "batch")
+    # 2 steps of 2 accumulated batches of 4 == 2 steps on the 8 samples
+    whole = _batches(acc.data["train"], 2, bs=8)
+    assert _close(acc._finetuned_model().state_dict(), _tuned(acc, whole, 0.5))
+
+
+def test_finetuning_follows_its_scheduler(tmp_path):
+    t = _finetune_trainer(tmp_path, "finetune.local_update_steps", 3, "finetune.batch_or_epoch",
+                          "batch", yaml="finetune:\n  before_eval: true\n  optimizer:\n"
+                          "    lr: 0.4\n  scheduler:\n    type: StepLR\n    step_size: 1\n"
+                          "    gamma: 0.5\n")
+    bs = _batches(t.data["train"], 3)
+    assert _close(t._finetuned_model().state_dict(), _tuned(t, bs, None, [0.4, 0.2, 0.1]))
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_finetuning_needs_a_train_sample(tmp_path, n):
+    t = _finetune_trainer(tmp_path, "finetune.local_update_steps", 2, n=n)
+    tuned = t._finetuned_model().state_dict()
+    if n == 0:                                  # nothing to tune on: the model as it is
+        assert _close(tuned, t.model)
+    else:                                       # one sample is a batch: two steps on it
+        one = next(t.data["train"].iter_batches(4, False, 0))
+        t.data["train"].seeds.clear()
+        assert _close(tuned, _tuned(t, [one, one], t.cfg.finetune.optimizer.lr))
+    del t.data["train"]
+    t._version += 1
+    assert _close(t._finetuned_model().state_dict(), t.model)
