@@ -135,6 +135,9 @@ def test_tally_metrics():
     assert t.metrics("val") == {"val_loss": 3.0, "val_total": 8, "val_avg_loss": 0.375,
                                 "val_acc": 0.5}
     assert t.metrics("test", with_correct=True)["test_correct"] == 4
+    one = _Tally()
+    one.add(0.75, 1, 1)                        # a single sample is its own mean
+    assert one.metrics("train")["train_avg_loss"] == 0.75 and one.metrics("train")["train_acc"] == 1
     assert _Tally().metrics("train") == {"train_loss": 0.0, "train_total": 0,
                                          "train_avg_loss": 0.0, "train_acc": 0.0}
 
@@ -278,6 +281,22 @@ def test_ditto_personal_state_loads_into_its_own_copy_and_must_be_complete():
         _trainer(cfg).load_personal_state({"ditto_personal.weight": state["ditto_personal.weight"]})
 
 
+def test_ditto_training_invalidates_the_finetuned_copy():
+    t = _trainer(_cfg("federate.method", "Ditto", "finetune.before_eval", "True",
+                      "finetune.local_update_steps", 1))
+    g = t.get_state()
+    t.set_state(g)
+    v0 = t._version
+    seen = [t._finetuned_model()]
+    for rnd in range(3):
+        t.train(seed=rnd)
+        assert t._version == v0 + 1 + 2 * rnd
+        seen.append(t._finetuned_model())
+        t.set_state({k: v + 0.5 for k, v in g.items()})
+        seen.append(t._finetuned_model())
+    assert len({id(m) for m in seen}) == len(seen)      # every change: a new fine-tuned copy
+
+
 def test_ditto_state_without_a_personal_model_and_the_class_cache():
     t = _trainer(_cfg("federate.method", "Ditto"))
     assert t.personal_state() == {}
@@ -418,6 +437,10 @@ def test_scheduler_arguments_registry_and_refusals(monkeypatch):
         probe_scheduler("Optimizer", {})        # an attribute of lr_scheduler, not a scheduler
     assert str(e.value) == ("unknown scheduler type 'Optimizer' (not registered, and not a class "
                             "of torch.optim.lr_scheduler)")
+    # the probe's stand-in optimizer has a learning rate (LinearLR scales it at construction)
+    probe_scheduler("LinearLR", {"start_factor": 0.5, "total_iters": 4})
+    with pytest.raises(TypeError, match="step_sise"):
+        probe_scheduler("StepLR", {"step_sise": 2})
     with pytest.raises(ValueError, match="unknown scheduler type 'NoSuchLR'"):
         get_scheduler(opt, "NoSuchLR")
     marker = object()
