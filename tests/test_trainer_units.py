@@ -182,6 +182,91 @@ def test_no_train_samples_means_no_training():
     assert getattr(t, "personal_model", None) is None and t.eval_model() is t.model
 
 
+def _by_hand(model, windows, lr, momentum=0.0, wd=0.0):
+    """torch's SGD rule over accumulation windows, written out: each step on the mean gradient
+    of its window's batches, a parameter without a gradient skipped (no decay, no momentum);
+    returns the (summed loss, samples, correct) of every batch, as the trainer counts them."""
+    params, bufs, seen = list(model.parameters()), {}, []
+    for window in windows:
+        for p in params:
+            p.grad = None
+        for xb, yb in window:
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            seen.append((float(loss.detach()) * len(yb), len(yb),
+                         int((out.argmax(1) == yb).sum())))
+            (loss / len(window)).backward()
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                if p.grad is None:
+                    continue
+                d = p.grad + wd * p
+                bufs[i] = d.clone() if i not in bufs else momentum * bufs[i] + d
+                p.sub_(lr * bufs[i])
+    return seen
+
+
+def test_train_metrics_and_the_short_last_window_over_two_rounds():
+    # one epoch of 5 batches of 4, grad_accum_count 3: windows of 3 and 2 batches
+    t = get_trainer(nn.Linear(6, 4), {"train": _split(3, n=20)}, "cpu",
+                    _cfg("grad.grad_accum_count", 3, "train.batch_or_epoch", "epoch",
+                         "train.local_update_steps", 1, "train.optimizer.lr", 0.5))
+    ref = copy.deepcopy(t.model)
+    for rnd in range(2):
+        bs = _batches(t.data["train"], 5)
+        seen = _by_hand(ref, [bs[:3], bs[3:]], 0.5)
+        n, up, m = t.train(seed=rnd)
+        assert n == 20 and _close(up, ref), rnd
+        loss, correct = sum(x[0] for x in seen), sum(x[2] for x in seen)
+        assert 0 < correct < 20
+        assert m["train_total"] == 20 and m["train_acc"] == correct / 20
+        assert m["train_loss"] == pytest.approx(loss, rel=1e-5)
+        assert m["train_avg_loss"] == pytest.approx(loss / 20, rel=1e-5)
+
+
+class TwoHeads(nn.Module):
+    """A head per batch parity: each step leaves one head without a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 4), nn.Linear(6, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return (self.a if self.calls % 2 else self.b)(x)
+
+
+def test_a_parameter_without_a_gradient_in_a_step_is_not_decayed_or_pushed():
+    lr, m, wd = 0.5, 0.9, 0.1
+    torch.manual_seed(1)
+    model = TwoHeads()
+    ref = copy.deepcopy(model)
+    t = get_trainer(model, {"train": _split(2, n=16)}, "cpu",
+                    _cfg("train.local_update_steps", 4, "train.optimizer.lr", lr,
+                         "train.optimizer.momentum", m, "train.optimizer.weight_decay", wd))
+    bs = _batches(t.data["train"], 4)
+    _by_hand(ref, [[b] for b in bs], lr, m, wd)      # torch: a None gradient skips the step
+    assert _close(t.train(seed=0)[1], ref)
+
+
+def test_the_optimizer_defaults_are_the_train_optimizer_over_the_global_model():
+    t = _trainer(_cfg("train.optimizer.lr", 0.3, "train.optimizer.momentum", 0.5,
+                      "train.optimizer.weight_decay", 0.01))
+    opt = t._optimizer()
+    assert opt.params == list(t.model.parameters())
+    assert (opt.lr, opt.momentum, opt.weight_decay) == (0.3, 0.5, 0.01)
+    assert t._optimizer(lr=0.7).lr == 0.7
+
+
+def test_a_proximal_mu_without_its_type_is_off():
+    t = _trainer(_cfg("regularizer.mu", 0.2, "train.local_update_steps", 2))
+    plain = _trainer(_cfg("train.local_update_steps", 2))
+    assert t._prox() is None
+    a, b = t.train(seed=0)[1], plain.train(seed=0)[1]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # -------------------------------------------------------------------------- clip and pulls
 @pytest.mark.parametrize("clip", ["0.05", "0.0"])
 def test_grad_clip_bounds_the_step_and_zero_means_off(clip):
@@ -311,6 +396,18 @@ def test_ditto_state_without_a_personal_model_and_the_class_cache():
 
 
 # ------------------------------------------------------------------------ state and texts
+def test_a_state_mismatch_lists_at_most_five_keys_of_each_kind():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(4)])     # 8 keys: 0.weight .. 3.bias
+    t = get_trainer(model, {}, "cpu", _cfg())
+    state = {f"x{i}": torch.zeros(1) for i in range(7)}
+    state.update({"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2)})
+    with pytest.raises(ValueError) as e:
+        t.set_state(state)
+    assert str(e.value).startswith(
+        "global state does not fit this model: unknown keys ['x0', 'x1', 'x2', 'x3', 'x4'], "
+        "missing keys ['1.bias', '1.weight', '2.bias', '2.weight', '3.bias'] (")
+
+
 def test_state_checks_name_the_keys_and_the_likely_cause():
     t = _trainer(_cfg("personalization.local_param", "['bias']"))
     assert t.local_keys == {"bias"} and set(t.upload_state()) == {"weight"}
@@ -445,7 +542,8 @@ def test_scheduler_arguments_registry_and_refusals(monkeypatch):
         get_scheduler(opt, "NoSuchLR")
     marker = object()
     monkeypatch.setitem(register.scheduler_dict, "mine",
-                        lambda o, type, **kw: marker if type == "mine" and kw == {"k": 1} else None)
+                        lambda o, type, **kw: marker if (o is opt and type == "mine"
+                                                         and kw == {"k": 1}) else None)
     assert get_scheduler(opt, "mine", k=1) is marker
 
     class Node(dict):
