@@ -77,6 +77,12 @@ def test_sample_client_num_draws_that_many_from_seed_and_round():
     assert ClientsAvgAggregator(_cfg(num=4, seed=11)).sample(list(reversed(ONLINE)), 3) == picks[3]
 
 
+def test_one_sampled_client_per_round():
+    agg = ClientsAvgAggregator(_cfg(num=1, rate=0.5, seed=5))
+    picks = [agg.sample(ONLINE, r) for r in range(4)]
+    assert picks == [_expected_sample(1, 5, r) for r in range(4)] and {len(p) for p in picks} == {1}
+
+
 def test_sample_client_num_above_the_online_count_takes_everyone():
     agg = ClientsAvgAggregator(_cfg(num=10, rate=0.1))
     assert agg.sample(ONLINE, 2) == sorted(ONLINE)
@@ -155,6 +161,17 @@ def test_a_round_combines_the_shared_keys_and_keeps_the_globals_local_ones(cls):
     assert new["steps"].dtype == torch.int64 and int(new["steps"]) == 14
 
 
+def test_a_config_without_personalization_keys_shares_every_key():
+    cfg = _cfg()
+    del cfg.personalization
+    agg = ClientsAvgAggregator(cfg)
+    assert agg.local_param == []
+    for cid, (w, v) in ROUND.items():
+        agg.add(cid, w, _state(v, bn=float(cid)))
+    # bn: (1*1 + 3*2 + 4*3 + 8*4) / 16 = 51/16
+    assert agg.finish_round(_state(0.0, bn=0.0))["bn.running_mean"].tolist() == [51 / 16] * 3
+
+
 def test_updates_reach_aggregate_in_client_id_order_and_the_global_without_local_keys():
     seen = {}
 
@@ -230,6 +247,9 @@ def test_weighted_mean_integers_are_floored_and_zero_weights_count_equally():
     # (-1 - 6 - 12 - 32) / 16 = -3.1875 -> -4 (floor, not truncation); (7+21+32+64)/16 = 7.75 -> 7
     out = weighted_mean(fb)["n"]
     assert out.dtype == torch.int64 and out.tolist() == [-4, 7]
+    # a total of one sample is a weight like any other: the mean is that client's state
+    one = [(c, int(c == 3), {"x": torch.tensor([float(c)])}) for c in (1, 2, 3, 4)]
+    assert weighted_mean(one)["x"].tolist() == [3.0]
     zero = [(c, 0, {"x": torch.tensor([float(c)])}) for c in (1, 2, 3, 4)]
     assert weighted_mean(zero)["x"].tolist() == [2.5]
     with pytest.raises(ValueError, match="^no client updates to aggregate$"):
