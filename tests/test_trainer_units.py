@@ -96,13 +96,17 @@ def _close(state, model):
 # ------------------------------------------------------------------------ the batch stream
 def test_batch_mode_continues_into_further_epochs_each_with_its_own_seed():
     cfg = _cfg("dataloader.shuffle", "True", "dataloader.drop_last", "True",
-               "dataloader.batch_size", "3", "dataloader.num_workers", "0")
+               "dataloader.batch_size", "3", "dataloader.num_workers", "0",
+               "dataloader.pin_memory", "True")
     t = _trainer(cfg)
     src = Recorder(10)                           # 3 full batches of 3 per pass (drop_last)
     got = list(t._round_batches(src, 7, 7, False))
     assert [u for u, _ in got] == list(range(7))
     assert [int(b[0]) for _, b in got] == [100, 101, 102, 200, 201, 202, 300]
-    assert src.calls == [(3, True, 7 * 1000003 + e, 0, True, False) for e in range(3)]
+    assert src.calls == [(3, True, 7 * 1000003 + e, 0, True, True) for e in range(3)]
+    # steps that end with an epoch open no further pass
+    src = Recorder(10)
+    assert len(list(t._round_batches(src, 1, 6, False))) == 6 and len(src.calls) == 2
 
 
 def test_epoch_mode_runs_whole_epochs_numbered_by_epoch():
