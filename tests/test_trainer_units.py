@@ -23,6 +23,12 @@ from federatedscope.core.trainers.trainer import (GeneralTorchTrainer, _Tally, d
                                                   get_trainer, resolve_criterion, resolve_device,
                                                   resolve_trainer_class)
 
+# The first torch.optim optimizer built in a process imports torch._dynamo (seconds of CPU; the
+# scheduler tests in test_algorithms.py build one as their reference). Paid here, at collection,
+# mutmut's fork server pays it once; otherwise every forked per-mutant run that reaches such a
+# test pays it again (~20 s each under load).
+torch.optim.lr_scheduler.StepLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), 1)
+
 
 def _cfg(*pairs):
     base = ["dataloader.batch_size", "4", "dataloader.shuffle", "False",
