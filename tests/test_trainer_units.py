@@ -416,6 +416,13 @@ def test_a_state_mismatch_lists_at_most_five_keys_of_each_kind():
     assert str(e.value).startswith(
         "global state does not fit this model: unknown keys ['x0', 'x1', 'x2', 'x3', 'x4'], "
         "missing keys ['1.bias', '1.weight', '2.bias', '2.weight', '3.bias'] (")
+    every = get_trainer(nn.Sequential(*[nn.Linear(2, 2) for _ in range(4)]), {}, "cpu",
+                        _cfg("personalization.local_param", "['.']"))    # all 8 keys local
+    with pytest.raises(ValueError) as e:
+        every.load_personal_state({f"x{i}": torch.zeros(1) for i in range(7)})
+    assert str(e.value).startswith(
+        "personal state keys ['x0', 'x1', 'x2', 'x3', 'x4'] do not match this trainer's "
+        "['0.bias', '0.weight', '1.bias', '1.weight', '2.bias'] (")
 
 
 def test_state_checks_name_the_keys_and_the_likely_cause():
