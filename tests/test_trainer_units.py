@@ -498,6 +498,9 @@ def test_the_description_names_every_active_algorithm_once_per_process(caplog, m
     assert describe(t) == want.replace(", fine-tuning", ", scheduler StepLR, fine-tuning")
     plain = _trainer(_cfg())
     assert describe(plain) == "Trainer: GeneralTorchTrainer, on cpu"
+    # a registered trainer need not have a device or local keys; a mu without its type is off
+    bare = type("BareTrainer", (), {"cfg": _cfg("regularizer.mu", 0.2)})()
+    assert describe(bare) == "Trainer: BareTrainer, on ?"
 
 
 # -------------------------------------------------------------- optimizer, pull, scheduler
@@ -518,6 +521,38 @@ def test_plain_sgd_skips_gradless_parameters_and_zeroes_in_place():
     assert a.detach().tolist() == [0.375 - (0.625 + 0.09375), 2.25 - (-0.25 + 0.5625)]
     opt.zero_grad()
     assert a.grad is None
+
+
+def test_plain_sgd_defaults_to_no_momentum_and_no_decay():
+    a = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = PlainSGD([a], lr=0.5)
+    for g, want in (([1.0, 1.0], [0.5, -2.5]), ([-1.0, 2.0], [1.0, -3.5])):
+        a.grad = torch.tensor(g)
+        opt.step()
+        assert a.detach().tolist() == want
+    assert opt.buffers == {}
+
+
+def test_momentum_cycling_schedulers_drive_plain_sgd_as_they_drive_torch_sgd():
+    torch.manual_seed(0)
+    m1 = nn.Linear(4, 3)
+    m2 = copy.deepcopy(m1)
+    o1 = PlainSGD(m1.parameters(), lr=0.5, momentum=0.9, weight_decay=0.01)
+    o2 = torch.optim.SGD(m2.parameters(), lr=0.5, momentum=0.9, weight_decay=0.01)
+    kw = {"max_lr": 0.5, "total_steps": 6, "base_momentum": 0.5, "max_momentum": 0.9}
+    s1 = get_scheduler(o1, "OneCycleLR", **kw)
+    s2 = torch.optim.lr_scheduler.OneCycleLR(o2, **kw)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    momenta = []
+    for m, o, s in ((m1, o1, s1), (m2, o2, s2)):
+        for _ in range(5):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+            s.step()
+            momenta.append(o.param_groups[0]["momentum"])
+    assert len(set(momenta[:5])) > 1 and momenta[:5] == momenta[5:]
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
 
 
 def test_param_pull_adds_weight_times_distance_and_checks_its_anchors():
