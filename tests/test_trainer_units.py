@@ -470,6 +470,12 @@ def test_device_fallback_and_builtin_lookups(caplog, monkeypatch):
     for name in ("general", "General", "cvtrainer", "CVTrainer"):
         assert resolve_trainer_class(name) is GeneralTorchTrainer
     assert resolve_trainer_class("nosuchtrainer") is None
+
+    class Mine(GeneralTorchTrainer):
+        pass
+    from federatedscope import register
+    monkeypatch.setitem(register.trainer_dict, "zz_mine", lambda ttype: Mine)
+    assert resolve_trainer_class("general") is Mine     # registered entries answer first
     assert isinstance(resolve_criterion("crossentropyloss", "cpu"), nn.CrossEntropyLoss)
     assert resolve_criterion("MSELoss", "cpu") is None
     cfg = _cfg()
@@ -636,6 +642,8 @@ def _tuned(t, batches, lr, steps=None):
 def test_finetuning_shuffles_with_its_own_seed(tmp_path):
     t = _finetune_trainer(tmp_path, "dataloader.shuffle", "True", "finetune.local_update_steps", 6,
                           "finetune.batch_or_epoch", "batch")
+    t._finetuned_model()                      # before any round: as if the last seed were 0
+    assert t.data["train"].seeds == [(4, True, 17 * 1000003 + e) for e in range(3)]
     t.train(seed=5)
     t.data["train"].seeds.clear()
     t._finetuned_model()
