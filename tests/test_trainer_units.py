@@ -474,7 +474,8 @@ def test_device_fallback_and_builtin_lookups(caplog, monkeypatch):
     class Mine(GeneralTorchTrainer):
         pass
     from federatedscope import register
-    monkeypatch.setitem(register.trainer_dict, "zz_mine", lambda ttype: Mine)
+    monkeypatch.setitem(register.trainer_dict, "zz_mine",
+                        lambda ttype: Mine if ttype == "general" else None)
     assert resolve_trainer_class("general") is Mine     # registered entries answer first
     assert isinstance(resolve_criterion("crossentropyloss", "cpu"), nn.CrossEntropyLoss)
     assert resolve_criterion("MSELoss", "cpu") is None
