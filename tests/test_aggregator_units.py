@@ -256,6 +256,12 @@ def test_weighted_mean_integers_are_floored_and_zero_weights_count_equally():
         weighted_mean([])
 
 
+def test_a_round_with_one_update_is_that_update():
+    state = {"w": torch.tensor([[0.5, -3.0]]), "n": torch.tensor([9])}
+    out = weighted_mean([(7, 5, state)])
+    assert all(torch.equal(out[k], v) and out[k].dtype == v.dtype for k, v in state.items())
+
+
 def test_weighted_mean_sums_in_client_id_order_whatever_the_arrival():
     # float64 rounding depends on the order: in id order 2.5e16 + 0.25 rounds to 2.5e16, the
     # -2.5e16 cancels it and client 4's 0.25 is what remains
