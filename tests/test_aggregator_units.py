@@ -221,7 +221,8 @@ def test_the_aggregator_state_is_the_server_optimizers():
         agg.add(cid, w, _state(v))
     agg.finish_round(_state(0.5))
     saved = agg.state_dict()
-    assert torch.equal(saved["fedopt_buffers"]["fc.weight"], torch.full((2, 3), -1.0, dtype=torch.float64))
+    assert torch.equal(saved["fedopt_buffers"]["fc.weight"],
+                       torch.full((2, 3), -1.0, dtype=torch.float64))
     agg.load_state_dict({})                    # an empty checkpoint entry keeps the buffers
     assert set(opt.buffers) == {"fc.weight", "fc.bias"}
     fresh = FedOptimizer(lr=0.5, momentum=0.5)
