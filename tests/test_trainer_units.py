@@ -66,7 +66,7 @@ class Recorder:
 
 
 def _sgd(model, batch, lr, pull=None, clip=None, pull_after_clip=False):
-    """One SGD step by hand; optional pull (weight, anchors) before or after clipping to ``clip``."""
+    """One SGD step by hand; optional pull (weight, anchors) before or after clipping."""
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(batch[0]), batch[1]).backward()
     params = list(model.parameters())
