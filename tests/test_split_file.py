@@ -75,6 +75,11 @@ def test_empty_split(tmp_path):
     assert sfile.split_layout(q) == sfile.SplitLayout(q, 0, (3,), 0, 0, "float32")
     with zipfile.ZipFile(p) as z:
         assert z.testzip() is None
+    # an empty split held in memory writes as an empty chunk list does
+    r = str(tmp_path / "train.pt")
+    sfile.write_split(r, torch.zeros(0, 28, 28, dtype=torch.uint8),
+                      torch.zeros(0, dtype=torch.int64))
+    assert sfile.sha256_file(r) == sfile.sha256_file(p)
 
 
 @pytest.mark.parametrize("x,y,what", [

@@ -71,7 +71,9 @@ def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dtype not in _TORCH_DTYPES or y.dtype != torch.int64 or len(x) != len(y) or x.dim() < 2:
         raise ValueError(f"{path}: need x [n, ...] of one of {list(SAMPLE_DTYPES)} and int64 "
                          f"y [n], got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}")
-    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
+    # an empty split has no chunk (memoryview cannot cast a zero-length shape)
+    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]),
+                       [x.contiguous().numpy()] if len(x) else [],
                        _TORCH_DTYPES[x.dtype])
 
 
