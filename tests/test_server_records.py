@@ -12,6 +12,16 @@ from test_server_texts import _declaration
 
 
 # ------------------------------------------------------------------ the records themselves
+def _two_rounds(h) -> None:
+    """Rounds 0 and 1 with the 4 joined clients: update sizes 10c, every evaluation good."""
+    for r in range(2):
+        g = h.global_state()
+        for c in range(1, 5):
+            h.update(c, r, h.shifted(0.1, g), size=10 * c)
+        for c in range(1, 5):
+            h.metrics(c, r + 1, good_metrics())
+
+
 def test_round_state_transitions_over_two_rounds():
     from federatedscope.core.workers.server_state import RoundState
     st = RoundState()
@@ -182,12 +192,7 @@ def test_a_restarted_finished_job_ends_again_without_a_second_final_line(tmp_pat
     opts = ("federate.total_round_num", 2, "federate.save_to", ckpt, "federate.restore_from", ckpt)
     h = Harness(tmp_path, *opts, expected=4)
     _join4(h)
-    for r in range(2):
-        g = h.global_state()
-        for c in range(1, 5):
-            h.update(c, r, h.shifted(0.1, g), size=10 * c)
-        for c in range(1, 5):
-            h.metrics(c, r + 1, good_metrics())
+    _two_rounds(h)
     assert h.server.finished and [x.get("Final", False) for x in h.eval_lines()] == \
         [False, False, True]
     caplog.clear()
@@ -315,12 +320,7 @@ def test_results_that_cannot_be_written_say_how_many_lines_wait_and_are_lost(tmp
     h = Harness(tmp_path, "federate.total_round_num", 2, "eval.freq", 1, expected=4)
     os.makedirs(h.monitor.log_path)
     _join4(h)
-    for r in range(2):
-        g = h.global_state()
-        for c in range(1, 5):
-            h.update(c, r, h.shifted(0.1, g), size=10 * c)
-        for c in range(1, 5):
-            h.metrics(c, r + 1, good_metrics())
+    _two_rounds(h)
     head = f"Server: cannot write the results log {h.monitor.log_path}"
     fails = [r.getMessage() for r in caplog.records if r.getMessage().startswith(head)]
     assert [x.rsplit("); ", 1)[1] for x in fails] == [
