@@ -36,7 +36,7 @@ from federatedscope.core.communication.intake import CLOSE, Connection, LineBudg
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
                                                       MAX_HEALTH_WATCHES, UNARY_HEADROOM,
-                                                      BAD_MESSAGES_PER_SESSION, HEARTBEAT_BURST,
+                                                      BAD_MESSAGES_PER_SESSION,
                                                       TokenBucket, compression, derive_limits,
                                                       grpc_options, probe_bind, server_options)
 from federatedscope.core.communication.security import server_credentials
@@ -235,7 +235,8 @@ class GrpcServerTransport(StreamIntake):
         if len(self._conns) >= self.limits.max_sessions:
             return None
         conn = Connection(next(self._ids), peer, os.urandom(NONCE_BYTES),
-                          TokenBucket(HEARTBEAT_BURST, self.limits.heartbeat_rate, self._loop.time()))
+                          TokenBucket(self.limits.heartbeat_burst, self.limits.heartbeat_rate,
+                                      self._loop.time()))
         self._conns[conn.conn_id] = conn
         self._unjoined.add(conn)
         self._all_closed.clear()

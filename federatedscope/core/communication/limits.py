@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from federatedscope.core.configs.config import MIN_HEARTBEAT_INTERVAL
+
 # A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
 # before the stream is bound is not a join and is refused without being decoded.
 PREJOIN_MAX_BYTES = 64 * 1024
@@ -43,11 +45,14 @@ MAX_HEALTH_WATCHES = 16
 UNARY_HEADROOM = 16
 # Invalid messages one session may send before it is closed. An honest client sends none.
 BAD_MESSAGES_PER_SESSION = 16
-# Heartbeats: a client sends one when quiet for distribute.heartbeat_interval; a bucket of this
-# many, refilled at HEARTBEAT_RATE_FACTOR per interval, passes that (and a burst) and turns a
-# flood into "bad messages".
-HEARTBEAT_BURST = 8
-HEARTBEAT_RATE_FACTOR = 4
+# Heartbeats: a client sends one when its stream has been quiet for ITS OWN
+# distribute.heartbeat_interval, which the server cannot know (each client config sets its own;
+# the config refuses less than MIN_HEARTBEAT_INTERVAL). So a session may sustain twice the fastest
+# honest rate, and the bucket holds what arrives at that rate within the server's
+# heartbeat_timeout: heartbeats queued behind a stall of the server reach it at once and are not
+# a flood. Beyond that they count as invalid messages, which close a flooding session.
+HEARTBEAT_RATE = 2 / MIN_HEARTBEAT_INTERVAL
+MIN_HEARTBEAT_WINDOW = 30.0
 # Rejection log lines written per LOG_INTERVAL; the rest become one summary line per interval.
 LOG_LINES_PER_INTERVAL = 20
 LOG_INTERVAL = 10.0
@@ -90,6 +95,7 @@ class Limits:
     max_connections: int    # TCP connections at once (gRPC refuses more before any HTTP/2)
     idle_connection: float  # seconds a connection without any open stream is kept
     heartbeat_rate: float   # heartbeats per second one session may sustain (after a burst)
+    heartbeat_burst: float  # heartbeats one session may send at once
 
 
 def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
@@ -111,8 +117,9 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
                   # between sessions, a health checker) before new connections wait
                   max_connections=max_clients + 2 * unjoined + MAX_HEALTH_WATCHES,
                   idle_connection=max(MIN_IDLE_CONNECTION, 2 * float(cfg.distribute.join_deadline)),
-                  heartbeat_rate=HEARTBEAT_RATE_FACTOR / max(1.0, float(
-                      cfg.distribute.heartbeat_interval)))
+                  heartbeat_rate=HEARTBEAT_RATE,
+                  heartbeat_burst=HEARTBEAT_RATE * max(MIN_HEARTBEAT_WINDOW,
+                                                       float(cfg.distribute.heartbeat_timeout)))
 
 
 def server_options(cfg, limits: Limits) -> list:

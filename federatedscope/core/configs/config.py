@@ -23,6 +23,11 @@ logger = logging.getLogger("federatedscope")
 _yacs_coerce = _yacs._check_and_coerce_cfg_value_type
 
 
+# The shortest distribute.heartbeat_interval a client may use: every server allows each session
+# twice this rate (communication/limits.py), whatever the server's own interval.
+MIN_HEARTBEAT_INTERVAL = 0.1
+
+
 def _coerce(replacement, original, key, full_key):
     # yacs refuses `120` for a float key; users (and FS configs) write whole numbers that way.
     if isinstance(original, float) and isinstance(replacement, int) \
@@ -291,6 +296,11 @@ def finalize(cfg: CN) -> CN:
     if cfg.federate.results_write_timeout <= 0:
         raise ConfigError(f"federate.results_write_timeout={cfg.federate.results_write_timeout} "
                           f"must be > 0 (seconds the results may stay unwritable before exit 4)")
+    hb = cfg.distribute.heartbeat_interval
+    if hb < 0 or 0 < hb < MIN_HEARTBEAT_INTERVAL:
+        raise ConfigError(f"distribute.heartbeat_interval={hb} must be 0 (no heartbeats) or >= "
+                          f"{MIN_HEARTBEAT_INTERVAL} s (servers take at most "
+                          f"{2 / MIN_HEARTBEAT_INTERVAL:g} per second from a client)")
     if cfg.federate.mode == "distributed":
         cfg.distribute.use = True
     if cfg.use_gpu:
