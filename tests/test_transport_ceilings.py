@@ -315,3 +315,76 @@ def _run_clients_with_token(job: Job, server, token: str) -> None:
     clients = [job.client(k, ["distribute.token", token]) for k in (1, 2, 3)]
     wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
     assert job.final()["Round"] == 1
+
+
+def _flood_peer(addr: str):
+    """A new connection from this process opening one stream: (peer, accepted?)."""
+    peer = RawPeer(addr)
+    if peer.nonce():                     # the server registered the stream and sent its nonce
+        return peer, True
+    assert peer.wait_closed(10) and peer.code == "RESOURCE_EXHAUSTED", (peer.code, peer.details)
+    return peer, False
+
+
+def test_connections_from_one_address_are_capped_while_others_join(femnist_root, tmp_path):
+    """One address (127.0.0.1) opens 40 connections, each with a stream that never joins, then
+    one more every 0.1 s for the whole job; 4 real clients join through a forwarder from
+    127.0.0.2 (a second host: on the flood's own address they would share its ceiling, the
+    NAT case the derivation leaves room for but an attacker behind the same NAT can take).
+    4 expected clients: max_clients 8, so the derived ceiling is 4 not yet joined + 8 = 12.
+    The join deadline (30 s) outlasts the test, so no flood stream is closed under it and the
+    streams the flood holds are exactly those it was granted: 12, then nothing more (the
+    ceiling only shrinks as clients join). Without the ceiling the flood would hold 32 (the
+    unjoined cap, evicting its own)."""
+    from harness.raw_peer import SourceAddressProxy
+    job = Job(tmp_path, femnist_root, rounds=1, clients=4, common=["distribute.join_deadline",
+                                                                    "30.0"])
+    server, addr, idle = _serving(job)
+    first = [_flood_peer(addr) for _ in range(40)]
+    granted = [p for p, ok in first if ok]
+    assert len(granted) == 12, f"{len(granted)} of 40 flood connections got a stream"
+    refusals = [p.details for p, ok in first if not ok]
+    stop, later, peak = threading.Event(), [], [0]
+
+    def keep_flooding():
+        while not stop.wait(0.1):
+            try:     # the server's peak RSS while it runs (it exits when the job is done)
+                peak[0] = max(peak[0], _status_kb(server.pid, "VmHWM"))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            peer, ok = _flood_peer(addr)
+            later.append((ok, peer.details))
+            if ok:
+                granted.append(peer)
+            else:
+                peer.close()        # a flooder that keeps refused connections: see the doc
+    flooder = threading.Thread(target=keep_flooding, daemon=True)
+    flooder.start()
+    try:
+        with SourceAddressProxy(job.port) as proxy:
+            port = proxy.address.rsplit(":", 1)[1]
+            clients = [job.client(k, ["distribute.server_port", port]) for k in (1, 2, 3, 4)]
+            wait_all([server] + clients, timeout=120, expect=[0] * 5)
+    finally:
+        stop.set()
+        flooder.join(15)
+        for p, _ in first:
+            p.close()
+        for p in granted:
+            p.close()
+    assert job.final()["Round"] == 1
+    assert len(granted) == 12 and len(later) >= 10, (len(granted), len(later))
+    refusals += [why for ok, why in later]
+    for why in refusals:
+        m = re.match(r"ipv4:127\.0\.0\.1 already holds 12 connections with streams that have "
+                     r"not joined \(ceiling (\d+), derived: the clients not yet joined \+ 8; "
+                     r"distribute\.grpc_max_connections_per_address\)", why)
+        assert m and 8 <= int(m.group(1)) <= 12, why
+    log = job.server_log()
+    assert "Refused a session from ipv4:127.0.0.1" in log
+    assert len(re.findall(r"client #\d joined, from ipv4:127\.0\.0\.2:", log)) == 4, log[-3000:]
+    assert peak[0] <= 2 * idle, f"peak RSS {peak[0] // KB} MB > 2 x idle {idle // KB} MB"
+    delays = _join_delays(job)
+    print(f"flood: 12 of {40 + len(later)} connections got a stream; joins {delays}; "
+          f"peak RSS {peak[0] // KB} MB, idle {idle // KB} MB")
+    assert sorted(delays) == [1, 2, 3, 4] and max(delays.values()) <= 10.0, delays

@@ -356,7 +356,6 @@ class GrpcServerTransport(StreamIntake):
         """Open sessions by kind (read on the loop thread for a consistent view)."""
         async def counts():
             return {"open": len(self._conns), "bound": len(self._by_client),
-                    "idle_unjoined": self._unjoined.idle, "joining": self._unjoined.joining,
-                    "refused_by_address": self.refused_by_address}
+                    "idle_unjoined": self._unjoined.idle, "joining": self._unjoined.joining}
         return self._run(counts(), timeout=10.0)
 
