@@ -85,7 +85,6 @@ class GrpcServerTransport(StreamIntake):
         self.limits = derive_limits(cfg, max_clients, model_bytes)
         self.rejected = 0
         self.evicted = 0
-        self.refused_by_address = 0
         self.delivered = 0
         self._ids = itertools.count(1)
         self._conns: Dict[int, Connection] = {}
@@ -233,7 +232,6 @@ class GrpcServerTransport(StreamIntake):
         # Before any eviction: a connection over its address's ceiling must cost no one a slot.
         over = self._addresses.refusal(peer, len(self._by_client))
         if over:
-            self.refused_by_address += 1
             return over
         if len(self._unjoined) >= self.limits.max_unjoined:
             old = self._unjoined.victim()

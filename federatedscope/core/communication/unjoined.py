@@ -120,10 +120,10 @@ class UnjoinedConnections:
         stream of a connection whose address is already at the ceiling is refused."""
         addr = peer_address(peer)
         limit = self.ceiling(bound)
-        if peer in self._streams or self._held[addr] < limit:
+        if peer in self._streams or self.held(addr) < limit:
             return ""
         how = "set" if self.fixed else f"derived: the clients not yet joined + {self.headroom}"
-        return (f"{addr} already holds {self._held[addr]} connections with streams that have not "
+        return (f"{addr} already holds {self.held(addr)} connections with streams that have not "
                 f"joined (ceiling {limit}, {how}; distribute.grpc_max_connections_per_address); "
                 f"retry later")
 
