@@ -37,8 +37,9 @@ from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
 from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
-                                                      CONNECTION_HEADROOM, MAX_HEALTH_WATCHES, UNARY_HEADROOM,
-                                                      BAD_MESSAGES_PER_SESSION, HEARTBEAT_BURST,
+                                                      CONNECTION_HEADROOM, MAX_HEALTH_WATCHES,
+                                                      UNARY_HEADROOM, BAD_MESSAGES_PER_SESSION,
+                                                      HEARTBEAT_BURST,
                                                       TokenBucket, compression, derive_limits,
                                                       grpc_options, probe_bind, server_options)
 from federatedscope.core.communication.security import server_credentials

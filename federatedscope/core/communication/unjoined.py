@@ -1,5 +1,6 @@
 """Streams and connections that have not joined yet, by peer address: which stream gives way at
-the unjoined cap (``UnjoinedStreams``), and when a new connection is refused (``UnjoinedConnections``).
+the unjoined cap (``UnjoinedStreams``), and when a new connection is refused
+(``UnjoinedConnections``, at the end).
 
 Unjoined streams have a cap of their own (``limits.max_unjoined``) so they cannot take the
 slots admitted clients need. At the cap a new stream evicts an idle one (a stream whose join the
