@@ -167,7 +167,9 @@ def _round_times(log: str) -> dict:
 def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_shards, tmp_path):
     """From round 3 on, 16 strangers at a time send a first chunk declaring exactly the pre-join
     cap and stall (each replaced when join_deadline closes it). Those never take an inbox slot,
-    so the attacked rounds take <= 1.5 x the honest ones (before: 7 x)."""
+    so the attacked rounds take <= 1.5 x the honest ones (before: 7 x). They share 127.0.0.1
+    with the clients, whose joins shrink its connection ceiling to 4 - 3 + 8 = 9: the other 7
+    are refused and retry at once (about 140 refusals a second), which the bound covers too."""
     rounds = 6
     job = Job(tmp_path, femnist_root, rounds=rounds, manifest=femnist_shards)  # 5 s deadline
     server, addr, idle = _serving(job)
@@ -350,7 +352,7 @@ def test_connections_from_one_address_are_capped_while_others_join(femnist_root,
         while not stop.wait(0.1):
             try:     # the server's peak RSS while it runs (it exits when the job is done)
                 peak[0] = max(peak[0], _status_kb(server.pid, "VmHWM"))
-            except (FileNotFoundError, ProcessLookupError):
+            except (FileNotFoundError, AssertionError):    # gone, or a zombie without VmHWM
                 return
             peer, ok = _flood_peer(addr)
             later.append((ok, peer.details))
