@@ -324,7 +324,7 @@ def _flood_peer(addr: str):
     peer = RawPeer(addr)
     if peer.nonce():                     # the server registered the stream and sent its nonce
         return peer, True
-    assert peer.wait_closed(10) and peer.code == "RESOURCE_EXHAUSTED", (peer.code, peer.details)
+    assert peer.wait_closed(10), "a stream without a nonce stayed open"
     return peer, False
 
 
@@ -345,6 +345,7 @@ def test_connections_from_one_address_are_capped_while_others_join(femnist_root,
     first = [_flood_peer(addr) for _ in range(40)]
     granted = [p for p, ok in first if ok]
     assert len(granted) == 12, f"{len(granted)} of 40 flood connections got a stream"
+    assert all(p.code == "RESOURCE_EXHAUSTED" for p, ok in first if not ok)
     refusals = [p.details for p, ok in first if not ok]
     stop, later, peak = threading.Event(), [], [0]
 
@@ -355,6 +356,9 @@ def test_connections_from_one_address_are_capped_while_others_join(femnist_root,
             except (FileNotFoundError, AssertionError):    # gone, or a zombie without VmHWM
                 return
             peer, ok = _flood_peer(addr)
+            if not ok and peer.code != "RESOURCE_EXHAUSTED":
+                peer.close()
+                return      # UNAVAILABLE: the job is over and the server no longer listens
             later.append((ok, peer.details))
             if ok:
                 granted.append(peer)
