@@ -190,3 +190,20 @@ def test_the_key_sets_the_ceiling_and_a_negative_one_is_refused_by_name():
     cfg.distribute.grpc_max_connections_per_address = -1
     with pytest.raises(ConfigError, match="distribute.grpc_max_connections_per_address=-1"):
         derive_limits(cfg, 8, 0)
+
+
+def test_at_an_address_ceiling_its_own_oldest_idle_stream_gives_way():
+    """The stream that makes way for a newcomer over its address's ceiling: that address's
+    oldest idle one, never another address's nor one whose join the Server is deciding."""
+    u = UnjoinedStreams(cap=64)
+    streams = [S(i, f"ipv4:10.0.0.{1 + i % 2}:{4000 + i}") for i in range(1, 9)]
+    for s in streams:
+        u.add(s)
+    assert u.oldest_idle("ipv4:10.0.0.2").conn_id == 1      # odd ids are .2's
+    assert u.oldest_idle("ipv4:10.0.0.1").conn_id == 2
+    u.joined_in(streams[0])                                 # 1's join is with the Server
+    assert u.oldest_idle("ipv4:10.0.0.2").conn_id == 3
+    for s in streams[2:8:2]:                                # 3, 5, 7 go: only joining 1 left
+        u.remove(s)
+    assert u.oldest_idle("ipv4:10.0.0.2") is None and u.oldest_idle("ipv4:10.0.0.9") is None
+    assert len(u) == 5

@@ -12,9 +12,9 @@ Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
 by its length, unread; unjoined streams have their own cap (at the cap a new one evicts the oldest idle stream
 of the address holding the most: ``unjoined.py``), so they cannot take the slots admitted clients
-need, and one flooding address cannot push other addresses' joins out; a new connection's first
-stream is refused when its address already holds as many connections with unjoined streams as
-clients have yet to join, plus a few (``UnjoinedConnections``); the health service is not
+need, and one flooding address cannot push other addresses' joins out; a new connection whose
+address already holds as many connections with unjoined streams as clients have yet to join, plus
+a few (``UnjoinedConnections``), closes that address's oldest idle unjoined stream; the health service is not
 counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
 accepted message is derived from the model. Below our code gRPC enforces the connection-level
 ceilings (streams per connection, header size, connections, idle connections, PING strikes:
@@ -45,7 +45,8 @@ from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BI
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import Message, clip_text
 from federatedscope.core.communication.transport import Disconnected
-from federatedscope.core.communication.unjoined import UnjoinedConnections, UnjoinedStreams
+from federatedscope.core.communication.unjoined import (UnjoinedConnections, UnjoinedStreams,
+                                                        peer_address)
 
 logger = logging.getLogger("federatedscope")
 SERVICE = "federatedscope.FLService"
@@ -230,20 +231,23 @@ class GrpcServerTransport(StreamIntake):
     def _open(self, peer: str) -> Union[Connection, str]:
         """Register a new stream, or say why it is refused (caps reached)."""
         peer = clip_text(peer, 80)
-        # Before any eviction: a connection over its address's ceiling must cost no one a slot.
         over = self._addresses.refusal(peer, len(self._by_client))
         if over:
-            return over
-        if len(self._unjoined) >= self.limits.max_unjoined:
+            # The address is at its ceiling: its own oldest idle stream gives way, so a client
+            # behind the same address (a NAT, loopback) still gets in and the address stays at
+            # the ceiling; refused only when none of its streams is idle (all are joining).
+            old = self._unjoined.oldest_idle(peer_address(peer))
+            if old is None:
+                return over
+            self._evict(old, f"{peer_address(peer)} is at its ceiling of connections not yet "
+                             f"joined (distribute.grpc_max_connections_per_address), a newer one "
+                             f"arrived")
+        elif len(self._unjoined) >= self.limits.max_unjoined:
             old = self._unjoined.victim()
             if old is None:          # every unjoined slot holds a join the Server is deciding
                 return "server busy: too many sessions not yet joined; retry later"
-            self._unjoined.remove(old)
-            self.evicted += 1
-            logger.warning(f"Closed unjoined session from {old.peer}: {self.limits.max_unjoined} "
-                           f"unjoined sessions open, a newer one arrived (the oldest idle one of "
-                           f"the address holding the most goes)")
-            old.outbox.put_nowait(CLOSE)
+            self._evict(old, f"{self.limits.max_unjoined} unjoined sessions open, a newer one "
+                             f"arrived (the oldest idle one of the address holding the most goes)")
         if len(self._conns) >= self.limits.max_sessions:
             return "server busy: too many sessions not yet joined; retry later"
         conn = Connection(next(self._ids), peer, os.urandom(NONCE_BYTES),
@@ -253,6 +257,12 @@ class GrpcServerTransport(StreamIntake):
         self._addresses.opened(conn.peer)
         self._all_closed.clear()
         return conn
+
+    def _evict(self, old: Connection, why: str) -> None:
+        self._unjoined.remove(old)
+        self.evicted += 1
+        self._lines.warn(old.peer, f"Closed unjoined session from {old.peer}: {why}")
+        old.outbox.put_nowait(CLOSE)
 
     async def _session(self, requests, context) -> None:
         conn = self._open(context.peer())

@@ -1,5 +1,5 @@
 """Streams and connections that have not joined yet, by peer address: which stream gives way at
-the unjoined cap (``UnjoinedStreams``), and when a new connection is refused
+the unjoined cap (``UnjoinedStreams``), and when an address is at its ceiling of connections
 (``UnjoinedConnections``, at the end).
 
 Unjoined streams have a cap of their own (``limits.max_unjoined``) so they cannot take the
@@ -66,6 +66,11 @@ class UnjoinedStreams:
                 best = (key, oldest)
         return None if best is None else best[1]
 
+    def oldest_idle(self, addr: str) -> Optional[Stream]:
+        """The oldest idle stream of ``addr`` (its turn to give way at its ceiling), or None."""
+        streams = self._idle.get(addr)
+        return next(iter(streams.values())) if streams else None
+
     def joined_in(self, stream: Stream) -> None:
         """Its join went to the Server: it still counts, but can no longer be evicted."""
         if self._pop_idle(stream):
@@ -101,8 +106,9 @@ class UnjoinedConnections:
     the expected clients not yet joined plus ``headroom`` (a client reconnecting while the
     server still holds its old session); it shrinks as clients join, so once a job is full an
     address can hold only ``headroom`` such connections. ``fixed`` > 0 replaces the derivation
-    (``distribute.grpc_max_connections_per_address``). Only new connections are refused; those
-    already counted are never closed by this rule (the join deadline closes them)."""
+    (``distribute.grpc_max_connections_per_address``). A new connection at the ceiling makes its
+    address's oldest idle stream give way (the transport's choice, ``UnjoinedStreams.oldest_idle``);
+    ``refusal`` is the text for when none is idle."""
 
     def __init__(self, fixed: int, expected: int, headroom: int):
         self.fixed, self.expected, self.headroom = fixed, expected, headroom
@@ -117,8 +123,8 @@ class UnjoinedConnections:
         return self._held.get(address, 0)
 
     def refusal(self, peer: str, bound: int) -> str:
-        """Why a new stream from ``peer`` must be refused, or "" when it may open: only the first
-        stream of a connection whose address is already at the ceiling is refused."""
+        """"" when a new stream from ``peer`` fits, else why not: only the first stream of a
+        connection whose address is already at the ceiling is over it."""
         addr = peer_address(peer)
         limit = self.ceiling(bound)
         if peer in self._streams or self.held(addr) < limit:
