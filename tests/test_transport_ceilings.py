@@ -167,7 +167,9 @@ def _round_times(log: str) -> dict:
 def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_shards, tmp_path):
     """From round 3 on, 16 strangers at a time send a first chunk declaring exactly the pre-join
     cap and stall (each replaced when join_deadline closes it). Those never take an inbox slot,
-    so the attacked rounds take <= 1.5 x the honest ones (before: 7 x)."""
+    so the attacked rounds take <= 1.5 x the honest ones (before: 7 x). They share 127.0.0.1
+    with the clients, whose joins shrink its connection ceiling to 4 - 3 + 8 = 9: beyond it
+    each newcomer closes the oldest idle squatter, which the bound covers too."""
     rounds = 6
     job = Job(tmp_path, femnist_root, rounds=rounds, manifest=femnist_shards)  # 5 s deadline
     server, addr, idle = _serving(job)
@@ -196,8 +198,10 @@ def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_sh
     attacked = [times[r] for r in range(attack_from, rounds + 1)]
     assert attacked, f"the attack began too late (round {attack_from}); {times}"
     assert statistics.median(attacked) <= 1.5 * honest + 0.3, (honest, attacked)
-    if attack_lasted > 5 + 2:   # squatters outlived join_deadline: each was closed at it
-        assert job.server_log().count("Closed session from") >= 16, attack_lasted
+    if attack_lasted > 5 + 2:   # squatters outlived join_deadline: each was closed, at it or
+        log = job.server_log()  # for a newer one over the address's ceiling
+        assert log.count("Closed session from") + log.count("Closed unjoined session from") \
+            >= 16, attack_lasted
     assert job.final()["Round"] == rounds
 
 
@@ -315,3 +319,57 @@ def _run_clients_with_token(job: Job, server, token: str) -> None:
     clients = [job.client(k, ["distribute.token", token]) for k in (1, 2, 3)]
     wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
     assert job.final()["Round"] == 1
+
+
+def test_connections_from_one_address_are_capped_while_clients_behind_it_join(femnist_root,
+                                                                              tmp_path):
+    """One address (127.0.0.1) opens 40 connections, each with a stream that never joins, then
+    one more every 0.1 s for the whole job, while the 4 real clients join from the same address
+    (a NAT, or loopback: the hard case, no address tells them apart). 4 expected clients:
+    max_clients 8, so the derived ceiling is 4 not yet joined + 8 = 12. The join deadline (30 s)
+    outlasts the test, so only the ceiling closes flood streams: of the first 40 the oldest 28
+    are closed and the newest 12 stay; each later newcomer (flood or client) closes the
+    address's oldest idle stream, so the clients get in at once. Without the ceiling the flood
+    would hold 32 (the unjoined cap)."""
+    job = Job(tmp_path, femnist_root, rounds=1, clients=4, common=["distribute.join_deadline",
+                                                                    "30.0"])
+    server, addr, idle = _serving(job)
+    first = [RawPeer(addr) for _ in range(40)]
+    assert all(p.nonce() for p in first), "a flood connection was refused, not given way to"
+    assert all(p.wait_closed(10) for p in first[:28]), \
+        f"{sum(not p.closed for p in first[:28])} of the oldest 28 still open"
+    assert not any(p.wait_closed(0.5) for p in first[28:]), "one of the newest 12 was closed"
+    stop, later, peak = threading.Event(), [], [0]
+
+    def keep_flooding():
+        while not stop.wait(0.1):
+            try:     # the server's peak RSS while it runs (it exits when the job is done)
+                peak[0] = max(peak[0], _status_kb(server.pid, "VmHWM"))
+            except (FileNotFoundError, AssertionError):    # gone, or a zombie without VmHWM
+                return
+            peer = RawPeer(addr)
+            if not peer.nonce():
+                peer.close()
+                return      # the job is over and the server no longer listens
+            later.append(peer)
+    flooder = threading.Thread(target=keep_flooding, daemon=True)
+    flooder.start()
+    try:
+        clients = [job.client(k) for k in (1, 2, 3, 4)]
+        wait_all([server] + clients, timeout=120, expect=[0] * 5)
+    finally:
+        stop.set()
+        flooder.join(15)
+        for p in first + later:
+            p.close()
+    assert job.final()["Round"] == 1 and len(later) >= 10, len(later)
+    log = job.server_log()
+    assert "Closed unjoined session from ipv4:127.0.0.1" in log
+    assert "ipv4:127.0.0.1 is at its ceiling of connections not yet joined " \
+           "(distribute.grpc_max_connections_per_address)" in log
+    assert len(re.findall(r"client #\d joined, from ipv4:127\.0\.0\.1:", log)) == 4, log[-3000:]
+    assert peak[0] <= 2 * idle, f"peak RSS {peak[0] // KB} MB > 2 x idle {idle // KB} MB"
+    delays = _join_delays(job)
+    print(f"flood: {40 + len(later)} connections; joins {delays}; "
+          f"peak RSS {peak[0] // KB} MB, idle {idle // KB} MB")
+    assert sorted(delays) == [1, 2, 3, 4] and max(delays.values()) <= 10.0, delays

@@ -22,8 +22,9 @@ from federatedscope.core.communication.transport import Disconnected, Incoming
 LOGGER = "federatedscope"
 
 
-def _cfg(join_deadline: float = 5.0):
+def _cfg(join_deadline: float = 5.0, per_address: int = 0):
     cfg = get_default_cfg()
+    cfg.distribute.grpc_max_connections_per_address = per_address
     cfg.distribute.server_host = "127.0.0.1"
     cfg.distribute.server_port = 0   # bound by the server; t.port says which
     cfg.distribute.join_deadline = join_deadline
@@ -34,9 +35,10 @@ def _cfg(join_deadline: float = 5.0):
 def server():
     made = []
 
-    def make(join_deadline: float = 5.0, max_clients: int = 8, model_bytes: int = 0):
+    def make(join_deadline: float = 5.0, max_clients: int = 8, model_bytes: int = 0,
+             per_address: int = 0):
         inbox: "queue.Queue" = queue.Queue()
-        t = GrpcServerTransport(_cfg(join_deadline), inbox, max_clients=max_clients,
+        t = GrpcServerTransport(_cfg(join_deadline, per_address), inbox, max_clients=max_clients,
                                 model_bytes=model_bytes)
         t.start()
         made.append(t)
@@ -129,7 +131,9 @@ def test_prejoin_message_over_the_cap_is_refused_unread(server, caplog, monkeypa
 
 def test_idle_unjoined_streams_are_evicted_then_closed_at_the_deadline(server, caplog):
     caplog.set_level(logging.WARNING, LOGGER)
-    t, inbox, addr = server(join_deadline=1.5, max_clients=8)
+    # the per-address connection ceiling (12 here) set out of the way: this is the unjoined cap's
+    # test; test_transport_ceilings.py has the ceiling's
+    t, inbox, addr = server(join_deadline=1.5, max_clients=8, per_address=1000)
     cap = t.limits.max_unjoined
     idle = [RawPeer(addr) for _ in range(cap + 8)]
     try:
@@ -436,7 +440,7 @@ def test_a_flood_from_one_address_evicts_only_its_own_unjoined_streams(server, c
     still reaches the Server."""
     from harness.raw_peer import SourceAddressProxy
     caplog.set_level(logging.WARNING, LOGGER)
-    t, inbox, addr = server(join_deadline=30.0, max_clients=8)
+    t, inbox, addr = server(join_deadline=30.0, max_clients=8, per_address=1000)   # as above
     cap = t.limits.max_unjoined
     honest = [RawPeer(addr) for _ in range(4)]
     flood = []

@@ -12,7 +12,9 @@ Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
 by its length, unread; unjoined streams have their own cap (at the cap a new one evicts the oldest idle stream
 of the address holding the most: ``unjoined.py``), so they cannot take the slots admitted clients
-need, and one flooding address cannot push other addresses' joins out; the health service is not
+need, and one flooding address cannot push other addresses' joins out; a new connection whose
+address already holds as many connections with unjoined streams as clients have yet to join, plus
+a few (``UnjoinedConnections``), closes that address's oldest idle unjoined stream; the health service is not
 counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
 accepted message is derived from the model. Below our code gRPC enforces the connection-level
 ceilings (streams per connection, header size, connections, idle connections, PING strikes:
@@ -25,7 +27,7 @@ import logging
 import os
 import queue
 import threading
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,14 +37,15 @@ from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
 from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
-                                                      MAX_HEALTH_WATCHES, UNARY_HEADROOM,
-                                                      BAD_MESSAGES_PER_SESSION,
+                                                      CONNECTION_HEADROOM, MAX_HEALTH_WATCHES,
+                                                      UNARY_HEADROOM, BAD_MESSAGES_PER_SESSION,
                                                       TokenBucket, compression, derive_limits,
                                                       grpc_options, probe_bind, server_options)
 from federatedscope.core.communication.security import server_credentials
 from federatedscope.core.message import Message, clip_text
 from federatedscope.core.communication.transport import Disconnected
-from federatedscope.core.communication.unjoined import UnjoinedStreams
+from federatedscope.core.communication.unjoined import (UnjoinedConnections, UnjoinedStreams,
+                                                        peer_address)
 
 logger = logging.getLogger("federatedscope")
 SERVICE = "federatedscope.FLService"
@@ -88,6 +91,8 @@ class GrpcServerTransport(StreamIntake):
         self._conns: Dict[int, Connection] = {}
         self._by_client: Dict[int, Connection] = {}
         self._unjoined = UnjoinedStreams(self.limits.max_unjoined)
+        self._addresses = UnjoinedConnections(self.limits.connections_per_address,
+                                              self.limits.expected_clients, CONNECTION_HEADROOM)
         self._all_closed: Optional[asyncio.Event] = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio",
@@ -202,6 +207,8 @@ class GrpcServerTransport(StreamIntake):
         conn = self._conns.get(conn_id)
         if conn is None:
             return
+        if conn.client_id is None:
+            self._addresses.bound(conn.peer)
         conn.client_id = client_id
         self._unjoined.remove(conn)
         self._by_client[client_id] = conn
@@ -220,35 +227,50 @@ class GrpcServerTransport(StreamIntake):
             conn.outbox.put_nowait(item)
 
     # ---------------------------------------------------------- gRPC side
-    def _open(self, peer: str) -> Optional[Connection]:
-        """Register a new stream, or None when it must be refused (caps reached)."""
-        if len(self._unjoined) >= self.limits.max_unjoined:
-            old = self._unjoined.victim()
+    def _open(self, peer: str) -> Union[Connection, str]:
+        """Register a new stream, or say why it is refused (caps reached)."""
+        peer = clip_text(peer, 80)
+        over = self._addresses.refusal(peer, len(self._by_client))
+        if over:
+            # The address is at its ceiling: its own oldest idle stream gives way, so a client
+            # behind the same address (a NAT, loopback) still gets in and the address stays at
+            # the ceiling; refused only when none of its streams is idle (all are joining).
+            old = self._unjoined.oldest_idle(peer_address(peer))
             if old is None:
-                return None          # every unjoined slot holds a join the Server is deciding
-            self._unjoined.remove(old)
-            self.evicted += 1
-            logger.warning(f"Closed unjoined session from {old.peer}: {self.limits.max_unjoined} "
-                           f"unjoined sessions open, a newer one arrived (the oldest idle one of "
-                           f"the address holding the most goes)")
-            old.outbox.put_nowait(CLOSE)
+                return over
+            self._evict(old, f"{peer_address(peer)} is at its ceiling of connections not yet "
+                             f"joined (distribute.grpc_max_connections_per_address), a newer one "
+                             f"arrived")
+        elif len(self._unjoined) >= self.limits.max_unjoined:
+            old = self._unjoined.victim()
+            if old is None:          # every unjoined slot holds a join the Server is deciding
+                return "server busy: too many sessions not yet joined; retry later"
+            self._evict(old, f"{self.limits.max_unjoined} unjoined sessions open, a newer one "
+                             f"arrived (the oldest idle one of the address holding the most goes)")
         if len(self._conns) >= self.limits.max_sessions:
-            return None
+            return "server busy: too many sessions not yet joined; retry later"
         conn = Connection(next(self._ids), peer, os.urandom(NONCE_BYTES),
                           TokenBucket(self.limits.heartbeat_burst, self.limits.heartbeat_rate,
                                       self._loop.time()))
         self._conns[conn.conn_id] = conn
         self._unjoined.add(conn)
+        self._addresses.opened(conn.peer)
         self._all_closed.clear()
         return conn
 
+    def _evict(self, old: Connection, why: str) -> None:
+        self._unjoined.remove(old)
+        self.evicted += 1
+        self._lines.warn(old.peer, f"Closed unjoined session from {old.peer}: {why}")
+        old.outbox.put_nowait(CLOSE)
+
     async def _session(self, requests, context) -> None:
         conn = self._open(context.peer())
-        if conn is None:
-            logger.warning(f"Refused a session from {clip_text(context.peer(), 80)}: "
-                           f"{len(self._conns)} sessions open (cap {self.limits.max_sessions})")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                "server busy: too many sessions not yet joined; retry later")
+        if isinstance(conn, str):
+            peer = clip_text(context.peer(), 80)
+            self._lines.warn(peer, f"Refused a session from {peer}: {conn} ({len(self._conns)} "
+                                   f"sessions open, cap {self.limits.max_sessions})")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, conn)
         # The nonce goes first, before the peer may send anything: its join must prove the token
         # for this very stream (join_proof.py).
         await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()),))
@@ -329,6 +351,7 @@ class GrpcServerTransport(StreamIntake):
     def _forget(self, conn: Connection) -> None:
         self._conns.pop(conn.conn_id, None)
         self._unjoined.remove(conn)
+        self._addresses.closed(conn.peer, was_bound=conn.client_id is not None)
         self._drop_assembly(conn)
         if conn.client_id is not None and self._by_client.get(conn.client_id) is conn:
             del self._by_client[conn.client_id]

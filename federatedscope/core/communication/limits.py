@@ -45,6 +45,10 @@ MAX_HEALTH_WATCHES = 16
 UNARY_HEADROOM = 16
 # Invalid messages one session may send before it is closed. An honest client sends none.
 BAD_MESSAGES_PER_SESSION = 16
+# Connections one peer address may hold with streams but no joined client, beyond the clients
+# not yet joined (each needs one): a client reconnecting while the server still holds its old
+# session (a dead NAT mapping is noticed by keepalive within 30 s), a few at once behind one NAT.
+CONNECTION_HEADROOM = 8
 # Heartbeats: a client sends one when its stream has been quiet for ITS OWN
 # distribute.heartbeat_interval, which the server cannot know (each client config sets its own;
 # the config refuses less than MIN_HEARTBEAT_INTERVAL). So a session may sustain twice the fastest
@@ -93,6 +97,8 @@ class Limits:
     write_timeout: float    # seconds a peer may take to accept one large message
     stream_window: int      # bytes; HTTP/2 receive window per stream (distribute.grpc_stream_window_kb)
     max_connections: int    # TCP connections at once (gRPC refuses more before any HTTP/2)
+    expected_clients: int   # what the per-address connection ceiling is derived from
+    connections_per_address: int   # fixed ceiling on one address's unjoined connections; 0: derived
     idle_connection: float  # seconds a connection without any open stream is kept
     heartbeat_rate: float   # heartbeats per second one session may sustain (after a burst)
     heartbeat_burst: float  # heartbeats one session may send at once
@@ -103,6 +109,11 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
         from federatedscope.core.configs.config import ConfigError
         raise ConfigError(f"distribute.grpc_stream_window_kb={cfg.distribute.grpc_stream_window_kb}"
                           f" is below HTTP/2's useful minimum; set it to 16 or more (default 64)")
+    per_address = int(cfg.distribute.grpc_max_connections_per_address)
+    if per_address < 0:
+        from federatedscope.core.configs.config import ConfigError
+        raise ConfigError(f"distribute.grpc_max_connections_per_address={per_address} is "
+                          f"negative; set 0 (derived from the expected clients) or a ceiling >= 1")
     recv = grpc_options(cfg, 2 * model_bytes + MESSAGE_MARGIN if model_bytes > 0 else 0)[1][1]
     # A join storm of every expected client must fit (max_clients is ~2 x the expected count).
     unjoined = max(32, max_clients // 2)
@@ -116,6 +127,7 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
                   # every session may have its own connection, plus as many idle ones (a client
                   # between sessions, a health checker) before new connections wait
                   max_connections=max_clients + 2 * unjoined + MAX_HEALTH_WATCHES,
+                  expected_clients=max_clients // 2, connections_per_address=per_address,
                   idle_connection=max(MIN_IDLE_CONNECTION, 2 * float(cfg.distribute.join_deadline)),
                   heartbeat_rate=HEARTBEAT_RATE,
                   heartbeat_burst=HEARTBEAT_RATE * max(MIN_HEARTBEAT_WINDOW,

@@ -140,6 +140,9 @@ def get_default_cfg() -> CN:
         # server's HTTP/2 receive window per client stream: memory held for N simultaneous
         # uploads is N x this; one upload runs at most at window / round-trip time
         grpc_stream_window_kb=64,
+        # connections one peer address may hold with streams that have not joined; 0: the
+        # expected clients not yet joined + 8 (doc/reliability.md, "Transport ceilings")
+        grpc_max_connections_per_address=0,
     )
 
     c.distributed_data = _node(
