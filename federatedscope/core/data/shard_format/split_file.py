@@ -26,11 +26,13 @@ import torch
 # atomic_write: the shared temp + fsync + rename helper; its writer callback lets us patch the
 # temp file in place before the rename.
 from federatedscope.core.auxiliaries.utils import atomic_write
-from federatedscope.core.data.shard_format.checks import SAMPLE_DTYPES, ShardError
+# sha256_file lives with the format's checks (no torch needed to verify a shard); it is also
+# reached here, beside the files it hashes
+from federatedscope.core.data.shard_format.checks import (CHUNK, SAMPLE_DTYPES, ShardError,  # noqa: F401
+                                                        sha256_file)
 
 _TORCH_DTYPES = {getattr(torch, n): n for n in SAMPLE_DTYPES}
 
-CHUNK = 1 << 20  # sha256 / copy granularity: 1 MB keeps memory flat at disk speed
 
 
 def _load(path: str, mmap: bool) -> object:
@@ -199,19 +201,6 @@ def read_index(path: str) -> torch.Tensor:
             or idx.dim() != 1:
         raise ShardError(f"{path}: not an index file (expected {{'idx': int64 [n]}})")
     return obj["idx"]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                break
-            h.update(view[:k])
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- raw offsets

@@ -9,11 +9,10 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from federatedscope.core.data.shard_format.checks import (SPLITS, ManifestError, ShardError,
-                                                          recreate_message, shard_fix)
+                                                          recreate_message, sha256_file, shard_fix)
 from federatedscope.core.data.shard_format.files import read_meta
 from federatedscope.core.data.shard_format.records import (FileEntry, ManifestEntry,
                                                            ShardDeclaration, ShardMeta)
-from federatedscope.core.data.shard_format.split_file import sha256_file
 
 
 def check_declaration(entry: Optional[ManifestEntry], decl: ShardDeclaration,
