@@ -18,6 +18,12 @@ SERVER_YAML = os.path.join(CFG, "distributed_femnist_server.yaml")
 CLIENT_YAML = os.path.join(CFG, "distributed_femnist_client_1.yaml")
 
 
+# For tests of liveness, faults and recovery, where what is learnt does not matter, only that
+# rounds happen: a round trains 3 batches instead of an epoch (a tenth of the CPU on the
+# FEMNIST sample), so the process tier spends its time on what it tests.
+LIGHT_TRAINING = ("train.batch_or_epoch", "batch", "train.local_update_steps", "3")
+
+
 class Job:
     """One job in ``tmp``: FS's data_idx mode, or shard mode when ``manifest`` is set.
     ``common`` options go to every process; ``clients`` is the data_idx server's client_num."""

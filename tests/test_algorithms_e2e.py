@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from harness.jobs import Job
+from harness.jobs import LIGHT_TRAINING, Job
 from harness.procs import ROOT, start_main, wait_all
 
 ROUNDS = 2
@@ -38,6 +38,7 @@ RECIPES = [
 @pytest.mark.parametrize("keys,trainer_line", RECIPES)
 def test_shard_mode_equals_standalone(keys, trainer_line, femnist_root, femnist_shards,
                                       tmp_path):
+    keys = list(LIGHT_TRAINING) + keys     # the recipe's own keys win where they overlap
     # a server refusing every update (no server side yet) gives up after 20 s, not 300 s
     job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=femnist_shards,
               common=keys + ["federate.graceful_termination_timeout", "20"])

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from harness.jobs import Job, known_bug
+from harness.jobs import LIGHT_TRAINING, Job, known_bug
 from harness.procs import (checkpoint_round, describe, file_contains, frozen, stop_all, wait_all,
                         wait_for, wait_stopped)
 
 # Enough rounds that a fault injected once round 1 is checkpointed always lands mid-job (a round
 # takes ~0.5 s here; the test's poll is 0.1 s); _mid_job asserts it did.
-ROUNDS = 8
+ROUNDS = 5
 MODES = ["data_idx", "shard"]
 # Liveness fast enough for short tests, slow enough that a loaded 2-core box never trips it.
 LIVENESS = ["distribute.heartbeat_interval", "0.5", "distribute.heartbeat_timeout", "6.0"]
@@ -32,7 +32,7 @@ STALLED_CLIENT_EXITS_PROMPTLY = True
 def _job(mode, request, tmp_path, rounds=ROUNDS, common=()) -> Job:
     manifest = request.getfixturevalue("femnist_shards") if mode == "shard" else None
     return Job(tmp_path, request.getfixturevalue("femnist_root"), rounds=rounds,
-               manifest=manifest, common=list(LIVENESS) + list(common))
+               manifest=manifest, common=list(LIVENESS) + list(LIGHT_TRAINING) + list(common))
 
 
 def _kill9(proc):

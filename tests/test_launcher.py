@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness.procs import ROOT, free_port
+from harness.procs import ROOT, free_port, run_script
 
 from federatedscope.core.data import shard_format as mu
 
@@ -49,31 +49,6 @@ def shards(femnist_shards, tmp_path):
     dst = tmp_path / "shards"
     shutil.copytree(os.path.dirname(femnist_shards), dst)
     return dst
-
-
-def test_managed_run_with_tokens_by_default(shards, tmp_path):
-    res = _run(shards / "manifest.json", tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = res.stdout
-    assert "3 client shard(s) OK" in out and "server is SERVING" in out
-    assert "no dataset is opened on the server" in out
-    for k in (1, 2, 3):
-        assert f"Client {k} loaded" in out and f"client {k}:" in out
-    assert "final (round 1): weighted-avg test_acc=" in out
-    assert "aggregated 3 update(s)" in out            # progress streamed from the server
-    assert len(_pids(tmp_path / "logs")) == 4
-    # tokens: made with the shards, 0600, the manifest keeps only their hashes
-    assert "made 3 client tokens" in res.stderr
-    entries = mu.load_manifest(str(shards / "manifest.json"))
-    for k, e in entries.items():
-        tok = shards / "tokens" / f"client_{k}.token"
-        assert stat.S_IMODE(os.stat(tok).st_mode) == 0o600
-        secret = tok.read_text().strip()
-        assert e.token_hash == hashlib.sha256(secret.encode()).hexdigest()
-        assert secret not in (shards / "manifest.json").read_text()
-    # the server now requires each client's token: the job finishing shows every client sent it
-    assert mu.read_writer_ids(str(shards / "manifest.json"), 1)  # the rewrite kept writer ids
-    assert (tmp_path / "logs" / "checkpoint.pt").is_file()        # checkpoint path set by default
 
 
 def test_preflight_failure_starts_nothing(shards, tmp_path):
@@ -123,7 +98,9 @@ def test_bad_health_timeout_and_resume_without_checkpoint(shards, tmp_path):
     assert res.returncode == 1 and "no checkpoint" in res.stderr
 
 
-def test_ctrl_c_then_resume_continues_from_the_checkpoint(shards, tmp_path):
+def test_managed_run_with_tokens_by_default_survives_ctrl_c_and_resumes(shards, tmp_path):
+    """One managed job: tokens made by default, Ctrl-C after the first checkpoint, a new run
+    refused, then --resume finishes all 5 rounds from the checkpoint."""
     logdir = tmp_path / "logs"
     # 5 rounds: Ctrl-C lands within 0.2 s of the first checkpoint, rounds ahead of the end.
     # A user's Ctrl-C reaches a launcher whose SIGINT is at its default. A test run started in the
@@ -132,7 +109,7 @@ def test_ctrl_c_then_resume_continues_from_the_checkpoint(shards, tmp_path):
     proc = subprocess.Popen(_argv(shards / "manifest.json", logdir, rounds=5), cwd=str(tmp_path),
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    ckpt = logdir / "checkpoint.pt"
+    ckpt = logdir / "checkpoint.pt"     # checkpoint path set by default
     deadline = time.monotonic() + 240
     while not ckpt.exists():  # state, not a log line: the first round's checkpoint is on disk
         assert proc.poll() is None, proc.communicate()
@@ -142,21 +119,41 @@ def test_ctrl_c_then_resume_continues_from_the_checkpoint(shards, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "--resume" in err and all(_gone(pid) for pid in _pids(logdir))
+    assert len(_pids(logdir)) == 4                   # the server and 3 clients
+    # tokens: made with the shards, 0600, the manifest keeps only their hashes
+    assert "made 3 client tokens" in err
+    entries = mu.load_manifest(str(shards / "manifest.json"))
+    for k, e in entries.items():
+        tok = shards / "tokens" / f"client_{k}.token"
+        assert stat.S_IMODE(os.stat(tok).st_mode) == 0o600
+        secret = tok.read_text().strip()
+        assert e.token_hash == hashlib.sha256(secret.encode()).hexdigest()
+        assert secret not in (shards / "manifest.json").read_text()
+    assert mu.read_writer_ids(str(shards / "manifest.json"), 1)  # the rewrite kept writer ids
     res = _run(shards / "manifest.json", tmp_path)  # a new run would overwrite it: refused
     assert res.returncode == 1 and "--resume" in res.stderr
     res = _run(shards / "manifest.json", tmp_path, "--resume", logdir=logdir, rounds=5, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = (logdir / "server.log").read_text()
     assert "restored round" in log
-    assert "final (round 5)" in res.stdout
+    out = res.stdout
+    assert "3 client shard(s) OK" in out and "server is SERVING" in out
+    assert "no dataset is opened on the server" in out
+    for k in (1, 2, 3):
+        assert f"Client {k} loaded" in out and f"client {k}:" in out
+    assert "final (round 5): weighted-avg test_acc=" in out
+    assert "aggregated 3 update(s)" in out            # progress streamed from the server
+    # the server required each client's token (tokens stay on for the resume): the job
+    # finishing shows every client sent it
+    assert "made 3 client tokens" not in res.stderr
 
 
 def test_legacy_runs_any_client_count(femnist_root, tmp_path):
     """--legacy with 5 clients: the shipped YAML's data.subsample 0.05 (1 of 12 writers) must
     not cap it; the data comes from where the shards were cut."""
-    subprocess.run([PY, os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"), "--root",
-                    femnist_root, "--clients", "5", "--out", str(tmp_path / "s5"), "--no-progress"],
-                   check=True, capture_output=True)
+    run_script([os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"), "--root",
+                femnist_root, "--clients", "5", "--out", str(tmp_path / "s5"), "--no-progress"],
+               check=True)
     res = _run(tmp_path / "s5" / "manifest.json", tmp_path, "--legacy")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "5 client shard(s) OK" in res.stdout and "final (round 1)" in res.stdout

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from harness.jobs import Job
+from harness.jobs import LIGHT_TRAINING, Job
 from harness.procs import ROOT, checkpoint_round, frozen, run_script, wait_all
 
 ROUNDS = 8   # the swap lands once round 1 is checkpointed; the rest leaves room for the re-check
@@ -36,7 +36,7 @@ def _swap_in(live, recut, k):
 def test_refreshed_shard_is_redeclared_and_checked(femnist_root, two_cuts, tmp_path, strict):
     live, recut = two_cuts
     job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=str(live / "manifest.json"),
-              common=["distributed_data.strict_check", str(strict)])
+              common=["distributed_data.strict_check", str(strict), *LIGHT_TRAINING])
     server = job.server(["federate.min_clients_threshold", "2", "federate.save_to", job.ckpt,
                          "distribute.heartbeat_timeout", "6.0"])
     clients = {k: job.client(k, ["distribute.heartbeat_interval", "0.5"]) for k in (1, 2, 3)}
