@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from harness.jobs import Job
+from harness.jobs import LIGHT_TRAINING, Job
 from harness.procs import checkpoint_round, frozen, wait_all
 
 ROUNDS = 6
@@ -24,7 +24,8 @@ LIVENESS = ["distribute.heartbeat_interval", "0.5", "distribute.heartbeat_timeou
 def test_random_kill9_of_server_and_clients_loses_no_round(femnist_root, femnist_shards,
                                                           tmp_path, seed):
     rng = random.Random(seed)
-    job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=femnist_shards, common=LIVENESS)
+    job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=femnist_shards,
+              common=LIVENESS + list(LIGHT_TRAINING))
     server_args = ["federate.save_to", job.ckpt, "federate.restore_from", job.ckpt,
                    "federate.min_clients_threshold", "3",
                    "federate.graceful_termination_timeout", "600"]
