@@ -327,18 +327,20 @@ def test_connections_from_one_address_are_capped_while_clients_behind_it_join(fe
     one more every 0.1 s for the whole job, while the 4 real clients join from the same address
     (a NAT, or loopback: the hard case, no address tells them apart). 4 expected clients:
     max_clients 8, so the derived ceiling is 4 not yet joined + 8 = 12. The join deadline (30 s)
-    outlasts the test, so only the ceiling closes flood streams: of the first 40 the oldest 28
-    are closed and the newest 12 stay; each later newcomer (flood or client) closes the
-    address's oldest idle stream, so the clients get in at once. Without the ceiling the flood
-    would hold 32 (the unjoined cap)."""
+    outlasts the test, so only the ceiling closes flood streams: of the first 40, 12 stay open
+    (the rest are refused, or close older ones that waited GIVE_WAY_AFTER); each later newcomer
+    (flood or client) closes the address's oldest stream that has waited that long, so the
+    clients get in at once. Without the ceiling the flood would hold 32 (the unjoined cap)."""
     job = Job(tmp_path, femnist_root, rounds=1, clients=4, common=["distribute.join_deadline",
                                                                     "30.0"])
     server, addr, idle = _serving(job)
     first = [RawPeer(addr) for _ in range(40)]
-    assert all(p.nonce() for p in first), "a flood connection was refused, not given way to"
-    assert all(p.wait_closed(10) for p in first[:28]), \
-        f"{sum(not p.closed for p in first[:28])} of the oldest 28 still open"
-    assert not any(p.wait_closed(0.5) for p in first[28:]), "one of the newest 12 was closed"
+    refused = [p for p in first if not p.nonce()]
+    assert all(p.wait_closed(10) and p.code == "RESOURCE_EXHAUSTED" for p in refused)
+    assert all("distribute.grpc_max_connections_per_address" in p.details for p in refused)
+    time.sleep(0.5)                   # closes of given-way streams reach their peers
+    still = [p for p in first if not p.closed]
+    assert len(still) == 12, f"{len(still)} of 40 flood streams open, ceiling 12"
     stop, later, peak = threading.Event(), [], [0]
 
     def keep_flooding():
@@ -362,11 +364,11 @@ def test_connections_from_one_address_are_capped_while_clients_behind_it_join(fe
         flooder.join(15)
         for p in first + later:
             p.close()
-    assert job.final()["Round"] == 1 and len(later) >= 10, len(later)
+    assert job.final()["Round"] == 1 and len(later) >= 3, len(later)   # it went on
     log = job.server_log()
-    assert "Closed unjoined session from ipv4:127.0.0.1" in log
-    assert "ipv4:127.0.0.1 is at its ceiling of connections not yet joined " \
-           "(distribute.grpc_max_connections_per_address)" in log
+    # the refusals of the first 40 come first; the lines of the streams that gave way may fall
+    # in the rate-limited summary
+    assert "Refused a session from ipv4:127.0.0.1" in log
     assert len(re.findall(r"client #\d joined, from ipv4:127\.0\.0\.1:", log)) == 4, log[-3000:]
     assert peak[0] <= 2 * idle, f"peak RSS {peak[0] // KB} MB > 2 x idle {idle // KB} MB"
     delays = _join_delays(job)

@@ -467,3 +467,33 @@ def test_a_flood_from_one_address_evicts_only_its_own_unjoined_streams(server, c
     finally:
         for p in honest + flood:
             p.close()
+
+
+def test_at_its_ceiling_an_address_gives_way_only_after_a_second_and_refusals_are_held(server):
+    """A fixed ceiling of 2 for 127.0.0.1: a third stream at once is refused, but only after
+    REFUSAL_HOLD (a flooder reconnecting at once gets one attempt a second per connection);
+    once the oldest has waited GIVE_WAY_AFTER without joining, a newcomer closes it (the
+    oldest, not the newer one) and takes its place."""
+    from federatedscope.core.communication.limits import GIVE_WAY_AFTER, REFUSAL_HOLD
+    t, inbox, addr = server(join_deadline=30.0, max_clients=8, per_address=2)
+    a = RawPeer(addr)
+    assert a.nonce()
+    b = RawPeer(addr)
+    assert b.nonce()
+    began = time.monotonic()
+    c = RawPeer(addr)
+    try:
+        assert not c.nonce() and c.wait_closed(10) and c.code == "RESOURCE_EXHAUSTED"
+        assert time.monotonic() - began >= REFUSAL_HOLD - 0.05
+        assert "ipv4:127.0.0.1 already holds 2 connections" in c.details
+        assert "ceiling 2, set; distribute.grpc_max_connections_per_address" in c.details
+        time.sleep(max(0.0, GIVE_WAY_AFTER - (time.monotonic() - began)) + 0.2)
+        d = RawPeer(addr)
+        assert d.nonce(), "a newcomer was refused although the oldest stream had waited"
+        assert a.wait_closed(10) and not b.wait_closed(0.5) and not d.closed
+        assert t.evicted == 1
+    finally:
+        for p in (a, b, c):
+            p.close()
+        if "d" in locals():
+            d.close()

@@ -37,7 +37,9 @@ from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
 from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
-                                                      CONNECTION_HEADROOM, MAX_HEALTH_WATCHES,
+                                                      CONNECTION_HEADROOM, GIVE_WAY_AFTER,
+                                                      REFUSAL_HOLD,
+                                                      MAX_HEALTH_WATCHES,
                                                       UNARY_HEADROOM, BAD_MESSAGES_PER_SESSION,
                                                       TokenBucket, compression, derive_limits,
                                                       grpc_options, probe_bind, server_options)
@@ -48,6 +50,7 @@ from federatedscope.core.communication.unjoined import (UnjoinedConnections, Unj
                                                         peer_address)
 
 logger = logging.getLogger("federatedscope")
+BUSY = "server busy: too many sessions not yet joined; retry later"
 SERVICE = "federatedscope.FLService"
 JOIN_ANSWER_TIMEOUT = 60.0   # seconds; a delivered join_in normally gets bound or refused in ms
 __all__ = ["GrpcServerTransport", "ServerInbox", "grpc_options", "compression"]
@@ -234,9 +237,12 @@ class GrpcServerTransport(StreamIntake):
         if over:
             # The address is at its ceiling: its own oldest idle stream gives way, so a client
             # behind the same address (a NAT, loopback) still gets in and the address stays at
-            # the ceiling; refused only when none of its streams is idle (all are joining).
+            # the ceiling. Only a stream idle for GIVE_WAY_AFTER does (an honest join arrives
+            # within a round trip): a flooder reconnecting at once then makes the server replace
+            # at most ceiling / GIVE_WAY_AFTER streams a second; the rest are refused, which
+            # registers nothing.
             old = self._unjoined.oldest_idle(peer_address(peer))
-            if old is None:
+            if old is None or self._loop.time() - old.opened < GIVE_WAY_AFTER:
                 return over
             self._evict(old, f"{peer_address(peer)} is at its ceiling of connections not yet "
                              f"joined (distribute.grpc_max_connections_per_address), a newer one "
@@ -244,14 +250,15 @@ class GrpcServerTransport(StreamIntake):
         elif len(self._unjoined) >= self.limits.max_unjoined:
             old = self._unjoined.victim()
             if old is None:          # every unjoined slot holds a join the Server is deciding
-                return "server busy: too many sessions not yet joined; retry later"
+                return BUSY
             self._evict(old, f"{self.limits.max_unjoined} unjoined sessions open, a newer one "
                              f"arrived (the oldest idle one of the address holding the most goes)")
         if len(self._conns) >= self.limits.max_sessions:
-            return "server busy: too many sessions not yet joined; retry later"
+            return BUSY
+        now = self._loop.time()
         conn = Connection(next(self._ids), peer, os.urandom(NONCE_BYTES),
-                          TokenBucket(self.limits.heartbeat_burst, self.limits.heartbeat_rate,
-                                      self._loop.time()))
+                          TokenBucket(self.limits.heartbeat_burst, self.limits.heartbeat_rate, now),
+                          opened=now)
         self._conns[conn.conn_id] = conn
         self._unjoined.add(conn)
         self._addresses.opened(conn.peer)
@@ -270,6 +277,10 @@ class GrpcServerTransport(StreamIntake):
             peer = clip_text(context.peer(), 80)
             self._lines.warn(peer, f"Refused a session from {peer}: {conn} ({len(self._conns)} "
                                    f"sessions open, cap {self.limits.max_sessions})")
+            if conn is not BUSY:
+                # over its address's ceiling: held before the answer, so a flooder that
+                # reconnects at once costs the server a few refusals a second, not hundreds
+                await asyncio.sleep(REFUSAL_HOLD)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, conn)
         # The nonce goes first, before the peer may send anything: its join must prove the token
         # for this very stream (join_proof.py).

@@ -31,8 +31,9 @@ class Connection:
     """One client stream; touched only on the event-loop thread."""
 
     def __init__(self, conn_id: int, peer: str, nonce: bytes = b"",
-                 heartbeats: Optional[TokenBucket] = None):
+                 heartbeats: Optional[TokenBucket] = None, opened: float = 0.0):
         self.conn_id = conn_id
+        self.opened = opened              # event-loop time the stream was registered
         self.peer = clip_text(peer, 80)
         self.nonce = nonce                # sent to the peer; its join must prove the token with it
         self.heartbeats = heartbeats      # rate limit of heartbeats on this session

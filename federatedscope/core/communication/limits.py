@@ -49,6 +49,14 @@ BAD_MESSAGES_PER_SESSION = 16
 # not yet joined (each needs one): a client reconnecting while the server still holds its old
 # session (a dead NAT mapping is noticed by keepalive within 30 s), a few at once behind one NAT.
 CONNECTION_HEADROOM = 8
+# Seconds a stream must have been idle (no join sent) before a newcomer from its address, at the
+# address's ceiling, may close it: longer than an honest join's round trip, short enough that a
+# client behind a flooding address gets in on its first retries.
+GIVE_WAY_AFTER = 1.0
+# Seconds a stream refused at its address's ceiling is held before the refusal is sent: a flooder
+# that reconnects at once then makes one attempt per connection per this, while an honest client
+# (which backs off for a second or more anyway) loses nothing.
+REFUSAL_HOLD = 1.0
 # Heartbeats: a client sends one when its stream has been quiet for ITS OWN
 # distribute.heartbeat_interval, which the server cannot know (each client config sets its own;
 # the config refuses less than MIN_HEARTBEAT_INTERVAL). So a session may sustain twice the fastest
