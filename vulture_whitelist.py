@@ -49,6 +49,7 @@ write_leaf_json  # cv/dataset/leaf_json.py: scripts/tools/generate_*_sample.py, 
 _.server_log  # harness/jobs.py (the test/bench harness): tests/*
 _.wait_round  # harness/jobs.py: tests/test_chaos.py, test_faults.py, ...
 _.assert_eval_complete  # harness/jobs.py: tests/test_chaos.py, test_faults.py, ...
+LIGHT_TRAINING  # harness/jobs.py: tests/test_faults.py, test_chaos.py, test_shard_refresh.py, test_algorithms_e2e.py
 known_bug  # harness/jobs.py: tests/test_auth.py, test_faults.py
 file_contains  # harness/procs.py: tests/*, bench/idle_cpu.py, bench/manifest_scale.py
 free_port  # harness/procs.py: tests/*, bench/*
