@@ -2,6 +2,7 @@
 from its checkpoint writes exactly one eval_results.log line per evaluated round, in order."""
 import os
 
+import pytest
 import torch
 
 from federatedscope.core.message import EVALUATE, MODEL_PARA
@@ -160,3 +161,66 @@ def test_without_save_to_no_checkpoint_is_written_or_tried(tmp_path, caplog):
     assert h.server.finished and h.server.exit_code == 0
     assert "checkpoint" not in caplog.text and "restored" not in caplog.text
     assert not any(p.suffix == ".pt" for p in tmp_path.rglob("*"))
+
+
+def _saved(tmp_path, model_state, round_idx=0, eval_owed=-1):
+    """A checkpoint written by hand (as a server of this format would) at tmp_path/ckpt.pt."""
+    path = str(tmp_path / "ckpt.pt")
+    ckpt_io.save_checkpoint(path, ckpt_io.Checkpoint(round_idx, model_state, torch.get_rng_state(),
+                                                     0, eval_owed=eval_owed))
+    return path
+
+
+def test_a_checkpoint_owing_round_0_evaluates_it_before_training(tmp_path, caplog):
+    """-1 is the format's "nothing owed": round 0 (the untrained model) is a round like any."""
+    from server_harness import quiet
+    quiet(caplog)
+    fresh = Harness(tmp_path / "fresh", expected=4).global_state()
+    path = _saved(tmp_path, fresh, round_idx=0, eval_owed=0)
+    h = Harness(tmp_path, "federate.total_round_num", 2, "federate.save_to", path,
+                "federate.restore_from", path, expected=4)
+    assert f"restored round 0 from {path}; evaluation of round 0 is owed" in caplog.text
+    assert (h.server.round, h.server.state.eval_owed) == (0, 0)
+    for c in range(1, 5):
+        h.join(c)
+    assert h.asked(EVALUATE, 0) == [1, 2, 3, 4] and h.asked(MODEL_PARA, 0) == []
+    for c in range(1, 5):
+        h.metrics(c, 0, good_metrics(acc=0.125 * c))
+    assert [(line["Round"], line["Results_weighted_avg"]["test_acc"]) for line in h.eval_lines()] \
+        == [(0, 0.3125)]
+    assert h.asked(MODEL_PARA, 0) == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_owing_nothing_trains_at_once(tmp_path, caplog):
+    from server_harness import quiet
+    quiet(caplog)
+    fresh = Harness(tmp_path / "fresh", expected=4).global_state()
+    path = _saved(tmp_path, fresh, round_idx=2, eval_owed=-1)
+    h = Harness(tmp_path, "federate.total_round_num", 4, "federate.restore_from", path, expected=4)
+    assert f"restored round 2 from {path}\n" in caplog.text + "\n"
+    assert (h.server.round, h.server.state.eval_owed) == (2, None)
+    for c in range(1, 5):
+        h.join(c)
+    assert h.asked(MODEL_PARA, 2) == [1, 2, 3, 4] and h.asked(EVALUATE, 2) == []
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda s: {**s, "fc3.weight": torch.zeros(2, 2)},
+     'Unexpected key(s) in state_dict: "fc3.weight"'),
+    (lambda s: {k: v for k, v in s.items() if k != "fc2.bias"},
+     'Missing key(s) in state_dict: "fc2.bias"'),
+    (lambda s: {**s, "fc2.bias": torch.zeros(s["fc2.bias"].numel() + 1)},
+     "size mismatch for fc2.bias"),
+])
+def test_a_checkpoint_of_another_model_is_refused_naming_the_file_the_key_and_the_fix(
+        tmp_path, change, named):
+    """Loading it leniently would train on from a half-initialized model without a word."""
+    fresh = Harness(tmp_path / "fresh", expected=4).global_state()
+    path = _saved(tmp_path, change(fresh), round_idx=3)
+    with pytest.raises(ValueError) as e:
+        Harness(tmp_path, "federate.total_round_num", 5, "federate.restore_from", path, expected=4)
+    text = str(e.value)
+    assert text.startswith(f"checkpoint {path} does not fit this model (")
+    assert named in text and "\n" not in text
+    assert text.endswith("); restore it with the model configuration it was written with, or "
+                         "point federate.restore_from elsewhere")

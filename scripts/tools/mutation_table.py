@@ -81,7 +81,8 @@ MODULES: Dict[str, Module] = {
                      ["tests/test_server_core.py", "tests/test_server_schedule.py",
                       "tests/test_server_outcomes.py", "tests/test_server_strategy.py",
                       "tests/test_server_recovery.py", "tests/test_server_rounds.py",
-                      "tests/test_server_texts.py", "tests/test_server_records.py"]),
+                      "tests/test_server_texts.py", "tests/test_server_records.py",
+                      "tests/test_server_events.py"]),
     # what the server accepts (joins, declarations, updates, metrics) and the client's side;
     # test_server_admission.py is left out: its session fixture runs the shard tool as
     # processes (seconds per mutant, and a fork server left behind by each killed mutant run);

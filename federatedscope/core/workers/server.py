@@ -187,7 +187,8 @@ class Server(Worker):
                            f"(current round {self.round})")
             return
         st.pending.discard(cid)
-        declared = self.admission.counts(cid).get("train", 0)
+        # a pending client was sampled from the online ones, each admitted with a "train" count
+        declared = self.admission.counts(cid)["train"]
         problem = check_update(self.model.state_dict(), msg.tensors, msg.content.get("sample_size"),
                                declared, self.aggregator.local_param)
         if not problem:

@@ -72,7 +72,13 @@ class ServerStore:
         if ckpt is None:
             logger.info(f"Server: no checkpoint at {path} yet; starting from round 0")
             return None
-        model.load_state_dict(ckpt.model, strict=True)
+        try:
+            model.load_state_dict(ckpt.model, strict=True)
+        except RuntimeError as e:    # torch's text names the keys/shapes, not the file or the fix
+            why = " ".join(str(e).split())
+            raise ValueError(f"checkpoint {path} does not fit this model ({why}); restore it "
+                             f"with the model configuration it was written with, or point "
+                             f"federate.restore_from elsewhere") from None
         torch.set_rng_state(ckpt.torch_rng)
         aggregator.load_state_dict(ckpt.aggregator)
         owed = ckpt.eval_owed if ckpt.eval_owed >= 0 else None
