@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from federatedscope.core.aggregators.aggregator import (Aggregator, cfg_value, claim_cap,
+from federatedscope.core.aggregators.aggregator import (AggregationFault, Aggregator, cfg_value,
+                                                         claim_cap,
                                                          local_keys)
 from federatedscope.core.aggregators.fedavg import (CHUNK, ClientsAvgAggregator,
                                                      OnlineClientsAvgAggregator, weighted_mean)
@@ -376,3 +377,31 @@ def test_fedopt_without_momentum_keeps_no_buffers_and_lr_1_is_the_combined_model
     assert torch.equal(opt.step(g, c)["w"], c["w"]) and opt.buffers == {}
     half = FedOptimizer(lr=0.25).step({"w": torch.tensor([1.0])}, {"w": torch.tensor([3.0])})
     assert half["w"].tolist() == [1.5]
+
+
+@pytest.mark.parametrize("returned, named", [
+    # a misspelt key, a key the global model keeps local (bn: personalization.local_param),
+    # a wrong shape, a number instead of a tensor; seven wrong keys: the first five are named
+    ({"fc.bais": torch.zeros(3)}, "['fc.bais'] (of 1)"),
+    ({"bn.running_mean": torch.zeros(3)}, "['bn.running_mean'] (of 1)"),
+    ({"fc.weight": torch.zeros(3, 2)}, "['fc.weight'] (of 1)"),
+    ({"fc.bias": 0.5}, "['fc.bias'] (of 1)"),
+    ({f"k{i}": torch.zeros(1) for i in range(7)}, "['k0', 'k1', 'k2', 'k3', 'k4'] (of 7)"),
+])
+def test_a_rule_returning_what_the_shared_model_lacks_is_a_fault_of_the_rule(returned, named):
+    agg = ClientsAvgAggregator(_cfg(local_param=["bn"]))
+    agg.begin_round()
+    for cid, (w, v) in ROUND.items():
+        agg.add(cid, w, _state(v, bn=1.0))
+    rule = agg.aggregate
+    agg.aggregate = lambda info: {**rule(info), **returned}
+    with pytest.raises(AggregationFault) as e:
+        agg.finish_round(_state(0.5, bn=7.0))
+    assert str(e.value) == (f"aggregator ClientsAvgAggregator.aggregate returned {named}, not "
+                            f"among the model's shared keys with their shapes; fix it to return "
+                            f"one tensor per shared key, shaped as in the model")
+    # a rule returning fewer keys (here one) is fine: the others keep their global values
+    agg.aggregate = lambda info: {"fc.bias": rule(info)["fc.bias"]}
+    new = agg.finish_round(_state(0.5, bn=7.0))
+    assert torch.equal(new["fc.weight"], torch.full((2, 3), 0.5))
+    assert torch.equal(new["fc.bias"], torch.full((3,), -ROUND_MEAN))

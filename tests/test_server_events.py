@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from federatedscope.core.communication.transport import Disconnected
-from federatedscope.core.message import (ASSIGN_ID, EVALUATE, InvalidMessage, MODEL_PARA, Message,
+from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, InvalidMessage, MODEL_PARA, Message,
                                          validate_message)
 from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_state import Phase
@@ -167,21 +167,30 @@ def test_the_claim_cap_warning_names_the_client_and_the_mean_uses_the_cap(tmp_pa
         pytest.approx(340 / 110, abs=1e-5)
 
 
-def test_an_aggregation_rule_returning_a_key_the_model_lacks_fails_loudly(tmp_path, caplog):
-    """A misspelt key must not pass: loaded leniently it would be dropped without a word and the
-    round counted as aggregated."""
+@pytest.mark.parametrize("extra", [{"fc2.bais": (1,)}, {"fc2.bias": (61,)}])
+def test_an_aggregation_rule_returning_what_the_model_lacks_stops_the_job(tmp_path, caplog,
+                                                                           extra):
+    """A misspelt key or a wrong shape must not pass: loaded leniently a key would be dropped
+    without a word and the round counted; blamed on the last client, the round would wait for
+    ever with nobody pending. The rule's fault stops the job (exit 1), naming the rule and the
+    key; no client is dropped and no round is counted."""
     quiet(caplog)
     h = Harness(tmp_path, "federate.total_round_num", 2, expected=4)
     agg = h.server.aggregator
     rule = agg.aggregate
-    agg.aggregate = lambda info: {**rule(info), "fc2.bais": torch.zeros(1)}
+    agg.aggregate = lambda info: {**rule(info), **{k: torch.zeros(s) for k, s in extra.items()}}
     _join4(h)
     g = h.global_state()
     for c in range(1, 5):
         h.update(c, 0, h.shifted(1.0, g), size=10 * c)
+    assert h.server.finished and h.server.exit_code == 1
     assert h.server.round == 0 and h.asked(EVALUATE, 1) == []
-    [line] = _lines(caplog, "error while handling")
-    assert 'Unexpected key(s) in state_dict: "fc2.bais"' in line
+    assert h.asked(FINISH, 0) == [1, 2, 3, 4]            # the clients are told
+    assert not _lines(caplog, "error while handling") and not _lines(caplog, "lost")
+    [line] = _lines(caplog, "stopping with exit code 1")
+    key = next(iter(extra))
+    assert f"ClientsAvgAggregator.aggregate returned ['{key}'] (of 1)" in line
+    assert "fix it to return one tensor per shared key" in line
 
 
 # ------------------------------------------------------------------ the registry

@@ -20,6 +20,11 @@ import torch
 
 logger = logging.getLogger("federatedscope")
 State = Dict[str, torch.Tensor]
+
+
+class AggregationFault(ValueError):
+    """An aggregation rule returned what the model cannot take: a fault of the rule, not of any
+    client, so the job stops (no client is blamed, no round is counted)."""
 Feedback = Tuple[int, int, State]          # (client id, weight, state)
 
 
@@ -116,6 +121,13 @@ class Aggregator:
         combined = self.aggregate({"client_feedback": [(c, w, s) for c, (w, s) in
                                                        sorted(self.feedback.items())],
                                    "global_state": shared_global})
+        wrong = sorted(k for k, v in combined.items() if k not in shared_global
+                       or tuple(getattr(v, "shape", ())) != tuple(shared_global[k].shape))
+        if wrong:
+            raise AggregationFault(
+                f"aggregator {type(self).__name__}.aggregate returned {wrong[:5]} (of "
+                f"{len(wrong)}), not among the model's shared keys with their shapes; fix it to "
+                f"return one tensor per shared key, shaped as in the model")
         if self.server_optimizer is not None:
             combined = self.server_optimizer.step(shared_global, combined)
         new = dict(global_state)

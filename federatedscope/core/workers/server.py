@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Set
 import torch
 
 from federatedscope.core.auxiliaries.aggregator_builder import get_aggregator
+from federatedscope.core.aggregators.aggregator import AggregationFault
 from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,
                                          MODEL_PARA, REDECLARE, SERVER_ID, Message, clip_text)
 from federatedscope.core.monitors.monitor import Monitor
@@ -227,7 +228,10 @@ class Server(Worker):
         st, agg = self.state, self.aggregator
         took = time.monotonic() - st.started_at
         contributors, samples = len(agg.feedback), agg.total_weight
-        self.model.load_state_dict(agg.finish_round(self.model.state_dict()), strict=True)
+        try:
+            self.model.load_state_dict(agg.finish_round(self.model.state_dict()), strict=True)
+        except AggregationFault as e:   # the rule's fault, not a client's: stop, blame nobody
+            return self._stop(1, str(e))
         due = self.round + 1 >= self.total_rounds or (self.round + 1) % self.cfg.eval.freq == 0
         st.end_round(due)
         self._checkpoint()   # before anything about the next step is announced
