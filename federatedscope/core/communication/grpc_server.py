@@ -14,7 +14,8 @@ by its length, unread; unjoined streams have their own cap (at the cap a new one
 of the address holding the most: ``unjoined.py``), so they cannot take the slots admitted clients
 need, and one flooding address cannot push other addresses' joins out; a new connection whose
 address already holds as many connections with unjoined streams as clients have yet to join, plus
-a few (``UnjoinedConnections``), closes that address's oldest idle unjoined stream; the health service is not
+a few (``UnjoinedConnections``), closes that address's oldest unjoined stream if it has waited
+``GIVE_WAY_AFTER``, else it is refused after ``REFUSAL_HOLD``; the health service is not
 counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
 accepted message is derived from the model. Below our code gRPC enforces the connection-level
 ceilings (streams per connection, header size, connections, idle connections, PING strikes:
@@ -237,7 +238,7 @@ class GrpcServerTransport(StreamIntake):
         if over:
             # The address is at its ceiling: its own oldest idle stream gives way, so a client
             # behind the same address (a NAT, loopback) still gets in and the address stays at
-            # the ceiling. Only a stream idle for GIVE_WAY_AFTER does (an honest join arrives
+            # the ceiling. Only a stream open GIVE_WAY_AFTER without a join does (an honest join arrives
             # within a round trip): a flooder reconnecting at once then makes the server replace
             # at most ceiling / GIVE_WAY_AFTER streams a second; the rest are refused, which
             # registers nothing.
