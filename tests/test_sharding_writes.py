@@ -1,0 +1,149 @@
+"""The shard tool's writers called directly, value by value: ``write_shard`` (a client's three
+split files + meta.json, the rows gathered from the spill in the given order, the label
+histograms, the temp directory beside the output), ``write_packed`` (--link's one copy of
+every used sample, client by client, writer by writer, train|val|test), and
+``shard_verifies`` (what --resume may keep). Samples are int64 pairs, not the uint8 default,
+and nothing is fsynced file by file: the tool syncs the whole staged set once (sync_tree)."""
+import os
+
+import numpy as np
+import pytest
+
+from federatedscope.core.data import shard_format as sf
+from federatedscope.core.data import sharding
+from federatedscope.core.data.dataset_spec import DatasetSpec
+from federatedscope.core.data.shard_format import split_file
+from federatedscope.core.data.sharding_input import Spill
+from federatedscope.core.data.sharding_plan import Plan
+
+SPEC = DatasetSpec(name="toy", sample_dtype="int64", sample_shape=(2,), num_classes=5,
+                   model_input=(2,), iter_writers=lambda root: iter(()),
+                   list_inputs=lambda root: [])
+PID = "p" * 64
+# spill row r holds the sample [1000 + 2r, 1001 + 2r] with label r % 5
+X = 1000 + np.arange(48, dtype=np.int64).reshape(24, 2)
+
+
+def sample(r):
+    return [1000 + 2 * r, 1001 + 2 * r]
+
+
+@pytest.fixture
+def spill(tmp_path):
+    s = Spill(str(tmp_path / "spill.bin"), SPEC)
+    s.add(X, "toy")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def quiet(tmp_path, monkeypatch):
+    """An empty working directory (a path must be the output's, never the cwd's) and a count
+    of fsyncs (a per-file fsync cost more than parsing the input at 3,550 shards)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    fsyncs = []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    yield fsyncs
+    assert os.listdir(cwd) == [] and fsyncs == []
+
+
+def _rows(rows):
+    rows = np.array(rows, np.int64)
+    return rows, rows % 5
+
+
+# client k: writers wKa, wKb; train rows k-1, k+3, k+7 (out of order for k=3), val k+11,
+# test k+15, k+19
+def _client(k):
+    train = [k - 1, k + 3, k + 7] if k != 3 else [k + 7, k - 1, k + 3]
+    return {"train": _rows(train), "val": _rows([k + 11]), "test": _rows([k + 15, k + 19])}
+
+
+def test_write_shard_gathers_the_rows_in_order_and_records_them(tmp_path, spill, quiet):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f"client_3.tmp-{os.getpid()}"        # a killed run of the same pid left this
+    stale.mkdir()
+    (stale / "junk.pt").write_bytes(b"old")
+    (out / "client_4").mkdir()                         # an older shard of client 4 is replaced
+    (out / "client_4" / "stale.pt").write_bytes(b"old")
+    metas = {k: sharding.write_shard(str(out), k, [f"w{k}a", f"w{k}b"], _client(k), spill, PID,
+                                     SPEC, None) for k in (1, 2, 3, 4)}
+    assert sorted(os.listdir(out)) == ["client_1", "client_2", "client_3", "client_4"]
+    for k in (1, 2, 3, 4):
+        d = out / f"client_{k}"
+        assert sorted(os.listdir(d)) == ["meta.json", "test.pt", "train.pt", "val.pt"]
+        assert sf.read_meta(str(d)) == metas[k]
+        for s, (rows, y) in _client(k).items():
+            x, got_y = split_file.read_split(str(d / f"{s}.pt"))
+            assert x.tolist() == [sample(r) for r in rows] and got_y.tolist() == y.tolist()
+            assert metas[k].files[f"{s}.pt"] == sf.FileEntry(
+                os.path.getsize(d / f"{s}.pt"), split_file.sha256_file(str(d / f"{s}.pt")))
+        assert sf.verify_shard(str(d), client_id=k) == metas[k]
+    m = metas[3]          # train rows 10, 2, 6 -> labels 0, 2, 1; val 14 -> 4; test 18, 22 -> 3, 2
+    assert split_file.read_split(str(out / "client_3" / "train.pt"))[0].tolist() == \
+        [[1020, 1021], [1004, 1005], [1012, 1013]]
+    assert (m.client_id, m.dataset, m.writer_ids, m.plan_id, m.packed) == \
+        (3, "toy", ["w3a", "w3b"], PID, None)
+    assert m.num_samples == {"train": 3, "val": 1, "test": 2}
+    assert m.label_hist == {"train": [1, 1, 1, 0, 0], "val": [0, 0, 0, 0, 1],
+                            "test": [0, 0, 1, 1, 0]}
+    assert (m.num_classes, m.sample_shape, m.sample_dtype) == (5, [2], "int64")
+    assert m.fingerprint == sf.compute_fingerprint(m.files, None)
+
+
+def test_write_packed_is_client_by_client_writer_by_writer_train_val_test(tmp_path, spill,
+                                                                         quiet):
+    out = tmp_path / "out"
+    # clients given out of order; client 2 has two writers, in writer order wb before wa
+    plan = Plan(clients={3: ["c"], 1: ["a"], 4: ["d"], 2: ["wb", "wa"]}, source={}, id=PID)
+    per_writer = {"a": {"train": _rows([5, 0]), "val": _rows([1]), "test": _rows([])},
+                  "wa": {"train": _rows([2]), "val": _rows([]), "test": _rows([3])},
+                  "wb": {"train": _rows([7, 6]), "val": _rows([8]), "test": _rows([9])},
+                  "c": {"train": _rows([11]), "val": _rows([]), "test": _rows([12])},
+                  "d": {"train": _rows([20, 21]), "val": _rows([22]), "test": _rows([23])}}
+    info = sharding.write_packed(str(out), plan, per_writer, spill, SPEC)
+    order = [5, 0, 1, 7, 6, 8, 9, 2, 3, 11, 12, 20, 21, 22, 23]
+    path = out / "packed" / "data.pt"
+    x, y = split_file.read_split(str(path))
+    assert x.tolist() == [sample(r) for r in order] and y.tolist() == [r % 5 for r in order]
+    assert str(x.dtype) == "torch.int64"
+    assert info == {"path": "packed/data.pt", "bytes": os.path.getsize(path),
+                    "sha256": split_file.sha256_file(str(path))}
+    pos = sharding._packed_positions(plan, per_writer)
+    assert pos[("wb", "train")].tolist() == [3, 4] and pos[("wa", "test")].tolist() == [8]
+    assert pos[("a", "test")].tolist() == [] and pos[("d", "test")].tolist() == [14]
+    # a --link shard holds positions into that file, and its meta the file's size and sha
+    packed = dict(info, path="../" + info["path"])
+    rows = {s: sharding._client_rows(plan.clients[2], per_writer, s, pos) for s in sf.SPLITS}
+    meta = sharding.write_shard(str(out), 2, ["wb", "wa"], rows, spill, PID, SPEC, packed)
+    d = out / "client_2"
+    assert split_file.read_index(str(d / "train.pt")).tolist() == [3, 4, 7]
+    assert split_file.read_index(str(d / "test.pt")).tolist() == [6, 8]
+    assert meta.packed == packed and meta.label_hist["train"] == [0, 1, 2, 0, 0]
+    assert sharding.shard_verifies(str(d), 2, ["wb", "wa"], PID, info["sha256"])
+    assert not sharding.shard_verifies(str(d), 2, ["wb", "wa"], PID, "0" * 64)
+
+
+def test_resume_keeps_a_shard_only_for_its_client_writers_plan_and_files(tmp_path, spill):
+    out = tmp_path / "out"
+    out.mkdir()
+    for k in (1, 2, 3, 4):
+        sharding.write_shard(str(out), k, [f"w{k}a", f"w{k}b"], _client(k), spill, PID, SPEC,
+                             None)
+    d2 = str(out / "client_2")
+    assert sharding.shard_verifies(d2, 2, ["w2a", "w2b"], PID, None)
+    # client 2's shard copied to client 3's place, even with client 3 given its writers
+    assert not sharding.shard_verifies(d2, 3, ["w2a", "w2b"], PID, None)
+    assert not sharding.shard_verifies(d2, 2, ["w2b", "w2a"], PID, None)       # writer order
+    assert not sharding.shard_verifies(d2, 2, ["w2a", "w2b"], "q" * 64, None)  # another plan
+    assert not sharding.shard_verifies(d2, 2, ["w2a", "w2b"], PID, "ab" * 32)  # --link's sha
+    assert not sharding.shard_verifies(str(out / "client_9"), 9, ["w9a"], PID, None)
+    p = out / "client_4" / "val.pt"
+    data = bytearray(p.read_bytes())
+    data[-30] ^= 0x01                                   # same size, another sha256
+    p.write_bytes(bytes(data))
+    assert not sharding.shard_verifies(str(out / "client_4"), 4, ["w4a", "w4b"], PID, None)
+    assert sharding.shard_verifies(str(out / "client_1"), 1, ["w1a", "w1b"], PID, None)
