@@ -147,3 +147,65 @@ def test_resume_keeps_a_shard_only_for_its_client_writers_plan_and_files(tmp_pat
     p.write_bytes(bytes(data))
     assert not sharding.shard_verifies(str(out / "client_4"), 4, ["w4a", "w4b"], PID, None)
     assert sharding.shard_verifies(str(out / "client_1"), 1, ["w1a", "w1b"], PID, None)
+
+
+def test_resume_keeps_staged_shards_in_place_and_adopts_the_published_ones(tmp_path, spill):
+    """--resume without --link: a packed file lying in the output is no reason to drop a shard
+    (only --link shards name one); a staged shard that verifies is kept as it is (not rebuilt),
+    one that only verifies in the published set is hard-linked into the stage."""
+    from federatedscope.core.data import sharding_output as so
+    out = tmp_path / "out"
+    stage = out / so.STAGE
+    stage.mkdir(parents=True)
+    writers = {k: [f"w{k}a", f"w{k}b"] for k in (1, 2, 3, 4)}
+
+    def shard(where, k, pid=PID):
+        sharding.write_shard(str(where), k, writers[k], _client(k), spill, pid, SPEC, None)
+    shard(stage, 1)
+    shard(out, 2)                                   # only in the published set
+    shard(stage, 4, pid="q" * 64)                   # staged by a run of another plan ...
+    shard(out, 4)                                   # ... but published for this one
+    for d in (stage, out):                          # strays from an earlier --link set
+        (d / "packed").mkdir()
+        (d / "packed" / "data.pt").write_bytes(b"not this run's")
+    staged_dir = os.stat(stage / "client_1").st_ino
+    args = sharding.ShardArgs(dataset="toy", out=str(out), clients=4, resume=True)
+    plan = Plan(clients=writers, source={}, id=PID)
+    assert sharding._resume_keep(args, plan, str(stage)) == ([1, 2, 4], None)
+    assert os.stat(stage / "client_1").st_ino == staged_dir          # kept, not rebuilt
+    for k in (2, 4):
+        assert os.stat(stage / f"client_{k}" / "train.pt").st_ino == \
+            os.stat(out / f"client_{k}" / "train.pt").st_ino         # hard-linked
+        assert sf.read_meta(str(stage / f"client_{k}")).plan_id == PID
+    assert not (stage / "client_3").exists()
+    assert sharding._resume_keep(sharding.ShardArgs(dataset="toy", out=str(out)), plan,
+                                 str(stage)) == ([], None)            # not --resume: nothing
+
+
+def _train_labels(n_by_writer):
+    return {w: {"train": _rows(list(range(n)))} for w, n in n_by_writer.items()}
+
+
+@pytest.mark.parametrize("empty,listed", [
+    (range(2, 11), "2, 3, 4, 5, 6, 7, 8, 9 ..."),        # nine: eight shown, then dots
+    (range(3, 11), "3, 4, 5, 6, 7, 8, 9, 10"),           # eight: all shown
+])
+def test_clients_without_train_samples_are_refused_by_id(empty, listed):
+    # ten clients of two writers each; client k's writers hold 0 + 0 train samples if k is
+    # listed as empty, else 0 + 2 (one empty writer does not make its client empty)
+    clients = {k: [f"w{k}a", f"w{k}b"] for k in range(1, 11)}
+    per_writer = _train_labels({w: 0 if (k in empty or w.endswith("a")) else 2
+                                for k, ws in clients.items() for w in ws})
+    plan = Plan(clients=clients, source={}, id=PID)
+    args = sharding.ShardArgs(dataset="toy", clients=10, splits=(0.05, 0.15, 0.8))
+    with pytest.raises(sharding.ShardingError) as err:
+        sharding._check_train(args, plan, per_writer)
+    assert str(err.value) == (
+        f"client(s) {listed} would have 0 train samples (--splits 0.05,0.15,0.8); they would "
+        f"train on nothing every round. Nothing was changed. Give train a larger fraction "
+        f"(e.g. --splits 0.6,0.2,0.2) or fewer --clients, or pass --allow-empty-train if this "
+        f"is intended")
+    args.allow_empty_train = True
+    assert sharding._check_train(args, plan, per_writer) is None
+    full = _train_labels({w: 1 for ws in clients.values() for w in ws})
+    assert sharding._check_train(sharding.ShardArgs(dataset="toy"), plan, full) is None
