@@ -209,3 +209,71 @@ def test_clients_without_train_samples_are_refused_by_id(empty, listed):
     assert sharding._check_train(args, plan, per_writer) is None
     full = _train_labels({w: 1 for ws in clients.values() for w in ws})
     assert sharding._check_train(sharding.ShardArgs(dataset="toy"), plan, full) is None
+
+
+# ----------------------------------------------------------------------------- whole runs
+from test_sharding import leaf_copy, leaf_source, run  # noqa: E402,F401
+
+
+@pytest.fixture
+def leaf(leaf_source, tmp_path):
+    return leaf_copy(leaf_source, tmp_path)
+
+
+def _bytes_on_disk(out):
+    """Every file of the set: manifest, the clients' files, the packed file (not the lock)."""
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(out)
+               for n in names if n != ".lock")
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_the_summary_names_the_output_and_counts_its_bytes(leaf, tmp_path, monkeypatch, link):
+    root, truth, _ = leaf
+    monkeypatch.setattr(sf, "now_iso", lambda: "2031-02-03T04:05:06Z")
+    out = tmp_path / "out"
+    s = run(root, out, clients=4, link=link, splits=(0.5, 0.25, 0.25))
+    assert (s.out, s.manifest, s.plot) == (str(out), str(out / "manifest.json"), "")
+    assert (s.clients, s.written, s.reused) == (4, [1, 2, 3, 4], [])
+    assert s.samples == sum(len(y) for _, y, _ in truth.values())
+    assert s.bytes == _bytes_on_disk(out) and s.seconds > 0
+    assert (out / "packed" / "data.pt").is_file() is link
+    assert sf.read_manifest(str(out / "manifest.json")).created == "2031-02-03T04:05:06Z"
+    again = run(root, out, clients=4, link=link, splits=(0.5, 0.25, 0.25), resume=True)
+    assert (again.written, again.reused, again.bytes) == ([], [1, 2, 3, 4], s.bytes)
+
+
+def test_progress_bars_go_to_stderr_only_when_asked_and_are_cleared(leaf, tmp_path, capsys):
+    root, _, _ = leaf
+    run(root, tmp_path / "quiet", clients=4)
+    assert capsys.readouterr().err == ""
+    run(root, tmp_path / "shown", clients=4, progress=True)
+    err = capsys.readouterr().err
+    assert "\rreading input:   0%|          | 0/2 " in err
+    assert "\rwriting shards:   0%|          | 0/4 " in err
+    # leave=False: each bar is wiped when done, no finished bar stays on the terminal
+    assert "\n" not in err and err.endswith("\r") and err.split("\r")[-2].strip() == ""
+
+
+def test_the_staged_set_hashes_the_packed_file_once_and_names_it_when_it_fails(
+        leaf, tmp_path, monkeypatch):
+    from federatedscope.core.data import sharding_output as so
+    from federatedscope.core.data.shard_format import verify
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=4, link=True)
+    hashed = []
+    real = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda p: hashed.append(p) or real(p))
+    man = so.verify_staged(str(out))          # the published set has the staged layout
+    assert sorted(man.clients) == [1, 2, 3, 4]
+    packed = os.path.normpath(str(out / "packed" / "data.pt"))
+    assert hashed.count(packed) == 1 and len(hashed) == 1 + 4 * 3   # + each client's 3 files
+    data = bytearray(open(packed, "rb").read())
+    data[len(data) // 2] ^= 0x01              # same size, another sha256
+    with open(packed, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(sharding.ShardingError) as err:
+        so.verify_staged(str(out))
+    assert str(err.value) == (
+        f"the new packed file did not verify ({packed}: sha256 differs from meta.json (the "
+        f"file was modified after it was prepared)); the old set was left as it was")
