@@ -277,3 +277,45 @@ def test_the_staged_set_hashes_the_packed_file_once_and_names_it_when_it_fails(
     assert str(err.value) == (
         f"the new packed file did not verify ({packed}: sha256 differs from meta.json (the "
         f"file was modified after it was prepared)); the old set was left as it was")
+
+
+def test_a_staged_shard_that_does_not_match_its_manifest_entry_is_refused(leaf, tmp_path):
+    from federatedscope.core.data import sharding_output as so
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=4)
+    man = sf.read_manifest(str(out / "manifest.json"))
+    hist = list(man.clients[3].label_hist)
+    i = next(c for c, n in enumerate(hist) if n)
+    hist[i], hist[i + 1] = hist[i] - 1, hist[i + 1] + 1   # one sample moved to the next class:
+    man.clients[3].label_hist = hist                      # files intact, the entry disagrees
+    sf.write_manifest(str(out / "manifest.json"), man)
+    with pytest.raises(sharding.ShardingError) as err:
+        so.verify_staged(str(out))
+    text = str(err.value)
+    assert text.startswith(f"the new client_3 did not verify ({out / 'client_3' / 'meta.json'} "
+                           f"does not match the manifest: ")
+    assert text.endswith("; the old set was left as it was")
+
+
+def test_the_swap_moves_the_old_manifest_out_first_and_the_new_one_in_last(
+        leaf, tmp_path, monkeypatch):
+    from federatedscope.core.data import sharding_output as so
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=4)
+    moves = []
+    real = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: moves.append((str(a), str(b))) or real(a, b))
+    run(root, out, clients=4, seed=7, overwrite=True)
+    trash = str(out / f".old-{os.getpid()}")
+    stage = str(out / so.STAGE)
+    olds = [(a, b) for a, b in moves if os.path.dirname(b) == trash]
+    news = [(a, b) for a, b in moves if os.path.dirname(a) == stage
+            and os.path.dirname(b) == str(out)]
+    assert olds[0] == (str(out / "manifest.json"), os.path.join(trash, "manifest.json"))
+    assert sorted(os.path.basename(a) for a, _ in olds) == \
+        ["client_1", "client_2", "client_3", "client_4", "manifest.json"]
+    assert news[-1] == (os.path.join(stage, "manifest.json"), str(out / "manifest.json"))
+    assert len(news) == 5 and not os.path.exists(trash) and not os.path.exists(stage)
+    assert sf.read_manifest(str(out / "manifest.json")).seed == 7
