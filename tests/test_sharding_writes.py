@@ -303,11 +303,11 @@ def test_the_swap_moves_the_old_manifest_out_first_and_the_new_one_in_last(
     from federatedscope.core.data import sharding_output as so
     root, _, _ = leaf
     out = tmp_path / "out"
-    run(root, out, clients=4)
+    run(root, out, clients=4, link=True)    # packed/ sorts after manifest.json: order by key
     moves = []
     real = os.rename
     monkeypatch.setattr(os, "rename", lambda a, b: moves.append((str(a), str(b))) or real(a, b))
-    run(root, out, clients=4, seed=7, overwrite=True)
+    run(root, out, clients=4, seed=7, link=True, overwrite=True)
     trash = str(out / f".old-{os.getpid()}")
     stage = str(out / so.STAGE)
     olds = [(a, b) for a, b in moves if os.path.dirname(b) == trash]
@@ -315,7 +315,7 @@ def test_the_swap_moves_the_old_manifest_out_first_and_the_new_one_in_last(
             and os.path.dirname(b) == str(out)]
     assert olds[0] == (str(out / "manifest.json"), os.path.join(trash, "manifest.json"))
     assert sorted(os.path.basename(a) for a, _ in olds) == \
-        ["client_1", "client_2", "client_3", "client_4", "manifest.json"]
+        ["client_1", "client_2", "client_3", "client_4", "manifest.json", "packed"]
     assert news[-1] == (os.path.join(stage, "manifest.json"), str(out / "manifest.json"))
-    assert len(news) == 5 and not os.path.exists(trash) and not os.path.exists(stage)
+    assert len(news) == 6 and not os.path.exists(trash) and not os.path.exists(stage)
     assert sf.read_manifest(str(out / "manifest.json")).seed == 7
