@@ -14,7 +14,7 @@ from federatedscope.core.data import sharding
 from federatedscope.core.data.dataset_spec import DatasetSpec
 from federatedscope.core.data.shard_format import split_file
 from federatedscope.core.data.sharding_input import Spill
-from federatedscope.core.data.sharding_plan import Plan
+from federatedscope.core.data.sharding_plan import Plan, plan_id
 
 SPEC = DatasetSpec(name="toy", sample_dtype="int64", sample_shape=(2,), num_classes=5,
                    model_input=(2,), iter_writers=lambda root: iter(()),
@@ -61,7 +61,9 @@ def _client(k):
     return {"train": _rows(train), "val": _rows([k + 11]), "test": _rows([k + 15, k + 19])}
 
 
-def test_write_shard_gathers_the_rows_in_order_and_records_them(tmp_path, spill, quiet):
+def test_write_shard_gathers_the_rows_in_order_and_records_them(tmp_path, spill, quiet,
+                                                                monkeypatch):
+    monkeypatch.setattr(sf, "now_iso", lambda: "2031-02-03T04:05:06Z")
     out = tmp_path / "out"
     out.mkdir()
     stale = out / f"client_3.tmp-{os.getpid()}"        # a killed run of the same pid left this
@@ -91,6 +93,7 @@ def test_write_shard_gathers_the_rows_in_order_and_records_them(tmp_path, spill,
     assert m.label_hist == {"train": [1, 1, 1, 0, 0], "val": [0, 0, 0, 0, 1],
                             "test": [0, 0, 1, 1, 0]}
     assert (m.num_classes, m.sample_shape, m.sample_dtype) == (5, [2], "int64")
+    assert m.created == "2031-02-03T04:05:06Z"
     assert m.fingerprint == sf.compute_fingerprint(m.files, None)
 
 
@@ -237,7 +240,15 @@ def test_the_summary_names_the_output_and_counts_its_bytes(leaf, tmp_path, monke
     assert s.samples == sum(len(y) for _, y, _ in truth.values())
     assert s.bytes == _bytes_on_disk(out) and s.seconds > 0
     assert (out / "packed" / "data.pt").is_file() is link
-    assert sf.read_manifest(str(out / "manifest.json")).created == "2031-02-03T04:05:06Z"
+    man = sf.read_manifest(str(out / "manifest.json"))
+    assert man.created == "2031-02-03T04:05:06Z"
+    raw = os.path.join(root, "femnist", "raw")
+    assert {k: v for k, v in man.source.items() if k != "options"} == {
+        "kind": "unsplit", "root": os.path.abspath(root), "path": raw, "inputs": 2,
+        "writers": 7, "writers_used": 7, "subsample": 1.0}
+    inputs = [os.path.join(raw, f"all_data_{i}.json") for i in (0, 1)]
+    pid = plan_id(man.source["options"], "femnist", raw, inputs, man.writer_ids)
+    assert {sf.read_meta(str(out / f"client_{k}")).plan_id for k in range(1, 5)} == {pid}
     again = run(root, out, clients=4, link=link, splits=(0.5, 0.25, 0.25), resume=True)
     assert (again.written, again.reused, again.bytes) == ([], [1, 2, 3, 4], s.bytes)
 
@@ -319,3 +330,32 @@ def test_the_swap_moves_the_old_manifest_out_first_and_the_new_one_in_last(
     assert news[-1] == (os.path.join(stage, "manifest.json"), str(out / "manifest.json"))
     assert len(news) == 6 and not os.path.exists(trash) and not os.path.exists(stage)
     assert sf.read_manifest(str(out / "manifest.json")).seed == 7
+
+
+def test_spill_reads_one_cluster_per_gap_over_8_rows_and_names_a_truncated_spill(spill,
+                                                                                monkeypatch):
+    from federatedscope.core.data import sharding_input as si
+    reads = []
+    real = si.pread_exact
+    monkeypatch.setattr(si, "pread_exact", lambda fd, n, off, *a: reads.append((n, off))
+                        or real(fd, n, off, *a))
+    spill.f.flush()
+    assert spill.gather(np.array([20, 0, 10])).tolist() == [sample(20), sample(0), sample(10)]
+    assert reads == [(16, 0), (16, 160), (16, 320)]         # gaps of 10 rows: three reads
+    reads.clear()
+    assert spill.gather(np.array([8, 0])).tolist() == [sample(8), sample(0)]
+    assert reads == [(9 * 16, 0)]                           # a gap of exactly 8: read through
+    os.truncate(spill.path, 5 * 16)
+    with pytest.raises(sf.ShardError) as err:
+        spill.gather(np.array([0, 20]))
+    assert str(err.value) == (f"{spill.path}: file ended at byte 320, expected 336 "
+                              f"(truncated while reading?)")
+
+
+def test_subsample_with_a_manual_assignment_is_refused_before_the_file_is_read(leaf, tmp_path):
+    root, _, _ = leaf
+    with pytest.raises(sharding.ShardingError) as err:
+        run(root, tmp_path / "out", clients=4, strategy="manual", subsample=0.5,
+            assignment=str(tmp_path / "none.json"))
+    assert str(err.value) == ("--subsample cannot be combined with --strategy manual: the "
+                              "assignment file already chooses the writers")
