@@ -359,3 +359,16 @@ def test_subsample_with_a_manual_assignment_is_refused_before_the_file_is_read(l
             assignment=str(tmp_path / "none.json"))
     assert str(err.value) == ("--subsample cannot be combined with --strategy manual: the "
                               "assignment file already chooses the writers")
+
+
+def test_lda_deals_by_the_given_alpha(leaf, tmp_path):
+    root, _, _ = leaf
+    sizes = {}
+    for alpha in (0.05, 0.5, 0.05):
+        out = tmp_path / f"a{alpha}-{len(sizes)}"
+        run(root, out, clients=4, strategy="lda", alpha=alpha, seed=3)
+        man = sf.read_manifest(str(out / "manifest.json"))
+        assert man.source["options"]["alpha"] == alpha
+        sizes.setdefault(alpha, []).append([man.clients[k].label_hist for k in range(1, 5)])
+    assert sizes[0.05][0] == sizes[0.05][1]          # seeded: the same alpha deals the same
+    assert sizes[0.05][0] != sizes[0.5][0]           # another alpha deals otherwise
