@@ -372,3 +372,11 @@ def test_lda_deals_by_the_given_alpha(leaf, tmp_path):
         sizes.setdefault(alpha, []).append([man.clients[k].label_hist for k in range(1, 5)])
     assert sizes[0.05][0] == sizes[0.05][1]          # seeded: the same alpha deals the same
     assert sizes[0.05][0] != sizes[0.5][0]           # another alpha deals otherwise
+
+
+def test_a_splitter_refusal_names_the_strategy_flag(leaf, tmp_path):
+    root, _, _ = leaf
+    with pytest.raises(sharding.ShardingError) as err:
+        run(root, tmp_path / "out", clients=0, strategy="iid")
+    assert str(err.value).startswith("--strategy iid: IIDSplitter: federate.client_num must "
+                                     "be >= 1")
