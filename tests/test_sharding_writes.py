@@ -372,9 +372,14 @@ def test_lda_deals_by_the_given_alpha(leaf, tmp_path):
         sizes.setdefault(alpha, []).append([man.clients[k].label_hist for k in range(1, 5)])
     assert sizes[0.05][0] == sizes[0.05][1]          # seeded: the same alpha deals the same
     assert sizes[0.05][0] != sizes[0.5][0]           # another alpha deals otherwise
-    run(root, tmp_path / "seed4", clients=4, strategy="lda", alpha=0.05, seed=4)
-    man = sf.read_manifest(str(tmp_path / "seed4" / "manifest.json"))
-    assert [man.clients[k].label_hist for k in range(1, 5)] != sizes[0.05][0]   # and --seed
+    # --seed picks the deal too, not only each client's train/val/test cut: the clients'
+    # totals (what the deal alone decides) differ
+    totals = []
+    for seed in (3, 4):
+        run(root, tmp_path / f"seed{seed}", clients=4, strategy="lda", alpha=0.05, seed=seed)
+        man = sf.read_manifest(str(tmp_path / f"seed{seed}" / "manifest.json"))
+        totals.append([sum(man.clients[k].num_samples.values()) for k in range(1, 5)])
+    assert totals[0] != totals[1]
 
 
 def test_a_splitter_refusal_names_the_strategy_flag(leaf, tmp_path):
