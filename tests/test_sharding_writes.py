@@ -242,6 +242,9 @@ def test_the_summary_names_the_output_and_counts_its_bytes(leaf, tmp_path, monke
     assert (out / "packed" / "data.pt").is_file() is link
     man = sf.read_manifest(str(out / "manifest.json"))
     assert man.created == "2031-02-03T04:05:06Z"
+    assert man.source["options"] == {
+        "dataset": "femnist", "clients": 4, "strategy": "sequential", "assignment_sha256": "",
+        "seed": 12345, "splits": [0.5, 0.25, 0.25], "subsample": 1.0, "link": link}
     raw = os.path.join(root, "femnist", "raw")
     assert {k: v for k, v in man.source.items() if k != "options"} == {
         "kind": "unsplit", "root": os.path.abspath(root), "path": raw, "inputs": 2,
@@ -388,3 +391,36 @@ def test_a_splitter_refusal_names_the_strategy_flag(leaf, tmp_path):
         run(root, tmp_path / "out", clients=0, strategy="iid")
     assert str(err.value).startswith("--strategy iid: IIDSplitter: federate.client_num must "
                                      "be >= 1")
+
+
+def test_defaults_the_lock_and_the_command_a_refusal_names(leaf, tmp_path):
+    root, _, _ = leaf
+    s = run(root, "", clients=4)                     # --out defaults to <root>/<dataset>/shards
+    out = os.path.join(root, "femnist", "shards")
+    assert s.out == out and os.path.isfile(os.path.join(out, "manifest.json"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(os.path.join(out, ".lock")).st_mode & 0o777 == 0o644 & ~umask
+    with pytest.raises(sharding.ShardingError) as err:
+        run(root, "", clients=4)                     # again, without a flag
+    cmd = sf.recreate_command(out, "femnist", 4, root=root)
+    assert f"; to replace them run: {cmd} --overwrite   (or finish" in str(err.value)
+
+
+def test_random_assignment_keeps_each_clients_writers_in_input_order():
+    from federatedscope.core.data.sharding_plan import assign
+    ids = [f"w{i}" for i in range(6, 16)]            # w9 before w10: input, not string, order
+    for seed in range(4):
+        got = assign(ids, ids, 3, "random", seed, "")
+        assert sorted(w for ws in got.values() for w in ws) == sorted(ids)
+        assert all(ws == sorted(ws, key=ids.index) for ws in got.values())
+
+
+def test_a_recut_refuses_when_client_1_would_lose_its_token(tmp_path):
+    from types import SimpleNamespace as NS
+    from federatedscope.core.data import sharding_output as so
+    man = NS(clients={k: NS(token_hash="cd" * 32) for k in (2, 3, 4)})
+    args = sharding.ShardArgs(dataset="toy", out=str(tmp_path), clients=4)
+    with pytest.raises(sharding.ShardingError) as err:
+        so.carry_tokens(args, so.Existing([], man, None), "CMD")
+    assert "but client(s) 1 of the new partition would have none" in str(err.value)
