@@ -424,3 +424,16 @@ def test_a_recut_refuses_when_client_1_would_lose_its_token(tmp_path):
     with pytest.raises(sharding.ShardingError) as err:
         so.carry_tokens(args, so.Existing([], man, None), "CMD")
     assert "but client(s) 1 of the new partition would have none" in str(err.value)
+
+
+def test_the_plot_is_named_in_the_output_and_a_lost_token_refusal_names_the_command(
+        leaf, tmp_path):
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    s = run(root, out, clients=3, plot=True, tokens=str(tmp_path / "tok"))
+    assert s.plot == str(out / "label_distribution.png")
+    assert open(s.plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(sharding.ShardingError) as err:
+        run(root, out, clients=4, overwrite=True)
+    cmd = sf.recreate_command(str(out), "femnist", 4, root=root)
+    assert str(err.value).endswith(f"new token: {cmd} --overwrite --tokens {out / 'tokens'}")
