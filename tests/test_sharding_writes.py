@@ -238,7 +238,7 @@ def test_the_summary_names_the_output_and_counts_its_bytes(leaf, tmp_path, monke
     assert (s.out, s.manifest, s.plot) == (str(out), str(out / "manifest.json"), "")
     assert (s.clients, s.written, s.reused) == (4, [1, 2, 3, 4], [])
     assert s.samples == sum(len(y) for _, y, _ in truth.values())
-    assert s.bytes == _bytes_on_disk(out) and s.seconds > 0
+    assert s.bytes == _bytes_on_disk(out) and 0 < s.seconds < 600   # this run, not a clock
     assert (out / "packed" / "data.pt").is_file() is link
     man = sf.read_manifest(str(out / "manifest.json"))
     assert man.created == "2031-02-03T04:05:06Z"
@@ -437,3 +437,35 @@ def test_the_plot_is_named_in_the_output_and_a_lost_token_refusal_names_the_comm
         run(root, out, clients=4, overwrite=True)
     cmd = sf.recreate_command(str(out), "femnist", 4, root=root)
     assert str(err.value).endswith(f"new token: {cmd} --overwrite --tokens {out / 'tokens'}")
+
+
+def test_resume_with_other_options_names_them_and_an_unreadable_manifest_is_logged(
+        leaf, tmp_path):
+    import logging
+    from federatedscope.core.data import sharding_output as so
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=4, seed=1)
+    with pytest.raises(sharding.ShardingError) as err:
+        run(root, out, clients=4, seed=2, link=True, resume=True)
+    assert str(err.value).startswith(
+        f"--resume would change the partition in {out}: --seed is 1 there, 2 here; --link is "
+        f"False there, True here. Nothing was changed. To finish it, ")
+    (out / "manifest.json").write_text("{")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+    log = logging.getLogger("federatedscope")
+    keep, level = Keep(), log.level
+    log.addHandler(keep)
+    log.setLevel(logging.WARNING)
+    try:
+        assert so.look(str(out)).manifest is None
+    finally:
+        log.removeHandler(keep)
+        log.setLevel(level)
+    path = str(out / "manifest.json")
+    assert len(seen) == 1 and seen[0].startswith(f"the existing {path} is unreadable ({path}")
+    assert seen[0].endswith("); it is not kept")
