@@ -469,3 +469,55 @@ def test_resume_with_other_options_names_them_and_an_unreadable_manifest_is_logg
     path = str(out / "manifest.json")
     assert len(seen) == 1 and seen[0].startswith(f"the existing {path} is unreadable ({path}")
     assert seen[0].endswith("); it is not kept")
+
+
+def test_a_refused_or_failed_run_leaves_an_interrupted_runs_staging_alone(leaf, tmp_path,
+                                                                          monkeypatch):
+    """A .staging this run did not make is not its to remove: refused before it looks (no
+    flag), or failing after --resume adopted it, the interrupted run's options stay for the
+    next --resume."""
+    import json
+    from federatedscope.core.data import sharding_output as so
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    stage = out / so.STAGE
+    stage.mkdir(parents=True)
+    args = sharding.ShardArgs(dataset="femnist", root=root, out=str(out), clients=3,
+                              resume=True, progress=False)
+    (stage / so.OPTIONS).write_text(json.dumps(so.run_options(args), sort_keys=True))
+    with pytest.raises(sharding.ShardingError, match="an interrupted run's .staging/"):
+        run(root, out, clients=3)
+    assert (stage / so.OPTIONS).is_file()
+
+    def broken(*a, **kw):
+        raise RuntimeError("input went away")
+    monkeypatch.setattr(sharding, "read_input", broken)
+    with pytest.raises(RuntimeError, match="input went away"):
+        run(root, out, clients=3, resume=True)
+    assert (stage / so.OPTIONS).is_file()
+
+
+def test_the_spill_lives_in_the_stage_and_staged_tokens_go_when_the_swap_fails(
+        leaf, tmp_path, monkeypatch):
+    """The spill file sits in <out>/.staging (the output's file system, never the cwd); a run
+    whose swap fails after the tokens were staged leaves no token file behind, committed or
+    staged, and raises the swap's own error."""
+    from federatedscope.core.data import sharding_output as so
+    root, _, _ = leaf
+    out, tok = tmp_path / "out", tmp_path / "tok"
+    spills = []
+    real_spill = sharding.Spill
+
+    def spill(path, spec):
+        spills.append(path)
+        return real_spill(path, spec)
+
+    def no_room(out_dir, stage):
+        assert sorted(os.listdir(tok)) == [f"client_{k}.token.new" for k in (1, 2, 3)]
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sharding, "Spill", spill)
+    monkeypatch.setattr(so, "swap_in", no_room)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(root, out, clients=3, tokens=str(tok))
+    assert [os.path.dirname(p) for p in spills] == [str(out / so.STAGE)]
+    assert os.listdir(tok) == []
