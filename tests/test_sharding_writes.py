@@ -11,7 +11,7 @@ import pytest
 
 from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding
-from federatedscope.core.data.dataset_spec import DatasetSpec
+from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples
 from federatedscope.core.data.shard_format import split_file
 from federatedscope.core.data.sharding_input import Spill
 from federatedscope.core.data.sharding_plan import Plan, plan_id
@@ -521,3 +521,70 @@ def test_the_spill_lives_in_the_stage_and_staged_tokens_go_when_the_swap_fails(
         run(root, out, clients=3, tokens=str(tok))
     assert [os.path.dirname(p) for p in spills] == [str(out / so.STAGE)]
     assert os.listdir(tok) == []
+
+
+class _Bar:
+    """tqdm's interface as read_input uses it, recording every update."""
+    made: list = []
+
+    def __init__(self, **kw):
+        self.kw, self.updates = kw, []
+        _Bar.made.append(self)
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def close(self):
+        self.closed = True
+
+
+def _toy_reader(sources, bad=None):
+    def iter_writers(root):
+        for i, (src, n) in enumerate(sources):
+            x = np.full((n, 2), i, np.int64) if src != bad else np.zeros((n, 3), np.int64)
+            yield WriterSamples(f"w{i}", x, np.arange(n, dtype=np.uint8) % 5, src, None)
+    return DatasetSpec(name="toy", sample_dtype="int64", sample_shape=(2,), num_classes=5,
+                       model_input=(2,), iter_writers=iter_writers, list_inputs=lambda root: [])
+
+
+def test_reading_counts_each_input_once_keeps_int64_labels_and_names_a_bad_file(
+        tmp_path, monkeypatch):
+    """3 inputs with 2, 1 and 2 writers: the bar advances once per input read (the last one
+    too), labels the reader gives as uint8 are kept as int64, and a sample of the wrong shape is
+    refused naming its file."""
+    import tqdm
+    from federatedscope.core.data.sharding_input import read_input
+    monkeypatch.setattr(tqdm, "tqdm", _Bar)
+    _Bar.made = []
+    sources = [("a.json", 3), ("a.json", 2), ("b.json", 4), ("c.json", 1), ("c.json", 2)]
+    s = Spill(str(tmp_path / "spill.bin"), SPEC)
+    try:
+        parts, kind = read_input(_toy_reader(sources), "root", ["a", "b", "c"], s, True)
+        [bar] = _Bar.made
+        assert bar.kw["total"] == 3 and bar.kw["disable"] is False and bar.closed
+        assert bar.updates == [0, 1, 1, 1] and sum(bar.updates) == 3
+        assert kind == "unsplit" and sorted(parts) == ["w0", "w1", "w2", "w3", "w4"]
+        assert [parts[f"w{i}"][None].row for i in range(5)] == [0, 3, 5, 9, 10]
+        assert all(parts[w][None].y.dtype == np.int64 for w in parts)
+        assert parts["w2"][None].y.tolist() == [0, 1, 2, 3] and parts["w2"][None].source == "b.json"
+        with pytest.raises(sharding.ShardingError) as err:
+            read_input(_toy_reader(sources, bad="b.json"), "root", ["a", "b", "c"], s, False)
+        assert str(err.value) == ("b.json: the reader gave samples int64[3], but the dataset's "
+                                  "spec says int64[2]")
+    finally:
+        s.close()
+
+
+def test_a_resumed_stage_loses_a_killed_runs_stale_files_and_dirs(leaf, tmp_path):
+    """A killed run leaves temp names in the output (a spill file, an atomic-write temp, a
+    half-written shard dir); the next run removes files and directories alike."""
+    root, _, _ = leaf
+    out = tmp_path / "out"
+    run(root, out, clients=3)
+    (out / ".spill-4242.bin").write_bytes(b"x" * 10)
+    (out / ".manifest.json.tmp").write_bytes(b"{")
+    (out / "client_2.tmp-4242").mkdir()
+    (out / "client_2.tmp-4242" / "train.pt").write_bytes(b"")
+    again = run(root, out, clients=3, resume=True)
+    assert again.reused == [1, 2, 3]
+    assert sorted(n for n in os.listdir(out) if n.startswith(".") or "tmp" in n) == [".lock"]

@@ -109,6 +109,7 @@ def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
                                 f"{ws.split or 'unsplit'} data: {have[ws.split].source} and "
                                 f"{ws.source}")
         have[ws.split] = Part(spill.add(ws.x, ws.source), np.asarray(ws.y, np.int64), ws.source)
+    bar.update(1 if current else 0)      # the last input is read too
     bar.close()
     if not parts:
         raise ShardingError(f"the input is empty: {len(inputs)} input(s) under {root} hold no "
