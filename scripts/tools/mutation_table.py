@@ -121,7 +121,8 @@ MODULES: Dict[str, Module] = {
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
                        "tests/test_config_choices.py", "tests/test_cfg_keys.py",
-                       "tests/test_data_roles.py", "tests/test_config_checks.py"], CONFIG_SLOW),
+                       "tests/test_data_roles.py", "tests/test_config_checks.py",
+                       "tests/test_heartbeat_allowance.py"], CONFIG_SLOW),
 }
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault",
             "not checked")
