@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from federatedscope.core.configs.config import MIN_HEARTBEAT_INTERVAL
+from federatedscope.core.configs.config import MIN_HEARTBEAT_INTERVAL, ConfigError
 
 # A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
 # before the stream is bound is not a join and is refused without being decoded.
@@ -114,12 +114,10 @@ class Limits:
 
 def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
     if cfg.distribute.grpc_stream_window_kb < 16:
-        from federatedscope.core.configs.config import ConfigError
         raise ConfigError(f"distribute.grpc_stream_window_kb={cfg.distribute.grpc_stream_window_kb}"
                           f" is below HTTP/2's useful minimum; set it to 16 or more (default 64)")
     per_address = int(cfg.distribute.grpc_max_connections_per_address)
     if per_address < 0:
-        from federatedscope.core.configs.config import ConfigError
         raise ConfigError(f"distribute.grpc_max_connections_per_address={per_address} is "
                           f"negative; set 0 (derived from the expected clients) or a ceiling >= 1")
     recv = grpc_options(cfg, 2 * model_bytes + MESSAGE_MARGIN if model_bytes > 0 else 0)[1][1]
