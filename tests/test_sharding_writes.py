@@ -571,6 +571,10 @@ def test_reading_counts_each_input_once_keeps_int64_labels_and_names_a_bad_file(
             read_input(_toy_reader(sources, bad="b.json"), "root", ["a", "b", "c"], s, False)
         assert str(err.value) == ("b.json: the reader gave samples int64[3], but the dataset's "
                                   "spec says int64[2]")
+        _Bar.made = []          # inputs that hold no writer: nothing was read, the bar stays at 0
+        with pytest.raises(sharding.ShardingError, match="the input is empty"):
+            read_input(_toy_reader([]), "root", ["a", "b"], s, True)
+        assert _Bar.made[0].updates == [0]
     finally:
         s.close()
 
