@@ -42,6 +42,16 @@ def median(xs) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def timed(fn, repeats: int) -> List[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``."""
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def row(figure: str, value, display: str, goal: str, met: Optional[bool],
         headline: bool = False) -> dict:
     """One line of a benchmark's table: every figure carries its goal and whether it was met."""
@@ -268,38 +278,51 @@ def final_acc(log: str) -> Optional[float]:
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _fixture(ctx, out: str, params: dict, what: str, tool: str, argv: List[str]) -> None:
-    """Run ``tool``'s ``main(argv)`` in this process (saves a Python start-up) unless ``out``'s
-    stamp holds ``params``."""
-    stamp = os.path.join(out, "stamp.json")
+def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
+    """``build()`` into a fresh ``out`` unless ``out/stamp.json`` holds ``params``; what build
+    returns (a dict: how the fixture was made) is kept beside the stamp and returned, with
+    ``reused``."""
+    stamp, made = os.path.join(out, "stamp.json"), os.path.join(out, "generation.json")
     with contextlib.suppress(OSError, ValueError):
         with open(stamp) as f:
             if json.load(f) == params:
-                return
+                with contextlib.suppress(OSError, ValueError), open(made) as g:
+                    return dict(json.load(g), reused=True)
+                return {"reused": True}
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     ctx.log(f"  {what}")
+    rep = build() or {}
+    for path, obj in ((made, rep), (stamp, params)):
+        with open(path, "w") as f:
+            json.dump(obj, f)
+    return dict(rep, reused=False)
+
+
+def run_tool(tool: str, argv: List[str]) -> None:
+    """``tool``'s ``main(argv)`` in this process (saves a Python start-up); output kept for errors."""
     spec = importlib.util.spec_from_file_location(f"bench_tool_{os.path.basename(tool)[:-3]}", tool)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = mod.main(argv)
+        rc = mod.main([str(a) for a in argv])
     if rc:
-        raise ProcessFailed(f"{os.path.basename(tool)} {' '.join(argv)} failed ({rc}):\n"
+        raise ProcessFailed(f"{os.path.basename(tool)} {' '.join(map(str, argv))} failed ({rc}):\n"
                             f"{buf.getvalue()[-2000:]}")
-    with open(stamp, "w") as f:
-        json.dump(params, f)
+
+
+def gen_argv(out: str, writers: int, seed: int, mean: float, per_file: int) -> list:
+    return ["--out", os.path.join(out, "femnist", "raw"), "--writers", writers, "--seed", seed,
+            "--samples-per-writer-mean", mean, "--writers-per-file", per_file]
 
 
 def dataset(ctx, name: str, writers: int, seed: int, mean: float, per_file: int) -> str:
     """A generated LEAF FEMNIST sample; returns the data root (holding femnist/raw)."""
     root = os.path.join(ctx.work, "data", name)
-    _fixture(ctx, root, {"writers": writers, "seed": seed, "mean": mean, "per_file": per_file,
-                         "v": 1}, f"generating data set {name} ({writers} writers)", GEN,
-             ["--out", os.path.join(root, "femnist", "raw"), "--writers", str(writers), "--seed",
-              str(seed), "--samples-per-writer-mean", str(mean), "--writers-per-file",
-              str(per_file)])
+    fixture(ctx, root, {"writers": writers, "seed": seed, "mean": mean, "per_file": per_file,
+                        "v": 1}, f"generating data set {name} ({writers} writers)",
+            lambda: run_tool(GEN, gen_argv(root, writers, seed, mean, per_file)))
     return root
 
 
@@ -316,10 +339,10 @@ def shards(ctx, data_root: str, n: int) -> str:
     """Shards of ``data_root`` for ``n`` clients (sequential, seed 0); returns manifest.json."""
     out = os.path.join(ctx.work, "shards", f"{os.path.basename(data_root)}_n{n}")
     raw = os.path.join(data_root, "femnist", "raw")
-    _fixture(ctx, out, {"root": data_root, "n": n, "raw_mtime": os.stat(raw).st_mtime_ns, "v": 1},
-             f"preparing {n} shards of {os.path.basename(data_root)}", PREPARE,
-             ["--root", data_root, "--clients", str(n), "--out", out, "--strategy", "sequential",
-              "--seed", "0", "--overwrite", "--no-progress"])
+    fixture(ctx, out, {"root": data_root, "n": n, "raw_mtime": os.stat(raw).st_mtime_ns, "v": 1},
+            f"preparing {n} shards of {os.path.basename(data_root)}", lambda: run_tool(PREPARE, [
+                "--root", data_root, "--clients", n, "--out", out, "--strategy", "sequential",
+                "--seed", 0, "--overwrite", "--no-progress"]))
     return os.path.join(out, "manifest.json")
 
 
