@@ -21,7 +21,8 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Dict, List, Optional, Sequence
 
-from bench.child import CLK_TCK, cpu_seconds, status  # noqa: F401  (the benchmarks' names)
+from bench.child import (CLK_TCK, cpu_seconds, read_json, status,  # noqa: F401 (shared)
+                         write_json)
 from harness import procs
 from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
 from harness.procs import MAIN, PY, ROOT, ProcessFailed
@@ -130,8 +131,7 @@ def spawn_child(report: str, mode: str, args: Sequence, log_path: str, **kw):
 
 def load_report(report: str, log_path: str) -> dict:
     try:
-        with open(report) as f:
-            return json.load(f)
+        return read_json(report)
     except (OSError, ValueError):
         raise ProcessFailed(f"no report from child ({report}); log tail:\n"
                             f"{procs.tail(log_path)}") from None
@@ -284,18 +284,16 @@ def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
     ``reused``."""
     stamp, made = os.path.join(out, "stamp.json"), os.path.join(out, "generation.json")
     with contextlib.suppress(OSError, ValueError):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                with contextlib.suppress(OSError, ValueError), open(made) as g:
-                    return dict(json.load(g), reused=True)
-                return {"reused": True}
+        if read_json(stamp) == params:
+            with contextlib.suppress(OSError, ValueError):
+                return dict(read_json(made), reused=True)
+            return {"reused": True}
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     ctx.log(f"  {what}")
     rep = build() or {}
-    for path, obj in ((made, rep), (stamp, params)):
-        with open(path, "w") as f:
-            json.dump(obj, f)
+    write_json(made, rep)
+    write_json(stamp, params)
     return dict(rep, reused=False)
 
 

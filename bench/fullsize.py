@@ -224,8 +224,7 @@ def report(gen, sizes, got, ident, srv) -> dict:
     notes = [f"Where the tool's time goes (cProfile of the subset cut, {prof['work_s']:.1f} s under "
              f"the profiler): " + ", ".join(f"{k} {v:.1f} s" for k, v in part.items()) + "."]
     if os.path.exists(BEFORE):
-        with open(BEFORE) as f:
-            b = json.load(f)
+        b = common.read_json(BEFORE)
         hook, tool = median(h["work_s"] for h in ident["subset_hooks"]), ident["subset_tool"]["work_s"]
         bh, bt = (median(x[k]["work_s"] for x in b["runs"]) for k in ("hook", "tool"))
         notes.append(f"The one attempt at the time goal (one sync of the staged shard set instead "

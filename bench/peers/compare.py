@@ -9,7 +9,6 @@
 Same model, initial weights, shards, SGD, batch order and per-round evaluation. Each system runs
 alone, one after the other, as a process tree measured by ``bench/peers/tree.py``.
 """
-import json
 import os
 import socket
 import subprocess
@@ -50,8 +49,7 @@ def run_floor(ctx, prof: dict, manifest: str) -> dict:
         t.mark_end()
     if code != 0:
         raise procs.ProcessFailed(f"floor exited {code}; log tail:\n{procs.tail(log)}")
-    with open(out) as f:
-        rep = json.load(f)
+    rep = common.read_json(out)
     return _measured(t, rep["rounds_s"], rep["final_test_acc"], {p.pid: rep["peak_rss_kb"]})
 
 
@@ -123,8 +121,7 @@ def run_flower(ctx, prof: dict, manifest: str) -> dict:
                                           f"log tail:\n{procs.tail(log)}")
         finally:
             procs.stop_all(started, grace=10)  # Flower's services stop cleanly on SIGTERM
-    with open(out) as f:
-        rep = json.load(f)
+    rep = common.read_json(out)
     return _measured(t, rep["rounds_s"], rep["final_test_acc"])
 
 

@@ -4,8 +4,6 @@ Round times are taken where this project's server takes them: from sending the t
 messages to having aggregated the replies. The result (per-round seconds, accuracies) is written
 as JSON to ``run_config["out"]`` (temp + rename).
 """
-import json
-import os
 import time
 
 import torch
@@ -13,6 +11,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from bench.child import write_json
 from bench.peers import floor
 
 app = ServerApp()
@@ -47,7 +46,4 @@ def main(grid: Grid, context: Context) -> None:
     accs = [dict(result.evaluate_metrics_clientapp[r]) for r in sorted(result.evaluate_metrics_clientapp)]
     rep = {"rounds_s": strategy.rounds_s, "eval": accs,
            "final_test_acc": accs[-1].get("test-acc") if accs else None}
-    out = str(rc["out"])
-    with open(out + ".tmp", "w") as f:
-        json.dump(rep, f, indent=1)
-    os.replace(out + ".tmp", out)
+    write_json(str(rc["out"]), rep, indent=1)
