@@ -36,6 +36,11 @@ MEAN, STD = 0.9637, 0.1592  # FEMNIST normalisation of the shipped configs
 EVAL_BATCH = 64  # the trainer's evaluation batch: max(batch_size, 64)
 
 
+def build_model(hidden: int) -> nn.Module:
+    """The shipped configs' ConvNet2 for FEMNIST (build right after ``torch.manual_seed``)."""
+    return ConvNet2(in_channels=1, hidden=hidden, class_num=62, dropout=0.0)
+
+
 def load_split(shard: str, split: str):
     """(x uint8 [n,28,28], y int64 [n]) of one split file, or None if absent."""
     path = os.path.join(shard, f"{split}.pt")
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # what main.py does for every FL process
     torch.manual_seed(a.seed)
-    model = ConvNet2(in_channels=1, hidden=a.hidden, class_num=62, dropout=0.0)
+    model = build_model(a.hidden)
     data = {k: {s: load_split(os.path.join(a.shards, f"client_{k}"), s)
                 for s in ("train", "val", "test")} for k in range(1, a.clients + 1)}
     t_ready = time.perf_counter()

@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     torch.set_num_threads(1)
     torch.manual_seed(int(rc["seed"]))  # same initial model as the floor and the project
-    model = floor.ConvNet2(in_channels=1, hidden=int(rc["hidden"]), class_num=62, dropout=0.0)
+    model = floor.build_model(int(rc["hidden"]))
     n = int(rc["num-nodes"])
     strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
                            min_evaluate_nodes=n, min_available_nodes=n)
