@@ -22,7 +22,8 @@ JOIN_LATENCY_GOAL_S = 1.0
 
 def load_times(path: str, repeats: int, n: int) -> list:
     from federatedscope.core.data.shard_format import load_manifest
-    sizes, ts = [], timed(lambda: sizes.append(len(load_manifest(path))), repeats)
+    sizes = []
+    ts = timed(lambda: sizes.append(len(load_manifest(path))), repeats)
     assert sizes == [n] * repeats, (sizes, n)
     return ts
 
