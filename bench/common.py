@@ -194,10 +194,6 @@ class BenchJob(Job):
             raise
         return self
 
-    def logs(self) -> dict:
-        return {"server": self.log("server"),
-                **{k: self.log(f"client_{k}") for k in range(1, self.clients + 1)}}
-
     def finish(self, timeout: float = 600) -> dict:
         """{"server": report, "clients": {k: report}, "wall_s", "logs"}. A process that exits
         non-zero without its report means the job cannot finish: the wait ends at once and the
@@ -217,7 +213,8 @@ class BenchJob(Job):
                                   self.reports[names[i]], self.log(names[i])) for i in order}
         return {"server": reps.pop("server"),
                 "clients": {int(n.split("_")[1]): reps[n] for n in names[1:]},
-                "wall_s": wall, "logs": self.logs()}
+                "wall_s": wall, "logs": {"server": self.log("server"), **{
+                    k: self.log(f"client_{k}") for k in range(1, self.clients + 1)}}}
 
 
 def run_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,

@@ -79,7 +79,7 @@ def parse_args(argv=None):
 
 
 def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
-    mod = importlib.import_module(f"bench.{name}")
+    mod = importlib.import_module("bench.peers.compare" if name == "peers" else f"bench.{name}")
     ctx.start(name)
     ctx.log(f"{name}: {mod.TITLE}")
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

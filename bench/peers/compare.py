@@ -22,6 +22,7 @@ from harness import procs
 PEERS_VENV = os.path.join(common.ROOT, ".venv-peers")
 FLOWER_APP = os.path.join(common.ROOT, "bench", "peers", "flower_app")
 FLOOR = os.path.join(common.ROOT, "bench", "peers", "floor.py")
+TITLE = "Peers measured: plain-loop floor, this project, Flower, on the same shard files"
 CLIENTS = 3
 CPU_GOAL = 1.1  # distributed total CPU / floor's
 SYSTEMS = [("floor", "plain single-process PyTorch FedAvg loop (bench/peers/floor.py)"),
