@@ -60,6 +60,8 @@ _.wait_closed  # harness/raw_peer.py RawPeer: tests/test_transport_*.py
 _.closed  # harness/raw_peer.py RawPeer: tests/test_transport_hostile.py
 health_status  # harness/raw_peer.py: tests/test_transport_*.py
 SourceAddressProxy  # harness/raw_peer.py (peers seen from a second loopback address): tests/test_transport_hostile.py
+_.connections  # harness/raw_peer.py SourceAddressProxy (its byte counts): bench/wire.py
+_.settled  # harness/raw_peer.py SourceAddressProxy: bench/wire.py
 shards_from_manifest  # harness/swarm.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
 ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
 run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)

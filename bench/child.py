@@ -48,6 +48,18 @@ def cpu_seconds(pid) -> float:
     return (int(st[11]) + int(st[12])) / CLK_TCK
 
 
+def write_json(path: str, obj, **kw) -> None:
+    """Temp file + rename: a reader never sees half a report."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, **kw)
+    os.replace(path + ".tmp", path)
+
+
+def read_json(path: str):
+    with open(path, "rb") as f:
+        return json.load(f)
+
+
 def proc_io() -> dict:
     with open("/proc/self/io") as f:
         return {k: int(v) for k, v in (line.split(": ") for line in f if line.strip())}
@@ -56,8 +68,7 @@ def proc_io() -> dict:
 def reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
+            return f.write("5") == 1
     except OSError:
         return False
 
@@ -118,9 +129,8 @@ def mode_load(spec_json: str) -> dict:
     rep["splits"] = {}
     for cid, splits in clients.items():
         for name, src in splits.items():
-            x, y = getattr(src, "x", None), getattr(src, "y", None)
-            held = 0 if x is None or y is None else \
-                x.numel() * x.element_size() + y.numel() * y.element_size()
+            xy = [getattr(src, "x", None), getattr(src, "y", None)]
+            held = 0 if any(t is None for t in xy) else sum(t.numel() * t.element_size() for t in xy)
             rep["splits"][f"{cid}/{name}"] = {"samples": len(src), "tensor_bytes": held,
                                               "kind": type(src).__name__}
     return rep
@@ -195,13 +205,8 @@ def mode_script(path: str, *argv: str, profile: bool = False) -> dict:
     spec = importlib.util.spec_from_file_location("bench_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # imports happen here, before the clock starts
-    prof = cProfile.Profile() if profile else None
-    probe = Probe()
-    if prof:
-        prof.enable()
-    rc = mod.main(list(argv))
-    if prof:
-        prof.disable()
+    prof, probe = cProfile.Profile() if profile else None, Probe()
+    rc = prof.runcall(mod.main, list(argv)) if prof else mod.main(list(argv))
     rep = dict(probe.figures(), rc=rc or 0)
     if prof:  # [name, calls, own s, cumulative s] of every function with >= 2 % of the time
         rep["profile"] = sorted(
@@ -221,13 +226,6 @@ def _parse_pass(load, files) -> dict:
     return dict(probe.figures(), samples=samples)
 
 
-def mode_jsonfloor(*files: str) -> dict:
-    def load(path):
-        with open(path, "rb") as f:
-            return json.load(f)
-    return _parse_pass(load, files)
-
-
 def mode_jsonhook(*files: str) -> dict:
     """The sharding tool's own parse (json.loads with the interning ``parse_float`` hook)."""
     from federatedscope.cv.dataset.leaf_femnist import _load_json
@@ -236,7 +234,8 @@ def mode_jsonhook(*files: str) -> dict:
 
 MODES = {"baseline": lambda: runtime_imports() or {}, "load": mode_load, "phases": mode_phases,
          "stream": mode_stream, "main": mode_main, "script": mode_script,
-         "profile": lambda *a: mode_script(*a, profile=True), "jsonfloor": mode_jsonfloor,
+         "profile": lambda *a: mode_script(*a, profile=True),
+         "jsonfloor": lambda *files: _parse_pass(read_json, files),
          "jsonhook": mode_jsonhook}
 
 
@@ -250,9 +249,7 @@ def main() -> int:
                 "ctxt_switches": {k: st.pop(k) for k in list(st) if k.endswith("ctxt_switches")},
                 "status_kb": st, "cpu_s": ru.ru_utime + ru.ru_stime,
                 "wall_s": time.perf_counter() - T_START})
-    with open(report_path + ".tmp", "w") as f:
-        json.dump(rep, f, indent=1)
-    os.replace(report_path + ".tmp", report_path)
+    write_json(report_path, rep, indent=1)
     return int(rep.get("rc", 0) or 0)
 
 

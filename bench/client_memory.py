@@ -45,13 +45,11 @@ def fs_cache(ctx, data_root: str) -> dict:
         stamp = os.path.join(data_root, "fs_cache_build.json")
         processed = os.path.join(data_root, "femnist", "processed")
         if os.path.isdir(processed) and os.listdir(processed) and os.path.exists(stamp):
-            with open(stamp) as f:
-                return json.load(f)
+            return common.read_json(stamp)
         shutil.rmtree(processed, ignore_errors=True)
         rep = common.run_child(ctx, "fs_cache_build", "load", [data_idx_load_spec(data_root, 1)])
         ctx.log(f"  FS data_idx cache built in {rep['work_s']:.1f}s")
-        with open(stamp, "w") as f:
-            json.dump(rep, f)
+        common.write_json(stamp, rep)
         return rep
     return ctx.memo(f"fs_cache:{data_root}", build)
 

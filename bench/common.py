@@ -21,7 +21,8 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Dict, List, Optional, Sequence
 
-from bench.child import CLK_TCK, cpu_seconds, status  # noqa: F401  (the benchmarks' names)
+from bench.child import (CLK_TCK, cpu_seconds, read_json, status,  # noqa: F401 (shared)
+                         write_json)
 from harness import procs
 from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
 from harness.procs import MAIN, PY, ROOT, ProcessFailed
@@ -40,6 +41,16 @@ LARGE = dict(name="femnist200", writers=200, seed=0, mean=225, per_file=20)
 def median(xs) -> float:
     xs = list(xs)
     return statistics.median(xs) if xs else float("nan")
+
+
+def timed(fn, repeats: int) -> List[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``."""
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def row(figure: str, value, display: str, goal: str, met: Optional[bool],
@@ -120,8 +131,7 @@ def spawn_child(report: str, mode: str, args: Sequence, log_path: str, **kw):
 
 def load_report(report: str, log_path: str) -> dict:
     try:
-        with open(report) as f:
-            return json.load(f)
+        return read_json(report)
     except (OSError, ValueError):
         raise ProcessFailed(f"no report from child ({report}); log tail:\n"
                             f"{procs.tail(log_path)}") from None
@@ -184,10 +194,6 @@ class BenchJob(Job):
             raise
         return self
 
-    def logs(self) -> dict:
-        return {"server": self.log("server"),
-                **{k: self.log(f"client_{k}") for k in range(1, self.clients + 1)}}
-
     def finish(self, timeout: float = 600) -> dict:
         """{"server": report, "clients": {k: report}, "wall_s", "logs"}. A process that exits
         non-zero without its report means the job cannot finish: the wait ends at once and the
@@ -207,7 +213,8 @@ class BenchJob(Job):
                                   self.reports[names[i]], self.log(names[i])) for i in order}
         return {"server": reps.pop("server"),
                 "clients": {int(n.split("_")[1]): reps[n] for n in names[1:]},
-                "wall_s": wall, "logs": self.logs()}
+                "wall_s": wall, "logs": {"server": self.log("server"), **{
+                    k: self.log(f"client_{k}") for k in range(1, self.clients + 1)}}}
 
 
 def run_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
@@ -268,38 +275,49 @@ def final_acc(log: str) -> Optional[float]:
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _fixture(ctx, out: str, params: dict, what: str, tool: str, argv: List[str]) -> None:
-    """Run ``tool``'s ``main(argv)`` in this process (saves a Python start-up) unless ``out``'s
-    stamp holds ``params``."""
-    stamp = os.path.join(out, "stamp.json")
+def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
+    """``build()`` into a fresh ``out`` unless ``out/stamp.json`` holds ``params``; what build
+    returns (a dict: how the fixture was made) is kept beside the stamp and returned, with
+    ``reused``."""
+    stamp, made = os.path.join(out, "stamp.json"), os.path.join(out, "generation.json")
     with contextlib.suppress(OSError, ValueError):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return
+        if read_json(stamp) == params:
+            with contextlib.suppress(OSError, ValueError):
+                return dict(read_json(made), reused=True)
+            return {"reused": True}
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     ctx.log(f"  {what}")
+    rep = build() or {}
+    write_json(made, rep)
+    write_json(stamp, params)
+    return dict(rep, reused=False)
+
+
+def run_tool(tool: str, argv: List[str]) -> None:
+    """``tool``'s ``main(argv)`` in this process (saves a Python start-up); output kept for errors."""
     spec = importlib.util.spec_from_file_location(f"bench_tool_{os.path.basename(tool)[:-3]}", tool)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = mod.main(argv)
+        rc = mod.main([str(a) for a in argv])
     if rc:
-        raise ProcessFailed(f"{os.path.basename(tool)} {' '.join(argv)} failed ({rc}):\n"
+        raise ProcessFailed(f"{os.path.basename(tool)} {' '.join(map(str, argv))} failed ({rc}):\n"
                             f"{buf.getvalue()[-2000:]}")
-    with open(stamp, "w") as f:
-        json.dump(params, f)
+
+
+def gen_argv(out: str, writers: int, seed: int, mean: float, per_file: int) -> list:
+    return ["--out", os.path.join(out, "femnist", "raw"), "--writers", writers, "--seed", seed,
+            "--samples-per-writer-mean", mean, "--writers-per-file", per_file]
 
 
 def dataset(ctx, name: str, writers: int, seed: int, mean: float, per_file: int) -> str:
     """A generated LEAF FEMNIST sample; returns the data root (holding femnist/raw)."""
     root = os.path.join(ctx.work, "data", name)
-    _fixture(ctx, root, {"writers": writers, "seed": seed, "mean": mean, "per_file": per_file,
-                         "v": 1}, f"generating data set {name} ({writers} writers)", GEN,
-             ["--out", os.path.join(root, "femnist", "raw"), "--writers", str(writers), "--seed",
-              str(seed), "--samples-per-writer-mean", str(mean), "--writers-per-file",
-              str(per_file)])
+    fixture(ctx, root, {"writers": writers, "seed": seed, "mean": mean, "per_file": per_file,
+                        "v": 1}, f"generating data set {name} ({writers} writers)",
+            lambda: run_tool(GEN, gen_argv(root, writers, seed, mean, per_file)))
     return root
 
 
@@ -316,10 +334,10 @@ def shards(ctx, data_root: str, n: int) -> str:
     """Shards of ``data_root`` for ``n`` clients (sequential, seed 0); returns manifest.json."""
     out = os.path.join(ctx.work, "shards", f"{os.path.basename(data_root)}_n{n}")
     raw = os.path.join(data_root, "femnist", "raw")
-    _fixture(ctx, out, {"root": data_root, "n": n, "raw_mtime": os.stat(raw).st_mtime_ns, "v": 1},
-             f"preparing {n} shards of {os.path.basename(data_root)}", PREPARE,
-             ["--root", data_root, "--clients", str(n), "--out", out, "--strategy", "sequential",
-              "--seed", "0", "--overwrite", "--no-progress"])
+    fixture(ctx, out, {"root": data_root, "n": n, "raw_mtime": os.stat(raw).st_mtime_ns, "v": 1},
+            f"preparing {n} shards of {os.path.basename(data_root)}", lambda: run_tool(PREPARE, [
+                "--root", data_root, "--clients", n, "--out", out, "--strategy", "sequential",
+                "--seed", 0, "--overwrite", "--no-progress"]))
     return os.path.join(out, "manifest.json")
 
 

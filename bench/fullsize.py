@@ -15,7 +15,6 @@ child process (``bench/child.py``) reporting its time after imports and its peak
 """
 import json
 import os
-import shutil
 import time
 
 from bench import common, manifest_scale, scale, sharding
@@ -43,25 +42,15 @@ PROFILE_PARTS = (("JSON parse (the floor's work)", "raw_decode"),
 def leaf_dataset(ctx) -> "tuple[str, dict]":
     """(data root, the generator's report); generated only when the stamp does not match."""
     root = os.path.join(ctx.work, "data", "leaf3550")
-    stamp, report = os.path.join(root, "stamp.json"), os.path.join(root, "generation.json")
-    try:
-        with open(stamp) as f, open(report) as g:
-            if json.load(f) == GEN_ARGS:
-                return root, dict(json.load(g), reused=True)
-    except (OSError, ValueError):
-        pass
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(root)
-    ctx.log(f"  generating LEAF-size FEMNIST ({WRITERS} writers, ~4 GB) in {root}")
-    rep = common.run_child(ctx, "generate", "script", [
-        common.GEN, "--out", os.path.join(root, "femnist", "raw"), "--leaf-size", "--writers",
-        str(WRITERS), "--seed", str(SEED)], timeout=4 * STEP_TIMEOUT)
-    gen = {"wall_s": rep["wall_s"], "cpu_s": rep["cpu_s"],
-           "peak_rss_kb": rep["status_kb"]["VmHWM"], "how": "bench/child.py script mode"}
-    for path, obj in ((report, gen), (stamp, GEN_ARGS)):
-        with open(path, "w") as f:
-            json.dump(obj, f)
-    return root, dict(gen, reused=False)
+
+    def generate() -> dict:
+        rep = common.run_child(ctx, "generate", "script", [
+            common.GEN, "--out", os.path.join(root, "femnist", "raw"), "--leaf-size", "--writers",
+            str(WRITERS), "--seed", str(SEED)], timeout=4 * STEP_TIMEOUT)
+        return {"wall_s": rep["wall_s"], "cpu_s": rep["cpu_s"],
+                "peak_rss_kb": rep["status_kb"]["VmHWM"], "how": "bench/child.py script mode"}
+    return root, common.fixture(ctx, root, GEN_ARGS, f"generating LEAF-size FEMNIST ({WRITERS} "
+                                f"writers, ~4 GB) in {root}", generate)
 
 
 def compare(small_out: str, full_out: str) -> dict:
@@ -235,8 +224,7 @@ def report(gen, sizes, got, ident, srv) -> dict:
     notes = [f"Where the tool's time goes (cProfile of the subset cut, {prof['work_s']:.1f} s under "
              f"the profiler): " + ", ".join(f"{k} {v:.1f} s" for k, v in part.items()) + "."]
     if os.path.exists(BEFORE):
-        with open(BEFORE) as f:
-            b = json.load(f)
+        b = common.read_json(BEFORE)
         hook, tool = median(h["work_s"] for h in ident["subset_hooks"]), ident["subset_tool"]["work_s"]
         bh, bt = (median(x[k]["work_s"] for x in b["runs"]) for k in ("hook", "tool"))
         notes.append(f"The one attempt at the time goal (one sync of the staged shard set instead "

@@ -35,6 +35,12 @@ def _md(header: List[str], rows) -> List[str]:
         ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
 
 
+def missed_rows(results: List[dict]) -> "tuple[list, int]":
+    """([(benchmark, row) of every missed goal], number of rows in all)."""
+    return ([(res["name"], r) for res in results for r in res.get("rows", []) if r["met"] is False],
+            sum(len(res.get("rows", [])) for res in results))
+
+
 def _run(r: dict) -> str:
     return "quick" if r.get("quick") else "full"
 
@@ -99,9 +105,7 @@ def render(results: List[dict], rel_plots: str) -> str:
     if not results:
         return "\n".join(out + ["No results yet: run `make bench`.", ""])
     out += _provenance(results) + ["## Headline figures", ""] + headline_table(results) + [""]
-    missed = [(res["name"], r) for res in results for r in res.get("rows", []) if r["met"] is False]
-    errors = [res["name"] for res in results if res.get("error")]
-    total = sum(len(res.get("rows", [])) for res in results)
+    (missed, total), errors = missed_rows(results), [res["name"] for res in results if res.get("error")]
     out.append(f"**{total - len(missed)} of {total} goals met.**" + (
         " Missed (each section's notes say why and what would fix it):" if missed else ""))
     if missed:

@@ -29,6 +29,7 @@ from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E
 from federatedscope.core.auxiliaries.utils import atomic_write_bytes, setup_seed  # noqa: E402
 from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
+from bench.common import GEN, gen_argv  # noqa: E402
 from harness.jobs import SERVER_YAML  # noqa: E402
 
 RULES = ("fedavg", "median", "trimmedmean", "krum", "bulyan", "normbounding")
@@ -94,11 +95,8 @@ def recording_server(base, log: List[tuple]):
 
 
 def make_data(root: str, writers: int, samples: int, seed: int) -> None:
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tools",
-                                                 "generate_femnist_sample.py"),
-                    "--out", os.path.join(root, "femnist", "raw"), "--writers", str(writers),
-                    "--seed", str(seed), "--samples-per-writer-mean", str(samples),
-                    "--writers-per-file", "5"], check=True, capture_output=True)
+    subprocess.run([sys.executable, GEN, *map(str, gen_argv(root, writers, seed, samples, 5))],
+                   check=True, capture_output=True)
 
 
 def run_cell(data_root: str, outdir: str, rule: str, kind: Optional[str], attackers: int,

@@ -33,11 +33,9 @@ def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
     trained, agg = {}, {}
     for path in logs:  # per round: last client's 'trained' -> server's 'aggregated'
         for t, line in common.log_lines(path):
-            m = _TRAINED.search(line)
-            if m:
+            if m := _TRAINED.search(line):
                 trained[int(m.group(2))] = max(trained.get(int(m.group(2)), 0), t)
-            m = _AGG.search(line)
-            if m:
+            if m := _AGG.search(line):
                 agg[int(m.group(1))] = t
     bounds = common.log_times(log, "starting training")[:1] + \
         [t for t, line in common.log_lines(log) if _AGG.search(line)]

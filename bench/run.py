@@ -7,10 +7,8 @@
     python bench/run.py --peers [--quick]    # only the peers benchmark (floor, this project, Flower)
     nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's full size (~30 min; not default)
 
---quick is an estimate, not a promise: the committed quick runs took (duration_s in their JSONs)
-peers 250 s, server_memory 167 s, scale ~110 s, round_time 97 s, manifest_scale ~35 s,
-client_memory 28 s, streaming 15 s, sharding 12 s, wire 11 s, idle_cpu 9 s: about 12 min on 2
-shared cores (one quick run took 557 s), plus a minute to generate the data fixtures once.
+--quick's 12 min is an estimate (each JSON's duration_s says what a run took), plus a minute to
+generate the data fixtures once.
 
 Every benchmark measures its comparison inside the same run (ratios, medians over repeats),
 because the machine is shared and noisy. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
@@ -18,7 +16,6 @@ JSONs, plots and report elsewhere (the smoke test uses it so committed results s
 """
 import argparse
 import importlib
-import json
 import os
 import shutil
 import sys
@@ -53,9 +50,7 @@ class Ctx:
         return os.path.join(self.work, "run", self.bench, name)
 
     def memo(self, key: str, fn):
-        if key not in self._memo:
-            self._memo[key] = fn()
-        return self._memo[key]
+        return self._memo[key] if key in self._memo else self._memo.setdefault(key, fn())
 
     def warn(self, msg: str) -> None:
         """Something the report must show (it becomes a note of the running benchmark)."""
@@ -84,7 +79,7 @@ def parse_args(argv=None):
 
 
 def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
-    mod = importlib.import_module(f"bench.{name}")
+    mod = importlib.import_module("bench.peers.compare" if name == "peers" else f"bench.{name}")
     ctx.start(name)
     ctx.log(f"{name}: {mod.TITLE}")
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -100,8 +95,7 @@ def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
                 "duration_s": round(time.perf_counter() - t, 2),
                 "machine": dict(machine, loadavg_at_bench_start=load_at_start,
                                 loadavg_after=list(os.getloadavg()))})
-    with open(os.path.join(ctx.results_dir, f"{name}.json"), "w") as f:
-        json.dump(res, f, indent=1, default=float)
+    common.write_json(os.path.join(ctx.results_dir, f"{name}.json"), res, indent=1, default=float)
     for r in res.get("rows", []):
         mark = {True: "met", False: "MISSED", None: "-"}[r["met"]]
         ctx.log(f"  {r['figure']}: {r['display']}  (goal {r['goal']}: {mark})")

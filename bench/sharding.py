@@ -52,8 +52,8 @@ def tool_run(ctx, tag: str, root: str, clients: int, timeout: float = 600,
     rep = common.run_child(ctx, tag, mode, [
         common.PREPARE, "--root", root, "--clients", str(clients), "--out", out, *strategy,
         "--seed", "0", "--overwrite", "--no-progress"], timeout=timeout)
-    with open(os.path.join(out, "manifest.json")) as f:
-        samples = sum(sum(c["num_samples"].values()) for c in json.load(f)["clients"])
+    samples = sum(sum(c["num_samples"].values())
+                  for c in common.read_json(os.path.join(out, "manifest.json"))["clients"])
     return dict(rep, out=out, samples=samples, disk_bytes=common.dir_bytes(out),
                 pt_bytes=common.dir_bytes(out, ".pt"), samples_per_s=samples / rep["work_s"])
 

@@ -7,13 +7,10 @@ Same models (ConvNet2 for FEMNIST, hidden 128 and 2048):
 * socket: the real gRPC transports on loopback with a counting TCP forwarder between them, so the
   bytes are what the kernel carried (protobuf + gRPC framing + HTTP/2 frames), both directions.
 """
-import contextlib
 import queue
-import socket
-import threading
-import time
 
-from bench.common import SERVER_YAML, median, row
+from bench.common import SERVER_YAML, median, row, timed
+from harness.raw_peer import SourceAddressProxy
 
 TITLE = "Bytes on the wire per model message, and codec speed"
 MODELS = (128, 2048)
@@ -36,15 +33,6 @@ def _msg(state, up: bool = True):
         Message(MODEL_PARA, 0, 1, 7, {}, state)
 
 
-def _timed(fn, repeats: int) -> list:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def codec_figures(state, repeats: int) -> dict:
     from federatedscope.core.communication import codec
     raw, up = codec.raw_tensor_bytes(state), _msg(state)
@@ -57,12 +45,12 @@ def codec_figures(state, repeats: int) -> dict:
     for _ in range(repeats):  # interleaved, so machine noise hits all three alike
         for k, fn in (("memcpy", lambda: bytearray(flat)), ("encode", lambda: codec.encode(up)),
                       ("decode", lambda: codec.decode(blob))):
-            t[k] += _timed(fn, 1)
+            t[k] += timed(fn, 1)
     mb = raw / (1024 * 1024)
     out.update({f"{k}_ms_per_mb": median(v) * 1e3 / mb for k, v in t.items()})
     out.update({f"{k}_s": v for k, v in t.items()})
     # what a per-element encoder pays at the very least
-    per_elem = _timed(lambda: [v.tolist() for v in state.values()], min(3, repeats))
+    per_elem = timed(lambda: [v.tolist() for v in state.values()], min(3, repeats))
     out["tolist_ms_per_mb"] = median(per_elem) * 1e3 / mb
     out["copies"] = (median(t["encode"]) + median(t["decode"])) / median(t["memcpy"])
     out["codec_mb_per_s"] = mb / (median(t["encode"]) + median(t["decode"]))
@@ -80,57 +68,9 @@ def per_element_check(repeats: int) -> dict:
     times = {k: [] for k in msgs}
     for _ in range(repeats):
         for k, m in msgs.items():
-            times[k] += _timed(lambda: codec.decode(codec.encode(m)), 1)
+            times[k] += timed(lambda: codec.decode(codec.encode(m)), 1)
     out = {f"{k}_ms_per_mb": median(v) * 1e3 / 16 for k, v in times.items()}
     return dict(out, ratio=out["uint8_ms_per_mb"] / out["float64_ms_per_mb"], times_s=times)
-
-
-class CountingProxy:
-    """Loopback TCP forwarder counting the payload bytes it carries in each direction."""
-
-    def __init__(self, target_port: int):
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port, self.connections = self.lsock.getsockname()[1], 0
-        self.bytes, self._lock, self._socks = {"up": 0, "down": 0}, threading.Lock(), [self.lsock]
-        threading.Thread(target=self._accept, args=(target_port,), daemon=True).start()
-
-    def _accept(self, target_port: int) -> None:
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            s = socket.create_connection(("127.0.0.1", target_port))
-            self._socks += [c, s]
-            self.connections += 1
-            for src, dst, d in ((c, s, "up"), (s, c, "down")):
-                threading.Thread(target=self._pump, args=(src, dst, d), daemon=True).start()
-
-    def _pump(self, src, dst, direction: str) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(1 << 20):
-                dst.sendall(data)
-                with self._lock:
-                    self.bytes[direction] += len(data)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def settled(self, quiet: float = 0.3, limit: float = 5.0):
-        """(up, down) once no byte has moved for ``quiet`` seconds (trailing acks/updates)."""
-        last, t_end, t_quiet = None, time.monotonic() + limit, time.monotonic()
-        while time.monotonic() < t_end and time.monotonic() - t_quiet < quiet:
-            with self._lock:
-                now = (self.bytes["up"], self.bytes["down"])
-            if now != last:
-                last, t_quiet = now, time.monotonic()
-            time.sleep(0.05)
-        return last
-
-    def close(self) -> None:
-        for s in self._socks:
-            with contextlib.suppress(OSError):
-                s.close()
 
 
 def socket_figures(hidden: int, state, k: int) -> dict:
@@ -142,7 +82,7 @@ def socket_figures(hidden: int, state, k: int) -> dict:
     s_in, c_in = queue.Queue(), queue.Queue()
     server = GrpcServerTransport(_cfg(hidden, 0), s_in, max_clients=2)  # binds a free port
     server.start()
-    proxy = CountingProxy(server.port)
+    proxy = SourceAddressProxy(server.port, "127.0.0.1")  # counts the bytes each way
     client = GrpcClientTransport(_cfg(hidden, proxy.port), c_in)
     try:
         client.wait_for_server(20)
@@ -177,7 +117,7 @@ def fixed_cost(state, repeats: int) -> float:
     import torch
     from federatedscope.core.communication import codec
     tiny = _msg({k: torch.zeros(1, dtype=v.dtype) for k, v in state.items()})
-    return median(_timed(lambda: codec.decode(codec.encode(tiny)), repeats))
+    return median(timed(lambda: codec.decode(codec.encode(tiny)), repeats))
 
 
 def run(ctx) -> dict:

@@ -2,9 +2,11 @@
 a hostile peer (send arbitrary frame bytes or a ``Message``, read what comes back, see how the
 server ended the stream); ``health_status``: the server's gRPC health answer.
 """
+import contextlib
 import queue
 import socket
 import threading
+import time
 from typing import Optional, Union
 
 import grpc
@@ -135,13 +137,17 @@ def health_status(address: str, service: str = "", timeout: float = 5.0) -> str:
 class SourceAddressProxy:
     """A loopback TCP forwarder whose upstream connections leave from another loopback address
     (Linux routes all of 127.0.0.0/8 to ``lo``), so the server sees the peers behind it as a
-    second host, without root or namespaces. ``address`` is where to point a ``RawPeer``."""
+    second host, without root or namespaces. ``address`` is where to point a ``RawPeer``. It
+    counts the payload bytes it carries each way (``bytes``; the wire benchmark's socket figures,
+    with ``source_ip`` 127.0.0.1)."""
 
     def __init__(self, target_port: int, source_ip: str = "127.0.0.2"):
         self.target_port, self.source_ip = target_port, source_ip
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.port = self._listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
         self._open: list = [self._listener]
+        self.connections, self.bytes, self._lock = 0, {"up": 0, "down": 0}, threading.Lock()
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
     def _accept(self) -> None:
@@ -154,32 +160,35 @@ class SourceAddressProxy:
             up.bind((self.source_ip, 0))
             up.connect(("127.0.0.1", self.target_port))
             self._open += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            self.connections += 1
+            for a, b, way in ((down, up, "up"), (up, down, "down")):
+                threading.Thread(target=self._pipe, args=(a, b, way), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
+    def _pipe(self, src, dst, way: str) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 20):
                 dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)   # the other direction ends too
-                except OSError:
-                    pass
+                with self._lock:
+                    self.bytes[way] += len(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)   # the other direction ends too
+
+    def settled(self, quiet: float = 0.3, limit: float = 5.0):
+        """(up, down) byte counts once none has moved for ``quiet`` seconds (trailing acks)."""
+        last, t_end, t_quiet = None, time.monotonic() + limit, time.monotonic()
+        while time.monotonic() < t_end and time.monotonic() - t_quiet < quiet:
+            with self._lock:
+                now = (self.bytes["up"], self.bytes["down"])
+            if now != last:
+                last, t_quiet = now, time.monotonic()
+            time.sleep(0.05)
+        return last
 
     def close(self) -> None:
         for s in self._open:
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
     def __enter__(self) -> "SourceAddressProxy":
         return self

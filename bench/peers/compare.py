@@ -9,7 +9,6 @@
 Same model, initial weights, shards, SGD, batch order and per-round evaluation. Each system runs
 alone, one after the other, as a process tree measured by ``bench/peers/tree.py``.
 """
-import json
 import os
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from harness import procs
 PEERS_VENV = os.path.join(common.ROOT, ".venv-peers")
 FLOWER_APP = os.path.join(common.ROOT, "bench", "peers", "flower_app")
 FLOOR = os.path.join(common.ROOT, "bench", "peers", "floor.py")
+TITLE = "Peers measured: plain-loop floor, this project, Flower, on the same shard files"
 CLIENTS = 3
 CPU_GOAL = 1.1  # distributed total CPU / floor's
 SYSTEMS = [("floor", "plain single-process PyTorch FedAvg loop (bench/peers/floor.py)"),
@@ -50,8 +50,7 @@ def run_floor(ctx, prof: dict, manifest: str) -> dict:
         t.mark_end()
     if code != 0:
         raise procs.ProcessFailed(f"floor exited {code}; log tail:\n{procs.tail(log)}")
-    with open(out) as f:
-        rep = json.load(f)
+    rep = common.read_json(out)
     return _measured(t, rep["rounds_s"], rep["final_test_acc"], {p.pid: rep["peak_rss_kb"]})
 
 
@@ -123,8 +122,7 @@ def run_flower(ctx, prof: dict, manifest: str) -> dict:
                                           f"log tail:\n{procs.tail(log)}")
         finally:
             procs.stop_all(started, grace=10)  # Flower's services stop cleanly on SIGTERM
-    with open(out) as f:
-        rep = json.load(f)
+    rep = common.read_json(out)
     return _measured(t, rep["rounds_s"], rep["final_test_acc"])
 
 

@@ -14,7 +14,6 @@ and val, batches of 64 in file order, sample-weighted over clients.
     floor.py --shards DIR --clients 3 --rounds 5 --hidden 2048 --out report.json
 """
 import argparse
-import json
 import os
 import resource
 import sys
@@ -30,10 +29,16 @@ elif ROOT not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.child import write_json  # noqa: E402
 from federatedscope.cv.model.cnn import ConvNet2  # noqa: E402
 
 MEAN, STD = 0.9637, 0.1592  # FEMNIST normalisation of the shipped configs
 EVAL_BATCH = 64  # the trainer's evaluation batch: max(batch_size, 64)
+
+
+def build_model(hidden: int) -> nn.Module:
+    """The shipped configs' ConvNet2 for FEMNIST (build right after ``torch.manual_seed``)."""
+    return ConvNet2(in_channels=1, hidden=hidden, class_num=62, dropout=0.0)
 
 
 def load_split(shard: str, split: str):
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # what main.py does for every FL process
     torch.manual_seed(a.seed)
-    model = ConvNet2(in_channels=1, hidden=a.hidden, class_num=62, dropout=0.0)
+    model = build_model(a.hidden)
     data = {k: {s: load_split(os.path.join(a.shards, f"client_{k}"), s)
                 for s in ("train", "val", "test")} for k in range(1, a.clients + 1)}
     t_ready = time.perf_counter()
@@ -126,9 +131,7 @@ def main(argv=None) -> int:
     rep = {"rounds_s": rounds_s, "acc": accs, "final_test_acc": accs[-1]["test"] if accs else None,
            "load_s": t_ready - T0, "wall_s": time.perf_counter() - T0,
            "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss}
-    with open(a.out + ".tmp", "w") as f:
-        json.dump(rep, f, indent=1)
-    os.replace(a.out + ".tmp", a.out)
+    write_json(a.out, rep, indent=1)
     print(f"floor: {a.rounds} rounds, final test acc {rep['final_test_acc']:.4f}, "
           f"{rep['wall_s']:.1f} s", flush=True)
     return 0

@@ -7,6 +7,7 @@ process is the child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``): orphans are 
 it, reaped by it, and their CPU lands in its RUSAGE_CHILDREN. A sampler thread walks the tree
 every 100 ms for each process's VmHWM and CPU; whatever is left at the end (ours) is stopped.
 """
+import contextlib
 import ctypes
 import os
 import resource
@@ -40,10 +41,9 @@ class TreeResult:
 
 
 def _set_subreaper(on: bool) -> None:
-    try:
+    # no prctl: orphans' CPU is then missed, and sampled_cpu_s shows the gap
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass   # no prctl: orphans' CPU is then missed, and sampled_cpu_s shows the gap
 
 
 def _children_cpu_s() -> float:
@@ -73,10 +73,8 @@ def _descendants(root: int) -> List[int]:
     """PIDs whose parent chain reaches ``root`` (one /proc scan)."""
     kids: Dict[int, List[int]] = {}
     for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
+        with contextlib.suppress(OSError, IndexError, ValueError):
             kids.setdefault(int(stat_fields(d)[1]), []).append(int(d))
-        except (OSError, IndexError, ValueError):
-            pass
     out, frontier = [], [root]
     while frontier:
         frontier = [c for p in frontier for c in kids.get(p, [])]
@@ -95,12 +93,9 @@ def _read(pid: int):
 
 
 def _reap() -> None:
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
-        except ChildProcessError:
-            return
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
 
 
 class Tree:
@@ -139,17 +134,15 @@ class Tree:
         """The job is done (its result is in): wall time stops here, before the clean-up."""
         self.wall = time.perf_counter() - self.t0
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_) -> None:
         if self.wall is None:
             self.mark_end()
         alive = _descendants(os.getpid())   # all started by us: SIGTERM, then SIGKILL
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             alive = [p for p in alive if _read(p) is not None]
             for p in alive:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(p, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait
             while alive and time.monotonic() < deadline:
                 _reap()

@@ -1,1 +1,1 @@
-"""Flower App for the peer benchmark (bench/peers.py); see pyproject.toml."""
+"""Flower App for the peer benchmark (bench/peers/compare.py); see pyproject.toml."""

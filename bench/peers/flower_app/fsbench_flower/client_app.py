@@ -3,6 +3,8 @@
 Uses the same pieces as bench/peers/floor.py (imported: PYTHONPATH holds the project root), so
 the only difference from the floor is Flower's runtime around them.
 """
+from types import SimpleNamespace
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -14,14 +16,13 @@ app = ClientApp()
 
 def _model(context: Context) -> torch.nn.Module:
     torch.set_num_threads(1)  # as every process of the project and the floor
-    return floor.ConvNet2(in_channels=1, hidden=int(context.run_config["hidden"]), class_num=62,
-                          dropout=0.0)
+    return floor.build_model(int(context.run_config["hidden"]))
 
 
-class _Args:
-    def __init__(self, rc):
-        self.lr, self.batch_size = float(rc["lr"]), int(rc["batch-size"])
-        self.grad_clip = float(rc["grad-clip"])
+def _args(rc) -> SimpleNamespace:
+    """floor.train_one's settings, from the run config."""
+    return SimpleNamespace(lr=float(rc["lr"]), batch_size=int(rc["batch-size"]),
+                           grad_clip=float(rc["grad-clip"]))
 
 
 @app.train()
@@ -32,7 +33,7 @@ def train(msg: Message, context: Context) -> Message:
     x, y = floor.load_split(shard, "train")
     rnd = int(msg.content["config"]["server-round"]) - 1
     floor.train_one(model, x, y, floor.train_seed(int(context.run_config["seed"]), cid, rnd),
-                    _Args(context.run_config))
+                    _args(context.run_config))
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
                           "metrics": MetricRecord({"num-examples": len(y)})})
     return Message(content=content, reply_to=msg)

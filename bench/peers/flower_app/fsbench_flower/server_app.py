@@ -4,8 +4,6 @@ Round times are taken where this project's server takes them: from sending the t
 messages to having aggregated the replies. The result (per-round seconds, accuracies) is written
 as JSON to ``run_config["out"]`` (temp + rename).
 """
-import json
-import os
 import time
 
 import torch
@@ -13,6 +11,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from bench.child import write_json
 from bench.peers import floor
 
 app = ServerApp()
@@ -38,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     torch.set_num_threads(1)
     torch.manual_seed(int(rc["seed"]))  # same initial model as the floor and the project
-    model = floor.ConvNet2(in_channels=1, hidden=int(rc["hidden"]), class_num=62, dropout=0.0)
+    model = floor.build_model(int(rc["hidden"]))
     n = int(rc["num-nodes"])
     strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
                            min_evaluate_nodes=n, min_available_nodes=n)
@@ -47,7 +46,4 @@ def main(grid: Grid, context: Context) -> None:
     accs = [dict(result.evaluate_metrics_clientapp[r]) for r in sorted(result.evaluate_metrics_clientapp)]
     rep = {"rounds_s": strategy.rounds_s, "eval": accs,
            "final_test_acc": accs[-1].get("test-acc") if accs else None}
-    out = str(rc["out"])
-    with open(out + ".tmp", "w") as f:
-        json.dump(rep, f, indent=1)
-    os.replace(out + ".tmp", out)
+    write_json(str(rc["out"]), rep, indent=1)
