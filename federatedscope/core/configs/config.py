@@ -158,9 +158,7 @@ def get_default_cfg() -> CN:
                     embed_size=8)  # FS: the LSTM's token embedding width
 
     c.train = _node(local_update_steps=1, batch_or_epoch="batch",
-                    optimizer=_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0),
-                    scheduler=_node(type="", warmup_ratio=0.0))
-    c.train.optimizer.set_new_allowed(False)
+                    optimizer=_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0))
 
     c.grad = _node(grad_clip=-1.0, grad_accum_count=1)
     # FS's robust aggregation keys: rule, assumed Byzantine count, and the rules' parameters.
