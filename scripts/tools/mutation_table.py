@@ -169,14 +169,15 @@ def read_equivalent(path: str = EQUIVALENT) -> Dict[str, str]:
     return out
 
 
-def _config(module: Module) -> str:
+def _config(module: Module, timeout_multiplier: float = 5.0) -> str:
     lines = ["[mutmut]", "source_paths = federatedscope", "only_mutate ="]
     lines += [f"    {g}" for g in module.globs]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in module.tests]
     lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
               "    --hypothesis-profile=mutation"]
     lines += ["    -k", f"    {module.deselect}"] if module.deselect else []
-    lines += ["also_copy =", "    scripts/", "    doc/", "    harness/", "timeout_multiplier = 5.0", ""]
+    lines += ["also_copy =", "    scripts/", "    doc/", "    harness/",
+              f"timeout_multiplier = {timeout_multiplier:g}", ""]
     return "\n".join(lines)
 
 
@@ -188,12 +189,18 @@ def parse_results(text: str) -> List[Tuple[str, str]]:
 
 # mutmut's exit codes of the mutants a rerun with more tests must try again: survived, no tests
 RETRY_CODES = (0, 33)
+# mutmut's exit codes it reads as "timeout": its own limit, SIGXCPU, 255. A tight CPU limit (the
+# estimate comes from the tests' durations in the stats run) can stop a run whose mutant no test
+# would catch, so a timeout is a verdict only after a rerun with a far larger limit.
+TIMEOUT_CODES = (36, -24, 24, 152, 255)
+RETRY_TIMEOUT_MULTIPLIER = 25.0
 
 
-def reset_for_retry(dest: str) -> int:
-    """In a kept scratch directory, mark survivors and untested mutants as not checked, so the
-    next ``mutmut run`` tests only them (with the current tests); killed and timed-out mutants
-    keep their verdict, which holds because tests are only ever added or made stricter."""
+def reset_for_retry(dest: str, codes_to_retry: Sequence[int] = RETRY_CODES) -> int:
+    """In a kept scratch directory, mark survivors and untested mutants (and, if asked, timed-out
+    ones) as not checked, so the next ``mutmut run`` tests only them (with the current tests);
+    killed mutants keep their verdict, which holds because tests are only ever added or made
+    stricter."""
     n = 0
     for root, _, files in os.walk(os.path.join(dest, "mutants")):
         for fn in (f for f in files if f.endswith(".py.meta")):
@@ -201,7 +208,7 @@ def reset_for_retry(dest: str) -> int:
             with open(path) as f:
                 meta = json.load(f)
             codes = meta.get("exit_code_by_key", {})
-            retry = [k for k, v in codes.items() if v in RETRY_CODES]
+            retry = [k for k, v in codes.items() if v in codes_to_retry]
             for k in retry:
                 codes[k] = None
             if retry:
@@ -228,19 +235,21 @@ def _scratch(name: str, reuse: str):
 
 
 def run_module(name: str, module: Module, equivalent: Dict[str, str], children: int,
-               reuse: str = "") -> Outcome:
+               reuse: str = "", retry_timeouts: bool = False) -> Outcome:
     out = Outcome(name)
     t0 = time.monotonic()
     with _scratch(name, reuse) as dest:
         copy_repo(dest)
         if reuse:
-            print(f"{name}: {reset_for_retry(dest)} survivors / untested mutants to retry in "
+            codes = RETRY_CODES + (TIMEOUT_CODES if retry_timeouts else ())
+            print(f"{name}: {reset_for_retry(dest, codes)} mutants to retry in "
                   f"{dest}", flush=True)
         cfg_path = os.path.join(dest, "setup.cfg")
         with open(cfg_path) as f:
             kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
         with open(cfg_path, "w") as f:
-            f.write(kept + "\n" + _config(module))
+            f.write(kept + "\n" + _config(module, RETRY_TIMEOUT_MULTIPLIER if retry_timeouts
+                                            else 5.0))
         # mutmut puts mutants/ first on sys.path itself; an inherited PYTHONPATH would let the
         # tests import the unmutated tree (and one naming mutants/ before it exists is cached
         # by the import system as "nothing there")
@@ -348,6 +357,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", metavar="DIR", default="",
                     help="keep the scratch copy in DIR (one module); a later run with the same "
                          "test files list retries only survivors and untested mutants there")
+    ap.add_argument("--retry-timeouts", action="store_true",
+                    help=f"with --reuse: also retry timed-out mutants, under a "
+                         f"{RETRY_TIMEOUT_MULTIPLIER:g} x time limit instead of 5 x")
     args = ap.parse_args(argv)
     if args.reuse and len(args.modules) != 1:
         print("--reuse keeps one module's scratch copy: name exactly one module")
@@ -359,7 +371,8 @@ def main(argv=None) -> int:
     equivalent = read_equivalent()
     outcomes = []
     for name in args.modules or list(MODULES):
-        o = run_module(name, MODULES[name], equivalent, args.children, args.reuse)
+        o = run_module(name, MODULES[name], equivalent, args.children, args.reuse,
+                       args.retry_timeouts)
         outcomes.append(o)
         print(f"{name:12s} {o.counts} survivors={len(o.survivors)} in {o.seconds:.0f}s"
               + (f" ERROR {o.error}" if o.error else ""), flush=True)
