@@ -353,7 +353,7 @@ class DistributedShardLoader:
             bad = y[(y < 0) | (y >= k)]
             raise ShardError(f"{path}: {len(bad)} label(s) outside [0, {k}) "
                              f"(first: {int(bad[0])})")
-        return torch.bincount(y, minlength=k).tolist() if len(y) else [0] * k
+        return torch.bincount(y, minlength=k).tolist()   # k zeros for an empty split
 
     def _stream_split(self, meta: sf.ShardMeta, path: str) -> Tuple[StreamingSplit, List[int]]:
         lay = split_file.split_layout(path)
