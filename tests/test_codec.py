@@ -119,9 +119,12 @@ def test_zero_size_tensor_with_huge_dims_is_invalid_message():
     env.tensors.add(name="w", dtype="float32", shape=[0, 2 ** 62, 2 ** 62])  # numel 0: 0 bytes
     with pytest.raises(InvalidMessage, match="bad shape"):
         codec.decode(_frame(env))
-    env = fl_pb2.Envelope(msg_type=MODEL_PARA)                  # 2^62-element claim: no allocation
-    env.tensors.add(name="w", dtype="float64", shape=[2 ** 30, 2 ** 30, 2 ** 2])
-    with pytest.raises(InvalidMessage, match="needs"):
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)      # 2^62 bytes, the most a shape may span:
+    env.tensors.add(name="w", dtype="float64", shape=[2 ** 29, 2 ** 30])   # no allocation
+    with pytest.raises(InvalidMessage, match="needs 4611686018427387904 bytes"):
+        codec.decode(_frame(env))
+    env.tensors[0].shape[0] *= 2                    # twice that: numpy could not even shape it
+    with pytest.raises(InvalidMessage, match="bad shape"):
         codec.decode(_frame(env))
 
 

@@ -153,15 +153,20 @@ def test_decoded_tensors_own_writable_memory():
     assert t.tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-@pytest.mark.parametrize("exc,text", [(MemoryError(), "does not fit in memory"),
-                                      (RecursionError(), "nests too deeply"),
-                                      (ValueError("numpy said no"), "ValueError: numpy said no")])
+@pytest.mark.parametrize("exc,text", [
+    (MemoryError(), "message does not fit in memory"),
+    (RecursionError(), "content JSON nests too deeply"),
+    (ValueError("numpy said no"), "undecodable message (ValueError: numpy said no)"),
+    # a parser's text is cut at 120 characters, its length kept
+    (OverflowError("x" * 121), f"undecodable message (OverflowError: {'x' * 120}...[121 chars])"),
+    (ValueError("y" * 120), f"undecodable message (ValueError: {'y' * 120})")])
 def test_internal_failures_become_invalid_message(monkeypatch, exc, text):
     def boom(data):
         raise exc
     monkeypatch.setattr(codec, "_decode", boom)
-    with pytest.raises(InvalidMessage, match=text):
+    with pytest.raises(InvalidMessage) as info:
         codec.decode(b"anything")
+    assert str(info.value) == text
 
 
 def test_header_fields_survive():
@@ -172,3 +177,124 @@ def test_header_fields_survive():
     assert back.content == {"sample_size": 5}
     empty = codec.decode(codec.encode(Message(MODEL_PARA, 1, 0, 0, {})))
     assert empty.content == {} and empty.tensors is None
+
+
+# ------------------------------------------------------------------ the frame, byte for byte
+def _envelope(wire: bytes) -> fl_pb2.Envelope:
+    env = fl_pb2.Envelope()
+    env.ParseFromString(wire[8:8 + int.from_bytes(wire[4:8], "little")])
+    return env
+
+
+def test_content_is_compact_json_and_empty_content_sends_nothing():
+    msg = Message(MODEL_PARA, 2, 0, 3, {"sample_size": 5, "pad": [1, 2.5]}, {"w": torch.ones(1)})
+    assert _envelope(codec.encode(msg)).content_json == '{"sample_size":5,"pad":[1,2.5]}'
+    empty = codec.encode(Message(MODEL_PARA, 2, 0, 3, {}, {"w": torch.ones(1)}))
+    assert _envelope(empty).content_json == ""            # not "{}": nothing to parse on arrival
+    assert len(codec.encode(msg)) - len(empty) == len('{"sample_size":5,"pad":[1,2.5]}') + 2
+
+
+def test_payload_is_little_endian_raw_bytes_in_header_order():
+    tensors = {"i": torch.tensor([1, -2], dtype=torch.int32), "h": torch.tensor([1.0]).half(),
+               "b": torch.tensor([[True], [False]]), "e": torch.zeros(0, 3), "s": torch.tensor(7)}
+    wire = codec.encode(_msg(tensors))
+    assert wire[-(8 + 2 + 2 + 8):] == (b"\x01\x00\x00\x00" b"\xfe\xff\xff\xff"   # int32 1, -2
+                                       b"\x00\x3c" b"\x01\x00"                    # fp16 1.0; T, F
+                                       b"\x07\x00\x00\x00\x00\x00\x00\x00")       # int64 7
+    assert codec.payload_offset(wire) == len(wire) - 20
+
+
+def test_payload_offset_needs_the_whole_prefix_and_the_magic():
+    wire = codec.encode(_msg({"w": torch.ones(3)}))
+    start = 8 + int.from_bytes(wire[4:8], "little")
+    assert start == len(wire) - 12
+    assert codec.payload_offset(wire) == start
+    assert codec.payload_offset(memoryview(wire)[:8]) == start     # exactly the prefix is enough
+    assert codec.payload_offset(wire[:7]) is None                  # magic right, length cut short
+    assert codec.payload_offset(b"FSW2" + wire[4:]) is None        # long enough, wrong magic
+
+
+def test_a_frame_of_just_the_prefix_is_an_empty_message():
+    back = codec.decode(codec.MAGIC + b"\0\0\0\0")                 # header of 0 bytes, no payload
+    assert (back.msg_type, back.sender, back.receiver, back.state, back.content,
+            back.tensors, back.timestamp) == ("", 0, 0, 0, {}, None, 0.0)
+
+
+def _refusal(frame) -> str:
+    with pytest.raises(InvalidMessage) as info:
+        codec.decode(frame)
+    return str(info.value)
+
+
+def test_framing_refusals_say_what_is_wrong():
+    assert _refusal(b"FSW1\0\0\0") == "not a framed message (bad magic)"       # 7 bytes
+    assert _refusal(b"FSW2\0\0\0\0") == "not a framed message (bad magic)"
+    # 5 header bytes claimed, 3 present: refused before the 3 are parsed
+    assert _refusal(codec.MAGIC + (5).to_bytes(4, "little") + b"abc") == \
+        "header length 5 does not fit the message"
+    with pytest.raises(Exception) as parser:                   # the protobuf runtime's own words
+        fl_pb2.Envelope().ParseFromString(b"\xff\xff\xff")
+    assert _refusal(codec.MAGIC + (3).to_bytes(4, "little") + b"\xff\xff\xff") == \
+        f"not a valid Envelope header: {parser.value}"
+    assert _refusal(_frame(fl_pb2.Envelope(content_json="{not json"), b"")) == \
+        "content is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 " \
+        "(char 1)"
+    good = codec.encode(_msg({"w": torch.ones(3)}))
+    assert _refusal(good + b"xyz") == "3 trailing bytes after the last tensor"
+
+
+def test_header_length_limit_is_inclusive():
+    # 1 MiB of content + 64 bytes for each of 4096 tensors = 1,310,720 header bytes. The content
+    # field costs 1 tag + 3 length bytes + 2^20; msg_type fills the rest: 1 + 3 + 262,136.
+    content = '"' + "a" * (2 ** 20 - 2) + '"'
+    env = fl_pb2.Envelope(msg_type="m" * 262_136, content_json=content)
+    assert env.ByteSize() == 1_310_720
+    assert codec.decode(_frame(env, b"")).msg_type == "m" * 262_136
+    env.msg_type += "m"
+    assert _refusal(_frame(env, b"")) == "header length 1310721 does not fit the message"
+
+
+def test_tensor_refusals_name_the_tensor_clipped():
+    n81, d41 = "n" * 81, "d" * 41                  # one past the 80/40-character cuts
+    n_clip, d_clip = "n" * 80 + "...[81 chars]", "d" * 40 + "...[41 chars]"
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name=n81, dtype=d41, shape=[1])
+    assert _refusal(_frame(env, b"\0")) == f"tensor {n_clip}: dtype {d_clip} not allowed"
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="n" * 80, dtype="d" * 40, shape=[1])      # at the cuts: whole
+    assert _refusal(_frame(env, b"\0")) == f"tensor {'n' * 80}: dtype {'d' * 40} not allowed"
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name=n81, dtype="float32", shape=[1])
+    env.tensors.add(name=n81, dtype="float32", shape=[1])
+    assert _refusal(_frame(env, b"\0" * 8)) == f"tensor {n_clip} appears twice"
+    # 9 dims (one over MAX_DIMS) whose repr is 121 characters: cut at 120, the "]" dropped
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="w", dtype="float32", shape=[10 ** 10] * 8 + [-(10 ** 13)])
+    assert _refusal(_frame(env, b"")) == \
+        "tensor w: bad shape [" + "10000000000, " * 8 + "-10000000000000...[121 chars]"
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="w", dtype="float32", shape=[10 ** 10] * 8 + [-(10 ** 12)])   # 120
+    assert _refusal(_frame(env, b"")) == \
+        "tensor w: bad shape [" + "10000000000, " * 8 + "-1000000000000]"
+
+
+def test_short_payload_refusal_counts_the_bytes_left():
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="a", dtype="int16", shape=[2])            # 4 bytes, present
+    env.tensors.add(name="w", dtype="float32", shape=[3])          # 12 bytes, 9 present
+    assert _refusal(_frame(env, b"\0" * 13)) == \
+        "tensor w: shape [3] x float32 needs 12 bytes, only 9 left in the message"
+
+
+@pytest.mark.parametrize("dtype,dims", [("uint8", [0, 2 ** 62]), ("float32", [2 ** 60, 0, 1]),
+                                        ("float64", [0, 2 ** 29, 2 ** 30])])
+def test_empty_tensor_extent_limit_counts_bytes_and_is_inclusive(dtype, dims):
+    """A 0 in the shape makes it empty (0 bytes on the wire), but numpy still refuses a shape whose
+    other dims times the item size pass 2^63 bytes: the codec allows up to 2^62 bytes' worth."""
+    env = fl_pb2.Envelope(msg_type=MODEL_PARA)
+    env.tensors.add(name="w", dtype=dtype, shape=dims)
+    back = codec.decode(_frame(env, b"")).tensors["w"]
+    assert tuple(back.shape) == tuple(dims) and back.numel() == 0
+    env.tensors[0].shape[dims.index(max(dims))] += 1             # one element's worth more
+    over = [d + (d == max(dims)) for d in dims]
+    assert _refusal(_frame(env, b"")) == f"tensor w: bad shape {over}"

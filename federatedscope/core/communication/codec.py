@@ -24,8 +24,9 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_DIMS = 8
 MAX_CONTENT_BYTES = 1 << 20
 MAX_TENSORS = 4096
-# numpy refuses shapes whose non-zero dims multiply past intp; with a 0 elsewhere in the shape
-# numel is 0 and the byte check passes, so this bound is what keeps numpy from being the one to fail.
+# numpy refuses a shape whose non-zero dims times the item size pass intp bytes; with a 0 elsewhere
+# in the shape numel is 0 and the byte check passes, so this bound (in bytes, the zero dims counted
+# as 1) is what keeps numpy from being the one to fail.
 MAX_EXTENT = 1 << 62
 
 
@@ -51,13 +52,13 @@ def _header(msg: Message) -> "tuple[fl_pb2.Envelope, list]":
         t = t.detach()
         if t.dtype not in _NAMES:
             raise TypeError(f"tensor {name!r}: dtype {t.dtype} cannot travel on the wire")
-        arr = t.cpu().contiguous().numpy()
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
         tp = env.tensors.add()
         tp.name, tp.dtype = name, _NAMES[t.dtype]
         tp.shape.extend(t.shape)
-        payload.append(memoryview(arr).cast("B") if arr.size else b"")
+        # torch holds tensors in host byte order only (``.numpy()`` is native, ``from_numpy``
+        # refuses anything else), and the host is little-endian like the wire: the C-contiguous
+        # array's buffer is the payload as it is, joined by ``encode`` in its one copy.
+        payload.append(t.cpu().contiguous().numpy())
     return env, payload
 
 
@@ -67,20 +68,26 @@ def encode(msg: Message) -> bytes:
     return b"".join([MAGIC, len(head).to_bytes(4, "little"), head, *payload])
 
 
+def _said(e: Exception) -> str:
+    """What a parser said about a hostile frame, bounded for one log line."""
+    return clip_text(str(e), 120)
+
+
 def _tensor_at(tp: fl_pb2.TensorProto, data: bytes, offset: int) -> "tuple[torch.Tensor, int]":
     name = clip_text(tp.name, 80)
     dtype = _DTYPES.get(tp.dtype)
     if dtype is None:
         raise InvalidMessage(f"tensor {name}: dtype {clip_text(tp.dtype, 40)} not allowed")
     shape = list(tp.shape)
+    itemsize = _itemsize(dtype)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape) \
-            or math.prod(max(d, 1) for d in shape) > MAX_EXTENT:
+            or math.prod(max(d, 1) for d in shape) * itemsize > MAX_EXTENT:
         raise InvalidMessage(f"tensor {name}: bad shape {clip_text(shape, 120)}")
     if tp.data:
         raise InvalidMessage(f"tensor {name}: inline data is not part of the frame format")
     # Python ints: the product is exact and nothing is allocated before the byte check.
     numel = math.prod(shape)
-    size = numel * _itemsize(dtype)
+    size = numel * itemsize
     if offset + size > len(data):
         raise InvalidMessage(f"tensor {name}: shape {shape} x {tp.dtype} needs "
                              f"{size} bytes, only {len(data) - offset} left in the message")
@@ -115,7 +122,7 @@ def decode(data: bytes) -> Message:
         raise InvalidMessage("message does not fit in memory") from None
     except Exception as e:  # numpy ValueError/OverflowError, UnicodeDecodeError, protobuf, ...
         raise InvalidMessage(f"undecodable message ({type(e).__name__}: "
-                             f"{clip_text(str(e), 120)})") from None
+                             f"{_said(e)})") from None
 
 
 def _decode(data: bytes) -> Message:
@@ -128,7 +135,7 @@ def _decode(data: bytes) -> Message:
     try:
         env.ParseFromString(bytes(data[_PREFIX:_PREFIX + head_len]))
     except Exception as e:  # protobuf raises DecodeError; treat any parse failure alike
-        raise InvalidMessage(f"not a valid Envelope header: {clip_text(str(e), 120)}") from None
+        raise InvalidMessage(f"not a valid Envelope header: {_said(e)}") from None
     if len(env.content_json) > MAX_CONTENT_BYTES:
         raise InvalidMessage(f"content of {len(env.content_json)} bytes exceeds {MAX_CONTENT_BYTES}")
     if len(env.tensors) > MAX_TENSORS:
@@ -136,7 +143,7 @@ def _decode(data: bytes) -> Message:
     try:
         content = json.loads(env.content_json) if env.content_json else {}
     except ValueError as e:
-        raise InvalidMessage(f"content is not JSON: {clip_text(str(e), 120)}") from None
+        raise InvalidMessage(f"content is not JSON: {_said(e)}") from None
     tensors: Optional[Dict[str, torch.Tensor]] = None
     offset = _PREFIX + head_len
     if len(env.tensors):
