@@ -2,11 +2,14 @@
 import json
 import os
 import random
+import stat
 import time
 
+import numpy as np
 import pytest
 
 from federatedscope.core.data import shard_format as mu
+from federatedscope.core.data.shard_format import split_file
 from federatedscope.core.data.shard_format import (FileEntry, Manifest, ManifestEntry,
                                                             ManifestError, ShardDeclaration, ShardMeta)
 
@@ -122,6 +125,32 @@ def test_fingerprint_is_pinned():
     lines = [f"packed:../packed/data.pt\0{SHA_B}\n", f"train.pt\0{SHA_A}\n", f"val.pt\0{SHA_B}\n"]
     assert mu.compute_fingerprint(files, packed) == hashlib.sha256("".join(lines).encode()).hexdigest()
     assert mu.compute_fingerprint(files) == hashlib.sha256("".join(lines[1:]).encode()).hexdigest()
+
+
+_WRITERS = {
+    "meta": lambda d, **kw: mu.write_meta(os.path.join(d, "meta.json"), _meta(), **kw),
+    "split": lambda d, **kw: split_file.write_split_chunks(
+        os.path.join(d, "train.pt"), np.array([1, 0, 2, 1]), (3,),
+        [np.arange(12, dtype=np.uint8).reshape(4, 3)], **kw),
+    "index": lambda d, **kw: split_file.write_index(os.path.join(d, "train.pt"),
+                                                    np.array([4, 0, 9]), **kw),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(_WRITERS))
+def test_shard_writers_fsync_unless_told_not_to(tmp_path, monkeypatch, writer):
+    """By default a write is durable: the file, then its directory (the rename), are fsynced.
+    The shard tool passes durable=False and syncs its whole staged tree once instead."""
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)))
+    for k, (kw, want) in enumerate([({}, [False, True]), ({"durable": True}, [False, True]),
+                                    ({"durable": False}, [])]):
+        d = tmp_path / str(k)
+        d.mkdir()
+        synced.clear()
+        _WRITERS[writer](str(d), **kw)
+        assert synced == want, kw
+        assert len(os.listdir(d)) == 1          # the file itself, no temp file left behind
 
 
 # ----------------------------------------------------------------------------- bad manifests

@@ -1,8 +1,10 @@
 """split_file, the one writer of split files, checked from outside: what it writes loads back
 (torch and the streaming reader agree), every zip CRC it patches is right, the bytes are a
 function of the content, and every bad input names the file."""
+import hashlib
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -80,6 +82,56 @@ def test_empty_split(tmp_path):
     sfile.write_split(r, torch.zeros(0, 28, 28, dtype=torch.uint8),
                       torch.zeros(0, dtype=torch.int64))
     assert sfile.sha256_file(r) == sfile.sha256_file(p)
+
+
+def test_chunks_of_zero_rows_are_accepted(tmp_path):
+    # a caller cutting rows by ranges may hand over an empty range: it adds no bytes
+    rows = np.arange(5 * 6, dtype=np.float32).reshape(5, 2, 3) / 4
+    parts = [rows[:2], rows[2:2], rows[2:], rows[5:]]              # 2, 0, 3 and 0 rows
+    y = np.array([4, 0, 3, 1, 2], np.int64)
+    p, q = str(tmp_path / "train.pt"), str(tmp_path / "whole.pt")
+    sfile.write_split_chunks(p, y, (2, 3), parts, dtype="float32")
+    _check(p, torch.from_numpy(rows), torch.from_numpy(y))
+    sfile.write_split_chunks(q, y, (2, 3), [rows], dtype="float32")
+    assert sfile.sha256_file(p) == sfile.sha256_file(q)
+    # an empty split given one empty chunk writes the same file as one given none
+    e, f = str(tmp_path / "e.pt"), str(tmp_path / "f.pt")
+    sfile.write_split_chunks(e, np.zeros(0, np.int64), (2, 3), [rows[:0]], dtype="float32")
+    sfile.write_split_chunks(f, np.zeros(0, np.int64), (2, 3), [], dtype="float32")
+    assert sfile.sha256_file(e) == sfile.sha256_file(f)
+
+
+def _serialization_id(path):
+    with zipfile.ZipFile(path) as z:
+        (name,) = [n for n in z.namelist() if n.endswith("/.data/serialization_id")]
+        return z.read(name).decode("ascii")
+
+
+def _id_of(content: bytes, size: int) -> str:
+    # the leading decimal digits of sha256(content) as one integer, as many as torch's id holds
+    return str(int(hashlib.sha256(content).hexdigest(), 16)).zfill(size)[:size]
+
+
+def test_serialization_id_is_pinned(tmp_path):
+    """Shards cut by this and later versions must hash alike: torch's random per-save id is
+    replaced by the digits of sha256(labels as int64 little-endian + CRC-32 of x's bytes as 4
+    little-endian bytes); an index file's id by those of sha256(its int64 indices)."""
+    x = np.array([[1, 2, 3], [250, 0, 7], [9, 9, 9], [4, 5, 6]], np.uint8)
+    y = np.array([3, 0, 2, 3], np.int64)
+    p = str(tmp_path / "train.pt")
+    sfile.write_split_chunks(p, y, (3,), [x[:1], x[1:]])
+    got = _serialization_id(p)
+    crc = zlib.crc32(bytes([1, 2, 3, 250, 0, 7, 9, 9, 9, 4, 5, 6]))
+    content = b"".join(int(v).to_bytes(8, "little") for v in (3, 0, 2, 3)) \
+        + crc.to_bytes(4, "little")
+    assert len(got) >= 16 and got == _id_of(content, len(got))
+    e = str(tmp_path / "test.pt")
+    sfile.write_split_chunks(e, np.zeros(0, np.int64), (3,), [])
+    assert _serialization_id(e) == _id_of(b"\0\0\0\0", len(got))      # no labels, CRC 0
+    i = str(tmp_path / "idx.pt")
+    sfile.write_index(i, np.array([7, 1, 300], np.int32))
+    idx_bytes = b"".join(int(v).to_bytes(8, "little") for v in (7, 1, 300))
+    assert _serialization_id(i) == _id_of(idx_bytes, len(got))
 
 
 @pytest.mark.parametrize("x,y,what", [

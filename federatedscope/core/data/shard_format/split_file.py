@@ -73,9 +73,7 @@ def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dtype not in _TORCH_DTYPES or y.dtype != torch.int64 or len(x) != len(y) or x.dim() < 2:
         raise ValueError(f"{path}: need x [n, ...] of one of {list(SAMPLE_DTYPES)} and int64 "
                          f"y [n], got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}")
-    # an empty split has no chunk (memoryview cannot cast a zero-length shape)
-    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]),
-                       [x.contiguous().numpy()] if len(x) else [],
+    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
                        _TORCH_DTYPES[x.dtype])
 
 
@@ -105,9 +103,10 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
                 if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
                     raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
                                      f"{n} x {sample_shape} (at row {written})")
-                view = memoryview(c).cast("B")
-                f.write(view)
-                crc = zlib.crc32(view, crc)
+                # a C-contiguous array is a flat byte buffer to write() and crc32(); no
+                # memoryview cast, which refuses a chunk of zero rows
+                f.write(c)
+                crc = zlib.crc32(c, crc)
                 written += len(c)
             if written != n:
                 raise ValueError(f"{path}: got {written} sample rows, expected {n}")
