@@ -332,7 +332,10 @@ def render(outcomes: Sequence[Outcome], previous: str = "") -> str:
            "*Equivalent* survivors are listed with their reason in "
            "[mutation_equivalent.txt](mutation_equivalent.txt); every other survivor is a bug "
            "the tests would let through. A timeout (the mutant pushed the tests past mutmut's CPU "
-           "limit) counts as caught. Modules without a row have not been run yet.", "",
+           "limit) counts as caught once it has timed out again under a 25 x limit "
+           "(`--reuse DIR --retry-timeouts`): mutmut's limit is estimated from the tests' "
+           "durations, and a run stopped by too tight a limit proves nothing. Modules without a "
+           "row have not been run yet.", "",
            "Policy on message texts: an error message that names the file, field, client or "
            "fix is contract (an operator acts on it), so its mutants must be killed by a test "
            "that reads the text. Texts no program or person acts on word for word (argparse "
