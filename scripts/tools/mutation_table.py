@@ -169,7 +169,7 @@ def read_equivalent(path: str = EQUIVALENT) -> Dict[str, str]:
     return out
 
 
-def _config(module: Module, timeout_multiplier: float = 5.0) -> str:
+def _config(module: Module, timeout_multiplier: float) -> str:
     lines = ["[mutmut]", "source_paths = federatedscope", "only_mutate ="]
     lines += [f"    {g}" for g in module.globs]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in module.tests]
@@ -193,7 +193,7 @@ RETRY_CODES = (0, 33)
 # estimate comes from the tests' durations in the stats run) can stop a run whose mutant no test
 # would catch, so a timeout is a verdict only after a rerun with a far larger limit.
 TIMEOUT_CODES = (36, -24, 24, 152, 255)
-RETRY_TIMEOUT_MULTIPLIER = 25.0
+TIMEOUT_MULTIPLIER, RETRY_TIMEOUT_MULTIPLIER = 5.0, 25.0
 
 
 def reset_for_retry(dest: str, codes_to_retry: Sequence[int] = RETRY_CODES) -> int:
@@ -249,7 +249,7 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
             kept = re.sub(r"(?ms)^\[mutmut\].*?(?=^\[|\Z)", "", f.read())
         with open(cfg_path, "w") as f:
             f.write(kept + "\n" + _config(module, RETRY_TIMEOUT_MULTIPLIER if retry_timeouts
-                                            else 5.0))
+                                            else TIMEOUT_MULTIPLIER))
         # mutmut puts mutants/ first on sys.path itself; an inherited PYTHONPATH would let the
         # tests import the unmutated tree (and one naming mutants/ before it exists is cached
         # by the import system as "nothing there")
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
                          "test files list retries only survivors and untested mutants there")
     ap.add_argument("--retry-timeouts", action="store_true",
                     help=f"with --reuse: also retry timed-out mutants, under a "
-                         f"{RETRY_TIMEOUT_MULTIPLIER:g} x time limit instead of 5 x")
+                         f"{RETRY_TIMEOUT_MULTIPLIER:g} x time limit instead of {TIMEOUT_MULTIPLIER:g} x")
     args = ap.parse_args(argv)
     if args.reuse and len(args.modules) != 1:
         print("--reuse keeps one module's scratch copy: name exactly one module")
