@@ -23,6 +23,7 @@ class FakeComm:
         self.sent: List[tuple] = []       # (receiver id or ("conn", id), Message)
         self.closed: List[int] = []
         self.bound: Dict[int, int] = {}
+        self.heard: Dict[int, float] = {}   # conn_id -> when the "transport" last heard it
 
     def bind(self, conn_id: int, client_id: int) -> None:
         self.bound[conn_id] = client_id
@@ -38,6 +39,9 @@ class FakeComm:
 
     def close(self, conn_id: int) -> None:
         self.closed.append(conn_id)
+
+    def last_heard(self, conn_id: int) -> float:
+        return self.heard.get(conn_id, 0.0)
 
 
 class FakeClock:

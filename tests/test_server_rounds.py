@@ -2,6 +2,7 @@
 several rounds: the clock's boundaries (``Liveness``), pausing and resuming a round, catching up a
 re-joined client, early stop, the global evaluator, and the texts an operator acts on."""
 import pytest
+import torch
 
 from federatedscope.core.message import EVALUATE, FINISH, MODEL_PARA, SERVER_ID
 from federatedscope.core.workers.server_eval import Evaluation
@@ -58,6 +59,60 @@ def test_every_wait_is_overdue_only_strictly_after_its_limit(tmp_path):
     assert not live.eval_overdue(Evaluation(3, set(), started=10.0), 1000.0)  # nobody awaited
     assert not live.pause_overdue(None, 1e9)
     assert not live.pause_overdue(10.0, 60.0) and live.pause_overdue(10.0, 60.5)
+
+
+def test_a_client_the_transport_heard_is_not_silent_and_only_quiet_records_ask(tmp_path):
+    """The gRPC transport keeps heartbeats to itself and stamps the connection instead; the
+    server's clock folds that stamp in before calling a client silent, and asks for it only
+    when its own record looks silent (asking for all 3,550 records every tick costs)."""
+    live = Liveness(make_cfg(tmp_path, "distribute.heartbeat_timeout", 8.0))
+    recs = [ClientRecord(c, 10 + c, last_seen=100.0) for c in (1, 2, 3, 4)]
+    recs[2].last_seen = 106.0                      # client 3 spoke to the server itself
+    heard = {11: 104.5, 12: 101.0, 13: 0.0}        # conn -> transport's stamp; 14 unknown
+    asked = []
+
+    def stamp(conn_id: int) -> float:
+        asked.append(conn_id)
+        return heard.get(conn_id, 0.0)
+    # at 108.5, 1, 2 and 4 look quiet (8.5 s > 8 s); the transport heard 1 and 2 since
+    assert [r.client_id for r in live.silent(recs, 108.5, stamp)] == [4]
+    assert asked == [11, 12, 14]
+    assert [r.last_seen for r in recs] == [104.5, 101.0, 106.0, 100.0]
+    asked.clear()
+    assert [r.client_id for r in live.silent(recs, 109.1, stamp)] == [2, 4]
+    assert asked == [12, 14]
+    asked.clear()
+    assert [r.client_id for r in live.silent(recs, 112.6, stamp)] == [1, 2, 4]
+    assert asked == [11, 12, 14]       # 3 is quiet for 6.6 s only: not asked
+    assert [r.client_id for r in live.silent(recs, 114.1, stamp)] == [1, 2, 3, 4]
+    # an older stamp never moves a record back
+    assert recs[0].last_seen == 104.5 and live.silent(recs[:1], 112.4, lambda c: 50.0) == []
+
+
+def test_heartbeats_kept_by_the_transport_keep_clients_in_the_round(tmp_path, monkeypatch,
+                                                                   caplog):
+    """4 clients; 1 and 3 send nothing to the server but the transport heard them (their
+    heartbeats): after 11 s with heartbeat_timeout 10 only 2 and 4 are lost and closed, and the
+    round finishes with 1 and 3's updates."""
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 1, "distribute.heartbeat_timeout", 10.0,
+                "federate.min_clients_threshold", 2, monkeypatch=monkeypatch, expected=4)
+    for c in (1, 2, 3, 4):
+        h.join(c, conn=20 + c)
+    g = h.global_state()
+    h.clock.now += 9.0
+    h.comm.heard.update({21: h.clock.now, 23: h.clock.now})
+    h.tick(after=2.0)
+    assert h.comm.closed == [22, 24]
+    assert "client #2 silent for 11s" in caplog.text and "client #1 silent" not in caplog.text
+    h.send(1, MODEL_PARA, 0, {"sample_size": 10}, h.shifted(1.0, g), conn=21)
+    h.send(3, MODEL_PARA, 0, {"sample_size": 10}, h.shifted(3.0, g), conn=23)
+    h.clock.now += 10.0
+    h.comm.heard.update({21: h.clock.now, 23: h.clock.now})
+    h.tick(after=1.0)                       # 2 and 4 past the grace: no longer waited for
+    assert h.server.round == 1 and h.comm.closed == [22, 24]
+    assert "client #1 silent" not in caplog.text and "client #3 silent" not in caplog.text
+    assert torch.allclose(h.global_state()["fc2.bias"], g["fc2.bias"] + 2.0)
 
 
 def test_zero_timeouts_never_expire(tmp_path):

@@ -14,7 +14,7 @@ from federatedscope.core.communication import codec
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.communication.proto import fl_pb2
 from federatedscope.core.configs.config import get_default_cfg
-from federatedscope.core.message import ASSIGN_ID, JOIN_IN, MODEL_PARA, Message
+from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, METRICS, MODEL_PARA, Message
 from federatedscope.core.communication.flow import CHUNK_FIRST
 from federatedscope.core.communication.limits import BAD_MESSAGES_PER_SESSION
 from federatedscope.core.communication.transport import Disconnected, Incoming
@@ -191,6 +191,43 @@ def _bound_peers(t, inbox, addr, n):
     return peers
 
 
+def test_heartbeats_stay_in_the_transport_and_stamp_their_connection(server, caplog):
+    """Liveness is all a heartbeat carries: a joined client's heartbeats never reach the
+    Server's inbox (thousands of idle sessions beating would cost its thread), but each stamps
+    the connection's ``last_heard``; any other message still arrives, and stamps it too. An
+    unjoined stream's heartbeat is still rejected."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, addr = server(max_clients=8)
+    peers = _bound_peers(t, inbox, addr, 4)
+    try:
+        conns = {k: c for k, c in enumerate(sorted(t._conns), 1)}
+        assert [t.last_heard(c) for c in conns.values()] == [0.0] * 4   # joins predate binding
+        before = time.monotonic()
+        for k, p in enumerate(peers, 1):
+            for _ in range(k):
+                p.send(Message(HEARTBEAT, k, 0, 0))
+        peers[3].send(Message(METRICS, 4, 0, 1, {"results": {"test_acc": 0.5}}))
+        ev = _next_incoming(inbox)
+        assert (ev.msg.msg_type, ev.conn_id) == (METRICS, conns[4])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and min(map(t.last_heard, conns.values())) < before:
+            time.sleep(0.05)
+        stamps = [t.last_heard(c) for c in conns.values()]
+        assert all(before <= s <= time.monotonic() for s in stamps), stamps
+        time.sleep(0.3)
+        assert inbox.empty() and t.rejected == 0           # 10 heartbeats: none crossed
+        assert t.last_heard(max(conns.values()) + 100) == 0.0     # no such connection
+        with RawPeer(addr) as stranger:
+            stranger.send(Message(HEARTBEAT, 5, 0, 0))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and t.rejected == 0:
+                time.sleep(0.05)
+        assert "heartbeat before join_in" in caplog.text
+    finally:
+        for p in peers:
+            p.close()
+
+
 def test_simultaneous_uploads_are_read_only_as_fast_as_the_server_takes_them():
     from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
     inbox = ServerInbox()
@@ -205,6 +242,12 @@ def test_simultaneous_uploads_are_read_only_as_fast_as_the_server_takes_them():
         time.sleep(3.0)                                          # nobody takes from the inbox
         waiting = list(inbox.queue)
         assert len(waiting) == HEAVY_IN_INBOX, len(waiting)     # the rest wait in flow control
+        # a stream we do not read because its upload waits for a slot is not silent: the
+        # server's liveness hears it now (3,550 uploads wait longer than a heartbeat timeout)
+        now = time.monotonic()
+        heard = [t.last_heard(c) for c in sorted(t._conns)]
+        assert sum(h >= now for h in heard) == 30 - HEAVY_IN_INBOX, heard
+        assert all(now - 10 < h for h in heard), heard
         got = [_next_incoming(inbox).msg for _ in range(30)]     # taking them lets the rest in
         assert sorted(m.sender for m in got) == list(range(1, 31))
         assert all(torch.equal(m.tensors["w"], update["w"]) for m in got)

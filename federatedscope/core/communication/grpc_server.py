@@ -28,6 +28,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Dict, Optional, Union
 
 import grpc
@@ -206,6 +207,16 @@ class GrpcServerTransport(StreamIntake):
     def close(self, conn_id: int) -> None:
         self._call(self._enqueue_conn, conn_id, CLOSE)
 
+    def last_heard(self, conn_id: int) -> float:
+        # Read from the Server's thread: one dict lookup and two fields, atomic under the GIL;
+        # a stale value is at most one message old, and the timeout counts in seconds. A
+        # stream whose upload waits for an inbox slot is heard now: it is we who do not read
+        # (thousands uploading at once wait longer than any heartbeat timeout).
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return 0.0
+        return time.monotonic() if conn.queued else conn.last_heard
+
     # ------------------------------------------------ loop-thread handlers
     def _bind(self, conn_id: int, client_id: int) -> None:
         conn = self._conns.get(conn_id)
@@ -272,7 +283,7 @@ class GrpcServerTransport(StreamIntake):
         self._lines.warn(old.peer, f"Closed unjoined session from {old.peer}: {why}")
         old.outbox.put_nowait(CLOSE)
 
-    async def _session(self, requests, context) -> None:
+    async def _session(self, _requests, context) -> None:   # read via context.read()
         conn = self._open(context.peer())
         if isinstance(conn, str):
             peer = clip_text(context.peer(), 80)
@@ -286,7 +297,7 @@ class GrpcServerTransport(StreamIntake):
         # The nonce goes first, before the peer may send anything: its join must prove the token
         # for this very stream (join_proof.py).
         await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()),))
-        reader = asyncio.ensure_future(self._read(conn, requests))
+        reader = asyncio.ensure_future(self._read(conn, context))
         deadline = self._loop.call_later(self.limits.join_deadline, self._check_deadline, conn)
         try:
             while True:
@@ -320,13 +331,18 @@ class GrpcServerTransport(StreamIntake):
             conn.reason = "stopped reading"
             return False
 
-    async def _read(self, conn: Connection, requests) -> None:
+    async def _read(self, conn: Connection, context) -> None:
         try:
-            async for data in requests:
+            while True:
+                # context.read(), not ``async for`` over the request iterator: that iterator
+                # keeps the message it yielded last alive until the next one arrives, so an
+                # idle stream held its last message for as long as it stayed idle (measured
+                # with 1 MiB chunks: +1.2 MB per client at 300 clients).
+                data = await context.read()
+                if data is grpc.aio.EOF:
+                    break
                 keep = await self._on_frame(conn, data)
-                # Drop the raw bytes now: an idle stream would otherwise keep its last message
-                # (a whole model) alive until its next heartbeat, N models for N streams.
-                del data
+                del data      # likewise: not held while this stream waits for its next message
                 if not keep:
                     break
                 if conn.bad >= BAD_MESSAGES_PER_SESSION:

@@ -8,6 +8,7 @@ rejection is one bounded log line.
 """
 import asyncio
 import logging
+import time
 from typing import Optional
 
 import grpc
@@ -46,6 +47,11 @@ class Connection:
         self.abuse = False            # closed for abuse by a bound client (see ``Disconnected``)
         self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
         self.assembly: Optional[Reassembly] = None   # a chunked message being received
+        # time.monotonic() of the bound client's last frame: the Server's liveness reads it
+        # (``last_heard``), so heartbeats need not cross to the Server's thread
+        self.last_heard = 0.0
+        # its upload waits for an inbox slot: the server, not the client, is not listening
+        self.queued = False
 
 
 class LineBudget:
@@ -94,6 +100,8 @@ class StreamIntake:
 
     async def _on_frame(self, conn: Connection, data: bytes) -> bool:
         """One wire message: a whole frame, or a chunk of one. False: close the stream."""
+        if conn.client_id is not None:
+            conn.last_heard = time.monotonic()
         head = data[:len(CHUNK_FIRST)]
         if head == CHUNK_MORE:
             if conn.assembly is None:
@@ -131,7 +139,12 @@ class StreamIntake:
             return False
         heavy = self._budgeted(conn, total)
         if heavy:   # before reading the rest: while we wait, flow control holds the sender
-            await self._wait_for_inbox_slot()
+            conn.queued = True
+            try:
+                await self._wait_for_inbox_slot()
+            finally:
+                conn.queued = False
+            conn.last_heard = time.monotonic()
         try:
             conn.assembly = Reassembly(total, data, heavy)
         except InvalidMessage as e:
@@ -241,7 +254,12 @@ class StreamIntake:
                 and not conn.heartbeats.take(self._loop.time())):
             self._reject(conn, "heartbeats faster than distribute.heartbeat_interval allows")
             return True
-        if conn.client_id is None:
+        if conn.client_id is not None:
+            if msg.msg_type == HEARTBEAT:
+                # Liveness is all a heartbeat carries, and ``_on_frame`` recorded it: thousands
+                # of idle sessions beating cost the Server's thread nothing.
+                return True
+        else:
             msg.content[NONCE_KEY] = conn.nonce.hex()   # the nonce THIS stream was sent
             conn.join_sent = True
             self._unjoined.joined_in(conn)

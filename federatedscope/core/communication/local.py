@@ -55,6 +55,9 @@ class LocalServerComm:
     def close(self, conn_id: int) -> None:
         pass
 
+    def last_heard(self, conn_id: int) -> float:
+        return 0.0   # every message reaches the server: its own record is the whole story
+
 
 class LocalClientComm:
     def __init__(self, bus: LocalBus, client_id: int):

@@ -46,6 +46,11 @@ class ServerComm(Protocol):
     def close(self, conn_id: int) -> None:
         """End the connection after what was queued for it has been sent."""
 
+    def last_heard(self, conn_id: int) -> float:
+        """``time.monotonic()`` when the transport last took a valid message from the client
+        bound to ``conn_id`` (0.0: unknown). A transport may keep heartbeats to itself, since
+        liveness is all they carry: the server asks here before it calls a client silent."""
+
 
 class ClientComm(Protocol):
     def send(self, msg: Message) -> None:

@@ -126,7 +126,8 @@ class Server(Worker):
                            f"{clip_text(msg.msg_type, 40)}; ignored")
 
     def callback_funcs_for_heartbeat(self, msg: Message) -> None:
-        """Only refreshes ``last_seen`` (done for every message of a joined client)."""
+        """Only refreshes ``last_seen`` (done for every message of a joined client). The gRPC
+        transport keeps joined clients' heartbeats to itself (``ServerComm.last_heard``)."""
 
     def callback_funcs_for_join_in(self, msg: Message) -> None:
         cid = self.clients.join(self._event.conn_id, self._event.peer, msg.content, self.round)
@@ -303,7 +304,7 @@ class Server(Worker):
         if not self.distributed or self.finished:
             return
         now, st, live = time.monotonic(), self.state, self.liveness
-        for rec in live.silent(self.clients.values(), now):
+        for rec in live.silent(self.clients.values(), now, self.comm.last_heard):
             self.clients.mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
                                  f"(> distribute.heartbeat_timeout); marking it lost", now)
             self.comm.close(rec.conn_id)

@@ -5,7 +5,7 @@ records it holds and the current time, and decides what to do. Nothing here poll
 runner calls ``Server.tick()`` when its inbox was quiet for ``next_deadline()`` seconds or after
 each event. Standalone runs have no clock: the in-process bus cannot lose a client.
 """
-from typing import Iterable, List, Optional, Set
+from typing import Callable, Iterable, List, Optional, Set
 
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_members import ClientRecord
@@ -31,9 +31,21 @@ class Liveness:
         """Seconds until ``tick`` has something to check (the runner sleeps on its inbox until then)."""
         return max(0.05, min(self.heartbeat_timeout / 2, 5.0))
 
-    def silent(self, clients: Iterable[ClientRecord], now: float) -> List[ClientRecord]:
+    def silent(self, clients: Iterable[ClientRecord], now: float,
+               heard: Callable[[int], float] = lambda conn_id: 0.0) -> List[ClientRecord]:
+        """Online clients quiet for longer than the heartbeat timeout. ``heard(conn_id)``: when
+        the transport last heard that connection (it keeps heartbeats to itself); asked only
+        for a record that looks silent, and folded into its ``last_seen``."""
         hb = self.heartbeat_timeout
-        return [r for r in clients if r.online and hb > 0 and now - r.last_seen > hb]
+        if hb <= 0:
+            return []
+        out = []
+        for r in clients:
+            if r.online and now - r.last_seen > hb:
+                r.last_seen = max(r.last_seen, heard(r.conn_id))
+                if now - r.last_seen > hb:
+                    out.append(r)
+        return out
 
     def gone(self, clients: Iterable[ClientRecord], now: float) -> Set[int]:
         """Offline for longer than the grace: no longer waited for."""
