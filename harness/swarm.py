@@ -129,6 +129,11 @@ class SwarmPlan:
     timeout: float = 600.0          # the whole swarm gives up after this
     gate_ids: frozenset = frozenset()   # these join only once ``gate`` is set (phased benchmarks)
     gate: Optional[threading.Event] = None
+    # Sessions opening at once (0: all). One process playing thousands of clients cannot answer
+    # thousands of nonces within distribute.join_deadline, as thousands of machines would: the
+    # server then closes the streams it opened first and those clients retry. Join latency
+    # still counts from the client's start, so waiting here is part of the figure.
+    max_connecting: int = 0
 
 
 @dataclass
@@ -160,6 +165,9 @@ class Swarm:
         self.results = {cid: VirtualResult(cid, roles[i] if i < len(roles) else "normal")
                         for i, cid in enumerate(ids)}
         self._update: Optional[dict] = None   # precomputed from the first model received
+        self._connecting: Optional[asyncio.Semaphore] = None   # made in run(), on its loop
+        self._in_flight = 0
+        self.peak_connecting = 0        # most sessions open at once before their join's answer
 
     def _update_for(self, model: Dict) -> Dict:
         """One update shared by every virtual client: the model nudged by fixed noise (same
@@ -197,7 +205,13 @@ class Swarm:
         t_first, delay = time.perf_counter(), 1.0
         rng = random.Random(f"{plan.seed}:{res.client_id}")
         while True:
-            await self._session(res, t_first)
+            if self._connecting is None:
+                await self._session(res, t_first)
+            else:
+                await self._connecting.acquire()
+                self._in_flight += 1
+                self.peak_connecting = max(self.peak_connecting, self._in_flight)
+                await self._session(res, t_first, self._joined)
             if (res.join_latency is not None or res.refused or res.finished
                     or time.perf_counter() - t_first + delay > plan.timeout):
                 return
@@ -207,8 +221,20 @@ class Swarm:
             await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
             delay = min(10.0, delay * 1.6)
 
-    async def _session(self, res: VirtualResult, t_join: float) -> None:
+    def _joined(self) -> None:
+        self._in_flight -= 1
+        self._connecting.release()
+
+    async def _session(self, res: VirtualResult, t_join: float, joined=None) -> None:
+        """One stream; ``joined()`` is called once, when the join is answered or the stream
+        ends (whichever comes first)."""
         plan, shard = self.plan, self.plan.shards[res.client_id]
+
+        def answered() -> None:
+            nonlocal joined
+            if joined is not None:
+                joined, done = None, joined
+                done()
         channel = grpc.aio.insecure_channel(plan.address, options=[
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)])
@@ -241,6 +267,7 @@ class Swarm:
                 msg = codec.decode(data)
                 if msg.msg_type == ASSIGN_ID:
                     res.join_latency = time.perf_counter() - t_join
+                    answered()
                 elif msg.msg_type == MODEL_PARA:
                     res.models.append(msg.state)
                     if res.role == "dropper" and msg.state + 1 >= plan.drop_round:
@@ -262,6 +289,7 @@ class Swarm:
                         await call.done_writing()
                 elif msg.msg_type == REFUSE:
                     res.refused = str(msg.content.get("reason", ""))[:200]
+                    answered()
                 # drop the decoded model before waiting: N idle tasks would otherwise each hold
                 # one (N x model bytes in this process; 6.5 GB at 3,550 clients)
                 msg = data = None
@@ -271,12 +299,15 @@ class Swarm:
         except Exception as e:  # a bug in a virtual client must show, not hang the swarm
             res.error = f"{type(e).__name__}: {str(e)[:160]}"
         finally:
+            answered()
             if hb is not None:
                 hb.cancel()
             call.cancel()
             await channel.close()
 
     async def run(self) -> Dict[int, VirtualResult]:
+        if self.plan.max_connecting > 0:
+            self._connecting = asyncio.Semaphore(self.plan.max_connecting)
         tasks = [asyncio.ensure_future(self._client(r)) for r in self.results.values()]
         done, pending = await asyncio.wait(tasks, timeout=self.plan.timeout)
         for t in pending:
@@ -295,12 +326,17 @@ def summarize(results: Dict[int, VirtualResult], rounds: int, sampled: bool = Fa
     def pct(p: float) -> Optional[float]:
         return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
     stayed = [r for r in results.values() if r.role != "dropper"]
+    counts: Dict[str, int] = {}
+    for r in results.values():
+        if r.error:
+            counts[r.error] = counts.get(r.error, 0) + 1
     # A client that stays must get every round's model, the final evaluation and finish.
     lost = sum((0 if sampled else rounds - len(set(r.models))) + (0 if r.finished else 1)
                for r in stayed)
     return {"clients": len(results), "joined": len(lat), "finished": sum(r.finished for r in stayed),
             "stayed": len(stayed), "refused": sum(bool(r.refused) for r in results.values()),
-            "errors": sorted({r.error for r in results.values() if r.error})[:5],
+            "errors": sorted(counts)[:5],
+            "error_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])[:5]),
             "updates_sent": sum(r.updates_sent for r in results.values()),
             "metrics_sent": sum(r.metrics_sent for r in results.values()),
             "join_p50_s": pct(0.5), "join_p99_s": pct(0.99), "join_max_s": lat[-1] if lat else None,
@@ -333,6 +369,7 @@ def main(argv=None) -> int:
     p.add_argument("--late", type=float, default=0.0)
     p.add_argument("--drop", type=float, default=0.0)
     p.add_argument("--stragglers", type=float, default=0.0)
+    p.add_argument("--max-connecting", type=int, default=0, help="sessions opening at once (0: all)")
     a = p.parse_args(argv)
     manifest, shards = write_swarm_manifest(a.work, a.n)
     extra = server_opts(a.rounds, ["federate.round_timeout", "20", "federate.min_clients_threshold",
@@ -342,7 +379,8 @@ def main(argv=None) -> int:
     try:
         res = run_swarm(SwarmPlan(f"127.0.0.1:{job.port}", shards, late_fraction=a.late,
                                   drop_fraction=a.drop, straggler_fraction=a.stragglers,
-                                  straggler_delay=25.0 if a.stragglers else 0.0))
+                                  straggler_delay=25.0 if a.stragglers else 0.0,
+                                  max_connecting=a.max_connecting))
         code = wait_all([server], 120, check=False)[0]
     finally:
         wait_all([server], 0, check=False)

@@ -5,7 +5,7 @@ import time
 
 from harness.jobs import Job
 from harness.procs import wait_all
-from harness.swarm import SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
+from harness.swarm import Swarm, SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
 
 
 def _start_server(tmp_path, manifest, rounds, extra=()):
@@ -39,6 +39,28 @@ def test_swarm_of_200_finishes_a_job_without_losing_a_message(tmp_path):
     assert wall < 60, f"{wall:.0f}s"
 
 
+def test_a_swarm_opening_few_sessions_at_once_still_joins_all_of_them(tmp_path):
+    """``max_connecting``: at most that many sessions wait for their join's answer at once (a
+    swarm of thousands on one machine cannot answer thousands of nonces in time); the rest
+    wait their turn, and every client joins and finishes."""
+    import asyncio
+    n, rounds = 120, 1
+    manifest, shards = write_swarm_manifest(str(tmp_path / "shards"), n)
+    server, port, log = _start_server(tmp_path, manifest, rounds)
+    try:
+        swarm = Swarm(SwarmPlan(f"127.0.0.1:{port}", shards, timeout=120, max_connecting=8))
+        res = asyncio.run(swarm.run())
+        assert wait_all([server], 60) == [0], open(log).read()[-3000:]
+    finally:
+        wait_all([server], 1)
+    s = summarize(res, rounds)
+    assert s["joined"] == n and s["finished"] == n and s["messages_lost"] == 0, s
+    assert s["join_retries"] == 0 and s["errors"] == [], s
+    assert 2 <= swarm.peak_connecting <= 8, swarm.peak_connecting
+    assert swarm._in_flight == 0                 # every slot given back
+    assert _aggregated(log) == [n]
+
+
 def test_swarm_droppers_and_stragglers_do_not_stall_the_job(tmp_path):
     n, rounds = 20, 2
     manifest, shards = write_swarm_manifest(str(tmp_path / "shards"), n)
@@ -57,3 +79,18 @@ def test_swarm_droppers_and_stragglers_do_not_stall_the_job(tmp_path):
     # Round 1 goes on without the 2 droppers and the 2 late stragglers.
     assert aggregated[0] == n - 4, (aggregated, open(log).read()[-2000:])
     assert os.path.getsize(log) > 0
+
+
+def test_summary_counts_each_error_and_the_messages_lost():
+    """In-process: 6 virtual clients over 3 rounds, hand-counted."""
+    from harness.swarm import VirtualResult
+    rs = {i: VirtualResult(i) for i in range(1, 7)}
+    for r in rs.values():
+        r.models, r.finished, r.join_latency = [0, 1, 2], True, r.client_id / 10
+    rs[2].error, rs[3].error, rs[4].error = "B", "A", "B"
+    rs[3].models, rs[3].finished = [0], False          # lost 2 models and its finish
+    rs[5].role, rs[5].models, rs[5].finished = "dropper", [0], False   # expected to leave
+    s = summarize(rs, 3)
+    assert s["errors"] == ["A", "B"] and s["error_counts"] == {"B": 2, "A": 1}
+    assert s["messages_lost"] == 3 and s["stayed"] == 5 and s["finished"] == 4
+    assert (s["join_p50_s"], s["join_max_s"]) == (0.4, 0.6)
