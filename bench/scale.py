@@ -63,7 +63,8 @@ def model_and_loopback(ctx) -> "tuple[int, float]":
     return model_bytes, best
 
 
-def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", fleet=None) -> dict:
+def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", fleet=None,
+          sampled: bool = False) -> dict:
     """One server (under bench/child.py, reporting its VmHWM and CPU at exit) and a swarm of
     N + 1: storm, idle window, then the gate opens and the job runs. ``fleet``: (manifest path,
     client id -> SwarmShard) of N + 1 real shards instead of a synthetic manifest."""
@@ -106,7 +107,7 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
             "round_s": common.round_times(log), "job_wall_s": job_s,
             "aggregated": [int(x) for x in common.log_floats(log, r"aggregated (\d+) update")],
-            "swarm": summarize(out.get("res", swarm.results), rounds, sampled=bool(extra))}
+            "swarm": summarize(out.get("res", swarm.results), rounds, sampled=sampled)}
 
 
 def allowance_s(r: dict, model_bytes: int, thr: float) -> "tuple[float, float]":
@@ -162,7 +163,8 @@ def run(ctx) -> dict:
     sampled = None
     if not ctx.quick:
         ctx.log("  N=1000 with federate.sample_client_num 100")
-        sampled = run_n(ctx, 1000, rounds, window, ["federate.sample_client_num", "100"], "_s100")
+        sampled = run_n(ctx, 1000, rounds, window, ["federate.sample_client_num", "100"], "_s100",
+                        sampled=True)
         a, b = median(sampled["round_s"]), median(per_n[100]["round_s"])
         rows.append(row("N=1,000 with sample_client_num 100: median round vs a 100-client job",
                         a / b, f"{a:.2f} s vs {b:.2f} s ({a / b:.2f}×); updates per round "
