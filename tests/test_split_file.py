@@ -168,7 +168,7 @@ def test_record_offset_errors_name_the_file(tmp_path):
     p = str(tmp_path / "x.pt")
     sfile.write_split(p, torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
     with open(p, "rb") as f, pytest.raises(ShardError, match=f"{p}: no 99-byte tensor record"):
-        sfile._record_offset(p, f, 99, prefer_first=True)
+        sfile._record_offset(p, f, sfile._central_entries(f), 99)
 
 
 def _labels_file(tmp_path, n=21):
@@ -345,7 +345,7 @@ def test_crc_patch_of_a_record_that_is_not_there(tmp_path):
     p, _ = _labels_file(tmp_path)
     with open(p, "r+b") as f, pytest.raises(
             ShardError, match=f"^{p}: cannot find the record to update in the archive$"):
-        sfile._set_crc(p, f, 12345, 7, 0)
+        sfile._set_crc(p, f, sfile._central_entries(f), 12345, 7, 0)
 
 
 def test_chunks_of_a_wider_integer_type_are_stored_as_the_split_dtype(tmp_path):
@@ -365,7 +365,7 @@ def test_damaged_or_compressed_records_are_named(tmp_path):
                          else zipfile.ZIP_STORED)
     with open(deflated, "rb") as f, pytest.raises(
             ShardError, match=f"^{deflated}: tensor record archive/data/0 is compressed"):
-        sfile._record_offset(deflated, f, 21 * 3, prefer_first=True)
+        sfile._record_offset(deflated, f, sfile._central_entries(f), 21 * 3)
     with zipfile.ZipFile(src) as z:
         at = z.getinfo("archive/data/0").header_offset
     with open(src, "r+b") as f:
@@ -373,4 +373,4 @@ def test_damaged_or_compressed_records_are_named(tmp_path):
         f.write(b"PK\x09\x09")                      # the local header's signature, damaged
     with open(src, "rb") as f, pytest.raises(ShardError,
                                               match="^damaged zip header for archive/data/0$"):
-        sfile._record_offset(src, f, 21 * 3, prefer_first=True)
+        sfile._record_offset(src, f, sfile._central_entries(f), 21 * 3)

@@ -111,11 +111,11 @@ def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spi
         r, y = rows[split]
         path = os.path.join(tmp, f"{split}.pt")
         if packed is not None:
-            split_file.write_index(path, r, durable=False)
+            sha = split_file.write_index(path, r, durable=False)
         else:
-            split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
-                                          spec.sample_dtype, durable=False)
-        files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), split_file.sha256_file(path))
+            sha = split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
+                                                spec.sample_dtype, durable=False)
+        files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), sha)
     ncls = spec.num_classes
     meta = sf.ShardMeta(
         client_id=k, dataset=spec.name, writer_ids=list(writers),
@@ -143,9 +143,8 @@ def write_packed(out: str, plan: Plan, per_writer: Dict[str, Dict[str, Rows]],
     all_y = np.concatenate([y for _, y in rows]) if rows else np.zeros(0, np.int64)
     path = os.path.join(out, PACKED)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    split_file.write_split_chunks(path, all_y, spec.sample_shape, spill.chunks(all_rows),
-                                  spec.sample_dtype, durable=False)
-    return _packed_info(out, split_file.sha256_file(path))
+    return _packed_info(out, split_file.write_split_chunks(
+        path, all_y, spec.sample_shape, spill.chunks(all_rows), spec.sample_dtype, durable=False))
 
 
 def _packed_order(plan: Plan) -> List[Tuple[str, str]]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -135,6 +136,26 @@ class _FloatIntern(dict):
         return value
 
 
+_ROW = struct.Struct("<%dd" % (SIDE * SIDE))
+
+
+def _pixels(xs: list, where: str, has_bool: bool) -> np.ndarray:
+    """``[n, 784]`` float64 of a writer's parsed images, through ``struct`` when it can.
+
+    ``struct`` packs a parsed row of Python floats ~3x faster than numpy's nested-list
+    conversion. It takes exactly 784 ints or floats a row, so anything it refuses (a ragged
+    row, a string, null, a nested array) goes to ``images``, whose error names the sample.
+    It would take ``true`` as 1.0, so a file holding a JSON boolean goes to ``images`` too.
+    """
+    if not has_bool:
+        try:
+            return np.frombuffer(b"".join([_ROW.pack(*r) for r in xs]),
+                                 dtype="<f8").reshape(len(xs), SIDE * SIDE)
+        except (struct.error, TypeError, OverflowError):
+            pass  # the checked path finds and names the bad sample
+    return images(xs, where, has_bool)
+
+
 def _load_json(path: str, data: Optional[bytes] = None) -> dict:
     if data is None:
         with open(path, "rb") as f:
@@ -167,7 +188,7 @@ def _writers_of_file(path: str, split: Optional[str]) -> Iterator[WriterSamples]
             skipped.append(uid)
             continue
         y = labels(entry["y"], where)
-        x = images(entry["x"], where, has_bool)
+        x = _pixels(entry["x"], where, has_bool)
         yield WriterSamples(str(uid), floats_to_uint8(x, where).reshape(n, SIDE, SIDE), y,
                             path, split)
         entry.clear()  # drop the parsed floats early; the uint8 copy is 8x smaller

@@ -13,6 +13,7 @@ at a fixed offset in the file. Two things here rely on that, both checked when u
 Files are only ever loaded with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 """
 import hashlib
+import io
 import os
 import struct
 import zipfile
@@ -67,77 +68,102 @@ def _describe(v: object) -> str:
     return type(v).__name__
 
 
-def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> None:
+def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> str:
     """Atomically write a split held in memory."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.dtype not in _TORCH_DTYPES or y.dtype != torch.int64 or len(x) != len(y) or x.dim() < 2:
         raise ValueError(f"{path}: need x [n, ...] of one of {list(SAMPLE_DTYPES)} and int64 "
                          f"y [n], got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}")
-    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
-                       _TORCH_DTYPES[x.dtype])
+    return write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
+                              _TORCH_DTYPES[x.dtype])
+
+
+# A split whose bytes fit this is built in memory and written once: one zip parse, no re-read to
+# hash it. Larger ones are patched in place in the temp file, in O(chunk) memory.
+IN_MEMORY_BYTES = 64 << 20
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
                        chunks: Iterable[np.ndarray], dtype: str = "uint8",
-                       durable: bool = True) -> None:
+                       durable: bool = True) -> str:
     """Atomically write a split whose samples arrive as chunks ``[k, *sample_shape]`` of ``dtype``
-    (``durable``: as ``atomic_write``'s).
+    (``durable``: as ``atomic_write``'s); returns the file's sha256.
 
-    Memory stays O(largest chunk + labels) whatever the split size (see module doc). The file
-    is byte-for-byte a function of its content, so equal shards have equal sha256s.
+    Memory stays O(largest chunk + labels + IN_MEMORY_BYTES) whatever the split size (module
+    doc). The file is byte-for-byte a function of its content, so equal shards have equal sha256s.
     """
     n = int(len(y))
     row = int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
     y_t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
-    def write(tmp: str) -> None:
+    def fill(f) -> None:
         placeholder = torch.empty((n, *sample_shape), dtype=getattr(torch, dtype))
-        _save(tmp, {"x": placeholder, "y": y_t})
+        torch.save({"x": placeholder, "y": y_t}, f)
         del placeholder
+        entries = _central_entries(f)
         written, crc = 0, 0
-        with open(tmp, "r+b") as f:
-            x_at = _record_offset(tmp, f, n * row, prefer_first=True) if n else 0
-            f.seek(x_at)
-            for c in chunks:
-                c = np.ascontiguousarray(c, dtype=dtype)
-                if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
-                    raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
-                                     f"{n} x {sample_shape} (at row {written})")
-                # a C-contiguous array is a flat byte buffer to write() and crc32(); no
-                # memoryview cast, which refuses a chunk of zero rows
-                f.write(c)
-                crc = zlib.crc32(c, crc)
-                written += len(c)
-            if written != n:
-                raise ValueError(f"{path}: got {written} sample rows, expected {n}")
-            f.flush()
-            if n:
-                _set_crc(tmp, f, x_at, n * row, crc)
-            _fix_serialization_id(tmp, f, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
+        x_at = _record_offset(path, f, entries, n * row) if n else 0
+        f.seek(x_at)
+        for c in chunks:
+            c = np.ascontiguousarray(c, dtype=dtype)
+            if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
+                raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
+                                 f"{n} x {sample_shape} (at row {written})")
+            # a C-contiguous array is a flat byte buffer to write() and crc32(); no
+            # memoryview cast, which refuses a chunk of zero rows
+            f.write(c)
+            crc = zlib.crc32(c, crc)
+            written += len(c)
+        if written != n:
+            raise ValueError(f"{path}: got {written} sample rows, expected {n}")
+        if n:
+            _set_crc(path, f, entries, x_at, n * row, crc)
+        _fix_serialization_id(path, f, entries, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
+
+    if n * row <= IN_MEMORY_BYTES:
+        return _write_built(path, fill, durable)
+
+    def write(tmp: str) -> None:
+        # through a file object, so the archive's record prefix is 'archive', not the temp name
+        with open(tmp, "w+b") as f:
+            fill(f)
     atomic_write(path, write, durable)
+    return sha256_file(path)
 
 
-def write_index(path: str, idx: np.ndarray, durable: bool = True) -> None:
-    """--link mode: a client's split is int64 row indices into the packed file."""
+def write_index(path: str, idx: np.ndarray, durable: bool = True) -> str:
+    """--link mode: a client's split is int64 row indices into the packed file; returns its
+    sha256."""
     t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
 
+    def fill(f) -> None:
+        torch.save({"idx": t}, f)
+        _fix_serialization_id(path, f, _central_entries(f), t.numpy().tobytes())
+    return _write_built(path, fill, durable)
+
+
+def _write_built(path: str, fill: Callable[[io.BytesIO], None], durable: bool) -> str:
+    """Build the file in memory with ``fill``, write it atomically in one write, and return the
+    sha256 of the bytes written (no re-read of a file just written)."""
+    buf = io.BytesIO()
+    fill(buf)
+    data = buf.getbuffer()
+
     def write(tmp: str) -> None:
-        _save(tmp, {"idx": t})
-        with open(tmp, "r+b") as f:
-            _fix_serialization_id(tmp, f, t.numpy().tobytes())
+        with open(tmp, "wb") as f:
+            f.write(data)
     atomic_write(path, write, durable)
+    digest = hashlib.sha256(data).hexdigest()
+    data.release()
+    return digest
 
 
-def _save(path: str, obj: dict) -> None:
-    # Through a file object, so the archive's record prefix is 'archive', not the temp name.
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-
-
-def _central_entries(path: str, f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
-    """name -> (file offset of its central-directory header, info)."""
+def _central_entries(f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
+    """name -> (file offset of its central-directory header, info), of the archive in ``f``
+    (a file opened for update, or a BytesIO). Patching record bytes moves no record, so one
+    parse serves every patch of a file."""
     f.flush()
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(f) as z:
         infos = {i.filename: i for i in z.infolist()}
         start = z.start_dir
     f.seek(start)
@@ -151,9 +177,10 @@ def _central_entries(path: str, f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
     return out
 
 
-def _set_crc(path: str, f, data_at: int, size: int, crc: int, name: str = "") -> None:
+def _set_crc(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]], data_at: int,
+             size: int, crc: int, name: str = "") -> None:
     """Store ``crc`` for the record whose data starts at ``data_at`` (descriptor + central dir)."""
-    for cname, (cd_at, info) in _central_entries(path, f).items():
+    for cname, (cd_at, info) in entries.items():
         if (name and cname != name) or (not name and (info.file_size != size
                                                       or _data_offset(f, info) != data_at)):
             continue
@@ -171,16 +198,17 @@ def _set_crc(path: str, f, data_at: int, size: int, crc: int, name: str = "") ->
     raise ShardError(f"{path}: cannot find the record to update in the archive")
 
 
-def _fix_serialization_id(path: str, f, content: bytes) -> None:
+def _fix_serialization_id(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]],
+                          content: bytes) -> None:
     """torch writes a random id per save; derive it from the content so files are reproducible."""
-    for name, (_, info) in _central_entries(path, f).items():
+    for name, (_, info) in entries.items():
         if name.endswith("/.data/serialization_id") and info.compress_type == zipfile.ZIP_STORED:
             digits = str(int(hashlib.sha256(content).hexdigest(), 16)).zfill(info.file_size)
             new = digits[:info.file_size].encode("ascii")
             at = _data_offset(f, info)
             f.seek(at)
             f.write(new)
-            _set_crc(path, f, at, info.file_size, zlib.crc32(new), name=name)
+            _set_crc(path, f, entries, at, info.file_size, zlib.crc32(new), name=name)
             return
 
 
@@ -203,11 +231,11 @@ def read_index(path: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- raw offsets
-def _record_offset(path: str, f, nbytes: int, prefer_first: bool) -> int:
+def _record_offset(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]], nbytes: int,
+                   prefer_first: bool = True) -> int:
     """File offset of the (stored, uncompressed) ``data/<k>`` record holding ``nbytes`` bytes."""
-    with zipfile.ZipFile(path) as z:
-        recs = [i for i in z.infolist() if "/data/" in i.filename and i.file_size == nbytes
-                and i.filename.rsplit("/", 1)[-1].isdigit()]
+    recs = [i for _, i in entries.values() if "/data/" in i.filename and i.file_size == nbytes
+            and i.filename.rsplit("/", 1)[-1].isdigit()]
     if not recs:
         raise ShardError(f"{path}: no {nbytes}-byte tensor record in the archive")
     recs.sort(key=lambda i: int(i.filename.rsplit("/", 1)[-1]))
@@ -247,9 +275,10 @@ def split_layout(path: str) -> SplitLayout:
     if n == 0:
         return SplitLayout(path, 0, shape, 0, 0, dtype)
     with open(path, "rb") as f:
+        entries = _central_entries(f)
         # x is pickled first, so when sizes tie (8-byte samples) it is the lower record number
-        xo = _record_offset(path, f, x_nbytes, prefer_first=True)
-        yo = _record_offset(path, f, y_nbytes, prefer_first=x_nbytes != y_nbytes)
+        xo = _record_offset(path, f, entries, x_nbytes, prefer_first=True)
+        yo = _record_offset(path, f, entries, y_nbytes, prefer_first=x_nbytes != y_nbytes)
     _check_byteorder(path)
     return SplitLayout(path, n, shape, xo, yo, dtype)
 
