@@ -374,3 +374,31 @@ def test_damaged_or_compressed_records_are_named(tmp_path):
     with open(src, "rb") as f, pytest.raises(ShardError,
                                               match="^damaged zip header for archive/data/0$"):
         sfile._record_offset(src, f, sfile._central_entries(f), 21 * 3)
+
+
+@pytest.mark.parametrize("n, shape, dtype", [(37, (28, 28), "uint8"), (5, (3, 4), "float32"),
+                                             (0, (28, 28), "uint8")])
+def test_in_memory_and_in_place_writes_give_the_same_bytes(tmp_path, monkeypatch, n, shape, dtype):
+    """A split under IN_MEMORY_BYTES is built in memory, a larger one patched in place in its
+    temp file: both must write the same bytes and return their true sha256."""
+    rng = np.random.default_rng(3)
+    x = (rng.integers(0, 256, (n, *shape)) if dtype == "uint8" else rng.random((n, *shape))) \
+        .astype(dtype)
+    y = rng.integers(0, 62, n)
+    chunks = lambda: [x[:n // 3], x[n // 3:]]  # noqa: E731  two chunks, one may be empty
+    small, large = str(tmp_path / "small.pt"), str(tmp_path / "large.pt")
+    sha_small = sfile.write_split_chunks(small, y, shape, chunks(), dtype)
+    monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", -1)  # every split takes the in-place path
+    sha_large = sfile.write_split_chunks(large, y, shape, chunks(), dtype)
+    with open(small, "rb") as a, open(large, "rb") as b:
+        assert a.read() == b.read()
+    assert sha_small == sha_large == sfile.sha256_file(small)
+    got_x, got_y = sfile.read_split(large)
+    assert np.array_equal(got_x.numpy(), x) and got_y.tolist() == y.tolist()
+    assert sorted(os.listdir(tmp_path)) == ["large.pt", "small.pt"]  # no temp file left
+
+
+def test_index_file_returns_its_sha256(tmp_path):
+    p = str(tmp_path / "train.pt")
+    assert sfile.write_index(p, np.array([9, 4, 7])) == sfile.sha256_file(p)
+    assert sfile.read_index(p).tolist() == [9, 4, 7]
