@@ -402,3 +402,35 @@ def test_index_file_returns_its_sha256(tmp_path):
     p = str(tmp_path / "train.pt")
     assert sfile.write_index(p, np.array([9, 4, 7])) == sfile.sha256_file(p)
     assert sfile.read_index(p).tolist() == [9, 4, 7]
+
+
+def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_path, monkeypatch):
+    """Splits of one shape reuse the previous file as their skeleton: x, y, their CRCs and the
+    serialization id must all be replaced, so the file equals one written from a fresh
+    torch.save (the in-place path never uses a skeleton)."""
+    monkeypatch.setattr(sfile, "_templates", sfile.OrderedDict())
+    rng = np.random.default_rng(11)
+    splits = [(rng.integers(0, 256, (40, 2, 3)).astype(np.uint8), rng.integers(0, 62, 40))
+              for _ in range(4)]
+    # int64 [1] samples: x and y records have the same size, told apart by record number
+    splits += [(rng.integers(0, 99, (40, 1)), rng.integers(0, 62, 40)) for _ in range(2)]
+    built = []
+    for i, (x, y) in enumerate(splits):
+        p = str(tmp_path / f"fast{i}.pt")
+        dt = x.dtype.name
+        built.append((p, sfile.write_split_chunks(p, y, x.shape[1:], [x[:7], x[7:]], dt), x, y))
+    assert len(sfile._templates) == 2  # two shapes: the uint8 one was reused three times
+    monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", -1)
+    for i, (p, sha, x, y) in enumerate(built):
+        ref = str(tmp_path / f"ref{i}.pt")
+        assert sfile.write_split_chunks(ref, y, x.shape[1:], [x], x.dtype.name) == sha
+        with open(p, "rb") as a, open(ref, "rb") as b:
+            assert a.read() == b.read()
+        got_x, got_y = sfile.read_split(p)
+        assert np.array_equal(got_x.numpy(), x) and got_y.tolist() == y.tolist()
+    # a skeleton holds no more than TEMPLATE_COUNT files
+    monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", 64 << 20)
+    monkeypatch.setattr(sfile, "TEMPLATE_COUNT", 3)
+    for n in range(1, 6):
+        sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(n), (2,), [np.ones((n, 2))])
+    assert [k[0] for k in sfile._templates] == [3, 4, 5]

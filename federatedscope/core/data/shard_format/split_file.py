@@ -18,6 +18,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -81,6 +82,14 @@ def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> str:
 # A split whose bytes fit this is built in memory and written once: one zip parse, no re-read to
 # hash it. Larger ones are patched in place in the temp file, in O(chunk) memory.
 IN_MEMORY_BYTES = 64 << 20
+# Every byte of a split file that depends on its content (x and y data, their CRCs, the
+# serialization id and its CRC) is overwritten by ``fill``; the rest depends only on (n, sample
+# shape, dtype). So a finished small file is the skeleton of the next one of that shape, and most
+# splits skip torch.save and the zip parse. Bounded: TEMPLATE_COUNT files of <= TEMPLATE_BYTES.
+TEMPLATE_BYTES = 4 << 20
+TEMPLATE_COUNT = 32
+_Entries = Dict[str, Tuple[int, zipfile.ZipInfo]]
+_templates: "OrderedDict[tuple, Tuple[bytes, _Entries]]" = OrderedDict()
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
@@ -96,11 +105,12 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
     row = int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
     y_t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
-    def fill(f) -> None:
-        placeholder = torch.empty((n, *sample_shape), dtype=getattr(torch, dtype))
-        torch.save({"x": placeholder, "y": y_t}, f)
-        del placeholder
-        entries = _central_entries(f)
+    def fill(f, entries: Optional[_Entries] = None) -> _Entries:
+        if entries is None:  # no skeleton of this shape: torch.save one
+            placeholder = torch.empty((n, *sample_shape), dtype=getattr(torch, dtype))
+            torch.save({"x": placeholder, "y": y_t}, f)
+            del placeholder
+            entries = _central_entries(f)
         written, crc = 0, 0
         x_at = _record_offset(path, f, entries, n * row) if n else 0
         f.seek(x_at)
@@ -116,12 +126,21 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
             written += len(c)
         if written != n:
             raise ValueError(f"{path}: got {written} sample rows, expected {n}")
+        y_bytes = y_t.numpy().tobytes()
         if n:
             _set_crc(path, f, entries, x_at, n * row, crc)
-        _fix_serialization_id(path, f, entries, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
+            # y too, so a skeleton's labels are replaced (x is pickled first: the lower record
+            # number when the sizes tie)
+            y_at = _record_offset(path, f, entries, n * 8, prefer_first=n * row != n * 8)
+            f.seek(y_at)
+            f.write(y_bytes)
+            _set_crc(path, f, entries, y_at, n * 8, zlib.crc32(y_bytes))
+        _fix_serialization_id(path, f, entries, y_bytes + crc.to_bytes(4, "little"))
+        return entries
 
     if n * row <= IN_MEMORY_BYTES:
-        return _write_built(path, fill, durable)
+        key = (n, tuple(sample_shape), dtype) if n * row <= TEMPLATE_BYTES else None
+        return _write_built(path, fill, durable, key)
 
     def write(tmp: str) -> None:
         # through a file object, so the archive's record prefix is 'archive', not the temp name
@@ -136,29 +155,37 @@ def write_index(path: str, idx: np.ndarray, durable: bool = True) -> str:
     sha256."""
     t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
 
-    def fill(f) -> None:
+    def fill(f, entries: Optional[_Entries] = None) -> _Entries:
         torch.save({"idx": t}, f)
-        _fix_serialization_id(path, f, _central_entries(f), t.numpy().tobytes())
-    return _write_built(path, fill, durable)
+        entries = _central_entries(f)
+        _fix_serialization_id(path, f, entries, t.numpy().tobytes())
+        return entries
+    return _write_built(path, fill, durable, None)
 
 
-def _write_built(path: str, fill: Callable[[io.BytesIO], None], durable: bool) -> str:
-    """Build the file in memory with ``fill``, write it atomically in one write, and return the
-    sha256 of the bytes written (no re-read of a file just written)."""
-    buf = io.BytesIO()
-    fill(buf)
-    data = buf.getbuffer()
+def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
+                 key: Optional[tuple]) -> str:
+    """Build the file in memory with ``fill`` (from the skeleton cached under ``key``, if any),
+    write it atomically in one write, and return the sha256 of the bytes written (no re-read of
+    a file just written)."""
+    hit = _templates.get(key) if key is not None else None
+    buf = io.BytesIO(hit[0]) if hit else io.BytesIO()
+    entries = fill(buf, hit[1] if hit else None)
+    data = buf.getvalue()
+    if key is not None:
+        _templates[key] = (data, entries)
+        _templates.move_to_end(key)
+        while len(_templates) > TEMPLATE_COUNT:
+            _templates.popitem(last=False)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
     atomic_write(path, write, durable)
-    digest = hashlib.sha256(data).hexdigest()
-    data.release()
-    return digest
+    return hashlib.sha256(data).hexdigest()
 
 
-def _central_entries(f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
+def _central_entries(f) -> _Entries:
     """name -> (file offset of its central-directory header, info), of the archive in ``f``
     (a file opened for update, or a BytesIO). Patching record bytes moves no record, so one
     parse serves every patch of a file."""
@@ -177,7 +204,7 @@ def _central_entries(f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
     return out
 
 
-def _set_crc(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]], data_at: int,
+def _set_crc(path: str, f, entries: _Entries, data_at: int,
              size: int, crc: int, name: str = "") -> None:
     """Store ``crc`` for the record whose data starts at ``data_at`` (descriptor + central dir)."""
     for cname, (cd_at, info) in entries.items():
@@ -198,8 +225,7 @@ def _set_crc(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]], data
     raise ShardError(f"{path}: cannot find the record to update in the archive")
 
 
-def _fix_serialization_id(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]],
-                          content: bytes) -> None:
+def _fix_serialization_id(path: str, f, entries: _Entries, content: bytes) -> None:
     """torch writes a random id per save; derive it from the content so files are reproducible."""
     for name, (_, info) in entries.items():
         if name.endswith("/.data/serialization_id") and info.compress_type == zipfile.ZIP_STORED:
@@ -231,8 +257,7 @@ def read_index(path: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- raw offsets
-def _record_offset(path: str, f, entries: Dict[str, Tuple[int, zipfile.ZipInfo]], nbytes: int,
-                   prefer_first: bool = True) -> int:
+def _record_offset(path: str, f, entries: _Entries, nbytes: int, prefer_first: bool = True) -> int:
     """File offset of the (stored, uncompressed) ``data/<k>`` record holding ``nbytes`` bytes."""
     recs = [i for _, i in entries.values() if "/data/" in i.filename and i.file_size == nbytes
             and i.filename.rsplit("/", 1)[-1].isdigit()]
