@@ -6,7 +6,9 @@ at a fixed offset in the file. Two things here rely on that, both checked when u
 
 * ``write_split_chunks`` writes a split of any size in O(chunk) memory: it ``torch.save``s an
   *unwritten* placeholder tensor (untouched ``torch.empty`` pages map the kernel's zero page, so
-  they cost no RSS), then overwrites the record's bytes in place from the caller's chunks;
+  they cost no RSS), then overwrites the record's bytes in place from the caller's chunks (in a
+  memory buffer, written once, for a split under IN_MEMORY_BYTES; skipping torch.save when a
+  file of the same shape was just written);
 * ``SplitLayout`` lets the streaming reader ``os.pread`` windows of rows without mapping the file,
   so a client's RSS does not grow with its shard (touched pages of an mmap would count).
 
@@ -81,7 +83,7 @@ def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> str:
 
 # A split whose bytes fit this is built in memory and written once: one zip parse, no re-read to
 # hash it. Larger ones are patched in place in the temp file, in O(chunk) memory.
-IN_MEMORY_BYTES = 64 << 20
+IN_MEMORY_BYTES = 16 << 20
 # Every byte of a split file that depends on its content (x and y data, their CRCs, the
 # serialization id and its CRC) is overwritten by ``fill``; the rest depends only on (n, sample
 # shape, dtype). So a finished small file is the skeleton of the next one of that shape, and most
@@ -171,9 +173,9 @@ def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
     hit = _templates.get(key) if key is not None else None
     buf = io.BytesIO(hit[0]) if hit else io.BytesIO()
     entries = fill(buf, hit[1] if hit else None)
-    data = buf.getvalue()
+    data = buf.getbuffer()  # no copy of a large split; only a skeleton is copied
     if key is not None:
-        _templates[key] = (data, entries)
+        _templates[key] = (bytes(data), entries)
         _templates.move_to_end(key)
         while len(_templates) > TEMPLATE_COUNT:
             _templates.popitem(last=False)
@@ -181,8 +183,11 @@ def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-    atomic_write(path, write, durable)
-    return hashlib.sha256(data).hexdigest()
+    try:
+        atomic_write(path, write, durable)
+        return hashlib.sha256(data).hexdigest()
+    finally:
+        data.release()
 
 
 def _central_entries(f) -> _Entries:
