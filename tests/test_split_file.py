@@ -428,9 +428,15 @@ def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_
             assert a.read() == b.read()
         got_x, got_y = sfile.read_split(p)
         assert np.array_equal(got_x.numpy(), x) and got_y.tolist() == y.tolist()
-    # a skeleton holds no more than TEMPLATE_COUNT files
+    # the kept skeletons stay under TEMPLATE_TOTAL bytes, least recently used dropped first
     monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", 64 << 20)
-    monkeypatch.setattr(sfile, "TEMPLATE_COUNT", 3)
-    for n in range(1, 6):
-        sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(n), (2,), [np.ones((n, 2))])
-    assert [k[0] for k in sfile._templates] == [3, 4, 5]
+    sfile._templates.clear()
+    for n in (100, 200, 300, 100):
+        sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(n), (400,),
+                                 [np.ones((n, 400), np.uint8)])
+    sizes = {k[0]: len(t) for k, (t, _) in sfile._templates.items()}
+    assert list(sizes) == [200, 300, 100] and sizes[300] > 120_000
+    monkeypatch.setattr(sfile, "TEMPLATE_TOTAL", sizes[300] + sizes[100])
+    sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(300), (400,),
+                             [np.ones((300, 400), np.uint8)])
+    assert [k[0] for k in sfile._templates] == [100, 300]  # 200, least recently used, went

@@ -87,9 +87,10 @@ IN_MEMORY_BYTES = 16 << 20
 # Every byte of a split file that depends on its content (x and y data, their CRCs, the
 # serialization id and its CRC) is overwritten by ``fill``; the rest depends only on (n, sample
 # shape, dtype). So a finished small file is the skeleton of the next one of that shape, and most
-# splits skip torch.save and the zip parse. Bounded: TEMPLATE_COUNT files of <= TEMPLATE_BYTES.
+# splits skip torch.save and the zip parse. Bounded: the least recently used go first once the
+# kept files exceed TEMPLATE_TOTAL bytes (a split over TEMPLATE_BYTES is never kept).
 TEMPLATE_BYTES = 4 << 20
-TEMPLATE_COUNT = 32
+TEMPLATE_TOTAL = 32 << 20
 _Entries = Dict[str, Tuple[int, zipfile.ZipInfo]]
 _templates: "OrderedDict[tuple, Tuple[bytes, _Entries]]" = OrderedDict()
 
@@ -177,7 +178,7 @@ def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
     if key is not None:
         _templates[key] = (bytes(data), entries)
         _templates.move_to_end(key)
-        while len(_templates) > TEMPLATE_COUNT:
+        while sum(len(t) for t, _ in _templates.values()) > TEMPLATE_TOTAL:
             _templates.popitem(last=False)
 
     def write(tmp: str) -> None:
