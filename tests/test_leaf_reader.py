@@ -257,3 +257,14 @@ def test_pixels_fast_path_equals_the_checked_path_and_falls_back_on_bad_rows():
     assert np.array_equal(lf._pixels(xs, "w", True), fast)  # the checked path, same values
     with pytest.raises(ValueError, match="^w, sample 4, pixel 3: True is a JSON boolean"):
         lf._pixels(with_bool, "w", True)
+
+
+@pytest.mark.parametrize("data, word, found", [
+    (b'{"users": ["f1"], "x": [1, 2]}', b"false", False),
+    (b'{"a": [1, false]}', b"false", True),
+    (b"t" * 5000 + b"rue", b"true", True),        # past the 1000 first letters: the plain scan
+    (b"t" * 5000 + b"ru", b"true", False),
+    (b"tru" + b"t" * 3 + b"true", b"true", True),
+    (b"", b"true", False)])
+def test_mentions_finds_a_word_like_in(data, word, found):
+    assert lf._mentions(data, word) is found is (word in data)

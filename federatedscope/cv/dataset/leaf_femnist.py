@@ -174,10 +174,25 @@ def _load_json(path: str, data: Optional[bytes] = None) -> dict:
         raise ValueError("%s: not valid JSON (%s)" % (path, e)) from None
 
 
+def _mentions(data: bytes, word: bytes) -> bool:
+    """``word in data``, found through its first byte (memchr): ``in`` scans a 100 MB LEAF file
+    at ~1 GB/s, while the letters of 'true'/'false' are rare in it (keys, writer ids)."""
+    first, seen = word[:1], 0
+    i = data.find(first)
+    while i >= 0:
+        if data.startswith(word, i):
+            return True
+        seen += 1
+        if seen > 1000:  # a file full of that letter: one plain scan of the rest
+            return data.find(word, i) >= 0
+        i = data.find(first, i + 1)
+    return False
+
+
 def _writers_of_file(path: str, split: Optional[str]) -> Iterator[WriterSamples]:
     with open(path, "rb") as f:
         data = f.read()
-    has_bool = b"true" in data or b"false" in data
+    has_bool = _mentions(data, b"true") or _mentions(data, b"false")
     raw = _load_json(path, data)
     del data
     if not isinstance(raw, dict) or not isinstance(raw.get("user_data"), dict):
