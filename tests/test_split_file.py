@@ -408,7 +408,7 @@ def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_
     """Splits of one shape reuse the previous file as their skeleton: x, y, their CRCs and the
     serialization id must all be replaced, so the file equals one written from a fresh
     torch.save (the in-place path never uses a skeleton)."""
-    monkeypatch.setattr(sfile, "_templates", sfile.OrderedDict())
+    monkeypatch.setattr(sfile, "_templates", sfile._Skeletons())
     rng = np.random.default_rng(11)
     splits = [(rng.integers(0, 256, (40, 2, 3)).astype(np.uint8), rng.integers(0, 62, 40))
               for _ in range(4)]
@@ -430,7 +430,7 @@ def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_
         assert np.array_equal(got_x.numpy(), x) and got_y.tolist() == y.tolist()
     # the kept skeletons stay under TEMPLATE_TOTAL bytes, least recently used dropped first
     monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", 64 << 20)
-    sfile._templates.clear()
+    monkeypatch.setattr(sfile, "_templates", sfile._Skeletons())
     for n in (100, 200, 300, 100):
         sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(n), (400,),
                                  [np.ones((n, 400), np.uint8)])
@@ -440,3 +440,4 @@ def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_
     sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(300), (400,),
                              [np.ones((300, 400), np.uint8)])
     assert [k[0] for k in sfile._templates] == [100, 300]  # 200, least recently used, went
+    assert sfile._templates.total == sizes[300] + sizes[100]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import struct
+from itertools import starmap
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -157,7 +158,7 @@ def _pixels(xs: list, where: str, has_bool: bool) -> np.ndarray:
     """
     if not has_bool:
         try:
-            return np.frombuffer(b"".join([_ROW.pack(*r) for r in xs]),
+            return np.frombuffer(b"".join(starmap(_ROW.pack, xs)),
                                  dtype="<f8").reshape(len(xs), SIDE * SIDE)
         except (struct.error, TypeError, OverflowError):
             pass  # the checked path finds and names the bad sample

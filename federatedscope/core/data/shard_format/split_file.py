@@ -92,7 +92,22 @@ IN_MEMORY_BYTES = 16 << 20
 TEMPLATE_BYTES = 4 << 20
 TEMPLATE_TOTAL = 32 << 20
 _Entries = Dict[str, Tuple[int, zipfile.ZipInfo]]
-_templates: "OrderedDict[tuple, Tuple[bytes, _Entries]]" = OrderedDict()
+
+
+class _Skeletons(OrderedDict):
+    """(file bytes, central directory) by (n, sample shape, dtype); least recently used first."""
+    total = 0
+
+    def keep(self, key: tuple, data: bytes, entries: _Entries) -> None:
+        old = self.pop(key, None)
+        self.total += len(data) - (len(old[0]) if old else 0)
+        self[key] = (data, entries)
+        while self.total > TEMPLATE_TOTAL:
+            _, (dropped, _) = self.popitem(last=False)
+            self.total -= len(dropped)
+
+
+_templates = _Skeletons()
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
@@ -176,10 +191,7 @@ def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
     entries = fill(buf, hit[1] if hit else None)
     data = buf.getbuffer()  # no copy of a large split; only a skeleton is copied
     if key is not None:
-        _templates[key] = (bytes(data), entries)
-        _templates.move_to_end(key)
-        while sum(len(t) for t, _ in _templates.values()) > TEMPLATE_TOTAL:
-            _templates.popitem(last=False)
+        _templates.keep(key, bytes(data), entries)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
