@@ -441,3 +441,24 @@ def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_
                              [np.ones((300, 400), np.uint8)])
     assert [k[0] for k in sfile._templates] == [100, 300]  # 200, least recently used, went
     assert sfile._templates.total == sizes[300] + sizes[100]
+
+
+def test_private_writes_go_straight_to_the_path_with_the_same_bytes(tmp_path, monkeypatch):
+    """``private``: the caller's own directory, published by its rename, so no temp file is
+    made; the bytes and sha256 are those of the atomic write."""
+    import tempfile
+    x, y = np.arange(60, dtype=np.uint8).reshape(5, 3, 4), np.array([4, 0, 2, 2, 1])
+    ref = str(tmp_path / "ref.pt")
+    sha = sfile.write_split_chunks(ref, y, (3, 4), [x])
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: pytest.fail("a temp file was made"))
+    for durable in (False, True):
+        p = str(tmp_path / f"private_{durable}.pt")
+        assert sfile.write_split_chunks(p, y, (3, 4), [x], durable=durable, private=True) == sha
+        with open(p, "rb") as a, open(ref, "rb") as b:
+            assert a.read() == b.read()
+    idx = str(tmp_path / "idx.pt")
+    assert sfile.write_index(idx, np.array([3, 1]), durable=False, private=True) == \
+        sfile.sha256_file(idx)
+    assert sfile.read_index(idx).tolist() == [3, 1]
+    assert sorted(os.listdir(tmp_path)) == ["idx.pt", "private_False.pt", "private_True.pt",
+                                            "ref.pt"]

@@ -111,11 +111,12 @@ def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spi
     for split in sf.SPLITS:
         r, y = rows[split]
         path = os.path.join(tmp, f"{split}.pt")
+        # tmp is this run's own directory, published by its rename below: no temp file per split
         if packed is not None:
-            sha = split_file.write_index(path, r, durable=False)
+            sha = split_file.write_index(path, r, durable=False, private=True)
         else:
             sha = split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
-                                                spec.sample_dtype, durable=False)
+                                                spec.sample_dtype, durable=False, private=True)
         files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), sha)
     ncls = spec.num_classes
     meta = sf.ShardMeta(

@@ -112,9 +112,11 @@ _templates = _Skeletons()
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
                        chunks: Iterable[np.ndarray], dtype: str = "uint8",
-                       durable: bool = True) -> str:
+                       durable: bool = True, private: bool = False) -> str:
     """Atomically write a split whose samples arrive as chunks ``[k, *sample_shape]`` of ``dtype``
-    (``durable``: as ``atomic_write``'s); returns the file's sha256.
+    (``durable``: as ``atomic_write``'s); returns the file's sha256. ``private``: ``path`` is in
+    a directory nobody reads until it is renamed into place as a whole, so a split built in
+    memory is written straight to ``path`` (no temp file and rename of its own).
 
     Memory stays O(largest chunk + labels + IN_MEMORY_BYTES) whatever the split size (module
     doc). The file is byte-for-byte a function of its content, so equal shards have equal sha256s.
@@ -158,7 +160,7 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
 
     if n * row <= IN_MEMORY_BYTES:
         key = (n, tuple(sample_shape), dtype) if n * row <= TEMPLATE_BYTES else None
-        return _write_built(path, fill, durable, key)
+        return _write_built(path, fill, durable, key, private)
 
     def write(tmp: str) -> None:
         # through a file object, so the archive's record prefix is 'archive', not the temp name
@@ -168,9 +170,9 @@ def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
     return sha256_file(path)
 
 
-def write_index(path: str, idx: np.ndarray, durable: bool = True) -> str:
+def write_index(path: str, idx: np.ndarray, durable: bool = True, private: bool = False) -> str:
     """--link mode: a client's split is int64 row indices into the packed file; returns its
-    sha256."""
+    sha256 (``private``: as ``write_split_chunks``')."""
     t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
 
     def fill(f, entries: Optional[_Entries] = None) -> _Entries:
@@ -178,13 +180,13 @@ def write_index(path: str, idx: np.ndarray, durable: bool = True) -> str:
         entries = _central_entries(f)
         _fix_serialization_id(path, f, entries, t.numpy().tobytes())
         return entries
-    return _write_built(path, fill, durable, None)
+    return _write_built(path, fill, durable, None, private)
 
 
 def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
-                 key: Optional[tuple]) -> str:
+                 key: Optional[tuple], private: bool = False) -> str:
     """Build the file in memory with ``fill`` (from the skeleton cached under ``key``, if any),
-    write it atomically in one write, and return the sha256 of the bytes written (no re-read of
+    write it in one write (atomically unless ``private``), and return the sha256 of the bytes written (no re-read of
     a file just written)."""
     hit = _templates.get(key) if key is not None else None
     buf = io.BytesIO(hit[0]) if hit else io.BytesIO()
@@ -196,8 +198,14 @@ def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
+            if private and durable:
+                f.flush()
+                os.fsync(f.fileno())
     try:
-        atomic_write(path, write, durable)
+        if private:  # the directory's rename publishes it: no temp file, no rename of its own
+            write(path)
+        else:
+            atomic_write(path, write, durable)
         return hashlib.sha256(data).hexdigest()
     finally:
         data.release()
