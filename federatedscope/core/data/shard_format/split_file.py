@@ -38,7 +38,6 @@ from federatedscope.core.data.shard_format.checks import (CHUNK, SAMPLE_DTYPES, 
 _TORCH_DTYPES = {getattr(torch, n): n for n in SAMPLE_DTYPES}
 
 
-
 def _load(path: str, mmap: bool) -> object:
     if not os.path.isfile(path):
         raise ShardError(f"{path}: file not found")
