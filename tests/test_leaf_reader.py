@@ -233,3 +233,38 @@ def test_read_fs_processed_task(tmp_path):
     os.remove(tmp_path / "train.pt")
     with pytest.raises(FileNotFoundError, match="train.pt"):
         lf.read_fs_processed_task(str(tmp_path))
+
+
+def test_pixels_fast_path_equals_the_checked_path_and_falls_back_on_bad_rows():
+    """``_pixels`` packs rows with struct; what struct refuses goes to leaf_checks.images, whose
+    error names the sample and pixel; a file holding a JSON boolean always takes the checked path."""
+    from federatedscope.cv.dataset.leaf_checks import images
+    rng = np.random.default_rng(5)
+    xs = [[float(k) / 255 for k in rng.integers(0, 256, 784)] for _ in range(6)]
+    xs[2][10] = 1  # JSON integers are pixels too (1 == 255/255)
+    fast = lf._pixels(xs, "w", False)
+    assert fast.dtype == np.float64 and fast.shape == (6, 784)
+    assert np.array_equal(fast, images(xs, "w", False))
+    assert lf.floats_to_uint8(fast, "w")[2, 10] == 255
+    for bad, says in [(xs[:1] + [xs[1][:783]], "sample 1: image has 783 values"),
+                      (xs[:3] + [xs[3][:5] + ["0.5"] + xs[3][6:]], "sample 3, pixel 5: '0.5'"),
+                      (xs[:1] + [xs[1][:9] + [None] + xs[1][10:]], "sample 1, pixel 9: None"),
+                      (xs[:2] + [[xs[2]] * 784], "sample 2, pixel 0"),
+                      ([{"a": 1}], "sample 0: image is a JSON object")]:
+        with pytest.raises(ValueError, match="^w, " + says.replace("(", r"\(")):
+            lf._pixels(bad, "w", False)
+    with_bool = xs[:4] + [xs[4][:3] + [True] + xs[4][4:]]
+    assert np.array_equal(lf._pixels(xs, "w", True), fast)  # the checked path, same values
+    with pytest.raises(ValueError, match="^w, sample 4, pixel 3: True is a JSON boolean"):
+        lf._pixels(with_bool, "w", True)
+
+
+@pytest.mark.parametrize("data, word, found", [
+    (b'{"users": ["f1"], "x": [1, 2]}', b"false", False),
+    (b'{"a": [1, false]}', b"false", True),
+    (b"t" * 5000 + b"rue", b"true", True),        # past the 1000 first letters: the plain scan
+    (b"t" * 5000 + b"ru", b"true", False),
+    (b"tru" + b"t" * 3 + b"true", b"true", True),
+    (b"", b"true", False)])
+def test_mentions_finds_a_word_like_in(data, word, found):
+    assert lf._mentions(data, word) is found is (word in data)

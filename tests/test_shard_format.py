@@ -390,6 +390,12 @@ def test_shard_path_symlink_outside_refused(tmp_path):
         mu.shard_dir(p, man.clients[1])
     assert "symlink" in str(ei.value) and str(outside) in str(ei.value) and "client 1" in str(ei.value)
     assert mu.shard_dir(p, man.clients[2]) == os.path.realpath(base / "client_2")
+    # a caller's resolved base (verify_staged resolves it once for all shards) checks the same
+    real_base = mu.manifest_base(p)
+    assert real_base == os.path.realpath(base)
+    assert mu.shard_dir(p, man.clients[2], real_base) == os.path.realpath(base / "client_2")
+    with pytest.raises(ManifestError, match="symlink"):
+        mu.shard_dir(p, man.clients[1], real_base)
     inner = base / "inner"
     inner.mkdir()
     os.symlink(inner, base / "client_3")  # a link that stays inside is fine

@@ -168,7 +168,7 @@ def test_record_offset_errors_name_the_file(tmp_path):
     p = str(tmp_path / "x.pt")
     sfile.write_split(p, torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
     with open(p, "rb") as f, pytest.raises(ShardError, match=f"{p}: no 99-byte tensor record"):
-        sfile._record_offset(p, f, 99, prefer_first=True)
+        sfile._record_offset(p, f, sfile._central_entries(f), 99)
 
 
 def _labels_file(tmp_path, n=21):
@@ -345,7 +345,7 @@ def test_crc_patch_of_a_record_that_is_not_there(tmp_path):
     p, _ = _labels_file(tmp_path)
     with open(p, "r+b") as f, pytest.raises(
             ShardError, match=f"^{p}: cannot find the record to update in the archive$"):
-        sfile._set_crc(p, f, 12345, 7, 0)
+        sfile._set_crc(p, f, sfile._central_entries(f), 12345, 7, 0)
 
 
 def test_chunks_of_a_wider_integer_type_are_stored_as_the_split_dtype(tmp_path):
@@ -365,7 +365,7 @@ def test_damaged_or_compressed_records_are_named(tmp_path):
                          else zipfile.ZIP_STORED)
     with open(deflated, "rb") as f, pytest.raises(
             ShardError, match=f"^{deflated}: tensor record archive/data/0 is compressed"):
-        sfile._record_offset(deflated, f, 21 * 3, prefer_first=True)
+        sfile._record_offset(deflated, f, sfile._central_entries(f), 21 * 3)
     with zipfile.ZipFile(src) as z:
         at = z.getinfo("archive/data/0").header_offset
     with open(src, "r+b") as f:
@@ -373,4 +373,92 @@ def test_damaged_or_compressed_records_are_named(tmp_path):
         f.write(b"PK\x09\x09")                      # the local header's signature, damaged
     with open(src, "rb") as f, pytest.raises(ShardError,
                                               match="^damaged zip header for archive/data/0$"):
-        sfile._record_offset(src, f, 21 * 3, prefer_first=True)
+        sfile._record_offset(src, f, sfile._central_entries(f), 21 * 3)
+
+
+@pytest.mark.parametrize("n, shape, dtype", [(37, (28, 28), "uint8"), (5, (3, 4), "float32"),
+                                             (0, (28, 28), "uint8")])
+def test_in_memory_and_in_place_writes_give_the_same_bytes(tmp_path, monkeypatch, n, shape, dtype):
+    """A split under IN_MEMORY_BYTES is built in memory, a larger one patched in place in its
+    temp file: both must write the same bytes and return their true sha256."""
+    rng = np.random.default_rng(3)
+    x = (rng.integers(0, 256, (n, *shape)) if dtype == "uint8" else rng.random((n, *shape))) \
+        .astype(dtype)
+    y = rng.integers(0, 62, n)
+    chunks = lambda: [x[:n // 3], x[n // 3:]]  # noqa: E731  two chunks, one may be empty
+    small, large = str(tmp_path / "small.pt"), str(tmp_path / "large.pt")
+    sha_small = sfile.write_split_chunks(small, y, shape, chunks(), dtype)
+    monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", -1)  # every split takes the in-place path
+    sha_large = sfile.write_split_chunks(large, y, shape, chunks(), dtype)
+    with open(small, "rb") as a, open(large, "rb") as b:
+        assert a.read() == b.read()
+    assert sha_small == sha_large == sfile.sha256_file(small)
+    got_x, got_y = sfile.read_split(large)
+    assert np.array_equal(got_x.numpy(), x) and got_y.tolist() == y.tolist()
+    assert sorted(os.listdir(tmp_path)) == ["large.pt", "small.pt"]  # no temp file left
+
+
+def test_index_file_returns_its_sha256(tmp_path):
+    p = str(tmp_path / "train.pt")
+    assert sfile.write_index(p, np.array([9, 4, 7])) == sfile.sha256_file(p)
+    assert sfile.read_index(p).tolist() == [9, 4, 7]
+
+
+def test_a_skeleton_reused_for_new_content_gives_the_bytes_torch_save_gives(tmp_path, monkeypatch):
+    """Splits of one shape reuse the previous file as their skeleton: x, y, their CRCs and the
+    serialization id must all be replaced, so the file equals one written from a fresh
+    torch.save (the in-place path never uses a skeleton)."""
+    monkeypatch.setattr(sfile, "_templates", sfile._Skeletons())
+    rng = np.random.default_rng(11)
+    splits = [(rng.integers(0, 256, (40, 2, 3)).astype(np.uint8), rng.integers(0, 62, 40))
+              for _ in range(4)]
+    # int64 [1] samples: x and y records have the same size, told apart by record number
+    splits += [(rng.integers(0, 99, (40, 1)), rng.integers(0, 62, 40)) for _ in range(2)]
+    built = []
+    for i, (x, y) in enumerate(splits):
+        p = str(tmp_path / f"fast{i}.pt")
+        dt = x.dtype.name
+        built.append((p, sfile.write_split_chunks(p, y, x.shape[1:], [x[:7], x[7:]], dt), x, y))
+    assert len(sfile._templates) == 2  # two shapes: the uint8 one was reused three times
+    monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", -1)
+    for i, (p, sha, x, y) in enumerate(built):
+        ref = str(tmp_path / f"ref{i}.pt")
+        assert sfile.write_split_chunks(ref, y, x.shape[1:], [x], x.dtype.name) == sha
+        with open(p, "rb") as a, open(ref, "rb") as b:
+            assert a.read() == b.read()
+        got_x, got_y = sfile.read_split(p)
+        assert np.array_equal(got_x.numpy(), x) and got_y.tolist() == y.tolist()
+    # the kept skeletons stay under TEMPLATE_TOTAL bytes, least recently used dropped first
+    monkeypatch.setattr(sfile, "IN_MEMORY_BYTES", 64 << 20)
+    monkeypatch.setattr(sfile, "_templates", sfile._Skeletons())
+    for n in (100, 200, 300, 100):
+        sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(n), (400,),
+                                 [np.ones((n, 400), np.uint8)])
+    sizes = {k[0]: len(t) for k, (t, _) in sfile._templates.items()}
+    assert list(sizes) == [200, 300, 100] and sizes[300] > 120_000
+    monkeypatch.setattr(sfile, "TEMPLATE_TOTAL", sizes[300] + sizes[100])
+    sfile.write_split_chunks(str(tmp_path / "n.pt"), np.zeros(300), (400,),
+                             [np.ones((300, 400), np.uint8)])
+    assert [k[0] for k in sfile._templates] == [100, 300]  # 200, least recently used, went
+    assert sfile._templates.total == sizes[300] + sizes[100]
+
+
+def test_private_writes_go_straight_to_the_path_with_the_same_bytes(tmp_path, monkeypatch):
+    """``private``: the caller's own directory, published by its rename, so no temp file is
+    made; the bytes and sha256 are those of the atomic write."""
+    import tempfile
+    x, y = np.arange(60, dtype=np.uint8).reshape(5, 3, 4), np.array([4, 0, 2, 2, 1])
+    ref = str(tmp_path / "ref.pt")
+    sha = sfile.write_split_chunks(ref, y, (3, 4), [x])
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: pytest.fail("a temp file was made"))
+    for durable in (False, True):
+        p = str(tmp_path / f"private_{durable}.pt")
+        assert sfile.write_split_chunks(p, y, (3, 4), [x], durable=durable, private=True) == sha
+        with open(p, "rb") as a, open(ref, "rb") as b:
+            assert a.read() == b.read()
+    idx = str(tmp_path / "idx.pt")
+    assert sfile.write_index(idx, np.array([3, 1]), durable=False, private=True) == \
+        sfile.sha256_file(idx)
+    assert sfile.read_index(idx).tolist() == [3, 1]
+    assert sorted(os.listdir(tmp_path)) == ["idx.pt", "private_False.pt", "private_True.pt",
+                                            "ref.pt"]

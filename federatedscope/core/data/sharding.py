@@ -28,7 +28,8 @@ from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import DatasetSpec, get_spec
 from federatedscope.core.data.shard_format import split_file
-from federatedscope.core.data.sharding_input import Spill, deal_parts, find_inputs, read_input
+from federatedscope.core.data.sharding_input import (Spill, deal_parts, find_inputs, progress_bar,
+                                                     read_input)
 from federatedscope.core.data.sharding_plan import (SAMPLE_STRATEGIES, Plan, Rows,  # noqa: F401
                                                     ShardingError, assign,
                                                     plan_id, split_rows, subsample_writers,
@@ -110,12 +111,13 @@ def write_shard(out: str, k: int, writers: List[str], rows: Dict[str, Rows], spi
     for split in sf.SPLITS:
         r, y = rows[split]
         path = os.path.join(tmp, f"{split}.pt")
+        # tmp is this run's own directory, published by its rename below: no temp file per split
         if packed is not None:
-            split_file.write_index(path, r, durable=False)
+            sha = split_file.write_index(path, r, durable=False, private=True)
         else:
-            split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
-                                          spec.sample_dtype, durable=False)
-        files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), split_file.sha256_file(path))
+            sha = split_file.write_split_chunks(path, y, spec.sample_shape, spill.chunks(r),
+                                                spec.sample_dtype, durable=False, private=True)
+        files[f"{split}.pt"] = sf.FileEntry(os.path.getsize(path), sha)
     ncls = spec.num_classes
     meta = sf.ShardMeta(
         client_id=k, dataset=spec.name, writer_ids=list(writers),
@@ -143,9 +145,8 @@ def write_packed(out: str, plan: Plan, per_writer: Dict[str, Dict[str, Rows]],
     all_y = np.concatenate([y for _, y in rows]) if rows else np.zeros(0, np.int64)
     path = os.path.join(out, PACKED)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    split_file.write_split_chunks(path, all_y, spec.sample_shape, spill.chunks(all_rows),
-                                  spec.sample_dtype, durable=False)
-    return _packed_info(out, split_file.sha256_file(path))
+    return _packed_info(out, split_file.write_split_chunks(
+        path, all_y, spec.sample_shape, spill.chunks(all_rows), spec.sample_dtype, durable=False))
 
 
 def _packed_order(plan: Plan) -> List[Tuple[str, str]]:
@@ -314,7 +315,6 @@ def _resume_keep(args: ShardArgs, plan: Plan, stage: str) -> Tuple[List[int], Op
 
 def _write_all(args: ShardArgs, spec: DatasetSpec, plan: Plan, parts, spill: Spill, stage: str,
                hashes: Dict[int, str], created: str) -> PrepareSummary:
-    from tqdm import tqdm
     splits = tuple(args.splits)
     per_writer = {w: split_rows(parts[w], splits, args.seed, w)
                   for ws in plan.clients.values() for w in ws}
@@ -328,8 +328,9 @@ def _write_all(args: ShardArgs, spec: DatasetSpec, plan: Plan, parts, spill: Spi
     shard_packed = dict(packed, path="../" + packed["path"]) if packed else None
     entries: Dict[int, sf.ManifestEntry] = {}
     written = []
-    for k in tqdm(sorted(plan.clients), desc="writing shards", disable=not args.progress,
-                  leave=False):
+    bar = progress_bar(args.progress, total=len(plan.clients), desc="writing shards",
+                       leave=False)
+    for k in sorted(plan.clients):
         if k in keep:
             meta = sf.read_meta(os.path.join(stage, f"client_{k}", "meta.json"))
         else:
@@ -339,6 +340,8 @@ def _write_all(args: ShardArgs, spec: DatasetSpec, plan: Plan, parts, spill: Spi
             written.append(k)
         entries[k] = sf.ManifestEntry(k, f"client_{k}", dict(meta.num_samples), meta.fingerprint,
                                       list(meta.label_hist["train"]), hashes.get(k, ""))
+        bar.update(1)
+    bar.close()
     manifest = sf.Manifest(dataset=spec.name, strategy=args.strategy, seed=args.seed,
                            splits=list(splits), source=plan.source, clients=entries,
                            num_classes=spec.num_classes, sample_type=spec.sample_type,

@@ -90,14 +90,32 @@ def _reader(spec: DatasetSpec, root: str) -> Iterator[WriterSamples]:
         raise ShardingError(str(e)) from None
 
 
+class _NoBar:
+    """A bar that shows nothing: tqdm's first bar, even a disabled one, costs ~70 ms (it makes a
+    multiprocessing lock), so ``--no-progress`` runs make none."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(show: bool, **kwargs):
+    """A tqdm bar, or a ``_NoBar`` when none is shown."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(**kwargs)
+
+
 def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
                progress: bool) -> Tuple[Dict[str, Dict[Optional[str], Part]], str]:
     """One pass over the input: spill samples, keep {writer: {input split: Part}}; and the kind
     of split the input came with."""
-    from tqdm import tqdm
     parts: Dict[str, Dict[Optional[str], Part]] = {}
-    bar = tqdm(total=len(inputs), unit="input", desc="reading input", disable=not progress,
-               leave=False)
+    bar = progress_bar(progress, total=len(inputs), unit="input", desc="reading input",
+                       leave=False)
     current = None
     for ws in _reader(spec, root):
         if ws.source != current:

@@ -246,9 +246,10 @@ def verify_staged(stage: str) -> sf.Manifest:
         if bad:
             raise ShardingError(f"the new packed file did not verify ({bad}); the old set was "
                                 f"left as it was")
+    base = sf.manifest_base(path)
     for cid, entry in sorted(man.clients.items()):
         try:
-            sf.verify_shard(sf.shard_dir(path, entry), entry=entry, sha_memo=memo)
+            sf.verify_shard(sf.shard_dir(path, entry, base), entry=entry, sha_memo=memo)
         except sf.ShardError as e:
             raise ShardingError(f"the new client_{cid} did not verify ({e}); the old set was "
                                 f"left as it was") from None

@@ -13,9 +13,9 @@ from federatedscope.core.data.shard_format.checks import (FORMAT_VERSION, SAMPLE
                                                           recreate_command, recreate_message,
                                                           sample_type_of,
                                                           shard_fix, token_digest)
-from federatedscope.core.data.shard_format.files import (load_manifest, manifest_fix, read_manifest,
-                                                         read_meta, read_writer_ids, shard_dir,
-                                                         write_manifest, write_meta)
+from federatedscope.core.data.shard_format.files import (load_manifest, manifest_base, manifest_fix,
+                                                         read_manifest, read_meta, read_writer_ids,
+                                                         shard_dir, write_manifest, write_meta)
 from federatedscope.core.data.shard_format.records import (FileEntry, Manifest, ManifestEntry,
                                                            ShardDeclaration, ShardMeta,
                                                            compute_fingerprint)
@@ -24,8 +24,8 @@ from federatedscope.core.data.shard_format.verify import (check_declaration, fil
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_DTYPES", "SPLIT_FILES", "SPLITS", "Checker", "ManifestError",
            "ShardError", "now_iso", "recreate_command", "recreate_message", "sample_type_of", "shard_fix",
-           "token_digest", "load_manifest", "manifest_fix", "read_manifest", "read_meta",
-           "read_writer_ids", "shard_dir", "write_manifest", "write_meta", "FileEntry",
+           "token_digest", "load_manifest", "manifest_base", "manifest_fix", "read_manifest",
+           "read_meta", "read_writer_ids", "shard_dir", "write_manifest", "write_meta", "FileEntry",
            "Manifest", "ManifestEntry", "ShardDeclaration", "ShardMeta", "compute_fingerprint",
            "check_declaration", "file_problem", "shard_files", "verify_shard",
            "DistributedShardLoader"]

@@ -81,13 +81,19 @@ def write_manifest(path: str, manifest: Manifest) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def shard_dir(manifest_path: str, entry: ManifestEntry) -> str:
-    """The real directory of a manifest entry, resolved against the manifest's directory.
+def manifest_base(manifest_path: str) -> str:
+    """The manifest's real directory (what ``shard_dir`` resolves shard paths against)."""
+    return os.path.realpath(os.path.dirname(os.path.abspath(manifest_path)))
+
+
+def shard_dir(manifest_path: str, entry: ManifestEntry, base: str = "") -> str:
+    """The real directory of a manifest entry, resolved against the manifest's directory
+    (``base``: ``manifest_base(manifest_path)``, when a caller resolving many entries has it).
 
     Symlinks are resolved *before* the containment check: a shard path that is (or runs through)
     a link to somewhere outside the manifest's directory is refused like a ``..`` path would be.
     """
-    base = os.path.realpath(os.path.dirname(os.path.abspath(manifest_path)))
+    base = base or manifest_base(manifest_path)
     real = os.path.realpath(os.path.join(base, entry.shard_path))
     if os.path.commonpath([base, real]) != base:
         raise ManifestError(

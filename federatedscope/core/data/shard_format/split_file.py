@@ -6,17 +6,21 @@ at a fixed offset in the file. Two things here rely on that, both checked when u
 
 * ``write_split_chunks`` writes a split of any size in O(chunk) memory: it ``torch.save``s an
   *unwritten* placeholder tensor (untouched ``torch.empty`` pages map the kernel's zero page, so
-  they cost no RSS), then overwrites the record's bytes in place from the caller's chunks;
+  they cost no RSS), then overwrites the record's bytes in place from the caller's chunks (in a
+  memory buffer, written once, for a split under IN_MEMORY_BYTES; skipping torch.save when a
+  file of the same shape was just written);
 * ``SplitLayout`` lets the streaming reader ``os.pread`` windows of rows without mapping the file,
   so a client's RSS does not grow with its shard (touched pages of an mmap would count).
 
 Files are only ever loaded with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 """
 import hashlib
+import io
 import os
 import struct
 import zipfile
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -32,7 +36,6 @@ from federatedscope.core.data.shard_format.checks import (CHUNK, SAMPLE_DTYPES, 
                                                         sha256_file)
 
 _TORCH_DTYPES = {getattr(torch, n): n for n in SAMPLE_DTYPES}
-
 
 
 def _load(path: str, mmap: bool) -> object:
@@ -67,77 +70,152 @@ def _describe(v: object) -> str:
     return type(v).__name__
 
 
-def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> None:
+def write_split(path: str, x: torch.Tensor, y: torch.Tensor) -> str:
     """Atomically write a split held in memory."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.dtype not in _TORCH_DTYPES or y.dtype != torch.int64 or len(x) != len(y) or x.dim() < 2:
         raise ValueError(f"{path}: need x [n, ...] of one of {list(SAMPLE_DTYPES)} and int64 "
                          f"y [n], got {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}")
-    write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
-                       _TORCH_DTYPES[x.dtype])
+    return write_split_chunks(path, y.numpy(), tuple(x.shape[1:]), [x.contiguous().numpy()],
+                              _TORCH_DTYPES[x.dtype])
+
+
+# A split whose bytes fit this is built in memory and written once: one zip parse, no re-read to
+# hash it. Larger ones are patched in place in the temp file, in O(chunk) memory.
+IN_MEMORY_BYTES = 16 << 20
+# Every byte of a split file that depends on its content (x and y data, their CRCs, the
+# serialization id and its CRC) is overwritten by ``fill``; the rest depends only on (n, sample
+# shape, dtype). So a finished small file is the skeleton of the next one of that shape, and most
+# splits skip torch.save and the zip parse. Bounded: the least recently used go first once the
+# kept files exceed TEMPLATE_TOTAL bytes (a split over TEMPLATE_BYTES is never kept).
+TEMPLATE_BYTES = 4 << 20
+TEMPLATE_TOTAL = 32 << 20
+_Entries = Dict[str, Tuple[int, zipfile.ZipInfo]]
+
+
+class _Skeletons(OrderedDict):
+    """(file bytes, central directory) by (n, sample shape, dtype); least recently used first."""
+    total = 0
+
+    def keep(self, key: tuple, data: bytes, entries: _Entries) -> None:
+        old = self.pop(key, None)
+        self.total += len(data) - (len(old[0]) if old else 0)
+        self[key] = (data, entries)
+        while self.total > TEMPLATE_TOTAL:
+            _, (dropped, _) = self.popitem(last=False)
+            self.total -= len(dropped)
+
+
+_templates = _Skeletons()
 
 
 def write_split_chunks(path: str, y: np.ndarray, sample_shape: Tuple[int, ...],
                        chunks: Iterable[np.ndarray], dtype: str = "uint8",
-                       durable: bool = True) -> None:
+                       durable: bool = True, private: bool = False) -> str:
     """Atomically write a split whose samples arrive as chunks ``[k, *sample_shape]`` of ``dtype``
-    (``durable``: as ``atomic_write``'s).
+    (``durable``: as ``atomic_write``'s); returns the file's sha256. ``private``: ``path`` is in
+    a directory nobody reads until it is renamed into place as a whole, so a split built in
+    memory is written straight to ``path`` (no temp file and rename of its own).
 
-    Memory stays O(largest chunk + labels) whatever the split size (see module doc). The file
-    is byte-for-byte a function of its content, so equal shards have equal sha256s.
+    Memory stays O(largest chunk + labels + IN_MEMORY_BYTES) whatever the split size (module
+    doc). The file is byte-for-byte a function of its content, so equal shards have equal sha256s.
     """
     n = int(len(y))
     row = int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
     y_t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
-    def write(tmp: str) -> None:
-        placeholder = torch.empty((n, *sample_shape), dtype=getattr(torch, dtype))
-        _save(tmp, {"x": placeholder, "y": y_t})
-        del placeholder
+    def fill(f, entries: Optional[_Entries] = None) -> _Entries:
+        if entries is None:  # no skeleton of this shape: torch.save one
+            placeholder = torch.empty((n, *sample_shape), dtype=getattr(torch, dtype))
+            torch.save({"x": placeholder, "y": y_t}, f)
+            del placeholder
+            entries = _central_entries(f)
         written, crc = 0, 0
-        with open(tmp, "r+b") as f:
-            x_at = _record_offset(tmp, f, n * row, prefer_first=True) if n else 0
-            f.seek(x_at)
-            for c in chunks:
-                c = np.ascontiguousarray(c, dtype=dtype)
-                if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
-                    raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
-                                     f"{n} x {sample_shape} (at row {written})")
-                # a C-contiguous array is a flat byte buffer to write() and crc32(); no
-                # memoryview cast, which refuses a chunk of zero rows
-                f.write(c)
-                crc = zlib.crc32(c, crc)
-                written += len(c)
-            if written != n:
-                raise ValueError(f"{path}: got {written} sample rows, expected {n}")
-            f.flush()
-            if n:
-                _set_crc(tmp, f, x_at, n * row, crc)
-            _fix_serialization_id(tmp, f, y_t.numpy().tobytes() + crc.to_bytes(4, "little"))
+        x_at = _record_offset(path, f, entries, n * row) if n else 0
+        f.seek(x_at)
+        for c in chunks:
+            c = np.ascontiguousarray(c, dtype=dtype)
+            if c.shape[1:] != tuple(sample_shape) or written + len(c) > n:
+                raise ValueError(f"{path}: chunk of shape {c.shape} does not fit "
+                                 f"{n} x {sample_shape} (at row {written})")
+            # a C-contiguous array is a flat byte buffer to write() and crc32(); no
+            # memoryview cast, which refuses a chunk of zero rows
+            f.write(c)
+            crc = zlib.crc32(c, crc)
+            written += len(c)
+        if written != n:
+            raise ValueError(f"{path}: got {written} sample rows, expected {n}")
+        y_bytes = y_t.numpy().tobytes()
+        if n:
+            _set_crc(path, f, entries, x_at, n * row, crc)
+            # y too, so a skeleton's labels are replaced (x is pickled first: the lower record
+            # number when the sizes tie)
+            y_at = _record_offset(path, f, entries, n * 8, prefer_first=n * row != n * 8)
+            f.seek(y_at)
+            f.write(y_bytes)
+            _set_crc(path, f, entries, y_at, n * 8, zlib.crc32(y_bytes))
+        _fix_serialization_id(path, f, entries, y_bytes + crc.to_bytes(4, "little"))
+        return entries
+
+    if n * row <= IN_MEMORY_BYTES:
+        key = (n, tuple(sample_shape), dtype) if n * row <= TEMPLATE_BYTES else None
+        return _write_built(path, fill, durable, key, private)
+
+    def write(tmp: str) -> None:
+        # through a file object, so the archive's record prefix is 'archive', not the temp name
+        with open(tmp, "w+b") as f:
+            fill(f)
     atomic_write(path, write, durable)
+    return sha256_file(path)
 
 
-def write_index(path: str, idx: np.ndarray, durable: bool = True) -> None:
-    """--link mode: a client's split is int64 row indices into the packed file."""
+def write_index(path: str, idx: np.ndarray, durable: bool = True, private: bool = False) -> str:
+    """--link mode: a client's split is int64 row indices into the packed file; returns its
+    sha256 (``private``: as ``write_split_chunks``')."""
     t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
 
+    def fill(f, entries: Optional[_Entries] = None) -> _Entries:
+        torch.save({"idx": t}, f)
+        entries = _central_entries(f)
+        _fix_serialization_id(path, f, entries, t.numpy().tobytes())
+        return entries
+    return _write_built(path, fill, durable, None, private)
+
+
+def _write_built(path: str, fill: Callable[..., _Entries], durable: bool,
+                 key: Optional[tuple], private: bool = False) -> str:
+    """Build the file in memory with ``fill`` (from the skeleton cached under ``key``, if any),
+    write it in one write (atomically unless ``private``), and return the sha256 of the bytes written (no re-read of
+    a file just written)."""
+    hit = _templates.get(key) if key is not None else None
+    buf = io.BytesIO(hit[0]) if hit else io.BytesIO()
+    entries = fill(buf, hit[1] if hit else None)
+    data = buf.getbuffer()  # no copy of a large split; only a skeleton is copied
+    if key is not None:
+        _templates.keep(key, bytes(data), entries)
+
     def write(tmp: str) -> None:
-        _save(tmp, {"idx": t})
-        with open(tmp, "r+b") as f:
-            _fix_serialization_id(tmp, f, t.numpy().tobytes())
-    atomic_write(path, write, durable)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if private and durable:
+                f.flush()
+                os.fsync(f.fileno())
+    try:
+        if private:  # the directory's rename publishes it: no temp file, no rename of its own
+            write(path)
+        else:
+            atomic_write(path, write, durable)
+        return hashlib.sha256(data).hexdigest()
+    finally:
+        data.release()
 
 
-def _save(path: str, obj: dict) -> None:
-    # Through a file object, so the archive's record prefix is 'archive', not the temp name.
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-
-
-def _central_entries(path: str, f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
-    """name -> (file offset of its central-directory header, info)."""
+def _central_entries(f) -> _Entries:
+    """name -> (file offset of its central-directory header, info), of the archive in ``f``
+    (a file opened for update, or a BytesIO). Patching record bytes moves no record, so one
+    parse serves every patch of a file."""
     f.flush()
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(f) as z:
         infos = {i.filename: i for i in z.infolist()}
         start = z.start_dir
     f.seek(start)
@@ -151,9 +229,10 @@ def _central_entries(path: str, f) -> Dict[str, Tuple[int, zipfile.ZipInfo]]:
     return out
 
 
-def _set_crc(path: str, f, data_at: int, size: int, crc: int, name: str = "") -> None:
+def _set_crc(path: str, f, entries: _Entries, data_at: int,
+             size: int, crc: int, name: str = "") -> None:
     """Store ``crc`` for the record whose data starts at ``data_at`` (descriptor + central dir)."""
-    for cname, (cd_at, info) in _central_entries(path, f).items():
+    for cname, (cd_at, info) in entries.items():
         if (name and cname != name) or (not name and (info.file_size != size
                                                       or _data_offset(f, info) != data_at)):
             continue
@@ -171,16 +250,16 @@ def _set_crc(path: str, f, data_at: int, size: int, crc: int, name: str = "") ->
     raise ShardError(f"{path}: cannot find the record to update in the archive")
 
 
-def _fix_serialization_id(path: str, f, content: bytes) -> None:
+def _fix_serialization_id(path: str, f, entries: _Entries, content: bytes) -> None:
     """torch writes a random id per save; derive it from the content so files are reproducible."""
-    for name, (_, info) in _central_entries(path, f).items():
+    for name, (_, info) in entries.items():
         if name.endswith("/.data/serialization_id") and info.compress_type == zipfile.ZIP_STORED:
             digits = str(int(hashlib.sha256(content).hexdigest(), 16)).zfill(info.file_size)
             new = digits[:info.file_size].encode("ascii")
             at = _data_offset(f, info)
             f.seek(at)
             f.write(new)
-            _set_crc(path, f, at, info.file_size, zlib.crc32(new), name=name)
+            _set_crc(path, f, entries, at, info.file_size, zlib.crc32(new), name=name)
             return
 
 
@@ -203,11 +282,10 @@ def read_index(path: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- raw offsets
-def _record_offset(path: str, f, nbytes: int, prefer_first: bool) -> int:
+def _record_offset(path: str, f, entries: _Entries, nbytes: int, prefer_first: bool = True) -> int:
     """File offset of the (stored, uncompressed) ``data/<k>`` record holding ``nbytes`` bytes."""
-    with zipfile.ZipFile(path) as z:
-        recs = [i for i in z.infolist() if "/data/" in i.filename and i.file_size == nbytes
-                and i.filename.rsplit("/", 1)[-1].isdigit()]
+    recs = [i for _, i in entries.values() if "/data/" in i.filename and i.file_size == nbytes
+            and i.filename.rsplit("/", 1)[-1].isdigit()]
     if not recs:
         raise ShardError(f"{path}: no {nbytes}-byte tensor record in the archive")
     recs.sort(key=lambda i: int(i.filename.rsplit("/", 1)[-1]))
@@ -247,9 +325,10 @@ def split_layout(path: str) -> SplitLayout:
     if n == 0:
         return SplitLayout(path, 0, shape, 0, 0, dtype)
     with open(path, "rb") as f:
+        entries = _central_entries(f)
         # x is pickled first, so when sizes tie (8-byte samples) it is the lower record number
-        xo = _record_offset(path, f, x_nbytes, prefer_first=True)
-        yo = _record_offset(path, f, y_nbytes, prefer_first=x_nbytes != y_nbytes)
+        xo = _record_offset(path, f, entries, x_nbytes, prefer_first=True)
+        yo = _record_offset(path, f, entries, y_nbytes, prefer_first=x_nbytes != y_nbytes)
     _check_byteorder(path)
     return SplitLayout(path, n, shape, xo, yo, dtype)
 
