@@ -40,7 +40,7 @@ from federatedscope.core.communication.intake import CLOSE, Connection, LineBudg
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (BIG_MESSAGE, CONCURRENT_BIG_WRITES,
                                                       CONNECTION_HEADROOM, GIVE_WAY_AFTER,
-                                                      REFUSAL_HOLD,
+                                                      REFUSAL_HOLD, STOP_DRAIN_MAX,
                                                       MAX_HEALTH_WATCHES,
                                                       UNARY_HEADROOM, BAD_MESSAGES_PER_SESSION,
                                                       TokenBucket, compression, derive_limits,
@@ -160,11 +160,12 @@ class GrpcServerTransport(StreamIntake):
         await self.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Let queued messages (e.g. ``finish``) drain, then stop."""
+        """Let queued messages (e.g. ``finish``) drain, then stop: sessions get ``grace``
+        seconds, renewed while they keep ending (``STOP_DRAIN_MAX`` at most)."""
         if not self._loop.is_running():
             return
         try:
-            self._run(self._stop(grace), timeout=grace + 15.0)
+            self._run(self._stop(grace), timeout=STOP_DRAIN_MAX + grace + 15.0)
         except Exception as e:  # a stop that cannot complete must not hide the job's result
             logger.warning(f"gRPC server did not stop cleanly ({type(e).__name__}); exiting anyway")
         self._halt_loop()
@@ -173,10 +174,21 @@ class GrpcServerTransport(StreamIntake):
         # Callbacks queued before this coroutine (e.g. the final broadcast) have run: FIFO.
         for conn in list(self._conns.values()):
             conn.outbox.put_nowait(CLOSE)
-        try:
-            await asyncio.wait_for(self._all_closed.wait(), timeout=grace)
-        except asyncio.TimeoutError:
-            logger.warning(f"{len(self._conns)} session(s) still open after {grace:.0f}s; closing")
+        # Thousands of sessions take longer than ``grace`` to end on a busy machine although
+        # each ends promptly (measured: 148 of 3,550 still open after 5 s, cut before they read
+        # ``finish``). So wait while sessions keep ending; only a stuck peer is cut off.
+        began = self._loop.time()
+        while self._conns:
+            open_before = len(self._conns)
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout=grace)
+            except asyncio.TimeoutError:
+                spent = self._loop.time() - began
+                if len(self._conns) >= open_before or spent >= STOP_DRAIN_MAX:
+                    logger.warning(f"{len(self._conns)} session(s) still open after {spent:.0f}s"
+                                   f" (none ended in the last {grace:.0f}s, or "
+                                   f"{STOP_DRAIN_MAX:.0f}s in all); closing")
+                    break
         await self.health.enter_graceful_shutdown()
         await self._server.stop(1.0)
 

@@ -65,6 +65,9 @@ REFUSAL_HOLD = 1.0
 # a flood. Beyond that they count as invalid messages, which close a flooding session.
 HEARTBEAT_RATE = 2 / MIN_HEARTBEAT_INTERVAL
 MIN_HEARTBEAT_WINDOW = 30.0
+# Seconds a stopping server waits at most for its sessions to end, as long as some keep ending
+# (each one gets the stop's grace to take its last messages).
+STOP_DRAIN_MAX = 60.0
 # Rejection log lines written per LOG_INTERVAL; the rest become one summary line per interval.
 LOG_LINES_PER_INTERVAL = 20
 LOG_INTERVAL = 10.0
