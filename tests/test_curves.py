@@ -74,6 +74,23 @@ def test_write_curves_draws_a_png(tmp_path):
     assert [n for n in os.listdir(tmp_path / "out") if n != "curves.png"] == []   # no temp left
 
 
+def test_a_metric_nobody_reports_gets_a_note_not_an_empty_legend(tmp_path):
+    """Clients that report accuracy but no loss: the loss panel says so (matplotlib would warn
+    about a legend with nothing in it)."""
+    import warnings
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "eval_results.log"
+    path.write_text("\n".join(json.dumps(
+        {"Role": "Server #", "Round": r, "Clients": [1, 2, 3, 4], "Missing": [],
+         "Results_weighted_avg": {"test_acc": 0.1 * r}}) for r in (1, 2, 3)) + "\n")
+    assert read_curves(str(path)).splits() == ["test"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert write_curves(str(path), str(tmp_path / "curves.png")) == str(tmp_path / "curves.png")
+    import matplotlib.pyplot as plt
+    assert plt.get_fignums() == []          # closed, even with a panel left empty
+
+
 def test_without_matplotlib_one_line_says_how_to_install(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib -> ImportError
     png = str(tmp_path / "curves.png")

@@ -97,7 +97,11 @@ def write_curves(eval_results_log_path: str, png_path: str) -> Optional[str]:
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8)
+        else:  # a trainer that reports no such metric: say so instead of an empty frame
+            ax.text(0.5, 0.5, f"no {label} reported", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, alpha=0.6)
     per = f"; thin: each of {len(curves.per_client)} clients" if curves.per_client else ""
     fig.suptitle(f"{os.path.basename(os.path.dirname(os.path.abspath(eval_results_log_path)))}"
                  f" ({len(curves.rounds)} evaluated rounds{per})", fontsize=10)
