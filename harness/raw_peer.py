@@ -69,9 +69,9 @@ class RawPeer:
         self._out.put(codec.encode(frame) if isinstance(frame, Message) else bytes(frame))
 
     def send_chunked(self, frame: Union[bytes, Message], size: int = 64 * 1024) -> None:
-        """A large message as a first chunk and continuations, all of ``size`` bytes."""
+        """As the real client sends a large message: a first chunk and continuations."""
         data = codec.encode(frame) if isinstance(frame, Message) else bytes(frame)
-        for part in chunk_frames(data, size, first=size):
+        for part in chunk_frames(data, size):
             self._out.put(part)
 
     def join(self, client_id: int, token: str = "", declaration: Optional[dict] = None,

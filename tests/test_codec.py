@@ -216,25 +216,3 @@ def test_reassembled_upload_is_decoded_in_place(header_pad):
     assert all(torch.equal(whole.tensors[k], t) for k, t in tensors.items())
     whole.tensors["w"].add_(1.0)   # writable, and the bytes object is untouched
     assert codec.decode(wire).tensors["w"].equal(tensors["w"])
-
-
-def test_a_large_message_goes_as_a_small_first_chunk_then_window_sized_ones():
-    """The first chunk is what a stream holds while its upload waits for an inbox slot (so it
-    is small); the continuations fill one stream window each. Reassembled, the bytes are the
-    message's; a message that fits one chunk goes whole."""
-    from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
-                                                        FIRST_CHUNK_BYTES, Reassembly,
-                                                        chunk_frames, chunk_total)
-    size = FIRST_CHUNK_BYTES + 3 * CHUNK_BYTES + 7
-    data = (bytes(range(251)) * (size // 251 + 1))[:size]
-    frames = chunk_frames(data)
-    assert [len(f) for f in frames] == [12 + FIRST_CHUNK_BYTES] + [4 + CHUNK_BYTES] * 3 + [11]
-    assert frames[0][:4] == CHUNK_FIRST and chunk_total(frames[0]) == size
-    assert all(f[:4] == CHUNK_MORE for f in frames[1:])
-    assert 5 + max(map(len, frames)) <= 64 * 1024        # with gRPC's prefix: one window each
-    asm = Reassembly(chunk_total(frames[0]), frames[0], heavy=False)
-    assert [asm.add(memoryview(f)[4:]) for f in frames[1:]] == [False, False, False, True]
-    assert bytes(asm.buf) == data
-    assert chunk_frames(data[:CHUNK_BYTES]) == [data[:CHUNK_BYTES]]
-    assert [len(f) for f in chunk_frames(data[:CHUNK_BYTES + 1])] == \
-        [12 + FIRST_CHUNK_BYTES, 4 + CHUNK_BYTES + 1 - FIRST_CHUNK_BYTES]

@@ -4,8 +4,7 @@ A server that reads every upload the moment it arrives holds N models when N cli
 once. Two things keep it O(model): the ``ServerInbox`` lets the transport decode only
 ``HEAVY_IN_INBOX`` models ahead of the Server, and clients send large messages as a sequence of
 small chunks (``chunk_frames``), so a stream waiting for an inbox slot holds one small chunk and
-gRPC's flow control stops its sender (with at most one stream window, ``distribute.
-grpc_stream_window_kb``, in gRPC's buffers). Whole (unchunked) frames stay valid on the wire.
+gRPC's flow control stops its sender. Whole (unchunked) frames stay valid on the wire.
 """
 import queue
 from dataclasses import dataclass
@@ -27,10 +26,6 @@ CHUNK_FIRST = b"FSC1"
 CHUNK_MORE = b"FSC+"
 # 64 KiB with our 4-byte magic and gRPC's 5-byte message prefix: one window, one frame.
 CHUNK_BYTES = 64 * 1024 - 9
-# The first chunk is what a stream holds while its upload waits for an inbox slot, and at
-# thousands of clients most of them wait: 64 KiB each was ~230 MB of the server's peak at 3,550
-# clients. It needs only the frame's header (the receive buffer is placed from it).
-FIRST_CHUNK_BYTES = 4 * 1024
 _FIRST_HEAD = len(CHUNK_FIRST) + 8
 ALIGN = 64    # bytes: a cache line, and every tensor dtype's alignment
 
@@ -57,15 +52,13 @@ class HeavyIncoming(Incoming):
     """An ``Incoming`` holding a model-sized message (counted against the inbox budget)."""
 
 
-def chunk_frames(data: bytes, size: int = CHUNK_BYTES,
-                 first: int = FIRST_CHUNK_BYTES) -> List[bytes]:
-    """``data`` as wire messages: itself when at most ``size`` bytes, else a first chunk of
-    ``first`` bytes and continuations of ``size``."""
+def chunk_frames(data: bytes, size: int = CHUNK_BYTES) -> List[bytes]:
+    """``data`` as wire messages: itself when small, else a first chunk and continuations."""
     if len(data) <= size:
         return [data]
     view = memoryview(data)
-    head = b"".join([CHUNK_FIRST, len(data).to_bytes(8, "little"), view[:first]])
-    return [head] + [CHUNK_MORE + view[i:i + size] for i in range(first, len(data), size)]
+    first = b"".join([CHUNK_FIRST, len(data).to_bytes(8, "little"), view[:size]])
+    return [first] + [CHUNK_MORE + view[i:i + size] for i in range(size, len(data), size)]
 
 
 def chunk_total(data: bytes) -> int:
