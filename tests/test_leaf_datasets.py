@@ -1,6 +1,8 @@
 """CelebA and Shakespeare readers (LEAF JSON) on generated and hand-made input."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -117,6 +119,22 @@ def test_leaf_reader_holds_one_file_at_a_time(celeba_root, tmp_path, monkeypatch
 
 
 # ------------------------------------------------------------------------------- Shakespeare
+def test_cv_imports_without_pillow_and_celeba_says_how_to_get_it(tmp_path):
+    """Registering CelebA must not make Pillow a need of every importer of the cv package (the
+    Flower app in the peers bench imports it for FEMNIST's ConvNet2 in an environment without
+    Pillow); reading a CelebA image without it names the file and the fix."""
+    code = ("import sys; sys.modules['PIL'] = None\n"
+            "import federatedscope.cv\n"
+            "from federatedscope.cv.dataset.celeba import decode_image\n"
+            "try:\n    decode_image('x/000001.jpg')\n"
+            "except ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "x/000001.jpg: reading CelebA's JPEG images needs Pillow; " \
+                                 "pip install Pillow"
+
+
 def test_vocabulary_is_leafs():
     assert len(ALL_LETTERS) == 80 and len(set(ALL_LETTERS)) == 80
     assert encode("\n !a}", "t").tolist() == [0, 1, 2, 53, 79]

@@ -12,7 +12,6 @@ import os
 from typing import Iterator, List
 
 import numpy as np
-from PIL import Image
 
 from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples
 from federatedscope.cv.dataset.leaf_json import (find_leaf_input, int_labels, iter_leaf_users,
@@ -32,6 +31,13 @@ def image_dirs(root: str, json_dir: str) -> List[str]:
 
 def decode_image(path: str) -> np.ndarray:
     """One image file -> uint8 [3, 84, 84]; an unreadable file names itself."""
+    # Pillow is imported here, not at module load: registering CelebA must not make every
+    # importer of ``federatedscope.cv`` (Flower's app in the peers bench, FEMNIST-only jobs) need it.
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(f"{path}: reading CelebA's JPEG images needs Pillow; "
+                         f"pip install Pillow") from None
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
