@@ -90,7 +90,7 @@ def test_probes_follow_the_backoff_and_grpc_is_asked_only_once_the_port_listens(
         transport.close(grace=0.5)
 
 
-def test_probe_steps_are_capped_at_five_seconds_and_at_the_configured_cap(monkeypatch, bound):
+def test_probe_steps_are_capped_at_the_configured_backoff(monkeypatch, bound):
     transport = _transport(bound.getsockname()[1], max_backoff=1.2)
     probes, grpc_waits = _record(monkeypatch, transport)
     try:
@@ -104,6 +104,27 @@ def test_probe_steps_are_capped_at_five_seconds_and_at_the_configured_cap(monkey
         assert "distribute.connect_timeout" in out["error"] and "Is it running?" in out["error"]
     finally:
         transport.close(grace=0.5)
+
+
+def test_probe_steps_grow_as_grpcs_backoff_and_stop_growing_at_five_seconds(monkeypatch, bound):
+    """The waits asked of the closing event, without sleeping through them: 1 s x 1.6^k with
+    +-20 % jitter, never above 5 s (a server that comes up is seen within 6 s)."""
+    transport = _transport(bound.getsockname()[1], max_backoff=60.0)
+    asked = []
+
+    class Clock:
+        def wait(self, delay):
+            asked.append(delay)
+            return len(asked) == 12          # then: "client is shutting down"
+    monkeypatch.setattr(transport, "_closing", Clock())
+    with pytest.raises(ServerUnreachable, match="shutting down"):
+        transport.wait_for_server(3600)
+    for k, delay in enumerate(asked):
+        nominal = min(1.6 ** k, 5.0)
+        assert 0.8 * nominal <= delay <= 1.2 * nominal, (k, asked)
+    assert max(asked[5:]) <= 6.0 and min(asked[5:]) >= 4.0, asked
+    transport._closing = threading.Event()
+    transport.close(grace=0.5)
 
 
 def test_closing_ends_a_wait_for_a_server_that_is_not_up(monkeypatch, bound):
