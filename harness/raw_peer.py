@@ -84,9 +84,12 @@ class RawPeer:
             content["declaration"] = declaration
         self.send(Message(JOIN_IN, client_id, 0, 0, content))
 
+    def metadata(self) -> dict:
+        """The server's initial metadata on this session (its nonce, its upload chunk size)."""
+        return dict(self._call.initial_metadata() or ())
+
     def nonce(self) -> bytes:
-        """The nonce the server sent on this session (gRPC initial metadata)."""
-        return bytes.fromhex(dict(self._call.initial_metadata() or ()).get(NONCE_HEADER, ""))
+        return bytes.fromhex(self.metadata().get(NONCE_HEADER, ""))
 
     def recv_raw(self, timeout: float = 5.0) -> Optional[bytes]:
         try:

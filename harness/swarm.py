@@ -32,7 +32,8 @@ if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from federatedscope.core.communication import codec  # noqa: E402
-from federatedscope.core.communication.flow import chunk_frames  # noqa: E402
+from federatedscope.core.communication.flow import (  # noqa: E402
+    CHUNK_BYTES, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, announced_chunk, chunk_frames)
 from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
 from federatedscope.core.communication.join_proof import NONCE_HEADER  # noqa: E402
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
@@ -243,9 +244,11 @@ class Swarm:
         lock = asyncio.Lock()           # one write at a time per stream (gRPC's rule)
         cid = res.client_id
 
+        more = CHUNK_BYTES                # continuations' size, as the server announces
+
         async def write(msg: Message) -> None:
             async with lock:
-                for frame in chunk_frames(codec.encode(msg)):   # as the real client sends
+                for frame in chunk_frames(codec.encode(msg), more=more):   # as a client sends
                     await call.write(frame)
 
         async def heartbeat() -> None:
@@ -255,7 +258,8 @@ class Swarm:
 
         hb = None
         try:
-            nonce = dict(await call.initial_metadata() or ()).get(NONCE_HEADER)
+            metadata = dict(await call.initial_metadata() or ())
+            nonce, more = metadata.get(NONCE_HEADER), announced_chunk(metadata.get(CHUNK_HEADER))
             await write(signed_join(Message(JOIN_IN, cid, 0, 0, {
                 "client_id": cid, "token": shard.token, "num_samples": dict(shard.num_samples),
                 "declaration": shard.declaration}), nonce))

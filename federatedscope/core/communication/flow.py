@@ -24,8 +24,15 @@ HEAVY_IN_INBOX = 1
 # First chunk: magic | uint64 LE total length | bytes; each next chunk: magic | bytes.
 CHUNK_FIRST = b"FSC1"
 CHUNK_MORE = b"FSC+"
-# 64 KiB with our 4-byte magic and gRPC's 5-byte message prefix: one window, one frame.
+# 64 KiB with our 4-byte magic and gRPC's 5-byte message prefix: one window, one frame. The
+# first chunk is always this size: it is what a stream waiting for an inbox slot holds.
 CHUNK_BYTES = 64 * 1024 - 9
+# Continuations may be larger where the server says so (``UPLOAD_CHUNK_HEADER``, set from
+# ``upload_chunk_bytes``): each gRPC message costs the server ~0.25 ms whatever its size, and a
+# waiting stream's next message is taken in whole, so their size is bounded per client count.
+UPLOAD_CHUNK_HEADER = "fs-upload-chunk"
+UPLOAD_CHUNK_BUDGET = 16 * 1024 * 1024   # bytes: continuations in flight, all clients together
+MAX_UPLOAD_CHUNK = 1024 * 1024
 _FIRST_HEAD = len(CHUNK_FIRST) + 8
 ALIGN = 64    # bytes: a cache line, and every tensor dtype's alignment
 
@@ -52,13 +59,33 @@ class HeavyIncoming(Incoming):
     """An ``Incoming`` holding a model-sized message (counted against the inbox budget)."""
 
 
-def chunk_frames(data: bytes, size: int = CHUNK_BYTES) -> List[bytes]:
-    """``data`` as wire messages: itself when small, else a first chunk and continuations."""
+def chunk_frames(data: bytes, size: int = CHUNK_BYTES, more: int = 0) -> List[bytes]:
+    """``data`` as wire messages: itself when small, else a first chunk of ``size`` bytes and
+    continuations of ``more`` (default ``size``)."""
     if len(data) <= size:
         return [data]
+    more = more or size
     view = memoryview(data)
     first = b"".join([CHUNK_FIRST, len(data).to_bytes(8, "little"), view[:size]])
-    return [first] + [CHUNK_MORE + view[i:i + size] for i in range(size, len(data), size)]
+    return [first] + [CHUNK_MORE + view[i:i + more] for i in range(size, len(data), more)]
+
+
+def upload_chunk_bytes(expected_clients: int) -> int:
+    """The continuation size a server announces: ``UPLOAD_CHUNK_BUDGET`` shared by its expected
+    clients, between ``CHUNK_BYTES`` and ``MAX_UPLOAD_CHUNK`` (1 MiB up to 16 clients, 64 KiB
+    from 256)."""
+    share = UPLOAD_CHUNK_BUDGET // max(1, int(expected_clients))
+    return max(CHUNK_BYTES, min(MAX_UPLOAD_CHUNK, share) - len(CHUNK_MORE) - 5)
+
+
+def announced_chunk(value) -> int:
+    """A client's reading of ``UPLOAD_CHUNK_HEADER``: the announced size if it is a sane number,
+    else the base size (an old or odd server gets what every server accepts)."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        return CHUNK_BYTES
+    return size if CHUNK_BYTES <= size <= MAX_UPLOAD_CHUNK else CHUNK_BYTES
 
 
 def chunk_total(data: bytes) -> int:

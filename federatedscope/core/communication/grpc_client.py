@@ -22,7 +22,8 @@ from typing import Optional
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import chunk_frames
+from federatedscope.core.communication.flow import (CHUNK_BYTES, UPLOAD_CHUNK_HEADER,
+                                                    announced_chunk, chunk_frames)
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import compression, grpc_options
 from federatedscope.core.communication.security import channel_credentials, tls_problem
@@ -104,6 +105,7 @@ class GrpcClientTransport:
         self._last_log = -1e9
         self._quiet_failures = 0
         self._closing = threading.Event()       # set by close(): a backoff wait ends at once
+        self.upload_chunk = CHUNK_BYTES          # continuations' size, as the server announces
 
     # ---------------------------------------------------------- connecting
     def wait_for_server(self, budget: float, key: str = "distribute.connect_timeout") -> None:
@@ -201,6 +203,7 @@ class GrpcClientTransport:
         reason = "server closed the stream"
         try:
             metadata = dict(call.initial_metadata() or ())
+            self.upload_chunk = announced_chunk(metadata.get(UPLOAD_CHUNK_HEADER))
             nonce.put(metadata.get(NONCE_HEADER))
             for data in call:
                 try:
@@ -255,7 +258,7 @@ class GrpcClientTransport:
         if self._outbox is not None:
             self.sender_id = msg.sender
             # Large messages go as small chunks: the server reads them at its own pace.
-            self._outbox.put(chunk_frames(codec.encode(msg)))
+            self._outbox.put(chunk_frames(codec.encode(msg), more=self.upload_chunk))
 
     def end_session(self) -> None:
         if self._outbox is not None:

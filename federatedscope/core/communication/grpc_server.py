@@ -10,17 +10,16 @@ events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the 
 
 Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
-by its length, unread; unjoined streams have their own cap (at the cap a new one evicts the oldest idle stream
-of the address holding the most: ``unjoined.py``), so they cannot take the slots admitted clients
-need, and one flooding address cannot push other addresses' joins out; a new connection whose
-address already holds as many connections with unjoined streams as clients have yet to join, plus
-a few (``UnjoinedConnections``), closes that address's oldest unjoined stream if it has waited
-``GIVE_WAY_AFTER``, else it is refused after ``REFUSAL_HOLD``; the health service is not
-counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
+by its length, unread; unjoined streams have their own cap (at the cap a new one evicts the oldest
+idle stream of the address holding the most: ``unjoined.py``), so they cannot take the slots
+admitted clients need, and one flooding address cannot push other addresses' joins out; a new
+connection whose address already holds as many connections with unjoined streams as clients have
+yet to join, plus a few (``UnjoinedConnections``), closes that address's oldest unjoined stream if
+it has waited ``GIVE_WAY_AFTER``, else it is refused after ``REFUSAL_HOLD``; the health service is
+not counted against sessions (its Watch streams have their own cap, ``CappedHealth``). The largest
 accepted message is derived from the model. Below our code gRPC enforces the connection-level
 ceilings (streams per connection, header size, connections, idle connections, PING strikes:
 ``limits.server_options``); doc/reliability.md, "Transport ceilings", derives every value.
-Each stream is first sent a nonce (initial metadata) that its join must prove the token with.
 """
 import asyncio
 import itertools
@@ -35,7 +34,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
+from federatedscope.core.communication.flow import (HEAVY_IN_INBOX, UPLOAD_CHUNK_HEADER,
+                                                    ServerInbox)
 from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (
@@ -114,11 +114,10 @@ class GrpcServerTransport(StreamIntake):
     async def _setup(self) -> int:
         self._server = grpc.aio.server(
             options=server_options(self.cfg, self.limits), compression=compression(self.cfg),
-            # every RPC at once, streams and health checks together: beyond it gRPC answers
-            # RESOURCE_EXHAUSTED without running a handler
+            # all RPCs at once (streams and health checks); beyond, RESOURCE_EXHAUSTED unrun
             maximum_concurrent_rpcs=self.limits.max_sessions + MAX_HEALTH_WATCHES + UNARY_HEADROOM)
-        # Raw bytes both ways: the codec parses requests (a malformed one is logged, not fatal
-        # inside gRPC's deserializer) and a broadcast's encoded bytes are queued as they are.
+        # Raw bytes both ways: the codec parses requests (a malformed one is logged, not fatal in
+        # gRPC's deserializer); a broadcast's encoded bytes are queued as they are.
         session = grpc.stream_stream_rpc_method_handler(self._session, request_deserializer=None,
                                                         response_serializer=None)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -254,11 +253,9 @@ class GrpcServerTransport(StreamIntake):
         over = self._addresses.refusal(peer, len(self._by_client))
         if over:
             # The address is at its ceiling: its own oldest idle stream gives way, so a client
-            # behind the same address (a NAT, loopback) still gets in and the address stays at
-            # the ceiling. Only a stream open GIVE_WAY_AFTER without a join does (an honest join arrives
-            # within a round trip): a flooder reconnecting at once then makes the server replace
-            # at most ceiling / GIVE_WAY_AFTER streams a second; the rest are refused, which
-            # registers nothing.
+            # behind the same address (a NAT, loopback) still gets in. Only a stream open
+            # GIVE_WAY_AFTER without a join does (an honest join takes a round trip): a flooder
+            # then makes the server replace at most ceiling / GIVE_WAY_AFTER streams a second.
             old = self._unjoined.oldest_idle(peer_address(peer))
             if old is None or self._loop.time() - old.opened < GIVE_WAY_AFTER:
                 return over
@@ -301,8 +298,9 @@ class GrpcServerTransport(StreamIntake):
                 await asyncio.sleep(REFUSAL_HOLD)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, conn)
         # The nonce goes first, before the peer may send anything: its join must prove the token
-        # for this very stream (join_proof.py).
-        await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()),))
+        # for this very stream (join_proof.py); with it, the continuation size uploads may use.
+        await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()), (
+            UPLOAD_CHUNK_HEADER, str(self.limits.upload_chunk))))
         reader = asyncio.ensure_future(self._read(conn, context))
         deadline = self._loop.call_later(self.limits.join_deadline, self._check_deadline, conn)
         try:

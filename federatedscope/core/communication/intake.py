@@ -107,6 +107,11 @@ class StreamIntake:
             if conn.assembly is None:
                 self._reject(conn, "continuation chunk without a first chunk")
                 return True
+            if len(data) - len(CHUNK_MORE) > self.limits.upload_chunk:
+                self._drop_assembly(conn)
+                self._reject(conn, f"continuation chunk of {len(data) - len(CHUNK_MORE)} bytes, "
+                                   f"over the announced {self.limits.upload_chunk}")
+                return True
             try:
                 if not conn.assembly.add(memoryview(data)[len(CHUNK_MORE):]):
                     return True

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from federatedscope.core.communication.flow import upload_chunk_bytes
 from federatedscope.core.configs.config import MIN_HEARTBEAT_INTERVAL, ConfigError
 
 # A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
@@ -113,6 +114,7 @@ class Limits:
     idle_connection: float  # seconds a connection without any open stream is kept
     heartbeat_rate: float   # heartbeats per second one session may sustain (after a burst)
     heartbeat_burst: float  # heartbeats one session may send at once
+    upload_chunk: int       # bytes; largest continuation chunk (announced to every client)
 
 
 def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
@@ -140,7 +142,8 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
                   idle_connection=max(MIN_IDLE_CONNECTION, 2 * float(cfg.distribute.join_deadline)),
                   heartbeat_rate=HEARTBEAT_RATE,
                   heartbeat_burst=HEARTBEAT_RATE * max(MIN_HEARTBEAT_WINDOW,
-                                                       float(cfg.distribute.heartbeat_timeout)))
+                                                       float(cfg.distribute.heartbeat_timeout)),
+                  upload_chunk=upload_chunk_bytes(max_clients // 2))
 
 
 def server_options(cfg, limits: Limits) -> list:

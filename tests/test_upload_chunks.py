@@ -1,0 +1,143 @@
+"""Upload continuations sized by the server (``flow.upload_chunk_bytes``): a fixed budget shared
+by the expected clients, announced in each stream's initial metadata, followed by real clients
+and enforced on every continuation. Few clients upload in 1 MiB pieces (each gRPC message costs
+the server about the same whatever its size); thousands keep 64 KiB, because a stream waiting for
+an inbox slot has its next message taken in whole by gRPC."""
+import logging
+import queue
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from harness.raw_peer import RawPeer
+from federatedscope.core.communication import codec
+from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
+                                                    MAX_UPLOAD_CHUNK, UPLOAD_CHUNK_BUDGET,
+                                                    UPLOAD_CHUNK_HEADER, Reassembly,
+                                                    ServerInbox, announced_chunk, chunk_frames,
+                                                    chunk_total, upload_chunk_bytes)
+from federatedscope.core.communication.grpc_client import GrpcClientTransport
+from federatedscope.core.communication.grpc_server import GrpcServerTransport
+from federatedscope.core.communication.transport import Incoming
+from federatedscope.core.configs.config import get_default_cfg
+from federatedscope.core.message import JOIN_IN, MODEL_PARA, Message
+
+MiB = 1024 * 1024
+LOGGER = "federatedscope"
+
+
+@pytest.mark.parametrize("expected,size", [
+    (0, MiB - 9), (1, MiB - 9), (3, MiB - 9), (16, MiB - 9),
+    (17, 986_895 - 9),          # 16 MiB / 17
+    (100, 167_772 - 9), (255, 65_793 - 9),
+    (256, 65_536 - 9), (1000, 65_536 - 9), (3550, 65_536 - 9)])
+def test_the_announced_size_shares_a_fixed_budget_between_the_expected_clients(expected, size):
+    assert upload_chunk_bytes(expected) == size
+    # with the 9 bytes of magic and gRPC prefix, N waiting streams' next messages fit the budget
+    # (or are the base 64 KiB each, below which nothing is chunked)
+    assert max(1, expected) * (size + 9) <= max(UPLOAD_CHUNK_BUDGET, expected * 65_536)
+
+
+@pytest.mark.parametrize("value,size", [
+    (None, CHUNK_BYTES), ("", CHUNK_BYTES), ("1MB", CHUNK_BYTES), ("-5", CHUNK_BYTES),
+    ("4096", CHUNK_BYTES), (str(MAX_UPLOAD_CHUNK + 1), CHUNK_BYTES),
+    (str(CHUNK_BYTES), CHUNK_BYTES), ("200000", 200_000), (str(MAX_UPLOAD_CHUNK), MAX_UPLOAD_CHUNK)])
+def test_a_client_takes_only_a_sane_announcement(value, size):
+    assert announced_chunk(value) == size
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(1, 40_000), size=st.integers(16, 3_000), extra=st.integers(0, 9_000))
+def test_continuations_of_any_size_reassemble_to_the_message(length, size, extra):
+    data = bytes((i * 7 + length) % 251 for i in range(length))
+    more = size + extra
+    frames = chunk_frames(data, size, more=more)
+    if length <= size:
+        assert frames == [data]
+        return
+    first, rest = frames[0], frames[1:]
+    assert first.startswith(CHUNK_FIRST) and chunk_total(first) == length
+    assert len(first) == len(CHUNK_FIRST) + 8 + size
+    assert all(f.startswith(CHUNK_MORE) for f in rest)
+    assert [len(f) - 4 for f in rest[:-1]] == [more] * (len(rest) - 1)
+    assert 0 < len(rest[-1]) - 4 <= more
+    assert len(rest) == -(-(length - size) // more)
+    r = Reassembly(length, first, heavy=False)
+    done = [r.add(memoryview(f)[4:]) for f in rest]
+    assert done[-1] and not any(done[:-1]) and bytes(r.buf) == data
+
+
+def _cfg():
+    cfg = get_default_cfg()
+    cfg.distribute.server_host, cfg.distribute.server_port = "127.0.0.1", 0
+    return cfg
+
+
+def _next_incoming(inbox, timeout=15.0) -> Incoming:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ev = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(ev, Incoming):
+            return ev
+    raise AssertionError("no message reached the inbox")
+
+
+def _update(sender: int, n: int) -> Message:
+    return Message(MODEL_PARA, sender, 0, 1, {"sample_size": 5},
+                   {"w": torch.arange(n, dtype=torch.float32)})
+
+
+@pytest.mark.parametrize("max_clients,announced", [(8, MiB - 9), (200, 167_772 - 9),
+                                                   (2000, CHUNK_BYTES)])
+def test_each_stream_is_told_the_size_its_server_derives(max_clients, announced):
+    t = GrpcServerTransport(_cfg(), ServerInbox(), max_clients=max_clients)
+    t.start()
+    try:
+        with RawPeer(f"127.0.0.1:{t.port}") as peer:
+            assert peer.metadata()[UPLOAD_CHUNK_HEADER] == str(announced)
+            assert t.limits.upload_chunk == announced
+    finally:
+        t.stop(grace=1.0)
+
+
+def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_refused(caplog):
+    caplog.set_level(logging.WARNING, LOGGER)
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)     # 4 expected: 1 MiB pieces
+    t.start()
+    cfg = _cfg()
+    cfg.distribute.server_port = t.port
+    client = GrpcClientTransport(cfg, queue.Queue())
+    sent = []
+    try:
+        client.wait_for_server(10)
+        client.open_session(Message(JOIN_IN, 1, 0, 0, {"client_id": 1}))
+        t.bind(_next_incoming(inbox).conn_id, 1)
+        assert client.upload_chunk == MiB - 9          # read with the nonce, before the join
+        update = _update(1, 900_000)                    # 3.6 MB of tensor
+        size = len(codec.encode(update))
+        outbox_put = client._outbox.put                 # what the client queues for the wire
+        client._outbox.put = lambda item: (sent.append(item), outbox_put(item))[1]
+        client.send(update)
+        assert torch.equal(_next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
+        assert len(sent) == 1 and len(sent[0]) == 1 + -(-(size - CHUNK_BYTES) // (MiB - 9)) == 5
+        # a peer sending a continuation one byte over the announced size loses that message
+        with RawPeer(f"127.0.0.1:{t.port}") as peer:
+            peer.join(2)
+            t.bind(_next_incoming(inbox).conn_id, 2)
+            frames = chunk_frames(codec.encode(_update(2, 900_000)), more=MiB - 8)
+            for f in frames:
+                peer.send(f)
+            deadline = time.monotonic() + 10
+            while "over the announced" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert f"continuation chunk of {MiB - 8} bytes, over the announced {MiB - 9}" \
+                in caplog.text
+            peer.send(_update(2, 10))                  # the stream lives; the next one arrives
+            late = _next_incoming(inbox)
+            assert late.msg.sender == 2 and late.msg.tensors["w"].numel() == 10
+    finally:
+        client.close(grace=1.0)
+        t.stop(grace=1.0)
