@@ -1,6 +1,6 @@
 """Upload continuations sized by the server (``flow.upload_chunk_bytes``): a fixed budget shared
 by the expected clients, announced in each stream's initial metadata, followed by real clients
-and enforced on every continuation. Few clients upload in 1 MiB pieces (each gRPC message costs
+and enforced on every continuation. Few clients upload in 512 KiB pieces (each gRPC message costs
 the server about the same whatever its size); thousands keep 64 KiB, because a stream waiting for
 an inbox slot has its next message taken in whole by gRPC."""
 import logging
@@ -29,8 +29,8 @@ LOGGER = "federatedscope"
 
 
 @pytest.mark.parametrize("expected,size", [
-    (0, MiB - 9), (1, MiB - 9), (3, MiB - 9), (16, MiB - 9),
-    (17, 986_895 - 9),          # 16 MiB / 17
+    (0, MiB // 2 - 9), (1, MiB // 2 - 9), (3, MiB // 2 - 9), (32, MiB // 2 - 9),
+    (33, 508_400 - 9),          # 16 MiB / 33
     (100, 167_772 - 9), (255, 65_793 - 9),
     (256, 65_536 - 9), (1000, 65_536 - 9), (3550, 65_536 - 9)])
 def test_the_announced_size_shares_a_fixed_budget_between_the_expected_clients(expected, size):
@@ -89,7 +89,7 @@ def _update(sender: int, n: int) -> Message:
                    {"w": torch.arange(n, dtype=torch.float32)})
 
 
-@pytest.mark.parametrize("max_clients,announced", [(8, MiB - 9), (200, 167_772 - 9),
+@pytest.mark.parametrize("max_clients,announced", [(8, MiB // 2 - 9), (200, 167_772 - 9),
                                                    (2000, CHUNK_BYTES)])
 def test_each_stream_is_told_the_size_its_server_derives(max_clients, announced):
     t = GrpcServerTransport(_cfg(), ServerInbox(), max_clients=max_clients)
@@ -105,7 +105,7 @@ def test_each_stream_is_told_the_size_its_server_derives(max_clients, announced)
 def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_refused(caplog):
     caplog.set_level(logging.WARNING, LOGGER)
     inbox = ServerInbox()
-    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)     # 4 expected: 1 MiB pieces
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)     # 4 expected: 512 KiB pieces
     t.start()
     cfg = _cfg()
     cfg.distribute.server_port = t.port
@@ -115,25 +115,26 @@ def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_r
         client.wait_for_server(10)
         client.open_session(Message(JOIN_IN, 1, 0, 0, {"client_id": 1}))
         t.bind(_next_incoming(inbox).conn_id, 1)
-        assert client.upload_chunk == MiB - 9          # read with the nonce, before the join
+        assert client.upload_chunk == MiB // 2 - 9     # read with the nonce, before the join
         update = _update(1, 900_000)                    # 3.6 MB of tensor
         size = len(codec.encode(update))
         outbox_put = client._outbox.put                 # what the client queues for the wire
         client._outbox.put = lambda item: (sent.append(item), outbox_put(item))[1]
         client.send(update)
         assert torch.equal(_next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
-        assert len(sent) == 1 and len(sent[0]) == 1 + -(-(size - CHUNK_BYTES) // (MiB - 9)) == 5
+        assert len(sent) == 1 and len(sent[0]) == 1 + -(-(size - CHUNK_BYTES) // (MiB // 2 - 9)) == 8
         # a peer sending a continuation one byte over the announced size loses that message
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
             peer.join(2)
             t.bind(_next_incoming(inbox).conn_id, 2)
-            frames = chunk_frames(codec.encode(_update(2, 900_000)), more=MiB - 8)
+            frames = chunk_frames(codec.encode(_update(2, 900_000)), more=MiB // 2 - 8)
             for f in frames:
                 peer.send(f)
             deadline = time.monotonic() + 10
             while "over the announced" not in caplog.text and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert f"continuation chunk of {MiB - 8} bytes, over the announced {MiB - 9}" \
+            assert f"continuation chunk of {MiB // 2 - 8} bytes, over the announced " \
+                   f"{MiB // 2 - 9}" \
                 in caplog.text
             peer.send(_update(2, 10))                  # the stream lives; the next one arrives
             late = _next_incoming(inbox)
