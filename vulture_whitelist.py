@@ -69,3 +69,4 @@ run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the 
 # DatasetSpec contract fields (core/data/dataset_spec.py) every dataset spec sets
 has_writers  # False = the data needs a splitter (CIFAR-10); read by tests/test_cifar10_reader.py
 default_transform  # the dataset's FS default for an empty data.transform (not read yet: see report)
+next_incoming  # harness/raw_peer.py: tests of the server transport read its inbox with it

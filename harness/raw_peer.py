@@ -1,6 +1,7 @@
 """``RawPeer``: one real gRPC session to the server with a synchronous API, for tests that play
 a hostile peer (send arbitrary frame bytes or a ``Message``, read what comes back, see how the
-server ended the stream); ``health_status``: the server's gRPC health answer.
+server ended the stream); ``health_status``: the server's gRPC health answer; ``next_incoming``:
+the next message a server transport put in its inbox.
 """
 import contextlib
 import queue
@@ -15,6 +16,7 @@ from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import chunk_frames
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.message import JOIN_IN, Message
+from federatedscope.core.communication.transport import Incoming
 from federatedscope.core.workers.admission import token_digest
 
 METHOD = "/federatedscope.FLService/Session"
@@ -198,3 +200,13 @@ class SourceAddressProxy:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def next_incoming(inbox, timeout: float = 10.0) -> Incoming:
+    """The next ``Incoming`` in a server transport's inbox (other events skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ev = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(ev, Incoming):
+            return ev
+    raise AssertionError("no message reached the inbox")

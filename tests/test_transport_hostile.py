@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from harness.swarm import RawPeer, health_status
+from harness.raw_peer import RawPeer, health_status, next_incoming
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.communication.proto import fl_pb2
@@ -17,7 +17,7 @@ from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, METRICS, MODEL_PARA, Message
 from federatedscope.core.communication.flow import CHUNK_FIRST
 from federatedscope.core.communication.limits import BAD_MESSAGES_PER_SESSION
-from federatedscope.core.communication.transport import Disconnected, Incoming
+from federatedscope.core.communication.transport import Disconnected
 
 LOGGER = "federatedscope"
 
@@ -48,15 +48,6 @@ def server():
         t.stop(grace=1.0)
 
 
-def _next_incoming(inbox, timeout=10.0) -> Incoming:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ev = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
-        if isinstance(ev, Incoming):
-            return ev
-    raise AssertionError("no message reached the inbox")
-
-
 def _rejections(caplog):
     return [r.getMessage() for r in caplog.records if "Rejected message" in r.getMessage()]
 
@@ -75,7 +66,7 @@ def test_odd_text_in_every_field_reaches_the_inbox_or_one_log_line(server, caplo
     with RawPeer(addr) as peer:
         # JSON text: lone surrogates and non-ASCII travel as escapes and arrive intact.
         peer.join(1, token=odd, declaration={odd: [odd]}, num_samples={odd: 1})
-        got = _next_incoming(inbox).msg
+        got = next_incoming(inbox).msg
         assert got.content["token"] == odd and got.content["declaration"] == {odd: [odd]}
     with RawPeer(addr) as peer:
         # Protobuf text (msg_type, tensor name, dtype) as invalid UTF-8: one bounded log line each.
@@ -86,7 +77,7 @@ def test_odd_text_in_every_field_reaches_the_inbox_or_one_log_line(server, caplo
             peer.send(_raw_frame(env, b"\0" * 4, patch))
         peer.send(Message("m" * 50_000 + "été", 2, 0, 0, {"client_id": 2}))    # 50 KB msg_type
         peer.join(2)
-        assert _next_incoming(inbox).msg.content["client_id"] == 2         # still serving
+        assert next_incoming(inbox).msg.content["client_id"] == 2         # still serving
     lines = _rejections(caplog)
     assert len(lines) == 4 and all(len(line) < 600 for line in lines), lines
     assert t.rejected == 4
@@ -102,7 +93,7 @@ def test_depth_bomb_and_huge_dims_cost_one_line_and_the_stream_lives(server, cap
         peer.send(_raw_frame(bomb))
         peer.send(_raw_frame(dims))
         peer.join(3)                      # same stream: it was not closed by the bad frames
-        assert _next_incoming(inbox).msg.content["client_id"] == 3
+        assert next_incoming(inbox).msg.content["client_id"] == 3
         assert not peer.closed
     lines = _rejections(caplog)
     assert len(lines) == 2, lines
@@ -141,7 +132,7 @@ def test_idle_unjoined_streams_are_evicted_then_closed_at_the_deadline(server, c
         assert health_status(addr) == "SERVING"
         with RawPeer(addr) as peer:       # a real join still gets in (the oldest idle one goes)
             peer.join(5)
-            ev = _next_incoming(inbox)
+            ev = next_incoming(inbox)
             t.bind(ev.conn_id, 5)
             t.send(Message(ASSIGN_ID, 0, 5, 0, {"client_id": 5}))
             assert peer.recv(10).msg_type == ASSIGN_ID
@@ -164,7 +155,7 @@ def test_broadcast_is_encoded_once_and_stop_drains_it(server):
     try:
         for k, p in enumerate(peers, 1):
             p.join(k)
-            t.bind(_next_incoming(inbox).conn_id, k)
+            t.bind(next_incoming(inbox).conn_id, k)
         calls = []
         real = codec.encode
         codec.encode = lambda m: calls.append(m.msg_type) or real(m)
@@ -231,7 +222,7 @@ def _bound_peers(t, inbox, addr, n):
     peers = [RawPeer(addr) for _ in range(n)]
     for k, p in enumerate(peers, 1):
         p.join(k)
-        t.bind(_next_incoming(inbox).conn_id, k)
+        t.bind(next_incoming(inbox).conn_id, k)
     return peers
 
 
@@ -251,7 +242,7 @@ def test_heartbeats_stay_in_the_transport_and_stamp_their_connection(server, cap
             for _ in range(k):
                 p.send(Message(HEARTBEAT, k, 0, 0))
         peers[3].send(Message(METRICS, 4, 0, 1, {"results": {"test_acc": 0.5}}))
-        ev = _next_incoming(inbox)
+        ev = next_incoming(inbox)
         assert (ev.msg.msg_type, ev.conn_id) == (METRICS, conns[4])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and min(map(t.last_heard, conns.values())) < before:
@@ -292,7 +283,7 @@ def test_simultaneous_uploads_are_read_only_as_fast_as_the_server_takes_them():
         heard = [t.last_heard(c) for c in sorted(t._conns)]
         assert sum(h >= now for h in heard) == 30 - HEAVY_IN_INBOX, heard
         assert all(now - 10 < h for h in heard), heard
-        got = [_next_incoming(inbox).msg for _ in range(30)]     # taking them lets the rest in
+        got = [next_incoming(inbox).msg for _ in range(30)]     # taking them lets the rest in
         assert sorted(m.sender for m in got) == list(range(1, 31))
         assert all(torch.equal(m.tensors["w"], update["w"]) for m in got)
     finally:
@@ -345,10 +336,10 @@ def test_peers_that_stop_reading_cannot_hold_the_write_slots(caplog):
                                     request_serializer=None, response_deserializer=None)
             join = codec.encode(Message(JOIN_IN, k, 0, 0, {"client_id": k}))
             stalled.append(call(_join_then_hold(join, done)))   # never reads its responses
-            t.bind(_next_incoming(inbox).conn_id, k)
+            t.bind(next_incoming(inbox).conn_id, k)
         reader = RawPeer(addr)
         reader.join(100)
-        t.bind(_next_incoming(inbox).conn_id, 100)
+        t.bind(next_incoming(inbox).conn_id, 100)
         model = {"w": torch.ones(4 * 1024 * 1024)}       # 16 MiB: far over a 64 KiB window
         t.broadcast(Message("finish", 0, -2, 1, {}, model), list(range(1, len(stalled) + 1)) + [100])
         got = reader.recv(20)
@@ -377,7 +368,7 @@ def test_a_join_the_server_never_answers_does_not_hold_a_slot_for_ever(server, c
     t, inbox, addr = server(join_deadline=1.0)
     with RawPeer(addr) as peer:
         peer.join(7)
-        _next_incoming(inbox)            # delivered; the "Server" never binds nor refuses it
+        next_incoming(inbox)            # delivered; the "Server" never binds nor refuses it
         time.sleep(1.5)
         assert not peer.closed, "a delivered join was cut at the plain join deadline"
         assert peer.wait_closed(10)
@@ -501,7 +492,7 @@ def test_only_an_abuse_close_of_a_bound_client_is_flagged_as_abuse(server):
     try:
         for k, peer in enumerate(peers[:3], start=1):
             peer.join(k)
-            conns[k] = _next_incoming(inbox).conn_id
+            conns[k] = next_incoming(inbox).conn_id
             t.bind(conns[k], k)
         time.sleep(0.2)                       # the binds are queued to the loop: let them run
         for _ in range(BAD_MESSAGES_PER_SESSION):
@@ -549,7 +540,7 @@ def test_a_flood_from_one_address_evicts_only_its_own_unjoined_streams(server, c
                 not in caplog.text
             for cid, p in enumerate(honest, 1):
                 p.join(cid)
-                ev = _next_incoming(inbox)
+                ev = next_incoming(inbox)
                 assert ev.msg.msg_type == JOIN_IN and ev.msg.sender == cid and "127.0.0.1" in ev.peer
     finally:
         for p in honest + flood:

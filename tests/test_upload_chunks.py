@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from harness.raw_peer import RawPeer
+from harness.raw_peer import RawPeer, next_incoming
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
                                                     MAX_UPLOAD_CHUNK, UPLOAD_CHUNK_BUDGET,
@@ -20,7 +20,6 @@ from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CH
                                                     chunk_total, upload_chunk_bytes)
 from federatedscope.core.communication.grpc_client import GrpcClientTransport
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
-from federatedscope.core.communication.transport import Incoming
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import JOIN_IN, MODEL_PARA, Message
 
@@ -75,15 +74,6 @@ def _cfg():
     return cfg
 
 
-def _next_incoming(inbox, timeout=15.0) -> Incoming:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ev = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
-        if isinstance(ev, Incoming):
-            return ev
-    raise AssertionError("no message reached the inbox")
-
-
 def _update(sender: int, n: int) -> Message:
     return Message(MODEL_PARA, sender, 0, 1, {"sample_size": 5},
                    {"w": torch.arange(n, dtype=torch.float32)})
@@ -114,19 +104,19 @@ def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_r
     try:
         client.wait_for_server(10)
         client.open_session(Message(JOIN_IN, 1, 0, 0, {"client_id": 1}))
-        t.bind(_next_incoming(inbox).conn_id, 1)
+        t.bind(next_incoming(inbox).conn_id, 1)
         assert client.upload_chunk == MiB // 2 - 9     # read with the nonce, before the join
         update = _update(1, 900_000)                    # 3.6 MB of tensor
         size = len(codec.encode(update))
         outbox_put = client._outbox.put                 # what the client queues for the wire
         client._outbox.put = lambda item: (sent.append(item), outbox_put(item))[1]
         client.send(update)
-        assert torch.equal(_next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
+        assert torch.equal(next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
         assert len(sent) == 1 and len(sent[0]) == 1 + -(-(size - CHUNK_BYTES) // (MiB // 2 - 9)) == 8
         # a peer sending a continuation one byte over the announced size loses that message
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
             peer.join(2)
-            t.bind(_next_incoming(inbox).conn_id, 2)
+            t.bind(next_incoming(inbox).conn_id, 2)
             frames = chunk_frames(codec.encode(_update(2, 900_000)), more=MiB // 2 - 8)
             for f in frames:
                 peer.send(f)
@@ -137,7 +127,7 @@ def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_r
                    f"{MiB // 2 - 9}" \
                 in caplog.text
             peer.send(_update(2, 10))                  # the stream lives; the next one arrives
-            late = _next_incoming(inbox)
+            late = next_incoming(inbox)
             assert late.msg.sender == 2 and late.msg.tensors["w"].numel() == 10
     finally:
         client.close(grace=1.0)
