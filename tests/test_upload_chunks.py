@@ -42,7 +42,8 @@ def test_the_announced_size_shares_a_fixed_budget_between_the_expected_clients(e
 @pytest.mark.parametrize("value,size", [
     (None, CHUNK_BYTES), ("", CHUNK_BYTES), ("1MB", CHUNK_BYTES), ("-5", CHUNK_BYTES),
     ("4096", CHUNK_BYTES), (str(MAX_UPLOAD_CHUNK + 1), CHUNK_BYTES),
-    (str(CHUNK_BYTES), CHUNK_BYTES), ("200000", 200_000), (str(MAX_UPLOAD_CHUNK), MAX_UPLOAD_CHUNK)])
+    (str(CHUNK_BYTES), CHUNK_BYTES), ("200000", 200_000),
+    (str(MAX_UPLOAD_CHUNK), MAX_UPLOAD_CHUNK)])
 def test_a_client_takes_only_a_sane_announcement(value, size):
     assert announced_chunk(value) == size
 
@@ -112,7 +113,8 @@ def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_r
         client._outbox.put = lambda item: (sent.append(item), outbox_put(item))[1]
         client.send(update)
         assert torch.equal(next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
-        assert len(sent) == 1 and len(sent[0]) == 1 + -(-(size - CHUNK_BYTES) // (MiB // 2 - 9)) == 8
+        pieces = 1 + -(-(size - CHUNK_BYTES) // (MiB // 2 - 9))
+        assert len(sent) == 1 and len(sent[0]) == pieces == 8
         # a peer sending a continuation one byte over the announced size loses that message
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
             peer.join(2)

@@ -32,7 +32,7 @@ def image_dirs(root: str, json_dir: str) -> List[str]:
 def decode_image(path: str) -> np.ndarray:
     """One image file -> uint8 [3, 84, 84]; an unreadable file names itself."""
     # Pillow is imported here, not at module load: registering CelebA must not make every
-    # importer of ``federatedscope.cv`` (Flower's app in the peers bench, FEMNIST-only jobs) need it.
+    # importer of ``federatedscope.cv`` need it (Flower's app in the peers bench, FEMNIST jobs).
     try:
         from PIL import Image
     except ImportError:
