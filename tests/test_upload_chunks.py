@@ -128,6 +128,12 @@ def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_r
             assert f"continuation chunk of {MiB // 2 - 8} bytes, over the announced " \
                    f"{MiB // 2 - 9}" \
                 in caplog.text
+            # the refused message gave its inbox slot back at once, not at its stall check
+            # (STALL_SECONDS): the honest client's next upload arrives meanwhile
+            again = _update(1, 900_000)
+            client.send(again)
+            assert torch.equal(next_incoming(inbox, timeout=5.0).msg.tensors["w"],
+                               again.tensors["w"])
             peer.send(_update(2, 10))                  # the stream lives; the next one arrives
             late = next_incoming(inbox)
             assert late.msg.sender == 2 and late.msg.tensors["w"].numel() == 10
