@@ -36,6 +36,8 @@ from federatedscope.core.communication.flow import (  # noqa: E402
     CHUNK_BYTES, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, announced_chunk, chunk_frames)
 from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
 from federatedscope.core.communication.join_proof import NONCE_HEADER  # noqa: E402
+from federatedscope.core.communication.limits import (  # noqa: E402
+    HEARTBEAT_HEADER, announced_heartbeat)
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
                                          METRICS, MODEL_PARA, REFUSE, Message)
 # RawPeer and health_status live in raw_peer.py; tests import them from here too
@@ -251,15 +253,18 @@ class Swarm:
                 for frame in chunk_frames(codec.encode(msg), more=more):   # as a client sends
                     await call.write(frame)
 
+        every = plan.heartbeat_interval   # or longer, as the server asks (as a client does)
+
         async def heartbeat() -> None:
             while True:
-                await asyncio.sleep(plan.heartbeat_interval)
+                await asyncio.sleep(every)
                 await write(Message(HEARTBEAT, cid, 0, 0))
 
         hb = None
         try:
             metadata = dict(await call.initial_metadata() or ())
             nonce, more = metadata.get(NONCE_HEADER), announced_chunk(metadata.get(CHUNK_HEADER))
+            every = announced_heartbeat(metadata.get(HEARTBEAT_HEADER), plan.heartbeat_interval)
             await write(signed_join(Message(JOIN_IN, cid, 0, 0, {
                 "client_id": cid, "token": shard.token, "num_samples": dict(shard.num_samples),
                 "declaration": shard.declaration}), nonce))

@@ -13,6 +13,7 @@ import time
 
 import grpc
 import psutil
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.swarm import RawPeer, health_status
@@ -23,7 +24,9 @@ from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import CHUNK_FIRST
 from federatedscope.core.communication.limits import (BAD_MESSAGES_PER_SESSION,
                                                       LOG_LINES_PER_INTERVAL, MAX_HEALTH_WATCHES,
-                                                      PREJOIN_MAX_BYTES)
+                                                      PREJOIN_MAX_BYTES, derive_limits,
+                                                      server_options)
+from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.communication.grpc_client import signed_join
 from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, MODEL_PARA, REFUSE, Message
 
@@ -137,9 +140,22 @@ def _established(pid: int, port: int) -> int:
                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
+@pytest.mark.parametrize("expected,join_deadline,idle_s", [
+    (4, 5.0, 10.0), (500, 5.0, 10.0), (501, 5.0, 10.02), (1000, 5.0, 20.0), (3550, 5.0, 71.0),
+    (3550, 60.0, 120.0), (100, 30.0, 60.0)])
+def test_the_idle_connection_limit_grows_with_the_expected_clients(expected, join_deadline,
+                                                                    idle_s):
+    """max(10 s, 2 x join_deadline, expected / 50): gRPC's idle timers cost CPU per connection."""
+    cfg = get_default_cfg()
+    cfg.distribute.join_deadline = join_deadline
+    limits = derive_limits(cfg, max_clients=2 * expected, model_bytes=1 << 20)
+    assert limits.idle_connection == pytest.approx(idle_s)
+    assert ("grpc.max_connection_idle_ms", int(idle_s * 1000)) in server_options(cfg, limits)
+
+
 def test_connections_without_streams_are_closed(femnist_root, femnist_shards, tmp_path):
     """60 HTTP/2 connections that answer SETTINGS/PING but never open a stream: closed after
-    max(10 s, 2 x join_deadline) (grpc.max_connection_idle_ms)."""
+    max(10 s, 2 x join_deadline, expected clients / 50) (grpc.max_connection_idle_ms)."""
     job = Job(tmp_path, femnist_root, rounds=1, manifest=femnist_shards, common=FAST)
     server, addr, idle = _serving(job)
     channels = [grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])

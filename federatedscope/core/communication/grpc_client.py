@@ -25,7 +25,8 @@ from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_BYTES, UPLOAD_CHUNK_HEADER,
                                                     announced_chunk, chunk_frames)
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
-from federatedscope.core.communication.limits import compression, grpc_options
+from federatedscope.core.communication.limits import (HEARTBEAT_HEADER, announced_heartbeat,
+                                                      compression, grpc_options)
 from federatedscope.core.communication.security import channel_credentials, tls_problem
 from federatedscope.core.message import (HEARTBEAT, InvalidMessage, Message, clip_text,
                                          validate_message)
@@ -106,6 +107,8 @@ class GrpcClientTransport:
         self._quiet_failures = 0
         self._closing = threading.Event()       # set by close(): a backoff wait ends at once
         self.upload_chunk = CHUNK_BYTES          # continuations' size, as the server announces
+        # the longer of distribute.heartbeat_interval and what the server asks for
+        self.heartbeat_interval = float(cfg.distribute.heartbeat_interval)
 
     # ---------------------------------------------------------- connecting
     def wait_for_server(self, budget: float, key: str = "distribute.connect_timeout") -> None:
@@ -186,7 +189,7 @@ class GrpcClientTransport:
         if got is None:
             return   # the stream failed before it began; the reader reports why
         yield codec.encode(signed_join(join, got))
-        interval = self.cfg.distribute.heartbeat_interval
+        interval = self.heartbeat_interval   # set with the nonce, from the same metadata
         while True:
             try:
                 item = outbox.get(timeout=interval if interval > 0 else None)
@@ -204,6 +207,8 @@ class GrpcClientTransport:
         try:
             metadata = dict(call.initial_metadata() or ())
             self.upload_chunk = announced_chunk(metadata.get(UPLOAD_CHUNK_HEADER))
+            self.heartbeat_interval = announced_heartbeat(metadata.get(HEARTBEAT_HEADER),
+                                                          self.cfg.distribute.heartbeat_interval)
             nonce.put(metadata.get(NONCE_HEADER))
             for data in call:
                 try:

@@ -34,8 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (HEAVY_IN_INBOX, UPLOAD_CHUNK_HEADER,
-                                                    ServerInbox)
+from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
 from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (
@@ -298,9 +297,9 @@ class GrpcServerTransport(StreamIntake):
                 await asyncio.sleep(REFUSAL_HOLD)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, conn)
         # The nonce goes first, before the peer may send anything: its join must prove the token
-        # for this very stream (join_proof.py); with it, the continuation size uploads may use.
-        await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()), (
-            UPLOAD_CHUNK_HEADER, str(self.limits.upload_chunk))))
+        # for this very stream (join_proof.py); with it, the upload chunk and heartbeat interval.
+        await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()),)
+                                            + self.limits.announcement())
         reader = asyncio.ensure_future(self._read(conn, context))
         deadline = self._loop.call_later(self.limits.join_deadline, self._check_deadline, conn)
         try:
