@@ -48,11 +48,15 @@ def cpu_seconds(pid) -> float:
     return (int(st[11]) + int(st[12])) / CLK_TCK
 
 
-def write_json(path: str, obj, **kw) -> None:
-    """Temp file + rename: a reader never sees half a report."""
+def write_text(path: str, text: str) -> None:
+    """Temp file + rename: a reader never sees half a file."""
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, **kw)
+        f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def write_json(path: str, obj, **kw) -> None:
+    write_text(path, json.dumps(obj, **kw))
 
 
 def read_json(path: str):
