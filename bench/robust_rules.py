@@ -26,10 +26,11 @@ import torch  # noqa: E402
 from federatedscope.core.auxiliaries.data_builder import get_data  # noqa: E402
 from federatedscope.core.auxiliaries.outdir import update_logger  # noqa: E402
 from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E402
-from federatedscope.core.auxiliaries.utils import atomic_write_bytes, setup_seed  # noqa: E402
+from federatedscope.core.auxiliaries.utils import setup_seed  # noqa: E402
 from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
-from bench.common import GEN, gen_argv  # noqa: E402
+from bench.child import write_text  # noqa: E402
+from bench.common import GEN, gen_argv, run_tool  # noqa: E402
 from harness.jobs import SERVER_YAML  # noqa: E402
 
 RULES = ("fedavg", "median", "trimmedmean", "krum", "bulyan", "normbounding")
@@ -95,8 +96,7 @@ def recording_server(base, log: List[tuple]):
 
 
 def make_data(root: str, writers: int, samples: int, seed: int) -> None:
-    subprocess.run([sys.executable, GEN, *map(str, gen_argv(root, writers, seed, samples, 5))],
-                   check=True, capture_output=True)
+    run_tool(GEN, gen_argv(root, writers, seed, samples, 5))
 
 
 def run_cell(data_root: str, outdir: str, rule: str, kind: Optional[str], attackers: int,
@@ -312,7 +312,7 @@ def write_doc(text: str, path: str = DOC) -> None:
     else:
         nxt = doc.find("\n## ", start + len(SECTION))
         new = doc[:start] + text + ("" if nxt < 0 else doc[nxt:])
-    atomic_write_bytes(path, (new if new.endswith("\n") else new + "\n").encode())
+    write_text(path, new if new.endswith("\n") else new + "\n")
 
 
 def main(argv=None) -> int:
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         logging.getLogger("federatedscope").setLevel(logging.WARNING)
         res = measure(args)
-        atomic_write_bytes(RESULTS, (json.dumps(res, indent=1) + "\n").encode())
+        write_text(RESULTS, json.dumps(res, indent=1) + "\n")
     with open(RESULTS) as fh:
         write_doc(render(json.load(fh)))
     return 0
