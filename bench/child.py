@@ -134,7 +134,8 @@ def mode_load(spec_json: str) -> dict:
     for cid, splits in clients.items():
         for name, src in splits.items():
             xy = [getattr(src, "x", None), getattr(src, "y", None)]
-            held = 0 if any(t is None for t in xy) else sum(t.numel() * t.element_size() for t in xy)
+            held = 0 if any(t is None for t in xy) else \
+                sum(t.numel() * t.element_size() for t in xy)
             rep["splits"][f"{cid}/{name}"] = {"samples": len(src), "tensor_bytes": held,
                                               "kind": type(src).__name__}
     return rep

@@ -27,7 +27,8 @@ from federatedscope.core.auxiliaries.data_builder import get_data  # noqa: E402
 from federatedscope.core.auxiliaries.outdir import update_logger  # noqa: E402
 from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E402
 from federatedscope.core.auxiliaries.utils import setup_seed  # noqa: E402
-from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
+from federatedscope.core.auxiliaries.worker_builder import (get_client_cls,  # noqa: E402
+                                                            get_server_cls)
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
 from bench.child import write_text  # noqa: E402
 from bench.common import GEN, gen_argv, run_tool  # noqa: E402
@@ -161,7 +162,8 @@ def measure(args) -> dict:
                 cells.append(cell)
     return {"name": "robust_rules",
             "command": "python bench/robust_rules.py " + " ".join(sys.argv[1:]),
-            "git_commit": commit, "loadavg_at_start": load, "torch_threads": torch.get_num_threads(),
+            "git_commit": commit, "loadavg_at_start": load,
+            "torch_threads": torch.get_num_threads(),
             "params": {"clients": CLIENTS, "rounds": args.rounds, "model.hidden": args.hidden,
                        "writers": args.writers, "samples_per_writer_mean": args.samples,
                        "data_seed": args.seed, "seeds": seeds,

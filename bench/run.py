@@ -2,7 +2,7 @@
 """Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
 
     python bench/run.py                      # full suite (about 42 min on 2 cores: below)
-    python bench/run.py --quick              # smaller repeats/sizes (about 12 min, an estimate)
+    python bench/run.py --quick              # fewer repeats, smaller sizes (about 12 min)
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report covers all JSONs
     python bench/run.py --peers [--quick]    # only peers (floor, this project, Flower)
     nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's full size (~30 min; not default)
