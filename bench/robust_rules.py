@@ -227,7 +227,8 @@ def render(res: dict) -> str:
            f"`{res['git_commit'][:10]}`, load {res['loadavg_at_start'][0]:.2f} at start, "
            f"{res['wall_s']} s wall / {res['cpu_s']} s CPU in all).", "",
            f"Each cell is the final weighted test accuracy of standalone jobs: the generated "
-           f"FEMNIST sample ({p['writers']} writers), {p['clients']} clients, {p['rounds']} rounds, "
+           f"FEMNIST sample ({p['writers']} writers), {p['clients']} clients, "
+           f"{p['rounds']} rounds, "
            f"ConvNet2 with `model.hidden` {p['model.hidden']}, {seed_text}. Columns: "
            f"*honest* has no attacker; *k sign-flip* has clients 1..k upload "
            f"`global + {p['sign_flip_factor']:g} x (their honest update - global)`; *k bias* has "
@@ -260,7 +261,8 @@ def render(res: dict) -> str:
         "`krum_agg_num` (default one) update per round, so its honest run learns from one "
         "client a round.",
         "", "What is not defended: more attackers than `byzantine_node_num` (the server refuses "
-        "krum, bulyan and trimmedmean where their bound cannot hold, so at this client count bulyan "
+        "krum, bulyan and trimmedmean where their bound cannot hold, so at this client "
+        "count bulyan "
         "defends no attacker, krum one, and trimmedmean only with its ratio raised to f/n); "
         "median and normbounding take no count, so nothing bounds how many attackers they "
         "absorb; normbounding only scales an update down to "
@@ -283,7 +285,8 @@ def _noise_text(res: dict) -> str:
     above = _above_honest(res)
     if above:
         text += (" Cells above their row's honest cell on every seed (lowest seed above the "
-                 "honest cell's highest): " + "; ".join(above) + ". This table does not explain it; a "
+                 "honest cell's highest): " + "; ".join(above) + ". This table does not "
+                 "explain it; a "
                  "plausible cause, not tested: the attacked run aggregates other updates "
                  "(another median, another krum choice), and at this size another choice can "
                  "happen to learn faster.")
