@@ -98,18 +98,23 @@ def dir_bytes(path: str, suffix: str = "") -> int:
                if f.endswith(suffix))
 
 
+def git_state() -> tuple:
+    """(HEAD's commit, whether the tree has local changes); ("?", None) without git."""
+    try:
+        commit, dirty = (subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                        timeout=10).stdout.strip()
+                         for a in (("rev-parse", "HEAD"), ("status", "--porcelain")))
+        return commit, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return "?", None
+
+
 def machine_info() -> dict:
     import torch
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "?")
-    try:
-        commit, dirty = (subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                                        timeout=10).stdout.strip()
-                         for a in (("rev-parse", "HEAD"), ("status", "--porcelain")))
-        dirty = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "?", None
+    commit, dirty = git_state()
     versions = {}
     for m in ("grpcio", "protobuf", "numpy"):
         try:

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from federatedscope.core.auxiliaries.worker_builder import (get_client_cls,  # n
                                                             get_server_cls)
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
 from bench.child import write_text  # noqa: E402
-from bench.common import GEN, gen_argv, run_tool  # noqa: E402
+from bench.common import GEN, gen_argv, git_state, run_tool  # noqa: E402
 from harness.jobs import SERVER_YAML  # noqa: E402
 
 RULES = ("fedavg", "median", "trimmedmean", "krum", "bulyan", "normbounding")
@@ -134,13 +133,9 @@ def run_cell(data_root: str, outdir: str, rule: str, kind: Optional[str], attack
 
 
 def measure(args) -> dict:
-    load = list(os.getloadavg())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    load, commit = list(os.getloadavg()), git_state()[0]
     seeds = [args.seed + i for i in range(args.seeds)]
-    cells = []
-    started = time.time()
-    cpu0 = time.process_time()
+    cells, started, cpu0 = [], time.time(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         make_data(tmp, args.writers, args.samples, args.seed)
         for rule in args.rules:
