@@ -7,7 +7,6 @@ All run as child processes over the same page-cached files, timed after their im
 is each process's growth above its own post-import RSS. The tool also runs on a third of the
 files (the largest among them): the peak must follow the largest file, not the data set.
 """
-import json
 import os
 import shutil
 
