@@ -124,9 +124,9 @@ def run(ctx) -> dict:
         reps = list(loads[n].values())
         worst = max(reps, key=lambda r: r["above_baseline_bytes"] / r["shard_tensor_bytes"])
         factor = worst["above_baseline_bytes"] / worst["shard_tensor_bytes"]
-        p = per_n[n] = {"peak": med(reps, "above_baseline_bytes"), "tensor": med(
-            reps, "shard_tensor_bytes"), "read": med(reps, lambda r: r["io_during_work"][
-                "read_bytes"])}
+        p = per_n[n] = {"peak": med(reps, "above_baseline_bytes"),
+                        "read": med(reps, lambda r: r["io_during_work"]["read_bytes"]),
+                        "tensor": med(reps, "shard_tensor_bytes")}
         rows.append(row(
             f"N={n}, shard mode: peak RSS above runtime / shard tensor bytes (worst of "
             f"{len(reps)} client{'s' if len(reps) > 1 else ''})", factor,
