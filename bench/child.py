@@ -48,11 +48,15 @@ def cpu_seconds(pid) -> float:
     return (int(st[11]) + int(st[12])) / CLK_TCK
 
 
-def write_json(path: str, obj, **kw) -> None:
-    """Temp file + rename: a reader never sees half a report."""
+def write_text(path: str, text: str) -> None:
+    """Temp file + rename: a reader never sees half a file."""
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, **kw)
+        f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def write_json(path: str, obj, **kw) -> None:
+    write_text(path, json.dumps(obj, **kw))
 
 
 def read_json(path: str):
@@ -130,7 +134,8 @@ def mode_load(spec_json: str) -> dict:
     for cid, splits in clients.items():
         for name, src in splits.items():
             xy = [getattr(src, "x", None), getattr(src, "y", None)]
-            held = 0 if any(t is None for t in xy) else sum(t.numel() * t.element_size() for t in xy)
+            held = 0 if any(t is None for t in xy) else \
+                sum(t.numel() * t.element_size() for t in xy)
             rep["splits"][f"{cid}/{name}"] = {"samples": len(src), "tensor_bytes": held,
                                               "kind": type(src).__name__}
     return rep

@@ -9,6 +9,7 @@ importing torch + grpc + federatedscope only). The training figure is a real 3-c
 import json
 import os
 import shutil
+import statistics
 
 from bench import common
 from bench.common import MB, median, row
@@ -123,7 +124,7 @@ def run(ctx) -> dict:
         reps = list(loads[n].values())
         worst = max(reps, key=lambda r: r["above_baseline_bytes"] / r["shard_tensor_bytes"])
         factor = worst["above_baseline_bytes"] / worst["shard_tensor_bytes"]
-        p = per_n[n] = {"peak": med(reps, "above_baseline_bytes"), "time": med(reps, "work_s"),
+        p = per_n[n] = {"peak": med(reps, "above_baseline_bytes"),
                         "read": med(reps, lambda r: r["io_during_work"]["read_bytes"]),
                         "tensor": med(reps, "shard_tensor_bytes")}
         rows.append(row(
@@ -136,24 +137,24 @@ def run(ctx) -> dict:
                            ("bytes read from disk", idx_read, max(p["read"], 1))):
             rows.append(row(f"N={n}: data_idx / shard mode, {what}", i / s,
                             f"{i / s:.2f}× ({i / MB:.1f} MB vs {s / MB:.1f} MB)",
-                            f"≈ N = {n} (≥ {DATA_IDX_FACTOR * n:.1f})", i / s >= DATA_IDX_FACTOR * n))
+                            f"≈ N = {n} (≥ {DATA_IDX_FACTOR * n:.1f})",
+                            i / s >= DATA_IDX_FACTOR * n))
         summary[f"shard_factor_n{n}"] = factor
     # marginal cost: least-squares line through (shard bytes, peak above runtime) of every load
-    pts = [(r["shard_tensor_bytes"], r["above_baseline_bytes"]) for n in NS for r in loads[n].values()]
-    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
-    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-    fixed = my - slope * mx
-    rows.append(row(f"shard mode: marginal peak RSS per shard byte (line through {len(pts)} loads)",
-                    slope, f"{slope:.2f} (+ a fixed {fixed / MB:.1f} MB)", f"≤ {SHARD_GOAL}",
-                    slope <= SHARD_GOAL))
+    every = [r for n in NS for r in loads[n].values()]
+    slope, fixed = statistics.linear_regression([r["shard_tensor_bytes"] for r in every],
+                                                [r["above_baseline_bytes"] for r in every])
+    rows.append(row(f"shard mode: marginal peak RSS per shard byte (line through {len(every)} "
+                    f"loads)", slope, f"{slope:.2f} (+ a fixed {fixed / MB:.1f} MB)",
+                    f"≤ {SHARD_GOAL}", slope <= SHARD_GOAL))
     train_peak = max(r["status_kb"]["VmHWM"] for r in job["clients"].values()) * 1024
     writers = min(len(common.shard_meta(manifests[3], k).writer_ids) for k in (1, 2, 3))
     rows.append(row(f"{writers}-writer client, total peak RSS while training (1 round, worst of 3)",
                     train_peak / MB, f"{train_peak / MB:.0f} MB", f"≤ {TRAIN_GOAL_MB} MB",
                     train_peak / MB <= TRAIN_GOAL_MB, headline=True))
     summary.update(marginal_factor=slope, train_peak_mb=train_peak / MB)
-    ph = [(p["phase"], p["status_kb"]["VmHWM"] / 1024, p["status_kb"]["VmRSS"] / 1024, p["modules"])
-          for p in phases]
+    ph = [(p["phase"], p["status_kb"]["VmHWM"] / 1024, p["status_kb"]["VmRSS"] / 1024,
+           p["modules"]) for p in phases]
 
     def each(fn, unit=" MB", digits=1):
         return ", ".join(f"N={n} {fn(list(loads[n].values())):.{digits}f}{unit}" for n in NS) + \
@@ -177,8 +178,7 @@ def run(ctx) -> dict:
         + "."]
     notes = []
     if any(r["met"] is False and "shard tensor bytes" in r["figure"] for r in rows):
-        growth = {k: med([r for n in NS for r in loads[n].values()], f"{k}_growth_kb", 1024)
-                  for k in ("RssAnon", "RssFile")}
+        growth = {k: med(every, f"{k}_growth_kb", 1024) for k in ("RssAnon", "RssFile")}
         notes.append(
             f"Missed for small shards: peak above runtime = {slope:.2f} × shard bytes + a fixed "
             f"{fixed / MB:.1f} MB ({growth['RssFile']:.1f} MB file-backed library pages, "

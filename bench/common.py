@@ -53,6 +53,16 @@ def timed(fn, repeats: int) -> List[float]:
     return out
 
 
+def interleaved(fns: dict, repeats: int) -> dict:
+    """{name: seconds of each call}: every function of ``fns`` called once per repeat, in turn,
+    so the machine's noise hits all alike."""
+    t = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t[k] += timed(fn, 1)
+    return t
+
+
 def row(figure: str, value, display: str, goal: str, met: Optional[bool],
         headline: bool = False) -> dict:
     """One line of a benchmark's table: every figure carries its goal and whether it was met."""
@@ -88,18 +98,23 @@ def dir_bytes(path: str, suffix: str = "") -> int:
                if f.endswith(suffix))
 
 
+def git_state() -> tuple:
+    """(HEAD's commit, whether the tree has local changes); ("?", None) without git."""
+    try:
+        commit, dirty = (subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                        timeout=10).stdout.strip()
+                         for a in (("rev-parse", "HEAD"), ("status", "--porcelain")))
+        return commit, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return "?", None
+
+
 def machine_info() -> dict:
     import torch
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "?")
-    try:
-        commit, dirty = (subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                                        timeout=10).stdout.strip()
-                         for a in (("rev-parse", "HEAD"), ("status", "--porcelain")))
-        dirty = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "?", None
+    commit, dirty = git_state()
     versions = {}
     for m in ("grpcio", "protobuf", "numpy"):
         try:
@@ -244,6 +259,22 @@ def no_logs(res: dict) -> dict:
     return {k: v for k, v in res.items() if k != "logs"}  # logs are paths in the scratch dir
 
 
+def sample_procs(named: dict, read, period: float) -> list:
+    """[(time.time(), {name: read(pid), None where unreadable})] every ``period`` s, until every
+    process of ``named`` ({name: Popen}) has exited."""
+    series = []
+    while any(p.poll() is None for p in named.values()):
+        sample = {}
+        for n, p in named.items():
+            try:
+                sample[n] = read(p.pid)
+            except (OSError, IndexError, KeyError, ValueError):
+                sample[n] = None
+        series.append((time.time(), sample))
+        time.sleep(period)
+    return series
+
+
 # ----------------------------------------------------------------------------- log parsing
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
@@ -295,7 +326,8 @@ def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
 
 
 def run_tool(tool: str, argv: List[str]) -> None:
-    """``tool``'s ``main(argv)`` in this process (saves a Python start-up); output kept for errors."""
+    """``tool``'s ``main(argv)`` in this process (saves a Python start-up); its output is kept
+    for the error message."""
     spec = importlib.util.spec_from_file_location(f"bench_tool_{os.path.basename(tool)[:-3]}", tool)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -375,4 +407,5 @@ def save_plot(ctx, name: str, draw, figsize=(6, 3.5)) -> list:
 def shard_load_spec(manifest: str, k: int, streaming: bool = False, extra: Sequence = ()) -> str:
     return json.dumps({"cfg": CLIENT_YAML, "opts": [
         "distributed_data.enabled", "True", "distributed_data.shard_path", shard_dir(manifest, k),
-        "distribute.client_id", str(k), "distributed_data.streaming", str(streaming)] + list(extra)})
+        "distribute.client_id", str(k), "distributed_data.streaming", str(streaming),
+        *extra]})

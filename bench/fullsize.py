@@ -1,4 +1,4 @@
-"""fullsize: the shard tool and one server at real LEAF FEMNIST size (3,550 writers, 805,263 samples).
+"""fullsize: the shard tool and one server at LEAF FEMNIST's size (3,550 writers, 805,263 samples).
 
 Not in the default suite: ``nice -n 10 python bench/run.py --only fullsize`` (about 30 min on the
 shared 2-core machine once the data exists; generating it first adds ~255 CPU-s). The data is
@@ -66,7 +66,8 @@ def compare(small_out: str, full_out: str) -> dict:
 
     def digest(shard: str) -> dict:
         m = read_meta(shard)
-        return {"files": {n: split_file.sha256_file(os.path.join(shard, n)) for n in sorted(m.files)},
+        return {"files": {n: split_file.sha256_file(os.path.join(shard, n))
+                          for n in sorted(m.files)},
                 "num_samples": dict(m.num_samples), "label_hist": dict(m.label_hist),
                 "fingerprint": m.fingerprint}
     small = read_manifest(os.path.join(small_out, "manifest.json"))
@@ -138,12 +139,10 @@ def run(ctx) -> dict:
     ctx.log(f"  {len(files)} files, {in_bytes / MB:,.0f} MB; page-caching them")
     sharding.warm(files)
     got = {}
-    for tag, fn in (("hook0", lambda: sharding.floor_run(ctx, "hook0", files, True, STEP_TIMEOUT)),
-                    ("tool200", lambda: sharding.tool_run(ctx, "tool200", root, 200, STEP_TIMEOUT)),
-                    ("tool3550", lambda: sharding.tool_run(ctx, "tool3550", root, WRITERS,
-                                                           STEP_TIMEOUT)),
-                    ("hook1", lambda: sharding.floor_run(ctx, "hook1", files, True, STEP_TIMEOUT))):
-        got[tag] = fn()  # floors before and after: load drift hits both sides
+    # hooked parses (0 clients) before and after the tool: load drift hits both sides
+    for tag, clients in (("hook0", 0), ("tool200", 200), ("tool3550", WRITERS), ("hook1", 0)):
+        got[tag] = sharding.tool_run(ctx, tag, root, clients, STEP_TIMEOUT) if clients else \
+            sharding.floor_run(ctx, tag, files, True, STEP_TIMEOUT)
         ctx.log(f"  {tag}: {got[tag]['work_s']:.1f} s, {got[tag]['samples_per_s']:,.0f} samples/s")
     ident = bit_identity(ctx, files, got["tool200"]["out"], got["tool3550"]["out"])
     return report(gen, [os.path.getsize(p) for p in files], got, ident,
@@ -195,8 +194,8 @@ def report(gen, sizes, got, ident, srv) -> dict:
                     f"< {manifest_scale.LOAD_GOAL_S} s (manifest_scale's goal at 10,000)",
                     load < manifest_scale.LOAD_GOAL_S))
     rows += scale.n_rows(r, srv["model_bytes"], srv["loopback_Bps"], f"{WRITERS:,} real clients",
-                         f"≤ {PEAK_GOAL_MB:.0f} MB (scale's {scale.GOALS['peak_mb']} MB at N=1,000 "
-                         f"+ {scale.GOALS['growth_mb']} MB per 900 more)",
+                         f"≤ {PEAK_GOAL_MB:.0f} MB (scale's {scale.GOALS['peak_mb']} MB at "
+                         f"N=1,000 + {scale.GOALS['growth_mb']} MB per 900 more)",
                          r["peak_mb"] <= PEAK_GOAL_MB, True)
     floor_rt, allowance = scale.allowance_s(r, srv["model_bytes"], srv["loopback_Bps"])
     s, med = r["swarm"], median(r["round_s"])
@@ -230,11 +229,12 @@ def report(gen, sizes, got, ident, srv) -> dict:
     prof = ident["subset_profile"]
     part = {name: next((p[3] for p in prof["profile"] if key in p[0]), 0.0)
             for name, key in PROFILE_PARTS}
-    notes = [f"Where the tool's time goes (cProfile of the subset cut, {prof['work_s']:.1f} s under "
-             f"the profiler): " + ", ".join(f"{k} {v:.1f} s" for k, v in part.items()) + "."]
+    notes = [f"Where the tool's time goes (cProfile of the subset cut, {prof['work_s']:.1f} s "
+             f"under the profiler): " + ", ".join(f"{k} {v:.1f} s" for k, v in part.items()) + "."]
     if os.path.exists(BEFORE):
         b = common.read_json(BEFORE)
-        hook, tool = median(h["work_s"] for h in ident["subset_hooks"]), ident["subset_tool"]["work_s"]
+        hook = median(h["work_s"] for h in ident["subset_hooks"])
+        tool = ident["subset_tool"]["work_s"]
         bh, bt = (median(x[k]["work_s"] for x in b["runs"]) for k in ("hook", "tool"))
         notes.append(f"The one attempt at the time goal (one sync of the staged shard set instead "
                      f"of per-file fsyncs), same {len(b['files'])}-file subset: before (commit "

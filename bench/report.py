@@ -4,6 +4,8 @@ import json
 import os
 from typing import List
 
+from bench.child import write_text
+
 MARK = {True: "✅ met", False: "❌ missed", None: "—"}
 # Cheap ones first, so a broken environment shows up fast (bench/run.py runs them in this order).
 ORDER = ["wire", "manifest_scale", "idle_cpu", "sharding", "client_memory", "server_memory",
@@ -41,17 +43,18 @@ def missed_rows(results: List[dict]) -> "tuple[list, int]":
             sum(len(res.get("rows", [])) for res in results))
 
 
-def _run(r: dict) -> str:
+def run_kind(r: dict) -> str:
     return "quick" if r.get("quick") else "full"
 
 
-def _commit(m: dict) -> str:
+def commit(m: dict) -> str:
+    """The first 10 digits of the commit a result's ``machine`` measured."""
     return str(m.get("git_commit"))[:10]
 
 
 def _provenance(results: List[dict]) -> List[str]:
     """Which commit, tree state, machine and load each JSON was measured with."""
-    commits = {(_commit(r.get("machine", {})), r.get("machine", {}).get("git_dirty"))
+    commits = {(commit(r.get("machine", {})), r.get("machine", {}).get("git_dirty"))
                for r in results}
     out = ["## What was measured", ""]
     if len(commits) == 1:
@@ -65,14 +68,14 @@ def _provenance(results: List[dict]) -> List[str]:
                         "ConvNet2 hidden 128 and 2 rounds",
                "full": "full runs use the `large` profile (200 writers, ~45,000 samples) for the "
                        "memory, round and peer figures, and hidden 2048 and 5 rounds for peers"}
-    out += ["", "Data profile: " + "; ".join(profile[k] for k in sorted(set(map(_run, results))))
-            + ".", ""]
+    kinds = sorted(set(map(run_kind, results)))
+    out += ["", "Data profile: " + "; ".join(profile[k] for k in kinds) + ".", ""]
     rows = []
     for r in results:
         m = r.get("machine", {})
         load = (f"{m['loadavg_at_bench_start'][0]:.2f}" if "loadavg_at_bench_start" in m
                 else f"{m.get('loadavg', [0])[0]:.2f} ¹")
-        rows.append([r["name"], _run(r), r.get("started", "?"), f"`{_commit(m)}`",
+        rows.append([r["name"], run_kind(r), r.get("started", "?"), f"`{commit(m)}`",
                      {True: "dirty", False: "clean"}.get(m.get("git_dirty"), "?"),
                      m.get("cpus_usable", m.get("cpu_count")), load])
     return out + _md(["benchmark", "run", "started (UTC)", "commit", "tree", "CPUs",
@@ -105,7 +108,8 @@ def render(results: List[dict], rel_plots: str) -> str:
     if not results:
         return "\n".join(out + ["No results yet: run `make bench`.", ""])
     out += _provenance(results) + ["## Headline figures", ""] + headline_table(results) + [""]
-    (missed, total), errors = missed_rows(results), [res["name"] for res in results if res.get("error")]
+    (missed, total) = missed_rows(results)
+    errors = [res["name"] for res in results if res.get("error")]
     out.append(f"**{total - len(missed)} of {total} goals met.**" + (
         " Missed (each section's notes say why and what would fix it):" if missed else ""))
     if missed:
@@ -116,20 +120,22 @@ def render(results: List[dict], rel_plots: str) -> str:
     out.append("")
     for res in results:
         m = res.get("machine", {})
-        out += [f'<a id="{res["name"]}"></a>', "", f"## {res['name']} — {res.get('title', '')}", "",
-                f"_{_run(res)} run, {res.get('started', '?')}, {res.get('duration_s', 0):.0f} s; "
-                f"{m.get('cpu_count')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_mb')} MB RAM, "
-                f"load {m.get('loadavg', [0])[0]:.2f} at start; Python {m.get('python')}, "
-                f"torch {m.get('torch')}, grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')}; "
-                f"commit {_commit(m)}{' (+ local changes)' if m.get('git_dirty') else ''}_", ""]
+        out += [f'<a id="{res["name"]}"></a>', "", f"## {res['name']} — {res.get('title', '')}",
+                "", f"_{run_kind(res)} run, {res.get('started', '?')}, "
+                f"{res.get('duration_s', 0):.0f} s; {m.get('cpu_count')} CPUs "
+                f"({m.get('cpu_model')}), {m.get('mem_total_mb')} MB RAM, load "
+                f"{m.get('loadavg', [0])[0]:.2f} at start; Python {m.get('python')}, torch "
+                f"{m.get('torch')}, grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')}; "
+                f"commit {commit(m)}{' (+ local changes)' if m.get('git_dirty') else ''}_", ""]
         if res.get("error"):
-            out += ["**This benchmark failed to run:**", "", "```", res["error"].strip()[-1500:],
-                    "```", ""]
+            out += ["**This benchmark failed to run:**", "", "```",
+                    res["error"].strip()[-1500:], "```", ""]
         for t in res.get("tables", []):
             out += render_table(t)
         if res.get("rows"):
             out += _md(["figure", "value", "goal", "status"], [
-                [r["figure"], r["display"], r["goal"], MARK[r["met"]]] for r in res["rows"]]) + [""]
+                [r["figure"], r["display"], r["goal"], MARK[r["met"]]] for r in res["rows"]])
+            out.append("")
         out += [line for note in res.get("notes", []) for line in (f"> **Note:** {note}", "")]
         if res.get("context"):
             out += [f"- {c}" for c in res["context"]] + [""]
@@ -139,6 +145,4 @@ def render(results: List[dict], rel_plots: str) -> str:
 
 def write(results_dir: str, report_path: str) -> None:
     rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(report_path)))
-    with open(report_path + ".tmp", "w") as f:
-        f.write(render(_load(results_dir), rel.replace(os.sep, "/")))
-    os.replace(report_path + ".tmp", report_path)
+    write_text(report_path, render(_load(results_dir), rel.replace(os.sep, "/")))

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +25,12 @@ import torch  # noqa: E402
 from federatedscope.core.auxiliaries.data_builder import get_data  # noqa: E402
 from federatedscope.core.auxiliaries.outdir import update_logger  # noqa: E402
 from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E402
-from federatedscope.core.auxiliaries.utils import atomic_write_bytes, setup_seed  # noqa: E402
-from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
+from federatedscope.core.auxiliaries.utils import setup_seed  # noqa: E402
+from federatedscope.core.auxiliaries.worker_builder import (get_client_cls,  # noqa: E402
+                                                            get_server_cls)
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
-from bench.common import GEN, gen_argv  # noqa: E402
+from bench.child import write_text  # noqa: E402
+from bench.common import GEN, gen_argv, git_state, run_tool  # noqa: E402
 from harness.jobs import SERVER_YAML  # noqa: E402
 
 RULES = ("fedavg", "median", "trimmedmean", "krum", "bulyan", "normbounding")
@@ -95,8 +96,7 @@ def recording_server(base, log: List[tuple]):
 
 
 def make_data(root: str, writers: int, samples: int, seed: int) -> None:
-    subprocess.run([sys.executable, GEN, *map(str, gen_argv(root, writers, seed, samples, 5))],
-                   check=True, capture_output=True)
+    run_tool(GEN, gen_argv(root, writers, seed, samples, 5))
 
 
 def run_cell(data_root: str, outdir: str, rule: str, kind: Optional[str], attackers: int,
@@ -133,13 +133,9 @@ def run_cell(data_root: str, outdir: str, rule: str, kind: Optional[str], attack
 
 
 def measure(args) -> dict:
-    load = list(os.getloadavg())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    load, commit = list(os.getloadavg()), git_state()[0]
     seeds = [args.seed + i for i in range(args.seeds)]
-    cells = []
-    started = time.time()
-    cpu0 = time.process_time()
+    cells, started, cpu0 = [], time.time(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         make_data(tmp, args.writers, args.samples, args.seed)
         for rule in args.rules:
@@ -161,7 +157,8 @@ def measure(args) -> dict:
                 cells.append(cell)
     return {"name": "robust_rules",
             "command": "python bench/robust_rules.py " + " ".join(sys.argv[1:]),
-            "git_commit": commit, "loadavg_at_start": load, "torch_threads": torch.get_num_threads(),
+            "git_commit": commit, "loadavg_at_start": load,
+            "torch_threads": torch.get_num_threads(),
             "params": {"clients": CLIENTS, "rounds": args.rounds, "model.hidden": args.hidden,
                        "writers": args.writers, "samples_per_writer_mean": args.samples,
                        "data_seed": args.seed, "seeds": seeds,
@@ -225,7 +222,8 @@ def render(res: dict) -> str:
            f"`{res['git_commit'][:10]}`, load {res['loadavg_at_start'][0]:.2f} at start, "
            f"{res['wall_s']} s wall / {res['cpu_s']} s CPU in all).", "",
            f"Each cell is the final weighted test accuracy of standalone jobs: the generated "
-           f"FEMNIST sample ({p['writers']} writers), {p['clients']} clients, {p['rounds']} rounds, "
+           f"FEMNIST sample ({p['writers']} writers), {p['clients']} clients, "
+           f"{p['rounds']} rounds, "
            f"ConvNet2 with `model.hidden` {p['model.hidden']}, {seed_text}. Columns: "
            f"*honest* has no attacker; *k sign-flip* has clients 1..k upload "
            f"`global + {p['sign_flip_factor']:g} x (their honest update - global)`; *k bias* has "
@@ -258,7 +256,8 @@ def render(res: dict) -> str:
         "`krum_agg_num` (default one) update per round, so its honest run learns from one "
         "client a round.",
         "", "What is not defended: more attackers than `byzantine_node_num` (the server refuses "
-        "krum, bulyan and trimmedmean where their bound cannot hold, so at this client count bulyan "
+        "krum, bulyan and trimmedmean where their bound cannot hold, so at this client "
+        "count bulyan "
         "defends no attacker, krum one, and trimmedmean only with its ratio raised to f/n); "
         "median and normbounding take no count, so nothing bounds how many attackers they "
         "absorb; normbounding only scales an update down to "
@@ -281,7 +280,8 @@ def _noise_text(res: dict) -> str:
     above = _above_honest(res)
     if above:
         text += (" Cells above their row's honest cell on every seed (lowest seed above the "
-                 "honest cell's highest): " + "; ".join(above) + ". This table does not explain it; a "
+                 "honest cell's highest): " + "; ".join(above) + ". This table does not "
+                 "explain it; a "
                  "plausible cause, not tested: the attacked run aggregates other updates "
                  "(another median, another krum choice), and at this size another choice can "
                  "happen to learn faster.")
@@ -312,7 +312,7 @@ def write_doc(text: str, path: str = DOC) -> None:
     else:
         nxt = doc.find("\n## ", start + len(SECTION))
         new = doc[:start] + text + ("" if nxt < 0 else doc[nxt:])
-    atomic_write_bytes(path, (new if new.endswith("\n") else new + "\n").encode())
+    write_text(path, new if new.endswith("\n") else new + "\n")
 
 
 def main(argv=None) -> int:
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         logging.getLogger("federatedscope").setLevel(logging.WARNING)
         res = measure(args)
-        atomic_write_bytes(RESULTS, (json.dumps(res, indent=1) + "\n").encode())
+        write_text(RESULTS, json.dumps(res, indent=1) + "\n")
     with open(RESULTS) as fh:
         write_doc(render(json.load(fh)))
     return 0

@@ -14,7 +14,6 @@ Transport only: no local training, hidden 2048, 1/3/10 clients, so a round is th
 """
 import os
 import re
-import time
 
 from bench import common
 from bench.common import median, row
@@ -26,6 +25,8 @@ WARM = {"BENCH_WARM_TORCH": "1"}
 _TRAINED = re.compile(r"Client #(\d+): round (\d+) trained")
 _AGG = re.compile(r"round (\d+)/\d+ aggregated")
 MODES = ("dist", "standalone")
+# rounds are what is timed: evaluate only at the end, on the test split only
+BASE = ["train.batch_or_epoch", "batch", "eval.freq", "100000", "eval.split", "['test']"]
 
 
 def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
@@ -47,9 +48,9 @@ def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
                 break
             last = sample
         return sum(last.get(n) or 0.0 for n in names)
-    return {"rounds_s": common.round_times(log), "wall_s": wall_s, "final_acc": common.final_acc(log),
+    return {"rounds_s": common.round_times(log), "wall_s": wall_s, "preempted": preempted,
+            "final_acc": common.final_acc(log), "bounds": bounds,
             "tail_s": [agg[r] - trained[r] for r in sorted(agg) if r in trained],
-            "preempted": preempted, "bounds": bounds,
             "cpu_s": [cpu_at(b) - cpu_at(a) for a, b in zip(bounds, bounds[1:])]}
 
 
@@ -58,41 +59,29 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
     """Standalone and distributed runs of the same job, at the same time (``together``) or one
     after the other; every process's CPU time sampled every 50 ms."""
     slog, srep = ctx.tmp(f"{tag}_standalone.log"), ctx.tmp(f"{tag}_standalone.json")
-    series = []
-
-    def watch(named):
-        while any(p.poll() is None for p in named.values()):
-            sample = {}
-            for n, p in named.items():
-                try:
-                    sample[n] = common.cpu_seconds(p.pid)
-                except (OSError, IndexError, ValueError):
-                    sample[n] = None
-            series.append((time.time(), sample))
-            time.sleep(0.05)
+    series, names = [], ["server", *range(1, clients + 1)]
     standalone = common.spawn_child(srep, "main", common.standalone_argv(
         manifest, ctx.tmp(f"{tag}_standalone_exp"), rounds, extra), slog, env=WARM, cpus=cpus)
     job = common.BenchJob(ctx, f"{tag}_dist", manifest, clients, rounds, extra, cpus=cpus)
     try:
         if not together:
-            watch({"standalone": standalone})
+            series += common.sample_procs({"standalone": standalone}, common.cpu_seconds, 0.05)
         job.start(WARM)
-        watch(dict(zip(["server", *range(1, clients + 1)], job.procs),
-                   **({"standalone": standalone} if together else {})))
+        series += common.sample_procs(dict(zip(names, job.procs), **(
+            {"standalone": standalone} if together else {})), common.cpu_seconds, 0.05)
         res = job.finish(timeout=60)
         if procs.wait_all([standalone], 60, check=False)[0] != 0:
             raise procs.ProcessFailed(f"standalone run failed; see {slog}")
     finally:
         procs.stop_all([standalone] + job.procs)
     rep = common.load_report(srep, slog)
-    dlog = res["logs"]["server"]
     pre = sum(r["ctxt_switches"]["nonvoluntary_ctxt_switches"]
               for r in [res["server"]] + list(res["clients"].values()))
     out = {"together": together,
            "standalone": _mode(slog, [slog], series, ["standalone"], rep["wall_s"],
                                rep["ctxt_switches"]["nonvoluntary_ctxt_switches"]),
-           "dist": _mode(dlog, list(res["logs"].values()), series,
-                         ["server", *range(1, clients + 1)], res["wall_s"], pre)}
+           "dist": _mode(res["logs"]["server"], list(res["logs"].values()), series, names,
+                         res["wall_s"], pre)}
     # rounds 2..; run together: only the rounds that ran while the other mode was in its rounds
     # too (not starting up, not evaluating at the end)
     for m in MODES:
@@ -113,16 +102,21 @@ def _ratio(pairs, key="rounds_s") -> tuple:
     return d / s, d, s
 
 
+def _ratio_row(figure: str, pairs, key="rounds_s", headline=False) -> dict:
+    r, d, s = _ratio(pairs, key)
+    return row(figure, r, f"{r:.3f} ({d:.2f} s vs {s:.2f} s)", f"≤ {GOAL}", r <= GOAL,
+               headline=headline)
+
+
 def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
     """Standalone, then distributed, with ``local_update_steps 0`` (a client answers with the
     state it received): the per-round difference is the transport's own cost."""
     manifest = common.shards(ctx, common.figures_dataset(ctx), n)
     # personalization.local_update_steps defaults to the train count, and 0 is refused there
     # (it is unused without Ditto)
-    p = _pair(ctx, f"tn{n}", manifest, rounds, [
-        "train.batch_or_epoch", "batch", "train.local_update_steps", "0",
-        "personalization.local_update_steps", "1", "model.hidden", str(hidden), "eval.freq",
-        "100000", "eval.split", "['test']"], clients=n)
+    p = _pair(ctx, f"tn{n}", manifest, rounds, BASE + [
+        "train.local_update_steps", "0", "personalization.local_update_steps", "1",
+        "model.hidden", str(hidden)], clients=n)
     sr, dr = p["standalone"]["rounds_s"], p["dist"]["rounds_s"]
     s, d = median(sr[1:]), median(dr[1:])
     return {"clients": n, "standalone_round_s": s, "dist_round_s": d,
@@ -131,29 +125,25 @@ def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
 
 def run(ctx) -> dict:
     manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
-    # rounds are what is timed: evaluate only at the end, on the test split only
-    base = ["train.batch_or_epoch", "batch", "eval.freq", "100000", "eval.split", "['test']"]
     rounds, repeats, steps = (8, 1, 20) if ctx.quick else (12, 2, 40)
-    sampled = base + ["train.local_update_steps", str(steps), "federate.sample_client_num", "1"]
+    sampled = BASE + ["train.local_update_steps", str(steps), "federate.sample_client_num", "1"]
     raw = {"transport": [_pair(ctx, f"t{i}", manifest, rounds, sampled, together=True)
                          for i in range(repeats)], "one_core": []}
-    ratio, d, s = _ratio(raw["transport"])
-    cratio, cd, cs = _ratio(raw["transport"], "cpu_s")
+    tr = raw["transport"]
+    (ratio, d, s), (cratio, cd, cs) = _ratio(tr), _ratio(tr, "cpu_s")
     load = os.getloadavg()[0]
-    rows = [row("distributed / standalone: median wall time per round (1 sampled client per "
-                "round; training dilutes the transport: see the transport-only rows)", ratio,
-                f"{ratio:.3f} ({d:.2f} s vs {s:.2f} s)", f"≤ {GOAL}", ratio <= GOAL, headline=True),
-            row("distributed / standalone: median CPU seconds per round, all processes summed",
-                cratio, f"{cratio:.3f} ({cd:.2f} s vs {cs:.2f} s)", f"≤ {GOAL}", cratio <= GOAL,
-                headline=True)]
-    tails = {m: median(t for p in raw["transport"] for t in p[m]["tail_s"][1:]) for m in MODES}
-    per_mode = {m: f"{median(p[m]['wall_s'] for p in raw['transport']):.1f} s, final acc "
-                   f"{[p[m]['final_acc'] for p in raw['transport']]}" for m in MODES}
+    rows = [_ratio_row("distributed / standalone: median wall time per round (1 sampled client "
+                       "per round; training dilutes the transport: see the transport-only rows)",
+                       tr, headline=True),
+            _ratio_row("distributed / standalone: median CPU seconds per round, all processes "
+                       "summed", tr, "cpu_s", headline=True)]
+    tails = {m: median(t for p in tr for t in p[m]["tail_s"][1:]) for m in MODES}
+    per_mode = {m: f"{median(p[m]['wall_s'] for p in tr):.1f} s, final acc "
+                   f"{[p[m]['final_acc'] for p in tr]}" for m in MODES}
     context = [
         f"Transport set-up: {rounds} rounds × {repeats} run(s) per mode, {steps} batches of 10 "
         f"per round, ConvNet2 hidden 128; rounds used (dist+standalone): "
-        + ", ".join(f"{len(p['dist']['used'])}+{len(p['standalone']['used'])}"
-                    for p in raw["transport"])
+        + ", ".join(f"{len(p['dist']['used'])}+{len(p['standalone']['used'])}" for p in tr)
         + f". Last update logged → aggregated: {tails['dist'] * 1000:.0f} ms distributed vs "
         f"{tails['standalone'] * 1000:.0f} ms standalone. Whole job: distributed "
         f"{per_mode['dist']}; standalone {per_mode['standalone']}."]
@@ -165,13 +155,14 @@ def run(ctx) -> dict:
         t = _transport_only(ctx, n, t_rounds, hidden)
         raw["transport_only"].append(t)
         rows.append(row(f"transport-only overhead per round, {n} client{'s' if n > 1 else ''}: "
-                        f"(distributed − standalone round) per MB of model", t["overhead_ms"] / mb,
+                        f"(distributed − standalone round) per MB of model",
+                        t["overhead_ms"] / mb,
                         f"{t['overhead_ms'] / mb:.2f} ms/MB ({t['dist_round_s'] * 1000:.0f} vs "
                         f"{t['standalone_round_s'] * 1000:.0f} ms per round, {mb:.1f} MB model)",
                         "reported (no goal set)", None))
-    context.append(f"Transport only: hidden {hidden} ({mb:.1f} MB per message), "
-                   f"`train.local_update_steps 0`, {t_rounds} rounds, medians over rounds "
-                   f"2..{t_rounds}, standalone then distributed, one run each.")
+    context.append(f"Transport only: hidden {hidden}, `train.local_update_steps 0`, {t_rounds} "
+                   f"rounds, medians over rounds 2..{t_rounds}, standalone then distributed, one "
+                   f"run each.")
     notes = []
     if abs(ratio / cratio - 1) > 0.1:
         notes.append(
@@ -182,18 +173,18 @@ def run(ctx) -> dict:
     if not ctx.quick:
         cpu = sorted(os.sched_getaffinity(0))[-1]
         ctx.log(f"  one-core set-up: all 3 clients per round, everything pinned to CPU {cpu}")
-        raw["one_core"].append(_pair(ctx, "c0", manifest, 6, base + ["train.local_update_steps",
-                                                                    "30"], cpus=[cpu]))
-        r1, d1, s1 = _ratio(raw["one_core"])
-        rows.append(row("distributed / standalone: median time per round, 3 clients, all on one CPU",
-                        r1, f"{r1:.3f} ({d1:.2f} s vs {s1:.2f} s)", f"≤ {GOAL}", r1 <= GOAL))
-        if r1 > GOAL:
-            pre = {m: median(p[m]["preempted"] for p in raw["one_core"]) for m in MODES}
-            tail1 = median(t for p in raw["one_core"] for t in p["dist"]["tail_s"][1:])
+        one = raw["one_core"]
+        one.append(_pair(ctx, "c0", manifest, 6, BASE + ["train.local_update_steps", "30"],
+                         cpus=[cpu]))
+        rows.append(_ratio_row("distributed / standalone: median time per round, 3 clients, "
+                               "all on one CPU", one))
+        if rows[-1]["value"] > GOAL:
+            pre = {m: median(p[m]["preempted"] for p in one) for m in MODES}
+            tail1 = median(t for p in one for t in p["dist"]["tail_s"][1:])
             notes.append(
-                f"Missed on one core: {r1:.2f}× the standalone round "
-                f"({_ratio(raw['one_core'], 'cpu_s')[0]:.2f}× its CPU) with 3 trainers time-slicing "
-                f"one CPU (preempted {pre['dist']:,} vs {pre['standalone']:,} times); not the "
-                f"transport: the last update is aggregated {tail1 * 1000:.0f} ms after training.")
+                f"Missed on one core ({_ratio(one, 'cpu_s')[0]:.2f}× the standalone round's "
+                f"CPU) with 3 trainers time-slicing one CPU (preempted {pre['dist']:,} vs "
+                f"{pre['standalone']:,} times); not the transport: the last update is aggregated "
+                f"{tail1 * 1000:.0f} ms after training.")
     return {"rows": rows, "notes": notes, "context": context, "raw": raw,
             "summary": {"ratio": ratio}}

@@ -2,10 +2,10 @@
 """Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
 
     python bench/run.py                      # full suite (about 42 min on 2 cores: below)
-    python bench/run.py --quick              # smaller repeats/sizes (about 12 min: an estimate, below)
-    python bench/run.py --only wire,idle_cpu # some benchmarks; the report still covers all JSONs
-    python bench/run.py --peers [--quick]    # only the peers benchmark (floor, this project, Flower)
-    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's full size (~30 min; not default)
+    python bench/run.py --quick              # fewer repeats, smaller sizes (about 12 min)
+    python bench/run.py --only wire,idle_cpu # some benchmarks; the report covers all JSONs
+    python bench/run.py --peers [--quick]    # only peers (floor, this project, Flower)
+    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's size (~30 min; not default)
 
 Durations are each JSON's duration_s. Measured 2026-12-03 on a 2-core Xeon: the full peers
 profile 1,632 s, the other full benchmarks 900 s together (about 42 min with peers); fullsize

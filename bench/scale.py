@@ -103,7 +103,8 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
         procs.stop_all([server])
     rep = common.checked(ctx, f"scale server N={n}", code, job.reports["server"], log)
     return {"n": n, "rounds": rounds, "rss_empty_mb": rss_empty, "rss_joined_mb": rss_joined,
-            "peak_mb": rep["status_kb"]["VmHWM"] / 1024, "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
+            "peak_mb": rep["status_kb"]["VmHWM"] / 1024,
+            "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
             "round_s": common.round_times(log), "job_wall_s": job_s,
             "aggregated": [int(x) for x in common.log_floats(log, r"aggregated (\d+) update")],

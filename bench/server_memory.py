@@ -7,7 +7,6 @@ baseline is the same idle-import process as for clients. The open audit (``FS_AU
 """
 import os
 import threading
-import time
 
 from bench import common
 from bench.client_memory import baseline_kb, training_extra, training_job
@@ -35,29 +34,19 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
              "train.local_update_steps", "5", "federate.online_aggr", str(online)]
     tag = f"h{BIG_HIDDEN}_{'online' if online else 'batch'}{'_arena2' if env else ''}"
     job = common.BenchJob(ctx, tag, manifest, 3, 2, extra).start(env)
-    server, samples = job.procs[0], []
-
-    def sample():
-        while server.poll() is None:
-            try:
-                samples.append((time.time(), common.status(server.pid)["VmRSS"]))
-            except (OSError, KeyError, ValueError):
-                pass
-            time.sleep(0.02)
-    t = threading.Thread(target=sample, daemon=True)
+    samples = []
+    t = threading.Thread(target=lambda: samples.extend(common.sample_procs(
+        {"server": job.procs[0]}, lambda pid: common.status(pid)["VmRSS"], 0.02)), daemon=True)
     t.start()
     res = job.finish(timeout=900)
     t.join()
-    starts = []  # a phase starts at the first log line holding its marker
-    for name, marker, whose in PHASES:
-        ts = [t for k, path in res["logs"].items() if (k == "server") == (whose == "server")
-              for t in common.log_times(path, marker)]
-        if ts:
-            starts.append((min(ts), name))
-    starts.sort()
+    starts = sorted(  # a phase starts at the first log line holding its marker
+        (min(ts), name) for name, marker, whose in PHASES
+        for ts in [[t for k, path in res["logs"].items() if (k == "server") == (whose == "server")
+                    for t in common.log_times(path, marker)]] if ts)
     res["timeline"] = []
     for (t0, name), t1 in zip(starts, [t for t, _ in starts[1:]] + [float("inf")]):
-        kbs = [kb for ts, kb in samples if t0 <= ts < t1]
+        kbs = [s["server"] for ts, s in samples if t0 <= ts < t1 and s["server"] is not None]
         if kbs:
             res["timeline"].append((name, max(kbs) / 1024))
     return common.no_logs(res)
@@ -77,22 +66,21 @@ def big_model_rows(ctx, base: float, manifest: str):
             f"{BIG_HIDDEN}, 3 clients, {label}", peak / budget,
             f"{peak / budget:.2f} ({peak / MB:.0f} MB vs {base / MB:.0f} + {MODEL_COPIES} × "
             f"{model / MB:.1f} = {budget / MB:.0f} MB)", "≤ 1", peak <= budget, headline=online))
-        phases = "; ".join(f"{n} {mb:.0f} MB" for n, mb in job["timeline"])
         context.append(
-            f"hidden {BIG_HIDDEN}, {label}: server VmHWM {st['VmHWM'] / 1024:.0f} MB; at exit "
-            f"RssAnon {st.get('RssAnon', 0) / 1024:.0f} MB (private heap) and RssFile "
-            f"{st.get('RssFile', 0) / 1024:.0f} MB (mapped libraries); server CPU "
-            f"{job['server']['cpu_s']:.1f} s. Highest VmRSS per phase (20 ms samples): {phases}.")
+            f"hidden {BIG_HIDDEN}, {label}: at exit RssAnon {st.get('RssAnon', 0) / 1024:.0f} MB "
+            f"(private heap), RssFile {st.get('RssFile', 0) / 1024:.0f} MB (mapped libraries); "
+            f"server CPU {job['server']['cpu_s']:.1f} s. Highest VmRSS per phase (20 ms "
+            f"samples): " + "; ".join(f"{n} {mb:.0f} MB" for n, mb in job["timeline"]) + ".")
         if online and peak > budget:  # how much is freed memory kept by glibc's per-thread arenas
             ctx.log("  what-if: the hidden-2048 online job again with MALLOC_ARENA_MAX=2")
             a = raw["online_arena2"] = _big_model_job(ctx, manifest, True, env=ARENA2)
             a_peak = a["server"]["status_kb"]["VmHWM"] * 1024
             notes.append(
-                f"Missed at hidden {BIG_HIDDEN}, online aggregation: {peak / MB:.0f} MB = runtime "
-                f"{base / MB:.0f} MB + {(peak - base) / model:.1f} model copies (budget "
-                f"{MODEL_COPIES}); with MALLOC_ARENA_MAX=2 {a_peak / MB:.0f} MB "
-                f"({(a_peak - base) / model:.1f} copies): {(peak - a_peak) / MB:.0f} MB is freed "
-                f"memory kept by glibc's per-thread arenas (gRPC's threads).")
+                f"Missed at hidden {BIG_HIDDEN}, online aggregation: runtime + "
+                f"{(peak - base) / model:.1f} model copies; with MALLOC_ARENA_MAX=2 "
+                f"{a_peak / MB:.0f} MB ({(a_peak - base) / model:.1f} copies): "
+                f"{(peak - a_peak) / MB:.0f} MB is freed memory kept by glibc's per-thread arenas "
+                f"(gRPC's threads).")
     return rows, raw, context, notes
 
 
@@ -118,21 +106,19 @@ def run(ctx) -> dict:
     arena = None
     if s_peak / MB > GOAL_MB and not ctx.quick:  # the same job with glibc's arenas capped
         ctx.log("  what-if: the shard-mode job again with MALLOC_ARENA_MAX=2")
-        arena = common.run_job(ctx, "arena2", manifest, 3, 1, training_extra(ctx),
-                               env=ARENA2)
+        arena = common.run_job(ctx, "arena2", manifest, 3, 1, training_extra(ctx), env=ARENA2)
         a_peak = arena["server"]["status_kb"]["VmHWM"] * 1024 - base
         notes.append(
-            f"Missed: the shard-mode server opened only the manifest yet peaks {s_peak / MB:.0f} "
-            f"MB above the runtime; with MALLOC_ARENA_MAX=2 {a_peak / MB:.0f} MB above: "
-            f"{(s_peak - a_peak) / MB:.0f} MB is glibc malloc arenas (one per gRPC thread).")
+            f"Missed: the shard-mode server opened only the manifest; with MALLOC_ARENA_MAX=2 it "
+            f"peaks {a_peak / MB:.0f} MB above the runtime: {(s_peak - a_peak) / MB:.0f} MB is "
+            f"glibc malloc arenas (one per gRPC thread).")
     elif s_peak / MB > GOAL_MB:
         notes.append("Missed; the full run measures how much of it glibc's per-thread malloc "
                      "arenas account for (a what-if job with MALLOC_ARENA_MAX=2).")
     srv, isrv = shard["server"], idx["server"]
     context = [
-        f"Runtime baseline {base / MB:.0f} MB. Server, shard vs data_idx mode: VmHWM "
-        f"{srv['status_kb']['VmHWM'] / 1024:.0f} vs {isrv['status_kb']['VmHWM'] / 1024:.0f} MB, "
-        f"CPU {srv['cpu_s']:.1f} vs {isrv['cpu_s']:.1f} s, bytes read (rchar, modules included) "
+        f"Runtime baseline {base / MB:.0f} MB. Server, shard vs data_idx mode: CPU "
+        f"{srv['cpu_s']:.1f} vs {isrv['cpu_s']:.1f} s, bytes read (rchar, modules included) "
         f"{srv['io']['rchar'] / MB:.1f} vs {isrv['io']['rchar'] / MB:.1f} MB; manifest "
         f"{os.path.relpath(manifest, ctx.work)}."] + big_context
     return {"rows": rows, "notes": notes, "context": context,

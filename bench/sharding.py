@@ -7,7 +7,6 @@ All run as child processes over the same page-cached files, timed after their im
 is each process's growth above its own post-import RSS. The tool also runs on a third of the
 files (the largest among them): the peak must follow the largest file, not the data set.
 """
-import json
 import os
 import shutil
 
@@ -109,8 +108,9 @@ def run(ctx) -> dict:
             f"≥ {THROUGHPUT_GOAL}", ratio >= THROUGHPUT_GOAL),
         row(f"peak RSS on all {len(files_big)} files / on {len(files_small)} of them (same largest "
             f"file)", growth, f"{growth:.2f} ({peak['big'] / MB:.0f} MB vs "
-            f"{peak['small'] / MB:.0f} MB above runtime)", f"≤ {PEAK_GROWTH_GOAL} (bounded by the "
-            f"largest file, not the data set)", growth <= PEAK_GROWTH_GOAL),
+            f"{peak['small'] / MB:.0f} MB above runtime)",
+            f"≤ {PEAK_GROWTH_GOAL} (bounded by the largest file, not the data set)",
+            growth <= PEAK_GROWTH_GOAL),
         peak_row("peak RSS above runtime / peak of the hooked parse (the tool's own parser, one "
                  "file at a time)", "hook"),
         peak_row("peak RSS above runtime / the bare json.load pass's peak (naive reader)", "floor"),

@@ -99,7 +99,8 @@ def run(ctx) -> dict:
         ax.set_ylabel("peak RSS above runtime (MB)")
         ax.set_title("Client peak RSS vs shard size", fontsize=10)
         ax.legend(fontsize=8)
-    return {"rows": rows, "context": context, "plots": common.save_plot(ctx, "streaming_rss.png", draw),
+    return {"rows": rows, "context": context,
+            "plots": common.save_plot(ctx, "streaming_rss.png", draw),
             "raw": {"runs": runs, "repeats_at_largest": extra_runs},
             "summary": {"streaming_slope": slope_s, "pipeline_speed_ratio": sp,
                         "training_speed_ratio": tsp}}

@@ -9,7 +9,7 @@ Same models (ConvNet2 for FEMNIST, hidden 128 and 2048):
 """
 import queue
 
-from bench.common import SERVER_YAML, median, row, timed
+from bench.common import SERVER_YAML, interleaved, median, row, timed
 from harness.raw_peer import SourceAddressProxy
 
 TITLE = "Bytes on the wire per model message, and codec speed"
@@ -41,11 +41,8 @@ def codec_figures(state, repeats: int) -> dict:
         out[f"{tag}_bytes"] = len(codec.encode(msg))
         out[f"{tag}_ratio"] = out[f"{tag}_bytes"] / raw
     blob, flat = codec.encode(up), bytearray(raw)
-    t = {"memcpy": [], "encode": [], "decode": []}
-    for _ in range(repeats):  # interleaved, so machine noise hits all three alike
-        for k, fn in (("memcpy", lambda: bytearray(flat)), ("encode", lambda: codec.encode(up)),
-                      ("decode", lambda: codec.decode(blob))):
-            t[k] += timed(fn, 1)
+    t = interleaved({"memcpy": lambda: bytearray(flat), "encode": lambda: codec.encode(up),
+                     "decode": lambda: codec.decode(blob)}, repeats)
     mb = raw / (1024 * 1024)
     out.update({f"{k}_ms_per_mb": median(v) * 1e3 / mb for k, v in t.items()})
     out.update({f"{k}_s": v for k, v in t.items()})
@@ -65,10 +62,8 @@ def per_element_check(repeats: int) -> dict:
     n = 16 * 1024 * 1024
     msgs = {"uint8": _msg({"w": torch.ones(n, dtype=torch.uint8)}, False),
             "float64": _msg({"w": torch.ones(n // 8, dtype=torch.float64)}, False)}
-    times = {k: [] for k in msgs}
-    for _ in range(repeats):
-        for k, m in msgs.items():
-            times[k] += timed(lambda: codec.decode(codec.encode(m)), 1)
+    times = interleaved({k: lambda m=m: codec.decode(codec.encode(m)) for k, m in msgs.items()},
+                        repeats)
     out = {f"{k}_ms_per_mb": median(v) * 1e3 / 16 for k, v in times.items()}
     return dict(out, ratio=out["uint8_ms_per_mb"] / out["float64_ms_per_mb"], times_s=times)
 
@@ -108,7 +103,8 @@ def socket_figures(hidden: int, state, k: int) -> dict:
             "down_bytes_per_msg": d_msg, "down_ack_bytes_per_msg": d_ack,
             "up_bytes_per_msg": u_msg, "up_ack_bytes_per_msg": u_ack,
             "down_ratio": d_msg / raw, "up_ratio": u_msg / raw,
-            "down_ratio_with_acks": (d_msg + d_ack) / raw, "up_ratio_with_acks": (u_msg + u_ack) / raw}
+            "down_ratio_with_acks": (d_msg + d_ack) / raw,
+            "up_ratio_with_acks": (u_msg + u_ack) / raw}
 
 
 def fixed_cost(state, repeats: int) -> float:
@@ -136,7 +132,8 @@ def run(ctx) -> dict:
         wc, ws = max(c["down_ratio"], c["up_ratio"]), max(s["down_ratio"], s["up_ratio"])
         rows += [
             row(f"ConvNet2 hidden {hidden} ({c['raw_bytes'] / 1e6:.2f} MB): encoded message / raw "
-                f"tensor bytes", wc, f"{wc:.6f}", f"≤ {RATIO_GOAL}", wc <= RATIO_GOAL, hidden == 128),
+                f"tensor bytes", wc, f"{wc:.6f}", f"≤ {RATIO_GOAL}", wc <= RATIO_GOAL,
+                hidden == 128),
             row(f"ConvNet2 hidden {hidden}: bytes on the loopback socket per message / raw", ws,
                 f"{ws:.6f}", f"≤ {RATIO_GOAL}", ws <= RATIO_GOAL, hidden == 2048),
             row(f"ConvNet2 hidden {hidden}: encode + decode time, in memcpy-equivalents",
@@ -156,8 +153,9 @@ def run(ctx) -> dict:
     pe = raw["per_element"] = per_element_check(repeats)
     rows.append(row("encode + decode time per MB: uint8 tensor / float64 tensor of the same 16 MB",
                     pe["ratio"], f"{pe['ratio']:.2f} ({pe['uint8_ms_per_mb']:.2f} vs "
-                    f"{pe['float64_ms_per_mb']:.2f} ms/MB)", f"≤ {PER_ELEMENT_GOAL} (no per-element "
-                    f"work: 8× the elements must not cost more)", pe["ratio"] <= PER_ELEMENT_GOAL))
+                    f"{pe['float64_ms_per_mb']:.2f} ms/MB)",
+                    f"≤ {PER_ELEMENT_GOAL} (no per-element work: 8× the elements must not cost "
+                    f"more)", pe["ratio"] <= PER_ELEMENT_GOAL))
     big = raw["hidden_2048"]
     context = [
         f"Socket figures count one direction's payload; the reverse carries HTTP/2 acks and window "

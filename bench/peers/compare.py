@@ -36,8 +36,9 @@ def _measured(t: Tree, rounds_s: List[float], acc, exact_hwm: Dict[int, int] = N
     tr, exact = t.result, exact_hwm or {}
     return {"wall_s": tr.wall_s, "cpu_s": tr.cpu_s, "sampled_cpu_s": tr.sampled_cpu_s,
             "rounds_s": rounds_s, "round_s": median(rounds_s), "final_acc": acc,
-            "procs": [{"pid": p.pid, "label": p.label, "peak_rss_mb": exact.get(p.pid, p.hwm_kb) / 1024,
-                       "cpu_s": p.cpu_s, "lived_s": p.last - p.first} for p in tr.procs]}
+            "procs": [{"pid": p.pid, "label": p.label,
+                       "peak_rss_mb": exact.get(p.pid, p.hwm_kb) / 1024, "cpu_s": p.cpu_s,
+                       "lived_s": p.last - p.first} for p in tr.procs]}
 
 
 def run_floor(ctx, prof: dict, manifest: str) -> dict:
@@ -106,14 +107,14 @@ def run_flower(ctx, prof: dict, manifest: str) -> dict:
             procs.wait_for(port_open, 120, "Flower SuperLink's port", watch=started)
             for k in range(1, CLIENTS + 1):
                 started.append(common.spawn([
-                    flower_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                    "--port", str(procs.free_port()), "--node-config",
+                    flower_bin("flower-supernode"), "--insecure", "--superlink",
+                    f"127.0.0.1:{link}", "--port", str(procs.free_port()), "--node-config",
                     f'shard-path="{common.shard_dir(manifest, k)}" cid={k}'],
                     ctx.tmp(f"supernode{k}.log"), env=env))
-            started.append(common.spawn([flower_bin("flwr"), "run", ".", "bench", "--stream",
-                                         "--run-config", f'num-server-rounds={prof["rounds"]} '
-                                         f'num-nodes={CLIENTS} hidden={prof["hidden"]} out="{out}"'],
-                                        log, env, cwd=FLOWER_APP))
+            started.append(common.spawn([
+                flower_bin("flwr"), "run", ".", "bench", "--stream", "--run-config",
+                f'num-server-rounds={prof["rounds"]} num-nodes={CLIENTS} hidden={prof["hidden"]} '
+                f'out="{out}"'], log, env, cwd=FLOWER_APP))
             code = started[-1].wait(timeout=3600)
             t.mark_end()
             if code != 0 or not os.path.exists(out):
@@ -124,6 +125,10 @@ def run_flower(ctx, prof: dict, manifest: str) -> dict:
             procs.stop_all(started, grace=10)  # Flower's services stop cleanly on SIGTERM
     rep = common.read_json(out)
     return _measured(t, rep["rounds_s"], rep["final_test_acc"])
+
+
+def _acc(a) -> str:
+    return "—" if a is None else f"{a:.4f}"
 
 
 def table(res: Dict[str, dict], missing: Dict[str, str]) -> dict:
@@ -138,12 +143,12 @@ def table(res: Dict[str, dict], missing: Dict[str, str]) -> dict:
         for p in r["procs"]:
             groups.setdefault(p["label"], []).append(p["peak_rss_mb"])
         rss = "; ".join(f"{label}{f' ×{len(v)}' if len(v) > 1 else ''} " + (
-            f"{min(v):.0f} MB" if round(min(v)) == round(max(v)) else f"{min(v):.0f}–{max(v):.0f} MB")
-            for label, v in groups.items())
+            f"{min(v):.0f} MB" if round(min(v)) == round(max(v)) else
+            f"{min(v):.0f}–{max(v):.0f} MB") for label, v in groups.items())
         rows.append([title, f"{r['wall_s']:.1f} s", f"{r['cpu_s']:.1f} s",
                      f"{r['wall_s'] / floor['wall_s']:.2f} / {r['cpu_s'] / floor['cpu_s']:.2f}"
                      if floor else "—", f"{r['round_s']:.2f} s", rss,
-                     "—" if r["final_acc"] is None else f"{r['final_acc']:.4f}"])
+                     _acc(r["final_acc"])])
     return {"title": "Side by side (one run each, same shard files)",
             "header": ["system", "job wall", "total CPU", "wall / CPU vs floor", "median round",
                        "peak RSS per process", "final test acc"], "rows": rows}
@@ -162,9 +167,10 @@ def _rows(res: Dict[str, dict], missing: Dict[str, str]) -> List[dict]:
     if f:
         accs = {k: res[k]["final_acc"] for k in ("standalone", "distributed") if k in res}
         out.append(row("final test accuracy: standalone, distributed vs floor", f["final_acc"],
-                       ", ".join(f"{k} {'—' if a is None else f'{a:.4f}'}" for k, a in accs.items())
-                       + f" vs floor {f['final_acc']:.4f}", "equal (±0.0001)", all(
-                           a is not None and abs(a - f["final_acc"]) <= 1e-4 for a in accs.values())))
+                       ", ".join(f"{k} {_acc(a)}" for k, a in accs.items())
+                       + f" vs floor {f['final_acc']:.4f}", "equal (±0.0001)",
+                       all(a is not None and abs(a - f["final_acc"]) <= 1e-4
+                           for a in accs.values())))
     for what, key in (("job wall", "wall_s"), ("total CPU", "cpu_s")):
         fig = f"distributed shard mode / Flower deployment mode: {what}"
         r = d[key] / fl[key] if d and fl else None
@@ -175,7 +181,7 @@ def _rows(res: Dict[str, dict], missing: Dict[str, str]) -> List[dict]:
     if f and fl:
         a = fl["final_acc"]
         out.append(row("Flower final test accuracy vs floor (its own FedAvg aggregation)", a,
-                       f"{'—' if a is None else f'{a:.4f}'} vs {f['final_acc']:.4f}",
+                       f"{_acc(a)} vs {f['final_acc']:.4f}",
                        "reported, no goal", None))
     return out
 

@@ -43,7 +43,8 @@ def main(grid: Grid, context: Context) -> None:
                            min_evaluate_nodes=n, min_available_nodes=n)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                             num_rounds=int(rc["num-server-rounds"]))
-    accs = [dict(result.evaluate_metrics_clientapp[r]) for r in sorted(result.evaluate_metrics_clientapp)]
+    by_round = result.evaluate_metrics_clientapp
+    accs = [dict(by_round[r]) for r in sorted(by_round)]
     rep = {"rounds_s": strategy.rounds_s, "eval": accs,
            "final_test_acc": accs[-1].get("test-acc") if accs else None}
     write_json(str(rc["out"]), rep, indent=1)
