@@ -217,7 +217,8 @@ def report(gen, sizes, got, ident, srv) -> dict:
         f"{s['retry_errors']}). Median round {med:.0f} s vs allowance {allowance:.1f} s (floor "
         f"{floor_rt:.1f} s); {r['cpu_per_round_s']:.0f} server CPU-s per round "
         f"({r['cpu_per_round_s'] / (r['n'] + 1) * 1000:.0f} ms per update); idle "
-        f"{r['idle_cpu_pct']:.0f} % of a core with {r['n']:,} sessions heartbeating every 5 s; "
+        f"{r['idle_cpu_pct']:.0f} % of a core with {r['n']:,} sessions heartbeating every "
+        f"{r.get('heartbeat_s', 5.0):g} s (as the server asked); "
         f"peak {r['peak_mb']:.0f} MB ({r['rss_joined_mb']:.0f} MB joined and idle).",
         f"Every round aggregated {r['aggregated']} updates; {s['finished']:,} of {s['stayed']:,} "
         f"virtual clients saw 'finish' ({s['metrics_sent']:,} final metrics sent); swarm errors "

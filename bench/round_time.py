@@ -15,7 +15,7 @@ Transport only: no local training, hidden 2048, 1/3/10 clients, so a round is th
 import os
 import re
 
-from bench import common
+from bench import common, logs
 from bench.common import median, row
 from harness import procs
 
@@ -33,13 +33,13 @@ def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
     """One mode's figures from its logs and the CPU samples of its processes ``names``."""
     trained, agg = {}, {}
     for path in logs:  # per round: last client's 'trained' -> server's 'aggregated'
-        for t, line in common.log_lines(path):
+        for t, line in logs.log_lines(path):
             if m := _TRAINED.search(line):
                 trained[int(m.group(2))] = max(trained.get(int(m.group(2)), 0), t)
             if m := _AGG.search(line):
                 agg[int(m.group(1))] = t
-    bounds = common.log_times(log, "starting training")[:1] + \
-        [t for t, line in common.log_lines(log) if _AGG.search(line)]
+    bounds = logs.log_times(log, "starting training")[:1] + \
+        [t for t, line in logs.log_lines(log) if _AGG.search(line)]
 
     def cpu_at(t):
         last = {}
@@ -48,8 +48,8 @@ def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
                 break
             last = sample
         return sum(last.get(n) or 0.0 for n in names)
-    return {"rounds_s": common.round_times(log), "wall_s": wall_s, "preempted": preempted,
-            "final_acc": common.final_acc(log), "bounds": bounds,
+    return {"rounds_s": logs.round_times(log), "wall_s": wall_s, "preempted": preempted,
+            "final_acc": logs.final_acc(log), "bounds": bounds,
             "tail_s": [agg[r] - trained[r] for r in sorted(agg) if r in trained],
             "cpu_s": [cpu_at(b) - cpu_at(a) for a, b in zip(bounds, bounds[1:])]}
 

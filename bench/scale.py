@@ -14,7 +14,7 @@ import time
 if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench import common  # noqa: E402
+from bench import common, logs  # noqa: E402
 from bench.common import MB, median, row  # noqa: E402
 from harness import procs  # noqa: E402
 
@@ -106,8 +106,8 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
             "peak_mb": rep["status_kb"]["VmHWM"] / 1024,
             "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
-            "round_s": common.round_times(log), "job_wall_s": job_s,
-            "aggregated": [int(x) for x in common.log_floats(log, r"aggregated (\d+) update")],
+            "round_s": logs.round_times(log), "job_wall_s": job_s, "heartbeat_s": swarm.heartbeat_s,
+            "aggregated": [int(x) for x in logs.log_floats(log, r"aggregated (\d+) update")],
             "swarm": summarize(out.get("res", swarm.results), rounds, sampled=sampled)}
 
 

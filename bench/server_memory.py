@@ -8,7 +8,7 @@ baseline is the same idle-import process as for clients. The open audit (``FS_AU
 import os
 import threading
 
-from bench import common
+from bench import common, logs
 from bench.client_memory import baseline_kb, training_extra, training_job
 from bench.common import MB, row
 
@@ -43,7 +43,7 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
     starts = sorted(  # a phase starts at the first log line holding its marker
         (min(ts), name) for name, marker, whose in PHASES
         for ts in [[t for k, path in res["logs"].items() if (k == "server") == (whose == "server")
-                    for t in common.log_times(path, marker)]] if ts)
+                    for t in logs.log_times(path, marker)]] if ts)
     res["timeline"] = []
     for (t0, name), t1 in zip(starts, [t for t, _ in starts[1:]] + [float("inf")]):
         kbs = [s["server"] for ts, s in samples if t0 <= ts < t1 and s["server"] is not None]

@@ -171,6 +171,7 @@ class Swarm:
         self._connecting: Optional[asyncio.Semaphore] = None   # made in run(), on its loop
         self._in_flight = 0
         self.peak_connecting = 0        # most sessions open at once before their join's answer
+        self.heartbeat_s = plan.heartbeat_interval   # as the server asked (the last session's)
 
     def _update_for(self, model: Dict) -> Dict:
         """One update shared by every virtual client: the model nudged by fixed noise (same
@@ -264,7 +265,8 @@ class Swarm:
         try:
             metadata = dict(await call.initial_metadata() or ())
             nonce, more = metadata.get(NONCE_HEADER), announced_chunk(metadata.get(CHUNK_HEADER))
-            every = announced_heartbeat(metadata.get(HEARTBEAT_HEADER), plan.heartbeat_interval)
+            every = self.heartbeat_s = announced_heartbeat(metadata.get(HEARTBEAT_HEADER),
+                                                           plan.heartbeat_interval)
             await write(signed_join(Message(JOIN_IN, cid, 0, 0, {
                 "client_id": cid, "token": shard.token, "num_samples": dict(shard.num_samples),
                 "declaration": shard.declaration}), nonce))

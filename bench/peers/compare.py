@@ -14,7 +14,7 @@ import socket
 import subprocess
 from typing import Dict, List
 
-from bench import common
+from bench import common, logs
 from bench.common import median, row
 from bench.peers.tree import Tree
 from harness import procs
@@ -64,7 +64,7 @@ def run_standalone(ctx, prof: dict, manifest: str) -> dict:
             3600, check=False)[0]
         t.mark_end()
     rep = common.checked(ctx, "standalone", code, rep_path, log)
-    return _measured(t, common.round_times(log), common.final_acc(log),
+    return _measured(t, logs.round_times(log), logs.final_acc(log),
                      {rep["pid"]: rep["status_kb"]["VmHWM"]})
 
 
@@ -74,7 +74,7 @@ def run_distributed(ctx, prof: dict, manifest: str) -> dict:
                              ["model.hidden", str(prof["hidden"])], timeout=3600)
         t.mark_end()
     log = res["logs"]["server"]
-    return _measured(t, common.round_times(log), common.final_acc(log), {
+    return _measured(t, logs.round_times(log), logs.final_acc(log), {
         r["pid"]: r["status_kb"]["VmHWM"] for r in [res["server"]] + list(res["clients"].values())})
 
 
