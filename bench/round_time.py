@@ -29,10 +29,11 @@ MODES = ("dist", "standalone")
 BASE = ["train.batch_or_epoch", "batch", "eval.freq", "100000", "eval.split", "['test']"]
 
 
-def _mode(log: str, logs, series, names, wall_s, preempted) -> dict:
-    """One mode's figures from its logs and the CPU samples of its processes ``names``."""
+def _mode(log: str, paths, series, names, wall_s, preempted) -> dict:
+    """One mode's figures from its log files ``paths`` and the CPU samples of its processes
+    ``names``."""
     trained, agg = {}, {}
-    for path in logs:  # per round: last client's 'trained' -> server's 'aggregated'
+    for path in paths:  # per round: last client's 'trained' -> server's 'aggregated'
         for t, line in logs.log_lines(path):
             if m := _TRAINED.search(line):
                 trained[int(m.group(2))] = max(trained.get(int(m.group(2)), 0), t)
