@@ -67,12 +67,13 @@ REFUSAL_HOLD = 1.0
 # a flood. Beyond that they count as invalid messages, which close a flooding session.
 HEARTBEAT_RATE = 2 / MIN_HEARTBEAT_INTERVAL
 MIN_HEARTBEAT_WINDOW = 30.0
-# Each heartbeat costs the server ~0.2 ms (a gRPC read and a decode), so 3,550 clients at 5 s
-# kept an idle server 11 % busy. The server therefore asks for an interval (HEARTBEAT_HEADER,
-# with the nonce) that shares HEARTBEATS_PER_S between its expected clients: never shorter than
-# its own distribute.heartbeat_interval, never longer than a third of its heartbeat_timeout (a
-# quiet client still shows up three times before it counts as silent). Clients use the longer
-# of that and their own interval, so up to 500 expected clients nothing changes at 5 s.
+# Each heartbeat costs the server a gRPC read and a decode: ~0.2 ms (an idle server with 1,000
+# sessions spent 6.05 % of a core at 5 s, 1.8 % without heartbeats). The server therefore asks
+# for an interval (HEARTBEAT_HEADER, with the nonce) that shares HEARTBEATS_PER_S between its
+# expected clients: never shorter than its own distribute.heartbeat_interval, never longer than
+# a third of its heartbeat_timeout (a quiet client still shows up three times before it counts
+# as silent). Clients use the longer of that and their own interval, so up to 500 expected
+# clients nothing changes at 5 s.
 HEARTBEAT_HEADER = "fs-heartbeat-interval"
 HEARTBEATS_PER_S = 100.0
 MAX_ANNOUNCED_HEARTBEAT = 3600.0
