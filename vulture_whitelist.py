@@ -63,6 +63,7 @@ SourceAddressProxy  # harness/raw_peer.py (peers seen from a second loopback add
 _.connections  # harness/raw_peer.py SourceAddressProxy (its byte counts): bench/wire.py
 _.settled  # harness/raw_peer.py SourceAddressProxy: bench/wire.py
 shards_from_manifest  # harness/swarm.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
+_.heartbeat_s  # harness/swarm.py Swarm (the interval its server asked for): bench/scale.py
 ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
 run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)
 
