@@ -42,11 +42,13 @@ def test_swarm_of_200_finishes_a_job_without_losing_a_message(tmp_path):
 def test_a_swarm_opening_few_sessions_at_once_still_joins_all_of_them(tmp_path):
     """``max_connecting``: at most that many sessions wait for their join's answer at once (a
     swarm of thousands on one machine cannot answer thousands of nonces in time); the rest
-    wait their turn, and every client joins and finishes."""
+    wait their turn, and every client joins and finishes. Its sessions beat at the interval
+    their server asks for (the server's own 7 s here), as real clients do."""
     import asyncio
     n, rounds = 120, 1
     manifest, shards = write_swarm_manifest(str(tmp_path / "shards"), n)
-    server, port, log = _start_server(tmp_path, manifest, rounds)
+    server, port, log = _start_server(tmp_path, manifest, rounds,
+                                      ("distribute.heartbeat_interval", "7"))
     try:
         swarm = Swarm(SwarmPlan(f"127.0.0.1:{port}", shards, timeout=120, max_connecting=8))
         res = asyncio.run(swarm.run())
@@ -58,6 +60,7 @@ def test_a_swarm_opening_few_sessions_at_once_still_joins_all_of_them(tmp_path):
     assert s["join_retries"] == 0 and s["errors"] == [], s
     assert 2 <= swarm.peak_connecting <= 8, swarm.peak_connecting
     assert swarm._in_flight == 0                 # every slot given back
+    assert swarm.heartbeat_s == 7.0              # the plan's own is 5 s
     assert _aggregated(log) == [n]
 
 

@@ -218,11 +218,16 @@ def test_stop_waits_while_sessions_keep_ending(server, caplog, monkeypatch, dela
         assert warned[0].startswith(f"{left} session(s) still open after"), warned
 
 
-def _bound_peers(t, inbox, addr, n):
+def _bound_peers(t, inbox, addr, n, conns=None):
+    """``n`` peers joined as clients 1..n; ``conns`` (a dict) gets client id -> connection id
+    (streams open in any order, so connection ids need not follow the peers')."""
     peers = [RawPeer(addr) for _ in range(n)]
     for k, p in enumerate(peers, 1):
         p.join(k)
-        t.bind(next_incoming(inbox).conn_id, k)
+        conn = next_incoming(inbox).conn_id
+        t.bind(conn, k)
+        if conns is not None:
+            conns[k] = conn
     return peers
 
 
@@ -233,9 +238,9 @@ def test_heartbeats_stay_in_the_transport_and_stamp_their_connection(server, cap
     unjoined stream's heartbeat is still rejected."""
     caplog.set_level(logging.WARNING, LOGGER)
     t, inbox, addr = server(max_clients=8)
-    peers = _bound_peers(t, inbox, addr, 4)
+    conns = {}
+    peers = _bound_peers(t, inbox, addr, 4, conns)
     try:
-        conns = {k: c for k, c in enumerate(sorted(t._conns), 1)}
         assert [t.last_heard(c) for c in conns.values()] == [0.0] * 4   # joins predate binding
         before = time.monotonic()
         for k, p in enumerate(peers, 1):

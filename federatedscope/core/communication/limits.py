@@ -3,7 +3,6 @@
 Shared by the server and the client transports. The limits are derived once from the config,
 the expected client count and the model size (see ``derive_limits``)."""
 import errno
-import math
 import socket
 from dataclasses import dataclass
 
@@ -189,9 +188,8 @@ def announced_heartbeat(value, own: float) -> float:
         asked = float(value)
     except (TypeError, ValueError):
         return own
-    if own <= 0 or not math.isfinite(asked) or asked > MAX_ANNOUNCED_HEARTBEAT:
-        return own
-    return max(own, asked)
+    # False for NaN too: a client never beats faster than it chose, nor stops for an odd value
+    return asked if own > 0 and own <= asked <= MAX_ANNOUNCED_HEARTBEAT else own
 
 
 def server_options(cfg, limits: Limits) -> list:
