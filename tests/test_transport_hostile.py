@@ -207,8 +207,8 @@ def test_stop_waits_while_sessions_keep_ending(server, caplog, monkeypatch, dela
     monkeypatch.setattr(grpc_server, "STOP_DRAIN_MAX", cap)
     caplog.set_level(logging.WARNING, LOGGER)
     t, _, _ = server()
+    began = time.monotonic()    # before the sessions' end timers start: none fires earlier
     _park_sessions(t, delays)
-    began = time.monotonic()
     t.stop(grace=0.5)
     took = time.monotonic() - began
     assert len(t._conns) == left and least <= took < least + 5.0, (len(t._conns), took)
