@@ -175,7 +175,7 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
 def heartbeat_interval_for(expected_clients: int, own: float, timeout: float) -> float:
     """The heartbeat interval a server asks for (see ``HEARTBEATS_PER_S``); ``own`` and
     ``timeout`` are its ``distribute.heartbeat_interval`` and ``heartbeat_timeout``."""
-    share = max(0, int(expected_clients)) / HEARTBEATS_PER_S
+    share = expected_clients / HEARTBEATS_PER_S
     if timeout > 0:
         share = min(share, timeout / 3)
     return max(own, share)
