@@ -272,6 +272,7 @@ def sample_procs(named: dict, read, period: float) -> list:
         time.sleep(period)
     return series
 
+
 # ----------------------------------------------------------------------------- fixtures
 def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
     """``build()`` into a fresh ``out`` unless ``out/stamp.json`` holds ``params``; what build

@@ -139,10 +139,11 @@ def run(ctx) -> dict:
     ctx.log(f"  {len(files)} files, {in_bytes / MB:,.0f} MB; page-caching them")
     sharding.warm(files)
     got = {}
-    # hooked parses (0 clients) before and after the tool: load drift hits both sides
-    for tag, clients in (("hook0", 0), ("tool200", 200), ("tool3550", WRITERS), ("hook1", 0)):
-        got[tag] = sharding.tool_run(ctx, tag, root, clients, STEP_TIMEOUT) if clients else \
-            sharding.floor_run(ctx, tag, files, True, STEP_TIMEOUT)
+    # hooked parses (no client count) before and after the tool: load drift hits both sides
+    for tag, clients in (("hook0", None), ("tool200", 200), ("tool3550", WRITERS),
+                         ("hook1", None)):
+        got[tag] = (sharding.floor_run(ctx, tag, files, True, STEP_TIMEOUT) if clients is None
+                    else sharding.tool_run(ctx, tag, root, clients, STEP_TIMEOUT))
         ctx.log(f"  {tag}: {got[tag]['work_s']:.1f} s, {got[tag]['samples_per_s']:,.0f} samples/s")
     ident = bit_identity(ctx, files, got["tool200"]["out"], got["tool3550"]["out"])
     return report(gen, [os.path.getsize(p) for p in files], got, ident,

@@ -34,8 +34,8 @@ def section(results_dir: str = RESULTS) -> str:
     ms = [r.get("machine", {}) for r in results]
     commits = sorted({f"`{report.commit(m)}`" + (" (dirty tree)" if m.get("git_dirty") else "")
                       for m in ms})
-    runs, cpus = sorted(set(map(report.run_kind, results))), ms[0].get("cpus_usable",
-                                                                       ms[0].get("cpu_count"))
+    runs = sorted(set(map(report.run_kind, results)))
+    cpus = ms[0].get("cpus_usable", ms[0].get("cpu_count"))
     out: List[str] = [
         f"Measured by `make bench` on this machine ({cpus} CPUs, shared); {' and '.join(runs)} "
         f"run(s) of commit {', '.join(commits)}. Every headline figure of `bench/REPORT.md`, "
