@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federatedscope.cv.dataset import leaf_femnist as lf
 
@@ -235,36 +237,69 @@ def test_read_fs_processed_task(tmp_path):
         lf.read_fs_processed_task(str(tmp_path))
 
 
-def test_pixels_fast_path_equals_the_checked_path_and_falls_back_on_bad_rows():
-    """``_pixels`` packs rows with struct; what struct refuses goes to leaf_checks.images, whose
-    error names the sample and pixel; a file holding a JSON boolean always takes the checked path."""
-    from federatedscope.cv.dataset.leaf_checks import images
+def _parsed_rows(rows) -> list:
+    """Rows as the reader sees them: written as JSON text, parsed through its hook."""
+    return lf._load_json("w.json", json.dumps({"x": rows}).encode())["x"]
+
+
+def test_pixels_join_exact_literals_and_send_anything_else_to_the_checked_path():
+    """Exact k/255 literals are joined as bytes; JSON integers (1 == 255/255) and 1 - k/255
+    (k/255 up to rounding) take the checked path and give the same uint8; every bad row is named
+    by sample and pixel, never rounded."""
+    hook = lf._PixelIntern()
+    assert [hook[repr(k / 255)] for k in range(256)] == [bytes((k,)) for k in range(256)]
+    assert hook["-0.0"] == b"\0" and hook["0.99607843"] == b"\xfe"  # 254/255 to 8 places
+    for other in ("0.5", "1.0039215686", "-0.0039215686", "2.0", "1e400", "-1e400"):
+        assert type(hook[other]) is float  # for the checked path to name
     rng = np.random.default_rng(5)
-    xs = [[float(k) / 255 for k in rng.integers(0, 256, 784)] for _ in range(6)]
-    xs[2][10] = 1  # JSON integers are pixels too (1 == 255/255)
-    fast = lf._pixels(xs, "w", False)
-    assert fast.dtype == np.float64 and fast.shape == (6, 784)
-    assert np.array_equal(fast, images(xs, "w", False))
-    assert lf.floats_to_uint8(fast, "w")[2, 10] == 255
+    ks = rng.integers(0, 256, (6, 784))
+    ks[0, :256] = np.arange(256)  # every grey level at least once
+    xs = [[float(k) / 255 for k in row] for row in ks]
+    fast = lf._pixels(_parsed_rows(xs), "w")
+    assert fast.dtype == np.uint8 and np.array_equal(fast, ks)
+    odd = [list(r) for r in xs]
+    odd[2][10], odd[3][0], odd[4][7] = 1, 0, 1 - 3 / 255
+    want = ks.copy()
+    want[2, 10], want[3, 0], want[4, 7] = 255, 0, 252
+    assert np.array_equal(lf._pixels(_parsed_rows(odd), "w"), want)
     for bad, says in [(xs[:1] + [xs[1][:783]], "sample 1: image has 783 values"),
+                      # 783 + 785 values join to 2 x 784: the length check still names it
+                      ([xs[0][:783], xs[1] + [0.0]], "sample 0: image has 783 values"),
                       (xs[:3] + [xs[3][:5] + ["0.5"] + xs[3][6:]], "sample 3, pixel 5: '0.5'"),
                       (xs[:1] + [xs[1][:9] + [None] + xs[1][10:]], "sample 1, pixel 9: None"),
+                      (xs[:4] + [xs[4][:3] + [True] + xs[4][4:]],
+                       "sample 4, pixel 3: True is a JSON boolean"),
                       (xs[:2] + [[xs[2]] * 784], "sample 2, pixel 0"),
-                      ([{"a": 1}], "sample 0: image is a JSON object")]:
+                      ([{"a": 1}], "sample 0: image is a JSON object"),
+                      (xs[:5] + [xs[5][:100] + [0.5] + xs[5][101:]],
+                       "sample 5 pixel 100: 1 pixel value"),
+                      (xs[:1] + [xs[1][:2] + [2.0] + xs[1][3:]], "sample 1 pixel 2: 1 pixel")]:
         with pytest.raises(ValueError, match="^w, " + says.replace("(", r"\(")):
-            lf._pixels(bad, "w", False)
-    with_bool = xs[:4] + [xs[4][:3] + [True] + xs[4][4:]]
-    assert np.array_equal(lf._pixels(xs, "w", True), fast)  # the checked path, same values
-    with pytest.raises(ValueError, match="^w, sample 4, pixel 3: True is a JSON boolean"):
-        lf._pixels(with_bool, "w", True)
+            lf._pixels(_parsed_rows(bad), "w")
 
 
-@pytest.mark.parametrize("data, word, found", [
-    (b'{"users": ["f1"], "x": [1, 2]}', b"false", False),
-    (b'{"a": [1, false]}', b"false", True),
-    (b"t" * 5000 + b"rue", b"true", True),        # past the 1000 first letters: the plain scan
-    (b"t" * 5000 + b"ru", b"true", False),
-    (b"tru" + b"t" * 3 + b"true", b"true", True),
-    (b"", b"true", False)])
-def test_mentions_finds_a_word_like_in(data, word, found):
-    assert lf._mentions(data, word) is found is (word in data)
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 255), min_size=1, max_size=40),
+       st.sampled_from(["%r", "%.17g", "%.9f", "%.12e"]))
+def test_every_way_of_writing_k255_reads_back_as_k(ks, fmt):
+    """However a writer prints k/255 (shortest repr, 17 digits, 9 decimals, exponent), the
+    parsed pixel is k: the hook's tolerance is floats_to_uint8's."""
+    row = ", ".join(fmt % (k / 255) for k in ks)
+    n = len(ks)
+    pixels = (row + ", ") * (784 // n) + ", ".join(fmt % (k / 255) for k in ks[:784 % n])
+    text = '{"x": [[' + pixels.rstrip(", ") + "]]}"
+    got = lf._pixels(lf._load_json("w.json", text.encode())["x"], "w")
+    assert got[0].tolist() == (ks * (784 // n + 1))[:784]
+
+
+def test_a_float_label_or_count_is_named_as_the_number_written(tmp_path):
+    """1.0 parses to the hook's byte 255; messages still show the JSON number."""
+    _write_leaf(tmp_path / "bad.json", {"f0001_01": {"x": [[0.0] * 784] * 2, "y": [3, 1.0]}})
+    with pytest.raises(ValueError, match=r"sample 1: label 1\.0 is a JSON number with a fraction"):
+        list(lf.iter_leaf_writers(str(tmp_path)))
+    doc = json.loads((tmp_path / "bad.json").read_text())
+    doc["user_data"]["f0001_01"]["y"] = [3, 1]
+    doc["num_samples"] = [0.0]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"'num_samples' says 0\.0 but user_data holds 2"):
+        list(lf.iter_leaf_writers(str(tmp_path)))

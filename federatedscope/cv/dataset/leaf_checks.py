@@ -27,9 +27,16 @@ def labels(ys: list, where: str) -> np.ndarray:
         raise ValueError("%s, sample %d: label %d is outside [0, %d); %s"
                          % (where, i, ys[i], NUM_CLASSES, FIX))
     i = next(i for i, v in enumerate(ys) if type(v) is not int)
+    v = json_number(ys[i])
     raise ValueError("%s, sample %d: label %r is a JSON %s; labels must be JSON integers in "
                      "[0, %d) (nothing is rounded or converted); %s"
-                     % (where, i, ys[i], _json_type(ys[i]), NUM_CLASSES, FIX))
+                     % (where, i, v, _json_type(v), NUM_CLASSES, FIX))
+
+
+def json_number(v: object) -> object:
+    """A parsed JSON value as the number it was: FEMNIST's parse hook turns each exact ``k/255``
+    literal into the 1-byte ``bytes`` ``k`` (``leaf_femnist._PixelIntern``)."""
+    return v[0] / 255 if type(v) is bytes else v
 
 
 def _json_type(v: object) -> str:
@@ -96,10 +103,10 @@ def check_users(raw: dict, path: str) -> List[str]:
             y = data[uid].get("y") if isinstance(data[uid], dict) else None
             if isinstance(y, list) and (type(n) is not int or n != len(y)):
                 raise ValueError("%s, writer %s: 'num_samples' says %r but user_data holds %d "
-                                 "labels; %s" % (path, uid, n, len(y), FIX))
+                                 "labels; %s" % (path, uid, json_number(n), len(y), FIX))
     return users
 
 
 def _short(v: object) -> str:
-    text = repr(v)
+    text = repr([json_number(e) for e in v] if type(v) is list else json_number(v))
     return text if len(text) <= 60 else text[:57] + "..."
