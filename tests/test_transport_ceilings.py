@@ -25,7 +25,7 @@ from federatedscope.core.communication.flow import CHUNK_FIRST
 from federatedscope.core.communication.limits import (BAD_MESSAGES_PER_SESSION,
                                                       LOG_LINES_PER_INTERVAL, MAX_HEALTH_WATCHES,
                                                       PREJOIN_MAX_BYTES, derive_limits,
-                                                      server_options)
+                                                      grpc_options, server_options)
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.communication.grpc_client import signed_join
 from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, MODEL_PARA, REFUSE, Message
@@ -151,6 +151,20 @@ def test_the_idle_connection_limit_grows_with_the_expected_clients(expected, joi
     limits = derive_limits(cfg, max_clients=2 * expected, model_bytes=1 << 20)
     assert limits.idle_connection == pytest.approx(idle_s)
     assert ("grpc.max_connection_idle_ms", int(idle_s * 1000)) in server_options(cfg, limits)
+
+
+@pytest.mark.parametrize("heartbeat_timeout,slow_s", [(0.0, 30.0), (10.0, 30.0), (30.0, 30.0),
+                                                     (45.5, 45.5), (120.0, 120.0)])
+def test_a_keepalive_ack_may_take_as_long_as_a_large_message(heartbeat_timeout, slow_s):
+    """A PING queues behind the bytes on its socket: both ends wait for its ACK as long as the
+    server lets one large message take to cross (max(30 s, heartbeat_timeout)), pinging every
+    20 s."""
+    cfg = get_default_cfg()
+    cfg.distribute.heartbeat_timeout = heartbeat_timeout
+    limits = derive_limits(cfg, max_clients=8, model_bytes=1 << 20)
+    assert limits.write_timeout == limits.assembly_timeout == slow_s
+    want = {("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", int(slow_s * 1000))}
+    assert want <= set(server_options(cfg, limits)) and want <= set(grpc_options(cfg))
 
 
 def test_connections_without_streams_are_closed(femnist_root, femnist_shards, tmp_path):

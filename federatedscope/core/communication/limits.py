@@ -28,6 +28,18 @@ CONCURRENT_BIG_WRITES = 2
 MAX_BACKLOG = 8
 # Headroom over 2 x the model's raw bytes: frame header, content JSON, tensor names.
 MESSAGE_MARGIN = 1024 * 1024
+# A slow link is not an attack: a peer may take max(this, distribute.heartbeat_timeout) seconds
+# to send one large message (assembly) or to accept one (write), as long as a silent client is
+# tolerated.
+MIN_SLOW_LINK = 30.0
+# HTTP/2 keepalive PINGs find a dead connection (a dropped NAT mapping, a host gone) that no
+# message would reveal. A PING waits behind the bytes already queued on its socket, so while a
+# model crosses a slow or busy link its ACK takes as long as those bytes (gRPC issue 22963;
+# measured on a 1 Mbit/s link: 5.6 s behind a model being sent). A short
+# ACK timeout would close a healthy connection mid-transfer, so both ends wait as long as a
+# large message may take (``slow_link_seconds``); a dead peer is still found within
+# KEEPALIVE_TIME + that.
+KEEPALIVE_TIME = 20.0
 # A chunked upload holding an inbox slot must make progress at least this often (its sender
 # writes the chunks back to back once it has the slot; only a frozen or hostile peer pauses).
 STALL_SECONDS = 10.0
@@ -48,7 +60,8 @@ UNARY_HEADROOM = 16
 BAD_MESSAGES_PER_SESSION = 16
 # Connections one peer address may hold with streams but no joined client, beyond the clients
 # not yet joined (each needs one): a client reconnecting while the server still holds its old
-# session (a dead NAT mapping is noticed by keepalive within 30 s), a few at once behind one NAT.
+# session (keepalive notices a dead NAT mapping within 20 s + max(30 s, heartbeat_timeout)), a few
+# at once behind one NAT.
 CONNECTION_HEADROOM = 8
 # Seconds a stream must have been idle (no join sent) before a newcomer from its address, at the
 # address's ceiling, may close it: longer than an honest join's round trip, short enough that a
@@ -93,6 +106,11 @@ MIN_IDLE_CONNECTION = 10.0
 IDLE_CHECKS_PER_S = 50.0
 
 
+def slow_link_seconds(cfg) -> float:
+    """Seconds one large message may take to cross (see ``MIN_SLOW_LINK``)."""
+    return max(MIN_SLOW_LINK, float(cfg.distribute.heartbeat_timeout))
+
+
 def grpc_options(cfg, max_receive: int = 0) -> list:
     limit_mb = cfg.distribute.max_message_mb
     send = cfg.distribute.grpc_max_send_message_length
@@ -102,7 +120,8 @@ def grpc_options(cfg, max_receive: int = 0) -> list:
     if max_receive > 0:
         recv = min(recv, max_receive)
     return [("grpc.max_send_message_length", send), ("grpc.max_receive_message_length", recv),
-            ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
+            ("grpc.keepalive_timeout_ms", int(slow_link_seconds(cfg) * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
@@ -153,9 +172,8 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
     return Limits(max_receive=recv, prejoin_max=min(PREJOIN_MAX_BYTES, recv),
                   max_unjoined=unjoined, max_sessions=max_clients + unjoined,
                   join_deadline=float(cfg.distribute.join_deadline),
-                  # as long as a silent client is tolerated: a slow link is not an attack
-                  assembly_timeout=max(30.0, float(cfg.distribute.heartbeat_timeout)),
-                  write_timeout=max(30.0, float(cfg.distribute.heartbeat_timeout)),
+                  assembly_timeout=slow_link_seconds(cfg),
+                  write_timeout=slow_link_seconds(cfg),
                   stream_window=int(cfg.distribute.grpc_stream_window_kb * 1024),
                   # every session may have its own connection, plus as many idle ones (a client
                   # between sessions, a health checker) before new connections wait
