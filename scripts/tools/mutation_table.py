@@ -63,6 +63,11 @@ TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
 # worker runs repeat in-process checks through 1-3 forked workers, seconds per mutant
 DATA_SLOW = ("not standalone_run_over_the_local_transport and not epoch[1] and not seeded[3] "
              "and not remainder[3] and not pinning_give_the_same_batches")
+# the transport's derived limits: the in-process derivations only (the real-server tests of
+# test_transport_ceilings take 10-20 s each; what they check of limits.py is its option values,
+# pinned by the in-process tests), and the real client beating at the announced interval (6 s)
+LIMITS_SLOW = ("not real_client and (not test_transport_ceilings or idle_connection_limit or "
+               "keepalive_ack)")
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     # robust.py has its own row above. Not rerun per mutant: test_server_core.py and
@@ -118,6 +123,12 @@ MODULES: Dict[str, Module] = {
                    DATA_SLOW),
     "codec": Module([FL + "communication/codec.py"],
                     ["tests/test_codec.py", "tests/test_codec_props.py"], CODEC_SLOW),
+    "limits": Module([FL + "communication/limits.py"],
+                     ["tests/test_heartbeat_allowance.py", "tests/test_transport_ceilings.py",
+                      "tests/test_unjoined_streams.py"], LIMITS_SLOW),
+    # FEMNIST's LEAF reader (a domain package, but every shard of it passes through here)
+    "leaf": Module(["federatedscope/cv/dataset/leaf_femnist.py",
+                    "federatedscope/cv/dataset/leaf_checks.py"], ["tests/test_leaf_reader.py"]),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
                        "tests/test_config_choices.py", "tests/test_cfg_keys.py",
