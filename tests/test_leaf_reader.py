@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -276,6 +277,31 @@ def test_pixels_join_exact_literals_and_send_anything_else_to_the_checked_path()
                       (xs[:1] + [xs[1][:2] + [2.0] + xs[1][3:]], "sample 1 pixel 2: 1 pixel")]:
         with pytest.raises(ValueError, match="^w, " + says.replace("(", r"\(")):
             lf._pixels(_parsed_rows(bad), "w")
+
+
+def test_valid_rows_are_joined_without_the_checked_path(monkeypatch, tmp_path):
+    """The checked path gives the same pixels, so only its absence shows the join did the work:
+    with it disabled, valid rows (and a whole valid file) still read back exactly."""
+    def refused(*_):
+        raise AssertionError("a valid row took the checked path")
+    monkeypatch.setattr(lf, "images", refused)
+    monkeypatch.setattr(lf, "floats_to_uint8", refused)
+    ks = np.random.default_rng(9).integers(0, 256, (5, 784))
+    got = lf._pixels(_parsed_rows([[k / 255 for k in row] for row in ks.tolist()]), "w")
+    assert got.shape == (5, 784) and got.flags.writeable and np.array_equal(got, ks)
+    _write_leaf(tmp_path / "ok.json", {"f0007_11": {"x": [[k / 255 for k in row]
+                                                          for row in ks.tolist()],
+                                                    "y": [0, 61, 3, 3, 9]}})
+    (w,) = list(lf.iter_leaf_writers(str(tmp_path)))
+    assert w.x.shape == (5, 28, 28) and np.array_equal(w.x.reshape(5, 784), ks)
+    assert w.y.tolist() == [0, 61, 3, 3, 9] and w.writer_id == "f0007_11"
+
+
+def test_a_file_that_is_not_json_is_named(tmp_path):
+    bad = tmp_path / "all_data_0.json"
+    bad.write_bytes(b'{"users": ["f1"], "user_data": {')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: not valid JSON \("):
+        list(lf.iter_leaf_writers(str(tmp_path)))
 
 
 @settings(max_examples=60, deadline=None)
