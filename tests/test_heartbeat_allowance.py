@@ -104,7 +104,8 @@ def test_the_asked_interval_bounds_the_rate_or_keeps_three_per_timeout(n, own, t
 @pytest.mark.parametrize("value,own,used", [
     (None, 5.0, 5.0), ("", 5.0, 5.0), ("ten", 5.0, 5.0), ("nan", 5.0, 5.0), ("inf", 5.0, 5.0),
     ("-1", 5.0, 5.0), ("2", 5.0, 5.0), ("10", 5.0, 10.0), ("35.5", 5.0, 35.5),
-    ("3600", 5.0, 3600.0), ("3601", 5.0, 5.0), ("10", 0.0, 0.0), ("10", 12.0, 12.0)])
+    ("3600", 5.0, 3600.0), ("3601", 5.0, 5.0), ("10", 0.0, 0.0), ("10", 12.0, 12.0),
+    ("2", 0.5, 2.0), ("0.25", 0.1, 0.25), ("5", 5.0, 5.0), ("-0.5", 0.5, 0.5)])
 def test_a_client_takes_the_longer_of_its_own_and_a_sane_announcement(value, own, used):
     assert announced_heartbeat(value, own) == used
 

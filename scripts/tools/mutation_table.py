@@ -130,7 +130,8 @@ MODULES: Dict[str, Module] = {
     # FEMNIST's LEAF reader (a domain package, but every shard of it passes through here)
     "leaf": Module(["federatedscope/cv/dataset/leaf_femnist.py",
                     "federatedscope/cv/dataset/leaf_checks.py"],
-                   ["tests/test_leaf_reader.py", "tests/test_sharding_safety.py",
+                   ["tests/test_leaf_reader.py", "tests/test_leaf_checks.py",
+                    "tests/test_sharding_safety.py",
                     "tests/test_sharding.py"], SHARDING_SLOW),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
