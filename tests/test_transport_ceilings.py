@@ -24,8 +24,9 @@ from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import CHUNK_FIRST
 from federatedscope.core.communication.limits import (BAD_MESSAGES_PER_SESSION,
                                                       LOG_LINES_PER_INTERVAL, MAX_HEALTH_WATCHES,
-                                                      PREJOIN_MAX_BYTES, derive_limits,
-                                                      grpc_options, server_options)
+                                                      PREJOIN_MAX_BYTES, STALL_SECONDS,
+                                                      derive_limits, grpc_options,
+                                                      server_options)
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.communication.grpc_client import signed_join
 from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, MODEL_PARA, REFUSE, Message
@@ -195,11 +196,13 @@ def _round_times(log: str) -> dict:
 
 
 def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_shards, tmp_path):
-    """Before any client starts, 16 strangers each open a session, send a first chunk declaring
-    exactly the pre-join cap and stall until join_deadline (20 s here) closes them. Were each to
-    take one of the 4 upload slots, every upload would wait for a squatter's deadline (before
-    the fix, rounds took 7 x the honest ones). They never take one: all 6 rounds run while the
-    16 squat (none is closed before the job ends), each in under a quarter of the deadline.
+    """Before any client starts, 16 strangers each open a session and send a first chunk
+    declaring exactly the pre-join cap, then stall; a squatter closed mid-job opens a new session
+    at once. Were each to take one of the 4 upload slots, every upload would wait for a squatter
+    to be closed (before the fix, rounds took 7 x the honest ones). They never take one: all 6
+    rounds run while 16 squat, each in under a quarter of the join deadline (20 s here), and a
+    squatter is closed no sooner than the stall rule's STALL_SECONDS without progress (on a busy
+    machine the clients' start-up alone can outlast it, so closures themselves are allowed).
 
     The address's connection ceiling is set above the squatter count
     (distribute.grpc_max_connections_per_address 32) so that all 16 hold their streams: at the
@@ -238,7 +241,8 @@ def test_unjoined_streams_cannot_squat_the_upload_slots(femnist_root, femnist_sh
         wait_all([server] + clients, timeout=300, expect=[0, 0, 0, 0])
     finally:
         stop.set()
-    assert opened == 16 and not closed_early, (opened, sorted(closed_early)[:4])
+    assert opened >= 16 and all(t >= STALL_SECONDS - 0.5 for t in closed_early), \
+        (opened, sorted(closed_early)[:4])
     times = _round_times(job.server_log())
     assert sorted(times) == list(range(1, rounds + 1)), times
     assert statistics.median(times.values()) <= deadline / 4, times
