@@ -75,6 +75,7 @@ def test_an_odd_client_ceiling_and_an_unknown_model_are_counted_in_whole_clients
     assert type(got.expected_clients) is int and type(got.max_unjoined) is int
     assert (got.idle_connection, got.upload_chunk, got.heartbeat_interval) == (24.0, 65527, 10.0)
     assert got.max_receive == 300 * MIB and got.max_connections == 2001 + 2000 + 16
+    assert derive_limits(_cfg(), 7101, 0).idle_connection == 71.0     # 3,550 / 50, not 3,550.5
 
 
 def test_the_default_join_deadline_is_what_case_two_assumed():
