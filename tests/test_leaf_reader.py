@@ -284,10 +284,12 @@ def test_valid_rows_are_joined_without_the_checked_path(monkeypatch, tmp_path):
     with it disabled, valid rows (and a whole valid file) still read back exactly."""
     def refused(*_):
         raise AssertionError("a valid row took the checked path")
-    monkeypatch.setattr(lf, "images", refused)
-    monkeypatch.setattr(lf, "floats_to_uint8", refused)
     ks = np.random.default_rng(9).integers(0, 256, (5, 784))
-    got = lf._pixels(_parsed_rows([[k / 255 for k in row] for row in ks.tolist()]), "w")
+    rows = _parsed_rows([[k / 255 for k in row] for row in ks.tolist()])  # the hook checks k/255
+    monkeypatch.setattr(lf, "images", refused)          # every checked path starts here
+    with monkeypatch.context() as m:
+        m.setattr(lf, "floats_to_uint8", refused)
+        got = lf._pixels(rows, "w")
     assert got.shape == (5, 784) and got.flags.writeable and np.array_equal(got, ks)
     _write_leaf(tmp_path / "ok.json", {"f0007_11": {"x": [[k / 255 for k in row]
                                                           for row in ks.tolist()],

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -146,8 +145,11 @@ class _PixelIntern(dict):
 
     def __missing__(self, key: str) -> Union[bytes, float]:
         v = float(key)
-        k = round(v * 255) if math.isfinite(v) else -1
-        value = self[key] = bytes((k,)) if 0 <= k <= 255 and abs(v - k / 255) <= K255_TOL else v
+        try:  # the one k/255 rule (floats_to_uint8), once per distinct literal
+            value = floats_to_uint8(np.asarray(v), key).tobytes()
+        except ValueError:
+            value = v
+        self[key] = value
         return value
 
 
