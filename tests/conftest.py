@@ -30,12 +30,12 @@ torch.set_num_threads(1)
 # test starts last on an otherwise idle worker; `make test-fast` runs the fast tier alone.
 PROCESS_MODULES = [
     "test_launcher", "test_faults", "test_chaos", "test_datasets_e2e", "test_transport_ceilings",
-    "test_algorithms_e2e", "test_shard_refresh", "test_transport_process", "test_write_failures",
-    "test_fs_user_script", "test_swarm", "test_shard_mode", "test_femnist_sample",
-    "test_fs_distributed_configs", "test_multihost_netns", "test_auth", "test_fuzz",
-    "test_exit_codes", "test_bench_smoke", "test_insiders", "test_distributed_e2e",
-    "test_transport_hostile", "test_sharding", "test_sharding_safety",
-    "test_shard_tool_guarantees", "test_robust_rules_bench", "test_swarm_real_manifest",
+    "test_algorithms_e2e", "test_shard_refresh", "test_trainer", "test_transport_process",
+    "test_write_failures", "test_fs_user_script", "test_swarm", "test_shard_mode",
+    "test_femnist_sample", "test_fs_distributed_configs", "test_multihost_netns", "test_auth",
+    "test_fuzz", "test_exit_codes", "test_bench_smoke", "test_insiders", "test_distributed_e2e",
+    "test_transport_hostile", "test_sharding", "test_sharding_safety", "test_shard_tool_guarantees",
+    "test_robust_rules_bench", "test_swarm_real_manifest",
 ]
 
 
