@@ -88,7 +88,7 @@ def test_a_metric_nobody_reports_gets_a_note_not_an_empty_legend(tmp_path):
         warnings.simplefilter("error")
         assert write_curves(str(path), str(tmp_path / "curves.png")) == str(tmp_path / "curves.png")
     import matplotlib.pyplot as plt
-    assert plt.get_fignums() == []          # closed, even with a panel left empty
+    assert plt.get_fignums() == []          # drawn without pyplot: no figure left open
 
 
 def test_without_matplotlib_one_line_says_how_to_install(tmp_path, monkeypatch, caplog):
