@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from harness.jobs import LIGHT_TRAINING
 from harness.procs import ROOT, free_port, run_script
 
 from federatedscope.core.data import shard_format as mu
@@ -100,13 +101,15 @@ def test_bad_health_timeout_and_resume_without_checkpoint(shards, tmp_path):
 
 def test_managed_run_with_tokens_by_default_survives_ctrl_c_and_resumes(shards, tmp_path):
     """One managed job: tokens made by default, Ctrl-C after the first checkpoint, a new run
-    refused, then --resume finishes all 5 rounds from the checkpoint."""
+    refused, then --resume finishes all 8 rounds from the checkpoint."""
     logdir = tmp_path / "logs"
-    # 5 rounds: Ctrl-C lands within 0.2 s of the first checkpoint, rounds ahead of the end.
+    # 8 light rounds (~0.5 s each here): Ctrl-C lands within 0.2 s of the first checkpoint,
+    # seconds ahead of the end; what is learnt does not matter, only the lifecycle.
     # A user's Ctrl-C reaches a launcher whose SIGINT is at its default. A test run started in the
     # background (CI, `make test &`) inherits SIGINT *ignored*, and bash cannot trap a signal that
     # was ignored when it started: restore the default in the child, as a terminal would have it.
-    proc = subprocess.Popen(_argv(shards / "manifest.json", logdir, rounds=5), cwd=str(tmp_path),
+    proc = subprocess.Popen(_argv(shards / "manifest.json", logdir, *LIGHT_TRAINING, rounds=8),
+                            cwd=str(tmp_path),
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = logdir / "checkpoint.pt"     # checkpoint path set by default
@@ -132,7 +135,8 @@ def test_managed_run_with_tokens_by_default_survives_ctrl_c_and_resumes(shards, 
     assert mu.read_writer_ids(str(shards / "manifest.json"), 1)  # the rewrite kept writer ids
     res = _run(shards / "manifest.json", tmp_path)  # a new run would overwrite it: refused
     assert res.returncode == 1 and "--resume" in res.stderr
-    res = _run(shards / "manifest.json", tmp_path, "--resume", logdir=logdir, rounds=5, timeout=600)
+    res = _run(shards / "manifest.json", tmp_path, "--resume", *LIGHT_TRAINING, logdir=logdir,
+               rounds=8, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = (logdir / "server.log").read_text()
     assert "restored round" in log
@@ -141,7 +145,7 @@ def test_managed_run_with_tokens_by_default_survives_ctrl_c_and_resumes(shards, 
     assert "no dataset is opened on the server" in out
     for k in (1, 2, 3):
         assert f"Client {k} loaded" in out and f"client {k}:" in out
-    assert "final (round 5): weighted-avg test_acc=" in out
+    assert "final (round 8): weighted-avg test_acc=" in out
     assert "aggregated 3 update(s)" in out            # progress streamed from the server
     # the server required each client's token (tokens stay on for the resume): the job
     # finishing shows every client sent it
@@ -149,14 +153,14 @@ def test_managed_run_with_tokens_by_default_survives_ctrl_c_and_resumes(shards, 
 
 
 def test_legacy_runs_any_client_count(femnist_root, tmp_path):
-    """--legacy with 5 clients: the shipped YAML's data.subsample 0.05 (1 of 12 writers) must
+    """--legacy with 4 clients: the shipped YAML's data.subsample 0.05 (1 of 12 writers) must
     not cap it; the data comes from where the shards were cut."""
     run_script([os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py"), "--root",
-                femnist_root, "--clients", "5", "--out", str(tmp_path / "s5"), "--no-progress"],
+                femnist_root, "--clients", "4", "--out", str(tmp_path / "s4"), "--no-progress"],
                check=True)
-    res = _run(tmp_path / "s5" / "manifest.json", tmp_path, "--legacy")
+    res = _run(tmp_path / "s4" / "manifest.json", tmp_path, "--legacy")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "5 client shard(s) OK" in res.stdout and "final (round 1)" in res.stdout
+    assert "4 client shard(s) OK" in res.stdout and "final (round 1)" in res.stdout
     assert "loaded the whole dataset" in res.stdout
 
 

@@ -29,13 +29,13 @@ def test_standalone_accuracy_improves(femnist_root, tmp_path):
     cfg = os.path.join(ROOT, "scripts", "example_configs", "femnist.yaml")
     out = tmp_path / "exp"
     proc = start_main(["--cfg", cfg, "data.root", femnist_root, "data.subsample", "1.0",
-                       "federate.total_round_num", "6", "eval.freq", "1", "model.hidden", "128",
+                       "federate.total_round_num", "4", "eval.freq", "1", "model.hidden", "128",
                        "federate.sample_client_rate", "-1.0", "train.local_update_steps", "1",
                        "outdir", str(out)], str(tmp_path / "run.log"))
     assert wait_all([proc], timeout=300) == [0], open(tmp_path / "run.log").read()[-2000:]
     (log,) = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f == "eval_results.log"]
     lines = [json.loads(line) for line in open(log)]
     accs = [line["Results_weighted_avg"]["test_acc"] for line in lines if not line.get("Final")]
-    assert len(accs) == 6
+    assert len(accs) == 4
     assert accs[-1] > accs[0] and accs[-1] > 3 / 62, accs   # learning, clearly above chance
     assert lines[-1]["Final"] is True
