@@ -51,18 +51,17 @@ def test_json_number_reads_back_the_hooks_bytes_and_passes_the_rest():
     ([0.0] * 783 + [[1.0]], "sample 1, pixel 783: [1.0] is a JSON array, not a number")])
 def test_a_bad_image_names_its_sample_and_pixel(row, says):
     with pytest.raises(ValueError) as e:
-        images([[0.0] * 784, row, [1.0] * 784], W, True)
+        images([[0.0] * 784, row, [1.0] * 784], W)
     assert str(e.value) == f"{W}, {says}; {FIX}"
 
 
-def test_images_checked_or_not_give_the_same_floats_and_types_are_checked_when_asked():
+def test_images_give_float64_rows_and_a_json_boolean_is_never_a_pixel():
     xs = [[k / 255 for k in range(784)], [1] * 784, [0.0] * 784]
-    want = np.asarray(xs, dtype=np.float64)
-    for check in (False, True):
-        got = images(xs, W, check)
-        assert got.dtype == np.float64 and got.shape == (3, 784) and np.array_equal(got, want)
+    got = images(xs, W)
+    assert got.dtype == np.float64 and got.shape == (3, 784)
+    assert np.array_equal(got, np.asarray(xs, dtype=np.float64))
     with pytest.raises(ValueError, match=r"sample 2, pixel 5: True is a JSON boolean"):
-        images(xs[:2] + [[0.0] * 5 + [True] + [0.0] * 778], W, True)
+        images(xs[:2] + [[0.0] * 5 + [True] + [0.0] * 778], W)
 
 
 def _raw(users, counts, data):
@@ -91,14 +90,22 @@ def test_agreeing_bookkeeping_gives_the_users_order():
 @pytest.mark.parametrize("users,counts,says", [
     ("f1000_00", None, "'users' must be a list of writer id strings"),
     (["f1000_00", 7, "f1002_02", "f1003_03"], None, "'users' must be a list of writer id strings"),
-    (["f1000_00", "f1001_01", "f1000_00", "f1002_02", "f1003_03"], None,
-     "writer f1000_00 is listed twice in 'users'"),
+    (["f1000_00", "f1001_01", "f1002_02", "f1001_01", "f1003_03"], None,
+     "writer f1001_01 is listed twice in 'users'"),
     (["f1000_00", "f1001_01", "f1009_09", "f1002_02", "f1003_03"], None,
      "writer f1009_09 is in 'users' but not in 'user_data'"),
     (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], [3, 1, 2],
      "'num_samples' must list one count per writer in 'users' (4), got [3, 1, 2]"),
     (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], "3,1,2,5",
      "'num_samples' must list one count per writer in 'users' (4), got '3,1,2,5'"),
+    (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], [bytes((51,)), 1, 2],  # 0.2, as hooked
+     "'num_samples' must list one count per writer in 'users' (4), got [0.2, 1, 2]"),
+    (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], [1000] * 10,         # 60 chars: whole
+     "'num_samples' must list one count per writer in 'users' (4), got [" +
+     ", ".join(["1000"] * 10) + "]"),
+    (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], [1000] * 9 + [10000],  # 61: cut at 57
+     "'num_samples' must list one count per writer in 'users' (4), got "
+     "[1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 10..."),
     (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], [3, 1, 4, 5],
      ", writer f1002_02: 'num_samples' says 4 but user_data holds 2 labels"),
     (["f1000_00", "f1001_01", "f1002_02", "f1003_03"], [3, 1.0, 2, 5],

@@ -19,7 +19,8 @@ FIX = ("fix the file (re-run LEAF's preprocessing, or regenerate a sample with "
 def labels(ys: list, where: str) -> np.ndarray:
     """JSON integers in [0, 62) only: 3.7, "3" and true are errors, never rounded or converted."""
     if set(map(type, ys)) <= {int}:  # C-level type check; bool is its own type, so excluded
-        y = np.array(ys, dtype=object if max(map(abs, ys)) >= 2 ** 62 else np.int64)
+        # numpy holds a label beyond int64 as float64 or object: still compared exactly here
+        y = np.array(ys)
         bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
         if not len(bad):
             return y.astype(np.int64)
@@ -44,20 +45,14 @@ def _json_type(v: object) -> str:
             list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
 
-def images(xs: list, where: str, check_types: bool) -> np.ndarray:
-    """``[n, 784]`` float64; a ragged or non-numeric image names its sample index.
+def images(xs: list, where: str) -> np.ndarray:
+    """``[n, 784]`` float64; a ragged or non-numeric image names its sample index and pixel.
 
-    numpy would turn ``true`` into 1.0 silently, so when the file holds a JSON boolean anywhere
-    (``check_types``) every pixel's type is checked; otherwise numpy's dtype tells enough.
+    Every pixel's type is checked: numpy would turn ``true`` into 1.0 silently. Only writers
+    the fast pixel join refused come here (``leaf_femnist._pixels``), so this costs nothing on a
+    valid file.
     """
     row = SIDE * SIDE
-    if not check_types:
-        try:
-            x = np.asarray(xs)
-            if x.ndim == 2 and x.shape[1] == row and x.dtype.kind in "fi":
-                return x.astype(np.float64, copy=False)
-        except (ValueError, TypeError):
-            pass  # ragged: find the sample below
     for i, img in enumerate(xs):
         if type(img) is not list:
             raise ValueError("%s, sample %d: image is a JSON %s, not an array of %d numbers; %s"

@@ -101,7 +101,7 @@ def empty_input_message(src_dir: str, files: Sequence[str]) -> str:
 def find_leaf_dir(root: str) -> Tuple[str, List[str]]:
     """(directory, files) of the first place under ``root`` that holds LEAF JSON; ('', [])."""
     for d in leaf_dirs(root):
-        files = list_leaf_files(d) if os.path.isdir(d) else []
+        files = list_leaf_files(d)      # [] for a folder that does not exist
         if files:
             return d, files
     return "", []
@@ -168,7 +168,7 @@ def _pixels(xs: list, where: str) -> np.ndarray:
     except TypeError:
         pass  # a row or a pixel the join refuses: the checked path names it
     numbers = [[json_number(v) for v in row] if type(row) is list else row for row in xs]
-    return floats_to_uint8(images(numbers, where, True), where)
+    return floats_to_uint8(images(numbers, where), where)
 
 
 def _load_json(path: str, data: Optional[bytes] = None) -> dict:
@@ -304,14 +304,19 @@ def read_fs_processed_task(task_dir: str) -> Dict[str, Split]:
                              torch.zeros((0,), dtype=torch.int64))
                 continue
             raise FileNotFoundError("FS processed task file %s is missing" % path)
-        obj = torch.load(path, weights_only=True)
+        try:
+            obj = torch.load(path, weights_only=True)
+        except Exception as e:  # torn, foreign, or carrying code: never unpickled unrestricted
+            raise ValueError("%s: not a tensor file that loads with weights_only=True (%s); "
+                             "re-create it with FS's FEMNIST preprocessing" % (path, e)) from None
         if not isinstance(obj, (tuple, list)) or len(obj) != 2:
             raise ValueError("%s: expected a (data, targets) tuple" % path)
         data, targets = torch.as_tensor(obj[0]), torch.as_tensor(obj[1])
-        n = data.shape[0] if data.dim() else -1
-        if n < 0 or data.numel() != n * SIDE * SIDE or targets.numel() != n:
+        if data.dim() == 0 or data.numel() != data.shape[0] * SIDE * SIDE \
+                or targets.numel() != data.shape[0]:
             raise ValueError("%s: data must be [n, 784] with n targets, got %s and %s"
                              % (path, tuple(data.shape), tuple(targets.shape)))
+        n = data.shape[0]
         x = floats_to_uint8(data.double().numpy(), path).reshape(n, SIDE, SIDE)
         y = targets.reshape(-1).long()
         if n and (int(y.min()) < 0 or int(y.max()) >= NUM_CLASSES):
@@ -342,11 +347,11 @@ def iter_writers(root: str) -> Iterator[WriterSamples]:
     own train/val/test split)."""
     src, files = find_leaf_dir(root)
     if files:
-        n = 0
+        any_writer = False
         for ws in iter_leaf_writers(src):
-            n += 1
+            any_writer = True
             yield ws
-        if not n:
+        if not any_writer:
             raise ValueError(empty_input_message(src, files))
         return
     for d in list_inputs(root):
