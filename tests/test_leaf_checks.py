@@ -60,6 +60,7 @@ def test_images_give_float64_rows_and_a_json_boolean_is_never_a_pixel():
     got = images(xs, W)
     assert got.dtype == np.float64 and got.shape == (3, 784)
     assert np.array_equal(got, np.asarray(xs, dtype=np.float64))
+    assert images([[1] * 784, [0] * 784], W).dtype == np.float64     # JSON integers 0/1 too
     with pytest.raises(ValueError, match=r"sample 2, pixel 5: True is a JSON boolean"):
         images(xs[:2] + [[0.0] * 5 + [True] + [0.0] * 778], W)
 

@@ -360,6 +360,7 @@ def test_files_carrying_code_are_never_unpickled(tmp_path, caplog):
         lf.read_fs_processed_task(str(tmp_path / "task"))
     assert str(e.value).startswith(f"{tmp_path / 'task' / 'train.pt'}: not a tensor file that "
                                    "loads with weights_only=True (")
+    assert str(e.value).endswith("); re-create it with FS's FEMNIST preprocessing")
     _raw_tree(tmp_path)
     tasks = lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
     (cache,) = (tmp_path / "femnist" / "processed").glob("*.pt")

@@ -122,8 +122,8 @@ def floats_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
     ok &= k <= 255
     if not ok.all():
         bad = ~ok
-        flat = int(np.flatnonzero(bad.reshape(-1))[0])
-        first = v.reshape(-1)[flat]
+        flat = int(np.flatnonzero(bad)[0])    # flatnonzero: the index in the flat order
+        first = v.flat[flat]
         at = (", sample %d pixel %d" % divmod(flat, v.shape[1])) if v.ndim == 2 else ""
         raise ValueError(
             "%s%s: %d pixel value(s) are not multiples of 1/255 in [0, 1] (first: %r); FEMNIST "
