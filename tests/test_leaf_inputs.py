@@ -16,6 +16,12 @@ from federatedscope.cv.dataset.leaf_checks import FIX
 SPLITS = (0.6, 0.2, 0.2)
 
 
+def _said(caplog, level=logging.WARNING):
+    """The reader's messages at ``level`` (an earlier test may have left INFO records on)."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == level and r.name == "federatedscope"]
+
+
 def _image(k0: int):
     return [((k0 + j) % 256) / 255 for j in range(784)]
 
@@ -82,7 +88,7 @@ def test_writers_without_samples_are_skipped_and_the_first_five_named(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="federatedscope"):
         ws = list(lf._writers_of_file(path, None))
     assert [w.writer_id for w in ws] == ["full"]
-    assert [r.getMessage() for r in caplog.records] == \
+    assert _said(caplog) == \
         [f"{path}: skipped {n_empty} writer(s) with 0 samples ({named})"]
 
 
@@ -181,7 +187,7 @@ def test_a_cache_of_another_layout_is_rebuilt_with_a_warning(tmp_path, caplog):
     torch.save(BAD_CACHES[-1], str(cache))                       # readable, wrong shape
     with caplog.at_level(logging.WARNING, logger="federatedscope"):
         again = lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 5)
-    assert [r.getMessage() for r in caplog.records] == \
+    assert _said(caplog) == \
         [f"FEMNIST cache {cache} has an unexpected layout; rebuilding it"]
     assert [[torch.equal(a[s][0], b[s][0]) and torch.equal(a[s][1], b[s][1])
              for s in ("train", "val", "test")] for a, b in zip(tasks, again)] == [[True] * 3] * 4
@@ -316,7 +322,7 @@ def test_a_leaf_tree_needs_both_folders_and_then_top_level_files_are_ignored_alo
     te = _file(raw / "test", {"a": {"x": [_image(0)], "y": [2]}}, name="te.json")
     with caplog.at_level(logging.WARNING, logger="federatedscope"):
         assert lf._layout(str(raw)) == [(str(raw / "train" / "tr.json"), "train"), (te, "test")]
-    assert [r.getMessage() for r in caplog.records] == \
+    assert _said(caplog) == \
         [f"{raw} has train/ and test/ folders; ignoring 1 top-level JSON file(s)"]
 
 
@@ -326,7 +332,7 @@ def test_the_cache_follows_the_tree_when_it_moves_and_says_what_it_read(tmp_path
     with caplog.at_level(logging.INFO, logger="federatedscope"):
         tasks = lf.load_femnist_tasks(str(tmp_path / "a"), SPLITS, 0.5, 2)
     (cache,) = (tmp_path / "a" / "femnist" / "processed").glob("*.pt")
-    assert [r.getMessage() for r in caplog.records] == \
+    assert _said(caplog, logging.INFO) == \
         [f"FEMNIST: 2 of 4 writers as tasks, cached in {cache}"]
     shutil.copytree(tmp_path / "a", tmp_path / "b")           # mtimes kept: the same inputs
 
@@ -367,7 +373,7 @@ def test_files_carrying_code_are_never_unpickled(tmp_path, caplog):
     torch.save({"version": 1, "tasks": [_Payload()]}, str(cache))
     with caplog.at_level(logging.WARNING, logger="federatedscope"):
         again = lf.load_femnist_tasks(str(tmp_path), SPLITS, 1.0, 0)
-    (msg,) = [r.getMessage() for r in caplog.records]
+    (msg,) = _said(caplog)
     prefix, suffix = f"FEMNIST cache {cache} is unreadable (", "); rebuilding it"
     assert msg.startswith(prefix) and msg.endswith(suffix)
     assert "weights_only" in msg[len(prefix):-len(suffix)]       # torch's own reason, quoted
