@@ -77,7 +77,7 @@ def write_curves(eval_results_log_path: str, png_path: str) -> Optional[str]:
     if not curves.rounds:
         logger.info(f"{eval_results_log_path}: no evaluated round yet; no curves drawn")
         return None
-    try:    # the object API, not pyplot: no global figure state, and 1 s less to import
+    try:    # the object API, not pyplot: no global figure state shared with other threads
         from matplotlib import rcParams
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
