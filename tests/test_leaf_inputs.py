@@ -33,12 +33,11 @@ def _write(path, raw) -> str:
     return str(path)
 
 
-def _file(tmp_path, user_data, name="all_data_0.json", **extra):
+def _file(tmp_path, user_data, name="all_data_0.json"):
     users = list(user_data)
     ys = [e.get("y") if isinstance(e, dict) else None for e in user_data.values()]
     raw = {"users": users, "num_samples": [len(y) if isinstance(y, list) else 0 for y in ys],
            "user_data": user_data}
-    raw.update(extra)
     return _write(tmp_path / name, raw)
 
 
@@ -213,10 +212,10 @@ def test_splits_must_be_three_fractions_summing_to_one(splits):
 
 
 # ------------------------------------------------------------- FS's processed task_<k> folders
-def _task(folder, n_train=3, n_test=2, val=True, data=None, targets=None):
+def _task(folder, n_train=3, val=True, data=None, targets=None):
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(len(str(folder)))
-    for name, n in (("train", n_train), ("val", 1), ("test", n_test)):
+    for name, n in (("train", n_train), ("val", 1), ("test", 2)):
         if name == "val" and not val:
             continue
         k = rng.integers(0, 256, size=(n, 784))
@@ -343,12 +342,12 @@ def test_the_cache_follows_the_tree_when_it_moves_and_says_what_it_read(tmp_path
     assert [torch.equal(a["train"][0], b["train"][0]) for a, b in zip(tasks, moved)] == [True] * 2
 
 
+RAN = []
+
+
 def _record(*args):
     RAN.append(args)
     return args
-
-
-RAN = []
 
 
 class _Payload:
