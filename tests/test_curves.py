@@ -126,3 +126,21 @@ def test_plot_results_redraws_every_server_run_under_a_directory(tmp_path, capsy
     assert not os.path.exists(client_dir / "curves.png")
     assert _plot_results().main([str(tmp_path / "nothing_here")]) == 1
     assert "no eval_results.log under" in capsys.readouterr().err
+
+
+def test_clients_in_numeric_order_a_missing_client_is_a_gap_and_odd_lines_are_skipped(tmp_path):
+    """Clients 2 and 10 (10 after 2, as a reader expects); client 10 absent in round 2 gives
+    None there; a line of bytes that are not UTF-8, a JSON array and a Round that is not an
+    integer are skipped, never fatal."""
+    path = tmp_path / "eval_results.log"
+    with open(path, "wb") as f:
+        f.write((_line(1, (2, 10)) + "\n").encode())
+        f.write(b"\xff\xfe not utf-8\n[1, 2]\n")
+        f.write((json.dumps({"Round": "2", "Results_weighted_avg": {"test_acc": 9.0}}) + "\n")
+                .encode())
+        f.write((_line(2, (2,)) + "\n").encode())
+    c = read_curves(str(path))
+    assert c.rounds == [1, 2] and list(c.per_client) == ["client #2", "client #10"]
+    assert c.per_client["client #10"]["test_acc"] == pytest.approx([1.01, None])
+    assert c.per_client["client #2"]["test_acc"] == pytest.approx([0.21, 0.22])
+    assert c.splits() == ["test", "val"]

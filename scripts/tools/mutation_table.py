@@ -135,6 +135,8 @@ MODULES: Dict[str, Module] = {
                     "federatedscope/cv/dataset/leaf_checks.py"],
                    ["tests/test_leaf_reader.py", "tests/test_leaf_checks.py",
                     "tests/test_leaf_inputs.py"]),
+    # the per-run picture (curves.png) drawn from eval_results.log
+    "curves": Module([FL + "monitors/curves.py"], ["tests/test_curves.py"]),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
                        "tests/test_config_choices.py", "tests/test_cfg_keys.py",
