@@ -4,7 +4,8 @@ declared at join. Each refusal's exact reason is pinned (it is the server's log 
 import pytest
 import torch
 
-from federatedscope.core.workers.validation import check_metrics, check_update
+from federatedscope.core.workers.validation import (check_metrics, check_update,
+                                                    update_reference)
 
 
 # ------------------------------------------------------------------ updates
@@ -35,6 +36,38 @@ def test_an_update_must_match_keys_shapes_dtypes_and_the_declared_count():
     for bad in (12.0, "12", True, None):
         assert check_update(ref, _state(), bad, 12) == "sample_size is not an integer"
     assert check_update(ref, _state(), True, 1) == "sample_size is not an integer"
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 4)
+        self.bn = torch.nn.BatchNorm1d(4)     # float buffers and an int64 counter
+        self.head = torch.nn.Linear(4, 3, bias=False)
+
+
+def test_the_reference_taken_once_judges_like_the_live_model():
+    """The server takes the model's keys/shapes/dtypes once (storage-less meta tensors); every
+    verdict must equal the one against the live state_dict, also after the model's values change."""
+    net = _Net()
+    ref = update_reference(net)
+    live = net.state_dict()
+    assert list(ref) == list(live)
+    assert all(r.is_meta and r.shape == v.shape and r.dtype == v.dtype for r, v in
+               zip(ref.values(), live.values()))
+    good = {k: torch.ones_like(v) for k, v in live.items()}
+    net.load_state_dict(good)     # a round's aggregate: values change, structure does not
+    wrong_shape = {**good, "fc.weight": torch.ones(4, 5)}
+    wrong_dtype = {**good, "bn.num_batches_tracked": torch.tensor(1.0)}
+    no_head = {k: v for k, v in good.items() if k != "head.weight"}
+    nan = {**good, "bn.running_var": torch.full((4,), float("nan"))}
+    for update, size in [(good, 9), (good, 8), (wrong_shape, 9), (wrong_dtype, 9), (no_head, 9),
+                         (nan, 9)]:
+        assert check_update(ref, update, size, 9) == check_update(net.state_dict(), update, size, 9)
+    assert check_update(ref, good, 9, 9) is None
+    assert check_update(ref, wrong_shape, 9, 9) == \
+        "fc.weight: torch.float32[4, 5] != torch.float32[4, 6]"
+    assert check_update(ref, no_head, 9, 9, local_param=["head"]) is None
 
 
 def test_an_update_may_omit_exactly_the_local_keys():

@@ -17,7 +17,7 @@ from federatedscope.core.aggregators.aggregator import Aggregator, Feedback, Sta
 # is 2 x its float32 bytes: for a model dominated by one layer, each is ~2 models of transient
 # memory. A multiple of every SIMD loop's width, so each element takes the same kernel path
 # as in one whole-tensor pass (bit-identical results).
-CHUNK = 1 << 18
+CHUNK = 1 << 16
 
 
 def _chunks(n: int):
@@ -30,16 +30,21 @@ def weighted_mean(feedback: List[Feedback]) -> State:
     feedback = sorted(feedback, key=lambda u: u[0])
     total = sum(w for _, w, _ in feedback)
     weights = [(w / total) if total > 0 else 1.0 / len(feedback) for _, w, _ in feedback]
+    # Two chunk buffers for the whole call: a fresh float64 chunk per client and key would be
+    # mapped and faulted in page by page on the server (its fixed 1 MiB mmap threshold, main.py),
+    # which cost 3x the arithmetic (measured 84 ms vs 24 ms per 25 MB client).
+    acc = torch.empty(CHUNK, dtype=torch.float64)
+    wide = torch.empty(CHUNK, dtype=torch.float64)
     out: State = {}
     for key, ref in feedback[0][2].items():
         flat = [state[key].reshape(-1) for _, _, state in feedback]
         res = torch.empty(ref.shape, dtype=ref.dtype)
         dst = res.view(-1)
         for lo, hi in _chunks(ref.numel()):
-            acc = torch.zeros(hi - lo, dtype=torch.float64)
+            a, t = acc[:hi - lo].zero_(), wide[:hi - lo]
             for w, src in zip(weights, flat):
-                acc.add_(src[lo:hi].to(torch.float64), alpha=w)
-            dst[lo:hi] = acc if ref.is_floating_point() else acc.floor()
+                a.add_(t.copy_(src[lo:hi]), alpha=w)
+            dst[lo:hi] = a if ref.is_floating_point() else torch.floor(a, out=t)
         out[key] = res
     return out
 
@@ -59,6 +64,8 @@ class OnlineClientsAvgAggregator(ClientsAvgAggregator):
         self._acc: Dict[str, torch.Tensor] = {}
         self._dtypes: Dict[str, torch.dtype] = {}
         self._total = 0
+        # the promotion buffer, reused by every add (see weighted_mean)
+        self._wide = torch.empty(CHUNK, dtype=torch.float64)
 
     def add(self, cid: int, weight: int, state: State) -> None:
         for key, t in self.shared(state).items():
@@ -67,7 +74,7 @@ class OnlineClientsAvgAggregator(ClientsAvgAggregator):
                 self._dtypes[key] = t.dtype
             acc, src = self._acc[key].view(-1), t.reshape(-1)
             for lo, hi in _chunks(acc.numel()):   # promoted to float64 a chunk at a time
-                acc[lo:hi].add_(src[lo:hi], alpha=float(weight))
+                acc[lo:hi].add_(self._wide[:hi - lo].copy_(src[lo:hi]), alpha=float(weight))
         self._total += weight
         self.feedback[cid] = (weight, None)
 

@@ -65,11 +65,15 @@ class GeneralTorchTrainer:
         self._last_seed = 0
 
     # --- model state ---
-    def get_state(self) -> State:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+    def get_state(self, local: Optional[bool] = None) -> State:
+        """A copy of the model's state: every key, or (``local`` True/False) only the local or
+        only the global keys. Filtered before copying: a round's upload and its personal state
+        would otherwise each copy the whole model."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                if local is None or (k in self.local_keys) == local}
 
     def upload_state(self) -> State:
-        return {k: v for k, v in self.get_state().items() if k not in self.local_keys}
+        return self.get_state(local=False)
 
     def set_state(self, state: State) -> None:
         """Load the global keys; local keys (``personalization.local_param``) keep their values
@@ -87,7 +91,7 @@ class GeneralTorchTrainer:
 
     def personal_state(self) -> State:
         """What this client keeps for itself between rounds (FedBN's layers); {} when none."""
-        return {k: v for k, v in self.get_state().items() if k in self.local_keys}
+        return self.get_state(local=True)
 
     def load_personal_state(self, state: State) -> None:
         expected = set(self.local_keys)

@@ -35,7 +35,7 @@ from federatedscope.core.workers.server_liveness import Liveness
 from federatedscope.core.workers.server_members import ClientTable
 from federatedscope.core.workers.server_state import Phase, RoundState
 from federatedscope.core.workers.server_store import ServerStore
-from federatedscope.core.workers.validation import check_update
+from federatedscope.core.workers.validation import check_update, update_reference
 
 logger = logging.getLogger("federatedscope")
 GAVE_UP, DIVERGED = 3, 5
@@ -52,6 +52,7 @@ class Server(Worker):
                  expected_clients: int, admission: Admission, distributed: bool):
         super().__init__(SERVER_ID, cfg, comm)
         self.model = model
+        self.update_ref = update_reference(model)   # what every update must match
         self.monitor = monitor
         self.expected = expected_clients
         self.admission = admission
@@ -191,7 +192,7 @@ class Server(Worker):
         st.pending.discard(cid)
         # a pending client was sampled from the online ones, each admitted with a "train" count
         declared = self.admission.counts(cid)["train"]
-        problem = check_update(self.model.state_dict(), msg.tensors, msg.content.get("sample_size"),
+        problem = check_update(self.update_ref, msg.tensors, msg.content.get("sample_size"),
                                declared, self.aggregator.local_param)
         if not problem:
             problem = self.admission.revalidate([cid]).get(cid)

@@ -19,6 +19,13 @@ _BOUNDED_01 = ("acc",)
 _NON_NEGATIVE = ("loss", "avg_loss", "correct", "total")
 
 
+def update_reference(model: torch.nn.Module) -> State:
+    """The model's keys, shapes and dtypes as storage-less ``meta`` tensors, for ``check_update``:
+    taken once, since the model's structure never changes, instead of a ``state_dict()`` walk per
+    received update."""
+    return {k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}
+
+
 def check_update(ref: State, tensors: Optional[State], sample_size: object,
                  declared_train: int, local_param: Sequence[str] = ()) -> Optional[str]:
     """``local_param``: ``personalization.local_param``; an update may omit exactly the keys it
