@@ -308,6 +308,23 @@ def test_online_mean_keeps_dtypes_and_floors_integers():
     assert agg._acc == {}                      # each sum is released once it is cast
 
 
+@pytest.mark.parametrize("cls", [ClientsAvgAggregator, OnlineClientsAvgAggregator])
+def test_float64_keys_and_large_integer_counts_keep_every_bit(cls):
+    """The sum is float64 end to end: a float64 key's last bits and an int64 count beyond
+    float32's 2^24 survive (a float32 step anywhere would round them away)."""
+    agg = cls(_cfg())
+    eps, big, n = 2.0 ** -40, 2 ** 40, CHUNK + 5
+    agg.begin_round()
+    for cid, w in ((4, 8), (1, 1), (3, 4), (2, 3)):
+        agg.add(cid, w, {"x": torch.full((n,), 1.0 + cid * eps, dtype=torch.float64),
+                         "count": torch.full((n,), big + cid, dtype=torch.int64)})
+    out = agg.finish_round({"x": torch.zeros(n, dtype=torch.float64),
+                            "count": torch.zeros(n, dtype=torch.int64)})
+    # (1 x 1 + 3 x 2 + 4 x 3 + 8 x 4) / 16 = 51 / 16 = 3.1875
+    assert torch.equal(out["x"], torch.full((n,), 1.0 + 51 / 16 * eps, dtype=torch.float64))
+    assert torch.equal(out["count"], torch.full((n,), big + 3, dtype=torch.int64))
+
+
 # ------------------------------------------------------------------------------------ FedOpt
 @pytest.mark.parametrize("kwargs,text", [
     ({"opt_type": "adam"}, "fedopt.optimizer.type='adam': the server optimizer supports ['sgd']"),
