@@ -251,7 +251,7 @@ class Swarm:
 
         async def write(msg: Message) -> None:
             async with lock:
-                for frame in chunk_frames(codec.encode(msg), more=more):   # as a client sends
+                for frame in chunk_frames(codec.encode_parts(msg), more=more):   # as a client sends
                     await call.write(frame)
 
         every = plan.heartbeat_interval   # or longer, as the server asks (as a client does)

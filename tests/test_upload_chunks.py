@@ -49,11 +49,17 @@ def test_a_client_takes_only_a_sane_announcement(value, size):
 
 
 @settings(max_examples=60, deadline=None)
-@given(length=st.integers(1, 40_000), size=st.integers(16, 3_000), extra=st.integers(0, 9_000))
-def test_continuations_of_any_size_reassemble_to_the_message(length, size, extra):
+@given(length=st.integers(1, 40_000), size=st.integers(16, 3_000), extra=st.integers(0, 9_000),
+       cuts=st.lists(st.integers(0, 40_000), max_size=6))
+def test_continuations_of_any_size_reassemble_to_the_message(length, size, extra, cuts):
     data = bytes((i * 7 + length) % 251 for i in range(length))
     more = size + extra
     frames = chunk_frames(data, size, more=more)
+    # the same frame handed over in parts (as codec.encode_parts gives it; empty parts and cuts
+    # on chunk boundaries included) is cut into the same chunks
+    at = sorted({0, length, *(c % (length + 1) for c in cuts)})
+    parts = [memoryview(data)[a:b] for a, b in zip(at, at[1:])] + [memoryview(b"")]
+    assert chunk_frames(parts, size, more=more) == frames
     if length <= size:
         assert frames == [data]
         return
@@ -67,6 +73,20 @@ def test_continuations_of_any_size_reassemble_to_the_message(length, size, extra
     r = Reassembly(length, first, heavy=False)
     done = [r.add(memoryview(f)[4:]) for f in rest]
     assert done[-1] and not any(done[:-1]) and bytes(r.buf) == data
+
+
+def test_a_message_in_parts_is_its_encoding_and_chunks_alike():
+    msg = Message(MODEL_PARA, 3, 0, 2, {"sample_size": 5},
+                  {"w": torch.randn(70, 300), "scalar": torch.tensor(2.5),
+                   "empty": torch.zeros(0, 4), "mask": torch.tensor([True, False, True]),
+                   "n": torch.tensor([7], dtype=torch.int64)})
+    whole = codec.encode(msg)
+    parts = codec.encode_parts(msg)
+    assert b"".join(parts) == whole and sum(p.nbytes for p in parts) == len(whole)
+    for size, more in [(CHUNK_BYTES, 0), (CHUNK_BYTES, MiB // 2 - 9), (1000, 333)]:
+        assert chunk_frames(parts, size, more) == chunk_frames(whole, size, more)
+    small = Message(MODEL_PARA, 3, 0, 2, {"sample_size": 5}, {"b": torch.ones(3)})
+    assert chunk_frames(codec.encode_parts(small)) == [codec.encode(small)]
 
 
 def _cfg():

@@ -8,7 +8,7 @@ gRPC's flow control stops its sender. Whole (unchunked) frames stay valid on the
 """
 import queue
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -59,15 +59,29 @@ class HeavyIncoming(Incoming):
     """An ``Incoming`` holding a model-sized message (counted against the inbox budget)."""
 
 
-def chunk_frames(data: bytes, size: int = CHUNK_BYTES, more: int = 0) -> List[bytes]:
-    """``data`` as wire messages: itself when small, else a first chunk of ``size`` bytes and
-    continuations of ``more`` (default ``size``)."""
-    if len(data) <= size:
-        return [data]
+def chunk_frames(data: Union[bytes, Sequence[memoryview]], size: int = CHUNK_BYTES,
+                 more: int = 0) -> List[bytes]:
+    """``data`` (bytes, or a frame's parts as ``codec.encode_parts`` gives them) as wire
+    messages: the whole frame when small, else a first chunk of ``size`` bytes and continuations
+    of ``more`` (default ``size``); each byte is copied once, into its chunk."""
+    parts = [memoryview(data)] if isinstance(data, (bytes, bytearray)) else list(data)
+    total = sum(p.nbytes for p in parts)
+    if total <= size:
+        return [b"".join(parts)]
     more = more or size
-    view = memoryview(data)
-    first = b"".join([CHUNK_FIRST, len(data).to_bytes(8, "little"), view[:size]])
-    return [first] + [CHUNK_MORE + view[i:i + more] for i in range(size, len(data), more)]
+    bounds = [(0, size)] + [(i, min(i + more, total)) for i in range(size, total, more)]
+    chunks, k, at = [], 0, 0          # parts[k] starts at byte ``at`` of the frame
+    for n, (lo, hi) in enumerate(bounds):
+        pieces = [CHUNK_FIRST, total.to_bytes(8, "little")] if n == 0 else [CHUNK_MORE]
+        while lo < hi:
+            while at + parts[k].nbytes <= lo:    # skip parts that end before this chunk
+                at += parts[k].nbytes
+                k += 1
+            take = min(hi, at + parts[k].nbytes)
+            pieces.append(parts[k][lo - at:take - at])
+            lo = take
+        chunks.append(b"".join(pieces))
+    return chunks
 
 
 def upload_chunk_bytes(expected_clients: int) -> int:

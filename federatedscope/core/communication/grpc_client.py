@@ -263,7 +263,7 @@ class GrpcClientTransport:
         if self._outbox is not None:
             self.sender_id = msg.sender
             # Large messages go as small chunks: the server reads them at its own pace.
-            self._outbox.put(chunk_frames(codec.encode(msg), more=self.upload_chunk))
+            self._outbox.put(chunk_frames(codec.encode_parts(msg), more=self.upload_chunk))
 
     def end_session(self) -> None:
         if self._outbox is not None:
