@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from harness.raw_peer import RawPeer, next_incoming
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
+                                                    ALIGN, HeavyIncoming,
                                                     MAX_UPLOAD_CHUNK, UPLOAD_CHUNK_BUDGET,
                                                     UPLOAD_CHUNK_HEADER, Reassembly,
                                                     ServerInbox, announced_chunk, chunk_frames,
@@ -21,7 +22,9 @@ from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CH
 from federatedscope.core.communication.grpc_client import GrpcClientTransport
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.configs.config import get_default_cfg
-from federatedscope.core.message import JOIN_IN, MODEL_PARA, Message
+from federatedscope.core.message import (JOIN_IN, MODEL_PARA, InvalidMessage,
+                                         Message)
+from federatedscope.core.communication.transport import Incoming
 
 MiB = 1024 * 1024
 LOGGER = "federatedscope"
@@ -87,6 +90,68 @@ def test_a_message_in_parts_is_its_encoding_and_chunks_alike():
         assert chunk_frames(parts, size, more) == chunk_frames(whole, size, more)
     small = Message(MODEL_PARA, 3, 0, 2, {"sample_size": 5}, {"b": torch.ones(3)})
     assert chunk_frames(codec.encode_parts(small)) == [codec.encode(small)]
+
+
+def test_a_first_chunk_needs_its_whole_header_and_no_more():
+    head = CHUNK_FIRST + (70_000).to_bytes(8, "little")
+    assert chunk_total(head) == 70_000                  # the header alone: the total is known
+    with pytest.raises(InvalidMessage) as e:
+        chunk_total(head[:-1])
+    assert str(e.value) == "truncated first chunk"
+
+
+def test_a_reassembly_refuses_bytes_past_its_declared_total_and_stops_its_timer_once():
+    first = chunk_frames(bytes(range(200)), 50)[0]
+    r = Reassembly(200, first, heavy=True)
+    r.finish()                                          # no timer armed yet: nothing to cancel
+    assert not r.add(b"x" * 100) and r.filled == 150
+    with pytest.raises(InvalidMessage) as e:
+        r.add(b"y" * 51)
+    assert str(e.value) == "chunks exceed the declared 200 bytes" and r.filled == 150
+
+    class Timer:
+        cancelled = 0
+
+        def cancel(self):
+            Timer.cancelled += 1
+    r.timer = Timer()
+    r.finish()
+    r.finish()                                          # a second call finds no timer
+    assert Timer.cancelled == 1 and r.timer is None
+
+
+@pytest.mark.parametrize("size", [40, 300, CHUNK_BYTES])
+def test_a_reassembled_upload_puts_its_tensor_payload_on_an_aligned_address(size):
+    """Whatever the first chunk's size, the buffer is placed so the payload starts ALIGN-aligned
+    and the decoded tensors share it (no copy)."""
+    msg = _update(2, 40_000)
+    frames = chunk_frames(codec.encode_parts(msg), size, more=1000)
+    r = Reassembly(chunk_total(frames[0]), frames[0], heavy=False)
+    assert [r.add(memoryview(f)[len(CHUNK_MORE):]) for f in frames[1:]][-1]
+    start = codec.payload_offset(r.buf[:64])
+    assert start is not None
+    address = torch.frombuffer(r.buf, dtype=torch.uint8).data_ptr()
+    assert (address + start) % ALIGN == 0
+    w = codec.decode(r.buf).tensors["w"]
+    assert w.data_ptr() == address + start and torch.equal(w, msg.tensors["w"])
+
+
+def test_the_inbox_hands_out_heavy_events_with_or_without_a_listener_and_honours_timeouts():
+    inbox = ServerInbox()
+    msg = Message(MODEL_PARA, 1, 0, 0)
+    inbox.put(HeavyIncoming(7, msg))
+    assert inbox.get(timeout=1).conn_id == 7           # nobody listening: nothing to call
+    taken = []
+    inbox.on_heavy_taken = lambda: taken.append(1)
+    inbox.put(Incoming(8, msg))
+    inbox.put(HeavyIncoming(9, msg))
+    assert [inbox.get().conn_id, inbox.get(False).conn_id] == [8, 9] and taken == [1]
+    t = time.monotonic()
+    with pytest.raises(queue.Empty):
+        inbox.get(True, 0.05)                           # waits its timeout, then gives up
+    assert 0.04 <= time.monotonic() - t < 5
+    with pytest.raises(queue.Empty):
+        inbox.get(False)
 
 
 def _cfg():

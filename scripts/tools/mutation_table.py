@@ -40,6 +40,7 @@ FL = "federatedscope/core/"
 # mutant; a wrong byte count or dtype is caught by the cheap round trips) and its 3,000-frame
 # fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
 CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
+FLOW_SLOW = f"(test_upload_chunks or test_codec or simultaneous_uploads) and {CODEC_SLOW}"
 # Also the config-doc table checks (subprocesses, 16 s each) and the 4-client standalone run of
 # test_data_roles (10 s; it reran for every default-value mutant): the alias reaching the
 # trainer is pinned in-process by test_data_roles' alias tests, the defaults by
@@ -123,6 +124,11 @@ MODULES: Dict[str, Module] = {
                    DATA_SLOW),
     "codec": Module([FL + "communication/codec.py"],
                     ["tests/test_codec.py", "tests/test_codec_props.py"], CODEC_SLOW),
+    # the inbox budget and chunked uploads; of the hostile-transport tests only the one that
+    # drives the inbox budget with real uploads (the others take 1-9 s each per mutant)
+    "flow": Module([FL + "communication/flow.py"],
+                   ["tests/test_upload_chunks.py", "tests/test_codec.py",
+                    "tests/test_transport_hostile.py"], FLOW_SLOW),
     "limits": Module([FL + "communication/limits.py"],
                      ["tests/test_limits_derivation.py", "tests/test_heartbeat_allowance.py",
                       "tests/test_transport_ceilings.py", "tests/test_unjoined_streams.py"],
