@@ -148,7 +148,8 @@ def run(ctx) -> dict:
         + f". Last update logged → aggregated: {tails['dist'] * 1000:.0f} ms distributed vs "
         f"{tails['standalone'] * 1000:.0f} ms standalone. Whole job: distributed "
         f"{per_mode['dist']}; standalone {per_mode['standalone']}."]
-    hidden, t_rounds = 2048, (6 if ctx.quick else 12)
+    # 30 rounds: a round is 0.02-1 s, and 12 left the 1-client median swinging by 40 ms
+    hidden, t_rounds = 2048, (6 if ctx.quick else 30)
     mb = common.model_bytes("model.hidden", str(hidden)) / common.MB
     raw["transport_only"] = []
     for n in (1, 3, 10):

@@ -221,9 +221,9 @@ def test_what_the_server_broadcasts_and_how_long_a_round_took(tmp_path, monkeypa
             h.update(c, r, h.shifted(0.1, g), size=10 * c)
     for c in range(1, 5):
         h.metrics(c, 2, good_metrics(acc=0.1 * c + 0.00123))
-    assert "Server: round 1/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.50s" \
+    assert "Server: round 1/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.500s" \
         in caplog.text
-    assert "Server: round 2/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.50s" \
+    assert "Server: round 2/2 aggregated 4 update(s) (100 samples, rule fedavg) in 7.500s" \
         in caplog.text
     # accuracies 0.10123 .. 0.40123 over equal test counts: 0.25123, rounded to 4 digits
     end = [r.getMessage() for r in caplog.records if "finished after" in r.getMessage()]

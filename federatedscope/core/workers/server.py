@@ -238,7 +238,7 @@ class Server(Worker):
         st.end_round(due)
         self._checkpoint()   # before anything about the next step is announced
         logger.info(f"Server: round {self.round}/{self.total_rounds} aggregated {contributors} "
-                    f"update(s) ({samples} samples, rule {agg.rule}) in {took:.2f}s")
+                    f"update(s) ({samples} samples, rule {agg.rule}) in {took:.3f}s")
         self._resume()
 
     def _diverged(self) -> None:
