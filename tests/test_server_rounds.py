@@ -400,3 +400,19 @@ def test_an_evaluation_with_lost_clients_ends_without_them(tmp_path, monkeypatch
     h.tick(after=1.0)
     assert "evaluation of round 1: clients [3, 4] are lost; not waiting for them" in caplog.text
     assert h.eval_lines()[0]["Missing"] == [3, 4] and h.asked(MODEL_PARA, 1) == [1, 2]
+
+
+def test_quiet_for_exactly_the_timeout_is_not_silent_nor_asked_about(tmp_path):
+    """Both comparisons are strict: a record quiet for exactly the heartbeat timeout is not even
+    asked about, and one whose transport stamp is exactly that old is not silent."""
+    live = Liveness(make_cfg(tmp_path, "distribute.heartbeat_timeout", 8.0))
+    asked = []
+
+    def stamp(conn_id: int) -> float:
+        asked.append(conn_id)
+        return {21: 100.0}.get(conn_id, 0.0)
+    on_edge = ClientRecord(1, 11, last_seen=100.0)     # its own record: exactly 8 s quiet
+    heard_on_edge = ClientRecord(2, 21, last_seen=90.0)  # 18 s quiet; the transport: 8 s
+    assert live.silent([on_edge, heard_on_edge], 108.0, stamp) == []
+    assert asked == [21] and heard_on_edge.last_seen == 100.0
+    assert [r.client_id for r in live.silent([on_edge, heard_on_edge], 108.25, stamp)] == [1, 2]
