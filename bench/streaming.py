@@ -16,7 +16,7 @@ MODES = ("streaming", "in-memory")
 
 
 def run(ctx) -> dict:
-    from federatedscope.core.data.distributed_loader import BLOCK_BYTES
+    from federatedscope.core.data.streaming import BLOCK_BYTES
     big = common.big_dataset(ctx)
     sizes = (1, 8) if ctx.quick else (1, 2, 4, 8)
     (passes, steps), lo, hi = ((2, 50) if ctx.quick else (3, 300)), sizes[0], sizes[-1]

@@ -7,7 +7,7 @@ import pytest
 
 from federatedscope.core.communication.transport import Disconnected
 from federatedscope.core.message import ASSIGN_ID, REFUSE
-from federatedscope.core.workers.admission import COOL_OFF_BASE, COOL_OFF_CAP, CoolOff
+from federatedscope.core.workers.cool_off import COOL_OFF_BASE, COOL_OFF_CAP, CoolOff
 from server_harness import Harness, quiet
 
 TOKEN = "shared-secret"

@@ -10,7 +10,8 @@ from federatedscope.core.data.shard_format import (Manifest, ManifestEntry, Shar
                                                    write_manifest)
 from federatedscope.core.workers import admission as adm_mod
 from federatedscope.core.workers.admission import (BAD_TOKEN, COOLING_OFF, DUPLICATE, MALFORMED,
-                                                   MISMATCH, UNKNOWN_ID, Admission, CoolOff)
+                                                   MISMATCH, UNKNOWN_ID, Admission)
+from federatedscope.core.workers.cool_off import CoolOff
 
 ST = "uint8[28,28]"
 # 4 clients; every count differs so a count taken from the wrong split or client shows

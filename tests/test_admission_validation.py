@@ -1,9 +1,10 @@
 """What the server accepts from a joined client (``validation.py``), in-process: an update's keys,
-shapes, dtypes, finiteness and sample size; metrics' names, ranges and totals against the counts
-declared at join. Each refusal's exact reason is pinned (it is the server's log line)."""
+shapes, dtypes and finiteness, and (``Admission.check_sample_size``) its sample size; metrics'
+names, ranges and totals against the counts declared at join. Each refusal's exact reason is pinned (it is the server's log line)."""
 import pytest
 import torch
 
+from federatedscope.core.workers.admission import Admission
 from federatedscope.core.workers.validation import (check_metrics, check_update,
                                                     update_reference)
 
@@ -14,28 +15,46 @@ def _state():
             "bn.num_batches": torch.tensor(5), "head.bias": torch.zeros(2)}
 
 
-def test_an_update_must_match_keys_shapes_dtypes_and_the_declared_count():
+def test_an_update_must_match_keys_shapes_and_dtypes():
     ref = _state()
-    assert check_update(ref, _state(), 12, 12) is None
+    assert check_update(ref, _state()) is None
     missing = {k: v for k, v in _state().items() if k != "w"}
-    assert check_update(ref, missing, 12, 12) == ("state keys differ from the global model "
-                                                  "(1 differ, e.g. ['w'])")
+    assert check_update(ref, missing) == ("state keys differ from the global model "
+                                          "(1 differ, e.g. ['w'])")
     extra = {**_state(), "a": torch.ones(1), "b": torch.ones(1), "c": torch.ones(1)}
-    assert check_update(ref, extra, 12, 12) == ("state keys differ from the global model "
-                                                "(3 differ, e.g. ['a', 'b', 'c'])")
-    assert check_update(ref, None, 12, 12) == ("state keys differ from the global model (4 "
-                                               "differ, e.g. ['bn.num_batches', 'bn.weight', "
-                                               "'head.bias'])")
-    assert check_update(ref, {**_state(), "w": torch.zeros(4)}, 12, 12) == \
+    assert check_update(ref, extra) == ("state keys differ from the global model "
+                                        "(3 differ, e.g. ['a', 'b', 'c'])")
+    assert check_update(ref, None) == ("state keys differ from the global model (4 "
+                                       "differ, e.g. ['bn.num_batches', 'bn.weight', "
+                                       "'head.bias'])")
+    assert check_update(ref, {**_state(), "w": torch.zeros(4)}) == \
         "w: torch.float32[4] != torch.float32[2, 2]"
-    assert check_update(ref, {**_state(), "bn.num_batches": torch.tensor(5.0)}, 12, 12) == \
+    assert check_update(ref, {**_state(), "bn.num_batches": torch.tensor(5.0)}) == \
         "bn.num_batches: torch.float32[] != torch.int64[]"
-    assert check_update(ref, {**_state(), "head.bias": torch.tensor([0.0, float("-inf")])},
-                        12, 12) == "head.bias has non-finite values"
-    assert check_update(ref, _state(), 13, 12) == "sample_size 13 != declared train count 12"
-    for bad in (12.0, "12", True, None):
-        assert check_update(ref, _state(), bad, 12) == "sample_size is not an integer"
-    assert check_update(ref, _state(), True, 1) == "sample_size is not an integer"
+    assert check_update(ref, {**_state(), "head.bias": torch.tensor([0.0, float("-inf")])}) == \
+        "head.bias has non-finite values"
+
+
+def test_an_update_weighs_exactly_the_train_count_its_client_declared():
+    """Five data_idx clients declare different train counts; each update's sample_size must be
+    its own client's count (not another's), an int but not a bool; a client that declared
+    nothing weighs 0."""
+    adm = Admission(None, strict=False, max_clients=5)
+    counts = {1: 12, 2: 0, 3: 7, 4: 2 ** 40, 5: 1}
+    for cid, n in counts.items():
+        decision = adm.admit({"client_id": cid, "num_samples": {"train": n, "test": 3}}, set())
+        assert decision.accepted and decision.train_samples == n
+    for cid, n in counts.items():
+        assert adm.check_sample_size(cid, n) is None
+        assert adm.check_sample_size(cid, n + 1) == \
+            f"sample_size {n + 1} != declared train count {n}"
+        for bad in (float(n), str(n), None, [n]):
+            assert adm.check_sample_size(cid, bad) == "sample_size is not an integer"
+    assert adm.check_sample_size(1, 7) == "sample_size 7 != declared train count 12"  # 3's count
+    assert adm.check_sample_size(5, True) == "sample_size is not an integer"   # bool, though 1
+    assert adm.check_sample_size(2, False) == "sample_size is not an integer"  # bool, though 0
+    assert adm.check_sample_size(9, 0) is None        # never admitted: declared nothing
+    assert adm.check_sample_size(9, 1) == "sample_size 1 != declared train count 0"
 
 
 class _Net(torch.nn.Module):
@@ -61,29 +80,28 @@ def test_the_reference_taken_once_judges_like_the_live_model():
     wrong_dtype = {**good, "bn.num_batches_tracked": torch.tensor(1.0)}
     no_head = {k: v for k, v in good.items() if k != "head.weight"}
     nan = {**good, "bn.running_var": torch.full((4,), float("nan"))}
-    for update, size in [(good, 9), (good, 8), (wrong_shape, 9), (wrong_dtype, 9), (no_head, 9),
-                         (nan, 9)]:
-        assert check_update(ref, update, size, 9) == check_update(net.state_dict(), update, size, 9)
-    assert check_update(ref, good, 9, 9) is None
-    assert check_update(ref, wrong_shape, 9, 9) == \
+    for update in (good, wrong_shape, wrong_dtype, no_head, nan):
+        assert check_update(ref, update) == check_update(net.state_dict(), update)
+    assert check_update(ref, good) is None
+    assert check_update(ref, wrong_shape) == \
         "fc.weight: torch.float32[4, 5] != torch.float32[4, 6]"
-    assert check_update(ref, no_head, 9, 9, local_param=["head"]) is None
+    assert check_update(ref, no_head, local_param=["head"]) is None
 
 
 def test_an_update_may_omit_exactly_the_local_keys():
     ref = _state()
     shared = {k: v for k, v in _state().items() if not k.startswith("bn.")}
-    assert check_update(ref, shared, 4, 4, ["bn.", ""]) is None
-    assert check_update(ref, shared, 4, 4) is not None              # no local_param: all keys
+    assert check_update(ref, shared, ["bn.", ""]) is None
+    assert check_update(ref, shared) is not None              # no local_param: all keys
     half = {k: v for k, v in _state().items() if k != "bn.weight"}
-    assert check_update(ref, half, 4, 4, ["bn."]) is not None       # all local keys or none
+    assert check_update(ref, half, ["bn."]) is not None       # all local keys or none
 
 
 def test_large_finite_values_whose_sum_overflows_are_accepted():
     ref = {"w": torch.zeros(2)}
     big = {"w": torch.tensor([3e38, 3e38])}                          # float32 sum is inf
-    assert check_update(ref, big, 1, 1) is None
-    assert check_update(ref, {"w": torch.tensor([3e38, float("nan")])}, 1, 1) is not None
+    assert check_update(ref, big) is None
+    assert check_update(ref, {"w": torch.tensor([3e38, float("nan")])}) is not None
 
 
 # ------------------------------------------------------------------ metrics

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from federatedscope.core.data.datasets import TensorSplit
-from federatedscope.core.data.distributed_loader import StreamingSplit
+from federatedscope.core.data.streaming import StreamingSplit
 from federatedscope.core.data.shard_format import split_file
 
 N, BLOCK, BS = 50, 10, 7
@@ -180,13 +180,13 @@ def test_each_worker_takes_every_wth_block_of_the_epoch_order(stream, monkeypatc
     """In process: get_worker_info() as worker w of 3 sees; the shares are disjoint, cover every
     block, and follow the shuffled block order (the bug class: every worker from block 0)."""
     from types import SimpleNamespace
-    from federatedscope.core.data import distributed_loader
+    from federatedscope.core.data import streaming
     from federatedscope.core.data.datasets import shuffled_order
     order = shuffled_order(N // BLOCK, True, 11).tolist()
     assert stream._my_blocks(True, 11) == order and stream._my_blocks(False, 11) == [0, 1, 2, 3, 4]
     shares = []
     for w in range(3):
-        monkeypatch.setattr(distributed_loader, "get_worker_info",
+        monkeypatch.setattr(streaming, "get_worker_info",
                             lambda w=w: SimpleNamespace(id=w, num_workers=3))
         shares.append(stream._my_blocks(True, 11))
         assert shares[-1] == order[w::3]
@@ -199,9 +199,9 @@ def test_each_worker_takes_every_wth_block_of_the_epoch_order(stream, monkeypatc
 def test_worker_and_pin_keys_reach_the_dataloader_only_when_set(stream, monkeypatch, kind):
     """dataloader.num_workers / pin_memory go to torch's DataLoader (batch_loader); without them
     batches are drawn in process. Checked by a spy, in process."""
-    from federatedscope.core.data import datasets, distributed_loader
+    from federatedscope.core.data import datasets, streaming
     calls = []
-    mod = datasets if kind == "memory" else distributed_loader
+    mod = datasets if kind == "memory" else streaming
     real = mod.batch_loader
     monkeypatch.setattr(mod, "batch_loader",
                         lambda ds, sampler, w, pin: calls.append((w, pin)) or real(ds, sampler, 0,

@@ -14,8 +14,8 @@ from federatedscope.core.data import shard_format as mu
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.data.shard_format import split_file as shard_io
 from federatedscope.core.data.datasets import BatchSource
-from federatedscope.core.data.distributed_loader import (DistributedShardLoader, ShardError,
-                                                          StreamingSplit)
+from federatedscope.core.data.distributed_loader import DistributedShardLoader, ShardError
+from federatedscope.core.data.streaming import StreamingSplit
 from federatedscope.core.data.sharding import ShardArgs, prepare_shards
 
 WRITERS = {f"f{i:04d}_{i}": 20 + 7 * i for i in range(6)}

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from federatedscope.core.data import shard_format as mu
-from federatedscope.core.data.distributed_loader import (DistributedShardLoader, ShardError,
-                                                          StreamingSplit)
+from federatedscope.core.data.distributed_loader import DistributedShardLoader, ShardError
+from federatedscope.core.data.streaming import StreamingSplit
 from federatedscope.core.data.shard_format import split_file as shard_io
 from federatedscope.core.data.sharding import ShardArgs, prepare_shards
 from test_distributed_loader import (_raises, all_samples, cfg_for, logs, prepared,  # noqa: F401

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from federatedscope.core.data import shard_format as sf
-from federatedscope.core.data.shard_format import split_file, verify
+from federatedscope.core.data import distributed_loader as verify
+from federatedscope.core.data.shard_format import split_file
 
 COUNTS = {"train": 6, "val": 2, "test": 3}
 NCLS = 4

@@ -276,7 +276,7 @@ def test_progress_bars_go_to_stderr_only_when_asked_and_are_cleared(leaf, tmp_pa
 def test_the_staged_set_hashes_the_packed_file_once_and_names_it_when_it_fails(
         leaf, tmp_path, monkeypatch):
     from federatedscope.core.data import sharding_output as so
-    from federatedscope.core.data.shard_format import verify
+    from federatedscope.core.data import distributed_loader as verify
     root, _, _ = leaf
     out = tmp_path / "out"
     run(root, out, clients=4, link=True)

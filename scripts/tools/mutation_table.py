@@ -94,7 +94,7 @@ MODULES: Dict[str, Module] = {
     # processes (seconds per mutant, and a fork server left behind by each killed mutant run);
     # the rules it checks are pinned in-process by the test_admission_*.py files
     "admission": Module([FL + "workers/admission.py", FL + "workers/validation.py",
-                         FL + "workers/server_members.py", FL + "workers/client.py"],
+                         FL + "workers/cool_off.py", FL + "workers/client.py"],
                         ["tests/test_admission_rules.py", "tests/test_admission_validation.py",
                          "tests/test_admission_members.py", "tests/test_admission_client.py",
                          "tests/test_abuse_cool_off.py", "tests/test_server_core.py",
@@ -115,11 +115,11 @@ MODULES: Dict[str, Module] = {
                         "tests/test_sharding_rules.py"],
                        SHARDING_SLOW),
     # the client's data: the shard loader, the dataset specs, transforms
-    "data": Module([FL + "data/distributed_loader.py", FL + "data/spec_data.py",
-                    FL + "data/base_data.py", FL + "data/transforms.py", FL + "data/datasets.py",
-                    FL + "data/dataset_spec.py", FL + "data/utils.py"],
-                   ["tests/test_distributed_loader.py", "tests/test_transforms.py",
-                    "tests/test_batch_workers.py", "tests/test_data_roles.py",
+    "data": Module([FL + "data/distributed_loader.py", FL + "data/streaming.py",
+                    FL + "data/spec_data.py", FL + "data/base_data.py", FL + "data/transforms.py",
+                    FL + "data/datasets.py", FL + "data/dataset_spec.py", FL + "data/utils.py"],
+                   ["tests/test_distributed_loader.py", "tests/test_shard_verify.py",
+                    "tests/test_transforms.py", "tests/test_batch_workers.py", "tests/test_data_roles.py",
                     "tests/test_data_partitions.py", "tests/test_loader_texts_and_links.py"],
                    DATA_SLOW),
     "codec": Module([FL + "communication/codec.py"],

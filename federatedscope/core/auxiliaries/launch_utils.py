@@ -28,9 +28,10 @@ def check_shard(manifest_path: str, cid: int, entry) -> Tuple[Optional[str], Lis
     """(real shard dir or None, problems) for one entry: ``verify_shard`` without re-hashing
     (sizes, meta.json against the manifest in full, the packed file of a --link shard)."""
     from federatedscope.core.data import shard_format as sf
+    from federatedscope.core.data.distributed_loader import verify_shard
     try:
         d = sf.shard_dir(manifest_path, entry)
-        sf.verify_shard(d, entry=entry, check_sha=False)
+        verify_shard(d, entry=entry, check_sha=False)
     except (sf.ShardError, OSError) as e:
         return None, [f"client {cid}: {e}"]
     return d, []

@@ -1,7 +1,9 @@
-"""A client's own shard: ``DistributedShardLoader`` opens only its ``shard_path``.
+"""A client's own shard: ``verify_shard`` (the one shard check) and ``DistributedShardLoader``.
 
-(and, for a ``--link`` shard, the packed file its meta names). ``verify_shard`` checks the files
-(size and, with ``verify_checksum``, sha256); the loader then checks ``meta.json`` against the
+The loader opens only its ``shard_path`` (and, for a ``--link`` shard, the packed file its meta
+names). ``verify_shard`` checks the files (size and, with ``verify_checksum``, sha256); it is
+also what the shard tool runs on a shard ``--resume`` keeps and on every staged shard, and what
+the launcher's pre-flight runs, so they can never disagree about a good shard. The loader then checks ``meta.json`` against the
 tensors (counts, dtype, shape, label range and histogram), so a client never trains on, or
 declares, data other than what was prepared. There is no fallback: a missing or inconsistent
 shard is a ``ShardError`` that says how to make it. In-memory mode yields ``TensorSplit``s;
@@ -12,162 +14,96 @@ Nothing here knows a dataset: shapes, class counts and ``sample_type`` come from
 """
 import logging
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from federatedscope.core.data import shard_format as sf
-from federatedscope.core.data.datasets import Batch, TensorSplit, batch_loader, shuffled_order
-from federatedscope.core.data.shard_format import split_file
-from federatedscope.core.data.shard_format.checks import ShardError
-from federatedscope.core.data.shard_format.split_file import SplitLayout
+from federatedscope.core.data.datasets import TensorSplit
 from federatedscope.core.data.dataset_spec import get_spec
+from federatedscope.core.data.shard_format import split_file
+from federatedscope.core.data.shard_format.checks import (SPLITS, ManifestError, ShardError,
+                                                          recreate_message, sha256_file, shard_fix)
+from federatedscope.core.data.shard_format.records import (FileEntry, ManifestEntry,
+                                                           ShardDeclaration, ShardMeta,
+                                                           check_declaration, read_meta)
+from federatedscope.core.data.streaming import StreamingSplit
 from federatedscope.core.data.transforms import build_transform, transform_for
 
 logger = logging.getLogger("federatedscope")
-BLOCK_BYTES = 4 << 20  # streaming window: ~5,300 rows of 784 bytes; the unit of the block shuffle
-
-__all__ = ["DistributedShardLoader", "StreamingSplit", "ShardError"]
+__all__ = ["DistributedShardLoader", "ShardError", "file_problem", "shard_files", "verify_shard"]
 
 
-class StreamingSplit(IterableDataset):
-    """A split read in windows with ``os.pread``; never materialised, never mmap'd.
+def shard_files(shard: str, meta: ShardMeta) -> List[Tuple[str, FileEntry]]:
+    """(path, recorded entry) of every file the shard's meta lists, the packed file last."""
+    out = [(os.path.join(shard, n), e) for n, e in sorted(meta.files.items())]
+    if meta.packed:
+        out.append((os.path.normpath(os.path.join(shard, meta.packed["path"])),
+                    FileEntry(meta.packed["bytes"], meta.packed["sha256"])))
+    return out
 
-    Shuffling is a deterministic block shuffle: the block order is a permutation seeded by
-    ``seed`` and the order inside block ``b`` one seeded by ``(seed, b)``, so a block reads the
-    same wherever it is read. With DataLoader workers, worker ``w`` of ``W`` takes every W-th
-    block of that order: each sample exactly once per epoch. Batches carry over block boundaries
-    (inside one worker), so without workers a pass has exactly ``ceil(n / batch_size)`` batches.
+
+def file_problem(path: str, want: FileEntry, check_sha: bool,
+                 sha_memo: Optional[Dict[str, str]] = None) -> str:
+    """'' when ``path`` exists with the recorded size (and sha256); else what is wrong.
+    ``sha_memo`` (path -> sha256) lets one caller hash a file shared by shards (--link) once."""
+    if not os.path.isfile(path):
+        return f"missing {path} (meta.json lists it)"
+    size = os.path.getsize(path)
+    if size != want.bytes:
+        return f"{path}: {size} bytes but meta.json says {want.bytes} (truncated or replaced file)"
+    if check_sha and _sha(path, sha_memo) != want.sha256:
+        return f"{path}: sha256 differs from meta.json (the file was modified after it was prepared)"
+    return ""
+
+
+def _sha(path: str, memo: Optional[Dict[str, str]]) -> str:
+    if memo is None:
+        return sha256_file(path)
+    if path not in memo:
+        memo[path] = sha256_file(path)
+    return memo[path]
+
+
+def verify_shard(shard: str, entry: Optional[ManifestEntry] = None, check_sha: bool = True,
+                 client_id: Optional[int] = None, missing_splits_ok: bool = False,
+                 meta: Optional[ShardMeta] = None,
+                 sha_memo: Optional[Dict[str, str]] = None) -> ShardMeta:
+    """Read (unless given) and check one shard directory; return its meta.
+
+    Checks: meta.json is valid; it belongs to ``client_id`` (when given); every file it lists
+    exists with its recorded size and, with ``check_sha``, sha256 (split files may be absent
+    with ``missing_splits_ok``: the loader's ``strict_check False``); the packed file of a
+    --link shard likewise; with ``entry``, the shard matches that manifest entry in full.
+    Raises ``ShardError`` listing every problem, ending with the command that re-creates it.
     """
-
-    def __init__(self, layout: SplitLayout, rows: Optional[np.ndarray], transform,
-                 block_rows: int = 0):
-        super().__init__()
-        self.layout, self.transform = layout, transform
-        self.rows = rows  # None: rows 0..n-1 of layout; else --link positions into the packed file
-        self.n = layout.n if rows is None else len(rows)
-        self.block_rows = block_rows or max(1, BLOCK_BYTES // max(layout.row_bytes, 1))
-        # Opened once, at load time: if the file is later replaced (a shard refresh by rename)
-        # and the refresh fails its checks, this split keeps reading the bytes that were
-        # verified, not the new ones. One descriptor per streaming split, closed by close();
-        # forked DataLoader workers share it (pread does not move a file offset).
-        self._fd: Optional[int] = os.open(layout.path, os.O_RDONLY)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self) -> None:
+    if not os.path.isdir(shard):
+        raise ShardError(f"shard directory {shard} does not exist (cwd {os.getcwd()}); make it "
+                         f"with: {shard_fix(shard, '', entry.dataset if entry else '')}")
+    fix = shard_fix(shard, "--overwrite", entry.dataset if entry else "")
+    if meta is None:
         try:
-            self.close()
-        except OSError:
-            pass
-
-    def __len__(self) -> int:
-        return self.n
-
-    def _my_blocks(self, shuffle: bool, seed: int) -> List[int]:
-        """This process's blocks in epoch order (every block when not in a DataLoader worker)."""
-        nb = (self.n + self.block_rows - 1) // self.block_rows
-        order = shuffled_order(nb, shuffle, seed).tolist()
-        info = get_worker_info()
-        return order if info is None else order[info.id::info.num_workers]
-
-    def _read_block(self, fd: int, b: int, buf: np.ndarray) -> Tuple[np.ndarray, np.ndarray,
-                                                                       Optional[np.ndarray]]:
-        """Rows of block ``b`` (a view of ``buf``), labels, and the order that restores dataset
-        order when --link rows had to be read in file order (else None)."""
-        lo, hi = b * self.block_rows, min(self.n, (b + 1) * self.block_rows)
-        idx = np.arange(lo, hi, dtype=np.int64) if self.rows is None else self.rows[lo:hi]
-        if len(idx) > 1 and bool((np.diff(idx) < 0).any()):
-            order = np.argsort(idx, kind="stable")
-            xs, ys = split_file.read_rows(fd, self.layout, idx[order], buf)
-            inv = np.empty_like(order)
-            inv[order] = np.arange(len(order))
-            return xs, ys, inv
-        xs, ys = split_file.read_rows(fd, self.layout, idx, buf)
-        return xs, ys, None
-
-    def _batches(self, batch_size: int, shuffle: bool, seed: int, blocks: List[int],
-                 drop_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Raw batches of ``blocks``. All buffers are allocated once and reused, so memory is
-        flat: a fresh 4 MB tensor per block fragments the heap and peak RSS creeps up."""
-        shape, dt = self.layout.sample_shape, self.layout.dtype
-        buf = np.empty((self.block_rows, *shape), dt)                   # pread window
-        stage_x = torch.empty((self.block_rows + batch_size, *shape), dtype=getattr(torch, dt))
-        stage_y = torch.empty(self.block_rows + batch_size, dtype=torch.int64)
-        have = 0
-        fd = self._fd
-        if fd is None:
-            raise ShardError(f"{self.layout.path}: this streaming split was closed (its shard "
-                             f"was reloaded); use the loader's current datasets")
-        for b in blocks:
-            xs, ys, inv = self._read_block(fd, b, buf)
-            k = len(ys)
-            sel = None if inv is None else torch.from_numpy(inv)
-            if shuffle:
-                perm = shuffled_order(k, True, int(seed) * 1_000_003 + b)
-                sel = perm if sel is None else sel[perm]
-            x, y = torch.from_numpy(xs), torch.from_numpy(ys)
-            if sel is None:
-                stage_x[have:have + k].copy_(x)
-                stage_y[have:have + k].copy_(y)
-            else:
-                torch.index_select(x, 0, sel, out=stage_x[have:have + k])
-                torch.index_select(y, 0, sel, out=stage_y[have:have + k])
-            have += k
-            full = (have // batch_size) * batch_size
-            for s in range(0, full, batch_size):
-                yield stage_x[s:s + batch_size], stage_y[s:s + batch_size]
-            if full:  # carry the remainder (< batch_size <= full rows: no overlap)
-                stage_x[:have - full].copy_(stage_x[full:have])
-                stage_y[:have - full].copy_(stage_y[full:have])
-                have -= full
-        if have and not drop_last:
-            yield stage_x[:have], stage_y[:have]
-
-    def _out(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
-        # x/y are views of reused buffers: hand out tensors that own their memory
-        xt = self.transform(x)
-        if xt.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-            xt = xt.clone()
-        return xt, y.clone()
-
-    def iter_batches(self, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                     drop_last: bool = False, pin_memory: bool = False) -> Iterator[Batch]:
-        """``drop_last`` drops the incomplete last batch of each reader (of each worker)."""
-        epoch = _StreamEpoch(self, batch_size, shuffle, seed, drop_last)
-        if num_workers == 0 and not pin_memory:
-            yield from epoch
-        else:
-            yield from batch_loader(epoch, None, num_workers, pin_memory)
-
-    def __iter__(self) -> Iterator[Batch]:
-        """Samples one by one, in file order (torch DataLoader protocol); workers take
-        disjoint blocks."""
-        for x, y in self._batches(self.block_rows, False, 0, self._my_blocks(False, 0), False):
-            xt, yt = self._out(x, y)
-            for i in range(len(yt)):
-                yield xt[i], yt[i]
-
-
-class _StreamEpoch(IterableDataset):
-    """One epoch of transformed batches; in a DataLoader worker, that worker's blocks only."""
-
-    def __init__(self, split: StreamingSplit, batch_size: int, shuffle: bool, seed: int,
-                 drop_last: bool):
-        super().__init__()
-        self.split, self.args = split, (batch_size, shuffle, seed)
-        self.drop_last = drop_last
-
-    def __iter__(self) -> Iterator[Batch]:
-        bs, shuffle, seed = self.args
-        s = self.split
-        for x, y in s._batches(bs, shuffle, seed, s._my_blocks(shuffle, seed), self.drop_last):
-            yield s._out(x, y)
+            meta = read_meta(os.path.join(shard, "meta.json"), fix=fix)
+        except ManifestError as e:
+            raise ShardError(str(e)) from None
+    meta_path = os.path.join(shard, "meta.json")
+    if client_id is not None and meta.client_id != client_id:
+        raise ShardError(f"{meta_path} belongs to client {meta.client_id}, but this process is "
+                         f"client {client_id}; point distributed_data.shard_path at "
+                         f"client_{client_id}'s shard or fix distribute.client_id")
+    problems = [f"{meta_path} does not match the manifest: {r}"
+                for r in (check_declaration(entry, ShardDeclaration.of_meta(meta))
+                          if entry is not None else [])]
+    splits = {os.path.join(shard, f"{s}.pt") for s in SPLITS}
+    for path, want in shard_files(shard, meta):
+        if missing_splits_ok and path in splits and not os.path.exists(path):
+            continue
+        problems.append(file_problem(path, want, check_sha, sha_memo))
+    problems = [p for p in problems if p]
+    if problems:
+        raise ShardError(recreate_message("; ".join(problems), shard, dataset=meta.dataset))
+    return meta
 
 
 class DistributedShardLoader:
@@ -234,8 +170,8 @@ class DistributedShardLoader:
             return True  # half-replaced or damaged: reload() says what is wrong
         if meta.fingerprint != self.meta.fingerprint:
             return True
-        if self.verify and any(os.path.isfile(p) and sf.file_problem(p, e, True)
-                               for p, e in sf.shard_files(self.shard_path, meta)):
+        if self.verify and any(os.path.isfile(p) and file_problem(p, e, True)
+                               for p, e in shard_files(self.shard_path, meta)):
             return True  # same meta, other bytes: reload() reports the tamper
         self._snapshot = self._stats(self.meta, self._packed)
         return False
@@ -280,7 +216,7 @@ class DistributedShardLoader:
             raise self._error(f"{self._meta_path} is missing, so {self.shard_path} is not a "
                               f"complete shard (interrupted run?)")
         try:
-            meta = sf.verify_shard(self.shard_path, check_sha=self.verify,
+            meta = verify_shard(self.shard_path, check_sha=self.verify,
                                    client_id=self.client_id, missing_splits_ok=True)
         except ShardError as e:
             hint = ("" if not self.verify or "sha256" not in str(e) else

@@ -27,6 +27,7 @@ from federatedscope.core.auxiliaries import client_tokens
 from federatedscope.core.data import shard_format as sf
 from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import DatasetSpec, get_spec
+from federatedscope.core.data.distributed_loader import verify_shard
 from federatedscope.core.data.shard_format import split_file
 from federatedscope.core.data.sharding_input import (Spill, deal_parts, find_inputs, progress_bar,
                                                      read_input)
@@ -92,7 +93,7 @@ def shard_verifies(shard: str, k: int, writers: List[str], pid: str,
                    packed_sha: Optional[str]) -> bool:
     """A finished shard may be kept by --resume only if it is this plan's and hashes match."""
     try:
-        meta = sf.verify_shard(shard, client_id=k)
+        meta = verify_shard(shard, client_id=k)
     except sf.ShardError:
         return False
     return (meta.plan_id == pid and list(meta.writer_ids) == list(writers)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from federatedscope.core.auxiliaries.utils import atomic_write_bytes, fsync_dir, sync_tree
 from federatedscope.core.data import shard_format as sf
+from federatedscope.core.data.distributed_loader import file_problem, verify_shard
 from federatedscope.core.data.sharding_plan import ShardingError
 
 logger = logging.getLogger("federatedscope")
@@ -241,7 +242,7 @@ def verify_staged(stage: str) -> sf.Manifest:
     man = sf.read_manifest(path)
     memo: Dict[str, str] = {}  # the --link packed file is hashed once, not once per shard
     if man.packed is not None:
-        bad = sf.file_problem(os.path.normpath(os.path.join(stage, man.packed["path"])),
+        bad = file_problem(os.path.normpath(os.path.join(stage, man.packed["path"])),
                               sf.FileEntry(man.packed["bytes"], man.packed["sha256"]), True, memo)
         if bad:
             raise ShardingError(f"the new packed file did not verify ({bad}); the old set was "
@@ -249,7 +250,7 @@ def verify_staged(stage: str) -> sf.Manifest:
     base = sf.manifest_base(path)
     for cid, entry in sorted(man.clients.items()):
         try:
-            sf.verify_shard(sf.shard_dir(path, entry, base), entry=entry, sha_memo=memo)
+            verify_shard(sf.shard_dir(path, entry, base), entry=entry, sha_memo=memo)
         except sf.ShardError as e:
             raise ShardingError(f"the new client_{cid} did not verify ({e}); the old set was "
                                 f"left as it was") from None

@@ -1,23 +1,20 @@
-"""Who may join, as whom, and with what weight: the server's checks of a client's claims.
+"""Who is in the federation, as whom, with what counts: the server's checks of a client's claims.
 
-A join carries ``client_id``, an optional ``token`` and, in shard mode, a ``declaration`` (see
-``shard_format.ShardDeclaration``). With a manifest, the declaration must match the manifest entry
+``ClientTable`` holds every client that joined (who is online, on which connection) and runs the
+join exchange; ``Admission`` decides each join and keeps what the client declared: the counts an
+update's ``sample_size`` (its FedAvg weight) is checked against.
+
+A join carries ``client_id``, an optional ``token`` and, in shard mode, a ``declaration``
+(``shard_format.ShardDeclaration``). With a manifest, the declaration must match the manifest entry
 of that id (strict: refuse; lenient: warn, and the declared count is *unverified*). A manifest entry
 may name a ``token_hash`` (sha256 hex of the client's secret); ``distribute.token`` on the server is
 a shared secret for runs without per-client hashes. Without a manifest (FS's data_idx mode) ids come
-from the client or, when it claims ``UNASSIGNED`` (-1, FS's data_idx client without
-``distribute.client_id``), from join order: the lowest id in 1..expected that no client holds
-(then the lowest whose holder is offline), told to the client with ``assign_client_id`` as in FS;
-every count is unverified.
-
-An id whose session the transport closed for abuse (``Disconnected.abuse``) may not re-join for a
-cool-off period (``CoolOff``) that doubles with each such close; the refusal names its end.
-
-A refused peer learns only a reason *class* (``Decision.peer_reason``; a cool-off's also says why
-and until when, facts of the peer's own session); the detail, which may quote the manifest, goes
-to the server log only.
+from the client or, when it claims ``UNASSIGNED`` (-1), from join order: the lowest id in
+1..expected that no client holds (then the lowest whose holder is offline), told to the client with
+``assign_client_id`` as in FS; every count is unverified. An id closed for abuse waits out a
+``CoolOff``. A refused peer learns only a reason *class* (``Decision.peer_reason``); the detail,
+which may quote the manifest, goes to the server log only.
 """
-import hashlib
 import logging
 import os
 import time
@@ -25,8 +22,11 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Set, Tuple
 
 from federatedscope.core.communication.join_proof import proves_token
-from federatedscope.core.data.shard_format import token_digest
-from federatedscope.core.message import UNASSIGNED
+from federatedscope.core.communication.transport import Disconnected, ServerComm
+from federatedscope.core.data.shard_format import (ShardDeclaration, check_declaration,
+                                                   load_manifest, token_digest)
+from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, UNASSIGNED, Message, clip_text
+from federatedscope.core.workers.cool_off import CoolOff, utc_after
 
 logger = logging.getLogger("federatedscope")
 
@@ -37,66 +37,6 @@ BAD_TOKEN = "bad token"
 DUPLICATE = "duplicate"
 MALFORMED = "malformed join"
 COOLING_OFF = "cooling off"
-
-# An abuse close is one an honest client never causes (it sends no invalid message and no
-# heartbeat flood), so only abusers pay: without a pause a closed abuser re-joins at once and
-# floods again, for ever. Doubling from a short base keeps one mistaken close cheap (the id is
-# back in seconds) while a persistent abuser's closes thin out geometrically, up to one an hour.
-COOL_OFF_BASE = 5.0        # seconds after the first abuse close of an id
-COOL_OFF_CAP = 3600.0      # seconds; the longest period, reached at the 11th close
-
-
-@dataclass
-class Strikes:
-    """One client id's abuse closes (kept for the whole job: the count never decays)."""
-    closes: int = 0
-    until: float = 0.0     # time.monotonic() from which a re-join is allowed again
-    why: str = ""          # the last close's reason, as the transport gave it
-    refused: int = 0       # re-joins refused in the current period (only the first is logged)
-
-
-class CoolOff:
-    """Which ids are cooling off after an abuse close, and until when (``time.monotonic``)."""
-
-    def __init__(self, base: float = COOL_OFF_BASE, cap: float = COOL_OFF_CAP):
-        self.base, self.cap = base, cap
-        self.strikes: Dict[int, Strikes] = {}
-
-    def close(self, cid: int, why: str) -> Strikes:
-        """Record an abuse close of ``cid``; its re-joins are refused from now until ``until``."""
-        s = self.strikes.setdefault(cid, Strikes())
-        s.closes += 1
-        s.until = time.monotonic() + self.period(s.closes)
-        s.why, s.refused = why, 0
-        return s
-
-    def period(self, closes: int) -> float:
-        return min(self.cap, self.base * 2.0 ** min(closes - 1, 40))
-
-    def cooling(self) -> Set[int]:
-        return {c for c in self.strikes if self.left(c) > 0}
-
-    def left(self, cid: int) -> float:
-        """Seconds until ``cid`` may re-join (0: it may)."""
-        s = self.strikes.get(cid)
-        return max(0.0, s.until - time.monotonic()) if s else 0.0
-
-    def refusal(self, cid: int) -> "Decision":
-        s, left = self.strikes[cid], self.left(cid)
-        s.refused += 1
-        end = utc_after(left)
-        return Decision(False, f"client id {cid} is cooling off until {end} (abuse close "
-                               f"{s.closes}: {s.why}); re-join refused",
-                        f"{COOLING_OFF}: this id's session was closed for abuse ({s.why}; "
-                        f"{s.closes} time(s)); re-joins are refused until {end} ({left:.0f}s). "
-                        f"Fix what made the client send invalid or excess messages, then restart "
-                        f"it after that time", retry_after=round(left, 1),
-                        quiet=s.refused > 1)
-
-
-def utc_after(seconds: float) -> str:
-    return time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + seconds))
-
 
 @dataclass
 class Decision:
@@ -156,6 +96,17 @@ class Admission:
         c = self.claims.get(cid)
         return bool(c and c.verified)
 
+    def check_sample_size(self, cid: int, sample_size: object) -> Optional[str]:
+        """``None`` when an update's ``sample_size`` is the train count ``cid`` declared at join
+        (in shard mode, the count the manifest vouched for), else why not: the FedAvg weight is
+        never a bare claim of the update."""
+        if not isinstance(sample_size, int) or isinstance(sample_size, bool):
+            return "sample_size is not an integer"
+        declared = self.counts(cid).get("train", 0)
+        if sample_size != declared:
+            return f"sample_size {sample_size} != declared train count {declared}"
+        return None
+
     # ----------------------------------------------------------------- join
     def admit(self, content: dict, online: Set[int]) -> Decision:
         claimed = content.get("client_id")
@@ -183,10 +134,22 @@ class Admission:
         if problem:                                   # online is nobody's business without it
             return _refuse(BAD_TOKEN, problem)
         if self.cool_off.left(claimed) > 0:
-            return self.cool_off.refusal(claimed)
+            return self._cooling_refusal(claimed)
         if claimed in online:
             return _refuse(DUPLICATE, f"client id {claimed} is already connected (duplicate id)")
         return self._check_claims(claimed, content)
+
+    def _cooling_refusal(self, cid: int) -> Decision:
+        s, left = self.cool_off.strikes[cid], self.cool_off.left(cid)
+        s.refused += 1
+        end = utc_after(left)
+        return Decision(False, f"client id {cid} is cooling off until {end} (abuse close "
+                               f"{s.closes}: {s.why}); re-join refused",
+                        f"{COOLING_OFF}: this id's session was closed for abuse ({s.why}; "
+                        f"{s.closes} time(s)); re-joins are refused until {end} ({left:.0f}s). "
+                        f"Fix what made the client send invalid or excess messages, then restart "
+                        f"it after that time", retry_after=round(left, 1),
+                        quiet=s.refused > 1)
 
     def _assign_id(self, online: Set[int]) -> int:
         """Join order: the lowest id never held, else the lowest held by an offline client (a
@@ -232,7 +195,6 @@ class Admission:
         return Decision(True, client_id=cid, train_samples=counts["train"])
 
     def _check_declaration(self, cid: int, decl_dict) -> Decision:
-        from federatedscope.core.data.shard_format import ShardDeclaration, check_declaration
         try:
             decl = ShardDeclaration.from_dict(decl_dict)
         except (ValueError, TypeError, KeyError) as e:
@@ -269,7 +231,6 @@ class Admission:
         if self.manifest is None:
             return problems
         self._reload_if_changed()
-        from federatedscope.core.data.shard_format import check_declaration
         for cid in client_ids:
             claims = self.claims.get(cid)
             if claims is None or claims.declaration is None:
@@ -290,7 +251,6 @@ class Admission:
         stamp = _file_stamp(self.manifest_path)
         if not self.manifest_path or stamp == self._stamp:
             return
-        from federatedscope.core.data.shard_format import load_manifest
         try:
             self.manifest = load_manifest(self.manifest_path)
         except (ValueError, OSError) as e:
@@ -299,6 +259,130 @@ class Admission:
         else:
             logger.warning(f"Server: manifest {self.manifest_path} changed on disk; re-read it")
         self._stamp = stamp
+
+
+@dataclass
+class ClientRecord:
+    client_id: int
+    conn_id: int
+    online: bool = True
+    last_seen: float = field(default_factory=lambda: time.monotonic())
+    offline_since: float = 0.0
+
+
+class ClientTable(Dict[int, ClientRecord]):
+    """Every client that ever joined, by id: who is online, on which connection.
+
+    Who is online, by id and by connection, is kept as indexes updated on join and loss: they
+    are asked for every message, and a scan of all records per message made a round of
+    thousands of clients quadratic."""
+
+    def __init__(self, admission: Admission, comm: ServerComm, expected: int):
+        super().__init__()
+        self.admission, self.comm, self.expected = admission, comm, expected
+        self._online: Set[int] = set()
+        self._by_conn: Dict[int, int] = {}       # connection -> online client id
+        self._counts: Optional[list] = None      # train_counts(), until a declaration changes
+
+    def online_ids(self) -> Set[int]:
+        """The ids online now (a copy)."""
+        return set(self._online)
+
+    def online_count(self) -> int:
+        return len(self._online)
+
+    def on_conn(self, conn_id: int) -> Optional[ClientRecord]:
+        """The online client bound to ``conn_id`` (a connection carries one identity)."""
+        cid = self._by_conn.get(conn_id)
+        return self[cid] if cid is not None else None
+
+    def mark_lost(self, rec: ClientRecord, why: str, since: Optional[float] = None) -> None:
+        """Offline from now (or ``since``); the server stops waiting for it after the grace."""
+        rec.online = False
+        rec.offline_since = time.monotonic() if since is None else since
+        self._online.discard(rec.client_id)
+        if self._by_conn.get(rec.conn_id) == rec.client_id:
+            del self._by_conn[rec.conn_id]
+        logger.warning(f"Server: client #{rec.client_id} {why}")
+
+    def disconnected(self, event: Disconnected) -> None:
+        """A session ended. An abuse close (the transport says so) starts the id's cool-off;
+        the one line logged names it and when it ends."""
+        rec = self.on_conn(event.conn_id)
+        if rec is None:
+            return
+        why = f"lost ({clip_text(event.reason)})"
+        if event.abuse:
+            s = self.admission.cool_off.close(rec.client_id, clip_text(event.reason, 80))
+            left = self.admission.cool_off.left(rec.client_id)
+            why += (f"; closed for abuse ({s.closes} time(s)): its re-joins are refused for "
+                    f"{left:.0f}s, until {utc_after(left)}")
+        self.mark_lost(rec, why)
+
+    def join(self, conn_id: int, peer: str, content: dict, round_idx: int) -> Optional[int]:
+        """Admit a join_in: the client id (bound, told with assign_client_id), or None when
+        it was refused (the peer learns the reason class) or ignored."""
+        src = f", from {clip_text(peer, 80)}" if peer else ""
+        holder = self.on_conn(conn_id)
+        if holder is not None:   # one identity per connection: a second join is ignored
+            logger.warning(f"Server: client #{holder.client_id} sent another join_in on its "
+                           f"connection (claiming {clip_text(content.get('client_id'), 40)}); ignored")
+            return None
+        decision = self.admission.admit(content, self._online)
+        if not decision.accepted:
+            # a cool-off refused again and again is logged once per period, not per attempt
+            (logger.debug if decision.quiet else logger.warning)(
+                f"Server: refused client (claimed id {clip_text(content.get('client_id'), 40)}"
+                f"{src}): {decision.reason}")
+            reply = {"reason": decision.peer_reason}
+            if decision.retry_after:
+                reply["retry_after"] = decision.retry_after
+            self.comm.send_to_conn(conn_id, Message(REFUSE, SERVER_ID, -1, round_idx, reply))
+            self.comm.close(conn_id)
+            return None
+        cid = decision.client_id
+        rejoin = cid in self
+        self[cid] = ClientRecord(cid, conn_id)
+        self._online.add(cid)
+        self._by_conn[conn_id] = cid
+        self._counts = None
+        self.comm.bind(conn_id, cid)
+        self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, round_idx, {"client_id": cid}))
+        modified = content.get("shard_last_modified")
+        shard = (f"; shard last modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(modified))}"
+                 f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
+        logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
+                    f"({decision.train_samples} train samples{shard}; "
+                    f"{len(self._online)}/{self.expected} online)")
+        if decision.train_samples == 0:
+            logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
+                           f"its updates weigh nothing in FedAvg")
+        return cid
+
+    def redeclare(self, cid: int, content: dict, round_idx: int) -> bool:
+        """A joined client's shard changed on disk; False when the new declaration is refused
+        (the client is then told, closed and counted out)."""
+        error = content.get("refresh_error")
+        if error:
+            logger.warning(f"Server: client #{cid} could not load its changed shard "
+                           f"({clip_text(error)}); it keeps its previous shard")
+        decision = self.admission.redeclare(cid, content["declaration"])
+        if decision.accepted:
+            self._counts = None
+            logger.info(f"Server: client #{cid} re-declared its shard "
+                        f"({decision.train_samples} train samples)")
+            return True
+        logger.warning(f"Server: Refused re-declaration of client #{cid}: {decision.reason}")
+        self.comm.send(Message(REFUSE, SERVER_ID, cid, round_idx, {"reason": decision.peer_reason}))
+        self.mark_lost(self[cid], "refused", since=float("-inf"))
+        self.comm.close(self[cid].conn_id)
+        return False
+
+    def train_counts(self) -> list:
+        """Every known client's declared train count (the reference for capping a claim)."""
+        if self._counts is None:
+            self._counts = [self.admission.counts(c).get("train", 0) for c in self]
+        return self._counts
 
 
 def _file_stamp(path: str) -> Optional[Tuple[int, int]]:

@@ -28,11 +28,10 @@ from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT,
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, guard_log_files
 from federatedscope.core.communication.transport import Disconnected, Incoming, ServerComm
-from federatedscope.core.workers.admission import Admission
+from federatedscope.core.workers.admission import Admission, ClientTable
 from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
-from federatedscope.core.workers.server_members import ClientTable
 from federatedscope.core.workers.server_state import Phase, RoundState
 from federatedscope.core.workers.server_store import ServerStore
 from federatedscope.core.workers.validation import check_update, update_reference
@@ -190,10 +189,8 @@ class Server(Worker):
                            f"(current round {self.round})")
             return
         st.pending.discard(cid)
-        # a pending client was sampled from the online ones, each admitted with a "train" count
-        declared = self.admission.counts(cid)["train"]
-        problem = check_update(self.update_ref, msg.tensors, msg.content.get("sample_size"),
-                               declared, self.aggregator.local_param)
+        problem = check_update(self.update_ref, msg.tensors, self.aggregator.local_param) or \
+            self.admission.check_sample_size(cid, msg.content.get("sample_size"))
         if not problem:
             problem = self.admission.revalidate([cid]).get(cid)
         if problem:

@@ -8,7 +8,7 @@ each event. Standalone runs have no clock: the in-process bus cannot lose a clie
 from typing import Callable, Iterable, List, Optional, Set
 
 from federatedscope.core.workers.server_eval import Evaluation
-from federatedscope.core.workers.server_members import ClientRecord
+from federatedscope.core.workers.admission import ClientRecord
 
 
 def eval_limit(eval_timeout: float, round_timeout: float) -> float:

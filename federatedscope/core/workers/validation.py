@@ -1,8 +1,8 @@
 """What the server accepts from a *joined* client: model updates and evaluation metrics.
 
 A joined client is still only trusted as far as it can be checked. An update must have exactly the
-global model's keys, shapes and dtypes, finite values and the sample size the client declared at
-join. Metrics must be finite, accuracies in [0, 1], losses non-negative, and every ``<split>_total``
+global model's keys, shapes and dtypes and finite values (its sample size is checked against the
+declared count by ``Admission.check_sample_size``). Metrics must be finite, accuracies in [0, 1], losses non-negative, and every ``<split>_total``
 equal to that split's declared count (which, in shard mode, the manifest vouches for) — otherwise a
 client could report ``test_total 1e12, test_acc 1.0`` and become the job's accuracy.
 Each check returns ``None`` when the input is fine, else a short reason for the server log.
@@ -26,10 +26,12 @@ def update_reference(model: torch.nn.Module) -> State:
     return {k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}
 
 
-def check_update(ref: State, tensors: Optional[State], sample_size: object,
-                 declared_train: int, local_param: Sequence[str] = ()) -> Optional[str]:
-    """``local_param``: ``personalization.local_param``; an update may omit exactly the keys it
-    matches (they stay on the client: FedBN's norm layers, a personal head), or send them all."""
+def check_update(ref: State, tensors: Optional[State],
+                 local_param: Sequence[str] = ()) -> Optional[str]:
+    """An update's tensors against the global model's (``ref``: ``update_reference``). Its
+    ``sample_size`` is ``Admission.check_sample_size``'s. ``local_param``:
+    ``personalization.local_param``; an update may omit exactly the keys it matches (they stay on
+    the client: FedBN's norm layers, a personal head), or send them all."""
     got = tensors or {}
     shared = set(ref) - set(local_keys(ref, local_param))
     if set(got) != set(ref) and set(got) != shared:
@@ -40,10 +42,6 @@ def check_update(ref: State, tensors: Optional[State], sample_size: object,
             return f"{k}: {t.dtype}{list(t.shape)} != {ref[k].dtype}{list(ref[k].shape)}"
         if t.is_floating_point() and not _all_finite(t):
             return f"{k} has non-finite values"
-    if not isinstance(sample_size, int) or isinstance(sample_size, bool):
-        return "sample_size is not an integer"
-    if sample_size != declared_train:
-        return f"sample_size {sample_size} != declared train count {declared_train}"
     return None
 
 

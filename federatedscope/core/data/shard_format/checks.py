@@ -49,6 +49,11 @@ def shard_fix(shard: str, flags: str = "--resume", dataset: str = "") -> str:
     return recreate_command(out, dataset, flags=flags)
 
 
+def manifest_fix(path: str, n: Any = "N", dataset: str = "") -> str:
+    out = os.path.dirname(os.path.abspath(path)) or "."
+    return recreate_command(out, dataset, n, "--overwrite")
+
+
 def recreate_message(problem: str, shard: str, flags: str = "--resume",
                      dataset: str = "") -> str:
     """``problem`` plus the one "re-create it with" sentence, for errors about a shard."""

@@ -1,31 +1,18 @@
-"""Reading and writing ``meta.json`` (per shard) and ``manifest.json`` (per partition).
+"""Writing ``meta.json`` (per shard) and ``manifest.json`` (per partition), and where a
+manifest's shards are.
 
-Nothing else in the tree parses or writes these files. Every read is JSON, validated by the
-record's ``from_dict``; every problem is a ``ManifestError`` naming the file, the field and the
-fix. Layout on write: header fields one a line, one compact line per client (readable, diffable).
+The writer's side of the JSON files (their one reader is ``records.py``). Layout on write: header
+fields one a line, one compact line per client (readable, diffable); every write is a temp file
+and a rename. ``shard_dir`` resolves an entry's directory and refuses one outside the manifest's.
 """
 import json
 import os
 from typing import Any, Dict, List
 
 from federatedscope.core.auxiliaries.utils import atomic_write_bytes
-from federatedscope.core.data.shard_format.checks import (Checker, ManifestError,
-                                                          recreate_command, shard_fix)
-from federatedscope.core.data.shard_format.records import Manifest, ManifestEntry, ShardMeta
-
-
-def _load_json(path: str, fix: str) -> Any:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found; fix: {fix}") from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror}); fix: {fix}") from None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: malformed JSON ({e}); fix: {fix}") from None
+from federatedscope.core.data.shard_format.checks import ManifestError, manifest_fix
+from federatedscope.core.data.shard_format.records import (Manifest, ManifestEntry, ShardMeta,
+                                                           read_manifest)
 
 
 def _one_key_per_line(d: Dict[str, Any]) -> str:
@@ -36,14 +23,6 @@ def _one_key_per_line(d: Dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- meta.json
-def read_meta(path: str, fix: str = "") -> ShardMeta:
-    """Read and validate ``meta.json`` (``path`` may be the file or its shard directory)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "meta.json")
-    fix = fix or shard_fix(os.path.dirname(path))
-    return ShardMeta.from_dict(_load_json(path, fix), Checker(path, fix))
-
-
 def write_meta(path: str, meta: ShardMeta, durable: bool = True) -> None:
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
@@ -51,25 +30,6 @@ def write_meta(path: str, meta: ShardMeta, durable: bool = True) -> None:
 
 
 # ----------------------------------------------------------------------------- manifest.json
-def manifest_fix(path: str, n: Any = "N", dataset: str = "") -> str:
-    out = os.path.dirname(os.path.abspath(path)) or "."
-    return recreate_command(out, dataset, n, "--overwrite")
-
-
-def read_manifest(path: str) -> Manifest:
-    d = _load_json(path, manifest_fix(path))
-    n = d.get("total_clients", "N") if type(d) is dict else "N"
-    ds = d.get("dataset", "") if type(d) is dict else ""
-    fix = manifest_fix(path, n if type(n) is int and n > 0 else "N",
-                       ds if type(ds) is str else "")
-    return Manifest.from_dict(d, Checker(path, fix))
-
-
-def load_manifest(path: str) -> Dict[int, ManifestEntry]:
-    """client id -> entry, validated. The server's view of who may join and with what."""
-    return read_manifest(path).clients
-
-
 def write_manifest(path: str, manifest: Manifest) -> None:
     """Header fields one a line, then one compact line per client (with its writer ids)."""
     d = manifest.to_dict()
