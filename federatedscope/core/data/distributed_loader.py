@@ -1,14 +1,14 @@
 """A client's own shard: ``verify_shard`` (the one shard check) and ``DistributedShardLoader``.
 
 The loader opens only its ``shard_path`` (and, for a ``--link`` shard, the packed file its meta
-names). ``verify_shard`` checks the files (size and, with ``verify_checksum``, sha256); it is
-also what the shard tool runs on a shard ``--resume`` keeps and on every staged shard, and what
-the launcher's pre-flight runs, so they can never disagree about a good shard. The loader then checks ``meta.json`` against the
-tensors (counts, dtype, shape, label range and histogram), so a client never trains on, or
-declares, data other than what was prepared. There is no fallback: a missing or inconsistent
-shard is a ``ShardError`` that says how to make it. In-memory mode yields ``TensorSplit``s;
-``streaming=True`` yields ``StreamingSplit``s that ``os.pread`` bounded windows, so RSS stays flat
-however large the shard is (Unix only: see doc/architecture.md "Portability").
+names). ``verify_shard`` checks the files (size and, with ``verify_checksum``, sha256); it is also
+what the shard tool runs on a shard ``--resume`` keeps and on every staged shard, and what the
+launcher's pre-flight runs, so they can never disagree about a good shard. The loader then checks
+``meta.json`` against the tensors (counts, dtype, shape, label range and histogram), so a client
+never trains on, or declares, data other than what was prepared. There is no fallback: a missing or
+inconsistent shard is a ``ShardError`` that says how to make it. In-memory mode yields
+``TensorSplit``s; ``streaming=True`` yields ``StreamingSplit``s that ``os.pread`` bounded windows,
+so RSS stays flat however large the shard is (Unix only: see doc/architecture.md "Portability").
 
 Nothing here knows a dataset: shapes, class counts and ``sample_type`` come from ``meta.json``.
 """

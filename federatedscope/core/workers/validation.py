@@ -2,10 +2,11 @@
 
 A joined client is still only trusted as far as it can be checked. An update must have exactly the
 global model's keys, shapes and dtypes and finite values (its sample size is checked against the
-declared count by ``Admission.check_sample_size``). Metrics must be finite, accuracies in [0, 1], losses non-negative, and every ``<split>_total``
-equal to that split's declared count (which, in shard mode, the manifest vouches for) — otherwise a
-client could report ``test_total 1e12, test_acc 1.0`` and become the job's accuracy.
-Each check returns ``None`` when the input is fine, else a short reason for the server log.
+declared count by ``Admission.check_sample_size``). Metrics must be finite, accuracies in [0, 1],
+losses non-negative, and every ``<split>_total`` equal to that split's declared count (which, in
+shard mode, the manifest vouches for) — otherwise a client could report ``test_total 1e12, test_acc
+1.0`` and become the job's accuracy. Each check returns ``None`` when the input is fine, else a
+short reason for the server log.
 """
 import math
 from typing import Dict, Mapping, Optional, Sequence

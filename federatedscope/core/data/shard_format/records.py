@@ -2,9 +2,10 @@
 reader of ``meta.json`` and ``manifest.json``, and the one declaration-vs-manifest comparison.
 
 ``from_dict`` is the only validation path of a record: the file readers below, the server (a join
-declaration off the wire) and the tool all go through it, so "valid" means one thing. Every read
-is JSON; every problem is a ``ManifestError`` naming the file, the field and the fix. Checks use C-level builtins where it matters (a 10,000-client manifest is read in well
-under half a second). Field-by-field spec: ``README.md`` next to this file.
+declaration off the wire) and the tool all go through it, so "valid" means one thing. Every read is
+JSON; every problem is a ``ManifestError`` naming the file, the field and the fix. Checks use
+C-level builtins where it matters (a 10,000-client manifest is read in well under half a second).
+Field-by-field spec: ``README.md`` next to this file.
 """
 import hashlib
 import json
