@@ -144,3 +144,122 @@ def test_clients_in_numeric_order_a_missing_client_is_a_gap_and_odd_lines_are_sk
     assert c.per_client["client #10"]["test_acc"] == pytest.approx([1.01, None])
     assert c.per_client["client #2"]["test_acc"] == pytest.approx([0.21, 0.22])
     assert c.splits() == ["test", "val"]
+
+
+def _figure(tmp_path, **kw):
+    pytest.importorskip("matplotlib")
+    from federatedscope.core.monitors.curves import draw_curves
+    return draw_curves(read_curves(_log(tmp_path, **kw)), "run_7")
+
+
+def test_the_figure_has_a_panel_per_kind_and_per_split_a_weighted_line_over_thin_clients(tmp_path):
+    """4 clients, 5 rounds, splits test and val: each panel holds, per split in the split's
+    colour, one thin line per client and a thick weighted-average line with a point per round."""
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = _figure(tmp_path)
+    c = read_curves(_log(tmp_path / "again"))
+    assert isinstance(fig.canvas, FigureCanvasAgg) and tuple(fig.get_size_inches()) == (12, 4)
+    acc, loss = fig.axes                                      # one row of two panels
+    assert acc.get_position().x1 < loss.get_position().x0
+    assert acc.get_position().y0 == loss.get_position().y0
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind, ylabel in ((acc, "acc", "accuracy"),
+                             (loss, "avg_loss", "loss (mean per sample)")):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("round", ylabel)
+        grid = ax.xaxis.get_gridlines()[0]
+        assert grid.get_visible() and grid.get_alpha() == 0.3
+        lines = ax.get_lines()
+        assert len(lines) == 2 * (4 + 1)
+        for i, split in enumerate(("test", "val")):
+            key, group = f"{split}_{kind}", lines[5 * i:5 * i + 5]
+            for line, client in zip(group, ("client #1", "client #2", "client #3", "client #4")):
+                assert list(line.get_xdata()) == [1, 2, 3, 4, 5]
+                assert list(line.get_ydata()) == c.per_client[client][key]
+                assert (line.get_color(), line.get_alpha(), line.get_linewidth(),
+                        line.get_marker()) == (cycle[i], 0.25, 0.8, "None")
+            avg = group[-1]
+            assert list(avg.get_xdata()) == [1, 2, 3, 4, 5]
+            assert list(avg.get_ydata()) == c.weighted[key]
+            assert (avg.get_color(), avg.get_alpha(), avg.get_linewidth(), avg.get_marker(),
+                    avg.get_markersize(), avg.get_label()) == \
+                (cycle[i], None, 2, "o", 3, f"{split} (weighted avg)")
+        legend = ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == ["test (weighted avg)",
+                                                            "val (weighted avg)"]
+        assert legend.get_texts()[0].get_fontsize() == 8
+        assert len(ax.texts) == 0
+    assert fig.get_suptitle() == "run_7 (5 evaluated rounds; thin: each of 4 clients)"
+    assert fig._suptitle.get_fontsize() == 10
+
+
+def test_above_20_clients_only_the_weighted_lines_and_the_title_says_so(tmp_path):
+    fig = _figure(tmp_path, clients=tuple(range(1, 22)), rounds=(1, 2, 3, 4))
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
+    assert fig.get_suptitle() == "run_7 (4 evaluated rounds)"
+
+
+def test_a_panel_without_its_metric_says_so_in_its_middle(tmp_path):
+    pytest.importorskip("matplotlib")
+    from federatedscope.core.monitors.curves import Curves, draw_curves
+    fig = draw_curves(Curves([1, 2], {"test_acc": [0.1, 0.2]}), "r")
+    acc, loss = fig.axes
+    assert len(acc.texts) == 0 and loss.get_legend() is None and len(loss.get_lines()) == 0
+    (note,) = loss.texts
+    assert note.get_text() == "no loss (mean per sample) reported"
+    assert note.get_position() == (0.5, 0.5) and note.get_transform() == loss.transAxes
+    assert (note.get_ha(), note.get_va(), note.get_fontsize(), note.get_alpha()) == \
+        ("center", "center", 9, 0.6)
+
+
+def test_the_png_is_1200_by_400_whatever_the_users_matplotlibrc(tmp_path):
+    """savefig's dpi is the module's, not the user's rc (a matplotlibrc at 50 dpi)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from PIL import Image
+    png = str(tmp_path / "curves.png")
+    with matplotlib.rc_context({"savefig.dpi": 50, "figure.dpi": 50}):
+        assert write_curves(_log(tmp_path), png) == png
+    with Image.open(png) as im:
+        assert im.size == (1200, 400) and im.format == "PNG"
+
+
+def test_a_round_without_per_client_results_is_a_gap_for_every_client(tmp_path, caplog):
+    """Round 2 logged only its weighted average (no Results_raw): every client's curve has
+    None there; a log with no evaluated round says so in one line."""
+    path = tmp_path / "eval_results.log"
+    lines = [json.loads(_line(r, (1, 2, 3, 4))) for r in (1, 2, 3)]
+    del lines[1]["Results_raw"]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    c = read_curves(str(path))
+    assert c.rounds == [1, 2, 3]
+    assert c.per_client["client #3"]["val_avg_loss"] == pytest.approx([4.0, None, 2.0])
+    empty = tmp_path / "empty" / "eval_results.log"
+    empty.parent.mkdir()
+    empty.write_text("")
+    caplog.set_level("INFO", logger="federatedscope")
+    assert write_curves(str(empty), str(tmp_path / "c.png")) is None
+    assert [r.getMessage() for r in caplog.records] == \
+        [f"{empty}: no evaluated round yet; no curves drawn"]
+
+
+def test_splits_cut_the_kinds_suffix_once_at_the_end():
+    from federatedscope.core.monitors.curves import Curves
+    c = Curves([1], {"val_acc_acc": [0.1], "train_avg_loss": [1.0], "test_total": [5],
+                     "x_acc": [0.2], "test_loss": [1.0]})
+    assert c.splits() == ["train", "val_acc", "x"]
+
+
+def test_a_utf8_log_reads_the_same_under_an_ascii_locale(tmp_path):
+    """The log is read as UTF-8 whatever the locale: a hand-edited label "Zürich" survives a
+    reader started with LC_ALL=POSIX (locale encoding ASCII, Python's UTF-8 mode off)."""
+    import subprocess
+    path = tmp_path / "eval_results.log"
+    path.write_text(json.dumps({"Round": 1, "Results_weighted_avg": {"test_acc": 0.5},
+                                "Results_raw": {"Zürich": {"test_acc": 0.5}}},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    code = ("import sys; from federatedscope.core.monitors.curves import read_curves; "
+            "print(ascii(list(read_curves(sys.argv[1]).per_client)))")
+    env = dict(os.environ, LC_ALL="POSIX", PYTHONUTF8="0", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip() == ascii(["Zürich"])

@@ -19,6 +19,7 @@ logger = logging.getLogger("federatedscope")
 MAX_CLIENT_CURVES = 20      # above this many clients only the weighted average is drawn
 KINDS = (("acc", "accuracy"), ("avg_loss", "loss (mean per sample)"))
 INSTALL_HINT = "matplotlib is not installed; curves not drawn (pip install matplotlib)"
+DPI = 100                   # with the figure's 6 x 4 inches per panel: 1200 x 400 pixels
 
 Series = Dict[str, List[Optional[float]]]      # metric key (e.g. "test_acc") -> value per round
 
@@ -32,8 +33,10 @@ class Curves:
     per_client: Dict[str, Series] = field(default_factory=dict)
 
     def splits(self) -> List[str]:
-        return sorted({k.rsplit("_" + kind, 1)[0] for k in self.weighted for kind, _ in KINDS
-                       if k.endswith("_" + kind)})
+        """The splits with a drawable metric: ``test`` of ``test_acc`` (the kind's suffix cut
+        once, at the end: ``val_acc_acc`` is split ``val_acc``)."""
+        return sorted({k[:-len(suffix)] for k in self.weighted
+                       for suffix in (f"_{kind}" for kind, _ in KINDS) if k.endswith(suffix)})
 
 
 def _lines(path: str) -> List[dict]:
@@ -77,6 +80,19 @@ def write_curves(eval_results_log_path: str, png_path: str) -> Optional[str]:
     if not curves.rounds:
         logger.info(f"{eval_results_log_path}: no evaluated round yet; no curves drawn")
         return None
+    run = os.path.basename(os.path.dirname(os.path.abspath(eval_results_log_path)))
+    fig = draw_curves(curves, run)
+    if fig is None:
+        return None
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    return png_path
+
+
+def draw_curves(curves: Curves, run: str):
+    """The figure (matplotlib ``Figure``, 6 x 4 inches per panel: 1200 x 400 pixels at DPI): one
+    panel per kind (accuracy, loss); per split, a thick weighted-average line with a point per
+    round and a thin line per client, in the split's colour. None (one log line) without
+    matplotlib."""
     try:    # the object API, not pyplot: no global figure state shared with other threads
         from matplotlib import rcParams
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -86,9 +102,9 @@ def write_curves(eval_results_log_path: str, png_path: str) -> Optional[str]:
         return None
     fig = Figure(figsize=(6 * len(KINDS), 4))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(KINDS), squeeze=False)
+    axes = fig.subplots(1, len(KINDS), squeeze=False)[0]
     colours = rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (kind, label) in zip(axes[0], KINDS):
+    for ax, (kind, label) in zip(axes, KINDS):
         for i, split in enumerate(curves.splits()):
             key, colour = f"{split}_{kind}", colours[i % len(colours)]
             for values in (s[key] for s in curves.per_client.values() if key in s):
@@ -105,8 +121,6 @@ def write_curves(eval_results_log_path: str, png_path: str) -> Optional[str]:
             ax.text(0.5, 0.5, f"no {label} reported", ha="center", va="center",
                     transform=ax.transAxes, fontsize=9, alpha=0.6)
     per = f"; thin: each of {len(curves.per_client)} clients" if curves.per_client else ""
-    fig.suptitle(f"{os.path.basename(os.path.dirname(os.path.abspath(eval_results_log_path)))}"
-                 f" ({len(curves.rounds)} evaluated rounds{per})", fontsize=10)
+    fig.suptitle(f"{run} ({len(curves.rounds)} evaluated rounds{per})", fontsize=10)
     fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return png_path
+    return fig
