@@ -74,3 +74,17 @@ def test_tree_counts_cpu_of_orphaned_grandchildren():
         t.mark_end()
     assert t.result.cpu_s >= 0.5, t.result
     assert any(pr.cpu_s > 0 for pr in t.result.procs)
+
+
+def test_the_floor_imports_in_the_peers_environment():
+    """Flower's apps import the floor (and through it the cv package for ConvNet2) in
+    .venv-peers, which has flwr, torch, numpy and psutil but none of the project's own runtime
+    dependencies: importing it must not need yacs, PyYAML or Pillow."""
+    code = ("import sys\n"
+            "for m in ('yacs', 'yaml', 'PIL'):\n    sys.modules[m] = None\n"
+            "from bench.peers import floor\n"
+            "print(floor.ConvNet2.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ConvNet2"

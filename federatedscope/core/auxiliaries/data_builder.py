@@ -23,6 +23,8 @@ from federatedscope.core.configs.config import ConfigError
 from federatedscope.core.data.base_data import (ClientData, ClientShard, ServerManifest,
                                                 StandaloneDataDict)
 from federatedscope.core.data.dataset_spec import get_spec
+from federatedscope.core.data.distributed_loader import DistributedShardLoader
+from federatedscope.core.data.shard_format import ShardError, read_manifest, shard_dir
 from federatedscope.core.data.utils import convert_data_mode
 
 logger = logging.getLogger("federatedscope")
@@ -77,7 +79,6 @@ def _server_manifest(config) -> ServerManifest:
     path = config.distributed_data.manifest
     if not path:
         return ServerManifest(None, "")
-    from federatedscope.core.data.shard_format import read_manifest
     return ServerManifest(read_manifest(path), path)
 
 
@@ -85,7 +86,6 @@ def _checked(loader, config):
     """A shard made for another dataset (its meta.json's sample_type) is refused by name."""
     spec = get_spec(config.data.type)
     if loader.sample_type != spec.sample_type:
-        from federatedscope.core.data.shard_format import ShardError
         raise ShardError(f"{loader.shard_path}/meta.json: sample_type {loader.sample_type!r} is "
                          f"not {spec.name}'s {spec.sample_type!r}; point distributed_data."
                          f"shard_path at a {spec.name} shard or set data.type to its dataset")
@@ -93,14 +93,11 @@ def _checked(loader, config):
 
 
 def _own_shard(config):
-    from federatedscope.core.data.distributed_loader import DistributedShardLoader
     return DistributedShardLoader.from_config(config)
 
 
 def _simulated_shards(config, client_cfgs) -> StandaloneDataDict:
     """Standalone simulation of a shard run: each manifest client's shard, through the loader."""
-    from federatedscope.core.data.shard_format import read_manifest, shard_dir
-    from federatedscope.core.data.distributed_loader import DistributedShardLoader
     path = config.distributed_data.manifest
     if not path:
         raise ConfigError("standalone simulation of shards needs distributed_data.manifest "

@@ -12,6 +12,7 @@ from torch import nn
 
 from federatedscope import register
 from federatedscope.core.configs.config import ConfigError
+from federatedscope.core.data.dataset_spec import get_spec
 
 
 def input_shape(cfg) -> Tuple[int, ...]:
@@ -23,7 +24,6 @@ def input_shape(cfg) -> Tuple[int, ...]:
             raise ConfigError(f"model.input_shape={list(cfg.model.input_shape)} must be "
                               f"[channels, height, width] or [height, width]")
         return shape
-    from federatedscope.core.data.dataset_spec import get_spec
     try:
         return tuple(get_spec(cfg.data.type).model_input)
     except ConfigError as e:

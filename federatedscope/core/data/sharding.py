@@ -259,6 +259,7 @@ def _by_splitter(args: ShardArgs, spec: DatasetSpec, parts, spill: Spill):
         # the splitter's own message names FS's config key, not the flag the user typed
         raise ShardingError(f"--alpha {args.alpha} must be > 0 (the Dirichlet concentration of "
                             f"--strategy lda; FS's baseline is 0.5)")
+    # imported when called: the splitters' registry loads the domain packages (see spec_data)
     from federatedscope.core.auxiliaries.splitter_builder import build_splitter
     try:
         splitter = build_splitter(args.strategy, args.clients,

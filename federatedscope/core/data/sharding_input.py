@@ -14,6 +14,7 @@ import numpy as np
 from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples
 from federatedscope.core.data.shard_format.split_file import pread_exact
 from federatedscope.core.data.sharding_plan import Part, ShardingError
+from federatedscope.core.data.spec_data import pool_members, sample_partition
 
 WINDOW = 4096  # rows per copy window: ~3 MB of 784-byte rows, big for disk speed, small for memory
 GAP = 8        # spill rows read through (and dropped) rather than starting a new pread
@@ -143,7 +144,6 @@ def deal_parts(parts: Dict[str, Dict[Optional[str], Part]], spill: Spill, splitt
     ``client_<k>`` (one per client). The split is ``spec_data.sample_partition`` on the same
     pools as FS's ``data.splitter`` path, so both give client k the same samples for one seed;
     each client's samples are copied to the end of the spill so a writer stays one row range."""
-    from federatedscope.core.data.spec_data import pool_members, sample_partition
     members = pool_members({w: list(p) for w, p in parts.items()})
     rows = {s: np.concatenate([np.arange(parts[w][s].row, parts[w][s].row + len(parts[w][s].y))
                                for w in ws]).astype(np.int64) for s, ws in members.items()}

@@ -23,7 +23,9 @@ from typing import Dict, Optional
 
 import torch
 
+from federatedscope.core.aggregators.aggregator import cfg_value
 from federatedscope.core.auxiliaries.utils import atomic_torch_save
+from federatedscope.core.data.shard_format import ShardError
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS, MODEL_PARA,
                                          REDECLARE, REFUSE, SERVER_ID, Message, clip_text)
 from federatedscope.core.communication.transport import ClientComm
@@ -35,7 +37,6 @@ logger = logging.getLogger("federatedscope")
 def personal_state_dir(cfg) -> str:
     """``personalization.state_dir``, else ``<outdir>/<expname>/client_state`` of the configured
     outdir (``cfg.outdir`` after ``update_logger`` may be a fresh ``sub_exp_*`` directory)."""
-    from federatedscope.core.aggregators.aggregator import cfg_value
     configured = str(cfg_value(cfg, "personalization.state_dir", "") or "")
     if configured:
         return configured
@@ -159,7 +160,6 @@ class Client(Worker):
     def _refresh_shard(self) -> None:
         if self.loader is None or not self.loader.has_changed():
             return
-        from federatedscope.core.data.distributed_loader import ShardError
         try:
             self.loader.reload()
         except ShardError as e:
