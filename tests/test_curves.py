@@ -263,3 +263,32 @@ def test_a_utf8_log_reads_the_same_under_an_ascii_locale(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert out.strip() == ascii(["Zürich"])
+
+
+def test_a_split_keeps_its_colour_in_a_panel_where_an_earlier_split_has_no_line(tmp_path):
+    """test reports accuracy only, val both: in the loss panel val's line is still val's
+    colour (the second), not the first colour the panel hands out."""
+    pytest.importorskip("matplotlib")
+    from matplotlib import rcParams
+    from federatedscope.core.monitors.curves import Curves, draw_curves
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = draw_curves(Curves([1, 2, 3], {"test_acc": [0.1, 0.2, 0.3], "val_acc": [0.2, 0.3, 0.4],
+                                         "val_avg_loss": [3.0, 2.0, 1.0]}), "r")
+    acc, loss = fig.axes
+    assert [line.get_color() for line in acc.get_lines()] == cycle[:2]
+    assert [line.get_color() for line in loss.get_lines()] == [cycle[1]]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["val (weighted avg)"]
+
+
+def test_the_title_names_the_run_directory_at_10_points_whatever_the_rc(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    from federatedscope.core.monitors import curves as curves_mod
+    drawn = []
+    real = curves_mod.draw_curves
+    monkeypatch.setattr(curves_mod, "draw_curves",
+                        lambda c, run: drawn.append(real(c, run)) or drawn[-1])
+    with matplotlib.rc_context({"font.size": 14}):
+        assert write_curves(_log(tmp_path), str(tmp_path / "c.png")) == str(tmp_path / "c.png")
+    (fig,) = drawn
+    assert fig.get_suptitle() == "run (5 evaluated rounds; thin: each of 4 clients)"
+    assert fig._suptitle.get_fontsize() == 10
