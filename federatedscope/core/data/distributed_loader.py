@@ -82,12 +82,12 @@ def verify_shard(shard: str, entry: Optional[ManifestEntry] = None, check_sha: b
         raise ShardError(f"shard directory {shard} does not exist (cwd {os.getcwd()}); make it "
                          f"with: {shard_fix(shard, '', entry.dataset if entry else '')}")
     fix = shard_fix(shard, "--overwrite", entry.dataset if entry else "")
+    meta_path = os.path.join(shard, "meta.json")
     if meta is None:
         try:
-            meta = read_meta(os.path.join(shard, "meta.json"), fix=fix)
+            meta = read_meta(meta_path, fix=fix)
         except ManifestError as e:
             raise ShardError(str(e)) from None
-    meta_path = os.path.join(shard, "meta.json")
     if client_id is not None and meta.client_id != client_id:
         raise ShardError(f"{meta_path} belongs to client {meta.client_id}, but this process is "
                          f"client {client_id}; point distributed_data.shard_path at "

@@ -278,7 +278,7 @@ class ShardDeclaration:
 
 
 # ----------------------------------------------------------------------------- reading the files
-def load_json(path: str, fix: str) -> Any:
+def _load_json(path: str, fix: str) -> Any:
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -297,11 +297,11 @@ def read_meta(path: str, fix: str = "") -> ShardMeta:
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
     fix = fix or shard_fix(os.path.dirname(path))
-    return ShardMeta.from_dict(load_json(path, fix), Checker(path, fix))
+    return ShardMeta.from_dict(_load_json(path, fix), Checker(path, fix))
 
 
 def read_manifest(path: str) -> Manifest:
-    d = load_json(path, manifest_fix(path))
+    d = _load_json(path, manifest_fix(path))
     n = d.get("total_clients", "N") if type(d) is dict else "N"
     ds = d.get("dataset", "") if type(d) is dict else ""
     fix = manifest_fix(path, n if type(n) is int and n > 0 else "N",
