@@ -106,7 +106,8 @@ MODULES: Dict[str, Module] = {
     "shard_format": Module([FL + "data/shard_format/*"],
                            ["tests/test_shard_format.py", "tests/test_shard_format_properties.py",
                             "tests/test_shard_verify.py", "tests/test_split_file.py",
-                            "tests/test_shard_messages.py"], SHARD_SLOW),
+                            "tests/test_split_file_paths.py", "tests/test_shard_messages.py"],
+                           SHARD_SLOW),
     # the offline shard tool
     "sharding": Module([FL + "data/sharding*.py"],
                        ["tests/test_sharding.py", "tests/test_sharding_safety.py",
