@@ -1,17 +1,23 @@
 """A peer that pauses (stopped, swapping, starved of CPU) keeps its session as long as the
 server's write timeout promises, including gRPC's own keepalive.
 
-While a peer's process is stopped, nothing on its connection answers: the server's keepalive
-PING gets no ACK. The server lets a peer take ``limits.slow_link_seconds`` (max(30 s,
-heartbeat_timeout)) to accept a large message, so its keepalive waits as long for an ACK (with
-the 10 s it had before, the first case below fails with "connection reset by peer").
+While a peer's process is stopped, nothing on its connection answers, and a message larger than
+the kernel's socket buffers leaves gRPC's write to it blocked. gRPC closes such a connection once
+its keepalive ACK timeout passes (measured with gRPC 1.85: a 16 MiB message to a stopped peer
+closes it after a 2 s ACK timeout even with no keepalive PING due; a 64 KiB one, which the
+buffers take whole, does not). The server lets a peer take ``limits.slow_link_seconds``
+(max(30 s, heartbeat_timeout)) to accept a large message, so the ACK timeout is as long (with the
+10 s it had before, the first case below fails with "connection reset by peer").
 
 Real processes, real gRPC on loopback, a real ``SIGSTOP``/``SIGCONT``: two servers in this process
-(keepalive PING every 1 s), each with one peer process that joins and waits for a 4 MiB model.
+(keepalive PING every 1 s), each with one peer process that joins and waits for a 16 MiB model.
 Both peers are stopped for 12 s while the model is sent:
 - with the derived ACK timeout, the model arrives whole once the peer runs again;
 - with a 2 s ACK timeout (the server's write timeout kept at 60 s), the session is closed during
   the pause: the ACK timeout alone decides.
+The model is 16 MiB so that the write blocks whatever the socket buffers have grown to: the send
+buffer's ceiling here is 4 MiB (net.ipv4.tcp_wmem), and a 4 MiB model sometimes fitted the two
+buffers whole, leaving nothing blocked and the 2 s case's session open.
 """
 import dataclasses
 import json
@@ -32,8 +38,10 @@ from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import Message
 
 PAUSE = 12.0                 # longer than a 1 s keepalive interval + gRPC's usual 10 s ACK wait
-MODEL = {"w": torch.arange(1 << 20, dtype=torch.float32)}       # 4 MiB
-# The peer: joins as client 1, prints "joined", then reports whether the model arrived whole.
+ELEMENTS = 1 << 22           # float32: a 16 MiB model
+MODEL = {"w": torch.arange(ELEMENTS, dtype=torch.float32)}
+# The peer: joins as client 1, prints "joined", then reports whether the model (arange of argv[2]
+# float32 elements) arrived whole.
 PEER = r"""
 import json, sys, torch
 from harness.raw_peer import RawPeer
@@ -41,7 +49,7 @@ peer = RawPeer(sys.argv[1])
 peer.join(1)
 print("joined", flush=True)
 got = peer.recv(90)
-whole = got is not None and torch.equal(got.tensors["w"], torch.arange(1 << 20,
+whole = got is not None and torch.equal(got.tensors["w"], torch.arange(int(sys.argv[2]),
                                                                        dtype=torch.float32))
 print(json.dumps({"whole": whole, "code": peer.code, "details": peer.details}), flush=True)
 peer.close()
@@ -57,7 +65,7 @@ def _server(monkeypatch, ack: float):
     cfg = get_default_cfg()
     cfg.distribute.server_host, cfg.distribute.server_port = "127.0.0.1", 0
     inbox: "queue.Queue" = queue.Queue()
-    t = GrpcServerTransport(cfg, inbox, max_clients=8, model_bytes=4 << 20)
+    t = GrpcServerTransport(cfg, inbox, max_clients=8, model_bytes=4 * ELEMENTS)
     t.limits = dataclasses.replace(t.limits, write_timeout=60.0, assembly_timeout=60.0)
     t.start()            # gRPC's options are read here, from the (patched) limits module
     monkeypatch.undo()
@@ -65,9 +73,9 @@ def _server(monkeypatch, ack: float):
 
 
 def _peer(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", PEER, f"127.0.0.1:{port}"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", PEER, f"127.0.0.1:{port}", str(ELEMENTS)],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "joined", proc.stderr.read()[-2000:]
     return proc
 
