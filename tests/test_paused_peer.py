@@ -16,8 +16,8 @@ Both peers are stopped for 12 s while the model is sent:
 - with a 2 s ACK timeout (the server's write timeout kept at 60 s), the session is closed during
   the pause: the ACK timeout alone decides.
 The model is 16 MiB so that the write blocks whatever the socket buffers have grown to: the send
-buffer's ceiling here is 4 MiB (net.ipv4.tcp_wmem), and a 4 MiB model sometimes fitted the two
-buffers whole, leaving nothing blocked and the 2 s case's session open.
+buffer's ceiling here is 4 MiB (net.ipv4.tcp_wmem), and with a 4 MiB model, that close to what
+the buffers can take, the 2 s case once kept its session in a full suite run.
 """
 import dataclasses
 import json
