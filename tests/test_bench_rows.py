@@ -1,6 +1,6 @@
-"""bench/fullsize.py's report() builds its rows from fullsize.json's raw figures alone, so a new
-full-size run (30 min, not in `make test`) renders with the report code of this checkout: every
-committed row (figure, goal, met, value, display) comes back from the raw section."""
+"""Benchmarks whose runs take half an hour (not in `make test`) build their rows from raw figures
+alone, so the row code is checked here without a run: fullsize.json's committed rows come back
+from its raw section, and the peers rows and note follow hand-computed figures."""
 import json
 import os
 import re
@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import fullsize  # noqa: E402
+from bench.peers import compare  # noqa: E402
 
 
 def test_fullsize_rows_rebuild_from_raw():
@@ -29,3 +30,45 @@ def test_fullsize_rows_rebuild_from_raw():
                  bool(r.get("headline"))) for r in rows]
     assert cells(got["rows"]) == cells(res["rows"])
     assert got["summary"] == res["summary"]
+
+
+def _system(wall, cpu, acc=0.8745):
+    return {"wall_s": wall, "cpu_s": cpu, "final_acc": acc}
+
+
+def test_peers_rows_and_the_training_bound_note():
+    """Floor 640 CPU-s on 4 cores is a 160 s bound; distributed 166 s wall, 620 CPU-s; Flower
+    400 s wall, 900 CPU-s: 1.0375 of the bound (met), 0.96875 of the floor's CPU (met), 0.415 of
+    Flower's wall (met at <= 0.5), no note. Flower at 300 s: 0.5533 (missed) and a note."""
+    res = {"floor": _system(900.0, 640.0), "standalone": _system(700.0, 672.0),
+           "distributed": _system(166.0, 620.0), "flower": _system(400.0, 900.0, 0.8731)}
+    rows = {r["figure"]: r for r in compare._rows(res, {}, 4)}
+    bound = rows["distributed shard mode: job wall / (floor CPU ÷ 4 cores)"]
+    assert (bound["value"], bound["met"], bound["goal"]) == (166 / 160, True, "≤ 1.05")
+    assert bound["display"] == "1.04 (166 s vs 160 s)"
+    cpu = rows["distributed shard mode: total CPU / plain-loop floor's"]
+    assert (cpu["value"], cpu["met"]) == (620 / 640, True)
+    alone = rows["standalone: total CPU / plain-loop floor's"]
+    assert (alone["value"], alone["met"]) == (1.05, True)    # at the goal: met
+    wall = rows["distributed shard mode / Flower deployment mode: job wall"]
+    assert (wall["value"], wall["met"], wall["goal"]) == (0.415, True, "≤ 0.5")
+    assert compare._notes(res, 4) == []
+    res["flower"] = _system(300.0, 900.0)
+    wall = {r["figure"]: r for r in compare._rows(res, {}, 4)}[
+        "distributed shard mode / Flower deployment mode: job wall"]
+    assert (round(wall["value"], 4), wall["met"]) == (0.5533, False)
+    note, = compare._notes(res, 4)
+    assert "640 CPU-s over 4 cores is 160 s" in note and "would score 0.53 against" in note
+    assert note.endswith("it ran at 1.88×.")
+    res["distributed"] = _system(240.0, 700.0)     # over both goals
+    rows = {r["figure"]: r for r in compare._rows(res, {}, 4)}
+    assert not rows["distributed shard mode: job wall / (floor CPU ÷ 4 cores)"]["met"]
+    assert not rows["distributed shard mode: total CPU / plain-loop floor's"]["met"]
+
+
+def test_peers_rows_without_flower_say_why():
+    res = {"floor": _system(900.0, 640.0), "distributed": _system(330.0, 620.0)}
+    rows = compare._rows(res, {"flower": "not installed"}, 2)
+    wall = [r for r in rows if r["figure"].endswith("job wall")][-1]
+    assert (wall["met"], wall["display"]) == (False, "not measured: not installed")
+    assert compare._notes(res, 2) == []
