@@ -356,13 +356,18 @@ def test_chunks_of_a_wider_integer_type_are_stored_as_the_split_dtype(tmp_path):
     assert x.dtype == torch.uint8 and x.tolist() == [[250, 3], [7, 255]]
 
 
+def _deflated(src, dst, compress):
+    """A copy of the archive ``src`` at ``dst`` with the records ``compress(name)`` deflated."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name), zipfile.ZIP_DEFLATED if compress(name)
+                         else zipfile.ZIP_STORED)
+    return dst
+
+
 def test_damaged_or_compressed_records_are_named(tmp_path):
     src, _ = _labels_file(tmp_path)
-    deflated = str(tmp_path / "deflated.pt")
-    with zipfile.ZipFile(src) as z, zipfile.ZipFile(deflated, "w") as out:
-        for name in z.namelist():
-            out.writestr(name, z.read(name), zipfile.ZIP_DEFLATED if "/data/" in name
-                         else zipfile.ZIP_STORED)
+    deflated = _deflated(src, str(tmp_path / "deflated.pt"), lambda name: "/data/" in name)
     with open(deflated, "rb") as f, pytest.raises(
             ShardError, match=f"^{deflated}: tensor record archive/data/0 is compressed"):
         sfile._record_offset(deflated, f, sfile._central_entries(f), 21 * 3)
@@ -374,6 +379,19 @@ def test_damaged_or_compressed_records_are_named(tmp_path):
     with open(src, "rb") as f, pytest.raises(ShardError,
                                               match="^damaged zip header for archive/data/0$"):
         sfile._record_offset(src, f, sfile._central_entries(f), 21 * 3)
+
+
+@pytest.mark.parametrize("record", ["archive/data/0", "archive/data/1"])
+def test_the_streaming_layout_refuses_a_compressed_x_or_y_record(tmp_path, record):
+    """torch.load reads a deflated record (it inflates it), but pread windows need the raw
+    bytes at a fixed offset: the layout names the file and the record, x's or y's."""
+    src = str(tmp_path / "train.pt")
+    sfile.write_split(src, torch.arange(24, dtype=torch.uint8).reshape(3, 8),
+                      torch.tensor([5, 0, 61]))
+    bad = _deflated(src, str(tmp_path / "deflated.pt"), lambda name: name == record)
+    assert sfile.read_split(bad)[1].tolist() == [5, 0, 61]
+    with pytest.raises(ShardError, match=f"^{bad}: tensor record {record} is compressed"):
+        sfile.split_layout(bad)
 
 
 @pytest.mark.parametrize("n, shape, dtype", [(37, (28, 28), "uint8"), (5, (3, 4), "float32"),
