@@ -246,6 +246,9 @@ MODES = {"baseline": lambda: runtime_imports() or {}, "load": mode_load, "phases
 
 def main() -> int:
     report_path, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if mode == "main":   # as ``python federatedscope/main.py`` starts: with its huge pages
+        from federatedscope.core.auxiliaries.malloc_tuning import reexec_with_hugepages
+        reexec_with_hugepages()
     rep = MODES[mode](*args)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     st = status()

@@ -4,8 +4,8 @@ FS's main flow: ``global_cfg.clone()``, merge the YAML and the command line, ``s
 ``update_logger`` (validates, picks a fresh run directory), ``get_data`` -> ``(data,
 modified_cfg)``, merge and freeze, ``get_runner(...).run()``. A script can do the same
 (tests/test_fs_user_script.py does). Around it, what FS lacks: malloc tuning (arena cap, fixed mmap
-threshold), one torch thread, a stack dump on SIGUSR1 (Unix), the peak RSS in the log and an
-exit without interpreter teardown.
+threshold, huge pages: ``malloc_tuning.py``), one torch thread, a stack dump on SIGUSR1 (Unix),
+the peak RSS in the log and an exit without interpreter teardown.
 
 Exit codes: 0 success; 1 configuration/data error (message names the key or file and the fix);
 2 client refused by the server; 3 server gave up waiting for clients (checkpoint written); 4 the
@@ -17,6 +17,12 @@ import sys
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from federatedscope.core.auxiliaries.malloc_tuning import (  # noqa: E402
+    reexec_with_hugepages, tune_malloc)
+
+if __name__ == "__main__":  # before any import starts a thread: glibc reads this only at start
+    reexec_with_hugepages()
 
 from federatedscope.core.auditing import install_open_audit  # noqa: E402
 
@@ -31,32 +37,6 @@ from federatedscope.core.cmd_args import override_pairs, parse_args  # noqa: E40
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
 
 logger = logging.getLogger("federatedscope")
-
-
-def _tune_malloc(cfg) -> None:
-    """glibc settings for a process that moves model-sized buffers (same effect as
-    MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=1048576; an explicit env var wins; skipped
-    where glibc is absent):
-    * at most 2 malloc arenas: gRPC's threads otherwise keep freed message buffers in separate
-      arenas (measured here: server peak 316 MB -> 294 MB);
-    * only where no model is trained (the distributed server): a fixed 1 MiB mmap threshold.
-      glibc raises the threshold to the size of the first freed mmapped block (up to 32 MiB),
-      after which every model-sized buffer (a received upload, an encoded broadcast, an
-      aggregation temporary) comes from the heap and stays resident after it is freed. Fixed,
-      each goes back to the kernel when freed (server peak at hidden 2048, 3 clients, 538 MB ->
-      477 MB). A training process must not have it: every gradient and activation buffer over
-      1 MiB would then be mapped, faulted in page by page and unmapped at every step (measured
-      at hidden 2048: 11x the page faults, +24 % CPU per step)."""
-    trains = not (cfg.federate.mode.lower() == "distributed" and cfg.distribute.role == "server")
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        if "MALLOC_ARENA_MAX" not in os.environ:
-            libc.mallopt(-8, 2)  # M_ARENA_MAX
-        if not trains and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _peak_rss_mb() -> str:
@@ -108,7 +88,7 @@ def main(argv=None) -> int:
     except OSError as e:  # the output directory cannot be made (permissions, a file in the way)
         logger.error(f"{type(e).__name__}: {e}; set outdir to a writable directory")
         return 1
-    _tune_malloc(init_cfg)
+    tune_malloc(init_cfg)
     _limit_torch_threads()
     try:
         data, modified_cfg = get_data(config=init_cfg.clone())

@@ -10,7 +10,9 @@ memory, sockets and files; ``kill -9``, SIGSTOP and exit codes behave as with ``
 
 What a fork cannot reproduce, so such starts take the ``exec`` path (``forkable``): environment
 variables read when the interpreter or a native library starts (``PYTHON*``, ``MALLOC_*``,
-``OMP_*``, ``MKL_*``, ``OPENBLAS_*``, ``LD_*``), and any program that is not a Python script.
+``GLIBC_*``, ``OMP_*``, ``MKL_*``, ``OPENBLAS_*``, ``LD_*``), and any program that is not a Python
+script. The zygote itself starts with the huge-page tunable ``main.py`` would re-execute itself
+for (``malloc_tuning.py``), and its children keep it: a forked job allocates as an exec'd one.
 
 Protocol (JSON lines over the server's stdin/stdout, one request, one answer): ``{argv, env,
 cwd, log, err, cpus}`` forks a child and answers ``{"pid": N}``; ``{"reap": N}`` (sent once the
@@ -29,7 +31,9 @@ import sys
 import threading
 from typing import Dict, List, Optional, Sequence
 
-UNFORKABLE_ENV = ("PYTHON", "MALLOC_", "OMP_", "MKL_", "OPENBLAS_", "LD_", "GRPC_")
+from federatedscope.core.auxiliaries import malloc_tuning
+
+UNFORKABLE_ENV = ("PYTHON", "MALLOC_", "GLIBC_", "OMP_", "MKL_", "OPENBLAS_", "LD_", "GRPC_")
 PRELOAD = ("torch", "numpy", "yaml", "yacs.config",
            "federatedscope.core.auxiliaries.data_builder",
            "federatedscope.core.auxiliaries.runner_builder",
@@ -88,8 +92,11 @@ def _become(req: dict) -> None:
     os.dup2(err, 2)
     os.closerange(3, 1 << 16)      # the zygote's pipes
     os.chdir(req["cwd"])
+    tunables = os.environ.get("GLIBC_TUNABLES")   # the zygote's: this child runs under them
     os.environ.clear()
     os.environ.update(req["env"])
+    if tunables is not None:
+        os.environ.setdefault("GLIBC_TUNABLES", tunables)
     if req.get("cpus"):
         os.sched_setaffinity(0, set(req["cpus"]))
     script = os.path.abspath(req["argv"][0])
@@ -147,6 +154,8 @@ class ForkServer:
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(
                 [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            env = malloc_tuning.hugepage_env(env, malloc_tuning.glibc_version(),
+                                             malloc_tuning.thp_on_request()) or env
             self._proc = subprocess.Popen([sys.executable, "-m", "harness.forkserver"], cwd=root,
                                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         return self._proc

@@ -35,7 +35,7 @@ PROCESS_MODULES = [
     "test_femnist_sample", "test_fs_distributed_configs", "test_multihost_netns", "test_auth",
     "test_fuzz", "test_exit_codes", "test_bench_smoke", "test_insiders", "test_distributed_e2e",
     "test_transport_hostile", "test_sharding", "test_sharding_safety", "test_shard_tool_guarantees",
-    "test_robust_rules_bench", "test_swarm_real_manifest",
+    "test_robust_rules_bench", "test_swarm_real_manifest", "test_main_malloc",
 ]
 
 

@@ -1,13 +1,16 @@
-"""main.py's glibc tuning by role: the mmap threshold that returns model-sized buffers to the
-kernel is for the distributed server only; a training process would pay a page fault per 4 KiB of
-every gradient at every step (see ``_tune_malloc``)."""
+"""main.py's glibc tuning (``malloc_tuning.py``). By role: the mmap threshold that returns
+model-sized buffers to the kernel is for the distributed server only; a training process would pay
+a page fault per 4 KiB of every gradient at every step. For every process: huge pages for malloc's
+mapped blocks, which glibc reads only at start, so ``main.py`` re-executes itself once with them."""
 import ctypes
+import sys
 
 import pytest
 
-from federatedscope import main as fs_main
+from federatedscope.core.auxiliaries import malloc_tuning
 from federatedscope.core.configs.config import load_cfg
-from harness.jobs import CLIENT_YAML, SERVER_YAML
+from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
+from harness.procs import MAIN, start_main, stop_all, wait_port
 
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3
 
@@ -38,12 +41,86 @@ def libc(monkeypatch):
      [(M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 1 << 20)]),
 ], ids=["distributed-server", "distributed-client", "standalone", "mode-case"])
 def test_only_the_distributed_server_fixes_the_mmap_threshold(libc, yaml_path, opts, expected):
-    fs_main._tune_malloc(load_cfg(yaml_path, opts))
+    malloc_tuning.tune_malloc(load_cfg(yaml_path, opts))
     assert libc.calls == expected
 
 
 def test_an_explicit_environment_setting_wins(libc, monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    fs_main._tune_malloc(load_cfg(SERVER_YAML, []))
+    malloc_tuning.tune_malloc(load_cfg(SERVER_YAML, []))
     assert libc.calls == []
+
+
+# ------------------------------------------------------------------------ huge pages
+HUGE_ON = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+@pytest.mark.parametrize("environ,version,thp,expected", [
+    ({}, (2, 36), True, HUGE_ON),
+    ({"PATH": "/bin"}, (2, 35), True, dict(HUGE_ON, PATH="/bin")),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (3, 0), True,
+     {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), True, None),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, (2, 36), True, None),
+    ({}, (2, 34), True, None),
+    ({}, (1, 99), True, None),
+    ({}, None, True, None),
+    ({}, (2, 36), False, None),
+], ids=["fresh", "keeps-env", "appends", "user-off", "already-on", "glibc-2.34", "glibc-1",
+        "not-glibc", "thp-not-madvise"])
+def test_the_reexec_environment(environ, version, thp, expected):
+    before = dict(environ)
+    assert malloc_tuning.hugepage_env(environ, version, thp) == expected
+    assert environ == before          # a copy, never the caller's mapping
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("glibc 2.36", (2, 36)), ("glibc 2.35.1", (2, 35)), ("glibc 10.2", (10, 2)),
+    ("musl 1.2", None), ("", None), ("glibc", None), ("glibc x.y", None), ("glibc 2", None),
+])
+def test_glibc_version_parsing(text, expected):
+    assert malloc_tuning.glibc_version(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("always [madvise] never\n", True), ("[always] madvise never\n", False),
+    ("always madvise [never]\n", False), ("", False),
+])
+def test_thp_mode_parsing(text, expected):
+    assert malloc_tuning.thp_on_request(text) is expected
+
+
+def _proc_strings(pid: int, name: str) -> list:
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return [s.decode() for s in f.read().split(b"\0") if s]
+
+
+needs_thp = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not malloc_tuning.thp_on_request()
+    or (malloc_tuning.glibc_version() or (0, 0)) < malloc_tuning.MIN_GLIBC,
+    reason="needs Linux, glibc >= 2.35 and THP in madvise mode")
+
+
+def _huge_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+
+
+@needs_thp
+@pytest.mark.parametrize("given,huge", [
+    (None, True), ("glibc.malloc.hugetlb=0", False), ("glibc.malloc.arena_max=4", True),
+], ids=["set", "user-off-wins", "appended"])
+def test_main_reexecutes_itself_once_with_huge_pages(femnist_root, tmp_path, given, huge):
+    """The real entry point, exec'd (a GLIBC_ change never goes through the fork server): the
+    same PID and argv after the re-execution, and the model-sized buffers of a server that has
+    built its model on huge pages, unless the user's own setting says no. (Not read from
+    /proc/PID/environ: glibc 2.36 cuts the tunables string there at its first ':'.)"""
+    args = Job(tmp_path, femnist_root).server_args()
+    server = start_main(args, str(tmp_path / "s.log"), env={"GLIBC_TUNABLES": given})
+    try:
+        wait_port(server)
+        assert _proc_strings(server.pid, "cmdline")[1:] == [MAIN] + args
+        assert (_huge_kb(server.pid) > 0) is huge
+    finally:
+        stop_all([server])
