@@ -9,7 +9,9 @@ steps); phases SPEC (then one round of training and evaluation, RSS after each p
 timed after its imports, plain or under cProfile); jsonfloor FILES / jsonhook FILES (a bare
 ``json.load`` pass / the shard tool's hooked parse, one file in memory at a time).
 
-Every report has the process's ``VmHWM`` at exit; modes working after their imports reset the
+Job modes (all but ``TOOL_MODES``) start as ``main.py`` does, re-executed once with its huge-page
+tunable (``malloc_tuning.py``): a baseline compares with the job it stands for. Every report has
+the process's ``VmHWM`` at exit; modes working after their imports reset the
 peak (``echo 5 > /proc/self/clear_refs``) once imports are done, so ``peak_above_start_kb`` is the
 work's own peak growth. The /proc readers here are the benchmarks' too (this module imports
 nothing heavy).
@@ -244,9 +246,13 @@ MODES = {"baseline": lambda: runtime_imports() or {}, "load": mode_load, "phases
          "jsonhook": mode_jsonhook}
 
 
+# Modes timing a tool, which starts as a plain ``python`` process (no huge-page re-execution).
+TOOL_MODES = ("script", "profile", "jsonfloor", "jsonhook")
+
+
 def main() -> int:
     report_path, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    if mode == "main":   # as ``python federatedscope/main.py`` starts: with its huge pages
+    if mode not in TOOL_MODES:   # a job process (or its baseline) starts as main.py does
         from federatedscope.core.auxiliaries.malloc_tuning import reexec_with_hugepages
         reexec_with_hugepages()
     rep = MODES[mode](*args)
