@@ -13,7 +13,7 @@ from typing import Optional, Union
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import chunk_frames
+from federatedscope.core.communication.flow import GO, chunk_frames
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.message import JOIN_IN, Message
 from federatedscope.core.communication.transport import Incoming
@@ -103,7 +103,10 @@ class RawPeer:
         return data
 
     def recv(self, timeout: float = 5.0) -> Optional[Message]:
+        """The next message; GO frames (flow control for our chunked uploads) are skipped."""
         data = self.recv_raw(timeout)
+        while data == GO:
+            data = self.recv_raw(timeout)
         return None if data is None else codec.decode(data)
 
     def wait_closed(self, timeout: float) -> bool:

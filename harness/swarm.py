@@ -33,7 +33,8 @@ if __package__ in (None, ""):
 
 from federatedscope.core.communication import codec  # noqa: E402
 from federatedscope.core.communication.flow import (  # noqa: E402
-    CHUNK_BYTES, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, announced_chunk, chunk_frames)
+    CHUNK_BYTES, GO, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, UPLOAD_GO_HEADER, announced_chunk,
+    chunk_frames)
 from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
 from federatedscope.core.communication.join_proof import NONCE_HEADER  # noqa: E402
 from federatedscope.core.communication.limits import (  # noqa: E402
@@ -248,11 +249,34 @@ class Swarm:
         cid = res.client_id
 
         more = CHUNK_BYTES                # continuations' size, as the server announces
+        use_go, go = False, asyncio.Event()     # the server's GO for the upload under way
+        writes: set = set()
 
         async def write(msg: Message) -> None:
-            async with lock:
-                for frame in chunk_frames(codec.encode_parts(msg), more=more):   # as a client sends
+            async with lock:                    # as a client sends (flow.py)
+                frames = chunk_frames(codec.encode_parts(msg), more=more)
+                go.clear()
+                await call.write(frames[0])
+                if len(frames) > 1 and use_go:
+                    await go.wait()
+                for frame in frames[1:]:
                     await call.write(frame)
+
+        def written(task) -> None:
+            writes.discard(task)
+            failed = None if task.cancelled() else task.exception()
+            if failed is not None and not res.error and not res.finished:
+                res.error = f"write failed: {type(failed).__name__}: {str(failed)[:120]}"
+
+        def spawn(coro) -> None:
+            # Writes run beside the read loop: an upload waits for a GO that only it reads.
+            task = asyncio.ensure_future(coro)
+            writes.add(task)
+            task.add_done_callback(written)
+
+        async def finish() -> None:
+            async with lock:
+                await call.done_writing()
 
         every = plan.heartbeat_interval   # or longer, as the server asks (as a client does)
 
@@ -265,6 +289,7 @@ class Swarm:
         try:
             metadata = dict(await call.initial_metadata() or ())
             nonce, more = metadata.get(NONCE_HEADER), announced_chunk(metadata.get(CHUNK_HEADER))
+            use_go = metadata.get(UPLOAD_GO_HEADER) == "1"
             every = self.heartbeat_s = announced_heartbeat(metadata.get(HEARTBEAT_HEADER),
                                                            plan.heartbeat_interval)
             await write(signed_join(Message(JOIN_IN, cid, 0, 0, {
@@ -275,6 +300,9 @@ class Swarm:
                 data = await call.read()
                 if data is grpc.aio.EOF:
                     break
+                if data == GO:
+                    go.set()
+                    continue
                 msg = codec.decode(data)
                 if msg.msg_type == ASSIGN_ID:
                     res.join_latency = time.perf_counter() - t_join
@@ -285,19 +313,18 @@ class Swarm:
                         return
                     if res.role == "straggler":
                         await asyncio.sleep(plan.straggler_delay)
-                    await write(Message(MODEL_PARA, cid, 0, msg.state,
-                                        {"sample_size": shard.num_samples["train"]},
-                                        self._update_for(msg.tensors)))
                     res.updates_sent += 1
+                    spawn(write(Message(MODEL_PARA, cid, 0, msg.state,
+                                        {"sample_size": shard.num_samples["train"]},
+                                        self._update_for(msg.tensors))))
                 elif msg.msg_type == EVALUATE:
                     res.evals.append(msg.state)
-                    await write(Message(METRICS, cid, 0, msg.state,
-                                        {"results": self._metrics(shard, msg.state)}))
                     res.metrics_sent += 1
+                    spawn(write(Message(METRICS, cid, 0, msg.state,
+                                        {"results": self._metrics(shard, msg.state)})))
                 elif msg.msg_type == FINISH:
                     res.finished = True
-                    async with lock:
-                        await call.done_writing()
+                    spawn(finish())
                 elif msg.msg_type == REFUSE:
                     res.refused = str(msg.content.get("reason", ""))[:200]
                     answered()
@@ -313,6 +340,8 @@ class Swarm:
             answered()
             if hb is not None:
                 hb.cancel()
+            for task in list(writes):
+                task.cancel()
             call.cancel()
             await channel.close()
 

@@ -29,7 +29,7 @@ def _cfg(**distribute):
 #   connections = 2 x expected + 2 x unjoined + 16 health watches
 #   idle = max(10, 2 x join_deadline, expected / 50); slow link = max(30, heartbeat_timeout)
 #   heartbeats: 20/s, burst 20 x max(30, heartbeat_timeout)
-#   upload chunk = max(64 KiB - 9, min(512 KiB, 16 MiB // expected) - 9)
+#   upload chunk = min(1 MiB, max(128 KiB, 64 MiB // expected)) - 9
 #   heartbeat interval = max(own, min(expected / 100, heartbeat_timeout / 3))
 CASES = [
     (1000, HIDDEN_128, dict(heartbeat_timeout=45.0, join_deadline=12.0, grpc_stream_window_kb=128),
@@ -37,28 +37,28 @@ CASES = [
             max_sessions=3000, join_deadline=12.0, assembly_timeout=45.0, write_timeout=45.0,
             stream_window=131072, max_connections=4016, expected_clients=1000,
             connections_per_address=0, idle_connection=24.0, heartbeat_rate=20.0,
-            heartbeat_burst=900.0, upload_chunk=65527, heartbeat_interval=10.0)),
+            heartbeat_burst=900.0, upload_chunk=131_063, heartbeat_interval=10.0)),
     (4, HIDDEN_2048, dict(max_message_mb=40.0, grpc_max_connections_per_address=5,
                           heartbeat_interval=2.0),
      Limits(max_receive=40 * MIB, prejoin_max=65536, max_unjoined=32, max_sessions=40,
             join_deadline=5.0, assembly_timeout=30.0, write_timeout=30.0, stream_window=65536,
             max_connections=88, expected_clients=4, connections_per_address=5,
             idle_connection=10.0, heartbeat_rate=20.0, heartbeat_burst=600.0,
-            upload_chunk=524279, heartbeat_interval=2.0)),
+            upload_chunk=1_048_567, heartbeat_interval=2.0)),
     (3550, HIDDEN_128, dict(heartbeat_timeout=120.0, join_deadline=5.0,
                             grpc_max_receive_message_length=3 * MIB),
      Limits(max_receive=3 * MIB, prejoin_max=65536, max_unjoined=3550, max_sessions=10650,
             join_deadline=5.0, assembly_timeout=120.0, write_timeout=120.0, stream_window=65536,
             max_connections=14216, expected_clients=3550, connections_per_address=0,
             idle_connection=71.0, heartbeat_rate=20.0, heartbeat_burst=2400.0,
-            upload_chunk=65527, heartbeat_interval=35.5)),
+            upload_chunk=131_063, heartbeat_interval=35.5)),
     # no model known yet (0 bytes): the config's own receive limit; a tiny one caps the prejoin
     (40, 0, dict(grpc_max_receive_message_length=40000, join_deadline=2.0),
      Limits(max_receive=40000, prejoin_max=40000, max_unjoined=40, max_sessions=120,
             join_deadline=2.0, assembly_timeout=30.0, write_timeout=30.0, stream_window=65536,
             max_connections=176, expected_clients=40, connections_per_address=0,
             idle_connection=10.0, heartbeat_rate=20.0, heartbeat_burst=600.0,
-            upload_chunk=419421, heartbeat_interval=5.0)),
+            upload_chunk=1_048_567, heartbeat_interval=5.0)),
 ]
 
 
@@ -73,7 +73,8 @@ def test_an_odd_client_ceiling_and_an_unknown_model_are_counted_in_whole_clients
     got = derive_limits(_cfg(heartbeat_timeout=45.0, join_deadline=12.0), 2001, 0)
     assert (got.expected_clients, got.max_unjoined, got.max_sessions) == (1000, 1000, 3001)
     assert type(got.expected_clients) is int and type(got.max_unjoined) is int
-    assert (got.idle_connection, got.upload_chunk, got.heartbeat_interval) == (24.0, 65527, 10.0)
+    assert (got.idle_connection, got.upload_chunk, got.heartbeat_interval) == \
+        (24.0, 131_063, 10.0)
     assert got.max_receive == 300 * MIB and got.max_connections == 2001 + 2000 + 16
     assert derive_limits(_cfg(), 7101, 0).idle_connection == 71.0     # 3,550 / 50, not 3,550.5
 
@@ -146,12 +147,12 @@ def test_a_negative_per_address_ceiling_is_refused_by_name():
                             "(derived from the expected clients) or a ceiling >= 1")
 
 
-def test_each_stream_announces_its_chunk_size_and_heartbeat_interval():
+def test_each_stream_announces_its_chunk_size_go_and_heartbeat_interval():
     cfg = _cfg(heartbeat_timeout=120.0)
     assert derive_limits(cfg, 7100, HIDDEN_128).announcement() == (
-        ("fs-upload-chunk", "65527"), ("fs-heartbeat-interval", "35.5"))
+        ("fs-upload-chunk", "131063"), ("fs-upload-go", "1"), ("fs-heartbeat-interval", "35.5"))
     assert derive_limits(_cfg(), 8, HIDDEN_128).announcement() == (
-        ("fs-upload-chunk", "524279"), ("fs-heartbeat-interval", "5"))
+        ("fs-upload-chunk", "1048567"), ("fs-upload-go", "1"), ("fs-heartbeat-interval", "5"))
 
 
 @pytest.mark.parametrize("name,want", [

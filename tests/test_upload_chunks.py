@@ -1,8 +1,8 @@
-"""Upload continuations sized by the server (``flow.upload_chunk_bytes``): a fixed budget shared
-by the expected clients, announced in each stream's initial metadata, followed by real clients
-and enforced on every continuation. Few clients upload in 512 KiB pieces (each gRPC message costs
-the server about the same whatever its size); thousands keep 64 KiB, because a stream waiting for
-an inbox slot has its next message taken in whole by gRPC."""
+"""Chunked uploads (``flow.py``): a client sends a small first chunk, waits for the server's GO
+(sent when the server reads that stream for the message: the inbox slot is its), then sends the
+rest in continuations of the size the server announced (1 MiB down to 128 KiB as the expected
+client count grows). The size is enforced on every continuation; chunk boundaries never change
+the message."""
 import logging
 import queue
 import time
@@ -13,12 +13,11 @@ from hypothesis import given, settings, strategies as st
 
 from harness.raw_peer import RawPeer, next_incoming
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
-                                                    ALIGN, HeavyIncoming,
-                                                    MAX_UPLOAD_CHUNK, UPLOAD_CHUNK_BUDGET,
-                                                    UPLOAD_CHUNK_HEADER, Reassembly,
-                                                    ServerInbox, announced_chunk, chunk_frames,
-                                                    chunk_total, upload_chunk_bytes)
+from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE, GO,
+                                                    ALIGN, HeavyIncoming, MAX_UPLOAD_CHUNK,
+                                                    UPLOAD_CHUNK_HEADER, UPLOAD_GO_HEADER,
+                                                    Reassembly, ServerInbox, announced_chunk,
+                                                    chunk_frames, chunk_total)
 from federatedscope.core.communication.grpc_client import GrpcClientTransport
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.configs.config import get_default_cfg
@@ -28,18 +27,6 @@ from federatedscope.core.communication.transport import Incoming
 
 MiB = 1024 * 1024
 LOGGER = "federatedscope"
-
-
-@pytest.mark.parametrize("expected,size", [
-    (0, MiB // 2 - 9), (1, MiB // 2 - 9), (3, MiB // 2 - 9), (32, MiB // 2 - 9),
-    (33, 508_400 - 9),          # 16 MiB / 33
-    (100, 167_772 - 9), (255, 65_793 - 9),
-    (256, 65_536 - 9), (1000, 65_536 - 9), (3550, 65_536 - 9)])
-def test_the_announced_size_shares_a_fixed_budget_between_the_expected_clients(expected, size):
-    assert upload_chunk_bytes(expected) == size
-    # with the 9 bytes of magic and gRPC prefix, N waiting streams' next messages fit the budget
-    # (or are the base 64 KiB each, below which nothing is chunked)
-    assert max(1, expected) * (size + 9) <= max(UPLOAD_CHUNK_BUDGET, expected * 65_536)
 
 
 @pytest.mark.parametrize("value,size", [
@@ -165,56 +152,117 @@ def _update(sender: int, n: int) -> Message:
                    {"w": torch.arange(n, dtype=torch.float32)})
 
 
-@pytest.mark.parametrize("max_clients,announced", [(8, MiB // 2 - 9), (200, 167_772 - 9),
-                                                   (2000, CHUNK_BYTES)])
-def test_each_stream_is_told_the_size_its_server_derives(max_clients, announced):
+PIECE = MiB - 9    # what a server for <= 64 expected clients announces: 1 MiB with our prefixes
+
+
+# 64 MiB shared by the expected clients (half the ceiling), between 128 KiB and 1 MiB, less 9
+@pytest.mark.parametrize("max_clients,piece", [
+    (2, PIECE), (8, PIECE), (128, PIECE), (200, 671_079), (1000, 134_208), (2000, 131_063),
+    (7100, 131_063)])
+def test_every_stream_is_told_the_piece_size_and_that_its_server_answers_go(max_clients, piece):
     t = GrpcServerTransport(_cfg(), ServerInbox(), max_clients=max_clients)
     t.start()
     try:
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
-            assert peer.metadata()[UPLOAD_CHUNK_HEADER] == str(announced)
-            assert t.limits.upload_chunk == announced
+            meta = peer.metadata()
+            assert (meta[UPLOAD_CHUNK_HEADER], meta[UPLOAD_GO_HEADER]) == (str(piece), "1")
+            assert t.limits.upload_chunk == piece
     finally:
+        t.stop(grace=1.0)
+
+
+def _server_and_client():
+    """A started server for 8 clients (its inbox) and a real client pointed at it."""
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)
+    t.start()
+    cfg = _cfg()
+    cfg.distribute.server_port = t.port
+    return inbox, t, GrpcClientTransport(cfg, queue.Queue())
+
+
+def test_go_comes_only_when_the_server_reads_the_upload_and_a_real_client_waits_for_it():
+    """Client #1's upload holds the one inbox slot (the Server has not taken it). Client #2, a
+    real client, sends its first chunk and nothing more: no GO reaches it while the slot is
+    held. Once the Server takes #1's upload, #2 gets its GO and its continuations follow: the
+    whole message arrives. A raw peer's chunked upload is answered with exactly one GO."""
+    inbox, t, client = _server_and_client()
+    yielded, gone_on = [], []
+    requests = client._requests
+
+    def spy(outbox, join, nonce, go):       # what the client hands to gRPC, and when GO came
+        for item in requests(outbox, join, nonce, go):
+            yielded.append(len(item))
+            gone_on.append(go.is_set())
+            yield item
+    client._requests = spy
+    try:
+        with RawPeer(f"127.0.0.1:{t.port}") as peer:
+            peer.join(1)
+            t.bind(next_incoming(inbox).conn_id, 1)
+            client.wait_for_server(10)
+            client.open_session(Message(JOIN_IN, 2, 0, 0, {"client_id": 2}))
+            t.bind(next_incoming(inbox).conn_id, 2)
+            first = _update(1, 300_000)                    # 1.2 MB: the slot is taken, not freed
+            peer.send_chunked(first)
+            assert peer.recv_raw(5.0) == GO                # read at once: the slot was free
+            deadline = time.monotonic() + 5
+            while t._heavy.locked() is False and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = _update(2, 600_000)                   # 2.4 MB: 1 + 3 pieces of PIECE
+            size = len(codec.encode(second))
+            client.send(second)
+            time.sleep(1.0)
+            assert yielded[-1] == len(CHUNK_FIRST) + 8 + CHUNK_BYTES   # its first chunk only
+            taken = next_incoming(inbox)                   # the Server takes #1's upload ...
+            assert taken.msg.sender == 1 and torch.equal(taken.msg.tensors["w"],
+                                                         first.tensors["w"])
+            got = next_incoming(inbox)                     # ... and #2's follows, whole
+            assert got.msg.sender == 2 and torch.equal(got.msg.tensors["w"], second.tensors["w"])
+            rest = size - CHUNK_BYTES
+            assert yielded[-4:] == [len(CHUNK_FIRST) + 8 + CHUNK_BYTES, 4 + PIECE, 4 + PIECE,
+                                    4 + rest - 2 * PIECE]
+            assert gone_on[-4:] == [False, True, True, True]
+            assert peer.recv_raw(0.5) is None               # one GO per chunked message
+    finally:
+        client.close(grace=1.0)
         t.stop(grace=1.0)
 
 
 def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_refused(caplog):
     caplog.set_level(logging.WARNING, LOGGER)
-    inbox = ServerInbox()
-    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)     # 4 expected: 512 KiB pieces
-    t.start()
-    cfg = _cfg()
-    cfg.distribute.server_port = t.port
-    client = GrpcClientTransport(cfg, queue.Queue())
+    inbox, t, client = _server_and_client()
     sent = []
     try:
         client.wait_for_server(10)
         client.open_session(Message(JOIN_IN, 1, 0, 0, {"client_id": 1}))
         t.bind(next_incoming(inbox).conn_id, 1)
-        assert client.upload_chunk == MiB // 2 - 9     # read with the nonce, before the join
+        assert client.upload_chunk == PIECE and client.upload_go   # with the nonce, pre-join
         update = _update(1, 900_000)                    # 3.6 MB of tensor
         size = len(codec.encode(update))
         outbox_put = client._outbox.put                 # what the client queues for the wire
         client._outbox.put = lambda item: (sent.append(item), outbox_put(item))[1]
         client.send(update)
         assert torch.equal(next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
-        pieces = 1 + -(-(size - CHUNK_BYTES) // (MiB // 2 - 9))
-        assert len(sent) == 1 and len(sent[0]) == pieces == 8
+        pieces = 1 + -(-(size - CHUNK_BYTES) // PIECE)
+        assert len(sent) == 1 and len(sent[0]) == pieces == 5
         # a peer sending a continuation one byte over the announced size loses that message
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
             peer.join(2)
             t.bind(next_incoming(inbox).conn_id, 2)
-            frames = chunk_frames(codec.encode(_update(2, 900_000)), more=MiB // 2 - 8)
+            frames = chunk_frames(codec.encode(_update(2, 900_000)), more=PIECE + 1)
             for f in frames:
                 peer.send(f)
             deadline = time.monotonic() + 10
             while "over the announced" not in caplog.text and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert f"continuation chunk of {MiB // 2 - 8} bytes, over the announced " \
-                   f"{MiB // 2 - 9}" \
+            assert f"continuation chunk of {PIECE + 1} bytes, over the announced {PIECE}" \
                 in caplog.text
             # the refused message gave its inbox slot back at once, not at its stall check
-            # (STALL_SECONDS): the honest client's next upload arrives meanwhile
+            # (STALL_SECONDS): the honest client's next upload arrives meanwhile, after a small
+            # message (one whole frame: no GO is owed for it, so none is awaited)
+            client.send(_update(1, 10))
+            assert next_incoming(inbox, timeout=5.0).msg.tensors["w"].numel() == 10
             again = _update(1, 900_000)
             client.send(again)
             assert torch.equal(next_incoming(inbox, timeout=5.0).msg.tensors["w"],

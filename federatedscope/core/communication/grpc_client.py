@@ -22,8 +22,9 @@ from typing import Optional
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_BYTES, UPLOAD_CHUNK_HEADER,
-                                                    announced_chunk, chunk_frames)
+from federatedscope.core.communication.flow import (CHUNK_BYTES, GO, UPLOAD_CHUNK_HEADER,
+                                                    UPLOAD_GO_HEADER, announced_chunk,
+                                                    chunk_frames)
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import (HEARTBEAT_HEADER, announced_heartbeat,
                                                       compression, grpc_options)
@@ -107,6 +108,7 @@ class GrpcClientTransport:
         self._quiet_failures = 0
         self._closing = threading.Event()       # set by close(): a backoff wait ends at once
         self.upload_chunk = CHUNK_BYTES          # continuations' size, as the server announces
+        self.upload_go = False                   # the server answers a first chunk with GO
         # the longer of distribute.heartbeat_interval and what the server asks for
         self.heartbeat_interval = float(cfg.distribute.heartbeat_interval)
 
@@ -173,13 +175,15 @@ class GrpcClientTransport:
         self._session_ok = False
         outbox: "queue.Queue" = queue.Queue()
         nonce: "queue.Queue" = queue.Queue(maxsize=1)
+        go = threading.Event()                   # the server's GO for the upload under way
         self._outbox = outbox
-        self._call = self._session(self._requests(outbox, join, nonce))
-        self._reader = threading.Thread(target=self._read, args=(self._call, nonce),
+        self._call = self._session(self._requests(outbox, join, nonce, go))
+        self._reader = threading.Thread(target=self._read, args=(self._call, nonce, go),
                                         name="client-reader", daemon=True)
         self._reader.start()
 
-    def _requests(self, outbox: "queue.Queue", join: Message, nonce: "queue.Queue"):
+    def _requests(self, outbox: "queue.Queue", join: Message, nonce: "queue.Queue",
+                  go: threading.Event):
         # The join waits for this stream's nonce (the server's initial metadata, sent before it
         # reads anything): the token itself never travels, only a proof bound to the nonce.
         try:
@@ -197,20 +201,32 @@ class GrpcClientTransport:
                 item = codec.encode(Message(HEARTBEAT, self.sender_id, 0, 0))
             if item is _END:
                 return
-            if isinstance(item, list):   # a chunked message: its chunks back to back
-                yield from item
+            if isinstance(item, list) and len(item) > 1:   # a chunked message
+                go.clear()
+                yield item[0]
+                # the rest once the server reads this stream for it (flow.GO); the reader sets
+                # ``go`` when the session ends too, so this never outlives the stream
+                if self.upload_go:
+                    go.wait()
+                yield from item[1:]
+            elif isinstance(item, list):    # small enough for one whole frame: no GO comes
+                yield item[0]
             else:
                 yield item
 
-    def _read(self, call, nonce: "queue.Queue") -> None:
+    def _read(self, call, nonce: "queue.Queue", go: threading.Event) -> None:
         reason = "server closed the stream"
         try:
             metadata = dict(call.initial_metadata() or ())
             self.upload_chunk = announced_chunk(metadata.get(UPLOAD_CHUNK_HEADER))
+            self.upload_go = metadata.get(UPLOAD_GO_HEADER) == "1"
             self.heartbeat_interval = announced_heartbeat(metadata.get(HEARTBEAT_HEADER),
                                                           self.cfg.distribute.heartbeat_interval)
             nonce.put(metadata.get(NONCE_HEADER))
             for data in call:
+                if data == GO:
+                    go.set()
+                    continue
                 try:
                     msg = codec.decode(data)
                     validate_message(msg, from_server=True)
@@ -221,6 +237,7 @@ class GrpcClientTransport:
                 self.inbox.put(msg)
         except grpc.RpcError as e:
             reason = f"{e.code().name}: {e.details()}" if hasattr(e, "code") else str(e)
+        go.set()
         if nonce.empty():
             nonce.put(None)
         self.inbox.put(Disconnected(0, reason))

@@ -14,7 +14,7 @@ from typing import Optional
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, HeavyIncoming,
+from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, GO, HeavyIncoming,
                                                     Reassembly, ServerInbox, chunk_total)
 from federatedscope.core.communication.join_proof import NONCE_KEY
 from federatedscope.core.communication.limits import (BIG_MESSAGE, LOG_INTERVAL,
@@ -162,6 +162,7 @@ class StreamIntake:
             return self._deliver_counted(conn, whole, heavy)
         # Cancelled when the message completes: a pending timer would keep its buffer alive.
         self._arm_stall_check(conn, conn.assembly, self._loop.time())
+        conn.outbox.put_nowait(GO)      # we read this stream now: the sender may go on
         return True
 
     def _arm_stall_check(self, conn: Connection, assembly: Reassembly, began: float) -> None:

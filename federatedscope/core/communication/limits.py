@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from federatedscope.core.communication.flow import UPLOAD_CHUNK_HEADER, upload_chunk_bytes
+from federatedscope.core.communication.flow import (UPLOAD_CHUNK_HEADER, UPLOAD_GO_HEADER,
+                                                    upload_chunk_bytes)
 from federatedscope.core.configs.config import MIN_HEARTBEAT_INTERVAL, ConfigError
 
 # A join (id, token, declaration with a 62-bin histogram) is a few KB; anything this large
@@ -154,7 +155,7 @@ class Limits:
 
     def announcement(self) -> tuple:
         """What every stream's initial metadata tells the client beside its nonce."""
-        return ((UPLOAD_CHUNK_HEADER, str(self.upload_chunk)),
+        return ((UPLOAD_CHUNK_HEADER, str(self.upload_chunk)), (UPLOAD_GO_HEADER, "1"),
                 (HEARTBEAT_HEADER, f"{self.heartbeat_interval:g}"))
 
 
