@@ -386,6 +386,7 @@ def test_open_stage_clears_a_killed_runs_temp_names_and_keeps_finished_shards(tm
     (stage / "client_1" / "meta.json").write_text("{}")
     (stage / "manifest.json").write_text("{}")
     (stage / ".spill-12.bin").write_bytes(b"x")
+    (stage / ".spill-12-3.bin").write_bytes(b"x")     # a reading worker's (piece 3)
     (stage / "packed" / ".data.pt.abc.tmp").write_bytes(b"x")
     (stage / "packed" / "data.pt").write_bytes(b"x")
     (out / "client_4.tmp-3").mkdir()

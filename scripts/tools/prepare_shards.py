@@ -37,6 +37,17 @@ def _splits(text: str):
     return vals
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--workers {text!r}: expected a whole number >= 1 "
+                                         f"(1 reads the input in this process)")
+    return n
+
+
 def parse_args(argv=None, dataset: str = "") -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +91,9 @@ def parse_args(argv=None, dataset: str = "") -> argparse.Namespace:
     p.add_argument("--allow-empty-train", action="store_true",
                    help="accept clients whose train split is empty (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=_workers, default=0, help="processes parsing the input at "
+                   "once, each holding one input file in memory (default: 2 for an input of "
+                   "64 MiB or more on a machine with 2+ cores, else 1); the shards are the same")
     a = p.parse_args(argv)
     a.dataset = dataset or a.dataset
     return a
@@ -94,7 +108,7 @@ def main(argv=None, dataset: str = "", script: str = "prepare_shards.py") -> int
                      seed=a.seed, splits=a.splits, subsample=a.subsample, out=a.out,
                      overwrite=a.overwrite, resume=a.resume, link=a.link, plot=a.plot,
                      progress=not a.no_progress, tokens=a.tokens,
-                     allow_empty_train=a.allow_empty_train)
+                     allow_empty_train=a.allow_empty_train, workers=a.workers)
     raw = [x for x in (argv if argv is not None else sys.argv[1:])
            if x not in ("--overwrite", "--resume")]
     cmd = f"python scripts/tools/{script} " + " ".join(shlex.quote(x) for x in raw)

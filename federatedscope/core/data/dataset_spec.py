@@ -39,6 +39,12 @@ class DatasetSpec:
     # FS's default ``data.transform`` for this dataset (what a config leaving it empty means),
     # in FS's list spelling, e.g. (['ToTensor'], ['Normalize', {...}]); () = none (token ids)
     default_transform: Tuple[Any, ...] = ()
+    # optional, so the shard tool can parse on several cores: the reader cut into independent
+    # pieces (LEAF: one per JSON file; each must pickle, e.g. a (path, split) tuple) and the
+    # reader of one piece. The pieces' writers, in order, must be exactly ``iter_writers(root)``'s;
+    # ``pieces`` returning fewer than two means "read sequentially".
+    pieces: Optional[Callable[[str], List[Any]]] = None
+    read_piece: Optional[Callable[[Any], Iterator[WriterSamples]]] = None
 
     @property
     def sample_type(self) -> str:

@@ -3,7 +3,8 @@
 The input is read only through the dataset's registered ``DatasetSpec`` (``--dataset`` = FS's
 ``data.type``): its reader, sample dtype/shape and class count. Streaming design, so peak memory
 is bounded by the largest input file, not the dataset:
-1. one parse of the input (``sharding_input``): samples to a spill file, labels + offsets in memory;
+1. one parse of the input (``sharding_input``; its pieces in ``--workers`` processes when the
+   spec has pieces): samples to a spill file, labels + offsets in memory;
 2. writers are assigned to clients (never split) and each writer is split train/val/test with
    THE per-writer rule (``sharding_plan.writer_split``, the FS-style reader's too), applied to
    row numbers, so no samples move until they are written (``sharding_plan``);
@@ -29,8 +30,8 @@ from federatedscope.core.data import sharding_output as so
 from federatedscope.core.data.dataset_spec import DatasetSpec, get_spec
 from federatedscope.core.data.distributed_loader import verify_shard
 from federatedscope.core.data.shard_format import split_file
-from federatedscope.core.data.sharding_input import (Spill, deal_parts, find_inputs, progress_bar,
-                                                     read_input)
+from federatedscope.core.data.sharding_input import (Spill, auto_workers, deal_parts, find_inputs,
+                                                     progress_bar, read_input)
 from federatedscope.core.data.sharding_plan import (SAMPLE_STRATEGIES, Plan, Rows,  # noqa: F401
                                                     ShardingError, assign,
                                                     plan_id, split_rows, subsample_writers,
@@ -60,6 +61,7 @@ class ShardArgs:
     progress: bool = True
     tokens: str = ""           # folder for new client_<k>.token files (manifest keeps hashes)
     allow_empty_train: bool = False  # accept clients whose train split is empty
+    workers: int = 0           # processes parsing the input (0: 2 for a large input, else 1)
 
 
 @dataclass
@@ -192,7 +194,9 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
         fresh = args.overwrite or not os.path.isdir(os.path.join(args.out, so.STAGE))
         stage = so.open_stage(args)
         spill = Spill(os.path.join(stage, f".spill-{os.getpid()}.bin"), spec)
-        parts, kind = read_input(spec, args.root, inputs, spill, args.progress)
+        workers = args.workers or auto_workers(
+            sum(os.path.getsize(p) for p in inputs if os.path.isfile(p)))
+        parts, kind = read_input(spec, args.root, inputs, spill, args.progress, workers)
         parts = _by_splitter(args, spec, parts, spill)
         plan = _make_plan(args, kind, src_dir, inputs, parts)
         if args.tokens:

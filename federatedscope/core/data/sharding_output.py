@@ -30,9 +30,9 @@ from federatedscope.core.data.sharding_plan import ShardingError
 logger = logging.getLogger("federatedscope")
 STAGE = ".staging"
 OPTIONS = "options.json"
-# temp names this tool leaves only when killed: shard dirs, spills, atomic-write temp files,
-# the trash of a swap that was cut short
-_STALE = re.compile(r"client_\d+\.tmp-\d+|\.spill-\d+\.bin|\..+\.tmp|\.old-\d+")
+# temp names this tool leaves only when killed: shard dirs, spills (its own and its reading
+# workers'), atomic-write temp files, the trash of a swap that was cut short
+_STALE = re.compile(r"client_\d+\.tmp-\d+|\.spill-\d+(-\d+)?\.bin|\..+\.tmp|\.old-\d+")
 
 
 def owned(name: str) -> bool:

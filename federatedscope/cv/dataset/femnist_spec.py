@@ -5,7 +5,7 @@ imports it), so the core (shard format, shard tool, loader, model builder) reads
 from ``federatedscope.core.data.dataset_spec.get_spec('femnist')`` and never names the dataset.
 LEAF's pixels are exact k/255 floats, stored losslessly as uint8 k (``leaf_femnist``).
 """
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Tuple
 
 from federatedscope.core.data.dataset_spec import DatasetSpec, WriterSamples
 from federatedscope.cv.dataset.leaf_checks import NUM_CLASSES, SIDE
@@ -24,8 +24,19 @@ def list_inputs(root: str) -> List[str]:
     return find(root)
 
 
+def pieces(root: str) -> List[Tuple[str, Optional[str]]]:
+    from federatedscope.cv.dataset.leaf_femnist import leaf_pieces
+    return leaf_pieces(root)
+
+
+def read_piece(piece: Tuple[str, Optional[str]]) -> Iterator[WriterSamples]:
+    from federatedscope.cv.dataset.leaf_femnist import read_leaf_piece
+    return read_leaf_piece(piece)
+
+
 FEMNIST = DatasetSpec(name="femnist", sample_dtype="uint8", sample_shape=(SIDE, SIDE),
                       num_classes=NUM_CLASSES, model_input=(1, SIDE, SIDE), iter_writers=iter_writers,
-                      list_inputs=list_inputs, has_writers=True)
+                      list_inputs=list_inputs, has_writers=True, pieces=pieces,
+                      read_piece=read_piece)
 
 register_dataset_spec(FEMNIST.name, FEMNIST)

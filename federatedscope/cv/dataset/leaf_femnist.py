@@ -207,6 +207,17 @@ def _writers_of_file(path: str, split: Optional[str]) -> Iterator[WriterSamples]
                        ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
 
 
+def leaf_pieces(root: str) -> List[Tuple[str, Optional[str]]]:
+    """The LEAF files under ``root`` as (path, split) pieces ``read_leaf_piece`` reads one at a
+    time (in this order they yield ``iter_writers(root)``'s writers); [] without LEAF files."""
+    src, files = find_leaf_dir(root)
+    return _layout(src) if files else []
+
+
+def read_leaf_piece(piece: Tuple[str, Optional[str]]) -> Iterator[WriterSamples]:
+    return _writers_of_file(piece[0], piece[1])
+
+
 def iter_leaf_writers(raw_dir: str) -> Iterator[WriterSamples]:
     """Yield every writer of every LEAF file under ``raw_dir``, one JSON file in memory at a time.
 
