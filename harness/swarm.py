@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 from federatedscope.core.communication import codec  # noqa: E402
 from federatedscope.core.communication.flow import (  # noqa: E402
     CHUNK_BYTES, GO, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, UPLOAD_GO_HEADER, announced_chunk,
-    chunk_frames)
+    upload_frames)
 from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
 from federatedscope.core.communication.join_proof import NONCE_HEADER  # noqa: E402
 from federatedscope.core.communication.limits import (  # noqa: E402
@@ -254,7 +254,7 @@ class Swarm:
 
         async def write(msg: Message) -> None:
             async with lock:                    # as a client sends (flow.py)
-                frames = chunk_frames(codec.encode_parts(msg), more=more)
+                frames = upload_frames(codec.encode_parts(msg), more)
                 go.clear()
                 await call.write(frames[0])
                 if len(frames) > 1 and use_go:

@@ -215,3 +215,11 @@ def test_an_address_not_on_this_host_or_not_resolvable_names_the_host():
         probe_bind("no-such-host.invalid", 5000)
     assert str(e.value) == (f"cannot listen on no-such-host.invalid:5000: host not resolvable "
                             f"({reason}); {FIX}")
+
+
+@pytest.mark.parametrize("expected,chunk", [(150, 447_383), (200, 335_535), (511, 131_319)])
+def test_the_upload_piece_is_64_mib_shared_by_the_expected_clients_inside_its_bounds(expected,
+                                                                                      chunk):
+    # 64 MiB // 150 = 447,392; // 200 = 335,544; // 511 = 131,328; each less our 4-byte magic and
+    # gRPC's 5-byte prefix. The client ceiling is twice the expected count.
+    assert derive_limits(_cfg(), 2 * expected, HIDDEN_128).upload_chunk == chunk

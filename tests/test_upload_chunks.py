@@ -13,11 +13,12 @@ from hypothesis import given, settings, strategies as st
 
 from harness.raw_peer import RawPeer, next_incoming
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE, GO,
+from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
+                                                    FIRST_CHUNK_BYTES, GO,
                                                     ALIGN, HeavyIncoming, MAX_UPLOAD_CHUNK,
                                                     UPLOAD_CHUNK_HEADER, UPLOAD_GO_HEADER,
                                                     Reassembly, ServerInbox, announced_chunk,
-                                                    chunk_frames, chunk_total)
+                                                    chunk_frames, chunk_total, upload_frames)
 from federatedscope.core.communication.grpc_client import GrpcClientTransport
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.configs.config import get_default_cfg
@@ -77,6 +78,26 @@ def test_a_message_in_parts_is_its_encoding_and_chunks_alike():
         assert chunk_frames(parts, size, more) == chunk_frames(whole, size, more)
     small = Message(MODEL_PARA, 3, 0, 2, {"sample_size": 5}, {"b": torch.ones(3)})
     assert chunk_frames(codec.encode_parts(small)) == [codec.encode(small)]
+
+
+@pytest.mark.parametrize("extra,more", [(-1, 131_063), (0, 131_063), (1, 131_063),
+                                        (2_000_000, 1_048_567), (262_126, 131_063)])
+def test_an_upload_goes_whole_up_to_64_kib_else_as_a_4_kib_first_chunk_and_pieces(extra, more):
+    """What waits for the server's GO is the first chunk: 4 KiB, not a 64 KiB frame."""
+    length = CHUNK_BYTES + extra
+    data = bytes((i * 13) % 251 for i in range(length))
+    parts = [memoryview(data)[:5], memoryview(data)[5:]]
+    frames = upload_frames(parts, more)
+    if length <= CHUNK_BYTES:
+        assert frames == [data]
+        return
+    assert FIRST_CHUNK_BYTES + len(CHUNK_FIRST) + 8 + 5 == 4096    # with gRPC's prefix
+    assert len(frames[0]) == 12 + FIRST_CHUNK_BYTES and chunk_total(frames[0]) == length
+    body = length - FIRST_CHUNK_BYTES
+    assert [len(f) - 4 for f in frames[1:]] == [more] * (body // more) + (
+        [body % more] if body % more else [])
+    r = Reassembly(length, frames[0], heavy=False)
+    assert [r.add(memoryview(f)[4:]) for f in frames[1:]][-1] and bytes(r.buf) == data
 
 
 def test_a_first_chunk_needs_its_whole_header_and_no_more():
@@ -213,14 +234,14 @@ def test_go_comes_only_when_the_server_reads_the_upload_and_a_real_client_waits_
             size = len(codec.encode(second))
             client.send(second)
             time.sleep(1.0)
-            assert yielded[-1] == len(CHUNK_FIRST) + 8 + CHUNK_BYTES   # its first chunk only
+            assert yielded[-1] == len(CHUNK_FIRST) + 8 + FIRST_CHUNK_BYTES   # its first chunk only
             taken = next_incoming(inbox)                   # the Server takes #1's upload ...
             assert taken.msg.sender == 1 and torch.equal(taken.msg.tensors["w"],
                                                          first.tensors["w"])
             got = next_incoming(inbox)                     # ... and #2's follows, whole
             assert got.msg.sender == 2 and torch.equal(got.msg.tensors["w"], second.tensors["w"])
-            rest = size - CHUNK_BYTES
-            assert yielded[-4:] == [len(CHUNK_FIRST) + 8 + CHUNK_BYTES, 4 + PIECE, 4 + PIECE,
+            rest = size - FIRST_CHUNK_BYTES
+            assert yielded[-4:] == [len(CHUNK_FIRST) + 8 + FIRST_CHUNK_BYTES, 4 + PIECE, 4 + PIECE,
                                     4 + rest - 2 * PIECE]
             assert gone_on[-4:] == [False, True, True, True]
             assert peer.recv_raw(0.5) is None               # one GO per chunked message
@@ -244,7 +265,7 @@ def test_a_real_client_uploads_in_the_announced_pieces_and_an_oversized_one_is_r
         client._outbox.put = lambda item: (sent.append(item), outbox_put(item))[1]
         client.send(update)
         assert torch.equal(next_incoming(inbox).msg.tensors["w"], update.tensors["w"])
-        pieces = 1 + -(-(size - CHUNK_BYTES) // PIECE)
+        pieces = 1 + -(-(size - FIRST_CHUNK_BYTES) // PIECE)
         assert len(sent) == 1 and len(sent[0]) == pieces == 5
         # a peer sending a continuation one byte over the announced size loses that message
         with RawPeer(f"127.0.0.1:{t.port}") as peer:

@@ -24,7 +24,7 @@ import grpc
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_BYTES, GO, UPLOAD_CHUNK_HEADER,
                                                     UPLOAD_GO_HEADER, announced_chunk,
-                                                    chunk_frames)
+                                                    upload_frames)
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import (HEARTBEAT_HEADER, announced_heartbeat,
                                                       compression, grpc_options)
@@ -280,7 +280,7 @@ class GrpcClientTransport:
         if self._outbox is not None:
             self.sender_id = msg.sender
             # Large messages go as small chunks: the server reads them at its own pace.
-            self._outbox.put(chunk_frames(codec.encode_parts(msg), more=self.upload_chunk))
+            self._outbox.put(upload_frames(codec.encode_parts(msg), self.upload_chunk))
 
     def end_session(self) -> None:
         if self._outbox is not None:
