@@ -13,8 +13,9 @@ Job modes (all but ``TOOL_MODES``) start as ``main.py`` does, re-executed once w
 tunable (``malloc_tuning.py``): a baseline compares with the job it stands for. Every report has
 the process's ``VmHWM`` at exit; modes working after their imports reset the
 peak (``echo 5 > /proc/self/clear_refs``) once imports are done, so ``peak_above_start_kb`` is the
-work's own peak growth. The /proc readers here are the benchmarks' too (this module imports
-nothing heavy).
+work's own peak growth. A tool (script mode) also reports ``tree``: the peak of its and its
+children's summed PSS (the shard tool's reading workers), and the children's CPU. The /proc
+readers here are the benchmarks' too (this module imports nothing heavy).
 """
 import json
 import os
@@ -97,6 +98,68 @@ class Probe:
         for k in ("RssAnon", "RssFile"):  # private heap vs file-backed (code, mmap) pages
             d[f"{k}_growth_kb"] = st[k] - self.st0[k]
         return d
+
+
+def descendants(pid: int) -> list:
+    """Every live descendant of ``pid`` (its children's children included)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+                out += kids
+                todo += kids
+        except OSError:     # gone meanwhile
+            continue
+    return out
+
+
+def pss_kb(pid) -> int:
+    """Proportional set size: shared pages split among their sharers, so a tree's sum counts
+    the parent's pages its forked workers still share once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TreePeak:
+    """The peak of this process's and its descendants' summed PSS, sampled every ``period`` s
+    from a thread (a tool's forked reading workers included)."""
+
+    def __init__(self, period: float = 0.1):
+        import threading
+        self.period, self.peak_kb, self.pids = period, 0, set()
+        self.start_kb = self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> int:
+        kids = descendants(os.getpid())
+        self.pids.update(kids)
+        total = pss_kb("self") + sum(pss_kb(k) for k in kids)
+        self.peak_kb = max(self.peak_kb, total)
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self.sample()
+
+    def figures(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"pss_start_kb": self.start_kb, "pss_peak_kb": self.peak_kb,
+                "pss_peak_above_start_kb": self.peak_kb - self.start_kb,
+                "children_seen": len(self.pids), "children_cpu_s": ru.ru_utime + ru.ru_stime,
+                "children_maxrss_kb": ru.ru_maxrss}
 
 
 def runtime_imports() -> None:
@@ -212,9 +275,9 @@ def mode_script(path: str, *argv: str, profile: bool = False) -> dict:
     spec = importlib.util.spec_from_file_location("bench_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # imports happen here, before the clock starts
-    prof, probe = cProfile.Profile() if profile else None, Probe()
+    prof, probe, tree = cProfile.Profile() if profile else None, Probe(), TreePeak()
     rc = prof.runcall(mod.main, list(argv)) if prof else mod.main(list(argv))
-    rep = dict(probe.figures(), rc=rc or 0)
+    rep = dict(probe.figures(), rc=rc or 0, tree=tree.figures())
     if prof:  # [name, calls, own s, cumulative s] of every function with >= 2 % of the time
         rep["profile"] = sorted(
             ([f"{os.path.basename(p)}:{line}:{name}" if p != "~" else name, calls,

@@ -43,14 +43,19 @@ def warm(files) -> None:
                 pass
 
 
+# the tool parsing in its own process, as the floors do (its default, 2 workers for an input of
+# 64 MiB or more, is fullsize's)
+ONE_PROCESS = ("--workers", "1")
+
+
 def tool_run(ctx, tag: str, root: str, clients: int, timeout: float = 600,
-             strategy=("--strategy", "sequential"), mode: str = "script") -> dict:
+             strategy=("--strategy", "sequential"), mode: str = "script", extra=()) -> dict:
     """The tool as a child process into ``<tag>_shards`` (seed 0); its report gains samples,
     disk bytes and samples/s. ``mode`` "profile": under cProfile."""
     out = ctx.tmp(f"{tag}_shards")
     rep = common.run_child(ctx, tag, mode, [
         common.PREPARE, "--root", root, "--clients", str(clients), "--out", out, *strategy,
-        "--seed", "0", "--overwrite", "--no-progress"], timeout=timeout)
+        "--seed", "0", "--overwrite", "--no-progress", *extra], timeout=timeout)
     samples = sum(sum(c["num_samples"].values())
                   for c in common.read_json(os.path.join(out, "manifest.json"))["clients"])
     return dict(rep, out=out, samples=samples, disk_bytes=common.dir_bytes(out),
@@ -73,11 +78,11 @@ def run(ctx) -> dict:
     warm(files_big + files_small)
     tools, floors, hooks = [], [], []
     for i in range(1 if ctx.quick else 3):  # interleaved: noise hits all alike
-        tools.append(tool_run(ctx, f"tool{i}", big, 3))
+        tools.append(tool_run(ctx, f"tool{i}", big, 3, extra=ONE_PROCESS))
         if not ctx.quick:  # --quick compares throughput on the third only (a third of the time)
             hooks.append(floor_run(ctx, f"hook{i}", files_big, hook=True))
             floors.append(floor_run(ctx, f"floor{i}", files_big))
-    tool_small = tool_run(ctx, "tool_small", small, 3)
+    tool_small = tool_run(ctx, "tool_small", small, 3, extra=ONE_PROCESS)
     floor_small = floor_run(ctx, "floor_small", files_small)
     hook_small = floor_run(ctx, "hook_small", files_small, hook=True)
     t_set, f_set = (tools, floors) if floors else ([tool_small], [floor_small])
@@ -121,7 +126,9 @@ def run(ctx) -> dict:
     context = [
         f"Input: {len(files_big)} LEAF JSON files, {data_bytes / MB:.0f} MB, {t0['samples']:,} "
         f"samples (the third: {len(files_small)} files, {tool_small['samples']:,} samples); 3 "
-        f"clients, sequential; median of {len(t_set)} interleaved run(s), files page-cached.",
+        f"clients, sequential, --workers 1 (one process parsing: these rows compare what one "
+        f"parse holds and costs; fullsize measures the default 2 workers); median of "
+        f"{len(t_set)} interleaved run(s), files page-cached.",
         f"Work time on {which}: tool {median(r['work_s'] for r in t_set):.2f} s (+ "
         f"{median(r['wall_s'] - r['work_s'] for r in t_set):.1f} s imports), bare parse "
         f"{median(r['work_s'] for r in f_set):.2f} s; the hook alone makes the parse "
