@@ -2,20 +2,18 @@
 
     python bench/child.py REPORT.json MODE [ARGS...]
 
-MODE: baseline (the runtime imports only); load SPEC (then ``get_data``; SPEC = {"cfg": yaml,
-"opts": [...]}); stream SPEC P S (then P timed passes over the train batches and S timed training
-steps); phases SPEC (then one round of training and evaluation, RSS after each phase); main ARGV
-(``federatedscope.main.main``); script PATH ARGV / profile PATH ARGV (a tool's ``main(argv)``
-timed after its imports, plain or under cProfile); jsonfloor FILES / jsonhook FILES (a bare
-``json.load`` pass / the shard tool's hooked parse, one file in memory at a time).
+MODE: baseline (the runtime imports only); load SPEC (``get_data``; SPEC = {"cfg": yaml, "opts":
+[...]}); stream SPEC P S (P timed passes over the train batches, S timed training steps); phases
+SPEC (one round of training and evaluation, RSS after each phase); main ARGV (``main.main``);
+script / profile PATH ARGV (a tool's ``main(argv)`` timed after its imports, under cProfile for
+profile); jsonfloor / jsonhook FILES (a bare ``json.load`` / the shard tool's hooked parse).
 
-Job modes (all but ``TOOL_MODES``) start as ``main.py`` does, re-executed once with its huge-page
-tunable (``malloc_tuning.py``): a baseline compares with the job it stands for. Every report has
-the process's ``VmHWM`` at exit; modes working after their imports reset the
-peak (``echo 5 > /proc/self/clear_refs``) once imports are done, so ``peak_above_start_kb`` is the
-work's own peak growth. A tool (script mode) also reports ``tree``: the peak of its and its
-children's summed PSS (the shard tool's reading workers), and the children's CPU. The /proc
-readers here are the benchmarks' too (this module imports nothing heavy).
+Job modes (all but ``TOOL_MODES``) start as ``main.py`` does, re-executed with its huge-page
+tunable, so a baseline compares with its job. Every report has the process's ``VmHWM`` at exit;
+modes working after their imports reset the peak (``/proc/self/clear_refs``) first, so
+``peak_above_start_kb`` is the work's own growth. A tool (script mode) also reports ``tree``:
+the peak of its and its children's summed PSS (the shard tool's reading workers) and their CPU.
+The /proc readers here are the benchmarks' too.
 """
 import json
 import os
@@ -30,13 +28,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def status(pid="self") -> dict:
     """The Vm*/Rss* fields (kB) and context-switch counts of /proc/<pid>/status."""
-    out = {}
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k.startswith(("Vm", "Rss")) or k.endswith("ctxt_switches"):
-                out[k] = int(v.split()[0])
-    return out
+        return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f)
+                if k.startswith(("Vm", "Rss")) or k.endswith("ctxt_switches")}
 
 
 def stat_fields(pid) -> list:
@@ -95,9 +89,8 @@ class Probe:
              "io_during_work": {k: io[k] - self.io0[k] for k in io}}
         if self.reset:
             d["peak_above_start_kb"] = st["VmHWM"] - self.st0["VmRSS"]
-        for k in ("RssAnon", "RssFile"):  # private heap vs file-backed (code, mmap) pages
-            d[f"{k}_growth_kb"] = st[k] - self.st0[k]
-        return d
+        # private heap vs file-backed (code, mmap) pages
+        return dict(d, **{f"{k}_growth_kb": st[k] - self.st0[k] for k in ("RssAnon", "RssFile")})
 
 
 def descendants(pid: int) -> list:
@@ -195,15 +188,16 @@ def _load(spec_json: str):
 def mode_load(spec_json: str) -> dict:
     _, probe, clients = _load(spec_json)
     rep = probe.figures()
-    rep["splits"] = {}
-    for cid, splits in clients.items():
-        for name, src in splits.items():
-            xy = [getattr(src, "x", None), getattr(src, "y", None)]
-            held = 0 if any(t is None for t in xy) else \
-                sum(t.numel() * t.element_size() for t in xy)
-            rep["splits"][f"{cid}/{name}"] = {"samples": len(src), "tensor_bytes": held,
-                                              "kind": type(src).__name__}
+    rep["splits"] = {f"{cid}/{name}": {"samples": len(src), "tensor_bytes": _held(src),
+                                       "kind": type(src).__name__}
+                     for cid, splits in clients.items() for name, src in splits.items()}
     return rep
+
+
+def _held(src) -> int:
+    """Bytes of a split's in-memory x and y tensors (0 for a split that streams them)."""
+    xy = [getattr(src, "x", None), getattr(src, "y", None)]
+    return 0 if any(t is None for t in xy) else sum(t.numel() * t.element_size() for t in xy)
 
 
 def _trainer(cfg, splits):

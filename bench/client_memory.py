@@ -71,9 +71,9 @@ def training_job(ctx, mode: str) -> dict:
             fs_cache(ctx, big)
         audit, n_warn = ctx.tmp(f"job_{mode}_server_opens.txt"), len(ctx.warnings)
         ctx.log(f"  distributed job, {mode} mode: server + 3 clients, 1 round")
-        res = common.run_job(ctx, f"job_{mode}", manifest if mode == "shard" else None, 3, 1,
-                      training_extra(ctx), data_root=big,
-                      server_env={"FS_AUDIT_OPEN_LOG": audit, "FS_AUDIT_ROOT": ctx.work})
+        res = common.BenchJob(ctx, f"job_{mode}", manifest if mode == "shard" else None, 3, 1,
+                              training_extra(ctx), data_root=big).start(server_env={
+                                  "FS_AUDIT_OPEN_LOG": audit, "FS_AUDIT_ROOT": ctx.work}).finish()
         opened = set()
         if os.path.exists(audit):
             with open(audit) as f:

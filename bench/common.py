@@ -1,10 +1,8 @@
 """Shared by every benchmark: rows, machine info, measured children and jobs, fixtures.
 
-Processes are started, waited for and stopped by ``harness`` (shared with the tests); here only
-what is the benchmarks' own: every FL process runs under ``bench/child.py``, which reports its
-own /proc figures at exit. Fixtures (generated data sets, shard sets) live under the scratch
-directory and are reused while their stamp file holds the same parameters; everything measured
-is measured afresh in every run.
+Processes are started and stopped by ``harness`` (shared with the tests); every FL process runs
+under ``bench/child.py``, which reports its own /proc figures at exit. Fixtures (generated data,
+shard sets) are reused while their stamp holds the same parameters; measurements never are.
 """
 import contextlib
 import importlib.util
@@ -54,11 +52,8 @@ def timed(fn, repeats: int) -> List[float]:
 def interleaved(fns: dict, repeats: int) -> dict:
     """{name: seconds of each call}: every function of ``fns`` called once per repeat, in turn,
     so the machine's noise hits all alike."""
-    t = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t[k] += timed(fn, 1)
-    return t
+    rounds = [{k: timed(fn, 1)[0] for k, fn in fns.items()} for _ in range(repeats)]
+    return {k: [r[k] for r in rounds] for k in fns}
 
 
 def row(figure: str, value, display: str, goal: str, met: Optional[bool],
@@ -107,18 +102,20 @@ def git_state() -> tuple:
         return "?", None
 
 
+def _version(module: str) -> str:
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "?"
+
+
 def machine_info() -> dict:
     import torch
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "?")
     commit, dirty = git_state()
-    versions = {}
-    for m in ("grpcio", "protobuf", "numpy"):
-        try:
-            versions[m] = version(m)
-        except PackageNotFoundError:
-            versions[m] = "?"
+    versions = {m: _version(m) for m in ("grpcio", "protobuf", "numpy")}
     mem = meminfo_mb()
     return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "cpu_model": model, "mem_total_mb": round(mem.get("MemTotal", 0)),
@@ -228,14 +225,6 @@ class BenchJob(Job):
                 "clients": {int(n.split("_")[1]): reps[n] for n in names[1:]},
                 "wall_s": wall, "logs": {"server": self.log("server"), **{
                     k: self.log(f"client_{k}") for k in range(1, self.clients + 1)}}}
-
-
-def run_job(ctx, tag: str, manifest: Optional[str], clients: int, rounds: int,
-            extra: Sequence[str] = (), timeout: float = 600, env=None, server_env=None,
-            **kw) -> dict:
-    """A real distributed job (server + ``clients`` processes over loopback gRPC), to its end."""
-    job = BenchJob(ctx, tag, manifest, clients, rounds, extra, **kw)
-    return job.start(env, server_env).finish(timeout)
 
 
 def standalone_argv(manifest: str, outdir: str, rounds: int, extra: Sequence[str] = ()) -> list:

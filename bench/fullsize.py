@@ -1,18 +1,15 @@
 """fullsize: the shard tool and one server at LEAF FEMNIST's size (3,550 writers, 805,263 samples).
 
-Not in the default suite: ``nice -n 10 python bench/run.py --only fullsize`` (about 30 min on the
-shared 2-core machine once the data exists; generating it first adds ~255 CPU-s). The data is
-``generate_femnist_sample.py --leaf-size --writers 3550 --seed 0`` (36 files, ~4 GB of JSON)
-under ``<work>/data/leaf3550``, reused while its stamp holds those arguments. Each step is a
-child process (``bench/child.py``) reporting its time after imports and its peak RSS:
-(a) the floor: all files parsed with the tool's own hook, before and after the tool (median);
-(b) the tool into 200 clients and (c) into 3,550 clients (one writer per client), with its
-    default 2 reading workers (its memory: the summed PSS of the tool and the workers);
-(d) bit-identity: the tool on 2 of the files against (c) per writer and against (b)'s groups
-    inside them (a manual assignment); a writer's split is seeded by (seed, writer id) only, so
-    the split files must be byte-identical (sha256 recomputed from disk);
-(e) one real server with (c)'s manifest and tokens, driven by ``harness/swarm.py`` speaking for
-    each real shard: manifest load, join storm, idle CPU, peak RSS, 3 rounds (``scale.run_n``).
+Not in the default suite (``--only fullsize``, about 30 min; generating the data adds ~255
+CPU-s): ``generate_femnist_sample.py --leaf-size --writers 3550 --seed 0`` (36 files, ~4 GB of
+JSON), reused while its stamp holds those arguments. Each step is a child process reporting its
+time after imports and its peak RSS: (a) the floor: all files parsed with the tool's own hook,
+before and after the tool; (b) the tool into 200 and (c) into 3,550 clients, with its default
+2 reading workers (its memory: the summed PSS of the tool and its workers); (d) bit-identity:
+the tool on 2 of the files against (c) per writer and against (b)'s groups (a manual
+assignment): a writer's split is seeded by (seed, writer id) only, so the split files must be
+byte-identical; (e) one real server with (c)'s manifest and tokens, driven by
+``harness/swarm.py`` speaking for each real shard (``scale.run_n``).
 """
 import json
 import os
@@ -31,14 +28,12 @@ ROUNDS, WINDOW = 3, 10.0
 # scale.py's goals are for N=1,000: its peak goal plus its growth goal's per-client rate
 PEAK_GOAL_MB = scale.GOALS["peak_mb"] + scale.GOALS["growth_mb"] * (WRITERS - 1000) / 900
 STEP_TIMEOUT = 3600
-# The server's distribute.heartbeat_timeout for the 3,550-client run. One swarm process plays
-# every client on the server's own 2 cores; while it reads 3,550 models it falls more than the
-# default 30 s behind with some clients' heartbeats (measured: 604 marked silent after a round),
-# which thousands of separate machines would not. Stated in the report's context.
+# distribute.heartbeat_timeout of the 3,550-client server: one swarm process playing every client
+# on the server's 2 cores falls more than the default 30 s behind with some heartbeats while it
+# reads 3,550 models (604 marked silent after a round), which separate machines would not.
 HEARTBEAT_TIMEOUT = 120
-# The subset figures measured by the same steps before the shard tool's per-file fsyncs became
-# one sync of the staged set (the first attempt at the time goal; the parse hook's C join of
-# pixel rows, the second, is in the 200- and 3,550-client ratios themselves)
+# The subset figures measured before the shard tool's per-file fsyncs became one sync of the
+# staged set (the first attempt at the time goal)
 BEFORE = os.path.join(common.ROOT, "bench", "results", "fullsize_attempt_before.json")
 PROFILE_PARTS = (("JSON parse (the floor's work)", "raw_decode"),
                  ("parsed pixel rows joined into uint8 images", "_pixels"),
@@ -117,9 +112,7 @@ def server(ctx, out3550: str) -> dict:
     from federatedscope.core.auxiliaries.client_tokens import add_to_manifest
     from harness.swarm import shards_from_manifest
     manifest, tokens = os.path.join(out3550, "manifest.json"), ctx.tmp("tokens")
-    t = time.perf_counter()
-    add_to_manifest(manifest, tokens)
-    tokens_s = time.perf_counter() - t
+    tokens_s = common.timed(lambda: add_to_manifest(manifest, tokens), 1)[0]
     loads = manifest_scale.load_times(manifest, 5, WRITERS)
     t = time.perf_counter()
     shards = shards_from_manifest(manifest, tokens)
@@ -246,10 +239,10 @@ def report(gen, sizes, got, ident, srv) -> dict:
         hook = median(h["work_s"] for h in ident["subset_hooks"])
         tool = ident["subset_tool"]["work_s"]
         bh, bt = (median(x[k]["work_s"] for x in b["runs"]) for k in ("hook", "tool"))
-        notes.append(f"The first attempt at the time goal (one sync of the staged shard set instead "
-                     f"of per-file fsyncs), same {len(b['files'])}-file subset: before (commit "
-                     f"{str(b['machine']['git_commit'])[:10]}) {bt / bh:.2f}× the hooked parse, "
-                     f"after {tool / hook:.2f}×; full size after: "
+        notes.append(f"The first attempt at the time goal (one sync of the staged shard set "
+                     f"instead of per-file fsyncs), same {len(b['files'])}-file subset: before "
+                     f"(commit {str(b['machine']['git_commit'])[:10]}) {bt / bh:.2f}× the hooked "
+                     f"parse, after {tool / hook:.2f}×; full size after: "
                      f"{got['tool3550']['work_s'] / floor_s:.2f}×.")
     return {"rows": rows, "context": context, "notes": notes,
             "raw": {"generation": gen, "input_bytes": in_bytes, "files": n_files,

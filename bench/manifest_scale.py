@@ -95,7 +95,7 @@ def run(ctx) -> dict:
                     f"median < {JOIN_LATENCY_GOAL_S} s", median(lat) < JOIN_LATENCY_GOAL_S))
     context = [
         "Manifest sizes: " + ", ".join(f"{k:,} clients = {v['file_bytes'] / 1e6:.1f} MB"
-                                        for k, v in raw["load"].items())
+                                       for k, v in raw["load"].items())
         + "; median of " + "/".join(map(str, repeats.values())) + " loads"
         + (" (--quick leaves out 100,000)." if ctx.quick else "."),
         f"All-joined time ({j['all_joined_s']:.1f} s, {n} processes, {os.cpu_count()} cores) is "

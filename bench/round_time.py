@@ -1,16 +1,13 @@
 """round_time: wall time per FedAvg round, distributed (server + 3 clients over gRPC) vs standalone.
 
-Same 3 shards (60 writers each), config and seeds; standalone (``federate.mode standalone`` with
-``distributed_data.manifest``) runs the same Server/Client objects over an in-process queue.
-Per-round time is the server's own "round i/N aggregated ... in X s" line in both modes; medians
-over rounds 2..R. Every process first does torch's lazy first-optimizer-step imports
-(``BENCH_WARM_TORCH``). CPU seconds per round (all processes of a mode, sampled from /proc every
-50 ms) are reported too: on a shared machine they are the steadier figure. Two set-ups, as this
-2-core machine has fewer cores than the 4 processes:
-* transport: 1 of the 3 clients sampled per round (the same one in both modes), both modes at the
-  same time (the machine's noise hits both), only the rounds both ran side by side counted;
-* one core (full runs): all 3 clients every round, every process of both modes pinned to one CPU.
-Transport only: no local training, hidden 2048, 1/3/10 clients, so a round is the transport alone.
+Same 3 shards (60 writers each), config and seeds; standalone runs the same Server/Client objects
+over an in-process queue. Per-round time is the server's own "round i/N aggregated ... in X s"
+line; medians over rounds 2..R; every process first does torch's lazy first-step imports
+(``BENCH_WARM_TORCH``). CPU seconds per round (all processes of a mode, sampled every 50 ms) are
+the steadier figure on a shared machine. The 2-core machine has fewer cores than the 4
+processes, so two set-ups: transport (1 of 3 clients sampled per round, both modes at the same
+time, only the rounds both ran side by side counted) and, in full runs, one core (all 3 clients,
+everything pinned to one CPU). Transport only: no local training, hidden 2048, 1/3/10 clients.
 """
 import os
 import re

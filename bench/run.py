@@ -1,20 +1,14 @@
 #!/usr/bin/env python
 """Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
 
-    python bench/run.py                      # full suite (about 49 min on 2 cores: below)
+    python bench/run.py                      # full suite (about 49 min on 2 cores)
     python bench/run.py --quick              # fewer repeats, smaller sizes (about 12 min)
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report covers all JSONs
     python bench/run.py --peers [--quick]    # only peers (floor, this project, Flower)
     nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's size (~30 min; not default)
 
-Durations are each JSON's duration_s. Measured 2026-12-03/04 on a 2-core Xeon: the full peers
-profile 2,086 s, the other full benchmarks 836 s together (about 49 min with peers); fullsize
-813 s (an earlier run). --quick's 12 min is an estimate, plus a minute to generate the data
-fixtures once.
-
-Every benchmark measures its comparison inside the same run (ratios, medians over repeats),
-because the machine is shared and noisy. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
-JSONs, plots and report elsewhere (the smoke test uses it so committed results stay untouched).
+Durations are estimates from the JSONs' duration_s (bench/README.md). ``--results-dir`` (or
+``BENCH_RESULTS_DIR``) sends the JSONs, plots and report elsewhere (the smoke test uses it).
 """
 import argparse
 import importlib

@@ -7,16 +7,12 @@ hidden 128, online aggregation). Loopback throughput, measured in the same run (
 into a sink process), gives each round its transfer floor: model bytes x clients / throughput.
 """
 import os
-import sys
 import threading
 import time
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from bench import common, logs  # noqa: E402
-from bench.common import MB, median, row  # noqa: E402
-from harness import procs  # noqa: E402
+from bench import common, logs
+from bench.common import MB, median, row
+from harness import procs
 
 TITLE = "One server, many clients: memory, CPU, join storm and round time against N"
 GOALS = {"peak_mb": 600, "growth_mb": 100, "join_p99_s": 5.0, "round_vs_floor": 1.5,
@@ -46,7 +42,8 @@ def model_and_loopback(ctx) -> "tuple[int, float]":
     a round's transfer floor."""
     import grpc
     model_bytes = common.model_bytes()
-    sink = common.spawn([common.PY, os.path.abspath(__file__), "--sink"], ctx.tmp("sink.log"))
+    sink = common.spawn([common.PY, "-c", "from bench.scale import _sink; _sink()"],
+                        ctx.tmp("sink.log"))
     try:
         payload, best = os.urandom(model_bytes), 0.0
         with grpc.insecure_channel(f"127.0.0.1:{procs.wait_port(sink, 60)}", options=[
@@ -183,7 +180,3 @@ def run(ctx) -> dict:
             "raw": {"model_bytes": model_bytes, "loopback_Bps": thr, "per_n": per_n,
                     "n1000_sample100": sampled},
             "summary": {f"peak_mb_n{n}": r["peak_mb"] for n, r in per_n.items()}}
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--sink"]:
-    _sink()

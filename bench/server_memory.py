@@ -106,7 +106,8 @@ def run(ctx) -> dict:
     arena = None
     if s_peak / MB > GOAL_MB and not ctx.quick:  # the same job with glibc's arenas capped
         ctx.log("  what-if: the shard-mode job again with MALLOC_ARENA_MAX=2")
-        arena = common.run_job(ctx, "arena2", manifest, 3, 1, training_extra(ctx), env=ARENA2)
+        arena = common.BenchJob(ctx, "arena2", manifest, 3, 1, training_extra(ctx)).start(
+            ARENA2).finish()
         a_peak = arena["server"]["status_kb"]["VmHWM"] * 1024 - base
         notes.append(
             f"Missed: the shard-mode server opened only the manifest; with MALLOC_ARENA_MAX=2 it "

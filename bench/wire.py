@@ -9,7 +9,15 @@ Same models (ConvNet2 for FEMNIST, hidden 128 and 2048):
 """
 import queue
 
+import torch
+
 from bench.common import SERVER_YAML, interleaved, median, row, timed
+from federatedscope.core.auxiliaries.model_builder import get_model
+from federatedscope.core.communication import codec
+from federatedscope.core.communication.grpc_client import GrpcClientTransport
+from federatedscope.core.communication.grpc_server import GrpcServerTransport
+from federatedscope.core.configs.config import finalize, load_cfg
+from federatedscope.core.message import JOIN_IN, MODEL_PARA, Message
 from harness.raw_peer import SourceAddressProxy
 
 TITLE = "Bytes on the wire per model message, and codec speed"
@@ -20,7 +28,6 @@ PER_ELEMENT_GOAL = 1.5  # time per MB of 1-byte elements vs 8-byte elements: no 
 
 
 def _cfg(hidden: int, port: int):
-    from federatedscope.core.configs.config import finalize, load_cfg
     return finalize(load_cfg(SERVER_YAML, [
         "model.hidden", str(hidden), "distribute.server_host", "127.0.0.1",
         "distribute.server_port", str(port), "distribute.heartbeat_interval", "0.0",
@@ -28,13 +35,11 @@ def _cfg(hidden: int, port: int):
 
 
 def _msg(state, up: bool = True):
-    from federatedscope.core.message import MODEL_PARA, Message
     return Message(MODEL_PARA, 1, 0, 7, {"sample_size": 7113}, state) if up else \
         Message(MODEL_PARA, 0, 1, 7, {}, state)
 
 
 def codec_figures(state, repeats: int) -> dict:
-    from federatedscope.core.communication import codec
     raw, up = codec.raw_tensor_bytes(state), _msg(state)
     out = {"raw_bytes": raw, "tensors": len(state)}
     for tag, msg in (("down", _msg(state, False)), ("up", up)):
@@ -57,8 +62,6 @@ def codec_figures(state, repeats: int) -> dict:
 def per_element_check(repeats: int) -> dict:
     """Same bytes as 16 M uint8 elements and as 2 M float64 elements: per-element work would
     make the uint8 message ~8x slower per MB."""
-    import torch
-    from federatedscope.core.communication import codec
     n = 16 * 1024 * 1024
     msgs = {"uint8": _msg({"w": torch.ones(n, dtype=torch.uint8)}, False),
             "float64": _msg({"w": torch.ones(n // 8, dtype=torch.float64)}, False)}
@@ -69,10 +72,6 @@ def per_element_check(repeats: int) -> dict:
 
 
 def socket_figures(hidden: int, state, k: int) -> dict:
-    from federatedscope.core.communication import codec
-    from federatedscope.core.communication.grpc_client import GrpcClientTransport
-    from federatedscope.core.communication.grpc_server import GrpcServerTransport
-    from federatedscope.core.message import JOIN_IN, Message
     raw = codec.raw_tensor_bytes(state)
     s_in, c_in = queue.Queue(), queue.Queue()
     server = GrpcServerTransport(_cfg(hidden, 0), s_in, max_clients=2)  # binds a free port
@@ -110,21 +109,17 @@ def socket_figures(hidden: int, state, k: int) -> dict:
 def fixed_cost(state, repeats: int) -> float:
     """Seconds to encode + decode a message with the same tensors (names, dtypes) holding one
     element each: the per-message and per-tensor cost that does not scale with bytes."""
-    import torch
-    from federatedscope.core.communication import codec
     tiny = _msg({k: torch.zeros(1, dtype=v.dtype) for k, v in state.items()})
     return median(timed(lambda: codec.decode(codec.encode(tiny)), repeats))
 
 
 def run(ctx) -> dict:
-    import torch
-    from federatedscope.core.auxiliaries.model_builder import get_model
     torch.set_num_threads(1)
     repeats, k = (5, 3) if ctx.quick else (21, 8)
-    raw, rows, notes, states = {}, [], [], {}
+    raw, rows, notes = {}, [], []
     for hidden in MODELS:
         torch.manual_seed(0)
-        states[hidden] = state = get_model(_cfg(hidden, 1)).state_dict()
+        state = get_model(_cfg(hidden, 1)).state_dict()
         c, s = codec_figures(state, repeats), socket_figures(hidden, state, k)
         ctx.log(f"  hidden {hidden}: codec ratio {c['up_ratio']:.6f}, {c['copies']:.1f} copies, "
                 f"socket ratio down {s['down_ratio']:.6f} up {s['up_ratio']:.6f}")
@@ -164,8 +159,8 @@ def run(ctx) -> dict:
         f"Codec (encode + decode), hidden 2048: {big['codec']['codec_mb_per_s']:.0f} MB/s; "
         f"{repeats} interleaved repeats, medians; a per-element pass (`tensor.tolist()`) takes "
         f"{big['codec']['tolist_ms_per_mb']:.0f} ms/MB."]
-    hid = [v for key, v in raw.items() if key.startswith("hidden")]
+    codec_ratios = [v["codec"][f"{d}_ratio"] for key, v in raw.items() if key.startswith("hidden")
+                    for d in ("down", "up")]
     return {"rows": rows, "context": context, "raw": raw, "notes": notes,
             "summary": {"max_ratio": max(r["value"] for r in rows if "/ raw" in r["figure"]),
-                        "max_codec_ratio": max(max(v["codec"]["down_ratio"], v["codec"]["up_ratio"])
-                                               for v in hid)}}
+                        "max_codec_ratio": max(codec_ratios)}}

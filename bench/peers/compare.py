@@ -59,11 +59,11 @@ def run_floor(ctx, prof: dict, manifest: str) -> dict:
 
 def run_standalone(ctx, prof: dict, manifest: str) -> dict:
     rep_path, log = ctx.tmp("standalone.json"), ctx.tmp("standalone.log")
+    argv = common.standalone_argv(manifest, ctx.tmp("standalone_exp"), prof["rounds"],
+                                  ["model.hidden", str(prof["hidden"])])
     with Tree() as t:
-        code = procs.wait_all([common.spawn_child(rep_path, "main", common.standalone_argv(
-            manifest, ctx.tmp("standalone_exp"), prof["rounds"], ["model.hidden",
-                                                                   str(prof["hidden"])]), log)],
-            3600, check=False)[0]
+        code = procs.wait_all([common.spawn_child(rep_path, "main", argv, log)], 3600,
+                              check=False)[0]
         t.mark_end()
     rep = common.checked(ctx, "standalone", code, rep_path, log)
     return _measured(t, logs.round_times(log), logs.final_acc(log),
@@ -72,8 +72,8 @@ def run_standalone(ctx, prof: dict, manifest: str) -> dict:
 
 def run_distributed(ctx, prof: dict, manifest: str) -> dict:
     with Tree() as t:
-        res = common.run_job(ctx, "dist", manifest, CLIENTS, prof["rounds"],
-                             ["model.hidden", str(prof["hidden"])], timeout=3600)
+        res = common.BenchJob(ctx, "dist", manifest, CLIENTS, prof["rounds"], [
+            "model.hidden", str(prof["hidden"])]).start().finish(timeout=3600)
         t.mark_end()
     log = res["logs"]["server"]
     return _measured(t, logs.round_times(log), logs.final_acc(log), {

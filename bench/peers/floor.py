@@ -119,8 +119,8 @@ def main(argv=None) -> int:
         for k, d in data.items():
             model.load_state_dict(global_state)
             train_one(model, *d["train"], train_seed(a.seed, k, r), a)
-            updates.append((k, len(d["train"][1]), {n: v.detach().clone()
-                                                     for n, v in model.state_dict().items()}))
+            updates.append((k, len(d["train"][1]),
+                            {n: v.detach().clone() for n, v in model.state_dict().items()}))
         global_state = fedavg(updates)
         rounds_s.append(time.perf_counter() - t)
         model.load_state_dict(global_state)
