@@ -146,6 +146,15 @@ def run(ctx) -> dict:
                   server(ctx, got["tool3550"]["out"]))
 
 
+def _storm_cpu(r: dict) -> str:
+    """Who spent the join storm's CPU (runs from before it was recorded: nothing)."""
+    c = r.get("storm_cpu_s")
+    return "" if c is None else (
+        f"; during the {r['storm_all_joined_s']:.1f} s storm the server used {c['server']:.1f} "
+        f"CPU-s and the swarm's process {c['swarm']:.1f} CPU-s of the 2 cores' "
+        f"{2 * r['storm_all_joined_s']:.1f}")
+
+
 def report(gen, sizes, got, ident, srv) -> dict:
     """Rows, context and notes from what ``run`` measured (fullsize.json's raw holds it all but
     ``sizes``, the input files' sizes)."""
@@ -216,9 +225,9 @@ def report(gen, sizes, got, ident, srv) -> dict:
         f"count min/median/max {srv['train_min_median_max']}); tokens added in "
         f"{srv['tokens_s']:.1f} s, declarations read in {srv['declarations_s']:.1f} s; "
         f"{s['retried_clients']} clients retried their join ({s['join_retries']} retries; "
-        f"{s['retry_errors']}). Median round {med:.0f} s vs allowance {allowance:.1f} s (floor "
-        f"{floor_rt:.1f} s); {r['cpu_per_round_s']:.0f} server CPU-s per round "
-        f"({r['cpu_per_round_s'] / (r['n'] + 1) * 1000:.0f} ms per update); idle "
+        f"{s['retry_errors']}){_storm_cpu(r)}. Median round {med:.0f} s vs allowance "
+        f"{allowance:.1f} s (floor {floor_rt:.1f} s); {r['cpu_per_round_s']:.0f} server CPU-s per "
+        f"round ({r['cpu_per_round_s'] / (r['n'] + 1) * 1000:.0f} ms per update); idle "
         f"{r['idle_cpu_pct']:.0f} % of a core with {r['n']:,} sessions heartbeating every "
         f"{r.get('heartbeat_s', 5.0):g} s (as the server asked); "
         f"peak {r['peak_mb']:.0f} MB ({r['rss_joined_mb']:.0f} MB joined and idle).",

@@ -82,10 +82,14 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
                                   daemon=True)
         time.sleep(0.5)
         rss_empty, t_storm = common.status(server.pid)["VmRSS"] / 1024, time.perf_counter()
+        # who spends the storm's CPU: the server, or this process (the swarm's thread)
+        storm_cpu0 = common.cpu_seconds(server.pid), time.process_time()
         thread.start()
         procs.wait_for(lambda: sum(r.join_latency is not None for r in swarm.results.values()) >= n,
                        300, f"{n} joins", poll=0.05, watch=[server])
         storm_s = time.perf_counter() - t_storm
+        storm_cpu = {"server": common.cpu_seconds(server.pid) - storm_cpu0[0],
+                     "swarm": time.process_time() - storm_cpu0[1]}
         time.sleep(min(3.0, window))           # join log lines done, heartbeats flowing
         rss_joined = common.status(server.pid)["VmRSS"] / 1024
         c0, t0 = common.cpu_seconds(server.pid), time.perf_counter()
@@ -103,6 +107,7 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
             "peak_mb": rep["status_kb"]["VmHWM"] / 1024,
             "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
+            "storm_cpu_s": storm_cpu,
             "round_s": logs.round_times(log), "job_wall_s": job_s, "heartbeat_s": swarm.heartbeat_s,
             "aggregated": [int(x) for x in logs.log_floats(log, r"aggregated (\d+) update")],
             "swarm": summarize(out.get("res", swarm.results), rounds, sampled=sampled)}
