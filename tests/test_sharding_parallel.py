@@ -1,6 +1,7 @@
 """The shard tool's input parsed by several worker processes (``--workers``): the same records,
 rows and shard bytes as the sequential reader, the first failing piece's error, no leftovers."""
 import json
+import multiprocessing
 import os
 import time
 
@@ -109,6 +110,22 @@ def test_a_worker_that_dies_is_an_error_naming_the_fix(tmp_path, toy):
     with pytest.raises(ShardingError, match=r"a worker reading the input died .*--workers 1"):
         _read(spec, tmp_path, 2, "x")
     assert os.listdir(tmp_path) == []
+
+
+def test_no_worker_outlives_a_read_that_failed_in_the_parent(tmp_path, toy, monkeypatch):
+    """The parent failing (here its progress bar, after the first piece) still stops every
+    worker and removes every piece spill."""
+    class Broken:
+        def update(self, n=1):
+            raise OSError("stderr is gone")
+
+        def close(self):
+            raise OSError("stderr is gone")
+    monkeypatch.setattr(si, "progress_bar", lambda *a, **k: Broken())
+    spec = toy([("a", 2, 2, 0.0, None), ("b", 2, 2, 0.2, None), ("c", 2, 2, 0.0, None)])
+    with pytest.raises(OSError, match="stderr is gone"):
+        _read(spec, tmp_path, 2, "x")
+    assert multiprocessing.active_children() == [] and os.listdir(tmp_path) == []
 
 
 def test_automatic_workers_are_two_for_a_large_input_on_two_or_more_cores(monkeypatch):

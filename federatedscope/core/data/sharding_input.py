@@ -255,14 +255,24 @@ def read_pieces(spec: DatasetSpec, pieces: List[Any], spill: Spill, workers: int
     from ``workers`` processes. A worker's error (it names file, writer and sample) is raised
     for the first piece that has one, as the sequential reader would."""
     paths = [piece_spill(spill.path, i) for i in range(len(pieces))]
-    # fork: the workers inherit the registered specs (no re-import); the pool starts before
-    # the progress bar, so no bar thread exists when it forks
+    # fork: the workers inherit the registered specs (no re-import); they start at the first
+    # submit, before the progress bar exists, so no bar thread is forked
     pool = ProcessPoolExecutor(max_workers=workers,
                                mp_context=multiprocessing.get_context("fork"))
-    bar = progress_bar(progress, total=len(pieces), unit="input", desc="reading input",
-                       leave=False)
     try:
         futures = [pool.submit(_read_one, spec.name, p, path) for p, path in zip(pieces, paths)]
+        yield from _in_order(futures, paths, spill, progress)
+    finally:   # whatever failed above: no worker outlives the read, no piece spill stays
+        pool.shutdown(wait=True, cancel_futures=True)
+        for path in paths:
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _in_order(futures, paths: List[str], spill: Spill, progress: bool) -> Iterator[Record]:
+    bar = progress_bar(progress, total=len(paths), unit="input", desc="reading input",
+                       leave=False)
+    try:
         for fut, path in zip(futures, paths):
             try:
                 index, labels = fut.result()
@@ -282,10 +292,6 @@ def read_pieces(spec: DatasetSpec, pieces: List[Any], spill: Spill, workers: int
             bar.update(1)
     finally:
         bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for path in paths:
-            if os.path.exists(path):
-                os.unlink(path)
 
 
 def auto_workers(total_bytes: int) -> int:
