@@ -128,6 +128,20 @@ def test_no_worker_outlives_a_read_that_failed_in_the_parent(tmp_path, toy, monk
     assert multiprocessing.active_children() == [] and os.listdir(tmp_path) == []
 
 
+def test_an_input_of_empty_pieces_gets_the_readers_own_message(tmp_path, toy):
+    spec = toy([("a", 0, 2, 0.0, None), ("b", 0, 2, 0.0, None), ("c", 0, 2, 0.0, None)])
+    with pytest.raises(ShardingError, match=r"^the input is empty: 3 input\(s\) under R hold "
+                                            r"no writers with samples$"):
+        _read(spec, tmp_path, 2, "x")
+    raw = tmp_path / "data" / "femnist" / "raw"
+    for i in range(2):   # LEAF files whose writers all have 0 samples
+        write_leaf(str(raw / f"all_data_{i}.json"), {f"f{i}": 0, f"g{i}": 0})
+    with pytest.raises(ShardingError, match=r"the input is empty: the 2 LEAF file\(s\) in "
+                                            r".* list no writers with samples"):
+        run(str(tmp_path / "data"), tmp_path / "out", workers=2)
+    assert multiprocessing.active_children() == []
+
+
 def test_automatic_workers_are_two_for_a_large_input_on_two_or_more_cores(monkeypatch):
     big = si.PARALLEL_MIN_BYTES
     for cores, size, want in ((16, big, 2), (2, big, 2), (1, big, 1), (16, big - 1, 1),

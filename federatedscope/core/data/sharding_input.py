@@ -153,15 +153,13 @@ def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
                ) -> Tuple[Dict[str, Dict[Optional[str], Part]], str]:
     """One pass over the input: spill samples, keep {writer: {input split: Part}}; and the kind
     of split the input came with. ``workers`` > 1 parses the spec's pieces in that many
-    processes (``parallel_read``); the result is the same, row for row."""
+    processes (``read_pieces``); the result is the same, row for row."""
     parts: Dict[str, Dict[Optional[str], Part]] = {}
     pieces = spec.pieces(root) if workers > 1 and spec.pieces is not None else []
-    bar = progress_bar(progress, total=len(inputs), unit="input", desc="reading input",
-                       leave=False) if len(pieces) < 2 else None
-    if bar is None:
-        records = read_pieces(spec, pieces, spill, workers, progress)
-    else:
-        records = _sequential(spec, root, spill, bar)
+    parallel = len(pieces) >= 2
+    records = read_pieces(spec, pieces, spill, workers, progress) if parallel else \
+        _sequential(spec, root, spill, progress_bar(progress, total=len(inputs), unit="input",
+                                                    desc="reading input", leave=False))
     try:
         for writer, split, source, row, y in records:
             have = parts.setdefault(writer, {})
@@ -171,7 +169,7 @@ def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
             have[split] = Part(row, y, source)
     finally:
         records.close()  # now, not when the traceback goes: stops the workers, drops their spills
-    if not parts and bar is None:
+    if not parts and parallel:
         # an input with no samples: the reader's own message names the files and the fix
         for _ in _reader(spec, root):
             break
