@@ -32,7 +32,8 @@ def _toy_writers(piece):
             raise ValueError(f"{name}: writer {name}w{w} sample 0: {fail}")
         base = sum(map(ord, name)) * 1000 + w * 100
         x = np.arange(base, base + 2 * rows, dtype=np.int64).reshape(rows, 2)
-        yield WriterSamples(f"{name}w{w}", x, (np.arange(rows) + w) % 5, name, None)
+        source = f"{name}@{os.getpid()}" if fail == "pid" else name
+        yield WriterSamples(f"{name}w{w}", x, (np.arange(rows) + w) % 5, source, None)
 
 
 def _toy_spec(pieces):
@@ -86,6 +87,59 @@ def test_workers_give_the_sequential_readers_records_rows_and_order(tmp_path, to
                                              sum(map(ord, "p1")) * 1000 + 108).reshape(
         4, 2).tolist()
     assert sorted(os.listdir(tmp_path)) == []                  # piece spills gone, spills closed
+
+
+def test_the_pieces_are_read_by_exactly_the_given_number_of_processes_other_than_this(
+        tmp_path, toy):
+    # 9 pieces of 0.2 s each: 3 workers all take some (more than this box's 2 cores, so not
+    # a count the pool would pick by itself); never a fourth, never this process
+    spec = toy([(f"p{i}", 1, 2, 0.2, "pid") for i in range(9)])
+    records = _read(spec, tmp_path, 3, "x")[0]
+    pids = {int(src.split("@")[1]) for _, _, src in records.values()}
+    assert len(pids) == 3 and os.getpid() not in pids
+
+
+def test_a_piece_spill_moves_in_whatever_the_kernel_copies_per_call(tmp_path, monkeypatch):
+    """copy_file_range may copy less than asked: 7 bytes a call still lands every byte at its
+    offset; a piece spill of the wrong size, or one that ends early, is an error naming it."""
+    spec = _toy_spec([])
+    spill = si.Spill(str(tmp_path / ".spill-1.bin"), spec)
+    spill.add(np.arange(6, dtype=np.int64).reshape(3, 2), "before")
+    piece = tmp_path / ".spill-1-0.bin"
+    rows = np.arange(100, 140, dtype=np.int64).reshape(20, 2)
+    piece.write_bytes(rows.tobytes())
+    real, calls = os.copy_file_range, []
+
+    def small(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append((count, offset_src, offset_dst))
+        return real(src, dst, min(count, 7), offset_src, offset_dst)
+    monkeypatch.setattr(os, "copy_file_range", small)
+    assert spill.append_file(str(piece), 20) == 3 and spill.rows == 23
+    assert len(calls) == -(-320 // 7) and calls[1] == (313, 7, 48 + 7)
+    spill.add(np.array([[7, 7]], np.int64), "after")      # appended after the piece
+    spill.f.flush()
+    assert spill.gather(np.arange(24)).tolist() == \
+        [[0, 1], [2, 3], [4, 5]] + rows.tolist() + [[7, 7]]
+    piece.write_bytes(rows.tobytes()[:-16])
+    with pytest.raises(ShardingError, match=f"^{piece}: a reading worker spilled 304 bytes for "
+                                            f"20 rows of 16 bytes$"):
+        spill.append_file(str(piece), 20)
+    piece.write_bytes(rows.tobytes())
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: 0)   # the file shrank meanwhile
+    with pytest.raises(ShardingError, match=f"^{piece}: ended after 0 of 320 bytes$"):
+        spill.append_file(str(piece), 20)
+    assert si.piece_spill("/a/b/.spill-12.bin", 3) == "/a/b/.spill-12-3.bin"
+    spill.close()
+
+
+def test_the_parallel_read_shows_the_same_input_bar(tmp_path, capsys):
+    raw = tmp_path / "data" / "femnist" / "raw"
+    for i in range(3):
+        write_leaf(str(raw / f"all_data_{i}.json"), {f"f{i}a": 5, f"f{i}b": 6}, seed=i)
+    run(str(tmp_path / "data"), tmp_path / "out", clients=2, workers=2, progress=True)
+    err = capsys.readouterr().err
+    assert "\rreading input:   0%|          | 0/3 [00:00<?, ?input/s]" in err
+    assert "\n" not in err and err.split("\r")[-2].strip() == ""    # wiped when done
 
 
 def test_the_first_failing_piece_is_named_and_no_piece_spill_is_left(tmp_path, toy):

@@ -148,6 +148,11 @@ def progress_bar(show: bool, **kwargs):
     return tqdm(**kwargs)
 
 
+def _input_bar(progress: bool, inputs: int):
+    """The "reading input" bar, one step per input file, wiped when done."""
+    return progress_bar(progress, total=inputs, unit="input", desc="reading input", leave=False)
+
+
 def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
                progress: bool, workers: int = 1
                ) -> Tuple[Dict[str, Dict[Optional[str], Part]], str]:
@@ -158,8 +163,7 @@ def read_input(spec: DatasetSpec, root: str, inputs: List[str], spill: Spill,
     pieces = spec.pieces(root) if workers > 1 and spec.pieces is not None else []
     parallel = len(pieces) >= 2
     records = read_pieces(spec, pieces, spill, workers, progress) if parallel else \
-        _sequential(spec, root, spill, progress_bar(progress, total=len(inputs), unit="input",
-                                                    desc="reading input", leave=False))
+        _sequential(spec, root, spill, _input_bar(progress, len(inputs)))
     try:
         for writer, split, source, row, y in records:
             have = parts.setdefault(writer, {})
@@ -268,8 +272,7 @@ def read_pieces(spec: DatasetSpec, pieces: List[Any], spill: Spill, workers: int
 
 
 def _in_order(futures, paths: List[str], spill: Spill, progress: bool) -> Iterator[Record]:
-    bar = progress_bar(progress, total=len(paths), unit="input", desc="reading input",
-                       leave=False)
+    bar = _input_bar(progress, len(paths))
     try:
         for fut, path in zip(futures, paths):
             try:
