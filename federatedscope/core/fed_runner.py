@@ -10,6 +10,7 @@ Every loop here blocks on a queue (``Queue.get`` with the worker's next deadline
 waiting process costs nothing; a message is handled the moment it lands in the queue. Results go
 to ``config.outdir`` as ``update_logger`` resolved it (the run directory).
 """
+import gc
 import logging
 import queue
 import time
@@ -193,6 +194,12 @@ class DistributedRunner(BaseRunner):
         admission = Admission.from_config(cfg, data.manifest, data.path, expected)
         server = self.server_class(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
                                    admission, distributed=True)
+        # Everything built so far (torch's modules, the manifest, the admission records) lives
+        # as long as the server: out of the cyclic collector's scans, so that the many short-
+        # lived objects of a join storm or a round do not make each full collection walk it
+        # (measured at 1,000 clients: the collector was 15 % of the server's CPU in the storm).
+        gc.collect()
+        gc.freeze()
         transport.start()
         logger.info(f"Server: listening on {cfg.distribute.server_host}:{transport.port}; "
                     f"waiting for {expected} clients")

@@ -4,8 +4,8 @@ Concurrency model (doc/architecture.md, "Transport and concurrency"): a ``grpc.a
 its event loop in ONE background thread. Each stream is two coroutines (reader, writer) with an
 ``asyncio.Queue`` of outbound frames; an idle session costs a few KB and no thread, so a server
 holds thousands. The ``Server`` state machine stays in the main thread and sees only ``inbox``
-events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the loop with
-``call_soon_threadsafe``, which keeps their order. A broadcast is encoded once and the same
+events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the loop in order
+(``intake.LoopCalls``: calls made while the loop is busy share one wake-up). A broadcast is encoded once and the same
 ``bytes`` object is queued for every receiver.
 
 Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
@@ -35,7 +35,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
-from federatedscope.core.communication.intake import CLOSE, Connection, LineBudget, StreamIntake
+from federatedscope.core.communication.intake import (CLOSE, Connection, LineBudget, LoopCalls,
+                                                      StreamIntake)
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
 from federatedscope.core.communication.limits import (
     BAD_MESSAGES_PER_SESSION, BIG_MESSAGE, CONCURRENT_BIG_WRITES, CONNECTION_HEADROOM,
@@ -99,6 +100,7 @@ class GrpcServerTransport(StreamIntake):
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio",
                                         daemon=True)
         self._thread.start()
+        self._calls = LoopCalls(self._loop)
         self.address = f"{cfg.distribute.server_host}:{cfg.distribute.server_port}"
         try:
             self.port = self._run(self._setup(), timeout=30.0)
@@ -193,7 +195,7 @@ class GrpcServerTransport(StreamIntake):
     # --------------------------------------------------------- ServerComm
     def _call(self, fn, *args) -> None:
         try:
-            self._loop.call_soon_threadsafe(fn, *args)
+            self._calls(fn, *args)
         except RuntimeError:  # loop already stopped: the job is over, nothing to deliver to
             logger.debug(f"transport stopped; {getattr(fn, '__name__', fn)} dropped")
 

@@ -7,6 +7,7 @@ length, unread; model-sized messages wait for an inbox slot before they are deco
 rejection is one bounded log line.
 """
 import asyncio
+import collections
 import logging
 import time
 from typing import Optional
@@ -52,6 +53,34 @@ class Connection:
         self.last_heard = 0.0
         # its upload waits for an inbox slot: the server, not the client, is not listening
         self.queued = False
+
+
+class LoopCalls:
+    """Calls from other threads, run on the loop's thread in the order they were made. A call
+    made while an earlier one still waits for the loop rides on that one's wake-up: in a join
+    storm the Server's thread answers joins faster than the busy loop comes round, and a wake-up
+    per call (a pipe write here, a pipe read and an epoll return there) cost more than the call."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.calls: "collections.deque" = collections.deque()
+        self.woken = False     # a wake-up is queued and has not started draining yet
+
+    def __call__(self, fn, *args) -> None:
+        self.calls.append((fn, args))
+        # Read after the append: True means the drain has not begun, so it will see this call
+        if not self.woken:
+            self.woken = True
+            self.loop.call_soon_threadsafe(self._drain)   # RuntimeError once the loop is closed
+
+    def _drain(self) -> None:
+        self.woken = False     # before popping: a call appended from now on queues a wake-up
+        while self.calls:
+            fn, args = self.calls.popleft()
+            try:
+                fn(*args)
+            except Exception:   # as the loop would for a lone callback: logged, the rest run
+                logger.exception(f"transport call {getattr(fn, '__name__', fn)} failed")
 
 
 class LineBudget:

@@ -27,6 +27,7 @@ from federatedscope.core.data.shard_format import (ShardDeclaration, check_decla
                                                    load_manifest, token_digest)
 from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, UNASSIGNED, Message, clip_text
 from federatedscope.core.workers.cool_off import CoolOff, utc_after
+from federatedscope.core.workers.join_lines import JoinLines
 
 logger = logging.getLogger("federatedscope")
 
@@ -283,6 +284,7 @@ class ClientTable(Dict[int, ClientRecord]):
         self._online: Set[int] = set()
         self._by_conn: Dict[int, int] = {}       # connection -> online client id
         self._counts: Optional[list] = None      # train_counts(), until a declaration changes
+        self.join_lines = JoinLines()
 
     def online_ids(self) -> Set[int]:
         """The ids online now (a copy)."""
@@ -351,9 +353,10 @@ class ClientTable(Dict[int, ClientRecord]):
         modified = content.get("shard_last_modified")
         shard = (f"; shard last modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(modified))}"
                  f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
-        logger.info(f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}{src} "
-                    f"({decision.train_samples} train samples{shard}; "
-                    f"{len(self._online)}/{self.expected} online)")
+        self.join_lines.joined(cid, f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}"
+                               f"{src} ({decision.train_samples} train samples{shard}; "
+                               f"{len(self._online)}/{self.expected} online)",
+                               len(self._online), self.expected)
         if decision.train_samples == 0:
             logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
                            f"its updates weigh nothing in FedAvg")

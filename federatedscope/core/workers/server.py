@@ -302,6 +302,7 @@ class Server(Worker):
         if not self.distributed or self.finished:
             return
         now, st, live = time.monotonic(), self.state, self.liveness
+        self.clients.join_lines.tick()
         for rec in live.silent(self.clients.values(), now, self.comm.last_heard):
             self.clients.mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
                                  f"(> distribute.heartbeat_timeout); marking it lost", now)
