@@ -155,6 +155,31 @@ def _storm_cpu(r: dict) -> str:
         f"{2 * r['storm_all_joined_s']:.1f}")
 
 
+def _miss_causes(r: dict, floor_s: float, allowance: float) -> list:
+    """What the server rows' misses come from, in this run's own figures."""
+    n, out = r["n"] + 1, []
+    if r["peak_mb"] > PEAK_GOAL_MB:
+        grown = r["peak_mb"] - r["rss_joined_mb"]
+        out.append(f"Server peak: {grown:.0f} MB above the joined-and-idle "
+                   f"{r['rss_joined_mb']:.0f} MB, {1024 * grown / n:.0f} KB per client. Most is "
+                   f"gRPC's: its posix endpoint keeps a pre-posted read buffer of 64 KiB slices "
+                   f"per connection once an upload has grown the connection's read target, and "
+                   f"it lands in heap memory the uploads dirtied (traced at 1,000 clients, with "
+                   f"what was tried: doc/architecture.md, Transport and concurrency).")
+    c = r.get("storm_cpu_s")
+    if c is not None and r["swarm"]["join_p99_s"] > scale.GOALS["join_p99_s"]:
+        out.append(f"Join storm: the server spent {1000 * c['server'] / n:.2f} ms of CPU per "
+                   f"join and the swarm {1000 * c['swarm'] / n:.2f} ms per client, on the same "
+                   f"2 cores; with the swarm on other machines the server alone would need "
+                   f"{c['server']:.1f} s of one core for all {n:,} joins.")
+    med = median(r["round_s"])
+    if med > allowance:
+        out.append(f"Round time: the allowance ({allowance:.1f} s) counts the transfer floor "
+                   f"({floor_s:.1f} s) and the server's CPU, not the swarm's: its {n:,} clients "
+                   f"decode, answer and upload on the same 2 cores as the server.")
+    return out
+
+
 def report(gen, sizes, got, ident, srv) -> dict:
     """Rows, context and notes from what ``run`` measured (fullsize.json's raw holds it all but
     ``sizes``, the input files' sizes)."""
@@ -243,6 +268,7 @@ def report(gen, sizes, got, ident, srv) -> dict:
             for name, key in PROFILE_PARTS}
     notes = [f"Where the tool's time goes (cProfile of the subset cut, {prof['work_s']:.1f} s "
              f"under the profiler): " + ", ".join(f"{k} {v:.1f} s" for k, v in part.items()) + "."]
+    notes += _miss_causes(r, floor_rt, allowance)
     if os.path.exists(BEFORE):
         b = common.read_json(BEFORE)
         hook = median(h["work_s"] for h in ident["subset_hooks"])

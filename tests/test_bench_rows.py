@@ -30,6 +30,7 @@ def test_fullsize_rows_rebuild_from_raw():
                  bool(r.get("headline"))) for r in rows]
     assert cells(got["rows"]) == cells(res["rows"])
     assert got["summary"] == res["summary"]
+    assert got["notes"] == res["notes"]      # the misses' causes too, from the same figures
 
 
 def _system(wall, cpu, acc=0.8745):
