@@ -34,11 +34,11 @@ def libc(monkeypatch):
 
 
 @pytest.mark.parametrize("yaml_path,opts,expected", [
-    (SERVER_YAML, [], [(M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 1 << 20)]),
+    (SERVER_YAML, [], [(M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 2 << 20)]),
     (CLIENT_YAML, [], [(M_ARENA_MAX, 2)]),
     (SERVER_YAML, ["federate.mode", "standalone"], [(M_ARENA_MAX, 2)]),
     (SERVER_YAML, ["federate.mode", "Distributed"],
-     [(M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 1 << 20)]),
+     [(M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 2 << 20)]),
 ], ids=["distributed-server", "distributed-client", "standalone", "mode-case"])
 def test_only_the_distributed_server_fixes_the_mmap_threshold(libc, yaml_path, opts, expected):
     malloc_tuning.tune_malloc(load_cfg(yaml_path, opts))
