@@ -354,7 +354,10 @@ class Swarm:
         if self.plan.max_connecting > 0:
             self._connecting = asyncio.Semaphore(self.plan.max_connecting)
         tasks = [asyncio.ensure_future(self._client(r)) for r in self.results.values()]
-        done, pending = await asyncio.wait(tasks, timeout=self.plan.timeout)
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=self.plan.timeout)
+        finally:
+            gc.unfreeze()       # the process (a test, the benchmark) goes on after the swarm
         for t in pending:
             t.cancel()
         for r in self.results.values():

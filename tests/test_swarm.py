@@ -62,6 +62,8 @@ def test_a_swarm_opening_few_sessions_at_once_still_joins_all_of_them(tmp_path):
     assert swarm._in_flight == 0                 # every slot given back
     assert swarm.heartbeat_s == 7.0              # the plan's own is 5 s
     assert _aggregated(log) == [n]
+    import gc
+    assert gc.get_freeze_count() == 0            # the swarm's frozen heap is thawed after it
 
 
 def test_swarm_droppers_and_stragglers_do_not_stall_the_job(tmp_path):

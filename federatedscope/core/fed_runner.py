@@ -225,6 +225,7 @@ class DistributedRunner(BaseRunner):
                     last_tick = now
         finally:
             transport.stop()
+            gc.unfreeze()    # a caller in the same process (the Python API, tests) gets it back
         return server.exit_code
 
     def _run_client(self) -> int:
