@@ -5,8 +5,8 @@ its event loop in ONE background thread. Each stream is two coroutines (reader, 
 ``asyncio.Queue`` of outbound frames; an idle session costs a few KB and no thread, so a server
 holds thousands. The ``Server`` state machine stays in the main thread and sees only ``inbox``
 events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the loop in order
-(``intake.LoopCalls``: calls made while the loop is busy share one wake-up). A broadcast is encoded once and the same
-``bytes`` object is queued for every receiver.
+(``intake.LoopCalls``: calls made while the loop is busy share one wake-up). A broadcast is
+encoded once and the same ``bytes`` object is queued for every receiver.
 
 Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
