@@ -353,10 +353,10 @@ class ClientTable(Dict[int, ClientRecord]):
         modified = content.get("shard_last_modified")
         shard = (f"; shard last modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(modified))}"
                  f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")
-        self.join_lines.joined(cid, f"Server: client #{cid} {'re-joined' if rejoin else 'joined'}"
-                               f"{src} ({decision.train_samples} train samples{shard}; "
-                               f"{len(self._online)}/{self.expected} online)",
-                               len(self._online), self.expected)
+        verb = "re-joined" if rejoin else "joined"
+        self.join_lines.joined(cid, f"Server: client #{cid} {verb}{src} ({decision.train_samples} "
+                                    f"train samples{shard}; {len(self._online)}/{self.expected} "
+                                    f"online)", len(self._online), self.expected)
         if decision.train_samples == 0:
             logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
                            f"its updates weigh nothing in FedAvg")
