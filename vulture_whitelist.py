@@ -62,7 +62,7 @@ health_status  # harness/raw_peer.py: tests/test_transport_*.py
 SourceAddressProxy  # harness/raw_peer.py (peers seen from a second loopback address): tests/test_transport_hostile.py
 _.connections  # harness/raw_peer.py SourceAddressProxy (its byte counts): bench/wire.py
 _.settled  # harness/raw_peer.py SourceAddressProxy: bench/wire.py
-shards_from_manifest  # harness/swarm.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
+shards_from_manifest  # harness/swarm_manifest.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
 _.heartbeat_s  # harness/swarm.py Swarm (the interval its server asked for): bench/scale.py
 ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
 run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)

@@ -33,6 +33,15 @@ def status(pid="self") -> dict:
                 if k.startswith(("Vm", "Rss")) or k.endswith("ctxt_switches")}
 
 
+def private_peak_kb(status_kb: dict) -> int:
+    """Peak RSS less the file-backed pages resident at exit (library code, mapped files). Those
+    are shared and reclaimable, and how many of them a process touches depends on whether the
+    kernel maps the libraries with huge pages (after a fresh boot here: 147 MB instead of 89 MB
+    for the same shard load, private memory equal), not on what the process holds. File pages
+    are rarely dropped while a process runs, so those at exit stand for those at the peak."""
+    return status_kb["VmHWM"] - status_kb.get("RssFile", 0)
+
+
 def stat_fields(pid) -> list:
     """/proc/<pid>/stat after the command name: [state, ppid, ...]."""
     with open(f"/proc/{pid}/stat") as f:

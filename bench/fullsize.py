@@ -110,7 +110,7 @@ def bit_identity(ctx, files: list, out200: str, out3550: str) -> dict:
 
 def server(ctx, out3550: str) -> dict:
     from federatedscope.core.auxiliaries.client_tokens import add_to_manifest
-    from harness.swarm import shards_from_manifest
+    from harness.swarm_manifest import shards_from_manifest
     manifest, tokens = os.path.join(out3550, "manifest.json"), ctx.tmp("tokens")
     tokens_s = common.timed(lambda: add_to_manifest(manifest, tokens), 1)[0]
     loads = manifest_scale.load_times(manifest, 5, WRITERS)

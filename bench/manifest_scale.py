@@ -1,7 +1,7 @@
 """manifest_scale: load + validate manifests of 1k / 10k / 100k clients; N real clients joining.
 
 Part 1 times ``load_manifest`` (read + parse + validate; median over repeats) on the swarm's
-synthetic manifests (``harness.swarm.write_swarm_manifest``: the project's own records and
+synthetic manifests (``harness.swarm_manifest.write_swarm_manifest``: the project's own records and
 writer, 62-bin label histograms, sha256 fingerprints). Part 2 starts one shard-mode server, then
 N real client processes at once (32; 8 with --quick), each with its own shard, and measures the
 time until the server logs that all joined. Most of it is N Python+torch start-ups on 2 cores, so
@@ -62,7 +62,7 @@ def join_test(ctx, n: int) -> dict:
 
 
 def run(ctx) -> dict:
-    from harness.swarm import write_swarm_manifest
+    from harness.swarm_manifest import write_swarm_manifest
     repeats = {1_000: 5, 10_000: 5} if ctx.quick else {1_000: 5, 10_000: 5, 100_000: 3}
     raw, rows = {"load": {}}, []
     for n, reps in repeats.items():

@@ -66,7 +66,8 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
     N + 1: storm, idle window, then the gate opens and the job runs. ``fleet``: (manifest path,
     client id -> SwarmShard) of N + 1 real shards instead of a synthetic manifest."""
     import asyncio
-    from harness.swarm import Swarm, SwarmPlan, server_opts, summarize, write_swarm_manifest
+    from harness.swarm import Swarm, SwarmPlan, server_opts, summarize
+    from harness.swarm_manifest import write_swarm_manifest
     name = f"n{n}{tag}"
     manifest, shards = fleet or write_swarm_manifest(ctx.tmp(name), n + 1)
     job = common.BenchJob(ctx, name, manifest, n + 1, rounds)

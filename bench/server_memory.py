@@ -1,8 +1,9 @@
 """server_memory: the server's peak RSS above the runtime, shard mode vs FS's data_idx mode.
 
 Both are real 3-client distributed jobs of one round (the jobs ``client_memory`` uses, run once
-per suite run). The server's VmHWM comes from the server process itself at exit; the runtime
-baseline is the same idle-import process as for clients. The open audit (``FS_AUDIT_*``,
+per suite run). The server's peak comes from the server process itself at exit, as a private
+peak (VmHWM less file-backed pages, ``child.private_peak_kb``); the runtime baseline is the same
+idle-import process as for clients, measured the same way. The open audit (``FS_AUDIT_*``,
 ``federatedscope/core/auditing.py``) lists every file the server opened under the scratch dir.
 """
 import os
@@ -59,7 +60,7 @@ def big_model_rows(ctx, base: float, manifest: str):
     for online in (True, False):
         job = raw["online" if online else "batch"] = _big_model_job(ctx, manifest, online)
         st = job["server"]["status_kb"]
-        peak = st["VmHWM"] * 1024
+        peak = common.private_peak_kb(st) * 1024
         label = "online aggregation" if online else "batch aggregation (the shipped YAML)"
         rows.append(row(
             f"server peak RSS / (runtime + {MODEL_COPIES} × model bytes), ConvNet2 hidden "
@@ -74,7 +75,7 @@ def big_model_rows(ctx, base: float, manifest: str):
         if online and peak > budget:  # how much is freed memory kept by glibc's per-thread arenas
             ctx.log("  what-if: the hidden-2048 online job again with MALLOC_ARENA_MAX=2")
             a = raw["online_arena2"] = _big_model_job(ctx, manifest, True, env=ARENA2)
-            a_peak = a["server"]["status_kb"]["VmHWM"] * 1024
+            a_peak = common.private_peak_kb(a["server"]["status_kb"]) * 1024
             notes.append(
                 f"Missed at hidden {BIG_HIDDEN}, online aggregation: runtime + "
                 f"{(peak - base) / model:.1f} model copies; with MALLOC_ARENA_MAX=2 "
@@ -85,9 +86,10 @@ def big_model_rows(ctx, base: float, manifest: str):
 
 
 def run(ctx) -> dict:
-    base = baseline_kb(ctx)["vmhwm_kb"] * 1024
+    base = baseline_kb(ctx)["private_kb"] * 1024
     shard, idx = training_job(ctx, "shard"), training_job(ctx, "data_idx")
-    s_peak, i_peak = (j["server"]["status_kb"]["VmHWM"] * 1024 - base for j in (shard, idx))
+    s_peak, i_peak = (common.private_peak_kb(j["server"]["status_kb"]) * 1024 - base
+                      for j in (shard, idx))
     data_files = shard["server_opened_data_files"]
     manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
     others = [p for p in data_files if os.path.basename(p) != "manifest.json"]
@@ -108,7 +110,7 @@ def run(ctx) -> dict:
         ctx.log("  what-if: the shard-mode job again with MALLOC_ARENA_MAX=2")
         arena = common.BenchJob(ctx, "arena2", manifest, 3, 1, training_extra(ctx)).start(
             ARENA2).finish()
-        a_peak = arena["server"]["status_kb"]["VmHWM"] * 1024 - base
+        a_peak = common.private_peak_kb(arena["server"]["status_kb"]) * 1024 - base
         notes.append(
             f"Missed: the shard-mode server opened only the manifest; with MALLOC_ARENA_MAX=2 it "
             f"peaks {a_peak / MB:.0f} MB above the runtime: {(s_peak - a_peak) / MB:.0f} MB is "

@@ -3,6 +3,6 @@
 ``harness.procs``: start processes by PID, wait with deadlines (fail fast, log tails in the
 message), stop only our own. ``harness.jobs``: a real server + N clients job whose server binds
 port 0 and reports the port it got. ``harness.swarm``: many virtual clients (real gRPC sessions)
-from one process; ``harness.raw_peer``: ``RawPeer``, one hand-driven session for hostile-peer
-tests.
+from one process, declaring the shards of ``harness.swarm_manifest``; ``harness.raw_peer``:
+``RawPeer``, one hand-driven session for hostile-peer tests.
 """

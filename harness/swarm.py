@@ -2,7 +2,7 @@
 """A swarm of virtual clients: N real gRPC sessions from one process, speaking the FL protocol.
 
 Each virtual client is an asyncio task with its own channel (its own TCP connection): it joins
-with the declaration and token of its entry in a synthetic manifest (``write_swarm_manifest``),
+with the declaration and token of its manifest entry (``harness/swarm_manifest.py``),
 receives the model, answers training with a precomputed update of the model's keys/shapes/dtypes
 and its declared train count, answers evaluation with plausible metrics (totals = its declared
 counts, accuracies in [0, 1]) and heartbeats. Mix-ins: late joiners, a fraction that drops
@@ -11,13 +11,11 @@ one (``federatedscope/main.py``, shard mode), so N = 1,000 needs no 1,000 torch 
 
     python -m harness.swarm --n 200 --rounds 2          # starts a server, runs the swarm, prints JSON
 
-``RawPeer`` (``harness/raw_peer.py``, re-exported here) is a synchronous single session for
-attack tests.
+``RawPeer`` (``harness/raw_peer.py``) is a synchronous single session for attack tests.
 """
 import argparse
 import asyncio
 import gc
-import hashlib
 import json
 import os
 import random
@@ -42,80 +40,8 @@ from federatedscope.core.communication.limits import (  # noqa: E402
     HEARTBEAT_HEADER, announced_heartbeat)
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, HEARTBEAT, JOIN_IN,  # noqa: E402
                                          METRICS, MODEL_PARA, REFUSE, Message)
-# RawPeer and health_status live in raw_peer.py; tests import them from here too
-from harness.raw_peer import BIG, METHOD, RawPeer, health_status  # noqa: E402,F401
-
-
-# ============================================================================ manifest
-@dataclass
-class SwarmShard:
-    client_id: int
-    token: str
-    num_samples: Dict[str, int]
-    declaration: dict
-
-
-# The swarm impersonates FEMNIST clients: their shards hold 28x28 grey-level samples.
-SAMPLE_TYPE = "uint8[28,28]"
-
-
-def swarm_token(seed: int, cid: int) -> str:
-    return hashlib.sha256(f"swarm-token:{seed}:{cid}".encode()).hexdigest()[:32]
-
-
-def write_swarm_manifest(out_dir: str, n: int, seed: int = 0, num_classes: int = 62,
-                         declarations: bool = True) -> "tuple[str, Dict[int, SwarmShard]]":
-    """A manifest of ``n`` synthetic shards (random counts and label histograms, tokens as
-    hashes, like the managed launcher's); returns (manifest path, client id -> what that client
-    declares; empty without ``declarations``). No shard files: the server reads only the
-    manifest, and virtual clients train on nothing. The manifest benchmark times loading it."""
-    import numpy as np
-    from federatedscope.core.data.shard_format import (Manifest, ManifestEntry, ShardDeclaration,
-                                                       now_iso, token_digest, write_manifest)
-    rng = np.random.default_rng(seed)
-    trains = rng.integers(40, 401, size=n)
-    hists = rng.multinomial(trains, [1 / num_classes] * num_classes)
-    entries, shards = {}, {}
-    for cid, train, row in zip(range(1, n + 1), trains.tolist(), hists.tolist()):
-        counts = {"train": train, "val": max(1, train // 3), "test": max(1, train // 3)}
-        fp = hashlib.sha256(f"swarm-shard:{seed}:{cid}".encode()).hexdigest()
-        token = swarm_token(seed, cid)
-        entries[cid] = ManifestEntry(cid, f"client_{cid}", counts, fp, row,
-                                     token_digest(token).hex())
-        if declarations:
-            shards[cid] = SwarmShard(cid, token, counts,
-                                     ShardDeclaration(cid, counts, fp, row, SAMPLE_TYPE).to_dict())
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "manifest.json")
-    write_manifest(path, Manifest("femnist", "synthetic", seed, [0.6, 0.2, 0.2],
-                                  {"generator": "harness/swarm.py"}, entries, num_classes,
-                                  SAMPLE_TYPE, created=now_iso()))
-    return path, shards
-
-
-def shards_from_manifest(manifest_path: str, tokens_dir: str = "") -> Dict[int, SwarmShard]:
-    """What every client of a REAL partition declares: each shard's ``meta.json`` read as its
-    client reads it (``ShardDeclaration.of_meta``; sha256 not re-checked, the server never sees
-    the files) and its token from ``<tokens_dir>/client_<k>.token`` (``prepare_shards.py
-    --tokens`` or ``make_client_tokens.py``). No tokens dir: the manifest must hold no token
-    hashes, else the server refuses every join, so that is an error naming the fix."""
-    from federatedscope.core.auxiliaries.client_tokens import token_path
-    from federatedscope.core.data.shard_format import (ShardDeclaration, read_manifest, read_meta,
-                                                       shard_dir)
-    manifest = read_manifest(manifest_path)
-    out = {}
-    for cid, entry in sorted(manifest.clients.items()):
-        meta = read_meta(shard_dir(manifest_path, entry))
-        token = ""
-        if entry.token_hash and not tokens_dir:
-            raise ValueError(f"{manifest_path}: client {cid} has a token hash; pass the folder "
-                             f"of its client_<k>.token files (tokens_dir)")
-        if tokens_dir:
-            with open(token_path(tokens_dir, cid)) as f:
-                token = f.read().strip()
-        out[cid] = SwarmShard(cid, token, dict(meta.num_samples),
-                              ShardDeclaration.of_meta(meta).to_dict())
-    return out
+from harness.raw_peer import BIG, METHOD  # noqa: E402
+from harness.swarm_manifest import SwarmShard, write_swarm_manifest  # noqa: E402
 
 
 # ============================================================================ the swarm

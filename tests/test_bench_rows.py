@@ -73,3 +73,14 @@ def test_peers_rows_without_flower_say_why():
     wall = [r for r in rows if r["figure"].endswith("job wall")][-1]
     assert (wall["met"], wall["display"]) == (False, "not measured: not installed")
     assert compare._notes(res, 2) == []
+
+
+def test_private_peak_leaves_out_file_backed_pages():
+    """The same shard load measured after two boots (client_memory, 0e05297 and this session):
+    VmHWM 255 vs 313 MB, RssFile 89 vs 147 MB (libraries mapped with huge pages after a fresh
+    boot), the private peak 166 MB both times."""
+    from bench.child import private_peak_kb
+    runs = [{"VmHWM": 255 * 1024, "RssFile": 89 * 1024, "RssAnon": 154 * 1024},
+            {"VmHWM": 313 * 1024, "RssFile": 147 * 1024, "RssAnon": 154 * 1024}]
+    assert [private_peak_kb(r) for r in runs] == [166 * 1024, 166 * 1024]
+    assert private_peak_kb({"VmHWM": 4096}) == 4096      # no RssFile line: the whole peak

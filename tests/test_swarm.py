@@ -5,7 +5,8 @@ import time
 
 from harness.jobs import Job
 from harness.procs import wait_all
-from harness.swarm import Swarm, SwarmPlan, run_swarm, server_opts, summarize, write_swarm_manifest
+from harness.swarm import Swarm, SwarmPlan, run_swarm, server_opts, summarize
+from harness.swarm_manifest import write_swarm_manifest
 
 
 def _start_server(tmp_path, manifest, rounds, extra=()):

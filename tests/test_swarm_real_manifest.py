@@ -1,5 +1,5 @@
 """The swarm speaking for a REAL partition: each virtual client declares its shard's meta.json
-and presents its token file (harness/swarm.py: shards_from_manifest), as bench/fullsize.py does
+and presents its token file (harness/swarm_manifest.py: shards_from_manifest), as bench/fullsize.py does
 with FEMNIST's 3,550 writers."""
 import re
 
@@ -10,7 +10,8 @@ from federatedscope.core.data.shard_format import ShardDeclaration, check_declar
 from federatedscope.core.data.sharding import ShardArgs, prepare_shards
 from harness.jobs import Job
 from harness.procs import wait_all
-from harness.swarm import Swarm, SwarmPlan, run_swarm, server_opts, shards_from_manifest, summarize
+from harness.swarm import Swarm, SwarmPlan, run_swarm, server_opts, summarize
+from harness.swarm_manifest import shards_from_manifest
 from tests.test_sharding import write_leaf
 
 # 5 writers, one per client (sequential): counts chosen so the 0.6/0.2/0.2 cut is easy by hand,

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from harness.swarm import RawPeer, health_status
+from harness.raw_peer import RawPeer, health_status
 from harness.jobs import LIGHT_TRAINING, Job
 from harness.procs import checkpoint_round, file_contains, wait_all, wait_for
 from test_fuzz import _declaration

@@ -10,7 +10,7 @@ import pytest
 
 from harness.jobs import Job
 from harness.procs import file_contains, wait_all, wait_for
-from harness.swarm import RawPeer, health_status
+from harness.raw_peer import RawPeer, health_status
 from federatedscope.core.communication.grpc_client import GrpcClientTransport, ServerUnreachable
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import JOIN_IN, Message
