@@ -11,7 +11,8 @@ profile); jsonfloor / jsonhook FILES (a bare ``json.load`` / the shard tool's ho
 Job modes (all but ``TOOL_MODES``) start as ``main.py`` does, re-executed with its huge-page
 tunable, so a baseline compares with its job. Every report has the process's ``VmHWM`` at exit;
 modes working after their imports reset the peak (``/proc/self/clear_refs``) first, so
-``peak_above_start_kb`` is the work's own growth. A tool (script mode) also reports ``tree``:
+``peak_above_start_kb`` is the work's own growth, counted in private pages (file-backed ones left
+out: ``private_peak_kb``). A tool (script mode) also reports ``tree``:
 the peak of its and its children's summed PSS (the shard tool's reading workers) and their CPU.
 The /proc readers here are the benchmarks' too.
 """
@@ -97,7 +98,8 @@ class Probe:
              "hwm_before_work_kb": self.hwm0, "peak_reset": self.reset,
              "io_during_work": {k: io[k] - self.io0[k] for k in io}}
         if self.reset:
-            d["peak_above_start_kb"] = st["VmHWM"] - self.st0["VmRSS"]
+            d["peak_above_start_kb"] = private_peak_kb(st) - (self.st0["VmRSS"]
+                                                              - self.st0.get("RssFile", 0))
         # private heap vs file-backed (code, mmap) pages
         return dict(d, **{f"{k}_growth_kb": st[k] - self.st0[k] for k in ("RssAnon", "RssFile")})
 

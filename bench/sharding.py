@@ -4,8 +4,9 @@ The honest floor is a parse with the tool's own ``parse_float`` hook (``leaf_fem
 interning the ~256 distinct pixel literals): the ratio against it is what the tool costs beyond
 reading its input. The bare ``json.load`` pass is kept, labelled, as what a naive reader pays.
 All run as child processes over the same page-cached files, timed after their imports; peak RSS
-is each process's growth above its own post-import RSS. The tool also runs on a third of the
-files (the largest among them): the peak must follow the largest file, not the data set.
+is each process's growth above its own post-import RSS, in private pages (``child.py``). The tool
+also runs on a third of the files (the largest among them): the peak must follow the largest
+file, not the data set.
 """
 import os
 import shutil

@@ -3,8 +3,9 @@
 Shard k x = client 1 of the 180-writer sample split 8/k ways (sequential writers), so the 8x shard
 is the whole sample. Each (size, mode) is a child process (``bench/child.py stream``): get_data,
 then full shuffled passes over the train split's batches; its peak RSS is the growth above its
-own post-import RSS. At the largest size both modes also time local training (a warm-up round,
-then a timed round of the same batches); full runs repeat that size, modes alternating.
+own post-import RSS, in private pages (``child.py``). At the largest size both modes also time
+local training (a warm-up round, then a timed round of the same batches); full runs repeat that
+size, modes alternating.
 """
 from bench import common
 from bench.common import MB, median, row
