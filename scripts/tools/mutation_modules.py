@@ -119,6 +119,12 @@ MODULES: Dict[str, Module] = {
                      ["tests/test_limits_derivation.py", "tests/test_heartbeat_allowance.py",
                       "tests/test_transport_ceilings.py", "tests/test_unjoined_streams.py"],
                      LIMITS_SLOW),
+    # the server transport's reading half (framing, size limits, inbox slots, stall check, the
+    # rejection-line budget) and its cross-thread calls, driven in-process on a fake clock; the
+    # real-server tests that also reach it (test_transport_hostile, test_upload_chunks' gRPC
+    # runs: seconds each per mutant) stay out
+    "intake": Module([FL + "communication/intake.py"],
+                     ["tests/test_stream_intake.py", "tests/test_loop_calls.py"]),
     # FEMNIST's LEAF reader (a domain package, but every shard of it passes through here). Its
     # own tests only: the shard tool's tests also parse LEAF files, but rerunning them for each
     # of ~1,000 reader mutants took 30-60 s a mutant; every rule of the reader has its own test

@@ -160,7 +160,7 @@ class StreamIntake:
             return False
         heavy = self._budgeted(conn, len(data))
         if heavy:
-            await self._wait_for_inbox_slot()
+            await self._wait_heard(conn)
         return self._deliver_counted(conn, data, heavy)
 
     async def _begin_chunks(self, conn: Connection, data: bytes) -> bool:
@@ -173,12 +173,7 @@ class StreamIntake:
             return False
         heavy = self._budgeted(conn, total)
         if heavy:   # before reading the rest: while we wait, flow control holds the sender
-            conn.queued = True
-            try:
-                await self._wait_for_inbox_slot()
-            finally:
-                conn.queued = False
-            conn.last_heard = time.monotonic()
+            await self._wait_heard(conn)
         try:
             conn.assembly = Reassembly(total, data, heavy)
         except InvalidMessage as e:
@@ -253,6 +248,16 @@ class StreamIntake:
         conn.abort = (grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large")
         return True
 
+    async def _wait_heard(self, conn: Connection) -> None:
+        """An inbox slot for ``conn``'s upload. While it waits the server, not the client, is not
+        listening (``last_heard`` reads it as heard), and it counts as heard when the wait ends."""
+        conn.queued = True
+        try:
+            await self._wait_for_inbox_slot()
+        finally:
+            conn.queued = False
+        conn.last_heard = time.monotonic()
+
     async def _wait_for_inbox_slot(self) -> None:
         self._backlog += 1
         if self._backlog >= MAX_BACKLOG:
@@ -269,7 +274,7 @@ class StreamIntake:
         conn.bad += 1
         self._lines.warn(conn.peer, f"Rejected message from {conn.peer}: {clip_text(why, 300)}")
 
-    def _deliver(self, conn: Connection, data: bytes, heavy: bool = False) -> bool:
+    def _deliver(self, conn: Connection, data: bytes, heavy: bool) -> bool:
         """Decode, check, hand to the Server. False: the stream must be closed."""
         if conn.client_id is None and conn.join_sent:
             self._reject(conn, "message before the server answered this stream's join_in")
