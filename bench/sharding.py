@@ -102,7 +102,7 @@ def run(ctx) -> dict:
 
     def peak_row(figure, other):
         r = peak["big"] / peak[other]
-        return row(figure, r, f"{r:.2f} ({peak['big'] / MB:.0f} MB vs {peak[other] / MB:.0f} MB; "
+        return row(figure, r, f"{r:.3f} ({peak['big'] / MB:.1f} MB vs {peak[other] / MB:.1f} MB; "
                    f"largest file {largest_b / MB:.0f} MB)", "≤ 1.0 (no more than parsing one "
                    "file)", peak["big"] <= peak[other])
     rows = [
@@ -135,7 +135,7 @@ def run(ctx) -> dict:
         f"{median(r['work_s'] for r in f_set):.2f} s; the hook alone makes the parse "
         f"{sps['hook'] / sps['floor']:.2f}× as fast as the bare one."]
     notes = [] if peak["big"] <= peak["hook"] else [
-        f"Missed against the tool's own parser: the {(peak['big'] - peak['hook']) / MB:.0f} MB "
+        f"Missed against the tool's own parser: the {(peak['big'] - peak['hook']) / MB:.1f} MB "
         f"between the two peaks is what sharding holds beside the parsed file (not broken down "
         f"here)."]
     return {"rows": rows, "context": context, "notes": notes,
