@@ -84,3 +84,16 @@ def test_private_peak_leaves_out_file_backed_pages():
             {"VmHWM": 313 * 1024, "RssFile": 147 * 1024, "RssAnon": 154 * 1024}]
     assert [private_peak_kb(r) for r in runs] == [166 * 1024, 166 * 1024]
     assert private_peak_kb({"VmHWM": 4096}) == 4096      # no RssFile line: the whole peak
+
+
+def test_a_server_peak_row_shows_its_file_backed_part_when_recorded():
+    from bench import scale
+    r = {"n": 1000, "rounds": 3, "peak_mb": 516.4, "file_backed_mb": 173.2, "round_s": [11.7],
+         "cpu_per_round_s": 9.3, "idle_cpu_pct": 2.4, "storm_all_joined_s": 1.6,
+         "swarm": {"join_p50_s": 0.76, "join_p99_s": 1.38, "messages_lost": 0, "stayed": 1001,
+                   "finished": 1001}}
+    peak = scale.n_rows(r, 1_940_000, 1e9, "N=1000", "≤ 600 MB", True, True)[0]
+    assert peak["display"] == "516 MB (343 MB private, 173 MB file-backed)"
+    del r["file_backed_mb"]       # runs from before it was recorded: the whole peak only
+    assert scale.n_rows(r, 1_940_000, 1e9, "N=1000", "≤ 600 MB", True, True)[0]["display"] == \
+        "516 MB"
