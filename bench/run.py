@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
 
-    python bench/run.py                      # full suite (about 49 min on 2 cores)
+    python bench/run.py                      # full suite (35-49 min on 2 cores)
     python bench/run.py --quick              # fewer repeats, smaller sizes (about 12 min)
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report covers all JSONs
     python bench/run.py --peers [--quick]    # only peers (floor, this project, Flower)
