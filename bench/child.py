@@ -39,7 +39,8 @@ def private_peak_kb(status_kb: dict) -> int:
     are shared and reclaimable, and how many of them a process touches depends on whether the
     kernel maps the libraries with huge pages (after a fresh boot here: 147 MB instead of 89 MB
     for the same shard load, private memory equal), not on what the process holds. File pages
-    are rarely dropped while a process runs, so those at exit stand for those at the peak."""
+    are rarely dropped while a process runs, so those at exit stand for those at the peak; code
+    first run after the peak (the exit path) makes this a slight underestimate."""
     return status_kb["VmHWM"] - status_kb.get("RssFile", 0)
 
 
