@@ -91,6 +91,63 @@ def test_thp_mode_parsing(text, expected):
     assert malloc_tuning.thp_on_request(text) is expected
 
 
+def test_the_running_systems_glibc_and_thp_mode_are_read(monkeypatch, tmp_path):
+    import os
+    assert malloc_tuning.glibc_version() == malloc_tuning.glibc_version(
+        os.confstr("CS_GNU_LIBC_VERSION"))
+    monkeypatch.setattr(os, "confstr", lambda name: "glibc 2.38" if name == "CS_GNU_LIBC_VERSION"
+                        else "")
+    assert malloc_tuning.glibc_version() == (2, 38)
+    monkeypatch.setattr(os, "confstr", lambda name: None)         # confstr knows no answer
+    assert malloc_tuning.glibc_version() is None
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setattr(malloc_tuning, "THP_MODE", str(mode))
+    assert malloc_tuning.thp_on_request() is True
+    monkeypatch.setattr(malloc_tuning, "THP_MODE", str(tmp_path / "absent"))   # no THP: none
+    assert malloc_tuning.thp_on_request() is False
+
+
+def test_tune_malloc_loads_the_c_library_by_its_soname(monkeypatch):
+    names = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: names.append(name) or FakeLibc())
+    malloc_tuning.tune_malloc(load_cfg(SERVER_YAML, []))
+    assert names == ["libc.so.6"]
+
+
+class Exec:
+    def __init__(self, fails=False):
+        self.calls, self.fails = [], fails
+
+    def __call__(self, path, argv, env):
+        self.calls.append((path, argv, env))
+        if self.fails:
+            raise OSError("exec refused")
+
+
+@pytest.mark.parametrize("platform,thp,glibc,fails,runs", [
+    ("linux", True, (2, 36), False, True), ("linux", True, (2, 36), True, True),
+    ("darwin", True, (2, 36), False, False), ("linux", False, (2, 36), False, False),
+    ("linux", True, (2, 34), False, False)],
+    ids=["re-executes", "exec-fails-runs-on", "not-linux", "thp-off", "old-glibc"])
+def test_main_re_executes_itself_only_when_huge_pages_can_be_had(monkeypatch, platform, thp,
+                                                                  glibc, fails, runs):
+    import os
+    execve = Exec(fails)
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(malloc_tuning, "thp_on_request", lambda: thp)
+    monkeypatch.setattr(malloc_tuning, "glibc_version", lambda: glibc)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert malloc_tuning.reexec_with_hugepages() is None     # returns when it does not exec
+    if runs:
+        (path, argv, env), = execve.calls
+        assert (path, argv) == (sys.executable, list(sys.orig_argv))
+        assert env == dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+    else:
+        assert execve.calls == []
+
+
 def _proc_strings(pid: int, name: str) -> list:
     with open(f"/proc/{pid}/{name}", "rb") as f:
         return [s.decode() for s in f.read().split(b"\0") if s]

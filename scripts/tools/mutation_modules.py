@@ -125,6 +125,11 @@ MODULES: Dict[str, Module] = {
     # runs: seconds each per mutant) stay out
     "intake": Module([FL + "communication/intake.py"],
                      ["tests/test_stream_intake.py", "tests/test_loop_calls.py"]),
+    # main.py's glibc tuning by role; not rerun per mutant: the test that starts main.py twice to
+    # see it re-execute itself (seconds each); the environment it re-executes with is pinned
+    # in-process by test_the_reexec_environment
+    "malloc_tuning": Module([FL + "auxiliaries/malloc_tuning.py"], ["tests/test_main_malloc.py"],
+                            "not reexecutes_itself"),
     # FEMNIST's LEAF reader (a domain package, but every shard of it passes through here). Its
     # own tests only: the shard tool's tests also parse LEAF files, but rerunning them for each
     # of ~1,000 reader mutants took 30-60 s a mutant; every rule of the reader has its own test
