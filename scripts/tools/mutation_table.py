@@ -138,6 +138,18 @@ def _scratch(name: str, reuse: str):
             yield dest
 
 
+def _add_seconds(dest: str, seconds: float) -> float:
+    """``seconds`` plus what earlier runs in ``dest`` took, written back to ``dest``."""
+    path = os.path.join(dest, "mutation-seconds.txt")
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            seconds += float(f.read())
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{seconds:.1f}")
+    os.replace(path + ".tmp", path)
+    return seconds
+
+
 def run_module(name: str, module: Module, equivalent: Dict[str, str], children: int,
                reuse: str = "", retry_timeouts: bool = False) -> Outcome:
     out = Outcome(name)
@@ -177,7 +189,10 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
                 out.diffs[mutant] = "\n".join(x for x in show.splitlines()
                                               if x.startswith(("+", "-", "@@"))
                                               and not x.startswith(("+++", "---")))
-    out.seconds = time.monotonic() - t0
+        # a kept scratch copy adds up every invocation's time: the row's seconds are what the
+        # module's verdicts cost, not only the last retry's
+        out.seconds = _add_seconds(dest, time.monotonic() - t0) if reuse \
+            else time.monotonic() - t0
     for mutant, status in results:
         out.counts[status] = out.counts.get(status, 0) + 1
         if status == "survived":
