@@ -24,7 +24,9 @@ The built-in domain packages (``federatedscope.cv``, ``federatedscope.nlp``) reg
 when imported, and they are imported the first time any registry is read (``BUILTIN_PACKAGES``),
 so nothing has to import them by hand, while ``import federatedscope`` stays free of torch for
 the small tools that need only the core's helpers (the launcher's pre-flight and health wait).
-A user's own package registers the same way, before ``get_data``.
+A user's own package registers the same way, before ``get_data``. Its callables are asked before
+the tree's own (``BUILTIN_MODULES``; FS asks the registry before its built-in types), so a
+package can take over a built-in ``model.type`` or ``data.type`` under a key of its own.
 """
 import importlib
 import logging
@@ -34,6 +36,8 @@ logger = logging.getLogger("federatedscope")
 
 # Named as strings: the registry knows where the built-ins live, the core does not import them.
 BUILTIN_PACKAGES = ("federatedscope.cv", "federatedscope.nlp")
+# What the tree itself registers (callables defined there): asked after everything else.
+BUILTIN_MODULES = BUILTIN_PACKAGES + ("federatedscope.core",)
 _builtins_state = {"loaded": False}
 
 
@@ -46,8 +50,28 @@ def load_builtin_packages() -> None:
         importlib.import_module(name)
 
 
+def is_builtin(module: Any) -> bool:
+    """Whether a registered callable is defined in the tree's own packages (``BUILTIN_MODULES``)."""
+    name = getattr(module, "__module__", None)     # a plain value (a spec, 5) has none
+    return isinstance(name, str) and any(name == p or name.startswith(p + ".")
+                                         for p in BUILTIN_MODULES)
+
+
 class Registry(dict):
-    """A registry: a dict whose reads first load the built-in packages (writes do not)."""
+    """A registry: a dict whose reads first load the built-in packages (writes do not). The keys
+    of built-in callables (``builtin``) come after every other key, whatever the import order."""
+
+    def __init__(self):
+        super().__init__()
+        self.builtin = set()
+
+    def added(self, key, module: Any) -> None:
+        """``key`` is new: a built-in goes last, any other before the built-ins."""
+        if is_builtin(module):
+            self.builtin.add(key)
+            return
+        for k in [k for k in dict.keys(self) if k in self.builtin]:
+            dict.__setitem__(self, k, dict.pop(self, k))
 
     def __getitem__(self, key):
         load_builtin_packages()
@@ -94,9 +118,12 @@ dataset_spec_dict: Dict[str, Any] = Registry()
 
 
 def register(key: str, module: Any, module_dict: Dict[str, Any]) -> None:
-    if key in module_dict and module_dict[key] is not module:
+    new = key not in module_dict
+    if not new and module_dict[key] is not module:
         logger.warning(f"Registry: key {key!r} is already registered; overwritten")
     module_dict[key] = module
+    if new and isinstance(module_dict, Registry):
+        module_dict.added(key, module)
 
 
 def _registrar(name: str, module_dict: Dict[str, Callable]) -> Callable[[str, Callable], None]:

@@ -134,6 +134,41 @@ def test_programmatic_overrides_take_typed_values():
     assert cfg.train.optimizer.lr == 2.0 and type(cfg.train.optimizer.lr) is float
 
 
+def test_an_unreadable_config_file_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    # root reads any file whatever its mode, so the refusal is simulated at open(); what main
+    # prints must name the file, not advise on the output directory
+    import builtins
+    cfg_file = tmp_path / "locked.yaml"
+    cfg_file.write_text("federate:\n  client_num: 4\n")
+    real_open = builtins.open
+
+    def refusing(path, *a, **kw):
+        if str(path) == str(cfg_file):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(builtins, "open", refusing)
+    with pytest.raises(ConfigError) as err:
+        load_cfg(str(cfg_file), [])
+    assert str(err.value) == f"config file {cfg_file} cannot be read: Permission denied"
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert load_cfg(str(cfg_file), []).federate.client_num == 4
+
+
+def test_a_config_with_non_ascii_comments_loads_under_the_c_locale(tmp_path):
+    # FS's YAMLs carry comments in Chinese; a C locale (ASCII) must not turn them into a parse
+    # error. A child process: the locale's encoding is fixed when the interpreter starts.
+    import subprocess
+    import sys
+    cfg_file = tmp_path / "zh.yaml"
+    cfg_file.write_bytes("# 客户端数量\nfederate:\n  client_num: 7\n".encode("utf-8"))
+    code = ("from federatedscope.core.configs.config import load_cfg; import sys; "
+            "print(load_cfg(sys.argv[1], []).federate.client_num)")
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONIOENCODING="utf-8")
+    out = subprocess.run([sys.executable, "-c", code, str(cfg_file)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "7"), out.stderr[-800:]
+
+
 def test_file_errors_name_the_file(tmp_path):
     missing = str(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError) as err:

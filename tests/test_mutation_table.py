@@ -49,3 +49,26 @@ def test_the_scratch_config_carries_the_time_limit():
     mod = mt.MODULES["codec"]
     assert "timeout_multiplier = 5\n" in mt._config(mod, mt.TIMEOUT_MULTIPLIER)
     assert "timeout_multiplier = 25\n" in mt._config(mod, mt.RETRY_TIMEOUT_MULTIPLIER)
+
+
+def test_a_kept_scratch_copy_sums_the_seconds_of_every_invocation(tmp_path):
+    # the first run of a module took 100 s, two retries 47 s and 3.5 s: its row says 150.5
+    assert mt._add_seconds(str(tmp_path), 100.0) == 100.0
+    assert mt._add_seconds(str(tmp_path), 47.0) == 147.0
+    assert mt._add_seconds(str(tmp_path), 3.5) == 150.5
+    assert (tmp_path / "mutation-seconds.txt").read_text() == "150.5"
+    assert not (tmp_path / "mutation-seconds.txt.tmp").exists()
+
+
+def test_every_row_names_files_that_exist():
+    # a row whose glob matches nothing mutates nothing, and one naming a missing test file fails
+    # mutmut's clean run only when someone runs that row: both are caught here instead
+    import fnmatch
+    import subprocess
+    tracked = subprocess.run(["git", "ls-files", "federatedscope"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for name, mod in mt.MODULES.items():
+        for g in mod.globs:
+            assert any(fnmatch.fnmatch(f, g) for f in tracked), (name, g)
+        for t in mod.tests:
+            assert os.path.isfile(os.path.join(ROOT, t)), (name, t)

@@ -88,7 +88,9 @@ def validate_message(msg: Message, from_server: bool) -> None:
         raise InvalidMessage(f"{msg.msg_type} may only come from the server")
     if schema["from"] == "client" and from_server:
         raise InvalidMessage(f"{msg.msg_type} may only come from a client")
-    if not isinstance(msg.state, int) or msg.state < 0 or msg.state > 10 ** 9:
+    # bool is an int subclass: a JSON ``true`` must not pass as round 1
+    if not isinstance(msg.state, int) or isinstance(msg.state, bool) or msg.state < 0 \
+            or msg.state > 10 ** 9:
         raise InvalidMessage(f"round {msg.state!r} out of range")
     if not isinstance(msg.timestamp, float) or not math.isfinite(msg.timestamp):
         raise InvalidMessage("timestamp is not a finite number")

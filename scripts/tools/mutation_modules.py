@@ -51,6 +51,9 @@ DATA_SLOW = ("not standalone_run_over_the_local_transport and not epoch[1] and n
 # pinned by the in-process tests), and the real client beating at the announced interval (6 s)
 LIMITS_SLOW = ("not real_client and (not test_transport_ceilings or idle_connection_limit or "
                "keepalive_ack)")
+SESSION_SLOW = ("not refuse_intruders_and_run_the_job and not tls_problem_names "
+                "and not test_admission_rules and not token_hash_in_manifest "
+                "and not declaration_mismatches and not declared_sample_type")
 MODULES: Dict[str, Module] = {
     "robust": Module([FL + "aggregators/robust.py"], ["tests/test_robust_math.py"]),
     # robust.py has its own row above. Not rerun per mutant: test_server_core.py and
@@ -140,6 +143,56 @@ MODULES: Dict[str, Module] = {
                     "tests/test_leaf_inputs.py"]),
     # the per-run picture (curves.png) drawn from eval_results.log
     "curves": Module([FL + "monitors/curves.py"], ["tests/test_curves.py"]),
+    # FS's data_idx partitioners (LDA, IID) and their builder
+    "splitters": Module([FL + "splitters/*", FL + "auxiliaries/splitter_builder.py"],
+                        ["tests/test_splitters.py", "tests/test_splitter_rules.py"]),
+    # what a run writes: eval_results.log and its summaries, the outdir, the server checkpoint
+    "monitor": Module([FL + "monitors/monitor.py", FL + "monitors/write_guard.py",
+                       FL + "auxiliaries/outdir.py", FL + "auxiliaries/checkpoint.py"],
+                      ["tests/test_monitor_units.py"]),
+    # the datasets beyond FEMNIST's reader and the domain models and losses
+    "datasets": Module(["federatedscope/cv/dataset/cifar10.py", "federatedscope/cv/dataset/celeba.py",
+                        "federatedscope/cv/dataset/leaf_json.py",
+                        "federatedscope/cv/dataset/femnist_spec.py", "federatedscope/cv/dataloader/*",
+                        "federatedscope/cv/model/*", "federatedscope/nlp/*"],
+                       ["tests/test_cifar10_reader.py", "tests/test_leaf_datasets.py",
+                        "tests/test_nlp_models.py", "tests/test_dataset_units.py"],
+                       # the Pillow-less import check starts a Python process (4 s per mutant);
+                       # the message it reads is pinned in-process by test_dataset_units
+                       "not imports_without_pillow"),
+    # who may speak: the join proof, client tokens, unjoined streams, the message record
+    # Not rerun per mutant: test_auth.py's whole-job TLS run (processes, ~18 s), its tls_problem
+    # test (openssl subprocesses make the certificates) and its tests on the femnist_shards
+    # fixture (the shard tool run as processes, seconds per mutant): test_session_units.py pins
+    # the same rules in-process (real handshakes against embedded certificates, hand-built
+    # manifest entries)
+    "session": Module([FL + "communication/unjoined.py", FL + "communication/security.py",
+                       FL + "communication/join_proof.py", FL + "auxiliaries/client_tokens.py",
+                       FL + "message.py"],
+                      ["tests/test_auth.py", "tests/test_unjoined_streams.py",
+                       "tests/test_session_units.py"], SESSION_SLOW),
+    # FS's registry and the builders that consult it. Not rerun per mutant: test_fs_seams' tests
+    # on the session's FEMNIST sample and shards (its fixtures run the generator and the shard
+    # tool as processes, 7 s per mutant run); test_builder_units pins the same get_data rules on
+    # 4 shards written in-process
+    "builders": Module(["federatedscope/register.py", FL + "auxiliaries/aggregator_builder.py",
+                        FL + "auxiliaries/data_builder.py", FL + "auxiliaries/model_builder.py",
+                        FL + "auxiliaries/worker_builder.py", FL + "auxiliaries/runner_builder.py",
+                        FL + "auxiliaries/utils.py"],
+                       ["tests/test_fs_seams.py", "tests/test_builder_units.py"],
+                       "not (test_fs_seams and (get_data or shard or custom_message or "
+                       "join_reports or failed_refresh))"),
+    # how a job starts: main.py, the runner, the in-memory transport, the launcher's pre-flight.
+    # Not rerun per mutant: test_data_roles' 4-client FEMNIST run (10 s, the sample generated
+    # by a process) and test_launcher's tests but its in-process health-timeout one (each starts
+    # the shard tool or the launcher as processes); test_runner_units.py runs the standalone
+    # loop on a tiny model and the pre-flight on a shard set written in-process
+    "runner": Module(["federatedscope/main.py", FL + "fed_runner.py", FL + "communication/local.py",
+                      FL + "communication/transport.py", FL + "auxiliaries/launch_utils.py"],
+                     ["tests/test_runner_units.py", "tests/test_data_roles.py",
+                      "tests/test_launcher.py"],
+                     "not standalone_run_over_the_local_transport and "
+                     "(not test_launcher or health_timeout_scales)"),
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
                        "tests/test_config_choices.py", "tests/test_cfg_keys.py",

@@ -89,9 +89,14 @@ def check_files(manifest_path: str, out_dir: str) -> List[str]:
         elif not os.path.isfile(p):
             problems.append(f"client {cid}: token file {p} is missing")
         else:
-            with open(p, encoding="utf-8") as f:
-                if token_hash(f.read().strip()) != e.token_hash:
-                    problems.append(f"client {cid}: {p} does not hash to the manifest's token_hash")
+            with open(p, "rb") as f:
+                raw = f.read()
+            try:
+                hashed = token_hash(raw.decode("utf-8").strip())
+            except UnicodeDecodeError:
+                hashed = None
+            if hashed != e.token_hash:
+                problems.append(f"client {cid}: {p} does not hash to the manifest's token_hash")
             if os.stat(p).st_mode & 0o077:
                 problems.append(f"client {cid}: {p} is readable by others (chmod 600 {p})")
     return problems

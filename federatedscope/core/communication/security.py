@@ -40,7 +40,13 @@ def channel_credentials(cfg) -> Optional[grpc.ChannelCredentials]:
 def client_token(cfg) -> str:
     d = cfg.distribute
     if d.token_file:
-        return _read(d.token_file, "distribute.token_file").decode("utf-8").strip()
+        raw = _read(d.token_file, "distribute.token_file")
+        try:
+            return raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"distribute.token_file: {d.token_file} is not UTF-8 text; it "
+                              f"must hold the token the shard tool's --tokens wrote for this "
+                              f"client") from None
     return d.token
 
 

@@ -49,7 +49,13 @@ class CN(_YacsNode):
     def merge_from_file(self, cfg_filename: str) -> None:
         if not os.path.isfile(cfg_filename):
             raise ConfigError(f"config file not found: {cfg_filename}")
-        with open(cfg_filename, "r") as f:
+        try:
+            # UTF-8 whatever the locale: FS's shipped YAMLs carry non-ASCII comments
+            f = open(cfg_filename, "r", encoding="utf-8")
+        except OSError as e:    # unreadable: permissions, an I/O error
+            raise ConfigError(f"config file {cfg_filename} cannot be read: "
+                              f"{e.strerror or e}") from None
+        with f:
             try:
                 loaded = self.load_cfg(f)
             except Exception as e:  # yaml syntax errors

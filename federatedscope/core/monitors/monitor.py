@@ -45,8 +45,15 @@ def weighted_avg(per_client: Dict[int, Results]) -> Results:
 
 
 def plain_avg(per_client: Dict[int, Results]) -> Results:
-    keys = sorted({k for r in per_client.values() for k in r})
-    return {k: sum(r.get(k, 0.0) for r in per_client.values()) / len(per_client) for k in keys}
+    """FS's ``avg`` form: each key's mean over the clients that reported it. A client that sends
+    no such key (no val split, say) must not pull the mean towards 0."""
+    sums: Dict[str, float] = {}
+    counts: Dict[str, int] = {}
+    for res in per_client.values():
+        for key, value in res.items():
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+    return {k: sums[k] / counts[k] for k in sorted(sums)}
 
 
 class Monitor:

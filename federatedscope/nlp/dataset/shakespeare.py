@@ -28,7 +28,10 @@ for _i, _c in enumerate(ALL_LETTERS):
 
 def encode(text: str, where: str) -> np.ndarray:
     """Characters -> vocabulary indices; an unknown character names itself and its position."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    # surrogatepass: a lone surrogate (JSON "\ud800") gets the named error below, not a bare
+    # UnicodeEncodeError without file, writer or sample
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"),
+                          dtype=np.uint32).astype(np.int64)
     idx = np.where(codes < 256, _LOOKUP[np.minimum(codes, 255)], -1)
     if (idx < 0).any():
         j = int(np.flatnonzero(idx < 0)[0])
