@@ -154,6 +154,21 @@ def test_an_unreadable_config_file_is_a_config_error_naming_it(tmp_path, monkeyp
     assert load_cfg(str(cfg_file), []).federate.client_num == 4
 
 
+def test_the_config_file_is_decoded_as_utf8_not_by_the_locale(tmp_path, monkeypatch):
+    # in-process stand-in for the C locale below: open() without an encoding decodes as ASCII
+    import builtins
+    real_open = builtins.open
+
+    def ascii_default(path, mode="r", *a, **kw):
+        if "b" not in mode and kw.get("encoding") is None:
+            kw["encoding"] = "ascii"
+        return real_open(path, mode, *a, **kw)
+    monkeypatch.setattr(builtins, "open", ascii_default)
+    cfg_file = tmp_path / "zh.yaml"
+    cfg_file.write_bytes("# 采样率\nfederate:\n  sample_client_rate: 0.25\n".encode("utf-8"))
+    assert load_cfg(str(cfg_file), []).federate.sample_client_rate == 0.25
+
+
 def test_a_config_with_non_ascii_comments_loads_under_the_c_locale(tmp_path):
     # FS's YAMLs carry comments in Chinese; a C locale (ASCII) must not turn them into a parse
     # error. A child process: the locale's encoding is fixed when the interpreter starts.
