@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 
@@ -94,3 +95,42 @@ def femnist_shards(femnist_root, tmp_path_factory):
                     "--root", femnist_root, "--clients", "3", "--out", str(out), "--seed", "0"],
                    check=True)
     return str(out / "manifest.json")
+
+
+class _Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append((record.levelname, record.getMessage()))
+
+
+@pytest.fixture
+def logs():
+    """The 'federatedscope' logger's records during the test, INFO and up, as (level name, text).
+    Hooked on that logger itself: setup_logger may have stopped it propagating to the root."""
+    handler, lg = _Keep(), logging.getLogger("federatedscope")
+    old = lg.level
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+    yield handler.lines
+    lg.removeHandler(handler)
+    lg.setLevel(old)
+
+
+@pytest.fixture
+def fs_logger():
+    """The 'federatedscope' logger, its handlers, level and propagation put back afterwards
+    (setup_logger and main() replace them); handlers the test added are closed."""
+    lg = logging.getLogger("federatedscope")
+    handlers, level, propagate = list(lg.handlers), lg.level, lg.propagate
+    yield lg
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+        if h not in handlers:
+            h.close()
+    for h in handlers:
+        lg.addHandler(h)
+    lg.setLevel(level)
+    lg.propagate = propagate

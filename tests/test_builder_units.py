@@ -54,26 +54,6 @@ def _cfg(**keys):
     return cfg
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append((record.levelno, record.getMessage()))
-
-
-@pytest.fixture
-def logs():
-    h, lg = _Capture(), logging.getLogger("federatedscope")
-    old = lg.level
-    lg.addHandler(h)
-    lg.setLevel(logging.INFO)
-    yield h.lines
-    lg.removeHandler(h)
-    lg.setLevel(old)
-
-
 # =============================================================================== the registry
 @pytest.fixture
 def fresh_load(monkeypatch):
@@ -188,7 +168,7 @@ def test_overwriting_a_key_with_another_callable_warns_naming_the_key(logs):
     assert logs == []
     register.register("my_cnn", second, reg)
     assert reg["my_cnn"] is second
-    assert logs == [(logging.WARNING,
+    assert logs == [("WARNING",
                      "Registry: key 'my_cnn' is already registered; overwritten")]
 
 
@@ -229,7 +209,7 @@ def test_a_registrar_registers_into_its_dict_and_warns_on_an_overwrite(logs):
     assert list(d.items()) == [("alpha", first), ("beta", second)]
     registrar("alpha", second)
     assert d["alpha"] is second and logs == [
-        (logging.WARNING, "Registry: key 'alpha' is already registered; overwritten")]
+        ("WARNING", "Registry: key 'alpha' is already registered; overwritten")]
 
 
 def test_dataset_specs_are_registered_under_the_lower_case_name(monkeypatch):
@@ -516,7 +496,7 @@ def test_shard_server_reads_only_the_manifest_and_counts_its_clients_when_unset(
     assert isinstance(data, ServerManifest) and data.path == path
     assert sorted(data.manifest.clients) == [2, 4, 5, 7]
     assert modified.federate.client_num == want and cfg.federate.client_num == client_num
-    assert (logging.INFO, "Server: distributed_data.enabled — no dataset is opened on the "
+    assert ("INFO", "Server: distributed_data.enabled — no dataset is opened on the "
                           "server") in logs
 
 
@@ -811,21 +791,6 @@ def test_setup_seed_keeps_numpys_seed_below_2_to_the_32():
 
 
 # ============================================================================ utils: logging
-@pytest.fixture
-def fs_logger():
-    lg = logging.getLogger("federatedscope")
-    saved = (lg.level, lg.propagate, list(lg.handlers))
-    yield lg
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-        if h not in saved[2]:
-            h.close()
-    for h in saved[2]:
-        lg.addHandler(h)
-    lg.setLevel(saved[0])
-    lg.propagate = saved[1]
-
-
 def test_setup_logger_replaces_handlers_and_writes_fs_lines_to_a_new_directory(fs_logger,
                                                                               tmp_path):
     old = logging.NullHandler()

@@ -2,7 +2,6 @@
 splitter and cut per writer), ``convert_data_mode`` (the data_idx partition), the records of
 ``base_data`` and ``DatasetSpec``. Toy datasets whose samples name their writer and index, so
 every expected partition below is computed by hand from the rules in the docstrings."""
-import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -248,31 +247,14 @@ def _mode_cfg(mode="distributed", role="client", idx=3):
                            data=SimpleNamespace(root="/d", type="femnist", subsample=0.5))
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def test_convert_data_mode_keeps_one_partition_by_data_idx():
+def test_convert_data_mode_keeps_one_partition_by_data_idx(logs):
     data = StandaloneDataDict({k: ClientData(None, train=f"t{k}") for k in (1, 2, 3, 4)})
     assert convert_data_mode(data, _mode_cfg(mode="StandAlone")) is data
     server = convert_data_mode(data, _mode_cfg(role="server"))
     assert server == ServerManifest(None, "")
-    h, lg = _Capture(), logging.getLogger("federatedscope")
-    old = lg.level
-    lg.addHandler(h)
-    lg.setLevel(logging.INFO)
-    try:
-        out = convert_data_mode(data, _mode_cfg(idx="3"))
-    finally:
-        lg.removeHandler(h)
-        lg.setLevel(old)
+    out = convert_data_mode(data, _mode_cfg(idx="3"))
     assert isinstance(out, DataIdxClient) and out.data is data[3] and out.data_idx == 3
-    assert h.lines == ["Client: loaded the whole dataset (4 partitions) and kept data_idx=3"]
+    assert logs == [("INFO", "Client: loaded the whole dataset (4 partitions) and kept data_idx=3")]
     assert convert_data_mode(data, _mode_cfg(idx=1)).data is data[1]
     assert convert_data_mode(data, _mode_cfg(idx=4)).data is data[4]
 

@@ -27,24 +27,6 @@ from federatedscope.core.monitors.write_guard import (RESULTS_UNWRITABLE, WRITE_
                                                       WriteGuard, guard_log_files)
 
 
-@pytest.fixture
-def records():
-    """The federatedscope logger's lines as (level, text), whatever its propagate setting."""
-    got = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            got.append((record.levelname, record.getMessage()))
-
-    log = logging.getLogger("federatedscope")
-    handler, level = Keep(logging.DEBUG), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    yield got
-    log.removeHandler(handler)
-    log.setLevel(level)
-
-
 def _cfg(key="test_avg_loss", reports=("weighted_avg", "avg", "raw"), digits=3, delta=0.0,
          patience=0):
     return NS(eval=NS(best_res_update_round_wise_key=key, report=list(reports)),
@@ -118,7 +100,7 @@ def test_plain_avg_is_each_keys_mean_over_the_clients_that_sent_it():
 
 
 # -------------------------------------------------------------------------------- log lines
-def test_eval_results_line_is_fs_json_with_clients_missing_and_three_reports(tmp_path, records):
+def test_eval_results_line_is_fs_json_with_clients_missing_and_three_reports(tmp_path, logs):
     m = Monitor(_cfg(), str(tmp_path))
     assert m.log_path == os.path.join(str(tmp_path), "eval_results.log")
     assert m.outdir == str(tmp_path)          # where the server puts curves.png
@@ -137,7 +119,7 @@ def test_eval_results_line_is_fs_json_with_clients_missing_and_three_reports(tmp
     assert text == ('{"Role": "Server #", "Round": 3, "Clients": [1, 2, 3, 4], "Missing": [6, 9], '
                     f'"Results_weighted_avg": {w}, "Results_avg": {a}, '
                     f'"Results_raw": {{{raw}}}}}\n')
-    infos = [t for lv, t in records if lv == "INFO"]
+    infos = [t for lv, t in logs if lv == "INFO"]
     # the log shows the line less the raw results, then a one-line digest (4 decimals)
     assert infos[0] == ('{"Role": "Server #", "Round": 3, "Clients": [1, 2, 3, 4], '
                         f'"Missing": [6, 9], "Results_weighted_avg": {w}, "Results_avg": {a}}}')
@@ -145,26 +127,26 @@ def test_eval_results_line_is_fs_json_with_clients_missing_and_three_reports(tmp
                         "avg): test_acc=0.6000, test_avg_loss=1.2000, val_acc=0.5000")
 
 
-def test_reports_named_in_the_config_are_the_only_ones_written(tmp_path, records):
+def test_reports_named_in_the_config_are_the_only_ones_written(tmp_path, logs):
     m = Monitor(_cfg(reports=["avg"], digits=2), str(tmp_path))
     line = m.report(1, CLIENTS, role="Server #2")
     assert line == {"Role": "Server #2", "Round": 1, "Clients": [1, 2, 3, 4], "Missing": [],
                     "Results_avg": {"test_acc": 0.56, "test_avg_loss": 1.25, "test_correct": 9.0,
                                     "test_f1": 0.29, "test_total": 15.0, "train_loss": 0.5,
                                     "val_acc": 0.44, "val_total": 4.0}}
-    assert records[-1][1] == ("Server: evaluation after round 1 (4 clients, weighted avg): "
+    assert logs[-1][1] == ("Server: evaluation after round 1 (4 clients, weighted avg): "
                               "test_acc=0.6000, test_avg_loss=1.2000, val_acc=0.5000")
     line = Monitor(_cfg(reports=["raw"]), str(tmp_path)).report(2, {7: {"val_acc": 0.5}})
     assert line["Results_raw"] == {"client #7": {"val_acc": 0.5}}
-    assert records[-1][1] == ("Server: evaluation after round 2 (1 clients, weighted avg): "
+    assert logs[-1][1] == ("Server: evaluation after round 2 (1 clients, weighted avg): "
                               "val_acc=0.5000")
 
 
-def test_an_evaluation_nobody_answered_is_still_one_line(tmp_path, records):
+def test_an_evaluation_nobody_answered_is_still_one_line(tmp_path, logs):
     m = Monitor(_cfg(), str(tmp_path))
     line = m.report(4, {}, missing=[3, 1, 2, 4])
     assert line == {"Role": "Server #", "Round": 4, "Clients": [], "Missing": [1, 2, 3, 4]}
-    assert records == [("WARNING", "Round 4: no client reported evaluation results "
+    assert logs == [("WARNING", "Round 4: no client reported evaluation results "
                                    "(missing: [1, 2, 3, 4])")]
     m.flush()
     assert open(m.log_path).read() == ('{"Role": "Server #", "Round": 4, "Clients": [], '
@@ -250,7 +232,7 @@ def test_final_summary_repeats_the_last_evaluated_round_and_the_best(tmp_path):
 
 
 # -------------------------------------------------------------------------------- restart
-def test_resume_replays_the_log_and_names_its_rounds(tmp_path, records):
+def test_resume_replays_the_log_and_names_its_rounds(tmp_path, logs):
     first = Monitor(_cfg(reports=["weighted_avg"], delta=0.0, patience=3), str(tmp_path))
     for r, v in [(1, 1.0), (2, 0.5), (3, 0.75)]:
         first.report(r, _loss(v))
@@ -262,7 +244,7 @@ def test_resume_replays_the_log_and_names_its_rounds(tmp_path, records):
         f.write("not json\n")
         f.write('{"Round": 6, "Results_weighted_avg": {"test_avg_lo')   # killed mid-append
     size = os.path.getsize(first.log_path)
-    records.clear()
+    logs.clear()
     again = Monitor(_cfg(reports=["weighted_avg"], delta=0.0, patience=3), str(tmp_path))
     assert again.resume_from_log() == {1, 2, 3, 4, -1}
     assert again.state_dict() == first.state_dict() == {"best": 0.5, "best_round": 2,
@@ -273,7 +255,7 @@ def test_resume_replays_the_log_and_names_its_rounds(tmp_path, records):
                                                          '{"test_avg_lo')
     assert open(first.log_path).read().endswith("not json\n")
     path = first.log_path
-    assert records == [
+    assert logs == [
         ("WARNING", f"{path}: dropping a partial last line left by an interrupted write"),
         ("WARNING", f"{path}: skipping an unreadable line")]
 
@@ -292,24 +274,24 @@ def test_resume_reads_on_past_a_final_line(tmp_path):
     assert [h["Round"] for h in m.history] == [3, 4, 5]
 
 
-def test_resume_without_a_log_or_from_a_non_file_reads_nothing(tmp_path, records):
+def test_resume_without_a_log_or_from_a_non_file_reads_nothing(tmp_path, logs):
     assert Monitor(_cfg(), str(tmp_path)).resume_from_log() == set()
-    assert records == []
+    assert logs == []
     os.mkdir(tmp_path / "eval_results.log")
     m = Monitor(_cfg(), str(tmp_path))
     assert m.resume_from_log() == set() and m.history == []
-    assert records == [("WARNING", f"{m.log_path} is not a regular file; no earlier results "
+    assert logs == [("WARNING", f"{m.log_path} is not a regular file; no earlier results "
                                    f"read from it")]
 
 
-def test_resume_of_a_complete_log_leaves_the_file_as_it_is(tmp_path, records):
+def test_resume_of_a_complete_log_leaves_the_file_as_it_is(tmp_path, logs):
     body = ('{"Round": 1, "Results_weighted_avg": {"test_avg_loss": 2.0}}\n'
             '{"Round": 2, "Results_weighted_avg": {"test_avg_loss": 3.0}}\n')
     (tmp_path / "eval_results.log").write_text(body)
     m = Monitor(_cfg(), str(tmp_path))
     assert m.resume_from_log() == {1, 2}
     assert (m.best, m.best_round, m.no_improve) == (2.0, 1, 1)
-    assert (tmp_path / "eval_results.log").read_text() == body and records == []
+    assert (tmp_path / "eval_results.log").read_text() == body and logs == []
 
 
 # ------------------------------------------------------------------------------ write guard
@@ -325,7 +307,7 @@ def _enospc():
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_write_guard_logs_each_failure_once_and_times_the_streak(monkeypatch, records):
+def test_write_guard_logs_each_failure_once_and_times_the_streak(monkeypatch, logs):
     clock = _Clock(100.0)
     monkeypatch.setattr(write_guard, "time", NS(monotonic=clock))
     g = WriteGuard(bound=30.0)
@@ -336,7 +318,7 @@ def test_write_guard_logs_each_failure_once_and_times_the_streak(monkeypatch, re
         is False
     assert g.failing_since == {"/r/eval_results.log": 100.0}   # the streak's first failure
     assert g.failures == {"/r/eval_results.log": 2}
-    assert records == [
+    assert logs == [
         ("ERROR", "Server: cannot write the results log /r/eval_results.log (ENOSPC: No space "
                   "left on device; failure 1); 2 line(s) stay queued"),
         ("ERROR", "Server: cannot write the results log /r/eval_results.log (ENOSPC: No space "
@@ -348,20 +330,20 @@ def test_write_guard_logs_each_failure_once_and_times_the_streak(monkeypatch, re
     clock.t = 131.0
     assert g.overdue("/r/eval_results.log")
     assert not g.overdue("/r/ckpt.pt", 10 ** 6)             # never failed
-    records.clear()
+    logs.clear()
     done = []
     assert g.attempt("results log", "/r/eval_results.log", lambda: done.append(1), "x") is True
     assert done == [1] and g.failing_since == {} and not g.overdue("/r/eval_results.log", 10 ** 6)
-    assert records == [("INFO", "Server: the results log /r/eval_results.log is writable again")]
+    assert logs == [("INFO", "Server: the results log /r/eval_results.log is writable again")]
     assert g.attempt("results log", "/r/eval_results.log", lambda: None, "x") is True
-    assert len(records) == 1                                 # no streak: nothing to say
+    assert len(logs) == 1                                 # no streak: nothing to say
     clock.t = 500.0
     g.attempt("checkpoint", "/r/ckpt.pt", _enospc, "the last one stays")
     assert g.failing_since == {"/r/ckpt.pt": 500.0}
     assert g.failures == {"/r/eval_results.log": 2, "/r/ckpt.pt": 1}
 
 
-def test_write_guard_names_errors_without_an_errno_and_clips_the_line(records):
+def test_write_guard_names_errors_without_an_errno_and_clips_the_line(logs):
     g = WriteGuard()
     assert g.bound == WRITE_FAILURE_BOUND_S == 60.0 and RESULTS_UNWRITABLE == 4
 
@@ -376,14 +358,14 @@ def test_write_guard_names_errors_without_an_errno_and_clips_the_line(records):
     assert not g.attempt("checkpoint", "/c.pt", torch_failure, "kept")
     assert not g.attempt("checkpoint", "/c.pt", odd_errno, "kept")
     assert not g.attempt("checkpoint", "/d.pt", no_strerror, "kept")
-    assert [t for _, t in records] == [
+    assert [t for _, t in logs] == [
         "Server: cannot write the checkpoint /c.pt (RuntimeError: PytorchStreamWriter failed "
         "writing file data/0; failure 1); kept",
         "Server: cannot write the checkpoint /c.pt (9999: odd; failure 2); kept",
         "Server: cannot write the checkpoint /d.pt (OSError: plain text; failure 1); kept"]
     long_path = "/" + "p" * 600
     g.attempt("results log", long_path, _enospc, "kept")
-    text = records[-1][1]
+    text = logs[-1][1]
     assert text.startswith("Server: cannot write the results log /ppp")
     assert text.endswith("...[" + str(len("Server: cannot write the results log ") + 601 +
                                       len(" (ENOSPC: No space left on device; failure 1); kept"))
@@ -660,7 +642,7 @@ def test_a_checkpoint_carrying_code_is_refused_not_unpickled(tmp_path):
     assert "datetime" in str(e.value)
 
 
-def test_orphan_temp_files_of_the_checkpoint_alone_are_removed(tmp_path, records):
+def test_orphan_temp_files_of_the_checkpoint_alone_are_removed(tmp_path, logs):
     path = tmp_path / "ck[1].pt"          # glob metacharacters in the name are literal
     orphans = [tmp_path / ".ck[1].pt.a1b2.tmp", tmp_path / ".ck[1].pt.zz.tmp"]
     kept = [tmp_path / ".ck1.pt.a.tmp", tmp_path / "ck[1].pt.a.tmp", tmp_path / ".other.pt.a.tmp",
@@ -669,23 +651,23 @@ def test_orphan_temp_files_of_the_checkpoint_alone_are_removed(tmp_path, records
         p.write_bytes(b"")
     assert load_checkpoint(str(path)) is None
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in kept)
-    assert sorted(t for _, t in records) == sorted(
+    assert sorted(t for _, t in logs) == sorted(
         f"removed {p}, left by an interrupted checkpoint write" for p in orphans)
 
 
 def test_orphan_temp_removal_works_from_a_relative_path_and_survives_a_failed_unlink(
-        tmp_path, monkeypatch, records):
+        tmp_path, monkeypatch, logs):
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".c.pt.1.tmp").write_bytes(b"")
     remove_orphan_temps("c.pt")
     assert os.listdir(tmp_path) == []
-    assert records == [("INFO", f"removed {tmp_path / '.c.pt.1.tmp'}, left by an interrupted "
+    assert logs == [("INFO", f"removed {tmp_path / '.c.pt.1.tmp'}, left by an interrupted "
                                 f"checkpoint write")]
     (tmp_path / ".c.pt.2.tmp").write_bytes(b"")
 
     def refuse(p):
         raise PermissionError(errno.EACCES, "Permission denied", p)
     monkeypatch.setattr(ckpt_io.os, "unlink", refuse)
-    records.clear()
+    logs.clear()
     remove_orphan_temps("c.pt")
-    assert os.listdir(tmp_path) == [".c.pt.2.tmp"] and records == []
+    assert os.listdir(tmp_path) == [".c.pt.2.tmp"] and logs == []

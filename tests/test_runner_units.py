@@ -42,27 +42,6 @@ from federatedscope.core.data.shard_format import split_file
 from federatedscope.core.message import SERVER_ID, Message
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append((record.levelname, record.getMessage()))
-
-
-@pytest.fixture
-def logs():
-    """The federatedscope logger's records (INFO and above) during the test."""
-    h, lg = _Records(), logging.getLogger("federatedscope")
-    old = lg.level
-    lg.addHandler(h)
-    lg.setLevel(logging.INFO)
-    yield h.lines
-    lg.removeHandler(h)
-    lg.setLevel(old)
-
-
 # ============================================================== the in-memory transport
 def test_local_bus_is_one_fifo_and_false_once_drained():
     bus = LocalBus()
@@ -715,22 +694,6 @@ def test_distributed_runner_dispatches_on_the_data_record(monkeypatch, data, rol
 
 
 # ============================================================== main.main
-@pytest.fixture
-def fs_logger():
-    """main() replaces the federatedscope logger's handlers: put the test's back afterwards."""
-    lg = logging.getLogger("federatedscope")
-    saved = (list(lg.handlers), lg.level, lg.propagate)
-    yield
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-        if h not in saved[0]:
-            h.close()
-    for h in saved[0]:
-        lg.addHandler(h)
-    lg.setLevel(saved[1])
-    lg.propagate = saved[2]
-
-
 @pytest.fixture
 def no_malloc_tuning(monkeypatch):
     """main()'s process-wide settings left alone: glibc's malloc and the SIGUSR1 dump (which
