@@ -2,7 +2,6 @@
 --link shards (packed file, row index, rows out of file order), empty and missing splits,
 has_changed's cheap path, streaming reloads and block sizes. Fixtures and helpers are the
 loader tests' own (test_distributed_loader.py)."""
-import logging
 import math
 import os
 import shutil
@@ -17,7 +16,7 @@ from federatedscope.core.data.distributed_loader import DistributedShardLoader, 
 from federatedscope.core.data.streaming import StreamingSplit
 from federatedscope.core.data.shard_format import split_file as shard_io
 from federatedscope.core.data.sharding import ShardArgs, prepare_shards
-from test_distributed_loader import (_raises, all_samples, cfg_for, logs, prepared,  # noqa: F401
+from test_distributed_loader import (_raises, all_samples, cfg_for, prepared,  # noqa: F401
                                      refresh_file_entry, rewrite_meta, shards)
 
 
@@ -56,7 +55,7 @@ def test_missing_split_text_and_the_empty_split_it_leaves(shards, logs):
     for streaming in (False, True):
         del logs[:]
         ld = DistributedShardLoader.from_config(cfg_for(shard, strict=False, streaming=streaming))
-        assert (logging.WARNING, f"{p} is missing (meta.json lists it), so the shard is "
+        assert ("WARNING", f"{p} is missing (meta.json lists it), so the shard is "
                                  f"incomplete; strict_check is off, so the train split is empty"
                 ) in logs
         assert not any("loaded" in m and "train samples" in m for _, m in logs)  # nothing read
@@ -119,7 +118,7 @@ def test_link_shard_reads_the_same_samples_as_a_copy(prepared, linked, streaming
         for s in mu.SPLITS:
             assert torch.equal(all_samples(ld.datasets[s])[0], all_samples(copy.datasets[s])[0])
             assert torch.equal(all_samples(ld.datasets[s])[1], all_samples(copy.datasets[s])[1])
-            assert (logging.INFO, f"Client {k} loaded {copy.num_samples[s]} {s} samples from "
+            assert ("INFO", f"Client {k} loaded {copy.num_samples[s]} {s} samples from "
                                   f"{linked / f'client_{k}' / (s + '.pt')} (rows of {packed})"
                     + (" (streaming)" if streaming else "")) in logs
         assert ld._packed == packed
