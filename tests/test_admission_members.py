@@ -174,3 +174,18 @@ def test_redeclarations_update_the_counts_or_count_the_client_out(caplog):
     assert any(w.startswith("Server: Refused re-declaration of client #4: client 4: fingerprint")
                for w in _warned(caplog))
     assert "could not load" not in caplog.text.split("re-declared its shard")[1]
+
+
+def test_a_join_storm_through_the_table_tells_the_held_joins_by_their_client_ids(caplog):
+    # 14 clients in one window of the join lines (a frozen clock): the first 10 are logged one
+    # by one, the other 4 (joining as 14, 12, 11, 13) in one line naming the lowest and highest
+    # id, told when the last expected client is in
+    quiet(caplog)
+    t = ClientTable(Admission(None, strict=True, max_clients=14), FakeComm(), 14)
+    t.join_lines.clock = lambda: 100.0
+    for k, c in enumerate(list(range(1, 11)) + [14, 12, 11, 13]):
+        assert t.join(100 + k, PEER, {"client_id": c, "num_samples": _ns(c)}, 0) == c
+    joined = [r.getMessage() for r in caplog.records if "joined" in r.getMessage()]
+    assert len(joined) == 11 and joined[9].startswith("Server: client #10 joined")
+    assert joined[10] == ("Server: 4 more client(s) joined in 1s, ids #11..#14 among them (over "
+                          "10 lines per 1s, not logged one by one; 14/14 online)")

@@ -128,6 +128,27 @@ def test_leaf_train_test_tree(root, tmp_path):
         assert got == sorted(tr[uid]["y"])
 
 
+def test_pieces_are_the_leaf_files_with_their_split_and_read_back_every_writer(root, tmp_path):
+    # the shard tool's parallel read: one piece per LEAF file, in the order iter_writers reads
+    # them, each read alone yielding that file's writers with the file's split
+    raw, tr, te = _leaf_tree(root, tmp_path)
+    base = tmp_path / "femnist" / "raw"
+    pieces = lf.leaf_pieces(str(tmp_path))
+    assert pieces == [(str(base / "train" / "all_data_0_niid_0_keep_0_train_9.json"), "train"),
+                      (str(base / "test" / "all_data_0_niid_0_keep_0_test_9.json"), "test")]
+    for (path, split), part in zip(pieces, (tr, te)):
+        ws = list(lf.read_leaf_piece((path, split)))
+        assert [(w.writer_id, w.split, w.source) for w in ws] == \
+            [(u, split, path) for u in sorted(part)]
+        for w in ws:
+            assert w.y.tolist() == part[w.writer_id]["y"]
+    # a flat folder: split None; no LEAF file anywhere: no piece
+    flat = lf.leaf_pieces(str(root))
+    assert flat == [(p, None) for p in lf.list_leaf_files(str(root / "femnist" / "raw"))]
+    assert len(flat) == 2
+    assert lf.leaf_pieces(str(tmp_path / "empty")) == []
+
+
 def test_tasks_splits_deterministic(root):
     raw = _raw_json(root)
     a = lf.load_femnist_tasks(str(root), SPLITS, 1.0, 0)
