@@ -51,6 +51,9 @@ DATA_SLOW = ("not standalone_run_over_the_local_transport and not epoch[1] and n
 # pinned by the in-process tests), and the real client beating at the announced interval (6 s)
 LIMITS_SLOW = ("not real_client and (not test_transport_ceilings or idle_connection_limit or "
                "keepalive_ack)")
+# test_client_connect's tests that wait in real time (1.5-5 s each); the two that remain drive
+# the same probe loop on a fake clock
+GRPC_SLOW = "not probes_follow and not probe_steps_are_capped and not closing_ends_a_wait"
 SESSION_SLOW = ("not refuse_intruders_and_run_the_job and not tls_problem_names "
                 "and not test_admission_rules and not token_hash_in_manifest "
                 "and not declaration_mismatches and not declared_sample_type")
@@ -128,6 +131,16 @@ MODULES: Dict[str, Module] = {
     # runs: seconds each per mutant) stay out
     "intake": Module([FL + "communication/intake.py"],
                      ["tests/test_stream_intake.py", "tests/test_loop_calls.py"]),
+    # the gRPC transport around the intake: the server's streams (delivery by client id, the
+    # join deadline, the caps on unjoined streams and on an address, large-write slots, stop)
+    # and the client's connect, join, rejoin, upload, heartbeat and backoff. Not rerun per
+    # mutant: the other real-server tests (test_transport_hostile, test_upload_chunks,
+    # test_heartbeat_allowance): every mutant of the server's setup and stop reran all of them
+    # (4 mutants a minute); what they check of these two files is pinned in
+    # test_grpc_transport_units.py, and they stay in the flow and limits rows
+    "grpc": Module([FL + "communication/grpc_server.py", FL + "communication/grpc_client.py"],
+                   ["tests/test_grpc_transport_units.py", "tests/test_client_connect.py"],
+                   GRPC_SLOW),
     # main.py's glibc tuning by role; not rerun per mutant: the test that starts main.py twice to
     # see it re-execute itself (seconds each); the environment it re-executes with is pinned
     # in-process by test_the_reexec_environment
