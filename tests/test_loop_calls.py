@@ -4,6 +4,8 @@ import asyncio
 import logging
 import threading
 
+import pytest
+
 from federatedscope.core.communication.intake import LoopCalls
 
 
@@ -88,3 +90,15 @@ def test_a_call_made_while_the_batch_drains_is_not_stranded():
     assert done.wait(5)
     _stop(loop, t)
     assert seen == ["first", "later"]
+
+
+def test_after_the_loop_is_closed_every_call_raises_and_none_is_kept():
+    loop = asyncio.new_event_loop()
+    loop.close()
+    calls, seen = LoopCalls(loop), []
+    for k in range(3):      # each call is told, not only the first
+        with pytest.raises(RuntimeError):
+            calls(seen.append, k)
+        assert len(calls.calls) == 0 and calls.woken is False
+    assert seen == []
+

@@ -71,7 +71,14 @@ class LoopCalls:
         # Read after the append: True means the drain has not begun, so it will see this call
         if not self.woken:
             self.woken = True
-            self.loop.call_soon_threadsafe(self._drain)   # RuntimeError once the loop is closed
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:    # the loop is closed: nothing will ever drain
+                # every later call must raise too (not queue silently behind a wake-up that
+                # never comes), and what was queued can no longer run
+                self.woken = False
+                self.calls.clear()
+                raise
 
     def _drain(self) -> None:
         self.woken = False     # before popping: a call appended from now on queues a wake-up
