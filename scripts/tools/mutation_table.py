@@ -171,8 +171,14 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
         # by the import system as "nothing there")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         mutmut = [sys.executable, "-m", "mutmut"]
-        run = subprocess.run(mutmut + ["run", "--max-children", str(children)], cwd=dest, env=env,
-                             capture_output=True, text=True)
+        # output to a file, not a pipe: a mutant that leaves a forked worker behind (the shard
+        # tool's reading pool) would hold a pipe open, and the wait for its end never ends
+        run_log = os.path.join(dest, "mutmut-run.log")
+        with open(run_log, "w") as log:
+            subprocess.run(mutmut + ["run", "--max-children", str(children)], cwd=dest, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+        with open(run_log, errors="replace") as log:
+            run_output = log.read()
         res = subprocess.run(mutmut + ["results", "--all", "true"], cwd=dest, env=env,
                              capture_output=True, text=True)
         results = parse_results(res.stdout)
@@ -181,7 +187,7 @@ def run_module(name: str, module: Module, equivalent: Dict[str, str], children: 
             # a run that checked nothing (its clean test run failed, or it was cut short) is an
             # error, never a row of zero survivors
             out.error = ([f"{unchecked} of {len(results)} mutants not checked"] if results else []) \
-                + (run.stdout + run.stderr).strip().splitlines()[-5:]
+                + run_output.strip().splitlines()[-5:]
         for mutant, status in results:
             if status == "survived" and mutant not in equivalent:
                 show = subprocess.run(mutmut + ["show", mutant], cwd=dest, env=env,
