@@ -110,7 +110,12 @@ class GrpcServerTransport(StreamIntake):
 
     # ------------------------------------------------------------ lifecycle
     def _run(self, coro, timeout: float):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()     # the caller gave up: the coroutine must not run on, nor be left
+            raise               # pending on the loop when it stops
 
     async def _setup(self) -> int:
         self._server = grpc.aio.server(
