@@ -892,7 +892,7 @@ def test_atomic_torch_save_round_trips_and_is_durable(tmp_path, fsyncs):
     path = tmp_path / "m" / "server.pt"
     state = {"w": torch.arange(6.0).reshape(2, 3), "round": 4}
     utils.atomic_torch_save(str(path), state)
-    back = torch.load(str(path))
+    back = torch.load(str(path), weights_only=True)
     assert torch.equal(back["w"], state["w"]) and back["round"] == 4
     assert [k for k, _ in fsyncs] == ["file", "dir"]
 
