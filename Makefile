@@ -43,7 +43,7 @@ test-fast: $(STAMP)
 # name vulture reports is either deleted or explained in vulture_whitelist.py.
 lint: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --config .importlinter
-	$(VENV)/bin/vulture federatedscope harness vulture_whitelist.py --min-confidence 60 \
+	$(VENV)/bin/vulture federatedscope harness bench vulture_whitelist.py --min-confidence 60 \
 		--exclude '*_pb2.py,*_pb2_grpc.py'
 
 # The peer framework (Flower, pinned) lives in its own venv, never in the project's: see

@@ -60,12 +60,11 @@ _.wait_closed  # harness/raw_peer.py RawPeer: tests/test_transport_*.py
 _.closed  # harness/raw_peer.py RawPeer: tests/test_transport_hostile.py
 health_status  # harness/raw_peer.py: tests/test_transport_*.py
 SourceAddressProxy  # harness/raw_peer.py (peers seen from a second loopback address): tests/test_transport_hostile.py
-_.connections  # harness/raw_peer.py SourceAddressProxy (its byte counts): bench/wire.py
-_.settled  # harness/raw_peer.py SourceAddressProxy: bench/wire.py
 shards_from_manifest  # harness/swarm_manifest.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
-_.heartbeat_s  # harness/swarm.py Swarm (the interval its server asked for): bench/scale.py
 ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
 run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)
+recording_server  # bench/robust_rules.py: tests/test_robust_rules_bench.py
+_sink  # bench/scale.py: run by name in its loopback-throughput child (python -c)
 
 # DatasetSpec contract fields (core/data/dataset_spec.py) every dataset spec sets
 has_writers  # False = the data needs a splitter (CIFAR-10); read by tests/test_cifar10_reader.py

@@ -14,7 +14,7 @@ modes working after their imports reset the peak (``/proc/self/clear_refs``) fir
 ``peak_above_start_kb`` is the work's own growth, counted in private pages (file-backed ones left
 out: ``private_peak_kb``). A tool (script mode) also reports ``tree``:
 the peak of its and its children's summed PSS (the shard tool's reading workers) and their CPU.
-The /proc readers here are the benchmarks' too.
+The /proc readers are ``harness.proc_stats``'s, shared with the tests.
 """
 import json
 import os
@@ -24,36 +24,11 @@ import time
 
 T_START = time.perf_counter()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+if __name__ == "__main__":
+    sys.path[0] = ROOT  # not bench/: its module names must not shadow anything
 
-
-def status(pid="self") -> dict:
-    """The Vm*/Rss* fields (kB) and context-switch counts of /proc/<pid>/status."""
-    with open(f"/proc/{pid}/status") as f:
-        return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f)
-                if k.startswith(("Vm", "Rss")) or k.endswith("ctxt_switches")}
-
-
-def private_peak_kb(status_kb: dict) -> int:
-    """Peak RSS less the file-backed pages resident at exit (library code, mapped files). Those
-    are shared and reclaimable, and how many of them a process touches depends on whether the
-    kernel maps the libraries with huge pages (after a fresh boot here: 147 MB instead of 89 MB
-    for the same shard load, private memory equal), not on what the process holds. File pages
-    are rarely dropped while a process runs, so those at exit stand for those at the peak; code
-    first run after the peak (the exit path) makes this a slight underestimate."""
-    return status_kb["VmHWM"] - status_kb.get("RssFile", 0)
-
-
-def stat_fields(pid) -> list:
-    """/proc/<pid>/stat after the command name: [state, ppid, ...]."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid) -> float:
-    """utime + stime of a process (all its threads)."""
-    st = stat_fields(pid)
-    return (int(st[11]) + int(st[12])) / CLK_TCK
+from harness.proc_stats import (TreePeak, private_peak_kb, proc_io, reset_peak,  # noqa: E402
+                                status)
 
 
 def write_text(path: str, text: str) -> None:
@@ -70,19 +45,6 @@ def write_json(path: str, obj, **kw) -> None:
 def read_json(path: str):
     with open(path, "rb") as f:
         return json.load(f)
-
-
-def proc_io() -> dict:
-    with open("/proc/self/io") as f:
-        return {k: int(v) for k, v in (line.split(": ") for line in f if line.strip())}
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            return f.write("5") == 1
-    except OSError:
-        return False
 
 
 class Probe:
@@ -103,68 +65,6 @@ class Probe:
                                                               - self.st0.get("RssFile", 0))
         # private heap vs file-backed (code, mmap) pages
         return dict(d, **{f"{k}_growth_kb": st[k] - self.st0[k] for k in ("RssAnon", "RssFile")})
-
-
-def descendants(pid: int) -> list:
-    """Every live descendant of ``pid`` (its children's children included)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    kids = [int(k) for k in f.read().split()]
-                out += kids
-                todo += kids
-        except OSError:     # gone meanwhile
-            continue
-    return out
-
-
-def pss_kb(pid) -> int:
-    """Proportional set size: shared pages split among their sharers, so a tree's sum counts
-    the parent's pages its forked workers still share once."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class TreePeak:
-    """The peak of this process's and its descendants' summed PSS, sampled every ``period`` s
-    from a thread (a tool's forked reading workers included)."""
-
-    def __init__(self, period: float = 0.1):
-        import threading
-        self.period, self.peak_kb, self.pids = period, 0, set()
-        self.start_kb = self.sample()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def sample(self) -> int:
-        kids = descendants(os.getpid())
-        self.pids.update(kids)
-        total = pss_kb("self") + sum(pss_kb(k) for k in kids)
-        self.peak_kb = max(self.peak_kb, total)
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            self.sample()
-
-    def figures(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return {"pss_start_kb": self.start_kb, "pss_peak_kb": self.peak_kb,
-                "pss_peak_above_start_kb": self.peak_kb - self.start_kb,
-                "children_seen": len(self.pids), "children_cpu_s": ru.ru_utime + ru.ru_stime,
-                "children_maxrss_kb": ru.ru_maxrss}
 
 
 def runtime_imports() -> None:
@@ -337,5 +237,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path[0] = ROOT  # not bench/: its module names must not shadow anything
     sys.exit(main())

@@ -4,7 +4,7 @@ Generated FEMNIST (`large` profile in full runs, 180 writers with --quick), N = 
 Each load is its own child process (``bench/child.py load``: the runtime imports, then
 ``get_data(cfg)``) with its files evicted from the page cache first, so ``read_bytes`` is what a
 cold start reads. Peak above runtime is the process's private peak (VmHWM less its file-backed
-pages: ``child.private_peak_kb``) minus that of the runtime baseline (idle processes importing
+pages: ``proc_stats.private_peak_kb``) minus that of the runtime baseline (idle processes importing
 torch + grpc + federatedscope only). The training figure, a real 3-client job, is the whole VmHWM.
 """
 import json
@@ -14,6 +14,7 @@ import statistics
 
 from bench import common
 from bench.common import MB, median, row
+from harness import proc_stats
 
 TITLE = "Client memory, bytes read and load time: shard mode vs data_idx mode"
 SHARD_GOAL = 1.5          # peak above runtime <= 1.5 x the shard's tensor bytes
@@ -29,7 +30,7 @@ def baseline_kb(ctx) -> dict:
     def measure():
         st = [common.run_child(ctx, f"baseline{i}", "baseline", [])["status_kb"]
               for i in range(1 if ctx.quick else 3)]
-        hwm, private = [s["VmHWM"] for s in st], [common.private_peak_kb(s) for s in st]
+        hwm, private = [s["VmHWM"] for s in st], [proc_stats.private_peak_kb(s) for s in st]
         ctx.log(f"  runtime baseline: VmHWM {median(hwm) / 1024:.0f} MB, private "
                 f"{median(private) / 1024:.0f} MB (n={len(st)})")
         return {"vmhwm_kb": median(hwm), "private_kb": median(private), "samples_kb": hwm}
@@ -97,7 +98,7 @@ def training_job(ctx, mode: str) -> dict:
 def _load(ctx, tag: str, spec: str, evict, base_kb: float) -> dict:
     common.drop_page_cache(evict)
     rep = common.run_child(ctx, tag, "load", [spec])
-    return dict(rep, above_baseline_bytes=(common.private_peak_kb(rep["status_kb"]) - base_kb)
+    return dict(rep, above_baseline_bytes=(proc_stats.private_peak_kb(rep["status_kb"]) - base_kb)
                 * 1024)
 
 

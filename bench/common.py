@@ -17,8 +17,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Dict, List, Optional, Sequence
 
-from bench.child import (CLK_TCK, cpu_seconds, private_peak_kb, read_json,  # noqa: F401
-                         status, write_json)
+from bench.child import read_json, write_json
 from harness import procs
 from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
 from harness.procs import MAIN, PY, ROOT, ProcessFailed

@@ -8,7 +8,7 @@ import time
 
 from bench import common
 from bench.common import row
-from harness import procs
+from harness import proc_stats, procs
 
 TITLE = "CPU used while waiting (client waiting for server, server waiting for clients)"
 GOAL_PCT = 1.0
@@ -33,9 +33,9 @@ def run(ctx) -> dict:
             procs.wait_for(lambda: procs.file_contains(started[name].log_path, ready), 120,
                            f"'{name}' to be waiting", poll=0.05, watch=list(started.values()))
         time.sleep(1.0)  # let start-up work (imports, shard checks) finish
-        c0, t0 = {n: common.cpu_seconds(p.pid) for n, p in started.items()}, time.perf_counter()
+        c0, t0 = {n: proc_stats.cpu_seconds(p.pid) for n, p in started.items()}, time.perf_counter()
         time.sleep(window)
-        c1 = {n: common.cpu_seconds(p.pid) for n, p in started.items()}
+        c1 = {n: proc_stats.cpu_seconds(p.pid) for n, p in started.items()}
         dt = time.perf_counter() - t0
         alive = {n: p.poll() is None for n, p in started.items()}
     finally:
@@ -51,5 +51,5 @@ def run(ctx) -> dict:
                        f"{worst['value']:.2f} % of a core ({worst['figure'].split(':')[0]})",
                        f"< {GOAL_PCT:g} %", all(r["met"] for r in rows), headline=True))
     context = [f"Sampled over the same {dt:.1f} s window for all four processes, after each logged "
-               f"that it was waiting; 1 clock tick = {100 / common.CLK_TCK / dt:.2f} % here."]
+               f"that it was waiting; 1 clock tick = {100 / proc_stats.CLK_TCK / dt:.2f} % here."]
     return {"rows": rows, "context": context, "raw": raw, "summary": {"worst_pct": worst["value"]}}

@@ -14,7 +14,7 @@ import re
 
 from bench import common, logs
 from bench.common import median, row
-from harness import procs
+from harness import proc_stats, procs
 
 TITLE = "Time per FedAvg round: distributed over gRPC vs standalone, same shards"
 GOAL = 1.1
@@ -63,10 +63,10 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
     job = common.BenchJob(ctx, f"{tag}_dist", manifest, clients, rounds, extra, cpus=cpus)
     try:
         if not together:
-            series += common.sample_procs({"standalone": standalone}, common.cpu_seconds, 0.05)
+            series += common.sample_procs({"standalone": standalone}, proc_stats.cpu_seconds, 0.05)
         job.start(WARM)
         series += common.sample_procs(dict(zip(names, job.procs), **(
-            {"standalone": standalone} if together else {})), common.cpu_seconds, 0.05)
+            {"standalone": standalone} if together else {})), proc_stats.cpu_seconds, 0.05)
         res = job.finish(timeout=60)
         if procs.wait_all([standalone], 60, check=False)[0] != 0:
             raise procs.ProcessFailed(f"standalone run failed; see {slog}")

@@ -12,7 +12,7 @@ import time
 
 from bench import common, logs
 from bench.common import MB, median, row
-from harness import procs
+from harness import proc_stats, procs
 
 TITLE = "One server, many clients: memory, CPU, join storm and round time against N"
 GOALS = {"peak_mb": 600, "growth_mb": 100, "join_p99_s": 5.0, "round_vs_floor": 1.5,
@@ -82,20 +82,20 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
         thread = threading.Thread(target=lambda: out.update(res=asyncio.run(swarm.run())),
                                   daemon=True)
         time.sleep(0.5)
-        rss_empty, t_storm = common.status(server.pid)["VmRSS"] / 1024, time.perf_counter()
+        rss_empty, t_storm = proc_stats.status(server.pid)["VmRSS"] / 1024, time.perf_counter()
         # who spends the storm's CPU: the server, or this process (the swarm's thread)
-        storm_cpu0 = common.cpu_seconds(server.pid), time.process_time()
+        storm_cpu0 = proc_stats.cpu_seconds(server.pid), time.process_time()
         thread.start()
         procs.wait_for(lambda: sum(r.join_latency is not None for r in swarm.results.values()) >= n,
                        300, f"{n} joins", poll=0.05, watch=[server])
         storm_s = time.perf_counter() - t_storm
-        storm_cpu = {"server": common.cpu_seconds(server.pid) - storm_cpu0[0],
+        storm_cpu = {"server": proc_stats.cpu_seconds(server.pid) - storm_cpu0[0],
                      "swarm": time.process_time() - storm_cpu0[1]}
         time.sleep(min(3.0, window))           # join log lines done, heartbeats flowing
-        rss_joined = common.status(server.pid)["VmRSS"] / 1024
-        c0, t0 = common.cpu_seconds(server.pid), time.perf_counter()
+        rss_joined = proc_stats.status(server.pid)["VmRSS"] / 1024
+        c0, t0 = proc_stats.cpu_seconds(server.pid), time.perf_counter()
         time.sleep(window)
-        c1, t1 = common.cpu_seconds(server.pid), time.perf_counter()
+        c1, t1 = proc_stats.cpu_seconds(server.pid), time.perf_counter()
         gate.set()
         code = procs.wait_all([server], budget, check=False)[0]
         job_s = time.perf_counter() - t1

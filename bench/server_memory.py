@@ -2,7 +2,7 @@
 
 Both are real 3-client distributed jobs of one round (the jobs ``client_memory`` uses, run once
 per suite run). The server's peak comes from the server process itself at exit, as a private
-peak (VmHWM less file-backed pages, ``child.private_peak_kb``); the runtime baseline is the same
+peak (VmHWM less file-backed pages, ``proc_stats.private_peak_kb``); the runtime baseline is the same
 idle-import process as for clients, measured the same way. The open audit (``FS_AUDIT_*``,
 ``federatedscope/core/auditing.py``) lists every file the server opened under the scratch dir.
 """
@@ -12,6 +12,7 @@ import threading
 from bench import common, logs
 from bench.client_memory import baseline_kb, training_extra, training_job
 from bench.common import MB, row
+from harness import proc_stats
 
 TITLE = "Server memory: shard mode (manifest only) vs data_idx mode; big-model budget"
 GOAL_MB = 50
@@ -37,7 +38,7 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
     job = common.BenchJob(ctx, tag, manifest, 3, 2, extra).start(env)
     samples = []
     t = threading.Thread(target=lambda: samples.extend(common.sample_procs(
-        {"server": job.procs[0]}, lambda pid: common.status(pid)["VmRSS"], 0.02)), daemon=True)
+        {"server": job.procs[0]}, lambda pid: proc_stats.status(pid)["VmRSS"], 0.02)), daemon=True)
     t.start()
     res = job.finish(timeout=900)
     t.join()
@@ -60,7 +61,7 @@ def big_model_rows(ctx, base: float, manifest: str):
     for online in (True, False):
         job = raw["online" if online else "batch"] = _big_model_job(ctx, manifest, online)
         st = job["server"]["status_kb"]
-        peak = common.private_peak_kb(st) * 1024
+        peak = proc_stats.private_peak_kb(st) * 1024
         label = "online aggregation" if online else "batch aggregation (the shipped YAML)"
         rows.append(row(
             f"server peak RSS / (runtime + {MODEL_COPIES} × model bytes), ConvNet2 hidden "
@@ -75,7 +76,7 @@ def big_model_rows(ctx, base: float, manifest: str):
         if online and peak > budget:  # how much is freed memory kept by glibc's per-thread arenas
             ctx.log("  what-if: the hidden-2048 online job again with MALLOC_ARENA_MAX=2")
             a = raw["online_arena2"] = _big_model_job(ctx, manifest, True, env=ARENA2)
-            a_peak = common.private_peak_kb(a["server"]["status_kb"]) * 1024
+            a_peak = proc_stats.private_peak_kb(a["server"]["status_kb"]) * 1024
             notes.append(
                 f"Missed at hidden {BIG_HIDDEN}, online aggregation: runtime + "
                 f"{(peak - base) / model:.1f} model copies; with MALLOC_ARENA_MAX=2 "
@@ -88,7 +89,7 @@ def big_model_rows(ctx, base: float, manifest: str):
 def run(ctx) -> dict:
     base = baseline_kb(ctx)["private_kb"] * 1024
     shard, idx = training_job(ctx, "shard"), training_job(ctx, "data_idx")
-    s_peak, i_peak = (common.private_peak_kb(j["server"]["status_kb"]) * 1024 - base
+    s_peak, i_peak = (proc_stats.private_peak_kb(j["server"]["status_kb"]) * 1024 - base
                       for j in (shard, idx))
     data_files = shard["server_opened_data_files"]
     manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
@@ -110,7 +111,7 @@ def run(ctx) -> dict:
         ctx.log("  what-if: the shard-mode job again with MALLOC_ARENA_MAX=2")
         arena = common.BenchJob(ctx, "arena2", manifest, 3, 1, training_extra(ctx)).start(
             ARENA2).finish()
-        a_peak = common.private_peak_kb(arena["server"]["status_kb"]) * 1024 - base
+        a_peak = proc_stats.private_peak_kb(arena["server"]["status_kb"]) * 1024 - base
         notes.append(
             f"Missed: the shard-mode server opened only the manifest; with MALLOC_ARENA_MAX=2 it "
             f"peaks {a_peak / MB:.0f} MB above the runtime: {(s_peak - a_peak) / MB:.0f} MB is "

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
-from harness import forkserver
+from harness import forkserver, proc_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -269,8 +269,7 @@ def wait_stopped(pid: int, limit: float = 10.0) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+            state = proc_stats.stat_fields(pid)[0]
         except (FileNotFoundError, IndexError):
             return          # gone (or no procfs): nothing can race us
         if state in ("T", "t", "Z", "X"):

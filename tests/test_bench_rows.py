@@ -79,7 +79,7 @@ def test_private_peak_leaves_out_file_backed_pages():
     """The same shard load measured after two boots (client_memory, 0e05297 and this session):
     VmHWM 255 vs 313 MB, RssFile 89 vs 147 MB (libraries mapped with huge pages after a fresh
     boot), the private peak 166 MB both times."""
-    from bench.child import private_peak_kb
+    from harness.proc_stats import private_peak_kb
     runs = [{"VmHWM": 255 * 1024, "RssFile": 89 * 1024, "RssAnon": 154 * 1024},
             {"VmHWM": 313 * 1024, "RssFile": 147 * 1024, "RssAnon": 154 * 1024}]
     assert [private_peak_kb(r) for r in runs] == [166 * 1024, 166 * 1024]

@@ -55,7 +55,7 @@ def test_floor_reaches_the_projects_accuracy(femnist_shards, tmp_path):
 def test_tree_counts_cpu_of_orphaned_grandchildren():
     """Flower's helpers outlive their parents; their CPU must still be counted. A child starts a
     detached grandchild that burns ~0.6 s of CPU and exits at once: the tree's CPU includes it."""
-    from bench.peers.tree import Tree
+    from harness.proc_tree import Tree
     burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6:\n    pass\n")
     spawner = ("import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', sys.argv[1]], "
                "start_new_session=True)\n")
@@ -65,10 +65,11 @@ def test_tree_counts_cpu_of_orphaned_grandchildren():
         deadline = __import__("time").monotonic() + 60
         # wait (on state) for the orphan to finish: no process of the tree left alive but the
         # tests' own fork server (tests/conftest.py), which lives as long as this test process
-        from bench.peers.tree import _descendants, _read
+        from harness.proc_stats import descendants
+        from harness.proc_tree import _read
         from harness import procs
         zygote = procs.FORK_SERVER.pid if procs.FORK_SERVER is not None else None
-        while any(_read(q) is not None for q in _descendants(os.getpid()) if q != zygote):
+        while any(_read(q) is not None for q in descendants(os.getpid()) if q != zygote):
             assert __import__("time").monotonic() < deadline
             __import__("time").sleep(0.05)
         t.mark_end()

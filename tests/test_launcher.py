@@ -15,6 +15,7 @@ from harness.jobs import LIGHT_TRAINING
 from harness.procs import ROOT, free_port, run_script
 
 from federatedscope.core.data import shard_format as mu
+from harness.proc_stats import gone
 
 SCRIPT = os.path.join(ROOT, "scripts", "distributed_scripts", "run_distributed_conv_femnist_managed.sh")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
@@ -38,10 +39,6 @@ def _run(manifest, tmp_path, *extra, timeout=300, logdir=None, rounds=1):
 def _pids(logdir):
     with open(os.path.join(str(logdir), "pids")) as f:
         return [int(line.split()[0]) for line in f if line.strip()]
-
-
-def _gone(pid):
-    return not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
 @pytest.fixture
@@ -78,7 +75,7 @@ def test_failing_client_stops_exactly_our_processes(shards, tmp_path):
     res = _run(shards / "manifest.json", tmp_path)
     assert res.returncode != 0
     assert "client_2" in res.stderr and "exited with 1" in res.stderr
-    assert all(_gone(pid) for pid in _pids(tmp_path / "logs"))  # every process it started
+    assert all(gone(pid) for pid in _pids(tmp_path / "logs"))  # every process it started
 
 
 def test_server_dying_before_serving_prints_its_log(shards, tmp_path):
@@ -89,7 +86,7 @@ def test_server_dying_before_serving_prints_its_log(shards, tmp_path):
     assert "the server exited" in res.stderr and "server.log" in res.stderr
     assert "total_round_num" in res.stderr        # the tail of its log says why
     assert time.monotonic() - t < 120             # did not sit out the 300 s health timeout
-    assert all(_gone(pid) for pid in _pids(tmp_path / "logs"))
+    assert all(gone(pid) for pid in _pids(tmp_path / "logs"))
 
 
 def test_bad_health_timeout_and_resume_without_checkpoint(shards, tmp_path):
@@ -121,7 +118,7 @@ def test_managed_run_with_tokens_by_default_survives_ctrl_c_and_resumes(shards, 
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
-    assert "--resume" in err and all(_gone(pid) for pid in _pids(logdir))
+    assert "--resume" in err and all(gone(pid) for pid in _pids(logdir))
     assert len(_pids(logdir)) == 4                   # the server and 3 clients
     # tokens: made with the shards, 0600, the manifest keeps only their hashes
     assert "made 3 client tokens" in err
@@ -259,4 +256,4 @@ def test_health_wait_gives_up_after_health_timeout(shards, tmp_path):
     assert "not SERVING within 0.3s" in res.stderr and "--health-timeout" in res.stderr
     assert "server.log) ends:" in res.stderr
     assert time.monotonic() - t < 60
-    assert all(_gone(pid) for pid in _pids(tmp_path / "logs"))
+    assert all(gone(pid) for pid in _pids(tmp_path / "logs"))

@@ -11,6 +11,7 @@ from federatedscope.core.auxiliaries import malloc_tuning
 from federatedscope.core.configs.config import load_cfg
 from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
 from harness.procs import MAIN, start_main, stop_all, wait_port
+from harness.proc_stats import smaps_kb
 
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3
 
@@ -159,11 +160,6 @@ needs_thp = pytest.mark.skipif(
     reason="needs Linux, glibc >= 2.35 and THP in madvise mode")
 
 
-def _huge_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
-
-
 @needs_thp
 @pytest.mark.parametrize("given,huge", [
     (None, True), ("glibc.malloc.hugetlb=0", False), ("glibc.malloc.arena_max=4", True),
@@ -178,6 +174,6 @@ def test_main_reexecutes_itself_once_with_huge_pages(femnist_root, tmp_path, giv
     try:
         wait_port(server)
         assert _proc_strings(server.pid, "cmdline")[1:] == [MAIN] + args
-        assert (_huge_kb(server.pid) > 0) is huge
+        assert (smaps_kb(server.pid, "AnonHugePages") > 0) is huge
     finally:
         stop_all([server])

@@ -30,17 +30,10 @@ from federatedscope.core.communication.limits import (BAD_MESSAGES_PER_SESSION,
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.communication.grpc_client import signed_join
 from federatedscope.core.message import ASSIGN_ID, HEARTBEAT, JOIN_IN, MODEL_PARA, REFUSE, Message
+from harness.proc_stats import status_kb
 
 KB = 1024
 FAST = ["distribute.join_deadline", "2.0"]      # idle connections then close after 10 s
-
-
-def _status_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def _serving(job: Job, extra=()):
@@ -51,11 +44,11 @@ def _serving(job: Job, extra=()):
         return file_contains(job.log("server"), "listening on")
     wait_for(up, 120, "server to listen")
     time.sleep(1.0)
-    return server, f"127.0.0.1:{job.port}", _status_kb(server.pid, "VmRSS")
+    return server, f"127.0.0.1:{job.port}", status_kb(server.pid, "VmRSS")
 
 
 def _assert_rss_bounded(server, idle_kb: int, what: str) -> None:
-    peak, now = _status_kb(server.pid, "VmHWM"), _status_kb(server.pid, "VmRSS")
+    peak, now = status_kb(server.pid, "VmHWM"), status_kb(server.pid, "VmRSS")
     assert peak <= 2 * idle_kb, f"{what}: peak RSS {peak // KB} MB > 2 x idle {idle_kb // KB} MB"
     assert now <= 2 * idle_kb, f"{what}: RSS after {now // KB} MB > 2 x idle {idle_kb // KB} MB"
 
@@ -390,8 +383,8 @@ def test_connections_from_one_address_are_capped_while_clients_behind_it_join(fe
     def keep_flooding():
         while not stop.wait(0.1):
             try:     # the server's peak RSS while it runs (it exits when the job is done)
-                peak[0] = max(peak[0], _status_kb(server.pid, "VmHWM"))
-            except (FileNotFoundError, AssertionError):    # gone, or a zombie without VmHWM
+                peak[0] = max(peak[0], status_kb(server.pid, "VmHWM"))
+            except (OSError, KeyError):    # gone, or a zombie without VmHWM
                 return
             peer = RawPeer(addr)
             if not peer.nonce():

@@ -15,16 +15,13 @@ from federatedscope.core.communication.grpc_client import GrpcClientTransport, S
 from federatedscope.core.configs.config import get_default_cfg
 from federatedscope.core.message import JOIN_IN, Message
 from federatedscope.core.communication.transport import Disconnected
+from harness.proc_stats import status_kb
 
 MB = 1024 * 1024
 
 
 def _hwm_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return status_kb(pid, "VmHWM") / 1024
 
 
 def _wait_listening(job, proc, name="server"):

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 from bench import common, logs
 from bench.common import median, row
-from bench.peers.tree import Tree
+from harness.proc_tree import Tree
 from harness import procs
 
 PEERS_VENV = os.path.join(common.ROOT, ".venv-peers")

@@ -15,9 +15,9 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-from bench.child import cpu_seconds, stat_fields, status
+from harness.proc_stats import cpu_seconds, descendants, stat_fields, status
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -69,19 +69,6 @@ def _label(pid: int) -> str:
     return prog
 
 
-def _descendants(root: int) -> List[int]:
-    """PIDs whose parent chain reaches ``root`` (one /proc scan)."""
-    kids: Dict[int, List[int]] = {}
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            kids.setdefault(int(stat_fields(d)[1]), []).append(int(d))
-    out, frontier = [], [root]
-    while frontier:
-        frontier = [c for p in frontier for c in kids.get(p, [])]
-        out += frontier
-    return out
-
-
 def _read(pid: int):
     """(VmHWM kB, utime+stime s) or None for a gone or zombie process."""
     try:
@@ -118,7 +105,7 @@ class Tree:
     def _sample_loop(self) -> None:
         while not self._stop.is_set():
             now = time.perf_counter()
-            for pid in _descendants(os.getpid()):
+            for pid in descendants(os.getpid()):
                 got = _read(pid)
                 if got is None:
                     continue
@@ -137,7 +124,7 @@ class Tree:
     def __exit__(self, *_) -> None:
         if self.wall is None:
             self.mark_end()
-        alive = _descendants(os.getpid())   # all started by us: SIGTERM, then SIGKILL
+        alive = descendants(os.getpid())   # all started by us: SIGTERM, then SIGKILL
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             alive = [p for p in alive if _read(p) is not None]
             for p in alive:
