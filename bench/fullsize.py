@@ -35,8 +35,9 @@ HEARTBEAT_TIMEOUT = 120
 # The subset figures measured before the shard tool's per-file fsyncs became one sync of the
 # staged set (the first attempt at the time goal)
 BEFORE = os.path.join(common.ROOT, "bench", "results", "fullsize_attempt_before.json")
-PROFILE_PARTS = (("JSON parse (the floor's work)", "raw_decode"),
-                 ("parsed pixel rows joined into uint8 images", "_pixels"),
+PROFILE_PARTS = (("JSON parse (the floor's work, and each writer's rows packed as it closes)",
+                  "raw_decode"),
+                 ("of which rows packed into uint8 images", "_pack_writer"),
                  ("writing the shards", "write_shard"), ("sync, verify, swap in", "swap_in"))
 
 

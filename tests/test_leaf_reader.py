@@ -352,3 +352,36 @@ def test_a_float_label_or_count_is_named_as_the_number_written(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"'num_samples' says 0\.0 but user_data holds 2"):
         list(lf.iter_leaf_writers(str(tmp_path)))
+
+
+def test_the_parser_packs_each_writer_as_the_parser_closes_it():
+    """A writer's rows become uint8 [n, 784] inside the parse (the parsed file then holds about
+    1 byte per pixel, not an 8-byte pointer per pixel); rows the join refuses, and objects that
+    are not a writer's entry ("x" without "y"), stay as parsed, for the checked path to name."""
+    import tracemalloc
+    rng = np.random.default_rng(11)
+    ks = {f"f{i:04d}_07": rng.integers(0, 256, (40 + i, 784)) for i in range(6)}
+    data = {w: {"x": (k / 255).tolist(), "y": [i % 62] * len(k)}
+            for i, (w, k) in enumerate(ks.items())}
+    data["f0099_01"] = {"x": [[0.5] * 784], "y": [3]}
+    text = json.dumps({"users": list(data), "num_samples": [len(v["y"]) for v in data.values()],
+                       "user_data": data, "x": [[1 / 255] * 784]}).encode()
+    pixels = sum(k.size for k in ks.values())
+
+    def retained(hook) -> "tuple[dict, int]":
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            parsed = lf._load_json("w.json", text, object_hook=hook)
+            return parsed, tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    packed, packed_bytes = retained(lf._pack_writer)
+    plain, plain_bytes = retained(None)
+    for w, k in ks.items():
+        x = packed["user_data"][w]["x"]
+        assert isinstance(x, np.ndarray) and x.dtype == np.uint8 and np.array_equal(x, k)
+        assert isinstance(plain["user_data"][w]["x"], list)
+    assert type(packed["user_data"]["f0099_01"]["x"]) is list     # 0.5 is no k/255: unjoined
+    assert type(packed["x"]) is list                              # not a writer's entry
+    assert packed_bytes < 1.2 * pixels < 8 * pixels < plain_bytes

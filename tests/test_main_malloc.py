@@ -3,6 +3,8 @@ model-sized buffers to the kernel is for the distributed server only; a training
 a page fault per 4 KiB of every gradient at every step. For every process: huge pages for malloc's
 mapped blocks, which glibc reads only at start, so ``main.py`` re-executes itself once with them."""
 import ctypes
+import logging
+import os
 import sys
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from federatedscope.core.auxiliaries import malloc_tuning
 from federatedscope.core.configs.config import load_cfg
 from harness.jobs import CLIENT_YAML, SERVER_YAML, Job
-from harness.procs import MAIN, start_main, stop_all, wait_port
+from harness.procs import MAIN, ROOT, start_main, stop_all, wait_port
 from harness.proc_stats import smaps_kb
 
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3
@@ -113,7 +115,43 @@ def test_tune_malloc_loads_the_c_library_by_its_soname(monkeypatch):
     names = []
     monkeypatch.setattr(ctypes, "CDLL", lambda name: names.append(name) or FakeLibc())
     malloc_tuning.tune_malloc(load_cfg(SERVER_YAML, []))
-    assert names == ["libc.so.6"]
+    assert names and set(names) == {"libc.so.6"}
+
+
+def test_the_shard_tool_fixes_the_mmap_threshold_unless_the_environment_says(libc, monkeypatch):
+    malloc_tuning.fixed_mmap_threshold()
+    malloc_tuning.fixed_mmap_threshold(3 << 20)
+    assert libc.calls == [(M_MMAP_THRESHOLD, 2 << 20), (M_MMAP_THRESHOLD, 3 << 20)]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    malloc_tuning.fixed_mmap_threshold()
+    assert len(libc.calls) == 2
+
+
+def test_the_shard_tool_cli_sets_the_threshold_before_it_reads(femnist_root, tmp_path):
+    """prepare_shards.py's main (what the command runs): the threshold is fixed before the
+    first input file is read, so no file's text is freed under glibc's sliding threshold."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "prepare_shards_cli", os.path.join(ROOT, "scripts", "tools", "prepare_shards.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    from federatedscope.cv.dataset import leaf_femnist
+    fixed, seen = [], []
+    real = leaf_femnist._load_json
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(tool, "fixed_mmap_threshold", lambda *a: fixed.append(a))
+    monkey.setattr(leaf_femnist, "_load_json",
+                   lambda *a, **k: seen.append(len(fixed)) or real(*a, **k))
+    fs_log = logging.getLogger("federatedscope")   # the CLI sets up its own logging
+    monkey.setattr(fs_log, "handlers", list(fs_log.handlers))
+    monkey.setattr(fs_log, "propagate", fs_log.propagate)
+    monkey.setattr(fs_log, "level", fs_log.level)
+    try:
+        assert tool.main(["--dataset", "femnist", "--root", femnist_root, "--clients", "4",
+                          "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    finally:
+        monkey.undo()
+    assert fixed == [()] and seen and set(seen) == {1}   # once, with its default, before any read
 
 
 class Exec:

@@ -3,7 +3,8 @@
 Two kinds, because glibc reads them at two different times:
 
 * ``tune_malloc(cfg)``, once the role is known (``mallopt``, at run time): at most 2 arenas, and
-  a fixed 2 MiB mmap threshold on the distributed server only (see its docstring);
+  a fixed 2 MiB mmap threshold on the distributed server only (see its docstring); the shard
+  tool fixes the threshold too (``fixed_mmap_threshold``);
 * ``reexec_with_hugepages()``, first thing in ``main.py``: transparent huge pages for the blocks
   malloc maps (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, glibc >= 2.35). Every fresh model-sized
   buffer (an encoded broadcast, a received upload, gRPC's own message buffers, an aggregation
@@ -78,31 +79,45 @@ def reexec_with_hugepages() -> None:
         return
 
 
+def _mallopt(param: int, value: int, env_name: str) -> None:
+    """glibc's ``mallopt``, unless the user set the same thing in the environment (which wins);
+    nothing without glibc."""
+    if env_name in os.environ:
+        return
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(param, value)
+    except (OSError, AttributeError):
+        pass
+
+
+def fixed_mmap_threshold(nbytes: int = SERVER_MMAP_THRESHOLD) -> None:
+    """Every block of ``nbytes`` or more gets its own mapping and goes back to the kernel when
+    freed (as MALLOC_MMAP_THRESHOLD_; an explicit env var wins). glibc otherwise raises the
+    threshold to the size of the first freed mapped block (up to 32 MiB), after which such
+    blocks come from the heap, and how much of it stays resident after they are freed depends
+    on their order: the shard tool's peak on the same input was 50.6 or 64.7 MB from one run
+    to the next (the text of each input file, read and decoded, is freed file by file), and
+    50.7 MB every time with the threshold fixed."""
+    _mallopt(-3, nbytes, "MALLOC_MMAP_THRESHOLD_")  # M_MMAP_THRESHOLD
+
+
 def tune_malloc(cfg) -> None:
     """glibc settings for a process that moves model-sized buffers (same effect as
     MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=2097152; an explicit env var wins):
     * at most 2 malloc arenas: gRPC's threads otherwise keep freed message buffers in separate
       arenas (measured here: server peak 316 MB -> 294 MB);
-    * only where no model is trained (the distributed server): a fixed 2 MiB mmap threshold.
-      glibc raises the threshold to the size of the first freed mmapped block (up to 32 MiB),
-      after which every model-sized buffer (a received upload, an encoded broadcast, an
-      aggregation temporary) comes from the heap and stays resident after it is freed. Fixed,
-      each goes back to the kernel when freed (server peak at hidden 2048, 3 clients, 538 MB ->
-      477 MB). 2 MiB, one transparent huge page: a mapped block that large is faulted in a huge
-      page at a time (``reexec_with_hugepages``), a smaller one 4 KiB at a time, and a few
-      retained smaller blocks cost little. At hidden 128 (1.85 MB buffers: each upload's and
+    * only where no model is trained (the distributed server): a fixed 2 MiB mmap threshold
+      (``fixed_mmap_threshold``): each received upload, encoded broadcast and aggregation
+      temporary goes back to the kernel when freed (server peak at hidden 2048, 3 clients,
+      538 MB -> 477 MB). 2 MiB, one transparent huge page: a mapped block that large is faulted
+      in a huge page at a time (``reexec_with_hugepages``), a smaller one 4 KiB at a time, and a
+      few retained smaller blocks cost little. At hidden 128 (1.85 MB buffers: each upload's and
       each client's copy of the broadcast), 1,000 clients: 1 MiB took 2.36 M page faults and
       17.1-20.5 CPU-s per round, 2 MiB 1.12 M and 15.4-16.6 s; same peak RSS.
       A training process must not have it: every gradient and activation buffer over the
       threshold would then be mapped, faulted in page by page and unmapped at every step
       (measured at hidden 2048 with 1 MiB: 11x the page faults, +24 % CPU per step)."""
-    trains = not (cfg.federate.mode.lower() == "distributed" and cfg.distribute.role == "server")
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        if "MALLOC_ARENA_MAX" not in os.environ:
-            libc.mallopt(-8, 2)  # M_ARENA_MAX
-        if not trains and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, SERVER_MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    _mallopt(-8, 2, "MALLOC_ARENA_MAX")  # M_ARENA_MAX
+    if cfg.federate.mode.lower() == "distributed" and cfg.distribute.role == "server":
+        fixed_mmap_threshold()

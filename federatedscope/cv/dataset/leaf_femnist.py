@@ -153,43 +153,70 @@ class _PixelIntern(dict):
         return value
 
 
-def _pixels(xs: list, where: str) -> np.ndarray:
-    """A writer's parsed images (``_PixelIntern`` literals) as uint8 ``[n, 784]``.
+def _joined(xs: list) -> Optional[np.ndarray]:
+    """Parsed image rows (``_PixelIntern`` literals) as uint8 ``[n, 784]``, or None when a row
+    or pixel is not what a valid file holds.
 
     The join takes nothing but bytes, so a JSON integer (``0``, ``1``), ``true``, a string, a
-    non-k/255 number or a nested array sends the writer to the checked path, which reads the
-    pixels back as numbers and names the first bad sample and pixel; a ragged row is caught by
-    its length (rows of 783 and 785 values would join to the right total).
+    non-k/255 number or a nested array is refused; a ragged row is caught by its length (rows
+    of 783 and 785 values would join to the right total).
     """
     try:
         if all(len(row) == SIDE * SIDE for row in xs):
             flat = bytearray().join(map(b"".join, xs))  # writable: torch takes it as is
             return np.frombuffer(flat, np.uint8).reshape(len(xs), SIDE * SIDE)
     except TypeError:
-        pass  # a row or a pixel the join refuses: the checked path names it
+        pass
+    return None
+
+
+def _pixels(xs: Union[list, np.ndarray], where: str) -> np.ndarray:
+    """A writer's images as uint8 ``[n, 784]``: packed already by the parser
+    (``_pack_writer``), joined here, or, for rows the join refuses, through the checked path,
+    which reads the pixels back as numbers and names the first bad sample and pixel."""
+    if isinstance(xs, np.ndarray):
+        return xs
+    packed = _joined(xs)
+    if packed is not None:
+        return packed
     numbers = [[json_number(v) for v in row] if type(row) is list else row for row in xs]
     return floats_to_uint8(images(numbers, where), where)
 
 
-def _load_json(path: str, data: Optional[bytes] = None) -> dict:
+def _pack_writer(obj: dict) -> dict:
+    """json ``object_hook``: a writer's entry (an object with "x" and "y") has its image rows
+    packed into uint8 the moment the parser closes it. A parsed row otherwise holds an 8-byte
+    pointer per pixel until the whole file is parsed; packed, a file's peak is its bytes plus
+    1 byte per pixel (the parsed file's pointers were most of the shard tool's peak). Rows the
+    join refuses stay as parsed, for ``_pixels``' checked path to name."""
+    xs = obj.get("x")
+    if type(xs) is list and "y" in obj:
+        packed = _joined(xs)
+        if packed is not None:
+            obj["x"] = packed
+    return obj
+
+
+def _load_json(path: str, data: Optional[bytes] = None, object_hook=None) -> dict:
+    """``path`` parsed with the pixel-interning ``parse_float`` hook (and ``object_hook``)."""
     if data is None:
         with open(path, "rb") as f:
             data = f.read()
     try:
-        return json.loads(data, parse_float=_PixelIntern().__getitem__)
+        return json.loads(data, parse_float=_PixelIntern().__getitem__, object_hook=object_hook)
     except ValueError as e:
         raise ValueError("%s: not valid JSON (%s)" % (path, e)) from None
 
 
 def _writers_of_file(path: str, split: Optional[str]) -> Iterator[WriterSamples]:
-    raw = _load_json(path)
+    raw = _load_json(path, object_hook=_pack_writer)
     if not isinstance(raw, dict) or not isinstance(raw.get("user_data"), dict):
         raise ValueError("%s: not a LEAF file (needs a 'user_data' object)" % path)
     skipped = []
     for uid in check_users(raw, path):
         where = "%s, writer %s" % (path, uid)
         entry = raw["user_data"][uid]
-        if not isinstance(entry, dict) or not isinstance(entry.get("x"), list) \
+        if not isinstance(entry, dict) or not isinstance(entry.get("x"), (list, np.ndarray)) \
                 or not isinstance(entry.get("y"), list):
             raise ValueError("%s: needs an object with arrays 'x' and 'y'; %s" % (where, _FIX))
         n = len(entry["y"])
