@@ -385,3 +385,13 @@ def test_the_parser_packs_each_writer_as_the_parser_closes_it():
     assert type(packed["user_data"]["f0099_01"]["x"]) is list     # 0.5 is no k/255: unjoined
     assert type(packed["x"]) is list                              # not a writer's entry
     assert packed_bytes < 1.2 * pixels < 8 * pixels < plain_bytes
+
+
+def test_the_reader_packs_while_parsing_not_after(monkeypatch, root):
+    """Every valid writer of a real file reaches ``_pixels`` packed already: the packing happens
+    inside the parse, so the parsed file never holds a pointer per pixel."""
+    seen = []
+    real = lf._pixels
+    monkeypatch.setattr(lf, "_pixels", lambda xs, where: seen.append(type(xs)) or real(xs, where))
+    writers = list(lf.iter_leaf_writers(str(root / "femnist" / "raw")))
+    assert len(writers) == 6 and seen == [np.ndarray] * 6
