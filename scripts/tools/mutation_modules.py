@@ -104,7 +104,8 @@ MODULES: Dict[str, Module] = {
                        ["tests/test_sharding.py", "tests/test_sharding_safety.py",
                         "tests/test_shard_tool_guarantees.py", "tests/test_sharding_plan.py",
                         "tests/test_sharding_plot.py", "tests/test_sharding_writes.py",
-                        "tests/test_sharding_rules.py", "tests/test_sharding_parallel.py"],
+                        "tests/test_sharding_rules.py", "tests/test_sharding_parallel.py",
+                        "tests/test_sharding_units.py"],
                        SHARDING_SLOW),
     # the client's data: the shard loader, the dataset specs, transforms
     "data": Module([FL + "data/distributed_loader.py", FL + "data/streaming.py",
