@@ -17,6 +17,7 @@ from bench.common import median, row
 from harness import proc_stats, procs
 
 TITLE = "Time per FedAvg round: distributed over gRPC vs standalone, same shards"
+TRANSPORT_GOAL_MS_PER_MB = 1.5  # one client, hidden 2048: the model down and back up
 GOAL = 1.1
 WARM = {"BENCH_WARM_TORCH": "1"}
 _TRAINED = re.compile(r"Client #(\d+): round (\d+) trained")
@@ -153,12 +154,15 @@ def run(ctx) -> dict:
         ctx.log(f"  transport only: {n} client(s), hidden {hidden}, no local training")
         t = _transport_only(ctx, n, t_rounds, hidden)
         raw["transport_only"].append(t)
+        per_mb = t["overhead_ms"] / mb
+        # the goal is for one client (the transport's own cost); with more, the clients' own
+        # processes share the 2 cores with the server, so those rows are context
         rows.append(row(f"transport-only overhead per round, {n} client{'s' if n > 1 else ''}: "
-                        f"(distributed − standalone round) per MB of model",
-                        t["overhead_ms"] / mb,
-                        f"{t['overhead_ms'] / mb:.2f} ms/MB ({t['dist_round_s'] * 1000:.0f} vs "
+                        f"(distributed − standalone round) per MB of model (down and back up)",
+                        per_mb, f"{per_mb:.2f} ms/MB ({t['dist_round_s'] * 1000:.0f} vs "
                         f"{t['standalone_round_s'] * 1000:.0f} ms per round, {mb:.1f} MB model)",
-                        "reported (no goal set)", None))
+                        f"≤ {TRANSPORT_GOAL_MS_PER_MB} ms/MB" if n == 1 else "(context)",
+                        per_mb <= TRANSPORT_GOAL_MS_PER_MB if n == 1 else None))
     context.append(f"Transport only: hidden {hidden}, `train.local_update_steps 0`, {t_rounds} "
                    f"rounds, medians over rounds 2..{t_rounds}, standalone then distributed, one "
                    f"run each.")
