@@ -49,6 +49,21 @@ class RoundRobin:
         return [np.arange(k, len(labels), self.n, dtype=np.int32) for k in range(self.n)]
 
 
+def test_a_writer_record_needs_one_label_per_sample():
+    """Every consumer pairs sample i with label i; a reader's count mismatch is refused where the
+    record is made, naming file and writer, whichever side is longer (equal counts, 0 included,
+    pass)."""
+    x = np.zeros((5, 2, 2), np.uint8)
+    assert len(WriterSamples("f0042_13", x, np.arange(5), "all_data_7.json", "test").y) == 5
+    assert len(WriterSamples("w0", x[:0], np.zeros(0, np.int64), "a.json", None).x) == 0
+    for labels in (4, 6, 0):
+        with pytest.raises(ValueError) as ei:
+            WriterSamples("f0042_13", x, np.arange(labels), "all_data_7.json", "test")
+        assert str(ei.value) == (f"all_data_7.json, writer f0042_13: the dataset's reader gave 5 "
+                                 f"samples but {labels} labels; a reader must yield one label "
+                                 f"per sample (fix the reader registered for this data.type)")
+
+
 # ------------------------------------------------------------------ gather / pool / deal
 def test_gather_writers_groups_by_writer_and_names_a_repeat():
     a, b, c = _samples(1, 3, "train"), _samples(1, 2, "test"), _samples(2, 4)

@@ -434,3 +434,29 @@ def test_a_shards_split_files_are_written_in_place_only_meta_json_through_a_temp
     assert made == [".meta.json."] * 4
     assert sorted(os.listdir(out)) == ["client_1", "client_2", "client_3", "client_4"]
     spill.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("extra_labels", [1, -1])
+def test_a_reader_giving_a_writer_more_or_fewer_labels_than_samples_is_refused(
+        tmp_path, toy, workers, extra_labels):
+    """Sample i is paired with label i through the spill: one label too many or too few would
+    give writer w3's labels to w4's samples. Refused, in one process and through the workers,
+    naming the file and writer and the fix, before any shard is written."""
+    spec = toy()
+
+    def off_by_one(piece):
+        for ws in spec.read_piece(piece):
+            n = len(ws.y) + (extra_labels if ws.writer_id == "w3" else 0)
+            yield WriterSamples(ws.writer_id, ws.x, np.resize(ws.y, n), ws.source, ws.split)
+    dataset_spec_dict[TOY] = dataclasses.replace(spec, read_piece=off_by_one,
+                                                 iter_writers=lambda root: (
+                                                     ws for i in range(len(PIECES))
+                                                     for ws in off_by_one((root, i))))
+    with pytest.raises(ShardingError) as e:
+        sharding.prepare_shards(sharding.ShardArgs(dataset=TOY, root="R", out=str(tmp_path / "o"),
+                                                   clients=4, workers=workers, progress=False))
+    assert str(e.value) == (f"R/p2.json, writer w3: the dataset's reader gave 3 samples but "
+                            f"{3 + extra_labels} labels; a reader must yield one label per "
+                            f"sample (fix the reader registered for this data.type)")
+    assert not (tmp_path / "o" / "manifest.json").exists()

@@ -22,6 +22,15 @@ class WriterSamples:
     source: str              # the file it came from (named in errors)
     split: Optional[str]     # 'train'/'test' when the source already splits it, else None
 
+    def __post_init__(self) -> None:
+        # Every consumer pairs sample i with label i (the shard tool through its spill rows): a
+        # reader that yields more of one than the other would give labels to other samples.
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.source}, writer {self.writer_id}: the dataset's reader gave "
+                             f"{len(self.x)} samples but {len(self.y)} labels; a reader must "
+                             f"yield one label per sample (fix the reader registered for this "
+                             f"data.type)")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
