@@ -67,6 +67,24 @@ def test_peers_rows_and_the_training_bound_note():
     assert not rows["distributed shard mode: total CPU / plain-loop floor's"]["met"]
 
 
+def test_the_side_by_side_note_rescales_the_floor_by_what_training_at_once_costs():
+    """Floor 400 CPU-s; distributed 440 CPU-s, 240 s wall on 2 cores (1.10x the floor's CPU,
+    1.20x its 200 s bound). The floor's round: 80 CPU-s in turn, 88 CPU-s as 3 processes at
+    once: 1.10x, so at that rate the distributed job is 440 / 440 = 1.00x the CPU and
+    240 / 220 = 1.09x the wall bound. The note comes before the Flower note."""
+    res = {"floor": _system(500.0, 400.0), "distributed": _system(240.0, 440.0),
+           "flower": _system(300.0, 900.0)}
+    side = {"in_turn_cpu_s": 80.0, "side_by_side_cpu_s": 88.0, "ratio": 1.1}
+    note, flower = compare._notes(res, 2, side)
+    assert note.startswith("Missed against the floor (CPU 1.10×, wall 1.20× its bound)")
+    assert "80.0 CPU-s in turn and 88.0 CPU-s as 3 processes at once" in note
+    assert note.endswith("1.10×, with no framework at all. Against the floor at that rate the "
+                         "distributed job's CPU is 1.00× and its wall 1.09×.")
+    assert flower.startswith("The wall ratio against Flower")
+    del res["flower"]
+    assert compare._notes(res, 2, side) == [note]
+
+
 def test_peers_rows_without_flower_say_why():
     res = {"floor": _system(900.0, 640.0), "distributed": _system(330.0, 620.0)}
     rows = compare._rows(res, {"flower": "not installed"}, 2)

@@ -11,7 +11,7 @@ batch order ``randperm(n, seed(round, client))`` as ``core/trainers/trainer.py``
 as a float64 weighted mean by train count, ascending ids; evaluation after every round on test
 and val, batches of 64 in file order, sample-weighted over clients.
 
-    floor.py --shards DIR --clients 3 --rounds 5 --hidden 2048 --out report.json
+    floor.py --shards DIR --clients 3 --rounds 5 --hidden 2048 --out report.json [--only K]
 """
 import argparse
 import os
@@ -103,15 +103,17 @@ def main(argv=None) -> int:
     for name, typ, default in (("shards", str, None), ("clients", int, None), ("rounds", int, None),
                                ("out", str, None), ("hidden", int, 2048), ("lr", float, 0.01),
                                ("batch-size", int, 10), ("grad-clip", float, 5.0),
-                               ("seed", int, 12345)):
+                               ("seed", int, 12345), ("only", int, 0)):
         p.add_argument(f"--{name}", type=typ, default=default, required=default is None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # what main.py does for every FL process
     torch.manual_seed(a.seed)
     model = build_model(a.hidden)
+    # --only K: client K alone (its own FedAvg of one), to time trainers running side by side
+    ids = [a.only] if a.only else range(1, a.clients + 1)
     data = {k: {s: load_split(os.path.join(a.shards, f"client_{k}"), s)
-                for s in ("train", "val", "test")} for k in range(1, a.clients + 1)}
-    t_ready = time.perf_counter()
+                for s in ("train", "val", "test")} for k in ids}
+    t_ready, cpu_ready = time.perf_counter(), time.process_time()
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     rounds_s, accs = [], []
     for r in range(a.rounds):
@@ -130,6 +132,7 @@ def main(argv=None) -> int:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     rep = {"rounds_s": rounds_s, "acc": accs, "final_test_acc": accs[-1]["test"] if accs else None,
            "load_s": t_ready - T0, "wall_s": time.perf_counter() - T0,
+           "rounds_cpu_s": time.process_time() - cpu_ready,
            "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss}
     write_json(a.out, rep, indent=1)
     print(f"floor: {a.rounds} rounds, final test acc {rep['final_test_acc']:.4f}, "
