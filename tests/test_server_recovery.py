@@ -224,3 +224,48 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_file_the_key_and_th
     assert named in text and "\n" not in text
     assert text.endswith("); restore it with the model configuration it was written with, or "
                          "point federate.restore_from elsewhere")
+
+
+def test_restoring_a_finished_run_evaluates_it_where_its_results_are_missing(tmp_path, caplog):
+    """A checkpoint at round 3 of 3 has no round to train. Restored into another outdir (a log
+    without round 3) the server evaluates the restored model and finishes with its results,
+    instead of "round 4/3" and test_acc=None; restored where its results are logged it finishes
+    without repeating them; with 5 rounds it trains rounds 4 and 5 (a restore continues)."""
+    from server_harness import quiet
+    quiet(caplog)
+    ckpt = str(tmp_path / "ckpt.pt")
+    h = Harness(tmp_path / "first", "federate.total_round_num", 3, "federate.save_to", ckpt,
+                expected=2)
+    h.join(1), h.join(2)
+    for r in range(3):
+        _train(h, r)
+        _evaluate(h, r + 1)
+    assert h.server.finished and _rounds_logged(h) == [1, 2, 3, "Final"]
+    final_model = h.global_state()
+
+    again = Harness(tmp_path / "again", "federate.total_round_num", 3, "federate.restore_from",
+                    ckpt, expected=2)
+    assert (again.server.round, again.server.state.eval_owed) == (3, 3)
+    assert "no round is left to train, so this run evaluates the restored model and finishes; " \
+           "to train more rounds from it, raise federate.total_round_num above 3" in caplog.text
+    again.join(1), again.join(2)
+    assert "2/2 clients joined; no round left to train (3/3 done)" in caplog.text
+    assert again.asked(EVALUATE, 3) == [1, 2] and again.sent_types(1).count(MODEL_PARA) == 0
+    assert all(torch.equal(v, final_model[k]) for k, v in again.global_state().items())
+    again.metrics(1, 3, good_metrics(acc=0.25))
+    again.metrics(2, 3, good_metrics(acc=0.5))
+    assert again.server.finished and _rounds_logged(again) == [3, "Final"]
+    assert again.eval_lines()[-1]["Results_weighted_avg"]["test_acc"] == 0.375
+
+    caplog.clear()
+    same = Harness(tmp_path / "first", "federate.total_round_num", 3, "federate.restore_from",
+                   ckpt, expected=2)
+    assert same.server.state.eval_owed is None and "so this run finishes;" in caplog.text
+    same.join(1), same.join(2)
+    assert same.server.finished and same.asked(EVALUATE, 3) == []
+    assert _rounds_logged(same) == [1, 2, 3, "Final"]
+
+    more = Harness(tmp_path / "more", "federate.total_round_num", 5, "federate.restore_from",
+                   ckpt, expected=2)
+    more.join(1), more.join(2)
+    assert more.asked(MODEL_PARA, 3) == [1, 2] and more.asked(EVALUATE, 3) == []

@@ -153,8 +153,10 @@ class Server(Worker):
 
     # ----------------------------------------------------------------- rounds
     def _start(self) -> None:
-        logger.info(f"Server: {self.clients.online_count()}/{self.expected} clients joined; starting "
-                    f"training (round {self.round + 1}/{self.total_rounds})")
+        what = f"starting training (round {self.round + 1}/{self.total_rounds})" \
+            if self.round < self.total_rounds else f"no round left to train ({self.round}/" \
+            f"{self.total_rounds} done)"
+        logger.info(f"Server: {self.clients.online_count()}/{self.expected} clients joined; {what}")
         self._resume()
 
     def _resume(self) -> None:

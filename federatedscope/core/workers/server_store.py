@@ -87,4 +87,17 @@ class ServerStore:
         note = f"; evaluation of round {owed} is owed" \
             if owed is not None and owed not in reported else ""
         logger.info(f"Server: restored round {ckpt.round} from {path}{note}")
+        total = self.cfg.federate.total_round_num
+        if ckpt.round >= total:
+            # No round left to train (FS would restart its count at 0; here a restore continues
+            # the run). The results belong in this run's log: when it lacks the final model's
+            # evaluation, that is done again rather than finishing with none.
+            if owed is None and ckpt.round not in reported:
+                owed = ckpt.round
+            logger.warning(f"Server: the checkpoint {path} is at round {ckpt.round} and "
+                           f"federate.total_round_num is {total}: no round is left to train, so "
+                           f"this run " + ("evaluates the restored model and finishes"
+                                           if owed is not None else "finishes")
+                           + f"; to train more rounds from it, raise federate.total_round_num "
+                           f"above {ckpt.round} (rounds continue from {ckpt.round})")
         return Restored(ckpt.round, owed, reported)
