@@ -187,16 +187,29 @@ def test_the_personal_state_directory(tmp_path):
 def test_a_personal_state_is_saved_each_round_and_restored_under_the_same_id(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="federatedscope")
     c, _ = _client(tmp_path, trainer=Trainer({"bn": torch.zeros(3)}))
+    c.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3, "job_id": "a1b2"}))
     for r in range(2):
         c.handle(Message(MODEL_PARA, SERVER_ID, 3, r, {}, None))
     path = os.path.join(str(tmp_path), "job", "client_state", "client_3.pt")
     assert c.personal_state_path() == path
-    assert torch.equal(torch.load(path, weights_only=True)["bn"], torch.full((3,), 2.0))
-    back = Trainer()
-    Client(c.cfg, -1, back, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0,
-                                                       {"client_id": 3}))
-    assert torch.equal(back.loaded["bn"], torch.full((3,), 2.0))
+    saved = torch.load(path, weights_only=True)
+    assert saved["job_id"] == "a1b2" and torch.equal(saved["state"]["bn"], torch.full((3,), 2.0))
+
+    def restart(job):
+        back = Trainer()
+        content = {"client_id": 3} if job is None else {"client_id": 3, "job_id": job}
+        Client(c.cfg, -1, back, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, content))
+        return back.loaded
+    assert torch.equal(restart("a1b2")["bn"], torch.full((3,), 2.0))
     assert f"Client #3: restored its personal state (1 tensors) from {path}" in caplog.text
+    caplog.clear()
+    # another run into the same outdir (a new job, a server that names none, a forged name):
+    # the earlier run's personal layers must not leak into it
+    for job in ("ffff", None, "a1b2/../x"):
+        assert restart(job) is None
+    assert caplog.text.count(f"Client #3: the personal state in {path} was saved by another run "
+                             f"(job a1b2, this one ") == 3
+    assert "this one ffff); starting afresh" in caplog.text and "this one unnamed)" in caplog.text
     nothing, _ = _client(tmp_path, trainer=Trainer(), cid=5)
     nothing.handle(Message(MODEL_PARA, SERVER_ID, 5, 0, {}, None))
     assert not os.path.exists(nothing.personal_state_path())          # empty state: no file

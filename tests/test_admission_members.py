@@ -31,13 +31,15 @@ def _warned(caplog):
 def test_four_joins_are_bound_told_their_id_indexed_and_logged(caplog):
     quiet(caplog)
     t, comm = _table()
+    t.job_id = "0a1b2c3d4e5f6789"
     assert t.train_counts() == [] and t.online_ids() == set() and t.online_count() == 0
     for c in (1, 2, 3, 4):
         assert t.join(10 + c, PEER if c != 4 else "", {"client_id": c, "num_samples": _ns(c)},
                       5) == c
     assert comm.bound == {11: 1, 12: 2, 13: 3, 14: 4} and comm.closed == []
     assigned = [(to, m.msg_type, m.sender, m.state, m.content) for to, m in comm.sent]
-    assert assigned == [(c, ASSIGN_ID, SERVER_ID, 5, {"client_id": c}) for c in (1, 2, 3, 4)]
+    assert assigned == [(c, ASSIGN_ID, SERVER_ID, 5, {"client_id": c, "job_id": "0a1b2c3d4e5f6789"})
+                        for c in (1, 2, 3, 4)]
     assert t.online_ids() == {1, 2, 3, 4} and t.online_count() == 4
     t.online_ids().add(9)                                   # a copy
     assert t.online_ids() == {1, 2, 3, 4}

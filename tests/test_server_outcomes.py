@@ -172,6 +172,7 @@ def test_client_personal_state_survives_a_restart_and_overrides_take_effect(tmp_
     cfg = make_cfg(tmp_path)
     comm = FakeComm()
     c = OverridingClient(cfg, 3, FakeTrainer(0.5), comm)
+    c.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3, "job_id": "9f3e"}))
     for r in range(3):
         c.handle(Message(MODEL_PARA, SERVER_ID, 3, r, {}, None))
     c.handle(Message(EVALUATE, SERVER_ID, 3, 3, {}, None))
@@ -180,10 +181,11 @@ def test_client_personal_state_survives_a_restart_and_overrides_take_effect(tmp_
     assert c.personal_state_path() == path and os.path.exists(path)
     restarted = FakeTrainer(0.0)
     c2 = Client(cfg, -1, restarted, FakeComm())
-    c2.handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3}))
+    c2.handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "9f3e"}))
     assert torch.equal(restarted.loaded["bn1.weight"], torch.full((3,), 3.5))
     other = FakeTrainer(0.0)
-    Client(cfg, -1, other, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 2}))
+    Client(cfg, -1, other, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0,
+                                                      {"client_id": 2, "job_id": "9f3e"}))
     assert other.loaded is None                            # another id: nothing to restore
 
 

@@ -269,3 +269,24 @@ def test_restoring_a_finished_run_evaluates_it_where_its_results_are_missing(tmp
                    ckpt, expected=2)
     more.join(1), more.join(2)
     assert more.asked(MODEL_PARA, 3) == [1, 2] and more.asked(EVALUATE, 3) == []
+
+
+def test_the_job_id_sent_with_each_client_id_survives_a_restore_and_only_a_restore(tmp_path):
+    """Clients keep personal state per job (client.py): the id must be the same for a server
+    restored from its checkpoint, and new for a fresh server in the same outdir."""
+    from federatedscope.core.message import ASSIGN_ID
+
+    def job_ids(h):
+        return {m.content["job_id"] for _, m in h.comm.sent if m.msg_type == ASSIGN_ID}
+    h = _harness(tmp_path)
+    h.join(1), h.join(2)
+    first, = job_ids(h)
+    assert len(first) == 16 and int(first, 16) >= 0
+    _train(h, 0)
+    assert ckpt_io.load_checkpoint(str(tmp_path / "ckpt.pt")).job_id == first
+    restored = _harness(tmp_path)
+    restored.join(1), restored.join(2)
+    assert job_ids(restored) == {first}
+    fresh = Harness(tmp_path / "again", "federate.total_round_num", 3, expected=2)
+    fresh.join(1), fresh.join(2)
+    assert len(job_ids(fresh)) == 1 and job_ids(fresh) != {first}

@@ -33,6 +33,7 @@ class Checkpoint:
     eval_owed: int = -1             # round whose evaluation is due and not yet reported; -1: none
     monitor: dict = field(default_factory=dict)   # Monitor.state_dict()
     aggregator: dict = field(default_factory=dict)  # Aggregator.state_dict() (FedOpt's buffers)
+    job_id: str = ""                # the job's id: clients keep personal state only within it
 
 
 def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
@@ -40,7 +41,7 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
     atomic_torch_save(path, {"format": FORMAT, "round": ckpt.round, "model": ckpt.model,
                              "torch_rng": ckpt.torch_rng, "seed": ckpt.seed,
                              "eval_owed": ckpt.eval_owed, "monitor": monitor,
-                             "aggregator": ckpt.aggregator})
+                             "aggregator": ckpt.aggregator, "job_id": ckpt.job_id})
 
 
 def remove_orphan_temps(path: str) -> None:
@@ -70,4 +71,5 @@ def load_checkpoint(path: str) -> Optional[Checkpoint]:
     return Checkpoint(round=int(obj["round"]), model=obj["model"], torch_rng=obj["torch_rng"],
                       seed=int(obj["seed"]), eval_owed=int(obj.get("eval_owed", -1)),
                       monitor=dict(obj.get("monitor") or {}),
-                      aggregator=dict(obj.get("aggregator") or {}))
+                      aggregator=dict(obj.get("aggregator") or {}),
+                      job_id=str(obj.get("job_id") or ""))

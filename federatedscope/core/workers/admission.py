@@ -284,6 +284,7 @@ class ClientTable(Dict[int, ClientRecord]):
         self._online: Set[int] = set()
         self._by_conn: Dict[int, int] = {}       # connection -> online client id
         self._counts: Optional[list] = None      # train_counts(), until a declaration changes
+        self.job_id = ""                         # sent with every id (the server sets it)
         self.join_lines = JoinLines()
 
     def online_ids(self) -> Set[int]:
@@ -349,7 +350,8 @@ class ClientTable(Dict[int, ClientRecord]):
         self._by_conn[conn_id] = cid
         self._counts = None
         self.comm.bind(conn_id, cid)
-        self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, round_idx, {"client_id": cid}))
+        self.comm.send(Message(ASSIGN_ID, SERVER_ID, cid, round_idx,
+                               {"client_id": cid, "job_id": self.job_id}))
         modified = content.get("shard_last_modified")
         shard = (f"; shard last modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(modified))}"
                  f" UTC" if isinstance(modified, (int, float)) and 0 <= modified < 2 ** 33 else "")

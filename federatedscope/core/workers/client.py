@@ -15,7 +15,8 @@ model) survives a restart of the client process: after each trained round it is 
 as ``client_<id>.pt`` in ``personalization.state_dir`` (default ``<outdir>/<expname>/client_state``
 of the configured outdir, never a fresh ``sub_exp_*`` directory, so a restarted client with the
 same config finds it) and loaded back (``weights_only=True``) when the server assigns it the same
-id again.
+id again in the same job. The file carries the job id the server sent with the id: a new run
+into the same outdir (another seed, another model) starts afresh, as FS's clients always do.
 """
 import logging
 import os
@@ -64,6 +65,7 @@ class Client(Worker):
         self.finished = False
         self.refused: Optional[str] = None
         self.rounds_trained = 0
+        self.job_id = ""          # the server's name for this job (sent with the id)
 
     def handle(self, msg: Message) -> None:
         if not self.dispatch(msg):
@@ -86,6 +88,8 @@ class Client(Worker):
     # -------------------------------------------------------- default handlers
     def callback_funcs_for_assign_id(self, msg: Message) -> None:
         self.ID = int(msg.content["client_id"])
+        job = msg.content.get("job_id")
+        self.job_id = job if isinstance(job, str) and job.isalnum() and len(job) <= 64 else ""
         logger.info(f"Client #{self.ID}: joined the federation")
         self._load_personal_state()
         if self.trainer.num_samples("train") == 0:
@@ -137,7 +141,8 @@ class Client(Worker):
             return
         path = self.personal_state_path()
         try:
-            atomic_torch_save(path, {k: v.detach().cpu() for k, v in state.items()})
+            atomic_torch_save(path, {"job_id": self.job_id,
+                                     "state": {k: v.detach().cpu() for k, v in state.items()}})
         except OSError as e:
             logger.error(f"Client #{self.ID}: cannot save its personal state to {path} ({e}); "
                          f"training goes on, a restart would start it afresh (free space or "
@@ -153,6 +158,13 @@ class Client(Worker):
             logger.error(f"Client #{self.ID}: personal state {path} is unreadable ({e}); "
                          f"starting afresh (remove the file to silence this)")
             return
+        saved_in = state.get("job_id") if isinstance(state, dict) else None
+        if not self.job_id or saved_in != self.job_id or not isinstance(state.get("state"), dict):
+            logger.info(f"Client #{self.ID}: the personal state in {path} was saved by another "
+                        f"run (job {clip_text(saved_in, 64)}, this one {self.job_id or 'unnamed'})"
+                        f"; starting afresh (the file is replaced after this run's first round)")
+            return
+        state = state["state"]
         self.trainer.load_personal_state(state)
         logger.info(f"Client #{self.ID}: restored its personal state ({len(state)} tensors) "
                     f"from {path}")

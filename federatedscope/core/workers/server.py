@@ -16,6 +16,7 @@ the state is one ``RoundState`` with a ``Phase`` (``server_state.py``). Every st
 before the write that records it, so a full disk cannot leave an evaluation in flight.
 """
 import logging
+import secrets
 import time
 from typing import Callable, List, Optional, Set
 
@@ -72,6 +73,9 @@ class Server(Worker):
         if restored is not None:
             self.state.round, self.state.eval_owed = restored.round, restored.eval_owed
             self.reported_rounds = restored.reported_rounds
+        # Names this job to its clients (kept in the checkpoint, so a restored server keeps it):
+        # a client restores personal state saved in the same job only, never an earlier run's.
+        self.clients.job_id = (restored and restored.job_id) or secrets.token_hex(8)
         if distributed and not admission.uses_tokens:
             logger.warning("Server: no client tokens configured (distribute.token or token_hash "
                            "in the manifest): a client id is only a claim, and anyone who can "
@@ -391,7 +395,7 @@ class Server(Worker):
 
     def _checkpoint(self) -> None:
         self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,
-                              self.aggregator.state_dict())
+                              self.aggregator.state_dict(), self.clients.job_id)
 
     # ------------------------------------------------------------- helpers
     def _send_model(self, cids: List[int], msg_type: str, r: int) -> None:

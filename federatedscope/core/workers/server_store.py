@@ -23,6 +23,7 @@ class Restored:
     round: int
     eval_owed: Optional[int]
     reported_rounds: Set[int]
+    job_id: str
 
 
 class ServerStore:
@@ -51,14 +52,15 @@ class ServerStore:
         return self.writes.overdue(self.results_path, now)
 
     def checkpoint(self, round_idx: int, model_state, eval_owed: Optional[int],
-                   aggregator_state: dict) -> None:
+                   aggregator_state: dict, job_id: str = "") -> None:
         """A full disk must not stall the job (the old file stays whole: temp + rename)."""
         path = self.cfg.federate.save_to
         if not path:
             return
         ckpt = ckpt_io.Checkpoint(round_idx, model_state, torch.get_rng_state(), self.cfg.seed,
                                   eval_owed=-1 if eval_owed is None else eval_owed,
-                                  monitor=self.monitor.state_dict(), aggregator=aggregator_state)
+                                  monitor=self.monitor.state_dict(), aggregator=aggregator_state,
+                                  job_id=job_id)
         self.writes.attempt("checkpoint", path, lambda: ckpt_io.save_checkpoint(path, ckpt),
                             "the job goes on, but a restart would resume from the last checkpoint "
                             "written (free space or point federate.save_to elsewhere)")
@@ -100,4 +102,4 @@ class ServerStore:
                                            if owed is not None else "finishes")
                            + f"; to train more rounds from it, raise federate.total_round_num "
                            f"above {ckpt.round} (rounds continue from {ckpt.round})")
-        return Restored(ckpt.round, owed, reported)
+        return Restored(ckpt.round, owed, reported, ckpt.job_id)
