@@ -8,6 +8,7 @@ vulture only reads it. A name that is truly dead is deleted, not listed here.
 get_splitter  # FS's splitter builder (core/auxiliaries/splitter_builder.py); tests, doc/datasets.md
 register_worker  # FS's registry function: a user package registers its Client/Server pair
 register_scheduler  # FS's registry function: a user package registers an LR scheduler
+register_optimizer  # FS's registry function: a user package registers an optimizer
 register_aggregator  # FS's registry function: a user package registers an aggregator
 _.__qualname__  # register.py: the FS name shown by repr/tracebacks of each register_* function
 _.train_data  # FS's ClientData/loader properties (base_data.py, distributed_loader.py)

@@ -1,8 +1,9 @@
 """Entry point: ``python federatedscope/main.py --cfg X.yaml [key value ...]``.
 
-FS's main flow: ``global_cfg.clone()``, merge the YAML and the command line, ``setup_seed``,
-``update_logger`` (validates, picks a fresh run directory), ``get_data`` -> ``(data,
-modified_cfg)``, merge and freeze, ``get_runner(...).run()``. A script can do the same
+FS's main flow: ``global_cfg.clone()``, merge the YAML and the command line (``client_<id>.*``
+pairs apart), load the per-client configs (``--client_cfg``, ``core/configs/client_cfg.py``),
+``setup_seed``, ``update_logger`` (validates, picks a fresh run directory), ``get_data`` ->
+``(data, modified_cfg)``, merge and freeze, ``get_runner(..., client_configs=...).run()``. A script can do the same
 (tests/test_fs_user_script.py does). Around it, what FS lacks: malloc tuning (arena cap, fixed mmap
 threshold, huge pages: ``malloc_tuning.py``), one torch thread, a stack dump on SIGUSR1 (Unix),
 the peak RSS in the log and an exit without interpreter teardown.
@@ -34,6 +35,8 @@ from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E
 from federatedscope.core.auxiliaries.utils import setup_logger, setup_seed  # noqa: E402
 from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls  # noqa: E402
 from federatedscope.core.cmd_args import override_pairs, parse_args  # noqa: E402
+from federatedscope.core.configs.client_cfg import (  # noqa: E402
+    check_client_cfgs, check_client_ids, load_client_cfgs, source_of, split_client_opts)
 from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
 
 logger = logging.getLogger("federatedscope")
@@ -77,9 +80,12 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         if args.cfg_file:
             init_cfg.merge_from_file(args.cfg_file)
-        if args.client_cfg_file:  # merged on top of the whole config (see core/cmd_args.py)
-            init_cfg.merge_from_file(args.client_cfg_file)
-        init_cfg.merge_from_list(args.opts + override_pairs(args.override))
+        # FS's parse_client_cfg: client_<id>.* pairs belong to the per-client configs
+        opts, client_opts = split_client_opts(args.opts + override_pairs(args.override))
+        init_cfg.merge_from_list(opts)
+        client_cfgs = load_client_cfgs(args.client_cfg_file, client_opts)
+        source = source_of(args.client_cfg_file, client_opts)
+        check_client_cfgs(client_cfgs, init_cfg, source)   # before the run directory is made
         setup_seed(init_cfg.seed)
         update_logger(init_cfg)  # validates; cfg.outdir := this run's fresh directory
     except ConfigError as e:
@@ -91,11 +97,13 @@ def main(argv=None) -> int:
     tune_malloc(init_cfg)
     _limit_torch_threads()
     try:
-        data, modified_cfg = get_data(config=init_cfg.clone())
+        data, modified_cfg = get_data(config=init_cfg.clone(), client_cfgs=client_cfgs)
         init_cfg.merge_from_other_cfg(modified_cfg)
         init_cfg.freeze()
+        check_client_ids(client_cfgs, init_cfg.federate.client_num, source)
         runner = get_runner(data=data, server_class=get_server_cls(init_cfg),
-                            client_class=get_client_cls(init_cfg), config=init_cfg.clone())
+                            client_class=get_client_cls(init_cfg), config=init_cfg.clone(),
+                            client_configs=client_cfgs)
         code = runner.run()
         logger.info(f"Peak RSS of this process: {_peak_rss_mb()}")
         return code

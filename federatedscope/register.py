@@ -14,6 +14,7 @@ that is not ``None`` (FS's ``get_data``/``get_model``/``get_trainer`` do the sam
 | ``criterion_dict`` | ``func(type, device) -> criterion`` or None | the trainer |
 | ``splitter_dict`` | ``func(splitter_type, **kwargs) -> splitter`` or None | data_idx loading, the shard tool |
 | ``scheduler_dict`` | ``func(optimizer, type, **kwargs) -> scheduler`` or None | the trainer |
+| ``optimizer_dict`` | ``func(model, type, lr, **kwargs) -> optimizer`` or None | the trainer, FedOpt |
 | ``aggregator_dict`` | ``func(method, config) -> aggregator`` or None | ``get_aggregator`` |
 
 Beyond FS, one name-keyed registry: ``dataset_spec_dict`` (``data.type`` -> ``DatasetSpec``,
@@ -113,6 +114,7 @@ worker_dict: Dict[str, Callable] = Registry()
 criterion_dict: Dict[str, Callable] = Registry()
 splitter_dict: Dict[str, Callable] = Registry()
 scheduler_dict: Dict[str, Callable] = Registry()
+optimizer_dict: Dict[str, Callable] = Registry()
 aggregator_dict: Dict[str, Callable] = Registry()
 dataset_spec_dict: Dict[str, Any] = Registry()
 
@@ -141,6 +143,7 @@ register_worker = _registrar("register_worker", worker_dict)
 register_criterion = _registrar("register_criterion", criterion_dict)
 register_splitter = _registrar("register_splitter", splitter_dict)
 register_scheduler = _registrar("register_scheduler", scheduler_dict)
+register_optimizer = _registrar("register_optimizer", optimizer_dict)
 register_aggregator = _registrar("register_aggregator", aggregator_dict)
 
 

@@ -10,8 +10,9 @@ import pytest
 
 def assert_final_matches_raw(lines: List[dict], clients: List[int]) -> float:
     """The last round's ``Results_raw`` (one entry per client in ``clients``) -> its weighted
-    average and the Final line: test_acc = sum(correct) / sum(total), totals add up, each client's
-    accuracy is its own correct / total. Returns that accuracy."""
+    average and the Final line: test_acc = sum(correct) / sum(total), the counts are their mean
+    over clients (as FS writes them), each client's accuracy is its own correct / total. Returns
+    that accuracy."""
     rounds = [x for x in lines if not x.get("Final")]
     final = [x for x in lines if x.get("Final")]
     assert rounds and len(final) == 1, lines
@@ -25,7 +26,9 @@ def assert_final_matches_raw(lines: List[dict], clients: List[int]) -> float:
         assert r["test_acc"] == pytest.approx(r["test_correct"] / r["test_total"], abs=1e-9), name
     want = correct / total
     wavg = last["Results_weighted_avg"]
-    assert wavg["test_total"] == total and wavg["test_correct"] == correct
+    n = len(raw)
+    assert wavg["test_total"] == pytest.approx(total / n, abs=1e-6)
+    assert wavg["test_correct"] == pytest.approx(correct / n, abs=1e-6)
     assert wavg["test_acc"] == pytest.approx(want, abs=1e-6)
     assert final[0]["Round"] == last["Round"]
     assert final[0]["Results_weighted_avg"]["test_acc"] == pytest.approx(want, abs=1e-6)

@@ -89,6 +89,34 @@ def test_a_refused_join_tells_only_its_connection_the_class_and_closes_it(caplog
                for w in _warned(caplog))
 
 
+def test_joins_with_other_local_params_are_refused_naming_both_lists_and_the_fix(caplog):
+    """FedBN's keys given to the clients only (or to the server only) would cost every update of
+    the run; the join is refused instead, and the peer is told the detail (a config, no secret)."""
+    quiet(caplog)
+    t, comm = _table()
+    t.local_param = ["bn", "norm"]
+    same = {"client_id": 1, "num_samples": _ns(1), "local_param": ["norm", "bn", "bn"]}
+    assert t.join(11, "", same, 0) == 1                         # the same set, in any order
+    fault = ("personalization.local_param differs: the client keeps {} local, the server "
+             "['bn', 'norm']; give the server and every client the same "
+             "personalization.local_param (FedBN: ['bn'] or ['norm'])")
+    for conn, cid, claimed in ((12, 2, ["bn"]), (13, 3, []), (14, 4, ["bn", "norm", "head"])):
+        content = {"client_id": cid, "num_samples": _ns(cid), "local_param": claimed}
+        assert t.join(conn, PEER, content, 3) is None
+        to, msg = comm.sent[-1]
+        text = fault.format(sorted(set(claimed)))
+        assert (to, msg.msg_type, msg.state, msg.content) == (("conn", conn), REFUSE, 3,
+                                                              {"reason": text})
+        assert comm.closed[-1] == conn and cid not in t.online_ids()
+        assert f"Server: refused client (claimed id {cid}, from {PEER}): {text}" in _warned(caplog)
+    assert t.join(15, "", {"client_id": 2, "num_samples": _ns(2)}, 0) is None   # none sent: []
+    assert t.join(16, "", {"client_id": 3, "local_param": "bn"}, 0) is None
+    assert comm.sent[-1][1].content == {"reason": "local_param must be a list of strings"}
+    assert t.online_ids() == {1} and t.train_counts() == [10]
+    plain, _ = _table()                         # FedAvg on both sides: nothing to send or check
+    assert plain.join(11, "", {"client_id": 1, "num_samples": _ns(1)}, 0) == 1
+
+
 def test_a_second_join_on_a_bound_connection_is_ignored(caplog):
     quiet(caplog)
     t, comm = _table()

@@ -79,14 +79,31 @@ def test_sample_client_num_draws_that_many_from_seed_and_round():
 
 
 def test_one_sampled_client_per_round():
-    agg = ClientsAvgAggregator(_cfg(num=1, rate=0.5, seed=5))
+    agg = ClientsAvgAggregator(_cfg(num=1, rate=-1.0, seed=5))
     picks = [agg.sample(ONLINE, r) for r in range(4)]
     assert picks == [_expected_sample(1, 5, r) for r in range(4)] and {len(p) for p in picks} == {1}
 
 
 def test_sample_client_num_above_the_online_count_takes_everyone():
-    agg = ClientsAvgAggregator(_cfg(num=10, rate=0.1))
+    agg = ClientsAvgAggregator(_cfg(num=10, rate=-1.0))
     assert agg.sample(ONLINE, 2) == sorted(ONLINE)
+
+
+@pytest.mark.parametrize("num,rate,expected,k", [
+    (-1, 0.5, 10, 5),      # a rate of the job's 10 clients, not of the 6 online
+    (2, 0.5, 10, 5),       # FS: a valid rate wins over a count
+    (2, 1.5, 10, 2),       # a rate above 1 is no rate: the count applies
+    (-1, 1.5, 10, 6),      # ... or, without a count, every online client
+    (-1, 0.8, 10, 6),      # 8 asked, 6 online: all of them
+    (4, -1.0, 10, 4),
+])
+def test_sampling_follows_fs_rule_over_the_jobs_client_count(num, rate, expected, k):
+    agg = ClientsAvgAggregator(_cfg(num=num, rate=rate, seed=9))
+    agg.expected_clients = expected
+    picks = [agg.sample(ONLINE, r) for r in range(4)]
+    want = ([sorted(ONLINE)] * 4 if k == len(ONLINE) else
+            [_expected_sample(k, 9, r) for r in range(4)])
+    assert picks == want
 
 
 @pytest.mark.parametrize("rate,k", [(0.5, 3), (0.7, 4), (0.1, 1), (1.0, 6)])
@@ -327,7 +344,9 @@ def test_float64_keys_and_large_integer_counts_keep_every_bit(cls):
 
 # ------------------------------------------------------------------------------------ FedOpt
 @pytest.mark.parametrize("kwargs,text", [
-    ({"opt_type": "adam"}, "fedopt.optimizer.type='adam': the server optimizer supports ['sgd']"),
+    ({"opt_type": "adamz"}, "fedopt.optimizer: unknown optimizer type 'adamz'"),
+    ({"opt_type": "Adam", "nesterov": True}, "fedopt.optimizer: torch.optim.Adam takes no "
+                                             "argument 'nesterov'"),
     ({"lr": 0.0}, "fedopt.optimizer: lr > 0 and 0 <= momentum < 1 are required "
                   "(got lr=0.0, momentum=0.0)"),
     ({"lr": -0.5}, "(got lr=-0.5, momentum=0.0)"),

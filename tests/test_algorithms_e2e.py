@@ -3,6 +3,7 @@ processes, each reading only its shard) ends with the same global model, bit for
 standalone simulation of the same shards with the same keys.
 
 FedBN and FedOpt run the server side too: updates without the local keys, the server optimizer.
+Per-client configs (``client_<id>.*`` pairs) reach each client process by its own id.
 """
 import os
 
@@ -32,6 +33,10 @@ RECIPES = [
                  "10 local keys kept on the client", id="fedbn"),
     pytest.param(["federate.method", "FedOpt", "fedopt.optimizer.lr", "0.5",
                   "fedopt.optimizer.momentum", "0.9"], "Trainer:", id="fedopt"),
+    # FS's per-client configs: each client process takes the section of its own id
+    # (tests/test_client_cfg.py proves a section changes that client's training)
+    pytest.param(["client_2.train.local_update_steps", "1", "client_3.train.optimizer.lr", "0.0",
+                  "client_1.dataloader.batch_size", "4"], "Trainer:", id="client_cfg"),
 ]
 
 
@@ -62,3 +67,26 @@ def test_shard_mode_equals_standalone(keys, trainer_line, femnist_root, femnist_
     assert a["round"] == b["round"] == ROUNDS
     differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert not differ, differ
+
+
+def test_fedbn_keys_on_one_side_only_are_refused_at_the_join_naming_the_fix(femnist_root,
+                                                                             femnist_shards,
+                                                                             tmp_path):
+    """FS users often put FedBN's personalization.local_param in the client YAML only. Every update
+    would then lack the server's keys (a lost run, exit 5); each client is refused at its join
+    instead and exits 2 with the fix; the server logs each refusal and waits for proper clients."""
+    job = Job(tmp_path, femnist_root, rounds=ROUNDS, manifest=femnist_shards,
+              common=list(LIGHT_TRAINING))
+    fedbn = ["personalization.local_param", "['bn', 'norms']"]
+    server = job.server()
+    try:
+        wait_all([job.client(k, fedbn) for k in (1, 2)], timeout=120, expect=[2, 2])
+        fix = ("personalization.local_param differs: the client keeps ['bn', 'norms'] local, the "
+               "server []; give the server and every client the same personalization.local_param")
+        for k in (1, 2):
+            assert f"refused by the server: {fix}" in open(job.log(f"client_{k}")).read(), k
+        assert server.poll() is None and not job.eval_lines()
+    finally:
+        server.kill()
+        server.wait()
+    assert job.server_log().count(fix) == 2

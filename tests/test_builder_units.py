@@ -559,10 +559,13 @@ def _agg_cfg(rule="fedavg", f=0, online=False, num=-1, rate=-1.0, method="FedAvg
     (-1, 0.05, 10, 1),             # never below one
     (-1, 0.5, 9, 4),
     (0, 0.0, 7, 7), (-1, -1.0, 6, 6),
-    (3, 0.9, 10, 3),               # a count wins over a rate
+    (3, 0.9, 10, 9),               # FS: a valid rate wins over a count
+    (3, 1.0, 10, 10), (-1, 1.5, 10, 10),   # a rate above 1 is not a rate: every client
+    (3, 1.5, 10, 3),               # ... and a valid count then applies
+    (-1, 0.3, 200, 60),
 ])
 def test_clients_per_round_follows_the_sampling_keys(num, rate, expected, want):
-    assert ab.clients_per_round(_agg_cfg(num=num, rate=rate), expected) == want
+    assert ab.clients_per_round(_agg_cfg(num=num, rate=rate).federate, expected) == want
 
 
 def test_a_registered_aggregator_is_asked_first_and_none_falls_through(monkeypatch):
@@ -702,9 +705,12 @@ def test_fedopt_is_switched_on_by_its_key_or_by_the_method_name():
     # the method alone, on a config without fedopt keys: FS's SGD, lr 1.0, no momentum
     bare = ab.server_optimizer(_agg_cfg(method="FEDOPT"))
     assert type(bare) is FedOptimizer and (bare.lr, bare.momentum) == (1.0, 0.0)
-    adam = NS(use=True, optimizer=NS(type="Adam", lr=0.5, momentum=0.0))
-    with pytest.raises(ConfigError, match=r"fedopt\.optimizer\.type='Adam'"):
-        ab.server_optimizer(_agg_cfg(fedopt=adam))
+    adam = NS(use=True, optimizer=NS(type="Adam", lr=0.5, momentum=0.0, betas=[0.8, 0.99]))
+    built = ab.server_optimizer(_agg_cfg(fedopt=adam))     # every other key is Adam's argument
+    assert built.general and built.spec == ("Adam", {"betas": [0.8, 0.99], "momentum": 0.0})
+    unknown = NS(use=True, optimizer=NS(type="Adamz", lr=0.5, momentum=0.0))
+    with pytest.raises(ConfigError, match=r"unknown optimizer type 'Adamz'"):
+        ab.server_optimizer(_agg_cfg(fedopt=unknown))
     robust = ab.get_aggregator(_agg_cfg(rule="median", method="fedopt"), 6)
     assert type(robust) is RobustAggregator and robust.server_optimizer.lr == 1.0
     online = ab.get_aggregator(_agg_cfg(online=True, fedopt=fedopt), 6)

@@ -1,6 +1,7 @@
 """Where a config value comes from when several sources set it (doc/config.md): defaults < YAML <
-client YAML < trailing ``key value`` pairs < ``--override key=value``, whatever the order of the
-options on the command line."""
+trailing ``key value`` pairs < ``--override key=value``, whatever the order of the options on the
+command line. FS's per-client file (``--client_cfg``) never changes the global config: a client's
+section is merged over it for that client only (tests/test_client_cfg.py)."""
 import pytest
 
 from federatedscope.core.cmd_args import parse_args
@@ -12,14 +13,14 @@ def yamls(tmp_path):
     main = tmp_path / "server.yaml"
     main.write_text("seed: 11\nfederate:\n  total_round_num: 3\n  sample_client_num: 4\n"
                     "train:\n  optimizer:\n    lr: 0.5\n")
-    client = tmp_path / "client.yaml"
-    client.write_text("federate:\n  total_round_num: 5\ntrain:\n  optimizer:\n    lr: 0.25\n")
+    client = tmp_path / "client.yaml"   # FS's per-client format
+    client.write_text("client_2:\n  train:\n    optimizer:\n      lr: 0.25\n")
     return str(main), str(client)
 
 
 def _cfg(argv):
     a = parse_args(argv)
-    return load_cfg(a.cfg_file, a.opts, a.override, a.client_cfg_file)
+    return load_cfg(a.cfg_file, a.opts, a.override)
 
 
 @pytest.mark.parametrize("argv", [
@@ -28,12 +29,12 @@ def _cfg(argv):
     ["federate.total_round_num", "7", "seed", "2", "--override", "federate.total_round_num=9"],
     ["federate.total_round_num", "7", "--override=federate.total_round_num=9", "seed", "2"],
 ])
-def test_override_beats_trailing_pairs_beat_client_yaml_beat_yaml(yamls, argv):
+def test_override_beats_trailing_pairs_beat_yaml_and_client_cfg_stays_apart(yamls, argv):
     main, client = yamls
     cfg = _cfg(["--cfg", main, "--client_cfg", client] + argv)
-    assert cfg.federate.total_round_num == 9     # --override over the pair (7), YAMLs (5, 3)
+    assert cfg.federate.total_round_num == 9     # --override over the pair (7), YAML (3)
     assert cfg.seed == 2                         # pair over YAML (11)
-    assert cfg.train.optimizer.lr == 0.25        # client YAML over YAML (0.5)
+    assert cfg.train.optimizer.lr == 0.5         # YAML; client_2's section is not global
     assert cfg.federate.sample_client_num == 4   # YAML over the default (-1)
     assert cfg.federate.client_num == 0          # untouched default
 

@@ -202,23 +202,35 @@ def test_consistent_label_distribution_same_in_both_modes(samples, tmp_path):
         assert test <= train, (k, train, test)
 
 
-def test_femnist_with_a_splitter_same_in_both_modes(femnist_root, tmp_path):
-    """data.splitter on FEMNIST re-deals the writers' samples (FS), as --strategy iid does."""
+@pytest.mark.parametrize("subsample,strategy", [("1.0", "iid"), ("0.4", "lda")])
+def test_femnist_with_a_splitter_same_in_both_modes(femnist_root, tmp_path, subsample, strategy):
+    """data.splitter on FEMNIST re-deals the samples of the writers data.subsample keeps, as
+    --strategy iid/lda with --subsample does (FS's baseline keeps subsample 0.05)."""
     from federatedscope.core.auxiliaries.data_builder import get_data
     from federatedscope.core.configs.config import global_cfg
     out = str(tmp_path / "shards")
     cut = _tool(["prepare_shards.py", "--dataset", "femnist", "--root", femnist_root,
-                 "--clients", "3", "--seed", "5", "--out", out, "--no-progress",
-                 "--strategy", "iid"])
+                 "--clients", "4", "--seed", "5", "--out", out, "--no-progress",
+                 "--strategy", strategy, "--subsample", subsample, "--alpha", "0.5"])
     assert cut.returncode == 0, cut.stderr
     cfg = global_cfg.clone()
-    cfg.merge_from_list(["data.root", femnist_root, "data.seed", "5", "data.subsample", "1.0",
-                         "data.splitter", "iid", "federate.client_num", "3"])
+    cfg.merge_from_list(["data.root", femnist_root, "data.seed", "5", "data.subsample", subsample,
+                         "data.splitter", strategy, "data.splitter_args",
+                         "[{'alpha': 0.5}]" if strategy == "lda" else "[]",
+                         "federate.client_num", "4"])
     data, _ = get_data(cfg)
     _assert_same_partition(data, os.path.join(out, "manifest.json"))
     sizes = [len(data[k].train_data) + len(data[k].val_data) + len(data[k].test_data)
-             for k in (1, 2, 3)]
-    assert max(sizes) - min(sizes) <= 3  # iid: near-equal parts (one per input split at most)
+             for k in (1, 2, 3, 4)]
+    whole = cfg.clone()
+    whole.merge_from_list(["data.subsample", "1.0", "data.splitter", "", "federate.client_num",
+                           "12"])
+    everything = sum(len(d.train_data) + len(d.val_data) + len(d.test_data)
+                     for k, d in get_data(whole)[0].items() if k)
+    if subsample == "1.0":
+        assert sum(sizes) == everything and max(sizes) - min(sizes) <= 3  # iid: near-equal
+    else:   # 40 % of the 12 writers (5 kept), not all of them pooled
+        assert 0 < sum(sizes) < everything
 
 
 @pytest.mark.parametrize("extra,message", [

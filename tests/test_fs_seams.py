@@ -59,7 +59,8 @@ def test_fs_signatures():
     assert list(inspect.signature(get_runner).parameters) == [
         "server_class", "client_class", "config", "client_configs", "data"]
     assert list(inspect.signature(DistributedShardLoader).parameters) == [
-        "shard_path", "client_id", "streaming", "strict_check", "verify_checksum", "transform"]
+        "shard_path", "client_id", "streaming", "strict_check", "verify_checksum", "transform",
+        "transforms"]
     assert list(inspect.signature(Client.register_handlers).parameters) == [
         "self", "msg_type", "callback_func"]
 

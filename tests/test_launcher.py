@@ -25,13 +25,15 @@ def _env():
     return dict(os.environ, PYTHON=PY if os.path.exists(PY) else "python3")
 
 
-def _argv(manifest, logdir, *extra, rounds=1):
+def _argv(manifest, logdir, *extra, rounds=1, port=0):
+    # port 0 (the default): the server binds a free port, the launcher reads it back
     return ["bash", SCRIPT, "--manifest", str(manifest), "--rounds", str(rounds),
-            "--port", str(free_port()), "--logdir", str(logdir)] + list(extra)
+            "--port", str(port), "--logdir", str(logdir)] + list(extra)
 
 
-def _run(manifest, tmp_path, *extra, timeout=300, logdir=None, rounds=1):
-    return subprocess.run(_argv(manifest, logdir or tmp_path / "logs", *extra, rounds=rounds),
+def _run(manifest, tmp_path, *extra, timeout=300, logdir=None, rounds=1, port=0):
+    return subprocess.run(_argv(manifest, logdir or tmp_path / "logs", *extra, rounds=rounds,
+                                port=port),
                           cwd=str(tmp_path), env=_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -78,10 +80,12 @@ def test_failing_client_stops_exactly_our_processes(shards, tmp_path):
     assert all(gone(pid) for pid in _pids(tmp_path / "logs"))  # every process it started
 
 
-def test_server_dying_before_serving_prints_its_log(shards, tmp_path):
+@pytest.mark.parametrize("fixed_port", [False, True], ids=["port0", "fixed"])
+def test_server_dying_before_serving_prints_its_log(shards, tmp_path, fixed_port):
     t = time.monotonic()
     res = _run(shards / "manifest.json", tmp_path, "--health-timeout", "300",
-               "federate.total_round_num", "-3")  # a config error: the server exits at once
+               "federate.total_round_num", "-3",  # a config error: the server exits at once
+               port=free_port() if fixed_port else 0)
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     assert "the server exited" in res.stderr and "server.log" in res.stderr
     assert "total_round_num" in res.stderr        # the tail of its log says why
@@ -251,9 +255,16 @@ def test_health_wait_gives_up_after_health_timeout(shards, tmp_path):
     """--health-timeout 0.3 against a server that needs seconds to import torch: the launcher gives
     up after about that long, says so with the option to raise, and stops the server it started."""
     t = time.monotonic()
-    res = _run(shards / "manifest.json", tmp_path, "--health-timeout", "0.3")
+    res = _run(shards / "manifest.json", tmp_path, "--health-timeout", "0.3", port=free_port())
     assert res.returncode == 1
     assert "not SERVING within 0.3s" in res.stderr and "--health-timeout" in res.stderr
+    t = time.monotonic()
+    res = _run(shards / "manifest.json", tmp_path, "--health-timeout", "0.3",
+               logdir=tmp_path / "logs0")             # port 0: the port never came in time
+    assert res.returncode == 1
+    assert "the server logged no port within 0.3s (raise --health-timeout" in res.stderr
+    assert "server.log) ends:" in res.stderr and time.monotonic() - t < 60
+    assert all(gone(pid) for pid in _pids(tmp_path / "logs0"))
     assert "server.log) ends:" in res.stderr
     assert time.monotonic() - t < 60
     assert all(gone(pid) for pid in _pids(tmp_path / "logs"))

@@ -47,12 +47,12 @@ CLIENTS = {
 WEIGHTED = {
     "test_acc": 0.6,            # (6 x .5 + 24 x .75 + 18 x .5 + 12 x .5) / 60 = 36 / 60
     "test_avg_loss": 1.2,       # (6 x 1 + 24 x .5 + 18 x 2 + 12 x 1.5) / 60 = 72 / 60
-    "test_correct": 36.0,       # counts add up
+    "test_correct": 9.0,        # a count is its mean over clients, as FS writes it: 36 / 4
     "test_f1": 20 / 60,         # (24 x .5 + 12 x 2/3) / 60
-    "test_total": 60.0,
+    "test_total": 15.0,         # 60 / 4
     "train_loss": 0.5,          # only client 1 has it, and no train_total: weight 1
     "val_acc": 0.5,             # (4 x .5 + 0 x 0 + 8 x .25 + 4 x 1) / 16 = 8 / 16
-    "val_total": 16.0,
+    "val_total": 4.0,           # 16 / 4
 }
 PLAIN = {
     "test_acc": 0.5625,         # (.5 + .75 + .5 + .5) / 4
@@ -67,7 +67,7 @@ PLAIN = {
 
 
 # ----------------------------------------------------------------------------------- averages
-def test_weighted_avg_weighs_each_metric_by_its_splits_total_and_adds_counts():
+def test_weighted_avg_weighs_each_metric_by_its_splits_total_and_averages_counts():
     got = weighted_avg(CLIENTS)
     assert list(got) == sorted(WEIGHTED)
     assert got == pytest.approx(WEIGHTED, abs=1e-12)
@@ -90,7 +90,8 @@ def test_a_client_without_its_splits_total_weighs_as_one_sample():
     # clients 1 and 3 send train_total; 2 and 4 do not and count one sample each
     per = {1: {"train_total": 3, "train_loss": 1.0}, 2: {"train_loss": 4.0},
            3: {"train_total": 2, "train_loss": 0.5}, 4: {"train_loss": 6.0}}
-    assert weighted_avg(per) == {"train_loss": 2.0, "train_total": 5.0}   # (3 + 4 + 1 + 6) / 7
+    # loss (3 + 4 + 1 + 6) / 7; train_total is the mean of the two clients that sent it
+    assert weighted_avg(per) == {"train_loss": 2.0, "train_total": 2.5}
 
 
 def test_plain_avg_is_each_keys_mean_over_the_clients_that_sent_it():
@@ -111,8 +112,8 @@ def test_eval_results_line_is_fs_json_with_clients_missing_and_three_reports(tmp
     assert text.endswith("\n") and text.count("\n") == 1
     assert json.loads(text) == line
     # rounded to print_decimal_digits=3; keys sorted; raw results unrounded, by client id
-    w = ('{"test_acc": 0.6, "test_avg_loss": 1.2, "test_correct": 36.0, "test_f1": 0.333, '
-         '"test_total": 60.0, "train_loss": 0.5, "val_acc": 0.5, "val_total": 16.0}')
+    w = ('{"test_acc": 0.6, "test_avg_loss": 1.2, "test_correct": 9.0, "test_f1": 0.333, '
+         '"test_total": 15.0, "train_loss": 0.5, "val_acc": 0.5, "val_total": 4.0}')
     a = ('{"test_acc": 0.562, "test_avg_loss": 1.25, "test_correct": 9.0, "test_f1": 0.292, '
          '"test_total": 15.0, "train_loss": 0.5, "val_acc": 0.438, "val_total": 4.0}')
     raw = ", ".join(f'"client #{c}": {json.dumps(CLIENTS[c])}' for c in (1, 2, 3, 4))
@@ -220,7 +221,7 @@ def test_final_summary_repeats_the_last_evaluated_round_and_the_best(tmp_path):
     m.report(4, {}, missing=[1, 2, 3, 4])      # an evaluation with no results is skipped
     summary = m.final_summary()
     assert summary == {"Role": "Server #", "Final": True, "Round": 3, "Clients": [1, 2, 3, 4],
-                       "Results_weighted_avg": {"test_avg_loss": 0.5, "test_total": 16.0},
+                       "Results_weighted_avg": {"test_avg_loss": 0.5, "test_total": 4.0},
                        "best_round": 2, "best_test_avg_loss": 0.25}
     m.flush()
     lines = open(m.log_path).read().splitlines()
@@ -574,7 +575,8 @@ def _ckpt(**kw):
                                 "fc.bias": torch.tensor([0.5, -1.0])},
                 torch_rng=torch.tensor([1, 2, 3], dtype=torch.uint8), seed=12345, eval_owed=6,
                 monitor={"best": np.float64(0.25), "best_round": 3, "no_improve": 2},
-                aggregator={"momentum": {"fc.bias": torch.tensor([0.125, 0.0])}})
+                aggregator={"momentum": {"fc.bias": torch.tensor([0.125, 0.0])}},
+                job_id="5be0c3a1d2e4f607")
     base.update(kw)
     return Checkpoint(**base)
 
@@ -583,7 +585,7 @@ def test_checkpoint_round_trip_keeps_every_field(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, _ckpt())
     got = load_checkpoint(path)
-    assert (got.round, got.seed, got.eval_owed) == (7, 12345, 6)
+    assert (got.round, got.seed, got.eval_owed, got.job_id) == (7, 12345, 6, "5be0c3a1d2e4f607")
     assert list(got.model) == ["fc.weight", "fc.bias"]
     assert torch.equal(got.model["fc.weight"], torch.arange(6.).reshape(2, 3))
     assert torch.equal(got.model["fc.bias"], torch.tensor([0.5, -1.0]))
@@ -594,8 +596,8 @@ def test_checkpoint_round_trip_keeps_every_field(tmp_path):
     assert torch.equal(got.aggregator["momentum"]["fc.bias"], torch.tensor([0.125, 0.0]))
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == FORMAT == "fs-checkpoint-v2"
-    assert sorted(raw) == ["aggregator", "eval_owed", "format", "model", "monitor", "round",
-                           "seed", "torch_rng"]
+    assert sorted(raw) == ["aggregator", "eval_owed", "format", "job_id", "model", "monitor",
+                           "round", "seed", "torch_rng"]
     assert raw["monitor"] == {"best": 0.25, "best_round": 3, "no_improve": 2}
     # a monitor that has not evaluated yet: None stays None
     save_checkpoint(path, _ckpt(monitor={"best": None, "best_round": -1, "no_improve": 0}))
@@ -604,12 +606,13 @@ def test_checkpoint_round_trip_keeps_every_field(tmp_path):
 
 def test_checkpoint_defaults_and_a_file_without_the_optional_fields(tmp_path):
     c = Checkpoint(round=1, model={}, torch_rng=torch.zeros(1), seed=0)
-    assert (c.eval_owed, c.monitor, c.aggregator) == (-1, {}, {})
+    assert (c.eval_owed, c.monitor, c.aggregator, c.job_id) == (-1, {}, {}, "")
     path = str(tmp_path / "old.pt")
     torch.save({"format": "fs-checkpoint-v2", "round": 3.0, "model": {}, "seed": "42",
                 "torch_rng": torch.zeros(2), "monitor": None}, path)
     got = load_checkpoint(path)
-    assert (got.round, got.seed, got.eval_owed, got.monitor, got.aggregator) == (3, 42, -1, {}, {})
+    assert (got.round, got.seed, got.eval_owed, got.monitor, got.aggregator, got.job_id) == \
+        (3, 42, -1, {}, {}, "")     # written before job ids: the restored server names a new job
     assert type(got.round) is int and type(got.seed) is int
 
 

@@ -411,7 +411,7 @@ def test_real_standalone_run_four_clients_three_rounds(tmp_path):
     with open(os.path.join(cfg.outdir, "eval_results.log")) as f:
         last = json.loads(f.read().splitlines()[-1])
     assert last["Final"] is True and last["Round"] == 3 and last["Clients"] == [1, 2, 3, 4]
-    assert last["Results_weighted_avg"]["test_total"] == 1 + 2 + 3 + 4
+    assert last["Results_weighted_avg"]["test_total"] == (1 + 2 + 3 + 4) / 4   # FS: the mean
 
 
 # ============================================================== the distributed runner
@@ -759,12 +759,12 @@ def test_main_builds_the_config_and_returns_the_runners_exit_code(
     yaml = tmp_path / "job.yaml"
     yaml.write_text("seed: 11\nfederate:\n  total_round_num: 7\n  client_num: 4\n")
     client_yaml = tmp_path / "client.yaml"
-    client_yaml.write_text("train:\n  local_update_steps: 3\n")
-    seen = NS(seeds=[], data_cfg=None, runner=None)
+    client_yaml.write_text("client_2:\n  train:\n    local_update_steps: 3\n")   # FS's format
+    seen = NS(seeds=[], data_cfg=None, runner=None, client_cfgs=None)
     monkeypatch.setattr(fs_main, "setup_seed", lambda s: seen.seeds.append(s))
 
-    def get_data(config):
-        seen.data_cfg = config
+    def get_data(config, client_cfgs=None):
+        seen.data_cfg, seen.client_cfgs = config, client_cfgs
         modified = config.clone()
         modified.federate.client_num = 6                    # what the data says
         return "DATA", modified
@@ -777,17 +777,23 @@ def test_main_builds_the_config_and_returns_the_runners_exit_code(
     monkeypatch.setattr(fs_main, "get_server_cls", lambda c: ("server", c.federate.client_num))
     monkeypatch.setattr(fs_main, "get_client_cls", lambda c: ("client", c.federate.client_num))
     argv = ["--cfg", str(yaml), "--client_cfg", str(client_yaml), "seed", "5", "outdir",
-            str(tmp_path / "runs"), "expname", "job", "--override", "eval.freq=2"]
+            str(tmp_path / "runs"), "expname", "job", "--override", "eval.freq=2",
+            "client_4.train.optimizer.lr", "0.5"]
     assert fs_main.main(argv) == 3
     run_dir = str(tmp_path / "runs" / "job")
     assert seen.seeds == [5]
     (tuned,) = no_malloc_tuning
     d = seen.data_cfg
     assert (d.seed, d.federate.total_round_num, d.federate.client_num, d.train.local_update_steps,
-            d.eval.freq, d.outdir) == (5, 7, 4, 3, 2, run_dir)
+            d.eval.freq, d.outdir) == (5, 7, 4, 1, 2, run_dir)     # sections are not global
+    assert d.train.optimizer.lr == 0.1
+    own = seen.client_cfgs     # the file's section and the client_<id> pair, for get_data ...
+    assert sorted(own) == ["client_2", "client_4"] and own.client_2.train.local_update_steps == 3
+    assert own.client_4.train.optimizer.lr == 0.5
     assert tuned.seed == 5 and tuned.outdir == run_dir
     r = seen.runner
     assert r["data"] == "DATA" and r["config"].federate.client_num == 6
+    assert r["client_configs"] is own                        # ... and for the runner
     assert r["config"].is_frozen() and r["config"].federate.total_round_num == 7
     assert r["config"] is not d and r["config"].outdir == run_dir
     assert r["server_class"] == ("server", 6) and r["client_class"] == ("client", 6)
@@ -803,7 +809,8 @@ def test_main_builds_the_config_and_returns_the_runners_exit_code(
     (["federate.total_round_num", "0"],
      "Configuration error: federate.total_round_num must be >= 1"),
     (["--cfg", "MISSING"], "Configuration error: config file not found: MISSING"),
-    (["--client_cfg", "MISSING"], "Configuration error: config file not found: MISSING"),
+    (["--client_cfg", "MISSING"],
+     "Configuration error: --client_cfg config file not found: MISSING"),
 ], ids=["unknown-key", "bad-override", "bad-value", "missing-cfg", "missing-client-cfg"])
 def test_a_config_error_exits_1_naming_the_key_before_any_data_is_read(
         tmp_path, monkeypatch, capsys, fs_logger, no_malloc_tuning, argv, text):
@@ -833,7 +840,7 @@ def test_an_unwritable_outdir_exits_1_asking_for_a_writable_one(
 @pytest.mark.parametrize("where", ["data", "run"])
 def test_data_and_run_errors_exit_1_naming_the_error(
         tmp_path, monkeypatch, capsys, fs_logger, no_malloc_tuning, error, where):
-    def get_data(config):
+    def get_data(config, client_cfgs=None):
         if where == "data":
             raise error
         return "DATA", config.clone()
@@ -846,7 +853,8 @@ def test_data_and_run_errors_exit_1_naming_the_error(
 
 
 def test_an_interrupted_run_exits_130(tmp_path, monkeypatch, capsys, fs_logger, no_malloc_tuning):
-    monkeypatch.setattr(fs_main, "get_data", lambda config: ("DATA", config.clone()))
+    monkeypatch.setattr(fs_main, "get_data",
+                        lambda config, client_cfgs=None: ("DATA", config.clone()))
     monkeypatch.setattr(fs_main, "get_runner", lambda **kw: _Runner(error=KeyboardInterrupt()))
     assert fs_main.main(["outdir", str(tmp_path / "runs")]) == 130
     assert "WARNING: Interrupted\n" in capsys.readouterr().err

@@ -62,9 +62,21 @@ def test_sampling_is_reproducible_per_seed_and_differs_between_seeds(tmp_path):
 
 @pytest.mark.parametrize("n,rate,k", [(8, 0.25, 2), (10, 0.5, 5), (5, 0.1, 1)])
 def test_sample_client_rate_trains_int_rate_times_n_clients(tmp_path, n, rate, k):
-    # k = max(1, int(rate x online clients)), as FS computes sample_client_num from the rate
+    # k = max(1, int(rate x the job's clients)), as FS computes sample_client_num from the rate
     trained = _sampled(tmp_path, n, 4, "federate.sample_client_rate", rate)
     assert [len(ids) for ids in trained] == [k] * 4, trained
+
+
+def test_a_valid_rate_wins_over_a_count_and_a_rate_above_one_is_ignored(tmp_path, caplog):
+    both = _sampled(tmp_path / "a", 8, 3, "federate.sample_client_rate", 0.75,
+                    "federate.sample_client_num", 2)
+    assert [len(ids) for ids in both] == [6] * 3, both
+    assert ("federate.sample_client_rate=0.75 and federate.sample_client_num=2 are both set: the "
+            "rate wins, as in FS (6 clients per round)") in caplog.text
+    over = _sampled(tmp_path / "b", 8, 3, "federate.sample_client_rate", 1.5,
+                    "federate.sample_client_num", 3)
+    assert [len(ids) for ids in over] == [3] * 3, over
+    assert _sampled(tmp_path / "c", 5, 2, "federate.sample_client_rate", 2.0) == [[1, 2, 3, 4, 5]] * 2
 
 
 def test_without_sampling_every_client_trains_every_round(tmp_path):

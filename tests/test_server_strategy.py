@@ -171,7 +171,8 @@ def test_sampled_clients_per_round_decide_the_precondition(tmp_path):
 def test_updates_may_omit_exactly_the_personalized_keys(tmp_path, caplog):
     h = with_algo_keys(Harness(tmp_path, "federate.total_round_num", 1, expected=4),
                        local_param=["bn"])
-    _join_all(h)
+    for c, n in SIZES.items():         # FedBN clients declare their local keys at the join
+        h.join(c, num_samples={"train": n, "val": 5, "test": 5}, local_param=["bn"])
     g0 = h.global_state()
     shared = lambda st: {k: v for k, v in st.items() if "bn" not in k}   # noqa: E731
     h.update(1, 0, {k: v for k, v in shared(h.shifted(9.0, g0)).items() if k != "fc1.bias"})

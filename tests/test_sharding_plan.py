@@ -494,17 +494,30 @@ def test_splitter_strategies_deal_every_sample_to_exactly_one_client(leaf, tmp_p
         [sf.read_meta(str(out / f"client_{k}")).fingerprint for k in range(1, 5)]
 
 
-def test_splitter_strategies_refuse_subsample_and_bad_arguments(leaf, tmp_path):
+def test_splitter_strategies_deal_the_writers_subsample_keeps(leaf, tmp_path):
+    """--subsample picks writers (as data.subsample does) before --strategy lda pools and deals
+    their samples: exactly the kept writers' samples, each to one client."""
+    from federatedscope.core.data.sharding_plan import subsample_writers, writer_order
+    root, truth, _ = leaf
+    out = tmp_path / "half"
+    kept = subsample_writers(writer_order(list(truth)), 0.5, 3, "sequential")
+    assert 0 < len(kept) < len(truth)
+    s = run(root, out, clients=4, strategy="lda", alpha=0.5, subsample=0.5, seed=3)
+    assert s.samples == sum(len(truth[w][1]) for w in kept)
+    got = sorted(r for k in range(1, 5) for r in _all_rows(out, k))
+    want = sorted(r for w in kept for r in rows_of(__import__("torch").from_numpy(truth[w][0]),
+                                                   __import__("torch").from_numpy(truth[w][1])))
+    assert got == want
+
+
+def test_splitter_strategies_refuse_bad_arguments(leaf, tmp_path):
     root, _, _ = leaf
-    _refused(lambda: run(root, tmp_path / "o1", clients=4, strategy="lda", subsample=0.5),
-             "--subsample 0.5 chooses writers; --strategy lda deals every sample, so drop "
-             "--subsample")
     for alpha in (0.0, -1.0, float("nan")):
         _refused(lambda: run(root, tmp_path / "o2", clients=4, strategy="lda", alpha=alpha),
                  f"--alpha {alpha} must be > 0 (the Dirichlet concentration of --strategy lda; "
                  f"FS's baseline is 0.5)")
     run(root, tmp_path / "o3", clients=4, strategy="iid", alpha=-1.0)   # iid ignores --alpha
-    for d in ("o1", "o2"):   # a refused run leaves nothing behind
+    for d in ("o2",):   # a refused run leaves nothing behind
         assert not (tmp_path / d / "manifest.json").exists()
         assert not (tmp_path / d / so.STAGE).exists()
 

@@ -15,7 +15,8 @@ from typing import List, Optional
 _DESCRIPTION = "FederatedScope-compatible federated learning (standalone or distributed)."
 _HELP = {
     "cfg": "YAML config file",
-    "client_cfg": "per-client YAML (accepted for FS compatibility; merged on top)",
+    "client_cfg": "FS's per-client YAML: sections client_1:, client_2:, ... each merged over "
+                  "the global config for that client only",
     "override": "override one config key (repeatable), e.g. distributed_data.enabled=false",
     "opts": "trailing 'key value' pairs that override the YAML",
 }
@@ -47,7 +48,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def override_pairs(overrides: List[str]) -> List[str]:
     """``['k=v', ...]`` -> ``['k', 'v', ...]`` for ``merge_from_list`` (applied after the
-    trailing pairs, so ``--override`` wins)."""
+    trailing pairs, so ``--override`` wins; ``client_<id>.*`` keys go to that client's config,
+    ``core/configs/client_cfg.py``)."""
     from federatedscope.core.configs.config import ConfigError
     pairs: List[str] = []
     for item in overrides:

@@ -95,7 +95,8 @@ class BaseRunner:
         raise NotImplementedError
 
     def _client_cfg(self, cid: int):
-        """FS's per-client configs: ``client_configs.client_<id>`` merged over the global one."""
+        """FS's per-client configs: ``client_configs.client_<id>`` merged over the global one
+        (standalone: every client's; distributed: this process's, ``_own_cfg``)."""
         own = getattr(self.client_configs, f"client_{cid}", None) if self.client_configs else None
         if own is None:
             return self.cfg
@@ -228,14 +229,28 @@ class DistributedRunner(BaseRunner):
             gc.unfreeze()    # a caller in the same process (the Python API, tests) gets it back
         return server.exit_code
 
+    def _own_cfg(self, cid: int):
+        """This process's config: its own ``client_<id>`` section merged over the global one.
+        The id is the one it joins with, which the server keeps (or refuses the join); a client
+        that claims none (data_idx mode without ``distribute.client_id``) gets its id from the
+        join order, too late to choose a section, so per-client configs then need the id set."""
+        if cid <= 0 and self.client_configs:
+            raise ConfigError(
+                f"per-client configs (--client_cfg / client_<id>.* pairs) are given, but this "
+                f"client has no id before the server assigns one in join order (data_idx mode, "
+                f"distribute.data_idx={self.cfg.distribute.data_idx}); set distribute.client_id "
+                f"to the id whose client_<id> section it should use")
+        return self._client_cfg(cid) if cid > 0 else self.cfg
+
     def _run_client(self) -> int:
         from federatedscope.core.communication.security import client_token
-        cfg = self.cfg
+        cid = self.data.claimed_id(self.cfg)
+        cfg = self._own_cfg(cid)
         splits, loader = self.data.splits()
         inbox: "queue.Queue" = queue.Queue()
         transport = _client_transport(cfg, inbox)
         trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
-        client = self.client_class(cfg, self.data.claimed_id(cfg), trainer, transport, loader,
+        client = self.client_class(cfg, cid, trainer, transport, loader,
                                    token=client_token(cfg))
         logger.info(f"Client #{client.ID}: connecting to server {transport.address}")
         try:

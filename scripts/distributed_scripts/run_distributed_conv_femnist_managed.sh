@@ -20,6 +20,7 @@
 # with --logdir DIR --resume continues from it.
 # --legacy runs FS's data_idx path (every client loads the whole dataset) for comparison, over the
 # data the shards were cut from, with every writer (data.subsample 1.0), for any client count.
+# --port 0 lets the server bind a free port (read back from its log) and points the clients at it.
 # --tls makes a throw-away CA + server certificate for this run and uses TLS.
 # Trailing `key value` pairs are passed to every process. Works from any current directory.
 set -euo pipefail
@@ -58,7 +59,7 @@ while [[ $# -gt 0 ]]; do
     --health-timeout) need_value "$@"; HEALTH_TIMEOUT="$2"; shift 2 ;;
     --tokens) need_value "$@"; TOKENS_ARGS=(--tokens "$(abspath "$2")"); shift 2 ;;
     --no-tokens) NO_TOKENS=1; TOKENS_ARGS=(--no-tokens); shift ;;
-    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
     --*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) if [[ $# -lt 2 ]]; then echo "override '$1' has no value (expected 'key value' pairs)" >&2; exit 2; fi
        OVERRIDES+=("$1" "$2"); shift 2 ;;
@@ -150,9 +151,22 @@ launch() {  # name, then main.py args
 }
 
 echo "== server"
+SERVER_LOG_START="$(stat -c %s "$LOGDIR/server.log" 2>/dev/null || echo 0)"   # --resume appends
 launch server --cfg "$CFG_DIR/distributed_femnist_server.yaml" "${COMMON[@]}" "${SERVER_EXTRA[@]}" \
   ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 SERVER_PID="${PIDS[0]}"
+if [[ "$PORT" == 0 ]]; then   # the server binds a free port itself and logs it
+  if ! PORT="$("$PY" -m federatedscope.core.auxiliaries.launch_utils bound-port --log "$LOGDIR/server.log" \
+               --from "$SERVER_LOG_START" --pid "$SERVER_PID" --timeout "$HEALTH_TIMEOUT")"; then
+    if kill -0 "$SERVER_PID" 2>/dev/null && [[ ! -e "/proc/$SERVER_PID/stat" || "$(awk '{print $3}' "/proc/$SERVER_PID/stat")" != Z ]]; then
+      echo "!! the server logged no port within ${HEALTH_TIMEOUT}s (raise --health-timeout if it is only slow). Its log ($LOGDIR/server.log) ends:" >&2
+    else
+      echo "!! the server exited before it reported its port. Its log ($LOGDIR/server.log) ends:" >&2
+    fi
+    tail -n 30 "$LOGDIR/server.log" >&2 || true
+    stop_ours; exit 1
+  fi
+fi
 # wait for SERVING, or for the server to die, whichever comes first (no polling)
 "$PY" -m federatedscope.core.auxiliaries.launch_utils wait-health --address "127.0.0.1:$PORT" \
   --timeout "$HEALTH_TIMEOUT" ${CA_ARGS[@]+"${CA_ARGS[@]}"} &
@@ -178,7 +192,7 @@ echo "   server is SERVING on 127.0.0.1:$PORT"
 echo "== clients"
 while read -r cid shard token; do
   args=(--cfg "$CFG_DIR/distributed_femnist_client_1.yaml" "${COMMON[@]}" distribute.client_id "$cid"
-        expname "client_$cid")
+        expname "client_$cid" distribute.server_port "$PORT")
   if [[ "$LEGACY" == 1 ]]; then
     args+=(distributed_data.enabled False distribute.data_idx "$cid")
   else

@@ -163,7 +163,7 @@ MODULES: Dict[str, Module] = {
     # what a run writes: eval_results.log and its summaries, the outdir, the server checkpoint
     "monitor": Module([FL + "monitors/monitor.py", FL + "monitors/write_guard.py",
                        FL + "auxiliaries/outdir.py", FL + "auxiliaries/checkpoint.py"],
-                      ["tests/test_monitor_units.py"]),
+                      ["tests/test_monitor_units.py", "tests/test_monitor_fairness.py"]),
     # the datasets beyond FEMNIST's reader and the domain models and losses
     "datasets": Module(["federatedscope/cv/dataset/cifar10.py", "federatedscope/cv/dataset/celeba.py",
                         "federatedscope/cv/dataset/leaf_json.py",

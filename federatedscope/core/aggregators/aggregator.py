@@ -39,6 +39,18 @@ def cfg_value(cfg, dotted: str, default):
     return node
 
 
+def clients_per_round(federate, total: int) -> int:
+    """FS's rule over ``total`` configured clients: a ``sample_client_rate`` in (0, 1] wins
+    (``max(1, int(rate * total))``), else a ``sample_client_num`` in 1..total, else all of them
+    (a rate above 1 or a count above the total means every client, as in FS)."""
+    rate, num = float(federate.sample_client_rate), int(federate.sample_client_num)
+    if 0 < rate <= 1:
+        return max(1, int(rate * total))
+    if 0 < num <= total:
+        return num
+    return total
+
+
 def local_keys(keys, patterns: Sequence[str]) -> List[str]:
     """Keys kept on the client: any pattern of ``personalization.local_param`` is a substring."""
     return [k for k in keys if any(p and p in k for p in patterns)]
@@ -62,6 +74,7 @@ class Aggregator:
         self.distributed = distributed
         self.server_optimizer = server_optimizer
         self.local_param = [str(p) for p in cfg_value(cfg, "personalization.local_param", [])]
+        self.expected_clients = 0      # the job's client count; 0: the online count
         self.feedback: Dict[int, Tuple[int, Optional[State]]] = {}
         self._cap_of: Optional[Sequence[int]] = None    # the counts ``_cap`` was computed from
         self._cap = 0
@@ -70,12 +83,10 @@ class Aggregator:
     # ------------------------------------------------------------ sampling
     def sample(self, online: Sequence[int], round_idx: int) -> List[int]:
         online = sorted(online)
-        f = self.cfg.federate
-        if f.sample_client_num > 0:
-            k = min(f.sample_client_num, len(online))
-        elif f.sample_client_rate > 0:
-            k = max(1, int(f.sample_client_rate * len(online)))
-        else:
+        # the job's configured client count (``get_aggregator`` sets it), as FS counts a rate
+        total = self.expected_clients or len(online)
+        k = min(clients_per_round(self.cfg.federate, total), len(online))
+        if k >= len(online):
             return online
         # Derived from (seed, round): reproducible after a restart without saving RNG state.
         rng = np.random.default_rng([self.cfg.seed, round_idx])

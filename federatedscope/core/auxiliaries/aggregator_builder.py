@@ -10,7 +10,7 @@ first (``func(method, config) -> aggregator``), as in FS.
 """
 import logging
 
-from federatedscope.core.aggregators.aggregator import Aggregator, cfg_value
+from federatedscope.core.aggregators.aggregator import Aggregator, cfg_value, clients_per_round
 from federatedscope.core.aggregators.fedavg import ClientsAvgAggregator, OnlineClientsAvgAggregator
 from federatedscope.core.aggregators.fedopt import FedOptimizer
 from federatedscope.core.aggregators.robust import RULES, RobustAggregator, RobustArgs, rule_problem
@@ -18,15 +18,6 @@ from federatedscope.core.configs.config import ConfigError
 
 logger = logging.getLogger("federatedscope")
 ONLINE_AGGR_FROM = 64      # clients; see doc/config.md (federate.online_aggr)
-
-
-def clients_per_round(config, expected: int) -> int:
-    f = config.federate
-    if f.sample_client_num > 0:
-        return min(f.sample_client_num, expected)
-    if f.sample_client_rate > 0:
-        return max(1, int(f.sample_client_rate * expected))
-    return expected
 
 
 def _robust_args(config) -> RobustArgs:
@@ -48,12 +39,30 @@ def server_optimizer(config):
     method = str(config.federate.method).lower()
     if not (cfg_value(config, "fedopt.use", False) or method == "fedopt"):
         return None
-    return FedOptimizer(cfg_value(config, "fedopt.optimizer.type", "SGD"),
-                        float(cfg_value(config, "fedopt.optimizer.lr", 1.0)),
-                        float(cfg_value(config, "fedopt.optimizer.momentum", 0.0)))
+    node = cfg_value(config, "fedopt.optimizer", {})
+    node = dict(node) if isinstance(node, dict) else dict(vars(node))
+    # FS's open node: every key but type / lr / momentum is the optimizer's own argument
+    extra = {k: v for k, v in node.items() if k not in ("type", "lr", "momentum")}
+    return FedOptimizer(node.get("type", "SGD"), float(node.get("lr", 1.0)),
+                        float(node.get("momentum", 0.0)), **extra)
 
 
 def get_aggregator(config, expected_clients: int = 0, distributed: bool = True) -> Aggregator:
+    """The strategy object of this job; ``expected_clients`` is the job's client count (what
+    FS's ``sample_client_rate`` is a rate of)."""
+    f = config.federate
+    if 0 < f.sample_client_rate <= 1 and 0 < f.sample_client_num <= expected_clients:
+        logger.warning(f"federate.sample_client_rate={f.sample_client_rate} and "
+                       f"federate.sample_client_num={f.sample_client_num} are both set: the rate "
+                       f"wins, as in FS ({clients_per_round(f, expected_clients)} clients per "
+                       f"round); remove one of them")
+    agg = _choose(config, expected_clients, distributed)
+    if isinstance(agg, Aggregator):    # a registered strategy of its own kind keeps its ways
+        agg.expected_clients = expected_clients
+    return agg
+
+
+def _choose(config, expected_clients: int, distributed: bool) -> Aggregator:
     from federatedscope import register
     for func in register.aggregator_dict.values():
         custom = func(config.federate.method, config)
@@ -69,7 +78,7 @@ def get_aggregator(config, expected_clients: int = 0, distributed: bool = True) 
     args = _robust_args(config)
     opt = server_optimizer(config)
     if rule != "fedavg":
-        problem = rule_problem(rule, args, clients_per_round(config, expected_clients))
+        problem = rule_problem(rule, args, clients_per_round(config.federate, expected_clients))
         if problem:
             raise ConfigError(f"aggregator.robust_rule={rule}: {problem} (set "
                               f"aggregator.byzantine_node_num lower, or run more clients)")

@@ -14,13 +14,19 @@ Sub-commands, each exiting non-zero with a message that names the problem and it
 * ``data-root --manifest M``: the data root the shards were cut from (for ``--legacy``).
 * ``wait-health --address H:P --timeout S``: blocks on the standard gRPC health-checking protocol
   (``grpc.health.v1.Health/Watch``), which pushes status changes, until the server is SERVING.
+* ``bound-port --log L --from B --pid P --timeout S``: the port a server started with
+  ``--port 0`` (``distribute.server_port 0``) bound, from the "listening on" line it writes to its
+  log after byte B; fails as soon as the server exits. The server binds port 0 itself: a port
+  picked here and released could be taken by anyone before the server binds it.
 * ``summary --manifest M --outdir D``: per-client samples and the final accuracy.
 """
 import argparse
 import glob
 import json
 import os
+import re
 import sys
+import time
 from typing import List, Optional, Tuple
 
 
@@ -146,6 +152,38 @@ def wait_health(address: str, timeout: float, ca: str = "") -> int:
     return 1
 
 
+_LISTENING = re.compile(rb"Server: listening on \S+:(\d+);")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the launcher reaps its children only when it waits on them)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def bound_port(log_path: str, start: int, pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                found = _LISTENING.search(f.read())
+        except FileNotFoundError:
+            found = None
+        if found:
+            print(int(found.group(1)))
+            return 0
+        if not _running(pid) or time.monotonic() > deadline:
+            print(f"bound-port: the server (pid {pid}) "
+                  f"{'exited' if not _running(pid) else f'wrote no port within {timeout:.0f}s'} "
+                  f"before it logged 'listening on' in {log_path}; see that log", file=sys.stderr)
+            return 1
+        time.sleep(0.1)   # a log line has no change notification that works on every filesystem
+
+
 def summary(manifest_path: str, outdir: str) -> int:
     from federatedscope.core.data.shard_format import read_manifest
     if manifest_path and os.path.exists(manifest_path):
@@ -182,6 +220,11 @@ def main(argv=None) -> int:
     p.add_argument("--address", required=True)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--ca", default="")
+    p = sub.add_parser("bound-port")
+    p.add_argument("--log", required=True)
+    p.add_argument("--from", dest="start", type=int, default=0)
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=60.0)
     p = sub.add_parser("summary")
     p.add_argument("--manifest", default="")
     p.add_argument("--outdir", required=True)
@@ -195,6 +238,8 @@ def main(argv=None) -> int:
         return data_root(args.manifest)
     if args.cmd == "wait-health":
         return wait_health(args.address, args.timeout, args.ca)
+    if args.cmd == "bound-port":
+        return bound_port(args.log, args.start, args.pid, args.timeout)
     return summary(args.manifest, args.outdir)
 
 

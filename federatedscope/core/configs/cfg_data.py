@@ -20,6 +20,8 @@ DEPRECATED_ALIASES = {
 }
 _LOADER_DEFAULTS = dict(type="base", batch_size=64, shuffle=True, num_workers=0, drop_last=False,
                         pin_memory=False, walk_length=2, num_steps=30, sizes=[10, 5])
+# FS's dataloader keys that have no deprecated data.* alias (DP: -1 per-rating privacy)
+_LOADER_ONLY = dict(theta=-1)
 
 
 # config.py imports this module while it builds its default tree: config's names are imported
@@ -31,13 +33,18 @@ def extend_data_cfg(c) -> None:
     c.data = CN(dict(
         root="data", type="femnist", args=[], splits=[0.6, 0.2, 0.2], subsample=1.0,
         transform=[], target_transform=[], pre_transform=[], seed=1234,
+        # FS: per-split lists; an empty one means data.transform (core/data/transforms.py)
+        val_transform=[], val_target_transform=[], val_pre_transform=[],
+        test_transform=[], test_target_transform=[], test_pre_transform=[],
+        # FS: the server (worker 0) also holds all data, for global training/evaluation
+        server_holds_all=False,
         consistent_label_distribution=False, splitter="", file_path="", save_data=False,
         # FS's splitter arguments, a list holding one mapping, e.g. [{'alpha': 0.5}] for 'lda'
         splitter_args=[],
         # FS's deprecated aliases of dataloader.* (FS: data.loader '' means "not set")
         loader="", **{old: _LOADER_DEFAULTS[new] for old, new in DEPRECATED_ALIASES.items()
                       if old != "loader"}))
-    c.dataloader = CN(dict(_LOADER_DEFAULTS))
+    c.dataloader = CN(dict(_LOADER_DEFAULTS, **_LOADER_ONLY))
 
 
 def assert_data_cfg(cfg) -> None:

@@ -37,6 +37,11 @@ def _node(new_allowed: bool = False, **kwargs) -> CfgNode:
     return node
 
 
+def optimizer_node(**defaults) -> CfgNode:
+    # FS: any further key (betas, eps, nesterov, ...) is passed to the optimizer's constructor
+    return _node(new_allowed=True, **defaults)
+
+
 def _scheduler_node() -> CfgNode:
     # FS: any further key (e.g. step_size, gamma, milestones) is passed to torch's scheduler.
     return _node(new_allowed=True, type="", warmup_ratio=0.0)
@@ -44,7 +49,7 @@ def _scheduler_node() -> CfgNode:
 
 def extend_fl_algo_cfg(cfg) -> None:
     cfg.fedopt = _node(use=False,
-                       optimizer=_node(type="SGD", lr=0.01, momentum=0.0))
+                       optimizer=optimizer_node(type="SGD", lr=0.01, momentum=0.0))
     cfg.fedprox = _node(use=False, mu=0.0)
     cfg.personalization = _node(
         local_param=[], share_non_trainable_para=False, local_update_steps=-1,
@@ -54,7 +59,7 @@ def extend_fl_algo_cfg(cfg) -> None:
     cfg.train.scheduler = _scheduler_node()
     cfg.finetune = _node(
         before_eval=False, local_update_steps=1, batch_or_epoch="epoch", freeze_param="",
-        optimizer=_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0),
+        optimizer=optimizer_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0),
         scheduler=_scheduler_node(),
         simple_tuning=False, epoch_linear=10, lr_linear=0.005, weight_decay=0.0, local_param=[])
 
@@ -75,8 +80,6 @@ def _check_method(cfg) -> None:
     if method == "fedopt":
         cfg.fedopt.use = True  # FS: the method name alone switches the server optimizer on
     o = cfg.fedopt.optimizer
-    if str(o.type).lower() != "sgd":
-        _fail(f"fedopt.optimizer.type={o.type!r} is not supported; only 'SGD' exists here")
     if cfg.fedopt.use and not o.lr > 0:
         _fail(f"fedopt.optimizer.lr={o.lr} must be > 0 (FS's FEMNIST recipe uses 1.0)")
     if not 0.0 <= o.momentum < 1.0:
@@ -134,14 +137,22 @@ def _check_scheduler(cfg, key: str) -> None:
               f"{key} in the YAML (e.g. type: StepLR, step_size: 2, gamma: 0.5)")
 
 
+def _check_optimizer(cfg, key: str) -> None:
+    """Build the optimizer once on a stand-in parameter (``core/trainers/optimizer.py``), so an
+    unknown type, an argument its class does not take or a mistyped value fails now."""
+    from federatedscope.core.trainers.optimizer import check_optimizer
+    try:
+        check_optimizer(key, _get(cfg, key))
+    except ValueError as e:
+        _fail(str(e))
+
+
 def _check_finetune(cfg) -> None:
     f = cfg.finetune
     if f.batch_or_epoch not in ("batch", "epoch"):
         _fail(f"finetune.batch_or_epoch={f.batch_or_epoch!r} must be 'batch' or 'epoch'")
     if f.local_update_steps < 1:
         _fail(f"finetune.local_update_steps={f.local_update_steps} must be >= 1")
-    if str(f.optimizer.type).lower() != "sgd":
-        _fail(f"finetune.optimizer.type={f.optimizer.type!r} is not supported; only 'SGD'")
     if f.optimizer.lr < 0:
         _fail(f"finetune.optimizer.lr={f.optimizer.lr} must be >= 0")
 
@@ -169,6 +180,8 @@ def assert_fl_algo_cfg(cfg) -> None:
     _check_prox(cfg)
     _check_personalization(cfg)
     _check_finetune(cfg)
+    for key in ("train.optimizer", "finetune.optimizer", "fedopt.optimizer"):
+        _check_optimizer(cfg, key)
     _check_scheduler(cfg, "train.scheduler")
     _check_scheduler(cfg, "finetune.scheduler")
     _check_trainer_and_criterion(cfg)

@@ -14,7 +14,7 @@ import yacs.config as _yacs
 from yacs.config import CfgNode as _YacsNode
 
 from federatedscope.core.configs.cfg_fl_algo import (FL_ALGO_NOT_IMPLEMENTED, assert_fl_algo_cfg,
-                                                     extend_fl_algo_cfg)
+                                                     extend_fl_algo_cfg, optimizer_node)
 from federatedscope.core.configs.key_status import ACCEPTED_UNUSED
 
 logger = logging.getLogger("federatedscope")
@@ -117,6 +117,8 @@ def get_default_cfg() -> CN:
         online_aggr=False, method="FedAvg", save_to="", restore_from="",
         join_in_info=[], share_local_model=False, data_weighted_aggr=False,
         use_ss=False, merge_test_data=False,
+        # FS keys refused when changed (_NOT_IMPLEMENTED) or accepted (key_status.py)
+        use_diff=False, ignore_weight=False, sampler="uniform",
         # reliability
         round_timeout=0.0, min_clients_threshold=0, graceful_termination_timeout=300.0,
         join_timeout=0.0,
@@ -163,8 +165,10 @@ def get_default_cfg() -> CN:
                     in_channels=0, out_channels=1, layer=2, input_shape=(), use_bias=True,
                     embed_size=8)  # FS: the LSTM's token embedding width
 
-    c.train = _node(local_update_steps=1, batch_or_epoch="batch",
-                    optimizer=_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0))
+    # FS: CN(new_allowed=True); any further key is the optimizer's argument (cfg_fl_algo.py)
+    c.train = _node(local_update_steps=1, batch_or_epoch="batch", data_para_dids=[],
+                    is_enable_half=False,
+                    optimizer=optimizer_node(type="SGD", lr=0.1, momentum=0.0, weight_decay=0.0))
 
     c.grad = _node(grad_clip=-1.0, grad_accum_count=1)
     # FS's robust aggregation keys: rule, assumed Byzantine count, and the rules' parameters.
@@ -180,8 +184,10 @@ def get_default_cfg() -> CN:
     c.regularizer = _node(type="", mu=0.0)
     c.trainer = _node(type="general")
 
-    c.eval = _node(freq=1, metrics=[], split=["test", "val"], report=["weighted_avg", "avg", "raw"],
-                   best_res_update_round_wise_key="val_loss", monitoring=[], count_flops=False)
+    c.eval = _node(freq=1, metrics=[], split=["test", "val"],
+                   report=["weighted_avg", "avg", "fairness", "raw"],
+                   best_res_update_round_wise_key="val_loss", monitoring=[], count_flops=False,
+                   save_data=False)
     c.wandb = _node(use=False)
     extend_fl_algo_cfg(c)  # fedopt, fedprox, personalization, finetune, train.scheduler
     return c
@@ -198,7 +204,6 @@ _CHOICES = {
     "distribute.role": ("server", "client"),
     "distribute.grpc_compression": ("nocompression", "deflate", "gzip"),
     "train.batch_or_epoch": ("batch", "epoch"),
-    "train.optimizer.type": ("sgd",),
     "aggregator.robust_rule": ("fedavg", "krum", "median", "trimmedmean", "bulyan", "normbounding"),
 }
 _KNOWN_METRICS = ("acc", "correct", "loss", "total", "avg_loss")
@@ -216,10 +221,19 @@ _NOT_IMPLEMENTED = {
     "federate.share_local_model": "one shared model object for all standalone clients",
     "federate.use_ss": "secret-sharing aggregation",
     "federate.merge_test_data": "merging all clients' test data for a global evaluation",
+    "federate.ignore_weight": "equal aggregation weights whatever the sample counts",
+    "federate.sampler": "client sampling strategies other than 'uniform' (FS: 'group')",
+    "train.data_para_dids": "torch.nn.DataParallel over several GPUs",
+    "train.is_enable_half": "half-precision (float16) models",
     "distribute.data_file": "FS's per-process data file",
     "data.args": "extra dataset constructor arguments",
     "data.target_transform": "label transforms",
+    "data.val_target_transform": "label transforms of the val split",
+    "data.test_target_transform": "label transforms of the test split",
     "data.pre_transform": "transforms applied once before caching",
+    "data.val_pre_transform": "the val split's transforms applied once before caching",
+    "data.test_pre_transform": "the test split's transforms applied once before caching",
+    "data.server_holds_all": "the server (worker 0) holding all data for global training",
     "data.file_path": "loading data from one file",
     "data.save_data": "saving the split data",
     "dataloader.type": "other data loaders (FS: 'raw', graph samplers)",
@@ -227,6 +241,7 @@ _NOT_IMPLEMENTED = {
     "model.layer": "the layer count of other model types",
     "model.use_bias": "bias switch of other model types",
     "eval.monitoring": "extra monitored quantities",
+    "eval.save_data": "saving the evaluation data and predictions",
     "wandb.use": "Weights & Biases logging",
     **FL_ALGO_NOT_IMPLEMENTED,
 }
@@ -343,14 +358,12 @@ def _role_name(cfg: CN) -> str:
     return "client"
 
 
-def load_cfg(cfg_file: Optional[str], opts: List[str], overrides: List[str] = (),
-             client_cfg: str = "") -> CN:
-    """Defaults <- YAML <- client YAML <- ``key value`` pairs <- ``--override key=value`` items."""
+def load_cfg(cfg_file: Optional[str], opts: List[str], overrides: List[str] = ()) -> CN:
+    """Defaults <- YAML <- ``key value`` pairs <- ``--override key=value`` items (the global
+    config; FS's per-client configs are apart: ``client_cfg.py``)."""
     cfg = global_cfg.clone()
     if cfg_file:
         cfg.merge_from_file(cfg_file)
-    if client_cfg:
-        cfg.merge_from_file(client_cfg)
     cfg.merge_from_list(list(opts))
     from federatedscope.core.cmd_args import override_pairs
     cfg.merge_from_list(override_pairs(list(overrides)))

@@ -21,6 +21,13 @@ ACCEPTED_UNUSED = {
     "personalization.share_non_trainable_para": "FS's own parameter filter shares non-trainable "
                                                 "state (BN statistics) whatever this says; here "
                                                 "it is always shared too (doc/algorithms.md)",
+    "federate.use_diff": "FS's clients then upload model deltas; here the server combines the "
+                         "same updates (FedAvg's weighted mean equals the global model plus the "
+                         "mean delta; the robust rules already work on deltas), so either FS "
+                         "setting gives the same aggregate up to float rounding",
+    "dataloader.theta": "only FS's matrix-factorisation loaders read it (their DP sampling); "
+                        "they need an MF data.type, which no loader here registers (the "
+                        "registry refuses one)",
     "dataloader.walk_length": _GRAPH,
     "dataloader.num_steps": _GRAPH,
     "dataloader.sizes": _GRAPH,

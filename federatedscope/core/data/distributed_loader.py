@@ -29,7 +29,7 @@ from federatedscope.core.data.shard_format.records import (FileEntry, ManifestEn
                                                            ShardDeclaration, ShardMeta,
                                                            check_declaration, read_meta)
 from federatedscope.core.data.streaming import StreamingSplit
-from federatedscope.core.data.transforms import build_transform, transform_for
+from federatedscope.core.data.transforms import build_transform, split_transforms
 
 logger = logging.getLogger("federatedscope")
 __all__ = ["DistributedShardLoader", "ShardError", "file_problem", "shard_files", "verify_shard"]
@@ -118,12 +118,15 @@ class DistributedShardLoader:
 
     def __init__(self, shard_path: str, client_id: Optional[int] = None, streaming: bool = False,
                  strict_check: bool = True, verify_checksum: bool = True,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 transforms: Optional[Dict[str, Callable[[torch.Tensor], torch.Tensor]]] = None):
         self.shard_path = os.fspath(shard_path) if shard_path else ""
         self.strict, self.verify = bool(strict_check), bool(verify_checksum)
         self.streaming = bool(streaming)
         self.client_id: Optional[int] = int(client_id) if client_id and client_id > 0 else None
         self.transform = transform if transform is not None else build_transform([])
+        # per split (data.val_transform / data.test_transform), else ``transform``
+        self.split_transforms = dict(transforms or {})
         if not self.shard_path:
             raise ShardError("distributed_data.shard_path is empty; set it to this client's shard "
                              "directory (e.g. data/<dataset>/shards/client_1); make shards with: "
@@ -135,7 +138,8 @@ class DistributedShardLoader:
     @classmethod
     def from_config(cls, cfg: Any, client_id: Optional[int] = None,
                     shard_path: Optional[str] = None) -> "DistributedShardLoader":
-        """The builder's call: ``distributed_data.*`` and ``data.transform`` from ``cfg``;
+        """The builder's call: ``distributed_data.*`` and the split transforms (``data.transform``,
+        ``data.val_transform``, ``data.test_transform``) from ``cfg``;
         ``client_id`` defaults to ``distribute.client_id``, ``shard_path`` (a standalone
         simulation passes each manifest entry's directory) to ``distributed_data.shard_path``."""
         dd = cfg.distributed_data
@@ -143,7 +147,7 @@ class DistributedShardLoader:
         return cls(dd.shard_path if shard_path is None else shard_path, client_id=cid,
                    streaming=dd.streaming, strict_check=dd.strict_check,
                    verify_checksum=dd.verify_checksum,
-                   transform=transform_for(cfg.data.transform, get_spec(cfg.data.type)))
+                   transforms=split_transforms(cfg.data, get_spec(cfg.data.type)))
 
     # -------------------------------------------------------------- public API
     @property
@@ -249,13 +253,13 @@ class DistributedShardLoader:
             return self._missing(meta, split, path)
         try:
             if packed is not None:
-                ds, hist = self._link_split(meta, packed, path)
+                ds, hist = self._link_split(meta, packed, path, split)
             elif self.streaming:
-                ds, hist = self._stream_split(meta, path)
+                ds, hist = self._stream_split(meta, path, split)
             else:
                 x, y = split_file.read_split(path)
                 self._check_shape(meta, path, tuple(x.shape[1:]), str(x.dtype).replace("torch.", ""))
-                ds, hist = TensorSplit(x, y, self.transform), self._bincount(meta, path, y)
+                ds, hist = TensorSplit(x, y, self._transform(split)), self._bincount(meta, path, y)
         except ShardError as e:
             raise self._error(str(e)) from None
         if len(ds) != meta.num_samples[split]:
@@ -266,6 +270,9 @@ class DistributedShardLoader:
         src = path + (f" (rows of {packed})" if packed else "")
         return ds, hist, src + (" (streaming)" if self.streaming else "")
 
+    def _transform(self, split: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.split_transforms.get(split, self.transform)
+
     def _missing(self, meta: sf.ShardMeta, split: str, path: str):
         msg = f"{path} is missing (meta.json lists it), so the shard is incomplete"
         if self.strict:
@@ -273,7 +280,7 @@ class DistributedShardLoader:
                                    "run without this split)")
         logger.warning("%s; strict_check is off, so the %s split is empty", msg, split)
         empty = TensorSplit(torch.zeros((0, *meta.sample_shape), dtype=getattr(torch, meta.sample_dtype)),
-                            torch.zeros(0, dtype=torch.int64), self.transform)
+                            torch.zeros(0, dtype=torch.int64), self._transform(split))
         return empty, [0] * meta.num_classes, ""
 
     @staticmethod
@@ -291,7 +298,8 @@ class DistributedShardLoader:
                              f"(first: {int(bad[0])})")
         return torch.bincount(y, minlength=k).tolist()   # k zeros for an empty split
 
-    def _stream_split(self, meta: sf.ShardMeta, path: str) -> Tuple[StreamingSplit, List[int]]:
+    def _stream_split(self, meta: sf.ShardMeta, path: str,
+                      split: str) -> Tuple[StreamingSplit, List[int]]:
         lay = split_file.split_layout(path)
         self._check_shape(meta, path, lay.sample_shape, lay.dtype)
         hist = np.zeros(meta.num_classes, np.int64)
@@ -303,9 +311,9 @@ class DistributedShardLoader:
             split_file.scan_labels(fd, lay, add)
         finally:
             os.close(fd)
-        return StreamingSplit(lay, None, self.transform), hist.tolist()
+        return StreamingSplit(lay, None, self._transform(split)), hist.tolist()
 
-    def _link_split(self, meta: sf.ShardMeta, packed: str, path: str):
+    def _link_split(self, meta: sf.ShardMeta, packed: str, path: str, split: str):
         rows = split_file.read_index(path).numpy()
         lay = split_file.split_layout(packed)
         self._check_shape(meta, packed, lay.sample_shape, lay.dtype)
@@ -322,8 +330,8 @@ class DistributedShardLoader:
         y = torch.from_numpy(ys)
         hist = self._bincount(meta, path, y)
         if self.streaming:
-            return StreamingSplit(lay, rows, self.transform), hist
+            return StreamingSplit(lay, rows, self._transform(split)), hist
         x, _ = split_file.read_split(packed, mmap=True)
         xs = x[torch.from_numpy(rows)].clone()  # copy this client's rows, then drop the mapping
         del x
-        return TensorSplit(xs, y, self.transform), hist
+        return TensorSplit(xs, y, self._transform(split)), hist

@@ -37,6 +37,7 @@ from federatedscope.core.data.sharding_plan import (SAMPLE_STRATEGIES, Plan, Row
                                                     plan_id, split_rows, subsample_writers,
                                                     writer_order)
 from federatedscope.core.data.sharding_plot import plot_partition
+from federatedscope.core.data.spec_data import kept_writers
 
 PACKED = os.path.join("packed", "data.pt")
 
@@ -235,9 +236,11 @@ def prepare_shards(args: ShardArgs, cmd: str = "") -> PrepareSummary:
 
 def _make_plan(args: ShardArgs, kind: str, src_dir: str, inputs: List[str], parts) -> Plan:
     ids = writer_order(list(parts))
-    chosen = subsample_writers(ids, args.subsample, args.seed, args.strategy)
-    # a splitter made one writer per client already (client_1..N, in that order)
-    by_writer = "sequential" if args.strategy in SAMPLE_STRATEGIES else args.strategy
+    # a splitter made one writer per client already (client_1..N, in that order), from the
+    # writers --subsample kept
+    sampled = args.strategy in SAMPLE_STRATEGIES
+    chosen = ids if sampled else subsample_writers(ids, args.subsample, args.seed, args.strategy)
+    by_writer = "sequential" if sampled else args.strategy
     clients = assign(chosen, ids, args.clients, by_writer, args.seed, args.assignment)
     options = so.run_options(args)
     source = {"kind": kind, "root": os.path.abspath(args.root), "path": src_dir,
@@ -257,8 +260,10 @@ def _by_splitter(args: ShardArgs, spec: DatasetSpec, parts, spill: Spill):
                                 f"splitter) or --strategy iid")
         return parts
     if args.subsample < 1.0:
-        raise ShardingError(f"--subsample {args.subsample} chooses writers; --strategy "
-                            f"{args.strategy} deals every sample, so drop --subsample")
+        if not spec.has_writers:
+            raise ShardingError(f"--subsample {args.subsample} chooses writers, and --dataset "
+                                f"{spec.name} has none: drop --subsample")
+        parts = kept_writers(parts, args.subsample, args.seed)   # as data.subsample does
     if args.strategy == "lda" and not args.alpha > 0:
         # the splitter's own message names FS's config key, not the flag the user typed
         raise ShardingError(f"--alpha {args.alpha} must be > 0 (the Dirichlet concentration of "

@@ -92,12 +92,19 @@ def _dealt(by_writer: Writers, splitter, seed: int, consistent: bool) -> Writers
             for k, got in dealt.items()}
 
 
+def kept_writers(by_writer: dict, subsample: float, seed: int) -> dict:
+    """The writers ``data.subsample`` keeps (``--subsample`` in the shard tool), in their input
+    order: a splitter pools them in that order, so the tool and FS's path deal the same."""
+    keep = set(subsample_writers(writer_order(list(by_writer)), subsample, seed, "sequential"))
+    return {w: got for w, got in by_writer.items() if w in keep}
+
+
 def load_spec_partitions(config, spec: DatasetSpec, client_cfgs=None):
     """FS's loader for ``spec``: (``StandaloneDataDict`` of every partition, config)."""
     from federatedscope.core.auxiliaries.splitter_builder import get_splitter
     from federatedscope.core.configs.config import ConfigError
     from federatedscope.core.data.datasets import TensorSplit
-    from federatedscope.core.data.transforms import transform_for
+    from federatedscope.core.data.transforms import split_transforms
     data, seed = config.data, int(config.data.seed)
     if not data.splitter and not spec.has_writers:
         raise ConfigError(f"data.type={data.type!r} has no writers to make clients of: set "
@@ -105,21 +112,24 @@ def load_spec_partitions(config, spec: DatasetSpec, client_cfgs=None):
                           f"'iid') and federate.client_num")
     by_writer = gather_writers(spec.iter_writers(data.root),
                                f"{spec.name}: no samples under data.root={data.root!r}")
+    # data.subsample picks the writers (FS's LEAF s_frac) before any splitter pools them, so
+    # both keys act; a dataset without writers has one pseudo-writer per input split
+    order = writer_order(list(by_writer))     # of all writers, as the shard tool orders them
+    if spec.has_writers:
+        by_writer = kept_writers(by_writer, float(data.subsample), seed)
     if data.splitter:
         by_writer = _dealt(by_writer, get_splitter(config), seed,
                            bool(data.consistent_label_distribution))
-        chosen = writer_order(list(by_writer))
-    else:
-        chosen = subsample_writers(writer_order(list(by_writer)), float(data.subsample), seed,
-                                   "sequential")
-    transform = transform_for(data.transform, spec)
+        order = writer_order(list(by_writer))
+    chosen = [w for w in order if w in by_writer]
+    transform = split_transforms(data, spec)   # data.transform / val_transform / test_transform
 
     def own_cfg(cid: int):
         return client_cfgs.get(f"client_{cid}") if client_cfgs is not None else None
     clients = {}
     for i, w in enumerate(chosen):
         task = split_writer(by_writer[w], list(data.splits), seed, w)
-        clients[i + 1] = ClientData(own_cfg(i + 1), *(TensorSplit(*task[s], transform)
+        clients[i + 1] = ClientData(own_cfg(i + 1), *(TensorSplit(*task[s], transform[s])
                                                       for s in SPLITS))
     return StandaloneDataDict(clients), config
 

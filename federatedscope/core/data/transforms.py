@@ -147,3 +147,31 @@ def transform_for(transform_cfg: Sequence[Any], spec: Any) -> Transform:
                              f"token ids, which take no transform; remove data.transform")
         return identity
     return build_transform(cfg or list(spec.default_transform), len(spec.sample_shape))
+
+
+def split_transform_lists(data_cfg) -> Dict[str, List[Any]]:
+    """FS's per-split transform lists: ``data.val_transform`` / ``data.test_transform`` where
+    given, ``data.transform`` for the train split and for a split whose own list is empty ("if not
+    provided, use cfg.data.transform for all splits", FS's cfg_data.py)."""
+    common = list(data_cfg.transform or [])
+    return {"train": common, "val": list(data_cfg.val_transform or []) or common,
+            "test": list(data_cfg.test_transform or []) or common}
+
+
+def split_transforms(data_cfg, spec: Any) -> Dict[str, Transform]:
+    """``transform_for`` of each split's list (``split_transform_lists``); splits with the same
+    list share one callable."""
+    own = {"val": list(data_cfg.val_transform or []), "test": list(data_cfg.test_transform or [])}
+    built: Dict[str, Transform] = {}
+    out: Dict[str, Transform] = {}
+    for split, entries in split_transform_lists(data_cfg).items():
+        key = repr(entries)
+        if key not in built:
+            try:
+                built[key] = transform_for(entries, spec)
+            except ValueError as e:   # the messages say data.transform: name the list it was
+                if own.get(split):
+                    raise ValueError(f"data.{split}_transform={entries!r}: {e}") from None
+                raise
+        out[split] = built[key]
+    return out

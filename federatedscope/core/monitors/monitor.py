@@ -1,7 +1,10 @@
 """Turns per-client evaluation results into FS's reports and the ``eval_results.log`` lines.
 
 ``weighted_avg`` weighs each client's ``<split>_<metric>`` by its ``<split>_total``; ``avg`` is the
-plain mean over clients; ``raw`` keeps every client's numbers. Each evaluation appends exactly one
+plain mean over clients; ``fairness`` replaces each metric by FS's statistics of its spread over
+clients (``fairness()``); ``raw`` keeps every client's numbers. In every form but ``raw``,
+``<split>_total`` and ``<split>_correct`` are their mean over clients, as FS's ``format_eval_res``
+writes them (a split's sample count is the sum over ``Results_raw``). Each evaluation appends one
 JSON line (written with fsync so a crash cannot lose a reported round), naming which clients' results
 are in it (``Clients``) and which were expected but are not (``Missing``: timed out, refused, lost).
 
@@ -18,6 +21,8 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence, Set
 
+import numpy as np
+
 from federatedscope.core.auxiliaries.utils import append_line
 
 logger = logging.getLogger("federatedscope")
@@ -28,6 +33,13 @@ def _split_of(key: str) -> str:
     return key.split("_", 1)[0]
 
 
+def _is_count(key: str) -> bool:
+    """FS's rule: only ``<split>_total`` and ``<split>_correct`` are counts (averaged over clients
+    in every form); ``train_total_local_model`` (Ditto) is a metric like any other."""
+    split = _split_of(key)
+    return key in (f"{split}_total", f"{split}_correct")
+
+
 def weighted_avg(per_client: Dict[int, Results]) -> Results:
     sums: Dict[str, float] = {}
     weights: Dict[str, float] = {}
@@ -35,12 +47,10 @@ def weighted_avg(per_client: Dict[int, Results]) -> Results:
         for key, value in res.items():
             split = _split_of(key)
             w = float(res.get(f"{split}_total", 1))
-            if key.endswith("_total") or key.endswith("_correct"):
-                sums[key] = sums.get(key, 0.0) + value      # counts add up
-                weights[key] = 1.0
-            else:
-                sums[key] = sums.get(key, 0.0) + value * w
-                weights[key] = weights.get(key, 0.0) + w
+            if _is_count(key):
+                w = 1.0        # FS writes a count's plain mean over clients, even in weighted_avg
+            sums[key] = sums.get(key, 0.0) + value * w
+            weights[key] = weights.get(key, 0.0) + w
     return {k: (sums[k] / weights[k] if weights[k] else 0.0) for k in sorted(sums)}
 
 
@@ -54,6 +64,53 @@ def plain_avg(per_client: Dict[int, Results]) -> Results:
             sums[key] = sums.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1
     return {k: sums[k] / counts[k] for k in sorted(sums)}
+
+
+FAIRNESS_STATS = ("std", "bottom_decile", "top_decile", "min", "max", "bottom10%", "top10%",
+                  "cos1", "entropy")
+
+
+def fairness(per_client: Dict[int, Results]) -> Dict[str, Optional[float]]:
+    """FS's ``fairness`` form: counts as their mean over clients, then, for every other key sent by
+    at least two clients, ``<key>_<stat>`` for each of ``FAIRNESS_STATS`` in place of the key.
+    A key only one client sent stays as its value (FS keeps a lone value unsummarised). Like
+    ``plain_avg``, a client without a key is left out of that key's statistics."""
+    values: Dict[str, List[float]] = {}
+    for cid in sorted(per_client):
+        for key, value in per_client[cid].items():
+            values.setdefault(key, []).append(float(value))
+    kept: Dict[str, Optional[float]] = {}
+    spread: Dict[str, Optional[float]] = {}
+    for key in sorted(values):
+        v = values[key]
+        if _is_count(key):
+            kept[key] = float(np.mean(v))
+        elif len(v) == 1:
+            kept[key] = v[0]
+        else:
+            spread.update(_spread(key, np.sort(np.asarray(v, dtype=np.float64))))
+    return {**kept, **spread}   # FS's order: the kept keys, then the statistics
+
+
+def _spread(key: str, a: np.ndarray) -> Dict[str, Optional[float]]:
+    """FS's definitions over the sorted values ``a``: population std; deciles by index
+    (``a[n // 10]``, ``a[n * 9 // 10]``, no interpolation); the 10% tails' means; the cosine of the
+    values with the all-ones vector; the entropy (natural log) of the values normalised to sum 1,
+    each shifted by 1e-9. A statistic FS gets as NaN (the bottom 10% of fewer than 10 clients is
+    empty; cos1 of all zeros is 0/0) is written as null: the line stays strict JSON."""
+    n = a.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shifted = a + 1e-9
+        p = shifted / np.sum(shifted)
+        stats = (np.std(a), a[n // 10], a[n * 9 // 10], a[0], a[-1],
+                 np.mean(a[:n // 10]) if n // 10 else np.nan, np.mean(a[n * 9 // 10:]),
+                 np.mean(a) / np.sqrt(np.mean(a ** 2)), np.sum(-p * np.log(p)))
+    return {f"{key}_{name}": (float(x) if np.isfinite(x) else None)
+            for name, x in zip(FAIRNESS_STATS, stats)}
+
+
+# the forms a Final line repeats; Results_weighted_avg first: readers look it up by name
+_SUMMARIES = ("Results_weighted_avg", "Results_avg", "Results_fairness")
 
 
 class Monitor:
@@ -91,6 +148,9 @@ class Monitor:
             line["Results_weighted_avg"] = {k: round(v, digits) for k, v in wavg.items()}
         if "avg" in reports:
             line["Results_avg"] = {k: round(v, digits) for k, v in plain_avg(per_client).items()}
+        if "fairness" in reports:
+            line["Results_fairness"] = {k: (v if v is None else round(v, digits))
+                                        for k, v in fairness(per_client).items()}
         if "raw" in reports:
             line["Results_raw"] = {f"client #{cid}": res for cid, res in sorted(per_client.items())}
         logger.info(json.dumps({k: v for k, v in line.items() if k != "Results_raw"}))
@@ -142,10 +202,14 @@ class Monitor:
         return patience > 0 and self.no_improve >= patience
 
     def final_summary(self) -> dict:
-        last = next((h for h in reversed(self.history) if h.get("Results_weighted_avg")), {})
-        summary = {"Role": "Server #", "Final": True,
-                   "Round": last.get("Round"), "Clients": last.get("Clients", []), "Results_weighted_avg": last.get("Results_weighted_avg", {}),
-                   "best_round": self.best_round, f"best_{self.key}": self.best}
+        """The last evaluated round again, with each summarised form it was reported in (FS's
+        Final line carries every summarised form too), and the best round of ``self.key``."""
+        last = next((h for h in reversed(self.history) if any(h.get(f) for f in _SUMMARIES)), {})
+        summary = {"Role": "Server #", "Final": True, "Round": last.get("Round"),
+                   "Clients": last.get("Clients", []),
+                   "Results_weighted_avg": last.get("Results_weighted_avg", {})}
+        summary.update({f: last[f] for f in _SUMMARIES[1:] if f in last})
+        summary.update({"best_round": self.best_round, f"best_{self.key}": self.best})
         self.unwritten.append(json.dumps(summary))
         return summary
 

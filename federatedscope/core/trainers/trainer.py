@@ -29,7 +29,7 @@ from torch import nn
 
 import federatedscope.register as register
 from federatedscope.core.data.datasets import BatchSource
-from federatedscope.core.trainers.optimizer import PlainSGD
+from federatedscope.core.trainers.optimizer import build_optimizer
 from federatedscope.core.trainers.regularizer import ParamPull
 from federatedscope.core.trainers.scheduler import build_scheduler
 
@@ -107,13 +107,13 @@ class GeneralTorchTrainer:
         return len(src) if src is not None else 0
 
     def _optimizer(self, model: Optional[nn.Module] = None, lr: Optional[float] = None,
-                   o=None) -> PlainSGD:
-        """SGD over ``model`` (default: the global one) with the momentum and weight decay of
-        ``o`` (default: ``train.optimizer``) and ``lr`` (default: ``o.lr``)."""
+                   o=None) -> torch.optim.Optimizer:
+        """The optimizer node ``o`` asks for (default: ``train.optimizer``; FS's
+        ``get_optimizer``: type and every argument of the node) over ``model`` (default: the
+        global one), with ``lr`` (default: ``o.lr``)."""
         o = o if o is not None else self.cfg.train.optimizer
         model = model if model is not None else self.model
-        return PlainSGD(model.parameters(), lr=o.lr if lr is None else lr, momentum=o.momentum,
-                        weight_decay=o.weight_decay)
+        return build_optimizer(model, o, lr)
 
     # --- training ---
     def train(self, seed: int) -> Tuple[int, State, Dict[str, float]]:

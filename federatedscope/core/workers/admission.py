@@ -28,6 +28,7 @@ from federatedscope.core.data.shard_format import (ShardDeclaration, check_decla
 from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, UNASSIGNED, Message, clip_text
 from federatedscope.core.workers.cool_off import CoolOff, utc_after
 from federatedscope.core.workers.join_lines import JoinLines
+from federatedscope.core.workers.validation import check_local_param
 
 logger = logging.getLogger("federatedscope")
 
@@ -285,6 +286,7 @@ class ClientTable(Dict[int, ClientRecord]):
         self._by_conn: Dict[int, int] = {}       # connection -> online client id
         self._counts: Optional[list] = None      # train_counts(), until a declaration changes
         self.job_id = ""                         # sent with every id (the server sets it)
+        self.local_param: list = []              # the server's personalization.local_param
         self.join_lines = JoinLines()
 
     def online_ids(self) -> Set[int]:
@@ -332,6 +334,10 @@ class ClientTable(Dict[int, ClientRecord]):
                            f"connection (claiming {clip_text(content.get('client_id'), 40)}); ignored")
             return None
         decision = self.admission.admit(content, self._online)
+        mismatch = decision.accepted and check_local_param(self.local_param,
+                                                           content.get("local_param", []))
+        if mismatch:   # a config error, not a secret: the peer is told the detail and the fix
+            decision = _refuse(mismatch, mismatch)
         if not decision.accepted:
             # a cool-off refused again and again is logged once per period, not per attempt
             (logger.debug if decision.quiet else logger.warning)(

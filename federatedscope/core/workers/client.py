@@ -75,6 +75,7 @@ class Client(Worker):
     # ---------------------------------------------------------------- join
     def join_message(self) -> Message:
         content: Dict = {"client_id": self.ID, "token": self.token,
+                         "local_param": [str(p) for p in self.cfg.personalization.local_param],
                          "num_samples": {s: self.trainer.num_samples(s)
                                          for s in ("train", "val", "test")}}
         if self.loader is not None:

@@ -76,6 +76,7 @@ class Server(Worker):
         # Names this job to its clients (kept in the checkpoint, so a restored server keeps it):
         # a client restores personal state saved in the same job only, never an earlier run's.
         self.clients.job_id = (restored and restored.job_id) or secrets.token_hex(8)
+        self.clients.local_param = list(self.aggregator.local_param)
         if distributed and not admission.uses_tokens:
             logger.warning("Server: no client tokens configured (distribute.token or token_hash "
                            "in the manifest): a client id is only a claim, and anyone who can "

@@ -46,6 +46,20 @@ def check_update(ref: State, tensors: Optional[State],
     return None
 
 
+def check_local_param(own: Sequence[str], claimed: object) -> Optional[str]:
+    """A joining client's ``personalization.local_param`` against the server's: they must be the
+    same patterns, or every update of that client (which omits the keys its patterns match) is
+    refused, or the client cannot load the global model (which lacks the keys the server's
+    match). Found at the join, the fix is named before a round is lost."""
+    if not isinstance(claimed, list) or not all(isinstance(p, str) for p in claimed):
+        return "local_param must be a list of strings"
+    if sorted(set(claimed)) == sorted(set(own)):
+        return None
+    return (f"personalization.local_param differs: the client keeps {sorted(set(claimed))} "
+            f"local, the server {sorted(set(own))}; give the server and every client the same "
+            f"personalization.local_param (FedBN: ['bn'] or ['norm'])")
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     """A finite sum proves every element finite (NaN/inf propagate); only when the sum is not
     finite (a NaN, or finite values that overflow) is the element-wise check needed."""

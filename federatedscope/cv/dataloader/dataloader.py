@@ -10,7 +10,7 @@ from typing import Tuple
 from federatedscope.core.data.base_data import SPLITS, ClientData, StandaloneDataDict
 from federatedscope.core.data.dataset_spec import get_spec
 from federatedscope.core.data.spec_data import load_spec_partitions, registered_loader
-from federatedscope.core.data.transforms import build_transform
+from federatedscope.core.data.transforms import split_transforms
 from federatedscope.register import register_data
 
 logger = logging.getLogger("federatedscope")
@@ -25,16 +25,16 @@ def load_cv_dataset(config, client_cfgs=None):
     from federatedscope.cv.dataset.leaf_femnist import load_femnist_tasks
     tasks = load_femnist_tasks(config.data.root, list(config.data.splits), config.data.subsample,
                                config.data.seed)
-    transform = build_transform(config.data.transform)
+    transform = split_transforms(config.data, get_spec(config.data.type))
 
-    def split(pair: Tuple) -> TensorSplit:
-        return TensorSplit(pair[0], pair[1], transform)
+    def split(pair: Tuple, name: str) -> TensorSplit:
+        return TensorSplit(pair[0], pair[1], transform[name])
 
     def own_cfg(cid: int):
         return client_cfgs.get(f"client_{cid}") if client_cfgs is not None else None
     return StandaloneDataDict({
         i + 1: ClientData(own_cfg(i + 1),
-                          *(split(task[s]) if s in task else None for s in SPLITS))
+                          *(split(task[s], s) if s in task else None for s in SPLITS))
         for i, task in enumerate(tasks)}), config
 
 
