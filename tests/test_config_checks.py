@@ -400,6 +400,14 @@ def _fail_text(text):
     return text + " (see doc/algorithms.md)"
 
 
+
+def _unknown_optimizer(key: str, name: str) -> str:
+    return (f"{key}: unknown optimizer type {name!r} (not registered with "
+            f"federatedscope.register.register_optimizer, and not a class of torch.optim, e.g. "
+            f"SGD, Adam, AdamW, RMSprop, Adagrad); set {key}.type to a torch.optim class (or a "
+            f"registered optimizer) and give only its arguments as keys of {key}")
+
+
 @pytest.mark.parametrize("pairs,text", [
     (["federate.method", "pFedMe"], "federate.method='pFedMe' (pFedMe) is not implemented here; "
                                     "use one of FedAvg, FedOpt, Ditto"),
@@ -409,10 +417,7 @@ def _fail_text(text):
                                    "implemented here; use one of FedAvg, FedOpt, Ditto"),
     (["federate.method", "fedsgd"], "federate.method='fedsgd' is not supported; choose one of "
                                     "FedAvg, FedOpt, Ditto"),
-    (["fedopt.optimizer.type", "Adamz"], "fedopt.optimizer: unknown optimizer type 'Adamz' (not "
-     "registered with federatedscope.register.register_optimizer, and not a class of torch.optim, "
-     "e.g. SGD, Adam, AdamW, RMSprop, Adagrad); set fedopt.optimizer.type to a torch.optim class "
-     "(or a registered optimizer) and give only its arguments as keys of fedopt.optimizer"),
+    (["fedopt.optimizer.type", "Adamz"], _unknown_optimizer("fedopt.optimizer", "Adamz")),
     (["federate.method", "FedOpt", "fedopt.optimizer.lr", "0.0"],
      "fedopt.optimizer.lr=0.0 must be > 0 (FS's FEMNIST recipe uses 1.0)"),
     (["fedopt.use", "True", "fedopt.optimizer.lr", "-1.0"],
@@ -437,15 +442,8 @@ def _fail_text(text):
     (["finetune.batch_or_epoch", "step"], "finetune.batch_or_epoch='step' must be 'batch' or "
                                           "'epoch'"),
     (["finetune.local_update_steps", "0"], "finetune.local_update_steps=0 must be >= 1"),
-    (["finetune.optimizer.type", "Adamz"], "finetune.optimizer: unknown optimizer type 'Adamz' "
-     "(not registered with federatedscope.register.register_optimizer, and not a class of "
-     "torch.optim, e.g. SGD, Adam, AdamW, RMSprop, Adagrad); set finetune.optimizer.type to a "
-     "torch.optim class (or a registered optimizer) and give only its arguments as keys of "
-     "finetune.optimizer"),
-    (["train.optimizer.type", "sgdx"], "train.optimizer: unknown optimizer type 'sgdx' (not "
-     "registered with federatedscope.register.register_optimizer, and not a class of torch.optim, "
-     "e.g. SGD, Adam, AdamW, RMSprop, Adagrad); set train.optimizer.type to a torch.optim class "
-     "(or a registered optimizer) and give only its arguments as keys of train.optimizer"),
+    (["finetune.optimizer.type", "Adamz"], _unknown_optimizer("finetune.optimizer", "Adamz")),
+    (["train.optimizer.type", "sgdx"], _unknown_optimizer("train.optimizer", "sgdx")),
     (["fedopt.optimizer.type", "Adam", "fedopt.optimizer.momentum", "0.9"],
      "fedopt.optimizer.momentum: torch.optim.Adam takes no argument 'momentum' (it takes amsgrad, "
      "betas, capturable, decoupled_weight_decay, differentiable, eps, foreach, fused, lr, "
