@@ -138,6 +138,16 @@ class Harness:
             return [json.loads(line) for line in f if line.strip()]
 
 
+def pause_after_losing_client_4(h) -> None:
+    """Clients 1-3 send round 0's update (weights 10, 20, 30), client 4 leaves, and the 30 s
+    grace passes: with a threshold of 4 the server is paused."""
+    g = h.global_state()
+    for c in (1, 2, 3):
+        h.update(c, 0, h.shifted(1.0, g), size=10 * c)
+    h.disconnect(4)
+    h.tick(after=31.0)
+
+
 def good_metrics(test=5, val=5, acc=0.5, loss=1.0) -> dict:
     return {"test_acc": acc, "test_total": test, "test_loss": loss * test, "test_avg_loss": loss,
             "val_acc": acc, "val_total": val, "val_loss": loss * val, "val_avg_loss": loss}

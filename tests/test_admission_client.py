@@ -280,3 +280,45 @@ def test_a_changed_shard_that_fails_its_checks_keeps_the_old_one(tmp_path, caplo
     assert ("Client #3: the shard at /data/shards/client_3 changed on disk but the new contents "
             "fail their checks, so this client keeps training on the shard it loaded before (12 "
             "train samples, fingerprint abababababab): train.pt: size 5 != meta 9") in caplog.text
+
+
+def _refusals(caplog):
+    return [r.getMessage() for r in caplog.records if "refused by the server" in r.getMessage()]
+
+
+def test_a_bad_token_refusal_names_the_fix_from_what_the_client_sent(tmp_path, caplog):
+    """The server tells a refused peer only "bad token"; the client knows whether it sent one."""
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    token_file = tmp_path / "tokens" / "client_2.token"
+    for cid, opts, token in [(4, [], ""), (2, ["distribute.token_file", str(token_file)], "x1"),
+                             (3, ["distribute.token", "x2"], "x2")]:
+        c, _ = _client(tmp_path, *opts, token=token, cid=cid)
+        c.handle(Message(REFUSE, SERVER_ID, cid, 0, {"reason": "bad token"}))
+        assert c.refused == "bad token" and c.finished
+    no_token, wrong_file, wrong_token = _refusals(caplog)
+    assert no_token == (
+        "Client #4: refused by the server: bad token: this client sent no token "
+        "(distribute.token and distribute.token_file are empty), but the server wants one. "
+        "Shards cut with tokens (the managed launcher's default) list a token_hash per client in "
+        "the manifest: give this client its file, distribute.token_file <manifest dir>/tokens/"
+        "client_4.token (the launcher's folder; or the --tokens DIR given to "
+        "prepare_femnist_shards.py / make_client_tokens.py). A server with a shared secret and "
+        "no token hashes wants it as distribute.token")
+    assert wrong_file == (
+        f"Client #2: refused by the server: bad token: the token this client sent "
+        f"(distribute.token_file {token_file}) does not match the manifest's token_hash for "
+        f"client id 2 (or the server's shared distribute.token); give it the file written for "
+        f"client 2 (<tokens dir>/client_2.token), or re-issue the tokens with "
+        f"scripts/tools/make_client_tokens.py --manifest M --out DIR and give each client its "
+        f"new file")
+    assert wrong_token.startswith("Client #3: refused by the server: bad token: the token this "
+                                  "client sent (distribute.token) does not match the manifest's "
+                                  "token_hash for client id 3 ")
+    # any other reason is the reason alone: the token has nothing to do with it
+    caplog.clear()
+    for cid, reason in [(1, "duplicate"), (5, "declaration mismatch"), (6, "unknown id")]:
+        _client(tmp_path, cid=cid)[0].handle(Message(REFUSE, SERVER_ID, cid, 0,
+                                                     {"reason": reason}))
+    assert _refusals(caplog) == ["Client #1: refused by the server: duplicate",
+                                 "Client #5: refused by the server: declaration mismatch",
+                                 "Client #6: refused by the server: unknown id"]

@@ -203,3 +203,54 @@ def test_a_data_idx_client_without_an_id_refuses_sections_it_cannot_pick(monkeyp
         "-1); set distribute.client_id to the id whose client_<id> section it should use")
     cfg, cid, glob = _distributed_client(monkeypatch, -1, None)   # none given: as before
     assert cid == -1 and cfg is glob
+
+
+# ------------------------------------------------------------------ the pairs' own rules
+def test_lower_case_true_from_the_command_line_is_a_boolean_in_every_spelling():
+    """``client_<id>.key true`` is YAML's spelling; the tree must hold the bool, as the global
+    config's pairs do (a string 'true' would fail the type check against shuffle's bool)."""
+    tree = load_client_cfgs("", ["client_1.dataloader.shuffle", "true",
+                                 "client_2.dataloader.shuffle", "TRUE",
+                                 "client_3.dataloader.shuffle", "False",
+                                 "client_4.dataloader.shuffle", "true_ish"])
+    got = [tree[f"client_{c}"].dataloader.shuffle for c in (1, 2, 3, 4)]
+    assert got == [True, True, False, "true_ish"]
+    assert [type(v) for v in got] == [bool, bool, bool, str]
+
+
+def test_a_pair_below_a_value_is_refused_naming_the_key_and_the_value():
+    with pytest.raises(ConfigError) as e:
+        load_client_cfgs("", ["client_4.seed", "3", "client_4.seed.lr", "0.5"])
+    assert str(e.value) == "command line: client_4.seed.lr: seed is a value, not a group of keys"
+
+
+@pytest.mark.parametrize("pairs,clients,source,text", [
+    (["client_1.seed", "1", "client_2.seed", "2"], 1, "clients.yaml",
+     "clients.yaml: section client_2 is for client 2, but this run has federate.client_num=1 "
+     "clients (ids 1..1)"),
+    (["client_4.seed", "1", "client_x.seed", "2"], 6,
+     "run.yaml (and command-line client_<id>.* pairs)",
+     "run.yaml (and command-line client_<id>.* pairs): top-level key 'client_x' is not a client "
+     "section"),
+])
+def test_the_id_check_refuses_a_section_naming_its_source(pairs, clients, source, text):
+    with pytest.raises(ConfigError) as e:
+        check_client_ids(load_client_cfgs("", pairs), clients, source)
+    assert str(e.value).startswith(text), str(e.value)
+
+
+def test_a_section_the_checks_accept_takes_effect_or_is_refused():
+    tree = load_client_cfgs("", ["client_01.train.local_update_steps", "5",
+                                 "client_3.train.local_update_steps", "4"])
+    raw = load_cfg(None, ["federate.client_num", "4"])
+    try:
+        check_client_cfgs(tree, raw, "command line")
+        check_client_ids(tree, 4, "command line")
+    except ConfigError as e:
+        assert str(e).startswith("command line: top-level key 'client_01' is not a client "
+                                 "section; write client_1; FS's per-client config"), str(e)
+        return
+    runner = NS(client_configs=tree, cfg=finalize(raw))
+    steps = {cid: fr.BaseRunner._client_cfg(runner, cid).train.local_update_steps
+             for cid in (1, 2, 3, 4)}
+    assert steps == {1: 5, 2: 1, 3: 4, 4: 1}

@@ -581,3 +581,38 @@ def test_data_idx_is_checked_only_for_a_distributed_data_idx_client(pairs, refus
                         "True)")
     else:
         _cfg(*pairs)
+
+
+BEST = "eval.best_res_update_round_wise_key"
+
+
+@pytest.mark.parametrize("pairs,why", [
+    ([BEST, "test_accuracy"], "names the metric 'accuracy'; the trainer reports ['acc', "
+                              "'correct', 'loss', 'total', 'avg_loss']; set it to e.g. "
+                              "'test_loss' or 'test_acc'"),
+    ([BEST, "train_loss", "eval.split", "['val', 'test']"],
+     "names the split 'train', which eval.split=['val', 'test'] does not evaluate; set it to "
+     "e.g. 'val_loss' or 'val_acc'"),
+    ([BEST, "val_acc", "eval.split", "['test']", "early_stop.patience", "0"],
+     "names the split 'val', which eval.split=['test'] does not evaluate; set it to e.g. "
+     "'test_loss' or 'test_acc'"),
+])
+def test_a_best_key_the_config_names_must_be_reported(pairs, why):
+    key = pairs[pairs.index(BEST) + 1]
+    _refused(pairs, f"{BEST}={key!r} {why}")
+
+
+def test_fs_default_best_key_without_its_split_is_only_warned(caplog):
+    with caplog.at_level(logging.WARNING, logger="federatedscope"):
+        _cfg("eval.split", "['test']")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{BEST}='val_loss' names the split 'val', which eval.split=['test'] does not evaluate; "
+        f"set it to e.g. 'test_loss' or 'test_acc': no best round is tracked and early stopping "
+        f"cannot fire"]
+
+
+@pytest.mark.parametrize("key", ["val_avg_loss", "test_acc", "val_correct", "test_total"])
+def test_every_reported_key_may_pick_the_best_round(key, caplog):
+    with caplog.at_level(logging.WARNING, logger="federatedscope"):
+        _cfg(BEST, key, "early_stop.patience", "2")
+    assert caplog.records == []

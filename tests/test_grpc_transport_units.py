@@ -1248,6 +1248,7 @@ def test_send_queues_the_upload_pieces_and_close_cancels_a_reader_that_hangs():
 def test_a_real_client_joins_uploads_is_dropped_and_rejoins_on_a_new_stream(server):
     cfg = _cfg()
     cfg.distribute.heartbeat_interval = 12.0      # the server's own, above its derived 10 s
+    cfg.distribute.heartbeat_timeout = 60.0       # and below a third of its timeout (20 s)
     t, inbox, addr = server(max_clients=2000, cfg=cfg)
     others = {cid: RawPeer(addr) for cid in (1, 2, 4)}
     c = _client(server_port=t.port, heartbeat_interval=6.0)

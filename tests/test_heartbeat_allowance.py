@@ -60,19 +60,31 @@ def test_a_flood_is_refused_after_the_burst_and_held_to_the_rate():
     assert passed == 200
 
 
-@pytest.mark.parametrize("value, ok", [("0", True), ("0.1", True), ("2.5", True),
-                                       ("0.09", False), ("-1", False)])
-def test_the_config_refuses_an_interval_faster_than_servers_allow(value, ok):
+TIMEOUT_FIX = ("must be 0 (never mark a silent client lost) or >= 0.3 s (the server asks its "
+               "clients to beat three times per timeout, at most every 0.1 s)")
+INTERVAL_FIX = ("must be 0 (no heartbeats) or >= 0.1 s (servers take at most 20 per second "
+                "from a client)")
+
+
+@pytest.mark.parametrize("key,value,fix", [
+    ("distribute.heartbeat_timeout", "0", None), ("distribute.heartbeat_timeout", "0.3", None),
+    ("distribute.heartbeat_timeout", "3", None),
+    ("distribute.heartbeat_timeout", "0.29", TIMEOUT_FIX),
+    ("distribute.heartbeat_timeout", "-1", TIMEOUT_FIX),
+    ("distribute.heartbeat_interval", "0", None), ("distribute.heartbeat_interval", "0.1", None),
+    ("distribute.heartbeat_interval", "2.5", None),
+    ("distribute.heartbeat_interval", "0.09", INTERVAL_FIX),
+    ("distribute.heartbeat_interval", "-1", INTERVAL_FIX)])
+def test_the_config_refuses_heartbeats_faster_than_servers_allow_or_no_interval_can_keep(
+        key, value, fix):
     cfg = get_default_cfg()
-    cfg.merge_from_list(["distribute.heartbeat_interval", value])
-    if ok:
+    cfg.merge_from_list([key, value])
+    if fix is None:
         finalize(cfg)
         return
     with pytest.raises(ConfigError) as e:
         finalize(cfg)
-    assert str(e.value) == (f"distribute.heartbeat_interval={float(value)} must be 0 (no "
-                            f"heartbeats) or >= 0.1 s (servers take at most 20 per second from "
-                            f"a client)")
+    assert str(e.value) == f"{key}={float(value)} {fix}"
 
 
 @pytest.mark.parametrize("expected,own,timeout,asked", [
@@ -81,7 +93,11 @@ def test_the_config_refuses_an_interval_faster_than_servers_allow(value, ok):
     (1000, 5.0, 30.0, 10.0),        # = a third of the timeout
     (3550, 5.0, 30.0, 10.0),        # capped there: a quiet client shows up 3 times per timeout
     (3550, 5.0, 120.0, 35.5), (3550, 5.0, 0.0, 35.5),   # no timeout: no cap
-    (1000, 20.0, 30.0, 20.0),       # never shorter than the server's own interval
+    (400, 20.0, 90.0, 20.0),        # never shorter than the server's own interval ...
+    (1000, 20.0, 30.0, 10.0),       # ... unless the timeout needs it: three beats per timeout
+    (4, 5.0, 3.0, 1.0),             # a 3 s timeout with the default 5 s interval: every 1 s
+    (4, 5.0, 0.3, 0.1),             # the shortest timeout the config takes: the floor
+    (0, 0.0, 30.0, 0.0),            # nothing to share, nothing of its own: no ask
     (1000, 0.0, 30.0, 10.0), (250, 0.1, 0.6, 0.2)])
 def test_the_server_shares_a_heartbeat_rate_between_its_expected_clients(expected, own, timeout,
                                                                          asked):
@@ -93,20 +109,24 @@ def test_the_server_shares_a_heartbeat_rate_between_its_expected_clients(expecte
        timeout=st.sampled_from([0.0, 3.0, 30.0, 120.0, 600.0]))
 def test_the_asked_interval_bounds_the_rate_or_keeps_three_per_timeout(n, own, timeout):
     asked = heartbeat_interval_for(n, own, timeout)
-    assert asked >= own
+    assert asked >= (min(own, timeout / 3) if timeout > 0 else own)
+    assert asked == 0 or asked >= 0.1                                 # the config's floor
     assert heartbeat_interval_for(n + 1, own, timeout) >= asked      # more clients, never faster
-    if timeout > 0 and own <= timeout / 3:
-        assert asked <= timeout / 3 + 1e-12
+    if timeout > 0:
+        assert asked <= max(timeout / 3, 0.1) + 1e-12                # three beats per timeout
     if timeout <= 0 or n / HEARTBEATS_PER_S <= timeout / 3:
         assert asked == 0 or n / asked <= HEARTBEATS_PER_S + 1e-9
 
 
 @pytest.mark.parametrize("value,own,used", [
     (None, 5.0, 5.0), ("", 5.0, 5.0), ("ten", 5.0, 5.0), ("nan", 5.0, 5.0), ("inf", 5.0, 5.0),
-    ("-1", 5.0, 5.0), ("2", 5.0, 5.0), ("10", 5.0, 10.0), ("35.5", 5.0, 35.5),
-    ("3600", 5.0, 3600.0), ("3601", 5.0, 5.0), ("10", 0.0, 0.0), ("10", 12.0, 12.0),
-    ("2", 0.5, 2.0), ("0.25", 0.1, 0.25), ("5", 5.0, 5.0), ("-0.5", 0.5, 0.5)])
-def test_a_client_takes_the_longer_of_its_own_and_a_sane_announcement(value, own, used):
+    ("-1", 5.0, 5.0), ("2", 5.0, 2.0), ("10", 5.0, 10.0), ("35.5", 5.0, 35.5),
+    ("3600", 5.0, 3600.0), ("3601", 5.0, 5.0), ("10", 0.0, 0.0), ("10", 12.0, 10.0),
+    ("2", 0.5, 2.0), ("0.25", 0.1, 0.25), ("5", 5.0, 5.0), ("-0.5", 0.5, 0.5),
+    ("0.1", 5.0, 0.1), ("0.09", 5.0, 5.0), ("0", 5.0, 5.0)])
+def test_a_client_follows_a_sane_announcement_shorter_or_longer_than_its_own(value, own, used):
+    """Shorter: the server's heartbeat_timeout (which the client cannot know) needs it; longer:
+    a large server saves CPU. Below the config's floor or above an hour: the client's own."""
     assert announced_heartbeat(value, own) == used
 
 
@@ -130,12 +150,16 @@ def test_each_stream_is_told_the_interval_its_server_derives(max_clients, opts, 
         t.stop(grace=1.0)
 
 
-def test_a_real_client_beats_at_the_announced_interval_not_its_own():
-    # 200 expected clients at 100/s ask 2 s, capped at a third of the 3 s timeout: 1 s
-    t = _server(400, "distribute.heartbeat_interval", "0.2", "distribute.heartbeat_timeout", "3")
+@pytest.mark.parametrize("max_clients,server_own,own", [
+    (400, "0.2", 0.2),   # 200 expected clients at 100/s ask 2 s, capped at 3 s / 3: slower
+    (8, "5", 5.0),       # the defaults' 5 s against a 3 s timeout: the timeout's 1 s, faster
+])
+def test_a_real_client_beats_at_the_announced_interval_not_its_own(max_clients, server_own, own):
+    t = _server(max_clients, "distribute.heartbeat_interval", server_own,
+                "distribute.heartbeat_timeout", "3")
     cfg = get_default_cfg()
     cfg.distribute.server_host, cfg.distribute.server_port = "127.0.0.1", t.port
-    cfg.distribute.heartbeat_interval = 0.2
+    cfg.distribute.heartbeat_interval = own
     client = GrpcClientTransport(cfg, queue.Queue())
     try:
         client.wait_for_server(10)
@@ -150,10 +174,10 @@ def test_a_real_client_beats_at_the_announced_interval_not_its_own():
                 stamps.append(heard)
             time.sleep(0.02)
         gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
-        # at its own 0.2 s it would have beaten ~20 times
+        # at its own 0.2 s it would have beaten ~20 times; at 5 s, not once after the first
         assert 3 <= len(stamps) - 1 <= 5, stamps
         assert 0.8 <= statistics.median(gaps) <= 1.6, gaps
-        assert not math.isclose(statistics.median(gaps), 0.2, abs_tol=0.3)
+        assert not math.isclose(statistics.median(gaps), own, abs_tol=0.3)
     finally:
         client.close(grace=1.0)
         t.stop(grace=1.0)

@@ -176,3 +176,40 @@ def test_fs_default_eval_report_writes_all_four_forms(tmp_path):
     # the fairness values are rounded to print_decimal_digits like the other forms
     digits = cfg.print_decimal_digits
     assert line["Results_fairness"]["test_acc_std"] == round(math.sqrt(0.08), digits)
+
+
+def test_ten_clients_are_the_first_count_with_a_bottom_tail_and_decile_above_the_minimum():
+    """n = 10: a[n // 10] = a[1] (not the minimum) and the bottom 10% is a[:1], one client; with
+    fewer than 10 clients the bottom tail is empty (null). Client c has test_acc (3c mod 10) / 10:
+    the values 0, .1, ..., .9 out of order."""
+    per = {c: {"test_total": 10 * c, "test_acc": (3 * c % 10) / 10} for c in range(1, 11)}
+    got = fairness(per)
+    assert got == _approx({
+        "test_total": 55.0,                            # (10 + 20 + ... + 100) / 10
+        "test_acc_std": 0.1 * math.sqrt(99 / 12),      # var of 0..9 is (10^2 - 1) / 12
+        "test_acc_bottom_decile": 0.1,                 # a[10 // 10] = a[1]
+        "test_acc_top_decile": 0.9,                    # a[90 // 10] = a[9]
+        "test_acc_min": 0.0, "test_acc_max": 0.9,
+        "test_acc_bottom10%": 0.0,                     # mean(a[:1])
+        "test_acc_top10%": 0.9,                        # mean(a[9:])
+        "test_acc_cos1": 0.45 / math.sqrt(0.285),      # 0.01 x (0 + 1 + 4 + ... + 81) / 10
+        "test_acc_entropy": _entropy(range(10)),
+    }, 1e-8)
+    # one client fewer: 9 // 10 = 0, the bottom tail is empty again and the decile is the minimum
+    del per[10]                                        # drops the value 0.0
+    nine = fairness(per)
+    assert (nine["test_acc_bottom10%"], nine["test_acc_bottom_decile"]) == (None, 0.1)
+
+
+def test_fairness_warns_nothing_for_few_clients_or_all_zero_values():
+    """FS's NaN statistics (the empty bottom tail of fewer than 10 clients, cos1 of all zeros) are
+    written as null quietly: the server reports every round, and numpy's 'Mean of empty slice' /
+    'invalid value' RuntimeWarnings would reach its stderr each time."""
+    import warnings
+    per = {c: {"test_total": 5, "test_correct": 0, "test_acc": 0.0, "test_avg_loss": 0.25 * c}
+           for c in (1, 2, 3, 4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fairness(per)
+    assert got["test_acc_cos1"] is None and got["test_avg_loss_bottom10%"] is None
+    assert got["test_avg_loss_cos1"] == pytest.approx(0.625 / math.sqrt(0.46875))  # 1.875 / 4

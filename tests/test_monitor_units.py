@@ -137,10 +137,23 @@ def test_reports_named_in_the_config_are_the_only_ones_written(tmp_path, logs):
                                     "val_acc": 0.44, "val_total": 4.0}}
     assert logs[-1][1] == ("Server: evaluation after round 1 (4 clients, weighted avg): "
                               "test_acc=0.6000, test_avg_loss=1.2000, val_acc=0.5000")
-    line = Monitor(_cfg(reports=["raw"]), str(tmp_path)).report(2, {7: {"val_acc": 0.5}})
+    line = Monitor(_cfg(key="val_acc", reports=["raw"]), str(tmp_path)).report(
+        2, {7: {"val_acc": 0.5}})
     assert line["Results_raw"] == {"client #7": {"val_acc": 0.5}}
     assert logs[-1][1] == ("Server: evaluation after round 2 (1 clients, weighted avg): "
                               "val_acc=0.5000")
+
+
+def test_a_best_key_no_client_reports_is_warned_once_and_tracks_nothing(tmp_path, logs):
+    m = Monitor(_cfg(key="test_accuracy", patience=2), str(tmp_path))
+    for r in (1, 2, 3, 4):
+        m.report(r, CLIENTS)
+    warned = [text for level, text in logs if level == "WARNING"]
+    assert warned == ["eval.best_res_update_round_wise_key='test_accuracy' is not among the "
+                      "reported results ['test_acc', 'test_avg_loss', 'test_correct', 'test_f1', "
+                      "'test_total', 'train_loss', 'val_acc', 'val_total']: no best round is "
+                      "tracked and early stopping cannot fire; set it to one of them"]
+    assert (m.best, m.best_round, m.no_improve) == (None, -1, 0) and not m.should_stop_early()
 
 
 def test_an_evaluation_nobody_answered_is_still_one_line(tmp_path, logs):
@@ -191,7 +204,8 @@ def test_a_loss_key_improves_downwards_by_more_than_delta_and_patience_stops(tmp
         assert not m.should_stop_early()
     m.report(6, _loss(0.75))
     assert (m.best, m.best_round, m.no_improve) == (0.5, 3, 2) and m.should_stop_early()
-    assert m.state_dict() == {"best": 0.5, "best_round": 3, "no_improve": 2}
+    assert m.state_dict() == {"best": 0.5, "best_round": 3, "no_improve": 2,
+                              "run_dir": os.path.abspath(m.outdir)}
 
 
 def test_an_accuracy_key_improves_upwards_and_patience_zero_never_stops(tmp_path):
@@ -249,7 +263,8 @@ def test_resume_replays_the_log_and_names_its_rounds(tmp_path, logs):
     again = Monitor(_cfg(reports=["weighted_avg"], delta=0.0, patience=3), str(tmp_path))
     assert again.resume_from_log() == {1, 2, 3, 4, -1}
     assert again.state_dict() == first.state_dict() == {"best": 0.5, "best_round": 2,
-                                                        "no_improve": 1}
+                                                        "no_improve": 1,
+                                                        "run_dir": str(tmp_path)}
     assert [h["Round"] for h in again.history] == [1, 2, 3, 4]
     # the partial line is cut off the file itself, so the next append starts a fresh line
     assert os.path.getsize(first.log_path) == size - len('{"Round": 6, "Results_weighted_avg": '
@@ -271,7 +286,8 @@ def test_resume_reads_on_past_a_final_line(tmp_path):
     (tmp_path / "eval_results.log").write_text(body)
     m = Monitor(_cfg(), str(tmp_path))
     assert m.resume_from_log() == {3, -1, 4, 5}
-    assert m.state_dict() == {"best": 1.0, "best_round": 4, "no_improve": 1}
+    assert m.state_dict() == {"best": 1.0, "best_round": 4, "no_improve": 1,
+                              "run_dir": str(tmp_path)}
     assert [h["Round"] for h in m.history] == [3, 4, 5]
 
 
@@ -530,6 +546,32 @@ def test_a_restore_continues_the_run_directory_only_for_an_existing_checkpoint(t
     # a directory or a missing file is no checkpoint: a fresh sub_exp_ directory
     for not_ckpt in (str(tmp_path), str(tmp_path / "none.pt"), ""):
         assert os.path.dirname(resolve_outdir(out, "job", not_ckpt)) == first
+
+
+def test_a_restore_continues_the_sub_exp_directory_its_checkpoint_was_written_from(tmp_path):
+    """The job landed in sub_exp_* (an earlier, unrelated run holds <outdir>/<expname>): its
+    restarted server must append to its own log, not to the other run's."""
+    out = str(tmp_path / "exp")
+    other = resolve_outdir(out, "job")                  # an earlier run
+    mine = resolve_outdir(out, "job")                   # this job: a sub_exp_ directory
+    assert os.path.basename(mine).startswith("sub_exp_")
+    ckpt = str(tmp_path / "job.pt")
+
+    def saved_from(run_dir):
+        save_checkpoint(ckpt, _ckpt(monitor={"best": None, "best_round": -1, "no_improve": 0,
+                                             "run_dir": run_dir}))
+    saved_from(os.path.abspath(mine))
+    assert resolve_outdir(out, "job", ckpt) == os.path.abspath(mine)
+    saved_from(os.path.abspath(other))
+    assert resolve_outdir(out, "job", ckpt) == os.path.abspath(other)
+    # elsewhere than <outdir>/<expname> (the outdir changed), gone, or not recorded: the base
+    for recorded in (str(tmp_path), os.path.join(other, "sub_exp_gone"), ""):
+        saved_from(recorded)
+        assert resolve_outdir(out, "job", ckpt) == other
+    # the real thing: a Monitor's state, as the server checkpoints it
+    m = Monitor(_cfg(), mine)
+    save_checkpoint(ckpt, _ckpt(monitor=m.state_dict()))
+    assert resolve_outdir(out, "job", ckpt) == os.path.abspath(mine)
 
 
 @pytest.mark.parametrize("verbose,level", [(0, logging.WARNING), (1, logging.INFO)])

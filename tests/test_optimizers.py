@@ -228,3 +228,178 @@ def test_fedopt_adam_on_the_server_by_hand_and_resumed_from_its_checkpoint(tmp_p
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     nxt = {"w": g["w"] + shifts[2], "n": g["n"]}
     assert torch.equal(resumed.step(dict(g), dict(nxt))["w"], opt.step(dict(g), dict(nxt))["w"])
+
+
+# ------------------------------------------------------------------ PlainSGD is torch's SGD
+@pytest.mark.parametrize("kwargs", [
+    {"lr": -0.1}, {"lr": 0.1, "momentum": -0.5}, {"lr": 0.1, "weight_decay": -0.01},
+    {"lr": 0.0}, {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+    {"lr": 0.1, "nesterov": True}, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
+    {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": True},
+])
+def test_plain_sgd_refuses_exactly_the_values_torchs_sgd_refuses(kwargs):
+    def outcome(cls):
+        try:
+            cls([nn.Parameter(torch.zeros(3))], **kwargs)
+        except ValueError:
+            return "refused"
+        return "built"
+    assert outcome(PlainSGD) == outcome(torch.optim.SGD)
+
+
+def test_a_negative_sgd_value_is_refused_at_start_naming_each_value(tmp_path):
+    for key, value, got in [("lr", "-0.1", "lr=-0.1, momentum=0.0, weight_decay=0.0"),
+                            ("momentum", "-0.5", "lr=0.1, momentum=-0.5, weight_decay=0.0"),
+                            ("weight_decay", "-0.01", "lr=0.1, momentum=0.0, weight_decay=-0.01")]:
+        with pytest.raises(ConfigError) as e:
+            _cfg(tmp_path, "", f"train.optimizer.{key}", value)
+        assert str(e.value).startswith(f"train.optimizer: SGD needs lr, momentum and weight_decay "
+                                       f">= 0 (got {got})"), str(e.value)
+
+
+def test_a_client_at_lr_zero_builds_and_keeps_its_weights(tmp_path):
+    """lr 0 is a frozen client (torch's SGD takes it): its step moves nothing."""
+    t, _, _ = _trainer(_cfg(tmp_path, "train:\n  optimizer:\n    lr: 0.0\n    momentum: 0.9\n",
+                            *ONE_BATCH))
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    _, state, _ = t.train(seed=1)
+    assert all(torch.equal(state[k], before[k]) for k in before)
+
+
+def test_sgd_with_all_four_plain_arguments_stays_plain_and_steps_as_torchs(tmp_path):
+    """momentum, weight_decay, dampening and nesterov together are still PlainSGD's (not torch's
+    class, whose construction imports torch._dynamo), and it takes torch's steps."""
+    cfg = _cfg(tmp_path, "train:\n  optimizer:\n    type: sgd\n    lr: 0.25\n    momentum: 0.75\n"
+                         "    weight_decay: 0.05\n    dampening: 0.0\n    nesterov: true\n",
+               *ONE_BATCH)
+    t, x, y = _trainer(cfg)
+    opt = t._optimizer()
+    assert type(opt) is PlainSGD
+    twin = [nn.Parameter(p.detach().clone()) for p in (t.model.weight, t.model.bias)]
+    _, state, _ = t.train(seed=1)
+    ref = torch.optim.SGD(twin, lr=0.25, momentum=0.75, weight_decay=0.05, dampening=0.0,
+                          nesterov=True)
+    for _ in (1, 2):
+        twin[0].grad, twin[1].grad = _gradient(twin[0].detach(), twin[1].detach(), x, y)
+        ref.step()
+    assert torch.allclose(state["weight"], twin[0].detach(), atol=1e-6)
+    assert torch.allclose(state["bias"], twin[1].detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("spelling,cls", [("adamw", torch.optim.AdamW),
+                                          ("RMSPROP", torch.optim.RMSprop),
+                                          ("Adagrad", torch.optim.Adagrad),
+                                          ("nadam", torch.optim.NAdam)])
+def test_a_type_is_found_in_any_case_as_fs_configs_write_it(tmp_path, spelling, cls):
+    t, _, _ = _trainer(_cfg(tmp_path, f"train:\n  optimizer:\n    type: {spelling}\n"
+                                      f"    lr: 0.03\n"))
+    opt = t._optimizer()
+    assert type(opt) is cls and opt.param_groups[0]["lr"] == 0.03
+
+
+def test_a_name_in_torch_optim_that_is_no_optimizer_class_is_unknown(tmp_path):
+    for name in ("lr_scheduler", "Adam_", "adam_w"):
+        with pytest.raises(ConfigError) as e:
+            _cfg(tmp_path, f"train:\n  optimizer:\n    type: {name}\n")
+        assert str(e.value).startswith(f"train.optimizer: unknown optimizer type '{name}'")
+
+
+def test_an_optimizer_that_cannot_step_dense_gradients_is_refused_at_start(tmp_path):
+    """SparseAdam builds but refuses the dense gradients every model here has: the check's one
+    step on the stand-in (with gradients) finds it before any client trains."""
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, "train:\n  optimizer:\n    type: SparseAdam\n")
+    assert str(e.value).startswith("train.optimizer: 'SparseAdam' with arguments {'momentum': 0.0, "
+                                   "'weight_decay': 0.0} cannot be built: RuntimeError: SparseAdam "
+                                   "does not support dense gradients"), str(e.value)
+
+
+def test_fedopt_sgd_with_weight_decay_checkpoints_and_resumes_its_momentum(tmp_path):
+    cfg = _cfg(tmp_path, "federate:\n  method: FedOpt\nfedopt:\n  optimizer:\n    type: SGD\n"
+                         "    lr: 1.0\n    momentum: 0.5\n    weight_decay: 0.25\n")
+    opt = server_optimizer(cfg)
+    g = {"w": torch.tensor([1.0, -2.0, 0.5, 4.0])}
+    for shift in ([0.5, 1.0, 0.0, -1.0], [-0.25, 2.0, 1.0, 0.0]):
+        g = opt.step(g, {"w": g["w"] + torch.tensor(shift)})
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    resumed = server_optimizer(cfg)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    nxt = {"w": g["w"] + torch.tensor([1.0, 1.0, -1.0, 0.5])}
+    assert torch.equal(resumed.step(dict(g), dict(nxt))["w"], opt.step(dict(g), dict(nxt))["w"])
+
+
+def test_a_tuple_from_a_client_pair_reaches_adam_as_its_betas(tmp_path):
+    """``client_3.train.optimizer.betas (0.5,0.75)`` is decoded as a tuple (literal_eval); the
+    section's check and the client's optimizer take it like YAML's list."""
+    from federatedscope.core.configs.client_cfg import check_client_cfgs, load_client_cfgs
+    from federatedscope.core.configs.config import load_cfg as raw_cfg
+    from federatedscope.core.trainers.optimizer import build_optimizer
+    tree = load_client_cfgs("", ["client_3.train.optimizer.type", "Adam",
+                                 "client_3.train.optimizer.betas", "(0.5, 0.75)",
+                                 "client_3.train.optimizer.lr", "0.02"])
+    glob = raw_cfg(None, ["federate.client_num", "4"])
+    check_client_cfgs(tree, glob, "command line")
+    merged = glob.clone()
+    merged.merge_from_other_cfg(tree.client_3)
+    opt = build_optimizer(nn.Linear(D, K), merged.train.optimizer)
+    assert type(opt) is torch.optim.Adam
+    assert (opt.param_groups[0]["lr"], tuple(opt.param_groups[0]["betas"])) == (0.02, (0.5, 0.75))
+
+
+def test_a_capturable_adam_on_cpu_parameters_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, "train:\n  optimizer:\n    type: Adam\n    capturable: true\n")
+    assert str(e.value).startswith("train.optimizer: 'Adam' with arguments"), str(e.value)
+
+
+def test_a_fresh_default_config_takes_each_optimizers_own_arguments_from_yaml(tmp_path):
+    """FS's optimizer nodes are open (CN(new_allowed=True)): train, finetune and fedopt take the
+    class's own keys from a YAML merged into get_default_cfg(), as FS scripts build it."""
+    from federatedscope.core.configs.config import get_default_cfg
+    path = tmp_path / "open.yaml"
+    path.write_text("train:\n  optimizer:\n    type: Adam\n    betas: [0.5, 0.75]\n"
+                    "finetune:\n  optimizer:\n    type: Adagrad\n    lr_decay: 0.125\n"
+                    "fedopt:\n  optimizer:\n    type: Adam\n    eps: 0.001\n")
+    cfg = get_default_cfg()
+    cfg.merge_from_file(str(path))
+    assert (list(cfg.train.optimizer.betas), cfg.finetune.optimizer.lr_decay,
+            cfg.fedopt.optimizer.eps) == ([0.5, 0.75], 0.125, 0.001)
+
+
+def test_plain_sgds_state_is_torchs_sgd_state_both_ways():
+    """The checkpoint format is torch.optim.SGD's: a PlainSGD state resumes in torch's SGD and
+    back, step for step (momentum 0.5, weight decay 0.25, dampening 0.125, four tensors)."""
+    torch.manual_seed(4)
+    start = [torch.randn(3, 2) for _ in range(4)]
+    grads = [[torch.randn(3, 2) for _ in range(4)] for _ in range(4)]
+    hyper = dict(lr=0.3, momentum=0.5, weight_decay=0.25, dampening=0.125)
+
+    def run(cls, params, steps):
+        opt = cls(params, **hyper)
+        for g in steps:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+        return opt
+
+    def fresh():
+        return [nn.Parameter(t.clone()) for t in start]
+    mine, theirs = fresh(), fresh()
+    saved_mine = run(PlainSGD, mine, grads[:2]).state_dict()
+    saved_theirs = run(torch.optim.SGD, theirs, grads[:2]).state_dict()
+    assert saved_mine["param_groups"][0]["params"] == [0, 1, 2, 3]
+    # cross over: torch's SGD continues PlainSGD's state and PlainSGD continues torch's
+    a = torch.optim.SGD(mine, **hyper)
+    a.load_state_dict(saved_mine)
+    b = PlainSGD(theirs, **hyper)
+    b.load_state_dict(saved_theirs)
+    for g in grads[2:]:
+        for opt, params in ((a, mine), (b, theirs)):
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(mine, theirs))
+    with pytest.raises(ValueError, match="loaded state dict has 4 parameters in 1 group"):
+        PlainSGD(fresh()[:3], **hyper).load_state_dict(saved_mine)

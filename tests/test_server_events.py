@@ -12,7 +12,7 @@ from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, InvalidMes
                                          validate_message)
 from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_state import Phase
-from server_harness import Harness, good_metrics, quiet
+from server_harness import Harness, good_metrics, pause_after_losing_client_4, quiet
 from test_server_rounds import _join4
 
 
@@ -138,11 +138,7 @@ def test_a_paused_server_says_when_enough_clients_are_back(tmp_path, monkeypatch
     h = Harness(tmp_path, "federate.total_round_num", 2, "federate.min_clients_threshold", 4,
                 "distribute.heartbeat_timeout", 0.0, monkeypatch=monkeypatch, expected=4)
     _join4(h)
-    g = h.global_state()
-    for c in (1, 2, 3):
-        h.update(c, 0, h.shifted(1.0, g), size=10 * c)
-    h.disconnect(4)
-    h.tick(after=31.0)                                        # past the 30 s grace: paused
+    pause_after_losing_client_4(h)
     assert h.server.state.phase is Phase.PAUSED
     h.join(4, conn=14, num_samples={"train": 40, "val": 5, "test": 5})
     assert _lines(caplog, "back") == ["Server: enough clients are back; resuming"]

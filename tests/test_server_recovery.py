@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from federatedscope.core.message import EVALUATE, MODEL_PARA
+from federatedscope.core.message import EVALUATE, METRICS, MODEL_PARA
 from federatedscope.core.auxiliaries import checkpoint as ckpt_io
+from federatedscope.core.workers.server_state import Phase
 from server_harness import Harness, good_metrics
 
 
@@ -130,7 +131,8 @@ def test_the_checkpoint_holds_round_owed_eval_seed_rng_and_monitor_and_restore_s
         h.metrics(c, 1, good_metrics(loss=0.75))
     after_eval = ckpt_io.load_checkpoint(ckpt)
     assert (after_eval.round, after_eval.eval_owed) == (1, -1)
-    assert after_eval.monitor == {"best": 3.75, "best_round": 1, "no_improve": 0}
+    assert after_eval.monitor == {"best": 3.75, "best_round": 1, "no_improve": 0,
+                                  "run_dir": os.path.abspath(h.server.monitor.outdir)}
     _train4(h, 1)
     del h                                           # killed before round 2's metrics
     caplog.clear()
@@ -290,3 +292,136 @@ def test_the_job_id_sent_with_each_client_id_survives_a_restore_and_only_a_resto
     fresh = Harness(tmp_path / "again", "federate.total_round_num", 3, expected=2)
     fresh.join(1), fresh.join(2)
     assert len(job_ids(fresh)) == 1 and job_ids(fresh) != {first}
+
+
+def _join4(h):
+    for c in range(1, 5):
+        h.join(c, num_samples={"train": 10 * c, "val": 5, "test": 5})
+
+
+def _round4(h, r, acc=0.5, loss=1.0):
+    """Round r trained by clients 1..4 (sizes 10c), then its evaluation answered by all four."""
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, r, h.shifted(0.1, g), size=10 * c)
+    for c in range(1, 5):
+        h.metrics(c, r + 1, good_metrics(acc=acc(c) if callable(acc) else acc, loss=loss))
+
+
+def test_extending_a_finished_run_writes_a_final_line_for_its_own_last_round(tmp_path, caplog):
+    """A finished 2-round run restored with total_round_num 4 trains rounds 3 and 4 and ends with
+    a Final line for round 4 after the old one for round 2; restored once more (4 of 4 done, the
+    Final for round 4 written) it finishes without a second one."""
+    from server_harness import quiet
+    quiet(caplog)
+    ckpt = str(tmp_path / "ckpt.pt")
+    keys = ("federate.save_to", ckpt, "federate.restore_from", ckpt)
+    h = Harness(tmp_path, "federate.total_round_num", 2, *keys, expected=4)
+    _join4(h)
+    for r in range(2):
+        _round4(h, r)
+    assert h.server.finished and _rounds_logged(h) == [1, 2, "Final"]
+    caplog.clear()
+    more = Harness(tmp_path, "federate.total_round_num", 4, *keys, expected=4)
+    _join4(more)
+    assert more.asked(MODEL_PARA, 2) == [1, 2, 3, 4]
+    _round4(more, 2, acc=0.75)
+    _round4(more, 3, acc=lambda c: 0.125 * c)      # equal test totals: (1+2+3+4)/8/4 = 0.3125
+    assert more.server.finished and more.server.exit_code == 0
+    assert _rounds_logged(more) == [1, 2, "Final", 3, 4, "Final"]
+    finals = [line for line in more.eval_lines() if line.get("Final")]
+    assert [f["Round"] for f in finals] == [2, 4]
+    assert (finals[0]["Results_weighted_avg"]["test_acc"], finals[1]["Results_weighted_avg"]
+            ["test_acc"], finals[1]["Clients"]) == (0.5, 0.3125, [1, 2, 3, 4])
+    assert "finished after 4 rounds; final weighted-avg test_acc=0.3125" in caplog.text
+    again = Harness(tmp_path, "federate.total_round_num", 4, *keys, expected=4)
+    _join4(again)
+    assert again.server.finished and again.asked(EVALUATE, 4) == []
+    assert _rounds_logged(again) == [1, 2, "Final", 3, 4, "Final"]
+
+
+def _lose_all(h, cids=(1, 2, 3, 4)):
+    for c in cids:
+        h.disconnect(c)
+    h.tick(after=31.0)                              # past the 30 s grace: gone
+
+
+def test_an_evaluation_every_client_left_stays_owed_and_is_redone_after_a_restore(
+        tmp_path, monkeypatch, caplog):
+    """Round 2 aggregated, then all four clients die before any metrics: no line for round 2 (a
+    line without results would count as its report), the server pauses, gives up with round 2's
+    evaluation owed in the checkpoint, and the restored server redoes it before training on."""
+    from server_harness import quiet
+    quiet(caplog)
+    ckpt = str(tmp_path / "ckpt.pt")
+    opts = ("federate.total_round_num", 3, "federate.save_to", ckpt, "federate.restore_from", ckpt,
+            "federate.graceful_termination_timeout", 20.0, "distribute.heartbeat_timeout", 0.0)
+    h = Harness(tmp_path, *opts, monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    _round4(h, 0)
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 1, h.shifted(0.1, g), size=10 * c)
+    assert h.server.round == 2 and h.asked(EVALUATE, 2) == [1, 2, 3, 4]
+    _lose_all(h)
+    assert _rounds_logged(h) == [1]
+    assert "the evaluation of round 2 got no results (missing [1, 2, 3, 4]); it stays owed, " \
+           "none written; waiting up to 20s" in caplog.text
+    assert h.server.state.phase is Phase.PAUSED and h.server.state.eval_owed == 2
+    h.tick(after=20.5)
+    assert h.server.finished and h.server.exit_code == 3
+    assert f"2 round(s) done and checkpointed to {ckpt}; restart with federate.restore_from" \
+        in caplog.text
+    saved = ckpt_io.load_checkpoint(ckpt)
+    assert (saved.round, saved.eval_owed) == (2, 2)
+
+    h2 = Harness(tmp_path, *opts, monkeypatch=monkeypatch, expected=4)
+    assert (h2.server.round, h2.server.state.eval_owed) == (2, 2)
+    _join4(h2)
+    assert h2.asked(EVALUATE, 2) == [1, 2, 3, 4] and h2.asked(MODEL_PARA, 2) == []
+    for c in range(1, 5):
+        h2.metrics(c, 2, good_metrics(acc=0.125 * c))
+    line = h2.eval_lines()[-1]
+    assert (line["Round"], line["Clients"], line["Results_weighted_avg"]["test_acc"]) == \
+        (2, [1, 2, 3, 4], 0.3125)
+    assert h2.asked(MODEL_PARA, 2) == [1, 2, 3, 4]
+    _round4(h2, 2)
+    assert h2.server.finished and _rounds_logged(h2) == [1, 2, 3, "Final"]
+
+
+def test_clients_back_after_an_evaluation_nobody_answered_redo_it_in_the_same_run(
+        tmp_path, monkeypatch):
+    h = Harness(tmp_path, "federate.total_round_num", 2, "distribute.heartbeat_timeout", 0.0,
+                "federate.min_clients_threshold", 4, monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(0.1, g), size=10 * c)
+    _lose_all(h)
+    assert h.eval_lines() == [] and h.server.state.eval_owed == 1
+    for c in range(1, 4):
+        h.join(c, conn=10 + c, num_samples={"train": 10 * c, "val": 5, "test": 5})
+    assert h.server.state.phase is Phase.PAUSED      # 3 online < the threshold of 4
+    h.join(4, conn=14, num_samples={"train": 40, "val": 5, "test": 5})
+    assert [m.state for r, m in h.comm.sent if r == 3 and m.msg_type == EVALUATE] == [1, 1]
+    for c in range(1, 5):
+        h.send(c, METRICS, 1, {"results": good_metrics(acc=0.25 * c)}, conn=10 + c)
+    assert [(x["Round"], x["Clients"], x["Results_weighted_avg"]["test_acc"])
+            for x in h.eval_lines()] == [(1, [1, 2, 3, 4], 0.625)]
+    assert h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
+
+
+def test_an_evaluation_whose_clients_are_online_but_all_refused_is_logged_and_the_job_goes_on(
+        tmp_path):
+    """Clients that are there but send no acceptable metrics are not waited for again (that
+    could loop): the line names them all as missing and the next round starts."""
+    h = Harness(tmp_path, "federate.total_round_num", 2, expected=4)
+    _join4(h)
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(0.1, g), size=10 * c)
+    for c in range(1, 5):
+        h.metrics(c, 1, good_metrics(acc=7.5))     # accuracies above 1 are refused
+    assert [(x["Round"], x["Clients"], x["Missing"]) for x in h.eval_lines()] == \
+        [(1, [], [1, 2, 3, 4])]
+    assert h.asked(MODEL_PARA, 1) == [1, 2, 3, 4] and h.server.state.eval_owed is None

@@ -29,7 +29,7 @@ def test_eval_limit_is_the_smaller_positive_timeout(ev, rt, want):
 
 
 @pytest.mark.parametrize("hb,deadline,grace", [(30.0, 5.0, 30.0), (4.0, 2.0, 4.0),
-                                               (0.06, 0.05, 0.06), (0.0, 0.05, 30.0)])
+                                               (0.3, 0.15, 0.3), (0.0, 5.0, 30.0)])
 def test_next_deadline_and_grace_follow_the_heartbeat_timeout(tmp_path, hb, deadline, grace):
     live = Liveness(make_cfg(tmp_path, "distribute.heartbeat_timeout", hb))
     assert live.next_deadline() == pytest.approx(deadline)

@@ -233,5 +233,7 @@ def test_a_silent_client_is_named_with_its_silence_and_a_give_up_without_save_to
     _beat(h, (1, 2, 3))
     h.tick(after=3.0)                       # 21 s paused
     assert h.server.exit_code == 3
-    assert "gave up after waiting 20s for clients; 0 round(s) done and checkpointed; restart " \
-           "with federate.restore_from to continue" in caplog.text
+    assert "gave up after waiting 20s for clients; 0 round(s) done, none checkpointed " \
+           "(federate.save_to is not set); to continue a run that gives up, set " \
+           "federate.save_to and restart with federate.restore_from" in caplog.text
+    assert "checkpointed to" not in caplog.text

@@ -271,3 +271,38 @@ def test_fs_cifar10_baselines_split_transform_keys_load():
     cfg = finalize(load_cfg(None, ["data.type", "CIFAR10@torchvision", "data.transform", norm,
                                    "data.test_transform", norm, "data.val_transform", norm]))
     assert cfg.data.test_transform[1][1]["std"] == [0.247, 0.243, 0.261]
+
+
+def test_a_bad_split_list_is_named_by_its_own_key_and_a_bad_common_list_by_data_transform():
+    """The error names the key the operator wrote: data.val_transform for val's own list, plain
+    data.transform's message when the bad list is the common one (the train split's, and val's
+    and test's when their own lists are empty)."""
+    from types import SimpleNamespace as NS
+    from federatedscope.core.data.dataset_spec import get_spec
+    from federatedscope.core.data.transforms import split_transforms
+    femnist = get_spec("femnist")
+    bad_val = [["ToTensor"], ["Normalize", {"mean": [0.5], "std": [0.0]}]]
+    assert _err(ValueError, split_transforms,
+                NS(transform=FS_NORM, val_transform=bad_val, test_transform=OWN), femnist) == (
+        f"data.val_transform={bad_val!r}: bad arguments in data.transform entry 1 "
+        f"({bad_val[1]!r}): Normalize std must be > 0, got [0.0]")
+    # a bad common list: built for train first, named as data.transform's own entry
+    assert _err(ValueError, split_transforms,
+                NS(transform=[["Resize"]], val_transform=None, test_transform=None), femnist) == (
+        "unknown transform 'Resize' in data.transform entry 0 (['Resize']); supported: "
+        "Normalize, ToTensor")
+    # the same bad list given as data.transform and as val's own: train reaches it first
+    assert _err(ValueError, split_transforms,
+                NS(transform=bad_val, val_transform=bad_val, test_transform=[]),
+                femnist).startswith("bad arguments in data.transform entry 1")
+
+
+def test_a_token_dataset_refuses_a_val_transform_naming_that_key_as_the_fix():
+    from types import SimpleNamespace as NS
+    from federatedscope.core.data.dataset_spec import get_spec
+    from federatedscope.core.data.transforms import split_transforms
+    text = _err(ValueError, split_transforms,
+                NS(transform=[], val_transform=[["ToTensor"]], test_transform=[]),
+                get_spec("shakespeare"))
+    assert text.startswith("data.val_transform=[['ToTensor']]: ")
+    assert text.endswith("remove data.val_transform"), text

@@ -156,12 +156,16 @@ launch server --cfg "$CFG_DIR/distributed_femnist_server.yaml" "${COMMON[@]}" "$
   ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 SERVER_PID="${PIDS[0]}"
 if [[ "$PORT" == 0 ]]; then   # the server binds a free port itself and logs it
-  if ! PORT="$("$PY" -m federatedscope.core.auxiliaries.launch_utils bound-port --log "$LOGDIR/server.log" \
-               --from "$SERVER_LOG_START" --pid "$SERVER_PID" --timeout "$HEALTH_TIMEOUT")"; then
-    if kill -0 "$SERVER_PID" 2>/dev/null && [[ ! -e "/proc/$SERVER_PID/stat" || "$(awk '{print $3}' "/proc/$SERVER_PID/stat")" != Z ]]; then
-      echo "!! the server logged no port within ${HEALTH_TIMEOUT}s (raise --health-timeout if it is only slow). Its log ($LOGDIR/server.log) ends:" >&2
-    else
+  set +e
+  PORT="$("$PY" -m federatedscope.core.auxiliaries.launch_utils bound-port --log "$LOGDIR/server.log" \
+          --from "$SERVER_LOG_START" --pid "$SERVER_PID" --timeout "$HEALTH_TIMEOUT")"
+  rc=$?
+  set -e
+  if [[ $rc -ne 0 ]]; then
+    if [[ $rc -eq 2 ]]; then
       echo "!! the server exited before it reported its port. Its log ($LOGDIR/server.log) ends:" >&2
+    else
+      echo "!! the server logged no port within ${HEALTH_TIMEOUT}s (raise --health-timeout if it is only slow). Its log ($LOGDIR/server.log) ends:" >&2
     fi
     tail -n 30 "$LOGDIR/server.log" >&2 || true
     stop_ours; exit 1

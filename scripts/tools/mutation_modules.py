@@ -37,8 +37,10 @@ SHARDING_SLOW = ("not bytes_per_sample and not cli_summary and not cli_exits_1 "
                  "and not generic_cli and not femnist_shards_are_the_same "
                  "and not cli_refuses_workers")
 # the 17 s end-to-end accuracy run (every trainer mutant reran it: hours) and the config-doc
-# table checks, which do not train; the algorithm tests check the same code to the float
-TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc"
+# table checks, which do not train; the algorithm tests check the same code to the float. Also
+# test_optimizers' main.py run (a process, seconds per optimizer mutant): the message it reads is
+# pinned in-process by the bad-optimizer table of the same file
+TRAINER_SLOW = "not standalone_accuracy_improves and not config_doc and not fails_the_process"
 # the 14 s standalone run (4 clients, 3 rounds, FEMNIST fixture): it reaches the transforms and
 # dataset specs, so every such mutant would rerun it; the loader and transform tests pin the
 # same code in-process, in well under a second. Of the tests that fork DataLoader workers only
@@ -93,7 +95,7 @@ MODULES: Dict[str, Module] = {
     "trainers": Module([FL + "trainers/*"],
                        ["tests/test_trainer_units.py", "tests/test_trainer_algorithm_units.py",
                         "tests/test_algorithms.py", "tests/test_trainer.py",
-                        "tests/test_cfg_keys.py"], TRAINER_SLOW),
+                        "tests/test_cfg_keys.py", "tests/test_optimizers.py"], TRAINER_SLOW),
     "shard_format": Module([FL + "data/shard_format/*"],
                            ["tests/test_shard_format.py", "tests/test_shard_format_properties.py",
                             "tests/test_shard_verify.py", "tests/test_split_file.py",
@@ -207,9 +209,15 @@ MODULES: Dict[str, Module] = {
                       "tests/test_launcher.py"],
                      "not standalone_run_over_the_local_transport and "
                      "(not test_launcher or health_timeout_scales)"),
+    # the global config and the per-client sections (client_cfg.py, its own tests in
+    # test_client_cfg.py: in-process, the 4-client standalone run included, 0.5 s); the open
+    # optimizer nodes (cfg_fl_algo.optimizer_node: fedopt.optimizer's betas from YAML) are read
+    # by test_optimizers.py (its main.py run left out by CONFIG_SLOW's fails_the_process)
     "configs": Module([FL + "configs/*", FL + "cmd_args.py"],
                       ["tests/test_config.py", "tests/test_config_precedence.py",
                        "tests/test_config_choices.py", "tests/test_cfg_keys.py",
                        "tests/test_data_roles.py", "tests/test_config_checks.py",
-                       "tests/test_heartbeat_allowance.py"], CONFIG_SLOW),
+                       "tests/test_heartbeat_allowance.py", "tests/test_client_cfg.py",
+                       "tests/test_optimizers.py"],
+                      CONFIG_SLOW),
 }

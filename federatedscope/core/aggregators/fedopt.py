@@ -12,13 +12,21 @@ written out, as torch defines it (dampening 0): ``buf = momentum * buf + g``;
 ``global -= lr * buf`` (``buf = g`` without momentum), so lr 1.0 without momentum is exactly the
 combined model. Any other optimizer steps float64 copies of the global model's floating keys and
 keeps its own state (Adam's moments) across rounds. Either state is in ``state_dict``, which goes
-into the server checkpoint.
+into the server checkpoint, with the optimizer's type.
+
+On resume (``federate.restore_from``) only the state carries over (moments, step counts, momentum
+buffers): the hyper-parameters (lr, betas, eps, ...) are this run's ``fedopt.optimizer``, since a
+user who changes them on resume means it (torch's ``load_state_dict`` would put the saved ones
+back). State written by another optimizer type cannot drive this one: it is dropped with one
+warning and this optimizer starts afresh. Checkpoints from before the type was stored still load.
 """
 import copy
+import logging
 from typing import Dict, List, Optional
 
 import torch
 
+logger = logging.getLogger("federatedscope")
 State = Dict[str, torch.Tensor]
 
 
@@ -82,8 +90,7 @@ class FedOptimizer:
                             for k in keys]
             self._optimizer = self._build(self._params)
             if self._pending:
-                self._optimizer.load_state_dict(self._pending)
-                self._pending = None
+                self._load_pending()
         elif keys != self._keys:
             raise ValueError(f"fedopt: the round's floating keys changed ({len(keys)} now, "
                              f"{len(self._keys)} before); the server optimizer's state is per key")
@@ -98,14 +105,72 @@ class FedOptimizer:
             out[key] = p.detach().to(global_state[key].dtype).clone()
         return out
 
+    def _load_pending(self) -> None:
+        """The restored state into the optimizer just built, under this run's hyper-parameters."""
+        pending, self._pending = self._pending, None
+        configured = [{k: v for k, v in g.items() if k != "params"}
+                      for g in self._optimizer.param_groups]
+        try:
+            self._optimizer.load_state_dict(pending)
+        except (ValueError, KeyError, TypeError) as e:   # torch: groups or sizes differ
+            self._optimizer = self._build(self._params)
+            logger.warning(f"fedopt.optimizer: the checkpoint's server optimizer state does not "
+                           f"fit this run's {self.spec[0]} over {len(self._params)} tensors ({e}); "
+                           f"it starts afresh (restore with the fedopt.optimizer.type it was "
+                           f"written with to continue it)")
+            return
+        saved = dict(self._optimizer.param_groups[0])
+        for group, hyper in zip(self._optimizer.param_groups, configured):
+            group.update(hyper)       # load_state_dict put the checkpoint's values back
+        changed = sorted(k for k, v in configured[0].items() if not _same(saved.get(k), v))
+        if changed:
+            logger.info(f"fedopt.optimizer: restored the server optimizer's state under this "
+                        f"run's " + ", ".join(f"{k}={configured[0][k]}" for k in changed)
+                        + " (the checkpoint's: "
+                        + ", ".join(f"{k}={saved.get(k)}" for k in changed) + ")")
+
+    def _type(self) -> str:
+        return self.spec[0].lower()
+
     def state_dict(self) -> dict:
-        state = {"fedopt_buffers": {k: v.clone() for k, v in self.buffers.items()}}
+        state = {"fedopt_type": self.spec[0],
+                 "fedopt_buffers": {k: v.clone() for k, v in self.buffers.items()}}
         if self._optimizer is not None:
             # a copy: the next step updates the live moments in place
             state["fedopt_optimizer"] = copy.deepcopy(self._optimizer.state_dict())
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.buffers = {k: v.to(torch.float64).clone()
-                        for k, v in dict(state.get("fedopt_buffers") or {}).items()}
-        self._pending = state.get("fedopt_optimizer")
+        buffers = dict(state.get("fedopt_buffers") or {})
+        pending = state.get("fedopt_optimizer")
+        written_by = self._writer(state.get("fedopt_type"), buffers, pending)
+        if written_by:
+            logger.warning(f"fedopt.optimizer.type is {self.spec[0]} but the checkpoint's server "
+                           f"optimizer state was written by {written_by}; that state cannot "
+                           f"drive {self.spec[0]}, so it starts afresh from this round (restore "
+                           f"with the fedopt.optimizer.type the checkpoint was written with to "
+                           f"continue its state)")
+            buffers, pending = {}, None
+        self.buffers = {k: v.to(torch.float64).clone() for k, v in buffers.items()}
+        self._pending = pending
+        self._optimizer = None        # built, with the restored state, on the next step
+
+    def _writer(self, saved_type, buffers: dict, pending) -> str:
+        """Which optimizer wrote state this one cannot take, or "" when it can. A checkpoint
+        without ``fedopt_type`` (written before it was stored) is judged by its form: plain
+        SGD's buffers by name, or another optimizer's torch state."""
+        if saved_type is not None and str(saved_type).lower() != self._type():
+            return str(saved_type)
+        if self.general and buffers and not pending:
+            return "plain SGD (momentum buffers by key, not a torch optimizer's state)"
+        if not self.general and pending:
+            return (f"{saved_type or 'another optimizer'} with other arguments (a torch "
+                    f"optimizer's state, not plain SGD's momentum buffers)")
+        return ""
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError):   # tensors of several elements
+        return False

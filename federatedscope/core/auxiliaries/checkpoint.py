@@ -56,6 +56,18 @@ def remove_orphan_temps(path: str) -> None:
             pass
 
 
+def recorded_run_dir(path: str) -> str:
+    """The run directory the checkpoint at ``path`` was written from ('' when it names none or
+    cannot be read: ``load_checkpoint`` reports that later, with the fix). Memory-mapped, so the
+    model's tensors are not read for it."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        run_dir = obj.get("monitor", {}).get("run_dir", "") if isinstance(obj, dict) else ""
+    except Exception:   # any unreadable file: load_checkpoint names it
+        return ""
+    return run_dir if isinstance(run_dir, str) else ""
+
+
 def load_checkpoint(path: str) -> Optional[Checkpoint]:
     remove_orphan_temps(path)
     if not os.path.exists(path):

@@ -16,7 +16,7 @@ Sub-commands, each exiting non-zero with a message that names the problem and it
   (``grpc.health.v1.Health/Watch``), which pushes status changes, until the server is SERVING.
 * ``bound-port --log L --from B --pid P --timeout S``: the port a server started with
   ``--port 0`` (``distribute.server_port 0``) bound, from the "listening on" line it writes to its
-  log after byte B; fails as soon as the server exits. The server binds port 0 itself: a port
+  log after byte B; exits 2 as soon as the server exits, 1 after the timeout. The server binds port 0 itself: a port
   picked here and released could be taken by anyone before the server binds it.
 * ``summary --manifest M --outdir D``: per-client samples and the final accuracy.
 """
@@ -176,11 +176,12 @@ def bound_port(log_path: str, start: int, pid: int, timeout: float) -> int:
         if found:
             print(int(found.group(1)))
             return 0
-        if not _running(pid) or time.monotonic() > deadline:
+        exited = not _running(pid)
+        if exited or time.monotonic() > deadline:
             print(f"bound-port: the server (pid {pid}) "
-                  f"{'exited' if not _running(pid) else f'wrote no port within {timeout:.0f}s'} "
+                  f"{'exited' if exited else f'wrote no port within {timeout:.0f}s'} "
                   f"before it logged 'listening on' in {log_path}; see that log", file=sys.stderr)
-            return 1
+            return 2 if exited else 1   # the launcher words its message by this
         time.sleep(0.1)   # a log line has no change notification that works on every filesystem
 
 

@@ -6,10 +6,11 @@ that is new or empty; otherwise, as FS does, a fresh ``<outdir>/<expname>/sub_ex
 its ``exp_print.log`` exclusively, so two processes started together never share one.
 
 The exception is a run that continues another: ``federate.restore_from`` names a checkpoint that
-exists. It writes into ``<outdir>/<expname>`` itself, appending to that run's
-``eval_results.log`` (the rounds it restores are not repeated, so no round is reported twice). To
-continue a run that had landed in a ``sub_exp_*`` directory, pass ``outdir <outdir>/<expname>
-expname sub_exp_<...>``.
+exists. It writes into the run directory the checkpoint was written from, appending to that
+run's ``eval_results.log`` (the rounds it restores are not repeated, so no round is reported
+twice): ``<outdir>/<expname>`` or one of its ``sub_exp_*`` directories. A checkpoint that names
+no directory (written before it recorded one), or one outside ``<outdir>/<expname>`` (the
+config's outdir changed), continues in ``<outdir>/<expname>``.
 
 After the call ``cfg.outdir`` is the run directory (FS's convention), so call it once per config.
 (FS keeps this function in ``core/auxiliaries/logging.py``; a module named ``logging`` would
@@ -19,6 +20,7 @@ import logging
 import os
 import time
 
+from federatedscope.core.auxiliaries.checkpoint import recorded_run_dir
 from federatedscope.core.auxiliaries.utils import setup_logger
 
 logger = logging.getLogger("federatedscope")
@@ -45,6 +47,9 @@ def update_logger(cfg, clear_before_add: bool = True) -> str:
 def resolve_outdir(outdir: str, expname: str, restore_from: str = "") -> str:
     base = os.path.join(outdir, expname)
     if restore_from and os.path.isfile(restore_from):
+        recorded = _continued_dir(base, recorded_run_dir(restore_from))
+        if recorded:
+            return recorded
         os.makedirs(base, exist_ok=True)
         return base
     if _claim(base):
@@ -59,6 +64,15 @@ def resolve_outdir(outdir: str, expname: str, restore_from: str = "") -> str:
         if _claim(sub):
             return sub
     raise OSError(f"{base}: could not create a fresh sub_exp_* directory; set outdir elsewhere")
+
+
+def _continued_dir(base: str, recorded: str) -> str:
+    """``recorded`` when it is ``base`` or a ``sub_exp_*`` directory in it that still exists."""
+    if not recorded or not os.path.isdir(recorded):
+        return ""
+    here, there = os.path.realpath(base), os.path.realpath(recorded)
+    inside = os.path.dirname(there) == here and os.path.basename(there).startswith("sub_exp_")
+    return recorded if there == here or inside else ""
 
 
 def _claim(directory: str) -> bool:

@@ -83,9 +83,11 @@ MIN_HEARTBEAT_WINDOW = 30.0
 # Each heartbeat costs the server a gRPC read and a decode: ~0.2 ms (an idle server with 1,000
 # sessions spent 6.05 % of a core at 5 s, 1.8 % without heartbeats). The server therefore asks
 # for an interval (HEARTBEAT_HEADER, with the nonce) that shares HEARTBEATS_PER_S between its
-# expected clients: never shorter than its own distribute.heartbeat_interval, never longer than
-# a third of its heartbeat_timeout (a quiet client still shows up three times before it counts
-# as silent). Clients use the longer of that and their own interval, so up to 500 expected
+# expected clients, at least its own distribute.heartbeat_interval, and never longer than a third
+# of its heartbeat_timeout (a quiet client still shows up three times before it counts as silent:
+# the timeout wins over every interval, or a round longer than the timeout would mark every
+# training client lost, again and again). Clients follow the announced interval (down to
+# MIN_HEARTBEAT_INTERVAL, the rate the allowance above is built for), so up to 500 expected
 # clients nothing changes at 5 s.
 HEARTBEAT_HEADER = "fs-heartbeat-interval"
 HEARTBEATS_PER_S = 100.0
@@ -194,21 +196,24 @@ def derive_limits(cfg, max_clients: int, model_bytes: int) -> Limits:
 def heartbeat_interval_for(expected_clients: int, own: float, timeout: float) -> float:
     """The heartbeat interval a server asks for (see ``HEARTBEATS_PER_S``); ``own`` and
     ``timeout`` are its ``distribute.heartbeat_interval`` and ``heartbeat_timeout``."""
-    share = expected_clients / HEARTBEATS_PER_S
+    asked = max(own, expected_clients / HEARTBEATS_PER_S)
     if timeout > 0:
-        share = min(share, timeout / 3)
-    return max(own, share)
+        asked = min(asked, timeout / 3)
+    return max(asked, MIN_HEARTBEAT_INTERVAL) if asked > 0 else 0.0
 
 
 def announced_heartbeat(value, own: float) -> float:
-    """A client's interval: the longer of its own and the server's ``HEARTBEAT_HEADER`` when
-    that is a sane number (a client with heartbeats off keeps them off)."""
+    """A client's interval: the server's ``HEARTBEAT_HEADER`` when that is a sane number, else
+    its own (a client with heartbeats off keeps them off). The server's wins both ways: longer,
+    it saves a large server's CPU; shorter, it is what keeps the client inside the server's
+    heartbeat_timeout, which the client cannot know."""
     try:
         asked = float(value)
     except (TypeError, ValueError):
         return own
-    # False for NaN too: a client never beats faster than it chose, nor stops for an odd value
-    return asked if own > 0 and own <= asked <= MAX_ANNOUNCED_HEARTBEAT else own
+    # False for NaN too: a client never beats faster than the floor, nor stops for an odd value
+    sane = MIN_HEARTBEAT_INTERVAL <= asked <= MAX_ANNOUNCED_HEARTBEAT
+    return asked if own > 0 and sane else own
 
 
 def server_options(cfg, limits: Limits) -> list:

@@ -23,7 +23,9 @@ from federatedscope.core.configs.config import CN, ConfigError, finalize
 
 logger = logging.getLogger("federatedscope")
 
-_SECTION = re.compile(r"^client_(\d+)$")
+# the id as the runner looks a section up (client_1, never client_01: that would be checked and
+# never applied)
+_SECTION = re.compile(r"^client_([1-9]\d*)$")
 _CLIENT_KEY = re.compile(r"^client_\d+\.")
 _EXAMPLE = "client_1: {train: {local_update_steps: 3}}"
 
@@ -78,8 +80,10 @@ def source_of(path: str, client_opts: List[str]) -> str:
 
 def _section_id(name: str, source: str) -> int:
     m = _SECTION.match(str(name))
-    if m is None or int(m.group(1)) < 1:
-        raise ConfigError(f"{source}: top-level key {name!r} is not a client section; FS's "
+    if m is None:
+        padded = re.match(r"^client_0+([1-9]\d*)$", str(name))
+        hint = f"write client_{padded.group(1)}; " if padded else ""
+        raise ConfigError(f"{source}: top-level key {name!r} is not a client section; {hint}FS's "
                           f"per-client config has one section per client id (1..federate."
                           f"client_num), e.g. {_EXAMPLE}")
     return int(m.group(1))

@@ -303,6 +303,7 @@ def finalize(cfg: CN) -> CN:
         raise ConfigError(f"data.splits={list(cfg.data.splits)} must be 3 non-negative fractions summing to 1")
     if not 0.0 < cfg.data.subsample <= 1.0:
         raise ConfigError(f"data.subsample={cfg.data.subsample} must be in (0, 1]")
+    _check_best_key(cfg)
     if cfg.federate.total_round_num < 1:
         raise ConfigError("federate.total_round_num must be >= 1")
     if cfg.eval.freq < 1:
@@ -323,6 +324,12 @@ def finalize(cfg: CN) -> CN:
         raise ConfigError(f"distribute.heartbeat_interval={hb} must be 0 (no heartbeats) or >= "
                           f"{MIN_HEARTBEAT_INTERVAL} s (servers take at most "
                           f"{2 / MIN_HEARTBEAT_INTERVAL:g} per second from a client)")
+    hb_timeout, shortest = cfg.distribute.heartbeat_timeout, round(3 * MIN_HEARTBEAT_INTERVAL, 9)
+    if hb_timeout < 0 or 0 < hb_timeout < shortest:
+        raise ConfigError(f"distribute.heartbeat_timeout={hb_timeout} must be 0 (never mark a "
+                          f"silent client lost) or >= {shortest:g} s (the server "
+                          f"asks its clients to beat three times per timeout, at most every "
+                          f"{MIN_HEARTBEAT_INTERVAL} s)")
     if cfg.federate.mode == "distributed":
         cfg.distribute.use = True
     if cfg.use_gpu:
@@ -344,6 +351,27 @@ def finalize(cfg: CN) -> CN:
             cfg.expname += "_" + cfg.expname_tag
     cfg.freeze()
     return cfg
+
+
+def _check_best_key(cfg: CN) -> None:
+    """The key that picks the best round (and drives early stopping) must be one the clients
+    report: ``<split>_<metric>`` with the split evaluated (``eval.split``) and, for the built-in
+    trainer, a metric it writes. A key the config names is refused (a typo would silently turn
+    early stopping off); FS's default ``val_loss`` with ``eval.split ['test']`` is warned: the
+    config never asked for it, and only the best round and early stopping are lost."""
+    key, splits = str(cfg.eval.best_res_update_round_wise_key), list(cfg.eval.split)
+    split, _, metric = key.partition("_")
+    if split not in splits:
+        why = f"names the split {split!r}, which eval.split={splits} does not evaluate"
+    elif str(cfg.trainer.type).lower() in ("general", "cvtrainer") and metric not in _KNOWN_METRICS:
+        why = f"names the metric {metric!r}; the trainer reports {list(_KNOWN_METRICS)}"
+    else:
+        return
+    text = (f"eval.best_res_update_round_wise_key={key!r} {why}; set it to e.g. "
+            f"'{splits[0] if splits else 'test'}_loss' or '{splits[0] if splits else 'test'}_acc'")
+    if key != get_default_cfg().eval.best_res_update_round_wise_key:
+        raise ConfigError(text)
+    logger.warning(f"{text}: no best round is tracked and early stopping cannot fire")
 
 
 def _role_name(cfg: CN) -> str:

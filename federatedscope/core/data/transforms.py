@@ -136,15 +136,17 @@ def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def transform_for(transform_cfg: Sequence[Any], spec: Any) -> Transform:
-    """The batch transform of a dataset (``DatasetSpec``) under ``data.transform``: token ids
-    (any sample dtype but uint8) pass unchanged and refuse a transform list; uint8 images get
-    ``build_transform``, an empty list meaning the dataset's ``default_transform``."""
+def transform_for(transform_cfg: Sequence[Any], spec: Any,
+                  key: str = "data.transform") -> Transform:
+    """The batch transform of a dataset (``DatasetSpec``) under ``data.transform`` (or the list
+    ``key`` names): token ids (any sample dtype but uint8) pass unchanged and refuse a transform
+    list; uint8 images get ``build_transform``, an empty list meaning the dataset's
+    ``default_transform``."""
     cfg = list(transform_cfg or [])
     if spec.sample_dtype != "uint8":
         if cfg:
-            raise ValueError(f"data.transform={cfg!r}: {spec.name} samples are {spec.sample_type} "
-                             f"token ids, which take no transform; remove data.transform")
+            raise ValueError(f"{key}={cfg!r}: {spec.name} samples are {spec.sample_type} "
+                             f"token ids, which take no transform; remove {key}")
         return identity
     return build_transform(cfg or list(spec.default_transform), len(spec.sample_shape))
 
@@ -165,13 +167,14 @@ def split_transforms(data_cfg, spec: Any) -> Dict[str, Transform]:
     built: Dict[str, Transform] = {}
     out: Dict[str, Transform] = {}
     for split, entries in split_transform_lists(data_cfg).items():
-        key = repr(entries)
-        if key not in built:
+        same = repr(entries)
+        if same not in built:
+            name = f"data.{split}_transform" if own.get(split) else "data.transform"
             try:
-                built[key] = transform_for(entries, spec)
-            except ValueError as e:   # the messages say data.transform: name the list it was
-                if own.get(split):
-                    raise ValueError(f"data.{split}_transform={entries!r}: {e}") from None
+                built[same] = transform_for(entries, spec, name)
+            except ValueError as e:   # build_transform's say data.transform: name the list
+                if own.get(split) and not str(e).startswith(name):
+                    raise ValueError(f"{name}={entries!r}: {e}") from None
                 raise
-        out[split] = built[key]
+        out[split] = built[same]
     return out

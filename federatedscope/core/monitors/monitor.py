@@ -122,8 +122,10 @@ class Monitor:
         self.best: Optional[float] = None
         self.best_round = -1
         self.no_improve = 0
+        self.key_missing_warned = False
         self.history: List[dict] = []
         self.unwritten: List[str] = []   # lines built but not yet appended to the log
+        self.final_rounds: Set[Optional[int]] = set()   # rounds a Final line in the log names
 
     def flush(self) -> None:
         """Append every queued line, oldest first; raises OSError with the rest still queued."""
@@ -165,7 +167,9 @@ class Monitor:
 
     # ------------------------------------------------------------ restart
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_round": self.best_round, "no_improve": self.no_improve}
+        # run_dir: where this run writes, so a restore continues there (outdir.resolve_outdir)
+        return {"best": self.best, "best_round": self.best_round, "no_improve": self.no_improve,
+                "run_dir": os.path.abspath(self.outdir)}
 
     def resume_from_log(self) -> Set[int]:
         """Rounds already in ``eval_results.log`` (after a restart); -1 stands for the Final line.
@@ -175,6 +179,7 @@ class Monitor:
         for line in lines:
             if line.get("Final"):
                 rounds.add(-1)
+                self.final_rounds.add(line.get("Round"))
                 continue
             r = line.get("Round")
             if isinstance(r, int):
@@ -188,6 +193,11 @@ class Monitor:
     def _track_best(self, round_idx: int, results: Results) -> None:
         value = results.get(self.key)
         if value is None:
+            if results and not self.key_missing_warned:   # a custom trainer's keys: seen only now
+                self.key_missing_warned = True
+                logger.warning(f"eval.best_res_update_round_wise_key={self.key!r} is not among "
+                               f"the reported results {sorted(results)}: no best round is "
+                               f"tracked and early stopping cannot fire; set it to one of them")
             return
         lower_is_better = "loss" in self.key
         better = self.best is None or (value < self.best - self.cfg.early_stop.delta if lower_is_better
@@ -203,13 +213,18 @@ class Monitor:
 
     def final_summary(self) -> dict:
         """The last evaluated round again, with each summarised form it was reported in (FS's
-        Final line carries every summarised form too), and the best round of ``self.key``."""
+        Final line carries every summarised form too), and the best round of ``self.key``. Returns the
+        line queued, or {} when the log already has a Final line for that round (a restart after
+        it was written): a run extended past an earlier Final gets its own, none is written twice."""
         last = next((h for h in reversed(self.history) if any(h.get(f) for f in _SUMMARIES)), {})
         summary = {"Role": "Server #", "Final": True, "Round": last.get("Round"),
                    "Clients": last.get("Clients", []),
                    "Results_weighted_avg": last.get("Results_weighted_avg", {})}
         summary.update({f: last[f] for f in _SUMMARIES[1:] if f in last})
         summary.update({"best_round": self.best_round, f"best_{self.key}": self.best})
+        if summary["Round"] in self.final_rounds:
+            return {}
+        self.final_rounds.add(summary["Round"])
         self.unwritten.append(json.dumps(summary))
         return summary
 

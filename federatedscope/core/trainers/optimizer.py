@@ -64,6 +64,25 @@ class PlainSGD(torch.optim.Optimizer):
     def weight_decay(self) -> float:
         return self.param_groups[0]["weight_decay"]
 
+    # torch.optim.SGD's format ({"state": {i: {"momentum_buffer"}}, "param_groups"}): torch's
+    # own Optimizer.state_dict needs the constructor this class skips (a FedOpt server with SGD
+    # and weight decay checkpoints through these)
+    def state_dict(self) -> Dict:
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        group["params"] = list(range(len(self.params)))
+        return {"state": {i: {"momentum_buffer": b.clone()} for i, b in self.buffers.items()},
+                "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            raise ValueError(f"loaded state dict has {sum(len(g['params']) for g in groups)} "
+                             f"parameters in {len(groups)} group(s); this SGD has "
+                             f"{len(self.params)} in one")
+        self.param_groups[0].update({k: v for k, v in groups[0].items() if k != "params"})
+        self.buffers = {int(i): s["momentum_buffer"].clone().to(self.params[int(i)].dtype)
+                        for i, s in state_dict["state"].items() if "momentum_buffer" in s}
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             if set_to_none:
@@ -176,7 +195,7 @@ def check_optimizer(key: str, node) -> None:
     except ValueError as e:
         raise ValueError(f"{key}: {e}; set {key}.type to a torch.optim class (or a registered "
                          f"optimizer) and give only its arguments as keys of {key}") from None
-    except (TypeError, RuntimeError, KeyError, AttributeError) as e:
+    except (TypeError, RuntimeError, KeyError, AttributeError, AssertionError) as e:
         raise ValueError(f"{key}: {node.type!r} with arguments {kwargs} cannot be built: "
                          f"{type(e).__name__}: {e}; give each argument the type "
                          f"torch.optim.{node.type} expects (see its documentation)") from None

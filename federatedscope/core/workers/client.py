@@ -30,6 +30,7 @@ from federatedscope.core.data.shard_format import ShardError
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS, MODEL_PARA,
                                          REDECLARE, REFUSE, SERVER_ID, Message, clip_text)
 from federatedscope.core.communication.transport import ClientComm
+from federatedscope.core.workers.admission import BAD_TOKEN
 from federatedscope.core.workers.base_worker import Worker
 
 logger = logging.getLogger("federatedscope")
@@ -99,8 +100,29 @@ class Client(Worker):
 
     def callback_funcs_for_refuse(self, msg: Message) -> None:
         self.refused = str(msg.content["reason"])
-        logger.error(f"Client #{self.ID}: refused by the server: {self.refused}")
+        fix = self._token_fix() if self.refused == BAD_TOKEN else ""
+        logger.error(f"Client #{self.ID}: refused by the server: {self.refused}{fix}")
         self.finished = True
+
+    def _token_fix(self) -> str:
+        """The fix for "bad token", from what this client knows: whether it sent a token (the
+        server tells a refused peer only the reason class)."""
+        mine = f"client_{self.ID if self.ID > 0 else '<id>'}.token"
+        if not self.token:
+            return (f": this client sent no token (distribute.token and distribute.token_file "
+                    f"are empty), but the server wants one. Shards cut with tokens (the managed "
+                    f"launcher's default) list a token_hash per client in the manifest: give this "
+                    f"client its file, distribute.token_file <manifest dir>/tokens/{mine} "
+                    f"(the launcher's folder; or the --tokens DIR given to "
+                    f"prepare_femnist_shards.py / make_client_tokens.py). A server with a shared "
+                    f"secret and no token hashes wants it as distribute.token")
+        source = (f"distribute.token_file {self.cfg.distribute.token_file}"
+                  if self.cfg.distribute.token_file else "distribute.token")
+        return (f": the token this client sent ({source}) does not match the manifest's "
+                f"token_hash for client id {self.ID} (or the server's shared distribute.token); "
+                f"give it the file written for client {self.ID} (<tokens dir>/{mine}), or "
+                f"re-issue the tokens with scripts/tools/make_client_tokens.py --manifest M "
+                f"--out DIR and give each client its new file")
 
     def callback_funcs_for_model_para(self, msg: Message) -> None:
         self._refresh_shard()

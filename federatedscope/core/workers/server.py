@@ -58,7 +58,7 @@ class Server(Worker):
         self.admission = admission
         self.distributed = distributed
         self.aggregator = get_aggregator(cfg, expected_clients, distributed)
-        self.liveness = Liveness(cfg)
+        self.liveness = Liveness(cfg, expected_clients)   # refuses a threshold no round reaches
         self.store = ServerStore(cfg, monitor)
         self.state = RoundState()
         self.clients = ClientTable(admission, comm, expected_clients)
@@ -66,7 +66,7 @@ class Server(Worker):
         self.reported_rounds: Set[int] = set()     # rounds already in eval_results.log
         self.created = time.monotonic()
         self.global_eval: Optional[Callable[[], dict]] = None  # standalone make_global_eval
-        self.threshold = max(1, cfg.federate.min_clients_threshold)
+        self.threshold = self.liveness.threshold
         self._event: Optional[Incoming] = None     # the event being handled (join: its conn)
         guard_log_files(logger)
         restored = self.store.restore(model, self.aggregator)
@@ -181,8 +181,8 @@ class Server(Worker):
         if len(sampled) < self.threshold:
             # Nobody (or too few) to train: wait for re-joins; tick() enforces the time limit.
             self.state.sampled, self.state.pending = set(), set()
-            self._pause(f"{len(sampled)} client(s) online for round {self.round + 1}, fewer "
-                        f"than federate.min_clients_threshold={self.threshold}")
+            self._pause(self.liveness.too_few_to_train(len(sampled), self.clients.online_count(),
+                                                       self.round + 1))
             return
         self.state.begin_round(set(sampled), time.monotonic())
         self.aggregator.begin_round()
@@ -289,6 +289,10 @@ class Server(Worker):
         if self.global_eval is not None:
             results = {SERVER_ID: self.global_eval()}  # FS: global eval replaces the clients'
         missing = set(self.clients) - set(ev.results) if self.global_eval is None else set()
+        if not results and self.clients.online_count() < self.threshold:
+            # No line: it would count as reported, here and after a restore; the round stays owed.
+            return self._pause(f"the evaluation of round {ev.round} got no results (missing "
+                               f"{sorted(missing)}); it stays owed, none written")
         # State first, writes after: a write that fails cannot leave the evaluation in flight.
         self.monitor.report(ev.round, results, missing=sorted(missing))
         self.reported_rounds.add(ev.round)
@@ -336,11 +340,7 @@ class Server(Worker):
             self._maybe_finish_round()
         self._tick_eval(now, gone)
         if st.phase is Phase.PAUSED and live.pause_overdue(st.paused_since, now):
-            self._checkpoint()
-            self._stop(GAVE_UP, f"gave up after waiting {live.patience:.0f}s for clients; "
-                                f"{self.round} round(s) done and checkpointed"
-                       + (f" to {self.cfg.federate.save_to}" if self.cfg.federate.save_to else "")
-                       + "; restart with federate.restore_from to continue", tell_clients=False)
+            self._stop(GAVE_UP, live.give_up(self.round, self._checkpoint()), tell_clients=False)
         self._check_results_writable(now)
 
     def _tick_eval(self, now: float, gone: Set[int]) -> None:
@@ -362,7 +362,7 @@ class Server(Worker):
     def _finish(self) -> None:
         if self.finished:
             return
-        summary = self.monitor.final_summary() if -1 not in self.reported_rounds else {}
+        summary = self.monitor.final_summary()   # {} when the restored log has this Final
         self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
         self.state.finish(0)
         acc = summary.get("Results_weighted_avg", {}).get("test_acc")
@@ -394,9 +394,9 @@ class Server(Worker):
                                            f"be written for more than {self.store.writes.bound:.0f}s;"
                                            f" free space or fix the path (outdir)")
 
-    def _checkpoint(self) -> None:
-        self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,
-                              self.aggregator.state_dict(), self.clients.job_id)
+    def _checkpoint(self) -> bool:
+        return self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,
+                                     self.aggregator.state_dict(), self.clients.job_id)
 
     # ------------------------------------------------------------- helpers
     def _send_model(self, cids: List[int], msg_type: str, r: int) -> None:

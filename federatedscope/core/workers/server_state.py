@@ -5,7 +5,8 @@ flag or sentinel lives anywhere else:
 
 * JOINING: waiting for the expected clients (or ``federate.join_timeout``);
 * TRAINING: round ``round + 1`` was sent to ``sampled``; ``pending`` are still awaited;
-* PAUSED: too few clients or updates; waiting (``paused_since``) for re-joins, at most
+* PAUSED: too few clients or updates, or an evaluation nobody answered with too few online (it
+  stays ``eval_owed``); waiting (``paused_since``) for re-joins, at most
   ``federate.graceful_termination_timeout``. A paused round still takes late updates of ``pending``;
 * EVALUATING: ``evaluation`` is in flight (round ``evaluation.round``);
 * FINISHED: done; ``exit_code`` says how (0 ok, 3 gave up waiting, 4 results unwritable,
@@ -51,6 +52,7 @@ class RoundState:
 
     def pause(self, now: float) -> None:
         self.phase, self.paused_since = Phase.PAUSED, now
+        self.evaluation = None          # a paused server waits for clients, not for metrics
 
     def end_round(self, due_eval: bool) -> None:
         self.round += 1

@@ -52,18 +52,20 @@ class ServerStore:
         return self.writes.overdue(self.results_path, now)
 
     def checkpoint(self, round_idx: int, model_state, eval_owed: Optional[int],
-                   aggregator_state: dict, job_id: str = "") -> None:
-        """A full disk must not stall the job (the old file stays whole: temp + rename)."""
+                   aggregator_state: dict, job_id: str = "") -> bool:
+        """True when written; a full disk must not stall the job (the old file stays whole:
+        temp + rename). False without ``federate.save_to``."""
         path = self.cfg.federate.save_to
         if not path:
-            return
+            return False
         ckpt = ckpt_io.Checkpoint(round_idx, model_state, torch.get_rng_state(), self.cfg.seed,
                                   eval_owed=-1 if eval_owed is None else eval_owed,
                                   monitor=self.monitor.state_dict(), aggregator=aggregator_state,
                                   job_id=job_id)
-        self.writes.attempt("checkpoint", path, lambda: ckpt_io.save_checkpoint(path, ckpt),
-                            "the job goes on, but a restart would resume from the last checkpoint "
-                            "written (free space or point federate.save_to elsewhere)")
+        return self.writes.attempt("checkpoint", path, lambda: ckpt_io.save_checkpoint(path, ckpt),
+                                   "the job goes on, but a restart would resume from the last "
+                                   "checkpoint written (free space or point federate.save_to "
+                                   "elsewhere)")
 
     def restore(self, model: torch.nn.Module, aggregator) -> Optional[Restored]:
         """Load ``federate.restore_from`` into ``model``/``aggregator``; None when there is none."""
