@@ -213,19 +213,18 @@ class Monitor:
 
     def final_summary(self) -> dict:
         """The last evaluated round again, with each summarised form it was reported in (FS's
-        Final line carries every summarised form too), and the best round of ``self.key``. Returns the
-        line queued, or {} when the log already has a Final line for that round (a restart after
-        it was written): a run extended past an earlier Final gets its own, none is written twice."""
+        Final line carries every summarised form too), and the best round of ``self.key``. The
+        line is queued unless the log already has a Final line for that round (a restart after it
+        was written): a run extended past an earlier Final gets its own, none is written twice."""
         last = next((h for h in reversed(self.history) if any(h.get(f) for f in _SUMMARIES)), {})
         summary = {"Role": "Server #", "Final": True, "Round": last.get("Round"),
                    "Clients": last.get("Clients", []),
                    "Results_weighted_avg": last.get("Results_weighted_avg", {})}
         summary.update({f: last[f] for f in _SUMMARIES[1:] if f in last})
         summary.update({"best_round": self.best_round, f"best_{self.key}": self.best})
-        if summary["Round"] in self.final_rounds:
-            return {}
-        self.final_rounds.add(summary["Round"])
-        self.unwritten.append(json.dumps(summary))
+        if summary["Round"] not in self.final_rounds:
+            self.final_rounds.add(summary["Round"])
+            self.unwritten.append(json.dumps(summary))
         return summary
 
 

@@ -362,7 +362,7 @@ class Server(Worker):
     def _finish(self) -> None:
         if self.finished:
             return
-        summary = self.monitor.final_summary()   # {} when the restored log has this Final
+        summary = self.monitor.final_summary()
         self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
         self.state.finish(0)
         acc = summary.get("Results_weighted_avg", {}).get("test_acc")
