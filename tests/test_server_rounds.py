@@ -133,6 +133,15 @@ def test_join_timeout_starts_with_the_clients_there_once_enough(tmp_path, monkey
     h.join(2)
     h.tick(after=25.0)                      # overdue, but 2 < threshold 3: keep waiting
     assert h.server.state.phase is Phase.JOINING and h.asked(MODEL_PARA, 0) == []
+    short = ("Server: {}s since start (federate.join_timeout=20s) with 2/4 clients, fewer than "
+             "federate.min_clients_threshold=3; still waiting: start the missing clients (check "
+             "their logs) or lower federate.min_clients_threshold")
+    _beat(h, (1, 2))
+    h.tick(after=10.0)                      # 35 s: the same period, nothing new to say
+    _beat(h, (1, 2))
+    h.tick(after=6.0)                       # 41 s: a second period
+    said = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert said == [short.format(25), short.format(41)]
     h.join(3)
     _beat(h, (1, 2, 3))
     h.tick(after=0.0)

@@ -324,6 +324,10 @@ class Server(Worker):
                 logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
                                f"with {online}/{self.expected} clients; starting with those")
                 self._start()
+            elif live.join_overdue(self.created, now):   # said once per join_timeout period
+                short = live.join_short(self.created, now, online, self.expected)
+                if short:
+                    logger.warning(short)
             return
         gone = live.gone(self.clients.values(), now)
         dropped = sorted(st.pending & gone)

@@ -1,6 +1,7 @@
 """The server's clock: which clients went silent or are gone, which waits are overdue.
 
-A collaborator with no state of its own beyond the configuration: the server asks it with the
+A collaborator with no state of its own beyond the configuration (and how many join_timeout
+periods it has reported as short of clients): the server asks it with the
 records it holds and the current time, and decides what to do. Nothing here polls or sleeps; the
 runner calls ``Server.tick()`` when its inbox was quiet for ``next_deadline()`` seconds or after
 each event. Standalone runs have no clock: the in-process bus cannot lose a client. It also
@@ -51,6 +52,7 @@ class Liveness:
         self.heartbeat_timeout = float(cfg.distribute.heartbeat_timeout)
         self.grace = self.heartbeat_timeout if self.heartbeat_timeout > 0 else 30.0
         self.join_timeout = float(cfg.federate.join_timeout)
+        self._join_periods_noted = 0
         self.round_timeout = float(cfg.federate.round_timeout)
         self.eval_timeout = eval_limit(cfg.federate.eval_timeout, cfg.federate.round_timeout)
         self.patience = float(cfg.federate.graceful_termination_timeout)
@@ -83,6 +85,18 @@ class Liveness:
 
     def join_overdue(self, created: float, now: float) -> bool:
         return self.join_timeout > 0 and now - created > self.join_timeout
+
+    def join_short(self, created: float, now: float, online: int, expected: int) -> Optional[str]:
+        """Once per join_timeout period past it, while fewer than the threshold have joined: the
+        line that says the server still waits, and what would let it start."""
+        periods = int((now - created) // self.join_timeout) if self.join_timeout > 0 else 0
+        if periods <= self._join_periods_noted:
+            return None
+        self._join_periods_noted = periods
+        return (f"Server: {now - created:.0f}s since start (federate.join_timeout="
+                f"{self.join_timeout:.0f}s) with {online}/{expected} clients, fewer than "
+                f"federate.min_clients_threshold={self.threshold}; still waiting: start the "
+                f"missing clients (check their logs) or lower federate.min_clients_threshold")
 
     def round_overdue(self, started_at: float, now: float) -> bool:
         return self.round_timeout > 0 and now - started_at > self.round_timeout
