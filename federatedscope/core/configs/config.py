@@ -26,6 +26,7 @@ _yacs_coerce = _yacs._check_and_coerce_cfg_value_type
 # The shortest distribute.heartbeat_interval a client may use: every server allows each session
 # twice this rate (communication/limits.py), whatever the server's own interval.
 MIN_HEARTBEAT_INTERVAL = 0.1
+FS_BEST_KEY = "val_loss"   # FS's default eval.best_res_update_round_wise_key (_check_best_key)
 
 
 def _coerce(replacement, original, key, full_key):
@@ -186,7 +187,7 @@ def get_default_cfg() -> CN:
 
     c.eval = _node(freq=1, metrics=[], split=["test", "val"],
                    report=["weighted_avg", "avg", "fairness", "raw"],
-                   best_res_update_round_wise_key="val_loss", monitoring=[], count_flops=False,
+                   best_res_update_round_wise_key=FS_BEST_KEY, monitoring=[], count_flops=False,
                    save_data=False)
     c.wandb = _node(use=False)
     extend_fl_algo_cfg(c)  # fedopt, fedprox, personalization, finetune, train.scheduler
@@ -369,7 +370,7 @@ def _check_best_key(cfg: CN) -> None:
         return
     text = (f"eval.best_res_update_round_wise_key={key!r} {why}; set it to e.g. "
             f"'{splits[0] if splits else 'test'}_loss' or '{splits[0] if splits else 'test'}_acc'")
-    if key != get_default_cfg().eval.best_res_update_round_wise_key:
+    if key != FS_BEST_KEY:
         raise ConfigError(text)
     logger.warning(f"{text}: no best round is tracked and early stopping cannot fire")
 

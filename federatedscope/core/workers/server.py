@@ -320,14 +320,14 @@ class Server(Worker):
             self.comm.close(rec.conn_id)
         if st.phase is Phase.JOINING:
             online = self.clients.online_count()
-            if live.join_overdue(self.created, now) and online >= self.threshold:
+            if not live.join_overdue(self.created, now):
+                return
+            if online >= self.threshold:
                 logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
                                f"with {online}/{self.expected} clients; starting with those")
                 self._start()
-            elif live.join_overdue(self.created, now):   # said once per join_timeout period
-                short = live.join_short(self.created, now, online, self.expected)
-                if short:
-                    logger.warning(short)
+            elif short := live.join_short(self.created, now, online, self.expected):
+                logger.warning(short)    # once per join_timeout period
             return
         gone = live.gone(self.clients.values(), now)
         dropped = sorted(st.pending & gone)
