@@ -5,6 +5,7 @@ import datetime
 import logging
 import os
 
+import pytest
 import torch
 
 from federatedscope.core.data.shard_format import ShardDeclaration, ShardError
@@ -322,3 +323,22 @@ def test_a_bad_token_refusal_names_the_fix_from_what_the_client_sent(tmp_path, c
     assert _refusals(caplog) == ["Client #1: refused by the server: duplicate",
                                  "Client #5: refused by the server: declaration mismatch",
                                  "Client #6: refused by the server: unknown id"]
+
+
+@pytest.mark.parametrize("job,kept", [
+    ("a" * 64, "a" * 64),          # the longest name kept
+    ("a" * 65, ""),                # longer: a forged or broken name is no name
+    ("ab-12", ""), (1234, ""), (None, ""), ("", "")])
+def test_a_job_id_is_kept_only_when_short_and_alphanumeric(tmp_path, job, kept):
+    c, _ = _client(tmp_path)
+    assert c.job_id == ""                                 # before any id is assigned
+    c.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3, "job_id": job}))
+    assert c.job_id == kept
+
+
+def test_a_client_refused_before_it_has_an_id_names_its_token_file_generically(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, _ = _client(tmp_path, cid=-1)                      # data_idx: the id comes from the server
+    c.handle(Message(REFUSE, SERVER_ID, -1, 0, {"reason": "bad token"}))
+    (line,) = _refusals(caplog)
+    assert "distribute.token_file <manifest dir>/tokens/client_<id>.token" in line

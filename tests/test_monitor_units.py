@@ -716,3 +716,23 @@ def test_orphan_temp_removal_works_from_a_relative_path_and_survives_a_failed_un
     logs.clear()
     remove_orphan_temps("c.pt")
     assert os.listdir(tmp_path) == [".c.pt.2.tmp"] and logs == []
+
+
+class _NotAString(str):
+    """A str subclass: unpickling it runs a constructor weights_only loading never allows."""
+
+
+def test_the_recorded_run_directory_is_read_only_from_plain_checkpoint_data(tmp_path):
+    from federatedscope.core.auxiliaries.checkpoint import recorded_run_dir
+    out = str(tmp_path / "exp")
+    base = resolve_outdir(out, "job")
+    ckpt = str(tmp_path / "job.pt")
+    save_checkpoint(ckpt, _ckpt(monitor={"best": None}))            # written before it recorded one
+    assert recorded_run_dir(ckpt) == "" and resolve_outdir(out, "job", ckpt) == base
+    torch.save({"format": FORMAT, "monitor": {"run_dir": _NotAString(base)}}, ckpt)
+    assert recorded_run_dir(ckpt) == ""                             # not unpickled, not trusted
+    # a sub_exp_ directory of another <outdir>/<expname> is not this job's to continue
+    elsewhere = tmp_path / "other" / "job" / "sub_exp_1"
+    elsewhere.mkdir(parents=True)
+    save_checkpoint(ckpt, _ckpt(monitor={"run_dir": str(elsewhere)}))
+    assert recorded_run_dir(ckpt) == str(elsewhere) and resolve_outdir(out, "job", ckpt) == base
