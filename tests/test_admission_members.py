@@ -1,4 +1,4 @@
-"""The server's client table (``admission.ClientTable``) in isolation, in-process: with 4
+"""The server's client table (``client_table.ClientTable``) in isolation, in-process: with 4
 clients, what it binds, sends, logs and counts on join, refusal, loss, abuse close and
 re-declaration (no Server: its own bookkeeping only)."""
 import logging
@@ -8,7 +8,7 @@ from federatedscope.core.communication.transport import Disconnected
 from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID
 from federatedscope.core.workers import admission as adm_mod
 from federatedscope.core.workers.admission import Admission
-from federatedscope.core.workers.admission import ClientTable
+from federatedscope.core.workers.client_table import ClientTable
 from server_harness import FakeComm, quiet
 from test_admission_rules import COUNTS, _decl, _entries
 

@@ -23,8 +23,8 @@ from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, GO
                                                     UPLOAD_CHUNK_HEADER, UPLOAD_GO_HEADER)
 from federatedscope.core.communication.grpc_client import (Backoff, GrpcClientTransport,
                                                            ServerUnreachable, signed_join)
-from federatedscope.core.communication.grpc_server import (BUSY, CappedHealth,
-                                                           GrpcServerTransport)
+from federatedscope.core.communication.grpc_server import BUSY, GrpcServerTransport
+from federatedscope.core.communication.health import CappedHealth
 from federatedscope.core.communication.intake import CLOSE, Connection
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import HEARTBEAT_HEADER

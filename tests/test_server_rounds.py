@@ -7,7 +7,7 @@ import torch
 from federatedscope.core.message import EVALUATE, FINISH, MODEL_PARA, SERVER_ID
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness, eval_limit
-from federatedscope.core.workers.admission import ClientRecord
+from federatedscope.core.workers.client_table import ClientRecord
 from federatedscope.core.workers.server_state import Phase
 from server_harness import Harness, good_metrics, make_cfg, quiet
 

@@ -86,8 +86,9 @@ MODULES: Dict[str, Module] = {
     # test_server_admission.py is left out: its session fixture runs the shard tool as
     # processes (seconds per mutant, and a fork server left behind by each killed mutant run);
     # the rules it checks are pinned in-process by the test_admission_*.py files
-    "admission": Module([FL + "workers/admission.py", FL + "workers/validation.py",
-                         FL + "workers/cool_off.py", FL + "workers/client.py"],
+    "admission": Module([FL + "workers/admission.py", FL + "workers/client_table.py",
+                         FL + "workers/validation.py", FL + "workers/cool_off.py",
+                         FL + "workers/client.py"],
                         ["tests/test_admission_rules.py", "tests/test_admission_validation.py",
                          "tests/test_admission_members.py", "tests/test_admission_client.py",
                          "tests/test_abuse_cool_off.py", "tests/test_server_core.py",
@@ -141,7 +142,8 @@ MODULES: Dict[str, Module] = {
     # test_heartbeat_allowance): every mutant of the server's setup and stop reran all of them
     # (4 mutants a minute); what they check of these two files is pinned in
     # test_grpc_transport_units.py, and they stay in the flow and limits rows
-    "grpc": Module([FL + "communication/grpc_server.py", FL + "communication/grpc_client.py"],
+    "grpc": Module([FL + "communication/grpc_server.py", FL + "communication/grpc_client.py",
+                    FL + "communication/health.py"],
                    ["tests/test_grpc_transport_units.py", "tests/test_client_connect.py"],
                    GRPC_SLOW),
     # main.py's glibc tuning by role; not rerun per mutant: the test that starts main.py twice to

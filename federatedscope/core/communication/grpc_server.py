@@ -31,10 +31,11 @@ import time
 from typing import Dict, Optional, Union
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
+from federatedscope.core.communication.health import CappedHealth
 from federatedscope.core.communication.intake import (CLOSE, Connection, LineBudget, LoopCalls,
                                                       StreamIntake)
 from federatedscope.core.communication.join_proof import NONCE_BYTES, NONCE_HEADER
@@ -53,26 +54,6 @@ BUSY = "server busy: too many sessions not yet joined; retry later"
 SERVICE = "federatedscope.FLService"
 JOIN_ANSWER_TIMEOUT = 60.0   # seconds; a delivered join_in normally gets bound or refused in ms
 __all__ = ["GrpcServerTransport", "ServerInbox", "grpc_options", "compression"]
-
-
-class CappedHealth(health.aio.HealthServicer):
-    """gRPC's health service with a ceiling on Watch streams: each one is held open (a coroutine
-    and a condition wait) for as long as the peer likes, so without a cap they grow with the
-    attacker's patience. Over the cap a Watch is refused; Check stays free."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.watches = 0
-
-    async def Watch(self, request, context) -> None:  # noqa: N802 - gRPC's method name
-        if self.watches >= MAX_HEALTH_WATCHES:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"at most {MAX_HEALTH_WATCHES} health Watch streams; use Check")
-        self.watches += 1
-        try:
-            await super().Watch(request, context)
-        finally:
-            self.watches -= 1
 
 
 class GrpcServerTransport(StreamIntake):

@@ -13,6 +13,7 @@ from typing import List, Optional
 import yacs.config as _yacs
 from yacs.config import CfgNode as _YacsNode
 
+from federatedscope.core.configs.cfg_evaluation import FS_BEST_KEY, assert_evaluation_cfg
 from federatedscope.core.configs.cfg_fl_algo import (FL_ALGO_NOT_IMPLEMENTED, assert_fl_algo_cfg,
                                                      extend_fl_algo_cfg, optimizer_node)
 from federatedscope.core.configs.key_status import ACCEPTED_UNUSED
@@ -26,7 +27,6 @@ _yacs_coerce = _yacs._check_and_coerce_cfg_value_type
 # The shortest distribute.heartbeat_interval a client may use: every server allows each session
 # twice this rate (communication/limits.py), whatever the server's own interval.
 MIN_HEARTBEAT_INTERVAL = 0.1
-FS_BEST_KEY = "val_loss"   # FS's default eval.best_res_update_round_wise_key (_check_best_key)
 
 
 def _coerce(replacement, original, key, full_key):
@@ -207,8 +207,6 @@ _CHOICES = {
     "train.batch_or_epoch": ("batch", "epoch"),
     "aggregator.robust_rule": ("fedavg", "krum", "median", "trimmedmean", "bulyan", "normbounding"),
 }
-_KNOWN_METRICS = ("acc", "correct", "loss", "total", "avg_loss")
-_KNOWN_REPORTS = ("weighted_avg", "avg", "raw", "fairness")
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -294,17 +292,11 @@ def finalize(cfg: CN) -> CN:
         value = str(_get(cfg, key)).lower()
         if value not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not supported; choose one of {list(allowed)}")
-    for m in cfg.eval.metrics:
-        if m not in _KNOWN_METRICS:
-            raise ConfigError(f"eval.metrics: unknown metric {m!r}; known: {list(_KNOWN_METRICS)}")
-    for r in cfg.eval.report:
-        if r not in _KNOWN_REPORTS:
-            raise ConfigError(f"eval.report: unknown report {r!r}; known: {list(_KNOWN_REPORTS)}")
+    assert_evaluation_cfg(cfg)  # eval.metrics / report / best key (cfg_evaluation.py)
     if len(cfg.data.splits) != 3 or abs(sum(cfg.data.splits) - 1.0) > 1e-6 or min(cfg.data.splits) < 0:
         raise ConfigError(f"data.splits={list(cfg.data.splits)} must be 3 non-negative fractions summing to 1")
     if not 0.0 < cfg.data.subsample <= 1.0:
         raise ConfigError(f"data.subsample={cfg.data.subsample} must be in (0, 1]")
-    _check_best_key(cfg)
     if cfg.federate.total_round_num < 1:
         raise ConfigError("federate.total_round_num must be >= 1")
     if cfg.eval.freq < 1:
@@ -352,27 +344,6 @@ def finalize(cfg: CN) -> CN:
             cfg.expname += "_" + cfg.expname_tag
     cfg.freeze()
     return cfg
-
-
-def _check_best_key(cfg: CN) -> None:
-    """The key that picks the best round (and drives early stopping) must be one the clients
-    report: ``<split>_<metric>`` with the split evaluated (``eval.split``) and, for the built-in
-    trainer, a metric it writes. A key the config names is refused (a typo would silently turn
-    early stopping off); FS's default ``val_loss`` with ``eval.split ['test']`` is warned: the
-    config never asked for it, and only the best round and early stopping are lost."""
-    key, splits = str(cfg.eval.best_res_update_round_wise_key), list(cfg.eval.split)
-    split, _, metric = key.partition("_")
-    if split not in splits:
-        why = f"names the split {split!r}, which eval.split={splits} does not evaluate"
-    elif str(cfg.trainer.type).lower() in ("general", "cvtrainer") and metric not in _KNOWN_METRICS:
-        why = f"names the metric {metric!r}; the trainer reports {list(_KNOWN_METRICS)}"
-    else:
-        return
-    text = (f"eval.best_res_update_round_wise_key={key!r} {why}; set it to e.g. "
-            f"'{splits[0] if splits else 'test'}_loss' or '{splits[0] if splits else 'test'}_acc'")
-    if key != FS_BEST_KEY:
-        raise ConfigError(text)
-    logger.warning(f"{text}: no best round is tracked and early stopping cannot fire")
 
 
 def _role_name(cfg: CN) -> str:

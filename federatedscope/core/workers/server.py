@@ -7,9 +7,8 @@ It holds a model and no data, and trusts no peer further than it can check it:
 * joins go through ``Admission`` (manifest, tokens, ids; a refused peer learns only a reason class);
 * updates and metrics through ``validation`` (keys/shapes/dtypes/finite, declared counts);
 * sampling, weighting and aggregation through one strategy object (``get_aggregator``).
-Messages are dispatched through FS's handler registry (``Worker``) under FS's names
-(``callback_funcs_for_join_in``, ``callback_funcs_model_para``, ``callback_funcs_for_metrics``,
-...): a subclass overriding one of them changes what the server does.
+Messages go through FS's handler registry (``Worker``) under FS's names (``callback_funcs_*``): a
+subclass overriding one of them changes what the server does.
 
 A round is: train -> aggregate -> checkpoint -> evaluate (when due) -> checkpoint -> next round;
 the state is one ``RoundState`` with a ``Phase`` (``server_state.py``). Every state change is made
@@ -29,13 +28,14 @@ from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT,
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, guard_log_files
 from federatedscope.core.communication.transport import Disconnected, Incoming, ServerComm
-from federatedscope.core.workers.admission import Admission, ClientTable
+from federatedscope.core.workers.admission import Admission
+from federatedscope.core.workers.client_table import ClientTable
 from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
 from federatedscope.core.workers.server_state import Phase, RoundState
 from federatedscope.core.workers.server_store import ServerStore
-from federatedscope.core.workers.validation import check_update, update_reference
+from federatedscope.core.workers.validation import all_refused, check_update, update_reference
 
 logger = logging.getLogger("federatedscope")
 GAVE_UP, DIVERGED = 3, 5
@@ -77,10 +77,8 @@ class Server(Worker):
         # a client restores personal state saved in the same job only, never an earlier run's.
         self.clients.job_id = (restored and restored.job_id) or secrets.token_hex(8)
         self.clients.local_param = list(self.aggregator.local_param)
-        if distributed and not admission.uses_tokens:
-            logger.warning("Server: no client tokens configured (distribute.token or token_hash "
-                           "in the manifest): a client id is only a claim, and anyone who can "
-                           "reach this port may join as a missing client")
+        if distributed:
+            admission.warn_if_open()
 
     @property
     def finished(self) -> bool:
@@ -105,10 +103,10 @@ class Server(Worker):
             logger.error(f"Server: error while handling {what} from connection {conn_id}: "
                          f"{clip_text(repr(e))}; closing that connection",
                          exc_info=logger.isEnabledFor(logging.DEBUG))
-            if conn_id is not None:
-                rec = self.clients.on_conn(conn_id)
-                if rec is not None:
-                    self.clients.mark_lost(rec, "dropped after an error in its message")
+            rec = self.clients.on_conn(conn_id)
+            if rec is not None:
+                self.clients.drop(rec, "dropped after an error in its message")
+            elif conn_id is not None:
                 self.comm.close(conn_id)
         finally:
             self._event = None
@@ -246,12 +244,7 @@ class Server(Worker):
         self._resume()
 
     def _diverged(self) -> None:
-        reasons = "; ".join(f"client #{c}: {r}" for c, r in sorted(self.state.refused.items()))
-        hint = ("the model diverged: lower train.optimizer.lr or set grad.grad_clip, then restart "
-                "with federate.restore_from" if "non-finite" in reasons else
-                "check that the clients run the same model and data configuration")
-        self._stop(DIVERGED, f"every update of round {self.round + 1} was refused "
-                             f"({clip_text(reasons, 300)}); {hint}")
+        self._stop(DIVERGED, all_refused(self.round + 1, self.state.refused))
 
     def _pause(self, why: str) -> None:
         logger.warning(f"Server: paused: {why}; waiting up to "
@@ -315,9 +308,8 @@ class Server(Worker):
         now, st, live = time.monotonic(), self.state, self.liveness
         self.clients.join_lines.tick()
         for rec in live.silent(self.clients.values(), now, self.comm.last_heard):
-            self.clients.mark_lost(rec, f"silent for {now - rec.last_seen:.0f}s "
-                                 f"(> distribute.heartbeat_timeout); marking it lost", now)
-            self.comm.close(rec.conn_id)
+            self.clients.drop(rec, f"silent for {now - rec.last_seen:.0f}s "
+                                   f"(> distribute.heartbeat_timeout); marking it lost", now)
         if st.phase is Phase.JOINING:
             online = self.clients.online_count()
             if not live.join_overdue(self.created, now):
@@ -373,9 +365,7 @@ class Server(Worker):
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
                     f"{acc if acc is None else round(acc, 4)}")
         if not self._write_results():
-            self._stop(RESULTS_UNWRITABLE, f"the results could not be written to "
-                                           f"{self.monitor.log_path} ({len(self.monitor.unwritten)}"
-                                           f" line(s) lost); free space or fix the path (outdir)")
+            self._stop(RESULTS_UNWRITABLE, self.store.results_lost())
         else:
             self.store.write_curves()
 
@@ -394,9 +384,7 @@ class Server(Worker):
 
     def _check_results_writable(self, now: Optional[float] = None) -> None:
         if not self.finished and self.store.results_overdue(now):
-            self._stop(RESULTS_UNWRITABLE, f"the results log {self.store.results_path} could not "
-                                           f"be written for more than {self.store.writes.bound:.0f}s;"
-                                           f" free space or fix the path (outdir)")
+            self._stop(RESULTS_UNWRITABLE, self.store.results_overdue_text())
 
     def _checkpoint(self) -> bool:
         return self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,

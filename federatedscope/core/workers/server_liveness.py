@@ -13,7 +13,7 @@ from typing import Callable, Iterable, List, Optional, Set
 from federatedscope.core.aggregators.aggregator import clients_per_round
 from federatedscope.core.configs.config import ConfigError
 from federatedscope.core.workers.server_eval import Evaluation
-from federatedscope.core.workers.admission import ClientRecord
+from federatedscope.core.workers.client_table import ClientRecord
 
 
 def min_clients(cfg, expected: int) -> int:

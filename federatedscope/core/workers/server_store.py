@@ -51,6 +51,16 @@ class ServerStore:
     def results_overdue(self, now: Optional[float] = None) -> bool:
         return self.writes.overdue(self.results_path, now)
 
+    def results_overdue_text(self) -> str:
+        """Why the server stops once ``results_overdue``, and the fix."""
+        return (f"the results log {self.results_path} could not be written for more than "
+                f"{self.writes.bound:.0f}s; free space or fix the path (outdir)")
+
+    def results_lost(self) -> str:
+        """Why the server stops when its final results could not be written, and the fix."""
+        return (f"the results could not be written to {self.results_path} "
+                f"({len(self.monitor.unwritten)} line(s) lost); free space or fix the path (outdir)")
+
     def checkpoint(self, round_idx: int, model_state, eval_owed: Optional[int],
                    aggregator_state: dict, job_id: str = "") -> bool:
         """True when written; a full disk must not stall the job (the old file stays whole:

@@ -14,10 +14,21 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 
 from federatedscope.core.aggregators.aggregator import local_keys
+from federatedscope.core.message import clip_text
 
 State = Dict[str, torch.Tensor]
 _BOUNDED_01 = ("acc",)
 _NON_NEGATIVE = ("loss", "avg_loss", "correct", "total")
+
+
+def all_refused(round_num: int, refused: Mapping[int, str]) -> str:
+    """Why the server stops when every update of round ``round_num`` was refused, and the fix:
+    non-finite updates mean the model diverged; anything else, that the clients differ."""
+    reasons = "; ".join(f"client #{c}: {r}" for c, r in sorted(refused.items()))
+    hint = ("the model diverged: lower train.optimizer.lr or set grad.grad_clip, then restart "
+            "with federate.restore_from" if "non-finite" in reasons else
+            "check that the clients run the same model and data configuration")
+    return f"every update of round {round_num} was refused ({clip_text(reasons, 300)}); {hint}"
 
 
 def update_reference(model: torch.nn.Module) -> State:
