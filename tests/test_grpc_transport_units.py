@@ -776,8 +776,8 @@ def test_the_channel_carries_the_configured_backoff_and_proxy_choice(monkeypatch
     kind, address, args, options, comp = made[0]
     assert (kind, address, args, comp) == ("insecure", "127.0.0.1:5151", (), grpc.Compression.Gzip)
     assert (options["grpc.initial_reconnect_backoff_ms"], options["grpc.min_reconnect_backoff_ms"],
-            options["grpc.max_reconnect_backoff_ms"], options["grpc.enable_http_proxy"]) == \
-        (1000, 1000, 4500, 1)
+            options["grpc.max_reconnect_backoff_ms"], options["grpc.enable_http_proxy"],
+            options["grpc.http2.max_frame_size"]) == (1000, 1000, 4500, 1, 1 << 20)
     assert made[1] == (("/federatedscope.FLService/Session",),
                        {"request_serializer": None, "response_deserializer": None})
     assert (c.sender_id, c.upload_chunk, c.upload_go, c.heartbeat_interval) == \

@@ -8,8 +8,12 @@ import socket
 import grpc
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from federatedscope.core.communication.limits import (Limits, compression, derive_limits,
-                                                      grpc_options, probe_bind, server_options)
+                                                      grpc_options, probe_bind, server_options,
+                                                      stream_window_for)
 from federatedscope.core.configs.config import ConfigError, get_default_cfg
 
 MIB = 1024 * 1024
@@ -30,6 +34,8 @@ def _cfg(**distribute):
 #   idle = max(10, 2 x join_deadline, expected / 50); slow link = max(30, heartbeat_timeout)
 #   heartbeats: 20/s, burst 20 x max(30, heartbeat_timeout)
 #   upload chunk = min(1 MiB, max(128 KiB, 64 MiB // expected)) - 9
+#   stream window (key 0) = min(4 MiB, max(64 KiB, 64 MiB // sessions in whole KiB)):
+#     40 sessions: 1,677,721 -> 1,638 KiB; 120: 559,240 -> 546 KiB; 10,650: the 64 KiB floor
 #   heartbeat interval = max(own, min(expected / 100, heartbeat_timeout / 3))
 CASES = [
     (1000, HIDDEN_128, dict(heartbeat_timeout=45.0, join_deadline=12.0, grpc_stream_window_kb=128),
@@ -41,7 +47,7 @@ CASES = [
     (4, HIDDEN_2048, dict(max_message_mb=40.0, grpc_max_connections_per_address=5,
                           heartbeat_interval=2.0),
      Limits(max_receive=40 * MIB, prejoin_max=65536, max_unjoined=32, max_sessions=40,
-            join_deadline=5.0, assembly_timeout=30.0, write_timeout=30.0, stream_window=65536,
+            join_deadline=5.0, assembly_timeout=30.0, write_timeout=30.0, stream_window=1_677_312,
             max_connections=88, expected_clients=4, connections_per_address=5,
             idle_connection=10.0, heartbeat_rate=20.0, heartbeat_burst=600.0,
             upload_chunk=1_048_567, heartbeat_interval=2.0)),
@@ -55,7 +61,7 @@ CASES = [
     # no model known yet (0 bytes): the config's own receive limit; a tiny one caps the prejoin
     (40, 0, dict(grpc_max_receive_message_length=40000, join_deadline=2.0),
      Limits(max_receive=40000, prejoin_max=40000, max_unjoined=40, max_sessions=120,
-            join_deadline=2.0, assembly_timeout=30.0, write_timeout=30.0, stream_window=65536,
+            join_deadline=2.0, assembly_timeout=30.0, write_timeout=30.0, stream_window=559_104,
             max_connections=176, expected_clients=40, connections_per_address=0,
             idle_connection=10.0, heartbeat_rate=20.0, heartbeat_burst=600.0,
             upload_chunk=1_048_567, heartbeat_interval=5.0)),
@@ -102,7 +108,7 @@ def test_the_server_sets_exactly_these_grpc_options(expected, model, keys, want)
         ("grpc.absolute_max_metadata_size", 16384),
         ("grpc.max_allowed_incoming_connections", 88), ("grpc.max_connection_idle_ms", 10000),
         ("grpc.http2.max_ping_strikes", 2), ("grpc.so_reuseport", 0),
-        ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536),
+        ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1_677_312),
         ("grpc.http2.max_frame_size", MIB)]
 
 
@@ -137,7 +143,30 @@ def test_a_stream_window_below_16_kib_is_refused_by_name(window, ok):
     with pytest.raises(ConfigError) as e:
         derive_limits(cfg, 8, HIDDEN_128)
     assert str(e.value) == (f"distribute.grpc_stream_window_kb={window} is below HTTP/2's useful "
-                            f"minimum; set it to 16 or more (default 64)")
+                            f"minimum; set it to 16 or more, or 0 (the default: derived from the "
+                            f"expected clients)")
+
+
+@pytest.mark.parametrize("sessions,window", [
+    (1, 4 * MIB), (16, 4 * MIB), (17, 3_855 * 1024), (38, 1_724 * 1024), (1024, 64 * 1024),
+    (1025, 64 * 1024), (10_650, 64 * 1024)])
+def test_the_derived_stream_window_shares_64_mib_between_the_sessions(sessions, window):
+    # 64 MiB / 17 = 3,947,580.2 B = 3,855.06 KiB; / 38 = 1,766,022.7 B = 1,724.6 KiB
+    assert stream_window_for(sessions) == window
+
+
+@given(st.integers(1, 200_000))
+def test_every_session_holding_a_full_derived_window_stays_within_the_budget(sessions):
+    w = stream_window_for(sessions)
+    assert w % 1024 == 0 and 64 * 1024 <= w <= 4 * MIB
+    assert sessions * w <= 64 * MIB or w == 64 * 1024      # the floor is the old fixed window
+    assert stream_window_for(sessions + 1) <= w
+
+
+def test_the_window_key_set_by_hand_wins_over_the_derived_one():
+    # 4 expected clients derive 1,638 KiB; a hand-set 64 KiB (the old default) is kept
+    assert derive_limits(_cfg(grpc_stream_window_kb=64), 8, HIDDEN_2048).stream_window == 65536
+    assert derive_limits(_cfg(grpc_stream_window_kb=8192), 8, HIDDEN_2048).stream_window == 8 * MIB
 
 
 def test_a_negative_per_address_ceiling_is_refused_by_name():

@@ -87,6 +87,9 @@ class GrpcClientTransport:
             ("grpc.min_reconnect_backoff_ms", 1000),
             ("grpc.max_reconnect_backoff_ms", max(1000, max_backoff_ms)),
             ("grpc.enable_http_proxy", int(cfg.distribute.grpc_enable_http_proxy)),
+            # the server may send a model in 1 MiB DATA frames instead of HTTP/2's default
+            # 16 KiB: 64x fewer frames to parse per model (as the server allows its clients)
+            ("grpc.http2.max_frame_size", 1 << 20),
         ]
         creds = channel_credentials(cfg)
         self._channel = (grpc.secure_channel(self.address, creds, options=options,

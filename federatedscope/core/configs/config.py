@@ -147,8 +147,9 @@ def get_default_cfg() -> CN:
         # a stream that has not sent a valid join_in within this many seconds is closed
         join_deadline=5.0,
         # server's HTTP/2 receive window per client stream: memory held for N simultaneous
-        # uploads is N x this; one upload runs at most at window / round-trip time
-        grpc_stream_window_kb=64,
+        # uploads is N x this; one upload runs at most at window / round-trip time. 0: 64 MiB
+        # shared by the sessions the server may hold, 64 KiB..4 MiB (communication/limits.py)
+        grpc_stream_window_kb=0,
         # connections one peer address may hold with streams that have not joined; 0: the
         # expected clients not yet joined + 8 (doc/reliability.md, "Transport ceilings")
         grpc_max_connections_per_address=0,
