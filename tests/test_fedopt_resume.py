@@ -83,6 +83,20 @@ def _one_warning(caplog, configured, written_by):
     assert f"; that state cannot drive {configured}, so it starts afresh" in warnings[0]
 
 
+def test_a_fedopt_checkpoint_restored_without_fedopt_warns_once_that_its_state_is_dropped(caplog):
+    plain = ClientsAvgAggregator(_cfg())
+    with caplog.at_level(logging.INFO, logger="federatedscope"):
+        plain.load_state_dict(_checkpoint(_two_adam_rounds()[0]))
+        plain.load_state_dict({})                             # a FedAvg checkpoint: nothing lost
+        plain.load_state_dict({"fedopt_type": "SGD", "fedopt_buffers": {}})   # momentum 0: none
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["the checkpoint holds a server optimizer's state (Adam) but this run has "
+                        "none (fedopt.use False): it is not used, and the next checkpoint drops "
+                        "it; restore with fedopt.use True and the checkpoint's fedopt.optimizer "
+                        "to continue it"]
+    assert plain.state_dict() == {}
+
+
 def test_adam_state_into_sgd_with_momentum_warns_once_and_sgd_starts_fresh(caplog):
     _, g = _two_adam_rounds()
     sgd = FedOptimizer("SGD", lr=0.25, momentum=0.5)

@@ -498,7 +498,7 @@ def server_run(monkeypatch):
 def _server_cfg(global_eval=False):
     return NS(federate=NS(client_num=0, make_global_eval=global_eval), outdir="/runs/r1",
               model=NS(type="tiny"), eval=NS(count_flops=False), use_gpu=False, device=-1,
-              distribute=NS(server_host="127.0.0.9"))
+              distribute=NS(server_host="127.0.0.9"), distributed_data=NS(enabled=True))
 
 
 def test_server_loop_waits_until_each_deadline_and_ticks_at_most_every_quarter_second(
@@ -538,9 +538,16 @@ def test_server_loop_stops_the_transport_when_a_handler_fails(server_run, monkey
         fr.DistributedRunner(ServerManifest(None, ""), _LoopServer, object, cfg).run()
     assert server_run.transports[0].calls == ["start", "stop"]
     assert server_run.transports[0].args[2] == 6 and gc.get_freeze_count() == 0
-    assert ("WARNING", "federate.make_global_eval: a distributed server holds no data to "
+    assert ("WARNING", "federate.make_global_eval: a shard-mode server holds no data to "
                        "evaluate on; the clients' weighted-average evaluation is reported "
                        "instead") in logs
+    _ScriptedInbox.script = ["boom"]
+    cfg.distributed_data.enabled = False         # FS's data_idx mode: the server loaded the data
+    with pytest.raises(RuntimeError, match="handler failed"):
+        fr.DistributedRunner(ServerManifest(None, ""), _LoopServer, object, cfg).run()
+    assert ("WARNING", "federate.make_global_eval: a data_idx-mode server does not evaluate here "
+                       "(FS's server-side evaluation on partition 0 is not implemented); the "
+                       "clients' weighted-average evaluation is reported instead") in logs
 
 
 @pytest.mark.parametrize("expected,max_clients", [(1, 8), (4, 8), (5, 10), (300, 600)])

@@ -189,9 +189,11 @@ class DistributedRunner(BaseRunner):
         transport = _server_transport(cfg, inbox, expected, model_bytes)
         _log_model(cfg, model)
         if cfg.federate.make_global_eval:
-            logger.warning("federate.make_global_eval: a distributed server holds no data to "
-                           "evaluate on; the clients' weighted-average evaluation is reported "
-                           "instead")
+            why = ("a shard-mode server holds no data to evaluate on" if
+                   cfg.distributed_data.enabled else "a data_idx-mode server does not evaluate "
+                   "here (FS's server-side evaluation on partition 0 is not implemented)")
+            logger.warning(f"federate.make_global_eval: {why}; the clients' weighted-average "
+                           f"evaluation is reported instead")
         admission = Admission.from_config(cfg, data.manifest, data.path, expected)
         server = self.server_class(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
                                    admission, distributed=True)

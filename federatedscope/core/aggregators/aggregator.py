@@ -154,5 +154,13 @@ class Aggregator:
         return self.server_optimizer.state_dict() if self.server_optimizer is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.server_optimizer is not None and state:
-            self.server_optimizer.load_state_dict(state)
+        if self.server_optimizer is not None:
+            if state:
+                self.server_optimizer.load_state_dict(state)
+        elif state.get("fedopt_buffers") or state.get("fedopt_optimizer"):
+            # a FedOpt run restored without fedopt.use: its moments would vanish in silence
+            logger.warning(f"the checkpoint holds a server optimizer's state ("
+                           f"{state.get('fedopt_type') or 'FedOpt'}) but this run has none "
+                           f"(fedopt.use False): it is not used, and the next checkpoint drops "
+                           f"it; restore with fedopt.use True and the checkpoint's "
+                           f"fedopt.optimizer to continue it")
