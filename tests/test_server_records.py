@@ -341,3 +341,34 @@ def test_a_metrics_refusal_names_client_round_and_reason(tmp_path, caplog):
     h.metrics(2, 1, {**good_metrics(), "test_total": 6})
     assert "Server: refused the metrics of client #2 for round 1: test_total=6 != the 5 test " \
            "samples declared at join" in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("ids,joining,never", [
+    (None, (1, 2, 4), [3, 5]),                    # FS's data_idx ids: 1..5
+    ((2, 5, 7, 9, 11), (2, 5, 9), [7, 11])])       # a manifest's ids
+def test_a_client_that_never_joined_is_listed_missing_in_every_eval_line(
+        tmp_path, monkeypatch, caplog, ids, joining, never):
+    from federatedscope.core.data.shard_format import ManifestEntry
+    quiet(caplog)
+    entries = None if ids is None else {
+        c: ManifestEntry(c, f"client_{c}", {"train": 10, "val": 5, "test": 5}, "ab" * 32, [5, 5],
+                         sample_type="float32[4]") for c in ids}
+    h = Harness(tmp_path, "federate.total_round_num", 2, "federate.join_timeout", 20.0,
+                "federate.min_clients_threshold", 3, manifest=entries, sample_type="float32[4]",
+                monkeypatch=monkeypatch, expected=5)
+    for c in joining:
+        h.join(c, **({} if ids is None else {"declaration": _declaration(c, 10)}))
+    h.tick(after=21.0)                   # past join_timeout with 3 >= threshold: start
+    for r in range(2):
+        g = h.global_state()
+        for c in joining:
+            h.update(c, r, h.shifted(0.5, g))
+        lost = joining[-1] if r == 1 else None        # round 2: one more answers no evaluation
+        for c in joining:
+            if c != lost:
+                h.metrics(c, r + 1, good_metrics())
+        if lost:
+            h.tick(after=400.0)          # the evaluation times out without it
+    lines = h.eval_lines()
+    assert [(e["Round"], e["Clients"], e["Missing"]) for e in lines if "Missing" in e] == [
+        (1, sorted(joining), never), (2, sorted(joining)[:2], sorted(never + [joining[-1]]))]

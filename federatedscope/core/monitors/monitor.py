@@ -6,7 +6,8 @@ clients (``fairness()``); ``raw`` keeps every client's numbers. In every form bu
 ``<split>_total`` and ``<split>_correct`` are their mean over clients, as FS's ``format_eval_res``
 writes them (a split's sample count is the sum over ``Results_raw``). Each evaluation appends one
 JSON line (written with fsync so a crash cannot lose a reported round), naming which clients' results
-are in it (``Clients``) and which were expected but are not (``Missing``: timed out, refused, lost).
+are in it (``Clients``) and which were expected but are not (``Missing``: timed out, refused, lost,
+or never joined).
 
 Building a line (``report``, ``final_summary``) never touches the disk: the line is queued and
 ``flush()`` appends what is queued, in order; a failed append keeps it queued for the next flush,

@@ -49,6 +49,13 @@ class ClientTable(Dict[int, ClientRecord]):
         """The ids online now (a copy)."""
         return set(self._online)
 
+    def missing_from(self, answered) -> Set[int]:
+        """The ids expected (the manifest's, else 1..expected: FS's data_idx ids) or joined that
+        are not in ``answered``: timed out, refused, lost, or never joined."""
+        manifest = self.admission.manifest
+        expected = set(manifest) if manifest is not None else set(range(1, self.expected + 1))
+        return (expected | set(self)) - set(answered)
+
     def online_count(self) -> int:
         return len(self._online)
 

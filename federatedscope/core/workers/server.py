@@ -281,7 +281,7 @@ class Server(Worker):
         results = ev.results
         if self.global_eval is not None:
             results = {SERVER_ID: self.global_eval()}  # FS: global eval replaces the clients'
-        missing = set(self.clients) - set(ev.results) if self.global_eval is None else set()
+        missing = self.clients.missing_from(ev.results) if self.global_eval is None else set()
         if not results and self.clients.online_count() < self.threshold:
             # No line: it would count as reported, here and after a restore; the round stays owed.
             return self._pause(f"the evaluation of round {ev.round} got no results (missing "
