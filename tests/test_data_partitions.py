@@ -256,8 +256,9 @@ def test_registered_loader_answers_only_its_types_case_blind():
 
 
 # ------------------------------------------------------------------ convert_data_mode
-def _mode_cfg(mode="distributed", role="client", idx=3):
-    return SimpleNamespace(federate=SimpleNamespace(mode=mode),
+def _mode_cfg(mode="distributed", role="client", idx=3, global_eval=False, client_num=0):
+    return SimpleNamespace(federate=SimpleNamespace(mode=mode, make_global_eval=global_eval,
+                                                    client_num=client_num),
                            distribute=SimpleNamespace(role=role, data_idx=idx),
                            data=SimpleNamespace(root="/d", type="femnist", subsample=0.5))
 
@@ -266,7 +267,13 @@ def test_convert_data_mode_keeps_one_partition_by_data_idx(logs):
     data = StandaloneDataDict({k: ClientData(None, train=f"t{k}") for k in (1, 2, 3, 4)})
     assert convert_data_mode(data, _mode_cfg(mode="StandAlone")) is data
     server = convert_data_mode(data, _mode_cfg(role="server"))
-    assert server == ServerManifest(None, "")
+    assert server == ServerManifest(None, "") and server.eval_data is None   # nothing kept
+    # FS's server evaluates the global model on its data: with make_global_eval it keeps them all
+    # ... those of the job's clients: the first federate.client_num, as standalone keeps them
+    kept = convert_data_mode(data, _mode_cfg(role="server", global_eval=True)).eval_data
+    assert kept == data and all(kept[k] is data[k] for k in data)
+    kept = convert_data_mode(data, _mode_cfg(role="server", global_eval=True, client_num=3)).eval_data
+    assert sorted(kept) == [1, 2, 3] and all(kept[k] is data[k] for k in kept)
     out = convert_data_mode(data, _mode_cfg(idx="3"))
     assert isinstance(out, DataIdxClient) and out.data is data[3] and out.data_idx == 3
     assert logs == [("INFO", "Client: loaded the whole dataset (4 partitions) and kept data_idx=3")]

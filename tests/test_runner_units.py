@@ -541,13 +541,17 @@ def test_server_loop_stops_the_transport_when_a_handler_fails(server_run, monkey
     assert ("WARNING", "federate.make_global_eval: a shard-mode server holds no data to "
                        "evaluate on; the clients' weighted-average evaluation is reported "
                        "instead") in logs
+    # FS's data_idx mode: the server loaded every partition and evaluates on their eval splits
     _ScriptedInbox.script = ["boom"]
-    cfg.distributed_data.enabled = False         # FS's data_idx mode: the server loaded the data
+    logs.clear()
+    made = []
+    monkeypatch.setattr(fr, "_global_evaluator", lambda c, d, m: made.append((c, d, m)) or "EVAL")
+    partitions = {1: "partition 1", 2: "partition 2"}
     with pytest.raises(RuntimeError, match="handler failed"):
-        fr.DistributedRunner(ServerManifest(None, ""), _LoopServer, object, cfg).run()
-    assert ("WARNING", "federate.make_global_eval: a data_idx-mode server does not evaluate here "
-                       "(FS's server-side evaluation on partition 0 is not implemented); the "
-                       "clients' weighted-average evaluation is reported instead") in logs
+        fr.DistributedRunner(ServerManifest(None, "", partitions), _LoopServer, object, cfg).run()
+    assert made == [(cfg, partitions, server_run.model)] and not any(
+        "make_global_eval" in line for _, line in logs)
+    assert _LoopServer.instances[-1].global_eval == "EVAL"
 
 
 @pytest.mark.parametrize("expected,max_clients", [(1, 8), (4, 8), (5, 10), (300, 600)])

@@ -56,8 +56,9 @@ def _log_model(cfg, model) -> None:
 
 
 def _global_evaluator(cfg, data, model):
-    """``federate.make_global_eval`` in standalone: the server evaluates the global model on the
-    union of the clients' evaluation splits (a server in shard mode holds no data to do this)."""
+    """``federate.make_global_eval``: the server evaluates the global model on the union of the
+    partitions' evaluation splits (standalone, and FS's distributed data_idx server, which loads
+    them all; a server in shard mode holds no data to do this)."""
     if not cfg.federate.make_global_eval:
         return None
     from federatedscope.core.data.datasets import TensorSplit
@@ -188,15 +189,15 @@ class DistributedRunner(BaseRunner):
         model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         transport = _server_transport(cfg, inbox, expected, model_bytes)
         _log_model(cfg, model)
-        if cfg.federate.make_global_eval:
-            why = ("a shard-mode server holds no data to evaluate on" if
-                   cfg.distributed_data.enabled else "a data_idx-mode server does not evaluate "
-                   "here (FS's server-side evaluation on partition 0 is not implemented)")
-            logger.warning(f"federate.make_global_eval: {why}; the clients' weighted-average "
-                           f"evaluation is reported instead")
+        if cfg.federate.make_global_eval and data.eval_data is None:
+            logger.warning("federate.make_global_eval: a shard-mode server holds no data to "
+                           "evaluate on; the clients' weighted-average evaluation is reported "
+                           "instead")
         admission = Admission.from_config(cfg, data.manifest, data.path, expected)
         server = self.server_class(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
                                    admission, distributed=True)
+        if data.eval_data is not None:   # FS's data_idx server: the union of the eval splits
+            server.global_eval = _global_evaluator(cfg, data.eval_data, model)
         # Everything built so far (torch's modules, the manifest, the admission records) lives
         # as long as the server: out of the cyclic collector's scans, so that the many short-
         # lived objects of a join storm or a round do not make each full collection walk it

@@ -11,7 +11,7 @@ What ``get_data`` returns, one record per role (the role is decided once, in ``g
 | record | role | ``.splits()`` |
 | --- | --- | --- |
 | ``StandaloneDataDict`` | standalone: client id (1..N) -> ``ClientData`` | per client |
-| ``ServerManifest(manifest, path)`` | distributed server (``manifest`` None: data_idx) | — |
+| ``ServerManifest(manifest, path, eval_data)`` | distributed server (``manifest`` None: data_idx; ``eval_data``: make_global_eval) | — |
 | ``ClientShard(loader)`` | distributed client, shard mode: only its own shard | its shard |
 | ``DataIdxClient(data, data_idx)`` | distributed client, FS's data_idx mode | partition |
 
@@ -75,9 +75,11 @@ class StandaloneDataDict(dict):
 @dataclass
 class ServerManifest:
     """A distributed server's data: the typed manifest in shard mode (read once, no data file
-    opened), None in data_idx mode (FS's server loads the dataset; this one drops it)."""
+    opened), None in data_idx mode (FS's server loads the dataset; this one keeps it only for
+    ``federate.make_global_eval``, as ``eval_data``)."""
     manifest: Optional[Any] = None        # shard_format.Manifest
     path: str = ""                        # re-read by admission if it changes on disk
+    eval_data: Optional[StandaloneDataDict] = None   # every partition, for the global evaluation
 
 
 def _explicit_id(cfg) -> int:

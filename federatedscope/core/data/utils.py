@@ -4,7 +4,8 @@
 loaded as a ``StandaloneDataDict`` of partitions):
 
 * standalone — the dict itself (every simulated client);
-* distributed server — ``ServerManifest(None)``: FS's server keeps the data, this one holds none;
+* distributed server — ``ServerManifest(None)``, holding the partitions only for
+  ``federate.make_global_eval`` (FS's server evaluates the global model on its data);
 * distributed client — ``DataIdxClient`` of partition ``distribute.data_idx``. The index picks a
   partition (valid 1..number of partitions, whatever ``federate.client_num`` is); one out of that
   range is an error naming the key and the range (FS samples a random partition instead, which
@@ -18,11 +19,20 @@ from federatedscope.core.data.base_data import DataIdxClient, ServerManifest, St
 logger = logging.getLogger("federatedscope")
 
 
+def _first_partitions(data: StandaloneDataDict, config) -> StandaloneDataDict:
+    """The partitions of the job's clients (the first ``federate.client_num``, all when 0), as
+    a standalone run keeps them: the global evaluation covers the same clients in both modes."""
+    n = int(config.federate.client_num)
+    ids = sorted(data)[:n] if n > 0 else sorted(data)
+    return StandaloneDataDict({cid: data[cid] for cid in ids})
+
+
 def convert_data_mode(data: StandaloneDataDict, config):
     if config.federate.mode.lower() == "standalone":
         return data
     if config.distribute.role == "server":
-        return ServerManifest(manifest=None)
+        return ServerManifest(manifest=None, eval_data=_first_partitions(data, config)
+                              if config.federate.make_global_eval else None)
     idx = int(config.distribute.data_idx)
     if idx not in data:
         ids = sorted(data)
