@@ -113,10 +113,11 @@ def test_each_round_reaches_exactly_its_receivers_and_absent_ids_are_skipped(ser
     t, inbox, addr = server()
     peers = {cid: RawPeer(addr) for cid in (11, 12, 13, 14, 15)}
     encoded = []
-    real_encode = codec.encode
+    real_encode = codec.encode_parts
     try:
         _joined(t, inbox, peers)
-        monkeypatch.setattr(codec, "encode", lambda m: encoded.append(m.state) or real_encode(m))
+        monkeypatch.setattr(codec, "encode_parts",
+                            lambda m: encoded.append(m.state) or real_encode(m))
         # an absent id first: the ids after it are still served
         rounds = {1: [99, 11, 13, 15], 2: [12, 14], 3: [15, 98]}
         for r, receivers in rounds.items():
@@ -1444,7 +1445,7 @@ def test_a_tls_server_serves_a_client_that_trusts_its_ca(server, tmp_path):
 def test_a_new_session_releases_the_previous_request_stream_and_starts_unproven():
     c = _client()
     calls = []
-    c._session = lambda requests: calls.append(requests) or types.SimpleNamespace()
+    c._session = lambda requests, metadata: calls.append(requests) or types.SimpleNamespace()
     c._read = lambda call, nonce, go: None
     c.sender_id, c._session_ok = 77, True
     c.open_session(Message(JOIN_IN, 3, 0, 0, {"client_id": 3}))
@@ -1489,6 +1490,9 @@ class _Session:
         self.metadata = metadata
         self.opened.set()
 
+    def invocation_metadata(self):
+        return (("fs-downlink-chunks", "1"),)
+
     async def read(self):
         await asyncio.Event().wait()
 
@@ -1522,6 +1526,36 @@ def test_a_stalled_reader_loses_its_session_and_a_pending_abort_still_ends_it(se
         "Closed the session of client #5: a 65536-byte message was not taken within 0.2s "
         "(stalled reader)")
     assert t.session_counts()["open"] == 0 and inbox.empty()
+
+
+class _SlowSession(_Session):
+    """Takes every write, each after ``delay`` seconds (a slow reader, not a stopped one)."""
+    delay = 0.15
+
+    async def write(self, item):
+        await asyncio.sleep(self.delay)
+        self.written.append(item)
+
+
+def test_the_write_timeout_bounds_a_whole_chunked_message_not_each_chunk(server, caplog):
+    # 4 downlink chunks at 0.15 s each: every chunk is taken within 0.4 s, the message is not
+    caplog.set_level(logging.WARNING, LOGGER)
+    t, inbox, _ = server()
+    t.limits = dataclasses.replace(t.limits, write_timeout=0.4)
+    ctx = _SlowSession("ipv4:10.7.7.8:7")
+    done = asyncio.run_coroutine_threadsafe(t._session(None, ctx), t._loop)
+    assert ctx.opened.wait(5)
+    (conn,) = on_loop(t, lambda: list(t._conns.values()))
+    assert conn.chunked_down          # the session asked with fs-downlink-chunks: 1
+    t.bind(conn.conn_id, 6)
+    model = Message("evaluate", 0, 6, 0, {}, {"w": torch.zeros(900_000)})     # 3.6 MB
+    frames = len(codec.encode(model)) + len(CHUNK_FIRST) + 8 + 3 * 4
+    t.send(model)
+    assert done.result(timeout=5) is None
+    assert 1 <= len(ctx.written) <= 3 and conn.reason == "stopped reading"
+    assert caplog.records[-1].getMessage() == (
+        f"Closed the session of client #6: a {frames}-byte message was not taken within 0.4s "
+        f"(stalled reader)")
 
 
 def test_a_bound_client_closed_for_sixteen_bad_messages_is_reported_as_abuse(server):

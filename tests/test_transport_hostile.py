@@ -157,12 +157,12 @@ def test_broadcast_is_encoded_once_and_stop_drains_it(server):
             p.join(k)
             t.bind(next_incoming(inbox).conn_id, k)
         calls = []
-        real = codec.encode
-        codec.encode = lambda m: calls.append(m.msg_type) or real(m)
+        real = codec.encode_parts
+        codec.encode_parts = lambda m: calls.append(m.msg_type) or real(m)
         try:
             t.broadcast(Message("finish", 0, -2, 3, {}, {"w": torch.ones(1000)}), [1, 2, 3, 4, 5])
         finally:
-            codec.encode = real
+            codec.encode_parts = real
         assert calls == ["finish"]
         t.stop(grace=5.0)                 # must deliver the queued finish before ending streams
         for p in peers:

@@ -51,6 +51,13 @@ UPLOAD_CHUNK_HEADER = "fs-upload-chunk"
 UPLOAD_CHUNK_BUDGET = 64 * 1024 * 1024
 MIN_UPLOAD_CHUNK = 128 * 1024
 MAX_UPLOAD_CHUNK = 1024 * 1024
+# Server -> client: a larger message goes as a first chunk and continuations of this size (no
+# GO: a client reads its one stream eagerly), to clients that ask with this invocation header.
+# The client copies each chunk into one aligned buffer as it arrives, so its copy overlaps the
+# transfer and the decoded tensors share that buffer (``codec._tensor_at``); a whole 25 MB frame
+# was first copied out of gRPC at its end, then once more by the decode (read-only bytes).
+DOWNLINK_CHUNKS_HEADER = "fs-downlink-chunks"
+DOWNLINK_CHUNK = 1024 * 1024 - len(CHUNK_MORE) - 5
 _FIRST_HEAD = len(CHUNK_FIRST) + 8
 ALIGN = 64    # bytes: a cache line, and every tensor dtype's alignment
 
@@ -112,6 +119,14 @@ def upload_frames(parts: Sequence[memoryview], more: int) -> List[bytes]:
     return chunk_frames(parts, FIRST_CHUNK_BYTES, more)
 
 
+def whole_frame(frames: Sequence[bytes]) -> bytes:
+    """The frame that ``chunk_frames`` cut (for a receiver that takes messages whole)."""
+    if len(frames) == 1:
+        return frames[0]
+    return b"".join([memoryview(frames[0])[_FIRST_HEAD:]]
+                    + [memoryview(c)[len(CHUNK_MORE):] for c in frames[1:]])
+
+
 def upload_chunk_bytes(expected_clients: int) -> int:
     """The continuation size a server announces: ``UPLOAD_CHUNK_BUDGET`` shared by its expected
     clients, between ``MIN_UPLOAD_CHUNK`` and ``MAX_UPLOAD_CHUNK`` (the whole message with our
@@ -135,6 +150,44 @@ def chunk_total(data: bytes) -> int:
     if len(data) < _FIRST_HEAD:
         raise InvalidMessage("truncated first chunk")
     return int.from_bytes(data[len(CHUNK_FIRST):_FIRST_HEAD], "little")
+
+
+class DownlinkAssembly:
+    """A client's side of the server's chunked messages, on its one stream: ``feed`` each
+    message as it arrives; it returns a whole frame (a message that was not chunked, or the
+    aligned buffer of one just completed) or None while one is being put together. A first
+    chunk declaring more than ``max_bytes`` (the client's receive limit) is refused before
+    anything is allocated; any refusal drops the message under way."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.current: Optional[Reassembly] = None
+
+    def feed(self, data: bytes):
+        head = bytes(data[:len(CHUNK_FIRST)])
+        try:
+            if head == CHUNK_MORE:
+                if self.current is None:
+                    raise InvalidMessage("a continuation chunk without a first chunk")
+                done = self.current.add(memoryview(data)[len(CHUNK_MORE):])
+            elif self.current is not None:
+                raise InvalidMessage("a new message began before the chunked one was complete")
+            elif head == CHUNK_FIRST:
+                total = chunk_total(data)
+                if total > self.max_bytes:
+                    raise InvalidMessage(f"a chunked message of {total} bytes exceeds the "
+                                         f"receive limit of {self.max_bytes}")
+                self.current = Reassembly(total, data, heavy=False)
+                done = self.current.complete
+            else:
+                return data
+        except InvalidMessage:
+            self.current = None
+            raise
+        if not done:
+            return None
+        frame, self.current = self.current.buf, None
+        return frame
 
 
 class Reassembly:

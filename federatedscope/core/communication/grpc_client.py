@@ -22,8 +22,9 @@ from typing import Optional
 import grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_BYTES, GO, UPLOAD_CHUNK_HEADER,
-                                                    UPLOAD_GO_HEADER, announced_chunk,
+from federatedscope.core.communication.flow import (CHUNK_BYTES, DOWNLINK_CHUNKS_HEADER, GO,
+                                                    UPLOAD_CHUNK_HEADER, UPLOAD_GO_HEADER,
+                                                    DownlinkAssembly, announced_chunk,
                                                     upload_frames)
 from federatedscope.core.communication.join_proof import NONCE_HEADER, PROOF_KEY, join_proof
 from federatedscope.core.communication.limits import (HEARTBEAT_HEADER, announced_heartbeat,
@@ -82,7 +83,9 @@ class GrpcClientTransport:
         self.inbox = inbox
         self.address = f"{cfg.distribute.server_host}:{cfg.distribute.server_port}"
         max_backoff_ms = int(cfg.distribute.reconnect_max_backoff * 1000)
-        options = grpc_options(cfg) + [
+        options = grpc_options(cfg)
+        self._max_receive = dict(options)["grpc.max_receive_message_length"]
+        options = options + [
             ("grpc.initial_reconnect_backoff_ms", 1000),
             ("grpc.min_reconnect_backoff_ms", 1000),
             ("grpc.max_reconnect_backoff_ms", max(1000, max_backoff_ms)),
@@ -180,7 +183,8 @@ class GrpcClientTransport:
         nonce: "queue.Queue" = queue.Queue(maxsize=1)
         go = threading.Event()                   # the server's GO for the upload under way
         self._outbox = outbox
-        self._call = self._session(self._requests(outbox, join, nonce, go))
+        self._call = self._session(self._requests(outbox, join, nonce, go),
+                                   metadata=((DOWNLINK_CHUNKS_HEADER, "1"),))
         self._reader = threading.Thread(target=self._read, args=(self._call, nonce, go),
                                         name="client-reader", daemon=True)
         self._reader.start()
@@ -226,12 +230,16 @@ class GrpcClientTransport:
             self.heartbeat_interval = announced_heartbeat(metadata.get(HEARTBEAT_HEADER),
                                                           self.cfg.distribute.heartbeat_interval)
             nonce.put(metadata.get(NONCE_HEADER))
+            chunks = DownlinkAssembly(self._max_receive)
             for data in call:
                 if data == GO:
                     go.set()
                     continue
                 try:
-                    msg = codec.decode(data)
+                    frame = chunks.feed(data)
+                    if frame is None:
+                        continue          # more chunks of this message to come
+                    msg = codec.decode(frame)
                     validate_message(msg, from_server=True)
                 except InvalidMessage as e:
                     logger.warning(f"Client: rejected a message from the server: {e}")

@@ -6,7 +6,7 @@ its event loop in ONE background thread. Each stream is two coroutines (reader, 
 holds thousands. The ``Server`` state machine stays in the main thread and sees only ``inbox``
 events; its calls (``bind``/``send``/``broadcast``/``close``) are handed to the loop in order
 (``intake.LoopCalls``: calls made while the loop is busy share one wake-up). A broadcast is
-encoded once and the same ``bytes`` object is queued for every receiver.
+encoded once and its frames queued for every receiver (downlink chunks if it asked, else whole).
 
 Nothing unjoined holds resources: a stream must send a valid ``join_in`` within
 ``distribute.join_deadline``; before it is bound, a message over ``PREJOIN_MAX_BYTES`` is refused
@@ -31,10 +31,11 @@ import time
 from typing import Dict, Optional, Union
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import HEAVY_IN_INBOX, ServerInbox
+from federatedscope.core.communication.flow import (DOWNLINK_CHUNK, DOWNLINK_CHUNKS_HEADER,
+                                                    HEAVY_IN_INBOX, ServerInbox, chunk_frames,
+                                                    whole_frame)
 from federatedscope.core.communication.health import CappedHealth
 from federatedscope.core.communication.intake import (CLOSE, Connection, LineBudget, LoopCalls,
                                                       StreamIntake)
@@ -54,6 +55,11 @@ BUSY = "server busy: too many sessions not yet joined; retry later"
 SERVICE = "federatedscope.FLService"
 JOIN_ANSWER_TIMEOUT = 60.0   # seconds; a delivered join_in normally gets bound or refused in ms
 __all__ = ["GrpcServerTransport", "ServerInbox", "grpc_options", "compression"]
+
+
+async def _write_all(context, frames) -> None:
+    for frame in frames:
+        await context.write(frame)
 
 
 class GrpcServerTransport(StreamIntake):
@@ -109,9 +115,8 @@ class GrpcServerTransport(StreamIntake):
                                                         response_serializer=None)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {"Session": session}),))
-        self.health = CappedHealth()
+        self.health = CappedHealth.serve(self._server)
         self._lines = LineBudget(self._loop)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._big_writes = asyncio.Semaphore(CONCURRENT_BIG_WRITES)
@@ -139,8 +144,7 @@ class GrpcServerTransport(StreamIntake):
 
     async def _start(self) -> None:
         await self._server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.serving(SERVICE)
 
     def stop(self, grace: float = 5.0) -> None:
         """Let queued messages (e.g. ``finish``) drain, then stop: sessions get ``grace``
@@ -192,8 +196,10 @@ class GrpcServerTransport(StreamIntake):
         self.broadcast(msg, [msg.receiver])
 
     def broadcast(self, msg: Message, receivers) -> None:
-        data = codec.encode(msg)   # one encoding; the same bytes object goes to every queue
-        self._call(self._enqueue, list(receivers), data, msg.msg_type)
+        # One encoding, copied once, before returning (the caller's tensors may change): the
+        # same frames go to every queue, cut into downlink chunks when larger than one
+        frames = chunk_frames(codec.encode_parts(msg), DOWNLINK_CHUNK)
+        self._call(self._enqueue, list(receivers), frames, msg.msg_type)
 
     def send_to_conn(self, conn_id: int, msg: Message) -> None:
         self._call(self._enqueue_conn, conn_id, codec.encode(msg))
@@ -220,13 +226,16 @@ class GrpcServerTransport(StreamIntake):
         self._unjoined.remove(conn)
         self._by_client[client_id] = conn
 
-    def _enqueue(self, receivers, data: bytes, msg_type: str) -> None:
+    def _enqueue(self, receivers, frames: list, msg_type: str) -> None:
+        whole = frames[0] if len(frames) == 1 else None
         for cid in receivers:
             conn = self._by_client.get(cid)
             if conn is None:
                 logger.debug(f"dropping {msg_type}: client #{cid} not connected")
                 continue
-            conn.outbox.put_nowait(data)
+            if whole is None and not conn.chunked_down:   # a client that did not ask for chunks
+                whole = whole_frame(frames)
+            conn.outbox.put_nowait(frames if conn.chunked_down and len(frames) > 1 else whole)
 
     def _enqueue_conn(self, conn_id: int, item) -> None:
         conn = self._conns.get(conn_id)
@@ -288,6 +297,8 @@ class GrpcServerTransport(StreamIntake):
         # for this very stream (join_proof.py); with it, the upload chunk and heartbeat interval.
         await context.send_initial_metadata(((NONCE_HEADER, conn.nonce.hex()),)
                                             + self.limits.announcement())
+        conn.chunked_down = any(k == DOWNLINK_CHUNKS_HEADER and v == "1"
+                                for k, v in (context.invocation_metadata() or ()))
         reader = asyncio.ensure_future(self._read(conn, context))
         deadline = self._loop.call_later(self.limits.join_deadline, self._check_deadline, conn)
         try:
@@ -295,7 +306,7 @@ class GrpcServerTransport(StreamIntake):
                 item = await conn.outbox.get()
                 if item is CLOSE:
                     break
-                if len(item) < BIG_MESSAGE:
+                if isinstance(item, bytes) and len(item) < BIG_MESSAGE:
                     await context.write(item)
                     continue
                 async with self._big_writes:
@@ -310,15 +321,17 @@ class GrpcServerTransport(StreamIntake):
         if conn.abort is not None:
             await context.abort(*conn.abort)
 
-    async def _timed_write(self, conn: Connection, context, item: bytes) -> bool:
-        """A peer that stops reading must not keep one of the few large-write slots."""
+    async def _timed_write(self, conn: Connection, context, item) -> bool:
+        """A peer that stops reading must not keep one of the few large-write slots: a whole
+        message (bytes, or its downlink chunks) must be taken within the write timeout."""
+        frames = item if isinstance(item, list) else [item]
         try:
-            await asyncio.wait_for(context.write(item), self.limits.write_timeout)
+            await asyncio.wait_for(_write_all(context, frames), self.limits.write_timeout)
             return True
         except asyncio.TimeoutError:
             who = f"client #{conn.client_id}" if conn.client_id is not None else conn.peer
-            logger.warning(f"Closed the session of {who}: a {len(item)}-byte message was not "
-                           f"taken within {self.limits.write_timeout:g}s (stalled reader)")
+            logger.warning(f"Closed the session of {who}: a {sum(map(len, frames))}-byte message "
+                           f"was not taken within {self.limits.write_timeout:g}s (stalled reader)")
             conn.reason = "stopped reading"
             return False
 

@@ -48,6 +48,7 @@ class Connection:
         self.abuse = False            # closed for abuse by a bound client (see ``Disconnected``)
         self.abort: Optional[tuple] = None   # (status code, details) to end the stream with
         self.assembly: Optional[Reassembly] = None   # a chunked message being received
+        self.chunked_down = False     # the client asked for large messages in downlink chunks
         # time.monotonic() of the bound client's last frame: the Server's liveness reads it
         # (``last_heard``), so heartbeats need not cross to the Server's thread
         self.last_heard = 0.0
