@@ -64,7 +64,6 @@ SourceAddressProxy  # harness/raw_peer.py (peers seen from a second loopback add
 shards_from_manifest  # harness/swarm_manifest.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
 ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
 run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)
-recording_server  # bench/robust_rules.py: tests/test_robust_rules_bench.py
 _sink  # bench/scale.py: run by name in its loopback-throughput child (python -c)
 
 # DatasetSpec contract fields (core/data/dataset_spec.py) every dataset spec sets

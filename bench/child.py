@@ -1,20 +1,12 @@
 """One measured process: does one job, then writes its own /proc figures as JSON.
 
-    python bench/child.py REPORT.json MODE [ARGS...]
-
-MODE: baseline (the runtime imports only); load SPEC (``get_data``; SPEC = {"cfg": yaml, "opts":
-[...]}); stream SPEC P S (P timed passes over the train batches, S timed training steps); phases
-SPEC (one round of training and evaluation, RSS after each phase); main ARGV (``main.main``);
-script / profile PATH ARGV (a tool's ``main(argv)`` timed after its imports, under cProfile for
-profile); jsonfloor / jsonhook FILES (a bare ``json.load`` / the shard tool's hooked parse).
+    python bench/child.py REPORT.json MODE [ARGS...]     (MODE: a key of ``MODES`` below)
 
 Job modes (all but ``TOOL_MODES``) start as ``main.py`` does, re-executed with its huge-page
-tunable, so a baseline compares with its job. Every report has the process's ``VmHWM`` at exit;
-modes working after their imports reset the peak (``/proc/self/clear_refs``) first, so
-``peak_above_start_kb`` is the work's own growth, counted in private pages (file-backed ones left
-out: ``private_peak_kb``). A tool (script mode) also reports ``tree``:
-the peak of its and its children's summed PSS (the shard tool's reading workers) and their CPU.
-The /proc readers are ``harness.proc_stats``'s, shared with the tests.
+tunable, so a baseline compares with its job. Modes working after their imports reset the peak
+(``/proc/self/clear_refs``) first, so ``peak_above_start_kb`` is the work's own growth, counted in
+private pages (file-backed ones left out: ``private_peak_kb``). A tool (script mode) also reports
+``tree``: the peak of its and its children's summed PSS (the shard tool's workers) and their CPU.
 """
 import json
 import os
@@ -208,13 +200,15 @@ def mode_jsonhook(*files: str) -> dict:
     return _parse_pass(_load_json, files)
 
 
-MODES = {"baseline": lambda: runtime_imports() or {}, "load": mode_load, "phases": mode_phases,
-         "stream": mode_stream, "main": mode_main, "script": mode_script,
-         "profile": lambda *a: mode_script(*a, profile=True),
-         "jsonfloor": lambda *files: _parse_pass(read_json, files),
+MODES = {"baseline": lambda: runtime_imports() or {},   # the runtime imports only
+         "load": mode_load,            # SPEC: get_data
+         "phases": mode_phases,        # SPEC: one round of training and evaluation
+         "stream": mode_stream,        # SPEC P S: P timed passes over the batches, S steps
+         "main": mode_main,            # ARGV: main.main
+         "script": mode_script,        # PATH ARGV: a tool's main(argv), timed after imports
+         "profile": lambda *a: mode_script(*a, profile=True),   # the same under cProfile
+         "jsonfloor": lambda *files: _parse_pass(read_json, files),   # a bare json.load
          "jsonhook": mode_jsonhook}
-
-
 # Modes timing a tool, which starts as a plain ``python`` process (no huge-page re-execution).
 TOOL_MODES = ("script", "profile", "jsonfloor", "jsonhook")
 

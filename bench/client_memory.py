@@ -1,11 +1,10 @@
 """client_memory: what a client process holds and reads, shard mode vs FS's data_idx mode.
 
-Generated FEMNIST (`large` profile in full runs, 180 writers with --quick), N = 3 and 10 clients.
-Each load is its own child process (``bench/child.py load``: the runtime imports, then
-``get_data(cfg)``) with its files evicted from the page cache first, so ``read_bytes`` is what a
-cold start reads. Peak above runtime is the process's private peak (VmHWM less its file-backed
-pages: ``proc_stats.private_peak_kb``) minus that of the runtime baseline (idle processes importing
-torch + grpc + federatedscope only). The training figure, a real 3-client job, is the whole VmHWM.
+Generated FEMNIST, N = 3 and 10 clients. Each load is its own child process (``bench/child.py
+load``) with its files evicted from the page cache first, so ``read_bytes`` is what a cold start
+reads. Peak above runtime is the process's private peak minus that of the runtime baseline (idle
+processes importing torch + grpc + federatedscope only). The training figure, a real 3-client
+job, is the whole VmHWM.
 """
 import json
 import os
@@ -95,28 +94,27 @@ def training_job(ctx, mode: str) -> dict:
     return res
 
 
-def _load(ctx, tag: str, spec: str, evict, base_kb: float) -> dict:
-    common.drop_page_cache(evict)
-    rep = common.run_child(ctx, tag, "load", [spec])
-    return dict(rep, above_baseline_bytes=(proc_stats.private_peak_kb(rep["status_kb"]) - base_kb)
-                * 1024)
-
-
 def run(ctx) -> dict:
     big = common.figures_dataset(ctx)
     base = baseline_kb(ctx)["private_kb"]
     manifests = {n: common.shards(ctx, big, n) for n in NS}
     first = fs_cache(ctx, big)
     loads, idx_loads = {n: {} for n in NS}, []
+
+    def load(tag: str, spec: str, evict) -> dict:
+        common.drop_page_cache(evict)
+        rep = common.run_child(ctx, tag, "load", [spec])
+        return dict(rep, above_baseline_bytes=(
+            proc_stats.private_peak_kb(rep["status_kb"]) - base) * 1024)
     for n in NS:
         for k in [1] if ctx.quick else range(1, n + 1):
-            loads[n][k] = _load(ctx, f"shard_n{n}_c{k}", common.shard_load_spec(manifests[n], k),
-                                [common.shard_dir(manifests[n], k)], base)
+            loads[n][k] = load(f"shard_n{n}_c{k}", common.shard_load_spec(manifests[n], k),
+                               [common.shard_dir(manifests[n], k)])
             loads[n][k]["shard_tensor_bytes"] = common.shard_tensor_bytes(manifests[n], k)
         if not idx_loads or not ctx.quick:  # data_idx does not depend on N: all load everything
             k = len(idx_loads) + 1
-            idx_loads.append(_load(ctx, f"data_idx_c{k}", data_idx_load_spec(big, k),
-                                   [os.path.join(big, "femnist", "processed")], base))
+            idx_loads.append(load(f"data_idx_c{k}", data_idx_load_spec(big, k),
+                                  [os.path.join(big, "femnist", "processed")]))
     job = training_job(ctx, "shard")
     spec = common.shard_load_spec(manifests[3], 1, extra=training_extra(ctx))
     phases = common.run_child(ctx, "phases", "phases", [spec])["phases"]

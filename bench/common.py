@@ -1,8 +1,7 @@
-"""Shared by every benchmark: rows, machine info, measured children and jobs, fixtures.
+"""Shared by every benchmark: rows, machine info, measured children and jobs, fixtures, logs.
 
-Processes are started and stopped by ``harness`` (shared with the tests); every FL process runs
-under ``bench/child.py``, which reports its own /proc figures at exit. Fixtures (generated data,
-shard sets) are reused while their stamp holds the same parameters; measurements never are.
+Fixtures (generated data, shard sets) are reused while their stamp holds the same parameters;
+measurements never are.
 """
 import contextlib
 import importlib.util
@@ -10,10 +9,12 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import time
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Dict, List, Optional, Sequence
 
@@ -27,8 +28,8 @@ GEN = os.path.join(ROOT, "scripts", "tools", "generate_femnist_sample.py")
 PREPARE = os.path.join(ROOT, "scripts", "tools", "prepare_femnist_shards.py")
 MB = 1024 * 1024
 # The FEMNIST-sized sample every data benchmark uses (>= 180 writers, >= 35,000 samples); the
-# `large` profile (200 writers, ~45,000 samples) is for full runs' memory, round and peer figures,
-# so shards are large enough that fixed costs stop dominating.
+# `large` profile is for full runs' memory, round and peer figures, so shards are large enough
+# that fixed costs stop dominating.
 BIG = dict(name="femnist180", writers=180, seed=0, mean=200, per_file=20)
 LARGE = dict(name="femnist200", writers=200, seed=0, mean=225, per_file=20)
 
@@ -49,8 +50,8 @@ def timed(fn, repeats: int) -> List[float]:
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """{name: seconds of each call}: every function of ``fns`` called once per repeat, in turn,
-    so the machine's noise hits all alike."""
+    """{name: seconds of each call}: every function called once per repeat, in turn, so the
+    machine's noise hits all alike."""
     rounds = [{k: timed(fn, 1)[0] for k, fn in fns.items()} for _ in range(repeats)]
     return {k: [r[k] for r in rounds] for k in fns}
 
@@ -114,14 +115,44 @@ def machine_info() -> dict:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "?")
     commit, dirty = git_state()
-    versions = {m: _version(m) for m in ("grpcio", "protobuf", "numpy")}
     mem = meminfo_mb()
     return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "cpu_model": model, "mem_total_mb": round(mem.get("MemTotal", 0)),
             "mem_available_mb": round(mem.get("MemAvailable", 0)),
             "loadavg": list(os.getloadavg()), "kernel": platform.release(),
-            "python": platform.python_version(), "torch": torch.__version__, **versions,
+            "python": platform.python_version(), "torch": torch.__version__,
+            **{m: _version(m) for m in ("grpcio", "protobuf", "numpy")},
             "git_commit": commit, "git_dirty": dirty}
+
+
+# ----------------------------------------------------------------------------- a run's logs
+_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_lines(path: str) -> list:
+    """(epoch seconds, line) for every timestamped line of an FS-format log."""
+    with open(path, errors="replace") as f:
+        return [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), line)
+                for line in f for m in [_TS.match(line)] if m]
+
+
+def log_times(path: str, text: str) -> List[float]:
+    return [t for t, line in log_lines(path) if text in line]
+
+
+def log_floats(path: str, pattern: str) -> List[float]:
+    with open(path, errors="replace") as f:
+        return [float(x) for x in re.findall(pattern, f.read())]
+
+
+def round_times(server_log: str) -> List[float]:
+    """Seconds per round from the server's 'round i/N aggregated ... in X s' lines."""
+    return log_floats(server_log, r"round \d+/\d+ aggregated .* in ([0-9.]+)s")
+
+
+def final_acc(log: str) -> Optional[float]:
+    accs = log_floats(log, r"final weighted-avg test_acc=([0-9.]+)")
+    return accs[-1] if accs else None
 
 
 # ----------------------------------------------------------------------------- measured children
@@ -222,8 +253,7 @@ class BenchJob(Job):
                                   self.reports[names[i]], self.log(names[i])) for i in order}
         return {"server": reps.pop("server"),
                 "clients": {int(n.split("_")[1]): reps[n] for n in names[1:]},
-                "wall_s": wall, "logs": {"server": self.log("server"), **{
-                    k: self.log(f"client_{k}") for k in range(1, self.clients + 1)}}}
+                "wall_s": wall, "logs": {n: self.log(n) for n in names}}
 
 
 def standalone_argv(manifest: str, outdir: str, rounds: int, extra: Sequence[str] = ()) -> list:
@@ -261,11 +291,27 @@ def sample_procs(named: dict, read, period: float) -> list:
     return series
 
 
+def save_plot(ctx, name: str, draw, figsize=(6, 3.5)) -> list:
+    """``draw(ax)`` on one Agg figure saved as ``name`` in the results dir: [name], or [] without
+    matplotlib (the figures are in the JSON either way)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ctx.results_dir, name), dpi=100)
+    plt.close(fig)
+    return [name]
+
+
 # ----------------------------------------------------------------------------- fixtures
 def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
     """``build()`` into a fresh ``out`` unless ``out/stamp.json`` holds ``params``; what build
-    returns (a dict: how the fixture was made) is kept beside the stamp and returned, with
-    ``reused``."""
+    returns (how the fixture was made) is kept beside the stamp and returned, with ``reused``."""
     stamp, made = os.path.join(out, "stamp.json"), os.path.join(out, "generation.json")
     with contextlib.suppress(OSError, ValueError):
         if read_json(stamp) == params:
@@ -281,7 +327,7 @@ def fixture(ctx, out: str, params: dict, what: str, build) -> dict:
     return dict(rep, reused=False)
 
 
-def run_tool(tool: str, argv: List[str]) -> None:
+def run_tool(tool: str, argv: List) -> None:
     """``tool``'s ``main(argv)`` in this process (saves a Python start-up); its output is kept
     for the error message."""
     spec = importlib.util.spec_from_file_location(f"bench_tool_{os.path.basename(tool)[:-3]}", tool)
@@ -338,26 +384,9 @@ def shard_meta(manifest: str, k: int):
     return read_meta(shard_dir(manifest, k))
 
 
-def shard_tensor_bytes(manifest: str, k: int, row_bytes: int = 28 * 28 + 8) -> int:
+def shard_tensor_bytes(manifest: str, k: int) -> int:
     """uint8 [28,28] samples + int64 labels of client k's shard, from its meta.json counts."""
-    return sum(shard_meta(manifest, k).num_samples.values()) * row_bytes
-
-
-def save_plot(ctx, name: str, draw, figsize=(6, 3.5)) -> list:
-    """``draw(ax)`` on one Agg figure saved as ``name`` in the results dir: [name], or [] without
-    matplotlib (the figures are in the JSON either way)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    fig, ax = plt.subplots(figsize=figsize)
-    draw(ax)
-    fig.tight_layout()
-    fig.savefig(os.path.join(ctx.results_dir, name), dpi=100)
-    plt.close(fig)
-    return [name]
+    return sum(shard_meta(manifest, k).num_samples.values()) * (28 * 28 + 8)
 
 
 def shard_load_spec(manifest: str, k: int, streaming: bool = False, extra: Sequence = ()) -> str:

@@ -150,15 +150,6 @@ def run(ctx) -> dict:
                   server(ctx, got["tool3550"]["out"]))
 
 
-def _storm_cpu(r: dict) -> str:
-    """Who spent the join storm's CPU (runs from before it was recorded: nothing)."""
-    c = r.get("storm_cpu_s")
-    return "" if c is None else (
-        f"; during the {r['storm_all_joined_s']:.1f} s storm the server used {c['server']:.1f} "
-        f"CPU-s and the swarm's process {c['swarm']:.1f} CPU-s of the 2 cores' "
-        f"{2 * r['storm_all_joined_s']:.1f}")
-
-
 def _miss_causes(r: dict, floor_s: float, allowance: float) -> list:
     """What the server rows' misses come from, in this run's own figures."""
     n, out = r["n"] + 1, []
@@ -170,8 +161,8 @@ def _miss_causes(r: dict, floor_s: float, allowance: float) -> list:
                    f"per connection once an upload has grown the connection's read target, and "
                    f"it lands in heap memory the uploads dirtied (traced at 1,000 clients, with "
                    f"what was tried: doc/architecture.md, Transport and concurrency).")
-    c = r.get("storm_cpu_s")
-    if c is not None and r["swarm"]["join_p99_s"] > scale.GOALS["join_p99_s"]:
+    c = r["storm_cpu_s"]
+    if r["swarm"]["join_p99_s"] > scale.GOALS["join_p99_s"]:
         out.append(f"Join storm: the server spent {1000 * c['server'] / n:.2f} ms of CPU per "
                    f"join and the swarm {1000 * c['swarm'] / n:.2f} ms per client, on the same "
                    f"2 cores; with the swarm on other machines the server alone would need "
@@ -213,8 +204,8 @@ def report(gen, sizes, got, ident, srv) -> dict:
                 f"({t['disk_bytes'] / MB:,.0f} MB, {t['samples']:,} samples; "
                 f"{(bps - 792) * t['samples'] / n / 1024:.1f} KB per shard beyond 792 B/sample)",
                 "(context: 792 B of data per sample + each shard's fixed cost)", None)]
-    sub, full = (x["tree"]["pss_peak_above_start_kb"] for x in (ident["subset_tool"],
-                                                                 got["tool3550"]))
+    sub, full = (x["tree"]["pss_peak_above_start_kb"]
+                 for x in (ident["subset_tool"], got["tool3550"]))
     rows.append(row(f"tool peak above runtime on all {n_files} files / on the {SUBSET_FILES} "
                     f"largest (one writer per client both)", full / sub, f"{full / sub:.2f} "
                     f"({full / 1024:,.0f} MB vs {sub / 1024:,.0f} MB; largest file "
@@ -254,15 +245,18 @@ def report(gen, sizes, got, ident, srv) -> dict:
         f"count min/median/max {srv['train_min_median_max']}); tokens added in "
         f"{srv['tokens_s']:.1f} s, declarations read in {srv['declarations_s']:.1f} s; "
         f"{s['retried_clients']} clients retried their join ({s['join_retries']} retries; "
-        f"{s['retry_errors']}){_storm_cpu(r)}. Median round {med:.0f} s vs allowance "
+        f"{s['retry_errors']}); during the {r['storm_all_joined_s']:.1f} s storm the server "
+        f"used {r['storm_cpu_s']['server']:.1f} CPU-s and the swarm's process "
+        f"{r['storm_cpu_s']['swarm']:.1f} CPU-s of the 2 cores' {2 * r['storm_all_joined_s']:.1f}"
+        f". Median round {med:.0f} s vs allowance "
         f"{allowance:.1f} s (floor {floor_rt:.1f} s); {r['cpu_per_round_s']:.0f} server CPU-s per "
         f"round ({r['cpu_per_round_s'] / (r['n'] + 1) * 1000:.0f} ms per update); idle "
         f"{r['idle_cpu_pct']:.0f} % of a core with {r['n']:,} sessions heartbeating every "
-        f"{r.get('heartbeat_s', 5.0):g} s (as the server asked); "
+        f"{r['heartbeat_s']:g} s (as the server asked); "
         f"peak {r['peak_mb']:.0f} MB ({r['rss_joined_mb']:.0f} MB joined and idle).",
         f"Every round aggregated {r['aggregated']} updates; {s['finished']:,} of {s['stayed']:,} "
         f"virtual clients saw 'finish' ({s['metrics_sent']:,} final metrics sent); swarm errors "
-        f"{s.get('error_counts', s['errors'])}. The server ran with distribute.heartbeat_timeout "
+        f"{s['error_counts']}. The server ran with distribute.heartbeat_timeout "
         f"{HEARTBEAT_TIMEOUT} s and the swarm opened at most {scale.CONNECTING} sessions at "
         f"once (join latency counted from the storm's start). One swarm process plays all "
         f"clients on the same 2 cores, so a session "

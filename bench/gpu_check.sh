@@ -21,33 +21,28 @@ fi
 mkdir -p "$OUT"
 export NVIDIA_TF32_OVERRIDE=0 CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" - "$OUT" <<'PYEOF'
-import json, os, re, statistics, subprocess, sys, time
+import json, os, statistics, sys, time
 import torch
+from bench.common import GEN, PREPARE, final_acc, gen_argv, round_times, run_tool
 from harness.jobs import SERVER_YAML, Job
-from harness.procs import PY, ROOT, start_main, wait_all
+from harness.procs import start_main, wait_all
 
 out = os.path.abspath(sys.argv[1])
 ROUNDS, REL_TOL, ACC_TOL = 5, 1e-3, 0.02
 gpu = [] if os.environ.get("GPU_CHECK_FORCE_CPU") else ["use_gpu", "True", "device", "0"]
-tools = os.path.join(ROOT, "scripts", "tools")
 data, shards = os.path.join(out, "data"), os.path.join(out, "shards")
-subprocess.run([PY, os.path.join(tools, "generate_femnist_sample.py"), "--out",
-                os.path.join(data, "femnist", "raw"), "--writers", "30", "--seed", "1",
-                "--samples-per-writer-mean", "120", "--writers-per-file", "10"], check=True)
-subprocess.run([PY, os.path.join(tools, "prepare_femnist_shards.py"), "--root", data, "--clients",
-                "3", "--out", shards, "--seed", "0", "--overwrite", "--no-progress"], check=True)
+run_tool(GEN, gen_argv(data, writers=30, seed=1, mean=120, per_file=10))
+run_tool(PREPARE, ["--root", data, "--clients", 3, "--out", shards, "--seed", 0, "--overwrite",
+                   "--no-progress"])
 manifest = os.path.join(shards, "manifest.json")
 common = ["federate.total_round_num", str(ROUNDS), "eval.freq", str(ROUNDS)]
 
 
 def result(tag, log, ckpt, wall):
-    text = open(log, errors="replace").read()
-    rounds = [float(s) for s in re.findall(r"round \d+/\d+ aggregated .* in ([0-9.]+)s", text)]
-    acc = re.findall(r"final weighted-avg test_acc=([0-9.]+)", text)
+    rounds = round_times(log)
     model = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     return {"tag": tag, "round_s": statistics.median(rounds[1:]) if len(rounds) > 1 else None,
-            "rounds_s": rounds, "final_test_acc": float(acc[-1]) if acc else None,
-            "wall_s": wall, "model": model}
+            "rounds_s": rounds, "final_test_acc": final_acc(log), "wall_s": wall, "model": model}
 
 
 def standalone(tag, dev):

@@ -11,7 +11,7 @@ reported too.
 import os
 import time
 
-from bench import common, logs
+from bench import common
 from bench.common import median, row, timed
 from harness import procs
 
@@ -43,7 +43,7 @@ def join_test(ctx, n: int) -> dict:
             job.client(k)
         procs.wait_for(lambda: procs.file_contains(slog, done), 600, f"all {n} clients to join",
                        poll=0.05, watch=[server])
-        t_all = logs.log_times(slog, done)[0] - t0
+        t_all = common.log_times(slog, done)[0] - t0
         time.sleep(0.5)
         # "none exits" means none failed: a 1-batch job may already have finished cleanly.
         alive = sum(p.poll() is None or p.returncode == 0 for p in job.procs)
@@ -51,8 +51,8 @@ def join_test(ctx, n: int) -> dict:
         procs.stop_all(job.procs)  # the join is what is measured; no need to train
     lat, startup = [], []
     for k in range(1, n + 1):
-        conn = logs.log_times(job.log(f"client_{k}"), "connecting to server")
-        joined = logs.log_times(job.log(f"client_{k}"), "joined the federation")
+        conn = common.log_times(job.log(f"client_{k}"), "connecting to server")
+        joined = common.log_times(job.log(f"client_{k}"), "joined the federation")
         if conn and joined:
             lat.append(joined[0] - conn[0])
             startup.append(conn[0] - t0)

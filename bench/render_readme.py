@@ -2,14 +2,12 @@
 """Render README.md's cost section from ``bench/results/*.json`` (between the two markers).
 
     python bench/render_readme.py            # rewrite README.md's section in place
-    python bench/render_readme.py --check    # exit 1 if README.md differs from the JSONs
 
 No figure in that section is typed by hand: every headline row of every benchmark (misses
 included) and the peers' side-by-side table come from the JSONs, with the commit they measured.
 ``bench/run.py`` calls this after a run into the default results directory;
 ``tests/test_readme_table.py`` fails when README.md and the JSONs disagree.
 """
-import argparse
 import os
 import sys
 from typing import List
@@ -28,21 +26,20 @@ END = "<!-- cost-table:end -->"
 
 
 def section(results_dir: str = RESULTS) -> str:
-    results = report._load(results_dir)
+    results = report.load(results_dir)
     if not results:
         return "No benchmark results yet: run `make bench`."
-    ms = [r.get("machine", {}) for r in results]
+    ms = [r["machine"] for r in results]
     commits = sorted({f"`{report.commit(m)}`" + (" (dirty tree)" if m.get("git_dirty") else "")
                       for m in ms})
     runs = sorted(set(map(report.run_kind, results)))
-    cpus = ms[0].get("cpus_usable", ms[0].get("cpu_count"))
-    out: List[str] = [
-        f"Measured by `make bench` on this machine ({cpus} CPUs, shared); {' and '.join(runs)} "
-        f"run(s) of commit {', '.join(commits)}. Every headline figure of `bench/REPORT.md`, "
-        f"misses included:", ""]
     missed, total = report.missed_rows(results)
-    out += report.headline_table(results) + ["", f"{total - len(missed)} of {total} goals met in "
-                                                 f"all (the report lists each miss and its cause)."]
+    out: List[str] = [
+        f"Measured by `make bench` on this machine ({ms[0].get('cpus_usable')} CPUs, shared); "
+        f"{' and '.join(runs)} run(s) of commit {', '.join(commits)}. Every headline figure of "
+        f"`bench/REPORT.md`, misses included:", ""] + report.headline_table(results) + [
+        "", f"{total - len(missed)} of {total} goals met in all (the report lists each miss and "
+            f"its cause)."]
     for res in results:
         for t in res.get("tables", []):
             out += ["", f"{res['name']} ({report.run_kind(res)} run):", ""]
@@ -55,30 +52,17 @@ def replace(text: str, body: str) -> str:
         raise SystemExit(f"{README}: markers not found; put the lines\n{BEGIN}\n{END}\n"
                          f"where the cost table goes, then run: python bench/render_readme.py")
     head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+    return f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}"
 
 
-def write(readme: str = README, results_dir: str = RESULTS, check: bool = False) -> bool:
-    """Rewrite README.md's section (atomically); ``check``: only say whether it is up to date."""
+def write(readme: str = README, results_dir: str = RESULTS) -> None:
+    """Rewrite README.md's section (atomically) when the JSONs changed it."""
     with open(readme) as f:
         text = f.read()
     new = replace(text, section(results_dir))
-    if new != text and not check:
+    if new != text:
         write_text(readme, new)
-    return new == text
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
-    if write(check=p.parse_args(argv).check):
-        return 0
-    print("README.md's cost table differs from bench/results/*.json; regenerate it with: "
-          "python bench/render_readme.py", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    write()

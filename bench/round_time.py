@@ -1,19 +1,18 @@
 """round_time: wall time per FedAvg round, distributed (server + 3 clients over gRPC) vs standalone.
 
-Same 3 shards (60 writers each), config and seeds; standalone runs the same Server/Client objects
-over an in-process queue. Per-round time is the server's own "round i/N aggregated ... in X s"
-line; medians over rounds 2..R; every process first does torch's lazy first-step imports
+Same 3 shards, config and seeds; standalone runs the same Server/Client objects over an
+in-process queue. A round's time is the server's own "round i/N aggregated ... in X s" line;
+medians over rounds 2..R; every process first does torch's lazy first-step imports
 (``BENCH_WARM_TORCH``). CPU seconds per round (all processes of a mode, sampled every 50 ms) are
-the steadier figure on a shared machine. The 2-core machine has fewer cores than the 4
-processes, so two set-ups: transport (1 of 3 clients sampled per round, both modes at the same
-time, only the rounds both ran side by side counted) and, in full runs, one core (all 3 clients,
-everything pinned to one CPU). Transport only: no local training, hidden 2048, 1/3/10 clients.
+the steadier figure on a shared machine. The 2 cores are fewer than the 4 processes, so two
+set-ups: transport (1 of 3 clients sampled per round, both modes at the same time, only the
+rounds both ran side by side counted) and, in full runs, everything pinned to one CPU.
 """
 import os
 import re
 
-from bench import common, logs, scale
-from bench.common import median, row
+from bench import common, scale
+from bench.common import MB, median, row
 from harness import proc_stats, procs
 
 TITLE = "Time per FedAvg round: distributed over gRPC vs standalone, same shards"
@@ -28,17 +27,16 @@ BASE = ["train.batch_or_epoch", "batch", "eval.freq", "100000", "eval.split", "[
 
 
 def _mode(log: str, paths, series, names, wall_s, preempted) -> dict:
-    """One mode's figures from its log files ``paths`` and the CPU samples of its processes
-    ``names``."""
+    """One mode's figures from its log files ``paths`` and its processes' CPU samples."""
     trained, agg = {}, {}
     for path in paths:  # per round: last client's 'trained' -> server's 'aggregated'
-        for t, line in logs.log_lines(path):
+        for t, line in common.log_lines(path):
             if m := _TRAINED.search(line):
                 trained[int(m.group(2))] = max(trained.get(int(m.group(2)), 0), t)
             if m := _AGG.search(line):
                 agg[int(m.group(1))] = t
-    bounds = logs.log_times(log, "starting training")[:1] + \
-        [t for t, line in logs.log_lines(log) if _AGG.search(line)]
+    bounds = common.log_times(log, "starting training")[:1] + \
+        [t for t, line in common.log_lines(log) if _AGG.search(line)]
 
     def cpu_at(t, n):
         last = {}
@@ -50,8 +48,8 @@ def _mode(log: str, paths, series, names, wall_s, preempted) -> dict:
     # per process and round, so a miss can say whose CPU the difference is
     by_proc = {str(n): [cpu_at(b, n) - cpu_at(a, n) for a, b in zip(bounds, bounds[1:])]
                for n in names}
-    return {"rounds_s": logs.round_times(log), "wall_s": wall_s, "preempted": preempted,
-            "final_acc": logs.final_acc(log), "bounds": bounds,
+    return {"rounds_s": common.round_times(log), "wall_s": wall_s, "preempted": preempted,
+            "final_acc": common.final_acc(log), "bounds": bounds,
             "tail_s": [agg[r] - trained[r] for r in sorted(agg) if r in trained],
             "cpu_s": [sum(c) for c in zip(*by_proc.values())], "cpu_by_proc": by_proc}
 
@@ -65,12 +63,13 @@ def _pair(ctx, tag: str, manifest: str, rounds: int, extra, cpus=None, together=
     standalone = common.spawn_child(srep, "main", common.standalone_argv(
         manifest, ctx.tmp(f"{tag}_standalone_exp"), rounds, extra), slog, env=WARM, cpus=cpus)
     job = common.BenchJob(ctx, f"{tag}_dist", manifest, clients, rounds, extra, cpus=cpus)
+    alone = {"standalone": standalone}
     try:
         if not together:
-            series += common.sample_procs({"standalone": standalone}, proc_stats.cpu_seconds, 0.05)
+            series += common.sample_procs(alone, proc_stats.cpu_seconds, 0.05)
         job.start(WARM)
-        series += common.sample_procs(dict(zip(names, job.procs), **(
-            {"standalone": standalone} if together else {})), proc_stats.cpu_seconds, 0.05)
+        series += common.sample_procs(dict(zip(names, job.procs), **(alone if together else {})),
+                                      proc_stats.cpu_seconds, 0.05)
         res = job.finish(timeout=60)
         if procs.wait_all([standalone], 60, check=False)[0] != 0:
             raise procs.ProcessFailed(f"standalone run failed; see {slog}")
@@ -135,21 +134,6 @@ def _cpu_note(pairs, cratio: float) -> str:
                "clients, the server)."))
 
 
-def _transport_only(ctx, n: int, rounds: int, hidden: int) -> dict:
-    """Standalone, then distributed, with ``local_update_steps 0`` (a client answers with the
-    state it received): the per-round difference is the transport's own cost."""
-    manifest = common.shards(ctx, common.figures_dataset(ctx), n)
-    # personalization.local_update_steps defaults to the train count, and 0 is refused there
-    # (it is unused without Ditto)
-    p = _pair(ctx, f"tn{n}", manifest, rounds, BASE + [
-        "train.local_update_steps", "0", "personalization.local_update_steps", "1",
-        "model.hidden", str(hidden)], clients=n)
-    sr, dr = p["standalone"]["rounds_s"], p["dist"]["rounds_s"]
-    s, d = median(sr[1:]), median(dr[1:])
-    return {"clients": n, "standalone_round_s": s, "dist_round_s": d,
-            "overhead_ms": (d - s) * 1000, "standalone_rounds": sr, "dist_rounds": dr}
-
-
 def _codec_stages(hidden: int, repeats: int = 7) -> dict:
     """ms per MB of model of each Python-side pass over the bytes in a 1-client round (this
     process, warm, interleaved medians): the server encoding its broadcast, the client decoding
@@ -161,7 +145,10 @@ def _codec_stages(hidden: int, repeats: int = 7) -> dict:
     state = get_model(load_cfg(common.SERVER_YAML, ["model.hidden", str(hidden)])).state_dict()
     msg = Message(MODEL_PARA, 0, 1, 1, {}, state)
     down = codec.encode(msg)
-    up = flow.upload_frames(codec.encode_parts(msg), flow.upload_chunk_bytes(1))
+
+    def chunks():
+        return flow.upload_frames(codec.encode_parts(msg), flow.upload_chunk_bytes(1))
+    up = chunks()
 
     def reassemble():
         r = flow.Reassembly(flow.chunk_total(up[0]), up[0], True)
@@ -170,10 +157,8 @@ def _codec_stages(hidden: int, repeats: int = 7) -> dict:
         return codec.decode(r.buf)
     times = common.interleaved({
         "server encode": lambda: codec.encode(msg), "client decode": lambda: codec.decode(down),
-        "client chunks": lambda: flow.upload_frames(codec.encode_parts(msg),
-                                                    flow.upload_chunk_bytes(1)),
-        "server reassembly + decode": reassemble}, repeats)
-    mb = codec.raw_tensor_bytes(state) / common.MB
+        "client chunks": chunks, "server reassembly + decode": reassemble}, repeats)
+    mb = codec.raw_tensor_bytes(state) / MB
     return {k: median(v) * 1000 / mb for k, v in times.items()}
 
 
@@ -181,9 +166,8 @@ def run(ctx) -> dict:
     manifest = common.shards(ctx, common.figures_dataset(ctx), 3)
     rounds, repeats, steps = (8, 1, 20) if ctx.quick else (12, 2, 40)
     sampled = BASE + ["train.local_update_steps", str(steps), "federate.sample_client_num", "1"]
-    raw = {"transport": [_pair(ctx, f"t{i}", manifest, rounds, sampled, together=True)
-                         for i in range(repeats)], "one_core": []}
-    tr = raw["transport"]
+    tr = [_pair(ctx, f"t{i}", manifest, rounds, sampled, together=True) for i in range(repeats)]
+    raw = {"transport": tr, "one_core": [], "transport_only": []}
     (ratio, d, s), (cratio, cd, cs) = _ratio(tr), _ratio(tr, "cpu_s")
     load = os.getloadavg()[0]
     rows = [_ratio_row("distributed / standalone: median wall time per round (1 sampled client "
@@ -194,20 +178,31 @@ def run(ctx) -> dict:
     tails = {m: median(t for p in tr for t in p[m]["tail_s"][1:]) for m in MODES}
     per_mode = {m: f"{median(p[m]['wall_s'] for p in tr):.1f} s, final acc "
                    f"{[p[m]['final_acc'] for p in tr]}" for m in MODES}
+    # 30 rounds: a round is 0.02-1 s, and 12 left the 1-client median swinging by 40 ms
+    hidden, t_rounds = 2048, (6 if ctx.quick else 30)
+    mb = common.model_bytes("model.hidden", str(hidden)) / MB
     context = [
         f"Transport set-up: {rounds} rounds × {repeats} run(s) per mode, {steps} batches of 10 "
         f"per round, ConvNet2 hidden 128; rounds used (dist+standalone): "
         + ", ".join(f"{len(p['dist']['used'])}+{len(p['standalone']['used'])}" for p in tr)
         + f". Last update logged → aggregated: {tails['dist'] * 1000:.0f} ms distributed vs "
         f"{tails['standalone'] * 1000:.0f} ms standalone. Whole job: distributed "
-        f"{per_mode['dist']}; standalone {per_mode['standalone']}."]
-    # 30 rounds: a round is 0.02-1 s, and 12 left the 1-client median swinging by 40 ms
-    hidden, t_rounds = 2048, (6 if ctx.quick else 30)
-    mb = common.model_bytes("model.hidden", str(hidden)) / common.MB
-    raw["transport_only"] = []
+        f"{per_mode['dist']}; standalone {per_mode['standalone']}.",
+        f"Transport only: hidden {hidden}, `train.local_update_steps 0`, {t_rounds} rounds, "
+        f"medians over rounds 2..{t_rounds}, standalone then distributed, one run each."]
     for n in (1, 3, 10):
+        # standalone, then distributed, with local_update_steps 0 (a client answers with the
+        # state it received): the per-round difference is the transport's own cost.
+        # personalization.local_update_steps defaults to the train count, and 0 is refused
+        # there (it is unused without Ditto)
         ctx.log(f"  transport only: {n} client(s), hidden {hidden}, no local training")
-        t = _transport_only(ctx, n, t_rounds, hidden)
+        p = _pair(ctx, f"tn{n}", common.shards(ctx, common.figures_dataset(ctx), n), t_rounds,
+                  BASE + ["train.local_update_steps", "0", "personalization.local_update_steps",
+                          "1", "model.hidden", str(hidden)], clients=n)
+        sr, dr = p["standalone"]["rounds_s"], p["dist"]["rounds_s"]
+        t = {"clients": n, "standalone_round_s": median(sr[1:]), "dist_round_s": median(dr[1:]),
+             "standalone_rounds": sr, "dist_rounds": dr}
+        t["overhead_ms"] = (t["dist_round_s"] - t["standalone_round_s"]) * 1000
         raw["transport_only"].append(t)
         per_mb = t["overhead_ms"] / mb
         # the goal is for one client (the transport's own cost); with more, the clients' own
@@ -223,13 +218,13 @@ def run(ctx) -> dict:
     if one > TRANSPORT_GOAL_MS_PER_MB:
         # how much of the goal moving the bytes through one gRPC stream takes on this machine
         _, bps = scale.model_and_loopback(ctx)
-        floor = 2 * 1000 * common.MB / bps
+        floor = 2 * 1000 * MB / bps
         raw["loopback_Bps"] = bps
         raw["codec_ms_per_mb"] = stages = _codec_stages(hidden)
         rest = one - floor - sum(stages.values())
         notes.append(
             f"Missed for 1 client ({one:.2f} ms per MB of model): one gRPC stream on loopback "
-            f"moves {bps / common.MB:,.0f} MB/s here, so the model down and back up costs "
+            f"moves {bps / MB:,.0f} MB/s here, so the model down and back up costs "
             f"{floor:.2f} ms per MB of model before any framing, flow control or decoding ("
             + (f"the goal leaves {TRANSPORT_GOAL_MS_PER_MB - floor:.2f} ms/MB for all of those"
                if floor < TRANSPORT_GOAL_MS_PER_MB else "over the goal by itself")
@@ -239,9 +234,6 @@ def run(ctx) -> dict:
             + f" ms/MB ({sum(stages.values()):.2f} in all); the other {rest:.2f} ms/MB is "
             f"gRPC's own per-message work beyond the raw stream and the hand-offs between the "
             f"transport threads and the workers.")
-    context.append(f"Transport only: hidden {hidden}, `train.local_update_steps 0`, {t_rounds} "
-                   f"rounds, medians over rounds 2..{t_rounds}, standalone then distributed, one "
-                   f"run each.")
     if cratio > GOAL:
         notes.append(_cpu_note(tr, cratio))
     if abs(ratio / cratio - 1) > 0.1:
@@ -264,7 +256,7 @@ def run(ctx) -> dict:
             notes.append(
                 f"Missed on one core ({_ratio(one, 'cpu_s')[0]:.2f}× the standalone round's "
                 f"CPU) with 3 trainers time-slicing one CPU (preempted {pre['dist']:,} vs "
-                f"{pre['standalone']:,} times); not the transport: the last update is aggregated "
-                f"{tail1 * 1000:.0f} ms after training.")
+                f"{pre['standalone']:,} times); not the transport: the last update is "
+                f"aggregated {tail1 * 1000:.0f} ms after training.")
     return {"rows": rows, "notes": notes, "context": context, "raw": raw,
             "summary": {"ratio": ratio}}

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Run the benchmark suite, write ``<results>/<name>.json`` and regenerate the report.
 
-    python bench/run.py                      # full suite (35-49 min on 2 cores)
-    python bench/run.py --quick              # fewer repeats, smaller sizes (about 12 min)
+    python bench/run.py                      # full suite
+    python bench/run.py --quick              # fewer repeats, smaller sizes
     python bench/run.py --only wire,idle_cpu # some benchmarks; the report covers all JSONs
     python bench/run.py --peers [--quick]    # only peers (floor, this project, Flower)
-    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's size (~30 min; not default)
+    nice -n 10 python bench/run.py --only fullsize  # LEAF FEMNIST's size (not default)
 
-Durations are estimates from the JSONs' duration_s (bench/README.md). ``--results-dir`` (or
-``BENCH_RESULTS_DIR``) sends the JSONs, plots and report elsewhere (the smoke test uses it).
+How long each takes: bench/README.md. ``--results-dir`` (or ``BENCH_RESULTS_DIR``) sends the
+JSONs, plots and report elsewhere (the smoke test uses it).
 """
 import argparse
 import importlib
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT  # import as the ``bench`` package; bench/ itself must not shadow modules
 
-from bench import common, report  # noqa: E402
+from bench import common, render_readme, report  # noqa: E402
 
 BENCHMARKS = report.ORDER + report.EXTRA  # the default run is report.ORDER
 DEFAULT_RESULTS = os.path.join(ROOT, "bench", "results")
@@ -31,8 +31,9 @@ DEFAULT_RESULTS = os.path.join(ROOT, "bench", "results")
 class Ctx:
     """What a benchmark gets: mode, scratch paths, memoised fixtures, a logger."""
 
-    def __init__(self, quick: bool, results_dir: str, work: str):
-        self.quick, self.results_dir, self.work = quick, results_dir, work
+    def __init__(self, quick: bool, results_dir: str):
+        self.quick, self.results_dir = quick, results_dir
+        self.work = os.path.join(results_dir, "tmp")
         self.bench, self.warnings, self._memo = "", [], {}
         self.t0 = time.perf_counter()
 
@@ -57,24 +58,7 @@ class Ctx:
         print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="fewer repeats, smaller sizes (about 12 min: an estimate, see above)")
-    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    p.add_argument("--peers", action="store_true", help="run only the peers benchmark: floor, "
-                   "this project and Flower (needs .venv-peers: make bench-peers)")
-    p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", DEFAULT_RESULTS),
-                   help="where <name>.json, plots and (unless the default) REPORT.md go")
-    p.add_argument("--work-dir", default=os.environ.get("BENCH_WORK_DIR", ""),
-                   help="scratch: generated data, shards, logs (default <results-dir>/tmp)")
-    p.add_argument("--report", default="", help="report path (default bench/REPORT.md for the "
-                   "default results dir, else <results-dir>/REPORT.md)")
-    return p.parse_args(argv)
-
-
-def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
+def run_one(ctx: Ctx, name: str, machine: dict) -> dict:
     mod = importlib.import_module("bench.peers.compare" if name == "peers" else f"bench.{name}")
     ctx.start(name)
     ctx.log(f"{name}: {mod.TITLE}")
@@ -87,7 +71,7 @@ def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
         ctx.log(f"{name}: FAILED\n{res['error']}")
     if ctx.warnings:
         res["notes"] = list(res.get("notes", [])) + ctx.warnings
-    res.update({"name": name, "title": mod.TITLE, "quick": quick, "started": started,
+    res.update({"name": name, "title": mod.TITLE, "quick": ctx.quick, "started": started,
                 "duration_s": round(time.perf_counter() - t, 2),
                 "machine": dict(machine, loadavg_at_bench_start=load_at_start,
                                 loadavg_after=list(os.getloadavg()))})
@@ -100,7 +84,16 @@ def run_one(ctx: Ctx, name: str, machine: dict, quick: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--peers", action="store_true", help="run only the peers benchmark: floor, "
+                   "this project and Flower (needs .venv-peers: make bench-peers)")
+    p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", DEFAULT_RESULTS),
+                   help="where <name>.json, plots, scratch (tmp/) and (unless the default) "
+                   "REPORT.md go")
+    a = p.parse_args(argv)
     names = [n.strip() for n in a.only.split(",") if n.strip()] or (
         ["peers"] if a.peers else report.ORDER)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -109,17 +102,14 @@ def main(argv=None) -> int:
         return 2
     results_dir = os.path.abspath(a.results_dir)
     default = results_dir == os.path.abspath(DEFAULT_RESULTS)
-    work = os.path.abspath(a.work_dir or os.path.join(results_dir, "tmp"))
-    report_path = a.report or os.path.join(ROOT, "bench" if default else results_dir, "REPORT.md")
-    os.makedirs(results_dir, exist_ok=True)
-    os.makedirs(work, exist_ok=True)
-    ctx, machine = Ctx(a.quick, results_dir, work), common.machine_info()
+    report_path = os.path.join(ROOT, "bench" if default else results_dir, "REPORT.md")
+    ctx, machine = Ctx(a.quick, results_dir), common.machine_info()
+    os.makedirs(ctx.work, exist_ok=True)
     ctx.log(f"{'quick' if a.quick else 'full'} run of {names} on {machine['cpus_usable']} CPU(s), "
             f"load {machine['loadavg'][0]:.2f}")
-    failed = [n for n in names if "error" in run_one(ctx, n, machine, a.quick)]
+    failed = [n for n in names if "error" in run_one(ctx, n, machine)]
     report.write(results_dir, report_path)
     if default:  # README's cost table follows the JSONs
-        from bench import render_readme
         render_readme.write()
     ctx.log(f"report: {report_path}; total {time.perf_counter() - ctx.t0:.1f}s")
     return 1 if failed else 0

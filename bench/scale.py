@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from bench import common, logs
+from bench import common
 from bench.common import MB, median, row
 from harness import proc_stats, procs
 
@@ -109,9 +109,9 @@ def run_n(ctx, n: int, rounds: int, window: float, extra=(), tag: str = "", flee
             "file_backed_mb": rep["status_kb"].get("RssFile", 0) / 1024,
             "idle_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "cpu_per_round_s": (rep["cpu_s"] - c1) / rounds, "storm_all_joined_s": storm_s,
-            "storm_cpu_s": storm_cpu,
-            "round_s": logs.round_times(log), "job_wall_s": job_s, "heartbeat_s": swarm.heartbeat_s,
-            "aggregated": [int(x) for x in logs.log_floats(log, r"aggregated (\d+) update")],
+            "storm_cpu_s": storm_cpu, "round_s": common.round_times(log), "job_wall_s": job_s,
+            "heartbeat_s": swarm.heartbeat_s,
+            "aggregated": [int(x) for x in common.log_floats(log, r"aggregated (\d+) update")],
             "swarm": summarize(out.get("res", swarm.results), rounds, sampled=sampled)}
 
 

@@ -1,15 +1,14 @@
 """server_memory: the server's peak RSS above the runtime, shard mode vs FS's data_idx mode.
 
 Both are real 3-client distributed jobs of one round (the jobs ``client_memory`` uses, run once
-per suite run). The server's peak comes from the server process itself at exit, as a private
-peak (VmHWM less file-backed pages, ``proc_stats.private_peak_kb``); the runtime baseline is the same
-idle-import process as for clients, measured the same way. The open audit (``FS_AUDIT_*``,
+per suite run). The server's peak is its own private peak at exit; the runtime baseline is the
+same idle-import process as for clients. The open audit (``FS_AUDIT_*``,
 ``federatedscope/core/auditing.py``) lists every file the server opened under the scratch dir.
 """
 import os
 import threading
 
-from bench import common, logs
+from bench import common
 from bench.client_memory import baseline_kb, training_extra, training_job
 from bench.common import MB, row
 from harness import proc_stats
@@ -45,7 +44,7 @@ def _big_model_job(ctx, manifest: str, online: bool, env: dict = None) -> dict:
     starts = sorted(  # a phase starts at the first log line holding its marker
         (min(ts), name) for name, marker, whose in PHASES
         for ts in [[t for k, path in res["logs"].items() if (k == "server") == (whose == "server")
-                    for t in logs.log_times(path, marker)]] if ts)
+                    for t in common.log_times(path, marker)]] if ts)
     res["timeline"] = []
     for (t0, name), t1 in zip(starts, [t for t, _ in starts[1:]] + [float("inf")]):
         kbs = [s["server"] for ts, s in samples if t0 <= ts < t1 and s["server"] is not None]

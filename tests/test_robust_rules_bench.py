@@ -16,10 +16,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def recording_server(base, log):
+    """``base`` that records every update it receives as (sender, round, tensors, the global
+    model it was trained from)."""
+    class RecordingServer(base):
+        def callback_funcs_model_para(self, message):
+            log.append((message.sender, message.state,
+                        {k: v.detach().clone() for k, v in message.tensors.items()},
+                        {k: v.detach().clone() for k, v in self.model.state_dict().items()}))
+            super().callback_funcs_model_para(message)
+    return RecordingServer
+
+
 def _uploads(femnist_root, tmp_path, rule, kind, attackers, rounds=1):
     log = []
     res = rr.run_cell(femnist_root, str(tmp_path / f"{kind}_{attackers}"), rule, kind, attackers,
-                      rounds, 16, 7, server_wrap=lambda base: rr.recording_server(base, log))
+                      rounds, 16, 7, server_wrap=lambda base: recording_server(base, log))
     return res, log
 
 
@@ -64,13 +76,15 @@ def test_refused_cells_carry_the_precondition(femnist_root, tmp_path):
 
 
 def test_table_is_rendered_from_the_json():
-    cells = [{"rule": "median", "scenario": "1 bias", "acc": 0.4321, "wall_s": 3.5},
-             {"rule": "krum", "scenario": "2 sign-flip", "refused": "krum needs more clients"},
-             {"rule": "fedavg", "scenario": "2 sign-flip", "acc": None, "exit_code": 0, "wall_s": 7.0}]
+    cells = [{"rule": "median", "scenario": "1 bias", "runs": [{"acc": 0.4321, "wall_s": 3.5}]},
+             {"rule": "krum", "scenario": "2 sign-flip", "refused": "krum needs more clients",
+              "runs": []},
+             {"rule": "fedavg", "scenario": "2 sign-flip",
+              "runs": [{"acc": None, "exit_code": 0, "wall_s": 7.0}]}]
     res = {"command": "python bench/robust_rules.py", "git_commit": "abcdef0123456",
            "loadavg_at_start": [1.25, 1, 1], "wall_s": 9.0, "cpu_s": 8.0, "cells": cells,
-           "params": {"writers": 5, "clients": 5, "rounds": 10, "model.hidden": 64, "seed": 1,
-                      "sign_flip_factor": -10.0, "bias": 0.0015}}
+           "params": {"writers": 5, "clients": 5, "rounds": 10, "model.hidden": 64,
+                      "data_seed": 1, "seeds": [1], "sign_flip_factor": -10.0, "bias": 0.0015}}
     text = rr.render(res)
     median_row = next(line for line in text.splitlines() if line.startswith("| median |"))
     assert median_row.split(" | ")[4] == "0.432"                  # honest, 1 sf, 2 sf, 1 bias

@@ -7,14 +7,14 @@
    deployment mode: SuperLink + N SuperNodes, each given only its own shard directory (node
    config ``shard-path``), the ServerApp submitted with ``flwr run``.
 Same model, initial weights, shards, SGD, batch order and per-round evaluation. Each system runs
-alone, one after the other, as a process tree measured by ``bench/peers/tree.py``.
+alone, one after the other, as a process tree measured by ``harness/proc_tree.py``.
 """
 import os
 import socket
 import subprocess
 from typing import Dict, List
 
-from bench import common, logs
+from bench import common
 from bench.common import median, row
 from harness.proc_tree import Tree
 from harness import procs
@@ -43,16 +43,21 @@ def _measured(t: Tree, rounds_s: List[float], acc, exact_hwm: Dict[int, int] = N
                        "lived_s": p.last - p.first} for p in tr.procs]}
 
 
+def _floor(ctx, tag: str, prof: dict, manifest: str, rounds: int, only: int = 0):
+    """Start floor.py on the shards (``only``: client K alone); returns (process, report path)."""
+    out = ctx.tmp(f"{tag}.json")
+    return common.spawn([common.PY, FLOOR, "--shards", os.path.dirname(manifest), "--clients",
+                         str(CLIENTS), "--rounds", str(rounds), "--hidden", str(prof["hidden"]),
+                         "--only", str(only), "--out", out], ctx.tmp(f"{tag}.log")), out
+
+
 def run_floor(ctx, prof: dict, manifest: str) -> dict:
-    out, log = ctx.tmp("floor.json"), ctx.tmp("floor.log")
     with Tree() as t:
-        p = common.spawn([common.PY, FLOOR, "--shards", os.path.dirname(manifest), "--clients",
-                          str(CLIENTS), "--rounds", str(prof["rounds"]), "--hidden",
-                          str(prof["hidden"]), "--out", out], log)
+        p, out = _floor(ctx, "floor", prof, manifest, prof["rounds"])
         code = procs.wait_all([p], 3600, check=False)[0]
         t.mark_end()
     if code != 0:
-        raise procs.ProcessFailed(f"floor exited {code}; log tail:\n{procs.tail(log)}")
+        raise procs.ProcessFailed(f"floor exited {code}; log tail:\n{procs.tail(p.log_path)}")
     rep = common.read_json(out)
     return _measured(t, rep["rounds_s"], rep["final_test_acc"], {p.pid: rep["peak_rss_kb"]})
 
@@ -62,28 +67,22 @@ def side_by_side(ctx, prof: dict, manifest: str) -> dict:
     out): its clients in turn in one process, then each in its own process, all at once, as a
     distributed job trains them."""
     def cpu(tag: str, only) -> float:
-        outs = [ctx.tmp(f"{tag}_{k}.json") for k in only]
-        started = [common.spawn([common.PY, FLOOR, "--shards", os.path.dirname(manifest),
-                                 "--clients", str(CLIENTS), "--rounds", "1", "--hidden",
-                                 str(prof["hidden"]), "--only", str(k), "--out", out],
-                                ctx.tmp(f"{tag}_{k}.log")) for k, out in zip(only, outs)]
-        if any(procs.wait_all(started, 3600, check=False)):
+        started = [_floor(ctx, f"{tag}_{k}", prof, manifest, 1, k) for k in only]
+        if any(procs.wait_all([p for p, _ in started], 3600, check=False)):
             raise procs.ProcessFailed(f"floor.py --only failed; see {ctx.tmp(tag + '_*.log')}")
-        return sum(common.read_json(out)["rounds_cpu_s"] for out in outs)
+        return sum(common.read_json(out)["rounds_cpu_s"] for _, out in started)
     turn, together = cpu("in_turn", [0]), cpu("side_by_side", range(1, CLIENTS + 1))
     return {"in_turn_cpu_s": turn, "side_by_side_cpu_s": together, "ratio": together / turn}
 
 
 def run_standalone(ctx, prof: dict, manifest: str) -> dict:
-    rep_path, log = ctx.tmp("standalone.json"), ctx.tmp("standalone.log")
     argv = common.standalone_argv(manifest, ctx.tmp("standalone_exp"), prof["rounds"],
                                   ["model.hidden", str(prof["hidden"])])
     with Tree() as t:
-        code = procs.wait_all([common.spawn_child(rep_path, "main", argv, log)], 3600,
-                              check=False)[0]
+        rep = common.run_child(ctx, "standalone", "main", argv, timeout=3600)
         t.mark_end()
-    rep = common.checked(ctx, "standalone", code, rep_path, log)
-    return _measured(t, logs.round_times(log), logs.final_acc(log),
+    log = ctx.tmp("standalone.log")
+    return _measured(t, common.round_times(log), common.final_acc(log),
                      {rep["pid"]: rep["status_kb"]["VmHWM"]})
 
 
@@ -93,7 +92,7 @@ def run_distributed(ctx, prof: dict, manifest: str) -> dict:
             "model.hidden", str(prof["hidden"])]).start().finish(timeout=3600)
         t.mark_end()
     log = res["logs"]["server"]
-    return _measured(t, logs.round_times(log), logs.final_acc(log), {
+    return _measured(t, common.round_times(log), common.final_acc(log), {
         r["pid"]: r["status_kb"]["VmHWM"] for r in [res["server"]] + list(res["clients"].values())})
 
 
@@ -214,10 +213,15 @@ def _rows(res: Dict[str, dict], missing: Dict[str, str], cores: int) -> List[dic
     return out
 
 
-def _side_note(f: dict, d: dict, side: dict, cores: int) -> str:
-    """What training side by side costs by itself, against the distributed job's misses."""
-    r = side["ratio"]
-    return (f"Missed against the floor (CPU {d['cpu_s'] / f['cpu_s']:.2f}×, wall "
+def _notes(res: Dict[str, dict], cores: int, side=None) -> List[str]:
+    """What side-by-side training costs by itself when the floor's goals are missed, and why the
+    wall ratio against Flower stays near training's own bound on this machine."""
+    f, d, fl = (res.get(k) for k in ("floor", "distributed", "flower"))
+    notes = []
+    if side:
+        r = side["ratio"]
+        notes.append(
+            f"Missed against the floor (CPU {d['cpu_s'] / f['cpu_s']:.2f}×, wall "
             f"{d['wall_s'] / (f['cpu_s'] / cores):.2f}× its bound). The floor trains its "
             f"{CLIENTS} clients in turn in one process; a distributed job trains them at once, "
             f"{CLIENTS} processes on {cores} cores. The floor's own training for one round cost "
@@ -226,22 +230,15 @@ def _side_note(f: dict, d: dict, side: dict, cores: int) -> str:
             f"framework at all. Against the floor at that rate the distributed job's CPU is "
             f"{d['cpu_s'] / (f['cpu_s'] * r):.2f}× and its wall "
             f"{d['wall_s'] / (f['cpu_s'] * r / cores):.2f}×.")
-
-
-def _notes(res: Dict[str, dict], cores: int, side=None) -> List[str]:
-    """Why the wall ratio against Flower stays near training's own bound on this machine, and
-    what side-by-side training costs when the floor's goals are missed."""
-    f, d, fl = (res.get(k) for k in ("floor", "distributed", "flower"))
-    notes = [_side_note(f, d, side, cores)] if side else []
-    if not (f and d and fl) or d["wall_s"] / fl["wall_s"] <= FLOWER_WALL_GOAL:
-        return notes
-    best = f["cpu_s"] / cores / fl["wall_s"]
-    return notes + [f"The wall ratio against Flower is held up by training itself: the floor's "
+    if f and d and fl and d["wall_s"] / fl["wall_s"] > FLOWER_WALL_GOAL:
+        notes.append(
+            f"The wall ratio against Flower is held up by training itself: the floor's "
             f"{f['cpu_s']:.0f} CPU-s over {cores} cores is {f['cpu_s'] / cores:.0f} s, so a job "
-            f"with no overhead at all would score {best:.2f} against Flower's "
-            f"{fl['wall_s']:.0f} s. ≤ {FLOWER_WALL_GOAL} needs Flower at "
+            f"with no overhead at all would score {f['cpu_s'] / cores / fl['wall_s']:.2f} against "
+            f"Flower's {fl['wall_s']:.0f} s. ≤ {FLOWER_WALL_GOAL} needs Flower at "
             f"{1 / FLOWER_WALL_GOAL:.0f}× that bound or more; it ran at "
-            f"{fl['wall_s'] / (f['cpu_s'] / cores):.2f}×."]
+            f"{fl['wall_s'] / (f['cpu_s'] / cores):.2f}×.")
+    return notes
 
 
 def run(ctx) -> dict:
