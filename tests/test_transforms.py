@@ -306,3 +306,9 @@ def test_a_token_dataset_refuses_a_val_transform_naming_that_key_as_the_fix():
                 get_spec("shakespeare"))
     assert text.startswith("data.val_transform=[['ToTensor']]: ")
     assert text.endswith("remove data.val_transform"), text
+    # the whole text, named once: transform_for already put the key first, so split_transforms
+    # must not prefix it a second time
+    shakes = get_spec("shakespeare")
+    assert text == (f"data.val_transform=[['ToTensor']]: shakespeare samples are "
+                    f"{shakes.sample_type} token ids, which take no transform; "
+                    f"remove data.val_transform")
