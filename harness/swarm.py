@@ -32,8 +32,8 @@ if __package__ in (None, ""):
 
 from federatedscope.core.communication import codec  # noqa: E402
 from federatedscope.core.communication.flow import (  # noqa: E402
-    CHUNK_BYTES, GO, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, UPLOAD_GO_HEADER, announced_chunk,
-    upload_frames)
+    CHUNK_BYTES, DOWNLINK_CHUNKS_HEADER, GO, UPLOAD_CHUNK_HEADER as CHUNK_HEADER, UPLOAD_GO_HEADER,
+    DownlinkAssembly, announced_chunk, upload_frames)
 from federatedscope.core.communication.grpc_client import signed_join  # noqa: E402
 from federatedscope.core.communication.join_proof import NONCE_HEADER  # noqa: E402
 from federatedscope.core.communication.limits import (  # noqa: E402
@@ -170,8 +170,10 @@ class Swarm:
         channel = grpc.aio.insecure_channel(plan.address, options=[
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)])
-        call = channel.stream_stream(METHOD, request_serializer=None,
-                                     response_deserializer=None)()
+        # the server's large messages in downlink chunks, as a real client asks
+        call = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)(
+            metadata=((DOWNLINK_CHUNKS_HEADER, "1"),))
+        chunks = DownlinkAssembly(BIG)
         lock = asyncio.Lock()           # one write at a time per stream (gRPC's rule)
         cid = res.client_id
 
@@ -230,6 +232,9 @@ class Swarm:
                 if data == GO:
                     go.set()
                     continue
+                data = chunks.feed(data)
+                if data is None:
+                    continue              # more chunks of this message to come
                 msg = codec.decode(data)
                 if msg.msg_type == ASSIGN_ID:
                     res.join_latency = time.perf_counter() - t_join
