@@ -87,9 +87,12 @@ def test_the_join_declares_the_trainer_counts_and_the_shard(tmp_path):
     c, _ = _client(tmp_path, token="tok")
     m = c.join_message()
     assert (m.msg_type, m.sender, m.receiver, m.state) == (JOIN_IN, 3, SERVER_ID, 0)
-    assert m.content == {"client_id": 3, "token": "tok", "num_samples": COUNTS, "local_param": []}
+    assert m.content == {"client_id": 3, "token": "tok", "num_samples": COUNTS, "local_param": [],
+                         "fedopt": False}
     fedbn, _ = _client(tmp_path, "personalization.local_param", ["bn", "norm"])
     assert fedbn.join_message().content["local_param"] == ["bn", "norm"]   # the server checks it
+    fedopt, _ = _client(tmp_path, "fedopt.use", True)
+    assert fedopt.join_message().content["fedopt"] is True               # the server warns on it
     c, _ = _client(tmp_path, "federate.join_in_info", ["other"])
     other = c.join_message().content
     assert "num_sample" not in other and "other" not in other

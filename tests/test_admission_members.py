@@ -3,6 +3,7 @@ clients, what it binds, sends, logs and counts on join, refusal, loss, abuse clo
 re-declaration (no Server: its own bookkeeping only)."""
 import logging
 import time
+from types import SimpleNamespace as NS
 
 from federatedscope.core.communication.transport import Disconnected
 from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID
@@ -115,6 +116,28 @@ def test_joins_with_other_local_params_are_refused_naming_both_lists_and_the_fix
     assert t.online_ids() == {1} and t.train_counts() == [10]
     plain, _ = _table()                         # FedAvg on both sides: nothing to send or check
     assert plain.join(11, "", {"client_id": 1, "num_samples": _ns(1)}, 0) == 1
+
+
+def test_clients_with_fedopt_on_a_server_without_it_are_told_once_and_admitted(caplog):
+    """FedOpt is the server's setting (as in FS): clients that set fedopt.use change nothing,
+    so the server admits them and says once, naming the key to set on the server."""
+    quiet(caplog)
+    t, _ = _table()
+    t.follow(NS(local_param=[], server_optimizer=None))
+    for cid in (1, 2, 3, 4):
+        content = {"client_id": cid, "num_samples": _ns(cid), "fedopt": cid != 1}
+        assert t.join(10 + cid, "", content, 0) == cid
+    told = [w for w in _warned(caplog) if "fedopt" in w]
+    assert told == ["Server: client #2 runs with fedopt.use True, but FedOpt is the server's "
+                    "setting (as in FS) and this server's is False: the job aggregates with plain "
+                    "FedAvg; set fedopt.use True (and fedopt.optimizer) in the server's config for "
+                    "FedOpt"]
+    caplog.clear()
+    with_opt, _ = _table()
+    with_opt.follow(NS(local_param=["bn"], server_optimizer=object()))
+    assert with_opt.local_param == ["bn"] and with_opt.fedopt
+    content = {"client_id": 1, "num_samples": _ns(1), "fedopt": True, "local_param": ["bn"]}
+    assert with_opt.join(11, "", content, 0) == 1 and not _warned(caplog)
 
 
 def test_a_second_join_on_a_bound_connection_is_ignored(caplog):

@@ -77,6 +77,7 @@ class Client(Worker):
     def join_message(self) -> Message:
         content: Dict = {"client_id": self.ID, "token": self.token,
                          "local_param": [str(p) for p in self.cfg.personalization.local_param],
+                         "fedopt": bool(self.cfg.fedopt.use),
                          "num_samples": {s: self.trainer.num_samples(s)
                                          for s in ("train", "val", "test")}}
         if self.loader is not None:

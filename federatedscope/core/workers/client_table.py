@@ -43,7 +43,14 @@ class ClientTable(Dict[int, ClientRecord]):
         self._counts: Optional[list] = None      # train_counts(), until a declaration changes
         self.job_id = ""                         # sent with every id (the server sets it)
         self.local_param: list = []              # the server's personalization.local_param
+        self.fedopt = False                      # the server runs a server optimizer
+        self._fedopt_told = False
         self.join_lines = JoinLines()
+
+    def follow(self, aggregator) -> None:
+        """Take the server's own algorithm settings that joining clients are checked against."""
+        self.local_param = list(aggregator.local_param)
+        self.fedopt = aggregator.server_optimizer is not None
 
     def online_ids(self) -> Set[int]:
         """The ids online now (a copy)."""
@@ -136,6 +143,13 @@ class ClientTable(Dict[int, ClientRecord]):
         if decision.train_samples == 0:
             logger.warning(f"Server: client #{cid} declares 0 train samples: it can only evaluate; "
                            f"its updates weigh nothing in FedAvg")
+        if content.get("fedopt") is True and not self.fedopt and not self._fedopt_told:
+            # not refused: a client's fedopt keys change nothing it does (as in FS)
+            self._fedopt_told = True
+            logger.warning(f"Server: client #{cid} runs with fedopt.use True, but FedOpt is the "
+                           f"server's setting (as in FS) and this server's is False: the job "
+                           f"aggregates with plain FedAvg; set fedopt.use True (and "
+                           f"fedopt.optimizer) in the server's config for FedOpt")
         return cid
 
     def redeclare(self, cid: int, content: dict, round_idx: int) -> bool:

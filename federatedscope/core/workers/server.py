@@ -76,7 +76,7 @@ class Server(Worker):
         # Names this job to its clients (kept in the checkpoint, so a restored server keeps it):
         # a client restores personal state saved in the same job only, never an earlier run's.
         self.clients.job_id = (restored and restored.job_id) or secrets.token_hex(8)
-        self.clients.local_param = list(self.aggregator.local_param)
+        self.clients.follow(self.aggregator)
         if distributed:
             admission.warn_if_open()
 
