@@ -350,8 +350,9 @@ def test_early_stop_ends_the_job_after_patience_evaluations_without_improvement(
     assert all(FINISH in h.sent_types(c) for c in range(1, 5))
 
 
-def test_the_global_evaluator_replaces_the_clients_results(tmp_path):
-    h = Harness(tmp_path, "federate.total_round_num", 2, expected=4)
+def test_the_global_evaluator_replaces_the_clients_evaluation(tmp_path):
+    # FS's make_global_eval: the server evaluates alone after each round; no client is asked
+    h = Harness(tmp_path, "federate.total_round_num", 3, expected=4)
     calls = []
 
     def global_eval():
@@ -359,18 +360,17 @@ def test_the_global_evaluator_replaces_the_clients_results(tmp_path):
         return {"test_acc": 0.875, "test_total": 100, "test_loss": 50.0, "test_avg_loss": 0.5}
     h.server.global_eval = global_eval
     _join4(h)
-    for r in range(2):
+    for r in range(3):
+        assert calls == list(range(1, r + 1)) and h.asked(MODEL_PARA, r) == [1, 2, 3, 4]
         g = h.global_state()
         for c in range(1, 5):
             h.update(c, r, h.shifted(0.1, g), size=10 * c)
-        for c in range(1, 5):   # in round 2, client 4's metrics are refused: nobody is missing
-            h.metrics(c, r + 1, {**good_metrics(acc=0.1), **({"test_total": 6} if c == 4 and r
-                                                             else {})})
-    assert calls == [1, 2]
+    assert calls == [1, 2, 3] and all(h.asked(EVALUATE, r) == [] for r in range(1, 4))
+    h.metrics(2, 3, good_metrics(acc=0.1))     # unasked metrics change nothing
     lines = h.eval_lines()
-    assert [x["Round"] for x in lines[:2]] == [1, 2]
-    assert all(x["Clients"] == [SERVER_ID] and x["Missing"] == [] for x in lines[:2])
-    assert lines[1]["Results_weighted_avg"]["test_acc"] == 0.875
+    assert [x["Round"] for x in lines[:3]] == [1, 2, 3]
+    assert all(x["Clients"] == [SERVER_ID] and x["Missing"] == [] for x in lines[:3])
+    assert lines[2]["Results_weighted_avg"]["test_acc"] == 0.875 and h.server.finished
 
 
 def test_the_final_line_and_log_give_the_last_weighted_accuracy(tmp_path, caplog):

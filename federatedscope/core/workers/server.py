@@ -217,8 +217,7 @@ class Server(Worker):
         if st.pending and not (st.timed_out and enough):
             return
         if not got and st.refused and set(st.refused) == st.sampled:
-            self._diverged()
-            return
+            return self._stop(DIVERGED, all_refused(self.round + 1, st.refused))
         if not enough:
             if st.phase is not Phase.PAUSED:
                 self._pause(f"only {got} update(s) in round {self.round + 1}, fewer than "
@@ -243,9 +242,6 @@ class Server(Worker):
                     f"update(s) ({samples} samples, rule {agg.rule}) in {took:.3f}s")
         self._resume()
 
-    def _diverged(self) -> None:
-        self._stop(DIVERGED, all_refused(self.round + 1, self.state.refused))
-
     def _pause(self, why: str) -> None:
         logger.warning(f"Server: paused: {why}; waiting up to "
                        f"{self.liveness.patience:.0f}s for clients to (re)join")
@@ -258,7 +254,9 @@ class Server(Worker):
             st.eval_owed = None
             self._resume()
             return
-        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, self.clients.online_ids())
+        # FS's make_global_eval: the server evaluates on its own data and asks no client
+        asked = set() if self.global_eval is not None else self.clients.online_ids()
+        st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, asked)
         self._send_model(sorted(st.evaluation.waiting), EVALUATE, r)
         self._maybe_finish_eval()
 
