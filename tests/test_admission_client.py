@@ -345,3 +345,33 @@ def test_a_client_refused_before_it_has_an_id_names_its_token_file_generically(t
     c.handle(Message(REFUSE, SERVER_ID, -1, 0, {"reason": "bad token"}))
     (line,) = _refusals(caplog)
     assert "distribute.token_file <manifest dir>/tokens/client_<id>.token" in line
+
+
+@pytest.mark.parametrize("cid,named", [(1, "client_1.token"), (0, "client_<id>.token")])
+def test_the_token_file_named_is_the_clients_own_from_id_1(tmp_path, caplog, cid, named):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, _ = _client(tmp_path, cid=cid)
+    c.handle(Message(REFUSE, SERVER_ID, cid, 0, {"reason": "bad token"}))
+    (line,) = _refusals(caplog)
+    assert f"distribute.token_file <manifest dir>/tokens/{named} (the launcher's" in line
+
+
+def test_a_personal_state_of_another_shape_or_a_long_job_name_is_named_and_skipped(tmp_path,
+                                                                                   caplog):
+    caplog.set_level(logging.INFO, logger="federatedscope")
+    c, _ = _client(tmp_path, trainer=Trainer({"bn": torch.zeros(3)}))
+    path = c.personal_state_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save([1, 2, 3], path)                           # not a dict: no job named
+    back = Trainer()
+    Client(c.cfg, -1, back, FakeComm()).handle(
+        Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "a1b2"}))
+    assert back.loaded is None
+    assert (f"Client #3: the personal state in {path} was saved by another run (job None, this "
+            f"one a1b2); starting afresh") in caplog.text
+    caplog.clear()
+    torch.save({"job_id": "j" * 70, "state": {"bn": torch.ones(3)}}, path)
+    Client(c.cfg, -1, Trainer(), FakeComm()).handle(
+        Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "a1b2"}))
+    assert (f"was saved by another run (job {'j' * 64}...[70 chars], this one a1b2); "
+            f"starting afresh") in caplog.text

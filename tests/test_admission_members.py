@@ -242,3 +242,48 @@ def test_a_join_storm_through_the_table_tells_the_held_joins_by_their_client_ids
     assert len(joined) == 11 and joined[9].startswith("Server: client #10 joined")
     assert joined[10] == ("Server: 4 more client(s) joined in 1s, ids #11..#14 among them (over "
                           "10 lines per 1s, not logged one by one; 14/14 online)")
+
+
+OPEN_WARNING = ("Server: no client tokens configured (distribute.token or token_hash in the "
+                "manifest): a client id is only a claim, and anyone who can reach this port may "
+                "join as a missing client")
+
+
+def test_a_server_without_tokens_says_so_once_and_one_with_tokens_says_nothing(caplog):
+    from test_admission_rules import _entries
+    quiet(caplog)
+    Admission(None, strict=True, max_clients=4).warn_if_open()
+    Admission(_entries(), strict=True, max_clients=4).warn_if_open()   # no token_hash either
+    assert _warned(caplog) == [OPEN_WARNING, OPEN_WARNING]
+    caplog.clear()
+    Admission(None, strict=True, shared_token="s3cret", max_clients=4).warn_if_open()
+    Admission(_entries({2: "ab" * 32}), strict=True, max_clients=4).warn_if_open()
+    assert _warned(caplog) == []
+
+
+def test_missing_are_the_expected_or_joined_ids_that_did_not_answer(caplog):
+    quiet(caplog)
+    t, _ = _table()                      # data_idx mode: ids 1..4 expected
+    assert t.missing_from([]) == {1, 2, 3, 4}            # none joined yet: all are missing
+    for c in (1, 2):
+        t.join(10 + c, "", {"client_id": c, "num_samples": _ns(c)}, 0)
+    assert t.missing_from({1}) == {2, 3, 4}
+    assert t.missing_from([1, 2, 3, 4]) == set()
+    from test_admission_rules import _entries
+    entries = _entries()
+    del entries[2]                      # a manifest of clients 1, 3, 4 (4 expected)
+    m, _ = _table(entries)              # the manifest's ids, not 1..expected
+    assert m.missing_from([]) == {1, 3, 4}
+    assert m.missing_from([3]) == {1, 4}
+
+
+def test_a_fresh_table_sends_an_empty_job_id_and_counts_no_server_optimizer(caplog):
+    """Before the server sets them (``job_id``, ``follow``): no job named, plain FedAvg."""
+    quiet(caplog)
+    t, comm = _table()
+    t.join(11, "", {"client_id": 1, "num_samples": _ns(1), "fedopt": True}, 0)
+    assert [m.content for _, m in comm.sent] == [{"client_id": 1, "job_id": ""}]
+    assert [w for w in _warned(caplog) if "fedopt" in w] == [
+        "Server: client #1 runs with fedopt.use True, but FedOpt is the server's setting (as in "
+        "FS) and this server's is False: the job aggregates with plain FedAvg; set fedopt.use "
+        "True (and fedopt.optimizer) in the server's config for FedOpt"]

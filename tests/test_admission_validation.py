@@ -149,3 +149,23 @@ def test_a_split_the_client_did_not_declare_must_report_zero():
     assert check_metrics({"test_total": 1}, {"train": 3}, ["test"]) == \
         "test_total=1 != the 0 test samples declared at join"
     assert check_metrics({"test_total": 6, "test_mse": -3.0}, DECL, ["test"]) is None
+
+
+def test_all_refused_names_each_client_and_the_fix_for_its_kind_of_refusal():
+    from federatedscope.core.workers.validation import all_refused
+    diverged = all_refused(7, {3: "non-finite values in fc.weight", 1: "shape of fc.bias"})
+    assert diverged == (
+        "every update of round 7 was refused (client #1: shape of fc.bias; client #3: "
+        "non-finite values in fc.weight); the model diverged: lower train.optimizer.lr or set "
+        "grad.grad_clip, then restart with federate.restore_from")
+    differ = all_refused(2, {4: "shape of fc.bias", 2: "missing key fc.weight"})
+    assert differ == (
+        "every update of round 2 was refused (client #2: missing key fc.weight; client #4: shape "
+        "of fc.bias); check that the clients run the same model and data configuration")
+    # many clients: the reasons are cut at 300 characters, the fix is always there
+    many = {c: "shape of fc.bias" for c in range(1, 41)}
+    reasons = "; ".join(f"client #{c}: shape of fc.bias" for c in range(1, 41))
+    assert len(reasons) == 9 * 27 + 31 * 28 + 39 * 2      # 1,189: over the 300 kept
+    assert all_refused(5, many) == (
+        f"every update of round 5 was refused ({reasons[:300]}...[{len(reasons)} chars]); "
+        f"check that the clients run the same model and data configuration")

@@ -596,6 +596,14 @@ BEST = "eval.best_res_update_round_wise_key"
     ([BEST, "val_acc", "eval.split", "['test']", "early_stop.patience", "0"],
      "names the split 'val', which eval.split=['test'] does not evaluate; set it to e.g. "
      "'test_loss' or 'test_acc'"),
+    # no split evaluated at all: the example falls back to the test split's keys
+    ([BEST, "test_acc", "eval.split", "[]"],
+     "names the split 'test', which eval.split=[] does not evaluate; set it to e.g. "
+     "'test_loss' or 'test_acc'"),
+    # FS's image trainer writes the same metrics as the general one
+    ([BEST, "val_accuracy", "trainer.type", "cvtrainer"],
+     "names the metric 'accuracy'; the trainer reports ['acc', 'correct', 'loss', 'total', "
+     "'avg_loss']; set it to e.g. 'test_loss' or 'test_acc'"),
 ])
 def test_a_best_key_the_config_names_must_be_reported(pairs, why):
     key = pairs[pairs.index(BEST) + 1]

@@ -274,6 +274,10 @@ def test_convert_data_mode_keeps_one_partition_by_data_idx(logs):
     assert kept == data and all(kept[k] is data[k] for k in data)
     kept = convert_data_mode(data, _mode_cfg(role="server", global_eval=True, client_num=3)).eval_data
     assert sorted(kept) == [1, 2, 3] and all(kept[k] is data[k] for k in kept)
+    # a 1-client job evaluates on client 1's partition only (0 is "all", 1 is not)
+    kept = convert_data_mode(data, _mode_cfg(role="server", global_eval=True,
+                                             client_num=1)).eval_data
+    assert list(kept) == [1] and kept[1] is data[1]
     out = convert_data_mode(data, _mode_cfg(idx="3"))
     assert isinstance(out, DataIdxClient) and out.data is data[3] and out.data_idx == 3
     assert logs == [("INFO", "Client: loaded the whole dataset (4 partitions) and kept data_idx=3")]

@@ -153,6 +153,9 @@ def test_a_stream_window_below_16_kib_is_refused_by_name(window, ok):
 def test_the_derived_stream_window_shares_64_mib_between_the_sessions(sessions, window):
     # 64 MiB / 17 = 3,947,580.2 B = 3,855.06 KiB; / 38 = 1,766,022.7 B = 1,724.6 KiB
     assert stream_window_for(sessions) == window
+    # an int: grpc reads a channel option of any other type (a float) as a pointer argument,
+    # not as grpc.http2.lookahead_bytes' integer, and the window would stay gRPC's default
+    assert type(stream_window_for(sessions)) is int
 
 
 @given(st.integers(1, 200_000))

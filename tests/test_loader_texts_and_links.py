@@ -470,3 +470,19 @@ def test_link_split_maps_the_packed_file_instead_of_reading_it(linked, monkeypat
     packed = os.path.normpath(str(linked / "packed" / "data.pt"))
     assert calls == [(packed, (), {"mmap": True})] * 3      # once per split, always mapped
     assert sum(ld.num_samples.values()) > 0
+
+
+def test_direct_construction_applies_the_given_transform_to_splits_without_their_own(shards):
+    """``transform=`` is the loader's default: every split without an entry in ``transforms``
+    (here train and test) uses it; val uses its own."""
+    from federatedscope.core.data.transforms import build_transform
+    common = build_transform(SPLIT_TRANSFORMS["train"])
+    own_val = build_transform(SPLIT_TRANSFORMS["val"])
+    ld = DistributedShardLoader(str(shards / "client_1"), transform=common,
+                                transforms={"val": own_val})
+    assert ld.transform is common
+    assert ld.datasets["train"].transform is common and ld.datasets["test"].transform is common
+    assert ld.datasets["val"].transform is own_val
+    x = torch.zeros((1, 28, 28), dtype=torch.uint8)
+    x[0, 0, 0] = 255                                  # (1.0 - 0.25) / 0.25
+    assert float(ld.datasets["test"].transform(x)[0, 0, 0, 0]) == pytest.approx(3.0)

@@ -311,6 +311,27 @@ def test_resume_of_a_complete_log_leaves_the_file_as_it_is(tmp_path, logs):
     assert (tmp_path / "eval_results.log").read_text() == body and logs == []
 
 
+def test_a_final_line_is_queued_once_per_round_across_calls_and_restarts(tmp_path):
+    m = Monitor(_cfg(reports=["weighted_avg"]), str(tmp_path))
+    m.report(1, _loss(1.0))
+    m.final_summary()
+    m.final_summary()                       # the server asks again (a second stop): no new line
+    assert [json.loads(x).get("Final") for x in m.unwritten] == [None, True]
+    m.flush()
+    # restarted after the Final line of round 1 was written: the log names that round
+    again = Monitor(_cfg(reports=["weighted_avg"]), str(tmp_path))
+    assert again.resume_from_log() == {1, -1}
+    assert again.final_rounds == {1}
+    summary = again.final_summary()
+    assert summary["Round"] == 1 and summary["best_round"] == 1 and again.unwritten == []
+    # extended by a round: that round gets its own Final line, once
+    again.report(2, _loss(0.5))
+    again.final_summary()
+    again.final_summary()
+    finals = [json.loads(x) for x in again.unwritten if json.loads(x).get("Final")]
+    assert [f["Round"] for f in finals] == [2] and again.final_rounds == {1, 2}
+
+
 # ------------------------------------------------------------------------------ write guard
 class _Clock:
     def __init__(self, t):
@@ -736,3 +757,31 @@ def test_the_recorded_run_directory_is_read_only_from_plain_checkpoint_data(tmp_
     elsewhere.mkdir(parents=True)
     save_checkpoint(ckpt, _ckpt(monitor={"run_dir": str(elsewhere)}))
     assert recorded_run_dir(ckpt) == str(elsewhere) and resolve_outdir(out, "job", ckpt) == base
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"format": FORMAT, "monitor": {"run_dir": 7}},
+                                     {"format": FORMAT, "monitor": {"run_dir": None}}])
+def test_a_checkpoint_that_is_no_dict_or_names_no_string_records_no_run_directory(tmp_path,
+                                                                                 content):
+    from federatedscope.core.auxiliaries.checkpoint import recorded_run_dir
+    ckpt = str(tmp_path / "job.pt")
+    torch.save(content, ckpt)
+    assert recorded_run_dir(ckpt) == ""
+
+
+def test_the_recorded_run_directory_is_read_memory_mapped_to_the_cpu_as_plain_data(
+        tmp_path, monkeypatch):
+    """A restore reads one string out of a checkpoint that holds the whole model: mapped (the
+    tensors are not read), onto the CPU (a checkpoint written beside a GPU loads without one),
+    weights_only (nothing in the file is run)."""
+    from federatedscope.core.auxiliaries.checkpoint import recorded_run_dir
+    ckpt = str(tmp_path / "job.pt")
+    save_checkpoint(ckpt, _ckpt(monitor={"run_dir": str(tmp_path / "sub_exp_1")}))
+    calls, real = [], torch.load
+
+    def spy(path, *args, **kwargs):
+        calls.append((path, args, kwargs))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(ckpt_io.torch, "load", spy)
+    assert recorded_run_dir(ckpt) == str(tmp_path / "sub_exp_1")
+    assert calls == [(ckpt, (), {"map_location": "cpu", "weights_only": True, "mmap": True})]

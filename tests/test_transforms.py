@@ -312,3 +312,9 @@ def test_a_token_dataset_refuses_a_val_transform_naming_that_key_as_the_fix():
     assert text == (f"data.val_transform=[['ToTensor']]: shakespeare samples are "
                     f"{shakes.sample_type} token ids, which take no transform; "
                     f"remove data.val_transform")
+    # the common list (train's, and val's and test's without their own) is data.transform's
+    text = _err(ValueError, split_transforms,
+                NS(transform=[["ToTensor"]], val_transform=[], test_transform=None), shakes)
+    assert text == (f"data.transform=[['ToTensor']]: shakespeare samples are "
+                    f"{shakes.sample_type} token ids, which take no transform; "
+                    f"remove data.transform")

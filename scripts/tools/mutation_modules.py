@@ -69,7 +69,7 @@ MODULES: Dict[str, Module] = {
     "aggregators": Module([FL + "aggregators/aggregator.py", FL + "aggregators/fedavg.py",
                            FL + "aggregators/fedopt.py"],
                           ["tests/test_aggregator_units.py", "tests/test_robust_math.py",
-                           "tests/test_server_strategy.py"]),
+                           "tests/test_server_strategy.py", "tests/test_fedopt_resume.py"]),
     # the server's own round logic
     "server": Module([FL + "workers/server.py", FL + "workers/server_state.py",
                       FL + "workers/server_eval.py", FL + "workers/server_liveness.py",
