@@ -91,12 +91,19 @@ def dir_bytes(path: str, suffix: str = "") -> int:
                if f.endswith(suffix))
 
 
+# What a run writes as it goes (JSONs, plots, the report, README's cost table): not a change to
+# what the later benchmarks of the same run measure, so it does not make the tree dirty
+OWN_OUTPUTS = (":(exclude)bench/results", ":(exclude)bench/REPORT.md", ":(exclude)README.md")
+
+
 def git_state() -> tuple:
-    """(HEAD's commit, whether the tree has local changes); ("?", None) without git."""
+    """(HEAD's commit, whether the tree has local changes besides the suite's own outputs);
+    ("?", None) without git."""
     try:
         commit, dirty = (subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
                                         timeout=10).stdout.strip()
-                         for a in (("rev-parse", "HEAD"), ("status", "--porcelain")))
+                         for a in (("rev-parse", "HEAD"),
+                                   ("status", "--porcelain", "--", ".", *OWN_OUTPUTS)))
         return commit, bool(dirty)
     except (OSError, subprocess.SubprocessError):
         return "?", None

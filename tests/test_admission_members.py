@@ -275,6 +275,17 @@ def test_missing_are_the_expected_or_joined_ids_that_did_not_answer(caplog):
     m, _ = _table(entries)              # the manifest's ids, not 1..expected
     assert m.missing_from([]) == {1, 3, 4}
     assert m.missing_from([3]) == {1, 4}
+    # a job of 4 clients cut from a manifest of 7: no id in particular is expected, so only the
+    # ids that joined can be missing (not the 3 the operator chose not to start)
+    import dataclasses
+    seven = _entries()                  # clients 1..4, and 5..7 listed beside them
+    seven.update({c: dataclasses.replace(seven[1], client_id=c, shard_path=f"client_{c}")
+                  for c in (5, 6, 7)})
+    big, _ = _table(seven)
+    assert big.missing_from([]) == set()
+    for c in (2, 3, 4):
+        assert big.join(20 + c, "", {"client_id": c, "declaration": _decl(c)}, 0) == c
+    assert big.missing_from([3]) == {2, 4}
 
 
 def test_a_fresh_table_sends_an_empty_job_id_and_counts_no_server_optimizer(caplog):

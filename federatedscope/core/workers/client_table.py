@@ -57,10 +57,15 @@ class ClientTable(Dict[int, ClientRecord]):
         return set(self._online)
 
     def missing_from(self, answered) -> Set[int]:
-        """The ids expected (the manifest's, else 1..expected: FS's data_idx ids) or joined that
-        are not in ``answered``: timed out, refused, lost, or never joined."""
+        """The ids expected or joined that are not in ``answered``: timed out, refused, lost, or
+        never joined. Expected: 1..expected in FS's data_idx mode, the manifest's ids when the job
+        runs them all; a job of fewer clients than its manifest lists expects no id in particular
+        (its eval lines must not list thousands of ids nobody started)."""
         manifest = self.admission.manifest
-        expected = set(manifest) if manifest is not None else set(range(1, self.expected + 1))
+        if manifest is None:
+            expected = set(range(1, self.expected + 1))
+        else:
+            expected = set(manifest) if len(manifest) <= self.expected else set()
         return (expected | set(self)) - set(answered)
 
     def online_count(self) -> int:
