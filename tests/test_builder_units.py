@@ -367,7 +367,7 @@ def test_standalone_fs_path_keeps_the_first_client_num_partitions(loaders, clien
 
 def test_keep_first_drops_the_highest_ids_whatever_the_insertion_order():
     data = StandaloneDataDict({c: ClientData() for c in (5, 2, 7, 1, 3)})
-    db._keep_first(data, 3)
+    db.keep_first(data, 3)
     assert sorted(data) == [1, 2, 3]
 
 

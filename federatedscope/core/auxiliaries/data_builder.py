@@ -25,7 +25,7 @@ from federatedscope.core.data.base_data import (ClientData, ClientShard, ServerM
 from federatedscope.core.data.dataset_spec import get_spec
 from federatedscope.core.data.distributed_loader import DistributedShardLoader
 from federatedscope.core.data.shard_format import ShardError, read_manifest, shard_dir
-from federatedscope.core.data.utils import convert_data_mode
+from federatedscope.core.data.utils import convert_data_mode, keep_first
 
 logger = logging.getLogger("federatedscope")
 
@@ -38,7 +38,7 @@ def get_data(config, client_cfgs=None):
         data, modified = load_dataset(modified, client_cfgs)
         data = convert_data_mode(data, modified)
         if mode == "standalone":
-            _keep_first(data, modified.federate.client_num)
+            keep_first(data, modified.federate.client_num)
             modified.federate.client_num = len(data)
     elif mode == "standalone":
         data = _simulated_shards(modified, client_cfgs)
@@ -64,13 +64,6 @@ def load_dataset(config, client_cfgs=None):
     raise ConfigError(f"data.type={config.data.type!r} has no registered loader; registered: "
                       f"{sorted(register.data_dict)} (a package adds one with "
                       f"federatedscope.register.register_data)")
-
-
-def _keep_first(data: StandaloneDataDict, n: int) -> None:
-    """FS keeps the first ``federate.client_num`` partitions (all when 0 or more than there are)."""
-    if 0 < n < len(data):
-        for cid in sorted(data)[n:]:
-            del data[cid]
 
 
 def _server_manifest(config) -> ServerManifest:

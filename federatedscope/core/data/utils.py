@@ -19,19 +19,26 @@ from federatedscope.core.data.base_data import DataIdxClient, ServerManifest, St
 logger = logging.getLogger("federatedscope")
 
 
-def _first_partitions(data: StandaloneDataDict, config) -> StandaloneDataDict:
-    """The partitions of the job's clients (the first ``federate.client_num``, all when 0), as
-    a standalone run keeps them: the global evaluation covers the same clients in both modes."""
-    n = int(config.federate.client_num)
-    ids = sorted(data)[:n] if n > 0 else sorted(data)
-    return StandaloneDataDict({cid: data[cid] for cid in ids})
+def keep_first(data: StandaloneDataDict, n: int) -> None:
+    """FS keeps the first ``federate.client_num`` partitions (all when 0 or more than there are)."""
+    if 0 < n < len(data):
+        for cid in sorted(data)[n:]:
+            del data[cid]
+
+
+def _job_partitions(data: StandaloneDataDict, config) -> StandaloneDataDict:
+    """The partitions of the job's clients, as a standalone run keeps them (``keep_first``): a
+    global evaluation covers the same clients in both modes."""
+    kept = StandaloneDataDict(dict(data))
+    keep_first(kept, int(config.federate.client_num))
+    return kept
 
 
 def convert_data_mode(data: StandaloneDataDict, config):
     if config.federate.mode.lower() == "standalone":
         return data
     if config.distribute.role == "server":
-        return ServerManifest(manifest=None, eval_data=_first_partitions(data, config)
+        return ServerManifest(manifest=None, eval_data=_job_partitions(data, config)
                               if config.federate.make_global_eval else None)
     idx = int(config.distribute.data_idx)
     if idx not in data:
