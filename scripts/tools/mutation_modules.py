@@ -80,7 +80,7 @@ MODULES: Dict[str, Module] = {
                       "tests/test_server_texts.py", "tests/test_server_records.py",
                       "tests/test_server_events.py"]),
     # the join lines' storm budget
-    "join_lines": Module([FL + "workers/join_lines.py"],
+    "join_lines": Module([FL + "workers/join_lines.py", FL + "auxiliaries/line_window.py"],
                          ["tests/test_join_lines.py", "tests/test_server_events.py"]),
     # what the server accepts (joins, declarations, updates, metrics) and the client's side;
     # test_server_admission.py is left out: its session fixture runs the shard tool as

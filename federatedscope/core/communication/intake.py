@@ -14,6 +14,7 @@ from typing import Optional
 
 import grpc
 
+from federatedscope.core.auxiliaries.line_window import LineWindow
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, GO, HeavyIncoming,
                                                     Reassembly, ServerInbox, chunk_total)
@@ -91,26 +92,22 @@ class LoopCalls:
                 logger.exception(f"transport call {getattr(fn, '__name__', fn)} failed")
 
 
-class LineBudget:
+class LineBudget(LineWindow):
     """Rejection lines: at most ``LOG_LINES_PER_INTERVAL`` per ``LOG_INTERVAL`` seconds, then one
     summary line with the count when the interval ends, so a flood costs a few lines, not one
     per message (a log is disk and CPU too). Runs on the transport's event loop."""
+    window = property(lambda self: LOG_INTERVAL)
+    per_window = property(lambda self: LOG_LINES_PER_INTERVAL)
 
     def __init__(self, loop) -> None:
+        super().__init__(loop.time())
         self.loop = loop
-        self.start = loop.time()
-        self.lines = 0
         self.suppressed = 0
         self.peers: set = set()
         self._flush_at = None
 
     def warn(self, peer: str, text: str) -> None:
-        now = self.loop.time()
-        if now - self.start >= LOG_INTERVAL:
-            self.flush()
-            self.start, self.lines = now, 0
-        if self.lines < LOG_LINES_PER_INTERVAL:
-            self.lines += 1
+        if self.admit(self.loop.time()):
             logger.warning(text)
             return
         self.suppressed += 1

@@ -11,28 +11,28 @@ import logging
 import time
 from typing import Callable, Optional
 
+from federatedscope.core.auxiliaries.line_window import LineWindow
+
 logger = logging.getLogger("federatedscope")
 WINDOW_S = 1.0
 PER_WINDOW = 10
 
 
-class JoinLines:
+class JoinLines(LineWindow):
+    # read at each join (the module's values, which a test may set)
+    window = property(lambda self: WINDOW_S)
+    per_window = property(lambda self: PER_WINDOW)
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(float("-inf"))
         self.clock = clock
-        self.start = float("-inf")     # the current window's start
-        self.lines = 0                 # joins logged one by one in it
-        self.held = 0                  # joins of it not logged one by one
+        self.held = 0                  # joins of the window not logged one by one
         self.first: Optional[int] = None
         self.last: Optional[int] = None
         self.online = ""               # "<online>/<expected>" after the last held join
 
     def joined(self, cid: int, line: str, online: int, expected: int) -> None:
-        now = self.clock()
-        if now - self.start >= WINDOW_S:
-            self.flush()
-            self.start, self.lines = now, 0
-        if self.lines < PER_WINDOW:
-            self.lines += 1
+        if self.admit(self.clock()):
             logger.info(line)
         else:
             self.held += 1
