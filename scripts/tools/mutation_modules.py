@@ -79,9 +79,10 @@ MODULES: Dict[str, Module] = {
                       "tests/test_server_recovery.py", "tests/test_server_rounds.py",
                       "tests/test_server_texts.py", "tests/test_server_records.py",
                       "tests/test_server_events.py"]),
-    # the join lines' storm budget
+    # the join lines' storm budget, and the window both it and the transport's rejection lines use
     "join_lines": Module([FL + "workers/join_lines.py", FL + "auxiliaries/line_window.py"],
-                         ["tests/test_join_lines.py", "tests/test_server_events.py"]),
+                         ["tests/test_join_lines.py", "tests/test_server_events.py",
+                          "tests/test_stream_intake.py"]),
     # what the server accepts (joins, declarations, updates, metrics) and the client's side;
     # test_server_admission.py is left out: its session fixture runs the shard tool as
     # processes (seconds per mutant, and a fork server left behind by each killed mutant run);
