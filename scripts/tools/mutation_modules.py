@@ -125,7 +125,8 @@ MODULES: Dict[str, Module] = {
     # drives the inbox budget with real uploads (the others take 1-9 s each per mutant)
     "flow": Module([FL + "communication/flow.py"],
                    ["tests/test_upload_chunks.py", "tests/test_codec.py",
-                    "tests/test_transport_hostile.py"], FLOW_SLOW),
+                    "tests/test_transport_hostile.py", "tests/test_downlink_chunks.py"],
+                   FLOW_SLOW),
     "limits": Module([FL + "communication/limits.py"],
                      ["tests/test_limits_derivation.py", "tests/test_heartbeat_allowance.py",
                       "tests/test_transport_ceilings.py", "tests/test_unjoined_streams.py"],
@@ -145,8 +146,8 @@ MODULES: Dict[str, Module] = {
     # test_grpc_transport_units.py, and they stay in the flow and limits rows
     "grpc": Module([FL + "communication/grpc_server.py", FL + "communication/grpc_client.py",
                     FL + "communication/health.py"],
-                   ["tests/test_grpc_transport_units.py", "tests/test_client_connect.py"],
-                   GRPC_SLOW),
+                   ["tests/test_grpc_transport_units.py", "tests/test_client_connect.py",
+                    "tests/test_downlink_chunks.py"], GRPC_SLOW),
     # main.py's glibc tuning by role; not rerun per mutant: the test that starts main.py twice to
     # see it re-execute itself (seconds each); the environment it re-executes with is pinned
     # in-process by test_the_reexec_environment

@@ -59,6 +59,10 @@ MAX_UPLOAD_CHUNK = 1024 * 1024
 DOWNLINK_CHUNKS_HEADER = "fs-downlink-chunks"
 DOWNLINK_CHUNK = 1024 * 1024 - len(CHUNK_MORE) - 5
 _FIRST_HEAD = len(CHUNK_FIRST) + 8
+# What a receiver of chunks (the server's intake, a client's DownlinkAssembly) says of a sequence
+# no honest sender makes
+NO_FIRST_CHUNK = "continuation chunk without a first chunk"
+INTERRUPTED_CHUNKS = "a new message began before the chunked one was complete"
 ALIGN = 64    # bytes: a cache line, and every tensor dtype's alignment
 
 
@@ -168,10 +172,10 @@ class DownlinkAssembly:
         try:
             if head == CHUNK_MORE:
                 if self.current is None:
-                    raise InvalidMessage("a continuation chunk without a first chunk")
+                    raise InvalidMessage(NO_FIRST_CHUNK)
                 done = self.current.add(memoryview(data)[len(CHUNK_MORE):])
             elif self.current is not None:
-                raise InvalidMessage("a new message began before the chunked one was complete")
+                raise InvalidMessage(INTERRUPTED_CHUNKS)
             elif head == CHUNK_FIRST:
                 total = chunk_total(data)
                 if total > self.max_bytes:

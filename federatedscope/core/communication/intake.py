@@ -16,8 +16,10 @@ import grpc
 
 from federatedscope.core.auxiliaries.line_window import LineWindow
 from federatedscope.core.communication import codec
-from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, GO, HeavyIncoming,
-                                                    Reassembly, ServerInbox, chunk_total)
+from federatedscope.core.communication.flow import (CHUNK_FIRST, CHUNK_MORE, GO,
+                                                    INTERRUPTED_CHUNKS, NO_FIRST_CHUNK,
+                                                    HeavyIncoming, Reassembly, ServerInbox,
+                                                    chunk_total)
 from federatedscope.core.communication.join_proof import NONCE_KEY
 from federatedscope.core.communication.limits import (BIG_MESSAGE, LOG_INTERVAL,
                                                       LOG_LINES_PER_INTERVAL, MAX_BACKLOG,
@@ -96,8 +98,6 @@ class LineBudget(LineWindow):
     """Rejection lines: at most ``LOG_LINES_PER_INTERVAL`` per ``LOG_INTERVAL`` seconds, then one
     summary line with the count when the interval ends, so a flood costs a few lines, not one
     per message (a log is disk and CPU too). Runs on the transport's event loop."""
-    window = property(lambda self: LOG_INTERVAL)
-    per_window = property(lambda self: LOG_LINES_PER_INTERVAL)
 
     def __init__(self, loop) -> None:
         super().__init__(loop.time())
@@ -107,7 +107,7 @@ class LineBudget(LineWindow):
         self._flush_at = None
 
     def warn(self, peer: str, text: str) -> None:
-        if self.admit(self.loop.time()):
+        if self.admit(self.loop.time(), LOG_INTERVAL, LOG_LINES_PER_INTERVAL):
             logger.warning(text)
             return
         self.suppressed += 1
@@ -139,7 +139,7 @@ class StreamIntake:
         head = data[:len(CHUNK_FIRST)]
         if head == CHUNK_MORE:
             if conn.assembly is None:
-                self._reject(conn, "continuation chunk without a first chunk")
+                self._reject(conn, NO_FIRST_CHUNK)
                 return True
             if len(data) - len(CHUNK_MORE) > self.limits.upload_chunk:
                 self._drop_assembly(conn)
@@ -158,7 +158,7 @@ class StreamIntake:
             return self._deliver_counted(conn, done.buf, done.heavy)
         if conn.assembly is not None:
             self._drop_assembly(conn)
-            self._reject(conn, "a new message began before the chunked one was complete")
+            self._reject(conn, INTERRUPTED_CHUNKS)
         if head == CHUNK_FIRST:
             return await self._begin_chunks(conn, data)
         if self._refused_by_length(conn, len(data)):

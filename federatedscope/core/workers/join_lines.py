@@ -19,10 +19,6 @@ PER_WINDOW = 10
 
 
 class JoinLines(LineWindow):
-    # read at each join (the module's values, which a test may set)
-    window = property(lambda self: WINDOW_S)
-    per_window = property(lambda self: PER_WINDOW)
-
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(float("-inf"))
         self.clock = clock
@@ -32,7 +28,7 @@ class JoinLines(LineWindow):
         self.online = ""               # "<online>/<expected>" after the last held join
 
     def joined(self, cid: int, line: str, online: int, expected: int) -> None:
-        if self.admit(self.clock()):
+        if self.admit(self.clock(), WINDOW_S, PER_WINDOW):
             logger.info(line)
         else:
             self.held += 1
