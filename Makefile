@@ -27,9 +27,11 @@ demo: $(STAMP)
 # Both tiers (fast in-process tests and real-process tests, see PROCESS_MODULES in
 # tests/conftest.py) in one pytest-xdist session; TEST_WORKERS=1 runs them serially. Three
 # workers on two cores: the process tests spend part of their time waiting on timers and
-# peers, and a third worker fills those waits.
+# peers, and a third worker fills those waits. `--dist load`, not loadgroup (no test is grouped):
+# under pytest-xdist 3.8.0's loadgroup a crashed worker's replacement deadlocks the end of the
+# run (pytest-xdist#1378), which turned one crashed test into a run that never finished.
 TEST_WORKERS ?= 3
-PYTEST_XDIST = $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+PYTEST_XDIST = $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist load --maxschedchunk 1)
 
 test: $(STAMP) lint
 	$(VPY) -m pytest -q $(PYTEST_XDIST) --durations=15 tests
