@@ -140,8 +140,12 @@ def test_reports_named_in_the_config_are_the_only_ones_written(tmp_path, logs):
     line = Monitor(_cfg(key="val_acc", reports=["raw"]), str(tmp_path)).report(
         2, {7: {"val_acc": 0.5}})
     assert line["Results_raw"] == {"client #7": {"val_acc": 0.5}}
-    assert logs[-1][1] == ("Server: evaluation after round 2 (1 clients, weighted avg): "
+    assert logs[-1][1] == ("Server: evaluation after round 2 (1 client, weighted avg): "
                               "val_acc=0.5000")
+    Monitor(_cfg(key="val_acc"), str(tmp_path)).report(3, {0: {"val_acc": 0.25}},
+                                                       source="the server's own data")
+    assert logs[-1][1] == ("Server: evaluation after round 3 (the server's own data): "
+                           "val_acc=0.2500")
 
 
 def test_a_best_key_no_client_reports_is_warned_once_and_tracks_nothing(tmp_path, logs):

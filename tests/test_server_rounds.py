@@ -350,7 +350,7 @@ def test_early_stop_ends_the_job_after_patience_evaluations_without_improvement(
     assert all(FINISH in h.sent_types(c) for c in range(1, 5))
 
 
-def test_the_global_evaluator_replaces_the_clients_evaluation(tmp_path):
+def test_the_global_evaluator_replaces_the_clients_evaluation(tmp_path, logs):
     # FS's make_global_eval: the server evaluates alone after each round; no client is asked
     h = Harness(tmp_path, "federate.total_round_num", 3, expected=4)
     calls = []
@@ -371,6 +371,9 @@ def test_the_global_evaluator_replaces_the_clients_evaluation(tmp_path):
     assert [x["Round"] for x in lines[:3]] == [1, 2, 3]
     assert all(x["Clients"] == [SERVER_ID] and x["Missing"] == [] for x in lines[:3])
     assert lines[2]["Results_weighted_avg"]["test_acc"] == 0.875 and h.server.finished
+    said = [t for _, t in logs if t.startswith("Server: evaluation after round")]
+    assert said[:3] == [f"Server: evaluation after round {r} (the server's own data): "
+                        "test_acc=0.8750, test_avg_loss=0.5000" for r in (1, 2, 3)]
 
 
 def test_the_final_line_and_log_give_the_last_weighted_accuracy(tmp_path, caplog):

@@ -135,7 +135,9 @@ class Monitor:
             self.unwritten.pop(0)
 
     def report(self, round_idx: int, per_client: Dict[int, Results], role: str = "Server #",
-               missing: Sequence[int] = ()) -> dict:
+               missing: Sequence[int] = (), source: str = "") -> dict:
+        """One evaluation line; ``source`` names where the results come from when it is not the
+        clients (FS's make_global_eval: the server's own data)."""
         line: dict = {"Role": role, "Round": round_idx,
                       "Clients": sorted(per_client), "Missing": sorted(missing)}
         if not per_client:
@@ -159,8 +161,10 @@ class Monitor:
         logger.info(json.dumps({k: v for k, v in line.items() if k != "Results_raw"}))
         brief = ", ".join(f"{k}={wavg[k]:.4f}" for k in ("test_acc", "test_avg_loss", "val_acc")
                           if k in wavg)
-        logger.info(f"Server: evaluation after round {round_idx} ({len(per_client)} clients"
-                    f"{', missing ' + str(sorted(missing)) if missing else ''}, weighted avg): {brief}")
+        n = len(per_client)
+        whom = source or (f"{n} client{'s' if n != 1 else ''}"
+                          f"{', missing ' + str(sorted(missing)) if missing else ''}, weighted avg")
+        logger.info(f"Server: evaluation after round {round_idx} ({whom}): {brief}")
         self.unwritten.append(json.dumps(line))
         self.history.append(line)
         self._track_best(round_idx, wavg)

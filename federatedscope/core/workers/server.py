@@ -285,7 +285,8 @@ class Server(Worker):
             return self._pause(f"the evaluation of round {ev.round} got no results (missing "
                                f"{sorted(missing)}); it stays owed, none written")
         # State first, writes after: a write that fails cannot leave the evaluation in flight.
-        self.monitor.report(ev.round, results, missing=sorted(missing))
+        self.monitor.report(ev.round, results, missing=sorted(missing),
+                            source="the server's own data" if self.global_eval else "")
         self.reported_rounds.add(ev.round)
         st.evaluation, st.eval_owed, st.phase = None, None, Phase.TRAINING
         if self.monitor.should_stop_early() and not st.stop_requested:
