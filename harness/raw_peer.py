@@ -213,3 +213,13 @@ def next_incoming(inbox, timeout: float = 10.0) -> Incoming:
         if isinstance(ev, Incoming):
             return ev
     raise AssertionError("no message reached the inbox")
+
+
+def bind_peer_then_client(t, inbox, peer: RawPeer, peer_id: int, client, client_id: int) -> None:
+    """On the server transport ``t``: ``peer`` joins as ``peer_id``, then the real client
+    transport ``client`` opens its session as ``client_id``; both bound, in that order."""
+    peer.join(peer_id)
+    t.bind(next_incoming(inbox).conn_id, peer_id)
+    client.wait_for_server(10)
+    client.open_session(Message(JOIN_IN, client_id, 0, 0, {"client_id": client_id}))
+    t.bind(next_incoming(inbox).conn_id, client_id)

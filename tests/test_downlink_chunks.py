@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from harness.raw_peer import RawPeer, next_incoming
+from harness.raw_peer import RawPeer, bind_peer_then_client
 from federatedscope.core.communication import codec, grpc_client
 from federatedscope.core.communication.flow import (ALIGN, CHUNK_FIRST, CHUNK_MORE,
                                                     DOWNLINK_CHUNK, DownlinkAssembly,
@@ -18,7 +18,7 @@ from federatedscope.core.communication.flow import (ALIGN, CHUNK_FIRST, CHUNK_MO
 from federatedscope.core.communication.grpc_client import GrpcClientTransport
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.configs.config import get_default_cfg
-from federatedscope.core.message import EVALUATE, JOIN_IN, InvalidMessage, Message
+from federatedscope.core.message import EVALUATE, InvalidMessage, Message
 
 MiB = 1024 * 1024
 
@@ -116,11 +116,7 @@ def test_a_real_client_gets_a_large_broadcast_in_chunks_and_a_raw_peer_gets_it_w
     client = GrpcClientTransport(cfg, client_inbox)
     try:
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
-            peer.join(2)
-            t.bind(next_incoming(inbox).conn_id, 2)
-            client.wait_for_server(10)
-            client.open_session(Message(JOIN_IN, 1, 0, 0, {"client_id": 1}))
-            t.bind(next_incoming(inbox).conn_id, 1)
+            bind_peer_then_client(t, inbox, peer, 2, client, 1)
             model = _model(1_000_000)                      # 4 MB: 4 chunks
             size = len(codec.encode(model))
             t.broadcast(model, [2, 1])       # the raw peer first: its whole frame is made for it

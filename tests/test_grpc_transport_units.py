@@ -1505,14 +1505,21 @@ class _Session:
         self.aborted = (code, details)
 
 
-def test_a_stalled_reader_loses_its_session_and_a_pending_abort_still_ends_it(server, caplog):
-    caplog.set_level(logging.WARNING, LOGGER)
+def _stand_in_session(server, ctx, write_timeout: float):
+    """A server whose write timeout is ``write_timeout`` running one session on the stand-in
+    context ``ctx``: (transport, its inbox, the session's Connection, the session's future)."""
     t, inbox, _ = server()
-    t.limits = dataclasses.replace(t.limits, write_timeout=0.2)
-    ctx = _Session("ipv4:10.7.7.7:7")
+    t.limits = dataclasses.replace(t.limits, write_timeout=write_timeout)
     done = asyncio.run_coroutine_threadsafe(t._session(None, ctx), t._loop)
     assert ctx.opened.wait(5)
     (conn,) = on_loop(t, lambda: list(t._conns.values()))
+    return t, inbox, conn, done
+
+
+def test_a_stalled_reader_loses_its_session_and_a_pending_abort_still_ends_it(server, caplog):
+    caplog.set_level(logging.WARNING, LOGGER)
+    ctx = _Session("ipv4:10.7.7.7:7")
+    t, inbox, conn, done = _stand_in_session(server, ctx, 0.2)
     assert dict(ctx.metadata)[NONCE_HEADER] == conn.nonce.hex() and len(conn.nonce) == 32
     t.bind(conn.conn_id, 5)
     t.send(_note("small", receiver=5))
@@ -1540,12 +1547,8 @@ class _SlowSession(_Session):
 def test_the_write_timeout_bounds_a_whole_chunked_message_not_each_chunk(server, caplog):
     # 4 downlink chunks at 0.15 s each: every chunk is taken within 0.4 s, the message is not
     caplog.set_level(logging.WARNING, LOGGER)
-    t, inbox, _ = server()
-    t.limits = dataclasses.replace(t.limits, write_timeout=0.4)
     ctx = _SlowSession("ipv4:10.7.7.8:7")
-    done = asyncio.run_coroutine_threadsafe(t._session(None, ctx), t._loop)
-    assert ctx.opened.wait(5)
-    (conn,) = on_loop(t, lambda: list(t._conns.values()))
+    t, inbox, conn, done = _stand_in_session(server, ctx, 0.4)
     assert conn.chunked_down          # the session asked with fs-downlink-chunks: 1
     t.bind(conn.conn_id, 6)
     model = Message("evaluate", 0, 6, 0, {}, {"w": torch.zeros(900_000)})     # 3.6 MB

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from harness.raw_peer import RawPeer, next_incoming
+from harness.raw_peer import RawPeer, bind_peer_then_client, next_incoming
 from federatedscope.core.communication import codec
 from federatedscope.core.communication.flow import (CHUNK_BYTES, CHUNK_FIRST, CHUNK_MORE,
                                                     FIRST_CHUNK_BYTES, GO,
@@ -219,11 +219,7 @@ def test_go_comes_only_when_the_server_reads_the_upload_and_a_real_client_waits_
     client._requests = spy
     try:
         with RawPeer(f"127.0.0.1:{t.port}") as peer:
-            peer.join(1)
-            t.bind(next_incoming(inbox).conn_id, 1)
-            client.wait_for_server(10)
-            client.open_session(Message(JOIN_IN, 2, 0, 0, {"client_id": 2}))
-            t.bind(next_incoming(inbox).conn_id, 2)
+            bind_peer_then_client(t, inbox, peer, 1, client, 2)
             first = _update(1, 300_000)                    # 1.2 MB: the slot is taken, not freed
             peer.send_chunked(first)
             assert peer.recv_raw(5.0) == GO                # read at once: the slot was free
