@@ -96,6 +96,7 @@ def test_sample_client_num_above_the_online_count_takes_everyone():
     (-1, 1.5, 10, 6),      # ... or, without a count, every online client
     (-1, 0.8, 10, 6),      # 8 asked, 6 online: all of them
     (4, -1.0, 10, 4),
+    (3, 1.0, 10, 6),       # a rate of exactly 1 is valid and wins: all 10, so all 6 online
 ])
 def test_sampling_follows_fs_rule_over_the_jobs_client_count(num, rate, expected, k):
     agg = ClientsAvgAggregator(_cfg(num=num, rate=rate, seed=9))

@@ -136,3 +136,95 @@ def test_sgd_momentum_buffers_into_adam_warn_once_and_adam_starts_fresh(caplog):
         assert torch.equal(new["fc.weight"], g["fc.weight"] - 0.25)
         assert torch.equal(new["fc.bias"], g["fc.bias"] + 0.25)
         _one_warning(caplog, "Adam", written_by)
+
+
+# ------------------------------------------------------- the optimizer's own paths, by hand
+def test_a_general_optimizer_keeps_each_keys_dtype_and_passes_integer_buffers_through():
+    opt, g = _two_adam_rounds()
+    # "steps" is no float: it takes the combined value, floor((8*4 + 1*1 + 4*3 + 3*2) / 16) = 3
+    # on top of the 3 it had after the two rounds above
+    assert g["steps"].dtype == torch.int64 and int(g["steps"]) == 6
+    assert g["fc.weight"].dtype == torch.float32 and g["fc.bias"].dtype == torch.float32
+
+
+def test_a_general_optimizer_refuses_a_round_whose_floating_keys_changed():
+    opt, g = _two_adam_rounds()
+    try:
+        opt.step({"fc.weight": g["fc.weight"]}, {"fc.weight": g["fc.weight"] + 1})
+    except ValueError as e:
+        assert str(e) == ("fedopt: the round's floating keys changed (1 now, 2 before); the "
+                          "server optimizer's state is per key")
+    else:
+        raise AssertionError("a changed key set was accepted")
+
+
+def test_sgd_with_more_than_lr_and_momentum_is_torchs_sgd():
+    # weight_decay 0.25, momentum 0.5, lr 0.5; the global w, the clients' mean w - 1 (grad 1):
+    # round 1: d = 1 + 0.25 * 1 = 1.25, buf = d, w = 1 - 0.5 * 1.25 = 0.375
+    # round 2: d = 1 + 0.25 * 0.375 = 1.09375, buf = 0.5 * 1.25 + d = 1.71875,
+    #          w = 0.375 - 0.5 * 1.71875 = -0.484375 (plain SGD would give 0.5, then 0.0)
+    opt = FedOptimizer("SGD", lr=0.5, momentum=0.5, weight_decay=0.25)
+    w = torch.full((4,), 1.0)
+    got = []
+    for _ in range(2):
+        w = opt.step({"w": w}, {"w": w - 1})["w"]
+        got.append(w)
+    assert torch.equal(got[0], torch.full((4,), 0.375))
+    assert torch.equal(got[1], torch.full((4,), -0.484375))
+
+
+def test_a_resume_that_changes_two_hyper_parameters_names_both_in_key_order(caplog):
+    saved = _checkpoint(_two_adam_rounds()[0])
+    _, g = _two_adam_rounds()
+    resumed = FedOptimizer("Adam", lr=3.5, betas=(0.5, 0.875), eps=0.0)
+    resumed.load_state_dict(saved)
+    with caplog.at_level(logging.INFO, logger="federatedscope"):
+        _round(resumed, g, -1, -1)
+    assert caplog.records[-1].getMessage() == (
+        "fedopt.optimizer: restored the server optimizer's state under this run's "
+        "betas=(0.5, 0.875), lr=3.5 (the checkpoint's: betas=(0.5, 0.75), lr=0.5)")
+
+
+def test_state_of_the_same_type_over_other_tensors_starts_afresh_with_one_warning(caplog):
+    saved = _checkpoint(_two_adam_rounds()[0])           # Adam over fc.weight and fc.bias
+    adam = FedOptimizer("Adam", lr=0.25, **ADAM)
+    adam.load_state_dict(saved)
+    g = {"fc.weight": torch.full((2, 3), 0.5), "fc.bias": torch.full((3,), -0.5),
+         "extra": torch.full((5,), 2.0)}
+    with caplog.at_level(logging.INFO, logger="federatedscope"):
+        new = adam.step(g, {k: v + 1 for k, v in g.items()})
+    for key, value in g.items():                          # a fresh Adam: lr times the sign
+        assert torch.equal(new[key], value + 0.25), key
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith("fedopt.optimizer: the checkpoint's server optimizer state does "
+                              "not fit this run's Adam over 3 tensors (")
+    assert warning.endswith("); it starts afresh (restore with the fedopt.optimizer.type it "
+                            "was written with to continue it)")
+
+
+def test_a_saved_state_does_not_follow_later_steps():
+    opt, g = _two_adam_rounds()
+    state = opt.state_dict()
+    moments = {k: v.clone() for k, v in state["fedopt_optimizer"]["state"][0].items()}
+    _round(opt, g, -1, -1)
+    for name, value in state["fedopt_optimizer"]["state"][0].items():
+        assert torch.equal(value, moments[name]), name
+
+
+def test_hyper_parameters_that_cannot_be_compared_count_as_changed():
+    from federatedscope.core.aggregators.fedopt import _same
+    assert _same((0.5, 0.75), (0.5, 0.75)) and not _same(0.5, 0.25)
+    assert not _same(torch.ones(2), torch.ones(2))      # several elements: no single truth
+
+
+def test_momentum_buffers_or_a_typeless_state_restored_without_fedopt_warn_with_its_name(caplog):
+    plain = ClientsAvgAggregator(_cfg())
+    with caplog.at_level(logging.INFO, logger="federatedscope"):
+        plain.load_state_dict({"fedopt_type": "SGD", "fedopt_buffers": {"w": torch.ones(2)}})
+        plain.load_state_dict({"fedopt_optimizer": {"state": {}, "param_groups": []}})
+    rest = (" but this run has none (fedopt.use False): it is not used, and the next checkpoint "
+            "drops it; restore with fedopt.use True and the checkpoint's fedopt.optimizer to "
+            "continue it")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "the checkpoint holds a server optimizer's state (SGD)" + rest,
+        "the checkpoint holds a server optimizer's state (FedOpt)" + rest]
