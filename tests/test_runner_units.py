@@ -21,6 +21,10 @@ import logging
 import os
 import queue
 import signal
+import subprocess
+import sys
+import threading
+import time
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -1185,11 +1189,54 @@ def test_summary_of_a_final_without_results_prints_none(tmp_path, capsys):
         f"[{tmp_path / 'out' / 'eval_results.log'}]\n")
 
 
+def _listening(port: int) -> bytes:
+    return f"2026-12-05 10:00:00,000 INFO: Server: listening on 127.0.0.1:{port}; 3 clients\n".encode()
+
+
+def test_bound_port_reads_the_line_after_its_offset_and_prints_the_port(tmp_path, capsys):
+    # the log of an earlier run in the same file names another port: only what follows --from
+    log = tmp_path / "server.log"
+    earlier = b"old run\n" + _listening(41001)
+    log.write_bytes(earlier + b"a line\n" + _listening(52017))
+    assert lu.bound_port(str(log), len(earlier), os.getpid(), 5.0) == 0
+    assert capsys.readouterr().out == "52017\n"
+    assert lu.bound_port(str(log), 0, os.getpid(), 5.0) == 0
+    assert capsys.readouterr().out == "41001\n"
+
+
+def test_bound_port_waits_for_a_line_written_later(tmp_path, capsys):
+    log = tmp_path / "server.log"
+    timer = threading.Timer(0.3, lambda: log.write_bytes(_listening(40404)))
+    timer.start()
+    try:
+        assert lu.bound_port(str(log), 0, os.getpid(), 10.0) == 0    # no file yet at first
+    finally:
+        timer.join()
+    assert capsys.readouterr().out == "40404\n"
+
+
+def test_bound_port_says_whether_the_server_exited_or_only_stayed_silent(tmp_path, capsys):
+    log = tmp_path / "server.log"
+    log.write_bytes(b"Server: starting\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert lu.bound_port(str(log), 0, dead.pid, 30.0) == 2
+    assert capsys.readouterr().err == (
+        f"bound-port: the server (pid {dead.pid}) exited before it logged 'listening on' in "
+        f"{log}; see that log\n")
+    t0 = time.monotonic()
+    assert lu.bound_port(str(log), 0, os.getpid(), 0.6) == 1
+    assert 0.6 <= time.monotonic() - t0 < 5
+    assert capsys.readouterr().err == (
+        f"bound-port: the server (pid {os.getpid()}) wrote no port within 1s before it logged "
+        f"'listening on' in {log}; see that log\n")
+
+
 @pytest.fixture
 def commands(monkeypatch):
     calls = []
     for name, code in [("preflight", 41), ("data_root", 42), ("wait_health", 43),
-                       ("summary", 44), ("health_timeout", 777)]:
+                       ("summary", 44), ("bound_port", 45), ("health_timeout", 777)]:
         monkeypatch.setattr(lu, name, lambda *a, _n=name, _c=code: calls.append((_n, a)) or _c)
     return calls
 
@@ -1205,6 +1252,9 @@ def commands(monkeypatch):
     (["summary", "--outdir", "D"], ("summary", ("", "D")), 44),
     (["summary", "--outdir", "D", "--manifest", "m.json"], ("summary", ("m.json", "D")), 44),
     (["health-timeout", "--clients", "12"], ("health_timeout", (12,)), 0),
+    (["bound-port", "--log", "L", "--pid", "5"], ("bound_port", ("L", 0, 5, 60.0)), 45),
+    (["bound-port", "--log", "L", "--from", "17", "--pid", "5", "--timeout", "2.5"],
+     ("bound_port", ("L", 17, 5, 2.5)), 45),
 ])
 def test_each_sub_command_calls_its_helper_with_its_options(commands, capsys, argv, call, code):
     assert lu.main(argv) == code
@@ -1215,7 +1265,9 @@ def test_each_sub_command_calls_its_helper_with_its_options(commands, capsys, ar
 
 @pytest.mark.parametrize("argv", [[], ["preflight"], ["data-root"], ["wait-health"],
                                   ["summary"], ["health-timeout"], ["health-timeout", "--clients",
-                                                                    "x"]])
+                                                                    "x"],
+                                  ["bound-port", "--log", "L"], ["bound-port", "--pid", "5"],
+                                  ["bound-port", "--log", "L", "--pid", "5", "--from", "x"]])
 def test_a_missing_sub_command_or_option_is_a_usage_error(commands, capsys, argv):
     with pytest.raises(SystemExit) as e:
         lu.main(argv)

@@ -41,6 +41,8 @@ def test_a_failing_disconnect_names_the_event_and_closes_only_that_connection(
         "RuntimeError('table broken'); closing that connection"]
     assert h.comm.closed == [3] and h.server.clients.online_ids() == {1, 2, 4}
     assert h.server.state.phase is Phase.TRAINING and not h.server.finished
+    h.server.handle(Disconnected(77, "network drop"))     # a connection no client is bound to
+    assert h.comm.closed == [3, 77] and h.server.clients.online_ids() == {1, 2, 4}
 
 
 def test_an_event_no_transport_makes_is_logged_and_closes_nothing(tmp_path, caplog):

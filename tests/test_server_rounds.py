@@ -428,3 +428,47 @@ def test_quiet_for_exactly_the_timeout_is_not_silent_nor_asked_about(tmp_path):
     assert live.silent([on_edge, heard_on_edge], 108.0, stamp) == []
     assert asked == [21] and heard_on_edge.last_seen == 100.0
     assert [r.client_id for r in live.silent([on_edge, heard_on_edge], 108.25, stamp)] == [1, 2]
+
+
+def test_an_evaluation_nobody_answered_is_written_empty_when_the_threshold_is_still_online(
+        tmp_path, monkeypatch, caplog):
+    """threshold 4, 4 clients online and silent past eval_timeout: exactly the threshold is still
+    online, so the round's empty line is written and training goes on (no pause); the next
+    evaluation, answered, says who reported."""
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 3, "federate.min_clients_threshold", 4,
+                "federate.eval_timeout", 10.0, "distribute.heartbeat_timeout", 0.0,
+                monkeypatch=monkeypatch, expected=4)
+    _join4(h)
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(0.25, g), size=10 * c)
+    assert h.asked(EVALUATE, 1) == [1, 2, 3, 4]
+    h.tick(after=10.5)
+    assert h.server.state.phase is Phase.TRAINING and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
+    assert [(x["Round"], x["Clients"], x["Missing"]) for x in h.eval_lines()] == \
+        [(1, [], [1, 2, 3, 4])]
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 1, h.shifted(0.25, g), size=10 * c)
+    for c in range(1, 5):
+        h.metrics(c, 2, good_metrics(acc=0.25 * c))
+    said = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("Server: evaluation after round")]
+    assert said == ["Server: evaluation after round 2 (4 clients, weighted avg): test_acc=0.6250, "
+                    "test_avg_loss=1.0000, val_acc=0.6250"]
+
+
+def test_without_a_weighted_average_the_finish_line_says_none(tmp_path, caplog):
+    # eval.report without weighted_avg: the Final line has no weighted accuracy to quote
+    quiet(caplog)
+    h = Harness(tmp_path, "federate.total_round_num", 1, "eval.report", ["avg"], expected=4)
+    _join4(h)
+    g = h.global_state()
+    for c in range(1, 5):
+        h.update(c, 0, h.shifted(0.25, g), size=10 * c)
+    for c in range(1, 5):
+        h.metrics(c, 1, good_metrics(acc=0.25 * c))
+    assert h.server.finished and h.server.exit_code == 0
+    assert h.eval_lines()[-1]["Results_avg"]["test_acc"] == 0.625
+    assert "Server: finished after 1 rounds; final weighted-avg test_acc=None" in caplog.text

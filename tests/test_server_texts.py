@@ -156,6 +156,24 @@ def test_sub_second_timeouts_are_timeouts_too(tmp_path):
     assert not live.eval_overdue(Evaluation(1, {2}, started=0.0), 0.25)
 
 
+def test_the_still_waiting_line_comes_once_per_join_timeout_period_counted_from_the_start(
+        tmp_path):
+    # periods of 7.5 s from a start at 1013.0 (not a multiple of the period): the line comes at
+    # 9 s (period 1), not again at 14.9 s (still period 1), again at 15.1 s (period 2) and once
+    # for a jump over several periods (52 s: period 6)
+    live = Liveness(make_cfg(tmp_path, "federate.join_timeout", 7.5,
+                             "federate.min_clients_threshold", 3))
+    said = [live.join_short(1013.0, 1013.0 + t, 2, 5) for t in (9.0, 14.9, 15.1, 52.0, 52.4)]
+    line = ("Server: {}s since start (federate.join_timeout=8s) with 2/5 clients, fewer than "
+            "federate.min_clients_threshold=3; still waiting: start the missing clients (check "
+            "their logs) or lower federate.min_clients_threshold")
+    assert said == [line.format(9), None, line.format(15), line.format(52), None]
+    short = Liveness(make_cfg(tmp_path, "federate.join_timeout", 0.5))
+    assert short.join_short(1013.0, 1013.6, 0, 4) is not None       # sub-second periods count
+    never = Liveness(make_cfg(tmp_path, "federate.join_timeout", 0.0))
+    assert [never.join_short(1013.0, 1013.0 + t, 0, 4) for t in (0.5, 60.0, 3600.0)] == [None] * 3
+
+
 def test_the_divergence_line_lists_every_refusal_clipped_and_ends_with_the_hint(tmp_path, caplog):
     quiet(caplog)
     h = Harness(tmp_path, "federate.total_round_num", 3, "eval.freq", 3, expected=4)

@@ -78,7 +78,7 @@ MODULES: Dict[str, Module] = {
                       "tests/test_server_outcomes.py", "tests/test_server_strategy.py",
                       "tests/test_server_recovery.py", "tests/test_server_rounds.py",
                       "tests/test_server_texts.py", "tests/test_server_records.py",
-                      "tests/test_server_events.py"]),
+                      "tests/test_server_events.py", "tests/test_server_liveness_threshold.py"]),
     # the join lines' storm budget, and the window both it and the transport's rejection lines use
     "join_lines": Module([FL + "workers/join_lines.py", FL + "auxiliaries/line_window.py"],
                          ["tests/test_join_lines.py", "tests/test_server_events.py",

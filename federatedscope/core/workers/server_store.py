@@ -62,7 +62,7 @@ class ServerStore:
                 f"({len(self.monitor.unwritten)} line(s) lost); free space or fix the path (outdir)")
 
     def checkpoint(self, round_idx: int, model_state, eval_owed: Optional[int],
-                   aggregator_state: dict, job_id: str = "") -> bool:
+                   aggregator_state: dict, job_id: str) -> bool:
         """True when written; a full disk must not stall the job (the old file stays whole:
         temp + rename). False without ``federate.save_to``."""
         path = self.cfg.federate.save_to
