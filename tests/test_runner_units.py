@@ -837,6 +837,41 @@ def test_a_config_error_exits_1_naming_the_key_before_any_data_is_read(
     assert no_malloc_tuning == []
 
 
+@pytest.mark.parametrize("pairs,source", [
+    ([], "{file}"), (["client_3.train.local_update_steps", "2"],
+                     "{file} (and command-line client_<id>.* pairs)")])
+def test_a_bad_client_section_exits_1_naming_where_it_came_from(
+        tmp_path, monkeypatch, capsys, fs_logger, no_malloc_tuning, pairs, source):
+    monkeypatch.setattr(fs_main, "get_data", lambda **kw: pytest.fail("data read"))
+    client_yaml = tmp_path / "client.yaml"
+    client_yaml.write_text("client_2:\n  federate:\n    nope: 1\n")
+    argv = ["--client_cfg", str(client_yaml), "outdir", str(tmp_path / "runs")] + pairs
+    assert fs_main.main(argv) == 1
+    assert (f"ERROR: Configuration error: {source.format(file=client_yaml)}: section client_2: "
+            f"Non-existent config key: client_2.federate.nope (a section takes the keys of the "
+            f"global config; see doc/config.md)\n") in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()                  # refused before the run directory
+
+
+def test_a_section_for_a_client_the_data_does_not_have_exits_1(
+        tmp_path, monkeypatch, capsys, fs_logger, no_malloc_tuning):
+    client_yaml = tmp_path / "client.yaml"
+    client_yaml.write_text("client_2:\n  train:\n    local_update_steps: 3\n")
+
+    def get_data(config, client_cfgs=None):
+        modified = config.clone()
+        modified.federate.client_num = 3                    # the data has 3 clients
+        return "DATA", modified
+    monkeypatch.setattr(fs_main, "get_data", get_data)
+    monkeypatch.setattr(fs_main, "get_runner", lambda **kw: pytest.fail("runner built"))
+    argv = ["--client_cfg", str(client_yaml), "outdir", str(tmp_path / "runs"),
+            "client_4.train.optimizer.lr", "0.5"]
+    assert fs_main.main(argv) == 1
+    assert (f"{client_yaml} (and command-line client_<id>.* pairs): section client_4 is for "
+            f"client 4, but this run has federate.client_num=3 clients (ids 1..3); remove the "
+            f"section or raise federate.client_num") in capsys.readouterr().err
+
+
 def test_an_unwritable_outdir_exits_1_asking_for_a_writable_one(
         tmp_path, monkeypatch, capsys, fs_logger, no_malloc_tuning):
     monkeypatch.setattr(fs_main, "get_data", lambda config: pytest.fail("data read"))
@@ -1191,6 +1226,27 @@ def test_summary_of_a_final_without_results_prints_none(tmp_path, capsys):
 
 def _listening(port: int) -> bytes:
     return f"2026-12-05 10:00:00,000 INFO: Server: listening on 127.0.0.1:{port}; 3 clients\n".encode()
+
+
+def test_a_zombie_or_a_missing_pid_is_not_running_whatever_its_name(tmp_path):
+    # /proc/<pid>/stat is "pid (comm) state ...": a comm may hold ") " itself, so the state is
+    # the first field after the last ")"
+    import shutil
+    odd = tmp_path / "srv) Z x"
+    shutil.copy(shutil.which("sleep"), odd)
+    proc = subprocess.Popen([str(odd), "0.5"])
+    try:
+        assert lu._running(proc.pid)
+        deadline = time.monotonic() + 30
+        while lu._running(proc.pid):             # exited, not yet reaped: a zombie
+            assert time.monotonic() < deadline, "a zombie was reported running"
+            time.sleep(0.05)
+        with open(f"/proc/{proc.pid}/stat", "rb") as f:
+            assert f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    finally:
+        proc.wait()
+    assert not lu._running(proc.pid)             # reaped: no such process
+    assert not lu._running(2 ** 22 + 1)          # above pid_max: never a process
 
 
 def test_bound_port_reads_the_line_after_its_offset_and_prints_the_port(tmp_path, capsys):

@@ -84,3 +84,37 @@ def test_a_give_up_claims_a_checkpoint_only_when_one_was_written(tmp_path, monke
     assert "0 round(s) done, none checkpointed (federate.save_to is not set); to continue a run " \
            "that gives up, set federate.save_to and restart with federate.restore_from" \
         in caplog.text
+
+
+@pytest.mark.parametrize("expected,opts,per_round,by,fix", [
+    # rate 1.0 is a rate (all 4); rate 1.5 is none, so the count decides; rate 0 is none either
+    (4, ("federate.sample_client_rate", 1.0), 4, "federate.sample_client_rate=1.0",
+     "raise federate.sample_client_rate"),
+    (5, ("federate.sample_client_rate", 1.5, "federate.sample_client_num", 2), 2,
+     "federate.sample_client_num=2", "raise federate.sample_client_num"),
+    (5, ("federate.sample_client_rate", 0.0, "federate.sample_client_num", 2), 2,
+     "federate.sample_client_num=2", "raise federate.sample_client_num"),
+    # a count of 1 and a count of every client are counts; 0 is none
+    (5, ("federate.sample_client_num", 1), 1, "federate.sample_client_num=1",
+     "raise federate.sample_client_num"),
+    (4, ("federate.sample_client_num", 4), 4, "federate.sample_client_num=4",
+     "raise federate.sample_client_num"),
+    (4, ("federate.sample_client_num", 0), 4, "no sampling: every client",
+     "run more clients (manifest / federate.client_num)"),
+    # one expected client: a threshold of 2 can never be met either
+    (1, (), 1, "no sampling: every client", "run more clients (manifest / federate.client_num)"),
+])
+def test_the_refusal_names_the_key_that_set_the_round_size(tmp_path, expected, opts, per_round,
+                                                          by, fix):
+    from federatedscope.core.workers.server_liveness import min_clients
+    from server_harness import make_cfg
+    cfg = make_cfg(tmp_path, "federate.min_clients_threshold", per_round + 1, *opts)
+    with pytest.raises(ConfigError) as e:
+        min_clients(cfg, expected)
+    assert str(e.value) == (
+        f"federate.min_clients_threshold={per_round + 1} is above the {per_round} client(s) a "
+        f"round trains ({by}, of {expected} expected): no round could ever aggregate; set "
+        f"federate.min_clients_threshold to at most {per_round}, or {fix}")
+    ok = make_cfg(tmp_path, "federate.min_clients_threshold", per_round, *opts)
+    assert min_clients(ok, expected) == per_round
+    assert min_clients(cfg, 0) == per_round + 1      # no expected count yet: nothing to check

@@ -210,7 +210,7 @@ MODULES: Dict[str, Module] = {
     "runner": Module(["federatedscope/main.py", FL + "fed_runner.py", FL + "communication/local.py",
                       FL + "communication/transport.py", FL + "auxiliaries/launch_utils.py"],
                      ["tests/test_runner_units.py", "tests/test_data_roles.py",
-                      "tests/test_launcher.py"],
+                      "tests/test_launcher.py", "tests/test_client_cfg.py"],
                      "not standalone_run_over_the_local_transport and "
                      "(not test_launcher or health_timeout_scales)"),
     # the global config and the per-client sections (client_cfg.py, its own tests in

@@ -360,7 +360,7 @@ class Server(Worker):
         summary = self.monitor.final_summary()
         self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
         self.state.finish(0)
-        acc = summary.get("Results_weighted_avg", {}).get("test_acc")
+        acc = summary["Results_weighted_avg"].get("test_acc")   # {} when none was reported
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
                     f"{acc if acc is None else round(acc, 4)}")
         if not self._write_results():
