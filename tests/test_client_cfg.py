@@ -191,10 +191,14 @@ def test_a_distributed_client_gets_the_section_of_the_id_it_joins_with(monkeypat
     assert cid == 3 and cfg3.train.local_update_steps == 5 and cfg3.train.optimizer.lr == 0.1
     cfg2, cid, glob = _distributed_client(monkeypatch, 2, own)   # no section: the global config
     assert cid == 2 and cfg2 is glob and cfg2.train.local_update_steps == 2
+    cfg1, cid, _ = _distributed_client(monkeypatch, 1, own)      # the first id has its own too
+    assert cid == 1 and cfg1.train.optimizer.lr == 0.5 and cfg1.train.local_update_steps == 2
 
 
 def test_a_data_idx_client_without_an_id_refuses_sections_it_cannot_pick(monkeypatch):
     own = load_client_cfgs("", ["client_1.train.local_update_steps", "5"])
+    with pytest.raises(ConfigError):
+        _distributed_client(monkeypatch, 0, own)                  # 0 is the server's id: none
     with pytest.raises(ConfigError) as e:
         _distributed_client(monkeypatch, -1, own)
     assert str(e.value) == (
