@@ -65,3 +65,20 @@ def test_a_dtype_that_differs_is_named_and_more_than_five_keys_are_counted(tmp_p
                            "float64, this client [32, 1, 5, 5] float32); ")
     assert text.endswith(" (and 11 more); " + FIX) and text.count("float64") == 5
     c.trainer.set_state({k: v.clone() for k, v in own.items()})    # the same forms load
+
+
+@pytest.mark.parametrize("n,tail", [(5, ""), (6, " (and 1 more)")])
+def test_five_differing_keys_are_all_named_and_a_sixth_is_counted(tmp_path, n, tail):
+    c = _client(tmp_path, 4)
+    own = c.trainer.model.state_dict()
+    floats = [k for k, v in own.items() if v.is_floating_point()][:n]
+    with pytest.raises(ConfigError) as e:
+        c.trainer.set_state({k: v.double() if k in floats else v for k, v in own.items()})
+    text = str(e.value)
+    assert text.count("float64") == 5 and text.endswith(f"float32){tail}; {FIX}")
+
+
+def test_a_value_that_is_no_tensor_is_named_by_its_type():
+    from federatedscope.core.trainers.trainer import _form
+    assert (_form(3), _form("w"), _form(torch.zeros(2, 3, dtype=torch.int64))) == \
+        ("int", "str", "[2, 3] int64")

@@ -403,3 +403,23 @@ def test_plain_sgds_state_is_torchs_sgd_state_both_ways():
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(mine, theirs))
     with pytest.raises(ValueError, match="loaded state dict has 4 parameters in 1 group"):
         PlainSGD(fresh()[:3], **hyper).load_state_dict(saved_mine)
+
+
+def test_plain_sgd_restores_the_checkpoints_hyper_parameters_and_dtypes_as_torch_does():
+    """torch.optim.SGD's load_state_dict puts the saved lr/momentum back and keeps its own
+    parameters; PlainSGD does the same. A float64 buffer saved for float32 parameters is cast."""
+    w = nn.Parameter(torch.full((4,), 1.0))
+    saved = PlainSGD([w], lr=0.5, momentum=0.5).state_dict()
+    saved["state"] = {0: {"momentum_buffer": torch.full((4,), 2.0, dtype=torch.float64)}}
+    for cls in (PlainSGD, torch.optim.SGD):
+        p = nn.Parameter(torch.full((4,), 1.0))
+        opt = cls([p], lr=0.1, momentum=0.25)
+        opt.load_state_dict(saved)
+        group = opt.param_groups[0]
+        assert (group["lr"], group["momentum"]) == (0.5, 0.5), cls
+        assert len(group["params"]) == 1 and group["params"][0] is p, cls
+        p.grad = torch.full((4,), 1.0)
+        opt.step()        # buf = 0.5 * 2 + 1 = 2; p = 1 - 0.5 * 2 = 0
+        assert torch.equal(p.detach(), torch.zeros(4)), cls
+        buf = opt.buffers[0] if cls is PlainSGD else opt.state[p]["momentum_buffer"]
+        assert buf.dtype == torch.float32, cls
