@@ -62,6 +62,9 @@ _.closed  # harness/raw_peer.py RawPeer: tests/test_transport_hostile.py
 health_status  # harness/raw_peer.py: tests/test_transport_*.py
 SourceAddressProxy  # harness/raw_peer.py (peers seen from a second loopback address): tests/test_transport_hostile.py
 bind_peer_then_client  # harness/raw_peer.py: tests/test_downlink_chunks.py, test_upload_chunks.py
+pytest_runtest_protocol  # harness/memory_cap.py: a pytest hook (the plugin tests/conftest.py loads)
+nextitem  # harness/memory_cap.py: pytest_runtest_protocol's signature
+pytest_configure  # harness/memory_cap.py: a pytest hook
 shards_from_manifest  # harness/swarm_manifest.py: bench/fullsize.py, tests/test_swarm_real_manifest.py
 ForkServer  # harness/forkserver.py: set as procs.FORK_SERVER by tests/conftest.py
 run_script  # harness/procs.py: tests/* (tools and one-shot scripts through the fork server)

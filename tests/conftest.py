@@ -1,9 +1,6 @@
-import faulthandler
 import logging
 import os
-import signal
 import sys
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -39,7 +36,7 @@ PROCESS_MODULES = [
     "test_femnist_sample", "test_fs_distributed_configs", "test_multihost_netns", "test_auth",
     "test_fuzz", "test_exit_codes", "test_bench_smoke", "test_insiders", "test_distributed_e2e",
     "test_transport_hostile", "test_sharding", "test_sharding_safety", "test_shard_tool_guarantees",
-    "test_robust_rules_bench", "test_swarm_real_manifest", "test_main_malloc",
+    "test_robust_rules_bench", "test_swarm_real_manifest", "test_main_malloc", "test_memory_cap",
 ]
 
 
@@ -52,50 +49,8 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda it: rank.get(it.module.__name__, len(rank)))
 
 
-# A test that lets its worker's memory run away must fail by its own name, before the kernel's
-# OOM killer picks a victim on a shared box (where it slows or kills everything beside the suite).
-# No worker passes 1.5 GB in a passing run, even under load. Past the cap the test fails where its
-# main thread is (SIGUSR2 -> pytest.fail, as pytest-timeout does); if the memory still grows (a
-# runaway thread), the worker dumps every thread's stack to RSS_DUMP and exits, and pytest-xdist
-# reports the test it crashed in.
-RSS_CAP_MB = int(os.environ.get("FS_TEST_RSS_CAP_MB", "4000"))
-RSS_DUMP = os.path.join(ROOT, ".pytest-rss-watchdog.txt")
-_CURRENT = {"test": "(between tests)", "signalled": None}
-
-
-def _rss_mb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
-
-
-def _over_cap(*_):
-    pytest.fail(f"this test's worker holds {_rss_mb()} MB, over FS_TEST_RSS_CAP_MB={RSS_CAP_MB}")
-
-
-def _rss_watchdog(main_thread: int, period: float = 0.2) -> None:
-    while True:
-        rss, test = _rss_mb(), _CURRENT["test"]
-        if rss > RSS_CAP_MB and _CURRENT["signalled"] != test:
-            _CURRENT["signalled"] = test
-            signal.pthread_kill(main_thread, signal.SIGUSR2)
-        elif rss > RSS_CAP_MB * 3 // 2:
-            with open(RSS_DUMP, "w") as f:
-                f.write(f"{test}: the worker held {rss} MB; every thread's stack:\n")
-                f.flush()
-                faulthandler.dump_traceback(f, all_threads=True)
-            os._exit(70)
-        threading.Event().wait(period)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    _CURRENT["test"] = item.nodeid
-
-
-def pytest_configure(config):
-    signal.signal(signal.SIGUSR2, _over_cap)
-    threading.Thread(target=_rss_watchdog, args=(threading.get_ident(),), daemon=True,
-                     name="rss-watchdog").start()
+# A test that runs its worker's memory away fails by its own name (harness/memory_cap.py).
+pytest_plugins = ["harness.memory_cap"]
 
 
 @pytest.fixture(scope="session", autouse=True)
