@@ -17,14 +17,15 @@ import time
 
 import pytest
 
+from harness.proc_stats import status_kb
+
 RSS_CAP_MB = int(os.environ.get("FS_TEST_RSS_CAP_MB", "4000"))
 RSS_DUMP = os.environ.get("FS_TEST_RSS_DUMP", ".pytest-rss-watchdog.txt")
 _CURRENT = {"test": "(between tests)", "signalled": None}
 
 
 def rss_mb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+    return status_kb("self", "VmRSS") // 1024
 
 
 def _over_cap(*_) -> None:
@@ -34,15 +35,15 @@ def _over_cap(*_) -> None:
 def _watch(main_thread: int, period: float = 0.2) -> None:
     while True:
         rss, test = rss_mb(), _CURRENT["test"]
-        if rss > RSS_CAP_MB and _CURRENT["signalled"] != test:
-            _CURRENT["signalled"] = test
-            signal.pthread_kill(main_thread, signal.SIGUSR2)
-        elif rss > RSS_CAP_MB * 3 // 2:
+        if rss > RSS_CAP_MB * 3 // 2:     # past what failing a test could stop: end it here
             with open(RSS_DUMP, "w") as f:
                 f.write(f"{test}: the worker held {rss} MB; every thread's stack:\n")
                 f.flush()
                 faulthandler.dump_traceback(f, all_threads=True)
             os._exit(70)
+        if rss > RSS_CAP_MB and _CURRENT["signalled"] != test:
+            _CURRENT["signalled"] = test
+            signal.pthread_kill(main_thread, signal.SIGUSR2)
         time.sleep(period)
 
 

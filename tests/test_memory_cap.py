@@ -1,6 +1,6 @@
 """harness/memory_cap.py on a real pytest run: a test that allocates past the cap fails by its
 name, the tests beside it pass; a thread that keeps allocating after that failure is stopped
-with every thread's stack written down. A cap of 300 MB, 50 MB allocations."""
+with every thread's stack written down. A cap of 300 MB."""
 import os
 import subprocess
 import sys
@@ -10,22 +10,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = '''
 import threading, time
 def test_before(): pass
-def test_hungry():
+def test_hungry():           # 200 MB/s: the watchdog sees it pass the cap, not 1.5 x the cap
     held = []
-    for _ in range(40):
-        held.append(bytearray(50 << 20)); time.sleep(0.05)
+    for _ in range(200):
+        held.append(bytearray(10 << 20)); time.sleep(0.05)
 def test_after(): pass
 '''
 RUNAWAY = '''
 import threading, time
-held = []
+held, done = [], threading.Event()
 def grow():
-    for _ in range(40):
+    for _ in range(24):
         held.append(bytearray(50 << 20)); time.sleep(0.05)
+    done.set()
 def test_runaway_thread():
-    t = threading.Thread(target=grow, daemon=True)
-    t.start()
-    t.join()
+    threading.Thread(target=grow, daemon=True).start()
+    try:
+        done.wait(30)
+    finally:
+        done.wait(30)     # its clean-up waits for the thread, which failing the test cannot stop
 '''
 
 
