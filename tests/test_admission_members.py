@@ -271,6 +271,8 @@ def test_missing_are_the_expected_or_joined_ids_that_did_not_answer(caplog):
     assert t.missing_from([1, 2, 3, 4]) == set()
     from test_admission_rules import _entries
     entries = _entries()
+    whole, _ = _table(entries)          # exactly as many entries as expected clients: all of them
+    assert whole.missing_from([2]) == {1, 3, 4}
     del entries[2]                      # a manifest of clients 1, 3, 4 (4 expected)
     m, _ = _table(entries)              # the manifest's ids, not 1..expected
     assert m.missing_from([]) == {1, 3, 4}

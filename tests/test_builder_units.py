@@ -612,6 +612,30 @@ def test_fedavg_aggregates_online_when_asked_or_from_64_clients(expected, online
         assert told == []
 
 
+@pytest.mark.parametrize("rate,num,expected,per_round", [
+    (1.0, 3, 10, 10),        # a rate of exactly 1 is a rate: it wins over the count
+    (0.5, 1, 10, 5),         # the smallest count
+    (0.5, 10, 10, 5),        # a count of every client
+    (0.05, 7, 30, 1),        # the rate's share rounds down, never below one
+    (0.25, 6, 12, 3),
+    # the count beside a rate above 1, of zero or unset is not overruled:
+    (1.5, 3, 10, None), (0.0, 3, 10, None), (-1.0, 3, 10, None),
+    (0.5, 0, 10, None), (0.5, -1, 10, None), (0.5, 11, 10, None),   # nor is a count out of range
+])
+def test_a_rate_and_a_count_both_set_is_warned_once_with_the_rate_s_clients_per_round(
+        rate, num, expected, per_round, logs):
+    agg = ab.get_aggregator(_agg_cfg(num=num, rate=rate), expected)
+    assert agg.expected_clients == expected
+    told = [(lvl, m) for lvl, m in logs if "are both set" in m]
+    if per_round is None:
+        assert told == []
+    else:
+        assert told == [("WARNING", f"federate.sample_client_rate={rate} and "
+                                    f"federate.sample_client_num={num} are both set: the rate "
+                                    f"wins, as in FS ({per_round} clients per round); remove one "
+                                    f"of them")]
+
+
 def test_the_built_aggregator_caps_an_unverified_claim_at_the_configured_ratio(logs):
     agg = ab.get_aggregator(_agg_cfg(ratio=1.5), 5)
     declared = [10, 20, 30, 40, 1000]             # median 30: cap int(1.5 x 30) = 45
