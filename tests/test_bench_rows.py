@@ -115,3 +115,30 @@ def test_a_server_peak_row_shows_its_file_backed_part_when_recorded():
     del r["file_backed_mb"]       # runs from before it was recorded: the whole peak only
     assert scale.n_rows(r, 1_940_000, 1e9, "N=1000", "≤ 600 MB", True, True)[0]["display"] == \
         "516 MB"
+
+
+def test_the_sampled_scale_miss_names_both_continuation_sizes_and_the_messages_per_upload():
+    from bench import scale
+    # 64 MiB // 1,001 is under the 128 KiB floor: 131,072 less the 4-byte tag and gRPC's 5-byte
+    # prefix = 131,063 B, 15 messages for 1,940,000 B; 64 MiB // 101 = 664,444 - 9 = 664,435 B
+    # (649 KiB), 3 messages
+    note = scale._sampled_miss(1.563, 1_940_000)
+    assert note.startswith("Missed (1.56×): the 1,000-client server announces 128 KiB upload "
+                           "continuations (64 MiB shared by its 1,001 expected clients), the "
+                           "100-client one 649 KiB, so each 1.85 MB upload arrives in 15 gRPC "
+                           "messages instead of 3, ")
+
+
+def test_a_fullsize_round_miss_counts_the_swarm_s_cpu_beside_the_server_s():
+    r = {"n": 3549, "peak_mb": 100.0, "rss_joined_mb": 90.0, "round_s": [31.0, 32.0, 33.0],
+         "cpu_per_round_s": 25.2, "swarm_cpu_per_round_s": 40.2,
+         "storm_cpu_s": {"server": 1.0, "swarm": 1.0}, "swarm": {"join_p99_s": 1.0}}
+    (note,) = fullsize._miss_causes(r, 3.4, 30.2)
+    assert note == ("Round time: the allowance (30.2 s) counts the transfer floor (3.4 s) and the "
+                    "server's CPU, not the swarm's: its 3,550 clients decode, answer and upload "
+                    "on the same 2 cores as the server (40.2 CPU-s per round, the server 25.2: "
+                    "32.7 s of both cores before any wait).")
+    del r["swarm_cpu_per_round_s"]          # runs from before it was recorded
+    assert fullsize._miss_causes(r, 3.4, 30.2)[0].endswith("on the same 2 cores as the server.")
+    r["round_s"] = [30.2]                   # at the allowance: no note
+    assert fullsize._miss_causes(r, 3.4, 30.2) == []
