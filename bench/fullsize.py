@@ -167,16 +167,8 @@ def _miss_causes(r: dict, floor_s: float, allowance: float) -> list:
                    f"join and the swarm {1000 * c['swarm'] / n:.2f} ms per client, on the same "
                    f"2 cores; with the swarm on other machines the server alone would need "
                    f"{c['server']:.1f} s of one core for all {n:,} joins.")
-    med = median(r["round_s"])
-    if med > allowance:
-        swarm = r.get("swarm_cpu_per_round_s")
-        out.append(f"Round time: the allowance ({allowance:.1f} s) counts the transfer floor "
-                   f"({floor_s:.1f} s) and the server's CPU, not the swarm's: its {n:,} clients "
-                   f"decode, answer and upload on the same 2 cores as the server"
-                   + (f" ({swarm:.1f} CPU-s per round, the server {r['cpu_per_round_s']:.1f}: "
-                      f"{(swarm + r['cpu_per_round_s']) / 2:.1f} s of both cores before any "
-                      f"wait)" if swarm is not None else "") + ".")
-    return out
+    note = scale.round_note(r, floor_s, allowance)
+    return out + ([note] if note else [])
 
 
 def report(gen, sizes, got, ident, srv) -> dict:
