@@ -76,6 +76,10 @@ def test_the_assembly_refuses_what_no_server_sends_and_recovers_with_the_next_me
     assert asm.feed(frames[0]) is None
     with pytest.raises(InvalidMessage, match="^a new message began"):
         asm.feed(frames[0])                                     # a second first chunk
+    # a first chunk that carries the whole message (no server of ours cuts one so) completes it
+    asm = DownlinkAssembly(MiB)
+    alone = asm.feed(CHUNK_FIRST + len(whole).to_bytes(8, "little") + whole)
+    assert bytes(alone) == whole and asm.current is None and asm.feed(whole) == whole
     # more than the client's receive limit: refused from the first chunk's declared total
     small = DownlinkAssembly(200_000)
     total = len(codec.encode(big))

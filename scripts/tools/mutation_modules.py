@@ -19,7 +19,8 @@ FL = "federatedscope/core/"
 # mutant; a wrong byte count or dtype is caught by the cheap round trips) and its 3,000-frame
 # fuzz loop; the config tests that start main.py or need a git checkout (the scratch copy is none).
 CODEC_SLOW = "not bandwidth and not 2048 and not escapes"
-FLOW_SLOW = f"(test_upload_chunks or test_codec or simultaneous_uploads) and {CODEC_SLOW}"
+FLOW_SLOW = (f"(test_upload_chunks or test_downlink_chunks or test_codec or simultaneous_uploads) "
+             f"and {CODEC_SLOW}")
 # Also the config-doc table checks (subprocesses, 16 s each) and the 4-client standalone run of
 # test_data_roles (10 s; it reran for every default-value mutant): the alias reaching the
 # trainer is pinned in-process by test_data_roles' alias tests, the defaults by
