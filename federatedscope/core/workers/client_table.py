@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Set
 
 from federatedscope.core.communication.transport import Disconnected, ServerComm
-from federatedscope.core.message import ASSIGN_ID, REFUSE, SERVER_ID, Message, clip_text
+from federatedscope.core.message import (ASSIGN_ID, BROADCAST, REFUSE, SERVER_ID, Message,
+                                         clip_text)
 from federatedscope.core.workers.admission import Admission, refuse
 from federatedscope.core.workers.cool_off import utc_after
 from federatedscope.core.workers.join_lines import JoinLines
@@ -89,6 +90,22 @@ class ClientTable(Dict[int, ClientRecord]):
         """Mark it lost and close its connection (the server stops trusting that session)."""
         self.mark_lost(rec, why, since)
         self.comm.close(rec.conn_id)
+
+    def send_model(self, model, msg_type: str, round_idx: int, cids=None) -> None:
+        """The global model to ``cids`` (default: every online client): the transport encodes
+        (or copies) it once, before returning, so no per-broadcast clone of it is made here."""
+        cids = sorted(self._online if cids is None else cids)
+        if cids:
+            state = {k: v.detach() for k, v in model.state_dict().items()}
+            self.comm.broadcast(Message(msg_type, SERVER_ID, BROADCAST, round_idx, {}, state), cids)
+
+    def close_conn(self, conn_id: Optional[int], why: str) -> None:
+        """Stop trusting a connection: the client bound to it is dropped, an unjoined one closed."""
+        rec = self.on_conn(conn_id)
+        if rec is not None:
+            self.drop(rec, why)
+        elif conn_id is not None:
+            self.comm.close(conn_id)
 
     def disconnected(self, event: Disconnected) -> None:
         """A session ended. An abuse close (the transport says so) starts the id's cool-off;

@@ -7,8 +7,9 @@ It holds a model and no data, and trusts no peer further than it can check it:
 * joins go through ``Admission`` (manifest, tokens, ids; a refused peer learns only a reason class);
 * updates and metrics through ``validation`` (keys/shapes/dtypes/finite, declared counts);
 * sampling, weighting and aggregation through one strategy object (``get_aggregator``).
-Messages go through FS's handler registry (``Worker``) under FS's names (``callback_funcs_*``): a
-subclass overriding one of them changes what the server does.
+Messages go through FS's handler registry (``Worker``, ``callback_funcs_*``), a round through FS's
+steps (``check_client_join_in``, ``trigger_for_start``, ``check_and_move_on``, ``eval``,
+``terminate``, ``_perform_federated_aggregation``, ``_start_new_training_round``): overrides work.
 
 A round is: train -> aggregate -> checkpoint -> evaluate (when due) -> checkpoint -> next round;
 the state is one ``RoundState`` with a ``Phase`` (``server_state.py``). Every state change is made
@@ -17,13 +18,13 @@ before the write that records it, so a full disk cannot leave an evaluation in f
 import logging
 import secrets
 import time
-from typing import Callable, List, Optional, Set
+from typing import Callable, Optional, Set
 
 import torch
 
 from federatedscope.core.auxiliaries.aggregator_builder import get_aggregator
 from federatedscope.core.aggregators.aggregator import AggregationFault
-from federatedscope.core.message import (BROADCAST, EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,
+from federatedscope.core.message import (EVALUATE, FINISH, HEARTBEAT, JOIN_IN, METRICS,
                                          MODEL_PARA, REDECLARE, SERVER_ID, Message, clip_text)
 from federatedscope.core.monitors.monitor import Monitor
 from federatedscope.core.monitors.write_guard import RESULTS_UNWRITABLE, guard_log_files
@@ -33,7 +34,7 @@ from federatedscope.core.workers.client_table import ClientTable
 from federatedscope.core.workers.base_worker import Worker
 from federatedscope.core.workers.server_eval import Evaluation
 from federatedscope.core.workers.server_liveness import Liveness
-from federatedscope.core.workers.server_state import Phase, RoundState
+from federatedscope.core.workers.server_state import Phase, RoundState, Step
 from federatedscope.core.workers.server_store import ServerStore
 from federatedscope.core.workers.validation import all_refused, check_update, update_reference
 
@@ -103,11 +104,7 @@ class Server(Worker):
             logger.error(f"Server: error while handling {what} from connection {conn_id}: "
                          f"{clip_text(repr(e))}; closing that connection",
                          exc_info=logger.isEnabledFor(logging.DEBUG))
-            rec = self.clients.on_conn(conn_id)
-            if rec is not None:
-                self.clients.drop(rec, "dropped after an error in its message")
-            elif conn_id is not None:
-                self.comm.close(conn_id)
+            self.clients.close_conn(conn_id, "dropped after an error in its message")
         finally:
             self._event = None
 
@@ -138,24 +135,28 @@ class Server(Worker):
             return
         phase, online = self.state.phase, self.clients.online_count()
         if phase is Phase.JOINING:
-            if online >= self.expected:
-                self._start()
+            if self.check_client_join_in():
+                self.trigger_for_start()
         elif phase is Phase.PAUSED:
             if online >= self.threshold:
                 logger.info("Server: enough clients are back; resuming")
                 self._resume()
         elif phase is Phase.TRAINING and cid in self.state.pending:
-            self._send_model([cid], MODEL_PARA, self.round)      # catch up on the round
+            self.clients.send_model(self.model, MODEL_PARA, self.round, [cid])   # catch up
         elif phase is Phase.EVALUATING and cid in self.state.evaluation.waiting:
-            self._send_model([cid], EVALUATE, self.state.evaluation.round)
+            self.clients.send_model(self.model, EVALUATE, self.state.evaluation.round, [cid])
 
     def callback_funcs_for_redeclare(self, msg: Message) -> None:
         if not self.clients.redeclare(msg.sender, msg.content, self.round):
             self.state.pending.discard(msg.sender)
-            self._maybe_finish_round()
+            self.check_and_move_on()
 
     # ----------------------------------------------------------------- rounds
-    def _start(self) -> None:
+    def check_client_join_in(self) -> bool:
+        """FS's start condition: every expected client has joined."""
+        return self.clients.online_count() >= self.expected
+
+    def trigger_for_start(self) -> None:
         what = f"starting training (round {self.round + 1}/{self.total_rounds})" \
             if self.round < self.total_rounds else f"no round left to train ({self.round}/" \
             f"{self.total_rounds} done)"
@@ -168,13 +169,14 @@ class Server(Worker):
         if st.phase is Phase.EVALUATING or st.phase is Phase.FINISHED:
             return                       # its clients were asked; tick() bounds the wait
         if st.eval_owed is not None:
-            self._begin_eval(st.eval_owed)
+            self.eval()
         elif self.round >= self.total_rounds or st.stop_requested:
-            self._finish()
+            self.terminate()
         else:
-            self._begin_round()
+            self._start_new_training_round()
 
-    def _begin_round(self) -> None:
+    def _start_new_training_round(self, aggregated_num: int = 0) -> None:
+        """Sample the round's clients, send them the model (``aggregated_num``: FS's, unused)."""
         sampled = self.aggregator.sample(self.clients.online_ids(), self.round)
         if len(sampled) < self.threshold:
             # Nobody (or too few) to train: wait for re-joins; tick() enforces the time limit.
@@ -184,7 +186,7 @@ class Server(Worker):
             return
         self.state.begin_round(set(sampled), time.monotonic())
         self.aggregator.begin_round()
-        self._send_model(sorted(sampled), MODEL_PARA, self.round)
+        self.clients.send_model(self.model, MODEL_PARA, self.round, sampled)
 
     def callback_funcs_model_para(self, msg: Message) -> None:
         cid, st = msg.sender, self.state
@@ -205,42 +207,45 @@ class Server(Worker):
             weight = self.aggregator.weight(cid, int(msg.content["sample_size"]),
                                             self.admission.verified(cid), self.clients.train_counts())
             self.aggregator.add(cid, weight, msg.tensors)
-        self._maybe_finish_round()
+        self.check_and_move_on()
 
-    def _maybe_finish_round(self) -> None:
-        """Aggregate when every sampled client answered, or after a timeout once enough did."""
-        st = self.state
-        if st.phase not in (Phase.TRAINING, Phase.PAUSED) or not st.sampled:
-            return
-        got = len(self.aggregator.feedback)
-        enough = got >= self.threshold
-        if st.pending and not (st.timed_out and enough):
-            return
-        if not got and st.refused and set(st.refused) == st.sampled:
-            return self._stop(DIVERGED, all_refused(self.round + 1, st.refused))
-        if not enough:
-            if st.phase is not Phase.PAUSED:
-                self._pause(f"only {got} update(s) in round {self.round + 1}, fewer than "
-                            f"federate.min_clients_threshold={self.threshold}")
-            return
+    def check_and_move_on(self, check_eval_result: bool = False,
+                          min_received_num: Optional[int] = None) -> bool:
+        """FS's step: move on once the round (``check_eval_result``: the evaluation) has what it
+        waits for (``RoundState.round_step``; ``min_received_num`` is FS's buffer size); True
+        when it moved on."""
+        if check_eval_result:
+            return self._maybe_finish_eval()
+        st, got = self.state, len(self.aggregator.feedback)
+        step = st.round_step(got, self.threshold, min_received_num)
+        if step is Step.DIVERGED:
+            self._stop(DIVERGED, all_refused(self.round + 1, st.refused))
+        elif step is Step.TOO_FEW and st.phase is not Phase.PAUSED:
+            self._pause(f"only {got} update(s) in round {self.round + 1}, fewer than "
+                        f"federate.min_clients_threshold={self.threshold}")
+        if step is not Step.AGGREGATE:
+            return False
         if st.pending:
             logger.warning(f"Server: round {self.round + 1}: aggregating without {sorted(st.pending)}")
-        self._aggregate()
-
-    def _aggregate(self) -> None:
-        st, agg = self.state, self.aggregator
-        took = time.monotonic() - st.started_at
-        contributors, samples = len(agg.feedback), agg.total_weight
+        took, samples = time.monotonic() - st.started_at, self.aggregator.total_weight
         try:
-            self.model.load_state_dict(agg.finish_round(self.model.state_dict()))
+            aggregated = self._perform_federated_aggregation()
         except AggregationFault as e:   # the rule's fault, not a client's: stop, blame nobody
-            return self._stop(1, str(e))
+            self._stop(1, str(e))
+            return False
         due = self.round + 1 >= self.total_rounds or (self.round + 1) % self.cfg.eval.freq == 0
         st.end_round(due)
         self._checkpoint()   # before anything about the next step is announced
-        logger.info(f"Server: round {self.round}/{self.total_rounds} aggregated {contributors} "
-                    f"update(s) ({samples} samples, rule {agg.rule}) in {took:.3f}s")
+        logger.info(f"Server: round {self.round}/{self.total_rounds} aggregated {aggregated} "
+                    f"update(s) ({samples} samples, rule {self.aggregator.rule}) in {took:.3f}s")
         self._resume()
+        return True
+
+    def _perform_federated_aggregation(self) -> int:
+        """The round's updates, weighed by the strategy, into the global model; returns how many."""
+        aggregated = len(self.aggregator.feedback)
+        self.model.load_state_dict(self.aggregator.finish_round(self.model.state_dict()))
+        return aggregated
 
     def _pause(self, why: str) -> None:
         logger.warning(f"Server: paused: {why}; waiting up to "
@@ -248,8 +253,10 @@ class Server(Worker):
         self.state.pause(time.monotonic())
 
     # ------------------------------------------------------------- evaluation
-    def _begin_eval(self, r: int) -> None:
+    def eval(self) -> None:
+        """Evaluate the owed round on the clients (FS's ``make_global_eval``: the server's data)."""
         st = self.state
+        r = st.eval_owed
         if r in self.reported_rounds:    # written before a restart: never twice
             st.eval_owed = None
             self._resume()
@@ -257,8 +264,8 @@ class Server(Worker):
         # FS's make_global_eval: the server evaluates on its own data and asks no client
         asked = set() if self.global_eval is not None else self.clients.online_ids()
         st.phase, st.evaluation = Phase.EVALUATING, Evaluation(r, asked)
-        self._send_model(sorted(st.evaluation.waiting), EVALUATE, r)
-        self._maybe_finish_eval()
+        self.clients.send_model(self.model, EVALUATE, r, st.evaluation.waiting)
+        self.check_and_move_on(check_eval_result=True)
 
     def callback_funcs_for_metrics(self, msg: Message) -> None:
         ev = self.state.evaluation
@@ -270,20 +277,21 @@ class Server(Worker):
         if problem:
             logger.warning(f"Server: refused the metrics of client #{msg.sender} for round "
                            f"{ev.round}: {clip_text(problem)}")
-        self._maybe_finish_eval()
+        self.check_and_move_on(check_eval_result=True)
 
-    def _maybe_finish_eval(self, timed_out: bool = False) -> None:
+    def _maybe_finish_eval(self, timed_out: bool = False) -> bool:
         st, ev = self.state, self.state.evaluation
         if ev is None or not (ev.done or timed_out):
-            return
+            return False
         results = ev.results
         if self.global_eval is not None:
             results = {SERVER_ID: self.global_eval()}  # FS: global eval replaces the clients'
         missing = self.clients.missing_from(ev.results) if self.global_eval is None else set()
         if not results and self.clients.online_count() < self.threshold:
             # No line: it would count as reported, here and after a restore; the round stays owed.
-            return self._pause(f"the evaluation of round {ev.round} got no results (missing "
-                               f"{sorted(missing)}); it stays owed, none written")
+            self._pause(f"the evaluation of round {ev.round} got no results (missing "
+                        f"{sorted(missing)}); it stays owed, none written")
+            return False
         # State first, writes after: a write that fails cannot leave the evaluation in flight.
         self.monitor.report(ev.round, results, missing=sorted(missing),
                             source="the server's own data" if self.global_eval else "")
@@ -296,6 +304,7 @@ class Server(Worker):
         self._write_results()
         self._checkpoint()
         self._resume()
+        return True
 
     # ------------------------------------------------------------------ clock
     def next_deadline(self) -> float:
@@ -316,7 +325,7 @@ class Server(Worker):
             if online >= self.threshold:
                 logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
                                f"with {online}/{self.expected} clients; starting with those")
-                self._start()
+                self.trigger_for_start()
             elif short := live.join_short(self.created, now, online, self.expected):
                 logger.warning(short)    # once per join_timeout period
             return
@@ -325,14 +334,14 @@ class Server(Worker):
         if dropped:
             logger.warning(f"Server: dropping lost client(s) {dropped} from round {self.round + 1}")
             st.pending -= set(dropped)
-            self._maybe_finish_round()
+            self.check_and_move_on()
         if st.phase is Phase.TRAINING and st.pending and not st.timed_out \
                 and live.round_overdue(st.started_at, now):
             logger.warning(f"Server: round {self.round + 1} timed out after "
                            f"{live.round_timeout:.0f}s; stragglers {sorted(st.pending)} are no "
                            f"longer waited for once {self.threshold} update(s) are in")
             st.timed_out = True
-            self._maybe_finish_round()
+            self.check_and_move_on()
         self._tick_eval(now, gone)
         if st.phase is Phase.PAUSED and live.pause_overdue(st.paused_since, now):
             self._stop(GAVE_UP, live.give_up(self.round, self._checkpoint()), tell_clients=False)
@@ -346,7 +355,7 @@ class Server(Worker):
         if lost:
             logger.warning(f"Server: evaluation of round {ev.round}: clients {sorted(lost)} are "
                            f"lost; not waiting for them")
-            self._maybe_finish_eval()
+            self.check_and_move_on(check_eval_result=True)
         elif self.liveness.eval_overdue(ev, now):
             logger.warning(f"Server: evaluation of round {ev.round} timed out after "
                            f"{self.liveness.eval_timeout:.0f}s (federate.eval_timeout / "
@@ -354,11 +363,12 @@ class Server(Worker):
             self._maybe_finish_eval(timed_out=True)
 
     # ------------------------------------------------------------------ end
-    def _finish(self) -> None:
+    def terminate(self, msg_type: str = FINISH) -> None:
+        """The end after the last round: the clients are told (``msg_type``), results written."""
         if self.finished:
             return
         summary = self.monitor.final_summary()
-        self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
+        self.clients.send_model(self.model, msg_type, self.round)
         self.state.finish(0)
         acc = summary["Results_weighted_avg"].get("test_acc")   # {} when none was reported
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
@@ -371,7 +381,7 @@ class Server(Worker):
     def _stop(self, code: int, why: str, tell_clients: bool = True) -> None:
         """End the job with exit ``code`` (see ``server_state``); clients still online are told."""
         if tell_clients and not self.finished:
-            self._send_model(sorted(self.clients.online_ids()), FINISH, self.round)
+            self.clients.send_model(self.model, FINISH, self.round)
         logger.error(f"Server: stopping with exit code {code}: {why}")
         self.state.finish(code)
 
@@ -388,12 +398,3 @@ class Server(Worker):
     def _checkpoint(self) -> bool:
         return self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,
                                      self.aggregator.state_dict(), self.clients.job_id)
-
-    # ------------------------------------------------------------- helpers
-    def _send_model(self, cids: List[int], msg_type: str, r: int) -> None:
-        """The global model for all receivers: the transport encodes (or copies) it once, before
-        returning, so no per-broadcast clone of the model is made here."""
-        if not cids:
-            return
-        state = {k: v.detach() for k, v in self.model.state_dict().items()}
-        self.comm.broadcast(Message(msg_type, SERVER_ID, BROADCAST, r, {}, state), cids)

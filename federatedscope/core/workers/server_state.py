@@ -22,6 +22,14 @@ from typing import Dict, Optional, Set
 from federatedscope.core.workers.server_eval import Evaluation
 
 
+class Step(Enum):
+    """What a training round does next (``RoundState.round_step``)."""
+    WAIT = "wait"                # updates are still awaited
+    DIVERGED = "diverged"        # every sampled client's update was refused
+    TOO_FEW = "too few"          # nothing left to wait for, fewer updates than the threshold
+    AGGREGATE = "aggregate"
+
+
 class Phase(Enum):
     JOINING = "joining"
     TRAINING = "training"
@@ -49,6 +57,19 @@ class RoundState:
         self.phase = Phase.TRAINING
         self.sampled, self.pending, self.refused = set(sampled), set(sampled), {}
         self.started_at, self.timed_out, self.paused_since = now, False, None
+
+    def round_step(self, got: int, threshold: int, min_received_num: Optional[int] = None) -> Step:
+        """With ``got`` updates accepted: a round waits for every sampled client, unless the round
+        timed out or ``min_received_num`` (FS's buffer size) are in, and ``threshold`` are."""
+        if self.phase not in (Phase.TRAINING, Phase.PAUSED) or not self.sampled:
+            return Step.WAIT
+        enough = got >= threshold
+        buffered = min_received_num is not None and got >= min_received_num
+        if self.pending and not ((self.timed_out or buffered) and enough):
+            return Step.WAIT
+        if not got and self.refused and set(self.refused) == self.sampled:
+            return Step.DIVERGED
+        return Step.AGGREGATE if enough else Step.TOO_FEW
 
     def pause(self, now: float) -> None:
         self.phase, self.paused_since = Phase.PAUSED, now
