@@ -28,6 +28,10 @@ _.callback_funcs_for_join_in  # Server
 _.callback_funcs_for_redeclare  # Server
 _.callback_funcs_model_para  # Server
 _.callback_funcs_for_metrics  # Server
+# FS's worker parameters, taken so FS subclasses pass theirs on; no role in this project's rounds
+_._cfg  # Worker: FS's name for the config, read by FS subclasses (tests/test_fs_worker_subclasses.py)
+is_unseen_client  # Client.__init__: FS's unseen-client evaluation; every client of a job trains
+aggregated_num  # Server._start_new_training_round: FS's asynchronous rounds; a round here is synchronous
 
 # Called by Python, torch or logging, not by our code
 _.forward  # nn.Module.forward of ConvNet2 (cv/model/cnn.py) and the LSTM (nlp/model/rnn.py)

@@ -30,9 +30,10 @@ class RawPeer:
     ``send(frame_or_message)``, ``send_chunked(frame_or_message)``, ``join(client_id, token=..., declaration=..., num_samples=...)``,
     ``recv(timeout) -> Message | None``, ``recv_raw(timeout) -> bytes | None``,
     ``wait_closed(timeout) -> bool``; after the stream ends ``code`` is the gRPC status name
-    ("OK", "RESOURCE_EXHAUSTED", ...) and ``details`` its text. Use as a context manager."""
+    ("OK", "RESOURCE_EXHAUSTED", ...) and ``details`` its text. ``metadata``: the session's
+    invocation metadata (a real client asks for downlink chunks there). Use as a context manager."""
 
-    def __init__(self, address: str, options=()):
+    def __init__(self, address: str, options=(), metadata=()):
         self.address = address
         self.channel = grpc.insecure_channel(address, options=[
             ("grpc.use_local_subchannel_pool", 1),  # a connection of its own, like a real peer
@@ -45,7 +46,7 @@ class RawPeer:
         self._done = threading.Event()
         call = self.channel.stream_stream(METHOD, request_serializer=None,
                                           response_deserializer=None)
-        self._call = call(self._requests())
+        self._call = call(self._requests(), metadata=tuple(metadata) or None)
         self._reader = threading.Thread(target=self._read, daemon=True, name="rawpeer")
         self._reader.start()
 

@@ -79,8 +79,13 @@ class Harness:
         expected = expected if expected is not None else (len(manifest) if manifest else 3)
         self.admission = Admission(manifest, strict, token, max_clients=expected,
                                    manifest_path=manifest_path, sample_type=sample_type)
-        self.server = Server(self.cfg, self.model, self.comm, self.monitor, expected,
-                             self.admission, distributed=True)
+        self.server = self.build(Server, expected, distributed=True)
+
+    def build(self, cls, expected: int, distributed: bool, cfg=None):
+        """A server of class ``cls`` on this harness's transport, monitor and admission, built
+        with FS's keywords, as the runner builds one."""
+        return cls(config=cfg or self.cfg, model=self.model, client_num=expected, comm=self.comm,
+                   monitor=self.monitor, admission=self.admission, distributed=distributed)
 
     # ------------------------------------------------------------ driving
     def join(self, cid: int, conn: Optional[int] = None, **content) -> None:

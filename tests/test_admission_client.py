@@ -77,11 +77,12 @@ class Loader:
 def _client(tmp_path, *opts, trainer=None, loader=None, token="", cid=3):
     cfg = make_cfg(tmp_path, "seed", 7, *opts)
     comm = FakeComm()
-    return Client(cfg, cid, trainer or Trainer(), comm, loader, token), comm
+    return Client(ID=cid, config=cfg, trainer=trainer or Trainer(), comm=comm, loader=loader,
+                  token=token), comm
 
 
 def test_the_join_declares_the_trainer_counts_and_the_shard(tmp_path):
-    plain = Client(make_cfg(tmp_path), 2, Trainer(), FakeComm())         # no token given
+    plain = Client(ID=2, config=make_cfg(tmp_path), trainer=Trainer(), comm=FakeComm())  # no token
     assert plain.join_message().content["token"] == "" and plain.loader is None
     assert plain.finished is False and plain.refused is None and plain.rounds_trained == 0
     c, _ = _client(tmp_path, token="tok")
@@ -204,7 +205,8 @@ def test_a_personal_state_is_saved_each_round_and_restored_under_the_same_id(tmp
     def restart(job):
         back = Trainer()
         content = {"client_id": 3} if job is None else {"client_id": 3, "job_id": job}
-        Client(c.cfg, -1, back, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, content))
+        Client(config=c.cfg, trainer=back, comm=FakeComm()).handle(
+            Message(ASSIGN_ID, SERVER_ID, -1, 0, content))
         return back.loaded
     assert torch.equal(restart("a1b2")["bn"], torch.full((3,), 2.0))
     assert f"Client #3: restored its personal state (1 tensors) from {path}" in caplog.text
@@ -364,14 +366,14 @@ def test_a_personal_state_of_another_shape_or_a_long_job_name_is_named_and_skipp
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save([1, 2, 3], path)                           # not a dict: no job named
     back = Trainer()
-    Client(c.cfg, -1, back, FakeComm()).handle(
+    Client(config=c.cfg, trainer=back, comm=FakeComm()).handle(
         Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "a1b2"}))
     assert back.loaded is None
     assert (f"Client #3: the personal state in {path} was saved by another run (job None, this "
             f"one a1b2); starting afresh") in caplog.text
     caplog.clear()
     torch.save({"job_id": "j" * 70, "state": {"bn": torch.ones(3)}}, path)
-    Client(c.cfg, -1, Trainer(), FakeComm()).handle(
+    Client(config=c.cfg, trainer=Trainer(), comm=FakeComm()).handle(
         Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "a1b2"}))
     assert (f"was saved by another run (job {'j' * 64}...[70 chars], this one a1b2); "
             f"starting afresh") in caplog.text

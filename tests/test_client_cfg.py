@@ -112,8 +112,9 @@ class _Recording(Client):
     whether its uploaded weights equal the ones it received)."""
     log = []
 
-    def __init__(self, cfg, client_id, trainer, *a, **k):
-        super().__init__(cfg, client_id, trainer, *a, **k)
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        client_id, trainer = self.ID, self.trainer
         train = trainer.train
 
         def recorded(seed):
@@ -169,18 +170,17 @@ def _distributed_client(monkeypatch, claimed, own):
     monkeypatch.setattr(fr, "_client_transport",
                         lambda cfg, inbox: NS(address="a:1", close=lambda: None))
     monkeypatch.setattr(fr, "_client_session", lambda *a: None)
-    monkeypatch.setattr(fr, "get_model", lambda cfg: "model")
-    monkeypatch.setattr(fr, "get_trainer", lambda model, splits, device, cfg: ("trainer", cfg))
+    monkeypatch.setattr(fr, "get_model", lambda cfg: ("model", cfg))
     monkeypatch.setattr(security, "client_token", lambda cfg: "")
 
-    def client_cls(cfg, cid, trainer, transport, loader, token=""):
-        made.append((cfg, cid, trainer))
-        return NS(ID=cid, refused=False)
+    def client_cls(ID, config, model, comm, loader, token="", **fs):
+        made.append((config, ID, model))
+        return NS(ID=ID, refused=False)
     cfg = finalize(load_cfg(None, ["train.local_update_steps", "2", "federate.client_num", "3"]))
     data = NS(splits=lambda: ({}, None), claimed_id=lambda c: claimed)
     assert fr.DistributedRunner(data, object, client_cls, cfg, own).run() == 0
     (got,) = made
-    assert got[2] == ("trainer", got[0])          # the trainer gets the same config
+    assert got[2] == ("model", got[0])            # the model (and trainer) from the same config
     return got[0], got[1], cfg
 
 

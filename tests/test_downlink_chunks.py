@@ -10,11 +10,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from harness.raw_peer import RawPeer, bind_peer_then_client
-from federatedscope.core.communication import codec, grpc_client
+from harness.raw_peer import RawPeer, bind_peer_then_client, next_incoming
+from federatedscope.core.communication import codec, grpc_client, grpc_server
 from federatedscope.core.communication.flow import (ALIGN, CHUNK_FIRST, CHUNK_MORE,
-                                                    DOWNLINK_CHUNK, DownlinkAssembly,
-                                                    ServerInbox, chunk_frames, whole_frame)
+                                                    DOWNLINK_CHUNK, DOWNLINK_CHUNKS_HEADER,
+                                                    DownlinkAssembly, ServerInbox, chunk_frames,
+                                                    whole_frame)
 from federatedscope.core.communication.grpc_client import GrpcClientTransport
 from federatedscope.core.communication.grpc_server import GrpcServerTransport
 from federatedscope.core.configs.config import get_default_cfg
@@ -143,3 +144,59 @@ def test_a_real_client_gets_a_large_broadcast_in_chunks_and_a_raw_peer_gets_it_w
     finally:
         client.close(grace=1.0)
         t.stop(grace=1.0)
+
+
+def test_only_peers_asking_with_the_header_set_to_1_get_chunks_and_small_messages_go_at_once(
+        monkeypatch):
+    """Five raw peers: 1 and 2 ask for chunks; 3 sends the header as "0", 4 another header as
+    "1", 5 nothing. A message of exactly two chunks goes as two frames to 1 and 2 (no whole frame
+    is made for them) and whole, made once, to 3, 4 and 5; a small message to a chunked peer is
+    not held while the large-write slots are."""
+    made_whole = []
+    real = grpc_server.whole_frame
+    monkeypatch.setattr(grpc_server, "whole_frame",
+                        lambda frames: made_whole.append(len(frames)) or real(frames))
+    inbox = ServerInbox()
+    t = GrpcServerTransport(_cfg(), inbox, max_clients=8)
+    t.start()
+    addr = f"127.0.0.1:{t.port}"
+    asks = {1: ((DOWNLINK_CHUNKS_HEADER, "1"),), 2: ((DOWNLINK_CHUNKS_HEADER, "1"),),
+            3: ((DOWNLINK_CHUNKS_HEADER, "0"),), 4: (("fs-something-else", "1"),), 5: ()}
+    peers = {cid: RawPeer(addr, metadata=md) for cid, md in asks.items()}
+    try:
+        for cid, peer in peers.items():
+            peer.join(cid)
+            t.bind(next_incoming(inbox).conn_id, cid)
+        model = _model(300_000)
+        frame = codec.encode(model)
+        assert DOWNLINK_CHUNK < len(frame) <= 2 * DOWNLINK_CHUNK      # exactly two chunks
+        first = len(CHUNK_FIRST) + 8 + DOWNLINK_CHUNK
+        second = len(CHUNK_MORE) + len(frame) - DOWNLINK_CHUNK
+
+        def two_chunks(peer):
+            got = [peer.recv_raw(10), peer.recv_raw(10)]
+            assert [len(g) for g in got] == [first, second]
+            assert got[0].startswith(CHUNK_FIRST) and got[1].startswith(CHUNK_MORE)
+            assert whole_frame(got) == frame
+        t.broadcast(model, [1, 2])
+        for cid in (1, 2):
+            two_chunks(peers[cid])
+        assert made_whole == []
+        t.broadcast(model, [3, 1, 4, 5])
+        for cid in (3, 4, 5):
+            assert peers[cid].recv_raw(10) == frame
+        two_chunks(peers[1])
+        assert made_whole == [2]                       # once, for the three that did not ask
+        t._run(_set(t._backlog_ok, False), timeout=5)  # large writes held
+        note = Message(EVALUATE, 0, 1, 9, {"note": "small"})
+        t.send(note)
+        assert peers[1].recv_raw(5) == codec.encode(note)
+        t._run(_set(t._backlog_ok, True), timeout=5)
+    finally:
+        for peer in peers.values():
+            peer.close()
+        t.stop(grace=1.0)
+
+
+async def _set(event, on: bool) -> None:
+    event.set() if on else event.clear()

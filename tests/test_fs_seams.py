@@ -174,7 +174,7 @@ def _client(loader, comm):
     cfg = _cfg(federate__mode="distributed", distributed_data__enabled=True,
                dataloader__batch_size=16, model__out_channels=FEMNIST.num_classes)
     trainer = get_trainer(get_model(cfg), dict(loader.datasets), "cpu", cfg)
-    return Client(cfg, loader.meta.client_id, trainer, comm, loader)
+    return Client(ID=loader.meta.client_id, config=cfg, trainer=trainer, comm=comm, loader=loader)
 
 
 def test_custom_message_type_and_replaced_default_handler(shards, logs):

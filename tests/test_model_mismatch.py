@@ -9,7 +9,6 @@ import torch
 from federatedscope.core.auxiliaries.model_builder import get_model
 from federatedscope.core.configs.config import ConfigError
 from federatedscope.core.message import EVALUATE, FINISH, MODEL_PARA, SERVER_ID, Message
-from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.client import Client
 from server_harness import FakeComm, make_cfg
 
@@ -20,7 +19,7 @@ FIX = ("give every process the same model.* keys (model.type, model.hidden, mode
 def _client(tmp_path, cid, *opts):
     cfg = make_cfg(tmp_path, "seed", 7, "model.out_channels", 62, *opts)   # model.hidden 8
     torch.manual_seed(cid)
-    return Client(cfg, cid, get_trainer(get_model(cfg), {}, "cpu", cfg), FakeComm())
+    return Client(ID=cid, config=cfg, data={}, model=get_model(cfg), comm=FakeComm())
 
 
 def test_a_client_with_another_hidden_size_names_the_keys_both_shapes_and_the_fix(tmp_path):

@@ -240,9 +240,9 @@ class _Server:
     client 2 and a refusal to a connection no client has."""
     rounds, code, instances = 3, 0, []
 
-    def __init__(self, cfg, model, comm, monitor, expected, admission, distributed):
-        self.args = (cfg, model, comm, monitor, expected, admission, distributed)
-        self.comm, self.expected = comm, expected
+    def __init__(self, **kw):                   # FS's arguments and the runner's, by keyword
+        self.kw = kw
+        self.comm, self.expected = kw["comm"], kw["client_num"]
         self.joined, self.updates, self.round = [], {}, 0
         self.finished, self.exit_code, self.global_eval = False, None, "unset"
         _Server.instances.append(self)
@@ -273,11 +273,13 @@ class _Server:
 
 
 class _Client:
-    def __init__(self, cfg, cid, trainer, comm, loader, token=""):
-        self.cfg, self.ID, self.trainer, self.comm = cfg, cid, trainer, comm
+    def __init__(self, ID, server_id, state, config, data, model, device, *, comm, loader,
+                 token=""):
+        self.cfg, self.ID, self.comm, self.server_id, self.state = config, ID, comm, server_id, state
+        self.data, self.model, self.device = data, model, device
         self.loader, self.token = loader, token
         self.got, self.finished = [], False
-        _Client.instances[cid] = self
+        _Client.instances[ID] = self
 
     def join_message(self):
         return Message("join_in", self.ID, SERVER_ID)
@@ -337,10 +339,14 @@ def test_standalone_runs_every_round_delivering_each_message_to_its_client(stand
     data = _four_clients()
     assert fr.StandaloneRunner(data, _Server, _Client, cfg, own).run() == 0
     (server,) = _Server.instances
-    s_cfg, s_model, comm, monitor, expected, adm, distributed = server.args
-    assert s_cfg is cfg and s_model is standalone.models[0][1] and standalone.models[0][0] is cfg
-    assert isinstance(comm, LocalServerComm) and monitor == "MONITOR" and expected == 4
-    assert adm == "ADMISSION" and distributed is False and server.global_eval is None
+    kw = server.kw
+    assert kw.pop("config") is cfg and kw.pop("model") is standalone.models[0][1]
+    assert standalone.models[0][0] is cfg
+    comm = kw.pop("comm")
+    assert isinstance(comm, LocalServerComm) and server.global_eval is None
+    assert kw == dict(ID=0, state=0, data=None, client_num=4, total_round_num=cfg.federate.
+                      total_round_num, device="cpu", monitor="MONITOR", admission="ADMISSION",
+                      distributed=False)
     assert standalone.admission == [(cfg, "MANIFEST", "/set/manifest.json", 4)]
     assert standalone.monitors == [(cfg, cfg.outdir)]
     assert server.joined == [1, 2, 3, 4]                       # joins in client-id order
@@ -351,9 +357,9 @@ def test_standalone_runs_every_round_delivering_each_message_to_its_client(stand
         # every round, then finish; client 2's late message after its finish is not delivered
         assert c.got == [("model_para", 1), ("model_para", 2), ("model_para", 3), ("finish", 3)]
         assert c.ID == cid and c.loader == f"loader-{cid}" and c.finished
-        assert c.trainer.splits["train"].x.flatten().tolist() == [cid] * cid
-        assert c.trainer.splits["test"].x.flatten().tolist() == [10 * cid]
-        assert c.trainer.device == "cpu" and c.trainer.cfg is c.cfg
+        assert c.data["train"].x.flatten().tolist() == [cid] * cid       # its trainer's data
+        assert c.data["test"].x.flatten().tolist() == [10 * cid]
+        assert (c.server_id, c.state, c.device) == (0, -1, "cpu")
         assert isinstance(c.comm, LocalClientComm) and c.comm.bus is comm.bus
     assert [c.token for _, c in sorted(clients.items())] == ["tok", "tok", "tok3", "tok"]
     assert clients[3].cfg.distribute.token == "tok3" and clients[1].cfg is cfg
@@ -361,7 +367,8 @@ def test_standalone_runs_every_round_delivering_each_message_to_its_client(stand
     assert [m_cfg.distribute.token for m_cfg, _ in standalone.models] == [
         "tok", "tok", "tok", "tok3", "tok"]
     assert len({id(m) for _, m in standalone.models}) == 5
-    assert [t.model for t in standalone.trainers] == [m for _, m in standalone.models[1:]]
+    assert [c.model for _, c in sorted(clients.items())] == [m for _, m in standalone.models[1:]]
+    assert standalone.trainers == []            # each client builds its own, from these
 
 
 def test_standalone_returns_the_servers_exit_code_and_sets_its_global_evaluation(
@@ -439,8 +446,8 @@ class _LoopServer:
     """Stops after the event named 'stop'; its deadlines count down 4.0, 3.0, ..."""
     instances = []
 
-    def __init__(self, cfg, model, transport, monitor, expected, admission, distributed):
-        self.args = (cfg, model, transport, monitor, expected, admission, distributed)
+    def __init__(self, **kw):                   # FS's arguments and the runner's, by keyword
+        self.kw = kw
         self.handled, self.ticks, self.frozen = [], [], []
         self.deadlines = [4.0, 3.0, 2.0, 1.0, 0.5]
         self.finished, self.exit_code = False, 3
@@ -500,7 +507,8 @@ def server_run(monkeypatch):
 
 
 def _server_cfg(global_eval=False):
-    return NS(federate=NS(client_num=0, make_global_eval=global_eval), outdir="/runs/r1",
+    return NS(federate=NS(client_num=0, make_global_eval=global_eval, total_round_num=7),
+              outdir="/runs/r1",
               model=NS(type="tiny"), eval=NS(count_flops=False), use_gpu=False, device=-1,
               distribute=NS(server_host="127.0.0.9"), distributed_data=NS(enabled=True))
 
@@ -524,8 +532,10 @@ def test_server_loop_waits_until_each_deadline_and_ticks_at_most_every_quarter_s
     t_cfg, inbox, expected, model_bytes = transport.args
     assert t_cfg is cfg and isinstance(inbox, _ScriptedInbox) and expected == 5
     assert model_bytes == 64 and transport.calls == ["start", "stop"]
-    assert server.args == (cfg, server_run.model, transport, ("MONITOR", cfg, "/runs/r1"), 5,
-                           "ADMISSION", True)
+    assert server.kw == dict(ID=0, state=0, config=cfg, data=None, model=server_run.model,
+                             client_num=5, total_round_num=7, device="cpu", comm=transport,
+                             monitor=("MONITOR", cfg, "/runs/r1"), admission="ADMISSION",
+                             distributed=True)
     assert server_run.model_cfgs == [cfg]
     assert server_run.admission == [(cfg, manifest, "/set/manifest.json", 5)]
     assert all(server.frozen) and gc.get_freeze_count() == 0
@@ -574,9 +584,9 @@ def test_client_transport_is_grpcs(monkeypatch):
 
 
 class _SessionClient:
-    def __init__(self, cfg=None, cid=7, trainer=None, transport=None, loader=None, token=""):
-        self.args = (cfg, cid, trainer, transport, loader, token)
-        self.ID, self.handled, self.joins = cid, [], 0
+    def __init__(self, ID=7, **kwargs):
+        self.kwargs = dict(kwargs, ID=ID)
+        self.ID, self.handled, self.joins = ID, [], 0
         self.finished = self.refused = False
 
     def join_message(self):
@@ -659,7 +669,6 @@ def test_distributed_client_runs_its_session_and_exits_2_only_when_refused(
         return made[-1]
     monkeypatch.setattr(fr, "_client_transport", transport)
     monkeypatch.setattr(fr, "get_model", lambda cfg: ("model-for", cfg))
-    monkeypatch.setattr(fr, "get_trainer", lambda *a: ("trainer", a))
     monkeypatch.setattr(security, "client_token", lambda cfg: f"token-of-{cfg.name}")
 
     def client_cls(*a, **k):
@@ -671,8 +680,10 @@ def test_distributed_client_runs_its_session_and_exits_2_only_when_refused(
     assert fr.DistributedRunner(data, object, client_cls, cfg).run() == code
     (client,) = clients
     (t,) = made
-    assert client.args == (cfg, 7, ("trainer", (("model-for", cfg), {"train": "T"}, "cpu", cfg)),
-                           t, "LOADER", "token-of-c7")
+    # FS's Client arguments (the client builds its trainer from them), then the transport's
+    assert client.kwargs == dict(ID=7, server_id=0, state=-1, config=cfg, data={"train": "T"},
+                                 model=("model-for", cfg), device="cpu", comm=t, loader="LOADER",
+                                 token="token-of-c7")
     assert client.handled == ["m1", last]
     assert t.calls == [("wait", 9.0), ("open", "join#1"), ("close",)]
     assert ("INFO", "Client #7: connecting to server 10.0.0.5:50051") in logs

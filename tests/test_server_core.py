@@ -254,7 +254,7 @@ def test_standalone_weights_are_not_capped(tmp_path):
     from federatedscope.core.workers.server import Server
     h = Harness(tmp_path, "federate.total_round_num", 1, "aggregator.max_sample_ratio", 4.0,
                 expected=3)
-    h.server = Server(h.cfg, h.model, h.comm, h.monitor, 3, h.admission, distributed=False)
+    h.server = h.build(Server, 3, distributed=False)
     h.join(1)
     h.join(2)
     h.join(3, num_samples={"train": 1000, "val": 5, "test": 5})

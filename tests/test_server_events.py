@@ -40,7 +40,7 @@ def test_a_failing_disconnect_names_the_event_and_closes_only_that_connection(
         "Server: error while handling Disconnected from connection 3: "
         "RuntimeError('table broken'); closing that connection"]
     assert h.comm.closed == [3] and h.server.clients.online_ids() == {1, 2, 4}
-    assert h.server.state.phase is Phase.TRAINING and not h.server.finished
+    assert h.server.round_state.phase is Phase.TRAINING and not h.server.finished
     h.server.handle(Disconnected(77, "network drop"))     # a connection no client is bound to
     assert h.comm.closed == [3, 77] and h.server.clients.online_ids() == {1, 2, 4}
 
@@ -70,7 +70,7 @@ def test_a_disconnect_marks_only_that_client_lost_and_closes_nothing(tmp_path, c
     h.server.handle(Disconnected(77, "never joined"))        # no client on it: nothing to do
     assert _lines(caplog, "Server: client #")[-1] == "Server: client #2 lost (test)"
     assert _lines(caplog, "error") == [] and h.comm.closed == []
-    assert h.server.clients.online_ids() == {1, 3, 4} and h.server.state.pending == {1, 2, 3, 4}
+    assert h.server.clients.online_ids() == {1, 3, 4} and h.server.round_state.pending == {1, 2, 3, 4}
 
 
 def test_a_long_message_type_is_clipped_to_40_characters_in_both_drop_lines(tmp_path, caplog):
@@ -98,7 +98,7 @@ def test_each_join_line_names_the_peer_the_count_and_who_is_online_of_how_many(t
         "Server: client #2 joined, from ipv4:127.0.0.1:1 (20 train samples; 2/4 online)",
         "Server: client #3 joined, from ipv4:127.0.0.1:1 (30 train samples; 3/4 online)",
         "Server: client #2 re-joined, from ipv4:127.0.0.1:1 (25 train samples; 3/4 online)"]
-    assert h.server.state.phase is Phase.JOINING
+    assert h.server.round_state.phase is Phase.JOINING
 
 
 def test_a_rejoin_catches_up_on_the_round_and_on_the_evaluation_in_flight(tmp_path):
@@ -109,7 +109,7 @@ def test_a_rejoin_catches_up_on_the_round_and_on_the_evaluation_in_flight(tmp_pa
         h.update(c, 0, h.shifted(1.0, g), size=10 * c)
     for c in range(1, 5):
         h.metrics(c, 1, good_metrics())
-    assert h.server.round == 1 and h.server.state.pending == {1, 2, 3, 4}
+    assert h.server.round == 1 and h.server.round_state.pending == {1, 2, 3, 4}
     g = h.global_state()
     h.update(1, 1, h.shifted(2.0, g), size=10)
     h.disconnect(2)
@@ -141,10 +141,10 @@ def test_a_paused_server_says_when_enough_clients_are_back(tmp_path, monkeypatch
                 "distribute.heartbeat_timeout", 0.0, monkeypatch=monkeypatch, expected=4)
     _join4(h)
     pause_after_losing_client_4(h)
-    assert h.server.state.phase is Phase.PAUSED
+    assert h.server.round_state.phase is Phase.PAUSED
     h.join(4, conn=14, num_samples={"train": 40, "val": 5, "test": 5})
     assert _lines(caplog, "back") == ["Server: enough clients are back; resuming"]
-    assert h.server.state.phase is Phase.TRAINING and h.server.state.pending == {1, 2, 3, 4}
+    assert h.server.round_state.phase is Phase.TRAINING and h.server.round_state.pending == {1, 2, 3, 4}
 
 
 # ------------------------------------------------------------------ updates
@@ -226,7 +226,7 @@ def test_a_server_that_gave_up_stays_finished_when_a_refused_redeclaration_arriv
     for c in (1, 2, 3):
         h.update(c, 0, h.shifted(1.0, g), size=10 * c)
     h.update(4, 0, {**h.shifted(1.0, g), "fc2.bias": torch.zeros(3)}, size=40)   # refused
-    assert h.server.state.phase is Phase.PAUSED and h.server.state.pending == set()
+    assert h.server.round_state.phase is Phase.PAUSED and h.server.round_state.pending == set()
     h.tick(after=21.0)
     assert h.server.finished and h.server.exit_code == 3
     h.redeclare(2, {"client_id": 2})                          # malformed: refused

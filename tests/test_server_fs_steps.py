@@ -15,7 +15,7 @@ N = 5
 
 def _harness(tmp_path, cls, *opts, rounds=3):
     h = Harness(tmp_path, "federate.total_round_num", rounds, *opts, expected=N)
-    h.server = cls(h.cfg, h.model, h.comm, h.monitor, N, h.admission, distributed=True)
+    h.server = h.build(cls, N, distributed=True)
     return h
 
 
@@ -47,9 +47,9 @@ def test_check_client_join_in_decides_when_training_starts(tmp_path):
     h = _harness(tmp_path, StartWithThree)
     for c in (1, 2):
         h.join(c)
-    assert h.server.state.phase is Phase.JOINING and h.asked(MODEL_PARA, 0) == []
+    assert h.server.round_state.phase is Phase.JOINING and h.asked(MODEL_PARA, 0) == []
     h.join(3)
-    assert h.server.state.phase is Phase.TRAINING and h.asked(MODEL_PARA, 0) == [1, 2, 3]
+    assert h.server.round_state.phase is Phase.TRAINING and h.asked(MODEL_PARA, 0) == [1, 2, 3]
     h.join(4)                              # joined mid-round: not sampled into round 1
     assert h.asked(MODEL_PARA, 0) == [1, 2, 3]
 
@@ -74,7 +74,7 @@ class Recording(Server):
         return n
 
     def eval(self):
-        self.calls.append(f"eval {self.state.eval_owed}")
+        self.calls.append(f"eval {self.round_state.eval_owed}")
         super().eval()
 
     def terminate(self, msg_type=FINISH):
@@ -146,7 +146,7 @@ def test_check_and_move_on_with_a_buffer_size_aggregates_the_first_three(tmp_pat
 class NoClientEval(Server):
     """An eval that asks nobody and reports nothing: the job still ends after its rounds."""
     def eval(self):
-        self.state.eval_owed = None
+        self.round_state.eval_owed = None
         self._resume()
 
 

@@ -35,7 +35,7 @@ def test_a_threshold_no_round_can_reach_is_refused_at_start_naming_both_keys(
         f"federate.min_clients_threshold to at most {per_round}, or {fix}")
     h = Harness(tmp_path / "ok", "federate.min_clients_threshold", per_round, *opts, expected=n)
     _join(h, n)
-    assert len(h.asked(MODEL_PARA, 0)) == per_round and h.server.state.phase is Phase.TRAINING
+    assert len(h.asked(MODEL_PARA, 0)) == per_round and h.server.round_state.phase is Phase.TRAINING
 
 
 def test_the_pause_counts_the_clients_online_not_the_ones_sampled(tmp_path, caplog):
@@ -44,7 +44,7 @@ def test_the_pause_counts_the_clients_online_not_the_ones_sampled(tmp_path, capl
     h = Harness(tmp_path, "federate.min_clients_threshold", 2, expected=4)
     h.server.aggregator.sample = lambda online, r: sorted(online)[:1]
     _join(h, 4)
-    assert h.server.state.phase is Phase.PAUSED and h.asked(MODEL_PARA, 0) == []
+    assert h.server.round_state.phase is Phase.PAUSED and h.asked(MODEL_PARA, 0) == []
     assert "paused: 1 client(s) sampled of the 4 online for round 1, fewer than " \
            "federate.min_clients_threshold=2; waiting up to 300s" in caplog.text
 
@@ -57,7 +57,7 @@ def _give_up(tmp_path, monkeypatch, *opts):
                 0.0, *opts, monkeypatch=monkeypatch, expected=4)
     _join(h, 4)
     pause_after_losing_client_4(h)
-    assert h.server.state.phase is Phase.PAUSED
+    assert h.server.round_state.phase is Phase.PAUSED
     h.tick(after=20.5)
     assert h.server.finished and h.server.exit_code == 3
     return h

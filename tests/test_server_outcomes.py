@@ -29,7 +29,7 @@ class CountingServer(Server):
 def test_a_server_subclass_overriding_an_fs_callback_takes_effect(tmp_path):
     h = Harness(tmp_path, "federate.total_round_num", 2, expected=4)
     CountingServer.seen = []
-    h.server = CountingServer(h.cfg, h.model, h.comm, h.monitor, 4, h.admission, distributed=True)
+    h.server = h.build(CountingServer, 4, distributed=True)
     for c in range(1, 5):
         h.join(c)
     for r in (0, 1):
@@ -90,7 +90,7 @@ def test_an_unwritable_results_log_blames_nobody_and_the_job_ends_with_exit_4(tm
             h.update(c, r, h.shifted(0.1, g))
         for c in range(1, 5):
             h.metrics(c, r + 1, good_metrics())
-        assert h.server.state.evaluation is None        # never left in flight
+        assert h.server.round_state.evaluation is None        # never left in flight
     assert h.comm.closed == [] and all(rec.online for rec in h.server.clients.values())
     assert h.server.finished and h.server.exit_code == 4
     errors = [r.getMessage() for r in caplog.records if "cannot write the results log" in r.getMessage()]
@@ -171,7 +171,7 @@ def test_client_personal_state_survives_a_restart_and_overrides_take_effect(tmp_
     OverridingClient.evaluated = []     # a class attribute: a rerun in one process starts clean
     cfg = make_cfg(tmp_path)
     comm = FakeComm()
-    c = OverridingClient(cfg, 3, FakeTrainer(0.5), comm)
+    c = OverridingClient(ID=3, config=cfg, trainer=FakeTrainer(0.5), comm=comm)
     c.handle(Message(ASSIGN_ID, SERVER_ID, 3, 0, {"client_id": 3, "job_id": "9f3e"}))
     for r in range(3):
         c.handle(Message(MODEL_PARA, SERVER_ID, 3, r, {}, None))
@@ -180,11 +180,11 @@ def test_client_personal_state_survives_a_restart_and_overrides_take_effect(tmp_
     path = os.path.join(str(tmp_path), "job", "client_state", "client_3.pt")
     assert c.personal_state_path() == path and os.path.exists(path)
     restarted = FakeTrainer(0.0)
-    c2 = Client(cfg, -1, restarted, FakeComm())
+    c2 = Client(config=cfg, trainer=restarted, comm=FakeComm())
     c2.handle(Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "9f3e"}))
     assert torch.equal(restarted.loaded["bn1.weight"], torch.full((3,), 3.5))
     other = FakeTrainer(0.0)
-    Client(cfg, -1, other, FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0,
+    Client(config=cfg, trainer=other, comm=FakeComm()).handle(Message(ASSIGN_ID, SERVER_ID, -1, 0,
                                                       {"client_id": 2, "job_id": "9f3e"}))
     assert other.loaded is None                            # another id: nothing to restore
 

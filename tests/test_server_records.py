@@ -166,7 +166,7 @@ def test_a_manifest_entry_changed_mid_run_leaves_that_client_out_in_strict_mode(
         h.update(c, 1, h.shifted(s, g), size=train[c])
     assert "rejected update of client #3: fingerprint abababababab... != manifest " \
            "cdcdcdcdcdcd... (the shard differs from the one prepared)" in caplog.text
-    assert h.server.round == 2 and h.server.state.refused == {}
+    assert h.server.round == 2 and h.server.round_state.refused == {}
     assert float((h.global_state()["fc2.bias"] - g["fc2.bias"]).mean()) == \
         pytest.approx(1.0, abs=1e-5)
 
@@ -182,7 +182,7 @@ def test_the_no_token_warning_is_given_only_where_it_applies(tmp_path, caplog):
     assert h.server.ID == SERVER_ID and h.server.cfg is h.cfg and h.server.comm is h.comm
     caplog.clear()
     Harness(tmp_path / "token", token="s3cret", expected=4)
-    Server(h.cfg, h.model, h.comm, h.monitor, 4, h.admission, distributed=False)
+    h.build(Server, 4, distributed=False)
     assert want not in caplog.text
 
 
@@ -250,7 +250,7 @@ def test_a_lost_client_that_still_sends_is_dropped(tmp_path, monkeypatch, caplog
     h.tick(after=5.0)                       # client 4 silent: lost, its connection closed
     h.update(4, 0, h.shifted(9.0, g), size=40)  # a message already in flight on that connection
     assert "dropped model_para from unjoined/stale connection 4" in caplog.text
-    assert 4 in h.server.state.pending
+    assert 4 in h.server.round_state.pending
 
 
 def test_results_unwritable_past_the_bound_at_an_evaluation_start_no_next_round(
@@ -309,7 +309,7 @@ def test_one_refused_update_and_the_rest_lost_pauses_it_did_not_diverge(
     g = h.global_state()
     h.update(1, 0, h.shifted(float("nan"), g), size=10)
     _lose(h, (2, 3, 4))
-    assert h.server.state.phase is Phase.PAUSED and h.server.exit_code == 0
+    assert h.server.round_state.phase is Phase.PAUSED and h.server.exit_code == 0
     assert "paused: only 0 update(s) in round 1, fewer than federate.min_clients_threshold=2" \
         in caplog.text
     assert "every update" not in caplog.text and not h.server.finished

@@ -40,7 +40,7 @@ def test_kill_between_aggregation_and_evaluation_redoes_the_owed_evaluation(tmp_
     model_after_round_1 = h.global_state()
     del h                                        # killed before any metrics came back
     h2 = _harness(tmp_path)
-    assert h2.server.round == 1 and h2.server.state.eval_owed == 1
+    assert h2.server.round == 1 and h2.server.round_state.eval_owed == 1
     assert all(torch.equal(v, model_after_round_1[k]) for k, v in h2.global_state().items())
     h2.join(1), h2.join(2)
     assert h2.asked(EVALUATE, 1) == [1, 2] and h2.asked(MODEL_PARA, 1) == []
@@ -140,7 +140,7 @@ def test_the_checkpoint_holds_round_owed_eval_seed_rng_and_monitor_and_restore_s
     h2 = Harness(tmp_path, *opts, expected=4)
     assert f"restored round 2 from {ckpt}; evaluation of round 2 is owed" in caplog.text
     assert torch.equal(torch.get_rng_state(), ckpt_io.load_checkpoint(ckpt).torch_rng)
-    assert h2.server.round == 2 and h2.server.state.eval_owed == 2
+    assert h2.server.round == 2 and h2.server.round_state.eval_owed == 2
     assert h2.server.reported_rounds == {1} and h2.monitor.best_round == 1
 
 
@@ -182,7 +182,7 @@ def test_a_checkpoint_owing_round_0_evaluates_it_before_training(tmp_path, caplo
     h = Harness(tmp_path, "federate.total_round_num", 2, "federate.save_to", path,
                 "federate.restore_from", path, expected=4)
     assert f"restored round 0 from {path}; evaluation of round 0 is owed" in caplog.text
-    assert (h.server.round, h.server.state.eval_owed) == (0, 0)
+    assert (h.server.round, h.server.round_state.eval_owed) == (0, 0)
     for c in range(1, 5):
         h.join(c)
     assert h.asked(EVALUATE, 0) == [1, 2, 3, 4] and h.asked(MODEL_PARA, 0) == []
@@ -200,7 +200,7 @@ def test_a_checkpoint_owing_nothing_trains_at_once(tmp_path, caplog):
     path = _saved(tmp_path, fresh, round_idx=2, eval_owed=-1)
     h = Harness(tmp_path, "federate.total_round_num", 4, "federate.restore_from", path, expected=4)
     assert f"restored round 2 from {path}\n" in caplog.text + "\n"
-    assert (h.server.round, h.server.state.eval_owed) == (2, None)
+    assert (h.server.round, h.server.round_state.eval_owed) == (2, None)
     for c in range(1, 5):
         h.join(c)
     assert h.asked(MODEL_PARA, 2) == [1, 2, 3, 4] and h.asked(EVALUATE, 2) == []
@@ -247,7 +247,7 @@ def test_restoring_a_finished_run_evaluates_it_where_its_results_are_missing(tmp
 
     again = Harness(tmp_path / "again", "federate.total_round_num", 3, "federate.restore_from",
                     ckpt, expected=2)
-    assert (again.server.round, again.server.state.eval_owed) == (3, 3)
+    assert (again.server.round, again.server.round_state.eval_owed) == (3, 3)
     assert "no round is left to train, so this run evaluates the restored model and finishes; " \
            "to train more rounds from it, raise federate.total_round_num above 3" in caplog.text
     again.join(1), again.join(2)
@@ -262,7 +262,7 @@ def test_restoring_a_finished_run_evaluates_it_where_its_results_are_missing(tmp
     caplog.clear()
     same = Harness(tmp_path / "first", "federate.total_round_num", 3, "federate.restore_from",
                    ckpt, expected=2)
-    assert same.server.state.eval_owed is None and "so this run finishes;" in caplog.text
+    assert same.server.round_state.eval_owed is None and "so this run finishes;" in caplog.text
     same.join(1), same.join(2)
     assert same.server.finished and same.asked(EVALUATE, 3) == []
     assert _rounds_logged(same) == [1, 2, 3, "Final"]
@@ -367,7 +367,7 @@ def test_an_evaluation_every_client_left_stays_owed_and_is_redone_after_a_restor
     assert _rounds_logged(h) == [1]
     assert "the evaluation of round 2 got no results (missing [1, 2, 3, 4]); it stays owed, " \
            "none written; waiting up to 20s" in caplog.text
-    assert h.server.state.phase is Phase.PAUSED and h.server.state.eval_owed == 2
+    assert h.server.round_state.phase is Phase.PAUSED and h.server.round_state.eval_owed == 2
     h.tick(after=20.5)
     assert h.server.finished and h.server.exit_code == 3
     assert f"2 round(s) done and checkpointed to {ckpt}; restart with federate.restore_from" \
@@ -376,7 +376,7 @@ def test_an_evaluation_every_client_left_stays_owed_and_is_redone_after_a_restor
     assert (saved.round, saved.eval_owed) == (2, 2)
 
     h2 = Harness(tmp_path, *opts, monkeypatch=monkeypatch, expected=4)
-    assert (h2.server.round, h2.server.state.eval_owed) == (2, 2)
+    assert (h2.server.round, h2.server.round_state.eval_owed) == (2, 2)
     _join4(h2)
     assert h2.asked(EVALUATE, 2) == [1, 2, 3, 4] and h2.asked(MODEL_PARA, 2) == []
     for c in range(1, 5):
@@ -398,10 +398,10 @@ def test_clients_back_after_an_evaluation_nobody_answered_redo_it_in_the_same_ru
     for c in range(1, 5):
         h.update(c, 0, h.shifted(0.1, g), size=10 * c)
     _lose_all(h)
-    assert h.eval_lines() == [] and h.server.state.eval_owed == 1
+    assert h.eval_lines() == [] and h.server.round_state.eval_owed == 1
     for c in range(1, 4):
         h.join(c, conn=10 + c, num_samples={"train": 10 * c, "val": 5, "test": 5})
-    assert h.server.state.phase is Phase.PAUSED      # 3 online < the threshold of 4
+    assert h.server.round_state.phase is Phase.PAUSED      # 3 online < the threshold of 4
     h.join(4, conn=14, num_samples={"train": 40, "val": 5, "test": 5})
     assert [m.state for r, m in h.comm.sent if r == 3 and m.msg_type == EVALUATE] == [1, 1]
     for c in range(1, 5):
@@ -424,4 +424,4 @@ def test_an_evaluation_whose_clients_are_online_but_all_refused_is_logged_and_th
         h.metrics(c, 1, good_metrics(acc=7.5))     # accuracies above 1 are refused
     assert [(x["Round"], x["Clients"], x["Missing"]) for x in h.eval_lines()] == \
         [(1, [], [1, 2, 3, 4])]
-    assert h.asked(MODEL_PARA, 1) == [1, 2, 3, 4] and h.server.state.eval_owed is None
+    assert h.asked(MODEL_PARA, 1) == [1, 2, 3, 4] and h.server.round_state.eval_owed is None

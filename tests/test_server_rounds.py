@@ -132,7 +132,7 @@ def test_join_timeout_starts_with_the_clients_there_once_enough(tmp_path, monkey
     h.join(1)
     h.join(2)
     h.tick(after=25.0)                      # overdue, but 2 < threshold 3: keep waiting
-    assert h.server.state.phase is Phase.JOINING and h.asked(MODEL_PARA, 0) == []
+    assert h.server.round_state.phase is Phase.JOINING and h.asked(MODEL_PARA, 0) == []
     short = ("Server: {}s since start (federate.join_timeout=20s) with 2/4 clients, fewer than "
              "federate.min_clients_threshold=3; still waiting: start the missing clients (check "
              "their logs) or lower federate.min_clients_threshold")
@@ -165,10 +165,10 @@ def test_join_timeout_is_not_overdue_at_exactly_its_value(tmp_path, monkeypatch)
 def test_all_expected_clients_start_round_1_and_not_before(tmp_path):
     h = Harness(tmp_path, "federate.total_round_num", 3, expected=4)
     _join4(h, 3)
-    assert h.asked(MODEL_PARA, 0) == [] and h.server.state.phase is Phase.JOINING
+    assert h.asked(MODEL_PARA, 0) == [] and h.server.round_state.phase is Phase.JOINING
     h.join(4, num_samples={"train": 40, "val": 5, "test": 5})
-    assert h.asked(MODEL_PARA, 0) == [1, 2, 3, 4] and h.server.state.phase is Phase.TRAINING
-    assert h.server.state.sampled == {1, 2, 3, 4} == h.server.state.pending
+    assert h.asked(MODEL_PARA, 0) == [1, 2, 3, 4] and h.server.round_state.phase is Phase.TRAINING
+    assert h.server.round_state.sampled == {1, 2, 3, 4} == h.server.round_state.pending
 
 
 # ------------------------------------------------------------------ re-joins in a round
@@ -207,7 +207,7 @@ def test_a_client_that_rejoins_during_evaluation_is_asked_again(tmp_path):
     assert h.sent_types(1).count(EVALUATE) == 1 and h.sent_types(3).count(EVALUATE) == 2
     h.metrics(2, 1, good_metrics(acc=0.5))
     h.send(3, "metrics", 1, {"results": good_metrics(acc=0.75)}, conn=33)
-    assert h.server.state.phase is Phase.EVALUATING          # client 4 is still awaited
+    assert h.server.round_state.phase is Phase.EVALUATING          # client 4 is still awaited
     h.metrics(4, 1, good_metrics(acc=1.0))
     line = h.eval_lines()[0]
     assert line["Round"] == 1 and line["Clients"] == [1, 2, 3, 4] and line["Missing"] == []
@@ -236,7 +236,7 @@ def test_too_few_updates_pause_and_a_rejoin_restarts_the_round_from_scratch(
     h.update(1, 0, h.shifted(100.0, g), size=10)
     h.update(2, 0, h.shifted(100.0, g), size=20)
     _lose(h, (3, 4))
-    assert h.server.state.phase is Phase.PAUSED and h.server.round == 0
+    assert h.server.round_state.phase is Phase.PAUSED and h.server.round == 0
     assert "dropping lost client(s) [3, 4] from round 1" in caplog.text
     assert "paused: only 2 update(s) in round 1, fewer than federate.min_clients_threshold=3; " \
            "waiting up to 300s for clients to (re)join" in caplog.text
@@ -244,7 +244,7 @@ def test_too_few_updates_pause_and_a_rejoin_restarts_the_round_from_scratch(
     assert "enough clients are back; resuming" in caplog.text
     # the round is sampled afresh: 1, 2 and 3 train again; the paused updates are dropped
     assert h.sent_types(1).count(MODEL_PARA) == 2 and h.sent_types(3).count(MODEL_PARA) == 2
-    assert h.server.state.pending == {1, 2, 3} and h.server.state.phase is Phase.TRAINING
+    assert h.server.round_state.pending == {1, 2, 3} and h.server.round_state.phase is Phase.TRAINING
     h.update(1, 0, h.shifted(1.0, g), size=10)
     h.update(2, 0, h.shifted(2.0, g), size=20)
     h.send(3, MODEL_PARA, 0, {"sample_size": 30}, h.shifted(3.0, g), conn=43)
@@ -262,7 +262,7 @@ def test_after_a_round_timeout_the_threshold_th_update_completes_the_round(tmp_p
     h.update(1, 0, h.shifted(1.0, g), size=10)
     _beat(h, (1, 2, 3, 4))
     h.tick(after=11.0)                      # timed out with 1 < 2 updates: waits for a 2nd
-    assert h.server.state.timed_out and h.server.round == 0
+    assert h.server.round_state.timed_out and h.server.round == 0
     h.update(4, 0, h.shifted(4.0, g), size=40)   # 2 updates now suffice after the timeout
     assert h.server.round == 1
     assert float((h.global_state()["fc2.bias"] - g["fc2.bias"]).mean()) == \
@@ -279,7 +279,7 @@ def test_a_round_timeout_is_strict_and_waits_for_the_threshold(tmp_path, monkeyp
     h.update(2, 0, h.shifted(2.0, g), size=20)
     _beat(h, (1, 2, 3, 4))
     h.tick(after=10.0)
-    assert h.server.round == 0 and not h.server.state.timed_out
+    assert h.server.round == 0 and not h.server.round_state.timed_out
     _beat(h, (1, 2, 3, 4))
     h.tick(after=0.5)
     assert h.server.round == 1
@@ -314,8 +314,8 @@ def test_too_few_online_for_the_next_round_pauses_then_gives_up_with_exit_3(
     assert h.eval_lines()[0]["Missing"] == [3, 4] and h.asked(MODEL_PARA, 1) == []
     assert "paused: 2 client(s) online for round 2, fewer than " \
            "federate.min_clients_threshold=3; waiting up to 50s" in caplog.text
-    assert h.server.state.phase is Phase.PAUSED
-    assert h.server.state.sampled == set() and h.server.state.pending == set()
+    assert h.server.round_state.phase is Phase.PAUSED
+    assert h.server.round_state.sampled == set() and h.server.round_state.pending == set()
     h.tick(after=50.0)
     assert not h.server.finished
     h.tick(after=0.5)
@@ -407,7 +407,7 @@ def test_an_evaluation_with_lost_clients_ends_without_them(tmp_path, monkeypatch
     h.metrics(1, 1, good_metrics())
     h.metrics(2, 1, good_metrics())
     _lose(h, (3, 4), after=30.0)            # not past the grace yet
-    assert h.server.state.phase is Phase.EVALUATING
+    assert h.server.round_state.phase is Phase.EVALUATING
     _beat(h, (1, 2))
     h.tick(after=1.0)
     assert "evaluation of round 1: clients [3, 4] are lost; not waiting for them" in caplog.text
@@ -445,7 +445,7 @@ def test_an_evaluation_nobody_answered_is_written_empty_when_the_threshold_is_st
         h.update(c, 0, h.shifted(0.25, g), size=10 * c)
     assert h.asked(EVALUATE, 1) == [1, 2, 3, 4]
     h.tick(after=10.5)
-    assert h.server.state.phase is Phase.TRAINING and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
+    assert h.server.round_state.phase is Phase.TRAINING and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4]
     assert [(x["Round"], x["Clients"], x["Missing"]) for x in h.eval_lines()] == \
         [(1, [], [1, 2, 3, 4])]
     g = h.global_state()

@@ -25,8 +25,7 @@ def with_algo_keys(h, fedopt=None, local_param=None, restore=True):
     cfg.personalization = CN()
     cfg.personalization.local_param = list(local_param or [])
     cfg.freeze()
-    h.server = Server(cfg, h.model, h.comm, h.monitor, h.server.expected, h.admission,
-                      distributed=True)
+    h.server = h.build(Server, h.server.expected, distributed=True, cfg=cfg)
     return h
 
 

@@ -21,7 +21,7 @@ def test_messages_from_a_stale_connection_or_of_unknown_type_are_dropped(tmp_pat
     g = h.global_state()
     h.send(2, MODEL_PARA, 0, {"sample_size": 20}, h.shifted(50.0, g), conn=99)   # not its conn
     assert "dropped model_para from unjoined/stale connection 99" in caplog.text
-    assert 2 in h.server.state.pending
+    assert 2 in h.server.round_state.pending
     h.send(3, "no_such_type", 0)
     assert "client #3 sent unexpected no_such_type; ignored" in caplog.text
     h.update(4, 1, h.shifted(50.0, g), size=40)                  # a future round
@@ -112,13 +112,13 @@ def test_a_redeclared_shard_changes_the_weight_and_a_refused_one_leaves_the_roun
     g = h.global_state()
     h.redeclare(3, _declaration(3, 60))               # accepted: 60 train samples from now on
     assert "client #3 re-declared its shard (60 train samples)" in caplog.text
-    assert h.server.state.pending == {1, 2, 3, 4} and h.server.clients[3].online
+    assert h.server.round_state.pending == {1, 2, 3, 4} and h.server.clients[3].online
     h.redeclare(2, {"client_id": 2})                  # malformed: refused, out of the round
     refusals = [m for _, m in h.comm.sent if m.msg_type == "refuse"]
     assert [(m.receiver, m.state, m.content["reason"]) for m in refusals] == \
         [(2, 1, "malformed join")]
     assert not h.server.clients[2].online and h.comm.closed == [2]
-    assert h.server.state.pending == {1, 3, 4}
+    assert h.server.round_state.pending == {1, 3, 4}
     h.update(1, 1, h.shifted(1.0, g), size=10)
     h.update(3, 1, h.shifted(2.0, g), size=60)
     h.update(4, 1, h.shifted(4.0, g), size=40)
@@ -185,7 +185,7 @@ def test_the_divergence_line_lists_every_refusal_clipped_and_ends_with_the_hint(
     for c in range(1, 5):
         h.update(c, 1, {**h.shifted(1.0, g), "fc2.bias": torch.zeros(c + 10, 1, 1, 1, 1, 1, 1)},
                  size=10 * c)
-    refused = h.server.state.refused
+    refused = h.server.round_state.refused
     assert sorted(refused) == [1, 2, 3, 4]
     reasons = "; ".join(f"client #{c}: {refused[c]}" for c in (1, 2, 3, 4))
     assert len(reasons) > 300
@@ -216,12 +216,11 @@ def test_tick_does_nothing_once_finished_or_in_a_standalone_run(tmp_path, monkey
     local = Harness(tmp_path / "standalone", "federate.total_round_num", 2,
                     "distribute.heartbeat_timeout", 10.0, "federate.round_timeout", 5.0,
                     monkeypatch=monkeypatch, expected=4)
-    local.server = Server(local.cfg, local.model, local.comm, local.monitor, 4, local.admission,
-                          distributed=False)
+    local.server = local.build(Server, 4, distributed=False)
     _join4(local)
     local.tick(after=100.0)                 # the in-process bus cannot lose a client
-    assert local.comm.closed == [] and not local.server.state.timed_out
-    assert local.server.state.pending == {1, 2, 3, 4}
+    assert local.comm.closed == [] and not local.server.round_state.timed_out
+    assert local.server.round_state.pending == {1, 2, 3, 4}
 
 
 def test_a_silent_client_is_named_with_its_silence_and_a_give_up_without_save_to_says_so(
@@ -244,7 +243,7 @@ def test_a_silent_client_is_named_with_its_silence_and_a_give_up_without_save_to
     h.tick(after=9.0)
     _beat(h, (1, 2, 3))
     h.tick(after=2.0)                       # past the grace: 3 updates < 4 -> paused
-    assert h.server.state.phase is Phase.PAUSED
+    assert h.server.round_state.phase is Phase.PAUSED
     for _ in range(2):
         _beat(h, (1, 2, 3))
         h.tick(after=9.0)

@@ -37,6 +37,19 @@ def _device(cfg) -> str:
     return f"cuda:{max(cfg.device, 0)}" if cfg.use_gpu else "cpu"
 
 
+def _server_args(cfg, model, expected: int) -> dict:
+    """FS's Server arguments (an FS subclass's ``__init__`` takes these names). ``data`` stays
+    None: a server reads no data (``make_global_eval`` gets an evaluator instead)."""
+    return dict(ID=SERVER_ID, state=0, config=cfg, data=None, model=model, client_num=expected,
+                total_round_num=cfg.federate.total_round_num, device=_device(cfg))
+
+
+def _client_args(cfg, cid: int, splits) -> dict:
+    """FS's Client arguments; the client builds its trainer from them, as FS's does."""
+    return dict(ID=cid, server_id=SERVER_ID, state=-1, config=cfg, data=splits,
+                model=get_model(cfg), device=_device(cfg))
+
+
 def _expected_clients(cfg, data: ServerManifest) -> int:
     """How many clients the server waits for: the manifest's, else ``federate.client_num``."""
     if data.manifest is not None:
@@ -119,17 +132,17 @@ class StandaloneRunner(BaseRunner):
         expected = len(data)
         _log_model(cfg, model)
         admission = Admission.from_config(cfg, data.manifest, data.manifest_path, expected)
-        server = self.server_class(cfg, model, LocalServerComm(bus), Monitor(cfg, outdir_of(cfg)),
-                                   expected, admission, distributed=False)
+        server = self.server_class(**_server_args(cfg, model, expected), comm=LocalServerComm(bus),
+                                   monitor=Monitor(cfg, outdir_of(cfg)), admission=admission,
+                                   distributed=False)
         server.global_eval = _global_evaluator(cfg, data, model)
         clients: Dict[int, object] = {}
         for cid, client_data in sorted(data.items()):
             own_cfg = self._client_cfg(cid)
             splits, loader = client_data.splits()
-            trainer = get_trainer(get_model(own_cfg), splits, _device(own_cfg), own_cfg)
             comm = LocalClientComm(bus, cid)
-            clients[cid] = self.client_class(own_cfg, cid, trainer, comm, loader,
-                                             token=own_cfg.distribute.token)
+            clients[cid] = self.client_class(**_client_args(own_cfg, cid, splits), comm=comm,
+                                             loader=loader, token=own_cfg.distribute.token)
             comm.send(clients[cid].join_message())
         while bus:
             dest, conn_id, msg = bus.next()
@@ -194,8 +207,9 @@ class DistributedRunner(BaseRunner):
                            "evaluate on; the clients' weighted-average evaluation is reported "
                            "instead")
         admission = Admission.from_config(cfg, data.manifest, data.path, expected)
-        server = self.server_class(cfg, model, transport, Monitor(cfg, outdir_of(cfg)), expected,
-                                   admission, distributed=True)
+        server = self.server_class(**_server_args(cfg, model, expected), comm=transport,
+                                   monitor=Monitor(cfg, outdir_of(cfg)), admission=admission,
+                                   distributed=True)
         if data.eval_data is not None:   # FS's data_idx server: the union of the eval splits
             server.global_eval = _global_evaluator(cfg, data.eval_data, model)
         # Everything built so far (torch's modules, the manifest, the admission records) lives
@@ -252,9 +266,8 @@ class DistributedRunner(BaseRunner):
         splits, loader = self.data.splits()
         inbox: "queue.Queue" = queue.Queue()
         transport = _client_transport(cfg, inbox)
-        trainer = get_trainer(get_model(cfg), splits, _device(cfg), cfg)
-        client = self.client_class(cfg, cid, trainer, transport, loader,
-                                   token=client_token(cfg))
+        client = self.client_class(**_client_args(cfg, cid, splits), comm=transport,
+                                   loader=loader, token=client_token(cfg))
         logger.info(f"Client #{client.ID}: connecting to server {transport.address}")
         try:
             _client_session(cfg, client, transport, inbox)

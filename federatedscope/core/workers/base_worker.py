@@ -30,6 +30,11 @@ class Worker:
         self.msg_handlers: Dict[str, Callable[[Message], None]] = {}
         self._register_default_handlers()
 
+    @property
+    def _cfg(self):
+        """FS's name for the config: FS subclasses read ``self._cfg``."""
+        return self.cfg
+
     def _register_default_handlers(self) -> None:
         # looked up on the instance, so a subclass's override of the method is what runs
         for msg_type, method in self.default_handlers:

@@ -30,6 +30,7 @@ from federatedscope.core.data.shard_format import ShardError
 from federatedscope.core.message import (ASSIGN_ID, EVALUATE, FINISH, JOIN_IN, METRICS, MODEL_PARA,
                                          REDECLARE, REFUSE, SERVER_ID, Message, clip_text)
 from federatedscope.core.communication.transport import ClientComm
+from federatedscope.core.trainers.trainer import get_trainer
 from federatedscope.core.workers.admission import BAD_TOKEN
 from federatedscope.core.workers.base_worker import Worker
 
@@ -57,10 +58,17 @@ class Client(Worker):
         (REFUSE, "callback_funcs_for_refuse"))
     peer_role = "server"
 
-    def __init__(self, cfg, client_id: int, trainer, comm: ClientComm, loader=None,
-                 token: str = ""):
-        super().__init__(client_id, cfg, comm)
-        self.trainer = trainer
+    def __init__(self, ID: int = -1, server_id: int = SERVER_ID, state: int = -1, config=None,
+                 data=None, model=None, device="cpu", strategy=None, is_unseen_client=False,
+                 *args, trainer=None, comm: Optional[ClientComm] = None, loader=None,
+                 token: str = "", **kwargs):
+        """FS's arguments in FS's order (an FS subclass passes them on), then what FS builds
+        inside. Without ``trainer`` the client builds FS's: ``get_trainer(model, data, device,
+        config)``. ``state`` is the last round it was sent; ``strategy`` and
+        ``is_unseen_client`` are unused (every client of a job trains)."""
+        super().__init__(ID, config, comm)
+        self.server_id, self.state, self.data, self.model = server_id, state, data, model
+        self.trainer = trainer if trainer is not None else get_trainer(model, data, device, config)
         self.loader = loader
         self.token = token
         self.finished = False
@@ -129,6 +137,7 @@ class Client(Worker):
         self._refresh_shard()
         if msg.tensors:
             self.trainer.set_state(msg.tensors)
+        self.state = msg.state
         seed = (self.cfg.seed * 1_000_003 + self.ID) * 10_007 + msg.state
         size, state, metrics = self.trainer.train(seed)
         self.rounds_trained += 1
@@ -139,6 +148,7 @@ class Client(Worker):
                                {"sample_size": size}, state))
 
     def callback_funcs_for_evaluate(self, msg: Message) -> None:
+        self.state = msg.state
         if msg.tensors:
             self.trainer.set_state(msg.tensors)
         results: Dict[str, float] = {}

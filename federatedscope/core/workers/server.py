@@ -1,9 +1,8 @@
 """The FL server: admits clients, runs rounds, collects evaluations, finishes exactly once.
 
 It holds a model and no data, and trusts no peer further than it can check it:
-* one event at a time, each behind a guard: whatever one connection sends can at worst close
-  that connection (``handle``); a failed *write* is the server's own problem (``WriteGuard``),
-  never blamed on the client whose message was being handled;
+* one event at a time, each behind a guard: one connection's messages can at worst close it
+  (``handle``); a failed *write* is the server's own problem (``WriteGuard``), never a client's;
 * joins go through ``Admission`` (manifest, tokens, ids; a refused peer learns only a reason class);
 * updates and metrics through ``validation`` (keys/shapes/dtypes/finite, declared counts);
 * sampling, weighting and aggregation through one strategy object (``get_aggregator``).
@@ -49,49 +48,51 @@ class Server(Worker):
         (METRICS, "callback_funcs_for_metrics"), (REDECLARE, "callback_funcs_for_redeclare"),
         (HEARTBEAT, "callback_funcs_for_heartbeat"))
 
-    def __init__(self, cfg, model: torch.nn.Module, comm: ServerComm, monitor: Monitor,
-                 expected_clients: int, admission: Admission, distributed: bool):
-        super().__init__(SERVER_ID, cfg, comm)
-        self.model = model
+    def __init__(self, ID: int = SERVER_ID, state: int = 0, config=None, data=None,
+                 model: Optional[torch.nn.Module] = None, client_num: Optional[int] = None,
+                 total_round_num: Optional[int] = None, device="cpu", strategy=None, *,
+                 comm: ServerComm, monitor: Monitor, admission: Admission,
+                 distributed: bool = False, **kwargs):
+        """FS's arguments in FS's order (an FS subclass passes them on), then what FS builds inside.
+        The id is always ``SERVER_ID``, the first round the checkpoint's; ``strategy`` is unused."""
+        super().__init__(SERVER_ID, config, comm)
+        guard_log_files(logger)
+        expected = self.client_num = config.federate.client_num if client_num is None else client_num
+        self.model, self.data, self.device, self.expected = model, data, device, expected
         self.update_ref = update_reference(model)   # what every update must match
-        self.monitor = monitor
-        self.expected = expected_clients
-        self.admission = admission
-        self.distributed = distributed
-        self.aggregator = get_aggregator(cfg, expected_clients, distributed)
-        self.liveness = Liveness(cfg, expected_clients)   # refuses a threshold no round reaches
-        self.store = ServerStore(cfg, monitor)
-        self.state = RoundState()
-        self.clients = ClientTable(admission, comm, expected_clients)
-        self.total_rounds = cfg.federate.total_round_num
-        self.reported_rounds: Set[int] = set()     # rounds already in eval_results.log
+        self.monitor, self.admission, self.distributed = monitor, admission, distributed
+        self.aggregator = get_aggregator(config, expected, distributed)
+        self.liveness = Liveness(config, expected)   # refuses a threshold no round reaches
+        self.store = ServerStore(config, monitor)
+        restored = self.store.restore(model, self.aggregator)
+        self.round_state = RoundState(round=restored.round, eval_owed=restored.eval_owed) \
+            if restored else RoundState()
+        self.clients = ClientTable(admission, comm, expected)
+        self.total_rounds = self.total_round_num = \
+            config.federate.total_round_num if total_round_num is None else total_round_num
+        self.reported_rounds = restored.reported_rounds if restored else set()   # in the results
         self.created = time.monotonic()
         self.global_eval: Optional[Callable[[], dict]] = None  # standalone make_global_eval
         self.threshold = self.liveness.threshold
         self._event: Optional[Incoming] = None     # the event being handled (join: its conn)
-        guard_log_files(logger)
-        restored = self.store.restore(model, self.aggregator)
-        if restored is not None:
-            self.state.round, self.state.eval_owed = restored.round, restored.eval_owed
-            self.reported_rounds = restored.reported_rounds
-        # Names this job to its clients (kept in the checkpoint, so a restored server keeps it):
-        # a client restores personal state saved in the same job only, never an earlier run's.
+        # Names this job (kept in the checkpoint): a client restores personal state of this job only
         self.clients.job_id = (restored and restored.job_id) or secrets.token_hex(8)
         self.clients.follow(self.aggregator)
         if distributed:
             admission.warn_if_open()
 
-    @property
-    def finished(self) -> bool:
-        return self.state.phase is Phase.FINISHED
+    finished = property(lambda self: self.round_state.phase is Phase.FINISHED)
+    exit_code = property(lambda self: self.round_state.exit_code)
+    round = property(lambda self: self.round_state.round)
 
     @property
-    def exit_code(self) -> int:
-        return self.state.exit_code
+    def state(self) -> int:
+        """FS's ``state``: the rounds completed (``round_state`` holds the rest)."""
+        return self.round_state.round
 
-    @property
-    def round(self) -> int:
-        return self.state.round
+    @state.setter
+    def state(self, value: int) -> None:
+        self.round_state.round = value
 
     # ----------------------------------------------------------------- events
     def handle(self, event) -> None:
@@ -126,14 +127,13 @@ class Server(Worker):
                            f"{clip_text(msg.msg_type, 40)}; ignored")
 
     def callback_funcs_for_heartbeat(self, msg: Message) -> None:
-        """Only refreshes ``last_seen`` (done for every message of a joined client). The gRPC
-        transport keeps joined clients' heartbeats to itself (``ServerComm.last_heard``)."""
+        """Nothing beyond ``last_seen`` (the gRPC transport keeps beats: ``ServerComm.last_heard``)."""
 
     def callback_funcs_for_join_in(self, msg: Message) -> None:
         cid = self.clients.join(self._event.conn_id, self._event.peer, msg.content, self.round)
         if cid is None:
             return
-        phase, online = self.state.phase, self.clients.online_count()
+        phase, online = self.round_state.phase, self.clients.online_count()
         if phase is Phase.JOINING:
             if self.check_client_join_in():
                 self.trigger_for_start()
@@ -141,14 +141,14 @@ class Server(Worker):
             if online >= self.threshold:
                 logger.info("Server: enough clients are back; resuming")
                 self._resume()
-        elif phase is Phase.TRAINING and cid in self.state.pending:
+        elif phase is Phase.TRAINING and cid in self.round_state.pending:
             self.clients.send_model(self.model, MODEL_PARA, self.round, [cid])   # catch up
-        elif phase is Phase.EVALUATING and cid in self.state.evaluation.waiting:
-            self.clients.send_model(self.model, EVALUATE, self.state.evaluation.round, [cid])
+        elif phase is Phase.EVALUATING and cid in self.round_state.evaluation.waiting:
+            self.clients.send_model(self.model, EVALUATE, self.round_state.evaluation.round, [cid])
 
     def callback_funcs_for_redeclare(self, msg: Message) -> None:
         if not self.clients.redeclare(msg.sender, msg.content, self.round):
-            self.state.pending.discard(msg.sender)
+            self.round_state.pending.discard(msg.sender)
             self.check_and_move_on()
 
     # ----------------------------------------------------------------- rounds
@@ -165,7 +165,7 @@ class Server(Worker):
 
     def _resume(self) -> None:
         """Continue with whatever is due: an owed evaluation, the next round, or the end."""
-        st = self.state
+        st = self.round_state
         if st.phase is Phase.EVALUATING or st.phase is Phase.FINISHED:
             return                       # its clients were asked; tick() bounds the wait
         if st.eval_owed is not None:
@@ -180,16 +180,16 @@ class Server(Worker):
         sampled = self.aggregator.sample(self.clients.online_ids(), self.round)
         if len(sampled) < self.threshold:
             # Nobody (or too few) to train: wait for re-joins; tick() enforces the time limit.
-            self.state.sampled, self.state.pending = set(), set()
+            self.round_state.sampled, self.round_state.pending = set(), set()
             self._pause(self.liveness.too_few_to_train(len(sampled), self.clients.online_count(),
                                                        self.round + 1))
             return
-        self.state.begin_round(set(sampled), time.monotonic())
+        self.round_state.begin_round(set(sampled), time.monotonic())
         self.aggregator.begin_round()
         self.clients.send_model(self.model, MODEL_PARA, self.round, sampled)
 
     def callback_funcs_model_para(self, msg: Message) -> None:
-        cid, st = msg.sender, self.state
+        cid, st = msg.sender, self.round_state
         if msg.state != self.round or cid not in st.pending or \
                 st.phase not in (Phase.TRAINING, Phase.PAUSED):
             logger.warning(f"Server: ignored model_para from client #{cid} for round {msg.state} "
@@ -216,7 +216,7 @@ class Server(Worker):
         when it moved on."""
         if check_eval_result:
             return self._maybe_finish_eval()
-        st, got = self.state, len(self.aggregator.feedback)
+        st, got = self.round_state, len(self.aggregator.feedback)
         step = st.round_step(got, self.threshold, min_received_num)
         if step is Step.DIVERGED:
             self._stop(DIVERGED, all_refused(self.round + 1, st.refused))
@@ -250,12 +250,12 @@ class Server(Worker):
     def _pause(self, why: str) -> None:
         logger.warning(f"Server: paused: {why}; waiting up to "
                        f"{self.liveness.patience:.0f}s for clients to (re)join")
-        self.state.pause(time.monotonic())
+        self.round_state.pause(time.monotonic())
 
     # ------------------------------------------------------------- evaluation
     def eval(self) -> None:
         """Evaluate the owed round on the clients (FS's ``make_global_eval``: the server's data)."""
-        st = self.state
+        st = self.round_state
         r = st.eval_owed
         if r in self.reported_rounds:    # written before a restart: never twice
             st.eval_owed = None
@@ -268,7 +268,7 @@ class Server(Worker):
         self.check_and_move_on(check_eval_result=True)
 
     def callback_funcs_for_metrics(self, msg: Message) -> None:
-        ev = self.state.evaluation
+        ev = self.round_state.evaluation
         if ev is None or not ev.expects(msg.sender, msg.state):
             logger.warning(f"Server: ignored metrics from client #{msg.sender} for round {msg.state}")
             return
@@ -280,7 +280,7 @@ class Server(Worker):
         self.check_and_move_on(check_eval_result=True)
 
     def _maybe_finish_eval(self, timed_out: bool = False) -> bool:
-        st, ev = self.state, self.state.evaluation
+        st, ev = self.round_state, self.round_state.evaluation
         if ev is None or not (ev.done or timed_out):
             return False
         results = ev.results
@@ -313,7 +313,7 @@ class Server(Worker):
     def tick(self) -> None:
         if not self.distributed or self.finished:
             return
-        now, st, live = time.monotonic(), self.state, self.liveness
+        now, st, live = time.monotonic(), self.round_state, self.liveness
         self.clients.join_lines.tick()
         for rec in live.silent(self.clients.values(), now, self.comm.last_heard):
             self.clients.drop(rec, f"silent for {now - rec.last_seen:.0f}s "
@@ -348,7 +348,7 @@ class Server(Worker):
         self._check_results_writable(now)
 
     def _tick_eval(self, now: float, gone: Set[int]) -> None:
-        ev = self.state.evaluation
+        ev = self.round_state.evaluation
         if ev is None:
             return
         lost = ev.drop(gone)
@@ -369,7 +369,7 @@ class Server(Worker):
             return
         summary = self.monitor.final_summary()
         self.clients.send_model(self.model, msg_type, self.round)
-        self.state.finish(0)
+        self.round_state.finish(0)
         acc = summary["Results_weighted_avg"].get("test_acc")   # {} when none was reported
         logger.info(f"Server: finished after {self.round} rounds; final weighted-avg test_acc="
                     f"{acc if acc is None else round(acc, 4)}")
@@ -383,7 +383,7 @@ class Server(Worker):
         if tell_clients and not self.finished:
             self.clients.send_model(self.model, FINISH, self.round)
         logger.error(f"Server: stopping with exit code {code}: {why}")
-        self.state.finish(code)
+        self.round_state.finish(code)
 
     # ------------------------------------------------------------------ writes
     def _write_results(self) -> bool:
@@ -396,5 +396,5 @@ class Server(Worker):
             self._stop(RESULTS_UNWRITABLE, self.store.results_overdue_text())
 
     def _checkpoint(self) -> bool:
-        return self.store.checkpoint(self.round, self.model.state_dict(), self.state.eval_owed,
+        return self.store.checkpoint(self.round, self.model.state_dict(), self.round_state.eval_owed,
                                      self.aggregator.state_dict(), self.clients.job_id)
