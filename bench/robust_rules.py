@@ -22,16 +22,10 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from federatedscope.core.auxiliaries.data_builder import get_data  # noqa: E402
-from federatedscope.core.auxiliaries.outdir import update_logger  # noqa: E402
-from federatedscope.core.auxiliaries.runner_builder import get_runner  # noqa: E402
-from federatedscope.core.auxiliaries.utils import setup_seed  # noqa: E402
-from federatedscope.core.auxiliaries.worker_builder import (get_client_cls,  # noqa: E402
-                                                            get_server_cls)
-from federatedscope.core.configs.config import ConfigError, global_cfg  # noqa: E402
+from federatedscope.core.configs.config import ConfigError  # noqa: E402
 from bench.child import write_text  # noqa: E402
 from bench.common import GEN, gen_argv, git_state, run_tool  # noqa: E402
-from harness.jobs import SERVER_YAML  # noqa: E402
+from harness.fs_flow import fs_run  # noqa: E402
 
 RULES = ("fedavg", "median", "trimmedmean", "krum", "bulyan", "normbounding")
 TAKES_F = ("krum", "bulyan", "trimmedmean")
@@ -90,29 +84,17 @@ def make_data(root: str, writers: int, samples: int, seed: int) -> None:
 def run_cell(data_root: str, outdir: str, rule: str, kind: Optional[str], attackers: int,
              rounds: int, hidden: int, seed: int, server_wrap: Callable = None) -> dict:
     """One job; returns {"acc": final weighted test_acc} or {"refused": message}."""
-    cfg = global_cfg.clone()
-    cfg.merge_from_file(SERVER_YAML)
     f = attackers if rule in TAKES_F else 0
-    cfg.merge_from_list([
-        "federate.mode", "standalone", "distribute.use", "False", "distributed_data.enabled",
-        "False", "data.root", data_root, "data.subsample", "1.0", "federate.client_num",
-        str(CLIENTS), "federate.total_round_num", str(rounds), "model.hidden", str(hidden),
-        "aggregator.robust_rule", rule, "aggregator.byzantine_node_num", str(f), "seed", str(seed),
-        "eval.freq", str(rounds), "outdir", outdir, "expname", f"{rule}_{kind}_{attackers}",
-        "verbose", "0"])
-    setup_seed(cfg.seed)
-    update_logger(cfg)
-    data, modified = get_data(config=cfg.clone())
-    cfg.merge_from_other_cfg(modified)
-    cfg.freeze()
-    server_cls = get_server_cls(cfg)
-    if server_wrap is not None:
-        server_cls = server_wrap(server_cls)
-    client_cls = attacker_class(get_client_cls(cfg), kind, range(1, attackers + 1))
     try:
-        code = get_runner(data=data, server_class=server_cls, client_class=client_cls,
-                          config=cfg.clone()).run()
-    except ConfigError as e:
+        cfg, code = fs_run([
+            "federate.mode", "standalone", "distribute.use", "False", "distributed_data.enabled",
+            "False", "data.root", data_root, "data.subsample", "1.0", "federate.client_num",
+            CLIENTS, "federate.total_round_num", rounds, "model.hidden", hidden,
+            "aggregator.robust_rule", rule, "aggregator.byzantine_node_num", f, "seed", seed,
+            "eval.freq", rounds, "outdir", outdir, "expname", f"{rule}_{kind}_{attackers}",
+            "verbose", "0"], server=server_wrap,
+            client=lambda base: attacker_class(base, kind, range(1, attackers + 1)))
+    except ConfigError as e:     # the server refuses the rule at start (its precondition)
         return {"refused": str(e)}
     finals = [json.loads(line) for line in open(os.path.join(cfg.outdir, "eval_results.log"))
               if '"Final"' in line]

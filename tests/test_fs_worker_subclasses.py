@@ -8,14 +8,9 @@ import os
 
 import pytest
 
-from federatedscope.core.auxiliaries.data_builder import get_data
-from federatedscope.core.auxiliaries.outdir import update_logger
-from federatedscope.core.auxiliaries.runner_builder import get_runner
-from federatedscope.core.auxiliaries.utils import setup_seed
-from federatedscope.core.configs.config import global_cfg
 from federatedscope.core.workers.client import Client
 from federatedscope.core.workers.server import Server
-from harness.jobs import SERVER_YAML
+from harness.fs_flow import fs_run
 
 ROUNDS, CLIENTS = 3, 4
 
@@ -67,26 +62,13 @@ def made(monkeypatch):
     return got
 
 
-def _run(root, outdir):
-    cfg = global_cfg.clone()
-    cfg.merge_from_file(SERVER_YAML)
-    cfg.merge_from_list([
-        "federate.mode", "standalone", "distribute.use", "False", "distributed_data.enabled",
-        "False", "data.root", root, "data.subsample", "1.0", "federate.client_num", str(CLIENTS),
-        "federate.total_round_num", str(ROUNDS), "train.batch_or_epoch", "batch",
-        "train.local_update_steps", "2", "eval.freq", "2", "outdir", outdir, "expname", "fs",
-        "verbose", "0"])
-    setup_seed(cfg.seed)
-    update_logger(cfg)
-    data, modified = get_data(config=cfg.clone())
-    cfg.merge_from_other_cfg(modified)
-    cfg.freeze()
-    return cfg, get_runner(data=data, server_class=FSServer, client_class=FSClient,
-                           config=cfg.clone()).run()
-
-
 def test_fs_written_subclasses_run_a_job_with_their_overrides(femnist_root, tmp_path, made):
-    cfg, code = _run(femnist_root, str(tmp_path / "out"))
+    cfg, code = fs_run([
+        "federate.mode", "standalone", "distribute.use", "False", "distributed_data.enabled",
+        "False", "data.root", femnist_root, "data.subsample", "1.0", "federate.client_num",
+        CLIENTS, "federate.total_round_num", ROUNDS, "train.batch_or_epoch", "batch",
+        "train.local_update_steps", 2, "eval.freq", 2, "outdir", tmp_path / "out",
+        "expname", "fs", "verbose", 0], server=lambda _: FSServer, client=lambda _: FSClient)
     assert code == 0
     (server,) = made["server"]
     assert server.told == (0, CLIENTS, ROUNDS, "cpu")      # what the runner passed, FS's names

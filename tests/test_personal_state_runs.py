@@ -6,33 +6,18 @@ import os
 
 import torch
 
-from federatedscope.core.auxiliaries.data_builder import get_data
-from federatedscope.core.auxiliaries.outdir import update_logger
-from federatedscope.core.auxiliaries.runner_builder import get_runner
-from federatedscope.core.auxiliaries.utils import setup_seed
-from federatedscope.core.auxiliaries.worker_builder import get_client_cls, get_server_cls
-from federatedscope.core.configs.config import global_cfg
-from harness.jobs import SERVER_YAML
+from harness.fs_flow import fs_run
 
 
 def _run(root: str, outdir: str, *opts) -> dict:
     """One standalone job over 4 of the sample's writers, in this process; its final model."""
-    cfg = global_cfg.clone()
-    cfg.merge_from_file(SERVER_YAML)
     ckpt = os.path.join(outdir, f"final_{len(os.listdir(outdir)) if os.path.isdir(outdir) else 0}.pt")
-    cfg.merge_from_list([
+    _, code = fs_run([
         "federate.mode", "standalone", "distribute.use", "False", "distributed_data.enabled",
         "False", "data.root", root, "data.subsample", "1.0", "federate.client_num", "4",
         "federate.total_round_num", "3", "train.batch_or_epoch", "batch",
         "train.local_update_steps", "2", "eval.freq", "3", "outdir", outdir, "expname", "rep",
         "federate.save_to", ckpt, "verbose", "0"] + list(opts))
-    setup_seed(cfg.seed)
-    update_logger(cfg)
-    data, modified = get_data(config=cfg.clone())
-    cfg.merge_from_other_cfg(modified)
-    cfg.freeze()
-    code = get_runner(data=data, server_class=get_server_cls(cfg),
-                      client_class=get_client_cls(cfg), config=cfg.clone()).run()
     assert code == 0
     return torch.load(ckpt, weights_only=True)["model"]
 
