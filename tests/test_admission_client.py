@@ -112,6 +112,7 @@ def test_each_round_trains_with_its_own_seed_and_sends_the_declared_size(tmp_pat
     for r in range(4):
         c.handle(Message(MODEL_PARA, SERVER_ID, 3, r, {}, g if r != 2 else None))
     assert c.trainer.seeds == [(7 * 1_000_003 + 3) * 10_007 + r for r in range(4)]
+    assert c.state == 3                          # FS's client state: the round it was sent
     assert c.trainer.states == [g, g, g] and c.rounds_trained == 4
     sent = [(to, m.msg_type, m.sender, m.state, m.content, float(m.tensors["w"][0]))
             for to, m in comm.sent]
@@ -131,7 +132,9 @@ def test_evaluation_reports_the_configured_metrics_of_each_split(tmp_path, caplo
     caplog.set_level(logging.INFO, logger="federatedscope")
     c, comm = _client(tmp_path, "eval.metrics", ["acc"], "eval.split", ["val", "test"])
     g = {"w": torch.ones(2)}
+    assert c.state == -1                         # FS's: nothing sent yet
     c.handle(Message(EVALUATE, SERVER_ID, 3, 6, {}, g))
+    assert c.state == 6
     (to, m), = comm.sent
     assert (to, m.msg_type, m.sender, m.state) == (SERVER_ID, METRICS, 3, 6)
     assert c.trainer.states == [g] and c.trainer.states[0] is g
@@ -377,3 +380,22 @@ def test_a_personal_state_of_another_shape_or_a_long_job_name_is_named_and_skipp
         Message(ASSIGN_ID, SERVER_ID, -1, 0, {"client_id": 3, "job_id": "a1b2"}))
     assert (f"was saved by another run (job {'j' * 64}...[70 chars], this one a1b2); "
             f"starting afresh") in caplog.text
+
+
+def test_without_a_trainer_the_client_builds_fs_trainer_from_its_arguments(tmp_path):
+    """FS's Client builds its trainer from (model, data, device, config): the real one here,
+    on the model and the splits it is given, on the CPU by default."""
+    from federatedscope.core.auxiliaries.model_builder import get_model
+    from federatedscope.core.data.datasets import TensorSplit
+    from federatedscope.core.trainers.trainer import GeneralTorchTrainer
+    cfg = make_cfg(tmp_path)
+    model = get_model(cfg)
+    x = torch.zeros(6, 1, 28, 28)
+    splits = {"train": TensorSplit(x, torch.arange(6) % 3, lambda b: b),
+              "test": TensorSplit(x[:2], torch.tensor([0, 1]), lambda b: b)}
+    c = Client(ID=4, server_id=0, config=cfg, data=splits, model=model, comm=FakeComm())
+    assert isinstance(c.trainer, GeneralTorchTrainer)
+    assert c.trainer.model is model and c.trainer.cfg is cfg
+    assert c.trainer.data == splits and c.trainer.device == "cpu"
+    assert (c.ID, c.server_id, c.state, c.data, c.model) == (4, 0, -1, splits, model)
+    assert c.trainer.num_samples("train") == 6 and c.trainer.num_samples("test") == 2

@@ -300,3 +300,51 @@ def test_a_fresh_table_sends_an_empty_job_id_and_counts_no_server_optimizer(capl
         "Server: client #1 runs with fedopt.use True, but FedOpt is the server's setting (as in "
         "FS) and this server's is False: the job aggregates with plain FedAvg; set fedopt.use "
         "True (and fedopt.optimizer) in the server's config for FedOpt"]
+
+
+# ------------------------------------------------------------------ sending and closing
+def _joined_table(online=(1, 3, 4)):
+    t, comm = _table()
+    for c in (1, 2, 3, 4):
+        t.join(10 + c, PEER, {"client_id": c, "num_samples": _ns(c)}, 0)
+    for c in {1, 2, 3, 4} - set(online):
+        t.mark_lost(t[c], "gone")
+    comm.sent.clear()
+    return t, comm
+
+
+def test_the_model_goes_once_to_every_online_client_or_to_the_ids_given():
+    import torch
+    from federatedscope.core.message import BROADCAST, EVALUATE, FINISH, MODEL_PARA
+    t, comm = _joined_table()
+    model = torch.nn.Linear(3, 2)
+    t.send_model(model, MODEL_PARA, 6)
+    assert [to for to, _ in comm.sent] == [1, 3, 4]             # sorted, client 2 is offline
+    msg = comm.sent[0][1]
+    assert all(m is msg for _, m in comm.sent)                   # one message for all of them
+    assert (msg.msg_type, msg.sender, msg.receiver, msg.state, msg.content) == \
+        (MODEL_PARA, SERVER_ID, BROADCAST, 6, {})
+    assert sorted(msg.tensors) == ["bias", "weight"]
+    assert all(torch.equal(msg.tensors[k], v) and not msg.tensors[k].requires_grad
+               for k, v in model.state_dict().items())
+    comm.sent.clear()
+    t.send_model(model, EVALUATE, 2, {4, 2})                     # the ids given, online or not
+    assert [(to, m.msg_type, m.state) for to, m in comm.sent] == [(2, EVALUATE, 2),
+                                                                   (4, EVALUATE, 2)]
+    comm.sent.clear()
+    t.send_model(model, FINISH, 3, [])
+    t2, comm2 = _table()
+    t2.send_model(model, FINISH, 3)                              # nobody online: nothing sent
+    assert comm.sent == [] and comm2.sent == []
+
+
+def test_a_failed_connection_drops_its_client_or_closes_an_unjoined_stream(caplog):
+    quiet(caplog)
+    t, comm = _joined_table(online=(1, 2, 3, 4))
+    t.close_conn(13, "dropped after an error in its message")
+    assert not t[3].online and t.online_ids() == {1, 2, 4} and comm.closed == [13]
+    assert "Server: client #3 dropped after an error in its message" in _warned(caplog)
+    t.close_conn(99, "dropped after an error in its message")   # a stream nobody joined on
+    assert comm.closed == [13, 99] and t.online_ids() == {1, 2, 4}
+    t.close_conn(None, "dropped after an error in its message")  # an event without a connection
+    assert comm.closed == [13, 99]

@@ -197,3 +197,95 @@ def test_round_step_waits_outside_a_round(phase):
     assert _state({1, 2}, set(), phase=phase).round_step(2, 1) is Step.WAIT
     assert _state({1, 2}, set(), phase=Phase.PAUSED).round_step(2, 1) is Step.AGGREGATE
     assert _state(set(), set()).round_step(3, 1) is Step.WAIT     # nothing was sampled
+
+
+# ------------------------------------------------------------------ what the steps return
+class Returns(Server):
+    """Records what every check_and_move_on returned: (check_eval_result, moved on)."""
+    def __init__(self, *a, **k):
+        self.returned = []
+        super().__init__(*a, **k)
+
+    def check_and_move_on(self, check_eval_result=False, min_received_num=None):
+        moved = super().check_and_move_on(check_eval_result, min_received_num)
+        self.returned.append((check_eval_result, moved))
+        return moved
+
+
+def test_check_and_move_on_says_true_exactly_when_the_round_or_evaluation_moved_on(tmp_path):
+    h = _harness(tmp_path, Returns, rounds=2)
+    _join_all(h)
+    _answer_round(h, 0, range(1, N + 1))
+    # four updates wait, the fifth aggregates; the evaluation starts and asks everyone
+    assert h.server.returned == [(False, False)] * 4 + [(True, False), (False, True)]
+    h.server.returned.clear()
+    _answer_eval(h, 1, range(1, N + 1))
+    assert h.server.returned == [(True, False)] * 4 + [(True, True)]
+    assert h.server.round_state.phase is Phase.TRAINING and h.asked(MODEL_PARA, 1) == [1, 2, 3, 4, 5]
+    h.server.returned.clear()
+    assert h.server.check_and_move_on(check_eval_result=True) is False   # no evaluation in flight
+
+
+def test_a_paused_diverged_or_faulted_round_does_not_move_on(tmp_path, monkeypatch):
+    # too few: 2 good updates and 3 refused (non-finite) with a threshold of 3
+    h = _harness(tmp_path, Returns, "federate.min_clients_threshold", 3, rounds=2)
+    _join_all(h)
+    g = h.global_state()
+    for c in range(1, N + 1):
+        h.update(c, 0, h.shifted(0.1 if c <= 2 else float("nan"), g), size=10 * c)
+    assert h.server.returned[-1] == (False, False) and h.server.round_state.phase is Phase.PAUSED
+    # diverged: every update refused
+    d = _harness(tmp_path / "d", Returns, rounds=2)
+    _join_all(d)
+    for c in range(1, N + 1):
+        d.update(c, 0, d.shifted(float("nan"), d.global_state()), size=10 * c)
+    assert d.server.returned[-1] == (False, False) and d.server.exit_code == 5
+    # the aggregation step raises the rule's fault: the job stops, nothing moved on
+    from federatedscope.core.aggregators.aggregator import AggregationFault
+
+    class Faulty(Returns):
+        def _perform_federated_aggregation(self):
+            raise AggregationFault("the rule returned nothing")
+    f = _harness(tmp_path / "f", Faulty, rounds=2)
+    _join_all(f)
+    _answer_round(f, 0, range(1, N + 1))
+    assert f.server.returned[-1] == (False, False)
+    assert f.server.finished and f.server.exit_code == 1 and f.server.round == 0
+
+
+def test_an_evaluation_with_no_results_and_too_few_online_does_not_move_on(tmp_path, monkeypatch):
+    h = Harness(tmp_path, "federate.total_round_num", 2, "distribute.heartbeat_timeout", 0.0,
+                monkeypatch=monkeypatch, expected=N)
+    h.server = h.build(Returns, N, distributed=True)
+    _join_all(h)
+    _answer_round(h, 0, range(1, N + 1))
+    h.server.returned.clear()
+    for c in range(1, N + 1):
+        h.disconnect(c)
+    h.tick(after=31.0)                            # past the grace: every client is gone
+    assert (True, False) in h.server.returned and (True, True) not in h.server.returned
+    assert h.server.round_state.phase is Phase.PAUSED and h.server.round_state.eval_owed == 1
+
+
+# ------------------------------------------------------------------ FS's arguments
+def test_fs_arguments_left_out_take_the_config_and_fs_defaults(tmp_path):
+    h = Harness(tmp_path, "federate.total_round_num", 4, "federate.client_num", 6, expected=6)
+    s = Server(config=h.cfg, model=h.model, comm=h.comm, monitor=h.monitor,
+               admission=h.admission)
+    assert (s.ID, s.state, s.client_num, s.expected, s.total_round_num, s.total_rounds) == \
+        (0, 0, 6, 6, 4, 4)
+    assert (s.device, s.data, s.distributed, s._cfg) == ("cpu", None, False, h.cfg)
+    given = Server(ID=-1, state=3, config=h.cfg, data=None, model=h.model, client_num=N,
+                   total_round_num=2, device="cuda:1", comm=h.comm, monitor=h.monitor,
+                   admission=h.admission, distributed=True)
+    # FS's id -1 and first round 3 give way to the server's id and the checkpoint's round (none)
+    assert (given.ID, given.state, given.client_num, given.total_round_num, given.device) == \
+        (0, 0, N, 2, "cuda:1")
+    h.server = given
+    _join_all(h)
+    for r in range(2):                            # total_round_num 2 ends it, whatever the cfg says
+        _answer_round(h, r, range(1, N + 1))
+        _answer_eval(h, r + 1, range(1, N + 1))
+    assert given.finished and given.round == 2 and h.asked(FINISH, 2) == [1, 2, 3, 4, 5]
+    given.state = 7                               # FS's subclasses may set it
+    assert given.round_state.round == 7
