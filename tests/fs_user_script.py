@@ -1,7 +1,7 @@
 """A user's script written the way FederatedScope's documentation drives FS (used by
 tests/test_fs_user_script.py): build the config from ``global_cfg``, ``get_data``, then
 ``get_runner(...).run()``, with a client subclass that re-registers one handler and a server
-subclass that overrides one callback, the two FS ways."""
+subclass that overrides one callback, the two FS ways, each with FS's constructor signature."""
 import logging
 import os
 import sys
@@ -23,8 +23,11 @@ def with_evaluate_hook(base):
     class EvalHookClient(base):
         """FS's way to change one behaviour: register another callback for the message type."""
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        def __init__(self, ID=-1, server_id=None, state=-1, config=None, data=None, model=None,
+                     device='cpu', strategy=None, is_unseen_client=False, *args, **kwargs):
+            # FS's signature, passed on positionally as FS's own clients do
+            super().__init__(ID, server_id, state, config, data, model, device, strategy,
+                             is_unseen_client, *args, **kwargs)
             self.register_handlers("evaluate", self.callback_for_evaluate_with_hook)
 
         def callback_for_evaluate_with_hook(self, message):
@@ -37,9 +40,15 @@ def with_model_para_override(base):
     class CountingServer(base):
         """FS's other way: override the server's callback by its FS name, no registration."""
 
+        def __init__(self, ID=-1, state=0, config=None, data=None, model=None, client_num=5,
+                     total_round_num=10, device='cpu', strategy=None, **kwargs):
+            super().__init__(ID, state, config, data, model, client_num, total_round_num, device,
+                             strategy, **kwargs)
+            logger.info(f"user server: {client_num} clients, {total_round_num} round(s)")
+
         def callback_funcs_model_para(self, message):
             logger.info(f"user server hook: model_para of client {message.sender} "
-                        f"for round {message.state + 1}")
+                        f"for round {self.state + 1}")
             super().callback_funcs_model_para(message)
     return CountingServer
 

@@ -41,6 +41,7 @@ def test_fs_script_standalone_twice_never_appends(femnist_root, tmp_path):
         assert _wait([_start(_standalone_args(femnist_root, out), log)], [log]) == [0]
         text = open(log).read()
         assert "user script: data is a StandaloneDataDict" in text
+        assert "user server: 3 clients, 1 round(s)" in text
         assert text.count("user hook: client") == 3  # every client evaluated through the hook
         assert sorted(line.split("user server hook: ")[1] for line in text.splitlines()
                       if "user server hook: " in line) == \
@@ -71,6 +72,7 @@ def test_fs_script_distributed_shard_mode(femnist_root, femnist_shards, tmp_path
     assert _wait(procs, logs) == [0, 0, 0, 0]
     server_text = open(logs[0]).read()
     assert "user script: data is a ServerManifest" in server_text
+    assert "user server: 3 clients, 1 round(s)" in server_text     # FS's arguments, by name
     # the server subclass's override of callback_funcs_model_para ran for every update
     assert sorted(line.split("user server hook: ")[1] for line in server_text.splitlines()
                   if "user server hook: " in line) == \
