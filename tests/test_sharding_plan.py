@@ -756,6 +756,12 @@ def test_a_dataset_without_writers_needs_a_splitter(tmp_path, monkeypatch):
              "--dataset toy has no writers to assign to clients; deal its samples with "
              "--strategy lda --alpha 0.5 (FS's baseline splitter) or --strategy iid")
     assert not (out / so.STAGE).exists()
+    # --subsample chooses writers: without any it is refused, naming the fix
+    _refused(lambda: sharding.prepare_shards(ShardArgs(
+        dataset="toy", root=str(tmp_path), out=str(out), clients=4, strategy="iid",
+        subsample=0.5, progress=False)),
+        "--subsample 0.5 chooses writers, and --dataset toy has none: drop --subsample")
+    assert not (out / so.STAGE).exists()
     s = prepare_toy(tmp_path, out, "iid")
     assert s.clients == 4 and s.samples == 16
     assert sorted(sf.read_manifest(str(out / "manifest.json")).writer_ids[1]) == ["client_1"]
