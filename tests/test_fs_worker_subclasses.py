@@ -17,12 +17,15 @@ ROUNDS, CLIENTS = 3, 4
 
 class FSServer(Server):
     """As FS's contributed servers are written."""
+    made = []
+
     def __init__(self, ID=-1, state=0, config=None, data=None, model=None, client_num=5,
                  total_round_num=10, device='cpu', strategy=None, **kwargs):
         super(FSServer, self).__init__(ID, state, config, data, model, client_num,
                                        total_round_num, device, strategy, **kwargs)
         self.seen_rounds, self.moved_to = [], []
         self.told = (ID, client_num, total_round_num, device)
+        FSServer.made.append(self)
 
     def _start_new_training_round(self, aggregated_num=0):
         assert self.state < self._cfg.federate.total_round_num      # FS's names for both
@@ -37,32 +40,22 @@ class FSServer(Server):
 
 
 class FSClient(Client):
+    made = []
+
     def __init__(self, ID=-1, server_id=None, state=-1, config=None, data=None, model=None,
                  device='cpu', strategy=None, is_unseen_client=False, *args, **kwargs):
         super(FSClient, self).__init__(ID, server_id, state, config, data, model, device,
                                        strategy, is_unseen_client, *args, **kwargs)
         self.trained_states = []
+        FSClient.made.append(self)
 
     def callback_funcs_for_model_para(self, message):
         super().callback_funcs_for_model_para(message)
         self.trained_states.append(self.state)     # FS's client state: the round it was sent
 
 
-@pytest.fixture
-def made(monkeypatch):
-    """The instances the runner builds."""
-    got = {"server": [], "clients": []}
-    for cls, key in ((FSServer, "server"), (FSClient, "clients")):
-        init = cls.__init__
-
-        def record(self, *a, _init=init, _key=key, **k):
-            _init(self, *a, **k)
-            got[_key].append(self)
-        monkeypatch.setattr(cls, "__init__", record)
-    return got
-
-
-def test_fs_written_subclasses_run_a_job_with_their_overrides(femnist_root, tmp_path, made):
+def test_fs_written_subclasses_run_a_job_with_their_overrides(femnist_root, tmp_path):
+    FSServer.made, FSClient.made = [], []
     cfg, code = fs_run([
         "federate.mode", "standalone", "distribute.use", "False", "distributed_data.enabled",
         "False", "data.root", femnist_root, "data.subsample", "1.0", "federate.client_num",
@@ -70,11 +63,11 @@ def test_fs_written_subclasses_run_a_job_with_their_overrides(femnist_root, tmp_
         "train.local_update_steps", 2, "eval.freq", 2, "outdir", tmp_path / "out",
         "expname", "fs", "verbose", 0], server=lambda _: FSServer, client=lambda _: FSClient)
     assert code == 0
-    (server,) = made["server"]
+    (server,) = FSServer.made
     assert server.told == (0, CLIENTS, ROUNDS, "cpu")      # what the runner passed, FS's names
     assert server.seen_rounds == [0, 1, 2] and server.state == ROUNDS and server.finished
     assert server.moved_to == [1, 2, 3]
-    clients = sorted(made["clients"], key=lambda c: c.ID)
+    clients = sorted(FSClient.made, key=lambda c: c.ID)
     assert [c.ID for c in clients] == [1, 2, 3, 4]
     assert all(c.trained_states == [0, 1, 2] and c.finished for c in clients)
     assert all(c.server_id == 0 and c.trainer.num_samples("train") > 0 for c in clients)

@@ -25,7 +25,7 @@ def with_algo_keys(h, fedopt=None, local_param=None, restore=True):
     cfg.personalization = CN()
     cfg.personalization.local_param = list(local_param or [])
     cfg.freeze()
-    h.server = h.build(Server, h.server.expected, distributed=True, cfg=cfg)
+    h.server = h.build(Server, h.server.client_num, distributed=True, cfg=cfg)
     return h
 
 

@@ -58,7 +58,7 @@ class Server(Worker):
         super().__init__(SERVER_ID, config, comm)
         guard_log_files(logger)
         expected = self.client_num = config.federate.client_num if client_num is None else client_num
-        self.model, self.data, self.device, self.expected = model, data, device, expected
+        self.model, self.data, self.device = model, data, device
         self.update_ref = update_reference(model)   # what every update must match
         self.monitor, self.admission, self.distributed = monitor, admission, distributed
         self.aggregator = get_aggregator(config, expected, distributed)
@@ -68,7 +68,7 @@ class Server(Worker):
         self.round_state = RoundState(round=restored.round, eval_owed=restored.eval_owed) \
             if restored else RoundState()
         self.clients = ClientTable(admission, comm, expected)
-        self.total_rounds = self.total_round_num = \
+        self.total_round_num = \
             config.federate.total_round_num if total_round_num is None else total_round_num
         self.reported_rounds = restored.reported_rounds if restored else set()   # in the results
         self.created = time.monotonic()
@@ -154,13 +154,13 @@ class Server(Worker):
     # ----------------------------------------------------------------- rounds
     def check_client_join_in(self) -> bool:
         """FS's start condition: every expected client has joined."""
-        return self.clients.online_count() >= self.expected
+        return self.clients.online_count() >= self.client_num
 
     def trigger_for_start(self) -> None:
-        what = f"starting training (round {self.round + 1}/{self.total_rounds})" \
-            if self.round < self.total_rounds else f"no round left to train ({self.round}/" \
-            f"{self.total_rounds} done)"
-        logger.info(f"Server: {self.clients.online_count()}/{self.expected} clients joined; {what}")
+        what = f"starting training (round {self.round + 1}/{self.total_round_num})" \
+            if self.round < self.total_round_num else f"no round left to train ({self.round}/" \
+            f"{self.total_round_num} done)"
+        logger.info(f"Server: {self.clients.online_count()}/{self.client_num} clients joined; {what}")
         self._resume()
 
     def _resume(self) -> None:
@@ -170,7 +170,7 @@ class Server(Worker):
             return                       # its clients were asked; tick() bounds the wait
         if st.eval_owed is not None:
             self.eval()
-        elif self.round >= self.total_rounds or st.stop_requested:
+        elif self.round >= self.total_round_num or st.stop_requested:
             self.terminate()
         else:
             self._start_new_training_round()
@@ -233,10 +233,10 @@ class Server(Worker):
         except AggregationFault as e:   # the rule's fault, not a client's: stop, blame nobody
             self._stop(1, str(e))
             return False
-        due = self.round + 1 >= self.total_rounds or (self.round + 1) % self.cfg.eval.freq == 0
+        due = self.round + 1 >= self.total_round_num or (self.round + 1) % self.cfg.eval.freq == 0
         st.end_round(due)
         self._checkpoint()   # before anything about the next step is announced
-        logger.info(f"Server: round {self.round}/{self.total_rounds} aggregated {aggregated} "
+        logger.info(f"Server: round {self.round}/{self.total_round_num} aggregated {aggregated} "
                     f"update(s) ({samples} samples, rule {self.aggregator.rule}) in {took:.3f}s")
         self._resume()
         return True
@@ -324,9 +324,9 @@ class Server(Worker):
                 return
             if online >= self.threshold:
                 logger.warning(f"Server: federate.join_timeout={live.join_timeout:.0f}s passed "
-                               f"with {online}/{self.expected} clients; starting with those")
+                               f"with {online}/{self.client_num} clients; starting with those")
                 self.trigger_for_start()
-            elif short := live.join_short(self.created, now, online, self.expected):
+            elif short := live.join_short(self.created, now, online, self.client_num):
                 logger.warning(short)    # once per join_timeout period
             return
         gone = live.gone(self.clients.values(), now)
